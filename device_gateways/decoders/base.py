@@ -1,0 +1,24 @@
+"""The decoder interface: a pure function from a raw message to readings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from rpm.domain import RawMessage, Reading
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """What a decoder made of one payload.
+
+    ``problems`` names items of a multi-reading payload that could not be decoded;
+    the whole payload is kept in the quarantine once per problem, the good items go on.
+    """
+
+    readings: list[Reading]
+    problems: list[str] = field(default_factory=list)
+    device_status: dict[str, float] = field(default_factory=dict)
+
+
+Decoder = Callable[[RawMessage], Decoded]

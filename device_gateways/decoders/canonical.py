@@ -1,0 +1,116 @@
+"""Our canonical JSON payload: one reading object, a list of them, or ``{"readings": [...]}``.
+
+One reading::
+
+    {"metric": "blood_pressure", "measured_at": "2026-11-23T08:00:00Z",
+     "values": {"systolic": 142, "diastolic": 91, "pulse": 77},
+     "device": {"battery": 81}}
+
+Values are in the canonical UCUM unit of each component (see ``rpm.domain.METRICS``).
+Any ``device_id`` inside the payload is ignored: identity comes from the topic.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+from typing import Any
+
+from rpm.domain import METRICS, Metric, RawMessage, Reading
+from rpm.errors import DecodeError
+
+from .base import Decoded
+
+MAX_READINGS_PER_PAYLOAD = 1000
+_STATUS_FIELDS = ("battery", "signal")
+
+
+def decode(raw: RawMessage) -> Decoded:
+    """Decode canonical JSON; raise ``DecodeError`` when nothing in it is usable."""
+    if raw.device_id is None:
+        raise DecodeError("canonical payloads need the device identity of the transport")
+    try:
+        doc = json.loads(raw.payload)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise DecodeError(f"not JSON: {exc}") from None
+    items: Any
+    if isinstance(doc, list):
+        items = doc
+    elif isinstance(doc, dict) and "readings" in doc:
+        items = doc["readings"]
+    else:
+        items = [doc]
+    if not isinstance(items, list) or not items:
+        raise DecodeError("expected a reading object, a non-empty list, or {'readings': [...]}")
+    if len(items) > MAX_READINGS_PER_PAYLOAD:
+        raise DecodeError(f"more than {MAX_READINGS_PER_PAYLOAD} readings in one payload")
+    readings: list[Reading] = []
+    problems: list[str] = []
+    status: dict[str, float] = {}
+    for index, item in enumerate(items):
+        try:
+            readings.append(_reading(item, raw))
+            status.update(_device_status(item))
+        except DecodeError as exc:
+            problems.append(f"item {index}: {exc}" if len(items) > 1 else str(exc))
+    if not readings:
+        raise DecodeError("; ".join(problems))
+    return Decoded(readings, problems, status)
+
+
+def _reading(item: object, raw: RawMessage) -> Reading:
+    if not isinstance(item, dict):
+        raise DecodeError("a reading must be a JSON object")
+    try:
+        metric = Metric(str(item.get("metric")))
+    except ValueError:
+        raise DecodeError(f"unknown metric {item.get('metric')!r}") from None
+    spec = METRICS[metric]
+    values_in = item.get("values")
+    if not isinstance(values_in, dict) or not values_in:
+        raise DecodeError("'values' must be a non-empty object")
+    values: dict[str, float] = {}
+    for name, value in values_in.items():
+        if spec.component(name) is None:
+            raise DecodeError(f"{metric.value} has no component {name!r}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise DecodeError(f"{name} must be a finite number")
+        values[name] = float(value)
+    missing = [c.name for c in spec.components if c.required and c.name not in values]
+    if missing:
+        raise DecodeError(f"{metric.value} lacks {', '.join(missing)}")
+    return Reading(
+        device_id=raw.device_id or "",
+        metric=metric,
+        values=values,
+        measured_at=_timestamp(item.get("measured_at")),
+        received_at=raw.received_at,
+    )
+
+
+def _timestamp(value: object) -> datetime:
+    if not isinstance(value, str):
+        raise DecodeError("'measured_at' must be an ISO 8601 string with a UTC offset")
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        raise DecodeError(f"'measured_at' is not ISO 8601: {value[:40]!r}") from None
+    if t.tzinfo is None:
+        raise DecodeError("'measured_at' needs a UTC offset (e.g. 'Z'); local time is ambiguous")
+    return t
+
+
+def _device_status(item: dict[str, Any]) -> dict[str, float]:
+    device = item.get("device")
+    if not isinstance(device, dict):
+        return {}
+    return {
+        k: float(v)
+        for k in _STATUS_FIELDS
+        if isinstance(v := device.get(k), int | float) and not isinstance(v, bool)
+    }

@@ -1,0 +1,159 @@
+"""The ``rpm`` command: serve, migrate, local services, and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from rpm.localservices import LocalServices, ServiceEndpoints, free_port
+from rpm.server import Server, run_migrations
+from rpm.settings import Settings
+
+DEFAULT_DATA_DIR = Path(".rpm-data")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rpm", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the gateway, the API and the SMS worker")
+    p.add_argument(
+        "--local",
+        type=Path,
+        nargs="?",
+        const=DEFAULT_DATA_DIR,
+        default=None,
+        help="use the local services started in this directory (default .rpm-data)",
+    )
+    p = sub.add_parser("migrate", help="apply pending database migrations")
+    p.add_argument("--local", type=Path, nargs="?", const=DEFAULT_DATA_DIR, default=None)
+
+    p = sub.add_parser("services", help="start or stop the local PostgreSQL and Mosquitto")
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("--dir", type=Path, default=DEFAULT_DATA_DIR)
+
+    p = sub.add_parser("demo", help="the whole system with a simulated patient fleet")
+    p.add_argument("--dir", type=Path, default=DEFAULT_DATA_DIR)
+    p.add_argument("--patients", type=int, default=200)
+    p.add_argument("--days", type=float, default=3.0, help="simulated history to replay")
+    p.add_argument("--seconds", type=float, default=45.0, help="wall time for the replay")
+    p.add_argument("--port", type=int, default=8000, help="API port (a free one if taken)")
+    p.add_argument(
+        "--exit-after-replay",
+        action="store_true",
+        help="stop once the replay is done and the alerts' SMS went out",
+    )
+    p.add_argument(
+        "--stop-services", action="store_true", help="also stop PostgreSQL and Mosquitto on exit"
+    )
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # twilio logs whole requests at INFO; request bodies carry phone numbers and texts.
+    logging.getLogger("twilio").setLevel(logging.WARNING)
+    if args.command == "services":
+        return _services(args.action, args.dir)
+    if args.command == "migrate":
+        applied = asyncio.run(run_migrations(_settings(args.local)))
+        print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+        return 0
+    if args.command == "serve":
+        return asyncio.run(_serve(_settings(args.local)))
+    if args.command == "demo":
+        from rpm.demo import DemoOptions, run_demo
+
+        opts = DemoOptions(
+            data_dir=args.dir,
+            patients=args.patients,
+            days=args.days,
+            seconds=args.seconds,
+            port=args.port,
+            exit_after_replay=args.exit_after_replay,
+            stop_services=args.stop_services,
+        )
+        return asyncio.run(run_demo(opts))
+    return 2
+
+
+def settings_for_local(endpoints: ServiceEndpoints, **overrides: object) -> Settings:
+    """Settings that point at the project-local services."""
+    values: dict[str, object] = {
+        "database_url": SecretStr(endpoints.database_url),
+        "mqtt_host": endpoints.mqtt_host,
+        "mqtt_port": endpoints.mqtt_port,
+        "mqtt_username": endpoints.mqtt_gateway_username,
+        "mqtt_password": SecretStr(endpoints.mqtt_gateway_password),
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def _settings(local: Path | None) -> Settings:
+    if local is None:
+        return Settings()
+    endpoints = LocalServices(local).running()
+    if endpoints is None:
+        raise SystemExit(f"no local services running in {local}: run `rpm services start`")
+    return settings_for_local(endpoints)
+
+
+def _services(action: str, root: Path) -> int:
+    services = LocalServices(root)
+    if action == "start":
+        e = services.start()
+        print(
+            f"PostgreSQL: 127.0.0.1:{e.database_url.rsplit(':', 1)[-1].split('/')[0]}"
+            f"  MQTT: {e.mqtt_host}:{e.mqtt_port}  TimescaleDB: {e.timescaledb}"
+        )
+        print(f"connection details (with passwords): {root / 'endpoints.json'}")
+    elif action == "stop":
+        services.stop()
+        print("stopped")
+    else:
+        running = services.running()
+        print("running" if running else "not running")
+        return 0 if running else 1
+    return 0
+
+
+async def _serve(settings: Settings) -> int:
+    server = Server(settings)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.create_task(server.wait())
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    await server.stop()
+    for t in (waiter, stopper):
+        t.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t
+    return 0
+
+
+def pick_port(wanted: int) -> int:
+    """``wanted`` when free on loopback, else any free port."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", wanted))
+        except OSError:
+            return free_port()
+    return wanted
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,215 @@
+"""The ingest unit of work: one database transaction per micro-batch.
+
+decode (pure) -> validate (pure) -> in one transaction: insert new readings
+(duplicates skipped) -> rule step (pure) -> alert policy (pure) -> alert rows,
+audit events, outbox rows, quarantine rows, NOTIFY -> commit. The caller
+acknowledges the batch's messages only after ``process`` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from alerts.lifecycle import Action
+from alerts.policy import Decision, decide
+from alerts.templates import patient_alert_sms
+from device_gateways.decoders import DECODERS
+from rules.engine import EngineState, step
+
+from .domain import AcceptedReading, RawMessage, Rejection, RejectReason
+from .errors import DecodeError, StorageError
+from .storage import alerts as alert_store
+from .storage import outbox as outbox_store
+from .storage import quarantine as quarantine_store
+from .storage import readings as reading_store
+from .storage import registry as device_store
+from .storage.pool import Conn
+from .validation import ClockPolicy, validate
+
+log = logging.getLogger(__name__)
+
+INGEST_CHANNEL = "rpm_ingest"
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What one unit of work did."""
+
+    messages: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    alerts_opened: list[int] = field(default_factory=list)
+    alerts_changed: list[int] = field(default_factory=list)
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    accepted: list[AcceptedReading]
+    rejections: list[Rejection]
+    seen: dict[str, tuple[datetime, dict[str, float]]]
+
+
+class IngestPipeline:
+    """Turns batches of raw messages into durable readings, alerts and outbox work."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        clock: ClockPolicy,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._pool = pool
+        self._clock = clock
+        self._now = now
+        self._state = EngineState()
+
+    async def process(self, batch: Sequence[RawMessage]) -> BatchResult:
+        """Run one unit of work. Raises ``StorageError`` when the database failed (retry all)."""
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                return await self._process(conn, batch)
+        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+            raise StorageError(f"database unavailable: {exc.__class__.__name__}") from exc
+        except asyncpg.SerializationError as exc:
+            raise StorageError("concurrent update; retry the batch") from exc
+        except asyncpg.UniqueViolationError as exc:
+            # Another process opened the same alert episode at the same moment.
+            raise StorageError("concurrent alert episode; retry the batch") from exc
+
+    async def _process(self, conn: Conn, batch: Sequence[RawMessage]) -> BatchResult:
+        now = self._now()
+        result = BatchResult(messages=len(batch))
+        prepared = await self._prepare(conn, batch, now)
+        new = await reading_store.insert_new(conn, prepared.accepted)
+        result.stored = len(new)
+        result.duplicates = len(prepared.accepted) - len(new)
+
+        if new:
+            contexts = await device_store.patient_contexts(conn, {a.patient_id for a in new})
+            self._state, candidates = step(self._state, new, contexts, now)
+            if candidates:
+                episodes = await alert_store.open_episodes(
+                    conn, {(c.patient_id, c.rule_id) for c in candidates}
+                )
+                decisions = decide(candidates, episodes)
+                applied = await alert_store.apply(conn, decisions)
+                await self._follow_up(conn, applied, result)
+
+        await quarantine_store.insert(conn, prepared.rejections)
+        result.quarantined = len(prepared.rejections)
+        for r in prepared.rejections:
+            result.quarantine_reasons[r.reason.value] = (
+                result.quarantine_reasons.get(r.reason.value, 0) + 1
+            )
+        await device_store.update_device_status(conn, prepared.seen)
+        if result.stored or result.quarantined:
+            await conn.execute(
+                "SELECT pg_notify($1, $2)",
+                INGEST_CHANNEL,
+                f'{{"stored": {result.stored}, "quarantined": {result.quarantined}}}',
+            )
+        return result
+
+    async def _prepare(self, conn: Conn, batch: Sequence[RawMessage], now: datetime) -> _Prepared:
+        decoded = []
+        rejections: list[Rejection] = []
+        for raw in batch:
+            decoder = DECODERS.get(raw.payload_format)
+            if decoder is None:
+                rejections.append(
+                    Rejection(
+                        RejectReason.UNSUPPORTED_FORMAT,
+                        f"no decoder for {raw.payload_format!r}",
+                        raw,
+                        raw.device_id,
+                    )
+                )
+                continue
+            try:
+                d = decoder(raw)
+            except DecodeError as exc:
+                rejections.append(Rejection(RejectReason.MALFORMED, str(exc), raw, raw.device_id))
+                continue
+            rejections.extend(
+                Rejection(RejectReason.MALFORMED, p, raw, raw.device_id) for p in d.problems
+            )
+            decoded.append((raw, d))
+
+        devices = await device_store.device_records(
+            conn, {r.device_id for _, d in decoded for r in d.readings}
+        )
+        accepted: list[AcceptedReading] = []
+        seen: dict[str, tuple[datetime, dict[str, float]]] = {}
+        for raw, d in decoded:
+            for device_id in {r.device_id for r in d.readings}:
+                device = devices.get(device_id)
+                ok, bad = validate(
+                    raw,
+                    [r for r in d.readings if r.device_id == device_id],
+                    device,
+                    now,
+                    self._clock,
+                )
+                accepted.extend(ok)
+                rejections.extend(bad)
+                if device is not None:
+                    seen[device_id] = (raw.received_at, dict(d.device_status))
+        return _Prepared(accepted, rejections, seen)
+
+    async def _follow_up(
+        self,
+        conn: Conn,
+        applied: Sequence[alert_store.AppliedDecision],
+        result: BatchResult,
+    ) -> None:
+        """Outbox rows and live notifications for what the policy decided."""
+        sms: list[tuple[str, str, dict[str, Any]]] = []
+        notes: list[dict[str, Any]] = []
+        for a in applied:
+            d: Decision = a.decision
+            c = d.candidate
+            if d.notify_patient:
+                sms.append(
+                    (
+                        "sms",
+                        f"sms:alert:{a.alert_id}:open",
+                        {
+                            "alert_id": a.alert_id,
+                            "patient_id": c.patient_id,
+                            "body": patient_alert_sms(c.title, c.advice, c.severity),
+                        },
+                    )
+                )
+            if d.action is Action.OPEN:
+                result.alerts_opened.append(a.alert_id)
+            elif d.action is Action.ESCALATE:
+                result.alerts_changed.append(a.alert_id)
+            else:
+                continue
+            notes.append(
+                {
+                    "alert_id": a.alert_id,
+                    "patient_id": c.patient_id,
+                    "action": d.action.value,
+                    "state": d.new_state.value,
+                    "severity": c.severity.name,
+                }
+            )
+            log.info(
+                "alert %s %s patient=%s rule=%s severity=%s",
+                a.alert_id,
+                d.action.value,
+                c.patient_id,
+                c.rule_id,
+                c.severity.name,
+            )
+        await outbox_store.enqueue(conn, sms)
+        await alert_store.notify(conn, notes)

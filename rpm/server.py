@@ -1,0 +1,155 @@
+"""The composition root: one process running the gateway, the API and the SMS worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import asyncpg
+import uvicorn
+
+from alerts.outbox_worker import SmsOutboxWorker
+from alerts.sms import TwilioSms
+from device_gateways.mqtt import MqttConfig, MqttGateway
+from rpm.api.app import create_app
+from rpm.api.live import Broadcaster
+from rpm.domain import RawMessage
+from rpm.pipeline import INGEST_CHANNEL, BatchResult, IngestPipeline
+from rpm.settings import Settings
+from rpm.storage.alerts import ALERTS_CHANNEL
+from rpm.storage.migrate import migrate
+from rpm.storage.pool import connect, create_pool
+from rpm.validation import ClockPolicy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class IngestCounters:
+    """Running totals of what the gateway's units of work did."""
+
+    batches: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    alerts_opened: int = 0
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+
+    def add(self, r: BatchResult) -> None:
+        self.batches += 1
+        self.stored += r.stored
+        self.duplicates += r.duplicates
+        self.quarantined += r.quarantined
+        self.alerts_opened += len(r.alerts_opened)
+        for k, v in r.quarantine_reasons.items():
+            self.quarantine_reasons[k] = self.quarantine_reasons.get(k, 0) + v
+
+
+async def run_migrations(settings: Settings) -> list[str]:
+    conn = await connect(settings.database_url.get_secret_value())
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()
+
+
+class Server:
+    """Starts and stops every part of ``rpm serve`` inside the running event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.counters = IngestCounters()
+        self.pool: asyncpg.Pool | None = None
+        self.gateway: MqttGateway | None = None
+        self.sms_worker: SmsOutboxWorker | None = None
+        self._sms: TwilioSms | None = None
+        self._broadcaster: Broadcaster | None = None
+        self._uvicorn: uvicorn.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        s = self.settings
+        dsn = s.database_url.get_secret_value()
+        applied = await run_migrations(s)
+        if applied:
+            log.info("migrations applied: %s", ", ".join(applied))
+        self.pool = await create_pool(dsn, size=s.database_pool_size)
+        pipeline = IngestPipeline(
+            self.pool,
+            ClockPolicy(
+                max_skew=timedelta(seconds=s.clock_skew_s), max_age=timedelta(days=s.max_age_days)
+            ),
+        )
+
+        async def process(batch: Sequence[RawMessage]) -> None:
+            result = await pipeline.process(batch)
+            self.counters.add(result)
+
+        self.gateway = MqttGateway(
+            MqttConfig(
+                host=s.mqtt_host,
+                port=s.mqtt_port,
+                username=s.mqtt_username,
+                password=s.mqtt_password.get_secret_value() if s.mqtt_password else None,
+                client_id=s.mqtt_client_id,
+                topic=s.mqtt_topic,
+                batch_max_messages=s.batch_max_messages,
+                batch_max_wait_s=s.batch_max_wait_ms / 1000,
+            ),
+            process,
+        )
+        self._sms = TwilioSms(
+            account_sid=s.twilio_account_sid,
+            auth_token=s.twilio_auth_token.get_secret_value(),
+            from_number=s.twilio_from_number,
+            base_url=s.twilio_base_url,
+            validity_period_s=s.sms_validity_period_s,
+        )
+        self.sms_worker = SmsOutboxWorker(
+            self.pool,
+            self._sms,
+            poll_interval_s=s.outbox_poll_interval_s,
+            max_attempts=s.outbox_max_attempts,
+        )
+        self._broadcaster = Broadcaster(dsn, (ALERTS_CHANNEL, INGEST_CHANNEL))
+        await self._broadcaster.start()
+        app = create_app(self.pool, self._broadcaster)
+        config = uvicorn.Config(
+            app, host=s.api_host, port=s.api_port, log_level="warning", lifespan="off"
+        )
+        self._uvicorn = uvicorn.Server(config)
+        self._tasks = [
+            asyncio.create_task(self.gateway.run(), name="gateway"),
+            asyncio.create_task(self.sms_worker.run(), name="sms-worker"),
+            asyncio.create_task(self._uvicorn.serve(), name="api"),
+        ]
+        await asyncio.wait_for(self.gateway.connected.wait(), timeout=15)
+        while not self._uvicorn.started:  # noqa: ASYNC110 - uvicorn offers a flag, no event
+            await asyncio.sleep(0.02)
+        log.info("serving API on http://%s:%d", s.api_host, s.api_port)
+
+    async def wait(self) -> None:
+        """Return when any part stops (its exception propagates)."""
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            t.result()
+
+    async def stop(self) -> None:
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        for t in self._tasks:
+            if t.get_name() != "api":
+                t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if self._broadcaster:
+            await self._broadcaster.stop()
+        if self._sms:
+            await self._sms.close()
+        if self.pool:
+            await self.pool.close()

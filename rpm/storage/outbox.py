@@ -1,0 +1,82 @@
+"""SQL for the outbox: delivery work written with its cause, drained by workers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from rpm.storage.pool import Conn
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    id: int
+    channel: str
+    payload: dict[str, Any]
+    attempts: int
+
+
+async def enqueue(conn: Conn, items: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+    """Add (channel, dedupe_key, payload) rows; a repeated dedupe key is ignored."""
+    if not items:
+        return
+    await conn.executemany(
+        "INSERT INTO outbox (channel, dedupe_key, payload) VALUES ($1, $2, $3) "
+        "ON CONFLICT (dedupe_key) DO NOTHING",
+        items,
+    )
+
+
+async def claim_due(conn: Conn, channel: str, limit: int, lease: timedelta) -> list[OutboxItem]:
+    """Take due items, leasing them so a concurrent worker skips them until the lease ends."""
+    rows = await conn.fetch(
+        """UPDATE outbox SET next_attempt_at = now() + $3::interval, attempts = attempts + 1
+            WHERE id IN (SELECT id FROM outbox
+                          WHERE channel = $1 AND delivered_at IS NULL AND failed_at IS NULL
+                            AND next_attempt_at <= now()
+                          ORDER BY next_attempt_at
+                          LIMIT $2 FOR UPDATE SKIP LOCKED)
+        RETURNING id, channel, payload, attempts""",
+        channel,
+        limit,
+        lease,
+    )
+    return [OutboxItem(r["id"], r["channel"], r["payload"], r["attempts"]) for r in rows]
+
+
+async def delivered(conn: Conn, item_id: int, result: dict[str, Any]) -> None:
+    await conn.execute(
+        "UPDATE outbox SET delivered_at = now(), result = $2, last_error = NULL WHERE id = $1",
+        item_id,
+        result,
+    )
+
+
+async def retry_at(conn: Conn, item_id: int, when: datetime, error: str) -> None:
+    await conn.execute(
+        "UPDATE outbox SET next_attempt_at = $2, last_error = $3 WHERE id = $1",
+        item_id,
+        when,
+        error,
+    )
+
+
+async def failed(
+    conn: Conn, item_id: int, error: str, result: dict[str, Any] | None = None
+) -> None:
+    await conn.execute(
+        "UPDATE outbox SET failed_at = now(), last_error = $2, result = $3 WHERE id = $1",
+        item_id,
+        error,
+        result,
+    )
+
+
+async def depth(conn: Conn) -> int:
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM outbox WHERE delivered_at IS NULL AND failed_at IS NULL"
+        )
+    )

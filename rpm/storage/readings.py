@@ -1,0 +1,99 @@
+"""SQL for the readings table."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from rpm.domain import AcceptedReading, Metric, Reading
+from rpm.storage.pool import Conn
+
+ReadingKey = tuple[str, str, datetime]
+
+
+async def insert_new(conn: Conn, accepted: Sequence[AcceptedReading]) -> list[AcceptedReading]:
+    """Insert readings, skipping those already stored; return only the new ones.
+
+    One statement per batch: the rows travel as parallel arrays and the
+    primary key (device, metric, measured time) drops duplicates.
+    """
+    if not accepted:
+        return []
+    rows = await conn.fetch(
+        """INSERT INTO readings
+               (measured_at, device_id, metric, patient_id, uid, components, received_at)
+           SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[],
+                                $5::uuid[], $6::text[]::jsonb[], $7::timestamptz[])
+           ON CONFLICT DO NOTHING
+           RETURNING device_id, metric, measured_at""",
+        [a.reading.measured_at for a in accepted],
+        [a.reading.device_id for a in accepted],
+        [a.reading.metric.value for a in accepted],
+        [a.patient_id for a in accepted],
+        [a.reading.uid for a in accepted],
+        [json.dumps(dict(a.reading.values)) for a in accepted],
+        [a.reading.received_at for a in accepted],
+    )
+    new: set[ReadingKey] = {(r["device_id"], r["metric"], r["measured_at"]) for r in rows}
+    out: list[AcceptedReading] = []
+    for a in accepted:
+        key = (a.reading.device_id, a.reading.metric.value, a.reading.measured_at)
+        if key in new:
+            new.discard(key)  # a duplicate inside the batch is new only once
+            out.append(a)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReading:
+    accepted: AcceptedReading
+    stored_at: datetime
+
+
+def _from_row(r: asyncpg.Record) -> StoredReading:
+    reading = Reading(
+        device_id=r["device_id"],
+        metric=Metric(r["metric"]),
+        values=r["components"],
+        measured_at=r["measured_at"],
+        received_at=r["received_at"],
+    )
+    return StoredReading(AcceptedReading(reading, r["patient_id"]), r["stored_at"])
+
+
+async def for_patient(
+    conn: Conn,
+    patient_id: str,
+    *,
+    metrics: Sequence[str] | None = None,
+    limit: int = 100,
+) -> list[StoredReading]:
+    """A patient's most recent readings, newest first."""
+    rows = await conn.fetch(
+        """SELECT measured_at, device_id, metric, patient_id, components, received_at, stored_at
+             FROM readings
+            WHERE patient_id = $1 AND ($2::text[] IS NULL OR metric = ANY($2::text[]))
+            ORDER BY measured_at DESC
+            LIMIT $3""",
+        patient_id,
+        list(metrics) if metrics else None,
+        limit,
+    )
+    return [_from_row(r) for r in rows]
+
+
+async def count(conn: Conn) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM readings"))
+
+
+async def by_uid(conn: Conn, uid: str) -> StoredReading | None:
+    row = await conn.fetchrow(
+        """SELECT measured_at, device_id, metric, patient_id, components, received_at, stored_at
+             FROM readings WHERE uid = $1::uuid""",
+        uid,
+    )
+    return _from_row(row) if row else None

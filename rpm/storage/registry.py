@@ -1,0 +1,140 @@
+"""SQL for the registry: patients, devices and their bindings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+
+from rpm.domain import Binding, DeviceRecord
+from rpm.storage.pool import Conn
+from rules.engine import PatientContext
+
+
+async def device_records(conn: Conn, device_ids: Iterable[str]) -> dict[str, DeviceRecord]:
+    """Devices by id with their bindings; unknown ids are absent."""
+    rows = await conn.fetch(
+        """SELECT d.id, d.retired_at IS NOT NULL AS retired,
+                  coalesce(array_agg(b.patient_id) FILTER (WHERE b.patient_id IS NOT NULL), '{}')
+                      AS patients,
+                  coalesce(array_agg(lower(b.during)) FILTER (WHERE b.patient_id IS NOT NULL), '{}')
+                      AS starts,
+                  coalesce(array_agg(upper(b.during)) FILTER (WHERE b.patient_id IS NOT NULL), '{}')
+                      AS ends
+             FROM devices d LEFT JOIN device_bindings b ON b.device_id = d.id
+            WHERE d.id = ANY($1::text[])
+            GROUP BY d.id""",
+        list(set(device_ids)),
+    )
+    return {
+        r["id"]: DeviceRecord(
+            r["id"],
+            r["retired"],
+            tuple(
+                Binding(p, s, e)
+                for p, s, e in zip(r["patients"], r["starts"], r["ends"], strict=True)
+            ),
+        )
+        for r in rows
+    }
+
+
+async def patient_contexts(conn: Conn, patient_ids: Iterable[str]) -> dict[str, PatientContext]:
+    rows = await conn.fetch(
+        "SELECT id, programs, rule_overrides FROM patients WHERE id = ANY($1::text[])",
+        list(set(patient_ids)),
+    )
+    return {
+        r["id"]: PatientContext(r["id"], tuple(r["programs"]), r["rule_overrides"] or {})
+        for r in rows
+    }
+
+
+async def update_device_status(
+    conn: Conn, seen: Mapping[str, tuple[datetime, Mapping[str, float]]]
+) -> None:
+    """Record last-seen time and battery/signal when the payload carried them."""
+    if not seen:
+        return
+    ids = list(seen)
+    await conn.execute(
+        """UPDATE devices d
+              SET last_seen_at = greatest(d.last_seen_at, s.seen),
+                  battery = coalesce(s.battery, d.battery),
+                  signal = coalesce(s.signal, d.signal)
+             FROM unnest($1::text[], $2::timestamptz[], $3::real[], $4::real[])
+                  AS s(id, seen, battery, signal)
+            WHERE d.id = s.id""",
+        ids,
+        [seen[i][0] for i in ids],
+        [seen[i][1].get("battery") for i in ids],
+        [seen[i][1].get("signal") for i in ids],
+    )
+
+
+async def upsert_patient(
+    conn: Conn,
+    *,
+    patient_id: str,
+    display_name: str,
+    phone: str | None,
+    sms_consent: bool,
+    programs: Iterable[str] = (),
+    timezone: str = "UTC",
+    language: str = "en",
+) -> None:
+    await conn.execute(
+        """INSERT INTO patients (id, display_name, phone, sms_consent, programs, timezone, language)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)
+           ON CONFLICT (id) DO UPDATE SET display_name = excluded.display_name,
+               phone = excluded.phone, sms_consent = excluded.sms_consent,
+               programs = excluded.programs, timezone = excluded.timezone,
+               language = excluded.language""",
+        patient_id,
+        display_name,
+        phone,
+        sms_consent,
+        list(programs),
+        timezone,
+        language,
+    )
+
+
+async def enroll_device(
+    conn: Conn,
+    *,
+    device_id: str,
+    kind: str,
+    patient_id: str | None,
+    since: datetime,
+    vendor: str | None = None,
+    serial: str | None = None,
+) -> None:
+    """Register a device and, when a patient is given, bind it from ``since`` on."""
+    async with conn.transaction():
+        await conn.execute(
+            """INSERT INTO devices (id, kind, vendor, serial) VALUES ($1, $2, $3, $4)
+               ON CONFLICT (id) DO NOTHING""",
+            device_id,
+            kind,
+            vendor,
+            serial,
+        )
+        if patient_id is not None:
+            await conn.execute(
+                """INSERT INTO device_bindings (device_id, patient_id, during)
+                   SELECT $1, $2, tstzrange($3, NULL)
+                    WHERE NOT EXISTS (SELECT 1 FROM device_bindings
+                                       WHERE device_id = $1 AND patient_id = $2
+                                         AND during @> $3::timestamptz)""",
+                device_id,
+                patient_id,
+                since,
+            )
+
+
+async def sms_contact(conn: Conn, patient_id: str) -> tuple[str | None, bool]:
+    """The patient's phone number (PHI: never log it) and SMS consent."""
+    row = await conn.fetchrow("SELECT phone, sms_consent FROM patients WHERE id = $1", patient_id)
+    if row is None:
+        return None, False
+    return row["phone"], bool(row["sms_consent"])

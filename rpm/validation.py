@@ -1,0 +1,94 @@
+"""Validation of decoded readings: identity, plausibility, clock sanity. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from .domain import (
+    METRICS,
+    AcceptedReading,
+    DeviceRecord,
+    Metric,
+    RawMessage,
+    Reading,
+    Rejection,
+    RejectReason,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ClockPolicy:
+    """How far ahead a device clock may run, and how old a reading may be."""
+
+    max_skew: timedelta = timedelta(minutes=5)
+    max_age: timedelta = timedelta(days=30)
+
+
+def validate(
+    raw: RawMessage,
+    readings: Iterable[Reading],
+    device: DeviceRecord | None,
+    now: datetime,
+    clock: ClockPolicy,
+) -> tuple[list[AcceptedReading], list[Rejection]]:
+    """Split readings into accepted (attributed to a patient) and rejected (with reasons)."""
+    accepted: list[AcceptedReading] = []
+    rejected: list[Rejection] = []
+
+    def reject(reason: RejectReason, detail: str) -> None:
+        rejected.append(Rejection(reason, detail, raw, raw.device_id))
+
+    for reading in readings:
+        if device is None:
+            reject(RejectReason.UNKNOWN_DEVICE, f"device {reading.device_id!r} is not enrolled")
+            continue
+        if device.retired:
+            reject(RejectReason.RETIRED_DEVICE, f"device {device.device_id!r} is retired")
+            continue
+        problem = implausibility(reading)
+        if problem is not None:
+            reject(RejectReason.IMPLAUSIBLE_VALUE, problem)
+            continue
+        if reading.measured_at > now + clock.max_skew:
+            reject(
+                RejectReason.FUTURE_TIMESTAMP,
+                f"measured_at {reading.measured_at.isoformat()} is ahead of the server clock "
+                f"by more than {clock.max_skew}",
+            )
+            continue
+        if reading.measured_at < now - clock.max_age:
+            reject(
+                RejectReason.STALE_TIMESTAMP,
+                f"measured_at {reading.measured_at.isoformat()} is older than {clock.max_age}",
+            )
+            continue
+        patient_id = device.patient_at(reading.measured_at)
+        if patient_id is None:
+            reject(
+                RejectReason.UNBOUND_DEVICE,
+                f"device {device.device_id!r} was bound to no patient at "
+                f"{reading.measured_at.isoformat()}",
+            )
+            continue
+        accepted.append(AcceptedReading(reading, patient_id))
+    return accepted, rejected
+
+
+def implausibility(reading: Reading) -> str | None:
+    """Say why a reading cannot be physiological, or None when it can."""
+    spec = METRICS[reading.metric]
+    for name, value in reading.values.items():
+        component = spec.component(name)
+        if component is None:
+            return f"{reading.metric.value} has no component {name!r}"
+        if not component.low <= value <= component.high:
+            return (
+                f"{name} {value:g} {component.ucum} outside the plausible range "
+                f"{component.low:g}-{component.high:g}"
+            )
+    v = reading.values
+    if reading.metric is Metric.BLOOD_PRESSURE and v["systolic"] <= v["diastolic"]:
+        return "systolic must be higher than diastolic"
+    return None
