@@ -285,6 +285,7 @@ class TwilioSink:
         self._outage_status: int | None = None
         self._arrived = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self.base_url: str | None = None
 
     async def start(self) -> str:
         """Start listening; return the base URL, e.g. ``http://127.0.0.1:54321``."""
@@ -305,6 +306,7 @@ class TwilioSink:
         port = runner.addresses[0][1]
         host = f"[{self._host}]" if ":" in self._host else self._host
         url = f"http://{host}:{port}"
+        self.base_url = url
         _log.info("twilio sink listening on %s", url)
         return url
 

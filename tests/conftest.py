@@ -1,0 +1,129 @@
+"""Fixtures: a real PostgreSQL and Mosquitto started once per session on loopback ports,
+a fresh database per test cloned from a migrated template, a fake Twilio speaking
+Twilio's protocol, and the whole server in-process."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from pydantic import SecretStr
+
+from rpm.cli import settings_for_local
+from rpm.localservices import LocalServices, ServiceEndpoints, free_port
+from rpm.server import Server
+from rpm.settings import Settings
+from rpm.storage.migrate import migrate
+from rpm.storage.pool import connect, create_pool
+from simulators.twilio_sink import TwilioSink
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TWILIO_CONTRACT = REPO_ROOT.parent / "shared" / "contracts" / "twilio_api_v2010.json"
+TWILIO_SID = "AC" + "0123456789abcdef" * 2
+TWILIO_TOKEN = "test-auth-token"
+TEMPLATE_DB = "rpm_template"
+_db_numbers = itertools.count()
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceEndpoints]:
+    """PostgreSQL (TimescaleDB when installed) and Mosquitto for the whole session."""
+    if shutil.which("mosquitto_pub") is None:
+        pytest.fail("mosquitto-clients is not installed: run scripts/test.sh, which installs it")
+    local = LocalServices(tmp_path_factory.mktemp("services"), log=lambda line: None)
+    endpoints = local.start()
+    try:
+        yield endpoints
+    finally:
+        local.stop()
+
+
+@pytest.fixture(scope="session")
+async def template_db(services: ServiceEndpoints) -> str:
+    """A migrated database that each test's database is cloned from."""
+    admin = await asyncpg.connect(services.database_url)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB}")
+        await admin.execute(f"CREATE DATABASE {TEMPLATE_DB}")
+    finally:
+        await admin.close()
+    url = with_database(services.database_url, TEMPLATE_DB)
+    conn = await connect(url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return url
+
+
+@pytest.fixture
+async def db_url(services: ServiceEndpoints, template_db: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for one test."""
+    name = f"test_{os.getpid()}_{next(_db_numbers)}"
+    admin = await asyncpg.connect(services.database_url)
+    try:
+        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+        yield with_database(services.database_url, name)
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await create_pool(db_url, size=4)
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+@pytest.fixture
+async def twilio() -> AsyncIterator[TwilioSink]:
+    """A local server speaking Twilio's Messages API, checking requests against the contract."""
+    contract = TWILIO_CONTRACT if TWILIO_CONTRACT.is_file() else None
+    sink = TwilioSink(account_sid=TWILIO_SID, auth_token=TWILIO_TOKEN, contract_path=contract)
+    await sink.start()
+    try:
+        yield sink
+    finally:
+        await sink.stop()
+
+
+@pytest.fixture
+def server_settings(
+    services: ServiceEndpoints, db_url: str, twilio: TwilioSink, request: pytest.FixtureRequest
+) -> Settings:
+    return settings_for_local(
+        services,
+        database_url=SecretStr(db_url),
+        api_port=free_port(),
+        mqtt_client_id=f"rpm-test-{request.node.name[:40]}-{next(_db_numbers)}",
+        twilio_account_sid=TWILIO_SID,
+        twilio_auth_token=SecretStr(TWILIO_TOKEN),
+        twilio_base_url=twilio.base_url,
+        outbox_poll_interval_s=0.1,
+        batch_max_wait_ms=5,
+    )
+
+
+@pytest.fixture
+async def server(server_settings: Settings) -> AsyncIterator[Server]:
+    """The whole server (gateway, API, SMS worker) in this event loop."""
+    s = Server(server_settings)
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.stop()

@@ -1,0 +1,48 @@
+"""Small builders shared by tests."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from rpm.domain import AcceptedReading, Metric, RawMessage, Reading
+
+__all__ = ["T0", "AcceptedReading", "Reading", "bp", "raw", "single"]
+
+T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+
+
+def raw(payload: object, device_id: str | None = "dev-1", at: datetime = T0) -> RawMessage:
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return RawMessage(
+        "mqtt", "canonical", device_id, body, at, f"rpm/v1/devices/{device_id}/readings"
+    )
+
+
+def bp(
+    sys_: float,
+    dia: float,
+    *,
+    at: datetime = T0,
+    device: str = "dev-1",
+    patient: str = "pat-1",
+    pulse: float | None = None,
+) -> AcceptedReading:
+    values = {"systolic": sys_, "diastolic": dia}
+    if pulse is not None:
+        values["pulse"] = pulse
+    return AcceptedReading(
+        Reading(device, Metric.BLOOD_PRESSURE, values, at, at + timedelta(seconds=2)), patient
+    )
+
+
+def single(
+    metric: Metric,
+    component: str,
+    value: float,
+    *,
+    at: datetime = T0,
+    device: str = "dev-1",
+    patient: str = "pat-1",
+) -> AcceptedReading:
+    return AcceptedReading(Reading(device, metric, {component: value}, at, at), patient)
