@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import shlex
 import signal
 import socket
+import sys
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -37,7 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--local", type=Path, nargs="?", const=DEFAULT_DATA_DIR, default=None)
 
     p = sub.add_parser("services", help="start or stop the local PostgreSQL and Mosquitto")
-    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument(
+        "action",
+        choices=["start", "stop", "status", "env"],
+        help="env prints shell exports (with passwords) for the running services",
+    )
     p.add_argument("--dir", type=Path, default=DEFAULT_DATA_DIR)
 
     p = sub.add_parser("demo", help="the whole system with a simulated patient fleet")
@@ -55,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         "--stop-services", action="store_true", help="also stop PostgreSQL and Mosquitto on exit"
     )
 
+    p = sub.add_parser("simulate", help="enroll a virtual fleet and publish its readings")
+    p.add_argument("--patients", type=int, default=200)
+    p.add_argument("--days", type=float, default=3.0, help="simulated history to replay")
+    p.add_argument("--seconds", type=float, default=60.0, help="wall time for the replay")
+    p.add_argument("--live", action="store_true", help="keep publishing live readings afterwards")
+
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -70,6 +82,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "serve":
         return asyncio.run(_serve(_settings(args.local)))
+    if args.command == "simulate":
+        from rpm.demo import simulate
+
+        return asyncio.run(
+            simulate(
+                Settings(),
+                patients=args.patients,
+                days=args.days,
+                seconds=args.seconds,
+                live=args.live,
+            )
+        )
     if args.command == "demo":
         from rpm.demo import DemoOptions, run_demo
 
@@ -120,6 +144,22 @@ def _services(action: str, root: Path) -> int:
     elif action == "stop":
         services.stop()
         print("stopped")
+    elif action == "env":
+        found = services.running()
+        if found is None:
+            print(f"no local services running in {root}", file=sys.stderr)
+            return 1
+        exports = {
+            "RPM_DATABASE_URL": found.database_url,
+            "RPM_MQTT_HOST": found.mqtt_host,
+            "RPM_MQTT_PORT": str(found.mqtt_port),
+            "RPM_MQTT_USERNAME": found.mqtt_gateway_username,
+            "RPM_MQTT_PASSWORD": found.mqtt_gateway_password,
+            "RPM_SIMULATOR_MQTT_USERNAME": found.mqtt_device_username,
+            "RPM_SIMULATOR_MQTT_PASSWORD": found.mqtt_device_password,
+        }
+        for key, value in exports.items():
+            print(f"export {key}={shlex.quote(value)}")
     else:
         running = services.running()
         print("running" if running else "not running")

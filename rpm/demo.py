@@ -19,8 +19,9 @@ from pydantic import SecretStr
 from rpm.cli import pick_port, settings_for_local
 from rpm.localservices import LocalServices
 from rpm.server import Server
+from rpm.settings import Settings
 from rpm.storage import registry
-from rpm.storage.pool import Conn
+from rpm.storage.pool import Conn, connect
 from simulators.fleet import VirtualPatient, make_fleet
 from simulators.publisher import BrokerLogin, PublishStats, run_fleet
 from simulators.twilio_sink import TwilioSink
@@ -124,6 +125,42 @@ async def run_demo(opts: DemoOptions) -> int:
             services.stop()
         else:
             print(f"Local services keep running; stop: rpm services stop --dir {opts.data_dir}")
+    return 0
+
+
+async def simulate(
+    settings: Settings, *, patients: int, days: float, seconds: float, live: bool
+) -> int:
+    """Enroll a virtual fleet in the configured database and publish to the configured broker."""
+    end = datetime.now(UTC)
+    start = end - timedelta(days=days)
+    fleet = make_fleet(patients, start=start, end=end)
+    conn = await connect(settings.database_url.get_secret_value())
+    try:
+        await seed(conn, fleet, since=start - timedelta(days=1))
+    finally:
+        await conn.close()
+    password = settings.simulator_mqtt_password
+    login = BrokerLogin(
+        settings.mqtt_host,
+        settings.mqtt_port,
+        settings.simulator_mqtt_username,
+        password.get_secret_value() if password else None,
+    )
+    stats = PublishStats()
+    await run_fleet(fleet, login, sim_start=start, sim_end=end, wall_seconds=seconds, stats=stats)
+    print(f"replayed {stats.sent} readings ({stats.malformed} deliberately malformed)", flush=True)
+    if live:
+        now = datetime.now(UTC)
+        await run_fleet(
+            fleet,
+            login,
+            sim_start=now,
+            sim_end=now + timedelta(days=1),
+            wall_seconds=86400,
+            measurements_per_day=96,
+            stats=stats,
+        )
     return 0
 
 

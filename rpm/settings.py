@@ -39,5 +39,9 @@ class Settings(BaseSettings):
     twilio_base_url: str | None = None
     sms_validity_period_s: int = 900
 
+    # The device-side login the simulator publishes with (`rpm simulate`).
+    simulator_mqtt_username: str | None = None
+    simulator_mqtt_password: SecretStr | None = None
+
     outbox_poll_interval_s: float = 0.5
     outbox_max_attempts: int = 12

@@ -48,7 +48,7 @@ async def run_fleet(
         for di in range(len(p.devices)):
             offsets = np.sort(rng.uniform(0, (sim_end - sim_start).total_seconds(), per_device))
             events.extend((sim_start + timedelta(seconds=float(o)), pi, di) for o in offsets)
-        if p.event_at is not None:
+        if p.event_at is not None and sim_start <= p.event_at < sim_end:
             # Make sure the event is measured: one reading of every device just after it.
             for di in range(len(p.devices)):
                 events.append((p.event_at + timedelta(minutes=1 + di), pi, di))

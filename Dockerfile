@@ -1,0 +1,17 @@
+# The RPM server image: `rpm serve` by default; `rpm simulate` for the simulator service.
+FROM python:3.11-slim-bookworm
+ENV PYTHONUNBUFFERED=1 UV_PYTHON_DOWNLOADS=never UV_PROJECT_ENVIRONMENT=/opt/venv
+RUN pip install --no-cache-dir uv==0.13.9
+WORKDIR /app
+COPY pyproject.toml uv.lock README.md ./
+COPY rpm rpm
+COPY device_gateways device_gateways
+COPY rules rules
+COPY alerts alerts
+COPY simulators simulators
+RUN uv sync --frozen --no-dev
+ENV PATH=/opt/venv/bin:$PATH
+RUN useradd --system --uid 10001 rpm
+USER rpm
+EXPOSE 8000
+CMD ["rpm", "serve"]

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Install everything, then run the whole check: ruff (lint, format), mypy --strict, pytest.
+# Tests start their own PostgreSQL and Mosquitto on loopback ports in a temporary directory.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# docker-compose (no engine) lets the tests validate docker-compose.yml.
+bash scripts/bootstrap.sh docker-compose
+
+echo "== ruff" && .venv/bin/ruff check . && .venv/bin/ruff format --check .
+echo "== mypy" && .venv/bin/mypy
+echo "== pytest" && .venv/bin/pytest -q -p no:cacheprovider "$@"
