@@ -4,6 +4,7 @@ Twilio's protocol, and the whole server in-process."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import shutil
@@ -64,6 +65,17 @@ async def template_db(services: ServiceEndpoints) -> str:
         await migrate(conn)
     finally:
         await conn.close()
+    # TimescaleDB runs a job scheduler in every database that has the extension; a template
+    # must have no sessions to be copied, so close it to connections and end the scheduler.
+    admin = await asyncpg.connect(services.database_url)
+    try:
+        await admin.execute(f"ALTER DATABASE {TEMPLATE_DB} WITH ALLOW_CONNECTIONS false")
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            TEMPLATE_DB,
+        )
+    finally:
+        await admin.close()
     return url
 
 
@@ -73,7 +85,14 @@ async def db_url(services: ServiceEndpoints, template_db: str) -> AsyncIterator[
     name = f"test_{os.getpid()}_{next(_db_numbers)}"
     admin = await asyncpg.connect(services.database_url)
     try:
-        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+        for attempt in range(50):
+            try:
+                await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+                break
+            except asyncpg.ObjectInUseError:  # a scheduler still leaving the template
+                if attempt == 49:
+                    raise
+                await asyncio.sleep(0.1)
         yield with_database(services.database_url, name)
         await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
     finally:
