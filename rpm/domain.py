@@ -97,7 +97,10 @@ class RawMessage:
     """Bytes as a transport received them, with the identity the transport vouches for.
 
     ``device_id`` comes from the authenticated channel (the MQTT topic the broker's
-    ACL allowed), never from the payload.
+    ACL allowed), never from the payload; decoders must use it when it is set. Vendor
+    webhooks carry many devices: there ``device_id`` is None, the decoder reads the
+    vendor's device ids, and ``integration`` names the authenticated integration, which
+    may only report devices enrolled under it.
     """
 
     transport: str
@@ -106,6 +109,7 @@ class RawMessage:
     payload: bytes
     received_at: datetime
     topic: str | None = None
+    integration: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -161,7 +161,7 @@ class IngestPipeline:
                 accepted.extend(ok)
                 rejections.extend(bad)
                 if device is not None:
-                    seen[device_id] = (raw.received_at, dict(d.device_status))
+                    seen[device_id] = (raw.received_at, d.device_status.get(device_id, {}))
         return _Prepared(accepted, rejections, seen)
 
     async def _follow_up(

@@ -25,7 +25,7 @@ def test_single_reading_decodes_in_canonical_units() -> None:
     assert r.metric is Metric.BLOOD_PRESSURE
     assert dict(r.values) == {"systolic": 142.0, "diastolic": 91.0, "pulse": 77.0}
     assert r.measured_at == T0
-    assert out.device_status == {"battery": 81.0}
+    assert out.device_status == {"dev-1": {"battery": 81.0}}
     assert out.problems == []
 
 

@@ -14,11 +14,13 @@ class Decoded:
 
     ``problems`` names items of a multi-reading payload that could not be decoded;
     the whole payload is kept in the quarantine once per problem, the good items go on.
+    ``device_status`` maps a device id to what the payload said of it (``battery`` in %,
+    ``signal`` in dBm), when it said anything.
     """
 
     readings: list[Reading]
     problems: list[str] = field(default_factory=list)
-    device_status: dict[str, float] = field(default_factory=dict)
+    device_status: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 Decoder = Callable[[RawMessage], Decoded]

@@ -56,7 +56,7 @@ def decode(raw: RawMessage) -> Decoded:
             problems.append(f"item {index}: {exc}" if len(items) > 1 else str(exc))
     if not readings:
         raise DecodeError("; ".join(problems))
-    return Decoded(readings, problems, status)
+    return Decoded(readings, problems, {raw.device_id: status} if status else {})
 
 
 def _reading(item: object, raw: RawMessage) -> Reading:
