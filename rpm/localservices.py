@@ -45,11 +45,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from device_gateways import dynsec
 from rpm.errors import RpmError
 
 LOOPBACK = "127.0.0.1"
 GATEWAY_USERNAME = "rpm-gateway"
 DEVICE_USERNAME = "rpm-fleet"
+ADMIN_USERNAME = "rpm-broker-admin"
 _DB_NAME = "rpm"
 _DB_ROLE = "rpm"
 _PG_MAJOR = "15"
@@ -76,6 +78,8 @@ class ServiceEndpoints:
     mqtt_gateway_password: str
     mqtt_device_username: str
     mqtt_device_password: str
+    mqtt_admin_username: str  # may provision device logins (dynamic security)
+    mqtt_admin_password: str
     timescaledb: bool
     root: str
 
@@ -119,6 +123,8 @@ _FIELD_TYPES: dict[str, type] = {
     "mqtt_gateway_password": str,
     "mqtt_device_username": str,
     "mqtt_device_password": str,
+    "mqtt_admin_username": str,
+    "mqtt_admin_password": str,
     "timescaledb": bool,
     "root": str,
 }
@@ -180,15 +186,38 @@ def render_pg_settings(port: int, socket_dir: Path, timescaledb: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_mosquitto_conf(port: int, mqtt_dir: Path) -> str:
-    """mosquitto.conf for one authenticated loopback listener with durable sessions."""
+@dataclass(frozen=True, slots=True)
+class MqttTls:
+    """A second, TLS listener: its port and the PEM files of its CA, certificate and key."""
+
+    port: int
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+
+
+def render_mosquitto_conf(
+    port: int, mqtt_dir: Path, plugin: str = "", tls: MqttTls | None = None
+) -> str:
+    """mosquitto.conf: authenticated loopback listener(s) with durable sessions.
+
+    Logins and ACLs come from the dynamic-security plugin (``dynamic-security.json``),
+    so the server can provision per-device logins while the broker runs.
+    """
+    tls_listener = ""
+    if tls is not None:
+        tls_listener = (
+            f"listener {tls.port} {LOOPBACK}\n"
+            f"cafile {tls.cafile}\ncertfile {tls.certfile}\nkeyfile {tls.keyfile}\n"
+            "tls_version tlsv1.2\n"
+        )
     return f"""\
 # Written by rpm.localservices on every start; edits here are lost.
 per_listener_settings false
 listener {port} {LOOPBACK}
-allow_anonymous false
-password_file {mqtt_dir / "passwd"}
-acl_file {mqtt_dir / "acl"}
+{tls_listener}allow_anonymous false
+plugin {plugin}
+plugin_opt_config_file {mqtt_dir / "dynamic-security.json"}
 # Durable sessions: queued QoS 1 messages outlive a broker restart. Mosquitto 2.0 saves its
 # whole in-memory state each time, so a 1 s interval costs more as a backlog grows; a clean
 # stop (SIGTERM) always saves.
@@ -211,18 +240,6 @@ connection_messages true
 log_timestamp true
 log_timestamp_format %Y-%m-%dT%H:%M:%S
 pid_file {mqtt_dir / "mosquitto.pid"}
-"""
-
-
-def render_acl() -> str:
-    """The broker ACL: the gateway owns rpm/#, the device fleet may only publish readings."""
-    return f"""\
-user {GATEWAY_USERNAME}
-topic readwrite rpm/#
-topic read $SYS/#
-
-user {DEVICE_USERNAME}
-topic write rpm/v1/devices/#
 """
 
 
@@ -347,12 +364,15 @@ def _find_pg_bindir() -> Path:
 
 
 def _find_mosquitto() -> tuple[str, str]:
+    """The broker binary and its dynamic-security plugin."""
     path = os.pathsep.join([os.environ.get("PATH", ""), *_MQTT_BINDIRS])
     broker = shutil.which("mosquitto", path=path)
-    passwd = shutil.which("mosquitto_passwd", path=path)
-    if broker is None or passwd is None:
+    plugins = sorted(Path("/usr/lib").glob("*/mosquitto_dynamic_security.so")) + sorted(
+        Path("/usr/lib").glob("mosquitto_dynamic_security.so")
+    )
+    if broker is None or not plugins:
         raise LocalServicesError("mosquitto not found; run scripts/install-system-deps.sh")
-    return broker, passwd
+    return broker, str(plugins[0])
 
 
 # --- the services ---------------------------------------------------------------------------
@@ -368,6 +388,7 @@ class LocalServices:
         pg_port: int | None = None,
         mqtt_port: int | None = None,
         timescaledb: bool | None = None,
+        mqtt_tls: MqttTls | None = None,
         log: Callable[[str], None] = print,
     ) -> None:
         self._root = Path(root).absolute()
@@ -376,6 +397,7 @@ class LocalServices:
         self._want_pg_port = pg_port
         self._want_mqtt_port = mqtt_port
         self._want_timescaledb = timescaledb
+        self._tls = mqtt_tls
         self._log = log
         self._pg_dir = self._root / "pg"
         self._pg_log = self._root / "pg.log"
@@ -427,7 +449,7 @@ class LocalServices:
 
     def _start_locked(self) -> ServiceEndpoints:
         pg_bindir = _find_pg_bindir()
-        mosquitto, mosquitto_passwd = _find_mosquitto()
+        mosquitto, dynsec_plugin = _find_mosquitto()
         postgres_user = self._service_account("postgres", required=True)
         mosquitto_user = self._service_account("mosquitto", required=False)
         saved = self._load_saved()
@@ -470,6 +492,8 @@ class LocalServices:
             else secrets.token_urlsafe(24),
             mqtt_device_username=DEVICE_USERNAME,
             mqtt_device_password=saved.mqtt_device_password if saved else secrets.token_urlsafe(24),
+            mqtt_admin_username=ADMIN_USERNAME,
+            mqtt_admin_password=saved.mqtt_admin_password if saved else secrets.token_urlsafe(24),
             timescaledb=timescaledb,
             root=str(self._root),
         )
@@ -490,7 +514,7 @@ class LocalServices:
                 endpoints, socket_dir, pg_port, create_database=True, new_password=new_password
             )
             if mqtt_pid is None:
-                self._prepare_mosquitto(endpoints, mosquitto_passwd, mosquitto_user)
+                self._prepare_mosquitto(endpoints, dynsec_plugin, mosquitto_user)
                 self._start_mosquitto(mosquitto, mqtt_port)
         except BaseException:
             # Leave nothing half-started behind: stop what this call started.
@@ -730,7 +754,7 @@ class LocalServices:
     # --- Mosquitto ---
 
     def _prepare_mosquitto(
-        self, endpoints: ServiceEndpoints, passwd_tool: str, user: _Account | None
+        self, endpoints: ServiceEndpoints, plugin: str, user: _Account | None
     ) -> None:
         if user is not None:
             self._grant_search(self._root, user)
@@ -738,27 +762,31 @@ class LocalServices:
         data.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._mqtt_dir.chmod(0o700)
         (self._mqtt_dir / "mosquitto.conf").write_text(
-            render_mosquitto_conf(endpoints.mqtt_port, self._mqtt_dir)
+            render_mosquitto_conf(endpoints.mqtt_port, self._mqtt_dir, plugin, self._tls)
         )
-        acl = self._mqtt_dir / "acl"
-        acl.write_text(render_acl())
-        acl.chmod(0o600)
-        # A plain "user:password" file hashed in place by -U: no password on any command line.
-        plain = self._mqtt_dir / "passwd.new"
-        plain.unlink(missing_ok=True)
-        fd = os.open(plain, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
+        # The broker owns this file once it exists: it holds the device logins provisioned
+        # since. Written once, with hashed passwords only.
+        security = self._mqtt_dir / "dynamic-security.json"
+        if not security.exists():
+            document = dynsec.initial_config(
+                {
+                    dynsec.ADMIN_ROLE: (
+                        endpoints.mqtt_admin_username,
+                        endpoints.mqtt_admin_password,
+                    ),
+                    dynsec.GATEWAY_ROLE: (
+                        endpoints.mqtt_gateway_username,
+                        endpoints.mqtt_gateway_password,
+                    ),
+                    dynsec.FLEET_ROLE: (
+                        endpoints.mqtt_device_username,
+                        endpoints.mqtt_device_password,
+                    ),
+                }
+            )
+            fd = os.open(security, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as handle:
-                handle.write(
-                    f"{endpoints.mqtt_gateway_username}:{endpoints.mqtt_gateway_password}\n"
-                )
-                handle.write(f"{endpoints.mqtt_device_username}:{endpoints.mqtt_device_password}\n")
-            result = self._run([passwd_tool, "-U", str(plain)], None)
-            if result.returncode != 0:
-                raise LocalServicesError(f"mosquitto_passwd failed: {result.stderr.strip()}")
-            plain.replace(self._mqtt_dir / "passwd")
-        finally:
-            plain.unlink(missing_ok=True)
+                json.dump(document, handle, indent=2)
         (self._mqtt_dir / "mosquitto.pid").unlink(missing_ok=True)
         if user is not None:
             for path in [self._mqtt_dir, *self._mqtt_dir.rglob("*")]:

@@ -22,7 +22,6 @@ from rpm.localservices import (
     LocalServicesError,
     ServiceEndpoints,
     parse_postmaster_pid,
-    render_acl,
     render_mosquitto_conf,
     render_pg_settings,
 )
@@ -35,6 +34,8 @@ SAMPLE = ServiceEndpoints(
     mqtt_gateway_password="gw-secret",
     mqtt_device_username="rpm-fleet",
     mqtt_device_password="dev-secret",
+    mqtt_admin_username="rpm-broker-admin",
+    mqtt_admin_password="admin-secret",
     timescaledb=False,
     root="/srv/rpm",
 )
@@ -92,7 +93,7 @@ def test_rendered_configs_listen_on_loopback_only() -> None:
     assert [ln for ln in conf.splitlines() if ln.startswith("listener")] == [
         "listener 1883 127.0.0.1"
     ]
-    assert "topic write rpm/v1/devices/#" in render_acl()
+    assert "plugin_opt_config_file /srv/mqtt/dynamic-security.json" in conf
 
 
 # --- against the real servers ------------------------------------------------------------------
