@@ -44,6 +44,7 @@ class MqttConfig:
     batch_max_messages: int = 2000
     batch_max_wait_s: float = 0.02
     reconnect_max_s: float = 5.0
+    tls_ca_file: str | None = None  # verify the broker's certificate against this CA
 
 
 def device_id_from_topic(topic: str) -> str | None:
@@ -105,6 +106,7 @@ class MqttGateway:
             clean_session=False,
             protocol=aiomqtt.ProtocolVersion.V311,
             keepalive=30,
+            tls_params=aiomqtt.TLSParameters(ca_certs=cfg.tls_ca_file) if cfg.tls_ca_file else None,
         )
         # Must be set before CONNECT: a persistent session starts delivering at once.
         paho_client: paho.Client = client._client

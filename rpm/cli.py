@@ -118,6 +118,8 @@ def settings_for_local(endpoints: ServiceEndpoints, **overrides: object) -> Sett
         "mqtt_port": endpoints.mqtt_port,
         "mqtt_username": endpoints.mqtt_gateway_username,
         "mqtt_password": SecretStr(endpoints.mqtt_gateway_password),
+        "mqtt_admin_username": endpoints.mqtt_admin_username,
+        "mqtt_admin_password": SecretStr(endpoints.mqtt_admin_password),
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
@@ -155,6 +157,8 @@ def _services(action: str, root: Path) -> int:
             "RPM_MQTT_PORT": str(found.mqtt_port),
             "RPM_MQTT_USERNAME": found.mqtt_gateway_username,
             "RPM_MQTT_PASSWORD": found.mqtt_gateway_password,
+            "RPM_MQTT_ADMIN_USERNAME": found.mqtt_admin_username,
+            "RPM_MQTT_ADMIN_PASSWORD": found.mqtt_admin_password,
             "RPM_SIMULATOR_MQTT_USERNAME": found.mqtt_device_username,
             "RPM_SIMULATOR_MQTT_PASSWORD": found.mqtt_device_password,
         }

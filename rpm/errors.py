@@ -9,6 +9,7 @@
     ├── DeliveryError          an outside service (SMS, EHR) failed
     │   ├── TransientDeliveryError   retry later with backoff
     │   └── PermanentDeliveryError   do not retry; keep the answer for people to see
+    ├── BrokerProvisioningError  the broker refused or missed a login change; retry the request
     └── ConfigurationError     settings are wrong; fix and restart
 """
 
@@ -41,6 +42,10 @@ class TransientDeliveryError(DeliveryError):
 
 class PermanentDeliveryError(DeliveryError):
     """Not worth retrying (4xx other than 429): keep the answer for people to see."""
+
+
+class BrokerProvisioningError(RpmError):
+    """The broker did not apply a login or ACL change; the API call may be retried."""
 
 
 class ConfigurationError(RpmError):

@@ -445,6 +445,52 @@ class LocalServices:
             return None
         return saved
 
+    # One service at a time, e.g. to show that the gateway rides out a restart of either.
+
+    def stop_postgres(self) -> None:
+        """Stop only the cluster (fast shutdown: sessions end, nothing committed is lost)."""
+        with self._locked():
+            self._stop_postgres()
+
+    def start_postgres(self) -> None:
+        """Start the cluster again with its saved settings; a running one is left alone."""
+        with self._locked():
+            if self._postmaster() is not None:
+                return
+            if not self._initialised():
+                raise LocalServicesError(f"no PostgreSQL cluster in {self._pg_dir}: start() first")
+            user = self._service_account("postgres", required=True)
+            socket_dir = self._pg_socket_dir()
+            if socket_dir != self._pg_dir:  # _stop_postgres removed it
+                self._make_private_dir(socket_dir, user)
+            self._start_postgres(_find_pg_bindir(), user)
+
+    def restart_postgres(self, down_s: float = 0.0) -> None:
+        """Stop the cluster, stay down ``down_s`` seconds, start it again."""
+        self.stop_postgres()
+        time.sleep(down_s)
+        self.start_postgres()
+
+    def stop_broker(self) -> None:
+        """Stop only Mosquitto (SIGTERM: it saves sessions and queued messages first)."""
+        with self._locked():
+            self._stop_mosquitto()
+
+    def start_broker(self) -> None:
+        """Start Mosquitto again on its saved port and config; a running one is left alone."""
+        with self._locked():
+            saved = self._load_saved()
+            if saved is None or not (self._mqtt_dir / "mosquitto.conf").exists():
+                raise LocalServicesError(f"no broker set up in {self._mqtt_dir}: start() first")
+            if self._mosquitto_pid() is None:
+                self._start_mosquitto(_find_mosquitto()[0], saved.mqtt_port)
+
+    def restart_broker(self, down_s: float = 0.0) -> None:
+        """Stop the broker, stay down ``down_s`` seconds, start it again."""
+        self.stop_broker()
+        time.sleep(down_s)
+        self.start_broker()
+
     # --- start ---
 
     def _start_locked(self) -> ServiceEndpoints:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +19,7 @@ import asyncpg
 from alerts.lifecycle import Action
 from alerts.policy import Decision, decide
 from alerts.templates import patient_alert_sms
-from device_gateways.decoders import DECODERS
+from device_gateways.decoders import DECODERS, Decoded
 from rules.engine import EngineState, step
 
 from .domain import AcceptedReading, RawMessage, Rejection, RejectReason
@@ -57,6 +57,19 @@ class _Prepared:
     seen: dict[str, tuple[datetime, dict[str, float]]]
 
 
+def namespaced(decoded: Decoded, integration: str) -> Decoded:
+    """Webhook device ids become ``<integration>:<vendor id>``.
+
+    An integration can then only ever report devices enrolled under it, and never
+    collide with (or pose as) an MQTT device, whose ids contain no colon.
+    """
+    return Decoded(
+        [replace(r, device_id=f"{integration}:{r.device_id}") for r in decoded.readings],
+        decoded.problems,
+        {f"{integration}:{k}": v for k, v in decoded.device_status.items()},
+    )
+
+
 class IngestPipeline:
     """Turns batches of raw messages into durable readings, alerts and outbox work."""
 
@@ -83,6 +96,25 @@ class IngestPipeline:
         except asyncpg.UniqueViolationError as exc:
             # Another process opened the same alert episode at the same moment.
             raise StorageError("concurrent alert episode; retry the batch") from exc
+
+    async def replay(
+        self, *, ids: Sequence[int] | None = None, reason: str | None = None, limit: int = 1000
+    ) -> tuple[list[int], BatchResult]:
+        """Run quarantined payloads through the unit of work again (e.g. after enrollment).
+
+        Items are marked replayed in the same transaction; whatever is still refused is
+        quarantined again under its (possibly new) reason, so nothing is lost.
+        """
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                items = await quarantine_store.for_replay(conn, ids=ids, reason=reason, limit=limit)
+                if not items:
+                    return [], BatchResult()
+                await quarantine_store.mark_replayed(conn, [i for i, _ in items])
+                result = await self._process(conn, [raw for _, raw in items])
+                return [i for i, _ in items], result
+        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+            raise StorageError(f"database unavailable: {exc.__class__.__name__}") from exc
 
     async def _process(self, conn: Conn, batch: Sequence[RawMessage]) -> BatchResult:
         now = self._now()
@@ -141,6 +173,8 @@ class IngestPipeline:
             rejections.extend(
                 Rejection(RejectReason.MALFORMED, p, raw, raw.device_id) for p in d.problems
             )
+            if raw.integration is not None:
+                d = namespaced(d, raw.integration)
             decoded.append((raw, d))
 
         devices = await device_store.device_records(

@@ -14,6 +14,7 @@ import uvicorn
 
 from alerts.outbox_worker import SmsOutboxWorker
 from alerts.sms import TwilioSms
+from device_gateways.broker_admin import BrokerAdmin, BrokerAdminConfig
 from device_gateways.mqtt import MqttConfig, MqttGateway
 from rpm.api.app import create_app
 from rpm.api.live import Broadcaster
@@ -99,6 +100,7 @@ class Server:
                 topic=s.mqtt_topic,
                 batch_max_messages=s.batch_max_messages,
                 batch_max_wait_s=s.batch_max_wait_ms / 1000,
+                tls_ca_file=s.mqtt_tls_ca_file,
             ),
             process,
         )
@@ -117,7 +119,16 @@ class Server:
         )
         self._broadcaster = Broadcaster(dsn, (ALERTS_CHANNEL, INGEST_CHANNEL))
         await self._broadcaster.start()
-        app = create_app(self.pool, self._broadcaster)
+        admin_password = s.mqtt_admin_password
+        broker = BrokerAdmin(
+            BrokerAdminConfig(
+                host=s.mqtt_host,
+                port=s.mqtt_port,
+                username=s.mqtt_admin_username or "",
+                password=admin_password.get_secret_value() if admin_password else "",
+            )
+        )
+        app = create_app(self.pool, self._broadcaster, pipeline, broker)
         config = uvicorn.Config(
             app, host=s.api_host, port=s.api_port, log_level="warning", lifespan="off"
         )

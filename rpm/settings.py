@@ -19,7 +19,12 @@ class Settings(BaseSettings):
     mqtt_username: str | None = None
     mqtt_password: SecretStr | None = None
     mqtt_client_id: str = "rpm-gateway"
+    # The broker login that provisions device logins (dynamic-security admin).
+    mqtt_admin_username: str | None = None
+    mqtt_admin_password: SecretStr | None = None
     mqtt_topic: str = "rpm/v1/devices/+/readings"
+    # PEM CA bundle: connect to the broker over TLS and verify its certificate against it.
+    mqtt_tls_ca_file: str | None = None
 
     # Micro-batching of the ingest unit of work: whichever limit is reached first.
     batch_max_messages: int = Field(default=2000, ge=1)

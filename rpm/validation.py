@@ -37,10 +37,11 @@ def validate(
     accepted: list[AcceptedReading] = []
     rejected: list[Rejection] = []
 
-    def reject(reason: RejectReason, detail: str) -> None:
-        rejected.append(Rejection(reason, detail, raw, raw.device_id))
-
     for reading in readings:
+
+        def reject(reason: RejectReason, detail: str, device_id: str = reading.device_id) -> None:
+            rejected.append(Rejection(reason, detail, raw, device_id))
+
         if device is None:
             reject(RejectReason.UNKNOWN_DEVICE, f"device {reading.device_id!r} is not enrolled")
             continue

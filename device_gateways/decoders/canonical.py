@@ -7,7 +7,9 @@ One reading::
      "device": {"battery": 81}}
 
 Values are in the canonical UCUM unit of each component (see ``rpm.domain.METRICS``).
-Any ``device_id`` inside the payload is ignored: identity comes from the topic.
+Over MQTT any ``device_id`` inside the payload is ignored: identity comes from the topic.
+Over HTTP (an integration's webhook) each reading names its ``device_id``, which the
+pipeline scopes to the integration.
 """
 
 from __future__ import annotations
@@ -28,8 +30,6 @@ _STATUS_FIELDS = ("battery", "signal")
 
 def decode(raw: RawMessage) -> Decoded:
     """Decode canonical JSON; raise ``DecodeError`` when nothing in it is usable."""
-    if raw.device_id is None:
-        raise DecodeError("canonical payloads need the device identity of the transport")
     try:
         doc = json.loads(raw.payload)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
@@ -47,16 +47,18 @@ def decode(raw: RawMessage) -> Decoded:
         raise DecodeError(f"more than {MAX_READINGS_PER_PAYLOAD} readings in one payload")
     readings: list[Reading] = []
     problems: list[str] = []
-    status: dict[str, float] = {}
+    status: dict[str, dict[str, float]] = {}
     for index, item in enumerate(items):
         try:
-            readings.append(_reading(item, raw))
-            status.update(_device_status(item))
+            reading = _reading(item, raw)
+            readings.append(reading)
+            if device := _device_status(item):
+                status.setdefault(reading.device_id, {}).update(device)
         except DecodeError as exc:
             problems.append(f"item {index}: {exc}" if len(items) > 1 else str(exc))
     if not readings:
         raise DecodeError("; ".join(problems))
-    return Decoded(readings, problems, {raw.device_id: status} if status else {})
+    return Decoded(readings, problems, status)
 
 
 def _reading(item: object, raw: RawMessage) -> Reading:
@@ -84,8 +86,14 @@ def _reading(item: object, raw: RawMessage) -> Reading:
     missing = [c.name for c in spec.components if c.required and c.name not in values]
     if missing:
         raise DecodeError(f"{metric.value} lacks {', '.join(missing)}")
+    device_id = raw.device_id
+    if device_id is None:
+        named = item.get("device_id")
+        if not isinstance(named, str) or not named:
+            raise DecodeError("'device_id' is required when the transport does not name one")
+        device_id = named
     return Reading(
-        device_id=raw.device_id or "",
+        device_id=device_id,
         metric=metric,
         values=values,
         measured_at=_timestamp(item.get("measured_at")),

@@ -15,12 +15,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from alerts.lifecycle import Action, InvalidTransition
+from device_gateways.broker_admin import BrokerAdmin
 from rpm.fhir import mapping
-from rpm.pipeline import INGEST_CHANNEL
+from rpm.pipeline import INGEST_CHANNEL, IngestPipeline
 from rpm.storage import alerts as alert_store
-from rpm.storage import quarantine as quarantine_store
 from rpm.storage import readings as reading_store
 
+from . import ingest, registry
 from .live import Broadcaster
 
 FHIR_JSON = "application/fhir+json"
@@ -81,24 +82,17 @@ class ReadingOut(BaseModel):
     stored_at: datetime
 
 
-class QuarantineOut(BaseModel):
-    id: int
-    transport: str
-    payload_format: str
-    device_id: str | None
-    topic: str | None
-    reason: str
-    detail: str
-    payload: str
-    received_at: datetime
-    seen_count: int
-    replayed_at: datetime | None
-
-
-def create_app(pool: asyncpg.Pool, broadcaster: Broadcaster) -> FastAPI:
+def create_app(
+    pool: asyncpg.Pool,
+    broadcaster: Broadcaster,
+    pipeline: IngestPipeline,
+    broker: BrokerAdmin,
+) -> FastAPI:
     """The app over an open pool; ``broadcaster`` feeds the live stream."""
 
     app = FastAPI(title="RPM server", version="0.1.0")
+    app.include_router(ingest.router(pool, pipeline))
+    app.include_router(registry.router(pool, broker))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -185,17 +179,6 @@ def create_app(pool: asyncpg.Pool, broadcaster: Broadcaster) -> FastAPI:
             }
             for s in rows
         ]
-
-    @app.get("/api/quarantine", response_model=list[QuarantineOut])
-    async def quarantine(
-        reason: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
-    ) -> list[dict[str, Any]]:
-        """Refused payloads with their reasons; payload bytes shown as UTF-8 (replaced)."""
-        async with pool.acquire() as conn:
-            rows = await quarantine_store.recent(conn, reason=reason, limit=limit)
-        for r in rows:
-            r["payload"] = bytes(r["payload"]).decode("utf-8", "replace")
-        return rows
 
     @app.get("/fhir/Observation", response_class=JSONResponse)
     async def fhir_observation_search(

@@ -25,9 +25,11 @@ async def insert_new(conn: Conn, accepted: Sequence[AcceptedReading]) -> list[Ac
         return []
     rows = await conn.fetch(
         """INSERT INTO readings
-               (measured_at, device_id, metric, patient_id, uid, components, received_at)
+               (measured_at, device_id, metric, patient_id, uid, components, received_at,
+                original)
            SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[],
-                                $5::uuid[], $6::text[]::jsonb[], $7::timestamptz[])
+                                $5::uuid[], $6::text[]::jsonb[], $7::timestamptz[],
+                                $8::text[]::jsonb[])
            ON CONFLICT DO NOTHING
            RETURNING device_id, metric, measured_at""",
         [a.reading.measured_at for a in accepted],
@@ -37,6 +39,7 @@ async def insert_new(conn: Conn, accepted: Sequence[AcceptedReading]) -> list[Ac
         [a.reading.uid for a in accepted],
         [json.dumps(dict(a.reading.values)) for a in accepted],
         [a.reading.received_at for a in accepted],
+        [json.dumps(dict(a.reading.original)) if a.reading.original else None for a in accepted],
     )
     new: set[ReadingKey] = {(r["device_id"], r["metric"], r["measured_at"]) for r in rows}
     out: list[AcceptedReading] = []

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from rpm.domain import Binding, DeviceRecord
 from rpm.storage.pool import Conn
@@ -138,3 +140,158 @@ async def sms_contact(conn: Conn, patient_id: str) -> tuple[str | None, bool]:
     if row is None:
         return None, False
     return row["phone"], bool(row["sms_consent"])
+
+
+class DeviceNotFound(LookupError):
+    pass
+
+
+async def device_event(
+    conn: Conn, device_id: str, actor: str, action: str, detail: Mapping[str, object]
+) -> None:
+    await conn.execute(
+        "INSERT INTO device_events (device_id, actor, action, detail) VALUES ($1, $2, $3, $4)",
+        device_id,
+        actor,
+        action,
+        dict(detail),
+    )
+
+
+async def create_device(
+    conn: Conn,
+    *,
+    device_id: str,
+    kind: str,
+    vendor: str | None,
+    serial: str | None,
+    integration: str | None,
+    actor: str,
+) -> None:
+    """Register a device; raises asyncpg.UniqueViolationError when the id is taken."""
+    await conn.execute(
+        """INSERT INTO devices (id, kind, vendor, serial, integration)
+           VALUES ($1, $2, $3, $4, $5)""",
+        device_id,
+        kind,
+        vendor,
+        serial,
+        integration,
+    )
+    await device_event(
+        conn, device_id, actor, "enroll", {"kind": kind, "vendor": vendor, "serial": serial}
+    )
+
+
+async def bind(
+    conn: Conn,
+    *,
+    device_id: str,
+    patient_id: str,
+    start: datetime,
+    end: datetime | None,
+    actor: str,
+) -> None:
+    """Lend a device to a patient for [start, end); overlapping periods raise ExclusionViolation."""
+    await conn.execute(
+        "INSERT INTO device_bindings (device_id, patient_id, during) "
+        "VALUES ($1, $2, tstzrange($3, $4))",
+        device_id,
+        patient_id,
+        start,
+        end,
+    )
+    await device_event(
+        conn,
+        device_id,
+        actor,
+        "bind",
+        {"patient_id": patient_id, "start": start.isoformat(), "end": end and end.isoformat()},
+    )
+
+
+async def unbind(conn: Conn, *, device_id: str, at: datetime, actor: str) -> int:
+    """End the binding open at ``at``; return how many were ended (0 or 1)."""
+    status = await conn.execute(
+        """UPDATE device_bindings SET during = tstzrange(lower(during), $2)
+            WHERE device_id = $1 AND during @> $2::timestamptz""",
+        device_id,
+        at,
+    )
+    ended = int(status.split()[-1])
+    if ended:
+        await device_event(conn, device_id, actor, "unbind", {"at": at.isoformat()})
+    return ended
+
+
+async def retire(conn: Conn, *, device_id: str, at: datetime, actor: str) -> None:
+    await unbind(conn, device_id=device_id, at=at, actor=actor)
+    await conn.execute("UPDATE devices SET retired_at = $2 WHERE id = $1", device_id, at)
+    await device_event(conn, device_id, actor, "retire", {"at": at.isoformat()})
+
+
+async def rotated(conn: Conn, *, device_id: str, actor: str) -> None:
+    await conn.execute("UPDATE devices SET credentials_rotated_at = now() WHERE id = $1", device_id)
+    await device_event(conn, device_id, actor, "rotate_credentials", {})
+
+
+async def device_detail(conn: Conn, device_id: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(
+        """SELECT id, kind, vendor, serial, integration, retired_at, battery, signal,
+                  last_seen_at, created_at, credentials_rotated_at
+             FROM devices WHERE id = $1""",
+        device_id,
+    )
+    if row is None:
+        return None
+    out = dict(row)
+    out["bindings"] = [
+        {"patient_id": b["patient_id"], "start": b["start"], "end": b["end"]}
+        for b in await conn.fetch(
+            """SELECT patient_id, lower(during) AS start, upper(during) AS end
+                 FROM device_bindings WHERE device_id = $1 ORDER BY lower(during)""",
+            device_id,
+        )
+    ]
+    out["events"] = [
+        dict(e)
+        for e in await conn.fetch(
+            "SELECT at, actor, action, detail FROM device_events WHERE device_id = $1 ORDER BY id",
+            device_id,
+        )
+    ]
+    return out
+
+
+async def create_integration(
+    conn: Conn, *, integration_id: str, name: str, auth: str, secret: str, formats: list[str]
+) -> None:
+    await conn.execute(
+        """INSERT INTO integrations (id, name, auth, secret, formats)
+           VALUES ($1, $2, $3, $4, $5)""",
+        integration_id,
+        name,
+        auth,
+        secret,
+        formats,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Integration:
+    id: str
+    auth: str
+    secret: str = field(repr=False)
+    formats: tuple[str, ...]
+    revoked: bool
+
+
+async def integration(conn: Conn, integration_id: str) -> Integration | None:
+    row = await conn.fetchrow(
+        "SELECT id, auth, secret, formats, revoked_at IS NOT NULL AS revoked "
+        "FROM integrations WHERE id = $1",
+        integration_id,
+    )
+    if row is None:
+        return None
+    return Integration(row["id"], row["auth"], row["secret"], tuple(row["formats"]), row["revoked"])

@@ -1,0 +1,301 @@
+"""Enrollment API: patients, devices (with broker logins), bindings, integrations."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import asyncpg
+from fastapi import APIRouter, HTTPException, Path
+from pydantic import AwareDatetime, BaseModel, Field
+
+from device_gateways import dynsec
+from device_gateways.broker_admin import BrokerAdmin
+from device_gateways.decoders import DECODERS
+from device_gateways.mqtt import TOPIC_PREFIX
+from rpm.errors import BrokerProvisioningError
+from rpm.storage import registry
+from rpm.storage.pool import Conn
+
+# MQTT device ids appear in topics and broker logins: no '/', '+', '#', ':' or spaces.
+MQTT_DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+VENDOR_DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+INTEGRATION_ID = r"^[a-z0-9][a-z0-9-]{0,39}$"
+PATIENT_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+Actor = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class PatientIn(BaseModel):
+    id: Annotated[str, Field(pattern=PATIENT_ID)]
+    display_name: Annotated[str, Field(min_length=1, max_length=200)]
+    phone: Annotated[str | None, Field(pattern=r"^\+[1-9][0-9]{6,14}$")] = None  # E.164
+    sms_consent: bool = False
+    programs: list[Literal["hypertension", "heart_failure", "copd", "diabetes"]] = []
+    timezone: Annotated[str, Field(max_length=64)] = "UTC"
+    language: Annotated[str, Field(pattern=r"^[a-z]{2}(-[A-Z]{2})?$")] = "en"
+
+
+class DeviceIn(BaseModel):
+    """A device to enroll. Without ``integration`` it publishes over MQTT with its own login;
+    with one, its readings come from that integration's webhooks and ``id`` is the vendor's."""
+
+    id: Annotated[str, Field(pattern=VENDOR_DEVICE_ID)]
+    kind: Literal["bp_cuff", "pulse_oximeter", "scale", "glucometer", "thermometer", "other"]
+    vendor: Annotated[str | None, Field(max_length=100)] = None
+    serial: Annotated[str | None, Field(max_length=100)] = None  # serial number or IMEI
+    integration: Annotated[str | None, Field(pattern=INTEGRATION_ID)] = None
+    patient_id: Annotated[str | None, Field(pattern=PATIENT_ID)] = None
+    bound_from: AwareDatetime | None = None
+    actor: Actor
+
+
+class MqttCredentials(BaseModel):
+    username: str
+    password: str
+    topic: str
+
+
+class DeviceEnrolled(BaseModel):
+    device_id: str
+    mqtt: MqttCredentials | None = None  # shown once; store it in the device
+
+
+class BindingIn(BaseModel):
+    patient_id: Annotated[str, Field(pattern=PATIENT_ID)]
+    start: AwareDatetime | None = None
+    end: AwareDatetime | None = None
+    actor: Actor
+
+
+class AtIn(BaseModel):
+    at: AwareDatetime | None = None
+    actor: Actor
+
+
+class ActorIn(BaseModel):
+    actor: Actor
+
+
+class BindingOut(BaseModel):
+    patient_id: str
+    start: datetime
+    end: datetime | None
+
+
+class DeviceEventOut(BaseModel):
+    at: datetime
+    actor: str
+    action: str
+    detail: dict[str, Any]
+
+
+class DeviceOut(BaseModel):
+    id: str
+    kind: str
+    vendor: str | None
+    serial: str | None
+    integration: str | None
+    retired_at: datetime | None
+    battery: float | None
+    signal: float | None
+    last_seen_at: datetime | None
+    created_at: datetime
+    credentials_rotated_at: datetime | None
+    bindings: list[BindingOut]
+    events: list[DeviceEventOut]
+
+
+class IntegrationIn(BaseModel):
+    id: Annotated[str, Field(pattern=INTEGRATION_ID)]
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    auth: Literal["hmac", "token"] = "hmac"
+    formats: Annotated[list[str], Field(min_length=1)]
+
+
+class IntegrationCreated(BaseModel):
+    id: str
+    auth: str
+    formats: list[str]
+    secret: str  # shown once
+
+
+def router(pool: asyncpg.Pool, broker: BrokerAdmin) -> APIRouter:
+    api = APIRouter(prefix="/api")
+
+    @api.post("/patients", status_code=201)
+    async def create_patient(body: PatientIn) -> dict[str, str]:
+        async with pool.acquire() as conn:
+            await registry.upsert_patient(
+                conn,
+                patient_id=body.id,
+                display_name=body.display_name,
+                phone=body.phone,
+                sms_consent=body.sms_consent,
+                programs=body.programs,
+                timezone=body.timezone,
+                language=body.language,
+            )
+        return {"id": body.id}
+
+    @api.post("/devices", status_code=201, response_model=DeviceEnrolled)
+    async def enroll(body: DeviceIn) -> DeviceEnrolled:
+        """Enroll a device, bind it when a patient is given, and provision its broker login."""
+        if body.integration is None and not _matches(MQTT_DEVICE_ID, body.id):
+            raise HTTPException(422, "an MQTT device id may hold only letters, digits, . _ -")
+        device_id = f"{body.integration}:{body.id}" if body.integration else body.id
+        password = secrets.token_urlsafe(24)
+        async with pool.acquire() as conn, conn.transaction():
+            if body.integration and await registry.integration(conn, body.integration) is None:
+                raise HTTPException(422, f"no integration {body.integration!r}")
+            try:
+                await registry.create_device(
+                    conn,
+                    device_id=device_id,
+                    kind=body.kind,
+                    vendor=body.vendor,
+                    serial=body.serial,
+                    integration=body.integration,
+                    actor=body.actor,
+                )
+            except asyncpg.UniqueViolationError:
+                raise HTTPException(409, f"device {device_id!r} is already enrolled") from None
+            if body.patient_id is not None:
+                await _bind(conn, device_id, body.patient_id, body.bound_from, None, body.actor)
+            if body.integration is None:
+                # Inside the transaction: if the broker refuses, nothing is enrolled. A retry
+                # after a commit failure finds the login and only resets its password.
+                await _broker(
+                    broker,
+                    dynsec.provision_device(device_id, password),
+                    tolerate=("already exists",),
+                )
+                await _broker(broker, dynsec.set_password(device_id, password))
+        if body.integration is not None:
+            return DeviceEnrolled(device_id=device_id)
+        return DeviceEnrolled(
+            device_id=device_id,
+            mqtt=MqttCredentials(
+                username=device_id, password=password, topic=f"{TOPIC_PREFIX}{device_id}/readings"
+            ),
+        )
+
+    @api.get("/devices/{device_id}", response_model=DeviceOut)
+    async def get_device(device_id: str) -> dict[str, Any]:
+        async with pool.acquire() as conn:
+            found = await registry.device_detail(conn, device_id)
+        if found is None:
+            raise HTTPException(404, "no such device")
+        return found
+
+    @api.post("/devices/{device_id}/bindings", status_code=201)
+    async def bind(device_id: str, body: BindingIn) -> dict[str, str]:
+        async with pool.acquire() as conn, conn.transaction():
+            await _existing(conn, device_id)
+            await _bind(conn, device_id, body.patient_id, body.start, body.end, body.actor)
+        return {"device_id": device_id, "patient_id": body.patient_id}
+
+    @api.post("/devices/{device_id}/unbind")
+    async def unbind(device_id: str, body: AtIn) -> dict[str, int]:
+        async with pool.acquire() as conn, conn.transaction():
+            await _existing(conn, device_id)
+            ended = await registry.unbind(
+                conn, device_id=device_id, at=body.at or datetime.now(UTC), actor=body.actor
+            )
+        return {"ended": ended}
+
+    @api.post("/devices/{device_id}/credentials", response_model=MqttCredentials)
+    async def rotate(
+        device_id: Annotated[str, Path(pattern=MQTT_DEVICE_ID)], body: ActorIn
+    ) -> MqttCredentials:
+        """A new broker password; the old one stops working at once."""
+        password = secrets.token_urlsafe(24)
+        async with pool.acquire() as conn, conn.transaction():
+            device = await _existing(conn, device_id)
+            if device["integration"] or device["retired_at"]:
+                raise HTTPException(409, "only active MQTT devices have broker credentials")
+            await registry.rotated(conn, device_id=device_id, actor=body.actor)
+            await _broker(broker, dynsec.set_password(device_id, password))
+        return MqttCredentials(
+            username=device_id, password=password, topic=f"{TOPIC_PREFIX}{device_id}/readings"
+        )
+
+    @api.post("/devices/{device_id}/retire")
+    async def retire(device_id: str, body: AtIn) -> dict[str, str]:
+        """End the device's binding, refuse its readings from now on, disable its login."""
+        async with pool.acquire() as conn, conn.transaction():
+            device = await _existing(conn, device_id)
+            if device["retired_at"]:
+                raise HTTPException(409, "already retired")
+            await registry.retire(
+                conn, device_id=device_id, at=body.at or datetime.now(UTC), actor=body.actor
+            )
+            if not device["integration"]:
+                await _broker(broker, dynsec.disable_device(device_id))
+        return {"device_id": device_id, "state": "retired"}
+
+    @api.post("/integrations", status_code=201, response_model=IntegrationCreated)
+    async def create_integration(body: IntegrationIn) -> IntegrationCreated:
+        unknown = sorted(set(body.formats) - set(DECODERS))
+        if unknown:
+            raise HTTPException(422, f"unknown formats {unknown}; known: {sorted(DECODERS)}")
+        secret = secrets.token_urlsafe(32)
+        async with pool.acquire() as conn:
+            try:
+                await registry.create_integration(
+                    conn,
+                    integration_id=body.id,
+                    name=body.name,
+                    auth=body.auth,
+                    secret=secret,
+                    formats=body.formats,
+                )
+            except asyncpg.UniqueViolationError:
+                raise HTTPException(409, f"integration {body.id!r} exists") from None
+        return IntegrationCreated(id=body.id, auth=body.auth, formats=body.formats, secret=secret)
+
+    return api
+
+
+def _matches(pattern: str, value: str) -> bool:
+    return re.fullmatch(pattern.strip("^$"), value) is not None
+
+
+async def _existing(conn: Conn, device_id: str) -> dict[str, Any]:
+    found = await registry.device_detail(conn, device_id)
+    if found is None:
+        raise HTTPException(404, "no such device")
+    return found
+
+
+async def _bind(
+    conn: Conn,
+    device_id: str,
+    patient_id: str,
+    start: datetime | None,
+    end: datetime | None,
+    actor: str,
+) -> None:
+    try:
+        await registry.bind(
+            conn,
+            device_id=device_id,
+            patient_id=patient_id,
+            start=start or datetime.now(UTC),
+            end=end,
+            actor=actor,
+        )
+    except asyncpg.ExclusionViolationError:
+        raise HTTPException(409, "the device is bound to a patient in that period") from None
+    except asyncpg.ForeignKeyViolationError:
+        raise HTTPException(422, f"no patient {patient_id!r}") from None
+    except asyncpg.DataError as exc:
+        raise HTTPException(422, f"bad period: {exc}") from None
+
+
+async def _broker(broker: BrokerAdmin, commands: list[dict[str, Any]], **kw: Any) -> None:
+    try:
+        await broker.apply(commands, **kw)
+    except BrokerProvisioningError as exc:
+        raise HTTPException(503, f"the broker did not take the change: {exc}") from None

@@ -1,0 +1,274 @@
+"""Enrollment through the API against the real broker and database: per-device broker
+logins that can publish only to their own topic, rotation, retirement, bindings, and
+replay of quarantined payloads once their device is enrolled."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from rpm.localservices import ServiceEndpoints
+from rpm.server import Server
+
+
+def publish(
+    services: ServiceEndpoints, username: str, password: str, device_id: str, payload: object
+) -> subprocess.CompletedProcess[str]:
+    """An independent device-side client: mosquitto_pub with the given login."""
+    return subprocess.run(
+        [
+            "mosquitto_pub",
+            "-h",
+            services.mqtt_host,
+            "-p",
+            str(services.mqtt_port),
+            "-u",
+            username,
+            "-P",
+            password,
+            "-q",
+            "1",
+            "-V",
+            "mqttv5",
+            "-t",
+            f"rpm/v1/devices/{device_id}/readings",
+            "-m",
+            json.dumps(payload),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+
+
+def bp(sys_: int, minutes_ago: int = 1, **extra: object) -> dict[str, object]:
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=minutes_ago)
+    return {
+        "metric": "blood_pressure",
+        "measured_at": at.isoformat(),
+        "values": {"systolic": sys_, "diastolic": 80},
+        **extra,
+    }
+
+
+@pytest.fixture
+async def api(server: Server) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{server.settings.api_port}", timeout=15
+    ) as client:
+        r = await client.post(
+            "/api/patients",
+            json={
+                "id": "pat-a",
+                "display_name": "Pat A",
+                "phone": "+15550100007",
+                "sms_consent": True,
+            },
+        )
+        assert r.status_code == 201
+        r = await client.post("/api/patients", json={"id": "pat-b", "display_name": "Pat B"})
+        assert r.status_code == 201
+        yield client
+
+
+async def readings_of(api: httpx.AsyncClient, patient: str) -> list[dict[str, object]]:
+    return (await api.get(f"/api/patients/{patient}/readings")).json()  # type: ignore[no-any-return]
+
+
+async def until(check, within: float = 10.0):  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        value = await check()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+async def enroll(api: httpx.AsyncClient, device_id: str, patient: str) -> dict[str, str]:
+    r = await api.post(
+        "/api/devices",
+        json={
+            "id": device_id,
+            "kind": "bp_cuff",
+            "vendor": "Acme",
+            "serial": f"SN-{device_id}",
+            "patient_id": patient,
+            "bound_from": (datetime.now(UTC) - timedelta(days=1)).isoformat(),
+            "actor": "admin:test",
+        },
+    )
+    assert r.status_code == 201, r.text
+    creds = r.json()["mqtt"]
+    assert creds["username"] == device_id
+    assert creds["topic"] == f"rpm/v1/devices/{device_id}/readings"
+    return creds  # type: ignore[no-any-return]
+
+
+async def test_a_device_publishes_only_as_itself(
+    api: httpx.AsyncClient, services: ServiceEndpoints
+) -> None:
+    a = await enroll(api, "cuff-a", "pat-a")
+    await enroll(api, "cuff-b", "pat-b")
+
+    # Device A tries to publish on device B's topic: the broker refuses (MQTT 5 reason code).
+    forged = await asyncio.to_thread(
+        publish, services, a["username"], a["password"], "cuff-b", bp(190, minutes_ago=3)
+    )
+    assert "not authorized" in (forged.stdout + forged.stderr).lower() or forged.returncode != 0
+    # Device A names device B inside its payload: the topic wins.
+    ok = await asyncio.to_thread(
+        publish,
+        services,
+        a["username"],
+        a["password"],
+        "cuff-a",
+        bp(130, minutes_ago=2, device_id="cuff-b"),
+    )
+    assert ok.returncode == 0, ok.stderr
+
+    stored = await until(lambda: readings_of(api, "pat-a"))
+    assert [r["device_id"] for r in stored] == ["cuff-a"]
+    assert await readings_of(api, "pat-b") == []
+    assert (await api.get("/api/alerts")).json() == []  # the forged crisis never arrived
+
+
+async def test_rotation_replaces_the_password_and_retirement_locks_the_device_out(
+    api: httpx.AsyncClient, services: ServiceEndpoints
+) -> None:
+    old = await enroll(api, "cuff-r", "pat-a")
+    r = await api.post("/api/devices/cuff-r/credentials", json={"actor": "admin:test"})
+    assert r.status_code == 200
+    new = r.json()
+    assert new["password"] != old["password"]
+
+    refused = await asyncio.to_thread(
+        publish, services, "cuff-r", old["password"], "cuff-r", bp(120)
+    )
+    assert refused.returncode != 0
+    accepted = await asyncio.to_thread(
+        publish, services, "cuff-r", new["password"], "cuff-r", bp(121)
+    )
+    assert accepted.returncode == 0, accepted.stderr
+    await until(lambda: readings_of(api, "pat-a"))
+
+    r = await api.post("/api/devices/cuff-r/retire", json={"actor": "admin:test"})
+    assert r.status_code == 200
+    locked_out = await asyncio.to_thread(
+        publish, services, "cuff-r", new["password"], "cuff-r", bp(122, minutes_ago=0)
+    )
+    assert locked_out.returncode != 0
+
+    device = (await api.get("/api/devices/cuff-r")).json()
+    assert device["retired_at"] is not None
+    assert device["bindings"][0]["end"] is not None
+    assert [e["action"] for e in device["events"]] == [
+        "enroll",
+        "bind",
+        "rotate_credentials",
+        "unbind",
+        "retire",
+    ]
+    assert (await api.post("/api/devices/cuff-r/retire", json={"actor": "x"})).status_code == 409
+
+
+async def test_binding_periods_never_overlap(api: httpx.AsyncClient) -> None:
+    await enroll(api, "cuff-o", "pat-a")
+    clash = await api.post(
+        "/api/devices/cuff-o/bindings", json={"patient_id": "pat-b", "actor": "a"}
+    )
+    assert clash.status_code == 409
+    now = datetime.now(UTC)
+    ended = await api.post("/api/devices/cuff-o/unbind", json={"at": now.isoformat(), "actor": "a"})
+    assert ended.json() == {"ended": 1}
+    handed = await api.post(
+        "/api/devices/cuff-o/bindings",
+        json={
+            "patient_id": "pat-b",
+            "start": now.isoformat(),
+            "end": (now + timedelta(days=7)).isoformat(),
+            "actor": "a",
+        },
+    )
+    assert handed.status_code == 201
+    unknown = await api.post(
+        "/api/devices/cuff-o/bindings",
+        json={"patient_id": "nobody", "start": (now + timedelta(days=9)).isoformat(), "actor": "a"},
+    )
+    assert unknown.status_code == 422
+
+
+async def test_enrollment_refuses_bad_ids_and_duplicates(api: httpx.AsyncClient) -> None:
+    await enroll(api, "cuff-d", "pat-a")
+    dup = await api.post("/api/devices", json={"id": "cuff-d", "kind": "bp_cuff", "actor": "a"})
+    assert dup.status_code == 409
+    for bad in ("a/b", "a+b", "#", "a:b", ""):
+        r = await api.post("/api/devices", json={"id": bad, "kind": "bp_cuff", "actor": "a"})
+        assert r.status_code == 422, bad
+
+
+async def test_quarantined_readings_of_an_unknown_device_replay_after_enrollment(
+    api: httpx.AsyncClient, services: ServiceEndpoints
+) -> None:
+    # The shared fleet login (demo only) may publish as any device, enrolled or not.
+    sent = await asyncio.to_thread(
+        publish,
+        services,
+        services.mqtt_device_username,
+        services.mqtt_device_password,
+        "cuff-late",
+        bp(135),
+    )
+    assert sent.returncode == 0
+
+    async def pending() -> list[dict[str, object]]:
+        rows = (await api.get("/api/quarantine", params={"reason": "unknown_device"})).json()
+        return [r for r in rows if r["device_id"] == "cuff-late"]  # type: ignore[no-any-return]
+
+    [item] = await until(pending)
+    assert item["replayed_at"] is None
+
+    await enroll(api, "cuff-late", "pat-b")
+    r = await api.post("/api/quarantine/replay", json={"ids": [item["id"]]})
+    assert r.status_code == 200
+    assert r.json() == {
+        "replayed": [item["id"]],
+        "result": {"stored": 1, "duplicates": 0, "quarantined": 0, "reasons": {}},
+    }
+    assert len(await readings_of(api, "pat-b")) == 1
+    rows = (await api.get("/api/quarantine", params={"replayed": "true"})).json()
+    assert [row["id"] for row in rows] == [item["id"]]
+    # Replaying again finds nothing pending.
+    again = await api.post("/api/quarantine/replay", json={"ids": [item["id"]]})
+    assert again.json()["replayed"] == []
+
+
+async def test_a_replay_that_still_fails_stays_pending(
+    api: httpx.AsyncClient, services: ServiceEndpoints
+) -> None:
+    await asyncio.to_thread(
+        publish,
+        services,
+        services.mqtt_device_username,
+        services.mqtt_device_password,
+        "cuff-never",
+        bp(135),
+    )
+
+    async def pending() -> list[dict[str, object]]:
+        rows = (await api.get("/api/quarantine", params={"replayed": "false"})).json()
+        return [r for r in rows if r["device_id"] == "cuff-never"]  # type: ignore[no-any-return]
+
+    await until(pending)
+    r = await api.post("/api/quarantine/replay", json={"reason": "unknown_device"})
+    assert r.json()["result"]["quarantined"] == 1
+    [still] = await pending()
+    assert still["seen_count"] == 2
