@@ -147,6 +147,7 @@ class RejectReason(enum.StrEnum):
     IMPLAUSIBLE_VALUE = "implausible_value"
     FUTURE_TIMESTAMP = "future_timestamp"
     STALE_TIMESTAMP = "stale_timestamp"
+    DECODER_ERROR = "decoder_error"  # our bug, not the device's: kept for replay once fixed
 
 
 @dataclass(frozen=True, slots=True)

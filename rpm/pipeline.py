@@ -36,6 +36,21 @@ log = logging.getLogger(__name__)
 
 INGEST_CHANNEL = "rpm_ingest"
 
+# What a database that is restarting, failing over or out of connections looks like to
+# asyncpg; the unit of work may be retried once it is back. Class 08 (connection), class 57
+# (operator intervention: 57P01 admin shutdown while a query ran, 57P03 "the database system
+# is starting up / shutting down"), class 53 (e.g. too many connections), client-side errors
+# of a connection that died (InterfaceError; InternalClientError when the pool resets a
+# connection whose server went away mid-operation), and the socket's own OSError.
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+)
+
 
 @dataclass(slots=True)
 class BatchResult:
@@ -89,7 +104,7 @@ class IngestPipeline:
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 return await self._process(conn, batch)
-        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+        except DATABASE_UNAVAILABLE as exc:
             raise StorageError(f"database unavailable: {exc.__class__.__name__}") from exc
         except asyncpg.SerializationError as exc:
             raise StorageError("concurrent update; retry the batch") from exc
@@ -169,6 +184,11 @@ class IngestPipeline:
                 d = decoder(raw)
             except DecodeError as exc:
                 rejections.append(Rejection(RejectReason.MALFORMED, str(exc), raw, raw.device_id))
+                continue
+            except Exception as exc:  # a decoder bug must not wedge the stream (redelivery loop)
+                log.exception("decoder %s failed on a payload", raw.payload_format)
+                detail = f"{exc.__class__.__name__} in the {raw.payload_format} decoder"
+                rejections.append(Rejection(RejectReason.DECODER_ERROR, detail, raw, raw.device_id))
                 continue
             rejections.extend(
                 Rejection(RejectReason.MALFORMED, p, raw, raw.device_id) for p in d.problems

@@ -22,6 +22,7 @@ from typing import Any
 from rpm.domain import METRICS, Metric, RawMessage, Reading
 from rpm.errors import DecodeError
 
+from ._fields import identifier
 from .base import Decoded
 
 MAX_READINGS_PER_PAYLOAD = 1000
@@ -32,7 +33,8 @@ def decode(raw: RawMessage) -> Decoded:
     """Decode canonical JSON; raise ``DecodeError`` when nothing in it is usable."""
     try:
         doc = json.loads(raw.payload)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    # ValueError also covers integers longer than Python's int/str conversion limit.
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise DecodeError(f"not JSON: {exc}") from None
     items: Any
     if isinstance(doc, list):
@@ -76,20 +78,19 @@ def _reading(item: object, raw: RawMessage) -> Reading:
     for name, value in values_in.items():
         if spec.component(name) is None:
             raise DecodeError(f"{metric.value} has no component {name!r}")
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
+        number = _finite(value)
+        if number is None:
             raise DecodeError(f"{name} must be a finite number")
-        values[name] = float(value)
+        values[name] = number
     missing = [c.name for c in spec.components if c.required and c.name not in values]
     if missing:
         raise DecodeError(f"{metric.value} lacks {', '.join(missing)}")
     device_id = raw.device_id
     if device_id is None:
+        # A usable id: printable (PostgreSQL text refuses NUL) and of reasonable length.
         named = item.get("device_id")
-        if not isinstance(named, str) or not named:
+        named = identifier(named) if isinstance(named, str) else None
+        if named is None:
             raise DecodeError("'device_id' is required when the transport does not name one")
         device_id = named
     return Reading(
@@ -117,8 +118,15 @@ def _device_status(item: dict[str, Any]) -> dict[str, float]:
     device = item.get("device")
     if not isinstance(device, dict):
         return {}
-    return {
-        k: float(v)
-        for k in _STATUS_FIELDS
-        if isinstance(v := device.get(k), int | float) and not isinstance(v, bool)
-    }
+    return {k: v for k in _STATUS_FIELDS if (v := _finite(device.get(k))) is not None}
+
+
+def _finite(value: object) -> float | None:
+    """``value`` as a float when it is a finite JSON number (a huge integer is not)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
