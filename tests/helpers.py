@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from rpm.domain import AcceptedReading, Metric, RawMessage, Reading
 
-__all__ = ["T0", "AcceptedReading", "Reading", "bp", "raw", "single"]
+__all__ = ["T0", "AcceptedReading", "Reading", "bp", "eventually", "raw", "single"]
+
+T = TypeVar("T")
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 
@@ -46,3 +51,16 @@ def single(
     patient: str = "pat-1",
 ) -> AcceptedReading:
     return AcceptedReading(Reading(device, metric, {component: value}, at, at), patient)
+
+
+async def eventually(check: Callable[[], Awaitable[T]], within: float = 10.0) -> T:
+    """Poll ``check`` until it returns something truthy; fail after ``within`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        value = await check()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {within} s")
+        await asyncio.sleep(0.05)

@@ -18,6 +18,7 @@ from rpm.localservices import ServiceEndpoints
 from rpm.server import Server
 from rpm.storage import registry
 from simulators.twilio_sink import TwilioSink
+from tests.helpers import eventually
 
 
 def mosquitto_pub(services: ServiceEndpoints, device_id: str, payload: bytes) -> None:
@@ -42,17 +43,6 @@ def mosquitto_pub(services: ServiceEndpoints, device_id: str, payload: bytes) ->
         check=True,
         timeout=10,
     )
-
-
-async def eventually(check, within: float = 10.0):  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        value = await check()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import pytest
 
 from rpm.localservices import ServiceEndpoints
 from rpm.server import Server
+from tests.helpers import eventually
 
 
 def publish(
@@ -82,17 +83,6 @@ async def readings_of(api: httpx.AsyncClient, patient: str) -> list[dict[str, ob
     return (await api.get(f"/api/patients/{patient}/readings")).json()  # type: ignore[no-any-return]
 
 
-async def until(check, within: float = 10.0):  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        value = await check()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
 async def enroll(api: httpx.AsyncClient, device_id: str, patient: str) -> dict[str, str]:
     r = await api.post(
         "/api/devices",
@@ -135,7 +125,7 @@ async def test_a_device_publishes_only_as_itself(
     )
     assert ok.returncode == 0, ok.stderr
 
-    stored = await until(lambda: readings_of(api, "pat-a"))
+    stored = await eventually(lambda: readings_of(api, "pat-a"))
     assert [r["device_id"] for r in stored] == ["cuff-a"]
     assert await readings_of(api, "pat-b") == []
     assert (await api.get("/api/alerts")).json() == []  # the forged crisis never arrived
@@ -158,7 +148,7 @@ async def test_rotation_replaces_the_password_and_retirement_locks_the_device_ou
         publish, services, "cuff-r", new["password"], "cuff-r", bp(121)
     )
     assert accepted.returncode == 0, accepted.stderr
-    await until(lambda: readings_of(api, "pat-a"))
+    await eventually(lambda: readings_of(api, "pat-a"))
 
     r = await api.post("/api/devices/cuff-r/retire", json={"actor": "admin:test"})
     assert r.status_code == 200
@@ -233,7 +223,7 @@ async def test_quarantined_readings_of_an_unknown_device_replay_after_enrollment
         rows = (await api.get("/api/quarantine", params={"reason": "unknown_device"})).json()
         return [r for r in rows if r["device_id"] == "cuff-late"]  # type: ignore[no-any-return]
 
-    [item] = await until(pending)
+    [item] = await eventually(pending)
     assert item["replayed_at"] is None
 
     await enroll(api, "cuff-late", "pat-b")
@@ -267,7 +257,7 @@ async def test_a_replay_that_still_fails_stays_pending(
         rows = (await api.get("/api/quarantine", params={"replayed": "false"})).json()
         return [r for r in rows if r["device_id"] == "cuff-never"]  # type: ignore[no-any-return]
 
-    await until(pending)
+    await eventually(pending)
     r = await api.post("/api/quarantine/replay", json={"reason": "unknown_device"})
     assert r.json()["result"]["quarantined"] == 1
     [still] = await pending()
