@@ -126,14 +126,13 @@ class Reading:
     measured_at: datetime
     received_at: datetime
     original: Mapping[str, object] = field(default_factory=dict)
+    # Derived once here: the hot path needs it for every reading (insert, rules, FHIR).
+    uid: uuid.UUID = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.measured_at.tzinfo is None or self.received_at.tzinfo is None:
             raise ValueError("reading timestamps must be timezone-aware")
-
-    @property
-    def uid(self) -> uuid.UUID:
-        return reading_uid(self.device_id, self.metric, self.measured_at)
+        object.__setattr__(self, "uid", reading_uid(self.device_id, self.metric, self.measured_at))
 
 
 class RejectReason(enum.StrEnum):

@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 from alerts.lifecycle import Action, AlertState, next_state
 from alerts.policy import Decision, Episode, EpisodeKey
@@ -47,9 +48,14 @@ class AppliedDecision:
 
 
 async def apply(conn: Conn, decisions: Sequence[Decision]) -> list[AppliedDecision]:
-    """Write the policy's decisions: new episodes, escalations, recurrences, audit events."""
+    """Write the policy's decisions: new episodes, escalations, recurrences, audit events.
+
+    Recurrences (the common case under load) are counted in one statement per batch;
+    they are not audited one by one.
+    """
     applied: list[AppliedDecision] = []
     opened: dict[EpisodeKey, int] = {}
+    recurring: dict[int, tuple[int, UUID]] = {}  # alert id -> (count, last reading uid)
     for d in decisions:
         c = d.candidate
         key = (c.patient_id, c.rule_id)
@@ -68,31 +74,47 @@ async def apply(conn: Conn, decisions: Sequence[Decision]) -> list[AppliedDecisi
                 c.reading_uid,
             )
             opened[key] = alert_id
-            from_state = None
-        else:
-            alert_id = d.episode.alert_id if d.episode else opened[key]
-            from_state = d.episode.state.value if d.episode else AlertState.OPEN.value
-            escalate = d.action is Action.ESCALATE
+            await _event(conn, alert_id, SYSTEM_ACTOR, d.action, None, d.new_state, c.severity)
+        elif d.action is Action.ESCALATE:
+            assert d.episode is not None
+            alert_id = d.episode.alert_id
             await conn.execute(
                 """UPDATE alerts SET occurrences = occurrences + 1, last_reading_uid = $2,
-                          updated_at = now(), state = $3,
-                          severity = CASE WHEN $4 THEN $5 ELSE severity END,
-                          explanation = CASE WHEN $4 THEN $6 ELSE explanation END,
-                          evidence = CASE WHEN $4 THEN $7 ELSE evidence END
+                          updated_at = now(), state = $3, severity = $4, explanation = $5,
+                          evidence = $6
                     WHERE id = $1""",
                 alert_id,
                 c.reading_uid,
                 d.new_state.value,
-                escalate,
                 c.severity.name,
                 c.explanation,
                 dict(c.evidence),
             )
-            if not escalate:
-                applied.append(AppliedDecision(alert_id, d))
-                continue  # recurrences are counted, not audited one by one
-        await _event(conn, alert_id, SYSTEM_ACTOR, d.action, from_state, d.new_state, c.severity)
+            await _event(
+                conn,
+                alert_id,
+                SYSTEM_ACTOR,
+                d.action,
+                d.episode.state.value,
+                d.new_state,
+                c.severity,
+            )
+        else:
+            alert_id = d.episode.alert_id if d.episode else opened[key]
+            count, _ = recurring.get(alert_id, (0, c.reading_uid))
+            recurring[alert_id] = (count + 1, c.reading_uid)
         applied.append(AppliedDecision(alert_id, d))
+    if recurring:
+        ids = list(recurring)
+        await conn.execute(
+            """UPDATE alerts a SET occurrences = a.occurrences + r.n, last_reading_uid = r.uid,
+                      updated_at = now()
+                 FROM unnest($1::bigint[], $2::int[], $3::uuid[]) AS r(id, n, uid)
+                WHERE a.id = r.id""",
+            ids,
+            [recurring[i][0] for i in ids],
+            [recurring[i][1] for i in ids],
+        )
     return applied
 
 

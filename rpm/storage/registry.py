@@ -54,7 +54,11 @@ async def patient_contexts(conn: Conn, patient_ids: Iterable[str]) -> dict[str, 
 async def update_device_status(
     conn: Conn, seen: Mapping[str, tuple[datetime, Mapping[str, float]]]
 ) -> None:
-    """Record last-seen time and battery/signal when the payload carried them."""
+    """Record last-seen time and battery/signal when the payload carried them.
+
+    Last-seen moves in steps of 30 s: a device reporting every second does not cost a
+    row update per batch.
+    """
     if not seen:
         return
     ids = list(seen)
@@ -65,7 +69,10 @@ async def update_device_status(
                   signal = coalesce(s.signal, d.signal)
              FROM unnest($1::text[], $2::timestamptz[], $3::real[], $4::real[])
                   AS s(id, seen, battery, signal)
-            WHERE d.id = s.id""",
+            WHERE d.id = s.id
+              AND (d.last_seen_at IS NULL OR s.seen > d.last_seen_at + interval '30 seconds'
+                   OR (s.battery IS NOT NULL AND s.battery IS DISTINCT FROM d.battery)
+                   OR (s.signal IS NOT NULL AND s.signal IS DISTINCT FROM d.signal))""",
         ids,
         [seen[i][0] for i in ids],
         [seen[i][1].get("battery") for i in ids],
