@@ -13,7 +13,7 @@ import socket
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import uvloop
 from pydantic import SecretStr
@@ -23,6 +23,7 @@ from rpm.server import Server, run_migrations
 from rpm.settings import Settings
 
 DEFAULT_DATA_DIR = Path(".rpm-data")
+T = TypeVar("T")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def run(main: Coroutine[Any, Any, int]) -> int:
+def run(main: Coroutine[Any, Any, T]) -> T:
     """Run the server's event loop on uvloop (libuv), which speeds up socket-heavy work.
 
     The ingest path allocates many short-lived objects; CPython's default collector

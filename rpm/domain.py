@@ -11,7 +11,7 @@ import enum
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 
 
@@ -85,11 +85,23 @@ METRICS: Mapping[Metric, MetricSpec] = MappingProxyType(
 )
 
 READING_NAMESPACE = uuid.UUID("6f1c3c2e-6a0e-4d8f-9d0b-2f4f9c1a7e11")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
-def reading_uid(device_id: str, metric: Metric, measured_at: datetime) -> uuid.UUID:
-    """Stable identity of a measurement event: device + metric + measured time."""
-    return uuid.uuid5(READING_NAMESPACE, f"{device_id}|{metric.value}|{measured_at.isoformat()}")
+def epoch_us(t: datetime) -> int:
+    """Exact microseconds since the Unix epoch (whatever UTC offset ``t`` was written with)."""
+    return (t - _EPOCH) // _MICROSECOND
+
+
+def reading_uid(device_id: str, metric: Metric | str, measured_at: datetime) -> uuid.UUID:
+    """Stable identity of a measurement event: UUIDv5 of ``device|metric|epoch µs``.
+
+    PostgreSQL derives the same value when a reading is stored (migration 0003), so the
+    hot path never computes it; this function is for everything else (FHIR ids, tests).
+    """
+    name = metric.value if isinstance(metric, Metric) else metric
+    return uuid.uuid5(READING_NAMESPACE, f"{device_id}|{name}|{epoch_us(measured_at)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,13 +138,15 @@ class Reading:
     measured_at: datetime
     received_at: datetime
     original: Mapping[str, object] = field(default_factory=dict)
-    # Derived once here: the hot path needs it for every reading (insert, rules, FHIR).
-    uid: uuid.UUID = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.measured_at.tzinfo is None or self.received_at.tzinfo is None:
             raise ValueError("reading timestamps must be timezone-aware")
-        object.__setattr__(self, "uid", reading_uid(self.device_id, self.metric, self.measured_at))
+
+    @property
+    def uid(self) -> uuid.UUID:
+        """The reading's identity as a UUID (computed on demand: off the hot path)."""
+        return reading_uid(self.device_id, self.metric, self.measured_at)
 
 
 class RejectReason(enum.StrEnum):

@@ -417,7 +417,17 @@ class LocalServices:
                 flavour = self._flavour(found, self._pg_socket_dir(), _url_port(found.database_url))
                 self._log_summary("reused", found, flavour)
                 return found
-            return self._start_locked()
+            # A free port can be taken by another process between our probe and the
+            # server's bind; then pick again (only for ports we chose ourselves).
+            for attempt in range(3):
+                try:
+                    return self._start_locked()
+                except LocalServicesError as exc:
+                    chosen = self._want_pg_port is None and self._want_mqtt_port is None
+                    if attempt == 2 or not chosen or "Address already in use" not in str(exc):
+                        raise
+                    self._log("a port was taken while starting; trying other ports")
+            raise AssertionError("unreachable")
 
     def stop(self) -> None:
         """Stop the broker (SIGTERM) and the cluster (fast shutdown); nothing running is fine."""

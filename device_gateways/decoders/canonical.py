@@ -14,10 +14,11 @@ pipeline scopes to the integration.
 
 from __future__ import annotations
 
-import json
 import math
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from rpm.domain import METRICS, Metric, RawMessage, Reading
 from rpm.errors import DecodeError
@@ -26,15 +27,24 @@ from ._fields import identifier
 from .base import Decoded
 
 MAX_READINGS_PER_PAYLOAD = 1000
+# metric name -> (metric, component names, required component names), for the hot path.
+_SHAPES: dict[str, tuple[Metric, frozenset[str], tuple[str, ...]]] = {
+    m.value: (
+        m,
+        frozenset(c.name for c in spec.components),
+        tuple(c.name for c in spec.components if c.required),
+    )
+    for m, spec in METRICS.items()
+}
 _STATUS_FIELDS = ("battery", "signal")
 
 
 def decode(raw: RawMessage) -> Decoded:
     """Decode canonical JSON; raise ``DecodeError`` when nothing in it is usable."""
     try:
-        doc = json.loads(raw.payload)
-    # ValueError also covers integers longer than Python's int/str conversion limit.
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # orjson: strict RFC 8259 (no NaN), UTF-8 only, nesting and integer size bounded.
+        doc = orjson.loads(raw.payload)
+    except orjson.JSONDecodeError as exc:
         raise DecodeError(f"not JSON: {exc}") from None
     items: Any
     if isinstance(doc, list):
@@ -66,23 +76,23 @@ def decode(raw: RawMessage) -> Decoded:
 def _reading(item: object, raw: RawMessage) -> Reading:
     if not isinstance(item, dict):
         raise DecodeError("a reading must be a JSON object")
-    try:
-        metric = Metric(str(item.get("metric")))
-    except ValueError:
-        raise DecodeError(f"unknown metric {item.get('metric')!r}") from None
-    spec = METRICS[metric]
+    name_in = item.get("metric")
+    shape = _SHAPES.get(name_in) if isinstance(name_in, str) else None
+    if shape is None:
+        raise DecodeError(f"unknown metric {name_in!r}")
+    metric, known, required = shape
     values_in = item.get("values")
     if not isinstance(values_in, dict) or not values_in:
         raise DecodeError("'values' must be a non-empty object")
     values: dict[str, float] = {}
     for name, value in values_in.items():
-        if spec.component(name) is None:
+        if name not in known:
             raise DecodeError(f"{metric.value} has no component {name!r}")
         number = _finite(value)
         if number is None:
             raise DecodeError(f"{name} must be a finite number")
         values[name] = number
-    missing = [c.name for c in spec.components if c.required and c.name not in values]
+    missing = [c for c in required if c not in values]
     if missing:
         raise DecodeError(f"{metric.value} lacks {', '.join(missing)}")
     device_id = raw.device_id
@@ -123,8 +133,9 @@ def _device_status(item: dict[str, Any]) -> dict[str, float]:
 
 def _finite(value: object) -> float | None:
     """``value`` as a float when it is a finite JSON number (a huge integer is not)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if type(value) is not float and type(value) is not int:  # exact: a bool is not a number
         return None
+    assert isinstance(value, int | float)
     try:
         number = float(value)
     except OverflowError:

@@ -143,8 +143,12 @@ async def _event(
 
 async def notify(conn: Conn, payloads: Sequence[dict[str, Any]]) -> None:
     """Announce alert changes on the ``rpm_alerts`` channel; delivered at commit."""
-    for p in payloads:
-        await conn.execute("SELECT pg_notify($1, $2)", ALERTS_CHANNEL, json.dumps(p))
+    if payloads:
+        await conn.execute(
+            "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
+            ALERTS_CHANNEL,
+            [json.dumps(p) for p in payloads],
+        )
 
 
 class AlertNotFound(LookupError):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
+import orjson
 
 from rpm.domain import AcceptedReading, Metric, Reading
 from rpm.storage.pool import Conn
@@ -27,19 +27,18 @@ async def insert_new(conn: Conn, accepted: Sequence[AcceptedReading]) -> list[Ac
         """INSERT INTO readings
                (measured_at, device_id, metric, patient_id, uid, components, received_at,
                 original)
-           SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[],
-                                $5::uuid[], $6::text[]::jsonb[], $7::timestamptz[],
-                                $8::text[]::jsonb[])
+           SELECT m, d, k, p, rpm_reading_uid(d, k, m), c::jsonb, r, o::jsonb
+             FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::timestamptz[], $7::text[]) AS t(m, d, k, p, c, r, o)
            ON CONFLICT DO NOTHING
            RETURNING device_id, metric, measured_at""",
         [a.reading.measured_at for a in accepted],
         [a.reading.device_id for a in accepted],
         [a.reading.metric.value for a in accepted],
         [a.patient_id for a in accepted],
-        [a.reading.uid for a in accepted],
-        [json.dumps(dict(a.reading.values)) for a in accepted],
+        [orjson.dumps(dict(a.reading.values)).decode() for a in accepted],
         [a.reading.received_at for a in accepted],
-        [json.dumps(dict(a.reading.original)) if a.reading.original else None for a in accepted],
+        [_json(a.reading.original) for a in accepted],
     )
     new: set[ReadingKey] = {(r["device_id"], r["metric"], r["measured_at"]) for r in rows}
     out: list[AcceptedReading] = []
@@ -100,3 +99,7 @@ async def by_uid(conn: Conn, uid: str) -> StoredReading | None:
         uid,
     )
     return _from_row(row) if row else None
+
+
+def _json(original: Mapping[str, object]) -> str | None:
+    return orjson.dumps(dict(original)).decode() if original else None
