@@ -124,7 +124,7 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     the young generation is collected less often.
     """
     gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
+    gc.set_threshold(50_000, 20, 20)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
 

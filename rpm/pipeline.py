@@ -22,7 +22,7 @@ from alerts.templates import patient_alert_sms
 from device_gateways.decoders import DECODERS, Decoded
 from rules.engine import EngineState, step
 
-from .domain import AcceptedReading, RawMessage, Rejection, RejectReason
+from .domain import AcceptedReading, RawMessage, Reading, Rejection, RejectReason
 from .errors import DecodeError, StorageError
 from .storage import alerts as alert_store
 from .storage import outbox as outbox_store
@@ -83,6 +83,13 @@ def namespaced(decoded: Decoded, integration: str) -> Decoded:
         decoded.problems,
         {f"{integration}:{k}": v for k, v in decoded.device_status.items()},
     )
+
+
+def _by_device(readings: Sequence[Reading]) -> dict[str, list[Reading]]:
+    groups: dict[str, list[Reading]] = {}
+    for r in readings:
+        groups.setdefault(r.device_id, []).append(r)
+    return groups
 
 
 class IngestPipeline:
@@ -203,15 +210,13 @@ class IngestPipeline:
         accepted: list[AcceptedReading] = []
         seen: dict[str, tuple[datetime, dict[str, float]]] = {}
         for raw, d in decoded:
-            for device_id in {r.device_id for r in d.readings}:
+            # MQTT: one device per message (the topic's); webhooks may carry several.
+            groups = (
+                {raw.device_id: d.readings} if raw.device_id is not None else _by_device(d.readings)
+            )
+            for device_id, group in groups.items():
                 device = devices.get(device_id)
-                ok, bad = validate(
-                    raw,
-                    [r for r in d.readings if r.device_id == device_id],
-                    device,
-                    now,
-                    self._clock,
-                )
+                ok, bad = validate(raw, group, device, now, self._clock)
                 accepted.extend(ok)
                 rejections.extend(bad)
                 if device is not None:

@@ -77,11 +77,15 @@ def validate(
     return accepted, rejected
 
 
+# metric -> component -> Component, for one lookup per value on the hot path.
+_COMPONENTS = {m: {c.name: c for c in spec.components} for m, spec in METRICS.items()}
+
+
 def implausibility(reading: Reading) -> str | None:
     """Say why a reading cannot be physiological, or None when it can."""
-    spec = METRICS[reading.metric]
+    components = _COMPONENTS[reading.metric]
     for name, value in reading.values.items():
-        component = spec.component(name)
+        component = components.get(name)
         if component is None:
             return f"{reading.metric.value} has no component {name!r}"
         if not component.low <= value <= component.high:

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from rpm.domain import AcceptedReading
+from rpm.domain import AcceptedReading, Metric
 
 from .candidate import AlertCandidate
 from .kinds import KINDS
@@ -49,16 +49,17 @@ def step(
     del now  # timer-driven kinds (missing data) will use it
     candidates: list[AlertCandidate] = []
     ordered = sorted(readings, key=lambda a: (a.patient_id, a.reading.measured_at))
-    rules_by_patient: dict[str, tuple[RuleSpec, ...]] = {}
+    # patient -> metric -> that patient's rules for the metric (built once per batch)
+    rules_by_patient: dict[str, dict[Metric, list[RuleSpec]]] = {}
     for accepted in ordered:
         pid = accepted.patient_id
-        rules = rules_by_patient.get(pid)
-        if rules is None:
-            rules = (contexts.get(pid) or PatientContext(pid)).rules()
-            rules_by_patient[pid] = rules
-        for rule in rules:
-            if rule.metric is not accepted.reading.metric:
-                continue
+        by_metric = rules_by_patient.get(pid)
+        if by_metric is None:
+            by_metric = {}
+            for rule in (contexts.get(pid) or PatientContext(pid)).rules():
+                by_metric.setdefault(rule.metric, []).append(rule)
+            rules_by_patient[pid] = by_metric
+        for rule in by_metric.get(accepted.reading.metric, ()):
             candidate = KINDS[rule.kind](rule, accepted)
             if candidate is not None:
                 candidates.append(candidate)
