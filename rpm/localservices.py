@@ -110,6 +110,10 @@ class ServiceEndpoints:
     def from_json(cls, text: str) -> ServiceEndpoints:
         """Parse what :meth:`to_json` wrote; ValueError when it is not exactly that."""
         data: Any = json.loads(text)
+        if isinstance(data, dict) and "mqtt_admin_username" not in data:
+            # Written before the broker had an admin login: give it one now.
+            data["mqtt_admin_username"] = ADMIN_USERNAME
+            data["mqtt_admin_password"] = secrets.token_urlsafe(24)
         if not isinstance(data, dict) or set(data) != set(_FIELD_TYPES):
             raise ValueError(f"endpoints JSON must be an object with keys {sorted(_FIELD_TYPES)}")
         return cls(**data)
