@@ -17,6 +17,7 @@ import asyncpg
 from rpm.errors import PermanentDeliveryError, TransientDeliveryError
 from rpm.storage import outbox as outbox_store
 from rpm.storage import registry
+from rpm.storage.pool import DATABASE_UNAVAILABLE
 
 from .sms import SentSms
 
@@ -56,7 +57,7 @@ class SmsOutboxWorker:
         while True:
             try:
                 handled = await self.drain_once()
-            except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+            except DATABASE_UNAVAILABLE as exc:
                 log.warning("outbox: database unavailable (%s)", exc.__class__.__name__)
                 handled = 0
             if handled == 0:

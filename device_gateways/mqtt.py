@@ -88,14 +88,14 @@ class MqttGateway:
             try:
                 await self._session()
             except aiomqtt.MqttError as exc:
+                if self.connected.is_set():
+                    delay = 0.2  # it was connected: a fresh outage starts the backoff afresh
                 self.connected.clear()
                 log.warning("broker connection lost (%s); reconnecting in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._config.reconnect_max_s)
             else:
                 return
-            if self.connected.is_set():
-                delay = 0.2
 
     async def _session(self) -> None:
         cfg = self._config

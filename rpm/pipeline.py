@@ -29,7 +29,7 @@ from .storage import outbox as outbox_store
 from .storage import quarantine as quarantine_store
 from .storage import readings as reading_store
 from .storage import registry as device_store
-from .storage.pool import Conn
+from .storage.pool import DATABASE_UNAVAILABLE, Conn
 from .validation import ClockPolicy, validate
 
 log = logging.getLogger(__name__)
@@ -42,14 +42,6 @@ INGEST_CHANNEL = "rpm_ingest"
 # is starting up / shutting down"), class 53 (e.g. too many connections), client-side errors
 # of a connection that died (InterfaceError; InternalClientError when the pool resets a
 # connection whose server went away mid-operation), and the socket's own OSError.
-DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.OperatorInterventionError,
-    asyncpg.InsufficientResourcesError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    OSError,
-)
 
 
 @dataclass(slots=True)
@@ -135,7 +127,7 @@ class IngestPipeline:
                 await quarantine_store.mark_replayed(conn, [i for i, _ in items])
                 result = await self._process(conn, [raw for _, raw in items])
                 return [i for i, _ in items], result
-        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+        except DATABASE_UNAVAILABLE as exc:
             raise StorageError(f"database unavailable: {exc.__class__.__name__}") from exc
 
     async def _process(self, conn: Conn, batch: Sequence[RawMessage]) -> BatchResult:

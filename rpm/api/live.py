@@ -14,9 +14,11 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
-from rpm.storage.pool import Conn, connect
+from rpm.storage.pool import DATABASE_UNAVAILABLE, Conn, connect
 
 log = logging.getLogger(__name__)
+
+_LISTEN_ERRORS: tuple[type[Exception], ...] = (asyncpg.PostgresError, *DATABASE_UNAVAILABLE)
 
 
 class Broadcaster:
@@ -60,7 +62,7 @@ class Broadcaster:
                     self.listening.clear()
                     with contextlib.suppress(Exception):
                         await conn.close()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except _LISTEN_ERRORS as exc:
                 log.warning("live: LISTEN connection failed (%s)", exc.__class__.__name__)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)

@@ -29,3 +29,15 @@ async def connect(dsn: str) -> asyncpg.Connection:
 
 # What repositories accept: a plain connection or one borrowed from the pool.
 Conn = asyncpg.Connection | PoolConnectionProxy
+
+
+# What asyncpg raises while the database is away (down, restarting, shutting down, the
+# network gone): the unit of work may be retried as a whole once it is back.
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+)
