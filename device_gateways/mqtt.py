@@ -80,6 +80,8 @@ class MqttGateway:
         self._process = process
         self.connected = asyncio.Event()
         self.messages_acked = 0
+        self.max_held = 0  # most messages held unacknowledged at once
+        self.pauses = 0  # times reading from the broker was paused to bound that
 
     async def run(self) -> None:
         """Consume forever, reconnecting with backoff when the broker goes away."""
@@ -115,25 +117,69 @@ class MqttGateway:
         #   starts delivering at once;
         # - messages go straight from paho's callback into our deque, skipping aiomqtt's
         #   Message objects and queue (a quarter of the gateway's CPU when measured);
-        # - ``_disconnected`` is the future aiomqtt resolves when the connection ends.
-        # The deque needs no bound of its own: the broker sends at most its in-flight
-        # limit of unacknowledged messages, and we acknowledge only after commit.
+        # - ``_disconnected`` is the future aiomqtt resolves when the connection ends;
+        # - the socket's reader, which we pause to bound the deque (below).
         paho_client: paho.Client = client._client
         paho_client.manual_ack_set(True)
         inbox: deque[paho.MQTTMessage] = deque()
         arrived = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        # The broker should send at most its in-flight window of unacknowledged messages,
+        # but Mosquitto before 2.0.13 stops enforcing it once acknowledgements flow
+        # (eclipse/mosquitto#2306; Debian 12 ships 2.0.11). So we bound what we hold
+        # ourselves: past two batches we stop reading the socket, and TCP flow control
+        # holds the broker back until we are down to one batch.
+        high, low = 2 * cfg.batch_max_messages, cfg.batch_max_messages
+        paused = False
+
+        def read_socket() -> None:
+            """What aiomqtt registers as the socket's reader, re-registered after a pause."""
+            try:
+                while True:
+                    paho_client.loop_read()
+                    sock = paho_client.socket()
+                    if sock is not None and hasattr(sock, "pending") and sock.pending() > 0:
+                        continue
+                    break
+            except Exception as exc:
+                if not client._disconnected.done():
+                    client._disconnected.set_exception(exc)
 
         def on_message(_c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
+            nonlocal paused
             inbox.append(message)
             arrived.set()
+            self.max_held = max(self.max_held, len(inbox))
+            if not paused and len(inbox) >= high and (sock := paho_client.socket()) is not None:
+                loop.remove_reader(sock)
+                paused = True
+                self.pauses += 1
+
+        def resume_if_drained() -> None:
+            nonlocal paused
+            if paused and len(inbox) < low:
+                paused = False
+                if (sock := paho_client.socket()) is not None:
+                    loop.add_reader(sock, read_socket)
 
         paho_client.on_message = on_message
         async with client:
-            await client.subscribe(cfg.topic, qos=1)
-            self.connected.set()
-            log.info("subscribed to %s as %s", cfg.topic, cfg.client_id)
             disconnected: asyncio.Future[None] = client._disconnected
-            await self._batches(paho_client, inbox, arrived, disconnected)
+            # Batches run from the moment of connection: a persistent session's backlog
+            # arrives before the SUBACK, and must be drained for the SUBACK to be read.
+            batches = asyncio.create_task(
+                self._batches(paho_client, inbox, arrived, disconnected, resume_if_drained)
+            )
+            try:
+                await client.subscribe(cfg.topic, qos=1)
+                self.connected.set()
+                log.info("subscribed to %s as %s", cfg.topic, cfg.client_id)
+                await batches
+            finally:
+                if not batches.done():
+                    batches.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await batches
 
     async def _batches(
         self,
@@ -141,6 +187,7 @@ class MqttGateway:
         inbox: deque[paho.MQTTMessage],
         arrived: asyncio.Event,
         disconnected: asyncio.Future[None],
+        resume_if_drained: Callable[[], None],
     ) -> None:
         cfg = self._config
         loop = asyncio.get_running_loop()
@@ -167,6 +214,7 @@ class MqttGateway:
                             await arrived.wait()
                 n = min(len(inbox), cfg.batch_max_messages)
                 batch = [inbox.popleft() for _ in range(n)]
+                resume_if_drained()
                 await self._commit(batch)
                 if lost.done():
                     # Acks on a dead session are void: the broker redelivers this batch,
