@@ -99,8 +99,8 @@ from _common import (
     utc,
 )
 
+from rpm.demo import seed
 from rpm.localservices import LocalServices, LocalServicesError, ServiceEndpoints, free_port
-from rpm.storage import registry
 from rpm.storage.migrate import migrate
 from rpm.storage.pool import connect
 
@@ -628,23 +628,7 @@ async def prepare_database(url: str, workload: Workload) -> dict[str, str]:
         await migrate(conn)
         since = utc(workload.span_start) - timedelta(days=1)
         async with conn.transaction():
-            for p in workload.fleet():
-                await registry.upsert_patient(
-                    conn,
-                    patient_id=p.patient_id,
-                    display_name=p.display_name,
-                    phone=p.phone,
-                    sms_consent=True,
-                    programs=p.programs,
-                )
-                for d in p.devices:
-                    await registry.enroll_device(
-                        conn,
-                        device_id=d.device_id,
-                        kind=d.kind,
-                        patient_id=p.patient_id,
-                        since=since,
-                    )
+            await seed(conn, list(workload.fleet()), since=since)
         await conn.execute(
             f"""CREATE TABLE {BARE_TABLE} (
                     measured_at timestamptz NOT NULL, device_id text NOT NULL,
