@@ -197,3 +197,19 @@ async def test_a_format_not_granted_is_forbidden(api: httpx.AsyncClient) -> None
             f"/ingest/{fmt}", content=payload, headers=signed("narrow-co", secret, payload)
         )
         assert r.status_code == 403, fmt
+
+
+async def test_a_revoked_integration_is_refused(api: httpx.AsyncClient) -> None:
+    secret = await integration(api, "gone-co", "hmac", ["canonical"])
+    await enroll_vendor_device(api, "gone-co", "D9")
+    payload = body("D9")
+    assert (
+        await api.post(
+            "/ingest/canonical", content=payload, headers=signed("gone-co", secret, payload)
+        )
+    ).status_code == 200
+    assert (await api.post("/api/integrations/gone-co/revoke")).status_code == 200
+    later = body("D9", 140)
+    r = await api.post("/ingest/canonical", content=later, headers=signed("gone-co", secret, later))
+    assert r.status_code == 403
+    assert (await api.post("/api/integrations/nobody/revoke")).status_code == 404

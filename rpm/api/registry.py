@@ -255,6 +255,14 @@ def router(pool: asyncpg.Pool, broker: BrokerAdmin) -> APIRouter:
                 raise HTTPException(409, f"integration {body.id!r} exists") from None
         return IntegrationCreated(id=body.id, auth=body.auth, formats=body.formats, secret=secret)
 
+    @api.post("/integrations/{integration_id}/revoke")
+    async def revoke_integration(integration_id: str) -> dict[str, str]:
+        """Refuse the integration's webhooks from now on (403); its devices stay enrolled."""
+        async with pool.acquire() as conn:
+            if not await registry.revoke_integration(conn, integration_id):
+                raise HTTPException(404, "no such integration")
+        return {"id": integration_id, "state": "revoked"}
+
     return api
 
 

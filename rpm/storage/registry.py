@@ -302,3 +302,12 @@ async def integration(conn: Conn, integration_id: str) -> Integration | None:
     if row is None:
         return None
     return Integration(row["id"], row["auth"], row["secret"], tuple(row["formats"]), row["revoked"])
+
+
+async def revoke_integration(conn: Conn, integration_id: str) -> bool:
+    """Refuse the integration's requests from now on; False when it does not exist."""
+    status = await conn.execute(
+        "UPDATE integrations SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1",
+        integration_id,
+    )
+    return status.endswith(" 1")
