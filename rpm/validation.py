@@ -36,45 +36,45 @@ def validate(
     """Split readings into accepted (attributed to a patient) and rejected (with reasons)."""
     accepted: list[AcceptedReading] = []
     rejected: list[Rejection] = []
-
     for reading in readings:
-
-        def reject(reason: RejectReason, detail: str, device_id: str = reading.device_id) -> None:
-            rejected.append(Rejection(reason, detail, raw, device_id))
-
-        if device is None:
-            reject(RejectReason.UNKNOWN_DEVICE, f"device {reading.device_id!r} is not enrolled")
-            continue
-        if device.retired:
-            reject(RejectReason.RETIRED_DEVICE, f"device {device.device_id!r} is retired")
-            continue
-        problem = implausibility(reading)
-        if problem is not None:
-            reject(RejectReason.IMPLAUSIBLE_VALUE, problem)
-            continue
-        if reading.measured_at > now + clock.max_skew:
-            reject(
-                RejectReason.FUTURE_TIMESTAMP,
-                f"measured_at {reading.measured_at.isoformat()} is ahead of the server clock "
-                f"by more than {clock.max_skew}",
-            )
-            continue
-        if reading.measured_at < now - clock.max_age:
-            reject(
-                RejectReason.STALE_TIMESTAMP,
-                f"measured_at {reading.measured_at.isoformat()} is older than {clock.max_age}",
-            )
-            continue
-        patient_id = device.patient_at(reading.measured_at)
-        if patient_id is None:
-            reject(
-                RejectReason.UNBOUND_DEVICE,
-                f"device {device.device_id!r} was bound to no patient at "
-                f"{reading.measured_at.isoformat()}",
-            )
-            continue
-        accepted.append(AcceptedReading(reading, patient_id))
+        outcome = _attribute(reading, device, now, clock)
+        if isinstance(outcome, str):
+            accepted.append(AcceptedReading(reading, outcome))
+        else:
+            rejected.append(Rejection(outcome[0], outcome[1], raw, reading.device_id))
     return accepted, rejected
+
+
+def _attribute(
+    reading: Reading, device: DeviceRecord | None, now: datetime, clock: ClockPolicy
+) -> str | tuple[RejectReason, str]:
+    """The patient the reading belongs to, or why it is refused."""
+    if device is None:
+        return RejectReason.UNKNOWN_DEVICE, f"device {reading.device_id!r} is not enrolled"
+    if device.retired:
+        return RejectReason.RETIRED_DEVICE, f"device {device.device_id!r} is retired"
+    problem = implausibility(reading)
+    if problem is not None:
+        return RejectReason.IMPLAUSIBLE_VALUE, problem
+    if reading.measured_at > now + clock.max_skew:
+        return (
+            RejectReason.FUTURE_TIMESTAMP,
+            f"measured_at {reading.measured_at.isoformat()} is ahead of the server clock "
+            f"by more than {clock.max_skew}",
+        )
+    if reading.measured_at < now - clock.max_age:
+        return (
+            RejectReason.STALE_TIMESTAMP,
+            f"measured_at {reading.measured_at.isoformat()} is older than {clock.max_age}",
+        )
+    patient_id = device.patient_at(reading.measured_at)
+    if patient_id is None:
+        return (
+            RejectReason.UNBOUND_DEVICE,
+            f"device {device.device_id!r} was bound to no patient at "
+            f"{reading.measured_at.isoformat()}",
+        )
+    return patient_id
 
 
 # metric -> component -> Component, for one lookup per value on the hot path.
