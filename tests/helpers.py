@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from rpm.domain import AcceptedReading, Metric, RawMessage, Reading
 
-__all__ = ["T0", "AcceptedReading", "Reading", "bp", "eventually", "raw", "single"]
+__all__ = [
+    "T0",
+    "AcceptedReading",
+    "Reading",
+    "bp",
+    "eventually",
+    "mosquitto_pub",
+    "raw",
+    "single",
+]
 
 T = TypeVar("T")
 
@@ -64,3 +74,39 @@ async def eventually(check: Callable[[], Awaitable[T]], within: float = 10.0) ->
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {within} s")
         await asyncio.sleep(0.05)
+
+
+def mosquitto_pub(
+    port: int,
+    username: str,
+    password: str,
+    topic: str,
+    payload: bytes,
+    *options: str,
+    stdin_mode: str = "-s",
+) -> subprocess.CompletedProcess[bytes]:
+    """An independent MQTT client publishing at QoS 1 on loopback; the payload comes on
+    stdin, whole (``-s``) or one message per line (``-l``). ``options``: TLS, protocol."""
+    return subprocess.run(
+        [
+            "mosquitto_pub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-u",
+            username,
+            "-P",
+            password,
+            "-q",
+            "1",
+            *options,
+            "-t",
+            topic,
+            stdin_mode,
+        ],
+        input=payload,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )

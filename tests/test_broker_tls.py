@@ -13,6 +13,7 @@ import pytest
 from device_gateways.mqtt import MqttConfig, MqttGateway
 from rpm.domain import RawMessage
 from rpm.localservices import LocalServices, MqttTls, ServiceEndpoints, free_port
+from tests.helpers import mosquitto_pub
 
 
 def openssl(*args: str, cwd: Path) -> None:
@@ -86,30 +87,16 @@ def tls_services(
         local.stop()
 
 
-def pub(endpoints: ServiceEndpoints, port: int, *tls_args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            "mosquitto_pub",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            *tls_args,
-            "-u",
-            endpoints.mqtt_device_username,
-            "-P",
-            endpoints.mqtt_device_password,
-            "-q",
-            "1",
-            "-t",
-            "rpm/v1/devices/tls-dev/readings",
-            "-m",
-            "{}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=15,
-        check=False,
+def pub(
+    endpoints: ServiceEndpoints, port: int, *tls_args: str
+) -> subprocess.CompletedProcess[bytes]:
+    return mosquitto_pub(
+        port,
+        endpoints.mqtt_device_username,
+        endpoints.mqtt_device_password,
+        "rpm/v1/devices/tls-dev/readings",
+        b"{}",
+        *tls_args,
     )
 
 

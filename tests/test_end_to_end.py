@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -18,31 +17,19 @@ from rpm.localservices import ServiceEndpoints
 from rpm.server import Server
 from rpm.storage import registry
 from simulators.twilio_sink import TwilioSink
+from tests import helpers
 from tests.helpers import eventually
 
 
 def mosquitto_pub(services: ServiceEndpoints, device_id: str, payload: bytes) -> None:
-    subprocess.run(
-        [
-            "mosquitto_pub",
-            "-h",
-            services.mqtt_host,
-            "-p",
-            str(services.mqtt_port),
-            "-u",
-            services.mqtt_device_username,
-            "-P",
-            services.mqtt_device_password,
-            "-q",
-            "1",
-            "-t",
-            f"rpm/v1/devices/{device_id}/readings",
-            "-s",
-        ],
-        input=payload,
-        check=True,
-        timeout=10,
+    result = helpers.mosquitto_pub(
+        services.mqtt_port,
+        services.mqtt_device_username,
+        services.mqtt_device_password,
+        f"rpm/v1/devices/{device_id}/readings",
+        payload,
     )
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.fixture

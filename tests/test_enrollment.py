@@ -15,37 +15,24 @@ import pytest
 
 from rpm.localservices import ServiceEndpoints
 from rpm.server import Server
-from tests.helpers import eventually
+from tests.helpers import eventually, mosquitto_pub
 
 
 def publish(
     services: ServiceEndpoints, username: str, password: str, device_id: str, payload: object
 ) -> subprocess.CompletedProcess[str]:
-    """An independent device-side client: mosquitto_pub with the given login."""
-    return subprocess.run(
-        [
-            "mosquitto_pub",
-            "-h",
-            services.mqtt_host,
-            "-p",
-            str(services.mqtt_port),
-            "-u",
-            username,
-            "-P",
-            password,
-            "-q",
-            "1",
-            "-V",
-            "mqttv5",
-            "-t",
-            f"rpm/v1/devices/{device_id}/readings",
-            "-m",
-            json.dumps(payload),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=False,
+    """An independent device-side client: mosquitto_pub (MQTT 5) with the given login."""
+    result = mosquitto_pub(
+        services.mqtt_port,
+        username,
+        password,
+        f"rpm/v1/devices/{device_id}/readings",
+        json.dumps(payload).encode(),
+        "-V",
+        "mqttv5",
+    )
+    return subprocess.CompletedProcess(
+        result.args, result.returncode, result.stdout.decode(), result.stderr.decode()
     )
 
 

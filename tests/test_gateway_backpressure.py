@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import subprocess
 from collections.abc import Sequence
 
 from device_gateways.mqtt import MqttConfig, MqttGateway
 from rpm.domain import RawMessage
 from rpm.localservices import ServiceEndpoints
+from tests.helpers import mosquitto_pub
 
 MESSAGES = 3000
 BATCH = 100
@@ -45,28 +45,16 @@ async def test_a_slow_consumer_holds_at_most_two_batches(services: ServiceEndpoi
     try:
         await asyncio.wait_for(gateway.connected.wait(), 10)
         lines = "\n".join(json.dumps({"n": i}) for i in range(MESSAGES)) + "\n"
-        await asyncio.to_thread(
-            subprocess.run,
-            [
-                "mosquitto_pub",
-                "-h",
-                services.mqtt_host,
-                "-p",
-                str(services.mqtt_port),
-                "-u",
-                services.mqtt_device_username,
-                "-P",
-                services.mqtt_device_password,
-                "-q",
-                "1",
-                "-t",
-                "rpm/v1/devices/bp-dev/readings",
-                "-l",
-            ],
-            input=lines.encode(),
-            check=True,
-            timeout=60,
+        sent = await asyncio.to_thread(
+            mosquitto_pub,
+            services.mqtt_port,
+            services.mqtt_device_username,
+            services.mqtt_device_password,
+            "rpm/v1/devices/bp-dev/readings",
+            lines.encode(),
+            stdin_mode="-l",
         )
+        assert sent.returncode == 0, sent.stderr
         await asyncio.wait_for(all_in.wait(), 60)
     finally:
         task.cancel()
