@@ -72,11 +72,3 @@ async def failed(
         error,
         result,
     )
-
-
-async def depth(conn: Conn) -> int:
-    return int(
-        await conn.fetchval(
-            "SELECT count(*) FROM outbox WHERE delivered_at IS NULL AND failed_at IS NULL"
-        )
-    )

@@ -88,10 +88,6 @@ async def for_patient(
     return [_from_row(r) for r in rows]
 
 
-async def count(conn: Conn) -> int:
-    return int(await conn.fetchval("SELECT count(*) FROM readings"))
-
-
 async def by_uid(conn: Conn, uid: str) -> StoredReading | None:
     row = await conn.fetchrow(
         """SELECT measured_at, device_id, metric, patient_id, components, received_at, stored_at
