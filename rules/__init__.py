@@ -1,17 +1,17 @@
-"""Clinical rules: specs as data, pure evaluators, and the engine step."""
+"""Clinical rules: specs as data, pure vectorised evaluators, and the streaming engine."""
 
 from .candidate import AlertCandidate
-from .engine import EngineState, PatientContext, step
-from .programs import PROGRAMS, rules_for
+from .engine import Clear, Engine, PatientContext, StepResult
+from .programs import RuleBook
 from .spec import RuleSpec, Severity
 
 __all__ = [
-    "PROGRAMS",
     "AlertCandidate",
-    "EngineState",
+    "Clear",
+    "Engine",
     "PatientContext",
+    "RuleBook",
     "RuleSpec",
     "Severity",
-    "rules_for",
-    "step",
+    "StepResult",
 ]

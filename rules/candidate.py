@@ -21,5 +21,5 @@ class AlertCandidate:
     explanation: str
     evidence: Mapping[str, object]
     measured_at: datetime
-    reading_uid: uuid.UUID
+    reading_uid: uuid.UUID | None  # None for alerts about absent data
     advice: str = ""

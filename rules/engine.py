@@ -1,21 +1,44 @@
-"""The rule engine step: ``(state, new readings, patient contexts, now) -> (state, candidates)``.
+"""The streaming rule engine: per-patient state in memory, evaluated per micro-batch.
 
-No I/O. State is a value that can be rebuilt from the database; threshold rules
-need none, later kinds (persistence, trends, baselines) keep their windows here.
+``Engine.step(readings, contexts)`` appends the batch to per-metric ring buffers
+(``rules.buffers``) and evaluates every rule of each patient's programs for the new
+readings, vectorised: readings of one metric whose patients share a rule set are
+evaluated together by each kind's numpy evaluator. No I/O here: the ingest unit of
+work loads a patient's history into the engine on a cache miss (``load``) and calls
+``forget`` for the patients of a batch whose transaction failed, so memory never
+holds a reading the database does not.
+
+Order: every reading is evaluated at its own measured time against the history up
+to that time, so the batch order does not matter. A late reading (older than the
+newest one already held) is evaluated at its time; the held readings after it that
+its rule windows reach are re-evaluated with it, and fire only where the late reading
+made the difference. Only a patient's newest reading can show that a condition is
+over (``clears``), so a late normal reading never clears an alert.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
-from rpm.domain import AcceptedReading, Metric
+import numpy as np
 
+from rpm.domain import AcceptedReading, Metric, Reading, reading_uid
+
+from .buffers import DEFAULT_CAPACITY, F64, MetricBuffer, Rows
 from .candidate import AlertCandidate
-from .kinds import KINDS
-from .programs import rules_for
-from .spec import RuleSpec
+from .kinds import KINDS, Facts, Window
+from .programs import RuleBook
+from .spec import RuleSpec, Severity
+
+log = logging.getLogger(__name__)
+
+# Kinds whose result for a reading depends on the readings before it: these are
+# re-evaluated for the held readings after a late one.
+WINDOWED = frozenset({"persistence", "change", "trend", "baseline"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,41 +49,349 @@ class PatientContext:
     programs: tuple[str, ...] = ()
     overrides: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
-    def rules(self) -> tuple[RuleSpec, ...]:
-        return tuple(
-            r.with_overrides(self.overrides.get(r.id, {})) for r in rules_for(self.programs)
-        )
+    @property
+    def key(self) -> tuple[object, ...]:
+        if not self.overrides:
+            return (self.programs,)
+        frozen = tuple(sorted((r, tuple(sorted(p.items()))) for r, p in self.overrides.items()))
+        return (self.programs, frozen)
 
 
 @dataclass(frozen=True, slots=True)
-class EngineState:
-    """Per-patient rule state. Empty for stateless rules."""
+class Clear:
+    """The newest reading shows a fired rule's condition is over (input to auto-resolve)."""
 
-    patients: Mapping[str, object] = field(default_factory=dict)
+    patient_id: str
+    rule_id: str
+    measured_at: datetime
 
 
-def step(
-    state: EngineState,
-    readings: Sequence[AcceptedReading],
-    contexts: Mapping[str, PatientContext],
-    now: datetime,
-) -> tuple[EngineState, list[AlertCandidate]]:
-    """Evaluate new readings in measured-time order; return candidates for the alert policy."""
-    del now  # timer-driven kinds (missing data) will use it
-    candidates: list[AlertCandidate] = []
-    ordered = sorted(readings, key=lambda a: (a.patient_id, a.reading.measured_at))
-    # patient -> metric -> that patient's rules for the metric (built once per batch)
-    rules_by_patient: dict[str, dict[Metric, list[RuleSpec]]] = {}
-    for accepted in ordered:
-        pid = accepted.patient_id
-        by_metric = rules_by_patient.get(pid)
-        if by_metric is None:
-            by_metric = {}
-            for rule in (contexts.get(pid) or PatientContext(pid)).rules():
-                by_metric.setdefault(rule.metric, []).append(rule)
-            rules_by_patient[pid] = by_metric
-        for rule in by_metric.get(accepted.reading.metric, ()):
-            candidate = KINDS[rule.kind](rule, accepted)
-            if candidate is not None:
-                candidates.append(candidate)
-    return state, candidates
+@dataclass(slots=True)
+class StepResult:
+    candidates: list[AlertCandidate] = field(default_factory=list)
+    clears: list[Clear] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A patient's rules, compiled: per metric, the rules its readings trigger."""
+
+    rules: tuple[RuleSpec, ...]
+    by_metric: Mapping[Metric, tuple[RuleSpec, ...]]
+
+
+def compile_plan(rules: Iterable[RuleSpec]) -> Plan:
+    rules = tuple(rules)
+    by_metric: dict[Metric, list[RuleSpec]] = {}
+    for rule in rules:
+        for metric in KINDS[rule.kind].watched(rule):
+            by_metric.setdefault(metric, []).append(rule)
+    return Plan(rules, {m: tuple(r) for m, r in by_metric.items()})
+
+
+@dataclass(slots=True)
+class _Group:
+    """The readings of one metric in a batch."""
+
+    patients: list[str] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    values: list[list[float]] = field(default_factory=list)
+    readings: list[AcceptedReading] = field(default_factory=list)
+
+
+class Engine:
+    """Per-patient rule state and the evaluation of micro-batches against it."""
+
+    def __init__(
+        self, book: RuleBook | None = None, capacity: Mapping[Metric, int] | None = None
+    ) -> None:
+        self._book = book or RuleBook.builtin()
+        self._capacity = {**DEFAULT_CAPACITY, **(capacity or {})}
+        self._buffers: dict[Metric, MetricBuffer] = {}
+        self._known: set[str] = set()
+        self._armed: dict[str, set[str]] = {}  # patient -> rules fired and not yet clear
+        self._plans: dict[tuple[object, ...], Plan] = {}
+        self._lookback = self._max_lookback()
+
+    # --- rule book ---------------------------------------------------------------
+
+    @property
+    def book(self) -> RuleBook:
+        return self._book
+
+    def use_book(self, book: RuleBook) -> None:
+        """Switch to a new version of the programs; patients' plans are recompiled lazily."""
+        self._book = book
+        self._plans.clear()
+        self._lookback = self._max_lookback()
+
+    def lookback_s(self) -> float:
+        """How far back any rule reads: what ``load`` needs of a patient's history."""
+        return self._lookback
+
+    def _max_lookback(self) -> float:
+        spans = [KINDS[r.kind].lookback_s(r) for p in self._book.programs.values() for r in p.rules]
+        return max([0.0, *spans])
+
+    def plan(self, context: PatientContext) -> Plan:
+        key = context.key
+        plan = self._plans.get(key)
+        if plan is None:
+            rules = []
+            for rule in self._book.rules_for(context.programs):
+                try:
+                    rules.append(rule.with_overrides(context.overrides.get(rule.id, {})))
+                except ValueError as exc:
+                    # The program changed under a stored override: keep the default rule.
+                    log.warning("override ignored for patient=%s: %s", context.patient_id, exc)
+                    rules.append(rule)
+            plan = self._plans[key] = compile_plan(rules)
+        return plan
+
+    # --- state -------------------------------------------------------------------
+
+    def knows(self, patient_id: str) -> bool:
+        return patient_id in self._known
+
+    def unknown(self, patient_ids: Iterable[str]) -> set[str]:
+        return {p for p in patient_ids if p not in self._known}
+
+    def load(
+        self,
+        patient_ids: Iterable[str],
+        history: Iterable[tuple[str, Metric, datetime, Mapping[str, float]]],
+        armed: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        """Rebuild patients' state from stored readings and their unresolved alerts."""
+        self._known.update(patient_ids)
+        groups: dict[Metric, _Group] = {}
+        for pid, metric, at, values in history:
+            g = groups.setdefault(metric, _Group())
+            g.patients.append(pid)
+            g.times.append(at.timestamp())
+            g.values.append(self._row_values(metric, values))
+        for metric, g in groups.items():
+            buf = self._buffer(metric)
+            buf.append(buf.rows(g.patients), np.array(g.times), np.array(g.values))
+        for pid, rule_id in armed:
+            self._armed.setdefault(pid, set()).add(rule_id)
+
+    def forget(self, patient_ids: Iterable[str]) -> None:
+        """Drop patients' state (it is rebuilt from the database on their next reading)."""
+        ids = set(patient_ids)
+        self._known -= ids
+        for pid in ids:
+            self._armed.pop(pid, None)
+        for buf in self._buffers.values():
+            buf.release(ids)
+
+    def arm(self, patient_id: str, rule_id: str) -> None:
+        self._armed.setdefault(patient_id, set()).add(rule_id)
+
+    def disarm(self, patient_id: str, rule_id: str) -> None:
+        self._armed.get(patient_id, set()).discard(rule_id)
+
+    @property
+    def patients(self) -> int:
+        return len(self._known)
+
+    def nbytes(self) -> int:
+        """Bytes held by the ring buffers (the bulk of the state)."""
+        return sum(b.nbytes for b in self._buffers.values())
+
+    def _buffer(self, metric: Metric) -> MetricBuffer:
+        buf = self._buffers.get(metric)
+        if buf is None:
+            buf = self._buffers[metric] = MetricBuffer(metric, self._capacity[metric])
+        return buf
+
+    def _row_values(self, metric: Metric, values: Mapping[str, float]) -> list[float]:
+        nan = math.nan
+        return [values.get(c, nan) for c in self._buffer(metric).components]
+
+    # --- evaluation --------------------------------------------------------------
+
+    def step(
+        self, readings: Sequence[AcceptedReading], contexts: Mapping[str, PatientContext]
+    ) -> StepResult:
+        """Add a batch of new readings and evaluate the rules they trigger."""
+        result = StepResult()
+        groups: dict[Metric, _Group] = {}
+        for a in readings:
+            r = a.reading
+            g = groups.get(r.metric)
+            if g is None:
+                g = groups[r.metric] = _Group()
+            g.patients.append(a.patient_id)
+            g.times.append(r.measured_at.timestamp())
+            g.values.append(self._row_values(r.metric, r.values))
+            g.readings.append(a)
+            self._known.add(a.patient_id)
+
+        staged = []
+        for metric, g in groups.items():
+            buf = self._buffer(metric)
+            rows = buf.rows(g.patients)
+            ts = np.array(g.times)
+            current = np.array(g.values)
+            before = buf.newest(rows)
+            buf.append(rows, ts, current)
+            staged.append((metric, g, buf, rows, ts, current, before))
+
+        plans: dict[str, Plan] = {}
+        for metric, g, buf, rows, ts, current, before in staged:
+            by_plan: dict[int, tuple[Plan, list[int]]] = {}
+            for i, pid in enumerate(g.patients):
+                plan = plans.get(pid)
+                if plan is None:
+                    plan = plans[pid] = self.plan(contexts.get(pid) or PatientContext(pid))
+                entry = by_plan.get(id(plan))
+                if entry is None:
+                    by_plan[id(plan)] = (plan, [i])
+                else:
+                    entry[1].append(i)
+            newest = ts >= buf.newest(rows)
+            for plan, idx in by_plan.values():
+                rules = plan.by_metric.get(metric)
+                if not rules:
+                    continue
+                sel = np.array(idx, np.intp)
+                self._evaluate(rules, metric, g, buf, rows, ts, current, sel, newest, result)
+            late = np.flatnonzero(ts < before)
+            if len(late):
+                self._reevaluate_after_late(late, metric, g, buf, rows, ts, plans, result)
+        return result
+
+    def _window(
+        self, metric: Metric, buf: MetricBuffer, rows: Rows, ts: F64, current: F64,
+        patients: Sequence[str], exclude: F64 | None = None,
+    ) -> Window:
+        def latest_of(other: Metric, component: str, fresh: float) -> tuple[F64, F64]:
+            return self._latest(other, component, fresh, patients, ts)
+
+        return Window(
+            metric, ts, current, buf.times[rows], buf.values[rows], buf.index,
+            np.full(len(ts), np.nan) if exclude is None else exclude, latest_of,
+        )
+
+    def _evaluate(
+        self, rules: Sequence[RuleSpec], metric: Metric, g: _Group, buf: MetricBuffer,
+        rows: Rows, ts: F64, current: F64, sel: Rows, newest: np.ndarray,
+        result: StepResult,
+    ) -> None:
+        pids = [g.patients[i] for i in sel]
+        w = self._window(metric, buf, rows[sel], ts[sel], current[sel], pids)
+        armed = self._armed
+        has_armed = np.array([pid in armed for pid in pids], np.bool_) if armed else None
+        for rule in rules:
+            kind = KINDS[rule.kind]
+            out = kind.evaluate(rule, w)
+            for j in np.flatnonzero(out.severity):
+                a = g.readings[sel[j]]
+                result.candidates.append(self._candidate(rule, out.severity[j], out.detail, j, a.reading, a.patient_id))
+                self.arm(a.patient_id, rule.id)
+            if has_armed is None:
+                continue
+            for j in np.flatnonzero(out.clear & newest[sel] & has_armed):
+                pid = pids[j]
+                if rule.id in armed.get(pid, ()):
+                    armed[pid].discard(rule.id)
+                    at = g.readings[sel[j]].reading.measured_at
+                    result.clears.append(Clear(pid, rule.id, at))
+
+    def _reevaluate_after_late(
+        self, late: np.ndarray, metric: Metric, g: _Group, buf: MetricBuffer, rows: Rows,
+        ts: F64, plans: Mapping[str, Plan], result: StepResult,
+    ) -> None:
+        """Held readings after a late one, within its windows, fire if it tips them over."""
+        in_batch = {(int(rows[i]), float(ts[i])) for i in range(len(ts))}
+        for i in late:
+            pid = g.patients[i]
+            rules = [r for r in plans[pid].by_metric.get(metric, ()) if r.kind in WINDOWED]
+            if not rules:
+                continue
+            row = int(rows[i])
+            reach = max(KINDS[r.kind].lookback_s(r) for r in rules)
+            times = buf.times[row]
+            later = np.flatnonzero((times > ts[i]) & (times <= ts[i] + reach))
+            later = np.array([j for j in later if (row, float(times[j])) not in in_batch], np.intp)
+            if not len(later):
+                continue
+            n = len(later)
+            point_rows = np.full(n, row, np.intp)
+            point_ts = times[later]
+            point_values = buf.values[row, later]
+            pids = [pid] * n
+            with_late = self._window(metric, buf, point_rows, point_ts, point_values, pids)
+            without = self._window(
+                metric, buf, point_rows, point_ts, point_values, pids, np.full(n, ts[i])
+            )
+            cause = g.readings[i].reading
+            for rule in rules:
+                kind = KINDS[rule.kind]
+                now = kind.evaluate(rule, with_late)
+                then = kind.evaluate(rule, without)
+                for j in np.flatnonzero(now.severity > then.severity):
+                    values = {
+                        c: float(v) for c, v in zip(buf.components, point_values[j], strict=True)
+                        if not math.isnan(v)
+                    }
+                    at = datetime.fromtimestamp(float(point_ts[j]), UTC)
+                    point = Reading(cause.device_id, metric, values, at, cause.received_at)
+                    cand = self._candidate(rule, now.severity[j], now.detail, j, point, pid, cause)
+                    result.candidates.append(cand)
+                    self.arm(pid, rule.id)
+
+    def _latest(
+        self, metric: Metric, component: str, fresh: float, patients: Sequence[str], ts: F64
+    ) -> tuple[F64, F64]:
+        n = len(patients)
+        value = np.full(n, np.nan)
+        at = np.full(n, np.nan)
+        buf = self._buffers.get(metric)
+        if buf is None:
+            return value, at
+        rows = np.array([buf.row_of(p) for p in patients], np.intp)
+        present = rows >= 0
+        if not present.any():
+            return value, at
+        r = rows[present]
+        t = buf.times[r]
+        v = buf.values[r, :, buf.index[component]]
+        tp = ts[present]
+        ok = (t <= tp[:, None]) & (t >= (tp - fresh)[:, None]) & ~np.isnan(v)
+        pick = np.where(ok, t, -np.inf).argmax(axis=1)
+        has = ok.any(axis=1)
+        k = np.arange(len(r))
+        value[present] = np.where(has, v[k, pick], np.nan)
+        at[present] = np.where(has, t[k, pick], np.nan)
+        return value, at
+
+    def _candidate(
+        self, rule: RuleSpec, severity: int, detail: Mapping[str, F64], j: int,
+        reading: Reading, patient_id: str, cause: Reading | None = None,
+    ) -> AlertCandidate:
+        facts = Facts(
+            reading.measured_at,
+            reading.values,
+            {k: float(v[j]) for k, v in detail.items()},
+            int(severity),
+        )
+        explanation, evidence = KINDS[rule.kind].explain(rule, facts)
+        trigger = cause or reading
+        uid = reading_uid(trigger.device_id, trigger.metric, trigger.measured_at)
+        evidence |= {"reading_uid": str(uid), "device_id": trigger.device_id}
+        if cause is not None:
+            evidence["late_reading_at"] = cause.measured_at.isoformat()
+            explanation += f" Re-evaluated after a late reading from {cause.measured_at:%Y-%m-%d %H:%M} UTC."
+        return AlertCandidate(
+            patient_id=patient_id,
+            rule_id=rule.id,
+            severity=Severity(int(severity)),
+            title=rule.title,
+            explanation=explanation,
+            evidence=evidence,
+            measured_at=reading.measured_at,
+            reading_uid=uid,
+            advice=rule.advice,
+        )

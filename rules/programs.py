@@ -1,84 +1,81 @@
-"""Default care programs. Every clinical number cites its source next to it.
+"""Care programs: the built-in specs (``rules/programs/*.yaml``) and the active rule book.
 
-Patients belong to one or more programs; the ``general`` program applies to all.
-Per-patient parameter overrides are stored with the patient (``rule_overrides``).
+Every clinical number in those files cites its source next to it. Patients belong
+to programs; ``general`` applies to everyone. The database keeps versions of each
+program (``rpm.storage.rule_programs``); the built-in files seed the first version.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
-from rpm.domain import Metric
+import yaml
 
-from .spec import Condition, Program, RuleSpec, Severity
+from .spec import ProgramSpec, RuleSpec, parse_program
 
-ACC_AHA_2017 = (
-    "Whelton PK et al. 2017 ACC/AHA Guideline for the Prevention, Detection, Evaluation, "
-    "and Management of High Blood Pressure in Adults. Hypertension 2018;71:e13-e115, "
-    "section 11.2: hypertensive crisis is SBP > 180 and/or DBP > 120 mm Hg."
-)
-BTS_2017_NEWS2 = (
-    "O'Driscoll BR et al. BTS guideline for oxygen use in adults in healthcare and emergency "
-    "settings. Thorax 2017;72:i1-i90 (target 88-92% in those at risk of hypercapnic failure, "
-    "94-98% otherwise); RCP NEWS2 (2017) scores SpO2 <= 91% (scale 1) and <= 83% (scale 2) as 3."
-)
-
-HYPERTENSIVE_CRISIS = RuleSpec(
-    id="bp.hypertensive_crisis",
-    kind="threshold",
-    program="general",
-    metric=Metric.BLOOD_PRESSURE,
-    title="Hypertensive crisis",
-    severity=Severity.CRITICAL,
-    params=MappingProxyType({"systolic_above": 180.0, "diastolic_above": 120.0}),
-    conditions=(
-        Condition("systolic", ">", "systolic_above"),
-        Condition("diastolic", ">", "diastolic_above"),
-    ),
-    source=ACC_AHA_2017,
-    advice=(
-        "Rest for 5 minutes and measure again. If you have chest pain, shortness of breath, "
-        "back pain, numbness, weakness, change in vision or difficulty speaking, call 911."
-    ),
-)
-
-SEVERE_HYPOXAEMIA = RuleSpec(
-    id="spo2.below_88",
-    kind="threshold",
-    program="general",
-    metric=Metric.SPO2,
-    title="Low blood oxygen",
-    severity=Severity.CRITICAL,
-    params=MappingProxyType({"spo2_below": 88.0}),
-    conditions=(Condition("spo2", "<", "spo2_below"),),
-    source=BTS_2017_NEWS2,
-    advice=(
-        "Sit upright, rest, and measure again with a warm finger. If you are short of breath, "
-        "confused or your lips look blue, call 911."
-    ),
-)
-
-PROGRAMS: Mapping[str, Program] = MappingProxyType(
-    {
-        "general": Program(
-            "general", "Applies to every patient", (HYPERTENSIVE_CRISIS, SEVERE_HYPOXAEMIA)
-        ),
-        "hypertension": Program("hypertension", "Hypertension"),
-        "heart_failure": Program("heart_failure", "Heart failure"),
-        "copd": Program("copd", "COPD"),
-        "diabetes": Program("diabetes", "Diabetes"),
-    }
-)
+BUILTIN_DIR = Path(__file__).with_name("programs")
+GENERAL = "general"
 
 
-def rules_for(programs: tuple[str, ...]) -> tuple[RuleSpec, ...]:
-    """The rules of the general program plus those of each named program, without repeats."""
-    seen: dict[str, RuleSpec] = {}
-    for name in ("general", *programs):
-        program = PROGRAMS.get(name)
-        if program is None:
-            continue
-        for rule in program.rules:
-            seen.setdefault(rule.id, rule)
-    return tuple(seen.values())
+def parse_document(text: str | bytes) -> ProgramSpec:
+    """A program from YAML or JSON text (JSON is YAML); raises ``ValueError`` when invalid."""
+    try:
+        document: Any = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"not YAML or JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise ValueError("a program document is a mapping with program, title and rules")
+    return parse_program(document)
+
+
+def builtin_programs() -> dict[str, ProgramSpec]:
+    programs = [parse_document(p.read_text()) for p in sorted(BUILTIN_DIR.glob("*.yaml"))]
+    return {p.program: p for p in programs}
+
+
+@dataclass(frozen=True, slots=True)
+class RuleBook:
+    """The active version of every program, and how a patient's rules are chosen."""
+
+    programs: Mapping[str, ProgramSpec]
+    versions: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def builtin(cls) -> RuleBook:
+        return cls(MappingProxyType(builtin_programs()))
+
+    def rules_for(self, programs: Iterable[str]) -> tuple[RuleSpec, ...]:
+        """``general`` first, then the patient's programs in order.
+
+        A later program's rule with the same id replaces the earlier one (COPD's NEWS2
+        with SpO2 scale 2 replaces the general one); unknown program names are ignored.
+        """
+        chosen: dict[str, RuleSpec] = {}
+        for name in (GENERAL, *programs):
+            program = self.programs.get(name)
+            if program is not None:
+                for rule in program.rules:
+                    chosen[rule.id] = rule
+        return tuple(chosen.values())
+
+    def rule(self, rule_id: str, programs: Iterable[str] = ()) -> RuleSpec | None:
+        for r in self.rules_for(programs):
+            if r.id == rule_id:
+                return r
+        return None
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "program": p.program,
+                "version": self.versions.get(p.program),
+                "digest": p.digest,
+                **json.loads(p.canonical_json()),
+            }
+            for p in self.programs.values()
+        ]

@@ -1,18 +1,29 @@
-"""Rule specifications: declarative data, one per clinical rule, grouped into care programs."""
+"""Rule specifications: declarative data, validated, grouped into care programs.
+
+A program is a YAML (or JSON) document; ``parse_program`` validates it into a
+``ProgramSpec``. Every rule names its kind (a registered evaluator, see
+``rules.kinds``), the metric it watches, the clinician-tunable ``params`` and the
+``source`` its defaults come from. Kind-specific checks (required parameters,
+components that exist) run at parse time, so a bad spec is refused before it can
+reach the engine.
+"""
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import operator
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from typing import Annotated, Any, Literal
 
-from rpm.domain import Metric
+import orjson
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
+
+from rpm.domain import METRICS, Metric
 
 
 class Severity(enum.IntEnum):
-    """Alert severity; higher is more urgent. Stored by name."""
+    """Alert severity; higher is more urgent. Stored and written by name (lower case in specs)."""
 
     LOW = 1
     MEDIUM = 2
@@ -20,66 +31,186 @@ class Severity(enum.IntEnum):
     CRITICAL = 4
 
 
-COMPARATORS: Mapping[str, Callable[[float, float], bool]] = MappingProxyType(
-    {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
-)
+def _severity(value: object) -> object:
+    if isinstance(value, str):
+        try:
+            return Severity[value.upper()]
+        except KeyError:
+            raise ValueError(f"unknown severity {value!r}") from None
+    return value
 
 
-@dataclass(frozen=True, slots=True)
-class Condition:
-    """``component op params[param]``, e.g. systolic > systolic_above."""
+SeverityField = Annotated[
+    Severity,
+    BeforeValidator(_severity),
+    PlainSerializer(lambda s: s.name.lower(), return_type=str),
+]
+
+COMPARATORS: Mapping[str, Callable[[float, float], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+}
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Condition(_Spec):
+    """``component op params[param]``, e.g. ``systolic > systolic_above``."""
 
     component: str
-    op: str
+    op: Literal[">", ">=", "<", "<="]
     param: str
 
-    def __post_init__(self) -> None:
-        if self.op not in COMPARATORS:
-            raise ValueError(f"unknown comparator {self.op!r}")
+    @property
+    def rising(self) -> bool:
+        """True when larger values are worse (the condition is an upper limit)."""
+        return self.op in (">", ">=")
 
 
-@dataclass(frozen=True, slots=True)
-class RuleSpec:
-    """One rule of a care program. ``params`` are the clinician-tunable numbers.
+class Tier(_Spec):
+    """A severity and the conditions (any of them) that put a reading in this tier."""
 
-    A threshold rule fires when any of its conditions holds.
+    severity: SeverityField
+    any: tuple[Condition, ...] = Field(min_length=1)
+
+
+class Band(_Spec):
+    """A scoring band: values in ``[low, high)`` score ``points`` (open ends when omitted)."""
+
+    low: float | None = None
+    high: float | None = None
+    points: int = Field(ge=0, le=3)
+
+
+class Source(_Spec):
+    metric: Metric
+    component: str
+
+
+class ScoredParameter(_Spec):
+    """One parameter of a composite score: where its value may come from and its bands.
+
+    With several sources (pulse from a cuff, an oximeter or a heart-rate monitor) the
+    freshest value counts.
     """
 
-    id: str
+    sources: tuple[Source, ...] = Field(min_length=1)
+    bands: tuple[Band, ...] = Field(min_length=1)
+
+    @property
+    def label(self) -> str:
+        return self.sources[0].component.replace("_", " ")
+
+
+class RuleSpec(_Spec):
+    """One rule of a care program.
+
+    ``params`` are the numbers a clinician may override per patient; everything else
+    is the rule's structure. Which fields a kind reads is documented with the kind.
+    """
+
+    id: str = Field(pattern=r"^[a-z0-9_]+(\.[a-z0-9_]+)+$")
     kind: str
-    program: str
     metric: Metric
-    title: str
-    severity: Severity
-    params: Mapping[str, float]
-    source: str
-    conditions: tuple[Condition, ...] = ()
+    title: str = Field(min_length=3)
+    source: str = Field(min_length=10)
     advice: str = ""
+    severity: SeverityField | None = None
+    tiers: tuple[Tier, ...] = ()
+    component: str | None = None
+    direction: Literal["rise", "fall"] | None = None
+    params: Mapping[str, float] = Field(default_factory=dict)
+    scored: tuple[ScoredParameter, ...] = ()
+    score_tiers: tuple[Tier, ...] = ()
+    program: str = ""
+
+    @model_validator(mode="after")
+    def _kind_checks(self) -> RuleSpec:
+        from .kinds import KINDS  # the registry imports this module
+
+        kind = KINDS.get(self.kind)
+        if kind is None:
+            raise ValueError(f"unknown rule kind {self.kind!r}; known: {sorted(KINDS)}")
+        missing = sorted(set(kind.required_params) - set(self.params))
+        if missing:
+            raise ValueError(f"{self.kind} rule {self.id} needs params {missing}")
+        known = {c.name for c in METRICS[self.metric].components}
+        for name in self.components_used():
+            if name not in known:
+                raise ValueError(f"{self.metric.value} has no component {name!r}")
+        for param in self.params_used():
+            if param not in self.params:
+                raise ValueError(f"rule {self.id} refers to undefined param {param!r}")
+        problems = kind.check(self)
+        if problems:
+            raise ValueError(f"rule {self.id}: " + "; ".join(problems))
+        return self
+
+    def components_used(self) -> set[str]:
+        used = {c.component for t in self.tiers for c in t.any}
+        if self.component:
+            used.add(self.component)
+        return used
+
+    def params_used(self) -> set[str]:
+        return {c.param for t in (*self.tiers, *self.score_tiers) for c in t.any}
+
+    @property
+    def top_severity(self) -> Severity:
+        levels = [t.severity for t in (*self.tiers, *self.score_tiers)]
+        if self.severity is not None:
+            levels.append(self.severity)
+        return max(levels) if levels else Severity.LOW
 
     def with_overrides(self, overrides: Mapping[str, float]) -> RuleSpec:
-        """The same rule with a patient's parameter overrides applied (unknown names refused)."""
+        """The same rule with a patient's parameter overrides, validated like the original."""
+        if not overrides:
+            return self
         unknown = set(overrides) - set(self.params)
         if unknown:
             raise ValueError(f"rule {self.id} has no parameters {sorted(unknown)}")
-        if not overrides:
-            return self
-        merged = {**self.params, **overrides}
-        return RuleSpec(
-            self.id,
-            self.kind,
-            self.program,
-            self.metric,
-            self.title,
-            self.severity,
-            MappingProxyType(merged),
-            self.source,
-            self.conditions,
-            self.advice,
-        )
+        data = self.model_dump()
+        data["params"] = {**self.params, **{k: float(v) for k, v in overrides.items()}}
+        return RuleSpec.model_validate(data)
+
+    def p(self, name: str) -> float:
+        return self.params[name]
 
 
-@dataclass(frozen=True, slots=True)
-class Program:
-    id: str
+class ProgramSpec(_Spec):
+    """A care program: its rules and what they are for."""
+
+    program: str = Field(pattern=r"^[a-z0-9_]+$")
     title: str
-    rules: tuple[RuleSpec, ...] = field(default_factory=tuple)
+    description: str = ""
+    rules: tuple[RuleSpec, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> ProgramSpec:
+        ids = [r.id for r in self.rules]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"program {self.program} repeats rule ids {dupes}")
+        return self
+
+    def canonical_json(self) -> bytes:
+        """A stable serialisation: the stored form, and the input of ``digest``."""
+        return orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.canonical_json()).hexdigest()
+
+
+def parse_program(document: Mapping[str, Any]) -> ProgramSpec:
+    """Validate a program document (as loaded from YAML or JSON); raises ``ValueError``."""
+    data = dict(document)
+    name = data.get("program", "")
+    data["rules"] = [
+        {**r, "program": name} if isinstance(r, dict) else r for r in data.get("rules", ())
+    ]
+    return ProgramSpec.model_validate(data)

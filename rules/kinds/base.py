@@ -1,0 +1,209 @@
+"""What every rule kind sees and returns.
+
+A kind evaluates one rule for B readings at once (numpy, no Python loop per
+reading). Its input is a ``Window``: the readings' own values and, for each, the
+patient's history of that metric as a row of a ring buffer (times sorted, ``inf``
+where empty, the reading itself included). Its output is an ``Outcome``: a severity
+per reading (0 = does not fire), whether the reading shows the condition is over
+(for auto-resolve), and named numbers per reading that ``explain`` turns into
+plain language for the nurse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from rpm.domain import Metric
+
+from ..spec import COMPARATORS, Condition, RuleSpec, Tier
+
+F64 = npt.NDArray[np.float64]
+Bools = npt.NDArray[np.bool_]
+I8 = npt.NDArray[np.int8]
+
+# Derived quantities (changes, slopes, deviations) are compared with this slack so
+# that a value exactly at a threshold, as a clinician writes it in decimal, counts as
+# reaching it despite binary floating point (82.0 - 81.1 = 0.8999999999999915).
+EPS = 1e-9
+
+HOUR = 3600.0
+DAY = 86400.0
+
+# (value, time) of the latest reading of (metric, component) at or before each reading,
+# no older than `fresh` seconds; NaN where there is none
+LatestOf = Callable[[Metric, str, float], tuple[F64, F64]]
+
+
+@dataclass(slots=True)
+class Window:
+    """B readings of one metric, evaluated under the same rule."""
+
+    metric: Metric
+    ts: F64  # (B,) measured time, epoch seconds
+    current: F64  # (B, K) the readings' own values, NaN where a component is absent
+    times: F64  # (B, C) history times, ascending, inf where the row is empty
+    values: F64  # (B, C, K) history values
+    components: Mapping[str, int]
+    exclude: F64  # (B,) a history time to leave out (NaN: none); see Engine re-evaluation
+    latest_of: LatestOf
+
+    def __len__(self) -> int:
+        return int(self.ts.shape[0])
+
+    def value(self, component: str) -> F64:
+        return self.current[:, self.components[component]]
+
+    def history(self, component: str) -> F64:
+        return self.values[:, :, self.components[component]]
+
+    def upto(self) -> Bools:
+        """History at or before each reading's own time (the reading included)."""
+        t = self.times
+        return (t <= self.ts[:, None]) & (t != self.exclude[:, None])
+
+    def between(self, back_s: float | F64, *, include_self: bool, skip_recent_s: float = 0.0) -> Bools:
+        """History within ``[ts - back, ts - skip_recent]`` (the reading itself optional)."""
+        t = self.times
+        lo = self.ts - back_s
+        hi = self.ts - skip_recent_s
+        upper = (t <= hi[:, None]) if include_self and skip_recent_s == 0 else (t < hi[:, None])
+        return (t >= lo[:, None]) & upper & (t != self.exclude[:, None])
+
+
+@dataclass(slots=True)
+class Outcome:
+    severity: I8  # (B,) Severity value, 0 when the rule does not fire
+    clear: Bools  # (B,) the reading shows the condition is over
+    detail: dict[str, F64] = field(default_factory=dict)  # numbers for the explanation
+
+    @classmethod
+    def nothing(cls, n: int) -> Outcome:
+        return cls(np.zeros(n, np.int8), np.zeros(n, np.bool_))
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """One fired reading, as scalars, for ``explain``."""
+
+    measured_at: datetime
+    values: Mapping[str, float]
+    detail: Mapping[str, float]
+    severity: int
+
+
+class Kind(Protocol):
+    name: str
+    required_params: frozenset[str]
+
+    def check(self, rule: RuleSpec) -> list[str]:
+        """Problems a spec of this kind has beyond missing params (empty when fine)."""
+        ...
+
+    def lookback_s(self, rule: RuleSpec) -> float:
+        """How much history (seconds before a reading) the rule reads."""
+        ...
+
+    def watched(self, rule: RuleSpec) -> frozenset[Metric]:
+        """Metrics whose readings trigger an evaluation of the rule."""
+        ...
+
+    def evaluate(self, rule: RuleSpec, w: Window) -> Outcome: ...
+
+    def explain(self, rule: RuleSpec, facts: Facts) -> tuple[str, dict[str, object]]:
+        """Plain-language explanation and structured evidence for one fired reading."""
+        ...
+
+
+# --- helpers shared by kinds ------------------------------------------------------
+
+
+def tier_hits(rule: RuleSpec, tiers: tuple[Tier, ...], w: Window, shift: float = 0.0) -> I8:
+    """Highest tier severity met by each reading's own values (0: none).
+
+    ``shift`` moves every limit toward normal (hysteresis): an upper limit L becomes
+    L - shift, a lower limit L + shift.
+    """
+    severity = np.zeros(len(w), np.int8)
+    for tier in tiers:
+        hit = np.zeros(len(w), np.bool_)
+        for cond in tier.any:
+            hit |= condition_holds(rule, cond, w.value(cond.component), shift)
+        severity = np.where(hit & (severity < tier.severity), np.int8(tier.severity), severity)
+    return severity
+
+
+def condition_holds(rule: RuleSpec, cond: Condition, values: F64, shift: float = 0.0) -> Bools:
+    limit = rule.p(cond.param) + (-shift if cond.rising else shift)
+    with np.errstate(invalid="ignore"):
+        return np.asarray(COMPARATORS[cond.op](values, limit), np.bool_)  # type: ignore[arg-type]
+
+
+def breached(rule: RuleSpec, tiers: tuple[Tier, ...], values: Mapping[str, float]) -> list[str]:
+    """The conditions a reading meets, as text, for explanations."""
+    out = []
+    for tier in tiers:
+        for cond in tier.any:
+            v = values.get(cond.component)
+            limit = rule.p(cond.param)
+            if v is not None and COMPARATORS[cond.op](v, limit):
+                out.append(f"{cond.component} {v:g} {cond.op} {limit:g}")
+    return list(dict.fromkeys(out))
+
+
+UNITS = {"mm[Hg]": "mmHg", "Cel": "°C", "/min": "/min", "%": "%", "kg": "kg", "mg/dL": "mg/dL"}
+
+
+def unit(metric: Metric, component: str) -> str:
+    from rpm.domain import METRICS
+
+    c = METRICS[metric].component(component)
+    return UNITS.get(c.ucum, c.ucum) if c else ""
+
+
+def amount(metric: Metric, component: str, value: float, *, signed: bool = False) -> str:
+    """``1.2 kg (2.6 lb)``, ``181 mmHg``, ``91%``; weights also in pounds (US programs use them)."""
+    u = unit(metric, component)
+    sign = "+" if signed else ""
+    if u in ("kg", "°C"):
+        text = f"{value:{sign}.1f}"
+    else:
+        text = f"{round(value, 1):{sign}g}"
+    if u == "kg":
+        return f"{text} kg ({abs(value) * 2.20462:.1f} lb)"
+    return f"{text}%" if u == "%" else f"{text} {u}".rstrip()
+
+
+def span(seconds: float) -> str:
+    """A duration as a nurse would say it: ``22 h``, ``3 days``, ``45 min``."""
+    if seconds < 2 * HOUR:
+        return f"{max(1, round(seconds / 60))} min"
+    if seconds < 2 * DAY:
+        return f"{round(seconds / HOUR)} h"
+    return f"{seconds / DAY:.1f}".rstrip("0").rstrip(".") + " days"
+
+
+def when(t: float | datetime) -> str:
+    d = t if isinstance(t, datetime) else datetime.fromtimestamp(t, UTC)
+    return d.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def short_source(source: str) -> str:
+    head = source.split(". ")[0]
+    return head if len(head) <= 60 else head[:57] + "..."
+
+
+def base_evidence(rule: RuleSpec, facts: Facts) -> dict[str, object]:
+    return {
+        "kind": rule.kind,
+        "metric": rule.metric.value,
+        "values": dict(facts.values),
+        "params": dict(rule.params),
+        "measured_at": facts.measured_at.isoformat(),
+        "source": rule.source,
+    }

@@ -1,0 +1,96 @@
+"""Deviation from the patient's own baseline: median and MAD over a trailing window.
+
+Spec: ``component``, ``direction`` (rise or fall: which deviation is bad),
+``severity``; params ``window_days`` (the trailing window), ``min_readings`` (the
+baseline needs this many), ``min_deviation`` (in the component's unit), and
+optionally ``mad_multiplier`` (the deviation must also exceed k x 1.4826 x MAD,
+the robust standard deviation) and ``skip_recent_hours`` (leave the most recent
+hours out of the baseline so a slow deterioration does not become its own
+reference). Median and MAD are robust to the odd bad reading (Leys et al., J Exp
+Soc Psychol 2013;49:764-766).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rpm.domain import Metric
+
+from ..spec import RuleSpec
+from .base import DAY, EPS, HOUR, Facts, Outcome, Window, amount, base_evidence, short_source
+
+MAD_TO_SD = 1.4826  # consistency constant for normally distributed data
+
+
+class Baseline:
+    name = "baseline"
+    required_params = frozenset({"window_days", "min_readings", "min_deviation"})
+
+    def check(self, rule: RuleSpec) -> list[str]:
+        problems = []
+        if rule.component is None or rule.direction is None or rule.severity is None:
+            problems.append("a baseline rule needs component, direction and severity")
+        if rule.params.get("min_readings", 0) < 3:
+            problems.append("min_readings must be at least 3")
+        if rule.params.get("window_days", 0) <= 0:
+            problems.append("window_days must be positive")
+        return problems
+
+    def lookback_s(self, rule: RuleSpec) -> float:
+        return rule.p("window_days") * DAY
+
+    def watched(self, rule: RuleSpec) -> frozenset[Metric]:
+        return frozenset({rule.metric})
+
+    def evaluate(self, rule: RuleSpec, w: Window) -> Outcome:
+        assert rule.component is not None and rule.severity is not None
+        n_rows = len(w)
+        hist = w.history(rule.component)
+        skip = rule.params.get("skip_recent_hours", 0.0) * HOUR
+        inside = w.between(self.lookback_s(rule), include_self=False, skip_recent_s=skip)
+        inside &= ~np.isnan(hist)
+        count = inside.sum(axis=1)
+        enough = count >= rule.p("min_readings")
+        median = np.full(n_rows, np.nan)
+        mad = np.full(n_rows, np.nan)
+        if enough.any():
+            sub = np.where(inside[enough], hist[enough], np.nan)
+            m = np.nanmedian(sub, axis=1)
+            median[enough] = m
+            mad[enough] = np.nanmedian(np.abs(sub - m[:, None]), axis=1)
+        now = w.value(rule.component)
+        with np.errstate(invalid="ignore"):
+            deviation = (now - median) if rule.direction == "rise" else (median - now)
+            need = np.full(n_rows, rule.p("min_deviation"))
+            if "mad_multiplier" in rule.params:
+                need = np.maximum(need, rule.p("mad_multiplier") * MAD_TO_SD * mad)
+            fires = enough & (deviation >= need - EPS)
+        severity = np.where(fires, np.int8(rule.severity), np.int8(0)).astype(np.int8)
+        detail = {
+            "median": median,
+            "mad": mad,
+            "deviation": np.nan_to_num(deviation),
+            "needed": need,
+            "baseline_readings": count.astype(np.float64),
+        }
+        return Outcome(severity, ~fires, detail)
+
+    def explain(self, rule: RuleSpec, facts: Facts) -> tuple[str, dict[str, object]]:
+        assert rule.component is not None
+        d = facts.detail
+        name = rule.component.replace("_", " ").capitalize()
+        word = "above" if rule.direction == "rise" else "below"
+        now = facts.values[rule.component]
+        text = (
+            f"{name} {amount(rule.metric, rule.component, now)} is "
+            f"{amount(rule.metric, rule.component, d['deviation'])} {word} this patient's "
+            f"{rule.p('window_days'):g}-day median of "
+            f"{amount(rule.metric, rule.component, d['median'])} "
+            f"(MAD {amount(rule.metric, rule.component, d['mad'])}, "
+            f"{int(d['baseline_readings'])} readings); limit "
+            f"{amount(rule.metric, rule.component, d['needed'])} ({short_source(rule.source)})."
+        )
+        return text, {**base_evidence(rule, facts), **dict(d)}
+
+
+KIND = Baseline()

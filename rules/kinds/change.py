@@ -1,0 +1,105 @@
+"""Change over a window: absolute and/or relative rise or fall against the window's extreme.
+
+Spec: ``component``, ``direction`` (rise or fall), ``severity``; params
+``window_hours`` and at least one of ``min_change`` (in the component's unit) and
+``min_change_pct``. For a rise the reference is the lowest value in the window
+before the reading; for a fall the highest. The heart-failure weight rules are
+this kind.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rpm.domain import Metric
+
+from ..spec import RuleSpec
+from .base import EPS, HOUR, Facts, Outcome, Window, amount, base_evidence, short_source, span, when
+
+
+class Change:
+    name = "change"
+    required_params = frozenset({"window_hours"})
+
+    def check(self, rule: RuleSpec) -> list[str]:
+        problems = []
+        if rule.component is None or rule.direction is None or rule.severity is None:
+            problems.append("a change rule needs component, direction and severity")
+        if "min_change" not in rule.params and "min_change_pct" not in rule.params:
+            problems.append("give min_change and/or min_change_pct")
+        if rule.params.get("window_hours", 0) <= 0:
+            problems.append("window_hours must be positive")
+        return problems
+
+    def lookback_s(self, rule: RuleSpec) -> float:
+        return rule.p("window_hours") * HOUR
+
+    def watched(self, rule: RuleSpec) -> frozenset[Metric]:
+        return frozenset({rule.metric})
+
+    def evaluate(self, rule: RuleSpec, w: Window) -> Outcome:
+        assert rule.component is not None and rule.severity is not None
+        rise = rule.direction == "rise"
+        now = w.value(rule.component)
+        hist = w.history(rule.component)
+        inside = w.between(self.lookback_s(rule), include_self=False) & ~np.isnan(hist)
+        fill = np.inf if rise else -np.inf
+        masked = np.where(inside, hist, fill)
+        idx = masked.argmin(axis=1) if rise else masked.argmax(axis=1)
+        rows = np.arange(len(w))
+        ref = masked[rows, idx]
+        ref_t = w.times[rows, idx]
+        have = inside.any(axis=1) & ~np.isnan(now)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            change = np.where(have, (now - ref) if rise else (ref - now), 0.0)
+            pct = np.where(have & (ref != 0), change / np.abs(ref) * 100.0, 0.0)
+        fires = np.zeros(len(w), np.bool_)
+        if "min_change" in rule.params:
+            fires |= change >= rule.p("min_change") - EPS
+        if "min_change_pct" in rule.params:
+            fires |= pct >= rule.p("min_change_pct") - EPS
+        fires &= have
+        severity = np.where(fires, np.int8(rule.severity), np.int8(0)).astype(np.int8)
+        detail = {"reference": np.where(have, ref, np.nan), "reference_t": ref_t, "change": change, "pct": pct}
+        return Outcome(severity, ~fires, detail)
+
+    def explain(self, rule: RuleSpec, facts: Facts) -> tuple[str, dict[str, object]]:
+        assert rule.component is not None
+        d = facts.detail
+        now = facts.values[rule.component]
+        elapsed = facts.measured_at.timestamp() - d["reference_t"]
+        word = "up" if rule.direction == "rise" else "down"
+        name = rule.component.replace("_", " ").capitalize()
+        text = (
+            f"{name} {word} {amount(rule.metric, rule.component, d['change'])} in {span(elapsed)}: "
+            f"{_plain(rule, d['reference'])} → {_plain(rule, now)} "
+            f"(from {when(d['reference_t'])} to {when(facts.measured_at)}; "
+            f"limit {_limits(rule)} within {span(rule.p('window_hours') * HOUR)}; "
+            f"{short_source(rule.source)})."
+        )
+        evidence = {
+            **base_evidence(rule, facts),
+            "reference": {"value": d["reference"], "measured_at": when(d["reference_t"])},
+            "change": d["change"],
+            "change_pct": d["pct"],
+            "window_hours": rule.p("window_hours"),
+        }
+        return text, evidence
+
+
+def _plain(rule: RuleSpec, value: float) -> str:
+    assert rule.component is not None
+    return amount(rule.metric, rule.component, value).split(" (")[0]
+
+
+def _limits(rule: RuleSpec) -> str:
+    assert rule.component is not None
+    parts = []
+    if "min_change" in rule.params:
+        parts.append(amount(rule.metric, rule.component, rule.p("min_change")))
+    if "min_change_pct" in rule.params:
+        parts.append(f"{rule.p('min_change_pct'):g}%")
+    return " or ".join(parts)
+
+
+KIND = Change()

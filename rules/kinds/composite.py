@@ -1,0 +1,121 @@
+"""Composite early-warning score (NEWS2-style) from whichever parameters are measured.
+
+Spec: ``scored`` (each a metric, component and scoring bands), ``score_tiers``
+(conditions on ``total``, the summed points, or ``single``, the highest points of
+one parameter), params ``freshness_hours`` (a parameter's latest value counts if
+measured no longer ago than this) and ``min_parameters`` (score only with this
+many parameters available). Evaluated on every reading of a scored metric; the
+other parameters come from the patient's latest readings.
+
+Home devices do not report consciousness (ACVPU) or supplemental oxygen, so the
+score is partial; the explanation says how many parameters it used.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rpm.domain import Metric
+
+from ..spec import COMPARATORS, RuleSpec
+from .base import HOUR, Facts, Outcome, Window, amount, base_evidence, short_source, when
+
+PSEUDO = ("total", "single")
+
+
+class Composite:
+    name = "composite"
+    required_params = frozenset({"freshness_hours", "min_parameters"})
+
+    def check(self, rule: RuleSpec) -> list[str]:
+        from rpm.domain import METRICS
+
+        problems = []
+        if not rule.scored or not rule.score_tiers:
+            problems.append("a composite rule needs scored parameters and score_tiers")
+        for s in rule.scored:
+            for src in s.sources:
+                if METRICS[src.metric].component(src.component) is None:
+                    problems.append(f"{src.metric.value} has no component {src.component!r}")
+        for tier in rule.score_tiers:
+            for cond in tier.any:
+                if cond.component not in PSEUDO:
+                    problems.append(f"score tiers test 'total' or 'single', not {cond.component!r}")
+        return problems
+
+    def lookback_s(self, rule: RuleSpec) -> float:
+        return rule.p("freshness_hours") * HOUR
+
+    def watched(self, rule: RuleSpec) -> frozenset[Metric]:
+        return frozenset(src.metric for s in rule.scored for src in s.sources)
+
+    def evaluate(self, rule: RuleSpec, w: Window) -> Outcome:
+        n = len(w)
+        fresh = rule.p("freshness_hours") * HOUR
+        total = np.zeros(n)
+        single = np.zeros(n)
+        available = np.zeros(n)
+        detail: dict[str, np.ndarray] = {}
+        for i, s in enumerate(rule.scored):
+            value = np.full(n, np.nan)
+            at = np.full(n, -np.inf)
+            for src in s.sources:
+                if src.metric is w.metric:
+                    v, t = w.value(src.component), w.ts
+                else:
+                    v, t = w.latest_of(src.metric, src.component, fresh)
+                newer = ~np.isnan(v) & (np.isnan(value) | (t > at))
+                value = np.where(newer, v, value)
+                at = np.where(newer, t, at)
+            points = np.full(n, np.nan)
+            for band in s.bands:
+                inside = ~np.isnan(value)
+                if band.low is not None:
+                    inside &= value >= band.low
+                if band.high is not None:
+                    inside &= value < band.high
+                points = np.where(inside & np.isnan(points), float(band.points), points)
+            have = ~np.isnan(points)
+            total += np.where(have, points, 0.0)
+            single = np.maximum(single, np.where(have, points, 0.0))
+            available += have
+            key = f"p{i}"
+            detail[key] = value
+            detail[key + ".points"] = points
+        enough = available >= rule.p("min_parameters")
+        severity = np.zeros(n, np.int8)
+        for tier in rule.score_tiers:
+            hit = np.zeros(n, np.bool_)
+            for cond in tier.any:
+                score = total if cond.component == "total" else single
+                hit |= COMPARATORS[cond.op](score, rule.p(cond.param))  # type: ignore[arg-type]
+            severity = np.where(enough & hit & (severity < tier.severity), np.int8(tier.severity), severity)
+        detail |= {"total": total, "single": single, "available": available}
+        return Outcome(severity.astype(np.int8), severity == 0, detail)
+
+    def explain(self, rule: RuleSpec, facts: Facts) -> tuple[str, dict[str, object]]:
+        d = facts.detail
+        parts = []
+        scored = {}
+        for i, s in enumerate(rule.scored):
+            key = f"p{i}"
+            if not np.isnan(d[key + ".points"]):
+                src = s.sources[0]
+                shown = amount(src.metric, src.component, d[key])
+                parts.append(f"{s.label} {shown} ({int(d[key + '.points'])})")
+                scored[src.component] = {"value": d[key], "points": int(d[key + ".points"])}
+        text = (
+            f"{rule.title}: score {int(d['total'])} from {int(d['available'])} of "
+            f"{len(rule.scored)} parameters at {when(facts.measured_at)}: {', '.join(parts)}; "
+            f"highest single parameter {int(d['single'])} ({short_source(rule.source)})."
+        )
+        evidence = {
+            **base_evidence(rule, facts),
+            "total": int(d["total"]),
+            "single": int(d["single"]),
+            "parameters": scored,
+        }
+        return text, evidence
+
+
+KIND = Composite()

@@ -1,0 +1,108 @@
+"""Persistence: the condition holds in k of the last n readings, or for a sustained time.
+
+Spec: exactly one tier (severity and conditions, as for thresholds) and either
+params ``k`` and ``n`` (k of the last n readings up to and including this one meet
+the condition) or ``sustained_hours`` (every reading for at least that long meets
+it: the unbroken run of breaching readings ending at this one spans the duration).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rpm.domain import Metric
+
+from ..spec import RuleSpec
+from .base import (
+    EPS,
+    HOUR,
+    Facts,
+    Outcome,
+    Window,
+    base_evidence,
+    breached,
+    condition_holds,
+    short_source,
+    span,
+    when,
+)
+from .threshold import show_values
+
+
+class Persistence:
+    name = "persistence"
+    required_params: frozenset[str] = frozenset()
+
+    def check(self, rule: RuleSpec) -> list[str]:
+        p = rule.params
+        problems = []
+        if len(rule.tiers) != 1:
+            problems.append("a persistence rule has exactly one tier")
+        counted = "k" in p or "n" in p
+        if counted == ("sustained_hours" in p):
+            problems.append("give either k and n, or sustained_hours")
+        if counted and not (1 <= p.get("k", 0) <= p.get("n", 0) <= 64):
+            problems.append("need 1 <= k <= n <= 64")
+        if p.get("sustained_hours", 1) <= 0:
+            problems.append("sustained_hours must be positive")
+        return problems
+
+    def lookback_s(self, rule: RuleSpec) -> float:
+        return rule.params.get("sustained_hours", 0.0) * HOUR or 14 * 86400.0
+
+    def watched(self, rule: RuleSpec) -> frozenset[Metric]:
+        return frozenset({rule.metric})
+
+    def _breach(self, rule: RuleSpec, w: Window) -> np.ndarray:
+        tier = rule.tiers[0]
+        hit = np.zeros(w.values.shape[:2], np.bool_)
+        for cond in tier.any:
+            hit |= condition_holds(rule, cond, w.history(cond.component))
+        return hit
+
+    def evaluate(self, rule: RuleSpec, w: Window) -> Outcome:
+        n = len(w)
+        tier = rule.tiers[0]
+        own = np.zeros(n, np.bool_)
+        for cond in tier.any:
+            own |= condition_holds(rule, cond, w.value(cond.component))
+        upto = w.upto()
+        hit = self._breach(rule, w) & upto
+        detail: dict[str, np.ndarray] = {}
+        if "k" in rule.params:
+            last_n = int(rule.params["n"])
+            # rows are sorted: the last n readings up to ts are the last n True of `upto`
+            rank = np.cumsum(upto[:, ::-1], axis=1)[:, ::-1]  # 1 = newest up to ts
+            window = upto & (rank <= last_n)
+            count = (hit & window).sum(axis=1).astype(np.float64)
+            seen = window.sum(axis=1).astype(np.float64)
+            fires = own & (count >= rule.params["k"])
+            detail = {"count": count, "of": seen}
+        else:
+            t = w.times
+            ok = upto & ~hit
+            last_ok = np.where(ok, t, -np.inf).max(axis=1)
+            run = hit & (t > last_ok[:, None])
+            run_start = np.where(run, t, np.inf).min(axis=1)
+            duration = np.where(np.isfinite(run_start), w.ts - run_start, 0.0)
+            fires = own & (duration >= rule.params["sustained_hours"] * HOUR - EPS)
+            detail = {"duration_s": duration}
+        severity = np.where(fires, np.int8(tier.severity), np.int8(0)).astype(np.int8)
+        return Outcome(severity, ~own, detail)
+
+    def explain(self, rule: RuleSpec, facts: Facts) -> tuple[str, dict[str, object]]:
+        reasons = breached(rule, rule.tiers, facts.values)
+        d = facts.detail
+        if "count" in d:
+            how = f"{int(d['count'])} of the last {int(d['of'])} readings"
+        else:
+            how = f"every reading for {span(d['duration_s'])}"
+        text = (
+            f"{rule.title}: {how} met {' or '.join(reasons) or 'the condition'}; latest "
+            f"{show_values(rule.metric, facts.values)} at {when(facts.measured_at)} "
+            f"({short_source(rule.source)})."
+        )
+        return text, {**base_evidence(rule, facts), "breached": reasons, **dict(d)}
+
+
+KIND = Persistence()

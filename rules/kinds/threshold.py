@@ -1,0 +1,63 @@
+"""Threshold with severity tiers and hysteresis.
+
+Spec: ``tiers`` (each a severity and conditions, any of which puts the reading in
+the tier); optional param ``hysteresis``: once fired, the condition only counts as
+over when every value is back past its limit by this much (limits move toward
+normal), so a value hovering at the limit does not flap the alert.
+"""
+
+from __future__ import annotations
+
+from ..spec import RuleSpec
+from .base import Facts, Outcome, Window, amount, base_evidence, breached, short_source, when
+from .base import tier_hits as _tier_hits
+from rpm.domain import Metric
+
+
+class Threshold:
+    name = "threshold"
+    required_params: frozenset[str] = frozenset()
+
+    def check(self, rule: RuleSpec) -> list[str]:
+        problems = []
+        if not rule.tiers:
+            problems.append("a threshold rule needs at least one tier")
+        if rule.params.get("hysteresis", 0) < 0:
+            problems.append("hysteresis cannot be negative")
+        return problems
+
+    def lookback_s(self, rule: RuleSpec) -> float:
+        return 0.0
+
+    def watched(self, rule: RuleSpec) -> frozenset[Metric]:
+        return frozenset({rule.metric})
+
+    def evaluate(self, rule: RuleSpec, w: Window) -> Outcome:
+        severity = _tier_hits(rule, rule.tiers, w)
+        still = _tier_hits(rule, rule.tiers, w, shift=rule.params.get("hysteresis", 0.0))
+        return Outcome(severity, still == 0)
+
+    def explain(self, rule: RuleSpec, facts: Facts) -> tuple[str, dict[str, object]]:
+        reasons = breached(rule, rule.tiers, facts.values)
+        text = (
+            f"{rule.title}: {show_values(rule.metric, facts.values)} at {when(facts.measured_at)}; "
+            f"{'; '.join(reasons)} ({short_source(rule.source)})."
+        )
+        return text, {**base_evidence(rule, facts), "breached": reasons}
+
+
+def show_values(metric: Metric, values: object) -> str:
+    from rpm.domain import METRICS
+
+    v = dict(values)  # type: ignore[call-overload]
+    if "systolic" in v and "diastolic" in v:
+        return f"blood pressure {v['systolic']:g}/{v['diastolic']:g} mmHg"
+    parts = [
+        f"{c.name.replace('_', ' ')} {amount(metric, c.name, v[c.name])}"
+        for c in METRICS[metric].components
+        if c.name in v
+    ]
+    return ", ".join(parts)
+
+
+KIND = Threshold()

@@ -1,0 +1,78 @@
+"""Trend: the least-squares slope of a component over the last N days.
+
+Spec: ``component``, ``direction`` (rise or fall), ``severity``; params
+``window_days``, ``min_readings`` and ``min_slope_per_day`` (a positive number in
+the component's unit per day; for a fall the slope must be at or below its
+negative). The fit uses every reading in the window up to and including this one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rpm.domain import Metric
+
+from ..spec import RuleSpec
+from .base import DAY, EPS, Facts, Outcome, Window, amount, base_evidence, short_source, span
+
+
+class Trend:
+    name = "trend"
+    required_params = frozenset({"window_days", "min_readings", "min_slope_per_day"})
+
+    def check(self, rule: RuleSpec) -> list[str]:
+        problems = []
+        if rule.component is None or rule.direction is None or rule.severity is None:
+            problems.append("a trend rule needs component, direction and severity")
+        if rule.params.get("min_readings", 0) < 3:
+            problems.append("min_readings must be at least 3")
+        if rule.params.get("min_slope_per_day", 0) <= 0 or rule.params.get("window_days", 0) <= 0:
+            problems.append("window_days and min_slope_per_day must be positive")
+        return problems
+
+    def lookback_s(self, rule: RuleSpec) -> float:
+        return rule.p("window_days") * DAY
+
+    def watched(self, rule: RuleSpec) -> frozenset[Metric]:
+        return frozenset({rule.metric})
+
+    def evaluate(self, rule: RuleSpec, w: Window) -> Outcome:
+        assert rule.component is not None and rule.severity is not None
+        hist = w.history(rule.component)
+        inside = w.between(self.lookback_s(rule), include_self=True) & ~np.isnan(hist)
+        n = inside.sum(axis=1).astype(np.float64)
+        x = np.where(inside, (w.times - w.ts[:, None]) / DAY, 0.0)  # days relative to reading
+        y = np.where(inside, hist, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mx = x.sum(axis=1) / n
+            my = y.sum(axis=1) / n
+            dx = np.where(inside, x - mx[:, None], 0.0)
+            sxx = (dx * dx).sum(axis=1)
+            slope = (dx * np.where(inside, y - my[:, None], 0.0)).sum(axis=1) / sxx
+            first = np.where(inside, x, np.inf).min(axis=1)
+        ok = (n >= rule.p("min_readings")) & (sxx > 0) & ~np.isnan(w.value(rule.component))
+        slope = np.where(ok, slope, 0.0)
+        limit = rule.p("min_slope_per_day")
+        fires = ok & (slope >= limit - EPS if rule.direction == "rise" else slope <= -limit + EPS)
+        severity = np.where(fires, np.int8(rule.severity), np.int8(0)).astype(np.int8)
+        detail = {"slope_per_day": slope, "readings": n, "span_days": np.where(ok, -first, 0.0)}
+        return Outcome(severity, ~fires, detail)
+
+    def explain(self, rule: RuleSpec, facts: Facts) -> tuple[str, dict[str, object]]:
+        assert rule.component is not None
+        d = facts.detail
+        word = "rising" if rule.direction == "rise" else "falling"
+        name = rule.component.replace("_", " ").capitalize()
+        per_day = amount(rule.metric, rule.component, abs(d["slope_per_day"]))
+        limit = amount(rule.metric, rule.component, rule.p("min_slope_per_day"))
+        text = (
+            f"{name} {word} {per_day} per day over {span(d['span_days'] * DAY)} "
+            f"({int(d['readings'])} readings, least-squares fit; latest "
+            f"{amount(rule.metric, rule.component, facts.values[rule.component])}); "
+            f"limit {limit} per day over {rule.p('window_days'):g} days "
+            f"({short_source(rule.source)})."
+        )
+        return text, {**base_evidence(rule, facts), **dict(d)}
+
+
+KIND = Trend()
