@@ -1,18 +1,22 @@
 """The ingest unit of work: one database transaction per micro-batch.
 
-decode (pure) -> validate (pure) -> in one transaction: insert new readings
-(duplicates skipped) -> rule step (pure) -> alert policy (pure) -> alert rows,
-audit events, outbox rows, quarantine rows, NOTIFY -> commit. The caller
-acknowledges the batch's messages only after ``process`` returns.
+decode (pure) -> validate (pure) -> in one transaction: load the rule state of
+patients the engine has not seen -> insert new readings (duplicates skipped) ->
+rule step (in memory, no I/O) -> alert policy (pure) -> alert rows, audit events,
+outbox rows, quarantine rows, NOTIFY -> commit. The caller acknowledges the
+batch's messages only after ``process`` returns. When the transaction fails, the
+engine forgets the batch's patients, so its memory never holds an uncommitted
+reading; their state is rebuilt from the database on the retry.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -20,21 +24,29 @@ from alerts.lifecycle import Action
 from alerts.policy import Decision, decide
 from alerts.templates import patient_alert_sms
 from device_gateways.decoders import DECODERS, Decoded
-from rules.engine import EngineState, step
+from rules.candidate import AlertCandidate
+from rules.engine import Engine, PatientContext
+from rules.kinds.missing import Silence
+from rules.programs import RuleBook
 
-from .domain import AcceptedReading, RawMessage, Reading, Rejection, RejectReason
+from .domain import AcceptedReading, Metric, RawMessage, Reading, Rejection, RejectReason
 from .errors import DecodeError, StorageError
 from .storage import alerts as alert_store
 from .storage import outbox as outbox_store
 from .storage import quarantine as quarantine_store
 from .storage import readings as reading_store
 from .storage import registry as device_store
+from .storage import rule_programs as program_store
+from .storage import rule_state
 from .storage.pool import DATABASE_UNAVAILABLE, Conn
 from .validation import ClockPolicy, validate
 
 log = logging.getLogger(__name__)
 
 INGEST_CHANNEL = "rpm_ingest"
+MISSING_LOCK = 0x52504D4D  # advisory lock key of the missing-data timer ("RPMM")
+A = TypeVar("A")
+R = TypeVar("R")
 
 # What a database that is restarting, failing over or out of connections looks like to
 # asyncpg; the unit of work may be retried once it is back. Class 08 (connection), class 57
@@ -92,17 +104,51 @@ class IngestPipeline:
         pool: asyncpg.Pool,
         clock: ClockPolicy,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        engine: Engine | None = None,
+        rules_refresh_s: float = 2.0,
     ) -> None:
         self._pool = pool
         self._clock = clock
         self._now = now
-        self._state = EngineState()
+        self.engine = engine or Engine(RuleBook.builtin())
+        self._rules_stamp: int | None = None
+        self._rules_checked = -1e9
+        self._rules_refresh_s = rules_refresh_s
+        self._touched: set[str] = set()
+
+    async def load_rules(self, conn: Conn) -> None:
+        """Use the active version of every program; cheap when nothing changed.
+
+        A stored version that no longer validates (a kind changed under it) keeps the
+        book in use, loudly: alerts must not stop because of a bad spec.
+        """
+        stamp = await program_store.stamp(conn)
+        if stamp == self._rules_stamp:
+            return
+        self._rules_stamp = stamp
+        try:
+            book = await program_store.active_book(conn)
+        except ValueError as exc:
+            log.error("rule programs not reloaded, the previous ones stay in use: %s", exc)
+            return
+        if book.programs:
+            self.engine.use_book(book)
+            log.info("rule programs in use: %s", dict(book.versions))
+
+    def rules_changed(self) -> None:
+        """A program version was published: re-read the book before the next batch."""
+        self._rules_checked = -1e9
+
+    async def _refresh_rules(self, conn: Conn) -> None:
+        t = time.monotonic()
+        if t - self._rules_checked >= self._rules_refresh_s:
+            self._rules_checked = t
+            await self.load_rules(conn)
 
     async def process(self, batch: Sequence[RawMessage]) -> BatchResult:
         """Run one unit of work. Raises ``StorageError`` when the database failed (retry all)."""
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                return await self._process(conn, batch)
+            return await self._in_transaction(self._process, batch)
         except DATABASE_UNAVAILABLE as exc:
             raise StorageError(f"database unavailable: {exc.__class__.__name__}") from exc
         except asyncpg.SerializationError as exc:
@@ -119,35 +165,50 @@ class IngestPipeline:
         Items are marked replayed in the same transaction; whatever is still refused is
         quarantined again under its (possibly new) reason, so nothing is lost.
         """
+
+        async def work(conn: Conn, _: None) -> tuple[list[int], BatchResult]:
+            items = await quarantine_store.for_replay(conn, ids=ids, reason=reason, limit=limit)
+            if not items:
+                return [], BatchResult()
+            await quarantine_store.mark_replayed(conn, [i for i, _ in items])
+            result = await self._process(conn, [raw for _, raw in items])
+            return [i for i, _ in items], result
+
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                items = await quarantine_store.for_replay(conn, ids=ids, reason=reason, limit=limit)
-                if not items:
-                    return [], BatchResult()
-                await quarantine_store.mark_replayed(conn, [i for i, _ in items])
-                result = await self._process(conn, [raw for _, raw in items])
-                return [i for i, _ in items], result
+            return await self._in_transaction(work, None)
         except DATABASE_UNAVAILABLE as exc:
             raise StorageError(f"database unavailable: {exc.__class__.__name__}") from exc
+
+    async def _in_transaction(self, work: Callable[[Conn, A], Awaitable[R]], arg: A) -> R:
+        """Run ``work`` in one transaction; on any failure the engine forgets what it touched."""
+        self._touched = set()
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                return await work(conn, arg)
+        except BaseException:
+            self.engine.forget(self._touched)
+            raise
 
     async def _process(self, conn: Conn, batch: Sequence[RawMessage]) -> BatchResult:
         now = self._now()
         result = BatchResult(messages=len(batch))
+        await self._refresh_rules(conn)
         prepared = await self._prepare(conn, batch, now)
+        if prepared.accepted:
+            await self._ensure_state(conn, prepared.accepted)
         new = await reading_store.insert_new(conn, prepared.accepted)
         result.stored = len(new)
         result.duplicates = len(prepared.accepted) - len(new)
 
         if new:
+            await rule_state.touch_last(conn, new)
             contexts = await device_store.patient_contexts(conn, {a.patient_id for a in new})
-            self._state, candidates = step(self._state, new, contexts, now)
-            if candidates:
-                episodes = await alert_store.open_episodes(
-                    conn, {(c.patient_id, c.rule_id) for c in candidates}
-                )
-                decisions = decide(candidates, episodes)
-                applied = await alert_store.apply(conn, decisions)
-                await self._follow_up(conn, applied, result)
+            self._touched.update(contexts)
+            self._touched.update(a.patient_id for a in new)
+            stepped = self.engine.step(new, contexts)
+            if stepped.candidates:
+                await self._decide(conn, stepped.candidates, result)
+            await alert_store.mark_cleared(conn, stepped.clears)
 
         await quarantine_store.insert(conn, prepared.rejections)
         result.quarantined = len(prepared.rejections)
@@ -163,6 +224,61 @@ class IngestPipeline:
                 f'{{"stored": {result.stored}, "quarantined": {result.quarantined}}}',
             )
         return result
+
+    async def _ensure_state(self, conn: Conn, accepted: Sequence[AcceptedReading]) -> None:
+        """Load the rule state of patients the engine has not seen (before the insert, so
+        the batch's own readings are not in the history)."""
+        unknown = self.engine.unknown({a.patient_id for a in accepted})
+        if not unknown:
+            return
+        self._touched.update(unknown)
+        oldest = min(a.reading.measured_at for a in accepted if a.patient_id in unknown)
+        since = oldest - timedelta(seconds=self.engine.lookback_s())
+        history = await rule_state.history(conn, unknown, since, self.engine.capacity)
+        armed = await rule_state.armed(conn, unknown)
+        self.engine.load(unknown, history, armed)
+
+    async def _decide(
+        self, conn: Conn, candidates: Sequence[AlertCandidate], result: BatchResult
+    ) -> None:
+        episodes = await alert_store.open_episodes(
+            conn, {(c.patient_id, c.rule_id) for c in candidates}
+        )
+        decisions = decide(candidates, episodes)
+        applied = await alert_store.apply(conn, decisions)
+        await self._follow_up(conn, applied, result)
+
+    async def check_missing(self) -> BatchResult:
+        """The missing-data timer: one pass over every monitored patient, in one transaction.
+
+        An advisory lock keeps two server processes from evaluating at the same moment.
+        """
+
+        async def work(conn: Conn, _: None) -> BatchResult:
+            result = BatchResult()
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", MISSING_LOCK):
+                return result
+            await self._refresh_rules(conn)
+            now = self._now()
+            candidates = []
+            for w in await rule_state.watched(conn):
+                context = PatientContext(w.patient_id, w.programs, w.overrides)
+
+                def silence_of(metric: Metric, w: rule_state.Watched = w) -> Silence:
+                    return Silence(
+                        w.patient_id, w.last.get(metric.value), w.since, w.device_heard(metric)
+                    )
+
+                candidates.extend(self.engine.missing(context, silence_of, now))
+            if candidates:
+                self._touched.update(c.patient_id for c in candidates)
+                await self._decide(conn, candidates, result)
+            return result
+
+        try:
+            return await self._in_transaction(work, None)
+        except DATABASE_UNAVAILABLE as exc:
+            raise StorageError(f"database unavailable: {exc.__class__.__name__}") from exc
 
     async def _prepare(self, conn: Conn, batch: Sequence[RawMessage], now: datetime) -> _Prepared:
         decoded = []

@@ -18,13 +18,17 @@ from device_gateways.broker_admin import BrokerAdmin, BrokerAdminConfig
 from device_gateways.mqtt import MqttConfig, MqttGateway
 from rpm.api.app import create_app
 from rpm.api.live import Broadcaster
-from rpm.domain import RawMessage
+from rpm.domain import Metric, RawMessage
+from rpm.errors import StorageError
 from rpm.pipeline import INGEST_CHANNEL, BatchResult, IngestPipeline
 from rpm.settings import Settings
+from rpm.storage import rule_programs
 from rpm.storage.alerts import ALERTS_CHANNEL
 from rpm.storage.migrate import migrate
 from rpm.storage.pool import connect, create_pool
 from rpm.validation import ClockPolicy
+from rules.engine import Engine
+from rules.programs import RuleBook
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,7 @@ class Server:
         self._broadcaster: Broadcaster | None = None
         self._uvicorn: uvicorn.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.pipeline: IngestPipeline | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -79,12 +84,21 @@ class Server:
         if applied:
             log.info("migrations applied: %s", ", ".join(applied))
         self.pool = await create_pool(dsn, size=s.database_pool_size)
+        capacity = {Metric(k): v for k, v in s.rule_buffer_capacity.items()}
         pipeline = IngestPipeline(
             self.pool,
             ClockPolicy(
                 max_skew=timedelta(seconds=s.clock_skew_s), max_age=timedelta(days=s.max_age_days)
             ),
+            engine=Engine(RuleBook.builtin(), capacity),
+            rules_refresh_s=s.rules_refresh_s,
         )
+        self.pipeline = pipeline
+        async with self.pool.acquire() as conn:
+            seeded = await rule_programs.seed_builtin(conn)
+            if seeded:
+                log.info("built-in rule programs stored as version 1: %s", ", ".join(seeded))
+            await pipeline.load_rules(conn)
 
         async def process(batch: Sequence[RawMessage]) -> None:
             result = await pipeline.process(batch)
@@ -137,11 +151,24 @@ class Server:
             asyncio.create_task(self.gateway.run(), name="gateway"),
             asyncio.create_task(self.sms_worker.run(), name="sms-worker"),
             asyncio.create_task(self._uvicorn.serve(), name="api"),
+            asyncio.create_task(self._missing_data_timer(), name="missing-data"),
         ]
         await asyncio.wait_for(self.gateway.connected.wait(), timeout=15)
         while not self._uvicorn.started:  # noqa: ASYNC110 - uvicorn offers a flag, no event
             await asyncio.sleep(0.02)
         log.info("serving API on http://%s:%d", s.api_host, s.api_port)
+
+    async def _missing_data_timer(self) -> None:
+        """Evaluate missing-data rules every ``missing_data_interval_s`` (state is in the DB)."""
+        assert self.pipeline is not None
+        while True:
+            try:
+                result = await self.pipeline.check_missing()
+                if result.alerts_opened:
+                    log.info("missing-data alerts opened: %d", len(result.alerts_opened))
+            except StorageError as exc:
+                log.warning("missing-data check skipped: %s", exc)
+            await asyncio.sleep(self.settings.missing_data_interval_s)
 
     async def wait(self) -> None:
         """Return when any part stops (its exception propagates)."""

@@ -48,5 +48,10 @@ class Settings(BaseSettings):
     simulator_mqtt_username: str | None = None
     simulator_mqtt_password: SecretStr | None = None
 
+    # Rule engine: how often the missing-data timer runs, how soon a new program version
+    # is picked up, and ring-buffer capacity per metric (e.g. {"spo2": 128}).
+    missing_data_interval_s: float = Field(default=300.0, gt=0)
+    rules_refresh_s: float = Field(default=2.0, ge=0)
+    rule_buffer_capacity: dict[str, int] = Field(default_factory=dict)
     outbox_poll_interval_s: float = 0.5
     outbox_max_attempts: int = 12

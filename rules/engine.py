@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -31,6 +31,7 @@ from rpm.domain import AcceptedReading, Metric, Reading, reading_uid
 from .buffers import DEFAULT_CAPACITY, F64, MetricBuffer, Rows
 from .candidate import AlertCandidate
 from .kinds import KINDS, Facts, Window
+from .kinds.missing import Silence, evaluate_missing
 from .programs import RuleBook
 from .spec import RuleSpec, Severity
 
@@ -125,6 +126,11 @@ class Engine:
         self._plans.clear()
         self._lookback = self._max_lookback()
 
+    @property
+    def capacity(self) -> Mapping[Metric, int]:
+        """Ring-buffer capacity per metric (what ``load`` keeps of each patient's history)."""
+        return self._capacity
+
     def lookback_s(self) -> float:
         """How far back any rule reads: what ``load`` needs of a patient's history."""
         return self._lookback
@@ -209,6 +215,39 @@ class Engine:
         nan = math.nan
         return [values.get(c, nan) for c in self._buffer(metric).components]
 
+    # --- the missing-data timer ----------------------------------------------------
+
+    def missing(
+        self, context: PatientContext, silence_of: Callable[[Metric], Silence], now: datetime
+    ) -> list[AlertCandidate]:
+        """Candidates of a patient's missing-data rules at ``now`` (no reading: no uid)."""
+        out = []
+        for rule in self.plan(context).rules:
+            if rule.kind != "missing":
+                continue
+            facts = evaluate_missing(rule, silence_of(rule.metric), now)
+            if facts is None:
+                continue
+            assert rule.severity is not None
+            explanation, evidence = KINDS["missing"].explain(
+                rule, Facts(now, {}, facts, int(rule.severity))
+            )
+            out.append(
+                AlertCandidate(
+                    patient_id=context.patient_id,
+                    rule_id=rule.id,
+                    severity=rule.severity,
+                    title=rule.title,
+                    explanation=explanation,
+                    evidence=evidence,
+                    measured_at=now,
+                    reading_uid=None,
+                    advice=rule.advice,
+                )
+            )
+            self.arm(context.patient_id, rule.id)
+        return out
+
     # --- evaluation --------------------------------------------------------------
 
     def step(
@@ -263,20 +302,40 @@ class Engine:
         return result
 
     def _window(
-        self, metric: Metric, buf: MetricBuffer, rows: Rows, ts: F64, current: F64,
-        patients: Sequence[str], exclude: F64 | None = None,
+        self,
+        metric: Metric,
+        buf: MetricBuffer,
+        rows: Rows,
+        ts: F64,
+        current: F64,
+        patients: Sequence[str],
+        exclude: F64 | None = None,
     ) -> Window:
         def latest_of(other: Metric, component: str, fresh: float) -> tuple[F64, F64]:
             return self._latest(other, component, fresh, patients, ts)
 
         return Window(
-            metric, ts, current, buf.times[rows], buf.values[rows], buf.index,
-            np.full(len(ts), np.nan) if exclude is None else exclude, latest_of,
+            metric,
+            ts,
+            current,
+            buf.times[rows],
+            buf.values[rows],
+            buf.index,
+            np.full(len(ts), np.nan) if exclude is None else exclude,
+            latest_of,
         )
 
     def _evaluate(
-        self, rules: Sequence[RuleSpec], metric: Metric, g: _Group, buf: MetricBuffer,
-        rows: Rows, ts: F64, current: F64, sel: Rows, newest: np.ndarray,
+        self,
+        rules: Sequence[RuleSpec],
+        metric: Metric,
+        g: _Group,
+        buf: MetricBuffer,
+        rows: Rows,
+        ts: F64,
+        current: F64,
+        sel: Rows,
+        newest: np.ndarray,
         result: StepResult,
     ) -> None:
         pids = [g.patients[i] for i in sel]
@@ -288,7 +347,9 @@ class Engine:
             out = kind.evaluate(rule, w)
             for j in np.flatnonzero(out.severity):
                 a = g.readings[sel[j]]
-                result.candidates.append(self._candidate(rule, out.severity[j], out.detail, j, a.reading, a.patient_id))
+                result.candidates.append(
+                    self._candidate(rule, out.severity[j], out.detail, j, a.reading, a.patient_id)
+                )
                 self.arm(a.patient_id, rule.id)
             if has_armed is None:
                 continue
@@ -300,8 +361,15 @@ class Engine:
                     result.clears.append(Clear(pid, rule.id, at))
 
     def _reevaluate_after_late(
-        self, late: np.ndarray, metric: Metric, g: _Group, buf: MetricBuffer, rows: Rows,
-        ts: F64, plans: Mapping[str, Plan], result: StepResult,
+        self,
+        late: np.ndarray,
+        metric: Metric,
+        g: _Group,
+        buf: MetricBuffer,
+        rows: Rows,
+        ts: F64,
+        plans: Mapping[str, Plan],
+        result: StepResult,
     ) -> None:
         """Held readings after a late one, within its windows, fire if it tips them over."""
         in_batch = {(int(rows[i]), float(ts[i])) for i in range(len(ts))}
@@ -333,7 +401,8 @@ class Engine:
                 then = kind.evaluate(rule, without)
                 for j in np.flatnonzero(now.severity > then.severity):
                     values = {
-                        c: float(v) for c, v in zip(buf.components, point_values[j], strict=True)
+                        c: float(v)
+                        for c, v in zip(buf.components, point_values[j], strict=True)
                         if not math.isnan(v)
                     }
                     at = datetime.fromtimestamp(float(point_ts[j]), UTC)
@@ -368,8 +437,14 @@ class Engine:
         return value, at
 
     def _candidate(
-        self, rule: RuleSpec, severity: int, detail: Mapping[str, F64], j: int,
-        reading: Reading, patient_id: str, cause: Reading | None = None,
+        self,
+        rule: RuleSpec,
+        severity: int,
+        detail: Mapping[str, F64],
+        j: int | np.integer,
+        reading: Reading,
+        patient_id: str,
+        cause: Reading | None = None,
     ) -> AlertCandidate:
         facts = Facts(
             reading.measured_at,
@@ -383,7 +458,9 @@ class Engine:
         evidence |= {"reading_uid": str(uid), "device_id": trigger.device_id}
         if cause is not None:
             evidence["late_reading_at"] = cause.measured_at.isoformat()
-            explanation += f" Re-evaluated after a late reading from {cause.measured_at:%Y-%m-%d %H:%M} UTC."
+            explanation += (
+                f" Re-evaluated after a late reading from {cause.measured_at:%Y-%m-%d %H:%M} UTC."
+            )
         return AlertCandidate(
             patient_id=patient_id,
             rule_id=rule.id,

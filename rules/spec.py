@@ -210,6 +210,8 @@ def parse_program(document: Mapping[str, Any]) -> ProgramSpec:
     """Validate a program document (as loaded from YAML or JSON); raises ``ValueError``."""
     data = dict(document)
     name = data.get("program", "")
+    if not isinstance(data.get("rules", []), list):
+        raise ValueError("rules: a program's rules are a list")
     data["rules"] = [
         {**r, "program": name} if isinstance(r, dict) else r for r in data.get("rules", ())
     ]

@@ -5,15 +5,14 @@ from __future__ import annotations
 import pytest
 
 from alerts import Action, AlertState, Episode, InvalidTransition, decide, next_state
-from rules import PatientContext, Severity, step
-from rules.engine import EngineState
-from tests.helpers import T0, bp
+from rules import Engine, PatientContext, Severity
+from tests.helpers import bp
 
 CTX = {"pat-1": PatientContext("pat-1")}
 
 
 def candidates(*readings):  # type: ignore[no-untyped-def]
-    return step(EngineState(), list(readings), CTX, T0)[1]
+    return Engine().step(list(readings), CTX).candidates
 
 
 def test_first_candidate_opens_an_episode_and_notifies_the_patient() -> None:

@@ -551,7 +551,7 @@ async def enroll(db_url: str, since: datetime) -> None:
                     display_name=f"Patient {p}",
                     phone=f"+1555010{p:04d}",
                     sms_consent=True,
-                    programs=["hypertension"],
+                    programs=[],  # general rules only: one crisis rule to count
                 )
                 await registry.enroll_device(
                     conn,

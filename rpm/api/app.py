@@ -21,7 +21,7 @@ from rpm.pipeline import INGEST_CHANNEL, IngestPipeline
 from rpm.storage import alerts as alert_store
 from rpm.storage import readings as reading_store
 
-from . import ingest, registry
+from . import ingest, registry, rules
 from .live import Broadcaster
 
 FHIR_JSON = "application/fhir+json"
@@ -93,6 +93,7 @@ def create_app(
     app = FastAPI(title="RPM server", version="0.1.0")
     app.include_router(ingest.router(pool, pipeline))
     app.include_router(registry.router(pool, broker))
+    app.include_router(rules.router(pool, on_change=pipeline.rules_changed))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -11,6 +11,7 @@ from uuid import UUID
 from alerts.lifecycle import Action, AlertState, next_state
 from alerts.policy import Decision, Episode, EpisodeKey
 from rpm.storage.pool import Conn
+from rules.engine import Clear
 from rules.spec import Severity
 
 ALERTS_CHANNEL = "rpm_alerts"
@@ -55,7 +56,7 @@ async def apply(conn: Conn, decisions: Sequence[Decision]) -> list[AppliedDecisi
     """
     applied: list[AppliedDecision] = []
     opened: dict[EpisodeKey, int] = {}
-    recurring: dict[int, tuple[int, UUID]] = {}  # alert id -> (count, last reading uid)
+    recurring: dict[int, tuple[int, UUID | None]] = {}  # alert id -> (count, last reading)
     for d in decisions:
         c = d.candidate
         key = (c.patient_id, c.rule_id)
@@ -81,7 +82,7 @@ async def apply(conn: Conn, decisions: Sequence[Decision]) -> list[AppliedDecisi
             await conn.execute(
                 """UPDATE alerts SET occurrences = occurrences + 1, last_reading_uid = $2,
                           updated_at = now(), state = $3, severity = $4, explanation = $5,
-                          evidence = $6
+                          evidence = $6, condition_cleared_at = NULL
                     WHERE id = $1""",
                 alert_id,
                 c.reading_uid,
@@ -107,8 +108,9 @@ async def apply(conn: Conn, decisions: Sequence[Decision]) -> list[AppliedDecisi
     if recurring:
         ids = list(recurring)
         await conn.execute(
-            """UPDATE alerts a SET occurrences = a.occurrences + r.n, last_reading_uid = r.uid,
-                      updated_at = now()
+            """UPDATE alerts a SET occurrences = a.occurrences + r.n,
+                      last_reading_uid = coalesce(r.uid, a.last_reading_uid),
+                      updated_at = now(), condition_cleared_at = NULL
                  FROM unnest($1::bigint[], $2::int[], $3::uuid[]) AS r(id, n, uid)
                 WHERE a.id = r.id""",
             ids,
@@ -116,6 +118,22 @@ async def apply(conn: Conn, decisions: Sequence[Decision]) -> list[AppliedDecisi
             [recurring[i][1] for i in ids],
         )
     return applied
+
+
+async def mark_cleared(conn: Conn, clears: Sequence[Clear]) -> int:
+    """Record when a fired rule's condition was seen to be over (auto-resolve reads it)."""
+    if not clears:
+        return 0
+    status = await conn.execute(
+        """UPDATE alerts a SET condition_cleared_at = c.at, updated_at = now()
+             FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS c(patient_id, rule_id, at)
+            WHERE a.patient_id = c.patient_id AND a.rule_id = c.rule_id
+              AND a.state <> 'resolved' AND a.condition_cleared_at IS NULL""",
+        [c.patient_id for c in clears],
+        [c.rule_id for c in clears],
+        [c.measured_at for c in clears],
+    )
+    return int(status.split()[-1])
 
 
 async def _event(

@@ -65,15 +65,17 @@ class Window:
     def upto(self) -> Bools:
         """History at or before each reading's own time (the reading included)."""
         t = self.times
-        return (t <= self.ts[:, None]) & (t != self.exclude[:, None])
+        return np.asarray((t <= self.ts[:, None]) & (t != self.exclude[:, None]), np.bool_)
 
-    def between(self, back_s: float | F64, *, include_self: bool, skip_recent_s: float = 0.0) -> Bools:
+    def between(
+        self, back_s: float | F64, *, include_self: bool, skip_recent_s: float = 0.0
+    ) -> Bools:
         """History within ``[ts - back, ts - skip_recent]`` (the reading itself optional)."""
         t = self.times
         lo = self.ts - back_s
         hi = self.ts - skip_recent_s
         upper = (t <= hi[:, None]) if include_self and skip_recent_s == 0 else (t < hi[:, None])
-        return (t >= lo[:, None]) & upper & (t != self.exclude[:, None])
+        return np.asarray((t >= lo[:, None]) & upper & (t != self.exclude[:, None]), np.bool_)
 
 
 @dataclass(slots=True)
@@ -170,10 +172,7 @@ def amount(metric: Metric, component: str, value: float, *, signed: bool = False
     """``1.2 kg (2.6 lb)``, ``181 mmHg``, ``91%``; weights also in pounds (US programs use them)."""
     u = unit(metric, component)
     sign = "+" if signed else ""
-    if u in ("kg", "°C"):
-        text = f"{value:{sign}.1f}"
-    else:
-        text = f"{round(value, 1):{sign}g}"
+    text = f"{value:{sign}.1f}" if u in ("kg", "°C") else f"{round(value, 1):{sign}g}"
     if u == "kg":
         return f"{text} kg ({abs(value) * 2.20462:.1f} lb)"
     return f"{text}%" if u == "%" else f"{text} {u}".rstrip()

@@ -43,7 +43,8 @@ class Baseline:
         return frozenset({rule.metric})
 
     def evaluate(self, rule: RuleSpec, w: Window) -> Outcome:
-        assert rule.component is not None and rule.severity is not None
+        assert rule.component is not None
+        assert rule.severity is not None
         n_rows = len(w)
         hist = w.history(rule.component)
         skip = rule.params.get("skip_recent_hours", 0.0) * HOUR

@@ -38,7 +38,8 @@ class Change:
         return frozenset({rule.metric})
 
     def evaluate(self, rule: RuleSpec, w: Window) -> Outcome:
-        assert rule.component is not None and rule.severity is not None
+        assert rule.component is not None
+        assert rule.severity is not None
         rise = rule.direction == "rise"
         now = w.value(rule.component)
         hist = w.history(rule.component)
@@ -60,7 +61,12 @@ class Change:
             fires |= pct >= rule.p("min_change_pct") - EPS
         fires &= have
         severity = np.where(fires, np.int8(rule.severity), np.int8(0)).astype(np.int8)
-        detail = {"reference": np.where(have, ref, np.nan), "reference_t": ref_t, "change": change, "pct": pct}
+        detail = {
+            "reference": np.where(have, ref, np.nan),
+            "reference_t": ref_t,
+            "change": change,
+            "pct": pct,
+        }
         return Outcome(severity, ~fires, detail)
 
     def explain(self, rule: RuleSpec, facts: Facts) -> tuple[str, dict[str, object]]:

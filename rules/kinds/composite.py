@@ -89,7 +89,9 @@ class Composite:
             for cond in tier.any:
                 score = total if cond.component == "total" else single
                 hit |= COMPARATORS[cond.op](score, rule.p(cond.param))  # type: ignore[arg-type]
-            severity = np.where(enough & hit & (severity < tier.severity), np.int8(tier.severity), severity)
+            severity = np.where(
+                enough & hit & (severity < tier.severity), np.int8(tier.severity), severity
+            )
         detail |= {"total": total, "single": single, "available": available}
         return Outcome(severity.astype(np.int8), severity == 0, detail)
 

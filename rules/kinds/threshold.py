@@ -8,10 +8,11 @@ normal), so a value hovering at the limit does not flap the alert.
 
 from __future__ import annotations
 
+from rpm.domain import Metric
+
 from ..spec import RuleSpec
 from .base import Facts, Outcome, Window, amount, base_evidence, breached, short_source, when
 from .base import tier_hits as _tier_hits
-from rpm.domain import Metric
 
 
 class Threshold:

@@ -37,7 +37,8 @@ class Trend:
         return frozenset({rule.metric})
 
     def evaluate(self, rule: RuleSpec, w: Window) -> Outcome:
-        assert rule.component is not None and rule.severity is not None
+        assert rule.component is not None
+        assert rule.severity is not None
         hist = w.history(rule.component)
         inside = w.between(self.lookback_s(rule), include_self=True) & ~np.isnan(hist)
         n = inside.sum(axis=1).astype(np.float64)

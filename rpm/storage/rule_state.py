@@ -1,0 +1,137 @@
+"""SQL behind the rule engine's state: history to rebuild it, and what the timer reads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from rpm.domain import AcceptedReading, Metric
+
+from .pool import Conn
+
+History = list[tuple[str, Metric, datetime, Mapping[str, float]]]
+
+
+async def history(
+    conn: Conn,
+    patient_ids: Iterable[str],
+    since: datetime,
+    capacity: Mapping[Metric, int],
+) -> History:
+    """Each patient's newest readings per metric since ``since`` (at most the buffer capacity)."""
+    ids = list(set(patient_ids))
+    if not ids:
+        return []
+    metrics = list(capacity)
+    rows = await conn.fetch(
+        """SELECT patient_id, metric, measured_at, components FROM (
+               SELECT r.patient_id, r.metric, r.measured_at, r.components,
+                      row_number() OVER (PARTITION BY r.patient_id, r.metric
+                                         ORDER BY r.measured_at DESC) AS k,
+                      c.cap
+                 FROM readings r
+                 JOIN unnest($2::text[], $3::int[]) AS c(metric, cap) ON c.metric = r.metric
+                WHERE r.patient_id = ANY($1::text[]) AND r.measured_at >= $4
+           ) newest
+          WHERE k <= cap""",
+        ids,
+        [m.value for m in metrics],
+        [capacity[m] for m in metrics],
+        since,
+    )
+    return [(r["patient_id"], Metric(r["metric"]), r["measured_at"], r["components"]) for r in rows]
+
+
+async def armed(conn: Conn, patient_ids: Iterable[str]) -> list[tuple[str, str]]:
+    """(patient, rule) of unresolved alerts whose condition has not been seen to clear."""
+    rows = await conn.fetch(
+        """SELECT patient_id, rule_id FROM alerts
+            WHERE patient_id = ANY($1::text[]) AND state <> 'resolved'
+              AND condition_cleared_at IS NULL""",
+        list(set(patient_ids)),
+    )
+    return [(r["patient_id"], r["rule_id"]) for r in rows]
+
+
+async def touch_last(conn: Conn, readings: Sequence[AcceptedReading]) -> None:
+    """Keep the newest measured time per patient and metric (for the missing-data timer)."""
+    newest: dict[tuple[str, str], datetime] = {}
+    for a in readings:
+        key = (a.patient_id, a.reading.metric.value)
+        t = a.reading.measured_at
+        if key not in newest or t > newest[key]:
+            newest[key] = t
+    if not newest:
+        return
+    keys = sorted(newest)  # a fixed lock order: concurrent batches cannot deadlock
+    await conn.execute(
+        """INSERT INTO patient_metric_last AS l (patient_id, metric, measured_at)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])
+           ON CONFLICT (patient_id, metric) DO UPDATE SET measured_at = excluded.measured_at
+            WHERE l.measured_at < excluded.measured_at""",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [newest[k] for k in keys],
+    )
+
+
+# Which device kinds measure a metric: a silent scale says nothing about the BP cuff.
+DEVICE_KINDS: Mapping[Metric, tuple[str, ...]] = {
+    Metric.BLOOD_PRESSURE: ("bp_cuff",),
+    Metric.WEIGHT: ("scale",),
+    Metric.SPO2: ("pulse_oximeter",),
+    Metric.GLUCOSE: ("glucometer",),
+    Metric.BODY_TEMPERATURE: ("thermometer",),
+    Metric.HEART_RATE: ("bp_cuff", "pulse_oximeter", "other"),
+    Metric.RESPIRATORY_RATE: ("other",),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Watched:
+    """A patient with devices bound now, as the missing-data timer sees them."""
+
+    patient_id: str
+    programs: tuple[str, ...]
+    overrides: Mapping[str, Mapping[str, float]]
+    since: datetime  # earliest current binding: monitoring began
+    heard: Mapping[str, datetime]  # device kind -> newest message of any kind
+    last: Mapping[str, datetime]  # metric -> newest reading
+
+    def device_heard(self, metric: Metric) -> datetime | None:
+        times = [self.heard[k] for k in DEVICE_KINDS[metric] if self.heard.get(k)]
+        if not times:  # no device of a matching kind: any of the patient's devices
+            times = [t for t in self.heard.values() if t]
+        return max(times, default=None)
+
+
+async def watched(conn: Conn) -> list[Watched]:
+    """Every patient with a device bound now, with last readings and device heartbeats."""
+    rows = await conn.fetch(
+        """WITH kinds AS (
+               SELECT b.patient_id, d.kind, min(lower(b.during)) AS since,
+                      max(d.last_seen_at) AS heard
+                 FROM device_bindings b JOIN devices d ON d.id = b.device_id
+                WHERE b.during @> now() AND d.retired_at IS NULL
+                GROUP BY b.patient_id, d.kind),
+           bound AS (
+               SELECT patient_id, min(since) AS since,
+                      jsonb_object_agg(kind, heard) AS heard
+                 FROM kinds GROUP BY patient_id)
+           SELECT p.id, p.programs, p.rule_overrides, bound.since, bound.heard,
+                  (SELECT coalesce(jsonb_object_agg(l.metric, l.measured_at), '{}')
+                     FROM patient_metric_last l WHERE l.patient_id = p.id) AS last
+             FROM bound JOIN patients p ON p.id = bound.patient_id"""
+    )
+    return [
+        Watched(
+            r["id"],
+            tuple(r["programs"]),
+            r["rule_overrides"] or {},
+            r["since"],
+            {k: datetime.fromisoformat(v) for k, v in r["heard"].items() if v},
+            {k: datetime.fromisoformat(v) for k, v in r["last"].items()},
+        )
+        for r in rows
+    ]
