@@ -168,10 +168,17 @@ class Engine:
         history: Iterable[tuple[str, Metric, datetime, Mapping[str, float]]],
         armed: Iterable[tuple[str, str]] = (),
     ) -> None:
-        """Rebuild patients' state from stored readings and their unresolved alerts."""
-        self._known.update(patient_ids)
+        """Rebuild patients' state from stored readings and their unresolved alerts.
+
+        Patients already known are skipped: another unit of work loaded them while this
+        one waited for the database, and loading twice would hold readings twice.
+        """
+        fresh = set(patient_ids) - self._known
+        self._known |= fresh
         groups: dict[Metric, _Group] = {}
         for pid, metric, at, values in history:
+            if pid not in fresh:
+                continue
             g = groups.setdefault(metric, _Group())
             g.patients.append(pid)
             g.times.append(at.timestamp())
@@ -180,7 +187,8 @@ class Engine:
             buf = self._buffer(metric)
             buf.append(buf.rows(g.patients), np.array(g.times), np.array(g.values))
         for pid, rule_id in armed:
-            self._armed.setdefault(pid, set()).add(rule_id)
+            if pid in fresh:
+                self._armed.setdefault(pid, set()).add(rule_id)
 
     def forget(self, patient_ids: Iterable[str]) -> None:
         """Drop patients' state (it is rebuilt from the database on their next reading)."""
