@@ -10,7 +10,7 @@ import asyncio
 import logging
 import random
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -18,8 +18,10 @@ from rpm.errors import PermanentDeliveryError, TransientDeliveryError
 from rpm.storage import outbox as outbox_store
 from rpm.storage import registry
 from rpm.storage.pool import DATABASE_UNAVAILABLE
+from rules.spec import Severity
 
 from .sms import SentSms
+from .templates import patient_alert_sms
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,7 @@ class SmsOutboxWorker:
                 log.info("outbox %s: not sent to patient=%s: %s", item.id, patient_id, reason)
                 return
         try:
-            sent = await self._channel.send(phone, str(item.payload["body"]))
+            sent = await self._channel.send(phone, _body(item.payload))
         except TransientDeliveryError as exc:
             async with self._pool.acquire() as conn:
                 if item.attempts >= self._max_attempts:
@@ -100,3 +102,12 @@ class SmsOutboxWorker:
             await outbox_store.delivered(conn, item.id, {"sid": sent.sid, "status": sent.status})
         self.sent += 1
         log.info("outbox %s: sms %s sent for patient=%s", item.id, sent.sid, patient_id)
+
+
+def _body(payload: dict[str, Any]) -> str:
+    if "body" in payload:
+        return str(payload["body"])
+    advice = payload.get("advice") or {}
+    return patient_alert_sms(
+        str(payload["title"]), str(advice.get("en", "")), Severity[str(payload["severity"])]
+    )

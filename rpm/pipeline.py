@@ -22,12 +22,12 @@ import asyncpg
 
 from alerts.lifecycle import Action
 from alerts.policy import Decision, decide
-from alerts.templates import patient_alert_sms
 from device_gateways.decoders import DECODERS, Decoded
 from rules.candidate import AlertCandidate
 from rules.engine import Engine, PatientContext
 from rules.kinds.missing import Silence
 from rules.programs import RuleBook
+from rules.spec import Severity
 
 from .domain import AcceptedReading, Metric, RawMessage, Reading, Rejection, RejectReason
 from .errors import DecodeError, StorageError
@@ -74,6 +74,22 @@ class _Prepared:
     accepted: list[AcceptedReading]
     rejections: list[Rejection]
     seen: dict[str, tuple[datetime, dict[str, float]]]
+
+
+def patient_sms_payload(alert_id: int, c: AlertCandidate, *, template: str) -> dict[str, Any]:
+    """An outbox item for the patient's SMS; the worker renders it in the patient's language
+    at send time and applies consent, quiet hours and the daily cap (urgent ones excepted)."""
+    return {
+        "recipient": "patient",
+        "patient_id": c.patient_id,
+        "alert_id": alert_id,
+        "template": template,
+        "rule_id": c.rule_id,
+        "severity": c.severity.name,
+        "urgent": c.severity >= Severity.HIGH,
+        "title": c.title,
+        "advice": {"en": c.advice, **c.advice_i18n},
+    }
 
 
 def namespaced(decoded: Decoded, integration: str) -> Decoded:
@@ -348,11 +364,7 @@ class IngestPipeline:
                     (
                         "sms",
                         f"sms:alert:{a.alert_id}:open",
-                        {
-                            "alert_id": a.alert_id,
-                            "patient_id": c.patient_id,
-                            "body": patient_alert_sms(c.title, c.advice, c.severity),
-                        },
+                        patient_sms_payload(a.alert_id, c, template="alert"),
                     )
                 )
             if d.action is Action.OPEN:

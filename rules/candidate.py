@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from .spec import Severity
@@ -23,3 +23,4 @@ class AlertCandidate:
     measured_at: datetime
     reading_uid: uuid.UUID | None  # None for alerts about absent data
     advice: str = ""
+    advice_i18n: Mapping[str, str] = field(default_factory=dict)

@@ -251,6 +251,7 @@ class Engine:
                     measured_at=now,
                     reading_uid=None,
                     advice=rule.advice,
+                    advice_i18n=rule.advice_i18n,
                 )
             )
             self.arm(context.patient_id, rule.id)
@@ -479,4 +480,5 @@ class Engine:
             measured_at=reading.measured_at,
             reading_uid=uid,
             advice=rule.advice,
+            advice_i18n=rule.advice_i18n,
         )

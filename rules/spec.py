@@ -119,6 +119,11 @@ class RuleSpec(_Spec):
     title: str = Field(min_length=3)
     source: str = Field(min_length=10)
     advice: str = ""
+    # The patient advice in other languages, by BCP 47 tag (e.g. "es"); English is ``advice``.
+    advice_i18n: Mapping[str, str] = Field(default_factory=dict)
+    # Resolve the alert by itself once the condition has been clear this long (None: never;
+    # a nurse resolves it).
+    auto_resolve_after_hours: float | None = Field(default=None, gt=0)
     severity: SeverityField | None = None
     tiers: tuple[Tier, ...] = ()
     component: str | None = None
