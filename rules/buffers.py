@@ -111,6 +111,9 @@ class MetricBuffer:
     def _append_unique(self, rows: Rows, ts: F64, values: F64) -> None:
         full = self.count[rows] == self.capacity
         if full.any():
+            # A full row keeps its newest readings: one older than all of them is not added.
+            keep = ~full | (ts >= self.times[rows, 0])
+            rows, ts, values, full = rows[keep], ts[keep], values[keep], full[keep]
             fr = rows[full]
             self.times[fr, :-1] = self.times[fr, 1:]
             self.values[fr, :-1] = self.values[fr, 1:]

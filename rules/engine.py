@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -354,20 +354,34 @@ class Engine:
         for rule in rules:
             kind = KINDS[rule.kind]
             out = kind.evaluate(rule, w)
-            for j in np.flatnonzero(out.severity):
+            fired = np.flatnonzero(out.severity)
+            for j in fired:
                 a = g.readings[sel[j]]
                 result.candidates.append(
                     self._candidate(rule, out.severity[j], out.detail, j, a.reading, a.patient_id)
                 )
                 self.arm(a.patient_id, rule.id)
+            if len(fired):
+                # An older reading of this batch may have armed what its newest one clears.
+                has_armed = np.array([pid in armed for pid in pids], np.bool_)
             if has_armed is None:
                 continue
             for j in np.flatnonzero(out.clear & newest[sel] & has_armed):
                 pid = pids[j]
-                if rule.id in armed.get(pid, ()):
+                if rule.id in armed.get(pid, ()) and self._newest_of_all(rule, pid, ts[sel[j]]):
                     armed[pid].discard(rule.id)
                     at = g.readings[sel[j]].reading.measured_at
                     result.clears.append(Clear(pid, rule.id, at))
+
+    def _newest_of_all(self, rule: RuleSpec, patient_id: str, t: float) -> bool:
+        """No reading of any metric the rule watches is newer than ``t`` (a composite's
+        newest blood pressure does not show the score is over while a newer SpO2 holds it)."""
+        for metric in KINDS[rule.kind].watched(rule):
+            buf = self._buffers.get(metric)
+            row = -1 if buf is None else buf.row_of(patient_id)
+            if buf is not None and row >= 0 and buf.newest(np.array([row], np.intp))[0] > t:
+                return False
+        return True
 
     def _reevaluate_after_late(
         self,
@@ -380,18 +394,29 @@ class Engine:
         plans: Mapping[str, Plan],
         result: StepResult,
     ) -> None:
-        """Held readings after a late one, within its windows, fire if it tips them over."""
-        in_batch = {(int(rows[i]), float(ts[i])) for i in range(len(ts))}
+        """Held readings after late ones, within their windows, fire if the batch tips them over.
+
+        A held reading is evaluated with and without all of the batch's readings of its
+        patient (the latter is what it was last evaluated against), once however many late
+        readings reach it; the earliest of those is named as the cause.
+        """
+        by_row: dict[int, list[int]] = {}
         for i in late:
-            pid = g.patients[i]
+            by_row.setdefault(int(rows[i]), []).append(int(i))
+        in_batch: dict[int, list[float]] = {}
+        for r, t in zip(rows.tolist(), ts.tolist(), strict=True):
+            in_batch.setdefault(r, []).append(t)
+        for row, idx in by_row.items():
+            pid = g.patients[idx[0]]
             rules = [r for r in plans[pid].by_metric.get(metric, ()) if r.kind in WINDOWED]
             if not rules:
                 continue
-            row = int(rows[i])
             reach = max(KINDS[r.kind].lookback_s(r) for r in rules)
             times = buf.times[row]
-            later = np.flatnonzero((times > ts[i]) & (times <= ts[i] + reach))
-            later = np.array([j for j in later if (row, float(times[j])) not in in_batch], np.intp)
+            batch_ts = np.array(in_batch[row])
+            late_ts = ts[idx]
+            reached = (times[:, None] > late_ts) & (times[:, None] <= late_ts + reach)
+            later = np.flatnonzero(reached.any(axis=1) & ~np.isin(times, batch_ts))
             if not len(later):
                 continue
             n = len(later)
@@ -399,16 +424,16 @@ class Engine:
             point_ts = times[later]
             point_values = buf.values[row, later]
             pids = [pid] * n
-            with_late = self._window(metric, buf, point_rows, point_ts, point_values, pids)
-            without = self._window(
-                metric, buf, point_rows, point_ts, point_values, pids, np.full(n, ts[i])
-            )
-            cause = g.readings[i].reading
+            with_batch = self._window(metric, buf, point_rows, point_ts, point_values, pids)
+            held = with_batch.times
+            before = replace(with_batch, times=np.where(np.isin(held, batch_ts), np.inf, held))
+            causes = np.where(reached[later], late_ts, np.inf).argmin(axis=1)
             for rule in rules:
                 kind = KINDS[rule.kind]
-                now = kind.evaluate(rule, with_late)
-                then = kind.evaluate(rule, without)
+                now = kind.evaluate(rule, with_batch)
+                then = kind.evaluate(rule, before)
                 for j in np.flatnonzero(now.severity > then.severity):
+                    cause = g.readings[idx[causes[j]]].reading
                     values = {
                         c: float(v)
                         for c, v in zip(buf.components, point_values[j], strict=True)

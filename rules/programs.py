@@ -53,12 +53,15 @@ class RuleBook:
         """``general`` first, then the patient's programs in order.
 
         A later program's rule with the same id replaces the earlier one (COPD's NEWS2
-        with SpO2 scale 2 replaces the general one); unknown program names are ignored.
+        with SpO2 scale 2 replaces the general one), and a program may switch off earlier
+        rules (``disables``); unknown program names are ignored.
         """
         chosen: dict[str, RuleSpec] = {}
         for name in (GENERAL, *programs):
             program = self.programs.get(name)
             if program is not None:
+                for rule_id in program.disables:
+                    chosen.pop(rule_id, None)
                 for rule in program.rules:
                     chosen[rule.id] = rule
         return tuple(chosen.values())

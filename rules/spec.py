@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import math
 import operator
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
@@ -143,6 +144,9 @@ class RuleSpec(_Spec):
         missing = sorted(set(kind.required_params) - set(self.params))
         if missing:
             raise ValueError(f"{self.kind} rule {self.id} needs params {missing}")
+        bad = sorted(k for k, v in self.params.items() if not math.isfinite(v))
+        if bad:
+            raise ValueError(f"rule {self.id}: params {bad} must be finite numbers")
         known = {c.name for c in METRICS[self.metric].components}
         for name in self.components_used():
             if name not in known:
@@ -192,6 +196,8 @@ class ProgramSpec(_Spec):
     program: str = Field(pattern=r"^[a-z0-9_]+$")
     title: str
     description: str = ""
+    # Rules of earlier programs (``general``) that this program switches off for its patients.
+    disables: tuple[str, ...] = ()
     rules: tuple[RuleSpec, ...] = ()
 
     @model_validator(mode="after")

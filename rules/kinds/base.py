@@ -154,8 +154,22 @@ def breached(rule: RuleSpec, tiers: tuple[Tier, ...], values: Mapping[str, float
             v = values.get(cond.component)
             limit = rule.p(cond.param)
             if v is not None and COMPARATORS[cond.op](v, limit):
-                out.append(f"{cond.component} {v:g} {cond.op} {limit:g}")
+                shown = amount(rule.metric, cond.component, v).split(" (")[0]
+                out.append(f"{label(cond.component)} {shown} {cond.op} {limit:g}")
     return list(dict.fromkeys(out))
+
+
+LABELS = {"spo2": "SpO2", "respiratory_rate": "respiratory rate", "temperature": "temperature"}
+
+
+def label(component: str) -> str:
+    """A component's name as a nurse reads it (``SpO2``, ``respiratory rate``)."""
+    return LABELS.get(component, component.replace("_", " "))
+
+
+def title_label(component: str) -> str:
+    text = label(component)
+    return text[0].upper() + text[1:]
 
 
 UNITS = {"mm[Hg]": "mmHg", "Cel": "°C", "/min": "/min", "%": "%", "kg": "kg", "mg/dL": "mg/dL"}

@@ -17,7 +17,18 @@ import numpy as np
 from rpm.domain import Metric
 
 from ..spec import RuleSpec
-from .base import DAY, EPS, HOUR, Facts, Outcome, Window, amount, base_evidence, short_source
+from .base import (
+    DAY,
+    EPS,
+    HOUR,
+    Facts,
+    Outcome,
+    Window,
+    amount,
+    base_evidence,
+    short_source,
+    title_label,
+)
 
 MAD_TO_SD = 1.4826  # consistency constant for normally distributed data
 
@@ -79,7 +90,7 @@ class Baseline:
     def explain(self, rule: RuleSpec, facts: Facts) -> tuple[str, dict[str, object]]:
         assert rule.component is not None
         d = facts.detail
-        name = rule.component.replace("_", " ").capitalize()
+        name = title_label(rule.component)
         word = "above" if rule.direction == "rise" else "below"
         now = facts.values[rule.component]
         text = (

@@ -14,7 +14,19 @@ import numpy as np
 from rpm.domain import Metric
 
 from ..spec import RuleSpec
-from .base import EPS, HOUR, Facts, Outcome, Window, amount, base_evidence, short_source, span, when
+from .base import (
+    EPS,
+    HOUR,
+    Facts,
+    Outcome,
+    Window,
+    amount,
+    base_evidence,
+    short_source,
+    span,
+    title_label,
+    when,
+)
 
 
 class Change:
@@ -27,6 +39,8 @@ class Change:
             problems.append("a change rule needs component, direction and severity")
         if "min_change" not in rule.params and "min_change_pct" not in rule.params:
             problems.append("give min_change and/or min_change_pct")
+        if not all(rule.params.get(p, 1) > 0 for p in ("min_change", "min_change_pct")):
+            problems.append("min_change and min_change_pct must be positive")
         if rule.params.get("window_hours", 0) <= 0:
             problems.append("window_hours must be positive")
         return problems
@@ -75,7 +89,7 @@ class Change:
         now = facts.values[rule.component]
         elapsed = facts.measured_at.timestamp() - d["reference_t"]
         word = "up" if rule.direction == "rise" else "down"
-        name = rule.component.replace("_", " ").capitalize()
+        name = title_label(rule.component)
         text = (
             f"{name} {word} {amount(rule.metric, rule.component, d['change'])} in {span(elapsed)}: "
             f"{_plain(rule, d['reference'])} → {_plain(rule, now)} "

@@ -33,6 +33,8 @@ class Composite:
         problems = []
         if not rule.scored or not rule.score_tiers:
             problems.append("a composite rule needs scored parameters and score_tiers")
+        if not rule.params.get("freshness_hours", 0) > 0:
+            problems.append("freshness_hours must be positive")
         for s in rule.scored:
             for src in s.sources:
                 if METRICS[src.metric].component(src.component) is None:

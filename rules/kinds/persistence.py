@@ -43,6 +43,10 @@ class Persistence:
             problems.append("give either k and n, or sustained_hours")
         if counted and not (1 <= p.get("k", 0) <= p.get("n", 0) <= 64):
             problems.append("need 1 <= k <= n <= 64")
+        if counted and not (
+            float(p.get("k", 0)).is_integer() and float(p.get("n", 0)).is_integer()
+        ):
+            problems.append("k and n count readings: whole numbers")
         if p.get("sustained_hours", 1) <= 0:
             problems.append("sustained_hours must be positive")
         return problems

@@ -11,7 +11,7 @@ from __future__ import annotations
 from rpm.domain import Metric
 
 from ..spec import RuleSpec
-from .base import Facts, Outcome, Window, amount, base_evidence, breached, short_source, when
+from .base import Facts, Outcome, Window, amount, base_evidence, breached, label, short_source, when
 from .base import tier_hits as _tier_hits
 
 
@@ -54,7 +54,7 @@ def show_values(metric: Metric, values: object) -> str:
     if "systolic" in v and "diastolic" in v:
         return f"blood pressure {v['systolic']:g}/{v['diastolic']:g} mmHg"
     parts = [
-        f"{c.name.replace('_', ' ')} {amount(metric, c.name, v[c.name])}"
+        f"{label(c.name)} {amount(metric, c.name, v[c.name])}"
         for c in METRICS[metric].components
         if c.name in v
     ]

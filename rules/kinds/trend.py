@@ -13,7 +13,18 @@ import numpy as np
 from rpm.domain import Metric
 
 from ..spec import RuleSpec
-from .base import DAY, EPS, Facts, Outcome, Window, amount, base_evidence, short_source, span
+from .base import (
+    DAY,
+    EPS,
+    Facts,
+    Outcome,
+    Window,
+    amount,
+    base_evidence,
+    short_source,
+    span,
+    title_label,
+)
 
 
 class Trend:
@@ -63,7 +74,7 @@ class Trend:
         assert rule.component is not None
         d = facts.detail
         word = "rising" if rule.direction == "rise" else "falling"
-        name = rule.component.replace("_", " ").capitalize()
+        name = title_label(rule.component)
         per_day = amount(rule.metric, rule.component, abs(d["slope_per_day"]))
         limit = amount(rule.metric, rule.component, rule.p("min_slope_per_day"))
         text = (
