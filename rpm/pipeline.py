@@ -11,6 +11,7 @@ reading; their state is rebuilt from the database on the retry.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -19,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import asyncpg
+import orjson
 
 from alerts.lifecycle import Action
 from alerts.policy import Decision, decide
@@ -92,6 +94,17 @@ def patient_sms_payload(alert_id: int, c: AlertCandidate, *, template: str) -> d
     }
 
 
+def fhir_push_item(new: Sequence[AcceptedReading]) -> tuple[str, str, dict[str, Any]]:
+    """One outbox item per batch: the new readings to push to the EHR as one transaction
+    Bundle, named by primary key (device, metric, measured time)."""
+    keys = sorted(
+        (a.reading.device_id, a.reading.metric.value, a.reading.measured_at.isoformat())
+        for a in new
+    )
+    digest = hashlib.sha256(orjson.dumps(keys)).hexdigest()[:32]
+    return ("fhir", f"fhir:readings:{digest}", {"readings": [list(k) for k in keys]})
+
+
 def namespaced(decoded: Decoded, integration: str) -> Decoded:
     """Webhook device ids become ``<integration>:<vendor id>``.
 
@@ -122,6 +135,7 @@ class IngestPipeline:
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         engine: Engine | None = None,
         rules_refresh_s: float = 2.0,
+        fhir_push: bool = False,
     ) -> None:
         self._pool = pool
         self._clock = clock
@@ -131,6 +145,7 @@ class IngestPipeline:
         self._rules_checked = -1e9
         self._rules_refresh_s = rules_refresh_s
         self._touched: set[str] = set()
+        self._fhir_push = fhir_push
 
     async def load_rules(self, conn: Conn) -> None:
         """Use the active version of every program; cheap when nothing changed.
@@ -210,15 +225,22 @@ class IngestPipeline:
         result = BatchResult(messages=len(batch))
         await self._refresh_rules(conn)
         prepared = await self._prepare(conn, batch, now)
+        contexts: dict[str, PatientContext] = {}
+        interpretations: list[str | None] = []
         if prepared.accepted:
             await self._ensure_state(conn, prepared.accepted)
-        new = await reading_store.insert_new(conn, prepared.accepted)
+            contexts = await device_store.patient_contexts(
+                conn, {a.patient_id for a in prepared.accepted}
+            )
+            interpretations = self.engine.interpret(prepared.accepted, contexts)
+        new = await reading_store.insert_new(conn, prepared.accepted, interpretations)
         result.stored = len(new)
         result.duplicates = len(prepared.accepted) - len(new)
 
         if new:
             await rule_state.touch_last(conn, new)
-            contexts = await device_store.patient_contexts(conn, {a.patient_id for a in new})
+            if self._fhir_push:
+                await outbox_store.enqueue(conn, [fhir_push_item(new)])
             self._touched.update(contexts)
             self._touched.update(a.patient_id for a in new)
             stepped = self.engine.step(new, contexts)
@@ -257,10 +279,10 @@ class IngestPipeline:
     async def _decide(
         self, conn: Conn, candidates: Sequence[AlertCandidate], result: BatchResult
     ) -> None:
-        episodes = await alert_store.open_episodes(
-            conn, {(c.patient_id, c.rule_id) for c in candidates}
-        )
-        decisions = decide(candidates, episodes)
+        keys = {(c.patient_id, c.rule_id) for c in candidates}
+        episodes = await alert_store.open_episodes(conn, keys)
+        snoozes = await alert_store.snoozes(conn, keys, self._now())
+        decisions = decide(candidates, episodes, snoozes)
         applied = await alert_store.apply(conn, decisions)
         await self._follow_up(conn, applied, result)
 

@@ -31,6 +31,7 @@ from rpm.domain import AcceptedReading, Metric, Reading, reading_uid
 from .buffers import DEFAULT_CAPACITY, F64, MetricBuffer, Rows
 from .candidate import AlertCandidate
 from .kinds import KINDS, Facts, Window
+from .kinds.base import condition_holds
 from .kinds.missing import Silence, evaluate_missing
 from .programs import RuleBook
 from .spec import RuleSpec, Severity
@@ -79,6 +80,10 @@ class Plan:
 
     rules: tuple[RuleSpec, ...]
     by_metric: Mapping[Metric, tuple[RuleSpec, ...]]
+
+
+def _no_latest(metric: Metric, component: str, fresh: float) -> tuple[F64, F64]:
+    raise AssertionError("threshold rules read no other metric")
 
 
 def compile_plan(rules: Iterable[RuleSpec]) -> Plan:
@@ -222,6 +227,57 @@ class Engine:
     def _row_values(self, metric: Metric, values: Mapping[str, float]) -> list[float]:
         nan = math.nan
         return [values.get(c, nan) for c in self._buffer(metric).components]
+
+    # --- interpretation -------------------------------------------------------------
+
+    def interpret(
+        self, readings: Sequence[AcceptedReading], contexts: Mapping[str, PatientContext]
+    ) -> list[str | None]:
+        """Each reading's interpretation by its patient's threshold rules, without state:
+        ``HH``/``LL`` for a critical tier, ``H``/``L`` for another tier (by the direction of
+        the condition met), ``N`` when threshold rules looked and none fired, None when no
+        threshold rule watches the metric. HL7 v3 ObservationInterpretation codes."""
+        out: list[str | None] = [None] * len(readings)
+        groups: dict[tuple[Metric, int], tuple[tuple[RuleSpec, ...], list[int]]] = {}
+        for i, a in enumerate(readings):
+            metric = a.reading.metric
+            plan = self.plan(contexts.get(a.patient_id) or PatientContext(a.patient_id))
+            rules = tuple(r for r in plan.by_metric.get(metric, ()) if r.kind == "threshold")
+            if rules:
+                groups.setdefault((metric, id(plan)), (rules, []))[1].append(i)
+        for (metric, _), (rules, idx) in groups.items():
+            comps = self._buffer(metric).components
+            current = np.array([self._row_values(metric, readings[i].reading.values) for i in idx])
+            n = len(idx)
+            w = Window(
+                metric,
+                np.zeros(n),
+                current,
+                np.zeros((n, 0)),
+                np.zeros((n, 0, len(comps))),
+                self._buffer(metric).index,
+                np.full(n, np.nan),
+                _no_latest,
+            )
+            codes = np.full(n, "N", dtype=object)
+            worst = np.zeros(n, np.int8)
+            for rule in rules:
+                for tier in rule.tiers:
+                    for cond in tier.any:
+                        hit = condition_holds(rule, cond, w.value(cond.component))
+                        better = hit & (worst < tier.severity)
+                        if better.any():
+                            critical = tier.severity >= Severity.CRITICAL
+                            code = (
+                                ("HH" if critical else "H")
+                                if cond.rising
+                                else ("LL" if critical else "L")
+                            )
+                            codes[better] = code
+                            worst[better] = tier.severity
+            for j, i in enumerate(idx):
+                out[i] = str(codes[j])
+        return out
 
     # --- the missing-data timer ----------------------------------------------------
 

@@ -13,7 +13,8 @@ from rpm.domain import AcceptedReading, Metric, Reading
 from rules import Engine, PatientContext, RuleBook, StepResult
 from rules.buffers import MetricBuffer
 from rules.kinds.missing import Silence
-from tests.helpers import T0
+from tests.helpers import T0, single
+from tests.helpers import bp as bp_reading
 
 BOOK = RuleBook.builtin()
 HF_HTN = {"pat-1": PatientContext("pat-1", ("heart_failure", "hypertension"))}
@@ -439,3 +440,26 @@ def test_buffer_rows_are_released_reused_and_grown() -> None:
     add(buf, "d", 5)
     assert held(buf, "d") == [5]
     assert buf.newest(buf.rows(["e"]))[0] == -np.inf
+
+
+# --- interpretation for the record (FHIR Observation.interpretation) ------------------
+
+
+def test_interpretation_follows_the_threshold_tiers_and_their_direction() -> None:
+    engine = Engine()
+    contexts = {
+        "pat-1": PatientContext("pat-1", ("hypertension", "diabetes")),
+        "pat-2": PatientContext("pat-2", ()),
+    }
+    readings = [
+        bp_reading(190, 100),  # crisis: critical tier of an upper limit
+        bp_reading(85, 60, at=T0 + timedelta(minutes=1)),  # low BP: high tier of a lower limit
+        bp_reading(120, 80, at=T0 + timedelta(minutes=2)),
+        single(Metric.GLUCOSE, "glucose", 50),  # level 2 hypoglycaemia: critical, lower
+        single(Metric.GLUCOSE, "glucose", 300, at=T0 + timedelta(minutes=3)),
+        single(Metric.WEIGHT, "weight", 80),  # no threshold rule watches weight
+        single(Metric.GLUCOSE, "glucose", 50, patient="pat-2"),  # not in diabetes program
+    ]
+    assert engine.interpret(readings, contexts) == ["HH", "L", "N", "LL", "H", None, None]
+    # Interpretation keeps no state: nothing was added to the engine.
+    assert engine.patients == 0

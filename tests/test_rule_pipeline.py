@@ -139,6 +139,17 @@ async def test_the_newest_normal_reading_marks_the_condition_cleared(
     await p.process([msg("cuff-1", bp(130, 80, 10))])
     [alert] = await alerts(pool)
     assert alert["condition_cleared_at"] == NOW - timedelta(minutes=10)
+    # Each reading keeps the interpretation its threshold rules gave it (for the record).
+    async with pool.acquire() as conn:
+        stored = await conn.fetch(
+            "SELECT components->>'systolic' AS s, interpretation FROM readings ORDER BY measured_at"
+        )
+    assert [(r["s"], r["interpretation"]) for r in stored] == [
+        ("120.0", "N"),
+        ("190.0", "HH"),
+        ("178.0", "N"),  # inside the hysteresis band, but below the crisis limit itself
+        ("130.0", "N"),
+    ]
 
 
 async def test_missing_weights_tell_a_silent_device_from_a_patient_not_measuring(

@@ -15,21 +15,27 @@ from rpm.storage.pool import Conn
 ReadingKey = tuple[str, str, datetime]
 
 
-async def insert_new(conn: Conn, accepted: Sequence[AcceptedReading]) -> list[AcceptedReading]:
+async def insert_new(
+    conn: Conn,
+    accepted: Sequence[AcceptedReading],
+    interpretations: Sequence[str | None] | None = None,
+) -> list[AcceptedReading]:
     """Insert readings, skipping those already stored; return only the new ones.
 
     One statement per batch: the rows travel as parallel arrays and the
     primary key (device, metric, measured time) drops duplicates.
+    ``interpretations`` (N/H/HH/L/LL per reading, from the threshold rules) are stored
+    with them for the record.
     """
     if not accepted:
         return []
     rows = await conn.fetch(
         """INSERT INTO readings
                (measured_at, device_id, metric, patient_id, uid, components, received_at,
-                original)
-           SELECT m, d, k, p, rpm_reading_uid(d, k, m), c::jsonb, r, o::jsonb
+                original, interpretation)
+           SELECT m, d, k, p, rpm_reading_uid(d, k, m), c::jsonb, r, o::jsonb, i
              FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[],
-                         $6::timestamptz[], $7::text[]) AS t(m, d, k, p, c, r, o)
+                         $6::timestamptz[], $7::text[], $8::text[]) AS t(m, d, k, p, c, r, o, i)
            ON CONFLICT DO NOTHING
            RETURNING device_id, metric, measured_at""",
         [a.reading.measured_at for a in accepted],
@@ -39,6 +45,7 @@ async def insert_new(conn: Conn, accepted: Sequence[AcceptedReading]) -> list[Ac
         [orjson.dumps(dict(a.reading.values)).decode() for a in accepted],
         [a.reading.received_at for a in accepted],
         [_json(a.reading.original) for a in accepted],
+        list(interpretations) if interpretations is not None else [None] * len(accepted),
     )
     new: set[ReadingKey] = {(r["device_id"], r["metric"], r["measured_at"]) for r in rows}
     out: list[AcceptedReading] = []
