@@ -122,6 +122,25 @@ class Kind(Protocol):
         ...
 
 
+class OwnMetric:
+    """Mixin of the kinds that watch only their rule's own metric."""
+
+    def watched(self, rule: RuleSpec) -> frozenset[Metric]:
+        return frozenset({rule.metric})
+
+
+def directional_problems(rule: RuleSpec) -> list[str]:
+    """What a rule about one component moving one way (change, trend, baseline) lacks."""
+    if rule.component is None or rule.direction is None or rule.severity is None:
+        return [f"a {rule.kind} rule needs component, direction and severity"]
+    return []
+
+
+def not_positive(rule: RuleSpec, *names: str) -> list[str]:
+    """Params among ``names`` that are set (or required) but not above zero."""
+    return [f"{n} must be positive" for n in names if rule.params.get(n, 0) <= 0]
+
+
 # --- helpers shared by kinds ------------------------------------------------------
 
 

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from rpm.domain import Metric
-
 from ..spec import RuleSpec
 from .base import (
     EPS,
     HOUR,
     Facts,
     Outcome,
+    OwnMetric,
     Window,
     amount,
     base_evidence,
+    directional_problems,
+    not_positive,
     short_source,
     span,
     title_label,
@@ -29,27 +30,22 @@ from .base import (
 )
 
 
-class Change:
+class Change(OwnMetric):
     name = "change"
     required_params = frozenset({"window_hours"})
 
     def check(self, rule: RuleSpec) -> list[str]:
         problems = []
-        if rule.component is None or rule.direction is None or rule.severity is None:
-            problems.append("a change rule needs component, direction and severity")
+        problems.extend(directional_problems(rule))
         if "min_change" not in rule.params and "min_change_pct" not in rule.params:
             problems.append("give min_change and/or min_change_pct")
         if not all(rule.params.get(p, 1) > 0 for p in ("min_change", "min_change_pct")):
             problems.append("min_change and min_change_pct must be positive")
-        if rule.params.get("window_hours", 0) <= 0:
-            problems.append("window_hours must be positive")
+        problems.extend(not_positive(rule, "window_hours"))
         return problems
 
     def lookback_s(self, rule: RuleSpec) -> float:
         return rule.p("window_hours") * HOUR
-
-    def watched(self, rule: RuleSpec) -> frozenset[Metric]:
-        return frozenset({rule.metric})
 
     def evaluate(self, rule: RuleSpec, w: Window) -> Outcome:
         assert rule.component is not None

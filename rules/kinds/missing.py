@@ -13,10 +13,19 @@ from datetime import datetime
 
 import numpy as np
 
-from rpm.domain import Metric
-
 from ..spec import RuleSpec
-from .base import HOUR, Facts, Outcome, Window, base_evidence, short_source, span, when
+from .base import (
+    HOUR,
+    Facts,
+    Outcome,
+    OwnMetric,
+    Window,
+    base_evidence,
+    not_positive,
+    short_source,
+    span,
+    when,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +38,7 @@ class Silence:
     device_last_seen_at: datetime | None  # newest message of any kind from the devices
 
 
-class Missing:
+class Missing(OwnMetric):
     name = "missing"
     required_params = frozenset({"after_hours"})
 
@@ -37,15 +46,11 @@ class Missing:
         problems = []
         if rule.severity is None:
             problems.append("a missing-data rule needs a severity")
-        if rule.params.get("after_hours", 0) <= 0:
-            problems.append("after_hours must be positive")
+        problems.extend(not_positive(rule, "after_hours"))
         return problems
 
     def lookback_s(self, rule: RuleSpec) -> float:
         return 0.0
-
-    def watched(self, rule: RuleSpec) -> frozenset[Metric]:
-        return frozenset({rule.metric})
 
     def evaluate(self, rule: RuleSpec, w: Window) -> Outcome:
         # A reading arrived: whatever silence there was is over.

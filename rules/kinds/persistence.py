@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from rpm.domain import Metric
-
 from ..spec import RuleSpec
 from .base import (
     EPS,
     HOUR,
     Facts,
     Outcome,
+    OwnMetric,
     Window,
     base_evidence,
     breached,
@@ -29,7 +28,7 @@ from .base import (
 from .threshold import show_values
 
 
-class Persistence:
+class Persistence(OwnMetric):
     name = "persistence"
     required_params: frozenset[str] = frozenset()
 
@@ -53,9 +52,6 @@ class Persistence:
 
     def lookback_s(self, rule: RuleSpec) -> float:
         return rule.params.get("sustained_hours", 0.0) * HOUR or 14 * 86400.0
-
-    def watched(self, rule: RuleSpec) -> frozenset[Metric]:
-        return frozenset({rule.metric})
 
     def _breach(self, rule: RuleSpec, w: Window) -> np.ndarray:
         tier = rule.tiers[0]

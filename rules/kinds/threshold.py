@@ -11,11 +11,22 @@ from __future__ import annotations
 from rpm.domain import Metric
 
 from ..spec import RuleSpec
-from .base import Facts, Outcome, Window, amount, base_evidence, breached, label, short_source, when
+from .base import (
+    Facts,
+    Outcome,
+    OwnMetric,
+    Window,
+    amount,
+    base_evidence,
+    breached,
+    label,
+    short_source,
+    when,
+)
 from .base import tier_hits as _tier_hits
 
 
-class Threshold:
+class Threshold(OwnMetric):
     name = "threshold"
     required_params: frozenset[str] = frozenset()
 
@@ -29,9 +40,6 @@ class Threshold:
 
     def lookback_s(self, rule: RuleSpec) -> float:
         return 0.0
-
-    def watched(self, rule: RuleSpec) -> frozenset[Metric]:
-        return frozenset({rule.metric})
 
     def evaluate(self, rule: RuleSpec, w: Window) -> Outcome:
         severity = _tier_hits(rule, rule.tiers, w)

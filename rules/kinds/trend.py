@@ -10,42 +10,38 @@ from __future__ import annotations
 
 import numpy as np
 
-from rpm.domain import Metric
-
 from ..spec import RuleSpec
 from .base import (
     DAY,
     EPS,
     Facts,
     Outcome,
+    OwnMetric,
     Window,
     amount,
     base_evidence,
+    directional_problems,
+    not_positive,
     short_source,
     span,
     title_label,
 )
 
 
-class Trend:
+class Trend(OwnMetric):
     name = "trend"
     required_params = frozenset({"window_days", "min_readings", "min_slope_per_day"})
 
     def check(self, rule: RuleSpec) -> list[str]:
         problems = []
-        if rule.component is None or rule.direction is None or rule.severity is None:
-            problems.append("a trend rule needs component, direction and severity")
+        problems.extend(directional_problems(rule))
         if rule.params.get("min_readings", 0) < 3:
             problems.append("min_readings must be at least 3")
-        if rule.params.get("min_slope_per_day", 0) <= 0 or rule.params.get("window_days", 0) <= 0:
-            problems.append("window_days and min_slope_per_day must be positive")
+        problems.extend(not_positive(rule, "window_days", "min_slope_per_day"))
         return problems
 
     def lookback_s(self, rule: RuleSpec) -> float:
         return rule.p("window_days") * DAY
-
-    def watched(self, rule: RuleSpec) -> frozenset[Metric]:
-        return frozenset({rule.metric})
 
     def evaluate(self, rule: RuleSpec, w: Window) -> Outcome:
         assert rule.component is not None
