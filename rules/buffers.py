@@ -62,13 +62,13 @@ class MetricBuffer:
     def rows(self, patient_ids: Sequence[str]) -> Rows:
         """The rows of these patients, allocated on first use."""
         slots = self.slots
-        out = np.empty(len(patient_ids), np.intp)
-        for i, pid in enumerate(patient_ids):
-            row = slots.get(pid)
-            if row is None:
-                row = self._allocate(pid)
-            out[i] = row
-        return out
+        found = list(map(slots.get, patient_ids))
+        if None in found:
+            for i, row in enumerate(found):
+                if row is None:
+                    pid = patient_ids[i]  # may repeat in a batch: allocate once
+                    found[i] = slots[pid] if pid in slots else self._allocate(pid)
+        return np.array(found, np.intp)
 
     def _allocate(self, patient_id: str) -> int:
         if self._free:

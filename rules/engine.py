@@ -18,6 +18,7 @@ over (``clears``), so a late normal reading never clears an alert.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -355,12 +356,17 @@ class Engine:
                 else:
                     entry[1].append(i)
             newest = ts >= buf.newest(rows)
+            # Plans share their rule objects (an overridden rule is the only new one): each
+            # distinct rule is evaluated once, for every reading whose plan holds it.
+            by_rule: dict[int, tuple[RuleSpec, list[int]]] = {}
             for plan, idx in by_plan.values():
-                rules = plan.by_metric.get(metric)
-                if not rules:
-                    continue
-                sel = np.array(idx, np.intp)
-                self._evaluate(rules, metric, g, buf, rows, ts, current, sel, newest, result)
+                for rule in plan.by_metric.get(metric, ()):
+                    same = by_rule.get(id(rule))
+                    if same is None:
+                        by_rule[id(rule)] = (rule, list(idx))
+                    else:
+                        same[1].extend(idx)
+            self._evaluate(by_rule.values(), metric, g, buf, rows, ts, current, newest, result)
             late = np.flatnonzero(ts < before)
             if len(late):
                 self._reevaluate_after_late(late, metric, g, buf, rows, ts, plans, result)
@@ -392,25 +398,43 @@ class Engine:
 
     def _evaluate(
         self,
-        rules: Sequence[RuleSpec],
+        by_rule: Iterable[tuple[RuleSpec, list[int]]],
         metric: Metric,
         g: _Group,
         buf: MetricBuffer,
         rows: Rows,
         ts: F64,
         current: F64,
-        sel: Rows,
         newest: np.ndarray,
         result: StepResult,
     ) -> None:
-        pids = [g.patients[i] for i in sel]
-        w = self._window(metric, buf, rows[sel], ts[sel], current[sel], pids)
+        n = len(ts)
+        everyone = np.arange(n)
+        full: Window | None = None
         armed = self._armed
-        has_armed = np.array([pid in armed for pid in pids], np.bool_) if armed else None
-        for rule in rules:
-            kind = KINDS[rule.kind]
-            out = kind.evaluate(rule, w)
-            fired = np.flatnonzero(out.severity)
+        pids_all = g.patients
+        has_armed = np.array([pid in armed for pid in pids_all], np.bool_) if armed else None
+        for rule, idx in by_rule:
+            # A rule most of the group has is evaluated on the group's one window and its
+            # results kept for its own readings; a rarer one gets a window of its readings.
+            member: np.ndarray | None = None
+            if 2 * len(idx) >= n:
+                if full is None:
+                    full = self._window(metric, buf, rows, ts, current, pids_all)
+                w, sel = full, everyone
+                if len(idx) < n:
+                    member = np.zeros(n, np.bool_)
+                    member[idx] = True
+            else:
+                sel = np.array(idx, np.intp)
+                w = self._window(
+                    metric, buf, rows[sel], ts[sel], current[sel], [pids_all[i] for i in idx]
+                )
+            out = KINDS[rule.kind].evaluate(rule, w)
+            hit = out.severity != 0
+            if member is not None:
+                hit &= member
+            fired = np.flatnonzero(hit)
             for j in fired:
                 a = g.readings[sel[j]]
                 result.candidates.append(
@@ -419,11 +443,16 @@ class Engine:
                 self.arm(a.patient_id, rule.id)
             if len(fired):
                 # An older reading of this batch may have armed what its newest one clears.
-                has_armed = np.array([pid in armed for pid in pids], np.bool_)
+                # (a buffer row is a patient: mark every reading of the patients that fired)
+                newly = np.isin(rows, rows[sel[fired]])
+                has_armed = newly if has_armed is None else has_armed | newly
             if has_armed is None:
                 continue
-            for j in np.flatnonzero(out.clear & newest[sel] & has_armed):
-                pid = pids[j]
+            clear = out.clear & newest[sel] & has_armed[sel]
+            if member is not None:
+                clear &= member
+            for j in np.flatnonzero(clear):
+                pid = pids_all[sel[j]]
                 if rule.id in armed.get(pid, ()) and self._newest_of_all(rule, pid, ts[sel[j]]):
                     armed[pid].discard(rule.id)
                     at = g.readings[sel[j]].reading.measured_at
@@ -510,7 +539,7 @@ class Engine:
         buf = self._buffers.get(metric)
         if buf is None:
             return value, at
-        rows = np.array([buf.row_of(p) for p in patients], np.intp)
+        rows = np.array(list(map(buf.slots.get, patients, itertools.repeat(-1))), np.intp)
         present = rows >= 0
         if not present.any():
             return value, at

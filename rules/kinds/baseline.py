@@ -13,6 +13,7 @@ Soc Psychol 2013;49:764-766).
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from ..spec import RuleSpec
 from .base import (
@@ -62,10 +63,13 @@ class Baseline(OwnMetric):
         median = np.full(n_rows, np.nan)
         mad = np.full(n_rows, np.nan)
         if enough.any():
-            sub = np.where(inside[enough], hist[enough], np.nan)
-            m = np.nanmedian(sub, axis=1)
+            # np.nanmedian takes numpy.ma's slow path for short rows. Sorting puts NaN last,
+            # so a row's median is at (k-1)//2 and k//2 of its k values.
+            k = count[enough][:, None]
+            sub = np.sort(np.where(inside[enough], hist[enough], np.nan), axis=1)
+            m = _sorted_median(sub, k)
             median[enough] = m
-            mad[enough] = np.nanmedian(np.abs(sub - m[:, None]), axis=1)
+            mad[enough] = _sorted_median(np.sort(np.abs(sub - m[:, None]), axis=1), k)
         now = w.value(rule.component)
         with np.errstate(invalid="ignore"):
             deviation = (now - median) if rule.direction == "rise" else (median - now)
@@ -99,6 +103,13 @@ class Baseline(OwnMetric):
             f"{amount(rule.metric, rule.component, d['needed'])} ({short_source(rule.source)})."
         )
         return text, {**base_evidence(rule, facts), **dict(d)}
+
+
+def _sorted_median(s: npt.NDArray[np.float64], k: npt.NDArray[np.intp]) -> npt.NDArray[np.float64]:
+    """The median of the first ``k`` values of each ascending row (``k`` >= 1)."""
+    lo = np.take_along_axis(s, (k - 1) // 2, axis=1)[:, 0]
+    hi = np.take_along_axis(s, k // 2, axis=1)[:, 0]
+    return (lo + hi) / 2
 
 
 KIND = Baseline()
