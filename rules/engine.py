@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -565,30 +566,38 @@ class Engine:
         patient_id: str,
         cause: Reading | None = None,
     ) -> AlertCandidate:
-        facts = Facts(
-            reading.measured_at,
-            reading.values,
-            {k: float(v[j]) for k, v in detail.items()},
-            int(severity),
-        )
-        explanation, evidence = KINDS[rule.kind].explain(rule, facts)
         trigger = cause or reading
-        uid = reading_uid(trigger.device_id, trigger.metric, trigger.measured_at)
-        evidence |= {"reading_uid": str(uid), "device_id": trigger.device_id}
-        if cause is not None:
-            evidence["late_reading_at"] = cause.measured_at.isoformat()
-            explanation += (
-                f" Re-evaluated after a late reading from {cause.measured_at:%Y-%m-%d %H:%M} UTC."
+        j = int(j)
+
+        def uid_of() -> uuid.UUID:
+            return reading_uid(trigger.device_id, trigger.metric, trigger.measured_at)
+
+        def render() -> tuple[str, dict[str, object]]:
+            facts = Facts(
+                reading.measured_at,
+                reading.values,
+                {k: float(v[j]) for k, v in detail.items()},
+                int(severity),
             )
-        return AlertCandidate(
+            explanation, evidence = KINDS[rule.kind].explain(rule, facts)
+            evidence |= {"reading_uid": str(candidate.reading_uid), "device_id": trigger.device_id}
+            if cause is not None:
+                evidence["late_reading_at"] = cause.measured_at.isoformat()
+                explanation += (
+                    f" Re-evaluated after a late reading from {cause.measured_at:%Y-%m-%d %H:%M}"
+                    " UTC."
+                )
+            return explanation, evidence
+
+        candidate = AlertCandidate(
             patient_id=patient_id,
             rule_id=rule.id,
             severity=Severity(int(severity)),
             title=rule.title,
-            explanation=explanation,
-            evidence=evidence,
             measured_at=reading.measured_at,
-            reading_uid=uid,
+            render=render,
+            uid_of=uid_of,
             advice=rule.advice,
             advice_i18n=rule.advice_i18n,
         )
+        return candidate
