@@ -323,16 +323,22 @@ class Engine:
         """Add a batch of new readings and evaluate the rules they trigger."""
         result = StepResult()
         groups: dict[Metric, _Group] = {}
-        for a in readings:
+        comps: dict[Metric, tuple[str, ...]] = {}
+        nan = math.nan
+        for a in readings:  # the one loop per reading: keep it lean
             r = a.reading
-            g = groups.get(r.metric)
+            metric = r.metric
+            g = groups.get(metric)
             if g is None:
-                g = groups[r.metric] = _Group()
+                g = groups[metric] = _Group()
+                comps[metric] = self._buffer(metric).components
             g.patients.append(a.patient_id)
             g.times.append(r.measured_at.timestamp())
-            g.values.append(self._row_values(r.metric, r.values))
+            v = r.values
+            g.values.append([v.get(c, nan) for c in comps[metric]])
             g.readings.append(a)
-            self._known.add(a.patient_id)
+        for g in groups.values():
+            self._known.update(g.patients)
 
         staged = []
         for metric, g in groups.items():
@@ -383,8 +389,17 @@ class Engine:
         patients: Sequence[str],
         exclude: F64 | None = None,
     ) -> Window:
+        rows_of: dict[Metric, Rows] = {}  # another metric's rows, looked up once per window
+
         def latest_of(other: Metric, component: str, fresh: float) -> tuple[F64, F64]:
-            return self._latest(other, component, fresh, patients, ts)
+            buf = self._buffers.get(other)
+            if buf is None:
+                return np.full(len(ts), np.nan), np.full(len(ts), np.nan)
+            if other not in rows_of:
+                rows_of[other] = np.fromiter(
+                    map(buf.slots.get, patients, itertools.repeat(-1)), np.intp, len(patients)
+                )
+            return self._latest(buf, rows_of[other], component, fresh, ts)
 
         return Window(
             metric,
@@ -445,7 +460,9 @@ class Engine:
             if len(fired):
                 # An older reading of this batch may have armed what its newest one clears.
                 # (a buffer row is a patient: mark every reading of the patients that fired)
-                newly = np.isin(rows, rows[sel[fired]])
+                marks = np.zeros(buf.times.shape[0], np.bool_)
+                marks[rows[sel[fired]]] = True
+                newly = marks[rows]
                 has_armed = newly if has_armed is None else has_armed | newly
             if has_armed is None:
                 continue
@@ -531,16 +548,15 @@ class Engine:
                     result.candidates.append(cand)
                     self.arm(pid, rule.id)
 
+    @staticmethod
     def _latest(
-        self, metric: Metric, component: str, fresh: float, patients: Sequence[str], ts: F64
+        buf: MetricBuffer, rows: Rows, component: str, fresh: float, ts: F64
     ) -> tuple[F64, F64]:
-        n = len(patients)
+        """(value, time) of each row's newest reading of ``component`` at or before ``ts``
+        and no older than ``fresh`` seconds (NaN where none; row -1: no row)."""
+        n = len(rows)
         value = np.full(n, np.nan)
         at = np.full(n, np.nan)
-        buf = self._buffers.get(metric)
-        if buf is None:
-            return value, at
-        rows = np.array(list(map(buf.slots.get, patients, itertools.repeat(-1))), np.intp)
         present = rows >= 0
         if not present.any():
             return value, at

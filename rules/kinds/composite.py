@@ -13,14 +13,50 @@ score is partial; the explanation says how many parameters it used.
 
 from __future__ import annotations
 
+import functools
+import itertools
+import math
+
 import numpy as np
 
 from rpm.domain import Metric
 
-from ..spec import COMPARATORS, RuleSpec
-from .base import HOUR, Facts, Outcome, Window, amount, base_evidence, short_source, when
+from ..spec import COMPARATORS, RuleSpec, ScoredParameter
+from .base import F64, HOUR, Facts, Outcome, Window, amount, base_evidence, short_source, when
 
 PSEUDO = ("total", "single")
+
+
+@functools.cache
+def _band_table(scored: ScoredParameter) -> tuple[F64, F64] | None:
+    """Inner edges and points of contiguous bands (the usual chart), for one searchsorted;
+    None when the bands leave gaps or overlap."""
+    bands = sorted(scored.bands, key=lambda b: -math.inf if b.low is None else b.low)
+    if bands[0].low is not None or bands[-1].high is not None:
+        return None
+    for a, b in itertools.pairwise(bands):
+        if a.high is None or a.high != b.low:
+            return None
+    edges = np.array([b.low for b in bands[1:]], np.float64)
+    return edges, np.array([float(b.points) for b in bands])
+
+
+def _points(scored: ScoredParameter, value: F64) -> F64:
+    """Points of each value by the parameter's bands (NaN where there is no value or band)."""
+    table = _band_table(scored)
+    missing = np.isnan(value)
+    if table is not None:
+        edges, points = table
+        return np.where(missing, np.nan, points[np.searchsorted(edges, value, side="right")])
+    out = np.full(value.shape, np.nan)
+    for band in scored.bands:
+        inside = ~missing
+        if band.low is not None:
+            inside &= value >= band.low
+        if band.high is not None:
+            inside &= value < band.high
+        out = np.where(inside & np.isnan(out), float(band.points), out)
+    return out
 
 
 class Composite:
@@ -69,14 +105,7 @@ class Composite:
                 newer = ~np.isnan(v) & (np.isnan(value) | (t > at))
                 value = np.where(newer, v, value)
                 at = np.where(newer, t, at)
-            points = np.full(n, np.nan)
-            for band in s.bands:
-                inside = ~np.isnan(value)
-                if band.low is not None:
-                    inside &= value >= band.low
-                if band.high is not None:
-                    inside &= value < band.high
-                points = np.where(inside & np.isnan(points), float(band.points), points)
+            points = _points(s, value)
             have = ~np.isnan(points)
             total += np.where(have, points, 0.0)
             single = np.maximum(single, np.where(have, points, 0.0))
