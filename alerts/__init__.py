@@ -1,7 +1,7 @@
 """Alerts: lifecycle, policy, delivery channels and workers."""
 
-from .lifecycle import Action, AlertState, InvalidTransition, next_state
-from .policy import Decision, Episode, decide
+from .lifecycle import Action, AlertState, InvalidTransition, NoteRequired, next_state
+from .policy import Decision, Episode, Snooze, SnoozeCaps, SnoozeTooLong, decide
 
 __all__ = [
     "Action",
@@ -9,6 +9,10 @@ __all__ = [
     "Decision",
     "Episode",
     "InvalidTransition",
+    "NoteRequired",
+    "Snooze",
+    "SnoozeCaps",
+    "SnoozeTooLong",
     "decide",
     "next_state",
 ]

@@ -405,6 +405,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             continue
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
+        if isinstance(value, dict | list):
+            value = json.dumps(value)  # pydantic-settings reads complex values as JSON
         env[f"RPM_{name.upper()}"] = str(value)
     return env
 

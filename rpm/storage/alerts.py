@@ -1,15 +1,26 @@
-"""SQL for alerts, their audit events, and the notifications that announce them."""
+"""SQL for alerts, their audit events, snoozes, and the notifications that announce them.
+
+Escalation timers live in the alert rows (``next_escalation_at``), so they survive
+restarts. ``apply`` arms them with ``next_escalation_at = now()``: the timers worker,
+which holds the configured delays, looks at the alert on its next pass and sets the due
+time. A nurse's acknowledgement or resolution disarms them. The timers' own queries are
+in ``rpm.storage.alert_timers`` (the same tables, split out by who uses them).
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from alerts.lifecycle import Action, AlertState, next_state
-from alerts.policy import Decision, Episode, EpisodeKey
+import asyncpg
+
+from alerts.lifecycle import Action, AlertState, staff_transition
+from alerts.policy import Decision, Episode, EpisodeKey, Snooze, SnoozeCaps
+from rpm.storage import staff as staff_store
 from rpm.storage.pool import Conn
 from rules.engine import Clear
 from rules.spec import Severity
@@ -18,13 +29,23 @@ ALERTS_CHANNEL = "rpm_alerts"
 SYSTEM_ACTOR = "system:rules"
 
 
+def _rank(column: str) -> str:
+    return (
+        f"CASE {column} WHEN 'CRITICAL' THEN 4 WHEN 'HIGH' THEN 3 WHEN 'MEDIUM' THEN 2 ELSE 1 END"
+    )
+
+
+# --- the ingest side: episodes, snoozes, decisions ---------------------------------------
+
+
 async def open_episodes(conn: Conn, keys: Iterable[EpisodeKey]) -> dict[EpisodeKey, Episode]:
     """Unresolved episodes for (patient, rule) pairs, locked for this transaction."""
     keys = list(set(keys))
     if not keys:
         return {}
     rows = await conn.fetch(
-        """SELECT a.id, a.patient_id, a.rule_id, a.severity, a.state
+        """SELECT a.id, a.patient_id, a.rule_id, a.severity, a.state,
+                  a.state = 'open' AND a.last_notified_at IS NULL AS silenced
              FROM alerts a
              JOIN unnest($1::text[], $2::text[]) AS k(patient_id, rule_id)
                ON a.patient_id = k.patient_id AND a.rule_id = k.rule_id
@@ -36,10 +57,41 @@ async def open_episodes(conn: Conn, keys: Iterable[EpisodeKey]) -> dict[EpisodeK
     )
     return {
         (r["patient_id"], r["rule_id"]): Episode(
-            r["id"], r["patient_id"], r["rule_id"], Severity[r["severity"]], AlertState(r["state"])
+            r["id"],
+            r["patient_id"],
+            r["rule_id"],
+            Severity[r["severity"]],
+            AlertState(r["state"]),
+            r["silenced"],
         )
         for r in rows
     }
+
+
+async def snoozes(
+    conn: Conn, keys: Iterable[EpisodeKey], at: datetime | None = None
+) -> dict[EpisodeKey, Snooze]:
+    """The snoozes in force at ``at`` (default: now) for (patient, rule) pairs."""
+    keys = list(set(keys))
+    if not keys:
+        return {}
+    rows = await conn.fetch(
+        """SELECT s.patient_id, s.rule_id, s.until, s.max_severity, s.actor
+             FROM alert_snoozes s
+             JOIN unnest($1::text[], $2::text[]) AS k(patient_id, rule_id)
+               ON s.patient_id = k.patient_id AND s.rule_id = k.rule_id
+            WHERE s.until > coalesce($3::timestamptz, now())""",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        at,
+    )
+    return {(r["patient_id"], r["rule_id"]): _snooze(r) for r in rows}
+
+
+def _snooze(r: asyncpg.Record) -> Snooze:
+    return Snooze(
+        r["patient_id"], r["rule_id"], r["until"], Severity[r["max_severity"]], r["actor"]
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,23 +100,32 @@ class AppliedDecision:
     decision: Decision
 
 
+def _held(d: Decision) -> str | None:
+    return f"{d.suppressed}: no SMS, no escalation" if d.suppressed else None
+
+
 async def apply(conn: Conn, decisions: Sequence[Decision]) -> list[AppliedDecision]:
-    """Write the policy's decisions: new episodes, escalations, recurrences, audit events.
+    """Write the policy's decisions: new episodes, escalations, recurrences, audit events,
+    and the escalation timers they arm.
 
     Recurrences (the common case under load) are counted in one statement per batch;
-    they are not audited one by one.
+    they are not audited one by one (only the one that ends an episode's silence is).
     """
     applied: list[AppliedDecision] = []
     opened: dict[EpisodeKey, int] = {}
-    recurring: dict[int, tuple[int, UUID | None]] = {}  # alert id -> (count, last reading)
+    recurring: dict[int, tuple[int, UUID | None, datetime]] = {}  # id -> (n, uid, fired)
+    live: list[int] = []
     for d in decisions:
         c = d.candidate
         key = (c.patient_id, c.rule_id)
         if d.action is Action.OPEN:
             alert_id = await conn.fetchval(
                 """INSERT INTO alerts (patient_id, rule_id, severity, state, title, explanation,
-                                       evidence, first_reading_uid, last_reading_uid)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING id""",
+                                       evidence, first_reading_uid, last_reading_uid,
+                                       last_fired_at, last_notified_at, next_escalation_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9,
+                           CASE WHEN $10 THEN now() END, CASE WHEN $10 THEN now() END)
+                   RETURNING id""",
                 c.patient_id,
                 c.rule_id,
                 c.severity.name,
@@ -73,16 +134,30 @@ async def apply(conn: Conn, decisions: Sequence[Decision]) -> list[AppliedDecisi
                 c.explanation,
                 dict(c.evidence),
                 c.reading_uid,
+                c.measured_at,
+                d.start_escalation,
             )
             opened[key] = alert_id
-            await _event(conn, alert_id, SYSTEM_ACTOR, d.action, None, d.new_state, c.severity)
+            await audit(
+                conn, alert_id, SYSTEM_ACTOR, d.action, None, d.new_state, c.severity, _held(d)
+            )
         elif d.action is Action.ESCALATE:
-            assert d.episode is not None
-            alert_id = d.episode.alert_id
+            alert_id = d.episode.alert_id if d.episode else opened[key]
+            before = d.episode.state if d.episode else AlertState.OPEN
+            # Re-opening an acknowledged episode starts a new escalation round.
             await conn.execute(
                 """UPDATE alerts SET occurrences = occurrences + 1, last_reading_uid = $2,
                           updated_at = now(), state = $3, severity = $4, explanation = $5,
-                          evidence = $6, condition_cleared_at = NULL
+                          evidence = $6, condition_cleared_at = NULL,
+                          last_fired_at = greatest(last_fired_at, $7),
+                          escalation_round = escalation_round + CASE WHEN $8 THEN 1 ELSE 0 END,
+                          escalation_tier = CASE WHEN $8 THEN 0 ELSE escalation_tier END,
+                          last_notified_at = CASE
+                              WHEN $8 AND $9 THEN now() WHEN $8 THEN NULL
+                              WHEN $9 THEN coalesce(last_notified_at, now())
+                              ELSE last_notified_at END,
+                          next_escalation_at = CASE
+                              WHEN $9 THEN now() WHEN $8 THEN NULL ELSE next_escalation_at END
                     WHERE id = $1""",
                 alert_id,
                 c.reading_uid,
@@ -90,32 +165,50 @@ async def apply(conn: Conn, decisions: Sequence[Decision]) -> list[AppliedDecisi
                 c.severity.name,
                 c.explanation,
                 dict(c.evidence),
+                c.measured_at,
+                before is not AlertState.OPEN,
+                d.start_escalation,
             )
-            await _event(
-                conn,
-                alert_id,
-                SYSTEM_ACTOR,
-                d.action,
-                d.episode.state.value,
-                d.new_state,
-                c.severity,
+            await audit(
+                conn, alert_id, SYSTEM_ACTOR, d.action, before, d.new_state, c.severity, _held(d)
             )
         else:
             alert_id = d.episode.alert_id if d.episode else opened[key]
-            count, _ = recurring.get(alert_id, (0, c.reading_uid))
-            recurring[alert_id] = (count + 1, c.reading_uid)
+            count, _, fired = recurring.get(alert_id, (0, None, c.measured_at))
+            recurring[alert_id] = (count + 1, c.reading_uid, max(fired, c.measured_at))
+            if d.start_escalation:
+                live.append(alert_id)
+                await audit(
+                    conn,
+                    alert_id,
+                    SYSTEM_ACTOR,
+                    d.action,
+                    d.new_state,
+                    d.new_state,
+                    c.severity,
+                    "no longer snoozed and still firing: patient SMS and escalation start",
+                )
         applied.append(AppliedDecision(alert_id, d))
     if recurring:
         ids = list(recurring)
         await conn.execute(
             """UPDATE alerts a SET occurrences = a.occurrences + r.n,
                       last_reading_uid = coalesce(r.uid, a.last_reading_uid),
+                      last_fired_at = greatest(a.last_fired_at, r.fired),
                       updated_at = now(), condition_cleared_at = NULL
-                 FROM unnest($1::bigint[], $2::int[], $3::uuid[]) AS r(id, n, uid)
+                 FROM unnest($1::bigint[], $2::int[], $3::uuid[], $4::timestamptz[])
+                      AS r(id, n, uid, fired)
                 WHERE a.id = r.id""",
             ids,
             [recurring[i][0] for i in ids],
             [recurring[i][1] for i in ids],
+            [recurring[i][2] for i in ids],
+        )
+    if live:
+        await conn.execute(
+            """UPDATE alerts SET last_notified_at = now(), next_escalation_at = now()
+                WHERE id = ANY($1::bigint[]) AND state = 'open' AND last_notified_at IS NULL""",
+            live,
         )
     return applied
 
@@ -136,26 +229,29 @@ async def mark_cleared(conn: Conn, clears: Sequence[Clear]) -> int:
     return int(status.split()[-1])
 
 
-async def _event(
+async def audit(
     conn: Conn,
     alert_id: int,
     actor: str,
     action: Action,
-    from_state: str | None,
+    from_state: AlertState | str | None,
     to_state: AlertState,
     severity: Severity | str,
     note: str | None = None,
+    at: datetime | None = None,
 ) -> None:
     await conn.execute(
-        """INSERT INTO alert_events (alert_id, actor, action, from_state, to_state, severity, note)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+        """INSERT INTO alert_events (alert_id, actor, action, from_state, to_state, severity,
+                                     note, at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, coalesce($8, now()))""",
         alert_id,
         actor,
         action.value,
-        from_state,
+        from_state.value if isinstance(from_state, AlertState) else from_state,
         to_state.value,
         severity.name if isinstance(severity, Severity) else severity,
         note,
+        at,
     )
 
 
@@ -169,14 +265,40 @@ async def notify(conn: Conn, payloads: Sequence[dict[str, Any]]) -> None:
         )
 
 
+def change(
+    alert_id: int, patient_id: str, action: Action, state: AlertState, severity: Severity | str
+) -> dict[str, Any]:
+    """What the live stream says about one alert change (ids only)."""
+    return {
+        "alert_id": alert_id,
+        "patient_id": patient_id,
+        "action": action.value,
+        "state": state.value,
+        "severity": severity.name if isinstance(severity, Severity) else severity,
+    }
+
+
+# --- staff actions --------------------------------------------------------------------
+
+
 class AlertNotFound(LookupError):
     pass
 
 
-async def transition(
-    conn: Conn, alert_id: int, action: Action, actor: str, note: str | None = None
+class StaffNotFound(LookupError):
+    """No active staff member with that id."""
+
+
+async def _act(
+    conn: Conn,
+    alert_id: int,
+    action: Action,
+    actor: str,
+    note: str | None,
+    write: Callable[[AlertState], Awaitable[object]],
 ) -> dict[str, Any]:
-    """A nurse's action on an alert, checked against the lifecycle table and audited."""
+    """Lock the alert, check the action against the lifecycle table, ``write`` the change
+    (given the state after), audit it and announce it on the live stream."""
     async with conn.transaction():
         row = await conn.fetchrow(
             "SELECT state, severity, patient_id FROM alerts WHERE id = $1 FOR UPDATE", alert_id
@@ -184,54 +306,147 @@ async def transition(
         if row is None:
             raise AlertNotFound(alert_id)
         before = AlertState(row["state"])
-        after = next_state(before, action)
-        if action is Action.ACKNOWLEDGE:
-            await conn.execute(
-                """UPDATE alerts SET state = $2, acknowledged_at = now(), acknowledged_by = $3,
-                          updated_at = now() WHERE id = $1""",
-                alert_id,
-                after.value,
-                actor,
-            )
-        elif action is Action.RESOLVE:
-            await conn.execute(
-                """UPDATE alerts SET state = $2, resolved_at = now(), resolved_by = $3,
-                          resolution_note = $4, updated_at = now() WHERE id = $1""",
-                alert_id,
-                after.value,
-                actor,
-                note,
-            )
-        await _event(conn, alert_id, actor, action, before.value, after, row["severity"], note)
-        await notify(
-            conn,
-            [
-                {
-                    "alert_id": alert_id,
-                    "patient_id": row["patient_id"],
-                    "action": action.value,
-                    "state": after.value,
-                    "severity": row["severity"],
-                }
-            ],
-        )
+        after = staff_transition(before, action, note)
+        await write(after)
+        await audit(conn, alert_id, actor, action, before, after, row["severity"], note)
+        await notify(conn, [change(alert_id, row["patient_id"], action, after, row["severity"])])
         found = await get(conn, alert_id)
         assert found is not None
         return found
 
 
-_ALERT_COLUMNS = """id, patient_id, rule_id, severity, state, title, explanation, evidence,
-    first_reading_uid, last_reading_uid, occurrences, opened_at, updated_at, acknowledged_at,
-    acknowledged_by, resolved_at, resolved_by, resolution_note"""
+async def transition(
+    conn: Conn, alert_id: int, action: Action, actor: str, note: str | None = None
+) -> dict[str, Any]:
+    """Acknowledge, or resolve with a note; either stops the escalation."""
 
-_SEVERITY_ORDER = (
-    "CASE severity WHEN 'CRITICAL' THEN 4 WHEN 'HIGH' THEN 3 WHEN 'MEDIUM' THEN 2 ELSE 1 END"
-)
+    async def acknowledge(after: AlertState) -> object:
+        return await conn.execute(
+            """UPDATE alerts SET state = $2, acknowledged_at = now(), acknowledged_by = $3,
+                      next_escalation_at = NULL, updated_at = now() WHERE id = $1""",
+            alert_id,
+            after.value,
+            actor,
+        )
+
+    async def resolve(after: AlertState) -> object:
+        return await conn.execute(
+            """UPDATE alerts SET state = $2, resolved_at = now(), resolved_by = $3,
+                      resolution_note = $4, next_escalation_at = NULL, updated_at = now()
+                WHERE id = $1""",
+            alert_id,
+            after.value,
+            actor,
+            note,
+        )
+
+    writers = {Action.ACKNOWLEDGE: acknowledge, Action.RESOLVE: resolve}
+    if action not in writers:
+        raise ValueError(f"{action.value} has its own function")
+    return await _act(conn, alert_id, action, actor, note, writers[action])
+
+
+async def assign(conn: Conn, alert_id: int, assignee: str, actor: str) -> dict[str, Any]:
+    """Make ``assignee`` (an active staff member) the owner of the alert; audited."""
+
+    async def write(_: AlertState) -> object:
+        if not await staff_store.exists(conn, assignee):
+            raise StaffNotFound(assignee)
+        return await conn.execute(
+            "UPDATE alerts SET assigned_to = $2, updated_at = now() WHERE id = $1",
+            alert_id,
+            assignee,
+        )
+
+    return await _act(conn, alert_id, Action.ASSIGN, actor, f"to {assignee}", write)
+
+
+async def snooze(
+    conn: Conn,
+    alert_id: int,
+    *,
+    duration: timedelta,
+    actor: str,
+    reason: str | None,
+    caps: SnoozeCaps,
+) -> dict[str, Any]:
+    """Snooze this alert's kind (patient + rule) up to its severity, within the cap.
+
+    Raises ``SnoozeTooLong`` beyond the cap of the alert's severity. A later snooze of the
+    same kind replaces the earlier one.
+    """
+    minutes = int(duration.total_seconds() // 60)
+    note = f"{minutes} min" + (f": {reason}" if reason else "")
+
+    async def write(_: AlertState) -> object:
+        severity = await conn.fetchval("SELECT severity FROM alerts WHERE id = $1", alert_id)
+        caps.check(Severity[severity], duration)
+        await conn.execute(
+            """INSERT INTO alert_snoozes (patient_id, rule_id, until, max_severity, actor, reason)
+               SELECT patient_id, rule_id, now() + $2::interval, severity, $3, $4
+                 FROM alerts WHERE id = $1
+               ON CONFLICT (patient_id, rule_id) DO UPDATE
+                  SET until = EXCLUDED.until, max_severity = EXCLUDED.max_severity,
+                      actor = EXCLUDED.actor, reason = EXCLUDED.reason, created_at = now()""",
+            alert_id,
+            duration,
+            actor,
+            reason,
+        )
+        return await conn.execute("UPDATE alerts SET updated_at = now() WHERE id = $1", alert_id)
+
+    return await _act(conn, alert_id, Action.SNOOZE, actor, note, write)
+
+
+async def unsnooze(conn: Conn, alert_id: int, actor: str) -> dict[str, Any]:
+    """End the snooze of this alert's kind; a held escalation is looked at again now."""
+
+    async def write(_: AlertState) -> object:
+        await conn.execute(
+            """DELETE FROM alert_snoozes s USING alerts a
+                WHERE a.id = $1 AND s.patient_id = a.patient_id AND s.rule_id = a.rule_id""",
+            alert_id,
+        )
+        return await conn.execute(
+            """UPDATE alerts SET updated_at = now(),
+                      next_escalation_at = least(next_escalation_at, now())
+                WHERE id = $1""",
+            alert_id,
+        )
+
+    return await _act(conn, alert_id, Action.UNSNOOZE, actor, None, write)
+
+
+# --- reading ------------------------------------------------------------------------------
+
+_ALERT_COLUMNS = f"""a.id, a.patient_id, a.rule_id, a.severity, a.state, a.title,
+    a.explanation, a.evidence, a.first_reading_uid, a.last_reading_uid, a.occurrences,
+    a.opened_at, a.updated_at, a.acknowledged_at, a.acknowledged_by, a.resolved_at,
+    a.resolved_by, a.resolution_note, a.assigned_to, a.escalation_tier, a.next_escalation_at,
+    a.condition_cleared_at, p.programs AS patient_programs, p.care_team,
+    CASE WHEN s.until > now() AND {_rank("a.severity")} <= {_rank("s.max_severity")}
+         THEN s.until END AS snoozed_until"""
+_ALERT_FROM = """alerts a JOIN patients p ON p.id = a.patient_id
+    LEFT JOIN alert_snoozes s ON s.patient_id = a.patient_id AND s.rule_id = a.rule_id"""
+_ORDERS = {
+    # Triage: most severe first, then the longest waiting.
+    "triage": f"{_rank('a.severity')} DESC, a.opened_at ASC, a.id ASC",
+    "newest": "a.opened_at DESC, a.id DESC",
+}
+
+
+def _alert(r: asyncpg.Record) -> dict[str, Any]:
+    d = dict(r)
+    d["patient_programs"] = list(d["patient_programs"])
+    return d
 
 
 async def get(conn: Conn, alert_id: int) -> dict[str, Any] | None:
-    row = await conn.fetchrow(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE id = $1", alert_id)  # noqa: S608
-    return dict(row) if row else None
+    row = await conn.fetchrow(
+        f"SELECT {_ALERT_COLUMNS} FROM {_ALERT_FROM} WHERE a.id = $1",  # noqa: S608
+        alert_id,
+    )
+    return _alert(row) if row else None
 
 
 async def listing(
@@ -240,19 +455,26 @@ async def listing(
     states: Sequence[str] | None,
     patient_id: str | None,
     limit: int,
+    program: str | None = None,
+    severities: Sequence[str] | None = None,
+    order: str = "triage",
 ) -> list[dict[str, Any]]:
-    """Alerts for the triage queue: most severe first, then oldest first."""
+    """Alerts for the triage queue, filtered by state, patient, patient program, severity."""
     rows = await conn.fetch(
-        f"""SELECT {_ALERT_COLUMNS} FROM alerts
-             WHERE ($1::text[] IS NULL OR state = ANY($1::text[]))
-               AND ($2::text IS NULL OR patient_id = $2)
-             ORDER BY {_SEVERITY_ORDER} DESC, opened_at ASC, id ASC
+        f"""SELECT {_ALERT_COLUMNS} FROM {_ALERT_FROM}
+             WHERE ($1::text[] IS NULL OR a.state = ANY($1::text[]))
+               AND ($2::text IS NULL OR a.patient_id = $2)
+               AND ($4::text IS NULL OR $4 = ANY(p.programs))
+               AND ($5::text[] IS NULL OR a.severity = ANY($5::text[]))
+             ORDER BY {_ORDERS[order]}
              LIMIT $3""",  # noqa: S608 - fixed fragments, values are bound
         list(states) if states else None,
         patient_id,
         limit,
+        program,
+        list(severities) if severities else None,
     )
-    return [dict(r) for r in rows]
+    return [_alert(r) for r in rows]
 
 
 async def events(conn: Conn, alert_id: int) -> list[dict[str, Any]]:

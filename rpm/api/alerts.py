@@ -1,0 +1,210 @@
+"""Alerts API: the triage queue, one alert with its audit trail, nurse actions, live stream.
+
+Every action is checked against the lifecycle table (``alerts.lifecycle``), audited in
+``alert_events`` and announced on the live stream. Until staff sign-in is wired into
+these routes, the caller names itself in ``actor``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import asyncpg
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from alerts.lifecycle import Action, InvalidTransition, NoteRequired
+from alerts.policy import SnoozeCaps, SnoozeTooLong
+from rpm.pipeline import INGEST_CHANNEL
+from rpm.storage import alerts as alert_store
+from rpm.storage.pool import Conn
+from rules.spec import Severity
+
+from .live import Broadcaster
+
+HEARTBEAT_S = 15.0
+Actor = Annotated[str, Field(min_length=1, max_length=200)]
+StateName = Literal["open", "acknowledged", "resolved"]
+SeverityName = Literal["critical", "high", "medium", "low", "CRITICAL", "HIGH", "MEDIUM", "LOW"]
+
+
+class AlertOut(BaseModel):
+    id: int
+    patient_id: str
+    rule_id: str
+    severity: str
+    state: str
+    title: str
+    explanation: str
+    evidence: dict[str, Any]
+    first_reading_uid: UUID | None  # None for alerts about missing data
+    last_reading_uid: UUID | None
+    occurrences: int
+    opened_at: datetime
+    updated_at: datetime
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    resolved_at: datetime | None
+    resolved_by: str | None
+    resolution_note: str | None
+    assigned_to: str | None
+    escalation_tier: int  # the highest on-call tier sent an SMS in this round (0: none)
+    next_escalation_at: datetime | None
+    condition_cleared_at: datetime | None
+    snoozed_until: datetime | None  # this alert's kind is snoozed up to its severity
+    patient_programs: list[str]
+    care_team: str | None
+
+
+class AlertEventOut(BaseModel):
+    at: datetime
+    actor: str
+    action: str
+    from_state: str | None
+    to_state: str
+    severity: str
+    note: str | None
+
+
+class AlertDetail(AlertOut):
+    events: list[AlertEventOut]
+
+
+class AcknowledgeIn(BaseModel):
+    # Until staff sign-in is wired into these routes, the caller names itself.
+    actor: Actor
+
+
+class ResolveIn(AcknowledgeIn):
+    note: str = Field(min_length=1, max_length=2000)  # what was done: required
+
+
+class AssignIn(BaseModel):
+    assignee: Actor  # a staff id
+    actor: Actor
+
+
+class SnoozeIn(BaseModel):
+    minutes: float = Field(gt=0)  # at most the cap of the alert's severity (RPM_SNOOZE_CAP_MIN)
+    actor: Actor
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+def router(
+    pool: asyncpg.Pool, broadcaster: Broadcaster, *, snooze_caps: SnoozeCaps | None = None
+) -> APIRouter:
+    """The alert routes over ``pool``; ``broadcaster`` feeds the live stream."""
+    api = APIRouter()
+    caps = snooze_caps or SnoozeCaps()
+
+    @api.get("/api/alerts", response_model=list[AlertOut])
+    async def list_alerts(
+        state: Annotated[list[StateName] | None, Query()] = None,
+        patient: str | None = None,
+        program: str | None = None,
+        severity: Annotated[list[SeverityName] | None, Query()] = None,
+        order: Literal["triage", "newest"] = "triage",
+        limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    ) -> list[dict[str, Any]]:
+        """The triage queue: open and acknowledged alerts by default; ``order=triage`` puts
+        the most severe first, then the longest waiting. ``program`` is a patient's program."""
+        async with pool.acquire() as conn:
+            return await alert_store.listing(
+                conn,
+                states=state or ["open", "acknowledged"],
+                patient_id=patient,
+                limit=limit,
+                program=program,
+                severities=[Severity[s.upper()].name for s in severity] if severity else None,
+                order=order,
+            )
+
+    @api.get("/api/alerts/stream")
+    async def alert_stream(request: Request) -> StreamingResponse:
+        """Server-sent events: ``alert`` on every alert change, ``ingest`` per stored batch."""
+
+        async def events() -> AsyncIterator[str]:
+            yield "retry: 2000\n\n"
+            stream = broadcaster.subscribe().__aiter__()
+            while not await request.is_disconnected():
+                try:
+                    channel, payload = await asyncio.wait_for(anext(stream), HEARTBEAT_S)
+                except TimeoutError:
+                    yield ": heartbeat\n\n"
+                    continue
+                except StopAsyncIteration:
+                    return
+                kind = "ingest" if channel == INGEST_CHANNEL else "alert"
+                yield f"event: {kind}\ndata: {payload}\n\n"
+
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+        )
+
+    @api.get("/api/alerts/{alert_id}", response_model=AlertDetail)
+    async def get_alert(alert_id: int) -> dict[str, Any]:
+        async with pool.acquire() as conn:
+            alert = await alert_store.get(conn, alert_id)
+            if alert is None:
+                raise HTTPException(404, "no such alert")
+            alert["events"] = await alert_store.events(conn, alert_id)
+            return alert
+
+    async def act(work: Callable[[Conn], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        async with pool.acquire() as conn:
+            try:
+                return await work(conn)
+            except alert_store.AlertNotFound:
+                raise HTTPException(404, "no such alert") from None
+            except alert_store.StaffNotFound:
+                raise HTTPException(422, "no such active staff member") from None
+            except (NoteRequired, SnoozeTooLong) as exc:
+                raise HTTPException(422, str(exc)) from None
+            except InvalidTransition as exc:
+                raise HTTPException(409, str(exc)) from None
+
+    @api.post("/api/alerts/{alert_id}/acknowledge", response_model=AlertOut)
+    async def acknowledge(alert_id: int, body: AcknowledgeIn) -> dict[str, Any]:
+        """A nurse is on it: the escalation stops."""
+        return await act(
+            lambda c: alert_store.transition(c, alert_id, Action.ACKNOWLEDGE, body.actor)
+        )
+
+    @api.post("/api/alerts/{alert_id}/resolve", response_model=AlertOut)
+    async def resolve(alert_id: int, body: ResolveIn) -> dict[str, Any]:
+        """Close the episode with a note saying what was done (422 without one)."""
+        return await act(
+            lambda c: alert_store.transition(c, alert_id, Action.RESOLVE, body.actor, body.note)
+        )
+
+    @api.post("/api/alerts/{alert_id}/assign", response_model=AlertOut)
+    async def assign(alert_id: int, body: AssignIn) -> dict[str, Any]:
+        return await act(lambda c: alert_store.assign(c, alert_id, body.assignee, body.actor))
+
+    @api.post("/api/alerts/{alert_id}/snooze", response_model=AlertOut)
+    async def snooze(alert_id: int, body: SnoozeIn) -> dict[str, Any]:
+        """Quiet this patient's alerts of this rule up to this alert's severity for a while
+        (422 beyond the severity's cap); a more severe alert breaks through."""
+        return await act(
+            lambda c: alert_store.snooze(
+                c,
+                alert_id,
+                duration=timedelta(minutes=body.minutes),
+                actor=body.actor,
+                reason=body.reason,
+                caps=caps,
+            )
+        )
+
+    @api.delete("/api/alerts/{alert_id}/snooze", response_model=AlertOut)
+    async def unsnooze(
+        alert_id: int, actor: Annotated[str, Query(min_length=1, max_length=200)]
+    ) -> dict[str, Any]:
+        return await act(lambda c: alert_store.unsnooze(c, alert_id, actor))
+
+    return api

@@ -1,0 +1,127 @@
+"""SQL for staff, care teams and on-call shifts: who receives an escalation, and when.
+
+Display names and phone numbers are personal data: stored and returned, never logged.
+Sign-in (credentials, sessions) lives in ``rpm.storage.staff_auth``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+
+import asyncpg
+
+from rpm.storage.pool import Conn
+
+
+class ShiftOverlap(ValueError):
+    """The team already has someone on call at that tier during part of that time."""
+
+
+class NotATeamMember(ValueError):
+    """On-call shifts go to active members of the team."""
+
+
+async def create_team(conn: Conn, team_id: str, title: str) -> None:
+    """Create a care team (an existing id keeps its title)."""
+    await conn.execute(
+        "INSERT INTO care_teams (id, title) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+        team_id,
+        title,
+    )
+
+
+async def add_staff(
+    conn: Conn,
+    staff_id: str,
+    *,
+    display_name: str,
+    role: str,
+    password_hash: str,
+    phone: str | None = None,
+) -> None:
+    """Add a staff member; ``password_hash`` is already hashed (argon2id)."""
+    await conn.execute(
+        """INSERT INTO staff (id, display_name, role, password_hash, phone)
+           VALUES ($1, $2, $3, $4, $5)""",
+        staff_id,
+        display_name,
+        role,
+        password_hash,
+        phone,
+    )
+
+
+async def add_member(conn: Conn, team_id: str, staff_id: str) -> None:
+    await conn.execute(
+        "INSERT INTO care_team_members (team_id, staff_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        team_id,
+        staff_id,
+    )
+
+
+async def set_patient_team(conn: Conn, patient_id: str, team_id: str | None) -> None:
+    await conn.execute("UPDATE patients SET care_team = $2 WHERE id = $1", patient_id, team_id)
+
+
+async def set_on_call(
+    conn: Conn, team_id: str, tier: int, staff_id: str, start: datetime, end: datetime
+) -> None:
+    """Put a team member on call at ``tier`` (1 or 2) for ``[start, end)``.
+
+    Raises ``NotATeamMember`` for someone outside the team (or inactive), and
+    ``ShiftOverlap`` when the team's tier is already covered during part of that time.
+    """
+    try:
+        inserted = await conn.fetchval(
+            """INSERT INTO on_call (team_id, tier, staff_id, during)
+               SELECT $1, $2, $3, tstzrange($4, $5, '[)')
+                WHERE EXISTS (SELECT 1 FROM care_team_members m JOIN staff s ON s.id = m.staff_id
+                               WHERE m.team_id = $1 AND m.staff_id = $3 AND s.active)
+               RETURNING 1""",
+            team_id,
+            tier,
+            staff_id,
+            start,
+            end,
+        )
+    except asyncpg.ExclusionViolationError:
+        raise ShiftOverlap(f"team {team_id} tier {tier} is already covered then") from None
+    if inserted is None:
+        raise NotATeamMember(f"{staff_id} is not an active member of team {team_id}")
+
+
+async def on_call(conn: Conn, team_id: str, tier: int, at: datetime) -> str | None:
+    """Who is on call for ``team_id`` at ``tier`` at time ``at`` (active, with a phone)."""
+    found = await on_call_for(conn, [team_id], at)
+    return found.get(team_id, {}).get(tier)
+
+
+async def on_call_for(
+    conn: Conn, team_ids: Iterable[str], at: datetime
+) -> dict[str, Mapping[int, str]]:
+    """Team -> tier -> staff id of everyone reachable on call at ``at``, for several teams."""
+    teams = sorted(set(team_ids))
+    if not teams:
+        return {}
+    rows = await conn.fetch(
+        """SELECT o.team_id, o.tier, o.staff_id
+             FROM on_call o JOIN staff s ON s.id = o.staff_id
+            WHERE o.team_id = ANY($1::text[]) AND o.during @> $2::timestamptz
+              AND s.active AND s.phone IS NOT NULL""",
+        teams,
+        at,
+    )
+    found: dict[str, dict[int, str]] = {}
+    for r in rows:
+        found.setdefault(r["team_id"], {})[r["tier"]] = r["staff_id"]
+    return dict(found)
+
+
+async def exists(conn: Conn, staff_id: str) -> bool:
+    """An active staff member with this id."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM staff WHERE id = $1 AND active)", staff_id
+        )
+    )
