@@ -1,7 +1,19 @@
-"""The worker that drains SMS work from the outbox, with retries and backoff.
+"""The worker that drains SMS work from the outbox: gate, render, send, record.
 
-At-least-once: an item is marked delivered after Twilio accepted it. A crash between
-the two could send one message twice; nothing is ever lost.
+Per item: parse the payload (:class:`~alerts.sms_policy.SmsWork`), look the recipient up, and
+let :func:`alerts.sms_policy.decide` say send now, defer (quiet hours) or drop (consent,
+opt-out, daily cap, moot escalation), with the reason kept on the outbox row. A message that
+goes out is rendered in the recipient's language (``alerts.templates``), sent with a status
+callback and a validity period, and recorded in ``sms_messages`` together with the outbox
+row's delivery, in one transaction.
+
+Retries: 429, 5xx and network errors retry with capped exponential backoff (full jitter) up
+to ``max_attempts``, so a Twilio outage delays messages and loses none. Twilio's 21610
+(the recipient texted STOP) marks the patient opted out and fails the item at once; other
+refusals fail it with Twilio's code.
+
+At-least-once: a crash between Twilio's answer and our commit can send one message twice
+(after the claim's lease ends); nothing is ever lost.
 """
 
 from __future__ import annotations
@@ -9,25 +21,42 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import asyncpg
 
-from rpm.errors import PermanentDeliveryError, TransientDeliveryError
+from rpm.errors import PermanentDeliveryError, RecipientOptedOut, TransientDeliveryError
+from rpm.settings import Settings
+from rpm.storage import alerts as alert_store
 from rpm.storage import outbox as outbox_store
-from rpm.storage import registry
-from rpm.storage.pool import DATABASE_UNAVAILABLE
-from rules.spec import Severity
+from rpm.storage import sms as sms_store
+from rpm.storage.pool import DATABASE_UNAVAILABLE, Conn
 
-from .sms import SentSms
-from .templates import patient_alert_sms
+from . import templates
+from .sms import UNSUBSCRIBED, SentSms
+from .sms_policy import (
+    BadWork,
+    Defer,
+    Drop,
+    Recipient,
+    Situation,
+    SmsWork,
+    decide,
+    local_day,
+    zone_of,
+)
 
 log = logging.getLogger(__name__)
 
+CHANNEL = "sms"
+_LEASE = timedelta(minutes=2)
+
 
 class SmsChannel(Protocol):
-    async def send(self, to: str, body: str) -> SentSms: ...
+    async def send(self, to: str, body: str, *, status_callback: str | None = None) -> SentSms: ...
 
 
 def backoff(attempts: int, *, base_s: float = 2.0, cap_s: float = 300.0) -> timedelta:
@@ -36,23 +65,105 @@ def backoff(attempts: int, *, base_s: float = 2.0, cap_s: float = 300.0) -> time
     return timedelta(seconds=random.uniform(ceiling / 2, ceiling))  # noqa: S311 - not crypto
 
 
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    """The worker's knobs (``RPM_OUTBOX_*``, ``RPM_SMS_*``)."""
+
+    poll_interval_s: float = 0.5
+    max_attempts: int = 12
+    batch: int = 50
+    backoff_base_s: float = 2.0
+    backoff_cap_s: float = 300.0
+    daily_cap: int = 3
+    status_callback_url: str | None = None
+    dashboard_url: str = ""
+    emergency_number: str = "911"
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> DeliveryConfig:
+        return cls(
+            poll_interval_s=s.outbox_poll_interval_s,
+            max_attempts=s.outbox_max_attempts,
+            backoff_base_s=s.outbox_backoff_base_s,
+            backoff_cap_s=s.outbox_backoff_cap_s,
+            daily_cap=s.sms_daily_cap,
+            status_callback_url=s.public_url("/twilio/status"),
+            dashboard_url=s.dashboard_url or s.public_url("/dashboard/"),
+            emergency_number=s.sms_emergency_number,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """What rendering needs besides the payload."""
+
+    recipient: Recipient
+    at: datetime  # when the cause was committed
+    now: datetime
+    alert: Mapping[str, Any] | None
+    config: DeliveryConfig
+
+
+def _render_alert(work: SmsWork, c: _Context) -> str:
+    assert work.severity is not None
+    return templates.patient_alert(
+        severity=work.severity,
+        title=work.title,
+        advice=work.advice,
+        language=c.recipient.language,
+        at=c.at,
+        now=c.now,
+        zone=c.recipient.zone,
+        emergency_number=c.config.emergency_number,
+    )
+
+
+def _render_escalation(work: SmsWork, c: _Context) -> str:
+    assert work.severity is not None
+    assert work.alert_id is not None
+    opened: datetime = c.alert["opened_at"] if c.alert else c.at
+    title = work.title or (str(c.alert["title"]) if c.alert else "")
+    return templates.escalation(
+        alert_id=work.alert_id,
+        severity=work.severity,
+        title=title,
+        patient_id=work.patient_id or (str(c.alert["patient_id"]) if c.alert else "?"),
+        tier=work.tier or 1,
+        minutes_unacknowledged=max(0, int((c.now - opened).total_seconds() // 60)),
+        link=f"{c.config.dashboard_url.rstrip('/')}/?alert={work.alert_id}",
+    )
+
+
+def _render_legacy(work: SmsWork, c: _Context) -> str:
+    return work.body or ""
+
+
+_RENDERERS: Mapping[str, Callable[[SmsWork, _Context], str]] = {
+    "alert": _render_alert,
+    "escalation": _render_escalation,
+    "legacy": _render_legacy,
+}
+
+
 class SmsOutboxWorker:
-    """Claims due SMS items, sends them, records the outcome."""
+    """Claims due SMS items, decides, sends, records the outcome."""
 
     def __init__(
         self,
         pool: asyncpg.Pool,
         channel: SmsChannel,
+        config: DeliveryConfig | None = None,
         *,
-        poll_interval_s: float = 0.5,
-        max_attempts: int = 12,
-        batch: int = 50,
+        clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self._pool = pool
         self._channel = channel
-        self._poll = poll_interval_s
-        self._max_attempts = max_attempts
-        self._batch = batch
+        self._config = config or DeliveryConfig()
+        self._clock = clock
         self.sent = 0
 
     async def run(self) -> None:
@@ -63,51 +174,157 @@ class SmsOutboxWorker:
                 log.warning("outbox: database unavailable (%s)", exc.__class__.__name__)
                 handled = 0
             if handled == 0:
-                await asyncio.sleep(self._poll)
+                await asyncio.sleep(self._config.poll_interval_s)
 
     async def drain_once(self) -> int:
         """Handle the items due now; return how many were handled."""
         async with self._pool.acquire() as conn:
-            items = await outbox_store.claim_due(conn, "sms", self._batch, timedelta(minutes=2))
+            items = await outbox_store.claim_due(
+                conn, CHANNEL, self._config.batch, _LEASE, self._clock()
+            )
         for item in items:
             await self._deliver(item)
         return len(items)
 
     async def _deliver(self, item: outbox_store.OutboxItem) -> None:
-        patient_id = str(item.payload["patient_id"])
-        async with self._pool.acquire() as conn:
-            phone, consent = await registry.sms_contact(conn, patient_id)
-            if not phone or not consent:
-                reason = "no phone number" if not phone else "no SMS consent"
-                await outbox_store.failed(conn, item.id, reason)
-                log.info("outbox %s: not sent to patient=%s: %s", item.id, patient_id, reason)
-                return
         try:
-            sent = await self._channel.send(phone, _body(item.payload))
+            work = SmsWork.from_payload(item.payload)
+        except BadWork as exc:
+            await self._fail(item, str(exc), "?")
+            return
+        now = self._clock()
+        async with self._pool.acquire() as conn:
+            situation, alert = await self._situation(conn, work, now)
+        verdict = decide(situation)
+        if isinstance(verdict, Drop):
+            await self._fail(item, verdict.reason, _who(work))
+            return
+        if isinstance(verdict, Defer):
+            async with self._pool.acquire() as conn:
+                await outbox_store.defer(conn, item.id, verdict.until, verdict.reason)
+            log.info("outbox %s: deferred to %s (%s)", item.id, verdict.until, verdict.reason)
+            return
+        recipient = situation.recipient
+        assert recipient is not None
+        assert recipient.phone
+        context = _Context(recipient, item.created_at or now, now, alert, self._config)
+        body = _RENDERERS[work.template](work, context)
+        # An alert deleted since (or never stored) is not referenced from the SMS log.
+        alert_id = work.alert_id if alert is not None else None
+        await self._send(item, work, alert_id, recipient.phone, body, now)
+
+    async def _situation(
+        self, conn: Conn, work: SmsWork, now: datetime
+    ) -> tuple[Situation, Mapping[str, Any] | None]:
+        alert = await alert_store.get(conn, work.alert_id) if work.alert_id is not None else None
+        state = str(alert["state"]) if alert else None
+        cap = self._config.daily_cap
+        if work.audience == "staff":
+            assert work.staff_id is not None
+            known, phone = await sms_store.staff_phone(conn, work.staff_id)
+            staff = Recipient(phone) if known else None
+            return Situation(work, staff, now, state, daily_cap=cap), alert
+        assert work.patient_id is not None
+        p = await sms_store.patient(conn, work.patient_id)
+        if p is None:
+            return Situation(work, None, now, state, daily_cap=cap), alert
+        zone = zone_of(p.timezone)
+        recipient = Recipient(
+            p.phone,
+            consent=p.consent,
+            opted_out=p.opted_out_at is not None,
+            zone=zone,
+            quiet_start=p.quiet_start,
+            quiet_end=p.quiet_end,
+            language=p.language,
+        )
+        sent = 0
+        if not work.urgent:
+            start, end = local_day(now, zone)
+            sent = await sms_store.sent_today(conn, p.patient_id, start, end)
+        return Situation(work, recipient, now, state, sent, cap), alert
+
+    async def _send(
+        self,
+        item: outbox_store.OutboxItem,
+        work: SmsWork,
+        alert_id: int | None,
+        phone: str,
+        body: str,
+        now: datetime,
+    ) -> None:
+        who = _who(work)
+        try:
+            sent = await self._channel.send(
+                phone, body, status_callback=self._config.status_callback_url
+            )
         except TransientDeliveryError as exc:
             async with self._pool.acquire() as conn:
-                if item.attempts >= self._max_attempts:
-                    await outbox_store.failed(conn, item.id, f"gave up: {exc}")
+                if item.attempts >= self._config.max_attempts:
+                    await outbox_store.failed(
+                        conn, item.id, f"gave up after {item.attempts} attempts: {exc}"
+                    )
                 else:
-                    when = datetime.now(UTC) + backoff(item.attempts)
-                    await outbox_store.retry_at(conn, item.id, when, str(exc))
-            log.warning("outbox %s: attempt %d failed: %s", item.id, item.attempts, exc)
+                    delay = backoff(
+                        item.attempts,
+                        base_s=self._config.backoff_base_s,
+                        cap_s=self._config.backoff_cap_s,
+                    )
+                    await outbox_store.retry_at(conn, item.id, now + delay, str(exc))
+            log.warning("outbox %s: attempt %d for %s failed: %s", item.id, item.attempts, who, exc)
             return
         except PermanentDeliveryError as exc:
-            async with self._pool.acquire() as conn:
-                await outbox_store.failed(conn, item.id, str(exc))
-            log.warning("outbox %s: refused: %s", item.id, exc)
+            async with self._pool.acquire() as conn, conn.transaction():
+                await self._record(conn, item, work, alert_id, None, "failed", exc.code, body, now)
+                if isinstance(exc, RecipientOptedOut) and work.audience == "patient":
+                    assert work.patient_id is not None
+                    await sms_store.opt_out(conn, [work.patient_id], now)
+                reason = "recipient unsubscribed" if isinstance(exc, RecipientOptedOut) else ""
+                await outbox_store.failed(conn, item.id, f"{reason} {exc}".strip())
+            log.warning("outbox %s: refused for %s: %s", item.id, who, exc)
             return
-        async with self._pool.acquire() as conn:
+        async with self._pool.acquire() as conn, conn.transaction():
+            recorded = await self._record(
+                conn, item, work, alert_id, sent.sid, sent.status, None, body, now
+            )
+            if recorded.error_code == UNSUBSCRIBED and work.audience == "patient":
+                assert work.patient_id is not None  # a 21610 callback came before this record
+                await sms_store.opt_out(conn, [work.patient_id], now)
             await outbox_store.delivered(conn, item.id, {"sid": sent.sid, "status": sent.status})
         self.sent += 1
-        log.info("outbox %s: sms %s sent for patient=%s", item.id, sent.sid, patient_id)
+        log.info("outbox %s: sms %s sent to %s alert=%s", item.id, sent.sid, who, work.alert_id)
+
+    async def _record(
+        self,
+        conn: Conn,
+        item: outbox_store.OutboxItem,
+        work: SmsWork,
+        alert_id: int | None,
+        sid: str | None,
+        status: str,
+        error_code: int | None,
+        body: str,
+        now: datetime,
+    ) -> sms_store.Recorded:
+        return await sms_store.record_outbound(
+            conn,
+            outbox_id=item.id,
+            patient_id=work.patient_id,
+            staff_id=work.staff_id,
+            alert_id=alert_id,
+            sid=sid,
+            status=status,
+            error_code=error_code,
+            body=body,
+            at=now,
+        )
+
+    async def _fail(self, item: outbox_store.OutboxItem, reason: str, who: str) -> None:
+        async with self._pool.acquire() as conn:
+            await outbox_store.failed(conn, item.id, reason)
+        log.info("outbox %s: not sent to %s: %s", item.id, who, reason)
 
 
-def _body(payload: dict[str, Any]) -> str:
-    if "body" in payload:
-        return str(payload["body"])
-    advice = payload.get("advice") or {}
-    return patient_alert_sms(
-        str(payload["title"]), str(advice.get("en", "")), Severity[str(payload["severity"])]
-    )
+def _who(work: SmsWork) -> str:
+    """The recipient as logs name it: by id only."""
+    return f"staff={work.staff_id}" if work.audience == "staff" else f"patient={work.patient_id}"

@@ -2,25 +2,36 @@
 
 The official client makes every call. ``base_url`` replaces Twilio's host so that
 tests and the demo can point the real client at a local server speaking Twilio's
-REST protocol. Twilio's exceptions become ours here.
+REST protocol. Twilio's exceptions become ours here. Webhook signatures are checked and
+TwiML replies written here too, with twilio's own ``RequestValidator`` and
+``MessagingResponse``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+from multidict import MultiDict
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response
+from twilio.request_validator import RequestValidator, get_signature_algorithm
 from twilio.rest import Client
+from twilio.twiml.messaging_response import MessagingResponse
 
-from rpm.errors import PermanentDeliveryError, TransientDeliveryError
+from rpm.errors import PermanentDeliveryError, RecipientOptedOut, TransientDeliveryError
 
 log = logging.getLogger(__name__)
+
+# https://www.twilio.com/docs/api/errors/21610: "Attempt to send to unsubscribed recipient".
+UNSUBSCRIBED = 21610
+SIGNATURE_HEADER = "X-Twilio-Signature"
+SIGNATURE_SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"
 
 
 class _RedirectingHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
@@ -67,22 +78,50 @@ class TwilioSms:
         self._from = from_number
         self._validity = validity_period_s
 
-    async def send(self, to: str, body: str) -> SentSms:
+    async def send(self, to: str, body: str, *, status_callback: str | None = None) -> SentSms:
         """Send one message; raise Transient/PermanentDeliveryError when Twilio refuses."""
         kwargs: dict[str, Any] = {"to": to, "from_": self._from, "body": body}
         if self._validity:
             kwargs["validity_period"] = self._validity
+        if status_callback:
+            kwargs["status_callback"] = status_callback
         try:
             message = await self._client.messages.create_async(**kwargs)
         except TwilioRestException as exc:
             status = int(exc.status or 0)
+            code = int(exc.code) if isinstance(exc.code, int) else None
             detail = f"twilio {status} code={exc.code}"
             if status == 429 or status >= 500:
                 raise TransientDeliveryError(detail) from None
-            raise PermanentDeliveryError(detail) from None
+            if code == UNSUBSCRIBED:
+                raise RecipientOptedOut(detail, code=code) from None
+            raise PermanentDeliveryError(detail, code=code) from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise TransientDeliveryError(f"network: {exc.__class__.__name__}") from None
         return SentSms(str(message.sid), str(message.status))
 
     async def close(self) -> None:
         await self._http.close()
+
+
+def signature_valid(
+    auth_token: str,
+    url: str,
+    params: Sequence[tuple[str, str]],
+    signature: str | None,
+    signature_settings: str | None = None,
+) -> bool:
+    """Whether ``signature`` is Twilio's for a webhook to ``url`` with these form fields."""
+    if not signature:
+        return False
+    validator = RequestValidator(auth_token)
+    algorithm = get_signature_algorithm(signature_settings)
+    return bool(validator.validate(url, MultiDict(params), signature, algorithm))
+
+
+def twiml_message(text: str | None) -> str:
+    """A TwiML ``<Response>`` replying with ``text``, or replying with nothing."""
+    response = MessagingResponse()
+    if text:
+        response.message(text)
+    return str(response.to_xml())

@@ -1,14 +1,292 @@
-"""Plain-language patient SMS. Short enough for two SMS segments; no jargon."""
+"""Plain-language SMS texts: patient alerts, nurse escalations, keyword replies. Pure.
+
+A patient text says what happened, what to do and that the nurse was told; a critical one
+also says to call the emergency number (unless the rule's advice already does). Texts are in
+the patient's language (English and Spanish; anything else falls back to English), with
+times in the patient's time zone.
+
+Length: two SMS segments where possible, i.e. 306 GSM-7 characters or 134 UCS-2 units
+(3GPP TS 23.040). One accented letter outside the GSM-7 alphabet (á, í, ó, ú) turns a whole
+text into UCS-2, so when that would cost segments the text falls back to GSM-7 lookalikes, as
+Twilio's Smart Encoding does. The rule's advice is never cut.
+
+Nurse escalations carry ids, severity and the rule's title, never a patient's name or phone.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+from math import ceil
+from types import MappingProxyType
+
 from rules.spec import Severity
 
+MAX_SEGMENTS = 2
+DEFAULT_LANGUAGE = "en"
 
-def patient_alert_sms(title: str, advice: str, severity: Severity) -> str:
-    """What happened, what to do, and that the care team was told."""
-    opening = "Your care team received a reading that needs attention"
-    if severity >= Severity.CRITICAL:
-        opening = "Your latest reading is in the danger range"
-    text = f"{opening} ({title.lower()}). {advice} Your nurse has been told and will contact you."
-    return text.replace("  ", " ").strip()
+# GSM 03.38 default alphabet and its extension table (escape + char = 2 septets).
+_GSM_BASIC = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+_GSM_EXTENSION = frozenset("^{}\\[~]|€\f")
+
+# Lookalikes for characters outside GSM-7, after Twilio's Smart Encoding table.
+_GSM_LOOKALIKES = str.maketrans(
+    {
+        "á": "a",
+        "í": "i",
+        "ó": "o",
+        "ú": "u",
+        "Á": "A",
+        "Í": "I",
+        "Ó": "O",
+        "Ú": "U",
+        "â": "a",
+        "ê": "e",
+        "ô": "o",
+        "ç": "c",
+        "\u2018": "'",  # left single quotation mark
+        "\u2019": "'",  # right single quotation mark
+        "\u201c": '"',
+        "\u201d": '"',
+        "\u2013": "-",  # en dash
+        "\u2014": "-",  # em dash
+        "\u2026": "...",
+        "\u00a0": " ",
+    }
+)
+
+
+def count_segments(text: str) -> int:
+    """How many SMS segments carriers bill for ``text`` (at least 1)."""
+    if all(c in _GSM_BASIC or c in _GSM_EXTENSION for c in text):
+        units = sum(2 if c in _GSM_EXTENSION else 1 for c in text)
+        single, multi = 160, 153
+    else:
+        units = len(text.encode("utf-16-le")) // 2
+        single, multi = 70, 67
+    return 1 if units <= single else ceil(units / multi)
+
+
+def fit(text: str) -> str:
+    """``text``, or its GSM-7 lookalike form when that needs fewer segments past the limit."""
+    if count_segments(text) <= MAX_SEGMENTS:
+        return text
+    plain = text.translate(_GSM_LOOKALIKES)
+    return plain if count_segments(plain) < count_segments(text) else text
+
+
+def language_of(tag: str | None) -> str:
+    """The template language for a BCP 47 tag: ``es-MX`` -> ``es``; unknown -> English."""
+    primary = (tag or "").replace("_", "-").split("-", 1)[0].lower()
+    return primary if primary in _TEXTS else DEFAULT_LANGUAGE
+
+
+@dataclass(frozen=True, slots=True)
+class _Language:
+    """One language's phrases. ``{when}``, ``{title}`` and ``{number}`` are filled in."""
+
+    opening: Mapping[Severity, str]
+    told: Mapping[Severity, str]
+    # Used when the rule has no advice in this language (never another language's advice).
+    generic_advice: Mapping[Severity, str]
+    emergency: str
+    # Phrases meaning the advice already says the care team knows; then ``told`` is left out.
+    already_told: tuple[str, ...]
+    weekdays: tuple[str, ...]
+    twelve_hour: bool
+    help: str
+    contact: str
+    opted_out: str
+    opted_in: str
+    reply_received: str
+    unknown_sender: str
+
+
+def _by_severity(critical: str, high: str, other: str) -> Mapping[Severity, str]:
+    return MappingProxyType(
+        {
+            Severity.CRITICAL: critical,
+            Severity.HIGH: high,
+            Severity.MEDIUM: other,
+            Severity.LOW: other,
+        }
+    )
+
+
+_TEXTS: Mapping[str, _Language] = MappingProxyType(
+    {
+        "en": _Language(
+            opening=_by_severity(
+                "URGENT health alert ({when}): {title}. Your reading is in the danger range.",
+                "Health alert ({when}): {title}. This needs attention today.",
+                "Health update ({when}): {title}.",
+            ),
+            told=_by_severity(
+                "Your nurse has been told.",
+                "Your nurse has been told and will contact you.",
+                "Your nurse has been told and will review it.",
+            ),
+            generic_advice=_by_severity(
+                "Sit down, rest and measure again.", "Rest and measure again.", ""
+            ),
+            emergency="If you feel very unwell, call {number} now.",
+            already_told=("been told", "been notified", "will contact you"),
+            weekdays=("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"),
+            twelve_hour=True,
+            help=(
+                "Health alerts from your care team's remote monitoring. Reply STOP to stop "
+                "these texts, START to restart. Msg & data rates may apply. For emergencies "
+                "call {number}."
+            ),
+            contact="Questions: {contact}",
+            opted_out=(
+                "You are unsubscribed from care team health alerts and will get no more texts. "
+                "Reply START to resubscribe. For emergencies call {number}."
+            ),
+            opted_in=(
+                "You will get care team health alerts by text again. Reply HELP for help, "
+                "STOP to stop. Msg & data rates may apply."
+            ),
+            reply_received=(
+                "Thank you, your care team will read your message. This number is not watched "
+                "all the time: for emergencies call {number}."
+            ),
+            unknown_sender=(
+                "Sorry, we could not match this phone number to a patient. Please call your "
+                "care team. For emergencies call {number}."
+            ),
+        ),
+        "es": _Language(
+            opening=_by_severity(
+                "ALERTA DE SALUD URGENTE ({when}): su lectura está en un nivel peligroso.",
+                "Alerta de salud ({when}): una lectura suya necesita atención hoy.",
+                "Aviso de salud ({when}) sobre sus mediciones en casa.",
+            ),
+            told=_by_severity(
+                "Ya avisamos a su equipo de enfermería.",
+                "Ya avisamos a su equipo de enfermería; le contactarán.",
+                "Ya avisamos a su equipo de enfermería; lo revisarán.",
+            ),
+            generic_advice=_by_severity(
+                "Siéntese, descanse y vuelva a medir.",
+                "Descanse y vuelva a medir hoy.",
+                "Siga su plan de cuidado.",
+            ),
+            emergency="Si se siente muy mal, llame al {number} ahora.",
+            already_told=("ya avisamos", "ya fue avisad", "ha sido informad", "le contactar"),
+            weekdays=("lun", "mar", "mié", "jue", "vie", "sáb", "dom"),
+            twelve_hour=False,
+            help=(
+                "Alertas de salud del monitoreo remoto de su equipo de salud. Responda STOP "
+                "para dejar de recibirlas y START para volver a recibirlas. En una emergencia "
+                "llame al {number}."
+            ),
+            contact="Preguntas: {contact}",
+            opted_out=(
+                "Ya no recibirá alertas de salud por mensaje de texto. Responda START para "
+                "volver a recibirlas. En una emergencia llame al {number}."
+            ),
+            opted_in=(
+                "Volverá a recibir alertas de salud por mensaje de texto. Responda HELP para "
+                "ayuda o STOP para dejar de recibirlas."
+            ),
+            reply_received=(
+                "Gracias, su equipo de salud leerá su mensaje. Este número no se revisa todo "
+                "el tiempo: en una emergencia llame al {number}."
+            ),
+            unknown_sender=(
+                "No encontramos a un paciente con este número. Llame a su equipo de salud. "
+                "En una emergencia llame al {number}."
+            ),
+        ),
+    }
+)
+
+
+def local_time(at: datetime, now: datetime, zone: tzinfo, language: str) -> str:
+    """``at`` as the patient reads it: ``10:42 PM``, with the weekday when not today."""
+    texts = _TEXTS[language_of(language)]
+    local = at.astimezone(zone)
+    if texts.twelve_hour:
+        hour = local.hour % 12 or 12
+        clock = f"{hour}:{local.minute:02d} {'AM' if local.hour < 12 else 'PM'}"
+    else:
+        clock = f"{local.hour}:{local.minute:02d}"
+    if local.date() != now.astimezone(zone).date():
+        return f"{texts.weekdays[local.weekday()]} {clock}"
+    return clock
+
+
+def patient_alert(
+    *,
+    severity: Severity,
+    title: str,
+    advice: Mapping[str, str],
+    language: str,
+    at: datetime,
+    now: datetime,
+    zone: tzinfo,
+    emergency_number: str = "911",
+) -> str:
+    """What happened (at ``at``, local time), what to do, and that the nurse was told."""
+    lang = language_of(language)
+    texts = _TEXTS[lang]
+    advice_text = " ".join((advice.get(lang) or texts.generic_advice[severity]).split())
+    when = local_time(at, now, zone, lang)
+    parts = [texts.opening[severity].format(when=when, title=title.strip().rstrip("."))]
+    if advice_text:
+        parts.append(advice_text if advice_text.endswith((".", "!", "?")) else advice_text + ".")
+    if severity >= Severity.CRITICAL and emergency_number not in advice_text:
+        parts.append(texts.emergency.format(number=emergency_number))
+    lowered = advice_text.lower()
+    if not any(phrase in lowered for phrase in texts.already_told):
+        parts.append(texts.told[severity])
+    return fit(" ".join(parts))
+
+
+def escalation(
+    *,
+    alert_id: int,
+    severity: Severity,
+    title: str,
+    patient_id: str,
+    tier: int,
+    minutes_unacknowledged: int,
+    link: str,
+) -> str:
+    """A nurse escalation: ids, severity, the rule's title, how long unacknowledged, a link."""
+    short_title = title if len(title) <= 60 else title[:57].rstrip() + "..."
+    return fit(
+        f"RPM escalation, tier {tier}: alert {alert_id} ({severity.name}) {short_title}, "
+        f"patient {patient_id}, unacknowledged for {minutes_unacknowledged} min. {link}"
+    )
+
+
+def help_reply(language: str, *, emergency_number: str = "911", contact: str = "") -> str:
+    """The answer to HELP: who texts, how to stop, where to call."""
+    texts = _TEXTS[language_of(language)]
+    text = texts.help.format(number=emergency_number)
+    if contact:
+        text = f"{text} {texts.contact.format(contact=contact)}"
+    return fit(text)
+
+
+def opted_out_reply(language: str, *, emergency_number: str = "911") -> str:
+    return fit(_TEXTS[language_of(language)].opted_out.format(number=emergency_number))
+
+
+def opted_in_reply(language: str, *, emergency_number: str = "911") -> str:
+    return fit(_TEXTS[language_of(language)].opted_in.format(number=emergency_number))
+
+
+def reply_received(language: str, *, emergency_number: str = "911") -> str:
+    """The answer to a free-text reply: the care team will read it; not for emergencies."""
+    return fit(_TEXTS[language_of(language)].reply_received.format(number=emergency_number))
+
+
+def unknown_sender_reply(*, emergency_number: str = "911") -> str:
+    return fit(_TEXTS[DEFAULT_LANGUAGE].unknown_sender.format(number=emergency_number))

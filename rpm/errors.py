@@ -8,7 +8,8 @@
     ├── StorageError           the database failed; the caller may retry the whole unit of work
     ├── DeliveryError          an outside service (SMS, EHR) failed
     │   ├── TransientDeliveryError   retry later with backoff
-    │   └── PermanentDeliveryError   do not retry; keep the answer for people to see
+    │   └── PermanentDeliveryError   do not retry; keep the answer (and its code) for people
+    │       └── RecipientOptedOut    the recipient unsubscribed at the provider (Twilio 21610)
     ├── BrokerProvisioningError  the broker refused or missed a login change; retry the request
     └── ConfigurationError     settings are wrong; fix and restart
 """
@@ -42,6 +43,14 @@ class TransientDeliveryError(DeliveryError):
 
 class PermanentDeliveryError(DeliveryError):
     """Not worth retrying (4xx other than 429): keep the answer for people to see."""
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code  # the provider's error code, when it gave one
+
+
+class RecipientOptedOut(PermanentDeliveryError):
+    """The recipient replied STOP at the provider (Twilio 21610): stop texting them."""
 
 
 class BrokerProvisioningError(RpmError):

@@ -8,6 +8,12 @@ request the real API would not understand fails here too.
 The sink is deliberately stricter than Twilio in one place: real Twilio ignores unknown
 parameters with warning 20001; with a contract given, the sink refuses them with that code.
 
+It also plays Twilio's side of the webhooks: it can post delivery status callbacks to the
+``StatusCallback`` a message was created with, and inbound SMS to a webhook URL, each signed
+with twilio's own ``RequestValidator`` (``X-Twilio-Signature``) as Twilio signs them. Faults
+on demand: the next N creates (``fail_next``), every create for a while (``fail_for``) or
+until lifted (``set_outage``), and recipients who texted STOP (``unsubscribe``: 21610).
+
 It never logs phone numbers or bodies, only sids, lengths and counts.
 """
 
@@ -21,6 +27,7 @@ import json
 import logging
 import re
 import signal
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,10 +38,12 @@ from math import ceil
 from pathlib import Path
 from urllib.parse import parse_qsl
 
+import aiohttp
 from aiohttp import web
 from multidict import MultiDict, MultiDictProxy, MultiMapping
+from twilio.request_validator import RequestValidator
 
-__all__ = ["RecordedMessage", "TwilioSink", "main", "run_forever"]
+__all__ = ["RecordedMessage", "SentWebhook", "TwilioSink", "main", "run_forever"]
 
 _log = logging.getLogger(__name__)
 
@@ -74,6 +83,16 @@ class RecordedMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class SentWebhook:
+    """A webhook request the sink made to the server under test, and the answer."""
+
+    url: str
+    fields: Mapping[str, str]
+    status: int
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
 class _ApiError:
     """An answer in Twilio's REST error shape."""
 
@@ -91,6 +110,8 @@ class _ApiError:
 
 
 _UNAUTHORIZED = _ApiError(401, 20003, "Authenticate")
+# https://www.twilio.com/docs/api/errors/21610
+_UNSUBSCRIBED = _ApiError(400, 21610, "Attempt to send to unsubscribed recipient")
 _NOT_FOUND = _ApiError(404, 20404, "The requested resource was not found")
 
 
@@ -283,6 +304,9 @@ class TwilioSink:
         self._fail_count = 0
         self._fail_status = 503
         self._outage_status: int | None = None
+        self._outage_until: float | None = None  # time.monotonic() deadline of fail_for
+        self._unsubscribed: set[str] = set()
+        self._webhooks: list[SentWebhook] = []
         self._arrived = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.base_url: str | None = None
@@ -338,6 +362,128 @@ class TwilioSink:
         """While down, answer every authenticated create with ``status``."""
         _check_error_status(status)
         self._outage_status = status if down else None
+        self._outage_until = None
+
+    def fail_for(self, seconds: float, status: int = 503) -> None:
+        """Answer every authenticated create with ``status`` for the next ``seconds``."""
+        _check_error_status(status)
+        if seconds < 0:
+            raise ValueError(f"seconds must be >= 0, got {seconds}")
+        self._outage_status = status
+        self._outage_until = time.monotonic() + seconds
+
+    def unsubscribe(self, number: str) -> None:
+        """``number`` texted STOP: creates to it are refused with 21610 until resubscribed."""
+        self._unsubscribed.add(number)
+
+    def resubscribe(self, number: str) -> None:
+        self._unsubscribed.discard(number)
+
+    @property
+    def webhooks(self) -> list[SentWebhook]:
+        """Status callbacks and inbound SMS the sink posted, oldest first (a copy)."""
+        return list(self._webhooks)
+
+    def signature(self, url: str, fields: Mapping[str, str], auth_token: str | None = None) -> str:
+        """``X-Twilio-Signature`` of a webhook to ``url`` with ``fields``, as Twilio signs it."""
+        validator = RequestValidator(auth_token if auth_token is not None else self._auth_token)
+        return str(validator.compute_signature(url, dict(fields)))
+
+    async def send_status(
+        self,
+        sid: str,
+        status: str,
+        *,
+        error_code: int | None = None,
+        url: str | None = None,
+        signed_url: str | None = None,
+    ) -> SentWebhook:
+        """Post a status callback for message ``sid`` to its ``StatusCallback`` (or ``url``).
+
+        The callback is signed for ``signed_url`` when given (a proxy in front of ``url``).
+        """
+        message = next((m for m in self._messages if m.sid == sid), None)
+        if message is None:
+            raise KeyError(f"no accepted message {sid}")
+        target = url or message.status_callback
+        if not target:
+            raise ValueError(f"message {sid} was created without a StatusCallback")
+        fields = {
+            "AccountSid": message.account_sid,
+            "ApiVersion": _API_VERSION,
+            "From": message.from_ or "",
+            "MessageSid": sid,
+            "MessageStatus": status,
+            "SmsSid": sid,
+            "SmsStatus": status,
+            "To": message.to,
+        }
+        if error_code is not None:
+            fields["ErrorCode"] = str(error_code)
+        if message.messaging_service_sid:
+            fields["MessagingServiceSid"] = message.messaging_service_sid
+        resource = self._resources[sid]
+        resource["status"] = status
+        resource["error_code"] = error_code
+        return await self._post_webhook(target, fields, signed_url=signed_url)
+
+    async def send_inbound(
+        self,
+        url: str,
+        *,
+        from_: str,
+        body: str,
+        to: str = "+15005550006",
+        sid: str | None = None,
+        extra: Mapping[str, str] | None = None,
+        signed: bool = True,
+        auth_token: str | None = None,
+        signed_url: str | None = None,
+    ) -> SentWebhook:
+        """Post an inbound SMS to the webhook ``url``, signed unless ``signed`` is False.
+
+        ``auth_token`` signs with another token, as a forger would; ``signed_url`` signs for
+        another URL, as Twilio does when a proxy forwards its request to ``url``.
+        """
+        sid = sid or "SM" + uuid.uuid4().hex
+        fields = {
+            "AccountSid": self._account_sid,
+            "ApiVersion": _API_VERSION,
+            "Body": body,
+            "From": from_,
+            "MessageSid": sid,
+            "NumMedia": "0",
+            "NumSegments": str(_count_segments(body)),
+            "SmsMessageSid": sid,
+            "SmsSid": sid,
+            "SmsStatus": "received",
+            "To": to,
+            **(extra or {}),
+        }
+        return await self._post_webhook(
+            url, fields, signed=signed, auth_token=auth_token, signed_url=signed_url
+        )
+
+    async def _post_webhook(
+        self,
+        url: str,
+        fields: Mapping[str, str],
+        *,
+        signed: bool = True,
+        auth_token: str | None = None,
+        signed_url: str | None = None,
+    ) -> SentWebhook:
+        headers = {"User-Agent": "TwilioProxy/1.1"}
+        if signed:
+            headers["X-Twilio-Signature"] = self.signature(signed_url or url, fields, auth_token)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(url, data=dict(fields), headers=headers) as response,
+        ):
+            sent = SentWebhook(url, dict(fields), response.status, await response.text())
+        self._webhooks.append(sent)
+        _log.info("webhook %s for %s: HTTP %d", url, fields.get("MessageSid"), sent.status)
+        return sent
 
     # The timeout parameter is part of the API other modules code against.
     async def wait_for(
@@ -399,12 +545,17 @@ class TwilioSink:
         """Why this create is refused, or None. Auth first, then injected faults, then rules."""
         if not self._authorized(request):
             return _UNAUTHORIZED
+        if self._outage_until is not None and time.monotonic() >= self._outage_until:
+            self._outage_status = self._outage_until = None
         if self._outage_status is not None:
             return _injected_error(self._outage_status)
         if self._fail_count > 0:
             self._fail_count -= 1
             return _injected_error(self._fail_status)
-        return _validate_create(form, self._contract)
+        invalid = _validate_create(form, self._contract)
+        if invalid is None and form.get("To") in self._unsubscribed:
+            return _UNSUBSCRIBED
+        return invalid
 
     def _authorized(self, request: web.Request) -> bool:
         credentials = _basic_credentials(request.headers.get("Authorization", ""))

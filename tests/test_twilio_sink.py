@@ -16,9 +16,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import pytest
+from aiohttp import web
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response
+from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 from twilio.rest.api.v2010.account.message import MessageInstance
 
@@ -505,3 +507,94 @@ async def test_command_line_prints_sid_and_length_only() -> None:
 )
 def test_segment_count_follows_gsm7_and_ucs2(body: str, segments: int) -> None:
     assert _count_segments(body) == segments
+
+
+# -- outages in time, unsubscribed recipients, webhooks to the server under test -------------
+
+
+async def test_fail_for_fails_creates_for_a_time_then_recovers(
+    running: Running, client: Client
+) -> None:
+    running.sink.fail_for(0.3, status=503)
+
+    with pytest.raises(TwilioRestException) as raised:
+        await client.messages.create_async(to=PATIENT, from_=SENDER, body=BODY)
+    assert (raised.value.status, raised.value.code) == (503, 20503)
+    await asyncio.sleep(0.35)
+    await client.messages.create_async(to=PATIENT, from_=SENDER, body=BODY)
+
+    assert len(running.sink.messages) == 1
+
+
+async def test_unsubscribed_recipient_is_refused_with_21610(
+    running: Running, client: Client
+) -> None:
+    running.sink.unsubscribe(PATIENT)
+
+    with pytest.raises(TwilioRestException) as raised:
+        await client.messages.create_async(to=PATIENT, from_=SENDER, body=BODY)
+    assert (raised.value.status, raised.value.code) == (400, 21610)
+
+    running.sink.resubscribe(PATIENT)
+    await client.messages.create_async(to=PATIENT, from_=SENDER, body=BODY)
+    assert len(running.sink.messages) == 1
+
+
+@asynccontextmanager
+async def receiver() -> AsyncIterator[tuple[str, list[tuple[str, dict[str, str], str]]]]:
+    """A tiny HTTP server recording (path, form, X-Twilio-Signature) of what it receives."""
+    received: list[tuple[str, dict[str, str], str]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        received.append((request.path, form, request.headers.get("X-Twilio-Signature", "")))
+        return web.Response(text="<Response/>", content_type="application/xml")
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", record)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}", received
+    finally:
+        await runner.cleanup()
+
+
+async def test_status_callbacks_go_to_the_status_callback_url_signed(
+    running: Running, client: Client
+) -> None:
+    async with receiver() as (url, received):
+        created = await client.messages.create_async(
+            to=PATIENT, from_=SENDER, body=BODY, status_callback=f"{url}/twilio/status"
+        )
+        answer = await running.sink.send_status(created.sid, "undelivered", error_code=30003)
+        fetched = await client.messages(created.sid).fetch_async()
+
+    assert answer.status == 200
+    [(path, form, signature)] = received
+    assert path == "/twilio/status"
+    assert (form["MessageSid"], form["MessageStatus"], form["ErrorCode"]) == (
+        created.sid,
+        "undelivered",
+        "30003",
+    )
+    assert form["To"] == PATIENT
+    assert RequestValidator(AUTH_TOKEN).validate(f"{url}/twilio/status", form, signature)
+    assert fetched.status == "undelivered"
+    assert running.sink.webhooks == [answer]
+
+
+async def test_inbound_sms_is_signed_like_twilio(running: Running) -> None:
+    async with receiver() as (url, received):
+        answer = await running.sink.send_inbound(f"{url}/twilio/sms", from_=PATIENT, body="STOP")
+        await running.sink.send_inbound(f"{url}/twilio/sms", from_=PATIENT, body="x", signed=False)
+
+    assert answer.body == "<Response/>"
+    [(_, form, signature), (_, _, unsigned)] = received
+    assert (form["From"], form["Body"], form["SmsStatus"]) == (PATIENT, "STOP", "received")
+    assert SID.fullmatch(form["MessageSid"])
+    assert RequestValidator(AUTH_TOKEN).validate(f"{url}/twilio/sms", form, signature)
+    assert not RequestValidator("other").validate(f"{url}/twilio/sms", form, signature)
+    assert unsigned == ""

@@ -16,6 +16,7 @@ class OutboxItem:
     channel: str
     payload: dict[str, Any]
     attempts: int
+    created_at: datetime | None = None  # when its cause was committed
 
 
 async def enqueue(conn: Conn, items: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
@@ -29,21 +30,31 @@ async def enqueue(conn: Conn, items: Sequence[tuple[str, str, dict[str, Any]]]) 
     )
 
 
-async def claim_due(conn: Conn, channel: str, limit: int, lease: timedelta) -> list[OutboxItem]:
-    """Take due items, leasing them so a concurrent worker skips them until the lease ends."""
+async def claim_due(
+    conn: Conn, channel: str, limit: int, lease: timedelta, now: datetime | None = None
+) -> list[OutboxItem]:
+    """Take due items, leasing them so a concurrent worker skips them until the lease ends.
+
+    ``now`` is the worker's clock (the database's when None).
+    """
     rows = await conn.fetch(
-        """UPDATE outbox SET next_attempt_at = now() + $3::interval, attempts = attempts + 1
+        """UPDATE outbox SET next_attempt_at = coalesce($4::timestamptz, now()) + $3::interval,
+                             attempts = attempts + 1
             WHERE id IN (SELECT id FROM outbox
                           WHERE channel = $1 AND delivered_at IS NULL AND failed_at IS NULL
-                            AND next_attempt_at <= now()
+                            AND next_attempt_at <= coalesce($4::timestamptz, now())
                           ORDER BY next_attempt_at
                           LIMIT $2 FOR UPDATE SKIP LOCKED)
-        RETURNING id, channel, payload, attempts""",
+        RETURNING id, channel, payload, attempts, created_at""",
         channel,
         limit,
         lease,
+        now,
     )
-    return [OutboxItem(r["id"], r["channel"], r["payload"], r["attempts"]) for r in rows]
+    return [
+        OutboxItem(r["id"], r["channel"], r["payload"], r["attempts"], r["created_at"])
+        for r in rows
+    ]
 
 
 async def delivered(conn: Conn, item_id: int, result: dict[str, Any]) -> None:
@@ -60,6 +71,18 @@ async def retry_at(conn: Conn, item_id: int, when: datetime, error: str) -> None
         item_id,
         when,
         error,
+    )
+
+
+async def defer(conn: Conn, item_id: int, when: datetime, reason: str) -> None:
+    """Hold a claimed item until ``when`` without counting the claim as a delivery attempt."""
+    await conn.execute(
+        """UPDATE outbox SET next_attempt_at = $2, last_error = $3,
+                             attempts = greatest(attempts - 1, 0)
+            WHERE id = $1""",
+        item_id,
+        when,
+        reason,
     )
 
 

@@ -1,0 +1,177 @@
+"""Twilio's webhooks: inbound SMS (``POST /twilio/sms``) and status callbacks
+(``POST /twilio/status``).
+
+Every request must carry Twilio's ``X-Twilio-Signature`` for the URL Twilio called, which is
+``RPM_PUBLIC_BASE_URL`` + path (a proxy in front changes what this server sees); 403 otherwise.
+
+Inbound: STOP and its synonyms opt the sender out, START opts back in, HELP explains; each
+gets a TwiML reply. Any other text is stored, attached to the sender's most recent unresolved
+alert, audited on it (``patient_reply``) and announced on ``rpm_alerts``. Unknown numbers get
+a generic reply and their message is stored without a patient.
+
+Status callbacks move ``sms_messages`` forward by MessageSid (idempotent, never backwards);
+error 21610 marks the patient opted out.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import parse_qsl
+
+import asyncpg
+from fastapi import APIRouter, HTTPException, Request, Response
+
+from alerts import templates
+from alerts.sms import (
+    SIGNATURE_HEADER,
+    SIGNATURE_SETTINGS_HEADER,
+    UNSUBSCRIBED,
+    signature_valid,
+    twiml_message,
+)
+from alerts.sms_policy import Keyword, keyword_of
+from rpm.settings import Settings
+from rpm.storage import alerts as alert_store
+from rpm.storage import sms as sms_store
+from rpm.storage.pool import Conn
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+_FORM = "application/x-www-form-urlencoded"
+_TWIML = "application/xml"
+PATIENT_REPLY = "patient_reply"
+
+
+def router(pool: asyncpg.Pool, settings: Settings) -> APIRouter:
+    """The webhook routes, checking signatures with the account's auth token."""
+    api = APIRouter(prefix="/twilio", tags=["twilio"])
+    token = settings.twilio_auth_token.get_secret_value()
+    number = settings.sms_emergency_number
+
+    async def signed_form(request: Request) -> dict[str, str]:
+        raw = await request.body()
+        if len(raw) > MAX_BODY_BYTES:
+            raise HTTPException(413, "too large")
+        media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        text = raw.decode("utf-8", errors="replace") if media == _FORM else ""
+        pairs = parse_qsl(text, keep_blank_values=True)
+        url = settings.public_url(request.url.path)
+        if request.url.query:
+            url += "?" + request.url.query
+        if not signature_valid(
+            token,
+            url,
+            pairs,
+            request.headers.get(SIGNATURE_HEADER),
+            request.headers.get(SIGNATURE_SETTINGS_HEADER),
+        ):
+            log.warning("twilio webhook %s: missing or invalid signature", request.url.path)
+            raise HTTPException(403, "invalid signature")
+        return dict(pairs)  # Twilio sends each of these fields once
+
+    @api.post("/sms")
+    async def inbound(request: Request) -> Response:
+        """An SMS to our number: a keyword, or a reply for the care team."""
+        form = await signed_form(request)
+        sid = form.get("MessageSid") or form.get("SmsSid") or None
+        sender = form.get("From", "")
+        body = form.get("Body", "")
+        keyword = keyword_of(body, form.get("OptOutType"))
+        async with pool.acquire() as conn, conn.transaction():
+            reply = await _handle_inbound(conn, sid, sender, body, keyword, number, settings)
+        return Response(twiml_message(reply), media_type=_TWIML)
+
+    @api.post("/status")
+    async def status(request: Request) -> Response:
+        """A delivery status callback for a message we sent."""
+        form = await signed_form(request)
+        sid = form.get("MessageSid") or form.get("SmsSid")
+        state = form.get("MessageStatus") or form.get("SmsStatus")
+        if not sid or not state:
+            raise HTTPException(400, "MessageSid and MessageStatus are required")
+        code_text = form.get("ErrorCode", "")
+        code = int(code_text) if code_text.isdigit() else None
+        async with pool.acquire() as conn, conn.transaction():
+            recorded = await sms_store.apply_status(conn, sid, state, code)
+            if recorded and recorded.error_code == UNSUBSCRIBED and recorded.patient_id:
+                await sms_store.opt_out(conn, [recorded.patient_id])
+        if recorded is None:
+            log.debug("sms %s: status %s not newer, ignored", sid, state)
+        else:
+            log.info("sms %s: status %s code=%s", sid, recorded.status, recorded.error_code)
+        return Response(status_code=204)
+
+    return api
+
+
+async def _handle_inbound(
+    conn: Conn,
+    sid: str | None,
+    sender: str,
+    body: str,
+    keyword: Keyword | None,
+    number: str,
+    settings: Settings,
+) -> str:
+    """Apply an inbound SMS; return the reply text."""
+    patients = await sms_store.patients_by_phone(conn, sender) if sender else []
+    ids = [p.patient_id for p in patients]
+    language = patients[0].language if patients else templates.DEFAULT_LANGUAGE
+    first = ids[0] if ids else None
+    if keyword is not None:
+        await sms_store.record_inbound(conn, sid=sid, patient_id=first, alert_id=None, body=body)
+        log.info("sms %s: keyword %s from patients=%s", sid, keyword.value, ids or "unknown")
+        if keyword is Keyword.OPT_OUT:
+            await sms_store.opt_out(conn, ids)
+            return templates.opted_out_reply(language, emergency_number=number)
+        if keyword is Keyword.OPT_IN:
+            await sms_store.opt_in(conn, ids)
+            return templates.opted_in_reply(language, emergency_number=number)
+        return templates.help_reply(
+            language, emergency_number=number, contact=settings.sms_help_contact
+        )
+    if not ids:
+        await sms_store.record_inbound(conn, sid=sid, patient_id=None, alert_id=None, body=body)
+        log.info("sms %s: reply from an unknown number", sid)
+        return templates.unknown_sender_reply(emergency_number=number)
+    alert = await _latest_unresolved(conn, ids)
+    patient_id = str(alert["patient_id"]) if alert else ids[0]
+    alert_id = int(alert["id"]) if alert else None
+    stored = await sms_store.record_inbound(
+        conn, sid=sid, patient_id=patient_id, alert_id=alert_id, body=body
+    )
+    if stored is not None and alert is not None:
+        await sms_store.reply_event(
+            conn,
+            alert_id=int(alert["id"]),
+            patient_id=patient_id,
+            state=str(alert["state"]),
+            severity=str(alert["severity"]),
+            text=body,
+        )
+        await alert_store.notify(
+            conn,
+            [
+                {
+                    "alert_id": alert["id"],
+                    "patient_id": patient_id,
+                    "action": PATIENT_REPLY,
+                    "state": alert["state"],
+                    "severity": alert["severity"],
+                }
+            ],
+        )
+    log.info("sms %s: reply from patient=%s on alert=%s", sid, patient_id, alert_id)
+    return templates.reply_received(language, emergency_number=number)
+
+
+async def _latest_unresolved(conn: Conn, patient_ids: list[str]) -> dict[str, Any] | None:
+    """The most recently opened unresolved alert of any of these patients."""
+    found: list[dict[str, Any]] = []
+    for pid in patient_ids:
+        found += await alert_store.listing(
+            conn, states=["open", "acknowledged"], patient_id=pid, limit=1000
+        )
+    return max(found, key=lambda a: (a["opened_at"], a["id"]), default=None)
