@@ -12,15 +12,18 @@ import signal
 import socket
 import sys
 from collections.abc import Coroutine
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import uvloop
 from pydantic import SecretStr
 
+from rpm import backtest_io, staff_cli
 from rpm.localservices import LocalServices, ServiceEndpoints, free_port
 from rpm.server import Server, run_migrations
 from rpm.settings import Settings
+from rules.backtest import Options as BacktestOptions
 
 DEFAULT_DATA_DIR = Path(".rpm-data")
 T = TypeVar("T")
@@ -72,6 +75,75 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=60.0, help="wall time for the replay")
     p.add_argument("--live", action="store_true", help="keep publishing live readings afterwards")
 
+    p = sub.add_parser("rules", help="care-program rules: backtest a rule set")
+    rules = p.add_subparsers(dest="rules_command", required=True)
+    p = rules.add_parser(
+        "backtest",
+        help="replay readings through a rule set and count the alerts it would raise",
+        description="Replay stored (or CSV) readings through the rule engine and the alert "
+        "policy, and report the alert burden: alerts per rule and severity, per "
+        "patient-month and per nurse-day.",
+    )
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--csv", type=Path, metavar="FILE", help="readings from a CSV file")
+    source.add_argument("--database-url", help="stored readings (default: RPM_DATABASE_URL)")
+    p.add_argument(
+        "--from",
+        dest="start",
+        type=backtest_io.parse_when,
+        metavar="DATE",
+        help="first day (UTC) of the period; earlier readings only warm the rules up",
+    )
+    p.add_argument(
+        "--to",
+        dest="end",
+        type=backtest_io.parse_until,
+        metavar="DATE",
+        help="last day (UTC, inclusive) of the period",
+    )
+    p.add_argument("--patients", type=backtest_io.parse_names, help="only these ids (a,b,c)")
+    p.add_argument(
+        "--programs",
+        type=backtest_io.parse_names,
+        metavar="A,B",
+        help="every patient in these programs (default: stored programs and overrides; "
+        "for CSV, the programs column)",
+    )
+    p.add_argument(
+        "--program",
+        dest="program_files",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a program (YAML/JSON) that replaces or adds to the built-in ones",
+    )
+    p.add_argument(
+        "--compare",
+        dest="compare_files",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="also replay with this program file and report both side by side",
+    )
+    p.add_argument(
+        "--resolve-after-hours",
+        type=float,
+        default=24.0,
+        help="a nurse resolves each alert this long after it opens (default 24)",
+    )
+    p.add_argument("--patients-per-nurse", type=int, default=100)
+    p.add_argument(
+        "--step-minutes",
+        type=float,
+        default=60.0,
+        help="replay step and missing-data timer interval (default 60)",
+    )
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
+
+    staff_cli.add_parser(sub, DEFAULT_DATA_DIR)
+
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -112,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
             stop_services=args.stop_services,
         )
         return run(run_demo(opts))
+    if args.command == "staff":
+        return staff_cli.run(args, _settings(args.local))
+    if args.command == "rules":
+        return _rules_backtest(args)
     return 2
 
 
@@ -216,6 +292,35 @@ def pick_port(wanted: int) -> int:
         except OSError:
             return free_port()
     return wanted
+
+
+def _rules_backtest(args: argparse.Namespace) -> int:
+    """``rpm rules backtest``: the alert burden of a rule set over stored or CSV readings."""
+    try:
+        options = BacktestOptions(
+            start=args.start,
+            end=args.end,
+            step=timedelta(minutes=args.step_minutes),
+            resolve_after=timedelta(hours=args.resolve_after_hours),
+            patients_per_nurse=args.patients_per_nurse,
+        )
+    except ValueError as exc:
+        print(f"rpm rules backtest: {exc}", file=sys.stderr)
+        return 2
+    database_url = None
+    if args.csv is None:
+        database_url = args.database_url or Settings().database_url.get_secret_value()
+    request = backtest_io.Request(
+        options,
+        csv=args.csv,
+        database_url=database_url,
+        patients=args.patients or (),
+        programs=args.programs,
+        program_files=tuple(args.program_files),
+        compare_files=tuple(args.compare_files),
+        json_path=args.json,
+    )
+    return backtest_io.run(request, sys.stdout, sys.stderr)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from rpm.cli import pick_port, settings_for_local
 from rpm.localservices import LocalServices
 from rpm.server import Server
 from rpm.settings import Settings
+from rpm.staff_cli import demo_nurse
 from rpm.storage import registry
 from rpm.storage.pool import Conn, connect
 from simulators.fleet import VirtualPatient, make_fleet
@@ -65,11 +66,13 @@ async def run_demo(opts: DemoOptions) -> int:
     assert server.pool is not None
     async with server.pool.acquire() as conn:
         await seed(conn, fleet, since=start - timedelta(days=1))
+        nurse, nurse_password = await demo_nurse(conn)
     events = sum(1 for p in fleet if p.event)
     print(
         f"\nRPM demo: {len(fleet)} virtual patients, {len(fleet) * 3} devices, "
         f"{events} with a scheduled event.\n"
         f"  Dashboard (live triage queue): http://127.0.0.1:{port}/\n"
+        f"    sign in as {nurse}, password {nurse_password} (a new one on every start)\n"
         f"  Alerts API:  http://127.0.0.1:{port}/api/alerts\n"
         f"  FHIR:        http://127.0.0.1:{port}/fhir/Observation?patient={fleet[0].patient_id}\n"
         f"Replaying {opts.days:g} days of readings in {opts.seconds:g} s; Ctrl-C to stop.\n",
