@@ -1,0 +1,216 @@
+"""Bundles and OperationOutcomes as plain JSON: searchsets we answer, transactions we push,
+and the transaction-responses we read back. Pure.
+
+Transactions follow FHIR R4 http.html#transaction: each Observation is a conditional create
+(``request.ifNoneExist`` on its identifier), so sending it again, after a timeout or a crash,
+stores nothing new at the EHR (http.html#ccreate). The subject is a conditional reference
+(``Patient?identifier=<system>|<id>``, resolved by the EHR within the transaction), because the
+EHR does not know our Patient ids; the device is a logical reference by identifier.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .mapping import IDENTIFIER_SYSTEM, RecordedReading, recorded_observations
+
+DEVICE_IDENTIFIER_SYSTEM = "urn:rpm:device"
+PATIENT_IDENTIFIER_SYSTEM = "urn:rpm:patient"
+# An entry named in an OperationOutcome's expression or location: "Bundle.entry[3]...".
+_ENTRY_INDEX = re.compile(r"Bundle\.entry\[(\d+)\]")
+
+
+def operation_outcome(
+    code: str, diagnostics: str, *, severity: str = "error", expression: str | None = None
+) -> dict[str, Any]:
+    """An OperationOutcome with one issue (``code`` from the R4 issue-type value set)."""
+    issue: dict[str, Any] = {"severity": severity, "code": code, "diagnostics": diagnostics}
+    if expression is not None:
+        issue["expression"] = [expression]
+    return {"resourceType": "OperationOutcome", "issue": [issue]}
+
+
+def searchset(
+    resources: Sequence[dict[str, Any]],
+    base_url: str,
+    self_url: str,
+    *,
+    next_url: str | None = None,
+    total: int | None = None,
+) -> dict[str, Any]:
+    """A searchset Bundle of ``resources`` (one page), with self and next links."""
+    links = [{"relation": "self", "url": self_url}]
+    if next_url is not None:
+        links.append({"relation": "next", "url": next_url})
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if total is not None:
+        bundle["total"] = total
+    bundle["link"] = links
+    bundle["entry"] = [
+        {
+            "fullUrl": f"{base_url}/{r['resourceType']}/{r['id']}",
+            "resource": r,
+            "search": {"mode": "match"},
+        }
+        for r in resources
+    ]
+    return bundle
+
+
+# --- the push: transaction Bundles ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PushEntry:
+    """One Observation on its way to the EHR, and the reading it records."""
+
+    observation_id: str
+    reading_key: tuple[str, str, str]  # device id, metric, measured time (ISO)
+    patient_id: str
+    resource: dict[str, Any]  # as the EHR gets it (see ``for_ehr``)
+
+
+def for_ehr(
+    observation: dict[str, Any], patient_id: str, device_id: str, patient_system: str
+) -> dict[str, Any]:
+    """Our Observation as another server stores it: no id (the EHR assigns its own), the
+    subject as a conditional reference by identifier, the device by identifier."""
+    out = {k: v for k, v in observation.items() if k != "id"}
+    out["subject"] = {"reference": f"Patient?identifier={patient_system}|{patient_id}"}
+    out["device"] = {"identifier": {"system": DEVICE_IDENTIFIER_SYSTEM, "value": device_id}}
+    return out
+
+
+def if_none_exist(observation_id: str) -> str:
+    """The conditional-create criteria of one of our Observations."""
+    return f"identifier={IDENTIFIER_SYSTEM}|{observation_id}"
+
+
+def transaction(entries: Sequence[PushEntry]) -> dict[str, Any]:
+    """A transaction Bundle creating each Observation unless its identifier exists."""
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": _full_url(e.observation_id),
+                "resource": e.resource,
+                "request": {
+                    "method": "POST",
+                    "url": "Observation",
+                    "ifNoneExist": if_none_exist(e.observation_id),
+                },
+            }
+            for e in entries
+        ],
+    }
+
+
+def _full_url(observation_id: str) -> str:
+    """A stable urn:uuid per Observation (R4 bundle.html#bundle-unique): the reading's uid for
+    its main Observation, a UUIDv5 of the id for a part (``<uid>-pulse``)."""
+    if len(observation_id) == 36:
+        return "urn:uuid:" + observation_id
+    return f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, observation_id)}"
+
+
+@dataclass(frozen=True, slots=True)
+class EntryResult:
+    """What the EHR did with one entry: ``status`` is the HTTP code in ``response.status``."""
+
+    status: int
+    location: str | None
+    outcome: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+class MalformedResponse(ValueError):
+    """A 2xx answer that is not the transaction-response the request calls for."""
+
+
+def transaction_results(response: object, sent: int) -> list[EntryResult]:
+    """Read a transaction-response Bundle: one result per entry sent, in order."""
+    if not isinstance(response, dict) or response.get("resourceType") != "Bundle":
+        raise MalformedResponse("the answer is not a Bundle")
+    if response.get("type") != "transaction-response":
+        raise MalformedResponse(f"Bundle type {response.get('type')!r}, not transaction-response")
+    entries = response.get("entry") or []
+    if not isinstance(entries, list) or len(entries) != sent:
+        count = len(entries) if isinstance(entries, list) else "?"
+        raise MalformedResponse(f"{count} entries answered for {sent} sent")
+    out = []
+    for entry in entries:
+        answer = entry.get("response") if isinstance(entry, dict) else None
+        if not isinstance(answer, dict):
+            raise MalformedResponse("an entry has no response")
+        status = str(answer.get("status", "")).split(" ", 1)[0]
+        if not status.isdigit():
+            raise MalformedResponse(f"entry status {answer.get('status')!r}")
+        outcome = answer.get("outcome")
+        out.append(
+            EntryResult(
+                int(status),
+                answer.get("location"),
+                outcome if isinstance(outcome, dict) else None,
+            )
+        )
+    return out
+
+
+def named_entries(outcome: dict[str, Any] | None, count: int) -> list[int]:
+    """Entry indexes (< ``count``) an OperationOutcome blames, from its issues' expression
+    or location (``Bundle.entry[3].resource.code``), in order, without repeats."""
+    found: list[int] = []
+    for issue in (outcome or {}).get("issue") or []:
+        if not isinstance(issue, dict):
+            continue
+        paths = [*(issue.get("expression") or []), *(issue.get("location") or [])]
+        for path in paths:
+            for match in _ENTRY_INDEX.finditer(str(path)):
+                i = int(match.group(1))
+                if i < count and i not in found:
+                    found.append(i)
+    return found
+
+
+def split_for_isolation(count: int, blamed: Sequence[int]) -> list[list[int]]:
+    """How to resend a refused transaction of ``count`` entries to find the bad ones: the
+    entries the OperationOutcome blames alone, then the rest; else two halves."""
+    if count <= 1:
+        return [list(range(count))]
+    if blamed:
+        rest = [i for i in range(count) if i not in set(blamed)]
+        return [[i] for i in blamed] + ([rest] if rest else [])
+    half = count // 2
+    return [list(range(half)), list(range(half, count))]
+
+
+def outcome_summary(outcome: dict[str, Any] | None, limit: int = 300) -> str:
+    """The diagnostics of an OperationOutcome's issues on one line, for ``last_error``."""
+    texts = []
+    for issue in (outcome or {}).get("issue") or []:
+        if isinstance(issue, dict):
+            text = issue.get("diagnostics") or (issue.get("details") or {}).get("text")
+            texts.append(str(text or issue.get("code") or "issue"))
+    joined = "; ".join(texts) or "no OperationOutcome"
+    return joined if len(joined) <= limit else joined[: limit - 1] + "…"
+
+
+def push_entries(recorded: Sequence[RecordedReading], patient_system: str) -> list[PushEntry]:
+    """The Observations of stored readings, ready for a transaction."""
+    out = []
+    for rec in recorded:
+        r = rec.accepted.reading
+        key = (r.device_id, r.metric.value, r.measured_at.isoformat())
+        pid = rec.accepted.patient_id
+        for obs in recorded_observations(rec):
+            resource = for_ehr(obs, pid, r.device_id, patient_system)
+            out.append(PushEntry(obs["id"], key, pid, resource))
+    return out

@@ -1,0 +1,97 @@
+"""The CapabilityStatement of our FHIR API (R4 capabilitystatement.html), from one table. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+from .mapping import SPECS, VITAL_SIGNS_PROFILE
+
+FHIR_VERSION = "4.0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceSupport:
+    """What the API offers for one resource type: read, and search by these parameters."""
+
+    search: tuple[tuple[str, str, str], ...]  # (name, type, documentation)
+    profiles: tuple[str, ...] = ()
+
+
+_PATIENT_REF = "a Patient id, Patient/{id} or its absolute URL; comma for any of several"
+SUPPORTED: Mapping[str, ResourceSupport] = MappingProxyType(
+    {
+        "Observation": ResourceSupport(
+            (
+                ("patient", "reference", "required (or subject): " + _PATIENT_REF),
+                ("subject", "reference", _PATIENT_REF),
+                ("code", "token", "LOINC code, with or without http://loinc.org|"),
+                ("category", "token", "vital-signs or laboratory"),
+                ("date", "date", "effective time; prefixes eq ne gt lt ge le sa eb; repeat to AND"),
+            ),
+            (VITAL_SIGNS_PROFILE, *sorted({s.profile for s in SPECS.values() if s.profile})),
+        ),
+        "Patient": ResourceSupport(
+            (
+                ("_id", "token", "logical id"),
+                ("identifier", "token", "urn:rpm:patient|{id}"),
+            )
+        ),
+        "Device": ResourceSupport(
+            (
+                ("_id", "token", "logical id"),
+                ("identifier", "token", "urn:rpm:device|{id}"),
+                ("patient", "reference", "devices bound to the patient now: " + _PATIENT_REF),
+            )
+        ),
+        "DetectedIssue": ResourceSupport(
+            (("patient", "reference", "alerts of the patient, newest first: " + _PATIENT_REF),)
+        ),
+        "Communication": ResourceSupport(
+            (
+                ("patient", "reference", "SMS sent to or received from the patient"),
+                ("subject", "reference", _PATIENT_REF),
+            )
+        ),
+    }
+)
+
+
+def capability_statement(base_url: str, software_version: str, date: datetime) -> dict[str, Any]:
+    """What this server can do, for ``GET [base]/metadata``."""
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": date.isoformat(),
+        "publisher": "rpm-server",
+        "kind": "instance",
+        "software": {"name": "rpm-server", "version": software_version},
+        "implementation": {"description": "RPM server FHIR API (read-only)", "url": base_url},
+        "fhirVersion": FHIR_VERSION,
+        "format": ["json"],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": (
+                    "Read-only. Searches page with an opaque _cursor (link next); _count at "
+                    "most 1000; Observation supports _sort=date and _sort=-date (default). "
+                    "Unknown parameters are ignored unless Prefer: handling=strict."
+                ),
+                "resource": [_resource(kind, support) for kind, support in SUPPORTED.items()],
+            }
+        ],
+    }
+
+
+def _resource(kind: str, support: ResourceSupport) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": kind}
+    if support.profiles:
+        out["supportedProfile"] = list(support.profiles)
+    out["interaction"] = [{"code": "read"}, {"code": "search-type"}]
+    out["searchParam"] = [
+        {"name": name, "type": kind_, "documentation": doc} for name, kind_, doc in support.search
+    ]
+    return out

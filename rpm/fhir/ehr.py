@@ -1,0 +1,266 @@
+"""The EHR's FHIR endpoint: the only module that talks to it (httpx).
+
+It posts transaction Bundles to ``[base]`` (FHIR R4 http.html#transaction) and turns every
+answer into results or one of our errors:
+
+::
+
+    DeliveryError
+    ├── TransientDeliveryError
+    │   └── EhrUnavailable   network error, timeout, 5xx, 429, 408, a garbled 2xx, or the
+    │                        endpoint refusing us as a whole (401, 403, 404, 405, ...):
+    │                        retried with backoff; the outbox item fails after max attempts
+    └── PermanentDeliveryError
+        └── EhrRefused       400, 409, 412, 413, 422: the Bundle's content was refused, with
+                             the EHR's OperationOutcome; the caller isolates the bad entries
+
+Authentication: a static bearer token, or OAuth 2.0 client credentials (RFC 6749 §4.4,
+client secret in HTTP Basic, §2.3.1) with the token cached until shortly before it expires
+and fetched again once when the EHR answers 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, Protocol
+
+import httpx
+import orjson
+
+from rpm.errors import ConfigurationError, PermanentDeliveryError, TransientDeliveryError
+from rpm.settings import Settings
+
+from .bundles import EntryResult, MalformedResponse, operation_outcome, transaction_results
+
+FHIR_JSON = "application/fhir+json"
+# 4xx answers about the Bundle's content (RFC 9110 §15.5; FHIR R4 http.html#2.21.0.15): the
+# bad entries can be found by sending parts of the Bundle. Other 4xx say the endpoint or our
+# credentials are wrong, which no part of the Bundle would change.
+REFUSED_STATUSES = frozenset({400, 409, 412, 413, 422})
+_TOKEN_MARGIN_S = 30.0  # fetch a new token this long before the old one expires
+
+
+class EhrUnavailable(TransientDeliveryError):
+    """The EHR did not take the Bundle, for a reason that may pass: retry later."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        outcome: dict[str, Any] | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.outcome = outcome
+        self.retry_after_s = retry_after_s
+
+
+class EhrRefused(PermanentDeliveryError):
+    """The EHR refused the Bundle's content (4xx) with this OperationOutcome."""
+
+    def __init__(self, message: str, *, status: int, outcome: dict[str, Any]) -> None:
+        super().__init__(message, code=status)
+        self.status = status
+        self.outcome = outcome
+
+
+class Auth(Protocol):
+    async def authorization(self, http: httpx.AsyncClient) -> str | None: ...
+
+    def forget(self) -> bool:
+        """Drop a cached credential; True when asking again may help."""
+        ...
+
+
+class NoAuth:
+    async def authorization(self, http: httpx.AsyncClient) -> str | None:
+        return None
+
+    def forget(self) -> bool:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class BearerToken:
+    token: str
+
+    async def authorization(self, http: httpx.AsyncClient) -> str | None:
+        return f"Bearer {self.token}"
+
+    def forget(self) -> bool:
+        return False
+
+
+class ClientCredentials:
+    """OAuth 2.0 client credentials grant; the access token is cached until near expiry."""
+
+    def __init__(
+        self,
+        token_url: str,
+        client_id: str,
+        client_secret: str,
+        scope: str | None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._token_url = token_url
+        self._client = (client_id, client_secret)
+        self._scope = scope
+        self._clock = clock
+        self._token: str | None = None
+        self._expires = 0.0
+        self._lock = asyncio.Lock()
+        self.fetched = 0  # tokens fetched so far
+
+    async def authorization(self, http: httpx.AsyncClient) -> str | None:
+        async with self._lock:
+            if self._token is None or self._clock() >= self._expires:
+                await self._fetch(http)
+            return f"Bearer {self._token}"
+
+    def forget(self) -> bool:
+        self._token = None
+        return True
+
+    async def _fetch(self, http: httpx.AsyncClient) -> None:
+        form = {"grant_type": "client_credentials"}
+        if self._scope:
+            form["scope"] = self._scope
+        try:
+            resp = await http.post(
+                self._token_url,
+                data=form,
+                auth=self._client,
+                headers={"Accept": "application/json"},
+            )
+        except httpx.HTTPError as exc:
+            raise EhrUnavailable(f"token endpoint: {exc.__class__.__name__}") from exc
+        if resp.status_code != 200:
+            raise EhrUnavailable(
+                f"token endpoint answered {resp.status_code}", status=resp.status_code
+            )
+        try:
+            body = resp.json()
+            token = str(body["access_token"])
+            lifetime = float(body.get("expires_in", 300))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise EhrUnavailable("token endpoint: no access_token in its answer") from exc
+        self._token = token
+        self._expires = self._clock() + max(0.0, lifetime - _TOKEN_MARGIN_S)
+        self.fetched += 1
+
+
+def auth_from_settings(s: Settings) -> Auth:
+    if s.ehr_token_url:
+        if not s.ehr_client_id or s.ehr_client_secret is None:
+            raise ConfigurationError(
+                "RPM_EHR_TOKEN_URL needs RPM_EHR_CLIENT_ID and RPM_EHR_CLIENT_SECRET"
+            )
+        return ClientCredentials(
+            s.ehr_token_url, s.ehr_client_id, s.ehr_client_secret.get_secret_value(), s.ehr_scope
+        )
+    if s.ehr_bearer_token is not None:
+        return BearerToken(s.ehr_bearer_token.get_secret_value())
+    return NoAuth()
+
+
+class EhrClient:
+    """Posts transaction Bundles to one FHIR base URL."""
+
+    def __init__(
+        self,
+        base_url: str,
+        auth: Auth | None = None,
+        *,
+        timeout_s: float = 10.0,
+        max_connections: int = 8,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._auth = auth or NoAuth()
+        self._timeout_s = timeout_s
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s),
+            limits=httpx.Limits(max_connections=max_connections),
+            headers={"Accept": FHIR_JSON},
+        )
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> EhrClient:
+        if s.ehr_fhir_base_url is None:
+            raise ConfigurationError("RPM_EHR_FHIR_BASE_URL is not set")
+        return cls(
+            s.ehr_fhir_base_url,
+            auth_from_settings(s),
+            timeout_s=s.ehr_timeout_s,
+            max_connections=s.ehr_concurrency,
+        )
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def transaction(self, bundle: dict[str, Any]) -> list[EntryResult]:
+        """Post one transaction Bundle; one result per entry, in order."""
+        body = orjson.dumps(bundle)
+        resp = await self._post(body)
+        if resp.status_code == 401 and self._auth.forget():
+            resp = await self._post(body)  # the token may have been revoked or expired early
+        status = resp.status_code
+        if 200 <= status < 300:
+            try:
+                return transaction_results(orjson.loads(resp.content), len(bundle["entry"]))
+            except (orjson.JSONDecodeError, MalformedResponse) as exc:
+                raise EhrUnavailable(
+                    f"{status} with an unusable answer: {exc}", status=status
+                ) from exc
+        outcome = _outcome(resp)
+        if status in REFUSED_STATUSES:
+            raise EhrRefused(f"{status} {resp.reason_phrase}", status=status, outcome=outcome)
+        raise EhrUnavailable(
+            f"{status} {resp.reason_phrase}",
+            status=status,
+            outcome=outcome,
+            retry_after_s=_retry_after(resp),
+        )
+
+    async def _post(self, body: bytes) -> httpx.Response:
+        try:
+            authorization = await self._auth.authorization(self._http)
+            headers = {"Content-Type": FHIR_JSON}
+            if authorization:
+                headers["Authorization"] = authorization
+            async with asyncio.timeout(self._timeout_s):
+                return await self._http.post(self.base_url, content=body, headers=headers)
+        except TimeoutError as exc:
+            raise EhrUnavailable(f"no answer within {self._timeout_s:g} s") from exc
+        except httpx.HTTPError as exc:
+            raise EhrUnavailable(f"{exc.__class__.__name__}: {exc}") from exc
+
+
+def _outcome(resp: httpx.Response) -> dict[str, Any]:
+    """The answer's OperationOutcome, or one made of the status and text."""
+    try:
+        body = orjson.loads(resp.content)
+    except orjson.JSONDecodeError:
+        body = None
+    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
+        return body
+    text = resp.text[:500] if resp.content else resp.reason_phrase
+    return operation_outcome("exception", f"{resp.status_code}: {text}")
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    value = resp.headers.get("Retry-After")
+    if value is None:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,347 @@
+"""The worker that pushes Observations to an EHR: outbox channel ``fhir`` → transaction Bundles.
+
+The ingest unit of work writes one outbox item per batch that stored new readings
+(``rpm.pipeline.fhir_push_item``: the readings' primary keys), in the batch's transaction. Per
+item the worker loads those readings, maps them (``rpm.fhir.mapping``, the stored uid and
+interpretation), and posts them in transaction Bundles of at most ``bundle_max_entries``
+Observations, ``concurrency`` Bundles in flight.
+
+**Exactly once at the EHR.** Sending is at least once: an item is marked delivered only after
+every Bundle of it was answered, so a timeout, a crash or a lost answer sends it again. Each
+entry is a conditional create on the Observation's identifier (``ifNoneExist``), so the EHR
+stores a repeat as nothing new (it answers 200 with the existing resource instead of 201).
+
+**Refusals.** A 4xx about content (400, 409, 412, 413, 422) refuses the whole transaction. The
+worker resends parts of it: the entries the OperationOutcome names alone (``Bundle.entry[i]``),
+else halves, down to single entries. Good Observations go through; each bad one is kept in
+``fhir_push_refusals`` with the status and OperationOutcome, never retried on its own, and
+listed at ``GET /api/fhir/push/failures`` until someone requeues it.
+
+**Outages.** Network errors, timeouts, 5xx, 429 and an endpoint refusing us as a whole (401,
+403, 404, ...) retry the item with capped exponential backoff (full jitter) and fail it after
+``max_attempts``, visibly. The first such failure also pauses the worker (a circuit breaker):
+while paused it claims nothing, then probes with one item, and only a success lets it claim
+batches again. So a long outage costs one request per backoff period, not one per item, and
+items' attempts are spent only on real tries; once the EHR answers, the backlog drains at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import asyncpg
+
+from rpm.settings import Settings
+from rpm.storage import fhir as fhir_store
+from rpm.storage import outbox as outbox_store
+from rpm.storage.pool import DATABASE_UNAVAILABLE
+
+from .bundles import (
+    EntryResult,
+    PushEntry,
+    named_entries,
+    outcome_summary,
+    push_entries,
+    split_for_isolation,
+    transaction,
+)
+from .ehr import EhrClient, EhrRefused, EhrUnavailable
+
+log = logging.getLogger(__name__)
+
+CHANNEL = fhir_store.CHANNEL
+
+
+class Ehr(Protocol):
+    async def transaction(self, bundle: dict[str, Any]) -> list[EntryResult]: ...
+
+    async def close(self) -> None: ...
+
+
+def backoff_s(attempts: int, *, base_s: float, cap_s: float) -> float:
+    """Exponential backoff with full jitter between half and all of the capped ceiling."""
+    ceiling = min(cap_s, base_s * 2 ** max(0, attempts - 1))
+    return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - not crypto
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class PushConfig:
+    """The worker's knobs (``RPM_EHR_*``)."""
+
+    poll_interval_s: float = 0.5
+    max_attempts: int = 24
+    batch: int = 16  # items claimed per pass (one ingest batch each)
+    concurrency: int = 4  # transactions in flight
+    bundle_max_entries: int = 100
+    backoff_base_s: float = 2.0
+    backoff_cap_s: float = 600.0
+    patient_identifier_system: str = "urn:rpm:patient"
+    # Longer than an item can take, so a live worker never sees its own item come back.
+    lease: timedelta = timedelta(minutes=10)
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> PushConfig:
+        return cls(
+            poll_interval_s=s.outbox_poll_interval_s,
+            max_attempts=s.ehr_max_attempts,
+            batch=max(4, 4 * s.ehr_concurrency),
+            concurrency=s.ehr_concurrency,
+            bundle_max_entries=s.ehr_bundle_max_entries,
+            backoff_base_s=s.ehr_backoff_base_s,
+            backoff_cap_s=s.ehr_backoff_cap_s,
+            patient_identifier_system=s.ehr_patient_identifier_system,
+        )
+
+
+@dataclass(slots=True)
+class _Tally:
+    """What the EHR did with one item's Observations."""
+
+    created: int = 0
+    existing: int = 0
+    bundles: int = 0
+    refusals: list[fhir_store.Refusal] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class PushCounters:
+    """Running totals since start, for benchmarks and status."""
+
+    items: int = 0
+    created: int = 0
+    existing: int = 0
+    refused: int = 0
+    bundles: int = 0
+    retries: int = 0
+    failed: int = 0
+
+
+class BadWork(ValueError):
+    """An outbox item that does not name readings: failed at once."""
+
+
+def reading_keys(payload: object) -> list[fhir_store.ReadingKey]:
+    """The readings an item names: ``{"readings": [[device, metric, measured_at], ...]}``."""
+    rows = payload.get("readings") if isinstance(payload, dict) else None
+    if not isinstance(rows, list):
+        raise BadWork("payload has no readings list")
+    keys = []
+    for row in rows:
+        if not (isinstance(row, list) and len(row) == 3 and all(isinstance(x, str) for x in row)):
+            raise BadWork(f"not a reading key: {row!r}")
+        keys.append((row[0], row[1], row[2]))
+    return keys
+
+
+class FhirPushWorker:
+    """Claims due ``fhir`` outbox items and pushes their Observations to the EHR."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        ehr: Ehr,
+        config: PushConfig | None = None,
+        *,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self._pool = pool
+        self._ehr = ehr
+        self._config = config or PushConfig()
+        self._clock = clock
+        self._slots = asyncio.Semaphore(self._config.concurrency)
+        self._in_flight: set[int] = set()
+        self._failures = 0  # consecutive transient failures: the circuit's backoff
+        self._paused_until: datetime | None = None
+        self.counters = PushCounters()
+
+    @classmethod
+    def from_settings(cls, pool: asyncpg.Pool, s: Settings) -> FhirPushWorker:
+        return cls(pool, EhrClient.from_settings(s), PushConfig.from_settings(s))
+
+    @property
+    def paused_until(self) -> datetime | None:
+        """While the EHR looks down: when the worker probes it again."""
+        return self._paused_until
+
+    async def close(self) -> None:
+        await self._ehr.close()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                handled = await self.drain_once()
+            except DATABASE_UNAVAILABLE as exc:
+                log.warning("fhir push: database unavailable (%s)", exc.__class__.__name__)
+                handled = 0
+            if handled == 0:
+                await asyncio.sleep(self._idle_s())
+
+    def _idle_s(self) -> float:
+        if self._paused_until is not None:
+            remaining = (self._paused_until - self._clock()).total_seconds()
+            if remaining > 0:
+                return remaining
+        return self._config.poll_interval_s
+
+    async def drain_once(self) -> int:
+        """Push the items due now (one, as a probe, after a failure); return how many."""
+        now = self._clock()
+        if self._paused_until is not None and now < self._paused_until:
+            return 0
+        limit = 1 if self._paused_until is not None else self._config.batch
+        async with self._pool.acquire() as conn:
+            items = await outbox_store.claim_due(conn, CHANNEL, limit, self._config.lease, now)
+        mine = [i for i in items if i.id not in self._in_flight]
+        self._in_flight.update(i.id for i in mine)
+        try:
+            outcomes = await asyncio.gather(
+                *(self._deliver(i) for i in mine), return_exceptions=True
+            )
+        finally:
+            self._in_flight.difference_update(i.id for i in mine)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return len(items)
+
+    async def _deliver(self, item: outbox_store.OutboxItem) -> None:
+        try:
+            keys = reading_keys(item.payload)
+        except BadWork as exc:
+            async with self._pool.acquire() as conn:
+                await outbox_store.failed(conn, item.id, f"bad push work: {exc}")
+            self.counters.failed += 1
+            return
+        async with self._pool.acquire() as conn:
+            recorded = await fhir_store.recorded_by_keys(conn, keys)
+        tally = _Tally()
+        try:
+            entries = push_entries(recorded, self._config.patient_identifier_system)
+            size = self._config.bundle_max_entries
+            sent = await asyncio.gather(
+                *(self._send(entries[i : i + size], tally) for i in range(0, len(entries), size)),
+                return_exceptions=True,
+            )
+            for failure in sent:
+                if isinstance(failure, BaseException):
+                    raise failure
+        except EhrUnavailable as exc:
+            await self._retry(item, exc)
+            return
+        except Exception as exc:  # our bug: keep the item, say why, do not stop the worker
+            log.exception("fhir push item %d: internal error", item.id)
+            await self._retry(item, EhrUnavailable(f"internal error: {exc!r}"), trip=False)
+            return
+        result: dict[str, Any] = {
+            "observations": len(entries),
+            "created": tally.created,
+            "existing": tally.existing,
+            "refused": len(tally.refusals),
+            "bundles": tally.bundles,
+        }
+        if len(recorded) < len(keys):
+            result["missing_readings"] = len(keys) - len(recorded)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await fhir_store.record_refusals(conn, item.id, tally.refusals)
+            await outbox_store.delivered(conn, item.id, result)
+        self._failures, self._paused_until = 0, None
+        c = self.counters
+        c.items += 1
+        c.created += tally.created
+        c.existing += tally.existing
+        c.refused += len(tally.refusals)
+        c.bundles += tally.bundles
+        if tally.refusals:
+            # The EHR's diagnostics may name the patient: they go to the database, not the log.
+            log.warning(
+                "fhir push item %d: %d of %d Observations refused by the EHR (HTTP %s); "
+                "see /api/fhir/push/failures",
+                item.id,
+                len(tally.refusals),
+                len(entries),
+                ",".join(sorted({str(r.status) for r in tally.refusals})),
+            )
+        log.debug("fhir push item %d: %s", item.id, result)
+
+    async def _send(self, entries: Sequence[PushEntry], tally: _Tally) -> None:
+        """One transaction; when its content is refused, find the bad entries by parts."""
+        refused: EhrRefused | None = None
+        async with self._slots:
+            try:
+                results = await self._ehr.transaction(transaction(entries))
+            except EhrRefused as exc:
+                refused = exc
+        if refused is None:
+            tally.bundles += 1
+            for entry, answer in zip(entries, results, strict=True):
+                if answer.status == 201:
+                    tally.created += 1
+                elif answer.ok:
+                    tally.existing += 1
+                else:  # a server that answers per entry (not all-or-nothing)
+                    tally.refusals.append(_refusal(entry, answer.status, answer.outcome))
+            return
+        if len(entries) == 1:
+            tally.refusals.append(_refusal(entries[0], refused.status, refused.outcome))
+            return
+        blamed = named_entries(refused.outcome, len(entries))
+        for part in split_for_isolation(len(entries), blamed):
+            await self._send([entries[i] for i in part], tally)
+
+    async def _retry(
+        self, item: outbox_store.OutboxItem, exc: EhrUnavailable, *, trip: bool = True
+    ) -> None:
+        now = self._clock()
+        if trip:
+            self._trip(exc, now)
+        error = str(exc)
+        if exc.outcome is not None:
+            error = f"{error}: {outcome_summary(exc.outcome)}"
+        async with self._pool.acquire() as conn:
+            if item.attempts >= self._config.max_attempts:
+                result = {"status": exc.status, "outcome": exc.outcome}
+                await outbox_store.failed(
+                    conn, item.id, f"gave up after {item.attempts} attempts: {error}", result
+                )
+                self.counters.failed += 1
+                log.error(
+                    "fhir push item %d: gave up after %d attempts: %s",
+                    item.id,
+                    item.attempts,
+                    exc,  # without the EHR's diagnostics, which may name the patient
+                )
+                return
+            delay = backoff_s(
+                item.attempts, base_s=self._config.backoff_base_s, cap_s=self._config.backoff_cap_s
+            )
+            await outbox_store.retry_at(conn, item.id, now + timedelta(seconds=delay), error)
+        self.counters.retries += 1
+        log.warning("fhir push item %d: attempt %d failed: %s", item.id, item.attempts, exc)
+
+    def _trip(self, exc: EhrUnavailable, now: datetime) -> None:
+        """Pause the worker: the EHR looks down (or refuses us as a whole)."""
+        self._failures += 1
+        pause = backoff_s(
+            self._failures, base_s=self._config.backoff_base_s, cap_s=self._config.backoff_cap_s
+        )
+        if exc.retry_after_s is not None:
+            pause = max(pause, min(exc.retry_after_s, self._config.backoff_cap_s))
+        until = now + timedelta(seconds=pause)
+        if self._paused_until is None or until > self._paused_until:
+            self._paused_until = until
+
+
+def _refusal(entry: PushEntry, status: int, outcome: dict[str, Any] | None) -> fhir_store.Refusal:
+    return fhir_store.Refusal(
+        entry.observation_id, entry.reading_key, entry.patient_id, status, outcome
+    )
