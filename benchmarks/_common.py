@@ -112,6 +112,11 @@ def _paho(login: Login, client_id: str, *, clean_session: bool) -> paho.Client:
     return client
 
 
+def paho_client(login: Login, client_id: str, *, clean_session: bool = True) -> paho.Client:
+    """A device-side paho client (MQTT 3.1.1) with ``login``, not yet connected."""
+    return _paho(login, client_id, clean_session=clean_session)
+
+
 def publish(job: PublishJob) -> PublishResult:
     """A publisher process: its messages at QoS 1, then wait for every PUBACK."""
     devices = job.workload.devices()

@@ -45,6 +45,13 @@ The last line of output is one JSON object; the table before it explains the fig
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# benchmarks/rules.py is named like the ``rules`` package, which the server imports: keep this
+# folder behind the project on sys.path (``_common`` is still found).
+sys.path.sort(key=lambda p: p in ("", str(Path(__file__).resolve().parent)))
+
 import argparse
 import asyncio
 import bisect
@@ -67,7 +74,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from multiprocessing.context import SpawnContext
-from pathlib import Path
 from types import FrameType
 from typing import Any
 

@@ -12,14 +12,18 @@ from datetime import timedelta
 import asyncpg
 import uvicorn
 
-from alerts.outbox_worker import SmsOutboxWorker
+from alerts.outbox_worker import DeliveryConfig, SmsOutboxWorker
+from alerts.policy import SnoozeCaps
 from alerts.sms import TwilioSms
+from alerts.timers import AlertTimers
 from device_gateways.broker_admin import BrokerAdmin, BrokerAdminConfig
 from device_gateways.mqtt import MqttConfig, MqttGateway
 from rpm.api.app import create_app
 from rpm.api.live import Broadcaster
+from rpm.auth import AuthConfig
 from rpm.domain import Metric, RawMessage
 from rpm.errors import StorageError
+from rpm.fhir.push import FhirPushWorker
 from rpm.pipeline import INGEST_CHANNEL, BatchResult, IngestPipeline
 from rpm.settings import Settings
 from rpm.storage import rule_programs
@@ -76,6 +80,7 @@ class Server:
         self._uvicorn: uvicorn.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.pipeline: IngestPipeline | None = None
+        self.fhir_push: FhirPushWorker | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -92,6 +97,7 @@ class Server:
             ),
             engine=Engine(RuleBook.builtin(), capacity),
             rules_refresh_s=s.rules_refresh_s,
+            fhir_push=s.ehr_fhir_base_url is not None,
         )
         self.pipeline = pipeline
         async with self.pool.acquire() as conn:
@@ -125,12 +131,7 @@ class Server:
             base_url=s.twilio_base_url,
             validity_period_s=s.sms_validity_period_s,
         )
-        self.sms_worker = SmsOutboxWorker(
-            self.pool,
-            self._sms,
-            poll_interval_s=s.outbox_poll_interval_s,
-            max_attempts=s.outbox_max_attempts,
-        )
+        self.sms_worker = SmsOutboxWorker(self.pool, self._sms, DeliveryConfig.from_settings(s))
         self._broadcaster = Broadcaster(dsn, (ALERTS_CHANNEL, INGEST_CHANNEL))
         await self._broadcaster.start()
         admin_password = s.mqtt_admin_password
@@ -142,7 +143,15 @@ class Server:
                 password=admin_password.get_secret_value() if admin_password else "",
             )
         )
-        app = create_app(self.pool, self._broadcaster, pipeline, broker)
+        app = create_app(
+            self.pool,
+            self._broadcaster,
+            pipeline,
+            broker,
+            AuthConfig.from_settings(s),
+            snooze_caps=SnoozeCaps.from_minutes(s.snooze_cap_min),
+            settings=s,
+        )
         config = uvicorn.Config(
             app, host=s.api_host, port=s.api_port, log_level="warning", lifespan="off"
         )
@@ -152,7 +161,11 @@ class Server:
             asyncio.create_task(self.sms_worker.run(), name="sms-worker"),
             asyncio.create_task(self._uvicorn.serve(), name="api"),
             asyncio.create_task(self._missing_data_timer(), name="missing-data"),
+            asyncio.create_task(AlertTimers.from_settings(self.pool, s).run(), name="alert-timers"),
         ]
+        if s.ehr_fhir_base_url is not None:
+            self.fhir_push = FhirPushWorker.from_settings(self.pool, s)
+            self._tasks.append(asyncio.create_task(self.fhir_push.run(), name="fhir-push"))
         await asyncio.wait_for(self.gateway.connected.wait(), timeout=15)
         while not self._uvicorn.started:  # noqa: ASYNC110 - uvicorn offers a flag, no event
             await asyncio.sleep(0.02)
@@ -189,5 +202,7 @@ class Server:
             await self._broadcaster.stop()
         if self._sms:
             await self._sms.close()
+        if self.fhir_push:
+            await self.fhir_push.close()
         if self.pool:
             await self.pool.close()

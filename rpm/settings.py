@@ -2,8 +2,42 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from typing import TypeVar
+
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Escalation delays and snooze caps per severity, in minutes (see Settings).
+_ESCALATION_AFTER_MIN: dict[str, float | None] = {
+    "critical": 10.0,
+    "high": 30.0,
+    "medium": 240.0,
+    "low": None,
+}
+_SNOOZE_CAP_MIN: dict[str, float] = {
+    "critical": 30.0,
+    "high": 240.0,
+    "medium": 1440.0,
+    "low": 1440.0,
+}
+_V = TypeVar("_V", float, float | None)
+
+
+def _per_severity(
+    given: dict[str, _V], defaults: dict[str, _V], *, allow_never: bool
+) -> dict[str, _V]:
+    """``given`` over ``defaults``: lower-case severity names, non-negative minutes."""
+    merged = dict(defaults)
+    for name, minutes in given.items():
+        key = name.lower()
+        if key not in defaults:
+            raise ValueError(f"unknown severity {name!r}; known: {sorted(defaults)}")
+        if minutes is None and not allow_never:
+            raise ValueError(f"{key}: a number of minutes is required")
+        if minutes is not None and minutes < 0:
+            raise ValueError(f"{key}: minutes must not be negative")
+        merged[key] = minutes
+    return merged
 
 
 class Settings(BaseSettings):
@@ -37,6 +71,13 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
 
+    # Dashboard sign-in (rpm/auth.py): session lifetime, Secure cookies (set it when served
+    # over HTTPS), and failed sign-ins allowed per (name, client address) within the window.
+    session_ttl_hours: float = Field(default=12.0, gt=0)
+    session_cookie_secure: bool = False
+    signin_max_failures: int = Field(default=5, ge=1)
+    signin_failure_window_s: int = Field(default=900, ge=1)
+
     twilio_account_sid: str = "ACdemo00000000000000000000000000"
     twilio_auth_token: SecretStr = SecretStr("demo-token")
     twilio_from_number: str = "+15005550006"
@@ -55,3 +96,69 @@ class Settings(BaseSettings):
     rule_buffer_capacity: dict[str, int] = Field(default_factory=dict)
     outbox_poll_interval_s: float = 0.5
     outbox_max_attempts: int = 12
+
+    # Alert escalation and snooze (alerts/escalation.py, alerts/policy.py). Minutes an
+    # unacknowledged alert waits before the next on-call tier gets an SMS, per severity
+    # (null: never), e.g. {"high": 20} (severities not named keep their defaults); minutes
+    # between tries when nobody is on call; an acknowledged alert still firing this many
+    # minutes after acknowledgement re-opens (0: never); the longest snooze per severity;
+    # how often the timers run.
+    escalation_after_min: dict[str, float | None] = Field(
+        default_factory=lambda: dict(_ESCALATION_AFTER_MIN)
+    )
+    escalation_retry_min: float = Field(default=5.0, gt=0)
+    renotify_after_min: float = Field(default=60.0, ge=0)
+    snooze_cap_min: dict[str, float] = Field(default_factory=lambda: dict(_SNOOZE_CAP_MIN))
+    alert_timer_interval_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("escalation_after_min")
+    @classmethod
+    def _escalation_after(cls, v: dict[str, float | None]) -> dict[str, float | None]:
+        return _per_severity(v, _ESCALATION_AFTER_MIN, allow_never=True)
+
+    @field_validator("snooze_cap_min")
+    @classmethod
+    def _snooze_cap(cls, v: dict[str, float]) -> dict[str, float]:
+        return _per_severity(v, _SNOOZE_CAP_MIN, allow_never=False)
+
+    # SMS delivery (alerts/outbox_worker.py) and Twilio's webhooks (rpm/api/twilio_hooks.py).
+    # The address Twilio reaches this server at (a proxy's, if one is in front): status
+    # callbacks go to it and webhook signatures are checked against it. None = the API's own.
+    public_base_url: str | None = None
+    # Link in nurse escalation SMS ("/?alert=N" appended). None = public_base_url/dashboard/.
+    dashboard_url: str | None = None
+    # Non-urgent patient SMS per patient per local day; further ones are dropped ("daily cap").
+    sms_daily_cap: int = Field(default=3, ge=0)
+    sms_emergency_number: str = "911"
+    # Appended to the HELP reply, e.g. the clinic's phone number (carriers expect a contact).
+    sms_help_contact: str = ""
+    # Retry backoff of the SMS worker: full jitter between half and all of
+    # min(cap, base * 2^(attempt-1)) seconds.
+    outbox_backoff_base_s: float = Field(default=2.0, gt=0)
+    outbox_backoff_cap_s: float = Field(default=300.0, gt=0)
+
+    def public_url(self, path: str) -> str:
+        """``path`` on this server as Twilio calls it."""
+        base = self.public_base_url or f"http://{self.api_host}:{self.api_port}"
+        return base.rstrip("/") + path
+
+    # Push to an EHR's FHIR endpoint (rpm/fhir/push.py): None = no push. Authentication is a
+    # static bearer token, or OAuth 2.0 client credentials (token URL, client id and secret,
+    # scope). Transactions carry at most ehr_bundle_max_entries Observations, ehr_concurrency
+    # of them in flight; a transient failure is retried with full-jitter backoff between half
+    # and all of min(cap, base * 2^(attempt-1)) s, and the item fails after ehr_max_attempts
+    # (visible at /api/fhir/push/failures). The subject is named to the EHR as
+    # Patient?identifier=<ehr_patient_identifier_system>|<our patient id>.
+    ehr_fhir_base_url: str | None = None
+    ehr_bearer_token: SecretStr | None = None
+    ehr_token_url: str | None = None
+    ehr_client_id: str | None = None
+    ehr_client_secret: SecretStr | None = None
+    ehr_scope: str | None = "system/Observation.write"
+    ehr_timeout_s: float = Field(default=10.0, gt=0)
+    ehr_max_attempts: int = Field(default=24, ge=1)
+    ehr_concurrency: int = Field(default=4, ge=1)
+    ehr_bundle_max_entries: int = Field(default=100, ge=1)
+    ehr_backoff_base_s: float = Field(default=2.0, gt=0)
+    ehr_backoff_cap_s: float = Field(default=600.0, gt=0)
+    ehr_patient_identifier_system: str = "urn:rpm:patient"
