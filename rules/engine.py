@@ -27,13 +27,14 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import numpy as np
+import numpy.typing as npt
 
 from rpm.domain import AcceptedReading, Metric, Reading, reading_uid
 
 from .buffers import DEFAULT_CAPACITY, F64, MetricBuffer, Rows
 from .candidate import AlertCandidate
 from .kinds import KINDS, Facts, Window
-from .kinds.base import condition_holds
+from .kinds.base import condition_holds, given
 from .kinds.missing import Silence, evaluate_missing
 from .programs import RuleBook
 from .spec import RuleSpec, Severity
@@ -52,13 +53,15 @@ class PatientContext:
     patient_id: str
     programs: tuple[str, ...] = ()
     overrides: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    # What the plan depends on, computed once: the engine looks it up per reading.
+    key: tuple[object, ...] = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> tuple[object, ...]:
-        if not self.overrides:
-            return (self.programs,)
-        frozen = tuple(sorted((r, tuple(sorted(p.items()))) for r, p in self.overrides.items()))
-        return (self.programs, frozen)
+    def __post_init__(self) -> None:
+        key: tuple[object, ...] = (self.programs,)
+        if self.overrides:
+            frozen = tuple(sorted((r, tuple(sorted(p.items()))) for r, p in self.overrides.items()))
+            key = (self.programs, frozen)
+        object.__setattr__(self, "key", key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,25 @@ class _Group:
     readings: list[AcceptedReading] = field(default_factory=list)
 
 
+def _taken(rows_in: Callable[[MetricBuffer], Rows], sel: Rows) -> Callable[[MetricBuffer], Rows]:
+    """``rows_in`` for the readings ``sel`` of a group."""
+    return lambda buf: rows_in(buf)[sel]
+
+
+@dataclass(slots=True)
+class _Held:
+    """Held readings to re-evaluate after late ones under the same windowed rules."""
+
+    rules: list[RuleSpec]
+    order: list[int] = field(default_factory=list)  # each reading's late row, by arrival
+    rows: list[Rows] = field(default_factory=list)
+    ts: list[F64] = field(default_factory=list)
+    values: list[F64] = field(default_factory=list)
+    of_batch: list[npt.NDArray[np.bool_]] = field(default_factory=list)  # places of the batch
+    pids: list[str] = field(default_factory=list)
+    causes: list[Reading] = field(default_factory=list)  # the earliest late reading reaching it
+
+
 class Engine:
     """Per-patient rule state and the evaluation of micro-batches against it."""
 
@@ -119,6 +141,11 @@ class Engine:
         self._known: set[str] = set()
         self._armed: dict[str, set[str]] = {}  # patient -> rules fired and not yet clear
         self._plans: dict[tuple[object, ...], Plan] = {}
+        # (rule, overrides) -> the overridden rule: plans that differ in other programs
+        # share it, so its readings are evaluated together
+        self._overridden: dict[tuple[int, tuple[tuple[str, float], ...]], RuleSpec] = {}
+        # id(rule) -> the rule (kept so its id is not reused) and the metrics it watches
+        self._watched: dict[int, tuple[RuleSpec, frozenset[Metric]]] = {}
         self._lookback = self._max_lookback()
 
     # --- rule book ---------------------------------------------------------------
@@ -131,6 +158,8 @@ class Engine:
         """Switch to a new version of the programs; patients' plans are recompiled lazily."""
         self._book = book
         self._plans.clear()
+        self._overridden.clear()
+        self._watched.clear()
         self._lookback = self._max_lookback()
 
     @property
@@ -152,12 +181,20 @@ class Engine:
         if plan is None:
             rules = []
             for rule in self._book.rules_for(context.programs):
-                try:
-                    rules.append(rule.with_overrides(context.overrides.get(rule.id, {})))
-                except ValueError as exc:
-                    # The program changed under a stored override: keep the default rule.
-                    log.warning("override ignored for patient=%s: %s", context.patient_id, exc)
+                overrides = context.overrides.get(rule.id)
+                if not overrides:
                     rules.append(rule)
+                    continue
+                same = (id(rule), tuple(sorted(overrides.items())))
+                overridden = self._overridden.get(same)
+                if overridden is None:
+                    try:
+                        overridden = self._overridden[same] = rule.with_overrides(overrides)
+                    except ValueError as exc:
+                        # The program changed under a stored override: keep the default rule.
+                        log.warning("override ignored for patient=%s: %s", context.patient_id, exc)
+                        overridden = rule
+                rules.append(overridden)
             plan = self._plans[key] = compile_plan(rules)
         return plan
 
@@ -255,10 +292,8 @@ class Engine:
                 metric,
                 np.zeros(n),
                 current,
-                np.zeros((n, 0)),
-                np.zeros((n, 0, len(comps))),
+                given(np.zeros((n, 0)), np.zeros((n, 0, len(comps)))),
                 self._buffer(metric).index,
-                np.full(n, np.nan),
                 _no_latest,
             )
             codes = np.full(n, "N", dtype=object)
@@ -322,41 +357,39 @@ class Engine:
     ) -> StepResult:
         """Add a batch of new readings and evaluate the rules they trigger."""
         result = StepResult()
-        groups: dict[Metric, _Group] = {}
-        comps: dict[Metric, tuple[str, ...]] = {}
-        nan = math.nan
+        arrived: dict[Metric, list[AcceptedReading]] = {}
         for a in readings:  # the one loop per reading: keep it lean
-            r = a.reading
-            metric = r.metric
-            g = groups.get(metric)
-            if g is None:
-                g = groups[metric] = _Group()
-                comps[metric] = self._buffer(metric).components
-            g.patients.append(a.patient_id)
-            g.times.append(r.measured_at.timestamp())
-            v = r.values
-            g.values.append([v.get(c, nan) for c in comps[metric]])
-            g.readings.append(a)
-        for g in groups.values():
-            self._known.update(g.patients)
+            metric = a.reading.metric
+            pending = arrived.get(metric)
+            if pending is None:
+                arrived[metric] = [a]
+            else:
+                pending.append(a)
 
         staged = []
-        for metric, g in groups.items():
+        nan = math.nan
+        for metric, batch in arrived.items():
+            g = _Group([a.patient_id for a in batch], readings=batch)
+            self._known.update(g.patients)
             buf = self._buffer(metric)
             rows = buf.rows(g.patients)
-            ts = np.array(g.times)
-            current = np.array(g.values)
+            ts = np.array([a.reading.measured_at.timestamp() for a in batch])
+            values = [a.reading.values for a in batch]
+            current = np.array([[v.get(c, nan) for v in values] for c in buf.components]).T
             before = buf.newest(rows)
             buf.append(rows, ts, current)
             staged.append((metric, g, buf, rows, ts, current, before))
 
         plans: dict[str, Plan] = {}
+        compiled = self._plans
         for metric, g, buf, rows, ts, current, before in staged:
             by_plan: dict[int, tuple[Plan, list[int]]] = {}
             for i, pid in enumerate(g.patients):
                 plan = plans.get(pid)
                 if plan is None:
-                    plan = plans[pid] = self.plan(contexts.get(pid) or PatientContext(pid))
+                    context = contexts.get(pid)
+                    found = None if context is None else compiled.get(context.key)
+                    plan = plans[pid] = found or self.plan(context or PatientContext(pid))
                 entry = by_plan.get(id(plan))
                 if entry is None:
                     by_plan[id(plan)] = (plan, [i])
@@ -386,31 +419,32 @@ class Engine:
         rows: Rows,
         ts: F64,
         current: F64,
-        patients: Sequence[str],
-        exclude: F64 | None = None,
+        rows_in: Callable[[MetricBuffer], Rows],
     ) -> Window:
-        rows_of: dict[Metric, Rows] = {}  # another metric's rows, looked up once per window
+        """The readings' window; ``rows_in`` gives their patients' rows in another buffer."""
 
         def latest_of(other: Metric, component: str, fresh: float) -> tuple[F64, F64]:
-            buf = self._buffers.get(other)
-            if buf is None:
+            found = self._buffers.get(other)
+            if found is None:
                 return np.full(len(ts), np.nan), np.full(len(ts), np.nan)
-            if other not in rows_of:
-                rows_of[other] = np.fromiter(
+            return self._latest(found, rows_in(found), component, fresh, ts)
+
+        return Window(metric, ts, current, lambda: buf.history(rows), buf.index, latest_of)
+
+    @staticmethod
+    def _rows_in(patients: Sequence[str]) -> Callable[[MetricBuffer], Rows]:
+        """The patients' rows in any buffer (-1: none), each buffer's looked up once."""
+        found: dict[Metric, Rows] = {}
+
+        def rows_in(buf: MetricBuffer) -> Rows:
+            rows = found.get(buf.metric)
+            if rows is None:
+                rows = found[buf.metric] = np.fromiter(
                     map(buf.slots.get, patients, itertools.repeat(-1)), np.intp, len(patients)
                 )
-            return self._latest(buf, rows_of[other], component, fresh, ts)
+            return rows
 
-        return Window(
-            metric,
-            ts,
-            current,
-            buf.times[rows],
-            buf.values[rows],
-            buf.index,
-            np.full(len(ts), np.nan) if exclude is None else exclude,
-            latest_of,
-        )
+        return rows_in
 
     def _evaluate(
         self,
@@ -430,13 +464,14 @@ class Engine:
         armed = self._armed
         pids_all = g.patients
         has_armed = np.array([pid in armed for pid in pids_all], np.bool_) if armed else None
+        rows_in = self._rows_in(pids_all)
         for rule, idx in by_rule:
             # A rule most of the group has is evaluated on the group's one window and its
             # results kept for its own readings; a rarer one gets a window of its readings.
             member: np.ndarray | None = None
             if 2 * len(idx) >= n:
                 if full is None:
-                    full = self._window(metric, buf, rows, ts, current, pids_all)
+                    full = self._window(metric, buf, rows, ts, current, rows_in)
                 w, sel = full, everyone
                 if len(idx) < n:
                     member = np.zeros(n, np.bool_)
@@ -444,17 +479,18 @@ class Engine:
             else:
                 sel = np.array(idx, np.intp)
                 w = self._window(
-                    metric, buf, rows[sel], ts[sel], current[sel], [pids_all[i] for i in idx]
+                    metric, buf, rows[sel], ts[sel], current[sel], _taken(rows_in, sel)
                 )
             out = KINDS[rule.kind].evaluate(rule, w)
             hit = out.severity != 0
             if member is not None:
                 hit &= member
             fired = np.flatnonzero(hit)
-            for j in fired:
-                a = g.readings[sel[j]]
+            severity = out.severity[fired].tolist()
+            for j, i, level in zip(fired.tolist(), sel[fired].tolist(), severity, strict=True):
+                a = g.readings[i]
                 result.candidates.append(
-                    self._candidate(rule, out.severity[j], out.detail, j, a.reading, a.patient_id)
+                    self._candidate(rule, level, out.detail, j, a.reading, a.patient_id)
                 )
                 self.arm(a.patient_id, rule.id)
             if len(fired):
@@ -469,20 +505,28 @@ class Engine:
             clear = out.clear & newest[sel] & has_armed[sel]
             if member is not None:
                 clear &= member
-            for j in np.flatnonzero(clear):
-                pid = pids_all[sel[j]]
-                if rule.id in armed.get(pid, ()) and self._newest_of_all(rule, pid, ts[sel[j]]):
-                    armed[pid].discard(rule.id)
-                    at = g.readings[sel[j]].reading.measured_at
-                    result.clears.append(Clear(pid, rule.id, at))
+            rule_id = rule.id
+            for i in sel[clear].tolist():
+                pid = pids_all[i]
+                now_armed = armed.get(pid)
+                if (
+                    now_armed is not None
+                    and rule_id in now_armed
+                    and self._newest_of_all(rule, pid, float(ts[i]))
+                ):
+                    now_armed.discard(rule_id)
+                    result.clears.append(Clear(pid, rule_id, g.readings[i].reading.measured_at))
 
     def _newest_of_all(self, rule: RuleSpec, patient_id: str, t: float) -> bool:
         """No reading of any metric the rule watches is newer than ``t`` (a composite's
         newest blood pressure does not show the score is over while a newer SpO2 holds it)."""
-        for metric in KINDS[rule.kind].watched(rule):
+        watched = self._watched.get(id(rule))
+        if watched is None:
+            watched = self._watched[id(rule)] = (rule, KINDS[rule.kind].watched(rule))
+        for metric in watched[1]:
             buf = self._buffers.get(metric)
             row = -1 if buf is None else buf.row_of(patient_id)
-            if buf is not None and row >= 0 and buf.newest(np.array([row], np.intp))[0] > t:
+            if buf is not None and row >= 0 and buf.newest_of(row) > t:
                 return False
         return True
 
@@ -506,47 +550,66 @@ class Engine:
         by_row: dict[int, list[int]] = {}
         for i in late:
             by_row.setdefault(int(rows[i]), []).append(int(i))
-        in_batch: dict[int, list[float]] = {}
-        for r, t in zip(rows.tolist(), ts.tolist(), strict=True):
-            in_batch.setdefault(r, []).append(t)
-        for row, idx in by_row.items():
+        # Held readings of every late row, by the windowed rules they are evaluated under:
+        # one evaluation per rule for all of them.
+        pending: dict[tuple[int, ...], _Held] = {}
+        for order, (row, idx) in enumerate(by_row.items()):
             pid = g.patients[idx[0]]
             rules = [r for r in plans[pid].by_metric.get(metric, ()) if r.kind in WINDOWED]
             if not rules:
                 continue
             reach = max(KINDS[r.kind].lookback_s(r) for r in rules)
             times = buf.times[row]
-            batch_ts = np.array(in_batch[row])
+            batch_ts = ts[rows == row]
             late_ts = ts[idx]
             reached = (times[:, None] > late_ts) & (times[:, None] <= late_ts + reach)
-            later = np.flatnonzero(reached.any(axis=1) & ~np.isin(times, batch_ts))
+            of_batch = np.isin(times, batch_ts)
+            later = np.flatnonzero(reached.any(axis=1) & ~of_batch)
             if not len(later):
                 continue
-            n = len(later)
-            point_rows = np.full(n, row, np.intp)
-            point_ts = times[later]
-            point_values = buf.values[row, later]
-            pids = [pid] * n
-            with_batch = self._window(metric, buf, point_rows, point_ts, point_values, pids)
-            held = with_batch.times
-            before = replace(with_batch, times=np.where(np.isin(held, batch_ts), np.inf, held))
             causes = np.where(reached[later], late_ts, np.inf).argmin(axis=1)
-            for rule in rules:
+            held = pending.get(tuple(map(id, rules)))
+            if held is None:
+                held = pending[tuple(map(id, rules))] = _Held(rules)
+            n = len(later)
+            held.order.extend([order] * n)
+            held.rows.append(np.full(n, row, np.intp))
+            held.ts.append(times[later])
+            held.values.append(buf.values[row, later])
+            held.of_batch.append(np.broadcast_to(of_batch, (n, len(of_batch))))
+            held.pids.extend([pid] * n)
+            held.causes.extend(g.readings[idx[c]].reading for c in causes.tolist())
+        found: list[tuple[int, int, int, AlertCandidate]] = []
+        for held in pending.values():
+            point_rows = np.concatenate(held.rows)
+            point_ts = np.concatenate(held.ts)
+            point_values = np.concatenate(held.values)
+            with_batch = self._window(
+                metric, buf, point_rows, point_ts, point_values, self._rows_in(held.pids)
+            )
+            times, values = with_batch.times, with_batch.values
+            of_batch = np.concatenate(held.of_batch)[:, : times.shape[1]]
+            hidden = np.where(of_batch, np.inf, times)
+            before = replace(with_batch, gather=given(hidden, values), _held=None)
+            for k, rule in enumerate(held.rules):
                 kind = KINDS[rule.kind]
                 now = kind.evaluate(rule, with_batch)
                 then = kind.evaluate(rule, before)
-                for j in np.flatnonzero(now.severity > then.severity):
-                    cause = g.readings[idx[causes[j]]].reading
-                    values = {
+                for j in np.flatnonzero(now.severity > then.severity).tolist():
+                    cause, pid = held.causes[j], held.pids[j]
+                    values_j = {
                         c: float(v)
                         for c, v in zip(buf.components, point_values[j], strict=True)
                         if not math.isnan(v)
                     }
                     at = datetime.fromtimestamp(float(point_ts[j]), UTC)
-                    point = Reading(cause.device_id, metric, values, at, cause.received_at)
+                    point = Reading(cause.device_id, metric, values_j, at, cause.received_at)
                     cand = self._candidate(rule, now.severity[j], now.detail, j, point, pid, cause)
-                    result.candidates.append(cand)
+                    found.append((held.order[j], k, j, cand))
                     self.arm(pid, rule.id)
+        # in the order of the late rows, then of their rules, then of time
+        found.sort(key=lambda f: f[:3])
+        result.candidates.extend(f[3] for f in found)
 
     @staticmethod
     def _latest(
@@ -561,8 +624,9 @@ class Engine:
         if not present.any():
             return value, at
         r = rows[present]
-        t = buf.times[r]
-        v = buf.values[r, :, buf.index[component]]
+        width = int(buf.count[r].max(initial=1))  # the places after are empty in every row
+        t = buf.times[r, :width]
+        v = buf.values[r, :width, buf.index[component]]
         tp = ts[present]
         ok = (t <= tp[:, None]) & (t >= (tp - fresh)[:, None]) & ~np.isnan(v)
         pick = np.where(ok, t, -np.inf).argmax(axis=1)

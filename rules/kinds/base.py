@@ -40,6 +40,17 @@ DAY = 86400.0
 LatestOf = Callable[[Metric, str, float], tuple[F64, F64]]
 
 
+# The history of a window's readings, gathered from the ring buffer on first use (a kind
+# that reads only the readings' own values never pays for it): times (B, C) and values
+# (B, C, K)
+Gather = Callable[[], tuple[F64, F64]]
+
+
+def given(times: F64, values: F64) -> Gather:
+    """A history already at hand."""
+    return lambda: (times, values)
+
+
 @dataclass(slots=True)
 class Window:
     """B readings of one metric, evaluated under the same rule."""
@@ -47,11 +58,25 @@ class Window:
     metric: Metric
     ts: F64  # (B,) measured time, epoch seconds
     current: F64  # (B, K) the readings' own values, NaN where a component is absent
-    times: F64  # (B, C) history times, ascending, inf where the row is empty
-    values: F64  # (B, C, K) history values
+    gather: Gather
     components: Mapping[str, int]
-    exclude: F64  # (B,) a history time to leave out (NaN: none); see Engine re-evaluation
     latest_of: LatestOf
+    _held: tuple[F64, F64] | None = field(default=None, repr=False)
+
+    @property
+    def times(self) -> F64:
+        """(B, C) history times, ascending, inf where the row is empty."""
+        return self._history()[0]
+
+    @property
+    def values(self) -> F64:
+        """(B, C, K) history values."""
+        return self._history()[1]
+
+    def _history(self) -> tuple[F64, F64]:
+        if self._held is None:
+            self._held = self.gather()
+        return self._held
 
     def __len__(self) -> int:
         return int(self.ts.shape[0])
@@ -64,8 +89,7 @@ class Window:
 
     def upto(self) -> Bools:
         """History at or before each reading's own time (the reading included)."""
-        t = self.times
-        return np.asarray((t <= self.ts[:, None]) & (t != self.exclude[:, None]), np.bool_)
+        return np.asarray(self.times <= self.ts[:, None], np.bool_)
 
     def between(
         self, back_s: float | F64, *, include_self: bool, skip_recent_s: float = 0.0
@@ -75,7 +99,7 @@ class Window:
         lo = self.ts - back_s
         hi = self.ts - skip_recent_s
         upper = (t <= hi[:, None]) if include_self and skip_recent_s == 0 else (t < hi[:, None])
-        return np.asarray((t >= lo[:, None]) & upper & (t != self.exclude[:, None]), np.bool_)
+        return np.asarray((t >= lo[:, None]) & upper, np.bool_)
 
 
 @dataclass(slots=True)

@@ -13,7 +13,6 @@ score is partial; the explanation says how many parameters it used.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 
@@ -21,16 +20,29 @@ import numpy as np
 
 from rpm.domain import Metric
 
-from ..spec import COMPARATORS, RuleSpec, ScoredParameter
+from ..spec import COMPARATORS, RuleSpec, ScoredParameter, Source
 from .base import F64, HOUR, Facts, Outcome, Window, amount, base_evidence, short_source, when
 
 PSEUDO = ("total", "single")
 
 
-@functools.cache
+# id(scored) -> (scored, kept so its id is not reused; its table): hashing a spec costs
+# more than the table saves
+_TABLES: dict[int, tuple[ScoredParameter, tuple[F64, F64] | None]] = {}
+
+
 def _band_table(scored: ScoredParameter) -> tuple[F64, F64] | None:
     """Inner edges and points of contiguous bands (the usual chart), for one searchsorted;
     None when the bands leave gaps or overlap."""
+    held = _TABLES.get(id(scored))
+    if held is None:
+        if len(_TABLES) >= 1024:  # versions of the programs come and go: stay bounded
+            _TABLES.clear()
+        held = _TABLES[id(scored)] = (scored, _make_band_table(scored))
+    return held[1]
+
+
+def _make_band_table(scored: ScoredParameter) -> tuple[F64, F64] | None:
     bands = sorted(scored.bands, key=lambda b: -math.inf if b.low is None else b.low)
     if bands[0].low is not None or bands[-1].high is not None:
         return None
@@ -57,6 +69,13 @@ def _points(scored: ScoredParameter, value: F64) -> F64:
             inside &= value < band.high
         out = np.where(inside & np.isnan(out), float(band.points), out)
     return out
+
+
+def _source(w: Window, src: Source, fresh: float) -> tuple[F64, F64]:
+    """(value, time) of a source for each reading: its own or the patient's latest."""
+    if src.metric is w.metric:
+        return w.value(src.component), w.ts
+    return w.latest_of(src.metric, src.component, fresh)
 
 
 class Composite:
@@ -95,20 +114,20 @@ class Composite:
         available = np.zeros(n)
         detail: dict[str, np.ndarray] = {}
         for i, s in enumerate(rule.scored):
-            value = np.full(n, np.nan)
-            at = np.full(n, -np.inf)
-            for src in s.sources:
-                if src.metric is w.metric:
-                    v, t = w.value(src.component), w.ts
-                else:
-                    v, t = w.latest_of(src.metric, src.component, fresh)
+            first, *others = s.sources
+            v, t = _source(w, first, fresh)
+            value = np.array(v, np.float64)  # the first source's value where it has one
+            at = np.where(np.isnan(v), -np.inf, t) if others else t
+            for src in others:  # the freshest value counts
+                v, t = _source(w, src, fresh)
                 newer = ~np.isnan(v) & (np.isnan(value) | (t > at))
                 value = np.where(newer, v, value)
                 at = np.where(newer, t, at)
             points = _points(s, value)
             have = ~np.isnan(points)
-            total += np.where(have, points, 0.0)
-            single = np.maximum(single, np.where(have, points, 0.0))
+            scored = np.where(have, points, 0.0)
+            total += scored
+            single = np.maximum(single, scored)
             available += have
             key = f"p{i}"
             detail[key] = value

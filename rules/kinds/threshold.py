@@ -43,7 +43,8 @@ class Threshold(OwnMetric):
 
     def evaluate(self, rule: RuleSpec, w: Window) -> Outcome:
         severity = _tier_hits(rule, rule.tiers, w)
-        still = _tier_hits(rule, rule.tiers, w, shift=rule.params.get("hysteresis", 0.0))
+        shift = rule.params.get("hysteresis", 0.0)
+        still = _tier_hits(rule, rule.tiers, w, shift=shift) if shift else severity
         return Outcome(severity, still == 0)
 
     def explain(self, rule: RuleSpec, facts: Facts) -> tuple[str, dict[str, object]]:
