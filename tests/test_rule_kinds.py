@@ -366,6 +366,14 @@ WEIGHT_TREND = spec(
     severity="low",
     params={"window_days": 7, "min_readings": 5, "min_slope_per_day": 0.2},
 )
+WEIGHT_TREND_SPANNED = spec(
+    "trend",
+    "weight",
+    component="weight",
+    direction="rise",
+    severity="low",
+    params={"window_days": 7, "min_readings": 5, "min_span_days": 4, "min_slope_per_day": 0.2},
+)
 SYSTOLIC_FALLING = spec(
     "trend",
     "blood_pressure",
@@ -412,6 +420,24 @@ def daily(rule: RuleSpec, *values: Value, start_day: float = 0) -> list[Accepted
             series(WEIGHT_TREND, *((0, v) for v in (80.0, 81.0, 82.0, 83.0, 84.0))),
             False,
             id="all at one time: no slope",
+        ),
+        pytest.param(
+            WEIGHT_TREND_SPANNED,
+            series(WEIGHT_TREND_SPANNED, *((h, 80.0 + 0.1 * h) for h in range(6))),
+            False,
+            id="a burst over 5 hours: no slope per day (min_span_days)",
+        ),
+        pytest.param(
+            WEIGHT_TREND_SPANNED,
+            daily(WEIGHT_TREND_SPANNED, 80.0, 80.2, 80.4, 80.6, 80.8),
+            True,
+            id="span exactly min_span_days",
+        ),
+        pytest.param(
+            WEIGHT_TREND_SPANNED,
+            series(WEIGHT_TREND_SPANNED, *((20 * i, 80.0 + 0.2 * 20 * i / 24) for i in range(5))),
+            False,
+            id="span 80 h < 4 days",
         ),
         pytest.param(
             SYSTOLIC_FALLING,

@@ -1,7 +1,9 @@
 """Trend: the least-squares slope of a component over the last N days.
 
 Spec: ``component``, ``direction`` (rise or fall), ``severity``; params
-``window_days``, ``min_readings`` and ``min_slope_per_day`` (a positive number in
+``window_days``, ``min_readings``, optional ``min_span_days`` (the readings must cover
+at least this much time: a burst of re-measurements has no slope worth a day), and
+``min_slope_per_day`` (a positive number in
 the component's unit per day; for a fall the slope must be at or below its
 negative). The fit uses every reading in the window up to and including this one.
 """
@@ -59,6 +61,8 @@ class Trend(OwnMetric):
             slope = (dx * np.where(inside, y - my[:, None], 0.0)).sum(axis=1) / sxx
             first = np.where(inside, x, np.inf).min(axis=1)
         ok = (n >= rule.p("min_readings")) & (sxx > 0) & ~np.isnan(w.value(rule.component))
+        # A slope over hours, extrapolated per day, is noise: the readings must span enough.
+        ok &= -first >= rule.params.get("min_span_days", 0.0) - EPS
         slope = np.where(ok, slope, 0.0)
         limit = rule.p("min_slope_per_day")
         fires = ok & (slope >= limit - EPS if rule.direction == "rise" else slope <= -limit + EPS)
