@@ -46,6 +46,7 @@ from .validation import ClockPolicy, validate
 log = logging.getLogger(__name__)
 
 INGEST_CHANNEL = "rpm_ingest"
+LAST_READING_SLACK = timedelta(minutes=15)
 MISSING_LOCK = 0x52504D4D  # advisory lock key of the missing-data timer ("RPMM")
 A = TypeVar("A")
 R = TypeVar("R")
@@ -145,6 +146,8 @@ class IngestPipeline:
         self._rules_checked = -1e9
         self._rules_refresh_s = rules_refresh_s
         self._touched: set[str] = set()
+        self._last_written: dict[tuple[str, str], datetime] = {}
+        self._last_pending: dict[tuple[str, str], datetime] = {}
         self._fhir_push = fhir_push
 
     async def load_rules(self, conn: Conn) -> None:
@@ -213,12 +216,30 @@ class IngestPipeline:
     async def _in_transaction(self, work: Callable[[Conn, A], Awaitable[R]], arg: A) -> R:
         """Run ``work`` in one transaction; on any failure the engine forgets what it touched."""
         self._touched = set()
+        self._last_pending = {}
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                return await work(conn, arg)
+                out = await work(conn, arg)
         except BaseException:
             self.engine.forget(self._touched)
             raise
+        self._last_written.update(self._last_pending)
+        return out
+
+    def _last_due(self, new: Sequence[AcceptedReading]) -> dict[tuple[str, str], datetime]:
+        """Newest times per (patient, metric) worth writing to ``patient_metric_last``.
+
+        Missing-data rules count in hours, so a time is written only when it is at least
+        ``LAST_READING_SLACK`` newer than the one this process last wrote: a patient
+        measuring every minute costs one row update every quarter hour, not one per batch.
+        """
+        due = {
+            key: t
+            for key, t in rule_state.newest_by_metric(new).items()
+            if (written := self._last_written.get(key)) is None or t >= written + LAST_READING_SLACK
+        }
+        self._last_pending = due
+        return due
 
     async def _process(self, conn: Conn, batch: Sequence[RawMessage]) -> BatchResult:
         now = self._now()
@@ -238,7 +259,7 @@ class IngestPipeline:
         result.duplicates = len(prepared.accepted) - len(new)
 
         if new:
-            await rule_state.touch_last(conn, new)
+            await rule_state.touch_last(conn, self._last_due(new))
             if self._fhir_push:
                 await outbox_store.enqueue(conn, [fhir_push_item(new)])
             self._touched.update(contexts)

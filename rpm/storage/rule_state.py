@@ -54,14 +54,19 @@ async def armed(conn: Conn, patient_ids: Iterable[str]) -> list[tuple[str, str]]
     return [(r["patient_id"], r["rule_id"]) for r in rows]
 
 
-async def touch_last(conn: Conn, readings: Sequence[AcceptedReading]) -> None:
-    """Keep the newest measured time per patient and metric (for the missing-data timer)."""
+def newest_by_metric(readings: Sequence[AcceptedReading]) -> dict[tuple[str, str], datetime]:
+    """The newest measured time per (patient, metric) among ``readings``."""
     newest: dict[tuple[str, str], datetime] = {}
     for a in readings:
         key = (a.patient_id, a.reading.metric.value)
         t = a.reading.measured_at
         if key not in newest or t > newest[key]:
             newest[key] = t
+    return newest
+
+
+async def touch_last(conn: Conn, newest: Mapping[tuple[str, str], datetime]) -> None:
+    """Keep the newest measured time per patient and metric (for the missing-data timer)."""
     if not newest:
         return
     keys = sorted(newest)  # a fixed lock order: concurrent batches cannot deadlock
