@@ -41,6 +41,27 @@ class BenchError(RuntimeError):
     """The benchmark could not run a step; the message says which and shows the log tail."""
 
 
+def server_env(endpoints: Any, client_id: str, **settings: str) -> dict[str, str]:
+    """The environment of an ``rpm serve`` child: RPM_* as ``rpm services env`` prints them
+    for ``endpoints`` (a ``rpm.localservices.ServiceEndpoints``), plus ``settings``; every
+    other RPM_* variable of this process is left out, so the server runs at its defaults."""
+    e = endpoints
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RPM_")}
+    env.update(
+        RPM_DATABASE_URL=e.database_url,
+        RPM_MQTT_HOST=e.mqtt_host,
+        RPM_MQTT_PORT=str(e.mqtt_port),
+        RPM_MQTT_USERNAME=e.mqtt_gateway_username,
+        RPM_MQTT_PASSWORD=e.mqtt_gateway_password,
+        RPM_MQTT_ADMIN_USERNAME=e.mqtt_admin_username,
+        RPM_MQTT_ADMIN_PASSWORD=e.mqtt_admin_password,
+        RPM_MQTT_CLIENT_ID=client_id,
+        RPM_API_HOST="127.0.0.1",
+    )
+    env.update(settings)
+    return env
+
+
 def utc(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 

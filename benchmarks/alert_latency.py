@@ -99,6 +99,7 @@ from _common import (
     pid_from_file,
     publish,
     render_table,
+    server_env,
     utc,
 )
 
@@ -343,20 +344,11 @@ class Run:
         if not self.args.quiet:
             print(f"[alert_latency] {line}", file=sys.stderr, flush=True)
 
-    def server_env(self, twilio_url: str) -> dict[str, str]:
+    def server_env_for(self, twilio_url: str) -> dict[str, str]:
         """RPM_* as ``rpm services env`` prints them; everything else at the server default."""
-        e = self.endpoints
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RPM_")}
-        env.update(
-            RPM_DATABASE_URL=e.database_url,
-            RPM_MQTT_HOST=e.mqtt_host,
-            RPM_MQTT_PORT=str(e.mqtt_port),
-            RPM_MQTT_USERNAME=e.mqtt_gateway_username,
-            RPM_MQTT_PASSWORD=e.mqtt_gateway_password,
-            RPM_MQTT_ADMIN_USERNAME=e.mqtt_admin_username,
-            RPM_MQTT_ADMIN_PASSWORD=e.mqtt_admin_password,
-            RPM_MQTT_CLIENT_ID=GATEWAY_ID,
-            RPM_API_HOST="127.0.0.1",
+        env = server_env(
+            self.endpoints,
+            GATEWAY_ID,
             RPM_API_PORT=str(self.api_port),
             RPM_TWILIO_ACCOUNT_SID=TWILIO_SID,
             RPM_TWILIO_AUTH_TOKEN=TWILIO_TOKEN,
@@ -370,7 +362,7 @@ class Run:
         """``rpm serve`` in its own process; ready when its API answers."""
         script = Path(sys.executable).with_name("rpm")  # the console script: `rpm serve`
         command = [str(script)] if script.exists() else [sys.executable, "-m", "rpm.cli"]
-        env, log = self.server_env(twilio_url), self.work / "serve.log"
+        env, log = self.server_env_for(twilio_url), self.work / "serve.log"
         self.server = Child("rpm serve", [*command, "serve"], env, log)
         deadline = time.monotonic() + 60
         async with httpx.AsyncClient(timeout=2) as client:

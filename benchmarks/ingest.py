@@ -101,6 +101,7 @@ from _common import (
     publish,
     render_table,
     rss_mib,
+    server_env,
     steady_rate,
     utc,
 )
@@ -414,25 +415,15 @@ class Run:
 
     def child_env(self, client_id: str) -> dict[str, str]:
         """RPM_* settings as `rpm services env` prints them, plus this run's knobs."""
-        e = self.endpoints
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RPM_")}
-        env.update(
-            RPM_DATABASE_URL=e.database_url,
-            RPM_MQTT_HOST=e.mqtt_host,
-            RPM_MQTT_PORT=str(e.mqtt_port),
-            RPM_MQTT_USERNAME=e.mqtt_gateway_username,
-            RPM_MQTT_PASSWORD=e.mqtt_gateway_password,
-            RPM_MQTT_ADMIN_USERNAME=e.mqtt_admin_username,
-            RPM_MQTT_ADMIN_PASSWORD=e.mqtt_admin_password,
-            RPM_MQTT_CLIENT_ID=client_id,
+        return server_env(
+            self.endpoints,
+            client_id,
             RPM_BATCH_MAX_MESSAGES=str(self.args.batch_max_messages),
             RPM_BATCH_MAX_WAIT_MS=str(self.args.batch_max_wait_ms),
-            RPM_API_HOST="127.0.0.1",
             RPM_API_PORT=str(free_port()),
             RPM_TWILIO_ACCOUNT_SID=TWILIO_SID,
             RPM_TWILIO_AUTH_TOKEN=TWILIO_TOKEN,
         )
-        return env
 
     def publish(self, client_id: str, count: int, rate: float = 0.0) -> list[PublishResult]:
         parts = self.args.publishers
