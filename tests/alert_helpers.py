@@ -11,7 +11,7 @@ import asyncpg
 
 from rpm.domain import RawMessage
 from rpm.pipeline import IngestPipeline
-from rpm.storage import registry, rule_programs
+from rpm.storage import registry, rule_programs, staff_auth
 from rpm.storage import staff as staff_store
 from rpm.storage.pool import Conn
 from rpm.validation import ClockPolicy
@@ -54,9 +54,9 @@ async def clinic(
         await rule_programs.seed_builtin(conn)
         await staff_store.create_team(conn, TEAM, "North ward")
         for staff_id, phone in ((TIER1, "+15550199001"), (TIER2, "+15550199002")):
-            await staff_store.add_staff(
+            await staff_auth.add_staff(
                 conn,
-                staff_id,
+                staff_id=staff_id,
                 display_name=f"Nurse {staff_id}",
                 role="nurse",
                 password_hash="$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA",

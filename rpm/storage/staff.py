@@ -31,27 +31,6 @@ async def create_team(conn: Conn, team_id: str, title: str) -> None:
     )
 
 
-async def add_staff(
-    conn: Conn,
-    staff_id: str,
-    *,
-    display_name: str,
-    role: str,
-    password_hash: str,
-    phone: str | None = None,
-) -> None:
-    """Add a staff member; ``password_hash`` is already hashed (argon2id)."""
-    await conn.execute(
-        """INSERT INTO staff (id, display_name, role, password_hash, phone)
-           VALUES ($1, $2, $3, $4, $5)""",
-        staff_id,
-        display_name,
-        role,
-        password_hash,
-        phone,
-    )
-
-
 async def add_member(conn: Conn, team_id: str, staff_id: str) -> None:
     await conn.execute(
         "INSERT INTO care_team_members (team_id, staff_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
