@@ -33,6 +33,7 @@ from rpm.settings import Settings
 from rpm.storage import alerts as alert_store
 from rpm.storage import outbox as outbox_store
 from rpm.storage import sms as sms_store
+from rpm.storage import staff as staff_store
 from rpm.storage.pool import DATABASE_UNAVAILABLE, Conn
 
 from . import templates
@@ -221,7 +222,7 @@ class SmsOutboxWorker:
         cap = self._config.daily_cap
         if work.audience == "staff":
             assert work.staff_id is not None
-            known, phone = await sms_store.staff_phone(conn, work.staff_id)
+            known, phone = await staff_store.staff_phone(conn, work.staff_id)
             staff = Recipient(phone) if known else None
             return Situation(work, staff, now, state, daily_cap=cap), alert
         assert work.patient_id is not None

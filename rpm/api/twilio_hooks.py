@@ -143,7 +143,7 @@ async def _handle_inbound(
         conn, sid=sid, patient_id=patient_id, alert_id=alert_id, body=body
     )
     if stored is not None and alert is not None:
-        await sms_store.reply_event(
+        await alert_store.reply_event(
             conn,
             alert_id=int(alert["id"]),
             patient_id=patient_id,

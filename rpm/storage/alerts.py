@@ -255,6 +255,21 @@ async def audit(
     )
 
 
+async def reply_event(
+    conn: Conn, *, alert_id: int, patient_id: str, state: str, severity: str, text: str
+) -> None:
+    """Audit a patient's SMS reply on the alert it answers (the state does not change)."""
+    await conn.execute(
+        """INSERT INTO alert_events (alert_id, actor, action, from_state, to_state, severity, note)
+           VALUES ($1, $2, 'patient_reply', $3, $3, $4, $5)""",
+        alert_id,
+        f"patient:{patient_id}",
+        state,
+        severity,
+        text,
+    )
+
+
 async def notify(conn: Conn, payloads: Sequence[dict[str, Any]]) -> None:
     """Announce alert changes on the ``rpm_alerts`` channel; delivered at commit."""
     if payloads:

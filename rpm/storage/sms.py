@@ -132,14 +132,6 @@ async def opt_in(conn: Conn, patient_ids: Iterable[str]) -> int:
     return int(status.split()[-1])
 
 
-async def staff_phone(conn: Conn, staff_id: str) -> tuple[bool, str | None]:
-    """(known and active, phone) of a staff member. Belongs in rpm.storage.staff."""
-    row = await conn.fetchrow("SELECT phone, active FROM staff WHERE id = $1", staff_id)
-    if row is None or not row["active"]:
-        return False, None
-    return True, row["phone"]
-
-
 async def sent_today(conn: Conn, patient_id: str, start: datetime, end: datetime) -> int:
     """Non-urgent patient SMS Twilio accepted for this patient in [start, end)."""
     value = await conn.fetchval(
@@ -246,21 +238,6 @@ async def record_inbound(
         body,
     )
     return int(value) if value is not None else None
-
-
-async def reply_event(
-    conn: Conn, *, alert_id: int, patient_id: str, state: str, severity: str, text: str
-) -> None:
-    """Audit a patient's reply on the alert it answers. Belongs in rpm.storage.alerts."""
-    await conn.execute(
-        """INSERT INTO alert_events (alert_id, actor, action, from_state, to_state, severity, note)
-           VALUES ($1, $2, 'patient_reply', $3, $3, $4, $5)""",
-        alert_id,
-        f"patient:{patient_id}",
-        state,
-        severity,
-        text,
-    )
 
 
 async def messages(

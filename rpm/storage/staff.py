@@ -104,3 +104,11 @@ async def exists(conn: Conn, staff_id: str) -> bool:
             "SELECT EXISTS (SELECT 1 FROM staff WHERE id = $1 AND active)", staff_id
         )
     )
+
+
+async def staff_phone(conn: Conn, staff_id: str) -> tuple[bool, str | None]:
+    """(known and active, phone) of a staff member."""
+    row = await conn.fetchrow("SELECT phone, active FROM staff WHERE id = $1", staff_id)
+    if row is None or not row["active"]:
+        return False, None
+    return True, row["phone"]
