@@ -60,9 +60,9 @@ ALARMING: Mapping[str, tuple[float, float]] = MappingProxyType(
     }
 )
 RANDOM_REMEASURE = 0.04  # a re-measurement without a reason (simulator's choice)
-# Share of days a patient measures at all: Beta(a, b), mean ~0.93. RPM adherence varies
+# Share of days a patient measures at all: Beta(a, b), mean ~0.95. RPM adherence varies
 # widely; the simulator keeps quiet patients adherent enough that missing-data rules are rare.
-_ADHERENCE_BETA = (14.0, 1.0)
+_ADHERENCE_BETA = (20.0, 1.0)
 
 
 def draw_adherence(rng: np.random.Generator) -> float:

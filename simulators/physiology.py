@@ -52,8 +52,8 @@ _DESAT_DEPTH = (2.0, 4.0)
 # --- weight -------------------------------------------------------------------------------
 # Morning weight after voiding varies by a few tenths of a kg day to day without fluid
 # retention (the stable weights of non-hospitalised patients in Chaudhry SI et al.
-# Circulation 2007;116:1549-54); 0.3 kg SD is the simulator's choice. Scales show 0.1 kg.
-_WEIGHT_DAY_SD, _WEIGHT_NOISE = 0.3, 0.05
+# Circulation 2007;116:1549-54); 0.25 kg SD is the simulator's choice. Scales show 0.1 kg.
+_WEIGHT_DAY_SD, _WEIGHT_NOISE = 0.25, 0.05
 
 # --- glucose ------------------------------------------------------------------------------
 # Meals at local times; a post-prandial rise peaking about an hour after the start of the meal
@@ -94,7 +94,7 @@ class Person:
 # "quiet" patient here is controlled or near it, so stage-2 readings stay the exception.
 _SBP: Mapping[str, tuple[float, float, float, float]] = MappingProxyType(
     {
-        "hypertension": (126.0, 6.0, 112.0, 134.0),
+        "hypertension": (124.0, 6.0, 110.0, 132.0),
         "heart_failure": (118.0, 8.0, 100.0, 132.0),
         "diabetes": (124.0, 7.0, 108.0, 134.0),
         "copd": (124.0, 8.0, 108.0, 134.0),
@@ -111,7 +111,7 @@ def draw_person(program: str, rng: np.random.Generator) -> Person:
     return Person(
         program=program,
         sbp=sbp,
-        dbp=float(np.clip(sbp * 0.62 + rng.normal(0, 4), 60, 84)),
+        dbp=float(np.clip(sbp * 0.62 + rng.normal(0, 4), 58, 82)),
         dip=float(rng.uniform(0.08, 0.18)),
         # Resting tachycardia is common in COPD (higher rate with worse lung function).
         hr=float(np.clip(rng.normal(76 if copd else 70, 7), 56, 90)),

@@ -236,10 +236,10 @@ KINDS: Mapping[str, Kind] = MappingProxyType(
         ),
         "copd_exacerbation": Kind(
             {
-                "spo2_drop": (7.0, 1.0, 25.0),
+                "spo2_drop": (8.0, 1.0, 25.0),
                 "hr_rise": (15.0, 0.0, 60.0),
                 "temp_rise": (0.6, 0.0, 3.0),
-                "ramp_hours": (24.0, 0.0, 168.0),
+                "ramp_hours": (12.0, 0.0, 168.0),
             },
             _copd,
             "pulse_oximeter",
@@ -273,7 +273,7 @@ _DEFAULTS: tuple[dict[str, Any], ...] = (
         "kind": "hf_decompensation",
         "program": "heart_failure",
         "share": 0.1,
-        "onset": (0.15, 0.45),
+        "onset": (0.1, 0.35),
         "detected_by": ("hf.weight_gain_24h", "hf.weight_gain_7d", "hf.weight_trend"),
     },
     {
@@ -289,7 +289,7 @@ _DEFAULTS: tuple[dict[str, Any], ...] = (
         "kind": "copd_exacerbation",
         "program": "copd",
         "share": 0.1,
-        "onset": (0.1, 0.4),
+        "onset": (0.1, 0.35),
         "detected_by": (
             "copd.spo2_below_target",
             "copd.spo2_critical",
