@@ -23,10 +23,10 @@ DAY_S = 86_400.0
 # Nocturnal dip: a fall of 10-20% at night is the normal ("dipper") pattern (O'Brien E et al.
 # Lancet 1988;2:397); the dip fraction is personal, drawn below. Morning surge: pressure rises
 # steeply after waking and peaks in the early morning (Kario K et al. Circulation
-# 2003;107:1401-6); the +4% peak at 08:00 is the simulator's choice within that pattern.
-_BP_HOURS = np.array([0.0, 3.0, 5.0, 6.5, 8.0, 11.0, 15.0, 19.0, 22.0, 23.5, 24.0])
-_BP_SHAPE_AWAKE = np.array([0.0, 0.0, 0.0, 0.02, 0.04, 0.01, 0.0, -0.01, -0.02, 0.0, 0.0])
-_BP_ASLEEP = np.array([1.0, 1.0, 1.0, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0, 0.7, 1.0])  # dip weight
+# 2003;107:1401-6); the +3% peak at 08:00 is the simulator's choice within that pattern.
+_BP_HOURS = np.array([0.0, 1.0, 5.0, 6.5, 8.0, 11.0, 15.0, 19.0, 22.0, 23.5, 24.0])
+_BP_SHAPE_AWAKE = np.array([0.0, 0.0, 0.0, 0.015, 0.03, 0.01, 0.0, -0.01, -0.02, 0.0, 0.0])
+_BP_ASLEEP = np.array([0.8, 1.0, 1.0, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0, 0.2, 0.8])  # dip weight
 # Within-visit noise of consecutive home readings (why the ESH asks for two readings one
 # minute apart: Stergiou GS et al. J Hypertens 2021;39:1293-1302). SDs are the simulator's.
 _SBP_NOISE, _DBP_NOISE = 5.0, 3.5
@@ -94,11 +94,11 @@ class Person:
 # "quiet" patient here is controlled or near it, so stage-2 readings stay the exception.
 _SBP: Mapping[str, tuple[float, float, float, float]] = MappingProxyType(
     {
-        "hypertension": (124.0, 6.0, 110.0, 132.0),
-        "heart_failure": (118.0, 8.0, 100.0, 132.0),
-        "diabetes": (124.0, 7.0, 108.0, 134.0),
-        "copd": (124.0, 8.0, 108.0, 134.0),
-        "general": (120.0, 8.0, 104.0, 132.0),
+        "hypertension": (122.0, 6.0, 108.0, 130.0),
+        "heart_failure": (118.0, 7.0, 104.0, 130.0),
+        "diabetes": (122.0, 7.0, 106.0, 130.0),
+        "copd": (122.0, 8.0, 106.0, 132.0),
+        "general": (120.0, 7.0, 106.0, 130.0),
     }
 )
 
@@ -111,7 +111,7 @@ def draw_person(program: str, rng: np.random.Generator) -> Person:
     return Person(
         program=program,
         sbp=sbp,
-        dbp=float(np.clip(sbp * 0.62 + rng.normal(0, 4), 58, 82)),
+        dbp=float(np.clip(sbp * 0.62 + rng.normal(0, 4), 56, 80)),
         dip=float(rng.uniform(0.08, 0.18)),
         # Resting tachycardia is common in COPD (higher rate with worse lung function).
         hr=float(np.clip(rng.normal(76 if copd else 70, 7), 56, 90)),
