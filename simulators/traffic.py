@@ -338,28 +338,33 @@ def _device_sends(
     components = list(values)
     seen: set[float] = set()
     sends: list[Send] = []
+    # Python lists: the loop below reads one element at a time.
+    clock = np.floor(t_all + skew).tolist()  # the device's clock, whole seconds
+    true_t = t_all.tolist()
+    rows = list(zip(*(values[c].tolist() for c in components), strict=True))
+    delay_s, resend_s = delays.tolist(), resend.tolist()
     for s in range(n):
-        lo, hi = bounds[s], bounds[s + 1]
+        lo, hi = int(bounds[s]), int(bounds[s + 1])
         readings = []
         for j in range(lo, hi):
-            measured = float(np.floor(t_all[j] + skew))  # the device's clock, whole seconds
+            measured = clock[j]
             if measured in seen:  # one reading per device and second (its identity)
                 continue
             seen.add(measured)
             when = datetime.fromtimestamp(measured, UTC)
-            vals = {c: float(values[c][j]) for c in components}
+            vals = dict(zip(components, rows[j], strict=True))
             readings.append(Reading(device.device_id, metric, vals, when, when))
         if not readings:
             continue
         newest = max(r.measured_at.timestamp() for r in readings)
-        at_s = max(float(t_all[hi - 1]) + delays[s], newest + 1.0)
+        at_s = max(true_t[hi - 1] + delay_s[s], newest + 1.0)
         if at_s >= t1:
             continue
         battery = None
         if fmt == "canonical":
-            battery = float(round(max(battery0 - drain * (t_all[lo] - t0) / DAY_S, 1.0)))
+            battery = float(round(max(battery0 - drain * (true_t[lo] - t0) / DAY_S, 1.0)))
         if bad[s]:
-            sends.append(_bad_send(device, readings[0], int(bad_pick[s]), float(t_all[lo]), rng))
+            sends.append(_bad_send(device, readings[0], int(bad_pick[s]), true_t[lo], rng))
         body = payload(fmt, http, readings, device.device_id, battery)
         keys = tuple(stored_keys(fmt, readings))
         good = Send(
@@ -367,8 +372,8 @@ def _device_sends(
             battery=battery,
         )  # fmt: skip
         sends.append(good)
-        if duplicate[s] and at_s + resend[s] < t1:
-            sends.append(replace(good, at=_utc(at_s + resend[s]), expect="duplicate"))
+        if duplicate[s] and at_s + resend_s[s] < t1:
+            sends.append(replace(good, at=_utc(at_s + resend_s[s]), expect="duplicate"))
     return sends
 
 
