@@ -10,7 +10,7 @@ import pytest
 from device_gateways.decoders import DECODERS
 from simulators.scenarios import ScenarioSpec
 from simulators.traffic import Plan, SimConfig, build_plan
-from tests.sim_helpers import records, through_gateway
+from simulators.offline import records, through_gateway
 
 START = datetime(2026, 11, 2, 5, 0, tzinfo=UTC)
 CFG = SimConfig(
