@@ -348,7 +348,9 @@ def _device_sends(
         readings = []
         for j in range(lo, hi):
             measured = clock[j]
-            if measured in seen:  # one reading per device and second (its identity)
+            # One reading per device and second (its identity); none stamped before the
+            # span, when devices are bound to their patients.
+            if measured in seen or measured < t0:
                 continue
             seen.add(measured)
             when = datetime.fromtimestamp(measured, UTC)
