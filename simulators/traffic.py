@@ -179,6 +179,9 @@ def _check(cfg: SimConfig) -> None:
     unknown = [f for f in cfg.formats if f not in DECODERS]
     if unknown:
         raise ValueError(f"unknown formats {unknown}; the gateway decodes {sorted(DECODERS)}")
+    names = [s.name for s in cfg.scenarios or ()]
+    if len(set(names)) != len(names):
+        raise ValueError(f"scenario names must be unique (ground truth names them): {names}")
 
 
 def _assign(
