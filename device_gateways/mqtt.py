@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import struct
+import termios
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -70,6 +73,34 @@ def to_raw(topic: str, payload: bytes, received_at: datetime) -> RawMessage:
         received_at=received_at,
         topic=topic,
     )
+
+
+def _unsent_bytes(sock: object) -> int:
+    """Bytes the kernel still holds to send on ``sock`` (Linux SIOCOUTQ); 0 where unknown."""
+    fileno = getattr(sock, "fileno", None)
+    if fileno is None or not hasattr(termios, "TIOCOUTQ"):
+        return 0
+    try:
+        out = fcntl.ioctl(fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int(struct.unpack("i", out)[0])
+
+
+async def _flushed(paho_client: paho.Client, within: float) -> None:
+    """Wait until the PUBACKs written so far have left paho's queue and the kernel's.
+
+    Closing a socket that has unread input resets the connection and discards output not
+    yet sent (RFC 2525, 2.17), and the broker keeps sending while we stop: without this wait
+    the last batch's acknowledgements can be lost, and its messages redelivered.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while loop.time() < deadline:
+        sock = paho_client.socket()
+        if sock is None or (not paho_client.want_write() and _unsent_bytes(sock) == 0):
+            return
+        await asyncio.sleep(0.01)
 
 
 class MqttGateway:
@@ -192,6 +223,7 @@ class MqttGateway:
                 self.reconnects = self._sessions - 1
                 log.info("subscribed to %s as %s", cfg.topic, cfg.client_id)
                 await batches
+                await _flushed(paho_client, within=5.0)  # stopping: the last acks must leave
             finally:
                 if not batches.done():
                     batches.cancel()

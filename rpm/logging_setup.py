@@ -23,6 +23,8 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _STANDARD = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys() | {"message", "asctime"}
 )
+# uvicorn's own extra: its message again, with terminal colour codes.
+_DROPPED = frozenset({"color_message"})
 # uvicorn.access records carry (client, method, path with query, HTTP version, status).
 _ACCESS_FIELDS = ("client", "method", "path", "http_version", "status")
 
@@ -40,7 +42,7 @@ class JsonFormatter(logging.Formatter):
         if record.name == "uvicorn.access" and isinstance(record.args, tuple):
             doc.update(zip(_ACCESS_FIELDS, record.args, strict=False))
         for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_") and key not in doc:
+            if key not in _STANDARD and key not in _DROPPED and key not in doc:
                 doc[key] = value
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)

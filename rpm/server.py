@@ -173,7 +173,7 @@ class Server:
             AuthConfig.from_settings(s),
             snooze_caps=SnoozeCaps.from_minutes(s.snooze_cap_min),
             settings=s,
-            ops=Operations(self.metrics, self.gateway.connected.is_set),
+            ops=Operations(self.metrics, self.gateway.connected.is_set, s.metrics_db_timeout_s),
         )
         config = uvicorn.Config(
             app,
