@@ -18,17 +18,21 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
+from alerts.outbox_worker import DeliveryConfig, SmsOutboxWorker
+from alerts.sms import SentSms, TwilioSms
 from rpm.cli import settings_for_local
 from rpm.localservices import LocalServices, ServiceEndpoints, free_port
 from rpm.logging_setup import JsonFormatter
 from rpm.server import Server
 from rpm.settings import Settings
+from rpm.storage import outbox as outbox_store
 from rpm.storage import registry
 from simulators.twilio_sink import TwilioSink
 from tests import helpers
 from tests.conftest import TWILIO_SID, TWILIO_TOKEN
 from tests.helpers import eventually
 from tests.test_reliability import durable_db, local  # noqa: F401 - fixtures used below
+from tests.twilio_support import add_alert, add_patient, patient_payload
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 PATIENT, CUFF, PHONE = "pat-ops", "cuff-ops", "+15550100077"
@@ -284,6 +288,64 @@ async def test_readiness_follows_database_broker_and_migrations(
                 await conn.close()
     finally:
         await server.stop()
+
+
+class _StopDuringFirstSend:
+    """The real Twilio client, with a stop request arriving while the first message is sent."""
+
+    def __init__(self, inner: TwilioSms) -> None:
+        self.inner = inner
+        self.worker: SmsOutboxWorker | None = None
+
+    async def send(self, to: str, body: str, *, status_callback: str | None = None) -> SentSms:
+        assert self.worker is not None
+        self.worker.request_stop()
+        return await self.inner.send(to, body, status_callback=status_callback)
+
+
+async def test_sms_worker_stop_finishes_the_message_and_hands_back_the_rest(
+    pool: asyncpg.Pool, twilio: TwilioSink
+) -> None:
+    async with pool.acquire() as conn:
+        await add_patient(conn, "p1", "+15550100001")
+        alert_id = await add_alert(conn, "p1")
+        ids = []
+        for k in range(3):
+            payload = patient_payload("p1", alert_id, urgent=True)
+            await outbox_store.enqueue(conn, [("sms", f"stop-{k}", payload)])
+            ids.append(
+                await conn.fetchval("SELECT id FROM outbox WHERE dedupe_key = $1", f"stop-{k}")
+            )
+    twilio_sms = TwilioSms(
+        account_sid=TWILIO_SID,
+        auth_token=TWILIO_TOKEN,
+        from_number="+15005550006",
+        base_url=twilio.base_url,
+        validity_period_s=900,
+    )
+    try:
+        channel = _StopDuringFirstSend(twilio_sms)
+        worker = SmsOutboxWorker(pool, channel, DeliveryConfig(poll_interval_s=0.05))
+        channel.worker = worker
+        await asyncio.wait_for(worker.run(), 30)  # returns once stopped
+        assert len(twilio.messages) == 1
+        assert worker.outcomes["sent"] == 1
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT id, delivered_at, attempts, last_error, next_attempt_at <= now() AS due "
+                "FROM outbox ORDER BY id"
+            )
+        assert [r["id"] for r in rows] == ids
+        assert rows[0]["delivered_at"] is not None
+        for r in rows[1:]:  # claimed, not sent: back in the queue at once, no attempt counted
+            assert (r["delivered_at"], r["attempts"], r["due"]) == (None, 0, True)
+            assert r["last_error"] == "released at shutdown"
+        # The next worker (the restarted process) sends them at once, not after the lease.
+        again = SmsOutboxWorker(pool, twilio_sms, DeliveryConfig(poll_interval_s=0.05))
+        assert await again.drain_once() == 2
+        assert len(twilio.messages) == 3
+    finally:
+        await twilio_sms.close()
 
 
 # --- logs --------------------------------------------------------------------------------------
