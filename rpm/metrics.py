@@ -77,6 +77,12 @@ class IngestMetrics:
         self.alerts_opened = Counter(
             "rpm_alerts_opened", "Alert episodes opened by ingest.", registry=registry
         )
+        self.not_committed = Counter(
+            "rpm_ingest_batches_not_committed",
+            "Units of work the database did not commit (outage, conflict); the caller retries "
+            "them, unacknowledged.",
+            registry=registry,
+        )
         self.batch_size = Histogram(
             "rpm_ingest_batch_size",
             "Messages per unit of work.",

@@ -189,11 +189,14 @@ class IngestPipeline:
         try:
             result = await self._in_transaction(self._process, batch)
         except DATABASE_UNAVAILABLE as exc:
+            self._metrics.not_committed.inc()
             raise StorageError(f"database unavailable: {exc.__class__.__name__}") from exc
         except asyncpg.SerializationError as exc:
+            self._metrics.not_committed.inc()
             raise StorageError("concurrent update; retry the batch") from exc
         except asyncpg.UniqueViolationError as exc:
             # Another process opened the same alert episode at the same moment.
+            self._metrics.not_committed.inc()
             raise StorageError("concurrent alert episode; retry the batch") from exc
         transport = batch[0].transport if batch else "mqtt"
         self._metrics.batch(transport, result, time.perf_counter() - started)

@@ -171,6 +171,7 @@ async def test_metrics_count_real_traffic(
     assert moved("rpm_readings_quarantined_total", reason="unknown_device") == 1
     assert moved("rpm_readings_quarantined_total", reason="implausible_value") == 0
     assert moved("rpm_alerts_opened_total") == 1
+    assert moved("rpm_ingest_batches_not_committed_total") == 0
     assert moved("rpm_ingest_batch_size_sum") == 6  # every message in some batch, once
     assert 2 <= moved("rpm_ingest_batch_size_count") <= 6
     assert moved("rpm_ingest_batch_seconds_count") == moved("rpm_ingest_batch_size_count")

@@ -51,6 +51,7 @@ import httpx
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from rpm.cli import settings_for_local
@@ -891,6 +892,16 @@ async def test_postgres_restart_mid_stream_gateway_recovers_by_itself(
     assert_exactly_once(result, stream)
     rig.gateway.check_alive()  # the same process all along
     assert "not committed" in rig.gateway.log(), "the outage never reached the gateway"
+    # ... and it is visible to monitoring: /metrics counts the batches the outage refused.
+    async with httpx.AsyncClient(timeout=10) as http:
+        r = await http.get(f"http://{LOOPBACK}:{rig.gateway.settings.api_port}/metrics")
+    [failures] = [
+        s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+        if s.name == "rpm_ingest_batches_not_committed_total"
+    ]
+    assert failures >= 1
 
 
 async def test_broker_restart_mid_stream_loses_nothing(rig: Rig, local: LocalServices) -> None:
