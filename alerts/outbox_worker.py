@@ -19,6 +19,7 @@ At-least-once: a crash between Twilio's answer and our commit can send one messa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable, Mapping
@@ -53,6 +54,10 @@ from .sms_policy import (
 log = logging.getLogger(__name__)
 
 CHANNEL = "sms"
+# Delivery results as /metrics counts them: sent to Twilio; deferred (quiet hours); dropped by
+# policy (consent, opt-out, daily cap, moot) or bad work; retry after a transient error;
+# gave_up after max attempts; refused by Twilio (permanent error).
+OUTCOMES = ("sent", "deferred", "dropped", "retry", "gave_up", "refused")
 _LEASE = timedelta(minutes=2)
 
 
@@ -166,16 +171,24 @@ class SmsOutboxWorker:
         self._config = config or DeliveryConfig()
         self._clock = clock
         self.sent = 0
+        self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)  # since start, for metrics
+        self._stopping = asyncio.Event()
+
+    def request_stop(self) -> None:
+        """Graceful stop: finish the message being sent, release the rest of the claim."""
+        self._stopping.set()
 
     async def run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 handled = await self.drain_once()
             except DATABASE_UNAVAILABLE as exc:
                 log.warning("outbox: database unavailable (%s)", exc.__class__.__name__)
                 handled = 0
             if handled == 0:
-                await asyncio.sleep(self._config.poll_interval_s)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._config.poll_interval_s):
+                        await self._stopping.wait()
 
     async def drain_once(self) -> int:
         """Handle the items due now; return how many were handled."""
@@ -183,9 +196,20 @@ class SmsOutboxWorker:
             items = await outbox_store.claim_due(
                 conn, CHANNEL, self._config.batch, _LEASE, self._clock()
             )
-        for item in items:
+        for k, item in enumerate(items):
+            if self._stopping.is_set():
+                await self._release(items[k:])
+                break
             await self._deliver(item)
         return len(items)
+
+    async def _release(self, items: list[outbox_store.OutboxItem]) -> None:
+        """Hand claimed items back at once (not after the lease), the claim not counted."""
+        now = self._clock()
+        async with self._pool.acquire() as conn:
+            for item in items:
+                await outbox_store.defer(conn, item.id, now, "released at shutdown")
+        log.info("outbox: %d claimed SMS released at shutdown", len(items))
 
     async def _deliver(self, item: outbox_store.OutboxItem) -> None:
         try:
@@ -203,6 +227,7 @@ class SmsOutboxWorker:
         if isinstance(verdict, Defer):
             async with self._pool.acquire() as conn:
                 await outbox_store.defer(conn, item.id, verdict.until, verdict.reason)
+            self.outcomes["deferred"] += 1
             log.info("outbox %s: deferred to %s (%s)", item.id, verdict.until, verdict.reason)
             return
         recipient = situation.recipient
@@ -265,6 +290,7 @@ class SmsOutboxWorker:
                     await outbox_store.failed(
                         conn, item.id, f"gave up after {item.attempts} attempts: {exc}"
                     )
+                    self.outcomes["gave_up"] += 1
                 else:
                     delay = backoff(
                         item.attempts,
@@ -272,6 +298,7 @@ class SmsOutboxWorker:
                         cap_s=self._config.backoff_cap_s,
                     )
                     await outbox_store.retry_at(conn, item.id, now + delay, str(exc))
+                    self.outcomes["retry"] += 1
             log.warning("outbox %s: attempt %d for %s failed: %s", item.id, item.attempts, who, exc)
             return
         except PermanentDeliveryError as exc:
@@ -282,6 +309,7 @@ class SmsOutboxWorker:
                     await sms_store.opt_out(conn, [work.patient_id], now)
                 reason = "recipient unsubscribed" if isinstance(exc, RecipientOptedOut) else ""
                 await outbox_store.failed(conn, item.id, f"{reason} {exc}".strip())
+            self.outcomes["refused"] += 1
             log.warning("outbox %s: refused for %s: %s", item.id, who, exc)
             return
         async with self._pool.acquire() as conn, conn.transaction():
@@ -293,7 +321,20 @@ class SmsOutboxWorker:
                 await sms_store.opt_out(conn, [work.patient_id], now)
             await outbox_store.delivered(conn, item.id, {"sid": sent.sid, "status": sent.status})
         self.sent += 1
-        log.info("outbox %s: sms %s sent to %s alert=%s", item.id, sent.sid, who, work.alert_id)
+        self.outcomes["sent"] += 1
+        log.info(
+            "outbox %s: sms %s sent to %s alert=%s",
+            item.id,
+            sent.sid,
+            who,
+            work.alert_id,
+            extra={
+                "outbox_id": item.id,
+                "alert_id": work.alert_id,
+                "patient_id": work.patient_id,
+                "staff_id": work.staff_id,
+            },
+        )
 
     async def _record(
         self,
@@ -323,6 +364,7 @@ class SmsOutboxWorker:
     async def _fail(self, item: outbox_store.OutboxItem, reason: str, who: str) -> None:
         async with self._pool.acquire() as conn:
             await outbox_store.failed(conn, item.id, reason)
+        self.outcomes["dropped"] += 1
         log.info("outbox %s: not sent to %s: %s", item.id, who, reason)
 
 

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import struct
+import termios
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -72,6 +75,34 @@ def to_raw(topic: str, payload: bytes, received_at: datetime) -> RawMessage:
     )
 
 
+def _unsent_bytes(sock: object) -> int:
+    """Bytes the kernel still holds to send on ``sock`` (Linux SIOCOUTQ); 0 where unknown."""
+    fileno = getattr(sock, "fileno", None)
+    if fileno is None or not hasattr(termios, "TIOCOUTQ"):
+        return 0
+    try:
+        out = fcntl.ioctl(fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int(struct.unpack("i", out)[0])
+
+
+async def _flushed(paho_client: paho.Client, within: float) -> None:
+    """Wait until the PUBACKs written so far have left paho's queue and the kernel's.
+
+    Closing a socket that has unread input resets the connection and discards output not
+    yet sent (RFC 2525, 2.17), and the broker keeps sending while we stop: without this wait
+    the last batch's acknowledgements can be lost, and its messages redelivered.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while loop.time() < deadline:
+        sock = paho_client.socket()
+        if sock is None or (not paho_client.want_write() and _unsent_bytes(sock) == 0):
+            return
+        await asyncio.sleep(0.01)
+
+
 class MqttGateway:
     """Consumes readings from the broker in micro-batches, acknowledging after commit."""
 
@@ -82,11 +113,22 @@ class MqttGateway:
         self.messages_acked = 0
         self.max_held = 0  # most messages held unacknowledged at once
         self.pauses = 0  # times reading from the broker was paused to bound that
+        self.reconnects = 0  # sessions after the first one
+        self._sessions = 0
+        self._stopping = asyncio.Event()
+
+    def stop_intake(self) -> None:
+        """Graceful stop: finish the batch in flight (commit, then ack), take no more, disconnect.
+
+        Messages received but not in that batch stay unacknowledged: the broker redelivers
+        them to the persistent session on the next start.
+        """
+        self._stopping.set()
 
     async def run(self) -> None:
-        """Consume forever, reconnecting with backoff when the broker goes away."""
+        """Consume until ``stop_intake``, reconnecting with backoff when the broker goes away."""
         delay = 0.2
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self._session()
             except aiomqtt.MqttError as exc:
@@ -94,10 +136,14 @@ class MqttGateway:
                     delay = 0.2  # it was connected: a fresh outage starts the backoff afresh
                 self.connected.clear()
                 log.warning("broker connection lost (%s); reconnecting in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._stopping.wait()
                 delay = min(delay * 2, self._config.reconnect_max_s)
             else:
-                return
+                break
+        self.connected.clear()
+        log.info("MQTT intake stopped; disconnected from the broker")
 
     async def _session(self) -> None:
         cfg = self._config
@@ -173,8 +219,11 @@ class MqttGateway:
             try:
                 await client.subscribe(cfg.topic, qos=1)
                 self.connected.set()
+                self._sessions += 1
+                self.reconnects = self._sessions - 1
                 log.info("subscribed to %s as %s", cfg.topic, cfg.client_id)
                 await batches
+                await _flushed(paho_client, within=5.0)  # stopping: the last acks must leave
             finally:
                 if not batches.done():
                     batches.cancel()
@@ -192,15 +241,21 @@ class MqttGateway:
         cfg = self._config
         loop = asyncio.get_running_loop()
         lost: asyncio.Future[Any] = asyncio.ensure_future(asyncio.shield(disconnected))
+        stopping = asyncio.ensure_future(self._stopping.wait())
         try:
-            while True:
+            while not self._stopping.is_set():
                 while not inbox:
                     arrived.clear()
                     waiter: asyncio.Future[Any] = asyncio.ensure_future(arrived.wait())
-                    await asyncio.wait({waiter, lost}, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(
+                        {waiter, lost, stopping}, return_when=asyncio.FIRST_COMPLETED
+                    )
                     if lost.done():
                         waiter.cancel()
                         lost.result()  # raises the broker error that ended the session
+                        return
+                    if stopping.done():
+                        waiter.cancel()
                         return
                 # Let a batch fill for at most batch_max_wait_s, unless it is full already.
                 deadline = loop.time() + cfg.batch_max_wait_s
@@ -227,6 +282,7 @@ class MqttGateway:
                 self.messages_acked += len(batch)
         finally:
             lost.cancel()
+            stopping.cancel()
 
     async def _commit(self, batch: list[paho.MQTTMessage]) -> None:
         """Run the unit of work until it commits; the database may be restarting."""
@@ -239,7 +295,11 @@ class MqttGateway:
                 return
             except StorageError as exc:
                 log.warning(
-                    "batch of %d not committed (%s); retrying in %.1fs", len(raws), exc, delay
+                    "batch of %d not committed (%s); retrying in %.1fs",
+                    len(raws),
+                    exc,
+                    delay,
+                    extra={"batch_size": len(raws)},
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -19,13 +19,14 @@ from typing import Any, TypeVar
 import uvloop
 from pydantic import SecretStr
 
-from rpm import backtest_io, staff_cli
+from rpm import backtest_io, logging_setup, staff_cli
 from rpm.localservices import LocalServices, ServiceEndpoints, free_port
 from rpm.server import Server, run_migrations
 from rpm.settings import Settings
 from rules.backtest import Options as BacktestOptions
 
 DEFAULT_DATA_DIR = Path(".rpm-data")
+log = logging.getLogger("rpm.serve")
 T = TypeVar("T")
 
 
@@ -145,12 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     staff_cli.add_parser(sub, DEFAULT_DATA_DIR)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # twilio logs whole requests at INFO; request bodies carry phone numbers and texts.
-    logging.getLogger("twilio").setLevel(logging.WARNING)
+    logging_setup.configure("text", logging.DEBUG if args.verbose else logging.INFO)
     if args.command == "services":
         return _services(args.action, args.dir)
     if args.command == "migrate":
@@ -158,7 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
         return 0
     if args.command == "serve":
-        return run(_serve(_settings(args.local)))
+        settings = _settings(args.local)
+        level = "DEBUG" if args.verbose else settings.log_level
+        logging_setup.configure(settings.log_format, logging.getLevelNamesMapping()[level])
+        return run(_serve(settings))
     if args.command == "simulate":
         from rpm.demo import simulate
 
@@ -276,7 +275,10 @@ async def _serve(settings: Settings) -> int:
     waiter = asyncio.create_task(server.wait())
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if stop.is_set():
+        log.info("signal received: stopping within %.0f s", settings.shutdown_timeout_s)
     await server.stop()
+    log.info("stopped")
     for t in (waiter, stopper):
         t.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 import orjson
+from prometheus_client import CollectorRegistry
 
 from alerts.lifecycle import Action
 from alerts.policy import Decision, decide
@@ -33,6 +34,7 @@ from rules.spec import Severity
 
 from .domain import AcceptedReading, Metric, RawMessage, Reading, Rejection, RejectReason
 from .errors import DecodeError, StorageError
+from .metrics import IngestMetrics
 from .storage import alerts as alert_store
 from .storage import outbox as outbox_store
 from .storage import quarantine as quarantine_store
@@ -137,8 +139,10 @@ class IngestPipeline:
         engine: Engine | None = None,
         rules_refresh_s: float = 2.0,
         fhir_push: bool = False,
+        metrics: IngestMetrics | None = None,
     ) -> None:
         self._pool = pool
+        self._metrics = metrics or IngestMetrics(CollectorRegistry())
         self._clock = clock
         self._now = now
         self.engine = engine or Engine(RuleBook.builtin())
@@ -181,15 +185,22 @@ class IngestPipeline:
 
     async def process(self, batch: Sequence[RawMessage]) -> BatchResult:
         """Run one unit of work. Raises ``StorageError`` when the database failed (retry all)."""
+        started = time.perf_counter()
         try:
-            return await self._in_transaction(self._process, batch)
+            result = await self._in_transaction(self._process, batch)
         except DATABASE_UNAVAILABLE as exc:
+            self._metrics.not_committed.inc()
             raise StorageError(f"database unavailable: {exc.__class__.__name__}") from exc
         except asyncpg.SerializationError as exc:
+            self._metrics.not_committed.inc()
             raise StorageError("concurrent update; retry the batch") from exc
         except asyncpg.UniqueViolationError as exc:
             # Another process opened the same alert episode at the same moment.
+            self._metrics.not_committed.inc()
             raise StorageError("concurrent alert episode; retry the batch") from exc
+        transport = batch[0].transport if batch else "mqtt"
+        self._metrics.batch(transport, result, time.perf_counter() - started)
+        return result
 
     async def replay(
         self, *, ids: Sequence[int] | None = None, reason: str | None = None, limit: int = 1000
@@ -264,7 +275,9 @@ class IngestPipeline:
                 await outbox_store.enqueue(conn, [fhir_push_item(new)])
             self._touched.update(contexts)
             self._touched.update(a.patient_id for a in new)
+            step_started = time.perf_counter()
             stepped = self.engine.step(new, contexts)
+            self._metrics.rule_step_seconds.observe(time.perf_counter() - step_started)
             if stepped.candidates:
                 await self._decide(conn, stepped.candidates, result)
             await alert_store.mark_cleared(conn, stepped.clears)
@@ -432,6 +445,7 @@ class IngestPipeline:
                 c.patient_id,
                 c.rule_id,
                 c.severity.name,
+                extra={"alert_id": a.alert_id, "patient_id": c.patient_id, "rule_id": c.rule_id},
             )
         await outbox_store.enqueue(conn, sms)
         await alert_store.notify(conn, notes)

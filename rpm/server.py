@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -19,11 +19,19 @@ from alerts.timers import AlertTimers
 from device_gateways.broker_admin import BrokerAdmin, BrokerAdminConfig
 from device_gateways.mqtt import MqttConfig, MqttGateway
 from rpm.api.app import create_app
+from rpm.api.health import Operations
 from rpm.api.live import Broadcaster
 from rpm.auth import AuthConfig
 from rpm.domain import Metric, RawMessage
 from rpm.errors import StorageError
 from rpm.fhir.push import FhirPushWorker
+from rpm.metrics import (
+    DatabaseGauges,
+    Metrics,
+    broker_families,
+    delivery_families,
+    pool_families,
+)
 from rpm.pipeline import INGEST_CHANNEL, BatchResult, IngestPipeline
 from rpm.settings import Settings
 from rpm.storage import rule_programs
@@ -35,6 +43,18 @@ from rules.engine import Engine
 from rules.programs import RuleBook
 
 log = logging.getLogger(__name__)
+
+# Tasks that stop by themselves when asked, finishing what they hold; the rest are cancelled.
+_GRACEFUL = frozenset({"api", "gateway", "sms-worker", "fhir-push"})
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handlers: ``rpm serve`` handles SIGTERM/SIGINT itself
+    and stops every part in order (uvicorn would re-raise the signal after its shutdown)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 @dataclass(slots=True)
@@ -81,6 +101,7 @@ class Server:
         self._tasks: list[asyncio.Task[None]] = []
         self.pipeline: IngestPipeline | None = None
         self.fhir_push: FhirPushWorker | None = None
+        self.metrics = Metrics()
 
     async def start(self) -> None:
         s = self.settings
@@ -98,6 +119,7 @@ class Server:
             engine=Engine(RuleBook.builtin(), capacity),
             rules_refresh_s=s.rules_refresh_s,
             fhir_push=s.ehr_fhir_base_url is not None,
+            metrics=self.metrics.ingest,
         )
         self.pipeline = pipeline
         async with self.pool.acquire() as conn:
@@ -151,11 +173,19 @@ class Server:
             AuthConfig.from_settings(s),
             snooze_caps=SnoozeCaps.from_minutes(s.snooze_cap_min),
             settings=s,
+            ops=Operations(self.metrics, self.gateway.connected.is_set, s.metrics_db_timeout_s),
         )
         config = uvicorn.Config(
-            app, host=s.api_host, port=s.api_port, log_level="warning", lifespan="off"
+            app,
+            host=s.api_host,
+            port=s.api_port,
+            lifespan="off",
+            log_config=None,  # uvicorn logs through ours (rpm/logging_setup.py)
+            log_level=None,
+            access_log=s.access_log,
+            timeout_graceful_shutdown=max(1, int(s.shutdown_timeout_s)),
         )
-        self._uvicorn = uvicorn.Server(config)
+        self._uvicorn = _Uvicorn(config)
         self._tasks = [
             asyncio.create_task(self.gateway.run(), name="gateway"),
             asyncio.create_task(self.sms_worker.run(), name="sms-worker"),
@@ -166,6 +196,7 @@ class Server:
         if s.ehr_fhir_base_url is not None:
             self.fhir_push = FhirPushWorker.from_settings(self.pool, s)
             self._tasks.append(asyncio.create_task(self.fhir_push.run(), name="fhir-push"))
+        self._watch()
         await asyncio.wait_for(self.gateway.connected.wait(), timeout=15)
         while not self._uvicorn.started:  # noqa: ASYNC110 - uvicorn offers a flag, no event
             await asyncio.sleep(0.02)
@@ -189,11 +220,59 @@ class Server:
         for t in done:
             t.result()
 
+    def _watch(self) -> None:
+        """Figures /metrics reads at scrape time from the parts and the database."""
+        assert self.pool is not None
+        assert self.gateway is not None
+        assert self.sms_worker is not None
+        m, s, gateway, sms = self.metrics, self.settings, self.gateway, self.sms_worker
+        m.watch(pool_families(self.pool))
+        m.watch(broker_families(gateway.connected.is_set, lambda: gateway.reconnects))
+        m.watch(
+            delivery_families(
+                "rpm_sms_deliveries", "SMS outbox items handled, by outcome.", lambda: sms.outcomes
+            )
+        )
+        if (push := self.fhir_push) is not None:
+            c = push.counters
+            m.watch(
+                delivery_families(
+                    "rpm_fhir_push_items",
+                    "FHIR push outbox items handled, by outcome.",
+                    lambda: {"delivered": c.items, "retry": c.retries, "failed": c.failed},
+                )
+            )
+            m.watch(
+                delivery_families(
+                    "rpm_fhir_push_observations",
+                    "Observations the EHR answered for, by outcome.",
+                    lambda: {"created": c.created, "existing": c.existing, "refused": c.refused},
+                )
+            )
+        m.watch_database(
+            DatabaseGauges(self.pool, max_age_s=s.metrics_cache_s, timeout_s=s.metrics_db_timeout_s)
+        )
+
     async def stop(self) -> None:
+        """Stop gracefully: no new HTTP requests or MQTT messages; the batch in flight
+        commits and is acknowledged, the workers finish what they are sending; whatever
+        still runs after ``shutdown_timeout_s`` is cancelled (unacknowledged work is
+        redelivered or retried after a restart, so nothing is lost either way)."""
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
+        if self.gateway is not None:
+            self.gateway.stop_intake()
+        if self.sms_worker is not None:
+            self.sms_worker.request_stop()
+        if self.fhir_push is not None:
+            self.fhir_push.request_stop()
         for t in self._tasks:
-            if t.get_name() != "api":
+            if t.get_name() not in _GRACEFUL:
+                t.cancel()
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=self.settings.shutdown_timeout_s)
+            for t in late:
+                log.warning("shutdown: %s did not finish in time; cancelled", t.get_name())
                 t.cancel()
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -162,3 +162,15 @@ class Settings(BaseSettings):
     ehr_backoff_base_s: float = Field(default=2.0, gt=0)
     ehr_backoff_cap_s: float = Field(default=600.0, gt=0)
     ehr_patient_identifier_system: str = "urn:rpm:patient"
+
+    # Operations (rpm/metrics.py, rpm/logging_setup.py, rpm/server.py). Log lines of
+    # `rpm serve` as JSON objects or text (`rpm demo` and the other commands log text);
+    # the log level; uvicorn's access log (one line per HTTP request, at INFO); how long a
+    # SIGTERM/SIGINT waits for the batch in flight and the messages being sent before the
+    # rest is cancelled; how long /metrics reuses the database's figures, and its query timeout.
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    access_log: bool = True
+    shutdown_timeout_s: float = Field(default=20.0, gt=0)
+    metrics_cache_s: float = Field(default=5.0, ge=0)
+    metrics_db_timeout_s: float = Field(default=2.0, gt=0)

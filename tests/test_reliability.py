@@ -51,6 +51,7 @@ import httpx
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from rpm.cli import settings_for_local
@@ -834,6 +835,53 @@ async def test_gateway_killed_mid_stream_stores_each_reading_once(rig: Rig) -> N
     assert_exactly_once(result, stream)
 
 
+async def test_sigterm_mid_stream_finishes_the_batch_exits_0_and_loses_nothing(rig: Rig) -> None:
+    """Graceful shutdown: SIGTERM mid-stream; ``rpm serve`` commits and acknowledges the batch
+    in flight, takes no more, and exits 0. Every reading it committed was acknowledged before
+    it exited (none is left to redelivery, unlike after kill -9); what it had not taken the
+    broker keeps for the persistent session, and a restart stores it exactly once. Its log is
+    one JSON object per line."""
+    stopped_at: list[int] = []
+    logs: list[Path] = []
+
+    async def sigterm_and_restart() -> None:
+        proc = rig.gateway.proc
+        assert proc is not None
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, rig.gateway.settings.shutdown_timeout_s + 10)
+        assert code == 0, rig.gateway.log_tail()
+        stored = await rig.probe.stored()
+        assert stored is not None
+        stopped_at.append(stored)
+        logs.append(rig.gateway.log_path)
+
+        async def committed_were_acked() -> bool:
+            return len(rig.tap.acked) == stored
+
+        try:
+            await eventually(committed_were_acked, 10, "PUBACKs of the committed readings")
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{len(rig.tap.acked)} readings acknowledged, {stored} committed"
+            ) from exc
+        await rig.gateway.start()
+
+    stream, result = await run_with_fault(rig, sigterm_and_restart)
+    assert FAULT_AT <= stopped_at[0] < READINGS
+    assert_exactly_once(result, stream)
+
+    lines = [json.loads(line) for line in logs[0].read_text().splitlines() if line.strip()]
+    assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
+    messages = [line["message"] for line in lines]
+    assert any(m.startswith("signal received: stopping") for m in messages)
+    assert messages[-1] == "stopped"
+    opened = [line for line in lines if line.get("alert_id") is not None]
+    assert opened, "no alert line with structured fields"
+    assert all(line["patient_id"].startswith("pat-") for line in opened)
+    access = [line for line in lines if line["logger"] == "uvicorn.access"]
+    assert any(line["path"] == "/healthz" and line["status"] == 200 for line in access)
+
+
 async def test_postgres_restart_mid_stream_gateway_recovers_by_itself(
     rig: Rig, local: LocalServices
 ) -> None:
@@ -844,6 +892,16 @@ async def test_postgres_restart_mid_stream_gateway_recovers_by_itself(
     assert_exactly_once(result, stream)
     rig.gateway.check_alive()  # the same process all along
     assert "not committed" in rig.gateway.log(), "the outage never reached the gateway"
+    # ... and it is visible to monitoring: /metrics counts the batches the outage refused.
+    async with httpx.AsyncClient(timeout=10) as http:
+        r = await http.get(f"http://{LOOPBACK}:{rig.gateway.settings.api_port}/metrics")
+    [failures] = [
+        s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+        if s.name == "rpm_ingest_batches_not_committed_total"
+    ]
+    assert failures >= 1
 
 
 async def test_broker_restart_mid_stream_loses_nothing(rig: Rig, local: LocalServices) -> None:

@@ -17,7 +17,7 @@ from rpm.pipeline import IngestPipeline
 from rpm.settings import Settings
 from rpm.storage import readings as reading_store
 
-from . import alerts, dashboard, fhir, ingest, registry, rules, twilio_hooks
+from . import alerts, dashboard, fhir, health, ingest, registry, rules, twilio_hooks
 from .live import Broadcaster
 
 
@@ -39,6 +39,7 @@ def create_app(
     auth_config: AuthConfig | None = None,
     snooze_caps: SnoozeCaps | None = None,
     settings: Settings | None = None,
+    ops: health.Operations | None = None,
 ) -> FastAPI:
     """The app over an open pool; ``broadcaster`` feeds the live stream."""
 
@@ -51,12 +52,7 @@ def create_app(
     app.include_router(dashboard.router(pool, app.state.auth))
     app.include_router(fhir.router(pool))
     app.include_router(twilio_hooks.router(pool, settings or Settings()))
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        async with pool.acquire() as conn:
-            await conn.fetchval("SELECT 1")
-        return {"status": "ok"}
+    app.include_router(health.router(pool, ops or health.Operations()))
 
     @app.get("/api/patients/{patient_id}/readings", response_model=list[ReadingOut])
     async def patient_readings(

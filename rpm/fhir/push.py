@@ -28,6 +28,7 @@ items' attempts are spent only on real tries; once the EHR answers, the backlog 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -163,6 +164,7 @@ class FhirPushWorker:
         self._failures = 0  # consecutive transient failures: the circuit's backoff
         self._paused_until: datetime | None = None
         self.counters = PushCounters()
+        self._stopping = asyncio.Event()
 
     @classmethod
     def from_settings(cls, pool: asyncpg.Pool, s: Settings) -> FhirPushWorker:
@@ -176,15 +178,21 @@ class FhirPushWorker:
     async def close(self) -> None:
         await self._ehr.close()
 
+    def request_stop(self) -> None:
+        """Graceful stop: the Bundles in flight finish, nothing new is claimed."""
+        self._stopping.set()
+
     async def run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 handled = await self.drain_once()
             except DATABASE_UNAVAILABLE as exc:
                 log.warning("fhir push: database unavailable (%s)", exc.__class__.__name__)
                 handled = 0
             if handled == 0:
-                await asyncio.sleep(self._idle_s())
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._idle_s()):
+                        await self._stopping.wait()
 
     def _idle_s(self) -> float:
         if self._paused_until is not None:

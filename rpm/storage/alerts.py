@@ -499,3 +499,12 @@ async def events(conn: Conn, alert_id: int) -> list[dict[str, Any]]:
         alert_id,
     )
     return [dict(r) for r in rows]
+
+
+async def count_by_state(conn: Conn, states: Sequence[str]) -> dict[str, int]:
+    """Episodes per state among ``states`` (``alerts_state_time`` index), for metrics."""
+    rows = await conn.fetch(
+        "SELECT state, count(*) AS n FROM alerts WHERE state = ANY($1::text[]) GROUP BY state",
+        list(states),
+    )
+    return {r["state"]: r["n"] for r in rows}

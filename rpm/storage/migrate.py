@@ -14,6 +14,8 @@ from importlib import resources
 
 import asyncpg
 
+from rpm.storage.pool import Conn
+
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _LOCK_KEY = 0x52504D  # "RPM"
 
@@ -88,3 +90,12 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
     return applied
+
+
+async def pending(conn: Conn) -> list[str]:
+    """Shipped migrations this database has not applied (all of them before the first)."""
+    if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
+        done: set[int] = set()
+    else:
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+    return [f"{m.version:04d}_{m.name}" for m in available() if m.version not in done]

@@ -95,3 +95,14 @@ async def failed(
         error,
         result,
     )
+
+
+async def backlog(conn: Conn) -> dict[str, tuple[int, float]]:
+    """Items waiting per channel and the age in seconds of the oldest (``outbox_due`` index)."""
+    rows = await conn.fetch(
+        """SELECT channel, count(*) AS n,
+                  coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS age
+             FROM outbox WHERE delivered_at IS NULL AND failed_at IS NULL
+            GROUP BY channel"""
+    )
+    return {r["channel"]: (r["n"], max(0.0, r["age"])) for r in rows}

@@ -1,0 +1,75 @@
+"""Operations endpoints: ``/healthz`` (liveness), ``/readyz`` (readiness), ``/metrics``.
+
+They carry no patient data and need no sign-in, so a load balancer, an orchestrator and
+Prometheus can call them; the deployer keeps them off the public network (README,
+Operations).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+
+from rpm.metrics import CONTENT_TYPE_LATEST, Metrics
+from rpm.storage import migrate
+
+OK = "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class Operations:
+    """What the operations endpoints look at besides the pool."""
+
+    metrics: Metrics = field(default_factory=Metrics)
+    # None: no MQTT gateway runs in this process, so readiness does not wait for a broker.
+    broker_connected: Callable[[], bool] | None = None
+    check_timeout_s: float = 2.0
+
+
+async def readiness(pool: asyncpg.Pool, ops: Operations) -> dict[str, str]:
+    """Each check's verdict: ``ok`` or what is wrong (no exception text, no data)."""
+    checks: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(ops.check_timeout_s), pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+            checks["database"] = OK
+            pending = await migrate.pending(conn)
+            checks["migrations"] = f"pending: {', '.join(pending)}" if pending else OK
+    except TimeoutError:
+        checks.setdefault("database", f"no answer within {ops.check_timeout_s:g} s")
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        checks.setdefault("database", f"unavailable ({exc.__class__.__name__})")
+    checks.setdefault("migrations", "unknown (database unavailable)")
+    if ops.broker_connected is not None:
+        checks["broker"] = OK if ops.broker_connected() else "not connected"
+    return checks
+
+
+def router(pool: asyncpg.Pool, ops: Operations) -> APIRouter:
+    r = APIRouter(tags=["operations"])
+
+    @r.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process and its event loop answer. Does not touch the database."""
+        return {"status": OK}
+
+    @r.get("/readyz", responses={503: {"description": "Some check failed; the body says which"}})
+    async def readyz() -> JSONResponse:
+        """Readiness: the database answers, migrations are applied, the broker is connected."""
+        checks = await readiness(pool, ops)
+        ready = all(v == OK for v in checks.values())
+        body: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @r.get("/metrics", response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus text exposition format."""
+        return Response(await ops.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return r
