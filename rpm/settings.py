@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     session_cookie_secure: bool = False
     signin_max_failures: int = Field(default=5, ge=1)
     signin_failure_window_s: int = Field(default=900, ge=1)
+    # Lifetime of staff bearer tokens (POST /api/auth/token).
+    access_token_ttl_min: float = Field(default=15.0, gt=0)
 
     twilio_account_sid: str = "ACdemo00000000000000000000000000"
     twilio_auth_token: SecretStr = SecretStr("demo-token")

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Security
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -23,6 +23,8 @@ from rpm.errors import StorageError
 from rpm.pipeline import BatchResult, IngestPipeline
 from rpm.storage import quarantine as quarantine_store
 from rpm.storage import registry
+
+from .access import REQUIRE, Permission
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +135,11 @@ def router(pool: asyncpg.Pool, pipeline: IngestPipeline) -> APIRouter:
         status = 422 if accepted == 0 and result.quarantined else 200
         return JSONResponse(summary.model_dump(), status)
 
-    @api.get("/api/quarantine", response_model=list[QuarantineOut])
+    @api.get(
+        "/api/quarantine",
+        response_model=list[QuarantineOut],
+        dependencies=[Security(REQUIRE[Permission.ENROLMENT])],
+    )
     async def quarantine(
         reason: str | None = None,
         replayed: bool | None = None,
@@ -148,7 +154,11 @@ def router(pool: asyncpg.Pool, pipeline: IngestPipeline) -> APIRouter:
             r["payload"] = bytes(r["payload"]).decode("utf-8", "replace")
         return rows
 
-    @api.post("/api/quarantine/replay", response_model=ReplayOut)
+    @api.post(
+        "/api/quarantine/replay",
+        response_model=ReplayOut,
+        dependencies=[Security(REQUIRE[Permission.ENROLMENT])],
+    )
     async def replay(body: ReplayIn) -> ReplayOut:
         """Run quarantined payloads again (e.g. after enrolling their device)."""
         try:
