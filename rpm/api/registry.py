@@ -188,10 +188,12 @@ def router(pool: asyncpg.Pool, broker: BrokerAdmin) -> APIRouter:
         )
 
     @api.get("/devices/{device_id}", response_model=DeviceOut)
-    async def get_device(device_id: str) -> dict[str, Any]:
+    async def get_device(request: Request, who: CanEnrol, device_id: str) -> dict[str, Any]:
         """A device with its bindings (patient ids) and events; admins only."""
         async with pool.acquire() as conn:
             found = await registry.device_detail(conn, device_id)
+        patients = (b["patient_id"] for b in found["bindings"]) if found else ()
+        audit(request, who, "read", "device", patients, device_id)
         if found is None:
             raise HTTPException(404, "no such device")
         return found
