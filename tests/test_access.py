@@ -108,7 +108,10 @@ async def test_every_api_and_fhir_route_refuses_a_caller_without_credentials(
     assert checked >= 40  # the whole API, not a handful
     # Routes outside the schema (the FHIR catch-all) too; a wrong credential is refused alike.
     assert (await http.post("/fhir/Observation", json={})).status_code == 401
-    assert (await http.get("/fhir/Nothing")).status_code == 401
+    fhir = await http.get("/fhir/Nothing")
+    assert fhir.status_code == 401
+    assert fhir.headers["content-type"] == "application/fhir+json"  # FHIR clients read it
+    assert fhir.json()["issue"][0]["code"] == "login"
     bad = {"Authorization": "Bearer rpmt_not-a-token"}
     assert (await http.get("/api/alerts", headers=bad)).status_code == 401
     assert (

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -21,7 +21,8 @@ from urllib.parse import urlencode
 
 import asyncpg
 import orjson
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
 from rpm.fhir import bundles, capability, resources
@@ -59,6 +60,30 @@ Answer = tuple[int, dict[str, Any]]
 
 def _fhir(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type=FHIR_JSON, headers=headers)
+
+
+# R4 issue types (http://hl7.org/fhir/R4/valueset-issue-type.html) for refusals raised
+# before a FHIR interaction runs: no or a bad credential, a role without FHIR access.
+_REFUSAL_CODES = {401: "login", 403: "forbidden", 503: "transient"}
+
+
+class _FhirRoute(APIRoute):
+    """Under ``/fhir`` even a refusal by the access dependencies is an OperationOutcome."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if not self.path.startswith("/fhir"):
+            return handler
+
+        async def outcome_on_refusal(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except HTTPException as exc:
+                code = _REFUSAL_CODES.get(exc.status_code, "processing")
+                body = bundles.operation_outcome(code, str(exc.detail))
+                return _fhir(exc.status_code, body, dict(exc.headers or {}))
+
+        return outcome_on_refusal
 
 
 def _not_found(what: str) -> Answer:
@@ -138,7 +163,7 @@ def router(pool: asyncpg.Pool, *, software_version: str = "0.1.0") -> APIRouter:
     out of searches); an API key with ``fhir:read`` sees all. Each read or search is one
     audit row naming the patients whose data it answered with.
     """
-    r = APIRouter()
+    r = APIRouter(route_class=_FhirRoute)
     started = datetime.now(UTC)
 
     @r.get("/fhir/metadata", tags=["fhir"])
