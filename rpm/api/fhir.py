@@ -436,22 +436,27 @@ def router(pool: asyncpg.Pool, *, software_version: str = "0.1.0") -> APIRouter:
 
     @r.get("/api/fhir/push/failures", tags=["fhir push"])
     async def push_failures(
-        _who: CanManageFhirPush,
+        request: Request,
+        who: CanManageFhirPush,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         include_requeued: bool = False,
     ) -> dict[str, Any]:
         """What the EHR refused (per Observation, with its OperationOutcome), the push work
         that failed after all its attempts, and the backlog not yet delivered."""
         async with pool.acquire() as conn:
-            return {
-                "refused": await fhir_store.refusals(
-                    conn, include_requeued=include_requeued, limit=limit
-                ),
+            refused = await fhir_store.refusals(
+                conn, include_requeued=include_requeued, limit=limit
+            )
+            found = {
+                "refused": refused,
                 "failed": await fhir_store.failed_items(
                     conn, include_requeued=include_requeued, limit=limit
                 ),
                 "backlog": await fhir_store.backlog(conn),
             }
+        patients = (r["patient_id"] for r in refused if r.get("patient_id"))
+        audit(request, who, "search", "fhir-push-failures", patients)
+        return found
 
     @r.post("/api/fhir/push/requeue", tags=["fhir push"])
     async def push_requeue(who: CanManageFhirPush, body: RequeueIn) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from rpm.pipeline import BatchResult, IngestPipeline
 from rpm.storage import quarantine as quarantine_store
 from rpm.storage import registry
 
-from .access import REQUIRE, Permission, bearer_principal
+from .access import REQUIRE, CanEnrol, Permission, audit, bearer_principal
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,8 @@ def router(pool: asyncpg.Pool, pipeline: IngestPipeline) -> APIRouter:
         dependencies=[Security(REQUIRE[Permission.ENROLMENT])],
     )
     async def quarantine(
+        request: Request,
+        who: CanEnrol,
         reason: str | None = None,
         replayed: bool | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -161,6 +163,8 @@ def router(pool: asyncpg.Pool, pipeline: IngestPipeline) -> APIRouter:
             )
         for r in rows:
             r["payload"] = bytes(r["payload"]).decode("utf-8", "replace")
+        # Refused payloads are device data that may describe a patient: reading them is audited.
+        audit(request, who, "search", "quarantine")
         return rows
 
     @api.post(
