@@ -117,6 +117,7 @@ CRISIS_CLIENT_ID = "rpm-bench-alerts-crisis"
 TWILIO_SID = "AC" + "0123456789abcdef" * 2
 TWILIO_TOKEN = "bench-auth-token"
 NURSE_ID = "bench.nurse"
+BENCH_TEAM = "bench"
 SEED = 2027
 CRISIS_VALUES = {"systolic": 200, "diastolic": 125, "pulse": 96}  # > 180 / > 120: critical
 RETRY_S = 2.0  # the stream's "retry:" (EventSource reconnect delay)
@@ -410,6 +411,7 @@ async def prepare_database(run: Run, crisis: Sequence[CrisisPatient]) -> dict[st
     from rpm.demo import seed
     from rpm.storage import registry, staff_auth
     from rpm.storage import sms as sms_store
+    from rpm.storage import staff as staff_store
     from rpm.storage.migrate import migrate
     from rpm.storage.pool import connect
 
@@ -448,6 +450,10 @@ async def prepare_database(run: Run, crisis: Sequence[CrisisPatient]) -> dict[st
             phone=None,
             replace=True,
         )
+        # Nurses see their care teams' patients only (rpm/api/access.py): one ward for all.
+        await staff_store.create_team(conn, BENCH_TEAM, "Benchmark ward")
+        await staff_store.add_member(conn, BENCH_TEAM, NURSE_ID)
+        await staff_store.adopt_unassigned_patients(conn, BENCH_TEAM)
         tsdb = await conn.fetchval(
             "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
         )

@@ -12,6 +12,9 @@
   change must send it back (header ``X-CSRF-Token``, or a ``csrf_token`` form field from
   a plain form): a request that only carries the cookie is refused with 403. The sign-in
   form itself uses a double-submit cookie (no session exists yet).
+- **Bearer tokens** (``POST /api/auth/token``) are for programs acting for a staff
+  member: ``rpmt_`` + 256 random bits, valid ``RPM_ACCESS_TOKEN_TTL_MIN`` minutes, stored
+  as SHA-256 like sessions. They need no CSRF token: a browser never sends them by itself.
 - **Failed sign-ins** are limited per (sign-in name, client address): after
   ``RPM_SIGNIN_MAX_FAILURES`` failures within ``RPM_SIGNIN_FAILURE_WINDOW_S`` further
   attempts get 429 until the oldest failure leaves the window. The counts are kept in
@@ -50,6 +53,9 @@ PASSWORD_MIN_LENGTH = 15
 PASSWORD_MAX_LENGTH = 1024
 STAFF_ID = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 ROLES = ("nurse", "admin")
+# Bearer credentials say what they are, so one lookup finds them (and secret scanners can).
+STAFF_TOKEN_PREFIX = "rpmt_"  # noqa: S105 - a prefix, not a token
+API_KEY_PREFIX = "rpmk_"
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
 SIGN_IN_PATH = "/dashboard/sign-in"
@@ -101,6 +107,7 @@ class AuthConfig:
     cookie_secure: bool = False
     max_failures: int = 5
     failure_window: timedelta = timedelta(minutes=15)
+    token_ttl: timedelta = timedelta(minutes=15)
 
     @classmethod
     def from_settings(cls, s: Settings) -> AuthConfig:
@@ -109,6 +116,7 @@ class AuthConfig:
             cookie_secure=s.session_cookie_secure,
             max_failures=s.signin_max_failures,
             failure_window=timedelta(seconds=s.signin_failure_window_s),
+            token_ttl=timedelta(minutes=s.access_token_ttl_min),
         )
 
     @property
@@ -169,6 +177,7 @@ class SignedIn:
     role: str
     csrf_token: str
     expires_at: datetime
+    teams: tuple[str, ...] = ()
 
     @property
     def actor(self) -> str:
@@ -196,8 +205,8 @@ class Auth:
             self.config.max_failures, self.config.failure_window.total_seconds()
         )
 
-    async def sign_in(self, username: str, password: str, client: str) -> tuple[str, SignedIn]:
-        """A new session token for correct credentials.
+    async def _verify(self, username: str, password: str, client: str) -> str:
+        """The staff id for correct credentials of an active account.
 
         Raises ``SignInRateLimited`` while the (name, address) pair is over its limit and
         ``SignInRefused`` for wrong credentials.
@@ -221,13 +230,19 @@ class Auth:
             log.warning("sign-in failed from %s", client)
             raise SignInRefused
         self.limiter.succeeded(key)
+        if _hasher.check_needs_rehash(creds.password_hash):
+            new_hash = await asyncio.to_thread(hash_password, password)
+            async with self.pool.acquire() as conn:
+                await staff_auth.set_password_hash(conn, name, new_hash)
+        return name
+
+    async def sign_in(self, username: str, password: str, client: str) -> tuple[str, SignedIn]:
+        """A new session token for correct credentials (see ``_verify`` for refusals)."""
+        name = await self._verify(username, password, client)
         token = secrets.token_urlsafe(32)
         csrf = secrets.token_urlsafe(32)
         expires = datetime.now(UTC) + self.config.session_ttl
         async with self.pool.acquire() as conn:
-            if _hasher.check_needs_rehash(creds.password_hash):
-                new_hash = await asyncio.to_thread(hash_password, password)
-                await staff_auth.set_password_hash(conn, name, new_hash)
             await staff_auth.delete_expired_sessions(conn)
             await staff_auth.create_session(
                 conn,
@@ -240,6 +255,19 @@ class Auth:
         assert record is not None
         log.info("signed in: %s", name)
         return token, _signed_in(record)
+
+    async def issue_token(self, username: str, password: str, client: str) -> tuple[str, datetime]:
+        """A short-lived bearer token (and its expiry) for correct credentials."""
+        name = await self._verify(username, password, client)
+        token = STAFF_TOKEN_PREFIX + secrets.token_urlsafe(32)
+        expires = datetime.now(UTC) + self.config.token_ttl
+        async with self.pool.acquire() as conn:
+            await staff_auth.delete_expired_tokens(conn)
+            await staff_auth.create_token(
+                conn, token_hash=token_hash(token), staff_id=name, expires_at=expires
+            )
+        log.info("access token issued: %s", name)
+        return token, expires
 
     async def session_for(self, request: Request) -> SignedIn | None:
         token = request.cookies.get(self.config.cookie_name)
@@ -323,7 +351,7 @@ class Auth:
 
 
 def _signed_in(r: staff_auth.SessionRecord) -> SignedIn:
-    return SignedIn(r.staff_id, r.display_name, r.role, r.csrf_token, r.expires_at)
+    return SignedIn(r.staff_id, r.display_name, r.role, r.csrf_token, r.expires_at, r.teams)
 
 
 async def current_staff(request: Request) -> SignedIn:

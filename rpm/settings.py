@@ -1,11 +1,27 @@
-"""Settings, read once from the environment (prefix ``RPM_``) at the edge and passed down."""
+"""Settings, read once from the environment (prefix ``RPM_``) at the edge and passed down.
+
+Every secret (a ``SecretStr`` setting) can instead come from a file: ``RPM_<NAME>_FILE``
+names it (``RPM_DATABASE_URL_FILE=/run/secrets/db_url``), as Docker and Kubernetes secrets
+are mounted. Giving both the variable and the file is an error; a trailing newline in the
+file is dropped. Secrets print as ``**********`` and are never logged.
+"""
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+import os
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "RPM_"
 
 # Escalation delays and snooze caps per severity, in minutes (see Settings).
 _ESCALATION_AFTER_MIN: dict[str, float | None] = {
@@ -40,10 +56,54 @@ def _per_severity(
     return merged
 
 
-class Settings(BaseSettings):
-    """Every knob of the server. Secrets are ``SecretStr`` so they never print."""
+def _is_secret(field: FieldInfo) -> bool:
+    annotation = field.annotation
+    return annotation is SecretStr or SecretStr in typing.get_args(annotation)
 
-    model_config = SettingsConfigDict(env_prefix="RPM_", frozen=True, extra="ignore")
+
+class SecretFiles(PydanticBaseSettingsSource):
+    """Secret settings read from the files that ``RPM_<NAME>_FILE`` variables name."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        variable = f"{ENV_PREFIX}{field_name.upper()}_FILE"
+        path = os.environ.get(variable)
+        if path is None or not _is_secret(field):
+            return None, field_name, False
+        if f"{ENV_PREFIX}{field_name.upper()}" in os.environ:
+            raise ValueError(f"set {ENV_PREFIX}{field_name.upper()} or {variable}, not both")
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            # The path and the reason only: never the content.
+            raise ValueError(f"{variable}: cannot read {path}: {exc.strerror}") from None
+        return text.rstrip("\r\n"), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for name, field in self.settings_cls.model_fields.items():
+            value, key, _complex = self.get_field_value(field, name)
+            if value is not None:
+                found[key] = value
+        return found
+
+
+class Settings(BaseSettings):
+    """Every knob of the server. Secrets are ``SecretStr`` so they never print; each can
+    come from a file named by ``RPM_<NAME>_FILE``."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Arguments first, then the environment, then secret files.
+        return (init_settings, env_settings, SecretFiles(settings_cls), dotenv_settings)
 
     database_url: SecretStr = SecretStr("postgresql://rpm@127.0.0.1:5432/rpm")
     database_pool_size: int = 10
@@ -77,6 +137,8 @@ class Settings(BaseSettings):
     session_cookie_secure: bool = False
     signin_max_failures: int = Field(default=5, ge=1)
     signin_failure_window_s: int = Field(default=900, ge=1)
+    # Lifetime of staff bearer tokens (POST /api/auth/token).
+    access_token_ttl_min: float = Field(default=15.0, gt=0)
 
     twilio_account_sid: str = "ACdemo00000000000000000000000000"
     twilio_auth_token: SecretStr = SecretStr("demo-token")

@@ -20,12 +20,13 @@ import asyncpg
 
 from rpm.auth import ROLES, STAFF_ID, check_new_password, hash_password
 from rpm.settings import Settings
-from rpm.storage import staff_auth
+from rpm.storage import staff, staff_auth
 from rpm.storage.pool import Conn, connect
 
 PASSWORD_ENV = "RPM_STAFF_PASSWORD"  # noqa: S105 - the variable's name, not a password
 E164 = r"^\+[1-9][0-9]{6,14}$"
 DEMO_NURSE_ID = "demo.nurse"
+DEMO_TEAM = "demo"
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], local: Path) -> None:
@@ -125,7 +126,10 @@ async def _add(args: argparse.Namespace, settings: Settings, password_hash: str)
 
 
 async def demo_nurse(conn: Conn) -> tuple[str, str]:
-    """(sign-in name, password) of the demo's nurse; a new password on every start."""
+    """(sign-in name, password) of the demo's nurse; a new password on every start.
+
+    Nurses see only their care teams' patients: the nurse joins team ``demo``, and every
+    patient enrolled so far without a team is put in it (call this after seeding)."""
     password = secrets.token_urlsafe(12)  # 16 characters, 96 random bits
     await staff_auth.add_staff(
         conn,
@@ -136,4 +140,7 @@ async def demo_nurse(conn: Conn) -> tuple[str, str]:
         phone=None,
         replace=True,
     )
+    await staff.create_team(conn, DEMO_TEAM, "Demo care team")
+    await staff.add_member(conn, DEMO_TEAM, DEMO_NURSE_ID)
+    await staff.adopt_unassigned_patients(conn, DEMO_TEAM)
     return DEMO_NURSE_ID, password

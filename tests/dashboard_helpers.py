@@ -12,9 +12,11 @@ import httpx
 
 from rpm.auth import hash_password
 from rpm.storage import registry, staff_auth
+from rpm.storage import staff as staff_store
 
 NURSE_ID = "nina.nurse"
 NURSE_PASSWORD = "correct horse battery staple"  # a test account's
+TEAM = "ward-test"  # the nurse's care team, and the team of the patients ``enroll`` adds
 
 
 async def add_nurse(
@@ -29,13 +31,19 @@ async def add_nurse(
             password_hash=hash_password(password),
             phone=None,
         )
+        await staff_store.create_team(conn, TEAM, "Test ward")
+        await staff_store.add_member(conn, TEAM, staff_id)
     return staff_id
 
 
 async def enroll(
-    pool: asyncpg.Pool, patient_id: str, devices: dict[str, str], programs: list[str]
+    pool: asyncpg.Pool,
+    patient_id: str,
+    devices: dict[str, str],
+    programs: list[str],
+    team: str | None = TEAM,
 ) -> None:
-    """A patient with devices ({device id: kind}) bound since yesterday."""
+    """A patient of ``team`` with devices ({device id: kind}) bound since yesterday."""
     async with pool.acquire() as conn:
         await registry.upsert_patient(
             conn,
@@ -53,6 +61,9 @@ async def enroll(
                 patient_id=patient_id,
                 since=datetime.now(UTC) - timedelta(days=30),
             )
+        if team is not None:
+            await staff_store.create_team(conn, team, f"Team {team}")
+            await staff_store.set_patient_team(conn, patient_id, team)
 
 
 def crisis_reading(at: datetime | None = None) -> bytes:

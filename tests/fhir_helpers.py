@@ -11,13 +11,13 @@ from typing import Any
 
 import asyncpg
 import httpx
-from fastapi import FastAPI
 
 from rpm.api import fhir as fhir_api
 from rpm.domain import RawMessage
 from rpm.pipeline import IngestPipeline
 from rpm.storage import registry
 from rpm.validation import ClockPolicy
+from tests.helpers import api_app, staff_headers
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -102,11 +102,13 @@ async def ingest_clinic(pool: asyncpg.Pool, *, fhir_push: bool = False) -> Inges
 
 @asynccontextmanager
 async def fhir_client(pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client for an app with only the FHIR router."""
-    app = FastAPI()
+    """An HTTP client for an app with only the FHIR router, as an admin (who sees all)."""
+    app = api_app(pool)
     app.include_router(fhir_api.router(pool))
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://rpm.test") as client:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://rpm.test", headers=await staff_headers(pool)
+    ) as client:
         yield client
 
 

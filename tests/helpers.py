@@ -4,22 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
+import asyncpg
+from fastapi import FastAPI
+
+from rpm.api.guard import Guard
+from rpm.auth import STAFF_TOKEN_PREFIX, Auth, token_hash
 from rpm.domain import AcceptedReading, Metric, RawMessage, Reading
+from rpm.storage import staff as staff_store
+from rpm.storage import staff_auth
 
 __all__ = [
     "T0",
     "AcceptedReading",
     "Reading",
+    "api_app",
     "bp",
     "eventually",
     "mosquitto_pub",
     "raw",
     "single",
+    "staff_headers",
 ]
 
 T = TypeVar("T")
@@ -110,3 +120,47 @@ def mosquitto_pub(
         timeout=60,
         check=False,
     )
+
+
+# --- principals for API tests (rpm/api/access.py) --------------------------------------------
+
+
+async def staff_headers(
+    pool: asyncpg.Pool,
+    staff_id: str = "test.admin",
+    role: str = "admin",
+    teams: Sequence[str] = (),
+    ttl: timedelta = timedelta(hours=1),
+) -> dict[str, str]:
+    """``Authorization`` headers of a staff member (created if new, in ``teams``): a bearer
+    token minted straight into the database, as ``POST /api/auth/token`` would."""
+    token = STAFF_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    async with pool.acquire() as conn:
+        if await staff_auth.credentials(conn, staff_id) is None:
+            await staff_auth.add_staff(
+                conn,
+                staff_id=staff_id,
+                display_name=f"Test {role}",
+                role=role,
+                password_hash="!",  # not an argon2 hash: no password signs in, tokens only
+                phone=None,
+            )
+        for team in teams:
+            await staff_store.create_team(conn, team, f"Team {team}")
+            await staff_store.add_member(conn, team, staff_id)
+        await staff_auth.create_token(
+            conn,
+            token_hash=token_hash(token),
+            staff_id=staff_id,
+            expires_at=datetime.now(UTC) + ttl,
+        )
+    return {"Authorization": f"Bearer {token}"}
+
+
+def api_app(pool: asyncpg.Pool) -> FastAPI:
+    """A bare app for mounting single routers in tests: with the ``Auth`` the access
+    dependencies look for, and the audit/headers middleware of the real app."""
+    app = FastAPI()
+    app.state.auth = Auth(pool)
+    app.add_middleware(Guard, pool=pool, hsts=False)
+    return app

@@ -14,7 +14,6 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from alerts.lifecycle import (
     ACTIONS,
@@ -57,7 +56,7 @@ from tests.alert_helpers import (
     outbox,
     pipeline,
 )
-from tests.helpers import eventually
+from tests.helpers import api_app, eventually, staff_headers
 
 OPEN, ACK, RESOLVED = AlertState.OPEN, AlertState.ACKNOWLEDGED, AlertState.RESOLVED
 MIN = timedelta(minutes=1)
@@ -129,11 +128,13 @@ def test_escalation_to_a_tier_is_for_open_alerts_and_re_notification_for_acknowl
 async def api(pool: asyncpg.Pool, db_url: str) -> AsyncIterator[httpx.AsyncClient]:
     """The alerts router over the test database, with the clinic of ``alert_helpers``."""
     await clinic(pool, programs=("hypertension", "diabetes"))
-    app = FastAPI()
+    app = api_app(pool)
     live = Broadcaster(db_url, (ALERTS_CHANNEL,))  # only the stream route would start it
     app.include_router(alerts_api.router(pool, live, snooze_caps=SnoozeCaps()))
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://rpm.test"
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://rpm.test",
+        headers=await staff_headers(pool, TIER1, "nurse"),  # a nurse of the patient's team
     ) as client:
         yield client
 
@@ -146,9 +147,9 @@ async def trail(api: httpx.AsyncClient, alert_id: int) -> list[tuple[str, str, s
 async def test_assign_is_audited(api: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
     a = await crisis(pool)
     resp = await api.post(f"/api/alerts/{a['id']}/assign", json={"assignee": TIER2, "actor": TIER1})
-    assert resp.status_code == 200
+    assert resp.status_code == 200, resp.text
     assert resp.json()["assigned_to"] == TIER2
-    assert (await trail(api, a["id"]))[-1] == ("assign", TIER1, f"to {TIER2}")
+    assert (await trail(api, a["id"]))[-1] == ("assign", f"staff:{TIER1}", f"to {TIER2}")
 
     unknown = await api.post(
         f"/api/alerts/{a['id']}/assign", json={"assignee": "nobody", "actor": TIER1}
@@ -196,12 +197,14 @@ async def test_snooze_is_capped_by_severity_and_can_be_ended(
     [listed] = (await api.get("/api/alerts")).json()
     assert listed["snoozed_until"] == resp.json()["snoozed_until"]
 
-    ended = await api.delete(f"/api/alerts/{a['id']}/snooze", params={"actor": TIER2})
+    ended = await api.delete(
+        f"/api/alerts/{a['id']}/snooze", headers=await staff_headers(pool, TIER2, "nurse")
+    )
     assert ended.status_code == 200
     assert ended.json()["snoozed_until"] is None
     assert (await trail(api, a["id"]))[-2:] == [
-        ("snooze", TIER1, "30 min: repeat reading in 20 min"),
-        ("unsnooze", TIER2, None),
+        ("snooze", f"staff:{TIER1}", "30 min: repeat reading in 20 min"),
+        ("unsnooze", f"staff:{TIER2}", None),
     ]
 
 
@@ -251,6 +254,10 @@ async def test_the_triage_queue(api: httpx.AsyncClient, pool: asyncpg.Pool) -> N
     await p.process([msg("meter-7", glucose(60, NOW - 40 * MIN))])  # high
     await p.process([msg("cuff-7", bp(192, 124, NOW - MIN))])  # critical, newer
 
+    # pat-8 has no care team: the team's nurse does not see it, an admin sees everything.
+    ward = (await api.get("/api/alerts", params={"order": "triage"})).json()
+    assert {q["patient_id"] for q in ward} == {PATIENT}
+    api.headers.update(await staff_headers(pool))
     queue = (await api.get("/api/alerts", params={"order": "triage"})).json()
     assert [(q["patient_id"], q["rule_id"]) for q in queue] == [
         ("pat-8", CRISIS),

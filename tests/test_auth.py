@@ -8,6 +8,7 @@ import pytest
 from fastapi import Response
 
 from rpm.api import charts
+from rpm.api.access import GRANTS, Permission, key_principal, staff_principal
 from rpm.auth import (
     Auth,
     AuthConfig,
@@ -19,6 +20,7 @@ from rpm.auth import (
     verify_password,
 )
 from rpm.domain import Metric
+from rpm.storage import staff_auth
 from rules.programs import RuleBook
 
 
@@ -136,3 +138,41 @@ def test_chart_text_alternative_and_svg() -> None:
     single = charts.render_svg(Metric.WEIGHT, [(t0, {"weight": 80.0})], [])
     assert b"<svg" in single
     assert b"No readings yet" in charts.render_svg(Metric.WEIGHT, [], [])
+
+
+def test_the_grants_table_gives_each_role_its_permissions() -> None:
+    assert GRANTS["admin"] == frozenset(Permission)
+    nurse = GRANTS["nurse"]
+    assert Permission.PATIENT_DATA in nurse
+    assert Permission.ALERT_ACTIONS in nurse
+    assert nurse.isdisjoint(
+        {
+            Permission.ACCESS_ADMIN,
+            Permission.ENROLMENT,
+            Permission.RULES_PUBLISH,
+            Permission.FHIR_PUSH,
+        }
+    )
+    assert GRANTS["scope:fhir:read"] == {Permission.FHIR_READ}
+    assert GRANTS["scope:ingest"] == frozenset()
+
+
+def test_nurses_see_their_teams_admins_and_keys_everyone() -> None:
+    nurse = staff_principal("kim", "nurse", ["north"], "token")
+    assert (nurse.sees("north"), nurse.sees("south"), nurse.sees(None)) == (True, False, False)
+    assert nurse.actor == "staff:kim"
+    admin = staff_principal("jo", "admin", [], "session", "csrf")
+    assert admin.sees("south")
+    assert admin.sees(None)
+    now = datetime.now(UTC)
+    key = key_principal(
+        staff_auth.ApiKeyRecord("ehr", "EHR", ("fhir:read",), None, "staff:jo", now, None)
+    )
+    assert (key.role, key.actor, key.permissions) == (
+        "integration",
+        "key:ehr",
+        {Permission.FHIR_READ},
+    )
+    assert key.sees("south")
+    unknown_role = staff_principal("x", "janitor", [], "token")
+    assert unknown_role.permissions == frozenset()

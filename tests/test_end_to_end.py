@@ -18,7 +18,7 @@ from rpm.server import Server
 from rpm.storage import registry
 from simulators.twilio_sink import TwilioSink
 from tests import helpers
-from tests.helpers import eventually
+from tests.helpers import eventually, staff_headers
 
 
 def mosquitto_pub(services: ServiceEndpoints, device_id: str, payload: bytes) -> None:
@@ -65,7 +65,9 @@ async def test_crisis_reading_flows_to_api_stream_sms_and_fhir(
         "values": {"systolic": 192, "diastolic": 124, "pulse": 88},
     }
 
-    async with httpx.AsyncClient(base_url=api, timeout=10) as http:
+    assert server.pool is not None
+    admin = await staff_headers(server.pool)
+    async with httpx.AsyncClient(base_url=api, timeout=10, headers=admin) as http:
         stream_events: list[dict[str, object]] = []
         stream_open = asyncio.Event()
 
@@ -156,8 +158,8 @@ async def test_crisis_reading_flows_to_api_stream_sms_and_fhir(
         detail = (await http.get(f"/api/alerts/{alert['id']}")).json()
         assert [(e["action"], e["actor"]) for e in detail["events"]] == [
             ("open", "system:rules"),
-            ("acknowledge", "nurse:n1"),
-            ("resolve", "nurse:n1"),
+            ("acknowledge", "staff:test.admin"),
+            ("resolve", "staff:test.admin"),
         ]
 
 
@@ -185,7 +187,9 @@ async def test_malformed_and_unknown_device_are_quarantined_and_the_gateway_keep
         ).encode(),
     )
     api = f"http://127.0.0.1:{server.settings.api_port}"
-    async with httpx.AsyncClient(base_url=api) as http:
+    assert server.pool is not None
+    admin = await staff_headers(server.pool)
+    async with httpx.AsyncClient(base_url=api, headers=admin) as http:
 
         async def quarantined() -> list[dict[str, object]]:
             rows = (await http.get("/api/quarantine")).json()

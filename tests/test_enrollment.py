@@ -15,7 +15,7 @@ import pytest
 
 from rpm.localservices import ServiceEndpoints
 from rpm.server import Server
-from tests.helpers import eventually, mosquitto_pub
+from tests.helpers import eventually, mosquitto_pub, staff_headers
 
 
 def publish(
@@ -48,8 +48,11 @@ def bp(sys_: int, minutes_ago: int = 1, **extra: object) -> dict[str, object]:
 
 @pytest.fixture
 async def api(server: Server) -> AsyncIterator[httpx.AsyncClient]:
+    assert server.pool is not None
     async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{server.settings.api_port}", timeout=15
+        base_url=f"http://127.0.0.1:{server.settings.api_port}",
+        timeout=15,
+        headers=await staff_headers(server.pool),
     ) as client:
         r = await client.post(
             "/api/patients",

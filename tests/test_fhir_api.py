@@ -15,6 +15,7 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 
 from alerts.lifecycle import Action
+from rpm.api import fhir as fhir_api
 from rpm.fhir.mapping import logical_id
 from rpm.fhir.search import SearchError, parse_date, time_window
 from rpm.storage import alerts as alert_store
@@ -31,6 +32,7 @@ from tests.fhir_helpers import (
     link,
     minutes_ago,
 )
+from tests.helpers import api_app, staff_headers
 
 FHIR_JSON = "application/fhir+json"
 
@@ -408,9 +410,15 @@ async def test_patient_sms_are_communications(http: httpx.AsyncClient, pool: asy
     assert entries(await search(http, "/fhir/Communication", subject="Patient/pat-3")) == []
 
 
-async def test_a_database_away_is_503(db_url: str) -> None:
+async def test_a_database_away_is_503(db_url: str, pool: asyncpg.Pool) -> None:
     closed = await create_pool(db_url, size=1)
     await closed.close()
-    async with fhir_client(closed) as http:
+    app = api_app(pool)  # the caller is known; the FHIR store is away
+    app.include_router(fhir_api.router(closed))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://rpm.test",
+        headers=await staff_headers(pool),
+    ) as http:
         body = await outcome(await http.get("/fhir/Observation?patient=pat-1"), 503)
     assert body["issue"][0]["code"] == "transient"

@@ -297,9 +297,7 @@ async def test_a_refused_observation_is_isolated_kept_and_visible(
 
         # Fixed at the EHR: send it again.
         ehr.reject(None)
-        requeue = await http.post(
-            "/api/fhir/push/requeue", json={"refusal_ids": [refusal["id"]], "actor": "admin:jo"}
-        )
+        requeue = await http.post("/api/fhir/push/requeue", json={"refusal_ids": [refusal["id"]]})
         assert requeue.json() == {"requeued_readings": 1}
         worker = make_worker(pool, ehr, clock)
         try:
@@ -311,7 +309,7 @@ async def test_a_refused_observation_is_isolated_kept_and_visible(
         after = (await http.get("/api/fhir/push/failures")).json()
         assert after["refused"] == []
         everything = (await http.get("/api/fhir/push/failures?include_requeued=true")).json()
-        assert everything["refused"][0]["requeued_by"] == "admin:jo"
+        assert everything["refused"][0]["requeued_by"] == "staff:test.admin"
     assert ehr.duplicates() == {}
 
 
@@ -364,9 +362,7 @@ async def test_an_ehr_down_for_good_fails_the_item_visibly_after_max_attempts(
         assert failed["outbox_id"] == item["id"]
         assert failed["readings"] == 7
         ehr.set_outage(None)
-        resp = await http.post(
-            "/api/fhir/push/requeue", json={"outbox_ids": [item["id"]], "actor": "admin:jo"}
-        )
+        resp = await http.post("/api/fhir/push/requeue", json={"outbox_ids": [item["id"]]})
         assert resp.json() == {"requeued_readings": 7}
         assert (await http.get("/api/fhir/push/failures")).json()["failed"] == []
     worker = make_worker(pool, ehr, clock)

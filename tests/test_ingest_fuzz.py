@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from device_gateways.decoders import DECODERS
 from device_gateways.webhook_auth import sign
 from rpm.server import Server
+from tests.helpers import staff_headers
 
 FORMATS = sorted(DECODERS)
 
@@ -57,8 +58,11 @@ deep = st.integers(min_value=100, max_value=5000).map(lambda n: b"[" * n + b"]" 
 
 @pytest.fixture
 async def api(server: Server) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
+    assert server.pool is not None
     async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{server.settings.api_port}", timeout=15
+        base_url=f"http://127.0.0.1:{server.settings.api_port}",
+        timeout=15,
+        headers=await staff_headers(server.pool),
     ) as c:
         r = await c.post(
             "/api/integrations", json={"id": "fuzz", "name": "fuzz", "formats": FORMATS}

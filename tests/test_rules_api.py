@@ -13,11 +13,12 @@ import asyncpg
 import httpx
 import pytest
 import yaml
-from fastapi import FastAPI
 
 from rpm.api import rules as rules_api
 from rpm.storage import registry, rule_programs
+from rpm.storage import staff as staff_store
 from rules.programs import RuleBook, builtin_programs
+from tests.helpers import api_app, staff_headers
 
 HTN = "hypertension"
 # htn.low_bp's defaults as the built-in program has them ({systolic_below: 90, hysteresis: 5}).
@@ -32,7 +33,7 @@ def changes() -> list[str]:
 @pytest.fixture
 async def api(pool: asyncpg.Pool, changes: list[str]) -> AsyncIterator[httpx.AsyncClient]:
     """The rules router in a FastAPI app over the test database, seeded, with one patient."""
-    app = FastAPI()
+    app = api_app(pool)
     app.include_router(rules_api.router(pool, on_change=lambda: changes.append("changed")))
     async with pool.acquire() as conn:
         await rule_programs.seed_builtin(conn)
@@ -44,8 +45,12 @@ async def api(pool: asyncpg.Pool, changes: list[str]) -> AsyncIterator[httpx.Asy
             sms_consent=False,
             programs=[HTN],
         )
+        await staff_store.create_team(conn, "ward", "Ward")
+        await staff_store.set_patient_team(conn, "pat-r", "ward")
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://rpm.test"
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://rpm.test",
+        headers=await staff_headers(pool, "dr-lead"),  # an admin; the actor of what it does
     ) as client:
         yield client
 
@@ -136,7 +141,7 @@ async def test_publishing_a_version_changes_the_active_book_and_the_stamp(
 
     r = await api.get(f"/api/rules/programs/{HTN}/versions")
     assert [(v["version"], v["active"], v["created_by"], v["note"]) for v in r.json()] == [
-        (2, True, "dr-lead", "fewer alarms"),
+        (2, True, "staff:dr-lead", "fewer alarms"),
         (1, False, "system:builtin", f"built-in rules/programs/{HTN}.yaml"),
     ]
     [listed] = [p for p in (await api.get("/api/rules/programs")).json() if p["program"] == HTN]
@@ -180,7 +185,7 @@ async def test_activating_an_old_version_copies_it_forward_as_the_active_one(
     assert book.programs[HTN].digest == builtin_programs()[HTN].digest
     assert (history[0]["version"], history[0]["created_by"], history[0]["note"]) == (
         3,
-        "dr-lead",
+        "staff:dr-lead",
         "activated version 1: too quiet",
     )
     assert history[0]["digest"] == history[2]["digest"]
@@ -261,15 +266,12 @@ async def test_a_body_that_is_no_program_document_is_refused(
     assert expected in r.json()["detail"]
 
 
-async def test_a_document_for_another_program_or_without_an_actor_is_refused(
+async def test_a_document_for_another_program_or_with_conflicting_actors_is_refused(
     api: httpx.AsyncClient, pool: asyncpg.Pool
 ) -> None:
     r = await api.put("/api/rules/programs/copd?actor=a", json=htn_document())
     assert r.status_code == 422
     assert r.json()["detail"] == "the document is program 'hypertension' but the path names 'copd'"
-    r = await api.put(f"/api/rules/programs/{HTN}", json=htn_document(systolic_below=95))
-    assert r.status_code == 422
-    assert "actor is required" in r.json()["detail"]
     r = await api.put(
         f"/api/rules/programs/{HTN}?actor=a", json={**htn_document(systolic_below=95), "actor": "b"}
     )
@@ -293,7 +295,8 @@ async def test_an_override_changes_the_effective_params_and_is_audited(
 
     r = await api.put(
         "/api/patients/pat-r/rules/htn.low_bp/params",
-        json={"params": {"systolic_below": 95}, "actor": "nurse-kim", "reason": "on midodrine"},
+        json={"params": {"systolic_below": 95}, "reason": "on midodrine"},
+        headers=await staff_headers(pool, "nurse-kim", "nurse", ["ward"]),
     )
     assert r.status_code == 200, r.text
     assert r.json()["params"] == {**LOW_BP, "systolic_below": 95}
@@ -310,10 +313,10 @@ async def test_an_override_changes_the_effective_params_and_is_audited(
     assert [
         (e["rule_id"], e["actor"], e["old_params"], e["new_params"], e["reason"]) for e in events
     ] == [
-        ("htn.low_bp", "nurse-kim", None, {"systolic_below": 95}, "on midodrine"),
+        ("htn.low_bp", "staff:nurse-kim", None, {"systolic_below": 95}, "on midodrine"),
         (
             "htn.low_bp",
-            "dr-lee",
+            "staff:dr-lead",
             {"systolic_below": 95},
             {"systolic_below": 100, "hysteresis": 3},
             None,
@@ -388,7 +391,7 @@ async def test_reverting_restores_the_defaults_and_is_audited(
     assert r.json()["overridden"] == []
     last = (await audit(api))[-1]
     assert (last["actor"], last["old_params"], last["new_params"], last["reason"]) == (
-        "dr-lee",
+        "staff:dr-lead",
         {"systolic_below": 95},
         None,
         "stopped midodrine",
@@ -396,12 +399,10 @@ async def test_reverting_restores_the_defaults_and_is_audited(
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT rule_overrides FROM patients WHERE id = 'pat-r'") == {}
 
-    # Reverting again is no change; the actor is required.
-    r = await api.delete("/api/patients/pat-r/rules/htn.low_bp/params", params={"actor": "x"})
+    # Reverting again is no change.
+    r = await api.delete("/api/patients/pat-r/rules/htn.low_bp/params")
     assert r.status_code == 200
     assert len(await audit(api)) == 2
-    r = await api.delete("/api/patients/pat-r/rules/htn.low_bp/params")
-    assert r.status_code == 422
 
 
 async def test_an_override_the_new_program_version_refuses_shows_and_defaults_apply(

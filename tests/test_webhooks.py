@@ -14,12 +14,16 @@ import pytest
 from device_gateways.decoders import DECODERS
 from device_gateways.webhook_auth import sign
 from rpm.server import Server
+from tests.helpers import staff_headers
 
 
 @pytest.fixture
 async def api(server: Server) -> AsyncIterator[httpx.AsyncClient]:
+    assert server.pool is not None
     async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{server.settings.api_port}", timeout=15
+        base_url=f"http://127.0.0.1:{server.settings.api_port}",
+        timeout=15,
+        headers=await staff_headers(server.pool),
     ) as client:
         assert (
             await client.post("/api/patients", json={"id": "pat-w", "display_name": "W"})

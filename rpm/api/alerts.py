@@ -1,13 +1,16 @@
 """Alerts API: the triage queue, one alert with its audit trail, nurse actions, live stream.
 
 Every action is checked against the lifecycle table (``alerts.lifecycle``), audited in
-``alert_events`` and announced on the live stream. Until staff sign-in is wired into
-these routes, the caller names itself in ``actor``.
+``alert_events`` and announced on the live stream. The actor is the caller's principal
+(``rpm.api.access``); an ``actor`` field in a body is accepted for older clients and
+ignored. Nurses see and act on the alerts of their care teams' patients only: another
+team's alert is 404, and their queue and stream leave it out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -22,9 +25,11 @@ from alerts.lifecycle import Action, InvalidTransition, NoteRequired
 from alerts.policy import SnoozeCaps, SnoozeTooLong
 from rpm.pipeline import INGEST_CHANNEL
 from rpm.storage import alerts as alert_store
+from rpm.storage import staff as staff_store
 from rpm.storage.pool import Conn
 from rules.spec import Severity
 
+from .access import CanActOnAlerts, CanReadPatientData, Principal, audit
 from .live import Broadcaster
 
 HEARTBEAT_S = 15.0
@@ -76,8 +81,7 @@ class AlertDetail(AlertOut):
 
 
 class AcknowledgeIn(BaseModel):
-    # Until staff sign-in is wired into these routes, the caller names itself.
-    actor: Actor
+    actor: Actor | None = None  # ignored: the caller's principal is the actor
 
 
 class ResolveIn(AcknowledgeIn):
@@ -86,12 +90,12 @@ class ResolveIn(AcknowledgeIn):
 
 class AssignIn(BaseModel):
     assignee: Actor  # a staff id
-    actor: Actor
+    actor: Actor | None = None  # ignored: the caller's principal is the actor
 
 
 class SnoozeIn(BaseModel):
     minutes: float = Field(gt=0)  # at most the cap of the alert's severity (RPM_SNOOZE_CAP_MIN)
-    actor: Actor
+    actor: Actor | None = None  # ignored: the caller's principal is the actor
     reason: str | None = Field(default=None, max_length=2000)
 
 
@@ -104,6 +108,8 @@ def router(
 
     @api.get("/api/alerts", response_model=list[AlertOut])
     async def list_alerts(
+        request: Request,
+        who: CanReadPatientData,
         state: Annotated[list[StateName] | None, Query()] = None,
         patient: str | None = None,
         program: str | None = None,
@@ -114,7 +120,7 @@ def router(
         """The triage queue: open and acknowledged alerts by default; ``order=triage`` puts
         the most severe first, then the longest waiting. ``program`` is a patient's program."""
         async with pool.acquire() as conn:
-            return await alert_store.listing(
+            found = await alert_store.listing(
                 conn,
                 states=state or ["open", "acknowledged"],
                 patient_id=patient,
@@ -122,11 +128,29 @@ def router(
                 program=program,
                 severities=[Severity[s.upper()].name for s in severity] if severity else None,
                 order=order,
+                care_teams=sorted(who.teams) if who.teams is not None else None,
             )
+        audit(request, who, "search", "alert", (a["patient_id"] for a in found))
+        return found
 
     @api.get("/api/alerts/stream")
-    async def alert_stream(request: Request) -> StreamingResponse:
-        """Server-sent events: ``alert`` on every alert change, ``ingest`` per stored batch."""
+    async def alert_stream(request: Request, who: CanReadPatientData) -> StreamingResponse:
+        """Server-sent events: ``alert`` on every alert change, ``ingest`` per stored batch.
+        A nurse's stream carries only the alerts of their care teams' patients."""
+        audit(request, who, "subscribe", "alert-stream")
+
+        async def visible(payload: str) -> bool:
+            if who.teams is None:
+                return True
+            try:
+                patient_id = json.loads(payload).get("patient_id")
+            except (ValueError, AttributeError):
+                return False
+            if not isinstance(patient_id, str):
+                return False
+            async with pool.acquire() as conn:
+                teams = await staff_store.patient_teams(conn, [patient_id])
+            return patient_id in teams and who.sees(teams[patient_id])
 
         async def events() -> AsyncIterator[str]:
             yield "retry: 2000\n\n"
@@ -140,6 +164,8 @@ def router(
                 except StopAsyncIteration:
                     return
                 kind = "ingest" if channel == INGEST_CHANNEL else "alert"
+                if kind == "alert" and not await visible(payload):
+                    continue
                 yield f"event: {kind}\ndata: {payload}\n\n"
 
         return StreamingResponse(
@@ -147,16 +173,31 @@ def router(
         )
 
     @api.get("/api/alerts/{alert_id}", response_model=AlertDetail)
-    async def get_alert(alert_id: int) -> dict[str, Any]:
+    async def get_alert(request: Request, who: CanReadPatientData, alert_id: int) -> dict[str, Any]:
         async with pool.acquire() as conn:
             alert = await alert_store.get(conn, alert_id)
-            if alert is None:
+            if alert is None or not who.sees(alert["care_team"]):
+                audit(request, who, "read", "alert", resource_id=str(alert_id))
                 raise HTTPException(404, "no such alert")
             alert["events"] = await alert_store.events(conn, alert_id)
-            return alert
+        audit(request, who, "read", "alert", [alert["patient_id"]], str(alert_id))
+        return alert
 
-    async def act(work: Callable[[Conn], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    async def act(
+        request: Request,
+        who: Principal,
+        alert_id: int,
+        work: Callable[[Conn], Awaitable[dict[str, Any]]],
+    ) -> dict[str, Any]:
+        action = request.url.path.rsplit("/", 1)[-1]
+        if request.method == "DELETE":
+            action = "unsnooze"
         async with pool.acquire() as conn:
+            alert = await alert_store.get(conn, alert_id)
+            if alert is None or not who.sees(alert["care_team"]):
+                audit(request, who, action, "alert", resource_id=str(alert_id))
+                raise HTTPException(404, "no such alert")
+            audit(request, who, action, "alert", [alert["patient_id"]], str(alert_id))
             try:
                 return await work(conn)
             except alert_store.AlertNotFound:
@@ -169,42 +210,70 @@ def router(
                 raise HTTPException(409, str(exc)) from None
 
     @api.post("/api/alerts/{alert_id}/acknowledge", response_model=AlertOut)
-    async def acknowledge(alert_id: int, body: AcknowledgeIn) -> dict[str, Any]:
+    async def acknowledge(
+        request: Request, who: CanActOnAlerts, alert_id: int, body: AcknowledgeIn
+    ) -> dict[str, Any]:
         """A nurse is on it: the escalation stops."""
         return await act(
-            lambda c: alert_store.transition(c, alert_id, Action.ACKNOWLEDGE, body.actor)
+            request,
+            who,
+            alert_id,
+            lambda c: alert_store.transition(c, alert_id, Action.ACKNOWLEDGE, who.actor),
         )
 
     @api.post("/api/alerts/{alert_id}/resolve", response_model=AlertOut)
-    async def resolve(alert_id: int, body: ResolveIn) -> dict[str, Any]:
+    async def resolve(
+        request: Request, who: CanActOnAlerts, alert_id: int, body: ResolveIn
+    ) -> dict[str, Any]:
         """Close the episode with a note saying what was done (422 without one)."""
         return await act(
-            lambda c: alert_store.transition(c, alert_id, Action.RESOLVE, body.actor, body.note)
+            request,
+            who,
+            alert_id,
+            lambda c: alert_store.transition(c, alert_id, Action.RESOLVE, who.actor, body.note),
         )
 
     @api.post("/api/alerts/{alert_id}/assign", response_model=AlertOut)
-    async def assign(alert_id: int, body: AssignIn) -> dict[str, Any]:
-        return await act(lambda c: alert_store.assign(c, alert_id, body.assignee, body.actor))
+    async def assign(
+        request: Request, who: CanActOnAlerts, alert_id: int, body: AssignIn
+    ) -> dict[str, Any]:
+        return await act(
+            request,
+            who,
+            alert_id,
+            lambda c: alert_store.assign(c, alert_id, body.assignee, who.actor),
+        )
 
     @api.post("/api/alerts/{alert_id}/snooze", response_model=AlertOut)
-    async def snooze(alert_id: int, body: SnoozeIn) -> dict[str, Any]:
+    async def snooze(
+        request: Request, who: CanActOnAlerts, alert_id: int, body: SnoozeIn
+    ) -> dict[str, Any]:
         """Quiet this patient's alerts of this rule up to this alert's severity for a while
         (422 beyond the severity's cap); a more severe alert breaks through."""
         return await act(
+            request,
+            who,
+            alert_id,
             lambda c: alert_store.snooze(
                 c,
                 alert_id,
                 duration=timedelta(minutes=body.minutes),
-                actor=body.actor,
+                actor=who.actor,
                 reason=body.reason,
                 caps=caps,
-            )
+            ),
         )
 
     @api.delete("/api/alerts/{alert_id}/snooze", response_model=AlertOut)
     async def unsnooze(
-        alert_id: int, actor: Annotated[str, Query(min_length=1, max_length=200)]
+        request: Request,
+        who: CanActOnAlerts,
+        alert_id: int,
+        actor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     ) -> dict[str, Any]:
-        return await act(lambda c: alert_store.unsnooze(c, alert_id, actor))
+        """Lift the snooze (``actor`` is ignored: the caller's principal is the actor)."""
+        return await act(
+            request, who, alert_id, lambda c: alert_store.unsnooze(c, alert_id, who.actor)
+        )
 
     return api

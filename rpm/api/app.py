@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import asyncpg
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, HTTPException, Query, Request
 from pydantic import BaseModel
 
 from alerts.policy import SnoozeCaps
@@ -16,8 +16,11 @@ from rpm.auth import Auth, AuthConfig
 from rpm.pipeline import IngestPipeline
 from rpm.settings import Settings
 from rpm.storage import readings as reading_store
+from rpm.storage import staff as staff_store
 
-from . import alerts, dashboard, fhir, health, ingest, registry, rules, twilio_hooks
+from . import admin, alerts, dashboard, fhir, health, ingest, registry, rules, twilio_hooks
+from .access import CanReadPatientData, audit
+from .guard import Guard
 from .live import Broadcaster
 
 
@@ -44,6 +47,9 @@ def create_app(
     """The app over an open pool; ``broadcaster`` feeds the live stream."""
 
     app = FastAPI(title="RPM server", version="0.1.0")
+    # Audit writer and API security headers (rpm/api/guard.py); access rules in access.py.
+    app.add_middleware(Guard, pool=pool, hsts=bool(auth_config and auth_config.cookie_secure))
+    app.include_router(admin.router(pool))
     app.include_router(alerts.router(pool, broadcaster, snooze_caps=snooze_caps))
     app.include_router(ingest.router(pool, pipeline))
     app.include_router(registry.router(pool, broker))
@@ -56,12 +62,20 @@ def create_app(
 
     @app.get("/api/patients/{patient_id}/readings", response_model=list[ReadingOut])
     async def patient_readings(
+        request: Request,
+        who: CanReadPatientData,
         patient_id: str,
         metric: Annotated[list[str] | None, Query()] = None,
         limit: Annotated[int, Query(ge=1, le=5000)] = 200,
     ) -> list[dict[str, Any]]:
         async with pool.acquire() as conn:
+            teams = await staff_store.patient_teams(conn, [patient_id])
+            if patient_id not in teams or not who.sees(teams[patient_id]):
+                # Another team's patient looks like no patient: its existence does not leak.
+                audit(request, who, "read", "readings", resource_id=patient_id)
+                raise HTTPException(404, "no such patient")
             rows = await reading_store.for_patient(conn, patient_id, metrics=metric, limit=limit)
+        audit(request, who, "read", "readings", [patient_id], patient_id)
         return [
             {
                 "uid": s.accepted.reading.uid,

@@ -42,9 +42,11 @@ from rpm.auth import (
 from rpm.domain import METRICS, Metric
 from rpm.storage import readings as reading_store
 from rpm.storage import registry, rule_programs, staff_auth
+from rpm.storage import staff as staff_store
 from rpm.storage.pool import Conn
 
 from . import charts
+from .access import Principal, audit, staff_principal
 from .page_security import SVG_CSP, SecuredStaticFiles, secure
 
 HERE = Path(__file__).parent
@@ -203,6 +205,19 @@ def router(pool: asyncpg.Pool, auth: Auth) -> APIRouter:
             },
         )
 
+    async def visible_patient(
+        request: Request, staff: SignedIn, patient_id: str, resource: str
+    ) -> Principal:
+        """The nurse as a principal; 404 (audited) for a patient outside their care teams."""
+        who = staff_principal(staff.staff_id, staff.role, staff.teams, "session")
+        async with pool.acquire() as conn:
+            teams = await staff_store.patient_teams(conn, [patient_id])
+        if patient_id not in teams or not who.sees(teams[patient_id]):
+            audit(request, who, "read", resource, resource_id=patient_id)
+            raise HTTPException(404, "no such patient")
+        audit(request, who, "read", resource, [patient_id], patient_id)
+        return who
+
     @r.get("/dashboard/patients/{patient_id}")
     async def patient(
         request: Request,
@@ -212,6 +227,7 @@ def router(pool: asyncpg.Pool, auth: Auth) -> APIRouter:
         done: str = "",
         problem: str = "",
     ) -> Response:
+        await visible_patient(request, staff, patient_id, "patient-page")
         async with pool.acquire() as conn:
             contexts = await registry.patient_contexts(conn, [patient_id])
             if patient_id not in contexts:
@@ -255,11 +271,12 @@ def router(pool: asyncpg.Pool, auth: Auth) -> APIRouter:
         )
 
     @r.get("/dashboard/patients/{patient_id}/chart/{metric}.svg")
-    async def chart(_staff: Staff, patient_id: str, metric: str) -> Response:
+    async def chart(request: Request, staff: Staff, patient_id: str, metric: str) -> Response:
         try:
             m = Metric(metric)
         except ValueError:
             raise HTTPException(404, "no such metric") from None
+        await visible_patient(request, staff, patient_id, "chart")
         async with pool.acquire() as conn:
             contexts = await registry.patient_contexts(conn, [patient_id])
             if patient_id not in contexts:

@@ -12,17 +12,20 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Security
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from device_gateways.decoders import DECODERS
 from device_gateways.webhook_auth import verify_bearer, verify_signature
+from rpm.auth import API_KEY_PREFIX
 from rpm.domain import RawMessage
 from rpm.errors import StorageError
 from rpm.pipeline import BatchResult, IngestPipeline
 from rpm.storage import quarantine as quarantine_store
 from rpm.storage import registry
+
+from .access import REQUIRE, CanEnrol, Permission, audit, bearer_principal
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +99,22 @@ def router(pool: asyncpg.Pool, pipeline: IngestPipeline) -> APIRouter:
         if payload_format not in DECODERS:
             raise HTTPException(404, f"unknown format; known: {sorted(DECODERS)}")
         body = await _bounded_body(request)
-        if not x_rpm_integration:
+        # An API key with the ingest scope (rpm/api/access.py) acts for its integration,
+        # instead of the integration's own signature or token.
+        key = await _ingest_key(request, authorization)
+        if key is not None and x_rpm_integration not in (None, key):
+            raise HTTPException(403, "this key posts for another integration")
+        integration_id = key or x_rpm_integration
+        if not integration_id:
             raise HTTPException(401, "missing X-RPM-Integration")
         async with pool.acquire() as conn:
-            integration = await registry.integration(conn, x_rpm_integration)
+            integration = await registry.integration(conn, integration_id)
         if integration is None:
             raise HTTPException(401, "unknown integration")
         problem = (
-            verify_signature(integration.secret, body, x_rpm_signature, time.time())
+            None
+            if key is not None
+            else verify_signature(integration.secret, body, x_rpm_signature, time.time())
             if integration.auth == "hmac"
             else verify_bearer(integration.secret, authorization)
         )
@@ -133,8 +144,14 @@ def router(pool: asyncpg.Pool, pipeline: IngestPipeline) -> APIRouter:
         status = 422 if accepted == 0 and result.quarantined else 200
         return JSONResponse(summary.model_dump(), status)
 
-    @api.get("/api/quarantine", response_model=list[QuarantineOut])
+    @api.get(
+        "/api/quarantine",
+        response_model=list[QuarantineOut],
+        dependencies=[Security(REQUIRE[Permission.ENROLMENT])],
+    )
     async def quarantine(
+        request: Request,
+        who: CanEnrol,
         reason: str | None = None,
         replayed: bool | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -146,9 +163,15 @@ def router(pool: asyncpg.Pool, pipeline: IngestPipeline) -> APIRouter:
             )
         for r in rows:
             r["payload"] = bytes(r["payload"]).decode("utf-8", "replace")
+        # Refused payloads are device data that may describe a patient: reading them is audited.
+        audit(request, who, "search", "quarantine")
         return rows
 
-    @api.post("/api/quarantine/replay", response_model=ReplayOut)
+    @api.post(
+        "/api/quarantine/replay",
+        response_model=ReplayOut,
+        dependencies=[Security(REQUIRE[Permission.ENROLMENT])],
+    )
     async def replay(body: ReplayIn) -> ReplayOut:
         """Run quarantined payloads again (e.g. after enrolling their device)."""
         try:
@@ -158,6 +181,20 @@ def router(pool: asyncpg.Pool, pipeline: IngestPipeline) -> APIRouter:
         return ReplayOut(replayed=ids, result=_summary(result))
 
     return api
+
+
+async def _ingest_key(request: Request, authorization: str | None) -> str | None:
+    """The integration an ``rpmk_`` API key with the ingest scope posts for; None when no
+    such key is sent; 401 for an unknown or revoked key, 403 for one without the scope."""
+    scheme, _, credential = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not credential.strip().startswith(API_KEY_PREFIX):
+        return None
+    who = await bearer_principal(request.app.state.auth, credential.strip())
+    if who is None:
+        raise HTTPException(401, "invalid or revoked API key")
+    if who.integration is None:
+        raise HTTPException(403, "this key may not ingest")
+    return who.integration
 
 
 async def _bounded_body(request: Request) -> bytes:

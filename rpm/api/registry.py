@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import asyncpg
-from fastapi import APIRouter, HTTPException, Path
+from fastapi import APIRouter, HTTPException, Path, Request, Security
 from pydantic import AwareDatetime, BaseModel, Field
 
 from device_gateways import dynsec
@@ -18,6 +18,8 @@ from device_gateways.mqtt import TOPIC_PREFIX
 from rpm.errors import BrokerProvisioningError
 from rpm.storage import registry
 from rpm.storage.pool import Conn
+
+from .access import REQUIRE, CanEnrol, Permission, audit
 
 # MQTT device ids appear in topics and broker logins: no '/', '+', '#', ':' or spaces.
 MQTT_DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -48,7 +50,7 @@ class DeviceIn(BaseModel):
     integration: Annotated[str | None, Field(pattern=INTEGRATION_ID)] = None
     patient_id: Annotated[str | None, Field(pattern=PATIENT_ID)] = None
     bound_from: AwareDatetime | None = None
-    actor: Actor
+    actor: Actor | None = None  # ignored: the caller's principal is the actor
 
 
 class MqttCredentials(BaseModel):
@@ -66,16 +68,16 @@ class BindingIn(BaseModel):
     patient_id: Annotated[str, Field(pattern=PATIENT_ID)]
     start: AwareDatetime | None = None
     end: AwareDatetime | None = None
-    actor: Actor
+    actor: Actor | None = None  # ignored: the caller's principal is the actor
 
 
 class AtIn(BaseModel):
     at: AwareDatetime | None = None
-    actor: Actor
+    actor: Actor | None = None  # ignored: the caller's principal is the actor
 
 
 class ActorIn(BaseModel):
-    actor: Actor
+    actor: Actor | None = None  # ignored: the caller's principal is the actor
 
 
 class BindingOut(BaseModel):
@@ -122,10 +124,12 @@ class IntegrationCreated(BaseModel):
 
 
 def router(pool: asyncpg.Pool, broker: BrokerAdmin) -> APIRouter:
-    api = APIRouter(prefix="/api")
+    # Every route of this router is for admins (a route without ``who`` is covered too).
+    api = APIRouter(prefix="/api", dependencies=[Security(REQUIRE[Permission.ENROLMENT])])
 
     @api.post("/patients", status_code=201)
-    async def create_patient(body: PatientIn) -> dict[str, str]:
+    async def create_patient(request: Request, who: CanEnrol, body: PatientIn) -> dict[str, str]:
+        audit(request, who, "create", "patient", [body.id], body.id)
         async with pool.acquire() as conn:
             await registry.upsert_patient(
                 conn,
@@ -140,11 +144,13 @@ def router(pool: asyncpg.Pool, broker: BrokerAdmin) -> APIRouter:
         return {"id": body.id}
 
     @api.post("/devices", status_code=201, response_model=DeviceEnrolled)
-    async def enroll(body: DeviceIn) -> DeviceEnrolled:
+    async def enroll(request: Request, who: CanEnrol, body: DeviceIn) -> DeviceEnrolled:
         """Enroll a device, bind it when a patient is given, and provision its broker login."""
         if body.integration is None and not re.fullmatch(MQTT_DEVICE_ID, body.id):
             raise HTTPException(422, "an MQTT device id may hold only letters, digits, . _ -")
         device_id = f"{body.integration}:{body.id}" if body.integration else body.id
+        if body.patient_id is not None:
+            audit(request, who, "bind", "device", [body.patient_id], device_id)
         password = secrets.token_urlsafe(24)
         async with pool.acquire() as conn, conn.transaction():
             if body.integration and await registry.integration(conn, body.integration) is None:
@@ -157,12 +163,12 @@ def router(pool: asyncpg.Pool, broker: BrokerAdmin) -> APIRouter:
                     vendor=body.vendor,
                     serial=body.serial,
                     integration=body.integration,
-                    actor=body.actor,
+                    actor=who.actor,
                 )
             except asyncpg.UniqueViolationError:
                 raise HTTPException(409, f"device {device_id!r} is already enrolled") from None
             if body.patient_id is not None:
-                await _bind(conn, device_id, body.patient_id, body.bound_from, None, body.actor)
+                await _bind(conn, device_id, body.patient_id, body.bound_from, None, who.actor)
             if body.integration is None:
                 # Inside the transaction: if the broker refuses, nothing is enrolled. A retry
                 # after a commit failure finds the login and only resets its password.
@@ -182,32 +188,38 @@ def router(pool: asyncpg.Pool, broker: BrokerAdmin) -> APIRouter:
         )
 
     @api.get("/devices/{device_id}", response_model=DeviceOut)
-    async def get_device(device_id: str) -> dict[str, Any]:
+    async def get_device(request: Request, who: CanEnrol, device_id: str) -> dict[str, Any]:
+        """A device with its bindings (patient ids) and events; admins only."""
         async with pool.acquire() as conn:
             found = await registry.device_detail(conn, device_id)
+        patients = (b["patient_id"] for b in found["bindings"]) if found else ()
+        audit(request, who, "read", "device", patients, device_id)
         if found is None:
             raise HTTPException(404, "no such device")
         return found
 
     @api.post("/devices/{device_id}/bindings", status_code=201)
-    async def bind(device_id: str, body: BindingIn) -> dict[str, str]:
+    async def bind(
+        request: Request, who: CanEnrol, device_id: str, body: BindingIn
+    ) -> dict[str, str]:
+        audit(request, who, "bind", "device", [body.patient_id], device_id)
         async with pool.acquire() as conn, conn.transaction():
             await _existing(conn, device_id)
-            await _bind(conn, device_id, body.patient_id, body.start, body.end, body.actor)
+            await _bind(conn, device_id, body.patient_id, body.start, body.end, who.actor)
         return {"device_id": device_id, "patient_id": body.patient_id}
 
     @api.post("/devices/{device_id}/unbind")
-    async def unbind(device_id: str, body: AtIn) -> dict[str, int]:
+    async def unbind(who: CanEnrol, device_id: str, body: AtIn) -> dict[str, int]:
         async with pool.acquire() as conn, conn.transaction():
             await _existing(conn, device_id)
             ended = await registry.unbind(
-                conn, device_id=device_id, at=body.at or datetime.now(UTC), actor=body.actor
+                conn, device_id=device_id, at=body.at or datetime.now(UTC), actor=who.actor
             )
         return {"ended": ended}
 
     @api.post("/devices/{device_id}/credentials", response_model=MqttCredentials)
     async def rotate(
-        device_id: Annotated[str, Path(pattern=MQTT_DEVICE_ID)], body: ActorIn
+        who: CanEnrol, device_id: Annotated[str, Path(pattern=MQTT_DEVICE_ID)], body: ActorIn
     ) -> MqttCredentials:
         """A new broker password; the old one stops working at once."""
         password = secrets.token_urlsafe(24)
@@ -215,21 +227,21 @@ def router(pool: asyncpg.Pool, broker: BrokerAdmin) -> APIRouter:
             device = await _existing(conn, device_id)
             if device["integration"] or device["retired_at"]:
                 raise HTTPException(409, "only active MQTT devices have broker credentials")
-            await registry.rotated(conn, device_id=device_id, actor=body.actor)
+            await registry.rotated(conn, device_id=device_id, actor=who.actor)
             await _broker(broker, dynsec.set_password(device_id, password))
         return MqttCredentials(
             username=device_id, password=password, topic=f"{TOPIC_PREFIX}{device_id}/readings"
         )
 
     @api.post("/devices/{device_id}/retire")
-    async def retire(device_id: str, body: AtIn) -> dict[str, str]:
+    async def retire(who: CanEnrol, device_id: str, body: AtIn) -> dict[str, str]:
         """End the device's binding, refuse its readings from now on, disable its login."""
         async with pool.acquire() as conn, conn.transaction():
             device = await _existing(conn, device_id)
             if device["retired_at"]:
                 raise HTTPException(409, "already retired")
             await registry.retire(
-                conn, device_id=device_id, at=body.at or datetime.now(UTC), actor=body.actor
+                conn, device_id=device_id, at=body.at or datetime.now(UTC), actor=who.actor
             )
             if not device["integration"]:
                 await _broker(broker, dynsec.disable_device(device_id))

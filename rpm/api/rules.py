@@ -14,10 +14,12 @@ from pydantic import BaseModel, Field, FiniteFloat
 
 from rpm.storage import registry as patient_store
 from rpm.storage import rule_programs
+from rpm.storage import staff as staff_store
 from rpm.storage.pool import Conn
 from rules.programs import RuleBook
 from rules.spec import ProgramSpec, parse_program
 
+from .access import CanEditPatientRules, CanPublishRules, CanReadRules, Principal, audit
 from .registry import Actor
 
 PROGRAM = r"^[a-z0-9_]+$"  # as ProgramSpec.program
@@ -55,7 +57,7 @@ class PublishedOut(BaseModel):
 
 class ActivateIn(BaseModel):
     version: Annotated[int, Field(ge=1)]
-    actor: Actor
+    actor: Actor | None = None  # ignored: the caller's principal is the actor
     note: Note | None = None
 
 
@@ -68,7 +70,7 @@ class _Metadata(BaseModel):
 
 class OverrideIn(BaseModel):
     params: Annotated[dict[str, FiniteFloat], Field(min_length=1)]
-    actor: Actor
+    actor: Actor | None = None  # ignored: the caller's principal is the actor
     reason: Note | None = None
 
 
@@ -128,18 +130,27 @@ def router(pool: asyncpg.Pool, on_change: Callable[[], None] | None = None) -> A
     api = APIRouter(prefix="/api")
     books = _Books()
 
+    async def visible(request: Request, who: Principal, patient_id: str, action: str) -> None:
+        """404 for a patient this caller may not see (another team's, or none); audited."""
+        async with pool.acquire() as conn:
+            teams = await staff_store.patient_teams(conn, [patient_id])
+        if patient_id not in teams or not who.sees(teams[patient_id]):
+            audit(request, who, action, "patient-rules", resource_id=patient_id)
+            raise HTTPException(404, "no such patient")
+        audit(request, who, action, "patient-rules", [patient_id], patient_id)
+
     def changed() -> None:
         if on_change is not None:
             on_change()
 
     @api.get("/rules/programs", response_model=list[ProgramOut])
-    async def list_programs() -> list[dict[str, Any]]:
+    async def list_programs(_who: CanReadRules) -> list[dict[str, Any]]:
         """The active version of every care program, with its spec."""
         async with pool.acquire() as conn:
             return await rule_programs.active_versions(conn)
 
     @api.get("/rules/programs/{program}", response_model=ProgramOut)
-    async def get_program(program: ProgramName) -> dict[str, Any]:
+    async def get_program(_who: CanReadRules, program: ProgramName) -> dict[str, Any]:
         async with pool.acquire() as conn:
             for row in await rule_programs.active_versions(conn):
                 if row["program"] == program:
@@ -147,7 +158,7 @@ def router(pool: asyncpg.Pool, on_change: Callable[[], None] | None = None) -> A
         raise HTTPException(404, "no such program")
 
     @api.get("/rules/programs/{program}/versions", response_model=list[VersionOut])
-    async def program_versions(program: ProgramName) -> list[dict[str, Any]]:
+    async def program_versions(_who: CanReadRules, program: ProgramName) -> list[dict[str, Any]]:
         """Every version of a program, newest first."""
         async with pool.acquire() as conn:
             found = await rule_programs.versions(conn, program)
@@ -157,6 +168,7 @@ def router(pool: asyncpg.Pool, on_change: Callable[[], None] | None = None) -> A
 
     @api.put("/rules/programs/{program}", response_model=PublishedOut, openapi_extra=_DOCUMENT_BODY)
     async def publish(
+        principal: CanPublishRules,
         program: ProgramName,
         request: Request,
         actor: Annotated[Actor | None, Query()] = None,
@@ -165,16 +177,16 @@ def router(pool: asyncpg.Pool, on_change: Callable[[], None] | None = None) -> A
         """Publish a program document (JSON, or YAML with ``Content-Type: application/yaml``)
         as the program's new active version.
 
-        ``actor`` and ``note`` come from the query or, in a JSON document, from top-level
-        keys of those names (not part of the program).
+        ``note`` comes from the query or, in a JSON document, from a top-level key of that
+        name (not part of the program); so may ``actor``, which is ignored: the caller's
+        principal is the actor.
         """
         body = await request.body()
         if len(body) > MAX_DOCUMENT_BYTES:
             raise HTTPException(413, f"a program document is at most {MAX_DOCUMENT_BYTES} bytes")
         spec, meta = _document(request.headers.get("content-type", ""), body)
-        who = _agreed("actor", actor, meta.actor)
-        if who is None:
-            raise HTTPException(422, "actor is required (?actor=... or a top-level actor key)")
+        _agreed("actor", actor, meta.actor)
+        who = principal.actor
         if spec.program != program:
             raise HTTPException(
                 422, f"the document is program {spec.program!r} but the path names {program!r}"
@@ -188,13 +200,15 @@ def router(pool: asyncpg.Pool, on_change: Callable[[], None] | None = None) -> A
         return PublishedOut(program=program, version=version, changed=moved)
 
     @api.post("/rules/programs/{program}/activate", response_model=PublishedOut)
-    async def activate(program: ProgramName, body: ActivateIn) -> PublishedOut:
+    async def activate(
+        who: CanPublishRules, program: ProgramName, body: ActivateIn
+    ) -> PublishedOut:
         """Make an earlier version active again (copied forward as a new version)."""
         async with pool.acquire() as conn:
             before = await rule_programs.stamp(conn)
             try:
                 version = await rule_programs.activate(
-                    conn, program, body.version, body.actor, body.note
+                    conn, program, body.version, who.actor, body.note
                 )
             except rule_programs.NotFound as exc:
                 raise HTTPException(404, str(exc)) from None
@@ -206,8 +220,11 @@ def router(pool: asyncpg.Pool, on_change: Callable[[], None] | None = None) -> A
         return PublishedOut(program=program, version=version, changed=moved)
 
     @api.get("/patients/{patient_id}/rules", response_model=list[EffectiveRuleOut])
-    async def patient_rules(patient_id: str) -> list[dict[str, Any]]:
+    async def patient_rules(
+        request: Request, who: CanEditPatientRules, patient_id: str
+    ) -> list[dict[str, Any]]:
         """The patient's rules as they apply, with defaults and what is overridden."""
+        await visible(request, who, patient_id, "read")
         async with pool.acquire() as conn:
             book = await books.get(conn)
             contexts = await patient_store.patient_contexts(conn, [patient_id])
@@ -217,23 +234,32 @@ def router(pool: asyncpg.Pool, on_change: Callable[[], None] | None = None) -> A
         return rule_programs.effective_rules(book, context.programs, context.overrides)
 
     @api.put("/patients/{patient_id}/rules/{rule_id}/params", response_model=EffectiveRuleOut)
-    async def set_params(patient_id: str, rule_id: str, body: OverrideIn) -> dict[str, Any]:
+    async def set_params(
+        request: Request, who: CanEditPatientRules, patient_id: str, rule_id: str, body: OverrideIn
+    ) -> dict[str, Any]:
         """Replace the patient's overrides of one rule (parameters not named keep defaults)."""
-        return await _set(patient_id, rule_id, body.params, body.actor, body.reason)
+        await visible(request, who, patient_id, "update")
+        return await _set(patient_id, rule_id, body.params, who.actor, body.reason)
 
     @api.delete("/patients/{patient_id}/rules/{rule_id}/params", response_model=EffectiveRuleOut)
     async def revert_params(
+        request: Request,
+        who: CanEditPatientRules,
         patient_id: str,
         rule_id: str,
-        actor: Annotated[Actor, Query()],
+        actor: Annotated[Actor | None, Query()] = None,
         reason: Annotated[Note | None, Query()] = None,
     ) -> dict[str, Any]:
-        """Back to the program's defaults for this rule."""
-        return await _set(patient_id, rule_id, None, actor, reason)
+        """Back to the program's defaults for this rule (``actor`` is ignored)."""
+        await visible(request, who, patient_id, "update")
+        return await _set(patient_id, rule_id, None, who.actor, reason)
 
     @api.get("/patients/{patient_id}/rules/audit", response_model=list[OverrideEventOut])
-    async def override_audit(patient_id: str) -> list[dict[str, Any]]:
+    async def override_audit(
+        request: Request, who: CanEditPatientRules, patient_id: str
+    ) -> list[dict[str, Any]]:
         """Every change of the patient's rule parameters, oldest first."""
+        await visible(request, who, patient_id, "read")
         async with pool.acquire() as conn:
             if not await patient_store.patient_contexts(conn, [patient_id]):
                 raise HTTPException(404, "no such patient")

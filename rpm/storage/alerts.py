@@ -473,14 +473,17 @@ async def listing(
     program: str | None = None,
     severities: Sequence[str] | None = None,
     order: str = "triage",
+    care_teams: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Alerts for the triage queue, filtered by state, patient, patient program, severity."""
+    """Alerts for the triage queue, filtered by state, patient, patient program, severity
+    and (``care_teams``, None: any) the patient's care team."""
     rows = await conn.fetch(
         f"""SELECT {_ALERT_COLUMNS} FROM {_ALERT_FROM}
              WHERE ($1::text[] IS NULL OR a.state = ANY($1::text[]))
                AND ($2::text IS NULL OR a.patient_id = $2)
                AND ($4::text IS NULL OR $4 = ANY(p.programs))
                AND ($5::text[] IS NULL OR a.severity = ANY($5::text[]))
+               AND ($6::text[] IS NULL OR p.care_team = ANY($6::text[]))
              ORDER BY {_ORDERS[order]}
              LIMIT $3""",  # noqa: S608 - fixed fragments, values are bound
         list(states) if states else None,
@@ -488,6 +491,7 @@ async def listing(
         limit,
         program,
         list(severities) if severities else None,
+        list(care_teams) if care_teams is not None else None,
     )
     return [_alert(r) for r in rows]
 

@@ -112,3 +112,46 @@ async def staff_phone(conn: Conn, staff_id: str) -> tuple[bool, str | None]:
     if row is None or not row["active"]:
         return False, None
     return True, row["phone"]
+
+
+async def patient_teams(conn: Conn, patient_ids: Iterable[str]) -> dict[str, str | None]:
+    """Care team of each known patient among ``patient_ids`` (unknown ones are absent)."""
+    rows = await conn.fetch(
+        "SELECT id, care_team FROM patients WHERE id = ANY($1::text[])", sorted(set(patient_ids))
+    )
+    return {r["id"]: r["care_team"] for r in rows}
+
+
+async def team_patients(conn: Conn, team_ids: Iterable[str]) -> list[str]:
+    """Ids of the patients cared for by any of ``team_ids``."""
+    rows = await conn.fetch(
+        "SELECT id FROM patients WHERE care_team = ANY($1::text[]) ORDER BY id",
+        sorted(set(team_ids)),
+    )
+    return [r["id"] for r in rows]
+
+
+async def teams(conn: Conn) -> list[dict[str, object]]:
+    """Every care team with its members' ids."""
+    rows = await conn.fetch(
+        """SELECT t.id, t.title,
+                  ARRAY(SELECT m.staff_id FROM care_team_members m
+                         WHERE m.team_id = t.id ORDER BY 1) AS members
+             FROM care_teams t ORDER BY t.id"""
+    )
+    return [{"id": r["id"], "title": r["title"], "members": list(r["members"])} for r in rows]
+
+
+async def remove_member(conn: Conn, team_id: str, staff_id: str) -> bool:
+    status = await conn.execute(
+        "DELETE FROM care_team_members WHERE team_id = $1 AND staff_id = $2", team_id, staff_id
+    )
+    return status.split()[-1] != "0"
+
+
+async def adopt_unassigned_patients(conn: Conn, team_id: str) -> int:
+    """Put every patient without a care team in ``team_id`` (the demo's set-up)."""
+    status = await conn.execute(
+        "UPDATE patients SET care_team = $1 WHERE care_team IS NULL", team_id
+    )
+    return int(status.split()[-1])

@@ -34,6 +34,35 @@ class SessionRecord:
     role: str
     csrf_token: str
     expires_at: datetime
+    teams: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """A live bearer token joined with the staff member it belongs to."""
+
+    staff_id: str
+    role: str
+    expires_at: datetime
+    teams: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    id: str
+    name: str
+    scopes: tuple[str, ...]
+    integration: str | None
+    created_by: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ApiKeyExists(ValueError):
+    """An API key with this id already exists."""
+
+
+_TEAMS = "ARRAY(SELECT m.team_id FROM care_team_members m WHERE m.staff_id = s.id ORDER BY 1)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,21 +144,27 @@ async def create_session(
 async def session(conn: Conn, token_hash: bytes) -> SessionRecord | None:
     """The unexpired session of an active staff member; marks it seen (at most once a minute)."""
     row = await conn.fetchrow(
-        """WITH found AS (
-               SELECT s.id, s.display_name, s.role, ss.csrf_token, ss.expires_at
+        f"""WITH found AS (
+               SELECT s.id, s.display_name, s.role, ss.csrf_token, ss.expires_at,
+                      {_TEAMS} AS teams
                  FROM staff_sessions ss JOIN staff s ON s.id = ss.staff_id
                 WHERE ss.token_hash = $1 AND ss.expires_at > now() AND s.active),
            touched AS (
                UPDATE staff_sessions SET last_seen_at = now()
                 WHERE token_hash = $1 AND last_seen_at < now() - interval '1 minute'
                   AND EXISTS (SELECT 1 FROM found))
-           SELECT * FROM found""",
+           SELECT * FROM found""",  # noqa: S608 - a fixed fragment
         token_hash,
     )
     if row is None:
         return None
     return SessionRecord(
-        row["id"], row["display_name"], row["role"], row["csrf_token"], row["expires_at"]
+        row["id"],
+        row["display_name"],
+        row["role"],
+        row["csrf_token"],
+        row["expires_at"],
+        tuple(row["teams"]),
     )
 
 
@@ -140,3 +175,94 @@ async def delete_session(conn: Conn, token_hash: bytes) -> None:
 async def delete_expired_sessions(conn: Conn) -> int:
     status = await conn.execute("DELETE FROM staff_sessions WHERE expires_at <= now()")
     return int(status.split()[-1])
+
+
+async def create_token(
+    conn: Conn, *, token_hash: bytes, staff_id: str, expires_at: datetime
+) -> None:
+    await conn.execute(
+        "INSERT INTO staff_tokens (token_hash, staff_id, expires_at) VALUES ($1, $2, $3)",
+        token_hash,
+        staff_id,
+        expires_at,
+    )
+
+
+async def token(conn: Conn, token_hash: bytes) -> TokenRecord | None:
+    """The unexpired bearer token of an active staff member."""
+    row = await conn.fetchrow(
+        f"""SELECT s.id, s.role, t.expires_at, {_TEAMS} AS teams
+              FROM staff_tokens t JOIN staff s ON s.id = t.staff_id
+             WHERE t.token_hash = $1 AND t.expires_at > now() AND s.active""",  # noqa: S608
+        token_hash,
+    )
+    if row is None:
+        return None
+    return TokenRecord(row["id"], row["role"], row["expires_at"], tuple(row["teams"]))
+
+
+async def delete_expired_tokens(conn: Conn) -> int:
+    status = await conn.execute("DELETE FROM staff_tokens WHERE expires_at <= now()")
+    return int(status.split()[-1])
+
+
+async def create_api_key(
+    conn: Conn,
+    *,
+    key_id: str,
+    name: str,
+    scopes: tuple[str, ...],
+    integration: str | None,
+    key_hash: bytes,
+    created_by: str,
+) -> None:
+    try:
+        await conn.execute(
+            """INSERT INTO api_keys (id, name, scopes, integration, key_hash, created_by)
+               VALUES ($1, $2, $3, $4, $5, $6)""",
+            key_id,
+            name,
+            list(scopes),
+            integration,
+            key_hash,
+            created_by,
+        )
+    except asyncpg.UniqueViolationError:
+        raise ApiKeyExists(key_id) from None
+
+
+def _key(r: asyncpg.Record) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        r["id"],
+        r["name"],
+        tuple(r["scopes"]),
+        r["integration"],
+        r["created_by"],
+        r["created_at"],
+        r["revoked_at"],
+    )
+
+
+_KEY_COLUMNS = "id, name, scopes, integration, created_by, created_at, revoked_at"
+
+
+async def api_key(conn: Conn, key_hash: bytes) -> ApiKeyRecord | None:
+    """The unrevoked key with this hash."""
+    row = await conn.fetchrow(
+        f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",  # noqa: S608
+        key_hash,
+    )
+    return _key(row) if row else None
+
+
+async def api_keys(conn: Conn) -> list[ApiKeyRecord]:
+    rows = await conn.fetch(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id")  # noqa: S608
+    return [_key(r) for r in rows]
+
+
+async def revoke_api_key(conn: Conn, key_id: str) -> bool:
+    """Refuse the key from now on; False when there is no such key."""
+    status = await conn.execute(
+        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1", key_id
+    )
+    return status.split()[-1] != "0"
