@@ -162,3 +162,21 @@ class Settings(BaseSettings):
     ehr_backoff_base_s: float = Field(default=2.0, gt=0)
     ehr_backoff_cap_s: float = Field(default=600.0, gt=0)
     ehr_patient_identifier_system: str = "urn:rpm:patient"
+
+    # Pseudonymised export (`rpm export`, rpm/export.py): the HMAC-SHA256 key that turns
+    # identifiers into pseudonyms, given directly or as a file holding it (at least 32
+    # bytes). The same key gives the same pseudonyms, so exports join; keep it secret and
+    # away from the people who receive exports.
+    export_key: SecretStr | None = None
+    export_key_file: str | None = None
+
+    # Hostile input on POST /ingest/{format} (rpm/api/ingest.py): largest body, deepest JSON
+    # nesting (arrays and objects) accepted, and token buckets answering 429 with
+    # Retry-After: per integration (rate per second and burst) and, for requests that fail
+    # authentication, per client address. A rate of 0 turns that bucket off.
+    ingest_max_body_bytes: int = Field(default=1024 * 1024, ge=1)
+    ingest_max_json_depth: int = Field(default=64, ge=1)
+    ingest_rate_per_s: float = Field(default=50.0, ge=0)
+    ingest_burst: int = Field(default=200, ge=1)
+    ingest_unauth_rate_per_s: float = Field(default=10.0, ge=0)
+    ingest_unauth_burst: int = Field(default=100, ge=1)

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 import asyncpg
 from fastapi import APIRouter, HTTPException, Path
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field, PastDate
 
 from device_gateways import dynsec
 from device_gateways.broker_admin import BrokerAdmin
@@ -35,6 +35,8 @@ class PatientIn(BaseModel):
     programs: list[Literal["hypertension", "heart_failure", "copd", "diabetes"]] = []
     timezone: Annotated[str, Field(max_length=64)] = "UTC"
     language: Annotated[str, Field(pattern=r"^[a-z]{2}(-[A-Z]{2})?$")] = "en"
+    # Exported only as an age band (rpm/export.py); PHI like the name.
+    birth_date: PastDate | None = None
 
 
 class DeviceIn(BaseModel):
@@ -136,6 +138,7 @@ def router(pool: asyncpg.Pool, broker: BrokerAdmin) -> APIRouter:
                 programs=body.programs,
                 timezone=body.timezone,
                 language=body.language,
+                birth_date=body.birth_date,
             )
         return {"id": body.id}
 
