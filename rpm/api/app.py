@@ -44,7 +44,7 @@ def create_app(
 
     app = FastAPI(title="RPM server", version="0.1.0")
     app.include_router(alerts.router(pool, broadcaster, snooze_caps=snooze_caps))
-    app.include_router(ingest.router(pool, pipeline))
+    app.include_router(ingest.router(pool, pipeline, settings or Settings()))
     app.include_router(registry.router(pool, broker))
     app.include_router(rules.router(pool, on_change=pipeline.rules_changed))
     app.state.auth = Auth(pool, auth_config)  # rpm.auth.current_staff finds it here
