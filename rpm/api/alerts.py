@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import asyncpg
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
@@ -31,6 +31,11 @@ HEARTBEAT_S = 15.0
 Actor = Annotated[str, Field(min_length=1, max_length=200)]
 StateName = Literal["open", "acknowledged", "resolved"]
 SeverityName = Literal["critical", "high", "medium", "low", "CRITICAL", "HIGH", "MEDIUM", "LOW"]
+
+
+# bigserial; bounded so a larger number is a 422, not a database error (2^53: exact as a
+# JSON number read as a double, RFC 8259 section 6).
+AlertId = Annotated[int, Path(ge=1, le=2**53)]
 
 
 class AlertOut(BaseModel):
@@ -90,7 +95,9 @@ class AssignIn(BaseModel):
 
 
 class SnoozeIn(BaseModel):
-    minutes: float = Field(gt=0)  # at most the cap of the alert's severity (RPM_SNOOZE_CAP_MIN)
+    # At most the cap of the alert's severity (RPM_SNOOZE_CAP_MIN); never past a year, which
+    # also keeps timedelta from overflowing (a 500 found by tests/test_openapi_fuzz.py).
+    minutes: float = Field(gt=0, le=366 * 24 * 60)
     actor: Actor
     reason: str | None = Field(default=None, max_length=2000)
 
@@ -147,7 +154,7 @@ def router(
         )
 
     @api.get("/api/alerts/{alert_id}", response_model=AlertDetail)
-    async def get_alert(alert_id: int) -> dict[str, Any]:
+    async def get_alert(alert_id: AlertId) -> dict[str, Any]:
         async with pool.acquire() as conn:
             alert = await alert_store.get(conn, alert_id)
             if alert is None:
@@ -169,25 +176,25 @@ def router(
                 raise HTTPException(409, str(exc)) from None
 
     @api.post("/api/alerts/{alert_id}/acknowledge", response_model=AlertOut)
-    async def acknowledge(alert_id: int, body: AcknowledgeIn) -> dict[str, Any]:
+    async def acknowledge(alert_id: AlertId, body: AcknowledgeIn) -> dict[str, Any]:
         """A nurse is on it: the escalation stops."""
         return await act(
             lambda c: alert_store.transition(c, alert_id, Action.ACKNOWLEDGE, body.actor)
         )
 
     @api.post("/api/alerts/{alert_id}/resolve", response_model=AlertOut)
-    async def resolve(alert_id: int, body: ResolveIn) -> dict[str, Any]:
+    async def resolve(alert_id: AlertId, body: ResolveIn) -> dict[str, Any]:
         """Close the episode with a note saying what was done (422 without one)."""
         return await act(
             lambda c: alert_store.transition(c, alert_id, Action.RESOLVE, body.actor, body.note)
         )
 
     @api.post("/api/alerts/{alert_id}/assign", response_model=AlertOut)
-    async def assign(alert_id: int, body: AssignIn) -> dict[str, Any]:
+    async def assign(alert_id: AlertId, body: AssignIn) -> dict[str, Any]:
         return await act(lambda c: alert_store.assign(c, alert_id, body.assignee, body.actor))
 
     @api.post("/api/alerts/{alert_id}/snooze", response_model=AlertOut)
-    async def snooze(alert_id: int, body: SnoozeIn) -> dict[str, Any]:
+    async def snooze(alert_id: AlertId, body: SnoozeIn) -> dict[str, Any]:
         """Quiet this patient's alerts of this rule up to this alert's severity for a while
         (422 beyond the severity's cap); a more severe alert breaks through."""
         return await act(
@@ -203,7 +210,7 @@ def router(
 
     @api.delete("/api/alerts/{alert_id}/snooze", response_model=AlertOut)
     async def unsnooze(
-        alert_id: int, actor: Annotated[str, Query(min_length=1, max_length=200)]
+        alert_id: AlertId, actor: Annotated[str, Query(min_length=1, max_length=200)]
     ) -> dict[str, Any]:
         return await act(lambda c: alert_store.unsnooze(c, alert_id, actor))
 

@@ -67,8 +67,11 @@ class QuarantineOut(BaseModel):
     replayed_at: datetime | None
 
 
+_QuarantineId = Annotated[int, Field(ge=1, le=2**53)]  # bigserial, exact as a JSON double
+
+
 class ReplayIn(BaseModel):
-    ids: Annotated[list[int] | None, Field(max_length=1000)] = None
+    ids: Annotated[list[_QuarantineId] | None, Field(max_length=1000)] = None
     reason: str | None = None
     limit: Annotated[int, Field(ge=1, le=1000)] = 1000
 
