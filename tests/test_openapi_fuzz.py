@@ -41,7 +41,7 @@ from rules.engine import Engine
 from rules.programs import RuleBook
 from tests.conftest import TEMPLATE_DB, with_database
 
-MAX_EXAMPLES = 12
+MAX_EXAMPLES = 8
 # Never end, so a request through the in-process client would wait forever (SSE streams).
 ENDLESS = r"/stream$"
 
