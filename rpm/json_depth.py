@@ -2,9 +2,9 @@
 
 A recursive parser given ``[[[[...`` a hundred thousand deep either overflows its stack or
 spends its time failing; a vectorised scan answers in tens of milliseconds for a mebibyte
-(benchmarks/export.py), without parsing, so the ingest endpoint can refuse such bodies up front. Brackets inside
-strings do not count: a quote is a string delimiter unless an odd number of backslashes
-precedes it (RFC 8259, section 7).
+(benchmarks/export.py), without parsing, so the ingest endpoint can refuse such bodies up
+front. Brackets inside strings do not count: a quote is a string delimiter unless an odd
+number of backslashes precedes it (RFC 8259, section 7).
 """
 
 from __future__ import annotations
