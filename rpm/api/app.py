@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -23,6 +24,8 @@ from . import alerts, dashboard, fhir, ingest, registry, rules, twilio_hooks
 from .fhir import FHIR_JSON
 from .live import Broadcaster
 from .registry import PATIENT_ID
+
+log = logging.getLogger(__name__)
 
 
 class ReadingOut(BaseModel):
@@ -86,7 +89,7 @@ def create_app(
     app.include_router(alerts.router(pool, broadcaster, snooze_caps=snooze_caps))
     app.include_router(ingest.router(pool, pipeline, settings or Settings()))
     app.include_router(registry.router(pool, broker), responses=_CONFLICT)
-    app.include_router(rules.router(pool, on_change=pipeline.rules_changed), responses=_CONFLICT)
+    app.include_router(rules.router(pool, on_change=pipeline.rules_changed))
     app.state.auth = Auth(pool, auth_config)  # rpm.auth.current_staff finds it here
     app.include_router(dashboard.router(pool, app.state.auth))
     app.include_router(fhir.router(pool), responses=_FHIR)
@@ -96,6 +99,8 @@ def create_app(
     async def _data_error(request: Request, exc: asyncpg.DataError) -> JSONResponse:
         # Input the database refuses (a NUL byte, a number past bigint) is the caller's
         # mistake, not our failure: 422 rather than 500. Found by tests/test_openapi_fuzz.py.
+        # Logged by path and error class only: the refused value may be patient data.
+        log.warning("database refused input: %s %s", request.url.path, type(exc).__name__)
         return JSONResponse({"detail": "invalid input (out of range or bad characters)"}, 422)
 
     @app.get("/healthz")
