@@ -283,3 +283,21 @@ async def test_export_filters_shifts_and_refuses(populated: str, tmp_path: Path)
     code, _, stderr = await rpm_export(populated, tmp_path / "plain")
     assert code == 2
     assert "not empty" in stderr
+
+
+async def test_registration_refuses_future_birth_dates_and_unknown_time_zones(
+    server: Server,
+) -> None:
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{server.settings.api_port}", timeout=15
+    ) as api:
+        tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
+        base = {"id": "pat-z", "display_name": "Z"}
+        for bad in ({"birth_date": tomorrow}, {"timezone": "--encoding=UTF8"}):
+            r = await api.post("/api/patients", json=base | bad)
+            assert r.status_code == 422, r.text
+            assert r.json()["detail"][0]["loc"] == ["body", next(iter(bad))]
+        r = await api.post(
+            "/api/patients", json=base | {"birth_date": "1950-01-31", "timezone": "Europe/Paris"}
+        )
+        assert r.status_code == 201, r.text

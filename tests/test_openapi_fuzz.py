@@ -57,7 +57,7 @@ SCHEMA_CANNOT_SAY = {
     "POST /api/alerts/{alert_id}/snooze": _NUL + "; the cap depends on the alert's severity",
     "DELETE /api/alerts/{alert_id}/snooze": _NUL,
     "POST /api/alerts/{alert_id}/acknowledge": _NUL,
-    "POST /api/patients": "a birth date must be in the past; " + _NUL,
+    "POST /api/patients": "a birth date must be past, a time zone IANA; " + _NUL,
     "POST /api/devices": "the integration named must exist; " + _NUL,
     "POST /api/integrations": "formats must be known decoder names (listed in the answer)",
     "PUT /api/rules/programs/{program}": "the document is checked by the rule compiler",
