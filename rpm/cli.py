@@ -143,6 +143,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
 
+    p = sub.add_parser(
+        "export",
+        help="pseudonymised CSV export of readings and alerts for analytics",
+        description="Write readings, alerts, alert events and patients (age band, programs) "
+        "as CSV with a manifest; identifiers become HMAC-SHA256 pseudonyms under "
+        "RPM_EXPORT_KEY (or RPM_EXPORT_KEY_FILE). Names, phone numbers and notes stay out.",
+    )
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="a new directory")
+    p.add_argument("--from", dest="start", type=backtest_io.parse_when, metavar="DATE")
+    p.add_argument("--to", dest="end", type=backtest_io.parse_until, metavar="DATE")
+    p.add_argument("--programs", type=backtest_io.parse_names, metavar="A,B")
+    p.add_argument(
+        "--shift-dates",
+        action="store_true",
+        help="move each patient's times by a keyed number of days (intervals kept)",
+    )
+    p.add_argument("--local", type=Path, nargs="?", const=DEFAULT_DATA_DIR, default=None)
+
     staff_cli.add_parser(sub, DEFAULT_DATA_DIR)
 
     args = parser.parse_args(argv)
@@ -187,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         return staff_cli.run(args, _settings(args.local))
     if args.command == "rules":
         return _rules_backtest(args)
+    if args.command == "export":
+        return _export(args)
     return 2
 
 
@@ -323,6 +343,21 @@ def _rules_backtest(args: argparse.Namespace) -> int:
         json_path=args.json,
     )
     return backtest_io.run(request, sys.stdout, sys.stderr)
+
+
+def _export(args: argparse.Namespace) -> int:
+    """``rpm export``: refuses to run without a key; prints row counts, never data."""
+    from rpm import export
+    from rpm.errors import ConfigurationError
+
+    options = export.Options(args.start, args.end, args.programs, args.shift_dates)
+    try:
+        manifest = asyncio.run(export.run(_settings(args.local), args.out, options))
+    except (ConfigurationError, OSError) as exc:
+        print(f"rpm export: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(export.summary(manifest)))
+    return 0
 
 
 if __name__ == "__main__":

@@ -236,3 +236,19 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(default=20.0, gt=0)
     metrics_cache_s: float = Field(default=5.0, ge=0)
     metrics_db_timeout_s: float = Field(default=2.0, gt=0)
+    # Pseudonymised export (`rpm export`, rpm/export.py): the HMAC-SHA256 key that turns
+    # identifiers into pseudonyms (at least 32 bytes; RPM_EXPORT_KEY_FILE names a file
+    # holding it, like every secret). The same key gives the same pseudonyms, so exports
+    # join; keep it secret and away from the people who receive exports.
+    export_key: SecretStr | None = None
+
+    # Hostile input on POST /ingest/{format} (rpm/api/ingest.py): largest body, deepest JSON
+    # nesting (arrays and objects) accepted, and token buckets answering 429 with
+    # Retry-After: per integration (rate per second and burst) and, for requests that fail
+    # authentication, per client address. A rate of 0 turns that bucket off.
+    ingest_max_body_bytes: int = Field(default=1024 * 1024, ge=1)
+    ingest_max_json_depth: int = Field(default=64, ge=1)
+    ingest_rate_per_s: float = Field(default=50.0, ge=0)
+    ingest_burst: int = Field(default=200, ge=1)
+    ingest_unauth_rate_per_s: float = Field(default=10.0, ge=0)
+    ingest_unauth_burst: int = Field(default=100, ge=1)

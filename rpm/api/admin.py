@@ -22,6 +22,7 @@ from rpm.storage import registry, staff_auth
 from rpm.storage import staff as staff_store
 
 from .access import KEY_SCOPES, IsAccessAdmin, audit
+from .registry import PATIENT_ID
 
 KEY_ID = r"^[a-z0-9][a-z0-9-]{0,39}$"
 TEAM_ID = r"^[a-z0-9][a-z0-9._-]{0,63}$"
@@ -170,7 +171,7 @@ def router(pool: asyncpg.Pool) -> APIRouter:
     @api.get("/audit", response_model=list[AuditOut])
     async def audit_log(
         _who: IsAccessAdmin,
-        patient: Annotated[str | None, Query(max_length=64)] = None,
+        patient: Annotated[str | None, Query(pattern=PATIENT_ID)] = None,
         actor: Annotated[str | None, Query(max_length=200)] = None,
         action: Annotated[str | None, Query(max_length=32)] = None,
         since: AwareDatetime | None = None,

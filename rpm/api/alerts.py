@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import asyncpg
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
@@ -36,6 +36,11 @@ HEARTBEAT_S = 15.0
 Actor = Annotated[str, Field(min_length=1, max_length=200)]
 StateName = Literal["open", "acknowledged", "resolved"]
 SeverityName = Literal["critical", "high", "medium", "low", "CRITICAL", "HIGH", "MEDIUM", "LOW"]
+
+
+# bigserial; bounded so a larger number is a 422, not a database error (2^53: exact as a
+# JSON number read as a double, RFC 8259 section 6).
+AlertId = Annotated[int, Path(ge=1, le=2**53)]
 
 
 class AlertOut(BaseModel):
@@ -94,7 +99,9 @@ class AssignIn(BaseModel):
 
 
 class SnoozeIn(BaseModel):
-    minutes: float = Field(gt=0)  # at most the cap of the alert's severity (RPM_SNOOZE_CAP_MIN)
+    # At most the cap of the alert's severity (RPM_SNOOZE_CAP_MIN); never past a year, which
+    # also keeps timedelta from overflowing (a 500 found by tests/test_openapi_fuzz.py).
+    minutes: float = Field(gt=0, le=366 * 24 * 60)
     actor: Actor | None = None  # ignored: the caller's principal is the actor
     reason: str | None = Field(default=None, max_length=2000)
 
@@ -173,7 +180,9 @@ def router(
         )
 
     @api.get("/api/alerts/{alert_id}", response_model=AlertDetail)
-    async def get_alert(request: Request, who: CanReadPatientData, alert_id: int) -> dict[str, Any]:
+    async def get_alert(
+        request: Request, who: CanReadPatientData, alert_id: AlertId
+    ) -> dict[str, Any]:
         async with pool.acquire() as conn:
             alert = await alert_store.get(conn, alert_id)
             if alert is None or not who.sees(alert["care_team"]):
@@ -186,7 +195,7 @@ def router(
     async def act(
         request: Request,
         who: Principal,
-        alert_id: int,
+        alert_id: AlertId,
         work: Callable[[Conn], Awaitable[dict[str, Any]]],
     ) -> dict[str, Any]:
         action = request.url.path.rsplit("/", 1)[-1]
@@ -211,7 +220,7 @@ def router(
 
     @api.post("/api/alerts/{alert_id}/acknowledge", response_model=AlertOut)
     async def acknowledge(
-        request: Request, who: CanActOnAlerts, alert_id: int, body: AcknowledgeIn
+        request: Request, who: CanActOnAlerts, alert_id: AlertId, body: AcknowledgeIn
     ) -> dict[str, Any]:
         """A nurse is on it: the escalation stops."""
         return await act(
@@ -223,7 +232,7 @@ def router(
 
     @api.post("/api/alerts/{alert_id}/resolve", response_model=AlertOut)
     async def resolve(
-        request: Request, who: CanActOnAlerts, alert_id: int, body: ResolveIn
+        request: Request, who: CanActOnAlerts, alert_id: AlertId, body: ResolveIn
     ) -> dict[str, Any]:
         """Close the episode with a note saying what was done (422 without one)."""
         return await act(
@@ -235,7 +244,7 @@ def router(
 
     @api.post("/api/alerts/{alert_id}/assign", response_model=AlertOut)
     async def assign(
-        request: Request, who: CanActOnAlerts, alert_id: int, body: AssignIn
+        request: Request, who: CanActOnAlerts, alert_id: AlertId, body: AssignIn
     ) -> dict[str, Any]:
         return await act(
             request,
@@ -246,7 +255,7 @@ def router(
 
     @api.post("/api/alerts/{alert_id}/snooze", response_model=AlertOut)
     async def snooze(
-        request: Request, who: CanActOnAlerts, alert_id: int, body: SnoozeIn
+        request: Request, who: CanActOnAlerts, alert_id: AlertId, body: SnoozeIn
     ) -> dict[str, Any]:
         """Quiet this patient's alerts of this rule up to this alert's severity for a while
         (422 beyond the severity's cap); a more severe alert breaks through."""
@@ -268,7 +277,7 @@ def router(
     async def unsnooze(
         request: Request,
         who: CanActOnAlerts,
-        alert_id: int,
+        alert_id: AlertId,
         actor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     ) -> dict[str, Any]:
         """Lift the snooze (``actor`` is ignored: the caller's principal is the actor)."""

@@ -142,9 +142,13 @@ def _codes(tokens: Sequence[Token], system: str) -> list[str]:
     return [t.code for t in tokens if t.system in (None, system)]
 
 
+# bigserial ids; 2^53 keeps clarity for JSON numbers read as doubles (RFC 8259, section 6).
+_RowId = Annotated[int, Field(ge=1, le=2**53)]
+
+
 class RequeueIn(BaseModel):
-    refusal_ids: list[int] = Field(default_factory=list, max_length=10_000)
-    outbox_ids: list[int] = Field(default_factory=list, max_length=10_000)
+    refusal_ids: list[_RowId] = Field(default_factory=list, max_length=10_000)
+    outbox_ids: list[_RowId] = Field(default_factory=list, max_length=10_000)
     actor: str | None = Field(default=None, min_length=1, max_length=200)  # ignored
 
 

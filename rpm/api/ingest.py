@@ -2,11 +2,20 @@
 
 ``POST /ingest/{format}`` runs the same unit of work as MQTT: a 200 answer means the
 readings are committed; retries of the same request store nothing twice.
+
+Hostile input gets a 4xx before it costs much: a body over the size limit is refused
+while it streams in (413, whatever Content-Length claims); a client address whose
+requests keep failing authentication is throttled (429) before its body is read; an
+authenticated integration over its rate gets 429 with Retry-After (charged only after
+authentication, so nobody can spend another integration's tokens by naming it); JSON
+nested deeper than the limit is quarantined and answered 422 before any parser sees it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -19,17 +28,23 @@ from pydantic import BaseModel, Field
 from device_gateways.decoders import DECODERS
 from device_gateways.webhook_auth import verify_bearer, verify_signature
 from rpm.auth import API_KEY_PREFIX
-from rpm.domain import RawMessage
+from rpm.domain import RawMessage, Rejection, RejectReason
 from rpm.errors import StorageError
+from rpm.json_depth import max_depth
 from rpm.pipeline import BatchResult, IngestPipeline
+from rpm.rate_limit import TokenBuckets
+from rpm.settings import Settings
 from rpm.storage import quarantine as quarantine_store
 from rpm.storage import registry
+from rpm.storage.pool import DATABASE_UNAVAILABLE
 
 from .access import REQUIRE, CanEnrol, Permission, audit, bearer_principal
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1024 * 1024
+# Bodies larger than this are scanned for their depth in a worker thread (a few ms per
+# MiB of numpy work that would otherwise hold the event loop).
+_DEPTH_IN_THREAD_BYTES = 64 * 1024
 
 
 class IngestResult(BaseModel):
@@ -37,6 +52,7 @@ class IngestResult(BaseModel):
     duplicates: int
     quarantined: int
     reasons: dict[str, int]
+    detail: str | None = None  # why nothing was accepted, when the whole body was refused
 
 
 class QuarantineOut(BaseModel):
@@ -54,8 +70,11 @@ class QuarantineOut(BaseModel):
     replayed_at: datetime | None
 
 
+_QuarantineId = Annotated[int, Field(ge=1, le=2**53)]  # bigserial, exact as a JSON double
+
+
 class ReplayIn(BaseModel):
-    ids: Annotated[list[int] | None, Field(max_length=1000)] = None
+    ids: Annotated[list[_QuarantineId] | None, Field(max_length=1000)] = None
     reason: str | None = None
     limit: Annotated[int, Field(ge=1, le=1000)] = 1000
 
@@ -74,8 +93,20 @@ def _summary(r: BatchResult) -> IngestResult:
     )
 
 
-def router(pool: asyncpg.Pool, pipeline: IngestPipeline) -> APIRouter:
+def _too_many(wait: float, who: str) -> JSONResponse:
+    return JSONResponse(
+        {"detail": f"too many requests from this {who}; retry later"},
+        429,
+        headers={"Retry-After": str(max(1, math.ceil(wait)))},
+    )
+
+
+def router(pool: asyncpg.Pool, pipeline: IngestPipeline, settings: Settings) -> APIRouter:
     api = APIRouter()
+    max_bytes = settings.ingest_max_body_bytes
+    per_integration = TokenBuckets(settings.ingest_rate_per_s, settings.ingest_burst)
+    # Charged by requests that fail authentication (or are too large to authenticate).
+    per_address = TokenBuckets(settings.ingest_unauth_rate_per_s, settings.ingest_unauth_burst)
 
     @api.post(
         "/ingest/{payload_format}",
@@ -83,8 +114,13 @@ def router(pool: asyncpg.Pool, pipeline: IngestPipeline) -> APIRouter:
         responses={
             401: {"description": "missing or wrong credentials"},
             403: {"description": "integration revoked, or format not allowed for it"},
-            413: {"description": "body larger than 1 MiB"},
-            422: {"description": "nothing usable; the payload is kept in the quarantine"},
+            413: {"description": "body larger than RPM_INGEST_MAX_BODY_BYTES (1 MiB)"},
+            422: {
+                "model": IngestResult,
+                "description": "nothing usable (unparsable, too deeply nested, unknown "
+                "device...); the payload is kept in the quarantine",
+            },
+            429: {"description": "rate limit of the integration or client address; Retry-After"},
             503: {"description": "storage unavailable; retry (retries are idempotent)"},
         },
     )
@@ -98,19 +134,34 @@ def router(pool: asyncpg.Pool, pipeline: IngestPipeline) -> APIRouter:
         """Readings from a vendor cloud, authenticated per integration."""
         if payload_format not in DECODERS:
             raise HTTPException(404, f"unknown format; known: {sorted(DECODERS)}")
-        body = await _bounded_body(request)
+        address = request.client.host if request.client else "unknown"
+        clock = time.monotonic()
+        wait = per_address.wait(address, clock)
+        if wait > 0:
+            return _too_many(wait, "address")
+
+        def refuse(status: int, detail: str) -> HTTPException:
+            per_address.take(address, clock)
+            return HTTPException(status, detail)
+
+        body = await _bounded_body(request, max_bytes)
+        if body is None:
+            raise refuse(413, f"body larger than {max_bytes} bytes")
         # An API key with the ingest scope (rpm/api/access.py) acts for its integration,
         # instead of the integration's own signature or token.
-        key = await _ingest_key(request, authorization)
+        try:
+            key = await _ingest_key(request, authorization)
+        except HTTPException as refused:
+            raise refuse(refused.status_code, str(refused.detail)) from None
         if key is not None and x_rpm_integration not in (None, key):
             raise HTTPException(403, "this key posts for another integration")
         integration_id = key or x_rpm_integration
         if not integration_id:
-            raise HTTPException(401, "missing X-RPM-Integration")
+            raise refuse(401, "missing X-RPM-Integration")
         async with pool.acquire() as conn:
             integration = await registry.integration(conn, integration_id)
         if integration is None:
-            raise HTTPException(401, "unknown integration")
+            raise refuse(401, "unknown integration")
         problem = (
             None
             if key is not None
@@ -120,11 +171,15 @@ def router(pool: asyncpg.Pool, pipeline: IngestPipeline) -> APIRouter:
         )
         if problem is not None:
             log.warning("webhook refused: integration=%s: %s", integration.id, problem)
-            raise HTTPException(401, problem)
+            raise refuse(401, problem)
         if integration.revoked:
             raise HTTPException(403, "integration revoked")
         if payload_format not in integration.formats:
             raise HTTPException(403, f"integration may not post {payload_format!r}")
+        wait = per_integration.take(integration.id, clock)
+        if wait > 0:
+            log.warning("webhook throttled: integration=%s", integration.id)
+            return _too_many(wait, "integration")
         raw = RawMessage(
             transport="http",
             payload_format=payload_format,
@@ -133,6 +188,12 @@ def router(pool: asyncpg.Pool, pipeline: IngestPipeline) -> APIRouter:
             received_at=datetime.now(UTC),
             integration=integration.id,
         )
+        if len(body) > _DEPTH_IN_THREAD_BYTES:
+            depth = await asyncio.to_thread(max_depth, body)
+        else:
+            depth = max_depth(body)
+        if depth > settings.ingest_max_json_depth:
+            return await _quarantine_too_deep(raw, depth, settings.ingest_max_json_depth)
         try:
             result = await pipeline.process([raw])
         except StorageError:
@@ -142,7 +203,7 @@ def router(pool: asyncpg.Pool, pipeline: IngestPipeline) -> APIRouter:
         summary = _summary(result)
         accepted = result.stored + result.duplicates
         status = 422 if accepted == 0 and result.quarantined else 200
-        return JSONResponse(summary.model_dump(), status)
+        return JSONResponse(summary.model_dump(exclude_none=True), status)
 
     @api.get(
         "/api/quarantine",
@@ -170,6 +231,7 @@ def router(pool: asyncpg.Pool, pipeline: IngestPipeline) -> APIRouter:
     @api.post(
         "/api/quarantine/replay",
         response_model=ReplayOut,
+        response_model_exclude_none=True,
         dependencies=[Security(REQUIRE[Permission.ENROLMENT])],
     )
     async def replay(body: ReplayIn) -> ReplayOut:
@@ -179,6 +241,23 @@ def router(pool: asyncpg.Pool, pipeline: IngestPipeline) -> APIRouter:
         except StorageError:
             raise HTTPException(503, "storage unavailable; retry") from None
         return ReplayOut(replayed=ids, result=_summary(result))
+
+    async def _quarantine_too_deep(raw: RawMessage, depth: int, limit: int) -> JSONResponse:
+        detail = f"JSON nested {depth} levels deep; at most {limit} accepted"
+        try:
+            async with pool.acquire() as conn:
+                await quarantine_store.insert(
+                    conn, [Rejection(RejectReason.MALFORMED, detail, raw)]
+                )
+        except DATABASE_UNAVAILABLE:
+            return JSONResponse(
+                {"detail": "storage unavailable; retry"}, 503, headers={"Retry-After": "5"}
+            )
+        reasons = {RejectReason.MALFORMED.value: 1}
+        summary = IngestResult(
+            stored=0, duplicates=0, quarantined=1, reasons=reasons, detail=detail
+        )
+        return JSONResponse(summary.model_dump(), 422)
 
     return api
 
@@ -197,15 +276,16 @@ async def _ingest_key(request: Request, authorization: str | None) -> str | None
     return who.integration
 
 
-async def _bounded_body(request: Request) -> bytes:
+async def _bounded_body(request: Request, max_bytes: int) -> bytes | None:
+    """The body, or None as soon as it passes ``max_bytes`` (declared or actually sent)."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise HTTPException(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        return None
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise HTTPException(413, f"body larger than {MAX_BODY_BYTES} bytes")
+        if size > max_bytes:
+            return None
         chunks.append(chunk)
     return b"".join(chunks)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
+import zoneinfo
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import asyncpg
 from fastapi import APIRouter, HTTPException, Path, Request, Security
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field, PastDate, field_validator
 
 from device_gateways import dynsec
 from device_gateways.broker_admin import BrokerAdmin
@@ -29,14 +31,29 @@ PATIENT_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 Actor = Annotated[str, Field(min_length=1, max_length=200)]
 
 
+@functools.cache
+def _zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
 class PatientIn(BaseModel):
     id: Annotated[str, Field(pattern=PATIENT_ID)]
     display_name: Annotated[str, Field(min_length=1, max_length=200)]
     phone: Annotated[str | None, Field(pattern=r"^\+[1-9][0-9]{6,14}$")] = None  # E.164
     sms_consent: bool = False
     programs: list[Literal["hypertension", "heart_failure", "copd", "diabetes"]] = []
-    timezone: Annotated[str, Field(max_length=64)] = "UTC"
+    timezone: Annotated[str, Field(max_length=64)] = "UTC"  # IANA, for SMS quiet hours
     language: Annotated[str, Field(pattern=r"^[a-z]{2}(-[A-Z]{2})?$")] = "en"
+    # Exported only as an age band (rpm/export.py); PHI like the name.
+    birth_date: PastDate | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        # An unknown zone would silently become UTC for quiet hours (alerts/sms_policy.py).
+        if v not in _zones():
+            raise ValueError("not an IANA time zone, e.g. Europe/Paris")
+        return v
 
 
 class DeviceIn(BaseModel):
@@ -140,6 +157,7 @@ def router(pool: asyncpg.Pool, broker: BrokerAdmin) -> APIRouter:
                 programs=body.programs,
                 timezone=body.timezone,
                 language=body.language,
+                birth_date=body.birth_date,
             )
         return {"id": body.id}
 

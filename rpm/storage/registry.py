@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from rpm.domain import Binding, DeviceRecord
@@ -90,14 +90,16 @@ async def upsert_patient(
     programs: Iterable[str] = (),
     timezone: str = "UTC",
     language: str = "en",
+    birth_date: date | None = None,
 ) -> None:
     await conn.execute(
-        """INSERT INTO patients (id, display_name, phone, sms_consent, programs, timezone, language)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)
+        """INSERT INTO patients (id, display_name, phone, sms_consent, programs, timezone, language,
+                                 birth_date)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
            ON CONFLICT (id) DO UPDATE SET display_name = excluded.display_name,
                phone = excluded.phone, sms_consent = excluded.sms_consent,
                programs = excluded.programs, timezone = excluded.timezone,
-               language = excluded.language""",
+               language = excluded.language, birth_date = excluded.birth_date""",
         patient_id,
         display_name,
         phone,
@@ -105,6 +107,7 @@ async def upsert_patient(
         list(programs),
         timezone,
         language,
+        birth_date,
     )
 
 
