@@ -61,7 +61,9 @@ async def enrol(conn: Conn, broker: BrokerAdmin, plan: Plan, *, since: datetime)
     """
     formats = {d.payload_format for p in plan.patients for d in p.devices if d.transport == "http"}
     formats |= {s.payload_format for s in plan.sends if s.transport == "http"}
-    secrets_by_integration = {f: await _integration(conn, f) for f in sorted(formats)}
+    secrets_by_integration = {
+        integration_id(f): await _integration(conn, f) for f in sorted(formats)
+    }
     for p in plan.patients:
         await registry.upsert_patient(
             conn,

@@ -74,6 +74,7 @@ class RunOptions:
     progress: bool = True
     drain_idle_s: float = 15.0
     missing_step: timedelta = timedelta(hours=1)
+    missing_min_interval_s: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +171,12 @@ async def run_plan(plan: Plan, target: Target, opts: RunOptions) -> RunResult:
         duplicates = target.mqtt_duplicates() - dup_base + tally.http_duplicates
     observed = Observed(stored, quarantined, duplicates, alerts)
     notes = [f"send failed: {f}" for f in tally.failures[:5]]
+    if target.missing_check is not None and opts.pace.rate is None:
+        step_h = missing_interval_s(opts, clock) * clock.speed / 3600
+        notes.append(
+            f"missing-data rules ran on the simulated clock every {step_h:.1f} simulated "
+            "hours: their detection delays are accurate to that"
+        )
     if opts.pace.rate is not None or (target.missing_check is None and clock.speed > 1.001):
         notes.append(
             "missing-data rules were not evaluated on the simulated clock: silent-device "
@@ -232,6 +239,11 @@ async def _send_all(
             task.add_done_callback(tasks.discard)
         while tasks:
             await asyncio.gather(*list(tasks))
+        if opts.pace.rate is None:
+            # The replay covers [start, end]: silence at its end is part of it.
+            rest = (clock.wall(plan.config.end) - datetime.now(UTC)).total_seconds()
+            if rest > 0:
+                await asyncio.sleep(rest)
     finally:
         stop.set()
         if timer is not None:
@@ -239,12 +251,18 @@ async def _send_all(
         bar.close()
 
 
+def missing_interval_s(opts: RunOptions, clock: SimClock) -> float:
+    """Wall seconds between missing-data passes on the simulated clock."""
+    return max(opts.missing_min_interval_s, opts.missing_step.total_seconds() / clock.speed)
+
+
 async def _missing_timer(
     check: MissingCheck, clock: SimClock, plan: Plan, opts: RunOptions, stop: asyncio.Event
 ) -> None:
     """Missing-data passes on the simulated clock, every ``missing_step`` of simulated time
-    (at most every 2 s of wall time), as the server's timer would run in real time."""
-    interval = max(2.0, opts.missing_step.total_seconds() / clock.speed)
+    (at most every ``missing_min_interval_s`` of wall time), as the server's timer would
+    run in real time."""
+    interval = missing_interval_s(opts, clock)
     while not stop.is_set():
         sim_now = min(clock.sim(datetime.now(UTC)), plan.config.end)
         if sim_now > plan.config.start:

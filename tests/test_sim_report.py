@@ -74,8 +74,10 @@ def test_an_episode_open_before_onset_that_recurs_after_counts_without_a_delay()
     cases = [truth("a", 10, {"htn.stage2_persistent"}, scenario="htn")]
     alerts = [alert("a", "htn.stage2_persistent", 4, last_h=11)]
     (result,), true_alerts, false_by_rule = match_truth(cases, alerts)
-    assert result.detected == 1 and result.delays_s == ()
-    assert true_alerts == 1 and false_by_rule == {}
+    assert result.detected == 1
+    assert result.delays_s == ()
+    assert true_alerts == 1
+    assert false_by_rule == {}
 
 
 def test_report_counts_loss_quarantine_duplicates_and_latency() -> None:
@@ -110,7 +112,8 @@ def test_report_counts_loss_quarantine_duplicates_and_latency() -> None:
     assert r.publish_to_stored_ms.count == 2
     assert r.publish_to_stored_ms.p50 == pytest.approx((50 + 200) / 2)
     assert r.publish_to_alert_ms.p99 == pytest.approx(500)
-    assert r.sensitivity == 1.0 and r.ppv == 1.0
+    assert r.sensitivity == 1.0
+    assert r.ppv == 1.0
     assert r.detection_delay_median_s == pytest.approx(1800)
     assert r.readings_per_s == pytest.approx(2 / 1.2)
     doc = to_json(r)
@@ -129,12 +132,15 @@ def test_report_counts_loss_quarantine_duplicates_and_latency() -> None:
         assert key in doc
     assert (doc["quarantined_expected"], doc["quarantined"], doc["lost"]) == (2, 1, 1)
     text = render(r)
-    assert "unknown_device" in text and "lost" in text
+    assert "unknown_device" in text
+    assert "lost" in text
 
 
 def test_no_truth_and_no_alerts_gives_no_ratio_rather_than_a_made_up_one() -> None:
     r = build_report([], [], Observed({}, {}, None, []))
-    assert r.sensitivity is None and r.ppv is None and r.detection_delay_median_s is None
+    assert r.sensitivity is None
+    assert r.ppv is None
+    assert r.detection_delay_median_s is None
     assert to_json(r)["publish_to_alert_p99_ms"] is None
 
 
@@ -144,7 +150,8 @@ def test_replay_clock_never_puts_simulated_time_ahead_of_the_wall_clock() -> Non
     start = end - timedelta(days=3)
     clock = SimClock.replay(start, end, 60, now)
     assert clock.speed == pytest.approx(3 * 86400 / 60)
-    assert clock.wall(start) == now and clock.wall(end) == end
+    assert clock.wall(start) == now
+    assert clock.wall(end) == end
     for frac in (0.0, 0.3, 0.99, 1.0):
         sim = start + (end - start) * frac
         assert clock.wall(sim) >= sim
