@@ -8,11 +8,38 @@ the ground truth of every scenario. Deterministic for a seed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import Literal
 
-from simulators.scenarios import GroundTruth, ScenarioSpec
+import numpy as np
+import numpy.typing as npt
+
+from device_gateways.decoders import DECODERS
+from rpm.domain import Metric, Reading
+from simulators.adherence import (
+    RANDOM_REMEASURE,
+    SECOND_READING,
+    alarming,
+    draw_adherence,
+    local_midnights,
+    sessions,
+)
+from simulators.patients import PROGRAM_DEVICES, draw_programs, identity
+from simulators.physiology import DAY_S, F64, Days, Person, displayed, draw_person, measure
+from simulators.quirks import (
+    CANNOT_CARRY,
+    MALFORMED,
+    draw_battery,
+    draw_skew,
+    factory_clock,
+    implausible,
+    payload,
+    stored_keys,
+)
+from simulators.scenarios import KINDS, GroundTruth, ScenarioSpec, default_scenarios, silenced
 
 Transport = Literal["mqtt", "http"]
 Expect = Literal["stored", "quarantined", "duplicate"]
@@ -43,7 +70,14 @@ class SimPatient:
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """One payload exactly as it goes on the wire, with the outcome the gateway must reach."""
+    """One payload exactly as it goes on the wire, with the outcome the gateway must reach.
+
+    ``readings``/``keys`` are what the gateway decodes from the payload (a pulse some formats
+    carry apart counts as its own heart-rate reading): stored for ``stored``, already stored
+    for ``duplicate``, refused by validation for ``quarantined`` with ``implausible_value``
+    or ``stale_timestamp``; none for ``malformed`` (nothing decodes). A bad send comes
+    shortly before the good send of the same session, so nothing measured is lost.
+    """
 
     at: datetime
     device_id: str
@@ -54,6 +88,7 @@ class Send:
     readings: int
     keys: tuple[tuple[str, datetime], ...]
     reason: str | None = None
+    battery: float | None = None  # the battery % the payload reports, when its format has one
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +116,301 @@ class Plan:
     truth: tuple[GroundTruth, ...]
 
 
+# Device kind -> the metric of its readings (its components come from the signal model).
+_METRIC: Mapping[str, Metric] = MappingProxyType(
+    {
+        "bp_cuff": Metric.BLOOD_PRESSURE,
+        "pulse_oximeter": Metric.SPO2,
+        "scale": Metric.WEIGHT,
+        "glucometer": Metric.GLUCOSE,
+        "thermometer": Metric.BODY_TEMPERATURE,
+    }
+)
+# Seconds from the last reading of a session to its upload: a device publishing over MQTT
+# (cellular or phone gateway), or a vendor cloud forwarding its webhook (simulator's choice).
+_DELAY_S: Mapping[str, tuple[float, float]] = MappingProxyType(
+    {"mqtt": (1.0, 20.0), "http": (30.0, 600.0)}
+)
+_RESEND_S = (2.0, 300.0)  # an identical re-send after a lost acknowledgement
+_BAD_LEAD_S = 45.0  # a bad attempt comes this long before the good reading that follows it
+
+
 def build_plan(cfg: SimConfig) -> Plan:
     """The whole traffic of ``cfg``: deterministic for ``cfg.seed``."""
-    raise NotImplementedError
+    _check(cfg)
+    specs = list(cfg.scenarios) if cfg.scenarios is not None else default_scenarios()
+    formats = cfg.formats or tuple(DECODERS)
+    rng = np.random.default_rng(cfg.seed)
+    programs = draw_programs(cfg.patients, rng)
+    events = _assign(specs, programs, cfg, rng)
+    patients: list[SimPatient] = []
+    sends: list[Send] = []
+    truth: list[GroundTruth] = []
+    for i, program in enumerate(programs):
+        event = events.get(i)
+        patient, patient_sends = _patient(i, program, event, cfg, formats)
+        patients.append(patient)
+        sends.extend(patient_sends)
+        if event is not None:
+            spec, onset = event
+            truth.append(
+                GroundTruth(
+                    patient.patient_id,
+                    spec.name,
+                    spec.kind,
+                    datetime.fromtimestamp(onset, UTC),
+                    frozenset(spec.detected_by),
+                )
+            )
+    sends.sort(key=lambda s: (s.at, s.device_id, s.expect))
+    return Plan(cfg, tuple(patients), tuple(sends), tuple(truth))
+
+
+def _check(cfg: SimConfig) -> None:
+    if cfg.start.tzinfo is None or cfg.end.tzinfo is None:
+        raise ValueError("start and end must be timezone-aware")
+    if cfg.end <= cfg.start:
+        raise ValueError("end must be after start")
+    if cfg.patients < 0:
+        raise ValueError("patients cannot be negative")
+    for name in ("malformed_share", "duplicate_share", "http_share"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise ValueError(f"{name} must be between 0 and 1")
+    unknown = [f for f in cfg.formats if f not in DECODERS]
+    if unknown:
+        raise ValueError(f"unknown formats {unknown}; the gateway decodes {sorted(DECODERS)}")
+
+
+def _assign(
+    specs: list[ScenarioSpec], programs: list[str], cfg: SimConfig, rng: np.random.Generator
+) -> dict[int, tuple[ScenarioSpec, float]]:
+    """Patient index -> (scenario, onset in epoch s); one scenario per patient at most."""
+    t0, t1 = cfg.start.timestamp(), cfg.end.timestamp()
+    events: dict[int, tuple[ScenarioSpec, float]] = {}
+    for spec in specs:
+        members = [i for i, p in enumerate(programs) if p == spec.program]
+        free = [i for i in members if i not in events]
+        k = min(len(free), round(spec.share * len(members)))
+        if k == 0:
+            continue
+        for i in rng.choice(free, size=k, replace=False):
+            low, high = spec.onset
+            onset = t0 + float(rng.uniform(low, high)) * (t1 - t0)
+            events[int(i)] = (spec, float(np.floor(onset)))
+    return events
+
+
+def _devices(
+    pid: str, program: str, cfg: SimConfig, formats: tuple[str, ...], rng: np.random.Generator
+) -> tuple[SimDevice, ...]:
+    devices = []
+    for kind in PROGRAM_DEVICES[program]:
+        metric = _METRIC[kind]
+        carriers = [f for f in formats if metric not in CANNOT_CARRY.get(f, frozenset())]
+        # Over MQTT devices speak canonical JSON (device_gateways.mqtt decodes nothing else).
+        mqtt_ok = "canonical" in formats
+        if carriers and (not mqtt_ok or rng.random() < cfg.http_share):
+            fmt = carriers[int(rng.integers(len(carriers)))]
+            devices.append(SimDevice(f"{pid}-{kind}", kind, fmt, "http"))
+        elif mqtt_ok:
+            devices.append(SimDevice(f"{pid}-{kind}", kind, "canonical", "mqtt"))
+        else:
+            raise ValueError(f"no format in {formats} can carry {metric.value}")
+    return tuple(devices)
+
+
+def _patient(
+    i: int,
+    program: str,
+    event: tuple[ScenarioSpec, float] | None,
+    cfg: SimConfig,
+    formats: tuple[str, ...],
+) -> tuple[SimPatient, list[Send]]:
+    # Each patient draws from its own stream: its traffic does not depend on the others'.
+    rng = np.random.default_rng([cfg.seed, i])
+    pid = f"p{i:05d}"
+    name, phone, zone, language = identity(i, rng)
+    person = draw_person(program, rng)
+    devices = _devices(pid, program, cfg, formats, rng)
+    patient = SimPatient(
+        pid, name, phone, zone, language, () if program == "general" else (program,), devices
+    )
+    midnights, offsets = local_midnights(cfg.start, cfg.end, zone)
+    days = Days.draw(len(midnights), rng)
+    measuring = rng.random(len(midnights)) < draw_adherence(rng)
+    sends: list[Send] = []
+    for device in devices:
+        sends.extend(
+            _device_sends(device, person, event, midnights, offsets, measuring, days, cfg, rng)
+        )
+    return patient, sends
+
+
+def _values(
+    kind: str,
+    person: Person,
+    t: F64,
+    day: npt.NDArray[np.intp],
+    offsets: F64,
+    days: Days,
+    event: tuple[ScenarioSpec, float] | None,
+    rng: np.random.Generator,
+) -> dict[str, F64]:
+    values = measure(kind, person, t, offsets[day], day.astype(np.float64), days, rng)
+    if event is not None:
+        spec, onset = event
+        values = KINDS[spec.kind].trajectory(spec, onset, kind, t, values)
+    return displayed(values)
+
+
+def _session_times(
+    device: SimDevice,
+    event: tuple[ScenarioSpec, float] | None,
+    midnights: F64,
+    measuring: npt.NDArray[np.bool_],
+    cfg: SimConfig,
+    rng: np.random.Generator,
+) -> tuple[F64, npt.NDArray[np.intp]]:
+    """Session start times (epoch s) inside the span, and their local day index."""
+    t, day = sessions(device.kind, midnights, measuring, rng)
+    if event is not None:
+        spec, onset = event
+        kind = KINDS[spec.kind]
+        if kind.check_device == device.kind and kind.checks:
+            checks = onset + np.array(kind.checks) * 60.0 + rng.uniform(-120, 120, len(kind.checks))
+            check_days = np.searchsorted(midnights, checks, side="right") - 1
+            t = np.concatenate([t, checks])
+            day = np.concatenate([day, np.clip(check_days, 0, len(midnights) - 1)])
+        if device.kind in silenced(spec):
+            keep = t < onset
+            t, day = t[keep], day[keep]
+    inside = (t >= cfg.start.timestamp()) & (t < cfg.end.timestamp())
+    order = np.argsort(t[inside], kind="stable")
+    return t[inside][order], day[inside][order]
+
+
+def _device_sends(
+    device: SimDevice,
+    person: Person,
+    event: tuple[ScenarioSpec, float] | None,
+    midnights: F64,
+    offsets: F64,
+    measuring: npt.NDArray[np.bool_],
+    days: Days,
+    cfg: SimConfig,
+    rng: np.random.Generator,
+) -> list[Send]:
+    kind = device.kind
+    start, day = _session_times(device, event, midnights, measuring, cfg, rng)
+    n = len(start)
+    if n == 0:
+        return []
+    first = _values(kind, person, start, day, offsets, days, event, rng)
+    # Extra readings of a session: the ESH's second reading, and re-measurement bursts after
+    # an alarming first reading (or, now and then, for no reason).
+    second = (rng.random(n) < SECOND_READING[kind]).astype(np.intp)
+    bursts = np.where(
+        alarming(first), rng.integers(1, 3, n), (rng.random(n) < RANDOM_REMEASURE).astype(np.intp)
+    )
+    extras = second + bursts
+    of = np.repeat(np.arange(n), extras)
+    position = np.arange(len(of)) - np.repeat(np.cumsum(extras) - extras, extras) + 1
+    t_extra = start[of] + position * 90.0 + rng.uniform(0.0, 60.0, len(of))
+    more = _values(kind, person, t_extra, day[of], offsets, days, event, rng)
+    session = np.concatenate([np.arange(n), of])
+    t_all = np.concatenate([start, t_extra])
+    order = np.lexsort((t_all, session))
+    session, t_all = session[order], t_all[order]
+    values = {c: np.concatenate([first[c], more[c]])[order] for c in first}
+    bounds = np.searchsorted(session, np.arange(n + 1))
+
+    skew = draw_skew(rng)
+    battery0, drain = draw_battery(rng)
+    delays = rng.uniform(*_DELAY_S[device.transport], n)
+    duplicate = rng.random(n) < cfg.duplicate_share
+    bad = rng.random(n) < cfg.malformed_share
+    bad_pick = rng.integers(len(MALFORMED), size=n)
+    resend = rng.uniform(*_RESEND_S, n)
+    t0, t1 = cfg.start.timestamp(), cfg.end.timestamp()
+    http = device.transport == "http"
+    fmt = device.payload_format
+    metric = _METRIC[kind]
+    components = list(values)
+    seen: set[float] = set()
+    sends: list[Send] = []
+    # Python lists: the loop below reads one element at a time.
+    clock = np.floor(t_all + skew).tolist()  # the device's clock, whole seconds
+    true_t = t_all.tolist()
+    rows = list(zip(*(values[c].tolist() for c in components), strict=True))
+    delay_s, resend_s = delays.tolist(), resend.tolist()
+    for s in range(n):
+        lo, hi = int(bounds[s]), int(bounds[s + 1])
+        readings = []
+        for j in range(lo, hi):
+            measured = clock[j]
+            if measured in seen:  # one reading per device and second (its identity)
+                continue
+            seen.add(measured)
+            when = datetime.fromtimestamp(measured, UTC)
+            vals = dict(zip(components, rows[j], strict=True))
+            readings.append(Reading(device.device_id, metric, vals, when, when))
+        if not readings:
+            continue
+        newest = max(r.measured_at.timestamp() for r in readings)
+        at_s = max(true_t[hi - 1] + delay_s[s], newest + 1.0)
+        if at_s >= t1:
+            continue
+        battery = None
+        if fmt == "canonical":
+            battery = float(round(max(battery0 - drain * (true_t[lo] - t0) / DAY_S, 1.0)))
+        if bad[s]:
+            sends.append(_bad_send(device, readings[0], int(bad_pick[s]), true_t[lo], rng))
+        body = payload(fmt, http, readings, device.device_id, battery)
+        keys = tuple(stored_keys(fmt, readings))
+        good = Send(
+            _utc(at_s), device.device_id, device.transport, fmt, body, "stored", len(keys), keys,
+            battery=battery,
+        )  # fmt: skip
+        sends.append(good)
+        if duplicate[s] and at_s + resend_s[s] < t1:
+            sends.append(replace(good, at=_utc(at_s + resend_s[s]), expect="duplicate"))
+    return sends
+
+
+def _bad_send(
+    device: SimDevice, reading: Reading, pick: int, true_t: float, rng: np.random.Generator
+) -> Send:
+    """A failed attempt shortly before ``reading``: one of ``MALFORMED`` the format allows."""
+    http = device.transport == "http"
+    fmt = device.payload_format
+    lead = timedelta(seconds=_BAD_LEAD_S)
+    base = Reading(
+        reading.device_id,
+        reading.metric,
+        dict(reading.values),
+        reading.measured_at - lead,
+        reading.received_at - lead,
+    )
+    names = list(MALFORMED)
+    for step in range(len(names)):
+        name = names[(pick + step) % len(names)]
+        bad = MALFORMED[name]
+        body = bad.make(fmt, http, base, device.device_id)
+        if body is not None:
+            break
+    assert body is not None  # truncation works for every format
+    keys: tuple[tuple[str, datetime], ...] = ()
+    if bad.decodes:
+        sent = implausible(base) if name == "implausible_value" else factory_clock(base)
+        keys = tuple(stored_keys(fmt, [sent]))
+    at_s = max(
+        true_t - _BAD_LEAD_S + float(rng.uniform(1.0, 20.0)), base.measured_at.timestamp() + 1
+    )
+    return Send(
+        _utc(at_s), device.device_id, device.transport, fmt, body, "quarantined", len(keys), keys,
+        reason=bad.reason,
+    )  # fmt: skip
+
+
+def _utc(epoch_s: float) -> datetime:
+    return datetime.fromtimestamp(round(epoch_s, 3), UTC)
