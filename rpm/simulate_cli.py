@@ -16,12 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 from pydantic import SecretStr
 
 from device_gateways.broker_admin import BrokerAdmin, BrokerAdminConfig
 from rpm.domain import Metric
-from rpm.localservices import LocalServices
+from rpm.localservices import LocalServices, free_port
 from rpm.pipeline import IngestPipeline
 from rpm.server import Server
 from rpm.settings import Settings
@@ -35,6 +37,7 @@ from simulators.scenarios import load_scenarios
 from simulators.traffic import Plan, SimConfig, build_plan
 from simulators.twilio_sink import TwilioSink
 
+SIM_DATABASE = "rpm_simulate"
 SIM_SID = "AC" + "5151" * 8
 SIM_TOKEN = "simulate-auth-token"  # noqa: S105 - the local fake Twilio's, not a real secret
 # Readings older than RPM_MAX_AGE_DAYS (30 by default) are refused as stale.
@@ -224,6 +227,23 @@ def write_outputs(result: RunResult, json_path: Path | None, plot_path: Path | N
         plot.draw(result.sent, result.observed, plot_path)
 
 
+async def fresh_database(url: str, name: str) -> str:
+    """Drop and create database ``name`` next to ``url``'s; its URL.
+
+    Every run starts empty, so its report counts only its own traffic: the plan is
+    deterministic, and a second run into the same database would find its readings
+    already stored (duplicates). The database stays after the run for inspection.
+    """
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
+
+
 def accelerated(opts: SimulateOptions) -> bool:
     """Simulated time runs faster than the wall clock (or, in load mode, is not tied to it)."""
     wall = opts.pace.wall_seconds
@@ -248,11 +268,13 @@ async def run(data_dir: Path, opts: SimulateOptions, *, port: int, stop_services
 
     services = LocalServices(data_dir)
     endpoints = services.start()
+    database_url = await fresh_database(endpoints.database_url, SIM_DATABASE)
     sink = TwilioSink(account_sid=SIM_SID, auth_token=SIM_TOKEN)
     sink_url = await sink.start()
     settings: Settings = settings_for_local(
         endpoints,
-        api_port=pick_port(port) if port else pick_port(0),
+        database_url=SecretStr(database_url),
+        api_port=pick_port(port) if port else free_port(),
         twilio_base_url=sink_url,
         mqtt_client_id=f"rpm-gateway-simulate-{os.getpid()}",
         **server_overrides(opts),

@@ -118,7 +118,9 @@ async def run_plan(plan: Plan, target: Target, opts: RunOptions) -> RunResult:
     run_started = datetime.now(UTC)
     t = time.perf_counter()
     async with target.pool.acquire() as conn:
-        creds = await enrol(conn, target.broker, plan, since=plan.config.start - timedelta(days=1))
+        # Bound from the start of the simulated span: a missing-data rule counts silence
+        # from the binding when a patient has no reading yet.
+        creds = await enrol(conn, target.broker, plan, since=plan.config.start)
     enrol_seconds = time.perf_counter() - t
     fleet = MqttFleet(target.mqtt_host, target.mqtt_port, creds.mqtt)
     webhooks = WebhookSender(target.api_url, creds.integrations)
