@@ -207,6 +207,9 @@ def target_for(server: Server, *, sim_clock_missing: bool = True) -> Target:
             port=s.mqtt_port,
             username=s.mqtt_admin_username or "",
             password=admin_password.get_secret_value() if admin_password else "",
+            # Each dynamic-security change rewrites the broker's file: thousands of new
+            # logins take a while.
+            timeout_s=120.0,
         )
     )
     return Target(
@@ -215,6 +218,7 @@ def target_for(server: Server, *, sim_clock_missing: bool = True) -> Target:
         mqtt_host=s.mqtt_host,
         mqtt_port=s.mqtt_port,
         api_url=f"http://{s.api_host}:{s.api_port}",
+        password_key=admin_password.get_secret_value() if admin_password else "",
         mqtt_duplicates=lambda: server.counters.duplicates,
         missing_check=missing_check_on_sim_clock(server) if sim_clock_missing else None,
     )

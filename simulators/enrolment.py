@@ -9,6 +9,9 @@ Idempotent: a second run against the same database reuses what exists.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +29,7 @@ INTEGRATION_PREFIX = "sim-"
 ACTOR = "simulator:rpm-simulate"
 # Dynamic-security commands per admin round trip: large enough to enrol thousands of
 # devices in seconds, small enough to stay far below the broker's message size limits.
-PROVISION_CHUNK = 200
+PROVISION_CHUNK = 100
 
 
 def integration_id(payload_format: str) -> str:
@@ -53,7 +56,18 @@ class Credentials:
     integrations: Mapping[str, str] = field(repr=False)
 
 
-async def enrol(conn: Conn, broker: BrokerAdmin, plan: Plan, *, since: datetime) -> Credentials:
+def device_password(key: str, device_id: str) -> str:
+    """A device's broker password, derived from a secret ``key`` (the broker admin's
+    password): unguessable without the key, and the same on every run, so a login made
+    by an earlier run needs no password reset (each change rewrites the broker's whole
+    dynamic-security file)."""
+    mac = hmac.new(key.encode(), f"rpm-simulate:{device_id}".encode(), hashlib.sha256)
+    return base64.urlsafe_b64encode(mac.digest()[:18]).decode()
+
+
+async def enrol(
+    conn: Conn, broker: BrokerAdmin, plan: Plan, *, since: datetime, password_key: str
+) -> Credentials:
     """Patients, devices (bound from ``since``), broker logins and integrations of ``plan``.
 
     Devices that only appear in sends (an unknown device, by design of the plan) get a
@@ -89,25 +103,33 @@ async def enrol(conn: Conn, broker: BrokerAdmin, plan: Plan, *, since: datetime)
         {d.device_id for p in plan.patients for d in p.devices if d.transport == "mqtt"}
         | {s.device_id for s in plan.sends if s.transport == "mqtt"}
     )
-    passwords = {d: secrets.token_urlsafe(18) for d in mqtt_ids}
+    passwords = {d: device_password(password_key, d) for d in mqtt_ids}
     await provision(broker, passwords)
     return Credentials(passwords, secrets_by_integration)
 
 
 async def provision(broker: BrokerAdmin, passwords: Mapping[str, str]) -> None:
-    """A login and role per device, in chunks; an existing login gets the new password."""
+    """A login and role per device, in chunks; an existing login is kept as it is."""
     items = list(passwords.items())
     for i in range(0, len(items), PROVISION_CHUNK):
         commands = [
             c
             for device_id, password in items[i : i + PROVISION_CHUNK]
-            for c in (
-                *dynsec.provision_device(device_id, password),
-                *dynsec.set_password(device_id, password),
-                *dynsec.enable_device(device_id),
-            )
+            for c in dynsec.provision_device(device_id, password)
         ]
         await broker.apply(commands, tolerate=("already exists",))
+
+
+async def reset_passwords(broker: BrokerAdmin, passwords: Mapping[str, str]) -> None:
+    """Set (and enable) existing logins to these passwords."""
+    items = list(passwords.items())
+    for i in range(0, len(items), PROVISION_CHUNK):
+        commands = [
+            c
+            for device_id, password in items[i : i + PROVISION_CHUNK]
+            for c in (*dynsec.set_password(device_id, password), *dynsec.enable_device(device_id))
+        ]
+        await broker.apply(commands)
 
 
 async def _integration(conn: Conn, payload_format: str) -> str:

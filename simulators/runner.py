@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -27,6 +27,7 @@ from simulators.enrolment import (
     all_stored_ids,
     enrol,
     integration_id,
+    reset_passwords,
     send_device_id,
 )
 from simulators.report import Key, Observed, Report, SentPayload, build_report
@@ -47,6 +48,8 @@ class Target:
     mqtt_host: str
     mqtt_port: int
     api_url: str
+    # Device broker passwords are derived from this secret (the broker admin's password).
+    password_key: str
     # The gateway's running count of duplicate readings, when the server runs in-process.
     mqtt_duplicates: Callable[[], int] | None = None
     # One missing-data pass evaluated at a given simulated "now" (accelerated runs).
@@ -120,12 +123,25 @@ async def run_plan(plan: Plan, target: Target, opts: RunOptions) -> RunResult:
     async with target.pool.acquire() as conn:
         # Bound from the start of the simulated span: a missing-data rule counts silence
         # from the binding when a patient has no reading yet.
-        creds = await enrol(conn, target.broker, plan, since=plan.config.start)
+        creds = await enrol(
+            conn, target.broker, plan, since=plan.config.start, password_key=target.password_key
+        )
     enrol_seconds = time.perf_counter() - t
     fleet = MqttFleet(target.mqtt_host, target.mqtt_port, creds.mqtt)
     webhooks = WebhookSender(target.api_url, creds.integrations)
     try:
         connect = await fleet.connect(creds.mqtt, concurrency=opts.connect_concurrency)
+        if connect.refused:
+            # Logins made before with another password (another tool, an older run).
+            await reset_passwords(target.broker, {d: creds.mqtt[d] for d in connect.refused})
+            again = await fleet.connect(connect.refused, concurrency=opts.connect_concurrency)
+            if again.refused:
+                raise SendError(f"{len(again.refused)} devices cannot log in to the broker")
+            connect = replace(
+                connect,
+                connections=connect.connections + again.connections,
+                seconds=connect.seconds + again.seconds,
+            )
         log.info(
             "enrolled in %.1f s; %d device connections in %.1f s",
             enrol_seconds,

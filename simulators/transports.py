@@ -21,6 +21,8 @@ import httpx
 from device_gateways.webhook_auth import sign
 
 TOPIC = "rpm/v1/devices/{}/readings"
+# CONNACK codes for a refused login: MQTT 3.1.1 (4, 5) and MQTT 5 (134, 135).
+NOT_AUTHORISED = frozenset({4, 5, 134, 135})
 PUBLISH_TIMEOUT_S = 30.0
 
 
@@ -33,6 +35,7 @@ class ConnectStats:
     connections: int
     seconds: float
     concurrency: int
+    refused: tuple[str, ...] = ()  # bad username or password
 
 
 class MqttFleet:
@@ -62,13 +65,21 @@ class MqttFleet:
             async with gate:
                 try:
                     await self._stack.enter_async_context(client)
+                except aiomqtt.MqttCodeError as exc:
+                    if getattr(exc.rc, "value", exc.rc) not in NOT_AUTHORISED:
+                        raise SendError(f"device {device_id} could not connect: {exc}") from None
+                    refused.append(device_id)
+                    return
                 except aiomqtt.MqttError as exc:
                     raise SendError(f"device {device_id} could not connect: {exc}") from None
             self._clients[device_id] = client
 
         ids = sorted(set(device_ids))
+        refused: list[str] = []
         await asyncio.gather(*(one(d) for d in ids))
-        return ConnectStats(len(ids), time.perf_counter() - started, concurrency)
+        return ConnectStats(
+            len(ids) - len(refused), time.perf_counter() - started, concurrency, tuple(refused)
+        )
 
     async def publish(self, device_id: str, payload: bytes) -> None:
         client = self._clients.get(device_id)

@@ -234,7 +234,9 @@ async def test_each_device_has_its_own_login_and_topic(server: Server) -> None:
     plan = small_plan(datetime.now(UTC), patients=8)
     target = target_for(server)
     async with target.pool.acquire() as conn:
-        creds = await enrol(conn, target.broker, plan, since=plan.config.start)
+        creds = await enrol(
+            conn, target.broker, plan, since=plan.config.start, password_key=target.password_key
+        )
     a, b = "sim000-cuff", "sim001-cuff"
     now = datetime.now(UTC).replace(microsecond=0)
 
