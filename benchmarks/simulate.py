@@ -15,25 +15,30 @@ Prints a table; the last line is one JSON object of the figures. Exit status 1 o
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# benchmarks/rules.py is named like the ``rules`` package, which the server imports: keep this
+# folder behind the project on sys.path (``_common`` is still found).
+sys.path.sort(key=lambda p: p in ("", str(Path(__file__).resolve().parent)))
+
 import argparse
 import asyncio
 import json
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 
-import asyncpg
 import httpx
+from _common import BenchError, Child, render_table, server_env
 
-from benchmarks._common import BenchError, Child, render_table, server_env
 from device_gateways.broker_admin import BrokerAdmin, BrokerAdminConfig
 from rpm.localservices import LocalServices, LocalServicesError, free_port
 from rpm.simulate_cli import SimulateOptions, make_plan
+from rpm.storage.pool import create_pool
 from simulators.report import render, to_json
 from simulators.runner import Pace, RunOptions, RunResult, Target, run_plan
 from simulators.twilio_sink import TwilioSink
@@ -96,7 +101,7 @@ async def benchmark(args: argparse.Namespace, services: LocalServices, work: Pat
         RPM_MISSING_DATA_INTERVAL_S="1000000000",
     )
     server = await start_server(work, env, port)
-    pool = await asyncpg.create_pool(e.database_url, min_size=1, max_size=4)
+    pool = await create_pool(e.database_url, size=4)
     try:
         opts = SimulateOptions(
             patients=args.patients,
