@@ -94,3 +94,23 @@ async def alerts(
             )
         )
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    stored: int
+    quarantined: int
+    alerts: int
+
+
+async def totals(conn: Conn, since: datetime) -> Totals:
+    """Readings stored, payloads quarantined and alerts opened since ``since`` (all sources)."""
+    row = await conn.fetchrow(
+        """SELECT (SELECT count(*) FROM readings WHERE stored_at >= $1) AS stored,
+                  (SELECT coalesce(sum(seen_count), 0) FROM quarantine
+                    WHERE last_seen_at >= $1) AS quarantined,
+                  (SELECT count(*) FROM alerts WHERE opened_at >= $1) AS alerts""",
+        since,
+    )
+    assert row is not None
+    return Totals(int(row["stored"]), int(row["quarantined"]), int(row["alerts"]))

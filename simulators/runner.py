@@ -69,9 +69,19 @@ class Pace:
             raise ValueError("give either wall_seconds or rate")
 
 
+@dataclass(slots=True)
+class SendProgress:
+    """Running counts while a plan is sent, for status lines."""
+
+    sent: int = 0
+    readings: int = 0
+    http_duplicates: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class RunOptions:
     pace: Pace
+    status: SendProgress | None = None  # updated as payloads go out
     in_flight: int = 256
     connect_concurrency: int = 64
     progress: bool = True
@@ -231,6 +241,10 @@ async def _send_all(
                     integration_id(s.payload_format), s.payload_format, s.payload
                 )
                 tally.http_duplicates += answer.duplicates
+            if opts.status is not None:
+                opts.status.sent += 1
+                opts.status.readings += s.readings
+                opts.status.http_duplicates = tally.http_duplicates
         except SendError as exc:
             tally.published[i] = None
             tally.failures.append(str(exc))
