@@ -37,6 +37,7 @@ from simulators.transports import ConnectStats, MqttFleet, SendError, WebhookSen
 log = logging.getLogger(__name__)
 
 MissingCheck = Callable[[datetime], Awaitable[None]]
+BINDING_LEAD = timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,10 +132,15 @@ async def run_plan(plan: Plan, target: Target, opts: RunOptions) -> RunResult:
     run_started = datetime.now(UTC)
     t = time.perf_counter()
     async with target.pool.acquire() as conn:
-        # Bound from the start of the simulated span: a missing-data rule counts silence
-        # from the binding when a patient has no reading yet.
+        # Bound from (just before) the start of the simulated span: a missing-data rule
+        # counts silence from the binding when a patient has no reading yet; the hour
+        # covers readings stamped a little before the start (whole seconds, device clocks).
         creds = await enrol(
-            conn, target.broker, plan, since=plan.config.start, password_key=target.password_key
+            conn,
+            target.broker,
+            plan,
+            since=plan.config.start - BINDING_LEAD,
+            password_key=target.password_key,
         )
     enrol_seconds = time.perf_counter() - t
     fleet = MqttFleet(target.mqtt_host, target.mqtt_port, creds.mqtt)
