@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,7 +34,7 @@ from rules.programs import RuleBook
 from simulators import plot
 from simulators.report import render, to_json
 from simulators.runner import MissingCheck, Pace, RunOptions, RunResult, Target, run_plan
-from simulators.scenarios import load_scenarios
+from simulators.scenarios import ScenarioFileError, load_scenarios
 from simulators.traffic import Plan, SimConfig, build_plan
 from simulators.twilio_sink import TwilioSink
 
@@ -270,6 +271,12 @@ async def run(data_dir: Path, opts: SimulateOptions, *, port: int, stop_services
     """``rpm simulate`` with its own local services, server and Twilio stand-in."""
     from rpm.cli import pick_port, settings_for_local
 
+    if opts.scenarios is not None:
+        try:  # before starting anything: a clinical team's file gets a clear error
+            load_scenarios(opts.scenarios)
+        except ScenarioFileError as exc:
+            print(f"rpm simulate: {exc}", file=sys.stderr)
+            return 2
     services = LocalServices(data_dir)
     endpoints = services.start()
     database_url = await fresh_database(endpoints.database_url, SIM_DATABASE)

@@ -13,6 +13,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from rpm import simulate_cli
 from rpm.domain import Metric, Reading
 from rpm.server import Server
 from rpm.simulate_cli import SimulateOptions, add_parser, target_for, write_outputs
@@ -286,3 +287,12 @@ def test_cli_options_map_to_a_pace() -> None:
     assert load.duration == 30.0
     with pytest.raises(SystemExit):
         opts("--rate", "500")
+
+
+async def test_a_bad_scenario_file_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    bad = tmp_path / "cases.yaml"
+    bad.write_text("- {name: x, kind: nope}\n")
+    opts = SimulateOptions(patients=5, days=1, pace=Pace(wall_seconds=5), scenarios=bad)
+    data_dir = tmp_path / "services"
+    assert await simulate_cli.run(data_dir, opts, port=0, stop_services=True) == 2
+    assert not data_dir.exists()  # no PostgreSQL or Mosquitto was started
