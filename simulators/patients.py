@@ -48,8 +48,8 @@ DEVICE_METRICS: Mapping[str, tuple[str, ...]] = MappingProxyType(
 # (IANA zone, area codes in it, share of Spanish speakers). Phones are +1 AAA 555 01xx:
 # 555-0100 to 555-0199 are reserved for fiction in every area code (NANPA).
 _ZONES: tuple[tuple[str, tuple[str, ...], float], ...] = (
-    ("America/New_York", ("212", "617", "305", "404", "215", "202", "313", "704"), 0.15),
-    ("America/Chicago", ("312", "713", "214", "612", "504", "314", "210"), 0.2),
+    ("America/New_York", ("212", "718", "617", "305", "404", "215", "202", "313", "704"), 0.15),
+    ("America/Chicago", ("312", "773", "713", "214", "612", "504", "314", "210"), 0.2),
     ("America/Denver", ("303", "801", "505"), 0.15),
     ("America/Phoenix", ("602", "520"), 0.25),
     ("America/Los_Angeles", ("213", "415", "206", "619", "503", "702"), 0.25),

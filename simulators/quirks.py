@@ -140,9 +140,8 @@ def _doc(fmt: str, http: bool, r: Reading, device_id: str) -> Any:
     return json.loads(payload(fmt, http, [_alone(r)], device_id, None))
 
 
-def _wrong_type(fmt: str, http: bool, r: Reading, device_id: str) -> bytes | None:
-    # A firmware bug writes a number as text the decoder cannot read.
-    doc = _doc(fmt, http, r, device_id)
+def _text_for_number(fmt: str, doc: Any) -> None:
+    """A firmware bug writes a number as text the decoder cannot read."""
     if fmt == "canonical":
         doc["values"][next(iter(doc["values"]))] = "high"
     elif fmt == "tenovi":
@@ -152,29 +151,42 @@ def _wrong_type(fmt: str, http: bool, r: Reading, device_id: str) -> bytes | Non
             for measure in group["measures"]:
                 measure["value"] = "n/a"
     elif fmt == "openmhealth":
-        for key, value in doc["body"].items():
+        for value in doc["body"].values():
             if isinstance(value, dict) and "value" in value:
-                doc["body"][key]["value"] = "n/a"
-    else:  # fhir
+                value["value"] = "n/a"
+    else:  # fhir: the value, or every component's
         quantity = doc.get("valueQuantity")
         for q in [quantity] if quantity else [c["valueQuantity"] for c in doc["component"]]:
             q["value"] = "n/a"
+
+
+# Format -> how its document names a metric we do not measure (a device model the vendor
+# knows: ketones, steps, height). Withings leaves unknown measure types out silently, so a
+# Withings payload cannot carry one to quarantine.
+_UNKNOWN_METRIC: Mapping[str, Callable[[Any], None]] = MappingProxyType(
+    {
+        "canonical": lambda doc: doc.update(metric="blood_ketones"),
+        "tenovi": lambda doc: doc[0].update(metric="perfusion_index"),
+        "openmhealth": lambda doc: doc["header"]["schema_id"].update(name="step-count"),
+        "fhir": lambda doc: doc["code"].update(
+            coding=[{"system": "http://loinc.org", "code": "8302-2"}]  # body height
+        ),
+    }
+)
+
+
+def _wrong_type(fmt: str, http: bool, r: Reading, device_id: str) -> bytes | None:
+    doc = _doc(fmt, http, r, device_id)
+    _text_for_number(fmt, doc)
     return _dumps(doc)
 
 
 def _unknown_metric(fmt: str, http: bool, r: Reading, device_id: str) -> bytes | None:
-    # A device model the format knows but we do not measure (ketones, steps, height...).
-    doc = _doc(fmt, http, r, device_id)
-    if fmt == "canonical":
-        doc["metric"] = "blood_ketones"
-    elif fmt == "tenovi":
-        doc[0]["metric"] = "perfusion_index"
-    elif fmt == "openmhealth":
-        doc["header"]["schema_id"]["name"] = "step-count"
-    elif fmt == "fhir":
-        doc["code"]["coding"] = [{"system": "http://loinc.org", "code": "8302-2"}]  # height
-    else:  # Withings leaves unknown measure types out silently: nothing to quarantine
+    rename = _UNKNOWN_METRIC.get(fmt)
+    if rename is None:
         return None
+    doc = _doc(fmt, http, r, device_id)
+    rename(doc)
     return _dumps(doc)
 
 

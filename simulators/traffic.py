@@ -179,6 +179,9 @@ def _check(cfg: SimConfig) -> None:
     unknown = [f for f in cfg.formats if f not in DECODERS]
     if unknown:
         raise ValueError(f"unknown formats {unknown}; the gateway decodes {sorted(DECODERS)}")
+    names = [s.name for s in cfg.scenarios or ()]
+    if len(set(names)) != len(names):
+        raise ValueError(f"scenario names must be unique (ground truth names them): {names}")
 
 
 def _assign(
@@ -348,7 +351,9 @@ def _device_sends(
         readings = []
         for j in range(lo, hi):
             measured = clock[j]
-            if measured in seen:  # one reading per device and second (its identity)
+            # One reading per device and second (its identity); none stamped before the
+            # span, when devices are bound to their patients.
+            if measured in seen or measured < t0:
                 continue
             seen.add(measured)
             when = datetime.fromtimestamp(measured, UTC)

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from device_gateways.decoders import DECODERS
+from simulators.offline import records, through_gateway
 from simulators.scenarios import ScenarioSpec
 from simulators.traffic import Plan, SimConfig, build_plan
-from tests.sim_helpers import records, through_gateway
 
 START = datetime(2026, 11, 2, 5, 0, tzinfo=UTC)
 CFG = SimConfig(
@@ -125,16 +125,18 @@ def test_patients_are_fictional_and_reachable() -> None:
     }
 
 
+_CRISIS = ScenarioSpec(
+    name="all_crises",
+    kind="hypertensive_crisis",
+    program="hypertension",
+    share=1.0,
+    onset=(0.5, 0.5),
+    detected_by=("bp.hypertensive_crisis",),
+)
+
+
 def test_a_scenario_share_picks_that_many_patients_of_its_program() -> None:
-    spec = ScenarioSpec(
-        name="all_crises",
-        kind="hypertensive_crisis",
-        program="hypertension",
-        share=1.0,
-        onset=(0.5, 0.5),
-        detected_by=("bp.hypertensive_crisis",),
-    )
-    cfg = SimConfig(patients=80, start=START, end=START + timedelta(days=2), scenarios=(spec,))
+    cfg = SimConfig(patients=80, start=START, end=START + timedelta(days=2), scenarios=(_CRISIS,))
     plan = build_plan(cfg)
     htn = {p.patient_id for p in plan.patients if p.programs == ("hypertension",)}
     assert {g.patient_id for g in plan.truth} == htn
@@ -148,6 +150,7 @@ def test_a_scenario_share_picks_that_many_patients_of_its_program() -> None:
         ({"start": START.replace(tzinfo=None)}, "timezone-aware"),
         ({"malformed_share": 1.5}, "malformed_share"),
         ({"formats": ("hl7v2",)}, "unknown formats"),
+        ({"scenarios": (_CRISIS, _CRISIS)}, "scenario names must be unique"),
     ],
 )
 def test_bad_configs_are_refused_clearly(change: dict[str, object], message: str) -> None:
