@@ -31,7 +31,6 @@ from rpm.settings import Settings
 from rpm.validation import ClockPolicy
 from rules.engine import Engine
 from rules.programs import RuleBook
-from simulators import plot
 from simulators.report import render, to_json
 from simulators.runner import MissingCheck, Pace, RunOptions, RunResult, Target, run_plan
 from simulators.scenarios import ScenarioFileError, load_scenarios
@@ -229,6 +228,8 @@ def write_outputs(result: RunResult, json_path: Path | None, plot_path: Path | N
     if json_path is not None:
         json_path.write_text(json.dumps(to_json(result.report), indent=2) + "\n")
     if plot_path is not None:
+        from simulators import plot  # matplotlib: only when a plot is asked for
+
         plot.draw(result.sent, result.observed, plot_path)
 
 

@@ -161,3 +161,22 @@ def test_replay_clock_never_puts_simulated_time_ahead_of_the_wall_clock() -> Non
     assert late.wall(end) > end
     with pytest.raises(ValueError, match="ahead"):
         SimClock(start, now, 0.5)
+
+
+def test_load_mode_paces_by_readings_and_never_sends_before_a_payloads_time() -> None:
+    from simulators.runner import Pace, due_times
+    from simulators.traffic import Plan, Send, SimConfig
+
+    t0 = T0.timestamp()
+
+    def send(at: datetime, readings: int) -> Send:
+        return Send(at, "d", "mqtt", "canonical", b"{}", "stored", readings, ())
+
+    sends = (send(h(-2), 1), send(h(-1), 3), send(h(-0.5), 1), send(h(1), 1))
+    plan = Plan(SimConfig(1, h(-3), h(1)), (), sends, ())
+    clock = SimClock(T0, T0, 1.0)
+    due = due_times(plan, Pace(rate=2.0), clock, t0)
+    # 2 readings/s: the second payload after 1 reading (0.5 s), the third after 4 (2 s);
+    # the last is stamped an hour ahead, so it waits for its own time.
+    assert due[:3] == [t0, t0 + 0.5, t0 + 2.0]
+    assert due[3] == h(1).timestamp()
