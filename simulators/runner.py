@@ -23,7 +23,6 @@ from device_gateways.broker_admin import BrokerAdmin
 from simulators import readback
 from simulators.clock import SimClock
 from simulators.enrolment import (
-    Credentials,
     all_stored_ids,
     enrol,
     integration_id,
@@ -173,7 +172,7 @@ async def run_plan(plan: Plan, target: Target, opts: RunOptions) -> RunResult:
         tally = _Tally([None] * len(plan.sends))
         dup_base = target.mqtt_duplicates() if target.mqtt_duplicates else 0
         t = time.perf_counter()
-        await _send_all(plan, opts, clock, fleet, webhooks, creds, tally, target)
+        await _send_all(plan, opts, clock, fleet, webhooks, tally, target)
         send_seconds = time.perf_counter() - t
     finally:
         await fleet.close()
@@ -228,7 +227,6 @@ async def _send_all(
     clock: SimClock,
     fleet: MqttFleet,
     webhooks: WebhookSender,
-    creds: Credentials,
     tally: _Tally,
     target: Target,
 ) -> None:
