@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from rpm.cli import pick_port, settings_for_local
 from rpm.localservices import LocalServices, free_port
 from rpm.server import Server
-from rpm.simulate_cli import fresh_database, target_for
+from rpm.simulate_cli import fresh_database, fresh_gateway_session, target_for
 from rpm.staff_cli import demo_nurse
 from rpm.storage import registry
 from rpm.storage.pool import Conn
@@ -35,6 +35,7 @@ from simulators.twilio_sink import TwilioSink
 log = logging.getLogger("rpm.demo")
 
 DEMO_DATABASE = "rpm_demo"
+DEMO_GATEWAY_ID = "rpm-gateway-demo"
 DEMO_SID = "AC" + "d3m0" * 8
 DEMO_TOKEN = "demo-auth-token"  # noqa: S105 - the local fake Twilio's, not a real secret
 
@@ -56,6 +57,7 @@ async def run_demo(opts: DemoOptions) -> int:
     # Every start begins with an empty database: the plan is deterministic (the same
     # patients each time), and a replay into last run's data would find it all stored.
     database_url = await fresh_database(endpoints.database_url, DEMO_DATABASE)
+    await fresh_gateway_session(endpoints, DEMO_GATEWAY_ID)
     sink = TwilioSink(account_sid=DEMO_SID, auth_token=DEMO_TOKEN)
     sink_url = await sink.start()
     port = pick_port(opts.port) if opts.port else free_port()
@@ -66,7 +68,7 @@ async def run_demo(opts: DemoOptions) -> int:
         twilio_account_sid=DEMO_SID,
         twilio_auth_token=SecretStr(DEMO_TOKEN),
         twilio_base_url=sink_url,
-        mqtt_client_id="rpm-gateway-demo",
+        mqtt_client_id=DEMO_GATEWAY_ID,
         # The replay runs days in seconds: missing-data rules run on its simulated clock
         # (rpm.simulate_cli.missing_check_on_sim_clock), not on the wall clock.
         missing_data_interval_s=1e9,

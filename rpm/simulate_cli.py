@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from pydantic import SecretStr
 
 from device_gateways.broker_admin import BrokerAdmin, BrokerAdminConfig
 from rpm.domain import Metric
-from rpm.localservices import LocalServices, free_port
+from rpm.localservices import LocalServices, ServiceEndpoints, free_port
 from rpm.pipeline import IngestPipeline
 from rpm.server import Server
 from rpm.settings import Settings
@@ -35,9 +34,11 @@ from simulators.report import render, to_json
 from simulators.runner import MissingCheck, Pace, RunOptions, RunResult, Target, run_plan
 from simulators.scenarios import ScenarioFileError, load_scenarios
 from simulators.traffic import Plan, SimConfig, build_plan
+from simulators.transports import drop_session
 from simulators.twilio_sink import TwilioSink
 
 SIM_DATABASE = "rpm_simulate"
+SIM_GATEWAY_ID = "rpm-gateway-simulate"
 SIM_SID = "AC" + "5151" * 8
 SIM_TOKEN = "simulate-auth-token"  # noqa: S105 - the local fake Twilio's, not a real secret
 # Readings older than RPM_MAX_AGE_DAYS (30 by default) are refused as stale.
@@ -250,6 +251,18 @@ async def fresh_database(url: str, name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
 
 
+async def fresh_gateway_session(endpoints: ServiceEndpoints, client_id: str) -> None:
+    """Discard the backlog the broker kept for this gateway since its last run (it was
+    meant for the database ``fresh_database`` just replaced)."""
+    await drop_session(
+        endpoints.mqtt_host,
+        endpoints.mqtt_port,
+        endpoints.mqtt_gateway_username,
+        endpoints.mqtt_gateway_password,
+        client_id,
+    )
+
+
 def accelerated(opts: SimulateOptions) -> bool:
     """Simulated time runs faster than the wall clock (or, in load mode, is not tied to it)."""
     wall = opts.pace.wall_seconds
@@ -281,6 +294,7 @@ async def run(data_dir: Path, opts: SimulateOptions, *, port: int, stop_services
     services = LocalServices(data_dir)
     endpoints = services.start()
     database_url = await fresh_database(endpoints.database_url, SIM_DATABASE)
+    await fresh_gateway_session(endpoints, SIM_GATEWAY_ID)
     sink = TwilioSink(account_sid=SIM_SID, auth_token=SIM_TOKEN)
     sink_url = await sink.start()
     settings: Settings = settings_for_local(
@@ -288,7 +302,7 @@ async def run(data_dir: Path, opts: SimulateOptions, *, port: int, stop_services
         database_url=SecretStr(database_url),
         api_port=pick_port(port) if port else free_port(),
         twilio_base_url=sink_url,
-        mqtt_client_id=f"rpm-gateway-simulate-{os.getpid()}",
+        mqtt_client_id=SIM_GATEWAY_ID,
         **server_overrides(opts),
     )
     server = Server(settings)

@@ -143,3 +143,24 @@ class WebhookSender:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+async def drop_session(host: str, port: int, username: str, password: str, client_id: str) -> None:
+    """End ``client_id``'s persistent session and discard what the broker queued for it.
+
+    Used before a run starts its gateway on a fresh database: messages queued while that
+    gateway was offline belong to earlier runs (and their dropped databases).
+    """
+    client = aiomqtt.Client(
+        host,
+        port,
+        username=username,
+        password=password,
+        identifier=client_id,
+        clean_session=True,
+    )
+    try:
+        async with client:
+            pass
+    except aiomqtt.MqttError as exc:
+        raise SendError(f"could not reset the session of {client_id}: {exc}") from None
