@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import uvloop
 from pydantic import SecretStr
 
-from rpm import backtest_io, logging_setup, staff_cli
+from rpm import backtest_io, logging_setup, simulate_cli, staff_cli
 from rpm.localservices import LocalServices, ServiceEndpoints, free_port
 from rpm.server import Server, run_migrations
 from rpm.settings import Settings
@@ -70,11 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         "--stop-services", action="store_true", help="also stop PostgreSQL and Mosquitto on exit"
     )
 
-    p = sub.add_parser("simulate", help="enroll a virtual fleet and publish its readings")
-    p.add_argument("--patients", type=int, default=200)
-    p.add_argument("--days", type=float, default=3.0, help="simulated history to replay")
-    p.add_argument("--seconds", type=float, default=60.0, help="wall time for the replay")
-    p.add_argument("--live", action="store_true", help="keep publishing live readings afterwards")
+    simulate_cli.add_parser(sub, DEFAULT_DATA_DIR)
 
     p = sub.add_parser("rules", help="care-program rules: backtest a rule set")
     rules = p.add_subparsers(dest="rules_command", required=True)
@@ -177,16 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         logging_setup.configure(settings.log_format, logging.getLevelNamesMapping()[level])
         return run(_serve(settings))
     if args.command == "simulate":
-        from rpm.demo import simulate
-
-        return asyncio.run(
-            simulate(
-                Settings(),
-                patients=args.patients,
-                days=args.days,
-                seconds=args.seconds,
-                live=args.live,
-            )
+        sim = simulate_cli.SimulateOptions.from_args(args)
+        return run(
+            simulate_cli.run(args.dir, sim, port=args.port, stop_services=args.stop_services)
         )
     if args.command == "demo":
         from rpm.demo import DemoOptions, run_demo

@@ -1,7 +1,9 @@
 """``rpm demo``: local services, the server, a fake Twilio, and a simulated fleet.
 
-Replays a few days of a fleet's measurements on an accelerated clock (ending now),
-then keeps publishing live readings, so the dashboard fills within a minute.
+Replays a few days of a virtual fleet's traffic plan (``simulators.traffic``: every care
+program, MQTT devices with their own logins and vendor webhooks, scenarios with ground
+truth) on an accelerated clock ending now, prints ``rpm simulate``'s report, then keeps
+publishing live readings in real time, so the dashboard fills within a minute.
 """
 
 from __future__ import annotations
@@ -17,18 +19,28 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from rpm.cli import pick_port, settings_for_local
-from rpm.localservices import LocalServices
+from rpm.localservices import LocalServices, free_port
 from rpm.server import Server
-from rpm.settings import Settings
-from rpm.staff_cli import demo_nurse
+from rpm.simulate_cli import (
+    SIM_VENDOR_RATE_PER_S,
+    fresh_database,
+    fresh_gateway_session,
+    target_for,
+)
+from rpm.staff_cli import DEMO_TEAM, demo_nurse
 from rpm.storage import registry
-from rpm.storage.pool import Conn, connect
-from simulators.fleet import VirtualPatient, make_fleet
-from simulators.publisher import BrokerLogin, PublishStats, run_fleet
+from rpm.storage.pool import Conn
+from simulators import readback
+from simulators.fleet import VirtualPatient
+from simulators.report import render
+from simulators.runner import Pace, RunOptions, SendProgress, run_plan
+from simulators.traffic import SimConfig, build_plan
 from simulators.twilio_sink import TwilioSink
 
 log = logging.getLogger("rpm.demo")
 
+DEMO_DATABASE = "rpm_demo"
+DEMO_GATEWAY_ID = "rpm-gateway-demo"
 DEMO_SID = "AC" + "d3m0" * 8
 DEMO_TOKEN = "demo-auth-token"  # noqa: S105 - the local fake Twilio's, not a real secret
 
@@ -47,81 +59,109 @@ class DemoOptions:
 async def run_demo(opts: DemoOptions) -> int:
     services = LocalServices(opts.data_dir)
     endpoints = services.start()
+    # Every start begins with an empty database: the plan is deterministic (the same
+    # patients each time), and a replay into last run's data would find it all stored.
+    database_url = await fresh_database(endpoints.database_url, DEMO_DATABASE)
+    await fresh_gateway_session(endpoints, DEMO_GATEWAY_ID)
     sink = TwilioSink(account_sid=DEMO_SID, auth_token=DEMO_TOKEN)
     sink_url = await sink.start()
-    port = pick_port(opts.port)
+    port = pick_port(opts.port) if opts.port else free_port()
     settings = settings_for_local(
         endpoints,
+        database_url=SecretStr(database_url),
         api_port=port,
         twilio_account_sid=DEMO_SID,
         twilio_auth_token=SecretStr(DEMO_TOKEN),
         twilio_base_url=sink_url,
-        mqtt_client_id="rpm-gateway-demo",
+        mqtt_client_id=DEMO_GATEWAY_ID,
+        # The replay runs days in seconds: missing-data rules run on its simulated clock
+        # (rpm.simulate_cli.missing_check_on_sim_clock), not on the wall clock.
+        missing_data_interval_s=1e9,
+        ingest_rate_per_s=SIM_VENDOR_RATE_PER_S,  # the fleet's vendors (rpm.simulate_cli)
+        ingest_burst=int(SIM_VENDOR_RATE_PER_S),
     )
     server = Server(settings)
     await server.start()
-    end = datetime.now(UTC)
-    start = end - timedelta(days=opts.days)
-    fleet = make_fleet(opts.patients, start=start, end=end)
+    now = datetime.now(UTC)
+    end = now + timedelta(seconds=opts.seconds)
+    plan = build_plan(
+        SimConfig(patients=opts.patients, start=end - timedelta(days=opts.days), end=end)
+    )
     assert server.pool is not None
     async with server.pool.acquire() as conn:
-        await seed(conn, fleet, since=start - timedelta(days=1))
         nurse, nurse_password = await demo_nurse(conn)
-    events = sum(1 for p in fleet if p.event)
+    devices = sum(len(p.devices) for p in plan.patients)
+    example = next(
+        (p for p in plan.patients for d in p.devices if d.transport == "mqtt"), plan.patients[0]
+    )
     print(
-        f"\nRPM demo: {len(fleet)} virtual patients, {len(fleet) * 3} devices, "
-        f"{events} with a scheduled event.\n"
+        f"\nRPM demo: {len(plan.patients)} virtual patients, {devices} devices, "
+        f"{len(plan.truth)} with a scheduled event.\n"
         f"  Dashboard (live triage queue): http://127.0.0.1:{port}/\n"
         f"    sign in as {nurse}, password {nurse_password} (a new one on every start)\n"
         f"  Alerts API:  http://127.0.0.1:{port}/api/alerts\n"
-        f"  FHIR:        http://127.0.0.1:{port}/fhir/Observation?patient={fleet[0].patient_id}\n"
+        f"  FHIR:        http://127.0.0.1:{port}/fhir/Observation?patient={example.patient_id}\n"
         f"Replaying {opts.days:g} days of readings in {opts.seconds:g} s; Ctrl-C to stop.\n",
         flush=True,
     )
-    login = BrokerLogin(
-        endpoints.mqtt_host,
-        endpoints.mqtt_port,
-        endpoints.mqtt_device_username,
-        endpoints.mqtt_device_password,
-    )
-    stats = PublishStats()
+    status = SendProgress()
+    since = datetime.now(UTC)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    target = target_for(server)
 
     async def publish() -> None:
-        await run_fleet(
-            fleet, login, sim_start=start, sim_end=end, wall_seconds=opts.seconds, stats=stats
+        result = await run_plan(
+            plan,
+            target,
+            RunOptions(
+                Pace(wall_seconds=opts.seconds),
+                status=status,
+                progress=False,
+                care_team=DEMO_TEAM,
+            ),
         )
+        await _settle(server, sink, since)
+        await _print_status(server, sink, status, since)
+        print(render(result.report), flush=True)
         if opts.exit_after_replay:
             return
-        print("Replay done; publishing live readings now.", flush=True)
-        now = datetime.now(UTC)
-        await run_fleet(
-            fleet,
-            login,
-            sim_start=now,
-            sim_end=now + timedelta(hours=12),
-            wall_seconds=12 * 3600,
-            measurements_per_day=96,
-            stats=stats,
+        print("Replay done; publishing live readings now (real time).", flush=True)
+        live_start = datetime.now(UTC)
+        live = build_plan(
+            SimConfig(
+                patients=opts.patients,
+                start=live_start,
+                end=live_start + timedelta(hours=12),
+            )
+        )
+        await run_plan(
+            live,
+            target,
+            RunOptions(
+                Pace(wall_seconds=12 * 3600),
+                status=status,
+                progress=False,
+                missing_step=timedelta(minutes=5),
+                care_team=DEMO_TEAM,
+            ),
         )
 
     publisher = asyncio.create_task(publish())
-    reporter = asyncio.create_task(_report(server, sink, stats, stop))
+    reporter = asyncio.create_task(_report(server, sink, status, since, stop))
     stopper = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({publisher, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if publisher.done():
             publisher.result()
-            await _settle(server, stats, sink)
     finally:
         for t in (publisher, reporter, stopper):
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-        _print_status(server, sink, stats)
+        await _print_status(server, sink, status, since)
         await server.stop()
         await sink.stop()
         if opts.stop_services:
@@ -131,44 +171,8 @@ async def run_demo(opts: DemoOptions) -> int:
     return 0
 
 
-async def simulate(
-    settings: Settings, *, patients: int, days: float, seconds: float, live: bool
-) -> int:
-    """Enroll a virtual fleet in the configured database and publish to the configured broker."""
-    end = datetime.now(UTC)
-    start = end - timedelta(days=days)
-    fleet = make_fleet(patients, start=start, end=end)
-    conn = await connect(settings.database_url.get_secret_value())
-    try:
-        await seed(conn, fleet, since=start - timedelta(days=1))
-    finally:
-        await conn.close()
-    password = settings.simulator_mqtt_password
-    login = BrokerLogin(
-        settings.mqtt_host,
-        settings.mqtt_port,
-        settings.simulator_mqtt_username,
-        password.get_secret_value() if password else None,
-    )
-    stats = PublishStats()
-    await run_fleet(fleet, login, sim_start=start, sim_end=end, wall_seconds=seconds, stats=stats)
-    print(f"replayed {stats.sent} readings ({stats.malformed} deliberately malformed)", flush=True)
-    if live:
-        now = datetime.now(UTC)
-        await run_fleet(
-            fleet,
-            login,
-            sim_start=now,
-            sim_end=now + timedelta(days=1),
-            wall_seconds=86400,
-            measurements_per_day=96,
-            stats=stats,
-        )
-    return 0
-
-
 async def seed(conn: Conn, fleet: list[VirtualPatient], *, since: datetime) -> None:
-    """Enroll the fleet's patients and devices (idempotent)."""
+    """Enroll a ``simulators.fleet`` fleet's patients and devices (idempotent; benchmarks)."""
     for p in fleet:
         await registry.upsert_patient(
             conn,
@@ -184,31 +188,37 @@ async def seed(conn: Conn, fleet: list[VirtualPatient], *, since: datetime) -> N
             )
 
 
-async def _settle(server: Server, stats: PublishStats, sink: TwilioSink) -> None:
-    """Wait until everything published is processed and the SMS went out (max 30 s)."""
-    deadline = asyncio.get_running_loop().time() + 30
+async def _settle(server: Server, sink: TwilioSink, since: datetime) -> None:
+    """Wait until the alerts' SMS went out (max 10 s: quiet hours hold some back)."""
+    deadline = asyncio.get_running_loop().time() + 10
     while asyncio.get_running_loop().time() < deadline:
-        gw = server.gateway
-        sent_all = gw is not None and gw.messages_acked >= stats.sent
-        sms_done = len(sink.messages) >= server.counters.alerts_opened
-        if sent_all and sms_done:
+        assert server.pool is not None
+        async with server.pool.acquire() as conn:
+            totals = await readback.totals(conn, since)
+        if len(sink.messages) >= totals.alerts:
             return
         await asyncio.sleep(0.2)
 
 
 async def _report(
-    server: Server, sink: TwilioSink, stats: PublishStats, stop: asyncio.Event
+    server: Server, sink: TwilioSink, status: SendProgress, since: datetime, stop: asyncio.Event
 ) -> None:
     while not stop.is_set():
         await asyncio.sleep(3)
-        _print_status(server, sink, stats)
+        await _print_status(server, sink, status, since)
 
 
-def _print_status(server: Server, sink: TwilioSink, stats: PublishStats) -> None:
-    c = server.counters
+async def _print_status(
+    server: Server, sink: TwilioSink, status: SendProgress, since: datetime
+) -> None:
+    if server.pool is None:
+        return
+    async with server.pool.acquire() as conn:
+        t = await readback.totals(conn, since)
+    duplicates = server.counters.duplicates + status.http_duplicates
     print(
-        f"published {stats.sent:>7}  stored {c.stored:>7}  quarantined {c.quarantined:>4}  "
-        f"duplicates {c.duplicates:>4}  alerts opened {c.alerts_opened:>4}  "
+        f"published {status.readings:>7}  stored {t.stored:>7}  quarantined {t.quarantined:>4}  "
+        f"duplicates {duplicates:>4}  alerts opened {t.alerts:>4}  "
         f"SMS sent {len(sink.messages):>4}",
         flush=True,
     )

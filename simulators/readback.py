@@ -1,0 +1,116 @@
+"""Reads back what the server did with a run's traffic (read-only SQL over its tables)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from rpm.storage.pool import Conn
+from simulators.report import Key, ObservedAlert
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    stored: int
+    quarantined: int
+
+
+async def progress(conn: Conn, device_ids: Sequence[str], since: datetime) -> Progress:
+    """Readings stored for these devices and payloads quarantined since ``since``."""
+    stored = await conn.fetchval(
+        "SELECT count(*) FROM readings WHERE device_id = ANY($1::text[]) AND stored_at >= $2",
+        list(device_ids),
+        since,
+    )
+    quarantined = await conn.fetchval(
+        "SELECT coalesce(sum(seen_count), 0) FROM quarantine WHERE last_seen_at >= $1", since
+    )
+    return Progress(int(stored), int(quarantined))
+
+
+async def stored(conn: Conn, device_ids: Sequence[str], since: datetime) -> dict[Key, float]:
+    """Stored readings of these devices since ``since``: key -> stored_at (epoch seconds)."""
+    rows = await conn.fetch(
+        """SELECT device_id, metric, measured_at, extract(epoch FROM stored_at)::float8 AS s
+             FROM readings WHERE device_id = ANY($1::text[]) AND stored_at >= $2""",
+        list(device_ids),
+        since,
+    )
+    return {(r["device_id"], r["metric"], r["measured_at"]): r["s"] for r in rows}
+
+
+async def quarantined(conn: Conn, since: datetime) -> dict[str, int]:
+    """Payloads refused since ``since`` by reason (a repeat of the same bytes counts again)."""
+    rows = await conn.fetch(
+        """SELECT reason, sum(seen_count)::int AS n FROM quarantine
+            WHERE last_seen_at >= $1 GROUP BY reason""",
+        since,
+    )
+    return {r["reason"]: r["n"] for r in rows}
+
+
+async def alerts(
+    conn: Conn,
+    patient_ids: Sequence[str],
+    since: datetime,
+    to_sim: Callable[[datetime], datetime],
+) -> list[ObservedAlert]:
+    """Alerts of these patients opened since ``since``, with their simulated times.
+
+    An alert opened by a reading happened, in simulated time, when that reading was
+    measured; a missing-data alert has no reading, so its wall times are mapped back.
+    """
+    rows = await conn.fetch(
+        """SELECT a.patient_id, a.rule_id, a.opened_at, a.updated_at,
+                  extract(epoch FROM a.opened_at)::float8 AS opened,
+                  f.device_id, f.metric, f.measured_at AS first_measured,
+                  l.measured_at AS last_measured
+             FROM alerts a
+             LEFT JOIN readings f ON f.uid = a.first_reading_uid
+             LEFT JOIN readings l ON l.uid = a.last_reading_uid
+            WHERE a.patient_id = ANY($1::text[]) AND a.opened_at >= $2
+            ORDER BY a.id""",
+        list(patient_ids),
+        since,
+    )
+    out = []
+    for r in rows:
+        trigger: Key | None = None
+        if r["first_measured"] is not None:
+            trigger = (r["device_id"], r["metric"], r["first_measured"])
+            sim_opened = r["first_measured"]
+        else:
+            sim_opened = to_sim(r["opened_at"])
+        last = r["last_measured"] or to_sim(r["updated_at"])
+        out.append(
+            ObservedAlert(
+                patient_id=r["patient_id"],
+                rule_id=r["rule_id"],
+                opened_at=r["opened"],
+                sim_opened=sim_opened,
+                sim_last=max(last, sim_opened),
+                trigger=trigger,
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    stored: int
+    quarantined: int
+    alerts: int
+
+
+async def totals(conn: Conn, since: datetime) -> Totals:
+    """Readings stored, payloads quarantined and alerts opened since ``since`` (all sources)."""
+    row = await conn.fetchrow(
+        """SELECT (SELECT count(*) FROM readings WHERE stored_at >= $1) AS stored,
+                  (SELECT coalesce(sum(seen_count), 0) FROM quarantine
+                    WHERE last_seen_at >= $1) AS quarantined,
+                  (SELECT count(*) FROM alerts WHERE opened_at >= $1) AS alerts""",
+        since,
+    )
+    assert row is not None
+    return Totals(int(row["stored"]), int(row["quarantined"]), int(row["alerts"]))
