@@ -25,6 +25,8 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
+from operator import attrgetter, is_
 
 import numpy as np
 import numpy.typing as npt
@@ -85,6 +87,69 @@ class Plan:
 
     rules: tuple[RuleSpec, ...]
     by_metric: Mapping[Metric, tuple[RuleSpec, ...]]
+
+
+_PATIENT = attrgetter("patient_id")
+_READING = attrgetter("reading")
+_MEASURED = attrgetter("measured_at")
+_VALUES = attrgetter("values")
+_KEY = attrgetter("key")
+_TIMESTAMP = datetime.timestamp
+_IS_NONE = partial(is_, None)
+_SEVERITIES = {int(s): s for s in Severity}  # Severity(n) costs an enum call
+_NO_CONTEXT = PatientContext("").key  # the plan key of a patient without programs
+
+
+def _by_plan(plans: list[Plan]) -> list[tuple[Plan, Rows]]:
+    """The readings of each plan (positions ascending), plans in order of first reading."""
+    ids = np.fromiter(map(id, plans), np.int64, len(plans))
+    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    cuts = np.cumsum(np.bincount(inverse))[:-1]
+    parts = np.split(order, cuts)
+    return [(plans[int(first[k])], parts[k]) for k in np.argsort(first).tolist()]
+
+
+@dataclass(frozen=True, slots=True)
+class _InTime:
+    """Places of a buffer's rows in time for each reading: at or before it, fresh enough."""
+
+    n: int
+    present: npt.NDArray[np.bool_]  # the reading's patient has a row
+    rows: Rows  # the rows of those present
+    ok: npt.NDArray[np.bool_] | None  # (present, width) place in time; None: none present
+    width: int
+
+
+def _in_time(buf: MetricBuffer, rows: Rows, fresh: float, ts: F64) -> _InTime:
+    present = rows >= 0
+    if not present.any():
+        return _InTime(len(rows), present, rows, None, 0)
+    r = rows[present]
+    width = int(buf.count[r].max(initial=1))  # the places after are empty in every row
+    t = buf.times[r, :width]
+    tp = ts[present]
+    ok = (t <= tp[:, None]) & (t >= (tp - fresh)[:, None])
+    return _InTime(len(rows), present, r, ok, width)
+
+
+def _latest(buf: MetricBuffer, at: _InTime, component: str) -> tuple[F64, F64]:
+    """(value, time) of each row's newest reading of ``component`` at or before the
+    reading and no older than ``fresh`` seconds (NaN where none; row -1: no row)."""
+    value = np.full(at.n, np.nan)
+    when = np.full(at.n, np.nan)
+    if at.ok is None:
+        return value, when
+    r, width = at.rows, at.width
+    t = buf.times[r, :width]
+    v = buf.values[r, :width, buf.index[component]]
+    ok = at.ok & ~np.isnan(v)
+    pick = np.where(ok, t, -np.inf).argmax(axis=1)
+    has = ok.any(axis=1)
+    k = np.arange(len(r))
+    value[at.present] = np.where(has, v[k, pick], np.nan)
+    when[at.present] = np.where(has, t[k, pick], np.nan)
+    return value, when
 
 
 def _no_latest(metric: Metric, component: str, fresh: float) -> tuple[F64, F64]:
@@ -369,48 +434,53 @@ class Engine:
         staged = []
         nan = math.nan
         for metric, batch in arrived.items():
-            g = _Group([a.patient_id for a in batch], readings=batch)
+            # map() over attrgetters: the per-reading work runs in C, not in bytecode
+            g = _Group(list(map(_PATIENT, batch)), readings=batch)
             self._known.update(g.patients)
             buf = self._buffer(metric)
             rows = buf.rows(g.patients)
-            ts = np.array([a.reading.measured_at.timestamp() for a in batch])
-            values = [a.reading.values for a in batch]
+            got = list(map(_READING, batch))
+            ts = np.fromiter(map(_TIMESTAMP, map(_MEASURED, got)), np.float64, len(got))
+            values = list(map(_VALUES, got))
             current = np.array([[v.get(c, nan) for v in values] for c in buf.components]).T
             before = buf.newest(rows)
             buf.append(rows, ts, current)
             staged.append((metric, g, buf, rows, ts, current, before))
 
-        plans: dict[str, Plan] = {}
-        compiled = self._plans
         for metric, g, buf, rows, ts, current, before in staged:
-            by_plan: dict[int, tuple[Plan, list[int]]] = {}
-            for i, pid in enumerate(g.patients):
-                plan = plans.get(pid)
-                if plan is None:
-                    context = contexts.get(pid)
-                    found = None if context is None else compiled.get(context.key)
-                    plan = plans[pid] = found or self.plan(context or PatientContext(pid))
-                entry = by_plan.get(id(plan))
-                if entry is None:
-                    by_plan[id(plan)] = (plan, [i])
-                else:
-                    entry[1].append(i)
+            plans = self._plans_of(g.patients, contexts)
             newest = ts >= buf.newest(rows)
             # Plans share their rule objects (an overridden rule is the only new one): each
             # distinct rule is evaluated once, for every reading whose plan holds it.
-            by_rule: dict[int, tuple[RuleSpec, list[int]]] = {}
-            for plan, idx in by_plan.values():
+            by_rule: dict[int, tuple[RuleSpec, list[Rows]]] = {}
+            for plan, idx in _by_plan(plans):
                 for rule in plan.by_metric.get(metric, ()):
                     same = by_rule.get(id(rule))
                     if same is None:
-                        by_rule[id(rule)] = (rule, list(idx))
+                        by_rule[id(rule)] = (rule, [idx])
                     else:
-                        same[1].extend(idx)
-            self._evaluate(by_rule.values(), metric, g, buf, rows, ts, current, newest, result)
+                        same[1].append(idx)
+            evaluated = [(rule, np.concatenate(idx)) for rule, idx in by_rule.values()]
+            self._evaluate(evaluated, metric, g, buf, rows, ts, current, newest, result)
             late = np.flatnonzero(ts < before)
             if len(late):
                 self._reevaluate_after_late(late, metric, g, buf, rows, ts, plans, result)
         return result
+
+    def _plans_of(self, patients: list[str], contexts: Mapping[str, PatientContext]) -> list[Plan]:
+        """Each reading's plan: compiled plans found by C-level maps, the rest compiled."""
+        found: list[Plan | None]
+        try:
+            keys = list(map(_KEY, map(contexts.get, patients)))
+        except AttributeError:  # a patient without context: the default plan
+            keys = [c.key if c is not None else _NO_CONTEXT for c in map(contexts.get, patients)]
+        found = list(map(self._plans.get, keys))
+        if any(map(_IS_NONE, found)):
+            for i, plan in enumerate(found):
+                if plan is None:
+                    pid = patients[i]
+                    found[i] = self.plan(contexts.get(pid) or PatientContext(pid))
+        return found  # type: ignore[return-value]
 
     def _window(
         self,
@@ -423,11 +493,18 @@ class Engine:
     ) -> Window:
         """The readings' window; ``rows_in`` gives their patients' rows in another buffer."""
 
+        # (metric, fresh) -> which of that buffer's places are in time for each reading,
+        # shared by the components read from the same metric (systolic and pulse of a cuff)
+        in_time: dict[tuple[Metric, float], _InTime] = {}
+
         def latest_of(other: Metric, component: str, fresh: float) -> tuple[F64, F64]:
             found = self._buffers.get(other)
             if found is None:
                 return np.full(len(ts), np.nan), np.full(len(ts), np.nan)
-            return self._latest(found, rows_in(found), component, fresh, ts)
+            at = in_time.get((other, fresh))
+            if at is None:
+                at = in_time[other, fresh] = _in_time(found, rows_in(found), fresh, ts)
+            return _latest(found, at, component)
 
         return Window(metric, ts, current, lambda: buf.history(rows), buf.index, latest_of)
 
@@ -448,7 +525,7 @@ class Engine:
 
     def _evaluate(
         self,
-        by_rule: Iterable[tuple[RuleSpec, list[int]]],
+        by_rule: Iterable[tuple[RuleSpec, Rows]],
         metric: Metric,
         g: _Group,
         buf: MetricBuffer,
@@ -463,7 +540,7 @@ class Engine:
         full: Window | None = None
         armed = self._armed
         pids_all = g.patients
-        has_armed = np.array([pid in armed for pid in pids_all], np.bool_) if armed else None
+        has_armed = np.fromiter(map(armed.__contains__, pids_all), np.bool_, n) if armed else None
         rows_in = self._rows_in(pids_all)
         for rule, idx in by_rule:
             # A rule most of the group has is evaluated on the group's one window and its
@@ -477,7 +554,7 @@ class Engine:
                     member = np.zeros(n, np.bool_)
                     member[idx] = True
             else:
-                sel = np.array(idx, np.intp)
+                sel = idx
                 w = self._window(
                     metric, buf, rows[sel], ts[sel], current[sel], _taken(rows_in, sel)
                 )
@@ -538,7 +615,7 @@ class Engine:
         buf: MetricBuffer,
         rows: Rows,
         ts: F64,
-        plans: Mapping[str, Plan],
+        plans: Sequence[Plan],
         result: StepResult,
     ) -> None:
         """Held readings after late ones, within their windows, fire if the batch tips them over.
@@ -555,7 +632,7 @@ class Engine:
         pending: dict[tuple[int, ...], _Held] = {}
         for order, (row, idx) in enumerate(by_row.items()):
             pid = g.patients[idx[0]]
-            rules = [r for r in plans[pid].by_metric.get(metric, ()) if r.kind in WINDOWED]
+            rules = [r for r in plans[idx[0]].by_metric.get(metric, ()) if r.kind in WINDOWED]
             if not rules:
                 continue
             reach = max(KINDS[r.kind].lookback_s(r) for r in rules)
@@ -611,31 +688,6 @@ class Engine:
         found.sort(key=lambda f: f[:3])
         result.candidates.extend(f[3] for f in found)
 
-    @staticmethod
-    def _latest(
-        buf: MetricBuffer, rows: Rows, component: str, fresh: float, ts: F64
-    ) -> tuple[F64, F64]:
-        """(value, time) of each row's newest reading of ``component`` at or before ``ts``
-        and no older than ``fresh`` seconds (NaN where none; row -1: no row)."""
-        n = len(rows)
-        value = np.full(n, np.nan)
-        at = np.full(n, np.nan)
-        present = rows >= 0
-        if not present.any():
-            return value, at
-        r = rows[present]
-        width = int(buf.count[r].max(initial=1))  # the places after are empty in every row
-        t = buf.times[r, :width]
-        v = buf.values[r, :width, buf.index[component]]
-        tp = ts[present]
-        ok = (t <= tp[:, None]) & (t >= (tp - fresh)[:, None]) & ~np.isnan(v)
-        pick = np.where(ok, t, -np.inf).argmax(axis=1)
-        has = ok.any(axis=1)
-        k = np.arange(len(r))
-        value[present] = np.where(has, v[k, pick], np.nan)
-        at[present] = np.where(has, t[k, pick], np.nan)
-        return value, at
-
     def _candidate(
         self,
         rule: RuleSpec,
@@ -672,7 +724,7 @@ class Engine:
         candidate = AlertCandidate(
             patient_id=patient_id,
             rule_id=rule.id,
-            severity=Severity(int(severity)),
+            severity=_SEVERITIES[int(severity)],
             title=rule.title,
             measured_at=reading.measured_at,
             render=render,
