@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import sys
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -55,15 +56,17 @@ class PatientContext:
     patient_id: str
     programs: tuple[str, ...] = ()
     overrides: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    # What the plan depends on, computed once: the engine looks it up per reading.
-    key: tuple[object, ...] = field(init=False, repr=False, compare=False)
+    # What the plan depends on, computed once: the engine looks it up per reading. An
+    # interned string: its hash is cached and equal keys are one object, so the lookup
+    # neither hashes a nested tuple nor compares one.
+    key: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         key: tuple[object, ...] = (self.programs,)
         if self.overrides:
             frozen = tuple(sorted((r, tuple(sorted(p.items()))) for r, p in self.overrides.items()))
             key = (self.programs, frozen)
-        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "key", sys.intern(repr(key)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +208,7 @@ class Engine:
         self._buffers: dict[Metric, MetricBuffer] = {}
         self._known: set[str] = set()
         self._armed: dict[str, set[str]] = {}  # patient -> rules fired and not yet clear
-        self._plans: dict[tuple[object, ...], Plan] = {}
+        self._plans: dict[str, Plan] = {}
         # (rule, overrides) -> the overridden rule: plans that differ in other programs
         # share it, so its readings are evaluated together
         self._overridden: dict[tuple[int, tuple[tuple[str, float], ...]], RuleSpec] = {}
