@@ -21,7 +21,7 @@ from pydantic import SecretStr
 
 from rpm import backtest_io, staff_cli
 from rpm.localservices import LocalServices, ServiceEndpoints, free_port
-from rpm.server import Server, run_migrations
+from rpm.server import ROLES, Server, parse_roles, run_migrations
 from rpm.settings import Settings
 from rules.backtest import Options as BacktestOptions
 
@@ -42,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         const=DEFAULT_DATA_DIR,
         default=None,
         help="use the local services started in this directory (default .rpm-data)",
+    )
+    p.add_argument(
+        "--role",
+        type=_roles,
+        default=frozenset(ROLES),
+        help="what this process runs: all (default) or a comma-separated subset of "
+        f"{', '.join(ROLES)}; e.g. one `--role gateway,api` and one `--role workers` process",
     )
     p = sub.add_parser("migrate", help="apply pending database migrations")
     p.add_argument("--local", type=Path, nargs="?", const=DEFAULT_DATA_DIR, default=None)
@@ -158,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
         return 0
     if args.command == "serve":
-        return run(_serve(_settings(args.local)))
+        return run(_serve(_settings(args.local), args.role))
     if args.command == "simulate":
         from rpm.demo import simulate
 
@@ -266,8 +273,15 @@ def _services(action: str, root: Path) -> int:
     return 0
 
 
-async def _serve(settings: Settings) -> int:
-    server = Server(settings)
+def _roles(text: str) -> frozenset[str]:
+    try:
+        return parse_roles(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+async def _serve(settings: Settings, roles: frozenset[str] = frozenset(ROLES)) -> int:
+    server = Server(settings, roles)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
