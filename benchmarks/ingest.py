@@ -986,7 +986,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # Exactly as `rpm serve` runs: uvloop, and the server's GC settings.
                 from rpm.cli import run as run_like_rpm_serve
 
-                split = argv[4:5] != ["together"]
+                split = argv[3:4] != ["together"]
                 result = run_like_rpm_serve(gateway_process(target, split))
             else:
                 # The baseline gets uvloop too, so the comparison is of the work done.
