@@ -30,7 +30,13 @@ class PatientContext:
     def __post_init__(self) -> None:
         key: tuple[object, ...] = (self.programs,)
         if self.overrides:
-            frozen = tuple(sorted((r, tuple(sorted(p.items()))) for r, p in self.overrides.items()))
+            # float(v) + 0.0: equal numbers have one repr (140 and 140.0, -0.0 and 0.0)
+            frozen = tuple(
+                sorted(
+                    (r, tuple(sorted((k, float(v) + 0.0) for k, v in p.items())))
+                    for r, p in self.overrides.items()
+                )
+            )
             key = (self.programs, frozen)
         object.__setattr__(self, "key", sys.intern(repr(key)))
 
