@@ -19,10 +19,12 @@ is fair to all three. Rate = N / (first micro-batch in hand -> the commit that c
 ``steady`` is the rate between 10% and 90% of N, without start-up ramp and tail.
 
 1. gateway: ``rpm.server.Server`` in its own process, configured from RPM_* variables as
-   ``rpm serve`` is (default batch limits 2000 messages / 20 ms), with the SMS worker sending to
-   a local Twilio stand-in. Its counters are replaced by a subclass that notes when each unit
-   of work returned (committed), and a gc.callbacks observer times the garbage collector;
-   nothing else of the server is touched.
+   ``rpm serve`` is (default batch limits 2000 messages / 20 ms), as ``rpm serve --role
+   gateway,api``; beside it a second process runs ``--role workers`` (SMS outbox, alert and
+   missing-data timers), its SMS worker sending to a local Twilio stand-in. ``--together``
+   runs every role in the gateway's process instead (``rpm serve``'s default). Its counters
+   are replaced by a subclass that notes when each unit of work returned (committed), and a
+   gc.callbacks observer times the garbage collector; nothing else of the server is touched.
 2. bare aiomqtt: decodes JSON and COPYs the same rows (asyncpg copy_records_to_table) into a
    plain table, acknowledging after commit (paho manual_ack through aiomqtt's ``_client``, the
    pattern of device_gateways/mqtt.py), with the same batch limits.
@@ -73,6 +75,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
+from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnContext
 from types import FrameType
 from typing import Any
@@ -162,8 +165,36 @@ class _GcClock:
         return {"gc_s": self.seconds, "gc_longest_ms": self.longest * 1000, "gc_full": self.full}
 
 
-async def gateway_process(target: int) -> dict[str, Any]:
-    """``_gateway``: the real server, as ``rpm serve`` runs it, plus a clock on its commits."""
+def workers_main(pipe: Connection) -> None:
+    """The delivery workers' process (``rpm serve --role workers``), with the Twilio stand-in."""
+    from rpm.cli import run as run_like_rpm_serve
+
+    pipe.send(run_like_rpm_serve(workers_process(pipe)))
+
+
+async def workers_process(pipe: Connection) -> dict[str, Any]:
+    from rpm.server import Server
+    from rpm.settings import Settings
+    from simulators.twilio_sink import TwilioSink
+
+    sink = TwilioSink(account_sid=TWILIO_SID, auth_token=TWILIO_TOKEN)
+    settings = Settings().model_copy(update={"twilio_base_url": await sink.start()})
+    server = Server(settings, ("workers",))
+    await server.start()
+    cpu0 = time.process_time()
+    pipe.send("ready")
+    await asyncio.to_thread(pipe.recv)  # the gateway's cue to stop
+    await server.stop()
+    await sink.stop()
+    return {"sms_sent": len(sink.messages), "workers_cpu": time.process_time() - cpu0}
+
+
+async def gateway_process(target: int, split: bool) -> dict[str, Any]:
+    """``_gateway``: the real server, as ``rpm serve`` runs it, plus a clock on its commits.
+
+    ``split``: as ``rpm serve --role gateway,api`` beside ``rpm serve --role workers`` (the
+    workers' process is started from here, so it stops with the gateway); otherwise every
+    role in this one process."""
     # Imported here: publisher processes re-import this module (spawn) and need none of this.
     import logging
 
@@ -193,8 +224,18 @@ async def gateway_process(target: int) -> dict[str, Any]:
                 emit("done", at=at, cpu=cpu - cpu0, cpu_total=cpu, **gc_clock.figures())
 
     sink = TwilioSink(account_sid=TWILIO_SID, auth_token=TWILIO_TOKEN)
-    settings = Settings().model_copy(update={"twilio_base_url": await sink.start()})
-    server = Server(settings)
+    workers: dict[str, Any] = {}
+    if split:
+        ours, theirs = multiprocessing.get_context("spawn").Pipe()
+        helper = multiprocessing.get_context("spawn").Process(target=workers_main, args=(theirs,))
+        helper.start()
+        if not await asyncio.to_thread(ours.poll, 60):
+            raise BenchError("the workers' process did not start")
+        ours.recv()
+        server = Server(Settings(), ("gateway", "api"))
+    else:
+        settings = Settings().model_copy(update={"twilio_base_url": await sink.start()})
+        server = Server(settings)
     clock = CommitClock()
     server.counters = clock
     await server.start()
@@ -206,14 +247,20 @@ async def gateway_process(target: int) -> dict[str, Any]:
         for task in waits:
             task.cancel()
         await server.stop()
-        await sink.stop()
+        if split:
+            ours.send("stop")
+            workers = await asyncio.to_thread(ours.recv)
+            helper.join(30)
+        else:
+            await sink.stop()
     return {
         "commits": clock.commits,
         "batches": clock.batches,
         "duplicates": clock.duplicates,
         "quarantined": clock.quarantined,
         "quarantine_reasons": clock.quarantine_reasons,
-        "sms_sent": len(sink.messages),
+        "sms_sent": workers.get("sms_sent", len(sink.messages)),
+        "workers_cpu": workers.get("workers_cpu"),
     }
 
 
@@ -404,7 +451,8 @@ class Run:
 
     def spawn(self, name: str, role: str, client_id: str, target: int) -> tuple[Child, Path]:
         out = self.work / f"{name}.json"
-        argv = [sys.executable, str(Path(__file__).resolve()), role, str(target), str(out)]
+        roles = "together" if self.args.together else "split"
+        argv = [sys.executable, str(Path(__file__).resolve()), role, str(target), str(out), roles]
         if self.args.profile is not None:
             self.args.profile.mkdir(parents=True, exist_ok=True)
             options = ["record", "--idle", "--rate", "200", "--format", "raw", "--output"]
@@ -686,6 +734,18 @@ def _gc_note(summary: dict[str, Any]) -> str:
     )
 
 
+def _workers_row(args: argparse.Namespace, gateway: Drain) -> tuple[str, str, str]:
+    if args.together:
+        return ("  delivery workers", "in-process", "rpm serve --role all: SMS worker on this core")
+    cpu = gateway.summary.get("workers_cpu")
+    return (
+        "  delivery workers",
+        "own process",
+        f"rpm serve --role workers beside --role gateway,api; its CPU {cpu or 0:.1f} s "
+        "(not in the consumer's)",
+    )
+
+
 def _drain_row(d: Drain, label: str, n: int) -> tuple[str, str, str]:
     cpu = ", ".join(f"{k} {v:.1f} s" for k, v in d.cpu.items() if v and k != "others")
     if d.name == "gateway":
@@ -744,6 +804,7 @@ def report(
                 f"broker RSS with the backlog {gateway.broker_rss_mib or 0:.0f} MiB",
             ),
             _drain_row(gateway, "gateway (rpm.server.Server, rules on)", n),
+            _workers_row(args, gateway),
             _drain_row(bare, "(a) bare aiomqtt + COPY", n),
             _drain_row(broker, "(b) broker ceiling, mosquitto_sub", n),
             (
@@ -831,6 +892,9 @@ def report(
         "duplicated": duplicated,
         "readings": n,
         "steady_readings_per_s": round(gateway.steady, 1),
+        "readings_per_cpu_s": round(n / gateway.cpu["consumer"], 1),
+        "roles": "together" if args.together else "split",
+        "workers_cpu_s": gateway.summary.get("workers_cpu"),
         "live_rate_per_s": round(achieved, 1),
         "alerts_opened": c["alerts"],
         "quarantined": c["quarantined"],
@@ -889,6 +953,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--batch-max-wait-ms", type=int, default=20)
     p.add_argument("--timeout", type=float, default=120.0, help="per drain, seconds")
     p.add_argument("--profile", type=Path, default=None, help="py-spy each consumer into DIR")
+    p.add_argument(
+        "--together",
+        action="store_true",
+        help="the delivery workers in the gateway's process (rpm serve's default, --role all), "
+        "not beside it (--role gateway,api + --role workers)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = p.parse_args(argv)
     if args.profile is not None:
@@ -916,7 +986,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # Exactly as `rpm serve` runs: uvloop, and the server's GC settings.
                 from rpm.cli import run as run_like_rpm_serve
 
-                result = run_like_rpm_serve(gateway_process(target))
+                split = argv[3:4] != ["together"]
+                result = run_like_rpm_serve(gateway_process(target, split))
             else:
                 # The baseline gets uvloop too, so the comparison is of the work done.
                 with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

@@ -25,8 +25,9 @@ engine is single-threaded; numpy's element-wise work is too).
    offline), cut into micro-batches of ``--batch``. Each patient's values scatter around
    a personal baseline; ``--episodes`` of the patients (3%) have a hypertensive crisis,
    fluid gain, a COPD exacerbation or hypoglycaemia during the stream, so rules fire.
-   Every reading object is built before the clock starts; only ``engine.step`` is timed
-   (``time.perf_counter`` around each call). The garbage collector runs as under
+   Every reading object, and each batch's contexts (a dict of the batch's patients, as the
+   ingest unit of work loads them), is built before the clock starts; only ``engine.step``
+   is timed (``time.perf_counter`` around each call). The garbage collector runs as under
    ``rpm serve`` (start-up objects frozen, young generation at 50,000: ``rpm/cli.py``).
 
 Memory per patient: the ring buffers' bytes (``engine.nbytes()``, allocated rows
@@ -293,6 +294,15 @@ def _rows(fleet: Fleet, s: Schedule) -> Iterator[tuple[str, Metric, datetime, di
         yield ids[p], metric, datetime.fromtimestamp(t, UTC), values
 
 
+def batch_contexts(
+    fleet: Fleet, batches: Sequence[Sequence[AcceptedReading]]
+) -> list[dict[str, PatientContext]]:
+    """Each batch's contexts as the ingest unit of work hands them to ``engine.step``: a dict
+    of the batch's patients only (``device_store.patient_contexts``), built before the clock."""
+    ctx = fleet.contexts
+    return [{a.patient_id: ctx[a.patient_id] for a in part} for part in batches]
+
+
 def build_batches(fleet: Fleet, s: Schedule, batch: int) -> list[list[AcceptedReading]]:
     """The stream as the gateway hands it over: reading objects, received_at once per batch."""
     kinds = tuple(DEVICES)
@@ -457,7 +467,7 @@ class Steps:
 def run_steps(
     engine: Engine,
     batches: Sequence[Sequence[AcceptedReading]],
-    contexts: dict[str, PatientContext],
+    contexts: Sequence[dict[str, PatientContext]],
     seconds: float | None,
     profiler: cProfile.Profile | None,
 ) -> Steps:
@@ -470,11 +480,11 @@ def run_steps(
     out = Steps([], 0, 0.0, 0.0, 0.0, clock, Counter(), 0)
     cpu0, busy0 = time.process_time(), machine_busy_seconds()
     try:
-        for part in batches:
+        for part, context in zip(batches, contexts, strict=True):
             if profiler is not None:
                 profiler.enable()
             t0 = time.perf_counter()
-            result = engine.step(part, contexts)
+            result = engine.step(part, context)
             dt = time.perf_counter() - t0
             if profiler is not None:
                 profiler.disable()
@@ -523,7 +533,8 @@ def run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     late = late_in_order(history, stream)
     _say(f"{len(batches):,} batches built in {time.perf_counter() - t0:.1f} s; stepping")
     profiler = cProfile.Profile() if args.profile else None
-    steps = run_steps(engine, batches, fleet.contexts, args.seconds, profiler)
+    contexts = batch_contexts(fleet, batches)
+    steps = run_steps(engine, batches, contexts, args.seconds, profiler)
     if profiler is not None:
         profiler.dump_stats(args.profile)
         text = io.StringIO()

@@ -21,7 +21,7 @@ from pydantic import SecretStr
 
 from rpm import backtest_io, logging_setup, simulate_cli, staff_cli
 from rpm.localservices import LocalServices, ServiceEndpoints, free_port
-from rpm.server import Server, run_migrations
+from rpm.server import ROLES, Server, parse_roles, run_migrations
 from rpm.settings import Settings
 from rules.backtest import Options as BacktestOptions
 
@@ -43,6 +43,13 @@ def main(argv: list[str] | None = None) -> int:
         const=DEFAULT_DATA_DIR,
         default=None,
         help="use the local services started in this directory (default .rpm-data)",
+    )
+    p.add_argument(
+        "--role",
+        type=_roles,
+        default=frozenset(ROLES),
+        help="what this process runs: all (default) or a comma-separated subset of "
+        f"{', '.join(ROLES)}; e.g. one `--role gateway,api` and one `--role workers` process",
     )
     p = sub.add_parser("migrate", help="apply pending database migrations")
     p.add_argument("--local", type=Path, nargs="?", const=DEFAULT_DATA_DIR, default=None)
@@ -171,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = _settings(args.local)
         level = "DEBUG" if args.verbose else settings.log_level
         logging_setup.configure(settings.log_format, logging.getLevelNamesMapping()[level])
-        return run(_serve(settings))
+        return run(_serve(settings, args.role))
     if args.command == "simulate":
         sim = simulate_cli.SimulateOptions.from_args(args)
         return run(
@@ -274,8 +281,15 @@ def _services(action: str, root: Path) -> int:
     return 0
 
 
-async def _serve(settings: Settings) -> int:
-    server = Server(settings)
+def _roles(text: str) -> frozenset[str]:
+    try:
+        return parse_roles(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+async def _serve(settings: Settings, roles: frozenset[str] = frozenset(ROLES)) -> int:
+    server = Server(settings, roles)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

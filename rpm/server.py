@@ -1,11 +1,18 @@
-"""The composition root: one process running the gateway, the API and the SMS worker."""
+"""The composition root: the gateway, the API and the delivery workers, in one process or apart.
+
+``Server(settings, roles)`` runs the parts named by ``roles`` (``ROLES``): the MQTT gateway
+(ingest unit of work and rule step), the HTTP API (with vendor webhooks and live pushes),
+and the workers (SMS outbox, FHIR push, alert timers, missing-data timer). The database is
+their only meeting point, so the parts can run in separate processes: the workers' CPU
+(the Twilio client spends milliseconds per message) then stays off the gateway's core.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -43,6 +50,21 @@ from rules.engine import Engine
 from rules.programs import RuleBook
 
 log = logging.getLogger(__name__)
+
+# What a server process can run; ``rpm serve --role`` picks a subset.
+ROLES = ("gateway", "api", "workers")
+
+
+def parse_roles(text: str) -> frozenset[str]:
+    """``gateway,api`` -> the roles; ``all`` is every role."""
+    names = {r.strip() for r in text.split(",") if r.strip()}
+    if names == {"all"}:
+        return frozenset(ROLES)
+    unknown = names - set(ROLES)
+    if unknown or not names:
+        raise ValueError(f"roles are {', '.join(ROLES)} or all, not {text!r}")
+    return frozenset(names)
+
 
 # Tasks that stop by themselves when asked, finishing what they hold; the rest are cancelled.
 _GRACEFUL = frozenset({"api", "gateway", "sms-worker", "fhir-push"})
@@ -89,8 +111,9 @@ async def run_migrations(settings: Settings) -> list[str]:
 class Server:
     """Starts and stops every part of ``rpm serve`` inside the running event loop."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, roles: Iterable[str] = ROLES) -> None:
         self.settings = settings
+        self.roles = parse_roles(",".join(roles))
         self.counters = IngestCounters()
         self.pool: asyncpg.Pool | None = None
         self.gateway: MqttGateway | None = None
@@ -132,20 +155,41 @@ class Server:
             result = await pipeline.process(batch)
             self.counters.add(result)
 
-        self.gateway = MqttGateway(
-            MqttConfig(
-                host=s.mqtt_host,
-                port=s.mqtt_port,
-                username=s.mqtt_username,
-                password=s.mqtt_password.get_secret_value() if s.mqtt_password else None,
-                client_id=s.mqtt_client_id,
-                topic=s.mqtt_topic,
-                batch_max_messages=s.batch_max_messages,
-                batch_max_wait_s=s.batch_max_wait_ms / 1000,
-                tls_ca_file=s.mqtt_tls_ca_file,
-            ),
-            process,
-        )
+        roles = self.roles
+        self._tasks = []
+        if "gateway" in roles:
+            self.gateway = MqttGateway(
+                MqttConfig(
+                    host=s.mqtt_host,
+                    port=s.mqtt_port,
+                    username=s.mqtt_username,
+                    password=s.mqtt_password.get_secret_value() if s.mqtt_password else None,
+                    client_id=s.mqtt_client_id,
+                    topic=s.mqtt_topic,
+                    batch_max_messages=s.batch_max_messages,
+                    batch_max_wait_s=s.batch_max_wait_ms / 1000,
+                    tls_ca_file=s.mqtt_tls_ca_file,
+                ),
+                process,
+            )
+            self._tasks.append(asyncio.create_task(self.gateway.run(), name="gateway"))
+        if "workers" in roles:
+            self._start_workers()
+        if "api" in roles:
+            await self._start_api()
+        if self.gateway is not None:
+            await asyncio.wait_for(self.gateway.connected.wait(), timeout=15)
+        if self._uvicorn is not None:
+            while not self._uvicorn.started:  # noqa: ASYNC110 - uvicorn offers a flag, no event
+                await asyncio.sleep(0.02)
+            log.info("serving API on http://%s:%d", s.api_host, s.api_port)
+        self._watch()
+        log.info("roles running: %s", ", ".join(r for r in ROLES if r in roles))
+
+    def _start_workers(self) -> None:
+        """The delivery workers and timers: SMS outbox, FHIR push, alert and missing-data timers."""
+        s = self.settings
+        assert self.pool is not None
         self._sms = TwilioSms(
             account_sid=s.twilio_account_sid,
             auth_token=s.twilio_auth_token.get_secret_value(),
@@ -154,6 +198,20 @@ class Server:
             validity_period_s=s.sms_validity_period_s,
         )
         self.sms_worker = SmsOutboxWorker(self.pool, self._sms, DeliveryConfig.from_settings(s))
+        self._tasks += [
+            asyncio.create_task(self.sms_worker.run(), name="sms-worker"),
+            asyncio.create_task(self._missing_data_timer(), name="missing-data"),
+            asyncio.create_task(AlertTimers.from_settings(self.pool, s).run(), name="alert-timers"),
+        ]
+        if s.ehr_fhir_base_url is not None:
+            self.fhir_push = FhirPushWorker.from_settings(self.pool, s)
+            self._tasks.append(asyncio.create_task(self.fhir_push.run(), name="fhir-push"))
+
+    async def _start_api(self) -> None:
+        s = self.settings
+        assert self.pool is not None
+        assert self.pipeline is not None
+        dsn = s.database_url.get_secret_value()
         self._broadcaster = Broadcaster(dsn, (ALERTS_CHANNEL, INGEST_CHANNEL))
         await self._broadcaster.start()
         admin_password = s.mqtt_admin_password
@@ -168,12 +226,16 @@ class Server:
         app = create_app(
             self.pool,
             self._broadcaster,
-            pipeline,
+            self.pipeline,
             broker,
             AuthConfig.from_settings(s),
             snooze_caps=SnoozeCaps.from_minutes(s.snooze_cap_min),
             settings=s,
-            ops=Operations(self.metrics, self.gateway.connected.is_set, s.metrics_db_timeout_s),
+            ops=Operations(
+                self.metrics,
+                self.gateway.connected.is_set if self.gateway is not None else None,
+                s.metrics_db_timeout_s,
+            ),
         )
         config = uvicorn.Config(
             app,
@@ -186,21 +248,7 @@ class Server:
             timeout_graceful_shutdown=max(1, int(s.shutdown_timeout_s)),
         )
         self._uvicorn = _Uvicorn(config)
-        self._tasks = [
-            asyncio.create_task(self.gateway.run(), name="gateway"),
-            asyncio.create_task(self.sms_worker.run(), name="sms-worker"),
-            asyncio.create_task(self._uvicorn.serve(), name="api"),
-            asyncio.create_task(self._missing_data_timer(), name="missing-data"),
-            asyncio.create_task(AlertTimers.from_settings(self.pool, s).run(), name="alert-timers"),
-        ]
-        if s.ehr_fhir_base_url is not None:
-            self.fhir_push = FhirPushWorker.from_settings(self.pool, s)
-            self._tasks.append(asyncio.create_task(self.fhir_push.run(), name="fhir-push"))
-        self._watch()
-        await asyncio.wait_for(self.gateway.connected.wait(), timeout=15)
-        while not self._uvicorn.started:  # noqa: ASYNC110 - uvicorn offers a flag, no event
-            await asyncio.sleep(0.02)
-        log.info("serving API on http://%s:%d", s.api_host, s.api_port)
+        self._tasks.append(asyncio.create_task(self._uvicorn.serve(), name="api"))
 
     async def _missing_data_timer(self) -> None:
         """Evaluate missing-data rules every ``missing_data_interval_s`` (state is in the DB)."""
@@ -223,16 +271,18 @@ class Server:
     def _watch(self) -> None:
         """Figures /metrics reads at scrape time from the parts and the database."""
         assert self.pool is not None
-        assert self.gateway is not None
-        assert self.sms_worker is not None
-        m, s, gateway, sms = self.metrics, self.settings, self.gateway, self.sms_worker
+        m, s = self.metrics, self.settings
         m.watch(pool_families(self.pool))
-        m.watch(broker_families(gateway.connected.is_set, lambda: gateway.reconnects))
-        m.watch(
-            delivery_families(
-                "rpm_sms_deliveries", "SMS outbox items handled, by outcome.", lambda: sms.outcomes
+        if (gateway := self.gateway) is not None:
+            m.watch(broker_families(gateway.connected.is_set, lambda: gateway.reconnects))
+        if (sms := self.sms_worker) is not None:
+            m.watch(
+                delivery_families(
+                    "rpm_sms_deliveries",
+                    "SMS outbox items handled, by outcome.",
+                    lambda: sms.outcomes,
+                )
             )
-        )
         if (push := self.fhir_push) is not None:
             c = push.counters
             m.watch(

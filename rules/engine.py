@@ -18,50 +18,34 @@ over (``clears``), so a late normal reading never clears an alert.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
+from operator import attrgetter, is_
 
 import numpy as np
-import numpy.typing as npt
 
-from rpm.domain import AcceptedReading, Metric, Reading, reading_uid
+from rpm.domain import AcceptedReading, Metric
 
 from .buffers import DEFAULT_CAPACITY, F64, MetricBuffer, Rows
 from .candidate import AlertCandidate
 from .kinds import KINDS, Facts, Window
 from .kinds.base import condition_holds, given
 from .kinds.missing import Silence, evaluate_missing
+from .late import reevaluate_after_late
+from .latest import InTime, latest, rows_in_of
+from .latest import in_time as find_in_time
+from .plan import PatientContext, Plan, by_plan, compile_plan
 from .programs import RuleBook
+from .proposal import propose
 from .spec import RuleSpec, Severity
 
+__all__ = ["Clear", "Engine", "PatientContext", "Plan", "StepResult", "compile_plan"]
+
 log = logging.getLogger(__name__)
-
-# Kinds whose result for a reading depends on the readings before it: these are
-# re-evaluated for the held readings after a late one.
-WINDOWED = frozenset({"persistence", "change", "trend", "baseline"})
-
-
-@dataclass(frozen=True, slots=True)
-class PatientContext:
-    """The rule-relevant facts of a patient: programs and per-rule parameter overrides."""
-
-    patient_id: str
-    programs: tuple[str, ...] = ()
-    overrides: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    # What the plan depends on, computed once: the engine looks it up per reading.
-    key: tuple[object, ...] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        key: tuple[object, ...] = (self.programs,)
-        if self.overrides:
-            frozen = tuple(sorted((r, tuple(sorted(p.items()))) for r, p in self.overrides.items()))
-            key = (self.programs, frozen)
-        object.__setattr__(self, "key", key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,25 +63,18 @@ class StepResult:
     clears: list[Clear] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """A patient's rules, compiled: per metric, the rules its readings trigger."""
-
-    rules: tuple[RuleSpec, ...]
-    by_metric: Mapping[Metric, tuple[RuleSpec, ...]]
+_PATIENT = attrgetter("patient_id")
+_READING = attrgetter("reading")
+_MEASURED = attrgetter("measured_at")
+_VALUES = attrgetter("values")
+_KEY = attrgetter("key")
+_TIMESTAMP = datetime.timestamp
+_IS_NONE = partial(is_, None)
+_NO_CONTEXT = PatientContext("").key  # the plan key of a patient without programs
 
 
 def _no_latest(metric: Metric, component: str, fresh: float) -> tuple[F64, F64]:
     raise AssertionError("threshold rules read no other metric")
-
-
-def compile_plan(rules: Iterable[RuleSpec]) -> Plan:
-    rules = tuple(rules)
-    by_metric: dict[Metric, list[RuleSpec]] = {}
-    for rule in rules:
-        for metric in KINDS[rule.kind].watched(rule):
-            by_metric.setdefault(metric, []).append(rule)
-    return Plan(rules, {m: tuple(r) for m, r in by_metric.items()})
 
 
 @dataclass(slots=True)
@@ -115,20 +92,6 @@ def _taken(rows_in: Callable[[MetricBuffer], Rows], sel: Rows) -> Callable[[Metr
     return lambda buf: rows_in(buf)[sel]
 
 
-@dataclass(slots=True)
-class _Held:
-    """Held readings to re-evaluate after late ones under the same windowed rules."""
-
-    rules: list[RuleSpec]
-    order: list[int] = field(default_factory=list)  # each reading's late row, by arrival
-    rows: list[Rows] = field(default_factory=list)
-    ts: list[F64] = field(default_factory=list)
-    values: list[F64] = field(default_factory=list)
-    of_batch: list[npt.NDArray[np.bool_]] = field(default_factory=list)  # places of the batch
-    pids: list[str] = field(default_factory=list)
-    causes: list[Reading] = field(default_factory=list)  # the earliest late reading reaching it
-
-
 class Engine:
     """Per-patient rule state and the evaluation of micro-batches against it."""
 
@@ -140,7 +103,7 @@ class Engine:
         self._buffers: dict[Metric, MetricBuffer] = {}
         self._known: set[str] = set()
         self._armed: dict[str, set[str]] = {}  # patient -> rules fired and not yet clear
-        self._plans: dict[tuple[object, ...], Plan] = {}
+        self._plans: dict[str, Plan] = {}
         # (rule, overrides) -> the overridden rule: plans that differ in other programs
         # share it, so its readings are evaluated together
         self._overridden: dict[tuple[int, tuple[tuple[str, float], ...]], RuleSpec] = {}
@@ -369,48 +332,64 @@ class Engine:
         staged = []
         nan = math.nan
         for metric, batch in arrived.items():
-            g = _Group([a.patient_id for a in batch], readings=batch)
+            # map() over attrgetters: the per-reading work runs in C, not in bytecode
+            g = _Group(list(map(_PATIENT, batch)), readings=batch)
             self._known.update(g.patients)
             buf = self._buffer(metric)
             rows = buf.rows(g.patients)
-            ts = np.array([a.reading.measured_at.timestamp() for a in batch])
-            values = [a.reading.values for a in batch]
+            got = list(map(_READING, batch))
+            ts = np.fromiter(map(_TIMESTAMP, map(_MEASURED, got)), np.float64, len(got))
+            values = list(map(_VALUES, got))
             current = np.array([[v.get(c, nan) for v in values] for c in buf.components]).T
             before = buf.newest(rows)
             buf.append(rows, ts, current)
             staged.append((metric, g, buf, rows, ts, current, before))
 
-        plans: dict[str, Plan] = {}
-        compiled = self._plans
         for metric, g, buf, rows, ts, current, before in staged:
-            by_plan: dict[int, tuple[Plan, list[int]]] = {}
-            for i, pid in enumerate(g.patients):
-                plan = plans.get(pid)
-                if plan is None:
-                    context = contexts.get(pid)
-                    found = None if context is None else compiled.get(context.key)
-                    plan = plans[pid] = found or self.plan(context or PatientContext(pid))
-                entry = by_plan.get(id(plan))
-                if entry is None:
-                    by_plan[id(plan)] = (plan, [i])
-                else:
-                    entry[1].append(i)
+            plans = self._plans_of(g.patients, contexts)
             newest = ts >= buf.newest(rows)
             # Plans share their rule objects (an overridden rule is the only new one): each
             # distinct rule is evaluated once, for every reading whose plan holds it.
-            by_rule: dict[int, tuple[RuleSpec, list[int]]] = {}
-            for plan, idx in by_plan.values():
+            by_rule: dict[int, tuple[RuleSpec, list[Rows]]] = {}
+            for plan, idx in by_plan(plans):
                 for rule in plan.by_metric.get(metric, ()):
                     same = by_rule.get(id(rule))
                     if same is None:
-                        by_rule[id(rule)] = (rule, list(idx))
+                        by_rule[id(rule)] = (rule, [idx])
                     else:
-                        same[1].extend(idx)
-            self._evaluate(by_rule.values(), metric, g, buf, rows, ts, current, newest, result)
+                        same[1].append(idx)
+            evaluated = [(rule, np.concatenate(idx)) for rule, idx in by_rule.values()]
+            self._evaluate(evaluated, metric, g, buf, rows, ts, current, newest, result)
             late = np.flatnonzero(ts < before)
             if len(late):
-                self._reevaluate_after_late(late, metric, g, buf, rows, ts, plans, result)
+                result.candidates += reevaluate_after_late(
+                    late,
+                    metric,
+                    g.patients,
+                    g.readings,
+                    buf,
+                    rows,
+                    ts,
+                    plans,
+                    self._window,
+                    self.arm,
+                )
         return result
+
+    def _plans_of(self, patients: list[str], contexts: Mapping[str, PatientContext]) -> list[Plan]:
+        """Each reading's plan: compiled plans found by C-level maps, the rest compiled."""
+        found: list[Plan | None]
+        try:
+            keys = list(map(_KEY, map(contexts.get, patients)))
+        except AttributeError:  # a patient without context: the default plan
+            keys = [c.key if c is not None else _NO_CONTEXT for c in map(contexts.get, patients)]
+        found = list(map(self._plans.get, keys))
+        if any(map(_IS_NONE, found)):
+            for i, plan in enumerate(found):
+                if plan is None:
+                    pid = patients[i]
+                    found[i] = self.plan(contexts.get(pid) or PatientContext(pid))
+        return found  # type: ignore[return-value]
 
     def _window(
         self,
@@ -423,32 +402,24 @@ class Engine:
     ) -> Window:
         """The readings' window; ``rows_in`` gives their patients' rows in another buffer."""
 
+        # (metric, fresh) -> which of that buffer's places are in time for each reading,
+        # shared by the components read from the same metric (systolic and pulse of a cuff)
+        in_time: dict[tuple[Metric, float], InTime] = {}
+
         def latest_of(other: Metric, component: str, fresh: float) -> tuple[F64, F64]:
             found = self._buffers.get(other)
             if found is None:
                 return np.full(len(ts), np.nan), np.full(len(ts), np.nan)
-            return self._latest(found, rows_in(found), component, fresh, ts)
+            at = in_time.get((other, fresh))
+            if at is None:
+                at = in_time[other, fresh] = find_in_time(found, rows_in(found), fresh, ts)
+            return latest(found, at, component)
 
         return Window(metric, ts, current, lambda: buf.history(rows), buf.index, latest_of)
 
-    @staticmethod
-    def _rows_in(patients: Sequence[str]) -> Callable[[MetricBuffer], Rows]:
-        """The patients' rows in any buffer (-1: none), each buffer's looked up once."""
-        found: dict[Metric, Rows] = {}
-
-        def rows_in(buf: MetricBuffer) -> Rows:
-            rows = found.get(buf.metric)
-            if rows is None:
-                rows = found[buf.metric] = np.fromiter(
-                    map(buf.slots.get, patients, itertools.repeat(-1)), np.intp, len(patients)
-                )
-            return rows
-
-        return rows_in
-
     def _evaluate(
         self,
-        by_rule: Iterable[tuple[RuleSpec, list[int]]],
+        by_rule: Iterable[tuple[RuleSpec, Rows]],
         metric: Metric,
         g: _Group,
         buf: MetricBuffer,
@@ -463,8 +434,8 @@ class Engine:
         full: Window | None = None
         armed = self._armed
         pids_all = g.patients
-        has_armed = np.array([pid in armed for pid in pids_all], np.bool_) if armed else None
-        rows_in = self._rows_in(pids_all)
+        has_armed = np.fromiter(map(armed.__contains__, pids_all), np.bool_, n) if armed else None
+        rows_in = rows_in_of(pids_all)
         for rule, idx in by_rule:
             # A rule most of the group has is evaluated on the group's one window and its
             # results kept for its own readings; a rarer one gets a window of its readings.
@@ -477,7 +448,7 @@ class Engine:
                     member = np.zeros(n, np.bool_)
                     member[idx] = True
             else:
-                sel = np.array(idx, np.intp)
+                sel = idx
                 w = self._window(
                     metric, buf, rows[sel], ts[sel], current[sel], _taken(rows_in, sel)
                 )
@@ -490,7 +461,7 @@ class Engine:
             for j, i, level in zip(fired.tolist(), sel[fired].tolist(), severity, strict=True):
                 a = g.readings[i]
                 result.candidates.append(
-                    self._candidate(rule, level, out.detail, j, a.reading, a.patient_id)
+                    propose(rule, level, out.detail, j, a.reading, a.patient_id)
                 )
                 self.arm(a.patient_id, rule.id)
             if len(fired):
@@ -529,155 +500,3 @@ class Engine:
             if buf is not None and row >= 0 and buf.newest_of(row) > t:
                 return False
         return True
-
-    def _reevaluate_after_late(
-        self,
-        late: np.ndarray,
-        metric: Metric,
-        g: _Group,
-        buf: MetricBuffer,
-        rows: Rows,
-        ts: F64,
-        plans: Mapping[str, Plan],
-        result: StepResult,
-    ) -> None:
-        """Held readings after late ones, within their windows, fire if the batch tips them over.
-
-        A held reading is evaluated with and without all of the batch's readings of its
-        patient (the latter is what it was last evaluated against), once however many late
-        readings reach it; the earliest of those is named as the cause.
-        """
-        by_row: dict[int, list[int]] = {}
-        for i in late:
-            by_row.setdefault(int(rows[i]), []).append(int(i))
-        # Held readings of every late row, by the windowed rules they are evaluated under:
-        # one evaluation per rule for all of them.
-        pending: dict[tuple[int, ...], _Held] = {}
-        for order, (row, idx) in enumerate(by_row.items()):
-            pid = g.patients[idx[0]]
-            rules = [r for r in plans[pid].by_metric.get(metric, ()) if r.kind in WINDOWED]
-            if not rules:
-                continue
-            reach = max(KINDS[r.kind].lookback_s(r) for r in rules)
-            times = buf.times[row]
-            batch_ts = ts[rows == row]
-            late_ts = ts[idx]
-            reached = (times[:, None] > late_ts) & (times[:, None] <= late_ts + reach)
-            of_batch = np.isin(times, batch_ts)
-            later = np.flatnonzero(reached.any(axis=1) & ~of_batch)
-            if not len(later):
-                continue
-            causes = np.where(reached[later], late_ts, np.inf).argmin(axis=1)
-            held = pending.get(tuple(map(id, rules)))
-            if held is None:
-                held = pending[tuple(map(id, rules))] = _Held(rules)
-            n = len(later)
-            held.order.extend([order] * n)
-            held.rows.append(np.full(n, row, np.intp))
-            held.ts.append(times[later])
-            held.values.append(buf.values[row, later])
-            held.of_batch.append(np.broadcast_to(of_batch, (n, len(of_batch))))
-            held.pids.extend([pid] * n)
-            held.causes.extend(g.readings[idx[c]].reading for c in causes.tolist())
-        found: list[tuple[int, int, int, AlertCandidate]] = []
-        for held in pending.values():
-            point_rows = np.concatenate(held.rows)
-            point_ts = np.concatenate(held.ts)
-            point_values = np.concatenate(held.values)
-            with_batch = self._window(
-                metric, buf, point_rows, point_ts, point_values, self._rows_in(held.pids)
-            )
-            times, values = with_batch.times, with_batch.values
-            of_batch = np.concatenate(held.of_batch)[:, : times.shape[1]]
-            hidden = np.where(of_batch, np.inf, times)
-            before = replace(with_batch, gather=given(hidden, values), _held=None)
-            for k, rule in enumerate(held.rules):
-                kind = KINDS[rule.kind]
-                now = kind.evaluate(rule, with_batch)
-                then = kind.evaluate(rule, before)
-                for j in np.flatnonzero(now.severity > then.severity).tolist():
-                    cause, pid = held.causes[j], held.pids[j]
-                    values_j = {
-                        c: float(v)
-                        for c, v in zip(buf.components, point_values[j], strict=True)
-                        if not math.isnan(v)
-                    }
-                    at = datetime.fromtimestamp(float(point_ts[j]), UTC)
-                    point = Reading(cause.device_id, metric, values_j, at, cause.received_at)
-                    cand = self._candidate(rule, now.severity[j], now.detail, j, point, pid, cause)
-                    found.append((held.order[j], k, j, cand))
-                    self.arm(pid, rule.id)
-        # in the order of the late rows, then of their rules, then of time
-        found.sort(key=lambda f: f[:3])
-        result.candidates.extend(f[3] for f in found)
-
-    @staticmethod
-    def _latest(
-        buf: MetricBuffer, rows: Rows, component: str, fresh: float, ts: F64
-    ) -> tuple[F64, F64]:
-        """(value, time) of each row's newest reading of ``component`` at or before ``ts``
-        and no older than ``fresh`` seconds (NaN where none; row -1: no row)."""
-        n = len(rows)
-        value = np.full(n, np.nan)
-        at = np.full(n, np.nan)
-        present = rows >= 0
-        if not present.any():
-            return value, at
-        r = rows[present]
-        width = int(buf.count[r].max(initial=1))  # the places after are empty in every row
-        t = buf.times[r, :width]
-        v = buf.values[r, :width, buf.index[component]]
-        tp = ts[present]
-        ok = (t <= tp[:, None]) & (t >= (tp - fresh)[:, None]) & ~np.isnan(v)
-        pick = np.where(ok, t, -np.inf).argmax(axis=1)
-        has = ok.any(axis=1)
-        k = np.arange(len(r))
-        value[present] = np.where(has, v[k, pick], np.nan)
-        at[present] = np.where(has, t[k, pick], np.nan)
-        return value, at
-
-    def _candidate(
-        self,
-        rule: RuleSpec,
-        severity: int,
-        detail: Mapping[str, F64],
-        j: int | np.integer,
-        reading: Reading,
-        patient_id: str,
-        cause: Reading | None = None,
-    ) -> AlertCandidate:
-        trigger = cause or reading
-        j = int(j)
-
-        def uid_of() -> uuid.UUID:
-            return reading_uid(trigger.device_id, trigger.metric, trigger.measured_at)
-
-        def render() -> tuple[str, dict[str, object]]:
-            facts = Facts(
-                reading.measured_at,
-                reading.values,
-                {k: float(v[j]) for k, v in detail.items()},
-                int(severity),
-            )
-            explanation, evidence = KINDS[rule.kind].explain(rule, facts)
-            evidence |= {"reading_uid": str(candidate.reading_uid), "device_id": trigger.device_id}
-            if cause is not None:
-                evidence["late_reading_at"] = cause.measured_at.isoformat()
-                explanation += (
-                    f" Re-evaluated after a late reading from {cause.measured_at:%Y-%m-%d %H:%M}"
-                    " UTC."
-                )
-            return explanation, evidence
-
-        candidate = AlertCandidate(
-            patient_id=patient_id,
-            rule_id=rule.id,
-            severity=Severity(int(severity)),
-            title=rule.title,
-            measured_at=reading.measured_at,
-            render=render,
-            uid_of=uid_of,
-            advice=rule.advice,
-            advice_i18n=rule.advice_i18n,
-        )
-        return candidate

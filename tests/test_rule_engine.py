@@ -463,3 +463,14 @@ def test_interpretation_follows_the_threshold_tiers_and_their_direction() -> Non
     assert engine.interpret(readings, contexts) == ["HH", "L", "N", "LL", "H", None, None]
     # Interpretation keeps no state: nothing was added to the engine.
     assert engine.patients == 0
+
+
+def test_contexts_with_equal_programs_and_overrides_share_one_plan() -> None:
+    engine = Engine(RuleBook.builtin())
+    a = PatientContext("pat-a", ("hypertension",), {"htn.low_bp": {"systolic_below": 95}})
+    b = PatientContext("pat-b", ("hypertension",), {"htn.low_bp": {"systolic_below": 95.0}})
+    c = PatientContext("pat-c", ("hypertension",), {"htn.low_bp": {"systolic_below": 100.0}})
+    assert a.key is b.key
+    assert engine.plan(a) is engine.plan(b)
+    assert engine.plan(c) is not engine.plan(a)
+    assert PatientContext("pat-d", ("hypertension",)).key is not a.key
