@@ -247,7 +247,7 @@ def test_a_late_reading_does_not_re_fire_what_already_fired() -> None:
 def test_a_late_reading_outside_every_window_changes_nothing() -> None:
     engine = Engine(BOOK)
     engine.step([kg(82.2, 0)], HF_HTN)
-    assert fired(engine.step([kg(81.0, -25)], HF_HTN)) == []
+    assert fired(engine.step([kg(81.0, -27)], HF_HTN)) == []  # the 24 h rule's window is 26 h
 
 
 def test_two_late_readings_of_one_batch_that_each_tip_a_held_reading_fire_it_once() -> None:

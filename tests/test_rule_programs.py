@@ -186,7 +186,12 @@ VECTORS = [
         HF,
         ("+0.9 kg in 24 h", [one(WEIGHT, 81.0, 0), one(WEIGHT, 81.9, 24)], H),
         ("+0.89 kg in 24 h", [one(WEIGHT, 81.0, 0), one(WEIGHT, 81.89, 24)], None),
-        ("+0.9 kg in 25 h", [one(WEIGHT, 81.0, 0), one(WEIGHT, 81.9, 25)], None),
+        (
+            "+0.9 kg in 25 h (yesterday's weighing)",
+            [one(WEIGHT, 81.0, 0), one(WEIGHT, 81.9, 25)],
+            H,
+        ),
+        ("+0.9 kg in 27 h", [one(WEIGHT, 81.0, 0), one(WEIGHT, 81.9, 27)], None),
     ),
     *vectors(
         "hf.weight_gain_7d",
@@ -385,7 +390,7 @@ def test_crisis_explanation_names_values_thresholds_and_source() -> None:
 def test_weight_gain_explanation_is_in_kilograms_and_pounds() -> None:
     text = candidate_text(HF, [one(WEIGHT, 81.0, 0), one(WEIGHT, 82.2, 22)], "hf.weight_gain_24h")
     assert text.startswith("Weight up 1.2 kg (2.6 lb) in 22 h: 81.0 kg → 82.2 kg")
-    assert "limit 0.9 kg (2.0 lb) within 24 h" in text
+    assert "limit 0.9 kg (2.0 lb) within 26 h" in text
 
 
 def test_news2_explanation_says_the_score_is_partial() -> None:
