@@ -78,6 +78,7 @@ async def run_demo(opts: DemoOptions) -> int:
         # (rpm.simulate_cli.missing_check_on_sim_clock), not on the wall clock.
         missing_data_interval_s=1e9,
         ingest_rate_per_s=SIM_VENDOR_RATE_PER_S,  # the fleet's vendors (rpm.simulate_cli)
+        access_log=False,  # a line per webhook would bury the status lines
         ingest_burst=int(SIM_VENDOR_RATE_PER_S),
     )
     server = Server(settings)

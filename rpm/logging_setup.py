@@ -68,4 +68,6 @@ def configure(fmt: LogFormat, level: int = logging.INFO) -> None:
         logging.getLogger(name).propagate = True
     # twilio logs whole requests at INFO; request bodies carry phone numbers and texts.
     logging.getLogger("twilio").setLevel(logging.WARNING)
+    # httpx logs every request line at INFO (the EHR push, the simulator's webhooks): noise.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.captureWarnings(True)
