@@ -11,10 +11,13 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import subprocess
+import sys
+import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +27,7 @@ import numpy as np
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from rpm.localservices import LocalServices, LocalServicesError
 from simulators.fleet import (
     VirtualDevice,
     VirtualPatient,
@@ -417,3 +421,37 @@ def fmt_rate(value: float) -> str:
 
 def fmt_ms(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:,.1f} ms"
+
+
+def run_with_services(
+    prefix: str,
+    body: Callable[[LocalServices, Path], tuple[str, dict[str, Any]]],
+    *,
+    keep: bool = False,
+) -> int:
+    """The frame of every benchmark: local services in a new temporary directory, ``body``,
+    failures as one line on stderr, then the table and ONE JSON line on stdout; the exit status.
+
+    ``body`` gets the (not yet started) services and the directory; it stops what it starts
+    itself. ``keep`` leaves the directory for inspection (the server's log is there)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    services = LocalServices(work / "services", log=lambda line: None)
+    try:
+        table, result = body(services, work)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (BenchError, LocalServicesError) as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        try:
+            services.stop()
+        finally:
+            if keep:
+                print(f"kept {work} (serve.log: the server's log)", file=sys.stderr)
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+    print(table)
+    print(json.dumps(result))
+    return 0

@@ -19,17 +19,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
 import asyncio
-import json
 import secrets
-import shutil
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from _common import BenchError, fmt_ms, percentile, render_table
+from _common import BenchError, fmt_ms, percentile, render_table, run_with_services
 from fastapi import FastAPI
 
 from rpm.api import alerts as alerts_api
@@ -37,7 +34,7 @@ from rpm.api.access import bearer_principal
 from rpm.api.guard import Guard
 from rpm.api.live import Broadcaster
 from rpm.auth import STAFF_TOKEN_PREFIX, Auth, token_hash
-from rpm.localservices import LocalServices, LocalServicesError
+from rpm.localservices import LocalServices
 from rpm.storage import audit as audit_store
 from rpm.storage import staff as staff_store
 from rpm.storage import staff_auth
@@ -157,22 +154,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="300 per figure")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     n = args.requests or (300 if args.quick else 2000)
-    work = Path(tempfile.mkdtemp(prefix="rpm-bench-access-"))
-    services = LocalServices(work / "services", log=lambda line: None)
-    try:
-        endpoints = services.start()
-        table, result = asyncio.run(run(n, endpoints.database_url))
-    except (BenchError, LocalServicesError) as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        try:
-            services.stop()
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    print(table)
-    print(json.dumps(result))
-    return 0
+
+    def body(services: LocalServices, work: Path) -> tuple[str, dict[str, Any]]:
+        return asyncio.run(run(n, services.start().database_url))
+
+    return run_with_services("rpm-bench-access-", body)
 
 
 if __name__ == "__main__":

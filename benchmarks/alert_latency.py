@@ -66,9 +66,7 @@ import multiprocessing
 import os
 import platform
 import secrets
-import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -99,11 +97,12 @@ from _common import (
     pid_from_file,
     publish,
     render_table,
+    run_with_services,
     server_env,
     utc,
 )
 
-from rpm.localservices import LocalServices, LocalServicesError, ServiceEndpoints, free_port
+from rpm.localservices import LocalServices, ServiceEndpoints, free_port
 from simulators.fleet import encode_canonical, topic
 
 if TYPE_CHECKING:
@@ -926,31 +925,15 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     signal.signal(signal.SIGTERM, _interrupt)
-    work = Path(tempfile.mkdtemp(prefix="rpm-bench-alerts-"))
-    services = LocalServices(work / "services", log=lambda line: None)
-    run: Run | None = None
-    try:
+
+    def body(services: LocalServices, work: Path) -> tuple[str, dict[str, Any]]:
         run = Run(args, services.start(), work)
-        table, result = asyncio.run(benchmark(run))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (BenchError, LocalServicesError) as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if run is not None:
-            run.kill_server()
         try:
-            services.stop()
+            return asyncio.run(benchmark(run))
         finally:
-            if args.keep:
-                print(f"kept {work} (serve.log: the server's log)", file=sys.stderr)
-            else:
-                shutil.rmtree(work, ignore_errors=True)
-    print(table)
-    print(json.dumps(result))
-    return 0
+            run.kill_server()
+
+    return run_with_services("rpm-bench-alerts-", body, keep=args.keep)
 
 
 if __name__ == "__main__":

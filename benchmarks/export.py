@@ -26,11 +26,9 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -41,10 +39,10 @@ from typing import Any
 _ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(_ROOT))
 
-from _common import BenchError, render_table  # noqa: E402
+from _common import BenchError, render_table, run_with_services  # noqa: E402
 
 from rpm.json_depth import max_depth  # noqa: E402
-from rpm.localservices import LocalServices, LocalServicesError  # noqa: E402
+from rpm.localservices import LocalServices  # noqa: E402
 from rpm.rate_limit import TokenBuckets  # noqa: E402
 from rpm.storage.migrate import migrate  # noqa: E402
 from rpm.storage.pool import connect  # noqa: E402
@@ -227,25 +225,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if args.readings is None:
         args.readings = 200_000 if args.quick else 1_000_000
-    work = Path(tempfile.mkdtemp(prefix="rpm-bench-export-"))
-    services = LocalServices(work / "services", log=lambda line: None)
-    try:
-        endpoints = services.start()
-        table, result = run(args, endpoints.database_url, work)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (BenchError, LocalServicesError) as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        try:
-            services.stop()
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    print(table)
-    print(json.dumps(result))
-    return 0
+
+    def body(services: LocalServices, work: Path) -> tuple[str, dict[str, Any]]:
+        return run(args, services.start().database_url, work)
+
+    return run_with_services("rpm-bench-export-", body)
 
 
 if __name__ == "__main__":

@@ -51,12 +51,9 @@ import asyncio  # noqa: E402
 import cProfile  # noqa: E402
 import gc  # noqa: E402
 import io  # noqa: E402
-import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import pstats  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
 from datetime import UTC, datetime, timedelta  # noqa: E402
@@ -73,6 +70,7 @@ from _common import (  # noqa: E402
     fmt_rate,
     pid_from_file,
     render_table,
+    run_with_services,
 )
 
 from rpm.demo import seed  # noqa: E402
@@ -81,7 +79,7 @@ from rpm.fhir.bundles import push_entries, transaction  # noqa: E402
 from rpm.fhir.ehr import EhrClient  # noqa: E402
 from rpm.fhir.mapping import RecordedReading, recorded_observations  # noqa: E402
 from rpm.fhir.push import FhirPushWorker, PushConfig  # noqa: E402
-from rpm.localservices import LocalServices, LocalServicesError  # noqa: E402
+from rpm.localservices import LocalServices  # noqa: E402
 from rpm.pipeline import IngestPipeline  # noqa: E402
 from rpm.storage import fhir as fhir_store  # noqa: E402
 from rpm.storage.migrate import migrate  # noqa: E402
@@ -416,25 +414,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    work = Path(tempfile.mkdtemp(prefix="rpm-bench-fhir-"))
-    services = LocalServices(work / "services", log=lambda line: None)
-    try:
+
+    def body(services: LocalServices, work: Path) -> tuple[str, dict[str, Any]]:
         endpoints = services.start()
-        table, result = asyncio.run(run(args, endpoints.database_url, work / "services", work))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (BenchError, LocalServicesError) as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        try:
-            services.stop()
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    print(table)
-    print(json.dumps(result))
-    return 0
+        return asyncio.run(run(args, endpoints.database_url, work / "services", work))
+
+    return run_with_services("rpm-bench-fhir-", body)
 
 
 if __name__ == "__main__":

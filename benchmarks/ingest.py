@@ -69,7 +69,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -104,13 +103,14 @@ from _common import (
     publish,
     render_table,
     rss_mib,
+    run_with_services,
     server_env,
     steady_rate,
     utc,
 )
 
 from rpm.demo import seed
-from rpm.localservices import LocalServices, LocalServicesError, ServiceEndpoints, free_port
+from rpm.localservices import LocalServices, ServiceEndpoints, free_port
 from rpm.storage.migrate import migrate
 from rpm.storage.pool import connect
 
@@ -996,28 +996,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
-    work = Path(tempfile.mkdtemp(prefix="rpm-bench-"))
-    services = LocalServices(work / "services", log=lambda line: None)
-    run: Run | None = None
-    try:
+
+    def body(services: LocalServices, work: Path) -> tuple[str, dict[str, Any]]:
         run = Run(args, services.start(), work)
-        table, result = benchmark(run)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (BenchError, LocalServicesError) as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if run is not None:
-            run.kill_children()
         try:
-            services.stop()
+            return benchmark(run)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
-    print(table)
-    print(json.dumps(result))
-    return 0
+            run.kill_children()
+
+    return run_with_services("rpm-bench-", body)
 
 
 if __name__ == "__main__":
