@@ -4,6 +4,11 @@ Starts the local services, the server and the Twilio stand-in (like ``rpm demo``
 traffic plan (``simulators.traffic.build_plan``), sends it over MQTT and signed webhooks on
 an accelerated or real-time clock, or at a sustained rate (load mode), waits for the
 pipeline to drain and prints the report. Exit status 1 when readings were lost.
+
+With ``--external`` it starts nothing: it runs the plan against a deployment that is already
+running (RPM_DATABASE_URL, RPM_MQTT_HOST/PORT and the broker admin login
+RPM_MQTT_ADMIN_USERNAME/PASSWORD from the environment, the webhooks at ``--api-url``), under
+ids prefixed ``rpmsim-`` and counting only its own devices and patients.
 """
 
 from __future__ import annotations
@@ -27,11 +32,21 @@ from rpm.localservices import LocalServices, ServiceEndpoints, free_port
 from rpm.pipeline import IngestPipeline
 from rpm.server import Server
 from rpm.settings import Settings
+from rpm.storage.pool import create_pool
 from rpm.validation import ClockPolicy
 from rules.engine import Engine
 from rules.programs import RuleBook
+from simulators.enrolment import EXTERNAL_PREFIX, namespaced
 from simulators.report import render, to_json
-from simulators.runner import MissingCheck, Pace, RunOptions, RunResult, Target, run_plan
+from simulators.runner import (
+    ForeignIdsError,
+    MissingCheck,
+    Pace,
+    RunOptions,
+    RunResult,
+    Target,
+    run_plan,
+)
 from simulators.scenarios import ScenarioFileError, load_scenarios
 from simulators.traffic import Plan, SimConfig, build_plan
 from simulators.transports import drop_session
@@ -43,6 +58,7 @@ SIM_SID = "AC" + "5151" * 8
 SIM_TOKEN = "simulate-auth-token"  # noqa: S105 - the local fake Twilio's, not a real secret
 # Readings older than RPM_MAX_AGE_DAYS (30 by default) are refused as stale.
 MAX_LOAD_DAYS = 20.0
+DEFAULT_API_URL = "http://127.0.0.1:8000"
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], data_dir: Path) -> None:
@@ -70,6 +86,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], data_di
     p.add_argument("--port", type=int, default=0, help="API port (default: a free one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--stop-services", action="store_true", help="stop PostgreSQL/Mosquitto after")
+    p.add_argument(
+        "--external",
+        action="store_true",
+        help="run against a running deployment (RPM_* settings); start nothing",
+    )
+    p.add_argument(
+        "--api-url",
+        default=DEFAULT_API_URL,
+        help=f"--external: where the server's /ingest webhooks are (default {DEFAULT_API_URL})",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +112,7 @@ class SimulateOptions:
     plot_path: Path | None = None
     progress: bool = True
     duration: float | None = None  # load mode
+    external_api_url: str | None = None  # --external: the deployment's API
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SimulateOptions:
@@ -113,6 +140,7 @@ class SimulateOptions:
             plot_path=args.plot,
             progress=not args.no_progress,
             duration=args.duration,
+            external_api_url=args.api_url if args.external else None,
         )
 
 
@@ -288,16 +316,111 @@ def server_overrides(opts: SimulateOptions) -> dict[str, object]:
     return out
 
 
-async def run(data_dir: Path, opts: SimulateOptions, *, port: int, stop_services: bool) -> int:
-    """``rpm simulate`` with its own local services, server and Twilio stand-in."""
-    from rpm.cli import pick_port, settings_for_local
-
+def _scenarios_ok(opts: SimulateOptions) -> bool:
     if opts.scenarios is not None:
         try:  # before starting anything: a clinical team's file gets a clear error
             load_scenarios(opts.scenarios)
         except ScenarioFileError as exc:
             print(f"rpm simulate: {exc}", file=sys.stderr)
+            return False
+    return True
+
+
+def _print_result(result: RunResult) -> None:
+    print(render(result.report), flush=True)
+    print(
+        f"enrolment {result.enrol_seconds:.1f} s; {result.connect.connections} device "
+        f"connections in {result.connect.seconds:.1f} s ({result.connect.concurrency} at a "
+        f"time); sending {result.send_seconds:.1f} s; drain {result.drain_seconds:.1f} s"
+    )
+
+
+def external_target(settings: Settings, pool: asyncpg.Pool, api_url: str) -> Target:
+    """A running deployment, as its settings describe it: no in-process counters and no
+    missing-data passes of ours (its own timer runs on the wall clock)."""
+    password = settings.mqtt_admin_password
+    broker = BrokerAdmin(
+        BrokerAdminConfig(
+            host=settings.mqtt_host,
+            port=settings.mqtt_port,
+            username=settings.mqtt_admin_username or "",
+            password=password.get_secret_value() if password else "",
+            timeout_s=120.0,
+        )
+    )
+    return Target(
+        pool=pool,
+        broker=broker,
+        mqtt_host=settings.mqtt_host,
+        mqtt_port=settings.mqtt_port,
+        api_url=api_url.rstrip("/"),
+        password_key=password.get_secret_value() if password else "",
+        shared=True,
+    )
+
+
+def external_problem(settings: Settings) -> str | None:
+    """Why ``settings`` cannot describe a deployment to simulate against, if they cannot."""
+    if not settings.mqtt_admin_username or settings.mqtt_admin_password is None:
+        return (
+            "--external needs the broker's dynamic-security admin login "
+            "(RPM_MQTT_ADMIN_USERNAME and RPM_MQTT_ADMIN_PASSWORD) to give each virtual "
+            "device its own login"
+        )
+    if settings.mqtt_tls_ca_file:
+        return "--external does not speak TLS to the broker yet (RPM_MQTT_TLS_CA_FILE is set)"
+    return None
+
+
+async def run_external(opts: SimulateOptions, settings: Settings | None = None) -> int:
+    """``rpm simulate --external``: the plan, namespaced, against a running deployment.
+
+    Starts no service or server, creates or drops no database, and leaves the server's
+    MQTT session alone; it only adds (or reuses) its own ``rpmsim-`` patients and devices
+    and its ``sim-`` integrations.
+    """
+    assert opts.external_api_url is not None
+    if not _scenarios_ok(opts):
+        return 2
+    settings = settings or Settings()
+    problem = external_problem(settings)
+    if problem is not None:
+        print(f"rpm simulate: {problem}", file=sys.stderr)
+        return 2
+    pool = await create_pool(settings.database_url.get_secret_value(), size=4)
+    try:
+        load = None
+        if opts.pace.rate is not None:
+            load = (opts.pace.rate, opts.duration or 0.0)
+        plan = namespaced(make_plan(opts, datetime.now(UTC), load))
+        print(
+            f"rpm simulate --external: {len(plan.patients)} patients ({EXTERNAL_PREFIX}*), "
+            f"{len(plan.sends):,} payloads ({sum(s.readings for s in plan.sends):,} readings) "
+            f"to {settings.mqtt_host}:{settings.mqtt_port} and {opts.external_api_url}",
+            flush=True,
+        )
+        target = external_target(settings, pool, opts.external_api_url)
+        try:
+            result = await run_plan(plan, target, RunOptions(opts.pace, progress=opts.progress))
+        except ForeignIdsError as exc:
+            print(f"rpm simulate: {exc}; nothing was changed", file=sys.stderr)
             return 2
+    finally:
+        await pool.close()
+    _print_result(result)
+    write_outputs(result, opts.json_path, opts.plot_path)
+    return 1 if result.report.lost else 0
+
+
+async def run(data_dir: Path, opts: SimulateOptions, *, port: int, stop_services: bool) -> int:
+    """``rpm simulate`` with its own local services, server and Twilio stand-in (or, with
+    ``--external``, against a running deployment: ``run_external``)."""
+    from rpm.cli import pick_port, settings_for_local
+
+    if opts.external_api_url is not None:
+        return await run_external(opts)
+    if not _scenarios_ok(opts):
+        return 2
     services = LocalServices(data_dir)
     endpoints = services.start()
     database_url = await fresh_database(endpoints.database_url, SIM_DATABASE)
@@ -334,11 +457,6 @@ async def run(data_dir: Path, opts: SimulateOptions, *, port: int, stop_services
         await sink.stop()
         if stop_services:
             services.stop()
-    print(render(result.report), flush=True)
-    print(
-        f"enrolment {result.enrol_seconds:.1f} s; {result.connect.connections} device "
-        f"connections in {result.connect.seconds:.1f} s ({result.connect.concurrency} at a "
-        f"time); sending {result.send_seconds:.1f} s; drain {result.drain_seconds:.1f} s"
-    )
+    _print_result(result)
     write_outputs(result, opts.json_path, opts.plot_path)
     return 1 if result.report.lost else 0
