@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import sys
 from collections.abc import Callable
@@ -36,7 +37,7 @@ from rpm.storage.pool import create_pool
 from rpm.validation import ClockPolicy
 from rules.engine import Engine
 from rules.programs import RuleBook
-from simulators.enrolment import EXTERNAL_PREFIX, namespaced
+from simulators.enrolment import external_prefix
 from simulators.report import render, to_json
 from simulators.runner import (
     ForeignIdsError,
@@ -149,6 +150,7 @@ def make_plan(
     now: datetime,
     load: tuple[float, float] | None = None,
     builder: Callable[[SimConfig], Plan] = build_plan,
+    id_prefix: str = "",
 ) -> Plan:
     """The plan to run. A replay ends when its wall time is up, so simulated time catches up
     with "now" at the end; in load mode (``load`` = (rate, duration)), the span and fleet
@@ -166,6 +168,7 @@ def make_plan(
             malformed_share=opts.malformed_share,
             duplicate_share=opts.duplicate_share,
             http_share=opts.http_share,
+            id_prefix=id_prefix,
         )
 
     if load is None:
@@ -372,12 +375,15 @@ def external_problem(settings: Settings) -> str | None:
     return None
 
 
-async def run_external(opts: SimulateOptions, settings: Settings | None = None) -> int:
-    """``rpm simulate --external``: the plan, namespaced, against a running deployment.
+async def run_external(
+    opts: SimulateOptions, settings: Settings | None = None, *, id_prefix: str | None = None
+) -> int:
+    """``rpm simulate --external``: the plan against a running deployment.
 
     Starts no service or server, creates or drops no database, and leaves the server's
-    MQTT session alone; it only adds (or reuses) its own ``rpmsim-`` patients and devices
-    and its ``sim-`` integrations.
+    MQTT session alone; it only adds its own patients and devices (ids ``id_prefix``, by
+    default ``rpmsim-<UTC time>-``: a new fleet per run) and reuses its ``sim-``
+    integrations.
     """
     assert opts.external_api_url is not None
     if not _scenarios_ok(opts):
@@ -392,9 +398,11 @@ async def run_external(opts: SimulateOptions, settings: Settings | None = None) 
         load = None
         if opts.pace.rate is not None:
             load = (opts.pace.rate, opts.duration or 0.0)
-        plan = namespaced(make_plan(opts, datetime.now(UTC), load))
+        now = datetime.now(UTC)
+        prefix = external_prefix(now) if id_prefix is None else id_prefix
+        plan = make_plan(opts, now, load, id_prefix=prefix)
         print(
-            f"rpm simulate --external: {len(plan.patients)} patients ({EXTERNAL_PREFIX}*), "
+            f"rpm simulate --external: {len(plan.patients)} patients ({prefix}*), "
             f"{len(plan.sends):,} payloads ({sum(s.readings for s in plan.sends):,} readings) "
             f"to {settings.mqtt_host}:{settings.mqtt_port} and {opts.external_api_url}",
             flush=True,
@@ -417,6 +425,8 @@ async def run(data_dir: Path, opts: SimulateOptions, *, port: int, stop_services
     ``--external``, against a running deployment: ``run_external``)."""
     from rpm.cli import pick_port, settings_for_local
 
+    # A line per webhook request says nothing a report does not, and drowns it.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if opts.external_api_url is not None:
         return await run_external(opts)
     if not _scenarios_ok(opts):

@@ -6,10 +6,10 @@ publish only on its own topic); every webhook format gets a vendor integration w
 auth, and its devices are enrolled under it (stored as ``<integration>:<vendor id>``).
 Idempotent: a second run against the same database reuses what exists.
 
-Against a running deployment (``rpm simulate --external``) the plan is first
-``namespaced``: its patient and MQTT device ids get ``EXTERNAL_PREFIX`` (webhook devices are
-already stored under the simulator's own ``sim-`` integrations), and ``foreign_ids`` refuses
-a plan whose ids name patients or devices the simulator did not create.
+Against a running deployment (``rpm simulate --external``) the plan is built with an id
+prefix (``external_prefix``: every patient and device id starts ``rpmsim-<run>-``), and
+``foreign_ids`` refuses a plan whose ids name patients or devices the simulator did not
+create.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -31,7 +31,7 @@ from rpm.storage.pool import Conn
 from simulators.traffic import Plan, Send
 
 INTEGRATION_PREFIX = "sim-"
-# Patient and MQTT device ids of a run against a shared deployment start with this.
+# Patient and device ids of a run against a shared deployment start with this.
 EXTERNAL_PREFIX = "rpmsim-"
 ACTOR = "simulator:rpm-simulate"
 # Dynamic-security commands per admin round trip: large enough to enrol thousands of
@@ -208,30 +208,14 @@ def plan_integrations(plan: Plan) -> list[str]:
     return sorted(integration_id(f) for f in formats)
 
 
-def namespaced(plan: Plan, prefix: str = EXTERNAL_PREFIX) -> Plan:
-    """The plan with ``prefix`` before every patient id and MQTT device id. Pure.
+def external_prefix(now: datetime) -> str:
+    """The id prefix of one run against a shared deployment: ``rpmsim-<UTC time>-``.
 
-    An MQTT device is known by its topic and broker login, never by its payload, so
-    renaming it keeps its payloads valid. A webhook device's vendor id is inside the signed
-    payload and stays; it is stored as ``sim-<format>:<vendor id>``, already the simulator's.
+    Each run enrols a fleet of its own: a rerun of the same plan into the same database
+    would find its readings already stored (their times fall on the same local hours) and
+    its alert episodes already open, and could not be told apart from loss.
     """
-
-    def device_id(device_id: str, transport: str) -> str:
-        return prefix + device_id if transport == "mqtt" else device_id
-
-    patients = tuple(
-        replace(
-            p,
-            patient_id=prefix + p.patient_id,
-            devices=tuple(
-                replace(d, device_id=device_id(d.device_id, d.transport)) for d in p.devices
-            ),
-        )
-        for p in plan.patients
-    )
-    sends = tuple(replace(s, device_id=device_id(s.device_id, s.transport)) for s in plan.sends)
-    truth = tuple(replace(t, patient_id=prefix + t.patient_id) for t in plan.truth)
-    return Plan(plan.config, patients, sends, truth)
+    return f"{EXTERNAL_PREFIX}{now.astimezone(UTC):%y%m%d%H%M%S}-"
 
 
 async def foreign_ids(conn: Conn, plan: Plan, care_team: str = SIM_CARE_TEAM) -> list[str]:

@@ -25,7 +25,7 @@ from simulators.encoders import encode
 from simulators.enrolment import EXTERNAL_PREFIX
 from simulators.runner import Pace
 
-REAL = "p00000"  # the id the plan's first patient has before it is namespaced
+REAL = "p00000"  # the id the plan's first patient has without the run's prefix
 REAL_DEVICE = "p00000-bp_cuff"
 
 
@@ -177,17 +177,37 @@ async def test_external_run_counts_only_its_own_fleet(
 async def test_a_plan_naming_a_real_patient_is_refused(server: Server, tmp_path: Path) -> None:
     assert server.pool is not None
     pool = server.pool
-    taken = EXTERNAL_PREFIX + REAL  # someone enrolled a real patient under the prefix
+    prefix = EXTERNAL_PREFIX + "pinned-"
+    taken = prefix + REAL  # someone enrolled a real patient under the prefix
     async with pool.acquire() as conn:
         await registry.upsert_patient(
             conn, patient_id=taken, display_name="Real Person", phone=None, sms_consent=False
         )
-    code = await run_external(external_opts(server, tmp_path), server.settings)
+    code = await run_external(external_opts(server, tmp_path), server.settings, id_prefix=prefix)
     assert code == 2
     assert not (tmp_path / "report.json").exists()
     assert await count(pool, "SELECT count(*) FROM patients") == 1
     assert await count(pool, "SELECT count(*) FROM device_bindings") == 0
     assert await count(pool, "SELECT count(*) FROM integrations") == 0
+
+
+async def test_a_second_run_enrols_a_fleet_of_its_own(server: Server, tmp_path: Path) -> None:
+    """The same plan again a moment later: its readings fall on the same hours as the
+    first run's, so it needs patients and devices of its own to lose nothing."""
+    assert server.pool is not None
+    reports = []
+    for run_no in range(2):
+        json_path = tmp_path / f"report{run_no}.json"
+        opts = external_opts(server, tmp_path, json_path=json_path, malformed_share=0.0)
+        assert await run_external(opts, server.settings) == 0
+        reports.append(json.loads(json_path.read_text()))
+    for doc in reports:
+        assert doc["lost"] == 0
+        assert doc["stored"] == doc["expected_stored"] > 0
+    prefixes = await server.pool.fetch(
+        "SELECT DISTINCT split_part(id, '-p', 1) AS run FROM patients ORDER BY 1"
+    )
+    assert len(prefixes) == 2, prefixes
 
 
 async def test_without_a_broker_admin_login_external_starts_nothing(tmp_path: Path) -> None:
