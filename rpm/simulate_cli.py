@@ -29,6 +29,7 @@ from pydantic import SecretStr
 
 from device_gateways.broker_admin import BrokerAdmin, BrokerAdminConfig
 from rpm.domain import Metric
+from rpm.errors import BrokerProvisioningError
 from rpm.localservices import LocalServices, ServiceEndpoints, free_port
 from rpm.pipeline import IngestPipeline
 from rpm.server import Server
@@ -50,7 +51,7 @@ from simulators.runner import (
 )
 from simulators.scenarios import ScenarioFileError, load_scenarios
 from simulators.traffic import Plan, SimConfig, build_plan
-from simulators.transports import drop_session
+from simulators.transports import SendError, drop_session
 from simulators.twilio_sink import TwilioSink
 
 SIM_DATABASE = "rpm_simulate"
@@ -233,20 +234,9 @@ def target_for(server: Server, *, sim_clock_missing: bool = True) -> Target:
     s = server.settings
     assert server.pool is not None
     admin_password = s.mqtt_admin_password
-    broker = BrokerAdmin(
-        BrokerAdminConfig(
-            host=s.mqtt_host,
-            port=s.mqtt_port,
-            username=s.mqtt_admin_username or "",
-            password=admin_password.get_secret_value() if admin_password else "",
-            # Each dynamic-security change rewrites the broker's file: thousands of new
-            # logins take a while.
-            timeout_s=120.0,
-        )
-    )
     return Target(
         pool=server.pool,
-        broker=broker,
+        broker=broker_admin(s),
         mqtt_host=s.mqtt_host,
         mqtt_port=s.mqtt_port,
         api_url=f"http://{s.api_host}:{s.api_port}",
@@ -338,22 +328,29 @@ def _print_result(result: RunResult) -> None:
     )
 
 
-def external_target(settings: Settings, pool: asyncpg.Pool, api_url: str) -> Target:
-    """A running deployment, as its settings describe it: no in-process counters and no
-    missing-data passes of ours (its own timer runs on the wall clock)."""
+def broker_admin(settings: Settings, timeout_s: float = 120.0) -> BrokerAdmin:
+    """The broker's dynamic-security admin as ``settings`` name it."""
     password = settings.mqtt_admin_password
-    broker = BrokerAdmin(
+    return BrokerAdmin(
         BrokerAdminConfig(
             host=settings.mqtt_host,
             port=settings.mqtt_port,
             username=settings.mqtt_admin_username or "",
             password=password.get_secret_value() if password else "",
-            timeout_s=120.0,
+            # Each dynamic-security change rewrites the broker's file: thousands of new
+            # logins take a while.
+            timeout_s=timeout_s,
         )
     )
+
+
+def external_target(settings: Settings, pool: asyncpg.Pool, api_url: str) -> Target:
+    """A running deployment, as its settings describe it: no in-process counters and no
+    missing-data passes of ours (its own timer runs on the wall clock)."""
+    password = settings.mqtt_admin_password
     return Target(
         pool=pool,
-        broker=broker,
+        broker=broker_admin(settings),
         mqtt_host=settings.mqtt_host,
         mqtt_port=settings.mqtt_port,
         api_url=api_url.rstrip("/"),
@@ -393,7 +390,20 @@ async def run_external(
     if problem is not None:
         print(f"rpm simulate: {problem}", file=sys.stderr)
         return 2
-    pool = await create_pool(settings.database_url.get_secret_value(), size=4)
+    try:  # before enrolling anything: the admin login works and the plugin answers
+        await broker_admin(settings, timeout_s=10.0).apply([{"command": "getDefaultACLAccess"}])
+    except BrokerProvisioningError as exc:
+        print(
+            f"rpm simulate: the broker's dynamic-security admin login does not work: {exc}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        pool = await create_pool(settings.database_url.get_secret_value(), size=4)
+    except (OSError, asyncpg.PostgresError) as exc:
+        # The URL holds the database password: name the failure, not the URL.
+        print(f"rpm simulate: cannot open RPM_DATABASE_URL: {type(exc).__name__}", file=sys.stderr)
+        return 2
     try:
         load = None
         if opts.pace.rate is not None:
@@ -412,6 +422,9 @@ async def run_external(
             result = await run_plan(plan, target, RunOptions(opts.pace, progress=opts.progress))
         except ForeignIdsError as exc:
             print(f"rpm simulate: {exc}; nothing was changed", file=sys.stderr)
+            return 2
+        except (BrokerProvisioningError, SendError) as exc:
+            print(f"rpm simulate: could not provision or connect the fleet: {exc}", file=sys.stderr)
             return 2
     finally:
         await pool.close()

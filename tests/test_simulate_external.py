@@ -14,6 +14,7 @@ from pathlib import Path
 import aiomqtt
 import asyncpg
 import pytest
+from pydantic import SecretStr
 
 from rpm.domain import Metric, Reading
 from rpm.localservices import ServiceEndpoints
@@ -208,6 +209,15 @@ async def test_a_second_run_enrols_a_fleet_of_its_own(server: Server, tmp_path: 
         "SELECT DISTINCT split_part(id, '-p', 1) AS run FROM patients ORDER BY 1"
     )
     assert len(prefixes) == 2, prefixes
+
+
+async def test_a_wrong_broker_admin_password_is_refused_before_enrolment(
+    server: Server, tmp_path: Path
+) -> None:
+    assert server.pool is not None
+    settings = server.settings.model_copy(update={"mqtt_admin_password": SecretStr("wrong")})
+    assert await run_external(external_opts(server, tmp_path), settings) == 2
+    assert await count(server.pool, "SELECT count(*) FROM patients") == 0
 
 
 async def test_without_a_broker_admin_login_external_starts_nothing(tmp_path: Path) -> None:
