@@ -20,14 +20,17 @@ from rpm.domain import Metric, Reading
 from rpm.localservices import ServiceEndpoints
 from rpm.server import Server
 from rpm.settings import Settings
-from rpm.simulate_cli import SimulateOptions, add_parser, run, run_external
+from rpm.simulate_cli import SimulateOptions, add_parser, make_plan, run, run_external
 from rpm.storage import registry
 from simulators.encoders import encode
-from simulators.enrolment import EXTERNAL_PREFIX
-from simulators.runner import Pace
+from simulators.enrolment import EXTERNAL_PREFIX, external_prefix
+from simulators.report import ObservedAlert
+from simulators.runner import Pace, without_missing_data
+from simulators.scenarios import GroundTruth
 
 REAL = "p00000"  # the id the plan's first patient has without the run's prefix
 REAL_DEVICE = "p00000-bp_cuff"
+CRISIS = frozenset({"bp.hypertensive_crisis"})
 
 
 def external_opts(server: Server, tmp_path: Path, **kw: object) -> SimulateOptions:
@@ -255,3 +258,41 @@ async def test_external_mode_needs_no_local_services(
     # No admin login in this environment's defaults: refused before anything starts.
     assert await run(data_dir, opts, port=0, stop_services=True) == 2
     assert not data_dir.exists()
+
+
+def test_a_prefixed_plan_names_only_prefixed_ids() -> None:
+    """Patients, devices, topics and the vendor ids inside webhook payloads all carry the
+    run's prefix, so the fleet cannot meet a real record."""
+    opts = SimulateOptions(patients=40, days=2, pace=Pace(wall_seconds=10), http_share=0.5)
+    prefix = external_prefix(datetime(2026, 11, 23, 16, 26, 36, tzinfo=UTC))
+    assert prefix == "rpmsim-261123162636-"
+    plan = make_plan(opts, datetime.now(UTC), id_prefix=prefix)
+    assert all(p.patient_id.startswith(prefix) for p in plan.patients)
+    assert all(d.device_id.startswith(prefix) for p in plan.patients for d in p.devices)
+    assert all(s.device_id.startswith(prefix) for s in plan.sends)
+    assert all(t.patient_id.startswith(prefix) for t in plan.truth)
+    webhooks = [s for s in plan.sends if s.transport == "http" and s.expect == "stored"]
+    assert webhooks
+    assert all(s.device_id.encode() in s.payload for s in webhooks)
+    # The same plan without a prefix differs only in its ids.
+    bare = make_plan(opts, datetime.now(UTC))
+    assert [p.patient_id for p in bare.patients] == [
+        p.patient_id.removeprefix(prefix) for p in plan.patients
+    ]
+
+
+def test_missing_data_cases_are_left_out_when_not_measurable() -> None:
+    began = datetime(2026, 11, 23, tzinfo=UTC)
+    truth = (
+        GroundTruth("a", "silent", "device_silent", began, frozenset({"hf.weight_missing"})),
+        GroundTruth("b", "crisis", "hypertensive_crisis", began, CRISIS),
+        GroundTruth("c", "none", "normal", began, frozenset()),
+    )
+
+    def alert(patient: str, rule: str) -> ObservedAlert:
+        return ObservedAlert(patient, rule, 0.0, began, began, None)
+
+    alerts = [alert("a", "hf.weight_missing"), alert("b", "bp.hypertensive_crisis")]
+    kept_truth, kept_alerts = without_missing_data(truth, alerts)
+    assert [t.patient_id for t in kept_truth] == ["b", "c"]
+    assert kept_alerts == [alerts[1]]
