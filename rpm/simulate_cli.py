@@ -4,12 +4,18 @@ Starts the local services, the server and the Twilio stand-in (like ``rpm demo``
 traffic plan (``simulators.traffic.build_plan``), sends it over MQTT and signed webhooks on
 an accelerated or real-time clock, or at a sustained rate (load mode), waits for the
 pipeline to drain and prints the report. Exit status 1 when readings were lost.
+
+With ``--external`` it starts nothing: it runs the plan against a deployment that is already
+running (RPM_DATABASE_URL, RPM_MQTT_HOST/PORT and the broker admin login
+RPM_MQTT_ADMIN_USERNAME/PASSWORD from the environment, the webhooks at ``--api-url``), under
+ids prefixed ``rpmsim-`` and counting only its own devices and patients.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import sys
 from collections.abc import Callable
@@ -23,18 +29,29 @@ from pydantic import SecretStr
 
 from device_gateways.broker_admin import BrokerAdmin, BrokerAdminConfig
 from rpm.domain import Metric
+from rpm.errors import BrokerProvisioningError
 from rpm.localservices import LocalServices, ServiceEndpoints, free_port
 from rpm.pipeline import IngestPipeline
 from rpm.server import Server
 from rpm.settings import Settings
+from rpm.storage.pool import create_pool
 from rpm.validation import ClockPolicy
 from rules.engine import Engine
 from rules.programs import RuleBook
+from simulators.enrolment import external_prefix
 from simulators.report import render, to_json
-from simulators.runner import MissingCheck, Pace, RunOptions, RunResult, Target, run_plan
+from simulators.runner import (
+    ForeignIdsError,
+    MissingCheck,
+    Pace,
+    RunOptions,
+    RunResult,
+    Target,
+    run_plan,
+)
 from simulators.scenarios import ScenarioFileError, load_scenarios
 from simulators.traffic import Plan, SimConfig, build_plan
-from simulators.transports import drop_session
+from simulators.transports import SendError, drop_session
 from simulators.twilio_sink import TwilioSink
 
 SIM_DATABASE = "rpm_simulate"
@@ -43,6 +60,7 @@ SIM_SID = "AC" + "5151" * 8
 SIM_TOKEN = "simulate-auth-token"  # noqa: S105 - the local fake Twilio's, not a real secret
 # Readings older than RPM_MAX_AGE_DAYS (30 by default) are refused as stale.
 MAX_LOAD_DAYS = 20.0
+DEFAULT_API_URL = "http://127.0.0.1:8000"
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], data_dir: Path) -> None:
@@ -70,6 +88,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], data_di
     p.add_argument("--port", type=int, default=0, help="API port (default: a free one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--stop-services", action="store_true", help="stop PostgreSQL/Mosquitto after")
+    p.add_argument(
+        "--external",
+        action="store_true",
+        help="run against a running deployment (RPM_* settings); start nothing",
+    )
+    p.add_argument(
+        "--api-url",
+        default=DEFAULT_API_URL,
+        help=f"--external: where the server's /ingest webhooks are (default {DEFAULT_API_URL})",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +114,7 @@ class SimulateOptions:
     plot_path: Path | None = None
     progress: bool = True
     duration: float | None = None  # load mode
+    external_api_url: str | None = None  # --external: the deployment's API
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SimulateOptions:
@@ -113,6 +142,7 @@ class SimulateOptions:
             plot_path=args.plot,
             progress=not args.no_progress,
             duration=args.duration,
+            external_api_url=args.api_url if args.external else None,
         )
 
 
@@ -121,6 +151,7 @@ def make_plan(
     now: datetime,
     load: tuple[float, float] | None = None,
     builder: Callable[[SimConfig], Plan] = build_plan,
+    id_prefix: str = "",
 ) -> Plan:
     """The plan to run. A replay ends when its wall time is up, so simulated time catches up
     with "now" at the end; in load mode (``load`` = (rate, duration)), the span and fleet
@@ -138,6 +169,7 @@ def make_plan(
             malformed_share=opts.malformed_share,
             duplicate_share=opts.duplicate_share,
             http_share=opts.http_share,
+            id_prefix=id_prefix,
         )
 
     if load is None:
@@ -202,20 +234,9 @@ def target_for(server: Server, *, sim_clock_missing: bool = True) -> Target:
     s = server.settings
     assert server.pool is not None
     admin_password = s.mqtt_admin_password
-    broker = BrokerAdmin(
-        BrokerAdminConfig(
-            host=s.mqtt_host,
-            port=s.mqtt_port,
-            username=s.mqtt_admin_username or "",
-            password=admin_password.get_secret_value() if admin_password else "",
-            # Each dynamic-security change rewrites the broker's file: thousands of new
-            # logins take a while.
-            timeout_s=120.0,
-        )
-    )
     return Target(
         pool=server.pool,
-        broker=broker,
+        broker=broker_admin(s),
         mqtt_host=s.mqtt_host,
         mqtt_port=s.mqtt_port,
         api_url=f"http://{s.api_host}:{s.api_port}",
@@ -288,16 +309,141 @@ def server_overrides(opts: SimulateOptions) -> dict[str, object]:
     return out
 
 
-async def run(data_dir: Path, opts: SimulateOptions, *, port: int, stop_services: bool) -> int:
-    """``rpm simulate`` with its own local services, server and Twilio stand-in."""
-    from rpm.cli import pick_port, settings_for_local
-
+def _scenarios_ok(opts: SimulateOptions) -> bool:
     if opts.scenarios is not None:
         try:  # before starting anything: a clinical team's file gets a clear error
             load_scenarios(opts.scenarios)
         except ScenarioFileError as exc:
             print(f"rpm simulate: {exc}", file=sys.stderr)
+            return False
+    return True
+
+
+def _print_result(result: RunResult) -> None:
+    print(render(result.report), flush=True)
+    print(
+        f"enrolment {result.enrol_seconds:.1f} s; {result.connect.connections} device "
+        f"connections in {result.connect.seconds:.1f} s ({result.connect.concurrency} at a "
+        f"time); sending {result.send_seconds:.1f} s; drain {result.drain_seconds:.1f} s"
+    )
+
+
+def broker_admin(settings: Settings, timeout_s: float = 120.0) -> BrokerAdmin:
+    """The broker's dynamic-security admin as ``settings`` name it."""
+    password = settings.mqtt_admin_password
+    return BrokerAdmin(
+        BrokerAdminConfig(
+            host=settings.mqtt_host,
+            port=settings.mqtt_port,
+            username=settings.mqtt_admin_username or "",
+            password=password.get_secret_value() if password else "",
+            # Each dynamic-security change rewrites the broker's file: thousands of new
+            # logins take a while.
+            timeout_s=timeout_s,
+        )
+    )
+
+
+def external_target(settings: Settings, pool: asyncpg.Pool, api_url: str) -> Target:
+    """A running deployment, as its settings describe it: no in-process counters and no
+    missing-data passes of ours (its own timer runs on the wall clock)."""
+    password = settings.mqtt_admin_password
+    return Target(
+        pool=pool,
+        broker=broker_admin(settings),
+        mqtt_host=settings.mqtt_host,
+        mqtt_port=settings.mqtt_port,
+        api_url=api_url.rstrip("/"),
+        password_key=password.get_secret_value() if password else "",
+        shared=True,
+    )
+
+
+def external_problem(settings: Settings) -> str | None:
+    """Why ``settings`` cannot describe a deployment to simulate against, if they cannot."""
+    if not settings.mqtt_admin_username or settings.mqtt_admin_password is None:
+        return (
+            "--external needs the broker's dynamic-security admin login "
+            "(RPM_MQTT_ADMIN_USERNAME and RPM_MQTT_ADMIN_PASSWORD) to give each virtual "
+            "device its own login"
+        )
+    if settings.mqtt_tls_ca_file:
+        return "--external does not speak TLS to the broker yet (RPM_MQTT_TLS_CA_FILE is set)"
+    return None
+
+
+async def run_external(
+    opts: SimulateOptions, settings: Settings | None = None, *, id_prefix: str | None = None
+) -> int:
+    """``rpm simulate --external``: the plan against a running deployment.
+
+    Starts no service or server, creates or drops no database, and leaves the server's
+    MQTT session alone; it only adds its own patients and devices (ids ``id_prefix``, by
+    default ``rpmsim-<UTC time>-``: a new fleet per run) and reuses its ``sim-``
+    integrations.
+    """
+    assert opts.external_api_url is not None
+    if not _scenarios_ok(opts):
+        return 2
+    settings = settings or Settings()
+    problem = external_problem(settings)
+    if problem is not None:
+        print(f"rpm simulate: {problem}", file=sys.stderr)
+        return 2
+    try:  # before enrolling anything: the admin login works and the plugin answers
+        await broker_admin(settings, timeout_s=10.0).apply([{"command": "getDefaultACLAccess"}])
+    except BrokerProvisioningError as exc:
+        print(
+            f"rpm simulate: the broker's dynamic-security admin login does not work: {exc}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        pool = await create_pool(settings.database_url.get_secret_value(), size=4)
+    except (OSError, asyncpg.PostgresError) as exc:
+        # The URL holds the database password: name the failure, not the URL.
+        print(f"rpm simulate: cannot open RPM_DATABASE_URL: {type(exc).__name__}", file=sys.stderr)
+        return 2
+    try:
+        load = None
+        if opts.pace.rate is not None:
+            load = (opts.pace.rate, opts.duration or 0.0)
+        now = datetime.now(UTC)
+        prefix = external_prefix(now) if id_prefix is None else id_prefix
+        plan = make_plan(opts, now, load, id_prefix=prefix)
+        print(
+            f"rpm simulate --external: {len(plan.patients)} patients ({prefix}*), "
+            f"{len(plan.sends):,} payloads ({sum(s.readings for s in plan.sends):,} readings) "
+            f"to {settings.mqtt_host}:{settings.mqtt_port} and {opts.external_api_url}",
+            flush=True,
+        )
+        target = external_target(settings, pool, opts.external_api_url)
+        try:
+            result = await run_plan(plan, target, RunOptions(opts.pace, progress=opts.progress))
+        except ForeignIdsError as exc:
+            print(f"rpm simulate: {exc}; nothing was changed", file=sys.stderr)
             return 2
+        except (BrokerProvisioningError, SendError) as exc:
+            print(f"rpm simulate: could not provision or connect the fleet: {exc}", file=sys.stderr)
+            return 2
+    finally:
+        await pool.close()
+    _print_result(result)
+    write_outputs(result, opts.json_path, opts.plot_path)
+    return 1 if result.report.lost else 0
+
+
+async def run(data_dir: Path, opts: SimulateOptions, *, port: int, stop_services: bool) -> int:
+    """``rpm simulate`` with its own local services, server and Twilio stand-in (or, with
+    ``--external``, against a running deployment: ``run_external``)."""
+    from rpm.cli import pick_port, settings_for_local
+
+    # A line per webhook request says nothing a report does not, and drowns it.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    if opts.external_api_url is not None:
+        return await run_external(opts)
+    if not _scenarios_ok(opts):
+        return 2
     services = LocalServices(data_dir)
     endpoints = services.start()
     database_url = await fresh_database(endpoints.database_url, SIM_DATABASE)
@@ -334,11 +480,6 @@ async def run(data_dir: Path, opts: SimulateOptions, *, port: int, stop_services
         await sink.stop()
         if stop_services:
             services.stop()
-    print(render(result.report), flush=True)
-    print(
-        f"enrolment {result.enrol_seconds:.1f} s; {result.connect.connections} device "
-        f"connections in {result.connect.seconds:.1f} s ({result.connect.concurrency} at a "
-        f"time); sending {result.send_seconds:.1f} s; drain {result.drain_seconds:.1f} s"
-    )
+    _print_result(result)
     write_outputs(result, opts.json_path, opts.plot_path)
     return 1 if result.report.lost else 0

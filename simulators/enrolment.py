@@ -5,6 +5,11 @@ every MQTT device gets its own broker login (dynamic-security client and role: i
 publish only on its own topic); every webhook format gets a vendor integration with HMAC
 auth, and its devices are enrolled under it (stored as ``<integration>:<vendor id>``).
 Idempotent: a second run against the same database reuses what exists.
+
+Against a running deployment (``rpm simulate --external``) the plan is built with an id
+prefix (``external_prefix``: every patient and device id starts ``rpmsim-<run>-``), and
+``foreign_ids`` refuses a plan whose ids name patients or devices the simulator did not
+create.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import hmac
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -26,6 +31,8 @@ from rpm.storage.pool import Conn
 from simulators.traffic import Plan, Send
 
 INTEGRATION_PREFIX = "sim-"
+# Patient and device ids of a run against a shared deployment start with this.
+EXTERNAL_PREFIX = "rpmsim-"
 ACTOR = "simulator:rpm-simulate"
 # Dynamic-security commands per admin round trip: large enough to enrol thousands of
 # devices in seconds, small enough to stay far below the broker's message size limits.
@@ -77,9 +84,13 @@ async def enrol(
     since: datetime,
     password_key: str,
     care_team: str = SIM_CARE_TEAM,
+    sms_consent: bool = True,
 ) -> Credentials:
     """Patients (in ``care_team``, whose nurses see them), devices (bound from ``since``),
     broker logins and integrations of ``plan``.
+
+    ``sms_consent`` False enrols patients who never get a text (a shared deployment with a
+    real SMS provider must not text the fictional numbers).
 
     Devices that only appear in sends (an unknown device, by design of the plan) get a
     broker login too, as a device provisioned at the factory but never enrolled would.
@@ -96,7 +107,7 @@ async def enrol(
             patient_id=p.patient_id,
             display_name=p.display_name,
             phone=p.phone,
-            sms_consent=True,
+            sms_consent=sms_consent,
             programs=p.programs,
             timezone=p.timezone,
             language=p.language,
@@ -188,3 +199,37 @@ def all_stored_ids(plan: Plan) -> list[str]:
         for d in p.devices
     )
     return sorted(set(ids) | {send_device_id(s) for s in plan.sends})
+
+
+def plan_integrations(plan: Plan) -> list[str]:
+    """The simulated vendor integrations the plan's webhooks are posted under."""
+    formats = {d.payload_format for p in plan.patients for d in p.devices if d.transport == "http"}
+    formats |= {s.payload_format for s in plan.sends if s.transport == "http"}
+    return sorted(integration_id(f) for f in formats)
+
+
+def external_prefix(now: datetime) -> str:
+    """The id prefix of one run against a shared deployment: ``rpmsim-<UTC time>-``.
+
+    Each run enrols a fleet of its own: a rerun of the same plan into the same database
+    would find its readings already stored (their times fall on the same local hours) and
+    its alert episodes already open, and could not be told apart from loss.
+    """
+    return f"{EXTERNAL_PREFIX}{now.astimezone(UTC):%y%m%d%H%M%S}-"
+
+
+async def foreign_ids(conn: Conn, plan: Plan, care_team: str = SIM_CARE_TEAM) -> list[str]:
+    """Ids of the plan that already name something the simulator did not create: a patient
+    outside ``care_team``, or a device bound to a patient who is not the plan's."""
+    patient_ids = [p.patient_id for p in plan.patients]
+    rows = await conn.fetch(
+        """SELECT id FROM patients
+            WHERE id = ANY($1::text[]) AND care_team IS DISTINCT FROM $2
+           UNION
+           SELECT device_id FROM device_bindings
+            WHERE device_id = ANY($3::text[]) AND NOT patient_id = ANY($1::text[])""",
+        patient_ids,
+        care_team,
+        all_stored_ids(plan),
+    )
+    return sorted(r[0] for r in rows)

@@ -16,15 +16,24 @@ class Progress:
     quarantined: int
 
 
-async def progress(conn: Conn, device_ids: Sequence[str], since: datetime) -> Progress:
-    """Readings stored for these devices and payloads quarantined since ``since``."""
+async def progress(
+    conn: Conn, device_ids: Sequence[str], integrations: Sequence[str], since: datetime
+) -> Progress:
+    """Readings stored for these devices and their payloads quarantined since ``since``."""
     stored = await conn.fetchval(
         "SELECT count(*) FROM readings WHERE device_id = ANY($1::text[]) AND stored_at >= $2",
         list(device_ids),
         since,
     )
     quarantined = await conn.fetchval(
-        "SELECT coalesce(sum(seen_count), 0) FROM quarantine WHERE last_seen_at >= $1", since
+        # A refused MQTT payload names its device (the topic's), a webhook payload its
+        # integration (a malformed one may name no device).
+        """SELECT coalesce(sum(seen_count), 0) FROM quarantine
+            WHERE (device_id = ANY($1::text[]) OR integration = ANY($2::text[]))
+              AND last_seen_at >= $3""",
+        list(device_ids),
+        list(integrations),
+        since,
     )
     return Progress(int(stored), int(quarantined))
 
@@ -40,11 +49,18 @@ async def stored(conn: Conn, device_ids: Sequence[str], since: datetime) -> dict
     return {(r["device_id"], r["metric"], r["measured_at"]): r["s"] for r in rows}
 
 
-async def quarantined(conn: Conn, since: datetime) -> dict[str, int]:
-    """Payloads refused since ``since`` by reason (a repeat of the same bytes counts again)."""
+async def quarantined(
+    conn: Conn, device_ids: Sequence[str], integrations: Sequence[str], since: datetime
+) -> dict[str, int]:
+    """Payloads of these devices or integrations refused since ``since``, by reason (a
+    repeat of the same bytes counts again)."""
     rows = await conn.fetch(
         """SELECT reason, sum(seen_count)::int AS n FROM quarantine
-            WHERE last_seen_at >= $1 GROUP BY reason""",
+            WHERE (device_id = ANY($1::text[]) OR integration = ANY($2::text[]))
+              AND last_seen_at >= $3
+            GROUP BY reason""",
+        list(device_ids),
+        list(integrations),
         since,
     )
     return {r["reason"]: r["n"] for r in rows}

@@ -20,17 +20,21 @@ import asyncpg
 from tqdm import tqdm
 
 from device_gateways.broker_admin import BrokerAdmin
+from rules.programs import RuleBook
 from simulators import readback
 from simulators.clock import SimClock
 from simulators.enrolment import (
     SIM_CARE_TEAM,
     all_stored_ids,
     enrol,
+    foreign_ids,
     integration_id,
+    plan_integrations,
     reset_passwords,
     send_device_id,
 )
-from simulators.report import Key, Observed, Report, SentPayload, build_report
+from simulators.report import Key, Observed, ObservedAlert, Report, SentPayload, build_report
+from simulators.scenarios import GroundTruth
 from simulators.traffic import Plan, Send
 from simulators.transports import ConnectStats, MqttFleet, SendError, WebhookSender
 
@@ -55,6 +59,13 @@ class Target:
     mqtt_duplicates: Callable[[], int] | None = None
     # One missing-data pass evaluated at a given simulated "now" (accelerated runs).
     missing_check: MissingCheck | None = None
+    # A deployment shared with real patients: enrol without SMS consent, and its
+    # missing-data timer runs on the wall clock whatever the plan's pace.
+    shared: bool = False
+
+
+class ForeignIdsError(RuntimeError):
+    """The plan's ids name patients or devices the simulator did not create."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +144,14 @@ async def run_plan(plan: Plan, target: Target, opts: RunOptions) -> RunResult:
     run_started = datetime.now(UTC)
     t = time.perf_counter()
     async with target.pool.acquire() as conn:
+        foreign = await foreign_ids(conn, plan, opts.care_team)
+        if foreign:
+            # Never overwrite a real patient's record or rebind a real device.
+            shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+            raise ForeignIdsError(
+                f"{len(foreign)} of the plan's ids already belong to patients or devices "
+                f"the simulator did not create: {shown}"
+            )
         # Bound from (just before) the start of the simulated span: a missing-data rule
         # counts silence from the binding when a patient has no reading yet; the hour
         # covers readings stamped a little before the start (whole seconds, device clocks).
@@ -143,6 +162,7 @@ async def run_plan(plan: Plan, target: Target, opts: RunOptions) -> RunResult:
             since=plan.config.start - BINDING_LEAD,
             password_key=target.password_key,
             care_team=opts.care_team,
+            sms_consent=not target.shared,
         )
     enrol_seconds = time.perf_counter() - t
     fleet = MqttFleet(target.mqtt_host, target.mqtt_port, creds.mqtt)
@@ -188,7 +208,8 @@ async def run_plan(plan: Plan, target: Target, opts: RunOptions) -> RunResult:
         for i, s in enumerate(plan.sends)
     )
     device_ids = all_stored_ids(plan)
-    await _drain(target, sent, device_ids, run_started, opts.drain_idle_s)
+    integrations = plan_integrations(plan)
+    await _drain(target, sent, device_ids, integrations, run_started, opts.drain_idle_s)
     if target.missing_check is not None and opts.pace.rate is None:
         await target.missing_check(min(clock.sim(datetime.now(UTC)), plan.config.end))
     drain_seconds = time.perf_counter() - t
@@ -198,13 +219,21 @@ async def run_plan(plan: Plan, target: Target, opts: RunOptions) -> RunResult:
 
     async with target.pool.acquire() as conn:
         stored = await readback.stored(conn, device_ids, run_started)
-        quarantined = await readback.quarantined(conn, run_started)
+        quarantined = await readback.quarantined(conn, device_ids, integrations, run_started)
         alerts = await readback.alerts(
             conn, [p.patient_id for p in plan.patients], run_started, to_sim
         )
     duplicates = None
     if target.mqtt_duplicates is not None:
         duplicates = target.mqtt_duplicates() - dup_base + tally.http_duplicates
+    truth = plan.truth
+    unmeasured_missing = opts.pace.rate is not None or (
+        target.missing_check is None and clock.speed > 1.001
+    )
+    if unmeasured_missing and target.shared:
+        # The deployment's own timer judged silence on the wall clock while simulated time
+        # ran ahead of it: its missing-data alerts say nothing about the plan.
+        truth, alerts = without_missing_data(truth, alerts)
     observed = Observed(stored, quarantined, duplicates, alerts)
     notes = [f"send failed: {f}" for f in tally.failures[:5]]
     if target.missing_check is not None and opts.pace.rate is None:
@@ -213,14 +242,36 @@ async def run_plan(plan: Plan, target: Target, opts: RunOptions) -> RunResult:
             f"missing-data rules ran on the simulated clock every {step_h:.1f} simulated "
             "hours: their detection delays are accurate to that"
         )
-    if opts.pace.rate is not None or (target.missing_check is None and clock.speed > 1.001):
+    if unmeasured_missing:
         notes.append(
             "missing-data rules were not evaluated on the simulated clock: silent-device "
             "scenarios are not measurable in this run"
+            + (
+                " (left out of the report, with the deployment's own such alerts)"
+                if target.shared
+                else ""
+            )
         )
-    report = build_report(sent, plan.truth, observed, notes=notes)
+    report = build_report(sent, truth, observed, notes=notes)
     return RunResult(
         report, sent, observed, clock, enrol_seconds, connect, send_seconds, drain_seconds
+    )
+
+
+def missing_data_rules(book: RuleBook | None = None) -> frozenset[str]:
+    """Ids of the rules that fire on silence (kind ``missing``), not on a reading."""
+    book = book or RuleBook.builtin()
+    return frozenset(r.id for p in book.programs.values() for r in p.rules if r.kind == "missing")
+
+
+def without_missing_data(
+    truth: tuple[GroundTruth, ...], alerts: list[ObservedAlert]
+) -> tuple[tuple[GroundTruth, ...], list[ObservedAlert]]:
+    """Ground truth only missing-data rules detect, and those rules' alerts, left out."""
+    rules = missing_data_rules()
+    return (
+        tuple(t for t in truth if not (t.detected_by and t.detected_by <= rules)),
+        [a for a in alerts if a.rule_id not in rules],
     )
 
 
@@ -314,6 +365,7 @@ async def _drain(
     target: Target,
     sent: tuple[SentPayload, ...],
     device_ids: list[str],
+    integrations: list[str],
     since: datetime,
     idle_s: float,
 ) -> None:
@@ -325,7 +377,7 @@ async def _drain(
     changed = time.monotonic()
     while True:
         async with target.pool.acquire() as conn:
-            p = await readback.progress(conn, device_ids, since)
+            p = await readback.progress(conn, device_ids, integrations, since)
         if p.stored >= want_stored and p.quarantined >= want_refused:
             return
         if p != last:

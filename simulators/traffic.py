@@ -104,6 +104,9 @@ class SimConfig:
     duplicate_share: float = 0.01
     http_share: float = 0.25
     formats: tuple[str, ...] = ()
+    # Before every patient id (and so every device id, vendor ids in payloads included):
+    # runs against a shared deployment enrol a fleet of their own (rpm simulate --external).
+    id_prefix: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +234,7 @@ def _patient(
 ) -> tuple[SimPatient, list[Send]]:
     # Each patient draws from its own stream: its traffic does not depend on the others'.
     rng = np.random.default_rng([cfg.seed, i])
-    pid = f"p{i:05d}"
+    pid = f"{cfg.id_prefix}p{i:05d}"
     name, phone, zone, language = identity(i, rng)
     person = draw_person(program, rng)
     devices = _devices(pid, program, cfg, formats, rng)

@@ -5,11 +5,17 @@ No Docker engine is needed: `config` only parses, interpolates and validates the
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+
+from rpm.simulate_cli import SimulateOptions, add_parser
+from simulators.runner import Pace
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,3 +71,45 @@ def test_missing_secrets_are_refused_with_a_clear_message(tmp_path: Path) -> Non
     )
     assert result.returncode != 0
     assert "POSTGRES_PASSWORD" in result.stderr
+
+
+def resolved(*args: str) -> dict[str, Any]:
+    """The file as Compose resolves it (interpolated, merged)."""
+    result = run(*args, "config")
+    assert result.returncode == 0, result.stderr
+    doc: dict[str, Any] = yaml.safe_load(result.stdout)
+    return doc
+
+
+def test_simulator_command_parses_with_rpm_simulate() -> None:
+    """The simulator's command is one `rpm simulate` accepts, against the compose server."""
+    simulator = resolved("--profile", "demo")["services"]["simulator"]
+    command = simulator["command"]
+    assert command[:2] == ["rpm", "simulate"]
+    parser = argparse.ArgumentParser(prog="rpm", exit_on_error=False)
+    add_parser(parser.add_subparsers(dest="command", required=True), Path(".rpm-data"))
+    args = parser.parse_args(command[1:])
+    opts = SimulateOptions.from_args(args)
+    # Against the running stack, not services of its own (the image has none).
+    assert opts.external_api_url == "http://server:8000"
+    assert opts.pace == Pace(wall_seconds=60.0)
+    env = simulator["environment"]
+    assert env["RPM_MQTT_HOST"] == "mosquitto"
+    assert env["RPM_DATABASE_URL"].endswith("@timescaledb:5432/rpm")
+    assert env["RPM_MQTT_ADMIN_USERNAME"] == "rpm-broker-admin"
+    assert env["RPM_MQTT_ADMIN_PASSWORD"]  # from .env, like every secret
+    assert simulator["depends_on"]["server"]["condition"] == "service_healthy"
+
+
+def test_broker_admin_login_is_the_brokers() -> None:
+    """The admin login the server and simulator use is the one the broker creates."""
+    services = resolved("--profile", "demo")["services"]
+    broker = services["mosquitto"]
+    created = " ".join(broker["command"])
+    assert "mosquitto_ctrl dynsec init /mosquitto/data/dynamic-security.json rpm-broker-admin" in (
+        created
+    )
+    password = services["server"]["environment"]["RPM_MQTT_ADMIN_PASSWORD"]
+    assert broker["environment"]["MQTT_ADMIN_PASSWORD"] == password
+    conf = (ROOT / "docker" / "mosquitto.conf").read_text()
+    assert "plugin_opt_config_file /mosquitto/data/dynamic-security.json" in conf
