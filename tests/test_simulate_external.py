@@ -135,10 +135,9 @@ async def test_external_run_counts_only_its_own_fleet(
     # The real cuff's malformed payload (refused during the run) is not the fleet's.
     want, got = doc["quarantined_expected_by_reason"], doc["quarantined_by_reason"]
     assert got["malformed"] == want["malformed"] > 0
-    # A refused vendor payload of two readings (cuff and pulse) is refused per reading:
-    # the report expects one per payload (simulators/report.py; a known gap).
-    assert set(got) == set(want)
-    assert all(want[r] <= got[r] <= 2 * want[r] for r in want), (want, got)
+    # A refused payload counts once, however many of its readings were refused for the
+    # reason (a vendor payload of a cuff and a pulse reading, both stale).
+    assert got == want
     assert doc["duplicates"] is None  # the deployment's counters are not ours to read
     assert any("not measurable" in n for n in doc["notes"]), doc["notes"]
 

@@ -28,9 +28,15 @@ def fingerprint(rej: Rejection) -> bytes:
 
 
 async def insert(conn: Conn, rejections: Sequence[Rejection]) -> None:
-    """Keep each rejection; a repeat bumps ``seen_count`` instead of adding a row."""
+    """Keep each rejection; a repeat bumps ``seen_count`` instead of adding a row.
+
+    One message refused several times for the same reason (a vendor payload whose two
+    readings are both stale) is one sighting: ``seen_count`` counts deliveries."""
     if not rejections:
         return
+    once: dict[tuple[int, bytes], Rejection] = {}
+    for r in rejections:
+        once.setdefault((id(r.raw), fingerprint(r)), r)
     await conn.executemany(
         """INSERT INTO quarantine (fingerprint, transport, payload_format, device_id, topic,
                                    reason, detail, payload, received_at, integration)
@@ -40,7 +46,7 @@ async def insert(conn: Conn, rejections: Sequence[Rejection]) -> None:
                   replayed_at = NULL  -- refused again (e.g. on replay): still pending""",
         [
             (
-                fingerprint(r),
+                fp,
                 r.raw.transport,
                 r.raw.payload_format,
                 r.device_id,
@@ -51,7 +57,7 @@ async def insert(conn: Conn, rejections: Sequence[Rejection]) -> None:
                 r.raw.received_at,
                 r.raw.integration,
             )
-            for r in rejections
+            for (_, fp), r in once.items()
         ],
     )
 
