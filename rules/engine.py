@@ -41,6 +41,7 @@ from .latest import in_time as find_in_time
 from .plan import PatientContext, Plan, by_plan, compile_plan
 from .programs import RuleBook
 from .proposal import propose
+from .shared import Shared
 from .spec import RuleSpec, Severity
 
 __all__ = ["Clear", "Engine", "PatientContext", "Plan", "StepResult", "compile_plan"]
@@ -90,11 +91,6 @@ class _Group:
 def _differ(rule: RuleSpec, other: RuleSpec) -> frozenset[str]:
     """The params whose values differ between a rule and its overridden version."""
     return frozenset(k for k, v in other.params.items() if rule.params.get(k) != v)
-
-
-def _taken(rows_in: Callable[[MetricBuffer], Rows], sel: Rows) -> Callable[[MetricBuffer], Rows]:
-    """``rows_in`` for the readings ``sel`` of a group."""
-    return lambda buf: rows_in(buf)[sel]
 
 
 class Engine:
@@ -443,11 +439,11 @@ class Engine:
         result: StepResult,
     ) -> None:
         n = len(ts)
+        shared = Shared(self._buffers, buf, rows, ts, rows_in_of(g.patients))
         full: Window | None = None
         armed = self._armed
         pids_all = g.patients
         has_armed = np.fromiter(map(armed.__contains__, pids_all), np.bool_, n) if armed else None
-        rows_in = rows_in_of(pids_all)
         # One evaluation per rule and the rules overriding it (their parameters per reading)
         units: dict[int, tuple[RuleSpec, list[tuple[RuleSpec, Rows]]]] = {}
         for rule, idx in by_rule:
@@ -462,12 +458,10 @@ class Engine:
             where: Rows | None = None
             if 2 * len(idx) >= n:
                 if full is None:
-                    full = self._window(metric, buf, rows, ts, current, rows_in)
+                    full = shared.window(metric, current)
                 w, m = full, n
             else:
-                w = self._window(
-                    metric, buf, rows[idx], ts[idx], current[idx], _taken(rows_in, idx)
-                )
+                w = shared.part(metric, current, idx)
                 where, m = np.full(n, -1, np.intp), len(idx)
                 where[idx] = np.arange(m)
             params: dict[str, F64] = {}
