@@ -27,6 +27,7 @@ from functools import partial
 from operator import attrgetter, is_
 
 import numpy as np
+import numpy.typing as npt
 
 from rpm.domain import AcceptedReading, Metric
 
@@ -481,6 +482,7 @@ class Engine:
 
         # Candidates and clears rule by rule, each rule's readings in the order they had
         # when every rule was evaluated on its own window (ascending on the shared one).
+        marks: npt.NDArray[np.bool_] | None = None
         for rule, idx in by_rule:
             out, where = evaluated[id(rule)]
             sel = np.sort(idx) if 2 * len(idx) >= n else idx
@@ -499,9 +501,12 @@ class Engine:
             if len(fired):
                 # An older reading of this batch may have armed what its newest one clears.
                 # (a buffer row is a patient: mark every reading of the patients that fired)
-                marks = np.zeros(buf.times.shape[0], np.bool_)
-                marks[rows[fired]] = True
+                if marks is None:
+                    marks = np.zeros(buf.times.shape[0], np.bool_)
+                fired_rows = rows[fired]
+                marks[fired_rows] = True
                 newly = marks[rows]
+                marks[fired_rows] = False  # cleared for the next rule: one array per group
                 has_armed = newly if has_armed is None else has_armed | newly
             if has_armed is None:
                 continue
