@@ -483,11 +483,16 @@ class Engine:
         # Candidates and clears rule by rule, each rule's readings in the order they had
         # when every rule was evaluated on its own window (ascending on the shared one).
         marks: npt.NDArray[np.bool_] | None = None
+        everyone = np.arange(n)
         for rule, idx in by_rule:
             out, where = evaluated[id(rule)]
-            sel = np.sort(idx) if 2 * len(idx) >= n else idx
-            at = sel if where is None else where[sel]
-            levels = out.severity[at]
+            if len(idx) == n and where is None:  # every reading: the outcome as it is
+                sel = at = everyone
+                levels = out.severity
+            else:
+                sel = np.sort(idx) if 2 * len(idx) >= n else idx
+                at = sel if where is None else where[sel]
+                levels = out.severity[at]
             hit = np.flatnonzero(levels != 0)
             fired = sel[hit]
             for j, i, level in zip(
@@ -510,7 +515,7 @@ class Engine:
                 has_armed = newly if has_armed is None else has_armed | newly
             if has_armed is None:
                 continue
-            clear = out.clear[at] & newest[sel] & has_armed[sel]
+            clear = (out.clear if at is everyone else out.clear[at]) & newest[sel] & has_armed[sel]
             rule_id = rule.id
             for i in sel[clear].tolist():
                 pid = pids_all[i]
