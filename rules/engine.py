@@ -21,18 +21,19 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
 from operator import attrgetter, is_
 
 import numpy as np
+import numpy.typing as npt
 
 from rpm.domain import AcceptedReading, Metric
 
 from .buffers import DEFAULT_CAPACITY, F64, MetricBuffer, Rows
 from .candidate import AlertCandidate
-from .kinds import KINDS, Facts, Window
+from .kinds import KINDS, Facts, Outcome, Window
 from .kinds.base import condition_holds, given
 from .kinds.missing import Silence, evaluate_missing
 from .late import reevaluate_after_late
@@ -41,6 +42,7 @@ from .latest import in_time as find_in_time
 from .plan import PatientContext, Plan, by_plan, compile_plan
 from .programs import RuleBook
 from .proposal import propose
+from .shared import Shared
 from .spec import RuleSpec, Severity
 
 __all__ = ["Clear", "Engine", "PatientContext", "Plan", "StepResult", "compile_plan"]
@@ -87,9 +89,9 @@ class _Group:
     readings: list[AcceptedReading] = field(default_factory=list)
 
 
-def _taken(rows_in: Callable[[MetricBuffer], Rows], sel: Rows) -> Callable[[MetricBuffer], Rows]:
-    """``rows_in`` for the readings ``sel`` of a group."""
-    return lambda buf: rows_in(buf)[sel]
+def _differ(rule: RuleSpec, other: RuleSpec) -> frozenset[str]:
+    """The params whose values differ between a rule and its overridden version."""
+    return frozenset(k for k, v in other.params.items() if rule.params.get(k) != v)
 
 
 class Engine:
@@ -107,6 +109,9 @@ class Engine:
         # (rule, overrides) -> the overridden rule: plans that differ in other programs
         # share it, so its readings are evaluated together
         self._overridden: dict[tuple[int, tuple[tuple[str, float], ...]], RuleSpec] = {}
+        # id(overridden rule) -> (it, the rule it overrides): evaluated with that rule's
+        # readings, its parameters per reading, when the kind reads them so (``varying``)
+        self._shared: dict[int, tuple[RuleSpec, RuleSpec]] = {}
         # id(rule) -> the rule (kept so its id is not reused) and the metrics it watches
         self._watched: dict[int, tuple[RuleSpec, frozenset[Metric]]] = {}
         self._lookback = self._max_lookback()
@@ -122,6 +127,7 @@ class Engine:
         self._book = book
         self._plans.clear()
         self._overridden.clear()
+        self._shared.clear()
         self._watched.clear()
         self._lookback = self._max_lookback()
 
@@ -157,6 +163,10 @@ class Engine:
                         # The program changed under a stored override: keep the default rule.
                         log.warning("override ignored for patient=%s: %s", context.patient_id, exc)
                         overridden = rule
+                    if overridden is not rule and _differ(rule, overridden) <= (
+                        KINDS[rule.kind].varying(rule)
+                    ):
+                        self._shared[id(overridden)] = (overridden, rule)
                 rules.append(overridden)
             plan = self._plans[key] = compile_plan(rules)
         return plan
@@ -430,35 +440,64 @@ class Engine:
         result: StepResult,
     ) -> None:
         n = len(ts)
-        everyone = np.arange(n)
+        shared = Shared(self._buffers, buf, rows, ts, rows_in_of(g.patients))
         full: Window | None = None
         armed = self._armed
         pids_all = g.patients
         has_armed = np.fromiter(map(armed.__contains__, pids_all), np.bool_, n) if armed else None
-        rows_in = rows_in_of(pids_all)
+        # One evaluation per rule and the rules overriding it (their parameters per reading)
+        units: dict[int, tuple[RuleSpec, list[tuple[RuleSpec, Rows]]]] = {}
         for rule, idx in by_rule:
+            base = self._shared.get(id(rule), (rule, rule))[1]
+            units.setdefault(id(base), (base, []))[1].append((rule, idx))
+        # id(rule) -> its outcome and each reading's place in it (None: the reading's own)
+        evaluated: dict[int, tuple[Outcome, Rows | None]] = {}
+        for base, members in units.values():
+            idx = members[0][1] if len(members) == 1 else np.concatenate([m[1] for m in members])
             # A rule most of the group has is evaluated on the group's one window and its
             # results kept for its own readings; a rarer one gets a window of its readings.
-            member: np.ndarray | None = None
+            where: Rows | None = None
             if 2 * len(idx) >= n:
                 if full is None:
-                    full = self._window(metric, buf, rows, ts, current, rows_in)
-                w, sel = full, everyone
-                if len(idx) < n:
-                    member = np.zeros(n, np.bool_)
-                    member[idx] = True
+                    full = shared.window(metric, current)
+                w, m = full, n
             else:
-                sel = idx
-                w = self._window(
-                    metric, buf, rows[sel], ts[sel], current[sel], _taken(rows_in, sel)
-                )
-            out = KINDS[rule.kind].evaluate(rule, w)
-            hit = out.severity != 0
-            if member is not None:
-                hit &= member
-            fired = np.flatnonzero(hit)
-            severity = out.severity[fired].tolist()
-            for j, i, level in zip(fired.tolist(), sel[fired].tolist(), severity, strict=True):
+                w = shared.part(metric, current, idx)
+                where, m = np.full(n, -1, np.intp), len(idx)
+                where[idx] = np.arange(m)
+            params: dict[str, F64] = {}
+            for rule, ridx in members:
+                if rule is base:
+                    continue
+                for name in _differ(base, rule):
+                    each = params.get(name)
+                    if each is None:
+                        each = params[name] = np.full(m, base.p(name))
+                    each[ridx if where is None else where[ridx]] = rule.p(name)
+            if params:
+                w = replace(w, params=params)
+            out = KINDS[base.kind].evaluate(base, w)
+            for rule, _ in members:
+                evaluated[id(rule)] = (out, where)
+
+        # Candidates and clears rule by rule, each rule's readings in the order they had
+        # when every rule was evaluated on its own window (ascending on the shared one).
+        marks: npt.NDArray[np.bool_] | None = None
+        everyone = np.arange(n)
+        for rule, idx in by_rule:
+            out, where = evaluated[id(rule)]
+            if len(idx) == n and where is None:  # every reading: the outcome as it is
+                sel = at = everyone
+                levels = out.severity
+            else:
+                sel = np.sort(idx) if 2 * len(idx) >= n else idx
+                at = sel if where is None else where[sel]
+                levels = out.severity[at]
+            hit = np.flatnonzero(levels != 0)
+            fired = sel[hit]
+            for j, i, level in zip(
+                at[hit].tolist(), fired.tolist(), levels[hit].tolist(), strict=True
+            ):
                 a = g.readings[i]
                 result.candidates.append(
                     propose(rule, level, out.detail, j, a.reading, a.patient_id)
@@ -467,15 +506,16 @@ class Engine:
             if len(fired):
                 # An older reading of this batch may have armed what its newest one clears.
                 # (a buffer row is a patient: mark every reading of the patients that fired)
-                marks = np.zeros(buf.times.shape[0], np.bool_)
-                marks[rows[sel[fired]]] = True
+                if marks is None:
+                    marks = np.zeros(buf.times.shape[0], np.bool_)
+                fired_rows = rows[fired]
+                marks[fired_rows] = True
                 newly = marks[rows]
+                marks[fired_rows] = False  # cleared for the next rule: one array per group
                 has_armed = newly if has_armed is None else has_armed | newly
             if has_armed is None:
                 continue
-            clear = out.clear & newest[sel] & has_armed[sel]
-            if member is not None:
-                clear &= member
+            clear = (out.clear if at is everyone else out.clear[at]) & newest[sel] & has_armed[sel]
             rule_id = rule.id
             for i in sel[clear].tolist():
                 pid = pids_all[i]

@@ -61,6 +61,9 @@ class Window:
     gather: Gather
     components: Mapping[str, int]
     latest_of: LatestOf
+    # per-reading values of the rule's parameters that differ between the readings
+    # (patients' overrides, evaluated together with the rule's other readings)
+    params: Mapping[str, F64] = field(default_factory=dict)
     _held: tuple[F64, F64] | None = field(default=None, repr=False)
 
     @property
@@ -80,6 +83,11 @@ class Window:
 
     def __len__(self) -> int:
         return int(self.ts.shape[0])
+
+    def p(self, rule: RuleSpec, name: str) -> float | F64:
+        """A parameter: one number, or one per reading where overrides make them differ."""
+        each = self.params.get(name)
+        return rule.p(name) if each is None else each
 
     def value(self, component: str) -> F64:
         return self.current[:, self.components[component]]
@@ -141,6 +149,11 @@ class Kind(Protocol):
 
     def evaluate(self, rule: RuleSpec, w: Window) -> Outcome: ...
 
+    def varying(self, rule: RuleSpec) -> frozenset[str]:
+        """Params ``evaluate`` reads per reading (``Window.p``): readings whose overrides
+        change only these are evaluated with the rule's other readings."""
+        ...
+
     def explain(self, rule: RuleSpec, facts: Facts) -> tuple[str, dict[str, object]]:
         """Plain-language explanation and structured evidence for one fired reading."""
         ...
@@ -151,6 +164,11 @@ class OwnMetric:
 
     def watched(self, rule: RuleSpec) -> frozenset[Metric]:
         return frozenset({rule.metric})
+
+
+def condition_params(rule: RuleSpec) -> frozenset[str]:
+    """The params of a rule's tier conditions (the limits ``condition_holds`` compares)."""
+    return frozenset(c.param for t in rule.tiers for c in t.any)
 
 
 def directional_problems(rule: RuleSpec) -> list[str]:
@@ -178,13 +196,26 @@ def tier_hits(rule: RuleSpec, tiers: tuple[Tier, ...], w: Window, shift: float =
     for tier in tiers:
         hit = np.zeros(len(w), np.bool_)
         for cond in tier.any:
-            hit |= condition_holds(rule, cond, w.value(cond.component), shift)
+            hit |= condition_holds(rule, cond, w.value(cond.component), shift, w.params)
         severity = np.where(hit & (severity < tier.severity), np.int8(tier.severity), severity)
     return severity
 
 
-def condition_holds(rule: RuleSpec, cond: Condition, values: F64, shift: float = 0.0) -> Bools:
-    limit = rule.p(cond.param) + (-shift if cond.rising else shift)
+def condition_holds(
+    rule: RuleSpec,
+    cond: Condition,
+    values: F64,
+    shift: float = 0.0,
+    params: Mapping[str, F64] | None = None,
+) -> Bools:
+    """Where ``values`` ((B,) or (B, C)) meet the condition; ``params``: per-reading limits."""
+    each = params.get(cond.param) if params else None
+    if each is None:
+        limit: float | F64 = rule.p(cond.param) + (-shift if cond.rising else shift)
+    else:
+        limit = each + (-shift if cond.rising else shift)
+        if values.ndim == 2:
+            limit = limit[:, None]
     with np.errstate(invalid="ignore"):
         return np.asarray(COMPARATORS[cond.op](values, limit), np.bool_)  # type: ignore[arg-type]
 

@@ -47,6 +47,9 @@ class Baseline(OwnMetric):
         problems.extend(not_positive(rule, "window_days"))
         return problems
 
+    def varying(self, rule: RuleSpec) -> frozenset[str]:
+        return frozenset()
+
     def lookback_s(self, rule: RuleSpec) -> float:
         return rule.p("window_days") * DAY
 

@@ -47,6 +47,9 @@ class Change(OwnMetric):
     def lookback_s(self, rule: RuleSpec) -> float:
         return rule.p("window_hours") * HOUR
 
+    def varying(self, rule: RuleSpec) -> frozenset[str]:
+        return frozenset({"min_change", "min_change_pct"})
+
     def evaluate(self, rule: RuleSpec, w: Window) -> Outcome:
         assert rule.component is not None
         assert rule.severity is not None
@@ -66,9 +69,9 @@ class Change(OwnMetric):
             pct = np.where(have & (ref != 0), change / np.abs(ref) * 100.0, 0.0)
         fires = np.zeros(len(w), np.bool_)
         if "min_change" in rule.params:
-            fires |= change >= rule.p("min_change") - EPS
+            fires |= change >= w.p(rule, "min_change") - EPS
         if "min_change_pct" in rule.params:
-            fires |= pct >= rule.p("min_change_pct") - EPS
+            fires |= pct >= w.p(rule, "min_change_pct") - EPS
         fires &= have
         severity = np.where(fires, np.int8(rule.severity), np.int8(0)).astype(np.int8)
         detail = {

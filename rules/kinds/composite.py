@@ -106,6 +106,10 @@ class Composite:
     def watched(self, rule: RuleSpec) -> frozenset[Metric]:
         return frozenset(src.metric for s in rule.scored for src in s.sources)
 
+    def varying(self, rule: RuleSpec) -> frozenset[str]:
+        params = {c.param for t in rule.score_tiers for c in t.any}
+        return frozenset({"min_parameters", *params})
+
     def evaluate(self, rule: RuleSpec, w: Window) -> Outcome:
         n = len(w)
         fresh = rule.p("freshness_hours") * HOUR
@@ -132,13 +136,13 @@ class Composite:
             key = f"p{i}"
             detail[key] = value
             detail[key + ".points"] = points
-        enough = available >= rule.p("min_parameters")
+        enough = available >= w.p(rule, "min_parameters")
         severity = np.zeros(n, np.int8)
         for tier in rule.score_tiers:
             hit = np.zeros(n, np.bool_)
             for cond in tier.any:
                 score = total if cond.component == "total" else single
-                hit |= COMPARATORS[cond.op](score, rule.p(cond.param))  # type: ignore[arg-type]
+                hit |= COMPARATORS[cond.op](score, w.p(rule, cond.param))  # type: ignore[arg-type]
             severity = np.where(
                 enough & hit & (severity < tier.severity), np.int8(tier.severity), severity
             )

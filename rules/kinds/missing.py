@@ -49,6 +49,9 @@ class Missing(OwnMetric):
         problems.extend(not_positive(rule, "after_hours"))
         return problems
 
+    def varying(self, rule: RuleSpec) -> frozenset[str]:
+        return frozenset()
+
     def lookback_s(self, rule: RuleSpec) -> float:
         return 0.0
 

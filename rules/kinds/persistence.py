@@ -21,6 +21,7 @@ from .base import (
     base_evidence,
     breached,
     condition_holds,
+    condition_params,
     short_source,
     span,
     when,
@@ -53,11 +54,14 @@ class Persistence(OwnMetric):
     def lookback_s(self, rule: RuleSpec) -> float:
         return rule.params.get("sustained_hours", 0.0) * HOUR or 14 * 86400.0
 
+    def varying(self, rule: RuleSpec) -> frozenset[str]:
+        return condition_params(rule)
+
     def _breach(self, rule: RuleSpec, w: Window) -> np.ndarray:
         tier = rule.tiers[0]
         hit = np.zeros(w.values.shape[:2], np.bool_)
         for cond in tier.any:
-            hit |= condition_holds(rule, cond, w.history(cond.component))
+            hit |= condition_holds(rule, cond, w.history(cond.component), params=w.params)
         return hit
 
     def evaluate(self, rule: RuleSpec, w: Window) -> Outcome:
@@ -65,7 +69,7 @@ class Persistence(OwnMetric):
         tier = rule.tiers[0]
         own = np.zeros(n, np.bool_)
         for cond in tier.any:
-            own |= condition_holds(rule, cond, w.value(cond.component))
+            own |= condition_holds(rule, cond, w.value(cond.component), params=w.params)
         upto = w.upto()
         hit = self._breach(rule, w) & upto
         detail: dict[str, np.ndarray] = {}

@@ -19,6 +19,7 @@ from .base import (
     amount,
     base_evidence,
     breached,
+    condition_params,
     label,
     short_source,
     when,
@@ -40,6 +41,9 @@ class Threshold(OwnMetric):
 
     def lookback_s(self, rule: RuleSpec) -> float:
         return 0.0
+
+    def varying(self, rule: RuleSpec) -> frozenset[str]:
+        return condition_params(rule)
 
     def evaluate(self, rule: RuleSpec, w: Window) -> Outcome:
         severity = _tier_hits(rule, rule.tiers, w)

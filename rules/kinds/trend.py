@@ -42,6 +42,9 @@ class Trend(OwnMetric):
         problems.extend(not_positive(rule, "window_days", "min_slope_per_day"))
         return problems
 
+    def varying(self, rule: RuleSpec) -> frozenset[str]:
+        return frozenset()
+
     def lookback_s(self, rule: RuleSpec) -> float:
         return rule.p("window_days") * DAY
 
