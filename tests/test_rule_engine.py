@@ -474,3 +474,27 @@ def test_contexts_with_equal_programs_and_overrides_share_one_plan() -> None:
     assert engine.plan(a) is engine.plan(b)
     assert engine.plan(c) is not engine.plan(a)
     assert PatientContext("pat-d", ("hypertension",)).key is not a.key
+
+
+def test_one_batch_mixes_overridden_and_default_limits_of_one_rule() -> None:
+    # Overridden parameters travel per reading (rules/kinds/base.py, Kind.varying): in one
+    # batch, each patient's readings meet that patient's own limit, and say so.
+    stage2 = "htn.stage2_persistent"
+    contexts = {
+        "pat-a": PatientContext("pat-a", ("hypertension",)),
+        "pat-b": PatientContext("pat-b", ("hypertension",), {stage2: {"systolic_at_least": 150}}),
+    }
+    engine = Engine(BOOK)
+    batch = [
+        bp(sys_, 80, hours, patient)
+        for hours in (0, 1, 2)
+        for patient, sys_ in (("pat-a", 145), ("pat-b", 145))
+    ]
+    result = engine.step(batch, contexts)
+    assert [(c.patient_id, c.rule_id) for c in result.candidates] == [("pat-a", stage2)]
+    assert "140" in result.candidates[0].explanation
+
+    later = [bp(155, 80, hours, "pat-b") for hours in (3, 4, 5)]
+    [cand] = engine.step(later, contexts).candidates
+    assert (cand.patient_id, cand.rule_id) == ("pat-b", stage2)
+    assert "150" in cand.explanation and "140" not in cand.explanation
