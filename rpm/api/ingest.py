@@ -1,7 +1,8 @@
 """HTTP ingestion for vendor webhooks, and the quarantine (list, replay).
 
-``POST /ingest/{format}`` runs the same unit of work as MQTT: a 200 answer means the
-readings are committed; retries of the same request store nothing twice.
+``POST /ingest/{format}`` runs the same unit of work as MQTT, shared by concurrent requests
+(rpm/ingest_batcher.py), each answered for its own body: a 200 answer means the readings are
+committed; retries of the same request store nothing twice.
 
 Hostile input gets a 4xx before it costs much: a body over the size limit is refused
 while it streams in (413, whatever Content-Length claims); a client address whose
