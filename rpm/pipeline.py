@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 import asyncpg
@@ -62,8 +63,18 @@ R = TypeVar("R")
 
 
 @dataclass(slots=True)
+class MessageResult:
+    """What one unit of work did with one of its messages."""
+
+    stored: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class BatchResult:
-    """What one unit of work did."""
+    """What one unit of work did (``per_message``: only when ``process`` is asked for it)."""
 
     messages: int = 0
     stored: int = 0
@@ -72,6 +83,7 @@ class BatchResult:
     alerts_opened: list[int] = field(default_factory=list)
     alerts_changed: list[int] = field(default_factory=list)
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    per_message: list[MessageResult] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +91,27 @@ class _Prepared:
     accepted: list[AcceptedReading]
     rejections: list[Rejection]
     seen: dict[str, tuple[datetime, dict[str, float]]]
+    origins: list[int]  # index in the batch of the message each accepted reading came from
+
+
+def _itemize(
+    batch: Sequence[RawMessage], prepared: _Prepared, new: Sequence[AcceptedReading]
+) -> list[MessageResult]:
+    """The batch's outcome per message. ``new`` holds the very objects of
+    ``prepared.accepted`` that were inserted; a rejection keeps the message it came from."""
+    out = [MessageResult() for _ in batch]
+    fresh = {id(a) for a in new}
+    for a, i in zip(prepared.accepted, prepared.origins, strict=True):
+        if id(a) in fresh:
+            out[i].stored += 1
+        else:
+            out[i].duplicates += 1
+    index = {id(raw): i for i, raw in enumerate(batch)}
+    for r in prepared.rejections:
+        m = out[index[id(r.raw)]]
+        m.quarantined += 1
+        m.quarantine_reasons[r.reason.value] = m.quarantine_reasons.get(r.reason.value, 0) + 1
+    return out
 
 
 def patient_sms_payload(alert_id: int, c: AlertCandidate, *, template: str) -> dict[str, Any]:
@@ -183,11 +216,16 @@ class IngestPipeline:
             self._rules_checked = t
             await self.load_rules(conn)
 
-    async def process(self, batch: Sequence[RawMessage]) -> BatchResult:
-        """Run one unit of work. Raises ``StorageError`` when the database failed (retry all)."""
+    async def process(self, batch: Sequence[RawMessage], *, itemized: bool = False) -> BatchResult:
+        """Run one unit of work. Raises ``StorageError`` when the database failed (retry all).
+
+        ``itemized``: also say what became of each message (``BatchResult.per_message``, in
+        the batch's order), for callers that answer each message's sender on its own; the
+        messages must then be distinct objects.
+        """
         started = time.perf_counter()
         try:
-            result = await self._in_transaction(self._process, batch)
+            result = await self._in_transaction(partial(self._process, itemized=itemized), batch)
         except DATABASE_UNAVAILABLE as exc:
             self._metrics.not_committed.inc()
             raise StorageError(f"database unavailable: {exc.__class__.__name__}") from exc
@@ -252,7 +290,9 @@ class IngestPipeline:
         self._last_pending = due
         return due
 
-    async def _process(self, conn: Conn, batch: Sequence[RawMessage]) -> BatchResult:
+    async def _process(
+        self, conn: Conn, batch: Sequence[RawMessage], itemized: bool = False
+    ) -> BatchResult:
         now = self._now()
         result = BatchResult(messages=len(batch))
         await self._refresh_rules(conn)
@@ -268,6 +308,8 @@ class IngestPipeline:
         new = await reading_store.insert_new(conn, prepared.accepted, interpretations)
         result.stored = len(new)
         result.duplicates = len(prepared.accepted) - len(new)
+        if itemized:
+            result.per_message = _itemize(batch, prepared, new)
 
         if new:
             await rule_state.touch_last(conn, self._last_due(new))
@@ -355,7 +397,7 @@ class IngestPipeline:
     async def _prepare(self, conn: Conn, batch: Sequence[RawMessage], now: datetime) -> _Prepared:
         decoded = []
         rejections: list[Rejection] = []
-        for raw in batch:
+        for i, raw in enumerate(batch):
             decoder = DECODERS.get(raw.payload_format)
             if decoder is None:
                 rejections.append(
@@ -382,14 +424,15 @@ class IngestPipeline:
             )
             if raw.integration is not None:
                 d = namespaced(d, raw.integration)
-            decoded.append((raw, d))
+            decoded.append((i, raw, d))
 
         devices = await device_store.device_records(
-            conn, {r.device_id for _, d in decoded for r in d.readings}
+            conn, {r.device_id for _, _, d in decoded for r in d.readings}
         )
         accepted: list[AcceptedReading] = []
+        origins: list[int] = []
         seen: dict[str, tuple[datetime, dict[str, float]]] = {}
-        for raw, d in decoded:
+        for i, raw, d in decoded:
             # MQTT: one device per message (the topic's); webhooks may carry several.
             groups = (
                 {raw.device_id: d.readings} if raw.device_id is not None else _by_device(d.readings)
@@ -398,10 +441,11 @@ class IngestPipeline:
                 device = devices.get(device_id)
                 ok, bad = validate(raw, group, device, now, self._clock)
                 accepted.extend(ok)
+                origins.extend([i] * len(ok))
                 rejections.extend(bad)
                 if device is not None:
                     seen[device_id] = (raw.received_at, d.device_status.get(device_id, {}))
-        return _Prepared(accepted, rejections, seen)
+        return _Prepared(accepted, rejections, seen, origins)
 
     async def _follow_up(
         self,

@@ -252,3 +252,11 @@ class Settings(BaseSettings):
     ingest_burst: int = Field(default=200, ge=1)
     ingest_unauth_rate_per_s: float = Field(default=10.0, ge=0)
     ingest_unauth_burst: int = Field(default=100, ge=1)
+
+    # Webhook micro-batching (rpm/ingest_batcher.py): concurrent POST /ingest/{format}
+    # requests share one unit of work of at most this many bodies, or whatever arrived
+    # within this wait, whichever first; at most webhook_queue_max bodies wait (503 with
+    # Retry-After beyond), so memory stays under about that many ingest_max_body_bytes.
+    webhook_batch_max_messages: int = Field(default=100, ge=1)
+    webhook_batch_max_wait_ms: int = Field(default=10, ge=0)
+    webhook_queue_max: int = Field(default=1000, ge=1)

@@ -1,7 +1,8 @@
 """HTTP ingestion for vendor webhooks, and the quarantine (list, replay).
 
-``POST /ingest/{format}`` runs the same unit of work as MQTT: a 200 answer means the
-readings are committed; retries of the same request store nothing twice.
+``POST /ingest/{format}`` runs the same unit of work as MQTT, shared by concurrent requests
+(rpm/ingest_batcher.py), each answered for its own body: a 200 answer means the readings are
+committed; retries of the same request store nothing twice.
 
 Hostile input gets a 4xx before it costs much: a body over the size limit is refused
 while it streams in (413, whatever Content-Length claims); a client address whose
@@ -30,8 +31,9 @@ from device_gateways.webhook_auth import verify_bearer, verify_signature
 from rpm.auth import API_KEY_PREFIX
 from rpm.domain import RawMessage, Rejection, RejectReason
 from rpm.errors import StorageError
+from rpm.ingest_batcher import BatcherFull, BatchLimits, IngestBatcher
 from rpm.json_depth import max_depth
-from rpm.pipeline import BatchResult, IngestPipeline
+from rpm.pipeline import BatchResult, IngestPipeline, MessageResult
 from rpm.rate_limit import TokenBuckets
 from rpm.settings import Settings
 from rpm.storage import quarantine as quarantine_store
@@ -84,7 +86,7 @@ class ReplayOut(BaseModel):
     result: IngestResult
 
 
-def _summary(r: BatchResult) -> IngestResult:
+def _summary(r: BatchResult | MessageResult) -> IngestResult:
     return IngestResult(
         stored=r.stored,
         duplicates=r.duplicates,
@@ -107,6 +109,15 @@ def router(pool: asyncpg.Pool, pipeline: IngestPipeline, settings: Settings) -> 
     per_integration = TokenBuckets(settings.ingest_rate_per_s, settings.ingest_burst)
     # Charged by requests that fail authentication (or are too large to authenticate).
     per_address = TokenBuckets(settings.ingest_unauth_rate_per_s, settings.ingest_unauth_burst)
+    # Concurrent requests share units of work (rpm/ingest_batcher.py); each hears its own.
+    batcher = IngestBatcher(
+        lambda batch: pipeline.process(batch, itemized=True),
+        BatchLimits(
+            max_messages=settings.webhook_batch_max_messages,
+            max_wait_s=settings.webhook_batch_max_wait_ms / 1000,
+            max_queued=settings.webhook_queue_max,
+        ),
+    )
 
     @api.post(
         "/ingest/{payload_format}",
@@ -121,7 +132,10 @@ def router(pool: asyncpg.Pool, pipeline: IngestPipeline, settings: Settings) -> 
                 "device...); the payload is kept in the quarantine",
             },
             429: {"description": "rate limit of the integration or client address; Retry-After"},
-            503: {"description": "storage unavailable; retry (retries are idempotent)"},
+            503: {
+                "description": "storage unavailable, or too many webhooks waiting for it "
+                "(RPM_WEBHOOK_QUEUE_MAX); retry after Retry-After (retries are idempotent)"
+            },
         },
     )
     async def ingest(
@@ -195,7 +209,13 @@ def router(pool: asyncpg.Pool, pipeline: IngestPipeline, settings: Settings) -> 
         if depth > settings.ingest_max_json_depth:
             return await _quarantine_too_deep(raw, depth, settings.ingest_max_json_depth)
         try:
-            result = await pipeline.process([raw])
+            result = await batcher.submit(raw)
+        except BatcherFull:
+            return JSONResponse(
+                {"detail": "too many webhooks waiting for storage; retry"},
+                503,
+                headers={"Retry-After": "1"},
+            )
         except StorageError:
             return JSONResponse(
                 {"detail": "storage unavailable; retry"}, 503, headers={"Retry-After": "5"}
