@@ -11,6 +11,7 @@ reading; their state is rebuilt from the database on the retry.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -183,6 +184,7 @@ class IngestPipeline:
         self._rules_checked = -1e9
         self._rules_refresh_s = rules_refresh_s
         self._touched: set[str] = set()
+        self._one_unit_at_a_time = asyncio.Lock()
         self._last_written: dict[tuple[str, str], datetime] = {}
         self._last_pending: dict[tuple[str, str], datetime] = {}
         self._fhir_push = fhir_push
@@ -263,17 +265,22 @@ class IngestPipeline:
             raise StorageError(f"database unavailable: {exc.__class__.__name__}") from exc
 
     async def _in_transaction(self, work: Callable[[Conn, A], Awaitable[R]], arg: A) -> R:
-        """Run ``work`` in one transaction; on any failure the engine forgets what it touched."""
-        self._touched = set()
-        self._last_pending = {}
-        try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                out = await work(conn, arg)
-        except BaseException:
-            self.engine.forget(self._touched)
-            raise
-        self._last_written.update(self._last_pending)
-        return out
+        """Run ``work`` in one transaction; on any failure the engine forgets what it touched.
+
+        One unit of work at a time per pipeline: the engine's in-memory state (and what this
+        unit touched) must not interleave with another's at an ``await`` (an MQTT batch and
+        a webhook batch, or the missing-data timer, in one process)."""
+        async with self._one_unit_at_a_time:
+            self._touched = set()
+            self._last_pending = {}
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    out = await work(conn, arg)
+            except BaseException:
+                self.engine.forget(self._touched)
+                raise
+            self._last_written.update(self._last_pending)
+            return out
 
     def _last_due(self, new: Sequence[AcceptedReading]) -> dict[tuple[str, str], datetime]:
         """Newest times per (patient, metric) worth writing to ``patient_metric_last``.

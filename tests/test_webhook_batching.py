@@ -312,6 +312,9 @@ async def test_a_full_queue_answers_503_with_retry_after_at_once(
             ] * 3
             accepted = [await first, await queued[0]]
             assert [(r.status_code, r.json()) for r in accepted] == [(200, answer(stored=1))] * 2
+            exposed = (await api.get("/metrics")).text
+            assert 'rpm_webhook_messages_total{outcome="refused"} 3.0' in exposed
+            assert 'rpm_webhook_messages_total{outcome="batched"} 2.0' in exposed
     finally:
         await server.stop()
 

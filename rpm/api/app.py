@@ -98,14 +98,15 @@ def create_app(
     app.add_middleware(Guard, pool=pool, hsts=bool(auth_config and auth_config.cookie_secure))
     app.include_router(admin.router(pool))
     app.include_router(alerts.router(pool, broadcaster, snooze_caps=snooze_caps))
-    app.include_router(ingest.router(pool, pipeline, settings or Settings()))
+    ops = ops or health.Operations()
+    app.include_router(ingest.router(pool, pipeline, settings or Settings(), ops.metrics))
     app.include_router(registry.router(pool, broker), responses=_CONFLICT)
     app.include_router(rules.router(pool, on_change=pipeline.rules_changed))
     app.state.auth = Auth(pool, auth_config)  # rpm.auth.current_staff finds it here
     app.include_router(dashboard.router(pool, app.state.auth))
     app.include_router(fhir.router(pool), responses=_FHIR)
     app.include_router(twilio_hooks.router(pool, settings or Settings()), responses=_TWILIO)
-    app.include_router(health.router(pool, ops or health.Operations()))
+    app.include_router(health.router(pool, ops))
 
     @app.exception_handler(asyncpg.DataError)
     async def _data_error(request: Request, exc: asyncpg.DataError) -> JSONResponse:

@@ -33,6 +33,7 @@ from rpm.domain import RawMessage, Rejection, RejectReason
 from rpm.errors import StorageError
 from rpm.ingest_batcher import BatcherFull, BatchLimits, IngestBatcher
 from rpm.json_depth import max_depth
+from rpm.metrics import Metrics, delivery_families
 from rpm.pipeline import BatchResult, IngestPipeline, MessageResult
 from rpm.rate_limit import TokenBuckets
 from rpm.settings import Settings
@@ -103,7 +104,12 @@ def _too_many(wait: float, who: str) -> JSONResponse:
     )
 
 
-def router(pool: asyncpg.Pool, pipeline: IngestPipeline, settings: Settings) -> APIRouter:
+def router(
+    pool: asyncpg.Pool,
+    pipeline: IngestPipeline,
+    settings: Settings,
+    metrics: Metrics | None = None,
+) -> APIRouter:
     api = APIRouter()
     max_bytes = settings.ingest_max_body_bytes
     per_integration = TokenBuckets(settings.ingest_rate_per_s, settings.ingest_burst)
@@ -118,6 +124,15 @@ def router(pool: asyncpg.Pool, pipeline: IngestPipeline, settings: Settings) -> 
             max_queued=settings.webhook_queue_max,
         ),
     )
+    if metrics is not None:
+        counts = batcher.counters
+        metrics.watch(
+            delivery_families(
+                "rpm_webhook_messages",
+                "Webhook messages handed to the shared units of work, or refused (queue full).",
+                lambda: {"batched": counts.messages, "refused": counts.refused},
+            )
+        )
 
     @api.post(
         "/ingest/{payload_format}",
