@@ -24,19 +24,17 @@ sys.path.sort(key=lambda p: p in ("", str(Path(__file__).resolve().parent)))
 
 import argparse
 import asyncio
-import json
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
-from _common import BenchError, Child, render_table, server_env
+from _common import BenchError, Child, render_table, run_with_services, server_env
 
 from device_gateways.broker_admin import BrokerAdmin, BrokerAdminConfig
-from rpm.localservices import LocalServices, LocalServicesError, free_port
+from rpm.localservices import LocalServices, free_port
 from rpm.simulate_cli import SimulateOptions, make_plan
 from rpm.storage.pool import create_pool
 from simulators.report import render, to_json
@@ -170,28 +168,7 @@ def figures(args: argparse.Namespace, result: RunResult) -> dict[str, object]:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    work = Path(tempfile.mkdtemp(prefix="rpm-bench-simulate-"))
-    services = LocalServices(work / "services", log=lambda line: None)
-    try:
-        result = asyncio.run(benchmark(args, services, work))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (BenchError, LocalServicesError) as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        try:
-            services.stop()
-        finally:
-            if args.keep:
-                print(f"kept {work} (serve.log: the server's log)", file=sys.stderr)
-            else:
-                shutil.rmtree(work, ignore_errors=True)
-    f = figures(args, result)
-
+def _table(args: argparse.Namespace, f: dict[str, Any]) -> str:
     def ms(key: str) -> str:
         value = f[key]
         return "-" if value is None else f"{value:,.0f} ms"
@@ -206,10 +183,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("publish -> alert p99", ms("publish_to_alert_p99_ms"), ""),
         ("devices connected", f"{f['devices_connected']:,} in {f['connect_s']:.1f} s", ""),
     ]
-    print(render(result.report))
-    print(render_table("rpm simulate, load mode", rows))
-    print(json.dumps(f))
-    return 1 if result.report.lost else 0
+    return render_table("rpm simulate, load mode", rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    lost: list[int] = []
+
+    def body(services: LocalServices, work: Path) -> tuple[str, dict[str, Any]]:
+        result = asyncio.run(benchmark(args, services, work))
+        lost.append(result.report.lost)
+        f = figures(args, result)
+        return render(result.report) + "\n" + _table(args, f), f
+
+    status = run_with_services("rpm-bench-simulate-", body, keep=args.keep)
+    return 1 if status == 0 and any(lost) else status
 
 
 if __name__ == "__main__":
