@@ -87,6 +87,9 @@ def _concrete(path: str) -> str:
     return re.sub(r"\{[^}]+\}", "1", path)
 
 
+OPEN = {("post", "/api/auth/token"), ("get", "/fhir/metadata")}
+
+
 async def test_every_api_and_fhir_route_refuses_a_caller_without_credentials(
     http: httpx.AsyncClient,
 ) -> None:
@@ -98,14 +101,18 @@ async def test_every_api_and_fhir_route_refuses_a_caller_without_credentials(
         if not path.startswith(("/api/", "/fhir")):
             continue
         for method, operation in operations.items():
-            if (method, path) == ("post", "/api/auth/token"):
-                continue  # how a program gets a credential
+            if (method, path) in OPEN:
+                continue
             assert operation.get("security"), f"{method} {path} documents no security"
             r = await http.request(method.upper(), _concrete(path), json={})
             assert r.status_code == 401, f"{method} {path}: {r.status_code}"
             assert r.headers["www-authenticate"] == "Bearer"
             checked += 1
     assert checked >= 40  # the whole API, not a handful
+    # The open ones: how a program gets a credential, and how a FHIR client discovers us.
+    capability = await http.get("/fhir/metadata")
+    assert capability.status_code == 200
+    assert capability.json()["resourceType"] == "CapabilityStatement"
     # Routes outside the schema (the FHIR catch-all) too; a wrong credential is refused alike.
     assert (await http.post("/fhir/Observation", json={})).status_code == 401
     fhir = await http.get("/fhir/Nothing")
@@ -125,7 +132,7 @@ MATRIX: list[tuple[str, str, dict[str, Any] | None, tuple[int, int, int, int]]] 
     ("GET", "/api/patients/pat-a/readings", None, (200, 200, 403, 403)),
     ("GET", "/api/patients/pat-a/rules", None, (200, 200, 403, 403)),
     ("GET", "/api/rules/programs", None, (200, 200, 403, 403)),
-    ("GET", "/fhir/metadata", None, (200, 200, 200, 403)),
+    ("GET", "/fhir/metadata", None, (200, 200, 200, 200)),  # open: discovery, no patient data
     ("GET", "/fhir/Patient", None, (200, 200, 200, 403)),
     ("POST", "/fhir/Observation", {}, (405, 405, 405, 403)),  # read-only for everyone
     ("GET", "/api/audit", None, (200, 403, 403, 403)),

@@ -170,8 +170,10 @@ def router(pool: asyncpg.Pool, *, software_version: str = "0.1.0") -> APIRouter:
     r = APIRouter(route_class=_FhirRoute)
     started = datetime.now(UTC)
 
+    # Open to every caller, as FHIR clients discover a server (and SMART its security) by
+    # reading it before they hold a token; it describes the server, not a patient.
     @r.get("/fhir/metadata", tags=["fhir"])
-    async def metadata(request: Request, _who: CanReadFhir) -> Response:
+    async def metadata(request: Request) -> Response:
         async def work() -> Answer:
             return 200, capability.capability_statement(_base(request), software_version, started)
 
