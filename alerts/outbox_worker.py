@@ -19,7 +19,6 @@ At-least-once: a crash between Twilio's answer and our commit can send one messa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Callable, Mapping
@@ -30,12 +29,13 @@ from typing import Any, Protocol
 import asyncpg
 
 from rpm.errors import PermanentDeliveryError, RecipientOptedOut, TransientDeliveryError
+from rpm.outbox_loop import drain_until_stopped
 from rpm.settings import Settings
 from rpm.storage import alerts as alert_store
 from rpm.storage import outbox as outbox_store
 from rpm.storage import sms as sms_store
 from rpm.storage import staff as staff_store
-from rpm.storage.pool import DATABASE_UNAVAILABLE, Conn
+from rpm.storage.pool import Conn
 
 from . import templates
 from .sms import UNSUBSCRIBED, SentSms
@@ -179,16 +179,9 @@ class SmsOutboxWorker:
         self._stopping.set()
 
     async def run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                handled = await self.drain_once()
-            except DATABASE_UNAVAILABLE as exc:
-                log.warning("outbox: database unavailable (%s)", exc.__class__.__name__)
-                handled = 0
-            if handled == 0:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._config.poll_interval_s):
-                        await self._stopping.wait()
+        await drain_until_stopped(
+            self.drain_once, self._stopping, lambda: self._config.poll_interval_s, log, "outbox"
+        )
 
     async def drain_once(self) -> int:
         """Handle the items due now; return how many were handled."""

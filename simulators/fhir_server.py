@@ -49,6 +49,8 @@ from aiohttp import web
 from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
 
+from simulators.local_http import listen
+
 __all__ = ["FhirServer", "main"]
 
 _log = logging.getLogger(__name__)
@@ -176,16 +178,7 @@ class FhirServer:
         app.router.add_get("/fhir/Observation/{id}", self._read)
         app.router.add_post("/token", self._token)
         app.router.add_get("/_stats", self._stats)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, self._host, self._port).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        port = runner.addresses[0][1]
-        root = f"http://{self._host}:{port}"
+        self._runner, root = await listen(app, self._host, self._port)
         self.base_url, self.token_url = f"{root}/fhir", f"{root}/token"
         return self.base_url
 

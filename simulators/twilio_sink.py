@@ -43,6 +43,8 @@ from aiohttp import web
 from multidict import MultiDict, MultiDictProxy, MultiMapping
 from twilio.request_validator import RequestValidator
 
+from simulators.local_http import listen
+
 __all__ = ["RecordedMessage", "SentWebhook", "TwilioSink", "main", "run_forever"]
 
 _log = logging.getLogger(__name__)
@@ -319,17 +321,7 @@ class TwilioSink:
         app.router.add_post(_CREATE_PATH.replace("AccountSid", "account_sid"), self._create)
         app.router.add_get("/2010-04-01/Accounts/{account_sid}/Messages/{sid}.json", self._fetch)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, self._host, self._port).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        port = runner.addresses[0][1]
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        url = f"http://{host}:{port}"
+        self._runner, url = await listen(app, self._host, self._port)
         self.base_url = url
         _log.info("twilio sink listening on %s", url)
         return url

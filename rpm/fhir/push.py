@@ -28,7 +28,6 @@ items' attempts are spent only on real tries; once the EHR answers, the backlog 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -38,10 +37,10 @@ from typing import Any, Protocol
 
 import asyncpg
 
+from rpm.outbox_loop import drain_until_stopped
 from rpm.settings import Settings
 from rpm.storage import fhir as fhir_store
 from rpm.storage import outbox as outbox_store
-from rpm.storage.pool import DATABASE_UNAVAILABLE
 
 from .bundles import (
     EntryResult,
@@ -183,16 +182,7 @@ class FhirPushWorker:
         self._stopping.set()
 
     async def run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                handled = await self.drain_once()
-            except DATABASE_UNAVAILABLE as exc:
-                log.warning("fhir push: database unavailable (%s)", exc.__class__.__name__)
-                handled = 0
-            if handled == 0:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._idle_s()):
-                        await self._stopping.wait()
+        await drain_until_stopped(self.drain_once, self._stopping, self._idle_s, log, "fhir push")
 
     def _idle_s(self) -> float:
         if self._paused_until is not None:
