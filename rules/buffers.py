@@ -102,16 +102,6 @@ class MetricBuffer:
         t = self.times[rows, np.maximum(n - 1, 0)]
         return np.where(n > 0, t, -np.inf)
 
-    def history(self, rows: Rows) -> tuple[F64, F64]:
-        """Copies of these rows' times and values, cut after the longest of them (the
-        places after are empty in every row).
-
-        The cut is rounded up to whole blocks of 8: numpy sums a row in 8 partial sums, so
-        sums over the cut rows are bit for bit those over the full rows.
-        """
-        width = min(-(-int(self.count[rows].max(initial=1)) // 8) * 8, self.capacity)
-        return self.times[rows, :width], self.values[rows, :width]
-
     def newest_of(self, row: int) -> float:
         """Time of the row's newest reading (-inf for an empty row)."""
         n = int(self.count[row])

@@ -31,14 +31,14 @@ import numpy.typing as npt
 
 from rpm.domain import AcceptedReading, Metric
 
+from . import kernels
 from .buffers import DEFAULT_CAPACITY, F64, MetricBuffer, Rows
 from .candidate import AlertCandidate
 from .kinds import KINDS, Facts, Outcome, Window
-from .kinds.base import condition_holds, given
+from .kinds.base import Store, condition_holds, given
 from .kinds.missing import Silence, evaluate_missing
 from .late import reevaluate_after_late
-from .latest import InTime, latest, rows_in_of
-from .latest import in_time as find_in_time
+from .latest import latest, rows_in_of
 from .plan import PatientContext, Plan, by_plan, compile_plan
 from .programs import RuleBook
 from .proposal import propose
@@ -115,6 +115,7 @@ class Engine:
         # id(rule) -> the rule (kept so its id is not reused) and the metrics it watches
         self._watched: dict[int, tuple[RuleSpec, frozenset[Metric]]] = {}
         self._lookback = self._max_lookback()
+        kernels.warm_up()
 
     # --- rule book ---------------------------------------------------------------
 
@@ -412,20 +413,16 @@ class Engine:
     ) -> Window:
         """The readings' window; ``rows_in`` gives their patients' rows in another buffer."""
 
-        # (metric, fresh) -> which of that buffer's places are in time for each reading,
-        # shared by the components read from the same metric (systolic and pulse of a cuff)
-        in_time: dict[tuple[Metric, float], InTime] = {}
-
         def latest_of(other: Metric, component: str, fresh: float) -> tuple[F64, F64]:
             found = self._buffers.get(other)
             if found is None:
                 return np.full(len(ts), np.nan), np.full(len(ts), np.nan)
-            at = in_time.get((other, fresh))
-            if at is None:
-                at = in_time[other, fresh] = find_in_time(found, rows_in(found), fresh, ts)
-            return latest(found, at, component)
+            return latest(found, rows_in(found), ts, component, fresh)
 
-        return Window(metric, ts, current, lambda: buf.history(rows), buf.index, latest_of)
+        def gather() -> Store:
+            return buf.times, buf.values, rows
+
+        return Window(metric, ts, current, gather, buf.index, latest_of)
 
     def _evaluate(
         self,

@@ -1,9 +1,8 @@
 """What the rules of one metric group read, gathered once for the group on first use.
 
 Every rule evaluated for a batch's readings of one metric reads the same history rows
-and the same latest values of other metrics; a rule that only some of the readings
-hold gets those of its readings (``part``), taken from the group's arrays, which are
-small and contiguous, instead of reaching into the ring buffers again.
+(in the ring buffer, in place) and the same latest values of other metrics; a rule
+that only some of the readings hold gets those of its readings (``part``).
 """
 
 from __future__ import annotations
@@ -16,13 +15,14 @@ from rpm.domain import Metric
 
 from .buffers import F64, MetricBuffer, Rows
 from .kinds import Window
-from .latest import InTime, in_time, latest
+from .kinds.base import Store
+from .latest import latest
 
 
 class Shared:
     """A metric group's history and latest values of other metrics, computed lazily."""
 
-    __slots__ = ("_buf", "_buffers", "_history", "_in", "_latest", "_rows", "_rows_in", "_ts")
+    __slots__ = ("_buf", "_buffers", "_latest", "_rows", "_rows_in", "_ts")
 
     def __init__(
         self,
@@ -37,15 +37,10 @@ class Shared:
         self._rows = rows
         self._ts = ts
         self._rows_in = rows_in
-        self._history: tuple[F64, F64] | None = None
-        # (metric, fresh) -> places in time, shared by the components read from the metric
-        self._in: dict[tuple[Metric, float], InTime] = {}
         self._latest: dict[tuple[Metric, str, float], tuple[F64, F64]] = {}
 
-    def history(self) -> tuple[F64, F64]:
-        if self._history is None:
-            self._history = self._buf.history(self._rows)
-        return self._history
+    def history(self) -> Store:
+        return self._buf.times, self._buf.values, self._rows
 
     def latest_of(self, other: Metric, component: str, fresh: float) -> tuple[F64, F64]:
         key = (other, component, fresh)
@@ -59,10 +54,7 @@ class Shared:
         n = len(self._ts)
         if buf is None:
             return np.full(n, np.nan), np.full(n, np.nan)
-        at = self._in.get((other, fresh))
-        if at is None:
-            at = self._in[other, fresh] = in_time(buf, self._rows_in(buf), fresh, self._ts)
-        return latest(buf, at, component)
+        return latest(buf, self._rows_in(buf), self._ts, component, fresh)
 
     def window(self, metric: Metric, current: F64) -> Window:
         """The window of every reading of the group."""
@@ -71,9 +63,8 @@ class Shared:
     def part(self, metric: Metric, current: F64, sel: Rows) -> Window:
         """The window of the readings ``sel`` of the group."""
 
-        def gather() -> tuple[F64, F64]:
-            times, values = self.history()
-            return times[sel], values[sel]
+        def gather() -> Store:
+            return self._buf.times, self._buf.values, self._rows[sel]
 
         def latest_of(other: Metric, component: str, fresh: float) -> tuple[F64, F64]:
             value, when = self.latest_of(other, component, fresh)

@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from rpm.domain import Metric
 
+from ..kernels import OP_CODES, tier_levels
 from ..spec import COMPARATORS, Condition, RuleSpec, Tier
 
 F64 = npt.NDArray[np.float64]
@@ -40,15 +41,18 @@ DAY = 86400.0
 LatestOf = Callable[[Metric, str, float], tuple[F64, F64]]
 
 
-# The history of a window's readings, gathered from the ring buffer on first use (a kind
-# that reads only the readings' own values never pays for it): times (B, C) and values
-# (B, C, K)
-Gather = Callable[[], tuple[F64, F64]]
+# The history of a window's readings, found on first use (a kind that reads only the
+# readings' own values never pays for it): a store of times (R, C) and values (R, C, K),
+# and the row of each reading in it. Kinds hand the store to their compiled loops
+# (``rules.kernels``), which read the ring buffers in place.
+Store = tuple[F64, F64, npt.NDArray[np.intp]]
+Gather = Callable[[], Store]
 
 
 def given(times: F64, values: F64) -> Gather:
-    """A history already at hand."""
-    return lambda: (times, values)
+    """A history already at hand: reading i's is row i of ``times`` and ``values``."""
+    rows = np.arange(times.shape[0])
+    return lambda: (times, values, rows)
 
 
 @dataclass(slots=True)
@@ -64,22 +68,26 @@ class Window:
     # per-reading values of the rule's parameters that differ between the readings
     # (patients' overrides, evaluated together with the rule's other readings)
     params: Mapping[str, F64] = field(default_factory=dict)
-    _held: tuple[F64, F64] | None = field(default=None, repr=False)
+    _held: Store | None = field(default=None, repr=False)
 
-    @property
-    def times(self) -> F64:
-        """(B, C) history times, ascending, inf where the row is empty."""
-        return self._history()[0]
-
-    @property
-    def values(self) -> F64:
-        """(B, C, K) history values."""
-        return self._history()[1]
-
-    def _history(self) -> tuple[F64, F64]:
+    def store(self) -> Store:
+        """(times, values, rows): reading i's history is row ``rows[i]`` of the store;
+        times ascending within a row (bar hidden places), ``inf`` where empty."""
         if self._held is None:
             self._held = self.gather()
         return self._held
+
+    @property
+    def times(self) -> F64:
+        """(B, C) history times, a copy."""
+        times, _, rows = self.store()
+        return times[rows]
+
+    @property
+    def values(self) -> F64:
+        """(B, C, K) history values, a copy."""
+        _, values, rows = self.store()
+        return values[rows]
 
     def __len__(self) -> int:
         return int(self.ts.shape[0])
@@ -92,22 +100,9 @@ class Window:
     def value(self, component: str) -> F64:
         return self.current[:, self.components[component]]
 
-    def history(self, component: str) -> F64:
-        return self.values[:, :, self.components[component]]
-
-    def upto(self) -> Bools:
-        """History at or before each reading's own time (the reading included)."""
-        return np.asarray(self.times <= self.ts[:, None], np.bool_)
-
-    def between(
-        self, back_s: float | F64, *, include_self: bool, skip_recent_s: float = 0.0
-    ) -> Bools:
-        """History within ``[ts - back, ts - skip_recent]`` (the reading itself optional)."""
-        t = self.times
-        lo = self.ts - back_s
-        hi = self.ts - skip_recent_s
-        upper = (t <= hi[:, None]) if include_self and skip_recent_s == 0 else (t < hi[:, None])
-        return np.asarray((t >= lo[:, None]) & upper, np.bool_)
+    def component(self, component: str) -> int:
+        """A component's place in the values' last axis."""
+        return self.components[component]
 
 
 @dataclass(slots=True)
@@ -186,19 +181,68 @@ def not_positive(rule: RuleSpec, *names: str) -> list[str]:
 # --- helpers shared by kinds ------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Conditions:
+    """Tier conditions as the compiled loops take them, one entry per condition."""
+
+    comp: npt.NDArray[np.intp]  # the component's place in a reading's values
+    op: npt.NDArray[np.int64]  # ``kernels.OP_CODES``
+    level: I8  # the severity of the condition's tier
+    params: tuple[str, ...]  # the param holding each limit
+    toward_normal: F64  # -1 for an upper limit, +1 for a lower one (hysteresis moves them)
+    limits: F64  # (1, m) the rule's own limits
+
+
+# id(rule) -> (the rule, kept so its id is not reused; its conditions)
+_CONDITIONS: dict[tuple[int, int], tuple[RuleSpec, Conditions]] = {}
+
+
+def conditions(rule: RuleSpec, tiers: tuple[Tier, ...]) -> Conditions:
+    """The conditions of ``tiers`` (a rule's own), compiled once per rule."""
+    key = (id(rule), id(tiers))
+    held = _CONDITIONS.get(key)
+    if held is None:
+        if len(_CONDITIONS) >= 4096:  # versions of the programs come and go: stay bounded
+            _CONDITIONS.clear()
+        from rpm.domain import METRICS
+
+        index = {c.name: i for i, c in enumerate(METRICS[rule.metric].components)}
+        pairs = [(t, c) for t in tiers for c in t.any]
+        found = Conditions(
+            np.array([index[c.component] for _, c in pairs], np.intp),
+            np.array([OP_CODES[c.op] for _, c in pairs], np.int64),
+            np.array([int(t.severity) for t, _ in pairs], np.int8),
+            tuple(c.param for _, c in pairs),
+            np.array([-1.0 if c.rising else 1.0 for _, c in pairs]),
+            np.array([[rule.p(c.param) for _, c in pairs]], np.float64),
+        )
+        held = _CONDITIONS[key] = (rule, found)
+    return held[1]
+
+
+def limits(conds: Conditions, w: Window, shift: float = 0.0) -> F64:
+    """The limits each reading is compared with: one row for all, or one per reading
+    where overrides make them differ; ``shift`` moves each toward normal (hysteresis)."""
+    varying = [j for j, name in enumerate(conds.params) if name in w.params] if w.params else []
+    out = conds.limits
+    if varying:
+        out = np.repeat(out, len(w), axis=0)
+        for j in varying:
+            out[:, j] = w.params[conds.params[j]]
+    return out + shift * conds.toward_normal if shift else out
+
+
 def tier_hits(rule: RuleSpec, tiers: tuple[Tier, ...], w: Window, shift: float = 0.0) -> I8:
     """Highest tier severity met by each reading's own values (0: none).
 
     ``shift`` moves every limit toward normal (hysteresis): an upper limit L becomes
     L - shift, a lower limit L + shift.
     """
-    severity = np.zeros(len(w), np.int8)
-    for tier in tiers:
-        hit = np.zeros(len(w), np.bool_)
-        for cond in tier.any:
-            hit |= condition_holds(rule, cond, w.value(cond.component), shift, w.params)
-        severity = np.where(hit & (severity < tier.severity), np.int8(tier.severity), severity)
-    return severity
+    conds = conditions(rule, tiers)
+    out = np.empty(len(w), np.int8)
+    current = np.ascontiguousarray(w.current)  # one compiled layout
+    tier_levels(current, conds.comp, conds.op, limits(conds, w, shift), conds.level, out)
+    return out
 
 
 def condition_holds(

@@ -13,8 +13,8 @@ Soc Psychol 2013;49:764-766).
 from __future__ import annotations
 
 import numpy as np
-import numpy.typing as npt
 
+from ..kernels import robust_center
 from ..spec import RuleSpec
 from .base import (
     DAY,
@@ -57,22 +57,25 @@ class Baseline(OwnMetric):
         assert rule.component is not None
         assert rule.severity is not None
         n_rows = len(w)
-        hist = w.history(rule.component)
         skip = rule.params.get("skip_recent_hours", 0.0) * HOUR
-        inside = w.between(self.lookback_s(rule), include_self=False, skip_recent_s=skip)
-        inside &= ~np.isnan(hist)
-        count = inside.sum(axis=1)
+        times, values, rows = w.store()
+        count = np.empty(n_rows)
+        median = np.empty(n_rows)
+        mad = np.empty(n_rows)
+        robust_center(
+            times,
+            values,
+            rows,
+            w.ts,
+            w.component(rule.component),
+            self.lookback_s(rule),
+            skip,
+            int(rule.p("min_readings")),
+            count,
+            median,
+            mad,
+        )
         enough = count >= rule.p("min_readings")
-        median = np.full(n_rows, np.nan)
-        mad = np.full(n_rows, np.nan)
-        if enough.any():
-            # np.nanmedian takes numpy.ma's slow path for short rows. Sorting puts NaN last,
-            # so a row's median is at (k-1)//2 and k//2 of its k values.
-            k = count[enough][:, None]
-            sub = np.sort(np.where(inside[enough], hist[enough], np.nan), axis=1)
-            m = _sorted_median(sub, k)
-            median[enough] = m
-            mad[enough] = _sorted_median(np.sort(np.abs(sub - m[:, None]), axis=1), k)
         now = w.value(rule.component)
         with np.errstate(invalid="ignore"):
             deviation = (now - median) if rule.direction == "rise" else (median - now)
@@ -106,13 +109,6 @@ class Baseline(OwnMetric):
             f"{amount(rule.metric, rule.component, d['needed'])} ({short_source(rule.source)})."
         )
         return text, {**base_evidence(rule, facts), **dict(d)}
-
-
-def _sorted_median(s: npt.NDArray[np.float64], k: npt.NDArray[np.intp]) -> npt.NDArray[np.float64]:
-    """The median of the first ``k`` values of each ascending row (``k`` >= 1)."""
-    lo = np.take_along_axis(s, (k - 1) // 2, axis=1)[:, 0]
-    hi = np.take_along_axis(s, k // 2, axis=1)[:, 0]
-    return (lo + hi) / 2
 
 
 KIND = Baseline()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernels import window_extreme
 from ..spec import RuleSpec
 from .base import (
     EPS,
@@ -55,15 +56,21 @@ class Change(OwnMetric):
         assert rule.severity is not None
         rise = rule.direction == "rise"
         now = w.value(rule.component)
-        hist = w.history(rule.component)
-        inside = w.between(self.lookback_s(rule), include_self=False) & ~np.isnan(hist)
-        fill = np.inf if rise else -np.inf
-        masked = np.where(inside, hist, fill)
-        idx = masked.argmin(axis=1) if rise else masked.argmax(axis=1)
-        rows = np.arange(len(w))
-        ref = masked[rows, idx]
-        ref_t = w.times[rows, idx]
-        have = inside.any(axis=1) & ~np.isnan(now)
+        times, values, rows = w.store()
+        ref = np.empty(len(w))
+        ref_t = np.empty(len(w))
+        window_extreme(
+            times,
+            values,
+            rows,
+            w.ts,
+            w.component(rule.component),
+            self.lookback_s(rule),
+            rise,
+            ref,
+            ref_t,
+        )
+        have = ~np.isnan(ref) & ~np.isnan(now)
         with np.errstate(invalid="ignore", divide="ignore"):
             change = np.where(have, (now - ref) if rise else (ref - now), 0.0)
             pct = np.where(have & (ref != 0), change / np.abs(ref) * 100.0, 0.0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernels import breaching_count, breaching_run
 from ..spec import RuleSpec
 from .base import (
     EPS,
@@ -20,10 +21,12 @@ from .base import (
     Window,
     base_evidence,
     breached,
-    condition_holds,
     condition_params,
+    conditions,
+    limits,
     short_source,
     span,
+    tier_hits,
     when,
 )
 from .threshold import show_values
@@ -57,38 +60,25 @@ class Persistence(OwnMetric):
     def varying(self, rule: RuleSpec) -> frozenset[str]:
         return condition_params(rule)
 
-    def _breach(self, rule: RuleSpec, w: Window) -> np.ndarray:
-        tier = rule.tiers[0]
-        hit = np.zeros(w.values.shape[:2], np.bool_)
-        for cond in tier.any:
-            hit |= condition_holds(rule, cond, w.history(cond.component), params=w.params)
-        return hit
-
     def evaluate(self, rule: RuleSpec, w: Window) -> Outcome:
         n = len(w)
         tier = rule.tiers[0]
-        own = np.zeros(n, np.bool_)
-        for cond in tier.any:
-            own |= condition_holds(rule, cond, w.value(cond.component), params=w.params)
-        upto = w.upto()
-        hit = self._breach(rule, w) & upto
-        detail: dict[str, np.ndarray] = {}
+        conds = conditions(rule, rule.tiers)
+        limit = limits(conds, w)
+        own = tier_hits(rule, rule.tiers, w) > 0
+        times, values, rows = w.store()
         if "k" in rule.params:
+            count = np.empty(n)
+            seen = np.empty(n)
             last_n = int(rule.params["n"])
-            # rows are sorted: the last n readings up to ts are the last n True of `upto`
-            rank = np.cumsum(upto[:, ::-1], axis=1)[:, ::-1]  # 1 = newest up to ts
-            window = upto & (rank <= last_n)
-            count = (hit & window).sum(axis=1).astype(np.float64)
-            seen = window.sum(axis=1).astype(np.float64)
+            breaching_count(
+                times, values, rows, w.ts, conds.comp, conds.op, limit, last_n, count, seen
+            )
             fires = own & (count >= rule.params["k"])
             detail = {"count": count, "of": seen}
         else:
-            t = w.times
-            ok = upto & ~hit
-            last_ok = np.where(ok, t, -np.inf).max(axis=1)
-            run = hit & (t > last_ok[:, None])
-            run_start = np.where(run, t, np.inf).min(axis=1)
-            duration = np.where(np.isfinite(run_start), w.ts - run_start, 0.0)
+            duration = np.empty(n)
+            breaching_run(times, values, rows, w.ts, conds.comp, conds.op, limit, duration)
             fires = own & (duration >= rule.params["sustained_hours"] * HOUR - EPS)
             detail = {"duration_s": duration}
         severity = np.where(fires, np.int8(tier.severity), np.int8(0)).astype(np.int8)

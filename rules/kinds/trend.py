@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernels import least_squares
 from ..spec import RuleSpec
 from .base import (
     DAY,
@@ -51,18 +52,13 @@ class Trend(OwnMetric):
     def evaluate(self, rule: RuleSpec, w: Window) -> Outcome:
         assert rule.component is not None
         assert rule.severity is not None
-        hist = w.history(rule.component)
-        inside = w.between(self.lookback_s(rule), include_self=True) & ~np.isnan(hist)
-        n = inside.sum(axis=1).astype(np.float64)
-        x = np.where(inside, (w.times - w.ts[:, None]) / DAY, 0.0)  # days relative to reading
-        y = np.where(inside, hist, 0.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mx = x.sum(axis=1) / n
-            my = y.sum(axis=1) / n
-            dx = np.where(inside, x - mx[:, None], 0.0)
-            sxx = (dx * dx).sum(axis=1)
-            slope = (dx * np.where(inside, y - my[:, None], 0.0)).sum(axis=1) / sxx
-            first = np.where(inside, x, np.inf).min(axis=1)
+        times, values, rows = w.store()
+        b = len(w)
+        n, slope, sxx, first = np.empty(b), np.empty(b), np.empty(b), np.empty(b)
+        comp = w.component(rule.component)
+        least_squares(
+            times, values, rows, w.ts, comp, self.lookback_s(rule), DAY, n, slope, sxx, first
+        )
         ok = (n >= rule.p("min_readings")) & (sxx > 0) & ~np.isnan(w.value(rule.component))
         # A slope over hours, extrapolated per day, is noise: the readings must span enough.
         ok &= -first >= rule.params.get("min_span_days", 0.0) - EPS

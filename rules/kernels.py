@@ -1,0 +1,333 @@
+"""The rule kinds' inner loops, compiled (numba): one pass over each reading's history.
+
+A kind's ``evaluate`` stays a pure function of its ``Window``; what it computes per
+reading from the reading's history row (an extreme, a fit, a median, a count of
+breaching readings, the latest value of another metric) is one of these loops. They
+read the ring buffers in place: reading ``i``'s history is row ``rows[i]`` of ``times``
+(R, C) and ``values`` (R, C, K), so nothing is copied and each kind costs one call per
+batch instead of a few dozen numpy passes over padded (B, C) arrays.
+
+Places of a row are not assumed sorted: re-evaluating after a late reading hides the
+batch's readings by giving them time ``+inf`` (``rules.late``). Only ``latest_at``, which
+reads the buffers themselves (sorted, ``count`` places used), walks a row from its end.
+
+A comparison with NaN is false, as in numpy: a missing value meets no condition.
+
+Compiled on first use and cached on disk by numba (``__pycache__`` beside this file, or
+``NUMBA_CACHE_DIR``), so a process pays the compilation once per machine.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import numba
+import numpy as np
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _compiled(f: _F) -> _F:
+    # error_model="numpy": 0/0 is NaN as in numpy, not an exception
+    return cast(_F, numba.njit(cache=True, nogil=True, error_model="numpy")(f))
+
+
+# Condition operators as the kernels take them (``rules.spec.COMPARATORS``)
+OP_CODES = {">": 0, ">=": 1, "<": 2, "<=": 3}
+
+
+@_compiled
+def _holds(v: float, op: int, limit: float) -> bool:
+    if op == 0:
+        return v > limit
+    if op == 1:
+        return v >= limit
+    if op == 2:
+        return v < limit
+    return v <= limit
+
+
+@_compiled
+def _any_holds(values: Any, comp: Any, op: Any, limits: Any, li: int) -> bool:
+    for j in range(comp.shape[0]):  # noqa: SIM110 - a loop compiles; any() over a generator is slower
+        if _holds(values[comp[j]], op[j], limits[li, j]):
+            return True
+    return False
+
+
+@_compiled
+def tier_levels(current: Any, comp: Any, op: Any, limits: Any, level: Any, out: Any) -> None:
+    """``out[i]``: the highest ``level[j]`` of the conditions ``j`` reading ``i``'s own
+    values meet (0: none). ``limits`` has one row per reading, or one row for all."""
+    per = limits.shape[0] > 1
+    for i in range(current.shape[0]):
+        li = i if per else 0
+        best = 0
+        for j in range(comp.shape[0]):
+            if level[j] > best and _holds(current[i, comp[j]], op[j], limits[li, j]):
+                best = level[j]
+        out[i] = best
+
+
+@_compiled
+def breaching_count(
+    times: Any,
+    values: Any,
+    rows: Any,
+    ts: Any,
+    comp: Any,
+    op: Any,
+    limits: Any,
+    last_n: int,
+    count: Any,
+    seen: Any,
+) -> None:
+    """Of each reading's last ``last_n`` places at or before it (``seen`` of them), how
+    many meet any of the conditions (``count``)."""
+    per = limits.shape[0] > 1
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        t0 = ts[i]
+        li = i if per else 0
+        n = 0
+        k = 0
+        for c in range(times.shape[1] - 1, -1, -1):
+            if not times[r, c] <= t0:
+                continue
+            n += 1
+            if _any_holds(values[r, c], comp, op, limits, li):
+                k += 1
+            if n == last_n:
+                break
+        count[i] = k
+        seen[i] = n
+
+
+@_compiled
+def breaching_run(
+    times: Any, values: Any, rows: Any, ts: Any, comp: Any, op: Any, limits: Any, duration: Any
+) -> None:
+    """How long each reading's unbroken run of breaching readings, ending at it, has
+    lasted: from the first breaching place after the last place that did not breach
+    (0 when no place at or before it breaches after that one)."""
+    per = limits.shape[0] > 1
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        t0 = ts[i]
+        li = i if per else 0
+        last_ok = -math.inf
+        for c in range(times.shape[1]):
+            t = times[r, c]
+            if t <= t0 and t > last_ok and not _any_holds(values[r, c], comp, op, limits, li):
+                last_ok = t
+        start = math.inf
+        for c in range(times.shape[1]):
+            t = times[r, c]
+            if t <= t0 and last_ok < t < start and _any_holds(values[r, c], comp, op, limits, li):
+                start = t
+        duration[i] = t0 - start if start < math.inf else 0.0
+
+
+@_compiled
+def window_extreme(
+    times: Any,
+    values: Any,
+    rows: Any,
+    ts: Any,
+    comp: Any,
+    back_s: float,
+    lowest: bool,
+    ref: Any,
+    ref_t: Any,
+) -> None:
+    """The lowest (or highest) value of ``comp`` in ``[t - back_s, t)`` before each
+    reading, and its time; the earliest place of equal ones (NaN where there is none)."""
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        t0 = ts[i]
+        lo = t0 - back_s
+        best = math.inf if lowest else -math.inf
+        best_t = math.nan
+        for c in range(times.shape[1]):
+            t = times[r, c]
+            if not (lo <= t < t0):
+                continue
+            v = values[r, c, comp]
+            if (v < best) if lowest else (v > best):  # NaN is never better
+                best = v
+                best_t = t
+        ref[i] = best if not math.isnan(best_t) else math.nan
+        ref_t[i] = best_t
+
+
+@_compiled
+def least_squares(
+    times: Any,
+    values: Any,
+    rows: Any,
+    ts: Any,
+    comp: Any,
+    back_s: float,
+    day_s: float,
+    n_out: Any,
+    slope: Any,
+    sxx_out: Any,
+    first: Any,
+) -> None:
+    """Least-squares slope per day of ``comp`` over ``[t - back_s, t]`` (the reading
+    included), the count of readings, the spread of their times and the oldest one's
+    offset in days (``inf`` when there is none)."""
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        t0 = ts[i]
+        lo = t0 - back_s
+        n = 0
+        sx = 0.0
+        sy = 0.0
+        oldest = math.inf
+        for c in range(times.shape[1]):
+            t = times[r, c]
+            if not (lo <= t <= t0):
+                continue
+            y = values[r, c, comp]
+            if math.isnan(y):
+                continue
+            x = (t - t0) / day_s
+            n += 1
+            sx += x
+            sy += y
+            oldest = min(oldest, x)
+        n_out[i] = n
+        first[i] = oldest
+        if n == 0:
+            slope[i] = math.nan
+            sxx_out[i] = 0.0
+            continue
+        mx = sx / n
+        my = sy / n
+        sxx = 0.0
+        sxy = 0.0
+        for c in range(times.shape[1]):
+            t = times[r, c]
+            if not (lo <= t <= t0):
+                continue
+            y = values[r, c, comp]
+            if math.isnan(y):
+                continue
+            dx = (t - t0) / day_s - mx
+            sxx += dx * dx
+            sxy += dx * (y - my)
+        sxx_out[i] = sxx
+        slope[i] = sxy / sxx
+
+
+@_compiled
+def robust_center(
+    times: Any,
+    values: Any,
+    rows: Any,
+    ts: Any,
+    comp: Any,
+    back_s: float,
+    skip_s: float,
+    min_readings: int,
+    count: Any,
+    median: Any,
+    mad: Any,
+) -> None:
+    """Median and median absolute deviation of ``comp`` over ``[t - back_s, t - skip_s)``
+    (NaN where fewer than ``min_readings`` values), and the count of values."""
+    width = times.shape[1]
+    held = np.empty(width)
+    spread = np.empty(width)
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        lo = ts[i] - back_s
+        hi = ts[i] - skip_s
+        k = 0
+        for c in range(width):
+            t = times[r, c]
+            if lo <= t < hi:
+                v = values[r, c, comp]
+                if not math.isnan(v):
+                    held[k] = v
+                    k += 1
+        count[i] = k
+        if k < min_readings or k == 0:
+            median[i] = math.nan
+            mad[i] = math.nan
+            continue
+        s = np.sort(held[:k])
+        m = (s[(k - 1) // 2] + s[k // 2]) / 2
+        for j in range(k):
+            spread[j] = abs(s[j] - m)
+        d = np.sort(spread[:k])
+        median[i] = m
+        mad[i] = (d[(k - 1) // 2] + d[k // 2]) / 2
+
+
+@_compiled
+def latest_at(
+    times: Any,
+    values: Any,
+    count: Any,
+    rows: Any,
+    ts: Any,
+    comp: Any,
+    fresh_s: float,
+    value: Any,
+    when: Any,
+) -> None:
+    """Each reading's patient's newest value of ``comp`` at or before it and no older than
+    ``fresh_s`` (of equal times the first place), NaN where none or the row is -1. Rows
+    are a buffer's own: sorted, ``count`` places used."""
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        value[i] = math.nan
+        when[i] = math.nan
+        if r < 0:
+            continue
+        t0 = ts[i]
+        lo = t0 - fresh_s
+        found = -1
+        for c in range(count[r] - 1, -1, -1):
+            t = times[r, c]
+            if t > t0:
+                continue
+            if t < lo or (found >= 0 and t < times[r, found]):
+                break
+            if not math.isnan(values[r, c, comp]):
+                found = c  # keeps going back over places of the same time
+        if found >= 0:
+            value[i] = values[r, found, comp]
+            when[i] = times[r, found]
+
+
+_warm = False
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) every loop for the types the kinds pass, so
+    the first batch a server evaluates does not pay for it. Once per process."""
+    global _warm
+    if _warm:
+        return
+    times = np.array([[0.0, 1.0, math.inf]])
+    values = np.zeros((1, 3, 2))
+    count = np.array([2], np.int32)
+    rows = np.zeros(1, np.intp)
+    ts = np.ones(1)
+    comp = np.zeros(1, np.intp)
+    op = np.zeros(1, np.int64)
+    limits = np.zeros((1, 1))
+    f1, f2, f3, f4 = np.empty(1), np.empty(1), np.empty(1), np.empty(1)
+    tier_levels(values[0], comp, op, limits, np.ones(1, np.int8), np.empty(1, np.int8))
+    breaching_count(times, values, rows, ts, comp, op, limits, 2, f1, f2)
+    breaching_run(times, values, rows, ts, comp, op, limits, f1)
+    window_extreme(times, values, rows, ts, 0, 1.0, True, f1, f2)
+    least_squares(times, values, rows, ts, 0, 1.0, 1.0, f1, f2, f3, f4)
+    robust_center(times, values, rows, ts, 0, 1.0, 0.0, 3, f1, f2, f3)
+    latest_at(times, values, count, rows, ts, 0, 1.0, f1, f2)
+    _warm = True
