@@ -354,8 +354,9 @@ def late_in_order(history: Schedule, stream: Schedule) -> np.ndarray:
 def python_side_bytes(engine: Engine) -> int:
     """sys.getsizeof over the engine's per-patient dicts and sets and what they hold.
 
-    Reads the engine's private containers (a benchmark may): the known patients, armed
-    rules and each buffer's patient -> row map and free list. Every object counts once.
+    Reads the engine's private containers (a benchmark may): the patient -> number map
+    and free numbers, armed rules and each buffer's free list (the number -> row arrays
+    are numpy, counted in ``engine.nbytes()``). Every object counts once.
     """
     seen: set[int] = set()
     total = 0
@@ -376,10 +377,10 @@ def python_side_bytes(engine: Engine) -> int:
             for x in obj:
                 add(x)
 
-    walk(getattr(engine, "_known", set()))
+    walk(getattr(engine, "_numbers", {}))
+    walk(getattr(engine, "_free_numbers", []))
     walk(getattr(engine, "_armed", {}))
     for buf in getattr(engine, "_buffers", {}).values():
-        walk(buf.slots)
         walk(getattr(buf, "_free", []))
     return total
 
@@ -618,7 +619,7 @@ def report(
         ],
         "Memory per patient": [
             (
-                "ring buffers (engine.nbytes)",
+                "numpy arrays (engine.nbytes)",
                 f"{buffer_bytes / 2**20:,.0f} MiB",
                 f"{buffer_bytes / known:,.0f} B/patient "
                 f"({warm.buffer_bytes / 2**20:,.0f} MiB after load)",

@@ -11,12 +11,14 @@ count and span it actually used.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
 
 from rpm.domain import METRICS, Metric
+
+from .kernels import insert_sorted
 
 Rows = npt.NDArray[np.intp]
 F64 = npt.NDArray[np.float64]
@@ -36,49 +38,65 @@ DEFAULT_CAPACITY: dict[Metric, int] = {
 
 
 class MetricBuffer:
-    """The recent readings of one metric for every patient in memory."""
+    """The recent readings of one metric for every patient in memory.
+
+    Patients are known here by their number (``Engine`` numbers the patients it holds,
+    densely): ``row_at[number]`` is the patient's row, -1 for none, so a batch's rows
+    are one numpy gather, not a dictionary lookup per reading.
+    """
 
     def __init__(self, metric: Metric, capacity: int, rows: int = 64) -> None:
         self.metric = metric
         self.components = tuple(c.name for c in METRICS[metric].components)
         self.index = {name: i for i, name in enumerate(self.components)}
         self.capacity = capacity
-        self.slots: dict[str, int] = {}
+        self.row_at = np.full(rows, -1, np.intp)
+        self._used = 0
         self._free: list[int] = []
         self.times = np.full((rows, capacity), np.inf)
         self.values = np.full((rows, capacity, len(self.components)), np.nan)
         self.count = np.zeros(rows, np.int32)
 
     def __len__(self) -> int:
-        return len(self.slots)
+        """Patients with a row."""
+        return self._used
 
     @property
     def nbytes(self) -> int:
-        return int(self.times.nbytes + self.values.nbytes + self.count.nbytes)
+        return int(self.times.nbytes + self.values.nbytes + self.count.nbytes + self.row_at.nbytes)
 
-    def row_of(self, patient_id: str) -> int:
+    def row_of(self, number: int) -> int:
         """The patient's row (-1 when the patient has none)."""
-        return self.slots.get(patient_id, -1)
+        return int(self.row_at[number]) if 0 <= number < len(self.row_at) else -1
 
-    def rows(self, patient_ids: Sequence[str]) -> Rows:
-        """The rows of these patients, allocated on first use."""
-        slots = self.slots
-        found = list(map(slots.get, patient_ids))
-        if None in found:
-            for i, row in enumerate(found):
-                if row is None:
-                    pid = patient_ids[i]  # may repeat in a batch: allocate once
-                    found[i] = slots[pid] if pid in slots else self._allocate(pid)
-        return np.array(found, np.intp)
+    def rows_of(self, numbers: Rows) -> Rows:
+        """The rows of these patients, -1 where a patient has none (nothing allocated)."""
+        out = np.full(len(numbers), -1, np.intp)
+        inside = numbers < len(self.row_at)
+        out[inside] = self.row_at[numbers[inside]]
+        return out
 
-    def _allocate(self, patient_id: str) -> int:
+    def rows(self, numbers: Rows) -> Rows:
+        """The rows of these patients (a number may repeat), allocated on first use."""
+        if len(numbers) and int(numbers.max()) >= len(self.row_at):
+            grown = np.full(max(2 * len(self.row_at), int(numbers.max()) + 1), -1, np.intp)
+            grown[: len(self.row_at)] = self.row_at
+            self.row_at = grown
+        found = self.row_at[numbers]
+        new = found < 0
+        if new.any():
+            for number in np.unique(numbers[new]).tolist():
+                self.row_at[number] = self._allocate()
+            found = self.row_at[numbers]
+        return found
+
+    def _allocate(self) -> int:
+        self._used += 1
         if self._free:
-            row = self._free.pop()
-        else:
-            row = len(self.slots)
-            if row >= self.times.shape[0]:
-                self._grow()
-        self.slots[patient_id] = row
+            return self._free.pop()
+        row = self._used - 1
+        if row >= self.times.shape[0]:
+            self._grow()
         return row
 
     def _grow(self) -> None:
@@ -87,14 +105,16 @@ class MetricBuffer:
         self.values = np.concatenate([self.values, np.full_like(self.values, np.nan)])
         self.count = np.concatenate([self.count, np.zeros(n, np.int32)])
 
-    def release(self, patient_ids: Iterable[str]) -> None:
-        for pid in patient_ids:
-            row = self.slots.pop(pid, None)
-            if row is not None:
+    def release(self, numbers: Iterable[int]) -> None:
+        for number in numbers:
+            row = self.row_of(number)
+            if row >= 0:
+                self.row_at[number] = -1
                 self.times[row] = np.inf
                 self.values[row] = np.nan
                 self.count[row] = 0
                 self._free.append(row)
+                self._used -= 1
 
     def newest(self, rows: Rows) -> F64:
         """Time of each row's newest reading (-inf for an empty row)."""
@@ -108,46 +128,14 @@ class MetricBuffer:
         return float(self.times[row, n - 1]) if n > 0 else -math.inf
 
     def append(self, rows: Rows, ts: F64, values: F64) -> None:
-        """Add readings (any order, a row may repeat); each row stays sorted by time."""
+        """Add readings (any order, a row may repeat); each row stays sorted by time.
+
+        A full row drops its oldest reading for a newer one; a reading older than all a
+        full row holds is not added. Readings of one time keep their arrival order.
+        """
         if len(rows) == 0:
             return
-        for r, t, v in _rounds(rows, ts, values):
-            self._append_unique(r, t, v)
-
-    def _append_unique(self, rows: Rows, ts: F64, values: F64) -> None:
-        full = self.count[rows] == self.capacity
-        if full.any():
-            # A full row keeps its newest readings: one older than all of them is not added.
-            keep = ~full | (ts >= self.times[rows, 0])
-            rows, ts, values, full = rows[keep], ts[keep], values[keep], full[keep]
-            fr = rows[full]
-            self.times[fr, :-1] = self.times[fr, 1:]
-            self.values[fr, :-1] = self.values[fr, 1:]
-            self.count[fr] -= 1
-        pos = self.count[rows]
-        previous = np.where(pos > 0, self.times[rows, np.maximum(pos - 1, 0)], -np.inf)
-        self.times[rows, pos] = ts
-        self.values[rows, pos] = values
-        self.count[rows] = pos + 1
-        late = ts < previous
-        if late.any():
-            lr = rows[late]
-            order = np.argsort(self.times[lr], axis=1, kind="stable")
-            self.times[lr] = np.take_along_axis(self.times[lr], order, axis=1)
-            self.values[lr] = np.take_along_axis(self.values[lr], order[:, :, None], axis=1)
-
-
-def _rounds(rows: Rows, ts: F64, values: F64) -> Iterable[tuple[Rows, F64, F64]]:
-    """Split readings into rounds in which every row appears once (oldest first)."""
-    order = np.lexsort((ts, rows))
-    r = rows[order]
-    first = np.ones(len(r), np.bool_)
-    first[1:] = r[1:] != r[:-1]
-    if first.all():
-        yield rows, ts, values
-        return
-    start = np.maximum.accumulate(np.where(first, np.arange(len(r)), 0))
-    rank = np.arange(len(r)) - start
-    for k in range(int(rank.max()) + 1):
-        pick = order[rank == k]
-        yield rows[pick], ts[pick], values[pick]
+        order = np.lexsort((ts, rows)) if len(rows) > 1 else np.zeros(1, np.intp)
+        insert_sorted(
+            self.times, self.values, self.count, rows, ts, np.ascontiguousarray(values), order
+        )

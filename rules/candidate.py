@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -16,15 +16,13 @@ class AlertCandidate:
     """A rule's proposal to alert, with everything that made it fire.
 
     Most candidates only recur on an episode that is already open, and those never show
-    their explanation: the engine passes ``render`` (and ``uid_of``) so the text,
-    evidence and reading identity are built only when something reads them.
+    their explanation: the engine's candidates (``rules.proposal.Proposed``) build the
+    text, evidence and reading identity only when something reads them.
     """
 
     __slots__ = (
-        "_render",
         "_rendered",
         "_uid",
-        "_uid_of",
         "advice",
         "advice_i18n",
         "measured_at",
@@ -42,16 +40,12 @@ class AlertCandidate:
         severity: Severity,
         title: str,
         measured_at: datetime,
-        explanation: str | None = None,
+        explanation: str,
         evidence: Mapping[str, Any] | None = None,
-        render: Callable[[], Rendering] | None = None,
         reading_uid: uuid.UUID | None = None,
-        uid_of: Callable[[], uuid.UUID] | None = None,
         advice: str = "",
         advice_i18n: Mapping[str, str] | None = None,
     ) -> None:
-        if render is None and explanation is None:
-            raise TypeError("an alert candidate needs an explanation or a way to render one")
         self.patient_id = patient_id
         self.rule_id = rule_id
         self.severity = severity
@@ -59,17 +53,11 @@ class AlertCandidate:
         self.measured_at = measured_at
         self.advice = advice
         self.advice_i18n = advice_i18n or {}
-        self._render = render
-        self._rendered: Rendering | None = (
-            None if render is not None else (explanation or "", evidence or {})
-        )
+        self._rendered: Rendering | None = (explanation, evidence or {})
         self._uid = reading_uid
-        self._uid_of = uid_of
 
     def _rendering(self) -> Rendering:
-        if self._rendered is None:
-            assert self._render is not None
-            self._rendered = self._render()
+        assert self._rendered is not None
         return self._rendered
 
     @property
@@ -83,8 +71,6 @@ class AlertCandidate:
     @property
     def reading_uid(self) -> uuid.UUID | None:
         """The reading that made the rule fire (None for alerts about absent data)."""
-        if self._uid is None and self._uid_of is not None:
-            self._uid = self._uid_of()
         return self._uid
 
     def __repr__(self) -> str:

@@ -18,6 +18,7 @@ over (``clears``), so a late normal reading never clears an alert.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -29,7 +30,7 @@ from operator import attrgetter, is_
 import numpy as np
 import numpy.typing as npt
 
-from rpm.domain import AcceptedReading, Metric
+from rpm.domain import AcceptedReading, Metric, Reading
 
 from . import kernels
 from .buffers import DEFAULT_CAPACITY, F64, MetricBuffer, Rows
@@ -72,7 +73,11 @@ _VALUES = attrgetter("values")
 _KEY = attrgetter("key")
 _TIMESTAMP = datetime.timestamp
 _IS_NONE = partial(is_, None)
+_METRIC = attrgetter("metric")
 _NO_CONTEXT = PatientContext("").key  # the plan key of a patient without programs
+_MINUS_ONE = itertools.repeat(-1)
+_NAN = itertools.repeat(math.nan)
+_NONE = itertools.repeat(None)
 
 
 def _no_latest(metric: Metric, component: str, fresh: float) -> tuple[F64, F64]:
@@ -87,6 +92,7 @@ class _Group:
     times: list[float] = field(default_factory=list)
     values: list[list[float]] = field(default_factory=list)
     readings: list[AcceptedReading] = field(default_factory=list)
+    numbers: Rows = field(default_factory=lambda: np.zeros(0, np.intp))  # the patients'
 
 
 def _differ(rule: RuleSpec, other: RuleSpec) -> frozenset[str]:
@@ -103,8 +109,12 @@ class Engine:
         self._book = book or RuleBook.builtin()
         self._capacity = {**DEFAULT_CAPACITY, **(capacity or {})}
         self._buffers: dict[Metric, MetricBuffer] = {}
-        self._known: set[str] = set()
+        # patient -> its number: its place in every buffer's ``row_at`` and in ``_flagged``
+        self._numbers: dict[str, int] = {}
+        self._free_numbers: list[int] = []
         self._armed: dict[str, set[str]] = {}  # patient -> rules fired and not yet clear
+        # by number: the patient may have armed rules (an entry in ``_armed``)
+        self._flagged = np.zeros(64, np.bool_)
         self._plans: dict[str, Plan] = {}
         # (rule, overrides) -> the overridden rule: plans that differ in other programs
         # share it, so its readings are evaluated together
@@ -175,10 +185,32 @@ class Engine:
     # --- state -------------------------------------------------------------------
 
     def knows(self, patient_id: str) -> bool:
-        return patient_id in self._known
+        return patient_id in self._numbers
 
     def unknown(self, patient_ids: Iterable[str]) -> set[str]:
-        return {p for p in patient_ids if p not in self._known}
+        return {p for p in patient_ids if p not in self._numbers}
+
+    def _number(self, patient_id: str) -> int:
+        """The patient's number, given on first sight (the patient is then known)."""
+        number = self._numbers.get(patient_id)
+        if number is None:
+            if self._free_numbers:
+                number = self._free_numbers.pop()
+            else:
+                number = len(self._numbers)
+                if number >= len(self._flagged):
+                    self._flagged = np.concatenate([self._flagged, np.zeros_like(self._flagged)])
+            self._numbers[patient_id] = number
+        return number
+
+    def _numbers_of(self, patient_ids: Sequence[str]) -> Rows:
+        """The patients' numbers (a patient may repeat), given on first sight."""
+        numbers = self._numbers
+        found = np.fromiter(map(numbers.get, patient_ids, _MINUS_ONE), np.intp, len(patient_ids))
+        if (found < 0).any():
+            for i in np.flatnonzero(found < 0).tolist():
+                found[i] = self._number(patient_ids[i])
+        return found
 
     def load(
         self,
@@ -191,8 +223,9 @@ class Engine:
         Patients already known are skipped: another unit of work loaded them while this
         one waited for the database, and loading twice would hold readings twice.
         """
-        fresh = set(patient_ids) - self._known
-        self._known |= fresh
+        fresh = set(patient_ids) - self._numbers.keys()
+        for pid in fresh:
+            self._number(pid)
         groups: dict[Metric, _Group] = {}
         for pid, metric, at, values in history:
             if pid not in fresh:
@@ -203,33 +236,38 @@ class Engine:
             g.values.append(self._row_values(metric, values))
         for metric, g in groups.items():
             buf = self._buffer(metric)
-            buf.append(buf.rows(g.patients), np.array(g.times), np.array(g.values))
+            numbers = np.fromiter(map(self._numbers.__getitem__, g.patients), np.intp)
+            buf.append(buf.rows(numbers), np.array(g.times), np.array(g.values))
         for pid, rule_id in armed:
             if pid in fresh:
-                self._armed.setdefault(pid, set()).add(rule_id)
+                self.arm(pid, rule_id)
 
     def forget(self, patient_ids: Iterable[str]) -> None:
         """Drop patients' state (it is rebuilt from the database on their next reading)."""
         ids = set(patient_ids)
-        self._known -= ids
+        numbers = [n for n in map(self._numbers.pop, ids, _NONE) if n is not None]
         for pid in ids:
             self._armed.pop(pid, None)
+        self._flagged[numbers] = False
         for buf in self._buffers.values():
-            buf.release(ids)
+            buf.release(numbers)
+        self._free_numbers += numbers
 
     def arm(self, patient_id: str, rule_id: str) -> None:
         self._armed.setdefault(patient_id, set()).add(rule_id)
+        self._flagged[self._number(patient_id)] = True
 
     def disarm(self, patient_id: str, rule_id: str) -> None:
         self._armed.get(patient_id, set()).discard(rule_id)
 
     @property
     def patients(self) -> int:
-        return len(self._known)
+        return len(self._numbers)
 
     def nbytes(self) -> int:
-        """Bytes held by the ring buffers (the bulk of the state)."""
-        return sum(b.nbytes for b in self._buffers.values())
+        """Bytes held in numpy arrays: the ring buffers (the bulk of the state), their
+        number -> row maps and the armed flags."""
+        return sum(b.nbytes for b in self._buffers.values()) + self._flagged.nbytes
 
     def _buffer(self, metric: Metric) -> MetricBuffer:
         buf = self._buffers.get(metric)
@@ -331,27 +369,37 @@ class Engine:
     ) -> StepResult:
         """Add a batch of new readings and evaluate the rules they trigger."""
         result = StepResult()
-        arrived: dict[Metric, list[AcceptedReading]] = {}
-        for a in readings:  # the one loop per reading: keep it lean
-            metric = a.reading.metric
-            pending = arrived.get(metric)
-            if pending is None:
-                arrived[metric] = [a]
-            else:
-                pending.append(a)
+        n = len(readings)
+        if not n:
+            return result
+        # map() over attrgetters: the per-reading work runs in C, not in bytecode
+        got = list(map(_READING, readings))
+        patients = list(map(_PATIENT, readings))
+        numbers = self._numbers_of(patients)
+        ts_all = np.fromiter(map(_TIMESTAMP, map(_MEASURED, got)), np.float64, n)
+        # each reading's metric by identity (hashing an enum member is a Python call)
+        metric_ids = np.fromiter(map(id, map(_METRIC, got)), np.int64, n)
+        if (metric_ids == metric_ids[0]).all():
+            parts = [np.arange(n)]
+        else:
+            order = np.argsort(metric_ids, kind="stable")
+            parts = np.split(order, np.flatnonzero(np.diff(metric_ids[order])) + 1)
+            parts.sort(key=lambda part: int(part[0]))  # metrics in order of first arrival
 
         staged = []
-        nan = math.nan
-        for metric, batch in arrived.items():
-            # map() over attrgetters: the per-reading work runs in C, not in bytecode
-            g = _Group(list(map(_PATIENT, batch)), readings=batch)
-            self._known.update(g.patients)
+        for part in parts:
+            metric = got[int(part[0])].metric
+            whole = len(part) == n
+            sel = part.tolist()
+            g = _Group(
+                patients if whole else list(map(patients.__getitem__, sel)),
+                readings=list(readings) if whole else list(map(readings.__getitem__, sel)),
+                numbers=numbers if whole else numbers[part],
+            )
             buf = self._buffer(metric)
-            rows = buf.rows(g.patients)
-            got = list(map(_READING, batch))
-            ts = np.fromiter(map(_TIMESTAMP, map(_MEASURED, got)), np.float64, len(got))
-            values = list(map(_VALUES, got))
-            current = np.array([[v.get(c, nan) for v in values] for c in buf.components]).T
+            rows = buf.rows(g.numbers)
+            ts = ts_all if whole else ts_all[part]
+            current = self._current(buf, got if whole else list(map(got.__getitem__, sel)))
             before = buf.newest(rows)
             buf.append(rows, ts, current)
             staged.append((metric, g, buf, rows, ts, current, before))
@@ -377,6 +425,7 @@ class Engine:
                     late,
                     metric,
                     g.patients,
+                    g.numbers,
                     g.readings,
                     buf,
                     rows,
@@ -386,6 +435,19 @@ class Engine:
                     self.arm,
                 )
         return result
+
+    @staticmethod
+    def _current(buf: MetricBuffer, got: list[Reading]) -> F64:
+        """The readings' values, (B, K) in the buffer's component order, NaN where absent."""
+        values = list(map(_VALUES, got))
+        out = np.empty((len(values), len(buf.components)))
+        for k, c in enumerate(buf.components):
+            try:  # dict.get mapped in C over plain dicts, the usual case
+                column = map(dict.get, values, itertools.repeat(c), _NAN)
+                out[:, k] = np.fromiter(column, np.float64, len(values))
+            except TypeError:  # another Mapping: ``None`` from dict.get is not a float either
+                out[:, k] = [v.get(c, math.nan) for v in values]
+        return out
 
     def _plans_of(self, patients: list[str], contexts: Mapping[str, PatientContext]) -> list[Plan]:
         """Each reading's plan: compiled plans found by C-level maps, the rest compiled."""
@@ -437,11 +499,12 @@ class Engine:
         result: StepResult,
     ) -> None:
         n = len(ts)
-        shared = Shared(self._buffers, buf, rows, ts, rows_in_of(g.patients))
+        shared = Shared(self._buffers, buf, rows, ts, rows_in_of(g.numbers))
         full: Window | None = None
         armed = self._armed
         pids_all = g.patients
-        has_armed = np.fromiter(map(armed.__contains__, pids_all), np.bool_, n) if armed else None
+        flagged = self._flagged[g.numbers]
+        has_armed = flagged if flagged.any() else None
         # One evaluation per rule and the rules overriding it (their parameters per reading)
         units: dict[int, tuple[RuleSpec, list[tuple[RuleSpec, Rows]]]] = {}
         for rule, idx in by_rule:
@@ -520,12 +583,12 @@ class Engine:
                 if (
                     now_armed is not None
                     and rule_id in now_armed
-                    and self._newest_of_all(rule, pid, float(ts[i]))
+                    and self._newest_of_all(rule, int(g.numbers[i]), float(ts[i]))
                 ):
                     now_armed.discard(rule_id)
                     result.clears.append(Clear(pid, rule_id, g.readings[i].reading.measured_at))
 
-    def _newest_of_all(self, rule: RuleSpec, patient_id: str, t: float) -> bool:
+    def _newest_of_all(self, rule: RuleSpec, number: int, t: float) -> bool:
         """No reading of any metric the rule watches is newer than ``t`` (a composite's
         newest blood pressure does not show the score is over while a newer SpO2 holds it)."""
         watched = self._watched.get(id(rule))
@@ -533,7 +596,7 @@ class Engine:
             watched = self._watched[id(rule)] = (rule, KINDS[rule.kind].watched(rule))
         for metric in watched[1]:
             buf = self._buffers.get(metric)
-            row = -1 if buf is None else buf.row_of(patient_id)
+            row = -1 if buf is None else buf.row_of(number)
             if buf is not None and row >= 0 and buf.newest_of(row) > t:
                 return False
         return True

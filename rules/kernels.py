@@ -239,33 +239,49 @@ def robust_center(
 ) -> None:
     """Median and median absolute deviation of ``comp`` over ``[t - back_s, t - skip_s)``
     (NaN where fewer than ``min_readings`` values), and the count of values."""
-    width = times.shape[1]
-    held = np.empty(width)
-    spread = np.empty(width)
+    held = np.empty(times.shape[1])  # the values in the window, kept sorted
     for i in range(rows.shape[0]):
         r = rows[i]
         lo = ts[i] - back_s
         hi = ts[i] - skip_s
         k = 0
-        for c in range(width):
+        for c in range(times.shape[1]):
             t = times[r, c]
             if lo <= t < hi:
                 v = values[r, c, comp]
                 if not math.isnan(v):
-                    held[k] = v
+                    p = k  # insertion: rows are a few dozen values
+                    while p > 0 and held[p - 1] > v:
+                        held[p] = held[p - 1]
+                        p -= 1
+                    held[p] = v
                     k += 1
         count[i] = k
         if k < min_readings or k == 0:
             median[i] = math.nan
             mad[i] = math.nan
             continue
-        s = np.sort(held[:k])
-        m = (s[(k - 1) // 2] + s[k // 2]) / 2
-        for j in range(k):
-            spread[j] = abs(s[j] - m)
-        d = np.sort(spread[:k])
+        a, b = (k - 1) // 2, k // 2
+        m = (held[a] + held[b]) / 2
+        # The deviations |v - m| of sorted values are two sorted runs, outward from the
+        # median: merge them up to the middle ranks.
+        right = 0
+        while right < k and held[right] < m:
+            right += 1
+        left = right - 1
+        low = high = math.nan
+        for rank in range(b + 1):
+            if left >= 0 and (right >= k or m - held[left] <= held[right] - m):
+                d = m - held[left]
+                left -= 1
+            else:
+                d = held[right] - m
+                right += 1
+            if rank == a:
+                low = d
+            high = d
         median[i] = m
-        mad[i] = (d[(k - 1) // 2] + d[k // 2]) / 2
+        mad[i] = (low + high) / 2
 
 
 @_compiled
@@ -305,6 +321,35 @@ def latest_at(
             when[i] = times[r, found]
 
 
+@_compiled
+def insert_sorted(
+    times: Any, values: Any, count: Any, rows: Any, ts: Any, new: Any, order: Any
+) -> None:
+    """Put each reading ``k`` (in ``order``: by row, then time) into row ``rows[k]`` after
+    the places of the same or an earlier time; a full row drops its oldest place, or
+    skips a reading older than all it holds."""
+    capacity = times.shape[1]
+    for k in order:
+        r = rows[k]
+        t = ts[k]
+        n = count[r]
+        if n == capacity:
+            if t < times[r, 0]:
+                continue
+            for c in range(capacity - 1):
+                times[r, c] = times[r, c + 1]
+                values[r, c] = values[r, c + 1]
+            n -= 1
+        p = n
+        while p > 0 and times[r, p - 1] > t:
+            times[r, p] = times[r, p - 1]
+            values[r, p] = values[r, p - 1]
+            p -= 1
+        times[r, p] = t
+        values[r, p] = new[k]
+        count[r] = n + 1
+
+
 _warm = False
 
 
@@ -330,4 +375,5 @@ def warm_up() -> None:
     least_squares(times, values, rows, ts, 0, 1.0, 1.0, f1, f2, f3, f4)
     robust_center(times, values, rows, ts, 0, 1.0, 0.0, 3, f1, f2, f3)
     latest_at(times, values, count, rows, ts, 0, 1.0, f1, f2)
+    insert_sorted(times.copy(), values.copy(), count.copy(), rows, ts, values[0, :1], rows)
     _warm = True

@@ -44,6 +44,7 @@ class Held:
     values: list[F64] = field(default_factory=list)
     of_batch: list[npt.NDArray[np.bool_]] = field(default_factory=list)  # places of the batch
     pids: list[str] = field(default_factory=list)
+    numbers: list[int] = field(default_factory=list)  # the patients' (``Engine`` numbers them)
     causes: list[Reading] = field(default_factory=list)  # the earliest late reading reaching it
 
 
@@ -51,6 +52,7 @@ def reevaluate_after_late(
     late: np.ndarray,
     metric: Metric,
     patients: list[str],
+    numbers: Rows,
     readings: list[AcceptedReading],
     buf: MetricBuffer,
     rows: Rows,
@@ -96,13 +98,21 @@ def reevaluate_after_late(
         held.values.append(buf.values[row, later])
         held.of_batch.append(np.broadcast_to(of_batch, (n, len(of_batch))))
         held.pids.extend([pid] * n)
+        held.numbers.extend([int(numbers[idx[0]])] * n)
         held.causes.extend(readings[idx[c]].reading for c in causes.tolist())
     found: list[tuple[int, int, int, AlertCandidate]] = []
     for held in pending.values():
         point_rows = np.concatenate(held.rows)
         point_ts = np.concatenate(held.ts)
         point_values = np.concatenate(held.values)
-        with_batch = window(metric, buf, point_rows, point_ts, point_values, rows_in_of(held.pids))
+        with_batch = window(
+            metric,
+            buf,
+            point_rows,
+            point_ts,
+            point_values,
+            rows_in_of(np.array(held.numbers, np.intp)),
+        )
         times, values = with_batch.times, with_batch.values
         of_batch = np.concatenate(held.of_batch)[:, : times.shape[1]]
         hidden = np.where(of_batch, np.inf, times)

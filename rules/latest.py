@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 
@@ -23,16 +22,15 @@ def latest(buf: MetricBuffer, rows: Rows, ts: F64, component: str, fresh: float)
     return value, when
 
 
-def rows_in_of(patients: Sequence[str]) -> Callable[[MetricBuffer], Rows]:
-    """The patients' rows in any buffer (-1: none), each buffer's looked up once."""
+def rows_in_of(numbers: Rows) -> Callable[[MetricBuffer], Rows]:
+    """The rows of these patients (by number) in any buffer (-1: none), each buffer's
+    looked up once."""
     found: dict[Metric, Rows] = {}
 
     def rows_in(buf: MetricBuffer) -> Rows:
         rows = found.get(buf.metric)
         if rows is None:
-            rows = found[buf.metric] = np.fromiter(
-                map(buf.slots.get, patients, itertools.repeat(-1)), np.intp, len(patients)
-            )
+            rows = found[buf.metric] = buf.rows_of(numbers)
         return rows
 
     return rows_in

@@ -17,6 +17,67 @@ from .spec import RuleSpec, Severity
 _SEVERITIES = {int(s): s for s in Severity}  # Severity(n) costs an enum call
 
 
+class Proposed(AlertCandidate):
+    """A candidate as the engine proposes it: the fired reading's row of the rule's
+    outcome, rendered into text and evidence (and the reading's identity computed) only
+    when read. No closures: one object per candidate, little for the collector."""
+
+    __slots__ = ("_cause", "_detail", "_j", "_reading", "_rule")
+
+    def __init__(
+        self,
+        rule: RuleSpec,
+        severity: int,
+        detail: Mapping[str, F64],
+        j: int,
+        reading: Reading,
+        patient_id: str,
+        cause: Reading | None,
+    ) -> None:
+        self.patient_id = patient_id
+        self.rule_id = rule.id
+        self.severity = _SEVERITIES[severity]
+        self.title = rule.title
+        self.measured_at = reading.measured_at
+        self.advice = rule.advice
+        self.advice_i18n = rule.advice_i18n or {}
+        self._rendered = None
+        self._uid = None
+        self._rule = rule
+        self._detail = detail
+        self._j = j
+        self._reading = reading
+        self._cause = cause
+
+    @property
+    def reading_uid(self) -> uuid.UUID:
+        if self._uid is None:
+            trigger = self._cause or self._reading
+            self._uid = reading_uid(trigger.device_id, trigger.metric, trigger.measured_at)
+        return self._uid
+
+    def _rendering(self) -> tuple[str, dict[str, object]]:
+        if self._rendered is None:
+            rule, reading, cause, j = self._rule, self._reading, self._cause, self._j
+            facts = Facts(
+                reading.measured_at,
+                reading.values,
+                {k: float(v[j]) for k, v in self._detail.items()},
+                int(self.severity),
+            )
+            explanation, evidence = KINDS[rule.kind].explain(rule, facts)
+            trigger = cause or reading
+            evidence |= {"reading_uid": str(self.reading_uid), "device_id": trigger.device_id}
+            if cause is not None:
+                evidence["late_reading_at"] = cause.measured_at.isoformat()
+                explanation += (
+                    f" Re-evaluated after a late reading from {cause.measured_at:%Y-%m-%d %H:%M}"
+                    " UTC."
+                )
+            self._rendered = (explanation, evidence)
+        return self._rendered  # type: ignore[return-value]
+
+
 def propose(
     rule: RuleSpec,
     severity: int,
@@ -28,37 +89,4 @@ def propose(
 ) -> AlertCandidate:
     """A rule's candidate for one fired reading; its text and reading identity are built
     only when read (most candidates recur on an open episode and are never shown)."""
-    trigger = cause or reading
-    j = int(j)
-
-    def uid_of() -> uuid.UUID:
-        return reading_uid(trigger.device_id, trigger.metric, trigger.measured_at)
-
-    def render() -> tuple[str, dict[str, object]]:
-        facts = Facts(
-            reading.measured_at,
-            reading.values,
-            {k: float(v[j]) for k, v in detail.items()},
-            int(severity),
-        )
-        explanation, evidence = KINDS[rule.kind].explain(rule, facts)
-        evidence |= {"reading_uid": str(candidate.reading_uid), "device_id": trigger.device_id}
-        if cause is not None:
-            evidence["late_reading_at"] = cause.measured_at.isoformat()
-            explanation += (
-                f" Re-evaluated after a late reading from {cause.measured_at:%Y-%m-%d %H:%M} UTC."
-            )
-        return explanation, evidence
-
-    candidate = AlertCandidate(
-        patient_id=patient_id,
-        rule_id=rule.id,
-        severity=_SEVERITIES[int(severity)],
-        title=rule.title,
-        measured_at=reading.measured_at,
-        render=render,
-        uid_of=uid_of,
-        advice=rule.advice,
-        advice_i18n=rule.advice_i18n,
-    )
-    return candidate
+    return Proposed(rule, int(severity), detail, int(j), reading, patient_id, cause)

@@ -399,11 +399,12 @@ def test_a_buffer_row_holds_its_newest_readings_sorted(
             continue
         patients = [p for p, _ in batch]
         ts = np.array([float(t) for _, t in batch])
-        buf.append(buf.rows(patients), ts, ts[:, None].copy())
+        numbers = np.array([ord(p) - ord("a") for p in patients], np.intp)  # a = 0
+        buf.append(buf.rows(numbers), ts, ts[:, None].copy())
         for p, t in batch:
             seen.setdefault(p, []).append(float(t))
         for p, times in seen.items():
-            row = buf.row_of(p)
+            row = buf.row_of(ord(p) - ord("a"))
             n = int(buf.count[row])
             assert list(buf.times[row, :n]) == sorted(times)[-capacity:]
             assert np.array_equal(buf.values[row, :n, 0], buf.times[row, :n])
