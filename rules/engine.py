@@ -24,8 +24,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from functools import partial
-from operator import attrgetter, is_
+from operator import attrgetter
 
 import numpy as np
 import numpy.typing as npt
@@ -72,7 +71,6 @@ _MEASURED = attrgetter("measured_at")
 _VALUES = attrgetter("values")
 _KEY = attrgetter("key")
 _TIMESTAMP = datetime.timestamp
-_IS_NONE = partial(is_, None)
 _METRIC = attrgetter("metric")
 _NO_CONTEXT = PatientContext("").key  # the plan key of a patient without programs
 _MINUS_ONE = itertools.repeat(-1)
@@ -386,6 +384,7 @@ class Engine:
             parts = np.split(order, np.flatnonzero(np.diff(metric_ids[order])) + 1)
             parts.sort(key=lambda part: int(part[0]))  # metrics in order of first arrival
 
+        plans, plan_no = self._plans_of(patients, contexts)
         staged = []
         for part in parts:
             metric = got[int(part[0])].metric
@@ -402,15 +401,14 @@ class Engine:
             current = self._current(buf, got if whole else list(map(got.__getitem__, sel)))
             before = buf.newest(rows)
             buf.append(rows, ts, current)
-            staged.append((metric, g, buf, rows, ts, current, before))
+            staged.append((metric, g, buf, rows, ts, current, before, plan_no[part]))
 
-        for metric, g, buf, rows, ts, current, before in staged:
-            plans = self._plans_of(g.patients, contexts)
+        for metric, g, buf, rows, ts, current, before, plan_of in staged:
             newest = ts >= buf.newest(rows)
             # Plans share their rule objects (an overridden rule is the only new one): each
             # distinct rule is evaluated once, for every reading whose plan holds it.
             by_rule: dict[int, tuple[RuleSpec, list[Rows]]] = {}
-            for plan, idx in by_plan(plans):
+            for plan, idx in by_plan(plan_of, plans):
                 for rule in plan.by_metric.get(metric, ()):
                     same = by_rule.get(id(rule))
                     if same is None:
@@ -430,7 +428,7 @@ class Engine:
                     buf,
                     rows,
                     ts,
-                    plans,
+                    list(map(plans.__getitem__, plan_of.tolist())),
                     self._window,
                     self.arm,
                 )
@@ -449,20 +447,28 @@ class Engine:
                 out[:, k] = [v.get(c, math.nan) for v in values]
         return out
 
-    def _plans_of(self, patients: list[str], contexts: Mapping[str, PatientContext]) -> list[Plan]:
-        """Each reading's plan: compiled plans found by C-level maps, the rest compiled."""
-        found: list[Plan | None]
+    def _plans_of(
+        self, patients: list[str], contexts: Mapping[str, PatientContext]
+    ) -> tuple[list[Plan], Rows]:
+        """The batch's distinct plans, and each reading's place among them.
+
+        Readings are grouped by their plan key (interned: equal keys are one object, so
+        a key's identity stands for it); plans are looked up, or compiled, once per key.
+        """
         try:
             keys = list(map(_KEY, map(contexts.get, patients)))
         except AttributeError:  # a patient without context: the default plan
             keys = [c.key if c is not None else _NO_CONTEXT for c in map(contexts.get, patients)]
-        found = list(map(self._plans.get, keys))
-        if any(map(_IS_NONE, found)):
-            for i, plan in enumerate(found):
-                if plan is None:
-                    pid = patients[i]
-                    found[i] = self.plan(contexts.get(pid) or PatientContext(pid))
-        return found  # type: ignore[return-value]
+        ids = np.fromiter(map(id, keys), np.int64, len(keys))
+        _, first, plan_no = np.unique(ids, return_index=True, return_inverse=True)
+        plans = []
+        for i in first.tolist():
+            plan = self._plans.get(keys[i])
+            if plan is None:
+                pid = patients[i]
+                plan = self.plan(contexts.get(pid) or PatientContext(pid))
+            plans.append(plan)
+        return plans, plan_no
 
     def _window(
         self,

@@ -322,6 +322,42 @@ def latest_at(
 
 
 @_compiled
+def score_bands(
+    values: Any,
+    low: Any,
+    high: Any,
+    band_points: Any,
+    points: Any,
+    total: Any,
+    single: Any,
+    available: Any,
+) -> None:
+    """Points of each parameter's value (``values`` (P, B)) by the first of its bands
+    ``[low, high)`` holding it (NaN: no value or no band), their sum, the highest, and
+    how many parameters scored."""
+    for i in range(values.shape[1]):
+        tot = 0.0
+        top = 0.0
+        scored = 0
+        for p in range(values.shape[0]):
+            v = values[p, i]
+            got = math.nan
+            if not math.isnan(v):
+                for j in range(low.shape[1]):
+                    if low[p, j] <= v < high[p, j]:
+                        got = band_points[p, j]
+                        break
+            points[p, i] = got
+            if not math.isnan(got):
+                tot += got
+                top = max(top, got)
+                scored += 1
+        total[i] = tot
+        single[i] = top
+        available[i] = scored
+
+
+@_compiled
 def insert_sorted(
     times: Any, values: Any, count: Any, rows: Any, ts: Any, new: Any, order: Any
 ) -> None:
@@ -375,5 +411,6 @@ def warm_up() -> None:
     least_squares(times, values, rows, ts, 0, 1.0, 1.0, f1, f2, f3, f4)
     robust_center(times, values, rows, ts, 0, 1.0, 0.0, 3, f1, f2, f3)
     latest_at(times, values, count, rows, ts, 0, 1.0, f1, f2)
+    score_bands(limits, limits, limits, limits, limits.copy(), f1, f2, f3)
     insert_sorted(times.copy(), values.copy(), count.copy(), rows, ts, values[0, :1], rows)
     _warm = True

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,15 +58,15 @@ def compile_plan(rules: Iterable[RuleSpec]) -> Plan:
     return Plan(rules, {m: tuple(r) for m, r in by_metric.items()})
 
 
-def by_plan(plans: list[Plan]) -> list[tuple[Plan, Rows]]:
-    """The readings of each plan (positions ascending), plans in order of first reading."""
-    if not plans:
+def by_plan(plan_no: Rows, plans: Sequence[Plan]) -> list[tuple[Plan, Rows]]:
+    """The readings of each plan (positions ascending), plans in order of first reading;
+    ``plan_no`` is each reading's place in ``plans``."""
+    if not len(plan_no):
         return []
-    ids = np.fromiter(map(id, plans), np.int64, len(plans))
     # a stable sort keeps each plan's positions ascending; no np.unique (its inverse and
     # first-index passes cost more than the grouping itself at a few hundred readings)
-    order = np.argsort(ids, kind="stable")
-    s = ids[order]
+    order = np.argsort(plan_no, kind="stable")
+    s = plan_no[order]
     parts = np.split(order, np.flatnonzero(s[1:] != s[:-1]) + 1)
     parts.sort(key=lambda part: int(part[0]))
-    return [(plans[int(part[0])], part) for part in parts]
+    return [(plans[int(plan_no[part[0]])], part) for part in parts]

@@ -13,62 +13,48 @@ score is partial; the explanation says how many parameters it used.
 
 from __future__ import annotations
 
-import itertools
-import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from rpm.domain import Metric
 
-from ..spec import COMPARATORS, RuleSpec, ScoredParameter, Source
+from ..kernels import score_bands
+from ..spec import COMPARATORS, RuleSpec, Source
 from .base import F64, HOUR, Facts, Outcome, Window, amount, base_evidence, short_source, when
 
 PSEUDO = ("total", "single")
 
 
-# id(scored) -> (scored, kept so its id is not reused; its table): hashing a spec costs
-# more than the table saves
-_TABLES: dict[int, tuple[ScoredParameter, tuple[F64, F64] | None]] = {}
+@dataclass(frozen=True, slots=True)
+class _Bands:
+    """A rule's scoring bands as the compiled loop takes them: per parameter, per band,
+    ``[low, high)`` and points; padding bands match nothing."""
+
+    low: F64  # (P, N)
+    high: F64  # (P, N)
+    points: F64  # (P, N)
 
 
-def _band_table(scored: ScoredParameter) -> tuple[F64, F64] | None:
-    """Inner edges and points of contiguous bands (the usual chart), for one searchsorted;
-    None when the bands leave gaps or overlap."""
-    held = _TABLES.get(id(scored))
+# id(rule) -> (the rule, kept so its id is not reused; its bands)
+_BANDS: dict[int, tuple[RuleSpec, _Bands]] = {}
+
+
+def _bands(rule: RuleSpec) -> _Bands:
+    held = _BANDS.get(id(rule))
     if held is None:
-        if len(_TABLES) >= 1024:  # versions of the programs come and go: stay bounded
-            _TABLES.clear()
-        held = _TABLES[id(scored)] = (scored, _make_band_table(scored))
+        if len(_BANDS) >= 1024:  # versions of the programs come and go: stay bounded
+            _BANDS.clear()
+        width = max(len(s.bands) for s in rule.scored)
+        shape = (len(rule.scored), width)
+        low, high, points = np.full(shape, np.inf), np.full(shape, -np.inf), np.zeros(shape)
+        for i, s in enumerate(rule.scored):
+            for j, band in enumerate(s.bands):
+                low[i, j] = -np.inf if band.low is None else band.low
+                high[i, j] = np.inf if band.high is None else band.high
+                points[i, j] = band.points
+        held = _BANDS[id(rule)] = (rule, _Bands(low, high, points))
     return held[1]
-
-
-def _make_band_table(scored: ScoredParameter) -> tuple[F64, F64] | None:
-    bands = sorted(scored.bands, key=lambda b: -math.inf if b.low is None else b.low)
-    if bands[0].low is not None or bands[-1].high is not None:
-        return None
-    for a, b in itertools.pairwise(bands):
-        if a.high is None or a.high != b.low:
-            return None
-    edges = np.array([b.low for b in bands[1:]], np.float64)
-    return edges, np.array([float(b.points) for b in bands])
-
-
-def _points(scored: ScoredParameter, value: F64) -> F64:
-    """Points of each value by the parameter's bands (NaN where there is no value or band)."""
-    table = _band_table(scored)
-    missing = np.isnan(value)
-    if table is not None:
-        edges, points = table
-        return np.where(missing, np.nan, points[np.searchsorted(edges, value, side="right")])
-    out = np.full(value.shape, np.nan)
-    for band in scored.bands:
-        inside = ~missing
-        if band.low is not None:
-            inside &= value >= band.low
-        if band.high is not None:
-            inside &= value < band.high
-        out = np.where(inside & np.isnan(out), float(band.points), out)
-    return out
 
 
 def _source(w: Window, src: Source, fresh: float) -> tuple[F64, F64]:
@@ -113,29 +99,22 @@ class Composite:
     def evaluate(self, rule: RuleSpec, w: Window) -> Outcome:
         n = len(w)
         fresh = rule.p("freshness_hours") * HOUR
-        total = np.zeros(n)
-        single = np.zeros(n)
-        available = np.zeros(n)
-        detail: dict[str, np.ndarray] = {}
+        values = np.empty((len(rule.scored), n))
         for i, s in enumerate(rule.scored):
             first, *others = s.sources
             v, t = _source(w, first, fresh)
-            value = np.array(v, np.float64)  # the first source's value where it has one
-            at = np.where(np.isnan(v), -np.inf, t) if others else t
-            for src in others:  # the freshest value counts
-                v, t = _source(w, src, fresh)
-                newer = ~np.isnan(v) & (np.isnan(value) | (t > at))
-                value = np.where(newer, v, value)
-                at = np.where(newer, t, at)
-            points = _points(s, value)
-            have = ~np.isnan(points)
-            scored = np.where(have, points, 0.0)
-            total += scored
-            single = np.maximum(single, scored)
-            available += have
-            key = f"p{i}"
-            detail[key] = value
-            detail[key + ".points"] = points
+            values[i] = v  # the first source's value where it has one
+            if others:  # the freshest value counts
+                at = np.where(np.isnan(v), -np.inf, t)
+                for src in others:
+                    v, t = _source(w, src, fresh)
+                    newer = ~np.isnan(v) & (np.isnan(values[i]) | (t > at))
+                    values[i] = np.where(newer, v, values[i])
+                    at = np.where(newer, t, at)
+        bands = _bands(rule)
+        points = np.empty_like(values)
+        total, single, available = np.empty(n), np.empty(n), np.empty(n)
+        score_bands(values, bands.low, bands.high, bands.points, points, total, single, available)
         enough = available >= w.p(rule, "min_parameters")
         severity = np.zeros(n, np.int8)
         for tier in rule.score_tiers:
@@ -146,7 +125,10 @@ class Composite:
             severity = np.where(
                 enough & hit & (severity < tier.severity), np.int8(tier.severity), severity
             )
-        detail |= {"total": total, "single": single, "available": available}
+        detail: dict[str, np.ndarray] = {"total": total, "single": single, "available": available}
+        for i in range(len(rule.scored)):
+            detail[f"p{i}"] = values[i]
+            detail[f"p{i}.points"] = points[i]
         return Outcome(severity.astype(np.int8), severity == 0, detail)
 
     def explain(self, rule: RuleSpec, facts: Facts) -> tuple[str, dict[str, object]]:
