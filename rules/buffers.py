@@ -127,15 +127,18 @@ class MetricBuffer:
         n = int(self.count[row])
         return float(self.times[row, n - 1]) if n > 0 else -math.inf
 
-    def append(self, rows: Rows, ts: F64, values: F64) -> None:
+    def append(self, rows: Rows, ts: F64, values: F64) -> tuple[F64, npt.NDArray[np.bool_]]:
         """Add readings (any order, a row may repeat); each row stays sorted by time.
 
         A full row drops its oldest reading for a newer one; a reading older than all a
         full row holds is not added. Readings of one time keep their arrival order.
+        Returns, per reading, its row's newest time before these readings (-inf: none)
+        and whether it is its row's newest reading now.
         """
-        if len(rows) == 0:
-            return
-        order = np.lexsort((ts, rows)) if len(rows) > 1 else np.zeros(1, np.intp)
-        insert_sorted(
-            self.times, self.values, self.count, rows, ts, np.ascontiguousarray(values), order
-        )
+        before = np.empty(len(rows))
+        newest = np.empty(len(rows), np.bool_)
+        if len(rows):
+            order = np.lexsort((ts, rows)) if len(rows) > 1 else np.zeros(1, np.intp)
+            new = np.ascontiguousarray(values)
+            insert_sorted(self.times, self.values, self.count, rows, ts, new, order, before, newest)
+        return before, newest

@@ -399,12 +399,10 @@ class Engine:
             rows = buf.rows(g.numbers)
             ts = ts_all if whole else ts_all[part]
             current = self._current(buf, got if whole else list(map(got.__getitem__, sel)))
-            before = buf.newest(rows)
-            buf.append(rows, ts, current)
-            staged.append((metric, g, buf, rows, ts, current, before, plan_no[part]))
+            before, newest = buf.append(rows, ts, current)
+            staged.append((metric, g, buf, rows, ts, current, before, newest, plan_no[part]))
 
-        for metric, g, buf, rows, ts, current, before, plan_of in staged:
-            newest = ts >= buf.newest(rows)
+        for metric, g, buf, rows, ts, current, before, newest, plan_of in staged:
             # Plans share their rule objects (an overridden rule is the only new one): each
             # distinct rule is evaluated once, for every reading whose plan holds it.
             by_rule: dict[int, tuple[RuleSpec, list[Rows]]] = {}

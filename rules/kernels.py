@@ -359,16 +359,31 @@ def score_bands(
 
 @_compiled
 def insert_sorted(
-    times: Any, values: Any, count: Any, rows: Any, ts: Any, new: Any, order: Any
+    times: Any,
+    values: Any,
+    count: Any,
+    rows: Any,
+    ts: Any,
+    new: Any,
+    order: Any,
+    before: Any,
+    newest: Any,
 ) -> None:
     """Put each reading ``k`` (in ``order``: by row, then time) into row ``rows[k]`` after
     the places of the same or an earlier time; a full row drops its oldest place, or
-    skips a reading older than all it holds."""
+    skips a reading older than all it holds. ``before[k]``: the row's newest time before
+    the batch (-inf: empty); ``newest[k]``: no place of the row is newer after it."""
     capacity = times.shape[1]
+    last_row = -1
+    held_before = -math.inf
     for k in order:
         r = rows[k]
         t = ts[k]
         n = count[r]
+        if r != last_row:
+            last_row = r
+            held_before = times[r, n - 1] if n > 0 else -math.inf
+        before[k] = held_before
         if n == capacity:
             if t < times[r, 0]:
                 continue
@@ -384,6 +399,9 @@ def insert_sorted(
         times[r, p] = t
         values[r, p] = new[k]
         count[r] = n + 1
+    for k in range(rows.shape[0]):
+        r = rows[k]
+        newest[k] = ts[k] >= times[r, count[r] - 1]
 
 
 _warm = False
@@ -412,5 +430,6 @@ def warm_up() -> None:
     robust_center(times, values, rows, ts, 0, 1.0, 0.0, 3, f1, f2, f3)
     latest_at(times, values, count, rows, ts, 0, 1.0, f1, f2)
     score_bands(limits, limits, limits, limits, limits.copy(), f1, f2, f3)
-    insert_sorted(times.copy(), values.copy(), count.copy(), rows, ts, values[0, :1], rows)
+    got = np.empty(1, np.bool_)
+    insert_sorted(times.copy(), values.copy(), count.copy(), rows, ts, values[0, :1], rows, f1, got)
     _warm = True
