@@ -354,9 +354,9 @@ def late_in_order(history: Schedule, stream: Schedule) -> np.ndarray:
 def python_side_bytes(engine: Engine) -> int:
     """sys.getsizeof over the engine's per-patient dicts and sets and what they hold.
 
-    Reads the engine's private containers (a benchmark may): the patient -> number map
-    and free numbers, armed rules and each buffer's free list (the number -> row arrays
-    are numpy, counted in ``engine.nbytes()``). Every object counts once.
+    Reads the engine's private containers (a benchmark may): the patient -> number map,
+    free numbers and each buffer's free list (the number -> row maps and the armed rules
+    are numpy arrays, counted in ``engine.nbytes()``). Every object counts once.
     """
     seen: set[int] = set()
     total = 0
@@ -379,7 +379,6 @@ def python_side_bytes(engine: Engine) -> int:
 
     walk(getattr(engine, "_numbers", {}))
     walk(getattr(engine, "_free_numbers", []))
-    walk(getattr(engine, "_armed", {}))
     for buf in getattr(engine, "_buffers", {}).values():
         walk(getattr(buf, "_free", []))
     return total

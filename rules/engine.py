@@ -27,7 +27,6 @@ from datetime import datetime
 from operator import attrgetter
 
 import numpy as np
-import numpy.typing as npt
 
 from rpm.domain import AcceptedReading, Metric, Reading
 
@@ -107,12 +106,15 @@ class Engine:
         self._book = book or RuleBook.builtin()
         self._capacity = {**DEFAULT_CAPACITY, **(capacity or {})}
         self._buffers: dict[Metric, MetricBuffer] = {}
-        # patient -> its number: its place in every buffer's ``row_at`` and in ``_flagged``
+        # patient -> its number: its row in ``_armed`` and its place in every buffer's row_at
         self._numbers: dict[str, int] = {}
         self._free_numbers: list[int] = []
-        self._armed: dict[str, set[str]] = {}  # patient -> rules fired and not yet clear
-        # by number: the patient may have armed rules (an entry in ``_armed``)
-        self._flagged = np.zeros(64, np.bool_)
+        # rules fired and not yet clear: [patient number, rule's column] (columns by rule id)
+        self._armed = np.zeros((64, 8), np.bool_)
+        self._columns: dict[str, int] = {}
+        # by number: the patient's state is held (loaded, or begun by a reading); a patient
+        # numbered only because a missing-data rule armed is not, and is loaded on a reading
+        self._held = np.zeros(64, np.bool_)
         self._plans: dict[str, Plan] = {}
         # (rule, overrides) -> the overridden rule: plans that differ in other programs
         # share it, so its readings are evaluated together
@@ -183,10 +185,11 @@ class Engine:
     # --- state -------------------------------------------------------------------
 
     def knows(self, patient_id: str) -> bool:
-        return patient_id in self._numbers
+        number = self._numbers.get(patient_id)
+        return number is not None and bool(self._held[number])
 
     def unknown(self, patient_ids: Iterable[str]) -> set[str]:
-        return {p for p in patient_ids if p not in self._numbers}
+        return {p for p in patient_ids if not self.knows(p)}
 
     def _number(self, patient_id: str) -> int:
         """The patient's number, given on first sight (the patient is then known)."""
@@ -196,8 +199,9 @@ class Engine:
                 number = self._free_numbers.pop()
             else:
                 number = len(self._numbers)
-                if number >= len(self._flagged):
-                    self._flagged = np.concatenate([self._flagged, np.zeros_like(self._flagged)])
+                if number >= self._armed.shape[0]:
+                    self._armed = np.concatenate([self._armed, np.zeros_like(self._armed)])
+                    self._held = np.concatenate([self._held, np.zeros_like(self._held)])
             self._numbers[patient_id] = number
         return number
 
@@ -221,9 +225,10 @@ class Engine:
         Patients already known are skipped: another unit of work loaded them while this
         one waited for the database, and loading twice would hold readings twice.
         """
-        fresh = set(patient_ids) - self._numbers.keys()
+        fresh = self.unknown(set(patient_ids))
         for pid in fresh:
-            self._number(pid)
+            number = self._number(pid)  # first: numbering may grow the arrays
+            self._held[number] = True
         groups: dict[Metric, _Group] = {}
         for pid, metric, at, values in history:
             if pid not in fresh:
@@ -244,28 +249,48 @@ class Engine:
         """Drop patients' state (it is rebuilt from the database on their next reading)."""
         ids = set(patient_ids)
         numbers = [n for n in map(self._numbers.pop, ids, _NONE) if n is not None]
-        for pid in ids:
-            self._armed.pop(pid, None)
-        self._flagged[numbers] = False
+        self._armed[numbers] = False
+        self._held[numbers] = False
         for buf in self._buffers.values():
             buf.release(numbers)
         self._free_numbers += numbers
 
+    def _column(self, rule_id: str) -> int:
+        column = self._columns.get(rule_id)
+        if column is None:
+            column = self._columns[rule_id] = len(self._columns)
+            if column >= self._armed.shape[1]:
+                self._armed = np.concatenate([self._armed, np.zeros_like(self._armed)], axis=1)
+        return column
+
     def arm(self, patient_id: str, rule_id: str) -> None:
-        self._armed.setdefault(patient_id, set()).add(rule_id)
-        self._flagged[self._number(patient_id)] = True
+        """The rule fired for the patient: a reading showing it is over clears it."""
+        number, column = self._number(patient_id), self._column(rule_id)  # may grow it
+        self._armed[number, column] = True
 
     def disarm(self, patient_id: str, rule_id: str) -> None:
-        self._armed.get(patient_id, set()).discard(rule_id)
+        number = self._numbers.get(patient_id)
+        if number is not None:
+            column = self._column(rule_id)  # first: a new column grows the array
+            self._armed[number, column] = False
+
+    def armed(self, patient_id: str) -> set[str]:
+        """The patient's rules fired and not yet clear."""
+        number = self._numbers.get(patient_id)
+        if number is None:
+            return set()
+        return {r for r, c in self._columns.items() if self._armed[number, c]}
 
     @property
     def patients(self) -> int:
-        return len(self._numbers)
+        """Patients whose state is held."""
+        return int(self._held.sum())
 
     def nbytes(self) -> int:
         """Bytes held in numpy arrays: the ring buffers (the bulk of the state), their
-        number -> row maps and the armed flags."""
-        return sum(b.nbytes for b in self._buffers.values()) + self._flagged.nbytes
+        number -> row maps and the armed rules."""
+        arrays = self._armed.nbytes + self._held.nbytes
+        return sum(b.nbytes for b in self._buffers.values()) + arrays
 
     def _buffer(self, metric: Metric) -> MetricBuffer:
         buf = self._buffers.get(metric)
@@ -374,6 +399,7 @@ class Engine:
         got = list(map(_READING, readings))
         patients = list(map(_PATIENT, readings))
         numbers = self._numbers_of(patients)
+        self._held[numbers] = True
         ts_all = np.fromiter(map(_TIMESTAMP, map(_MEASURED, got)), np.float64, n)
         # each reading's metric by identity (hashing an enum member is a Python call)
         metric_ids = np.fromiter(map(id, map(_METRIC, got)), np.int64, n)
@@ -505,10 +531,7 @@ class Engine:
         n = len(ts)
         shared = Shared(self._buffers, buf, rows, ts, rows_in_of(g.numbers))
         full: Window | None = None
-        armed = self._armed
         pids_all = g.patients
-        flagged = self._flagged[g.numbers]
-        has_armed = flagged if flagged.any() else None
         # One evaluation per rule and the rules overriding it (their parameters per reading)
         units: dict[int, tuple[RuleSpec, list[tuple[RuleSpec, Rows]]]] = {}
         for rule, idx in by_rule:
@@ -546,7 +569,6 @@ class Engine:
 
         # Candidates and clears rule by rule, each rule's readings in the order they had
         # when every rule was evaluated on its own window (ascending on the shared one).
-        marks: npt.NDArray[np.bool_] | None = None
         everyone = np.arange(n)
         for rule, idx in by_rule:
             out, where = evaluated[id(rule)]
@@ -557,40 +579,33 @@ class Engine:
                 sel = np.sort(idx) if 2 * len(idx) >= n else idx
                 at = sel if where is None else where[sel]
                 levels = out.severity[at]
-            hit = np.flatnonzero(levels != 0)
-            fired = sel[hit]
-            for j, i, level in zip(
-                at[hit].tolist(), fired.tolist(), levels[hit].tolist(), strict=True
-            ):
-                a = g.readings[i]
-                result.candidates.append(
-                    propose(rule, level, out.detail, j, a.reading, a.patient_id)
-                )
-                self.arm(a.patient_id, rule.id)
-            if len(fired):
-                # An older reading of this batch may have armed what its newest one clears.
-                # (a buffer row is a patient: mark every reading of the patients that fired)
-                if marks is None:
-                    marks = np.zeros(buf.times.shape[0], np.bool_)
-                fired_rows = rows[fired]
-                marks[fired_rows] = True
-                newly = marks[rows]
-                marks[fired_rows] = False  # cleared for the next rule: one array per group
-                has_armed = newly if has_armed is None else has_armed | newly
-            if has_armed is None:
+            hit = np.flatnonzero(levels)
+            if len(hit):
+                for j, i, level in zip(
+                    at[hit].tolist(), sel[hit].tolist(), levels[hit].tolist(), strict=True
+                ):
+                    a = g.readings[i]
+                    result.candidates.append(
+                        propose(rule, level, out.detail, j, a.reading, a.patient_id)
+                    )
+                    self.arm(a.patient_id, rule.id)
+            # Armed now (an older reading of this batch may have armed what its newest one
+            # clears), shown over by this reading, and its patient's newest of the metric.
+            column = self._column(rule.id)
+            if at is everyone:
+                clear = out.clear & newest & self._armed[g.numbers, column]
+            else:
+                clear = out.clear[at] & newest[sel] & self._armed[g.numbers[sel], column]
+            if not clear.any():
                 continue
-            clear = (out.clear if at is everyone else out.clear[at]) & newest[sel] & has_armed[sel]
             rule_id = rule.id
             for i in sel[clear].tolist():
-                pid = pids_all[i]
-                now_armed = armed.get(pid)
-                if (
-                    now_armed is not None
-                    and rule_id in now_armed
-                    and self._newest_of_all(rule, int(g.numbers[i]), float(ts[i]))
-                ):
-                    now_armed.discard(rule_id)
-                    result.clears.append(Clear(pid, rule_id, g.readings[i].reading.measured_at))
+                number = int(g.numbers[i])
+                if self._armed[number, column] and self._newest_of_all(rule, number, float(ts[i])):
+                    self._armed[number, column] = False
+                    result.clears.append(
+                        Clear(pids_all[i], rule_id, g.readings[i].reading.measured_at)
+                    )
 
     def _newest_of_all(self, rule: RuleSpec, number: int, t: float) -> bool:
         """No reading of any metric the rule watches is newer than ``t`` (a composite's

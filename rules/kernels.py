@@ -404,6 +404,106 @@ def insert_sorted(
         newest[k] = ts[k] >= times[r, count[r] - 1]
 
 
+# --- verdicts: whether each reading fires, from what its history showed -------------
+
+
+@_compiled
+def change_verdict(
+    now: Any,
+    ref: Any,
+    rise: bool,
+    min_change: Any,
+    min_pct: Any,
+    use_change: bool,
+    use_pct: bool,
+    eps: float,
+    level: int,
+    severity: Any,
+    change: Any,
+    pct: Any,
+) -> None:
+    """A change rule's verdict: the change from the window's extreme ``ref`` to ``now``
+    (and in percent of ``ref``) reaches ``min_change`` or ``min_pct`` (one per reading,
+    or one for all). Where there is no reference or value, ``ref`` becomes NaN."""
+    per = min_change.shape[0] > 1
+    for i in range(now.shape[0]):
+        have = not math.isnan(ref[i]) and not math.isnan(now[i])
+        d = ((now[i] - ref[i]) if rise else (ref[i] - now[i])) if have else 0.0
+        p = d / abs(ref[i]) * 100.0 if have and ref[i] != 0 else 0.0
+        li = i if per else 0
+        fires = have and (
+            (use_change and d >= min_change[li] - eps) or (use_pct and p >= min_pct[li] - eps)
+        )
+        severity[i] = level if fires else 0
+        change[i] = d
+        pct[i] = p
+        if not have:
+            ref[i] = math.nan
+
+
+@_compiled
+def trend_verdict(
+    n: Any,
+    slope: Any,
+    sxx: Any,
+    first: Any,
+    now: Any,
+    min_readings: float,
+    min_span_days: float,
+    limit: float,
+    rise: bool,
+    eps: float,
+    level: int,
+    severity: Any,
+    span: Any,
+) -> None:
+    """A trend rule's verdict: enough readings over enough days, the reading's own value
+    present, and a slope at or past ``limit`` (its negative for a fall). Where the fit
+    does not count, ``slope`` and ``span`` are 0."""
+    for i in range(n.shape[0]):
+        ok = (
+            n[i] >= min_readings
+            and sxx[i] > 0
+            and not math.isnan(now[i])
+            and -first[i] >= min_span_days - eps
+        )
+        if not ok:
+            slope[i] = 0.0
+        span[i] = -first[i] if ok else 0.0
+        fires = ok and (slope[i] >= limit - eps if rise else slope[i] <= -limit + eps)
+        severity[i] = level if fires else 0
+
+
+@_compiled
+def baseline_verdict(
+    count: Any,
+    median: Any,
+    mad: Any,
+    now: Any,
+    min_readings: float,
+    min_deviation: float,
+    mad_sd: float,
+    rise: bool,
+    eps: float,
+    level: int,
+    severity: Any,
+    deviation: Any,
+    needed: Any,
+) -> None:
+    """A baseline rule's verdict: enough baseline readings, and the reading off the median
+    the bad way by ``min_deviation``, and by ``mad_sd`` x MAD when that is given (not NaN).
+    ``deviation`` is 0 where it cannot be computed; ``needed`` NaN where the MAD is."""
+    for i in range(count.shape[0]):
+        d = (now[i] - median[i]) if rise else (median[i] - now[i])
+        need = min_deviation
+        if not math.isnan(mad_sd):
+            need = max(need, mad_sd * mad[i]) if not math.isnan(mad[i]) else math.nan
+        fires = count[i] >= min_readings and d >= need - eps  # NaN compares false
+        severity[i] = level if fires else 0
+        deviation[i] = 0.0 if math.isnan(d) else d
+        needed[i] = need
+
+
 _warm = False
 
 
@@ -430,6 +530,15 @@ def warm_up() -> None:
     robust_center(times, values, rows, ts, 0, 1.0, 0.0, 3, f1, f2, f3)
     latest_at(times, values, count, rows, ts, 0, 1.0, f1, f2)
     score_bands(limits, limits, limits, limits, limits.copy(), f1, f2, f3)
+    # A reading's own value is a column of its (B, K) values: contiguous when K is 1,
+    # strided otherwise. Both layouts, for the verdicts.
+    for now in (np.zeros(2), np.zeros((2, 2))[:, 0]):
+        g1, g2, g3, g4 = np.zeros(2), np.zeros(2), np.zeros(2), np.zeros(2)
+        level = np.empty(2, np.int8)
+        one = np.zeros(1)
+        change_verdict(now, g1, True, one, one, True, True, 1e-9, 2, level, g2, g3)
+        trend_verdict(g1, g2, g3, g4, now, 1.0, 1.0, 1.0, True, 1e-9, 2, level, g1)
+        baseline_verdict(g1, g2, g3, now, 1.0, 1.0, 1.0, True, 1e-9, 2, level, g4, g1)
     got = np.empty(1, np.bool_)
     insert_sorted(times.copy(), values.copy(), count.copy(), rows, ts, values[0, :1], rows, f1, got)
     _warm = True

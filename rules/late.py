@@ -83,7 +83,7 @@ def reevaluate_after_late(
         batch_ts = ts[rows == row]
         late_ts = ts[idx]
         reached = (times[:, None] > late_ts) & (times[:, None] <= late_ts + reach)
-        of_batch = np.isin(times, batch_ts)
+        of_batch = (times[:, None] == batch_ts).any(axis=1)  # a few: no np.isin set-up
         later = np.flatnonzero(reached.any(axis=1) & ~of_batch)
         if not len(later):
             continue

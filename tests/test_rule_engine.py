@@ -217,6 +217,27 @@ def test_the_missing_data_timer_arms_what_the_next_reading_clears() -> None:
     assert cleared(engine.step([kg(80.0, 101)], HF_HTN)) == [("hf.weight_missing", at(101))]
 
 
+def test_a_patient_the_timer_armed_still_has_its_history_loaded() -> None:
+    """The timer arms patients the engine holds no readings of; they stay unknown, so the
+    ingest path still loads their history on their next reading."""
+    engine = Engine(BOOK)
+
+    def silence(metric: Metric) -> Silence:
+        return Silence("pat-1", at(0), at(-1000), at(99.5))
+
+    assert engine.missing(HF_HTN["pat-1"], silence, at(100))
+    assert not engine.knows("pat-1")
+    assert engine.unknown(["pat-1"]) == {"pat-1"}
+    assert engine.armed("pat-1") == {"hf.weight_missing", "htn.bp_missing"}
+    history = [("pat-1", Metric.WEIGHT, at(h), {"weight": 80.0}) for h in (-24.0, 0.0)]
+    engine.load(["pat-1"], history)
+    assert engine.knows("pat-1")
+    # the loaded weights count: +1.2 kg since yesterday fires, and the weighing clears
+    result = engine.step([kg(81.2, 20)], HF_HTN)
+    assert ("hf.weight_gain_24h", at(20)) in fired(result)
+    assert ("hf.weight_missing", at(20)) in cleared(result)
+
+
 def test_only_rules_that_fired_are_cleared() -> None:
     engine = Engine(BOOK)
     engine.step([bp(190, 100, 0)], HF_HTN)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import robust_center
+from ..kernels import baseline_verdict, robust_center
 from ..spec import RuleSpec
 from .base import (
     DAY,
@@ -75,23 +75,33 @@ class Baseline(OwnMetric):
             median,
             mad,
         )
-        enough = count >= rule.p("min_readings")
-        now = w.value(rule.component)
-        with np.errstate(invalid="ignore"):
-            deviation = (now - median) if rule.direction == "rise" else (median - now)
-            need = np.full(n_rows, rule.p("min_deviation"))
-            if "mad_multiplier" in rule.params:
-                need = np.maximum(need, rule.p("mad_multiplier") * MAD_TO_SD * mad)
-            fires = enough & (deviation >= need - EPS)
-        severity = np.where(fires, np.int8(rule.severity), np.int8(0)).astype(np.int8)
+        severity = np.empty(n_rows, np.int8)
+        deviation = np.empty(n_rows)
+        needed = np.empty(n_rows)
+        mad_sd = rule.params.get("mad_multiplier", np.nan) * MAD_TO_SD
+        baseline_verdict(
+            count,
+            median,
+            mad,
+            w.value(rule.component),
+            rule.p("min_readings"),
+            rule.p("min_deviation"),
+            mad_sd,
+            rule.direction == "rise",
+            EPS,
+            int(rule.severity),
+            severity,
+            deviation,
+            needed,
+        )
         detail = {
             "median": median,
             "mad": mad,
-            "deviation": np.nan_to_num(deviation),
-            "needed": need,
-            "baseline_readings": count.astype(np.float64),
+            "deviation": deviation,
+            "needed": needed,
+            "baseline_readings": count,
         }
-        return Outcome(severity, ~fires, detail)
+        return Outcome(severity, severity == 0, detail)
 
     def explain(self, rule: RuleSpec, facts: Facts) -> tuple[str, dict[str, object]]:
         assert rule.component is not None

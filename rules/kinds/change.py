@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import window_extreme
+from ..kernels import change_verdict, window_extreme
 from ..spec import RuleSpec
 from .base import (
     EPS,
+    F64,
     HOUR,
     Facts,
     Outcome,
@@ -70,24 +71,26 @@ class Change(OwnMetric):
             ref,
             ref_t,
         )
-        have = ~np.isnan(ref) & ~np.isnan(now)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            change = np.where(have, (now - ref) if rise else (ref - now), 0.0)
-            pct = np.where(have & (ref != 0), change / np.abs(ref) * 100.0, 0.0)
-        fires = np.zeros(len(w), np.bool_)
-        if "min_change" in rule.params:
-            fires |= change >= w.p(rule, "min_change") - EPS
-        if "min_change_pct" in rule.params:
-            fires |= pct >= w.p(rule, "min_change_pct") - EPS
-        fires &= have
-        severity = np.where(fires, np.int8(rule.severity), np.int8(0)).astype(np.int8)
-        detail = {
-            "reference": np.where(have, ref, np.nan),
-            "reference_t": ref_t,
-            "change": change,
-            "pct": pct,
-        }
-        return Outcome(severity, ~fires, detail)
+        n = len(w)
+        severity = np.empty(n, np.int8)
+        change = np.empty(n)
+        pct = np.empty(n)
+        change_verdict(
+            now,
+            ref,
+            rise,
+            _per_reading(w, rule, "min_change"),
+            _per_reading(w, rule, "min_change_pct"),
+            "min_change" in rule.params,
+            "min_change_pct" in rule.params,
+            EPS,
+            int(rule.severity),
+            severity,
+            change,
+            pct,
+        )
+        detail = {"reference": ref, "reference_t": ref_t, "change": change, "pct": pct}
+        return Outcome(severity, severity == 0, detail)
 
     def explain(self, rule: RuleSpec, facts: Facts) -> tuple[str, dict[str, object]]:
         assert rule.component is not None
@@ -111,6 +114,12 @@ class Change(OwnMetric):
             "window_hours": rule.p("window_hours"),
         }
         return text, evidence
+
+
+def _per_reading(w: Window, rule: RuleSpec, name: str) -> F64:
+    """A param as the verdict takes it: one per reading, or one for all (0 when unset)."""
+    value = w.p(rule, name) if name in rule.params else 0.0
+    return value if isinstance(value, np.ndarray) else np.array([value])
 
 
 def _plain(rule: RuleSpec, value: float) -> str:

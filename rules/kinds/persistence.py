@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import breaching_count, breaching_run
+from ..kernels import breaching_count, breaching_run, tier_levels
 from ..spec import RuleSpec
 from .base import (
     EPS,
@@ -26,7 +26,6 @@ from .base import (
     limits,
     short_source,
     span,
-    tier_hits,
     when,
 )
 from .threshold import show_values
@@ -65,7 +64,10 @@ class Persistence(OwnMetric):
         tier = rule.tiers[0]
         conds = conditions(rule, rule.tiers)
         limit = limits(conds, w)
-        own = tier_hits(rule, rule.tiers, w) > 0
+        levels = np.empty(n, np.int8)
+        current = np.ascontiguousarray(w.current)  # one compiled layout
+        tier_levels(current, conds.comp, conds.op, limit, conds.level, levels)
+        own = levels > 0
         times, values, rows = w.store()
         if "k" in rule.params:
             count = np.empty(n)

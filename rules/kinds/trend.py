@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import least_squares
+from ..kernels import least_squares, trend_verdict
 from ..spec import RuleSpec
 from .base import (
     DAY,
@@ -59,15 +59,25 @@ class Trend(OwnMetric):
         least_squares(
             times, values, rows, w.ts, comp, self.lookback_s(rule), DAY, n, slope, sxx, first
         )
-        ok = (n >= rule.p("min_readings")) & (sxx > 0) & ~np.isnan(w.value(rule.component))
-        # A slope over hours, extrapolated per day, is noise: the readings must span enough.
-        ok &= -first >= rule.params.get("min_span_days", 0.0) - EPS
-        slope = np.where(ok, slope, 0.0)
-        limit = rule.p("min_slope_per_day")
-        fires = ok & (slope >= limit - EPS if rule.direction == "rise" else slope <= -limit + EPS)
-        severity = np.where(fires, np.int8(rule.severity), np.int8(0)).astype(np.int8)
-        detail = {"slope_per_day": slope, "readings": n, "span_days": np.where(ok, -first, 0.0)}
-        return Outcome(severity, ~fires, detail)
+        severity = np.empty(b, np.int8)
+        span = np.empty(b)
+        trend_verdict(
+            n,
+            slope,
+            sxx,
+            first,
+            w.value(rule.component),
+            rule.p("min_readings"),
+            rule.params.get("min_span_days", 0.0),
+            rule.p("min_slope_per_day"),
+            rule.direction == "rise",
+            EPS,
+            int(rule.severity),
+            severity,
+            span,
+        )
+        detail = {"slope_per_day": slope, "readings": n, "span_days": span}
+        return Outcome(severity, severity == 0, detail)
 
     def explain(self, rule: RuleSpec, facts: Facts) -> tuple[str, dict[str, object]]:
         assert rule.component is not None
