@@ -7,9 +7,11 @@ read the ring buffers in place: reading ``i``'s history is row ``rows[i]`` of ``
 (R, C) and ``values`` (R, C, K), so nothing is copied and each kind costs one call per
 batch instead of a few dozen numpy passes over padded (B, C) arrays.
 
-Places of a row are not assumed sorted: re-evaluating after a late reading hides the
-batch's readings by giving them time ``+inf`` (``rules.late``). Only ``latest_at``, which
-reads the buffers themselves (sorted, ``count`` places used), walks a row from its end.
+A row's finite places are in time order, but not every place after them is empty:
+re-evaluating after a late reading hides the batch's readings by giving them time ``+inf``
+where they stand (``rules.late``). So the loops test every place and do not stop at the
+first ``+inf``; only ``latest_at``, which reads the buffers themselves (``count`` places
+used), stops early.
 
 A comparison with NaN is false, as in numpy: a missing value meets no condition.
 
@@ -177,8 +179,9 @@ def least_squares(
     first: Any,
 ) -> None:
     """Least-squares slope per day of ``comp`` over ``[t - back_s, t]`` (the reading
-    included), the count of readings, the spread of their times and the oldest one's
-    offset in days (``inf`` when there is none)."""
+    included), the count of readings, the spread of their times (0, and the slope NaN,
+    when they are all of one time) and the oldest one's offset in days (``inf`` when
+    there is none)."""
     for i in range(rows.shape[0]):
         r = rows[i]
         t0 = ts[i]
@@ -187,6 +190,7 @@ def least_squares(
         sx = 0.0
         sy = 0.0
         oldest = math.inf
+        newest = -math.inf
         for c in range(times.shape[1]):
             t = times[r, c]
             if not (lo <= t <= t0):
@@ -199,9 +203,10 @@ def least_squares(
             sx += x
             sy += y
             oldest = min(oldest, x)
+            newest = max(newest, x)
         n_out[i] = n
         first[i] = oldest
-        if n == 0:
+        if oldest == newest or n == 0:  # no spread of times (the mean's rounding would)
             slope[i] = math.nan
             sxx_out[i] = 0.0
             continue
