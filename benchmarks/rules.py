@@ -5,7 +5,9 @@
     uv run python benchmarks/rules.py --seconds 10 --batch 2000   # cap the step time
 
 No broker, no database, no I/O: what the engine costs the ingest path on one core (the
-engine is single-threaded; numpy's element-wise work is too).
+engine is single-threaded; so are numpy's element-wise work and its compiled loops,
+``rules/kernels.py``, which making the ``Engine`` loads from numba's cache, or compiles
+on a machine's first run: shown apart, not timed).
 
 1. Fleet. Patients get a mix of care programs (by primary program 45% hypertension, 20%
    heart failure, 15% COPD, 20% diabetes; most heart-failure patients also have
@@ -424,6 +426,7 @@ class Warm:
     buffer_bytes: int
     plans: int
     plans_s: float
+    kernels_s: float = 0.0  # Engine(): the compiled loops loaded from numba's cache
 
 
 def warm_up(engine: Engine, fleet: Fleet, history: Schedule, chunk: int) -> Warm:
@@ -506,7 +509,9 @@ def run_steps(
 def run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     rng = np.random.default_rng(args.seed)
     n = args.patients
-    engine = Engine(RuleBook.builtin())
+    started = time.perf_counter()
+    engine = Engine(RuleBook.builtin())  # loads (or compiles) the compiled loops
+    kernels_s = time.perf_counter() - started
     probe = make_fleet(min(n, 20_000), np.random.default_rng(args.seed + 1), 0.0, 1.0)
     per_patient_day = sum(float((probe.per_day[k] * probe.adherence).sum()) for k in DEVICES)
     stream_days = args.readings / (per_patient_day / len(probe.ids) * n) * 1.05 + 0.1
@@ -524,6 +529,7 @@ def run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         f"{len(stream.patient):,} to stream ({time.perf_counter() - t0:.1f} s to generate)"
     )
     warm = warm_up(engine, fleet, history, args.load_chunk)
+    warm.kernels_s = kernels_s
     _say(
         f"warm: engine.load {warm.load_s:.1f} s (+ {warm.build_s:.1f} s building rows); "
         f"{warm.plans} distinct plans compiled in {warm.plans_s:.2f} s"
@@ -604,6 +610,11 @@ def report(
             ),
         ],
         f"Warm state: {HISTORY_DAYS} days of history": [
+            (
+                "compiled loops",
+                f"{warm.kernels_s:.1f} s",
+                "Engine(): numba's cache loaded (about 7 s to compile on a first run)",
+            ),
             ("history readings", f"{history:,}", f"{history / n:.1f} per patient"),
             (
                 "engine.load",
@@ -718,6 +729,7 @@ def report(
         "late_readings": late_stepped,
         "history_readings": history,
         "warmup_load_s": round(warm.load_s, 2),
+        "kernels_load_s": round(warm.kernels_s, 2),
         "distinct_plans": warm.plans,
         "overridden_patients": fleet.overridden,
         "cpu_count": os.cpu_count(),
