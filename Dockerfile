@@ -11,7 +11,12 @@ COPY alerts alerts
 COPY simulators simulators
 RUN uv sync --frozen --no-dev
 ENV PATH=/opt/venv/bin:$PATH
-RUN useradd --system --uid 10001 rpm
+# The rule engine's compiled loops (numba): compiled here, cached where the server may write
+# (it recompiles there if it runs on another CPU than the one that built the image).
+ENV NUMBA_CACHE_DIR=/var/cache/rpm-numba
+RUN useradd --system --uid 10001 rpm \
+ && python -c "from rules import kernels; kernels.warm_up()" \
+ && chown -R rpm /var/cache/rpm-numba
 USER rpm
 EXPOSE 8000
 CMD ["rpm", "serve"]
