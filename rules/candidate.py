@@ -40,7 +40,7 @@ class AlertCandidate:
         severity: Severity,
         title: str,
         measured_at: datetime,
-        explanation: str,
+        explanation: str | None,
         evidence: Mapping[str, Any] | None = None,
         reading_uid: uuid.UUID | None = None,
         advice: str = "",
@@ -52,8 +52,11 @@ class AlertCandidate:
         self.title = title
         self.measured_at = measured_at
         self.advice = advice
-        self.advice_i18n = advice_i18n or {}
-        self._rendered: Rendering | None = (explanation, evidence or {})
+        self.advice_i18n = advice_i18n if advice_i18n is not None else {}
+        # None: a subclass renders it when read (``rules.proposal.Proposed``)
+        self._rendered: Rendering | None = (
+            None if explanation is None else (explanation, evidence or {})
+        )
         self._uid = reading_uid
 
     def _rendering(self) -> Rendering:

@@ -182,48 +182,33 @@ def least_squares(
     included), the count of readings, the spread of their times (0, and the slope NaN,
     when they are all of one time) and the oldest one's offset in days (``inf`` when
     there is none)."""
+    xs = np.empty(times.shape[1])  # the readings in the window: days before, values
+    ys = np.empty(times.shape[1])
     for i in range(rows.shape[0]):
         r = rows[i]
         t0 = ts[i]
         lo = t0 - back_s
         n = 0
-        sx = 0.0
-        sy = 0.0
-        oldest = math.inf
-        newest = -math.inf
         for c in range(times.shape[1]):
             t = times[r, c]
-            if not (lo <= t <= t0):
-                continue
-            y = values[r, c, comp]
-            if math.isnan(y):
-                continue
-            x = (t - t0) / day_s
-            n += 1
-            sx += x
-            sy += y
-            oldest = min(oldest, x)
-            newest = max(newest, x)
+            if lo <= t <= t0 and not math.isnan(values[r, c, comp]):
+                xs[n] = (t - t0) / day_s
+                ys[n] = values[r, c, comp]
+                n += 1
         n_out[i] = n
-        first[i] = oldest
-        if oldest == newest or n == 0:  # no spread of times (the mean's rounding would)
+        first[i] = xs[:n].min() if n else math.inf
+        if n == 0 or xs[:n].min() == xs[:n].max():  # no spread (the mean's rounding would)
             slope[i] = math.nan
             sxx_out[i] = 0.0
             continue
-        mx = sx / n
-        my = sy / n
+        mx = xs[:n].sum() / n
+        my = ys[:n].sum() / n
         sxx = 0.0
         sxy = 0.0
-        for c in range(times.shape[1]):
-            t = times[r, c]
-            if not (lo <= t <= t0):
-                continue
-            y = values[r, c, comp]
-            if math.isnan(y):
-                continue
-            dx = (t - t0) / day_s - mx
+        for k in range(n):
+            dx = xs[k] - mx
             sxx += dx * dx
-            sxy += dx * (y - my)
+            sxy += dx * (ys[k] - my)
         sxx_out[i] = sxx
         slope[i] = sxy / sxx
 

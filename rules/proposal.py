@@ -34,15 +34,16 @@ class Proposed(AlertCandidate):
         patient_id: str,
         cause: Reading | None,
     ) -> None:
-        self.patient_id = patient_id
-        self.rule_id = rule.id
-        self.severity = _SEVERITIES[severity]
-        self.title = rule.title
-        self.measured_at = reading.measured_at
-        self.advice = rule.advice
-        self.advice_i18n = rule.advice_i18n or {}
-        self._rendered = None
-        self._uid = None
+        super().__init__(
+            patient_id=patient_id,
+            rule_id=rule.id,
+            severity=_SEVERITIES[severity],
+            title=rule.title,
+            measured_at=reading.measured_at,
+            explanation=None,  # rendered when read
+            advice=rule.advice,
+            advice_i18n=rule.advice_i18n,
+        )
         self._rule = rule
         self._detail = detail
         self._j = j
