@@ -16,11 +16,13 @@ used), stops early.
 A comparison with NaN is false, as in numpy: a missing value meets no condition.
 
 Compiled on first use and cached on disk by numba (``__pycache__`` beside this file, or
-``NUMBA_CACHE_DIR``), so a process pays the compilation once per machine.
+``NUMBA_CACHE_DIR``), so a process pays the compilation once per machine. Where numba
+finds no writable place, the loops are compiled in each process (a warning says so).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
@@ -31,9 +33,19 @@ import numpy as np
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
+log = logging.getLogger(__name__)
+_uncached: list[str] = []  # loops numba found nowhere to cache
+
+
 def _compiled(f: _F) -> _F:
     # error_model="numpy": 0/0 is NaN as in numpy, not an exception
-    return cast(_F, numba.njit(cache=True, nogil=True, error_model="numpy")(f))
+    try:
+        return cast(_F, numba.njit(cache=True, nogil=True, error_model="numpy")(f))
+    except RuntimeError as exc:  # no writable place for the cache (set NUMBA_CACHE_DIR)
+        if not _uncached:
+            log.warning("compiled loops are not cached, each process compiles them: %s", exc)
+        _uncached.append(f.__name__)
+        return cast(_F, numba.njit(nogil=True, error_model="numpy")(f))
 
 
 # Condition operators as the kernels take them (``rules.spec.COMPARATORS``)

@@ -18,6 +18,7 @@ only. A few hand-written cases with exact numbers come first, to show what each 
 
 from __future__ import annotations
 
+import logging
 import math
 import operator
 import statistics
@@ -31,6 +32,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rules import kernels
 from rules.kernels import (
     OP_CODES,
     breaching_count,
@@ -692,3 +694,16 @@ def test_least_squares_of_readings_all_of_one_time_has_no_spread() -> None:
     same(n, [6])
     same(sxx, [0.0])
     same(slope, [NAN])
+
+
+def test_a_loop_numba_cannot_cache_is_compiled_anyway(caplog: pytest.LogCaptureFixture) -> None:
+    """Source numba cannot place a cache beside (here: no file at all, as when neither the
+    package folder nor NUMBA_CACHE_DIR is writable) still compiles, with a warning."""
+    namespace: dict[str, object] = {}
+    exec(compile("def twice(x):\n    return 2 * x\n", "<no file>", "exec"), namespace)
+    kernels._uncached.clear()
+    with caplog.at_level(logging.WARNING, logger="rules.kernels"):
+        twice = kernels._compiled(namespace["twice"])  # type: ignore[arg-type]
+    assert twice(21) == 42
+    assert kernels._uncached == ["twice"]
+    assert "not cached" in caplog.text
