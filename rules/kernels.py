@@ -201,20 +201,27 @@ def least_squares(
         t0 = ts[i]
         lo = t0 - back_s
         n = 0
+        sx = sy = 0.0
+        oldest, newest = math.inf, -math.inf
         for c in range(times.shape[1]):
             t = times[r, c]
             if lo <= t <= t0 and not math.isnan(values[r, c, comp]):
-                xs[n] = (t - t0) / day_s
+                x = (t - t0) / day_s
+                xs[n] = x
                 ys[n] = values[r, c, comp]
+                sx += x
+                sy += ys[n]
+                oldest = min(oldest, x)
+                newest = max(newest, x)
                 n += 1
         n_out[i] = n
-        first[i] = xs[:n].min() if n else math.inf
-        if n == 0 or xs[:n].min() == xs[:n].max():  # no spread (the mean's rounding would)
+        first[i] = oldest
+        if n == 0 or oldest == newest:  # no spread (the mean's rounding would leave some)
             slope[i] = math.nan
             sxx_out[i] = 0.0
             continue
-        mx = xs[:n].sum() / n
-        my = ys[:n].sum() / n
+        mx = sx / n
+        my = sy / n
         sxx = 0.0
         sxy = 0.0
         for k in range(n):
