@@ -35,14 +35,17 @@ from hypothesis import strategies as st
 from rules import kernels
 from rules.kernels import (
     OP_CODES,
+    baseline_verdict,
     breaching_count,
     breaching_run,
+    change_verdict,
     insert_sorted,
     latest_at,
     least_squares,
     robust_center,
     score_bands,
     tier_levels,
+    trend_verdict,
     window_extreme,
 )
 
@@ -694,6 +697,155 @@ def test_least_squares_of_readings_all_of_one_time_has_no_spread() -> None:
     same(n, [6])
     same(sxx, [0.0])
     same(slope, [NAN])
+
+
+# --- verdicts: each reading's severity from what its history showed -----------------
+#
+# The reading's own value comes in as a column of its (B, K) values: strided when K > 1.
+
+EPS = 1e-9
+MAYBE = st.one_of(
+    st.just(NAN), st.floats(-50.0, 50.0, allow_nan=False), st.sampled_from([0.0, 1.0])
+)
+
+
+def column(data: st.DataObject, values: list[float]) -> F64:
+    """``values`` as a contiguous array, or as the first column of a (B, 2) one."""
+    if data.draw(st.booleans(), label="strided"):
+        wide = np.zeros((len(values), 2))
+        wide[:, 0] = values
+        return wide[:, 0]
+    return np.array(values, np.float64)
+
+
+@PROPS
+@given(
+    data=st.data(),
+    rows=st.lists(st.tuples(MAYBE, MAYBE), min_size=1, max_size=6),
+    rise=st.booleans(),
+    use=st.sampled_from([(True, False), (False, True), (True, True)]),
+    per_reading=st.booleans(),
+)
+def test_change_verdict_matches_the_reference(
+    data: st.DataObject,
+    rows: list[tuple[float, float]],
+    rise: bool,
+    use: tuple[bool, bool],
+    per_reading: bool,
+) -> None:
+    b = len(rows)
+    size = b if per_reading else 1
+    min_change = np.array(data.draw(st.lists(LIMIT, min_size=size, max_size=size)), np.float64)
+    min_pct = np.array(data.draw(st.lists(LIMIT, min_size=size, max_size=size)), np.float64) * 10
+    now = column(data, [r[0] for r in rows])
+    ref = np.array([r[1] for r in rows], np.float64)
+    severity, change, pct = np.empty(b, np.int8), np.empty(b), np.empty(b)
+    change_verdict(
+        now, ref, rise, min_change, min_pct, use[0], use[1], EPS, 3, severity, change, pct
+    )
+    for i, (v, r) in enumerate(rows):
+        have = not math.isnan(v) and not math.isnan(r)
+        d = ((v - r) if rise else (r - v)) if have else 0.0
+        p = d / abs(r) * 100.0 if have and r != 0 else 0.0
+        li = i if per_reading else 0
+        fires = have and (
+            (use[0] and d >= min_change[li] - EPS) or (use[1] and p >= min_pct[li] - EPS)
+        )
+        assert severity[i] == (3 if fires else 0)
+        same([change[i], pct[i], ref[i]], [d, p, r if have else NAN])
+
+
+@PROPS
+@given(
+    data=st.data(),
+    fits=st.lists(
+        st.tuples(st.integers(0, 12), MAYBE, st.floats(0.0, 4.0), st.floats(-10.0, 0.0), MAYBE),
+        min_size=1,
+        max_size=6,
+    ),
+    min_readings=st.integers(1, 6),
+    min_span=st.sampled_from([0.0, 1.0, 3.0]),
+    limit=st.sampled_from([0.5, 1.0, 2.0]),
+    rise=st.booleans(),
+)
+def test_trend_verdict_matches_the_reference(
+    data: st.DataObject,
+    fits: list[tuple[int, float, float, float, float]],
+    min_readings: int,
+    min_span: float,
+    limit: float,
+    rise: bool,
+) -> None:
+    b = len(fits)
+    n = np.array([f[0] for f in fits], np.float64)
+    slope = np.array([f[1] for f in fits], np.float64)
+    sxx = np.array([f[2] for f in fits], np.float64)
+    first = np.array([f[3] for f in fits], np.float64)
+    now = column(data, [f[4] for f in fits])
+    severity, span = np.empty(b, np.int8), np.empty(b)
+    trend_verdict(
+        n, slope, sxx, first, now, min_readings, min_span, limit, rise, EPS, 2, severity, span
+    )
+    for i, (count, s, spread, oldest, v) in enumerate(fits):
+        ok = count >= min_readings and spread > 0 and not math.isnan(v)
+        ok = ok and -oldest >= min_span - EPS
+        s = s if ok else 0.0
+        fires = ok and (s >= limit - EPS if rise else s <= -limit + EPS)
+        assert severity[i] == (2 if fires else 0)
+        same([slope[i], span[i]], [s, -oldest if ok else 0.0])
+
+
+@PROPS
+@given(
+    data=st.data(),
+    centres=st.lists(
+        st.tuples(st.integers(0, 8), MAYBE, st.one_of(st.just(NAN), st.floats(0.0, 5.0)), MAYBE),
+        min_size=1,
+        max_size=6,
+    ),
+    min_readings=st.integers(3, 6),
+    min_deviation=st.sampled_from([1.0, 4.0]),
+    multiplier=st.sampled_from([NAN, 1.0, 3.0]),
+    rise=st.booleans(),
+)
+def test_baseline_verdict_matches_the_reference(
+    data: st.DataObject,
+    centres: list[tuple[int, float, float, float]],
+    min_readings: int,
+    min_deviation: float,
+    multiplier: float,
+    rise: bool,
+) -> None:
+    b = len(centres)
+    count = np.array([c[0] for c in centres], np.float64)
+    median = np.array([c[1] for c in centres], np.float64)
+    mad = np.array([c[2] for c in centres], np.float64)
+    now = column(data, [c[3] for c in centres])
+    severity, deviation, needed = np.empty(b, np.int8), np.empty(b), np.empty(b)
+    mad_sd = multiplier * 1.4826
+    baseline_verdict(
+        count,
+        median,
+        mad,
+        now,
+        min_readings,
+        min_deviation,
+        mad_sd,
+        rise,
+        EPS,
+        2,
+        severity,
+        deviation,
+        needed,
+    )
+    for i, (k, m, spread, v) in enumerate(centres):
+        d = (v - m) if rise else (m - v)
+        need = min_deviation
+        if not math.isnan(mad_sd):  # numpy's maximum: NaN when the MAD is
+            need = NAN if math.isnan(spread) else max(need, mad_sd * spread)
+        fires = k >= min_readings and d >= need - EPS
+        assert severity[i] == (2 if fires else 0)
+        same([deviation[i], needed[i]], [0.0 if math.isnan(d) else d, need])
 
 
 def test_a_loop_numba_cannot_cache_is_compiled_anyway(caplog: pytest.LogCaptureFixture) -> None:
