@@ -851,11 +851,11 @@ def test_baseline_verdict_matches_the_reference(
 def test_a_loop_numba_cannot_cache_is_compiled_anyway(caplog: pytest.LogCaptureFixture) -> None:
     """Source numba cannot place a cache beside (here: no file at all, as when neither the
     package folder nor NUMBA_CACHE_DIR is writable) still compiles, with a warning."""
-    namespace: dict[str, object] = {}
+    namespace: dict[str, Callable[[int], int]] = {}
     exec(compile("def twice(x):\n    return 2 * x\n", "<no file>", "exec"), namespace)
     kernels._uncached.clear()
     with caplog.at_level(logging.WARNING, logger="rules.kernels"):
-        twice = kernels._compiled(namespace["twice"])  # type: ignore[arg-type]
+        twice = kernels._compiled(namespace["twice"])
     assert twice(21) == 42
     assert kernels._uncached == ["twice"]
     assert "not cached" in caplog.text
