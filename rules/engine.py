@@ -3,7 +3,9 @@
 ``Engine.step(readings, contexts)`` appends the batch to per-metric ring buffers
 (``rules.buffers``) and evaluates every rule of each patient's programs for the new
 readings, vectorised: readings of one metric whose patients share a rule set are
-evaluated together by each kind's numpy evaluator. No I/O here: the ingest unit of
+evaluated together by each kind's evaluator (numpy and the compiled loops of
+``rules.kernels``). The engine numbers the patients it holds: a buffer row, and which
+rules are armed, are found by number with numpy. No I/O here: the ingest unit of
 work loads a patient's history into the engine on a cache miss (``load``) and calls
 ``forget`` for the patients of a batch whose transaction failed, so memory never
 holds a reading the database does not.

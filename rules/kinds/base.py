@@ -1,9 +1,10 @@
 """What every rule kind sees and returns.
 
-A kind evaluates one rule for B readings at once (numpy, no Python loop per
-reading). Its input is a ``Window``: the readings' own values and, for each, the
-patient's history of that metric as a row of a ring buffer (times sorted, ``inf``
-where empty, the reading itself included). Its output is an ``Outcome``: a severity
+A kind evaluates one rule for B readings at once (numpy and the compiled loops of
+``rules.kernels``, no Python loop per reading). Its input is a ``Window``: the
+readings' own values and, for each, the patient's history of that metric as a row of a
+ring buffer (times sorted, ``inf`` where empty, the reading itself included), read in
+place (``Window.store``). Its output is an ``Outcome``: a severity
 per reading (0 = does not fire), whether the reading shows the condition is over
 (for auto-resolve), and named numbers per reading that ``explain`` turns into
 plain language for the nurse.
