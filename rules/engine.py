@@ -508,10 +508,7 @@ class Engine:
         """The readings' window; ``rows_in`` gives their patients' rows in another buffer."""
 
         def latest_of(other: Metric, component: str, fresh: float) -> tuple[F64, F64]:
-            found = self._buffers.get(other)
-            if found is None:
-                return np.full(len(ts), np.nan), np.full(len(ts), np.nan)
-            return latest(found, rows_in(found), ts, component, fresh)
+            return latest(self._buffers.get(other), rows_in, ts, component, fresh)
 
         def gather() -> Store:
             return buf.times, buf.values, rows

@@ -12,13 +12,22 @@ from .buffers import F64, MetricBuffer, Rows
 from .kernels import latest_at
 
 
-def latest(buf: MetricBuffer, rows: Rows, ts: F64, component: str, fresh: float) -> tuple[F64, F64]:
-    """(value, time) of each row's newest reading of ``component`` at or before the
-    reading and no older than ``fresh`` seconds (NaN where none; row -1: no row)."""
-    value = np.empty(len(rows))
-    when = np.empty(len(rows))
-    comp = buf.index[component]
-    latest_at(buf.times, buf.values, buf.count, rows, ts, comp, fresh, value, when)
+def latest(
+    buf: MetricBuffer | None,
+    rows_in: Callable[[MetricBuffer], Rows],
+    ts: F64,
+    component: str,
+    fresh: float,
+) -> tuple[F64, F64]:
+    """(value, time) of each reading's patient's newest reading of ``component`` in
+    ``buf`` at or before the reading and no older than ``fresh`` seconds (NaN where none:
+    no such reading, no row, or no buffer of that metric)."""
+    value = np.full(len(ts), np.nan)
+    when = np.full(len(ts), np.nan)
+    if buf is not None:
+        comp = buf.index[component]
+        rows = rows_in(buf)
+        latest_at(buf.times, buf.values, buf.count, rows, ts, comp, fresh, value, when)
     return value, when
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-import numpy as np
-
 from rpm.domain import Metric
 
 from .buffers import F64, MetricBuffer, Rows
@@ -46,15 +44,9 @@ class Shared:
         key = (other, component, fresh)
         found = self._latest.get(key)
         if found is None:
-            found = self._latest[key] = self._find_latest(other, component, fresh)
+            buf = self._buffers.get(other)
+            found = self._latest[key] = latest(buf, self._rows_in, self._ts, component, fresh)
         return found
-
-    def _find_latest(self, other: Metric, component: str, fresh: float) -> tuple[F64, F64]:
-        buf = self._buffers.get(other)
-        n = len(self._ts)
-        if buf is None:
-            return np.full(n, np.nan), np.full(n, np.nan)
-        return latest(buf, self._rows_in(buf), self._ts, component, fresh)
 
     def window(self, metric: Metric, current: F64) -> Window:
         """The window of every reading of the group."""

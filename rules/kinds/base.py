@@ -240,9 +240,15 @@ def tier_hits(rule: RuleSpec, tiers: tuple[Tier, ...], w: Window, shift: float =
     L - shift, a lower limit L + shift.
     """
     conds = conditions(rule, tiers)
+    return levels_met(conds, limits(conds, w, shift), w)
+
+
+def levels_met(conds: Conditions, limit: F64, w: Window) -> I8:
+    """Highest level of the conditions each reading's own values meet, against ``limit``
+    (``limits``); 0 where none."""
     out = np.empty(len(w), np.int8)
     current = np.ascontiguousarray(w.current)  # one compiled layout
-    tier_levels(current, conds.comp, conds.op, limits(conds, w, shift), conds.level, out)
+    tier_levels(current, conds.comp, conds.op, limit, conds.level, out)
     return out
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import breaching_count, breaching_run, tier_levels
+from ..kernels import breaching_count, breaching_run
 from ..spec import RuleSpec
 from .base import (
     EPS,
@@ -23,6 +23,7 @@ from .base import (
     breached,
     condition_params,
     conditions,
+    levels_met,
     limits,
     short_source,
     span,
@@ -64,10 +65,7 @@ class Persistence(OwnMetric):
         tier = rule.tiers[0]
         conds = conditions(rule, rule.tiers)
         limit = limits(conds, w)
-        levels = np.empty(n, np.int8)
-        current = np.ascontiguousarray(w.current)  # one compiled layout
-        tier_levels(current, conds.comp, conds.op, limit, conds.level, levels)
-        own = levels > 0
+        own = levels_met(conds, limit, w) > 0
         times, values, rows = w.store()
         if "k" in rule.params:
             count = np.empty(n)
