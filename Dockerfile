@@ -9,7 +9,7 @@ COPY device_gateways device_gateways
 COPY rules rules
 COPY alerts alerts
 COPY simulators simulators
-RUN uv sync --frozen --no-dev
+RUN uv sync --frozen --no-dev --extra simulators
 ENV PATH=/opt/venv/bin:$PATH
 # The rule engine's compiled loops (numba): compiled here, cached where the server may write
 # (it recompiles there if it runs on another CPU than the one that built the image).

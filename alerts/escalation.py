@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
-from rules.spec import Severity
+from rpm.domain import Severity
 
 from .lifecycle import AlertState
 from .policy import Snooze

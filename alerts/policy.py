@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
 
-from rules.candidate import AlertCandidate
-from rules.spec import Severity
+from rpm.domain import AlertCandidate, Severity
 
 from .lifecycle import Action, AlertState, next_state
 

@@ -24,7 +24,7 @@ from twilio.request_validator import RequestValidator, get_signature_algorithm
 from twilio.rest import Client
 from twilio.twiml.messaging_response import MessagingResponse
 
-from rpm.errors import PermanentDeliveryError, RecipientOptedOut, TransientDeliveryError
+from rpm.domain.errors import PermanentDeliveryError, RecipientOptedOut, TransientDeliveryError
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from rules.spec import Severity
+from rpm.domain import Severity
 
 Audience = Literal["patient", "staff"]
 

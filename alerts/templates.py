@@ -21,7 +21,7 @@ from datetime import datetime, tzinfo
 from math import ceil
 from types import MappingProxyType
 
-from rules.spec import Severity
+from rpm.domain import Severity
 
 MAX_SEGMENTS = 2
 DEFAULT_LANGUAGE = "en"

@@ -27,7 +27,6 @@ import numpy as np
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from rpm.localservices import LocalServices, LocalServicesError
 from simulators.fleet import (
     VirtualDevice,
     VirtualPatient,
@@ -36,6 +35,7 @@ from simulators.fleet import (
     reading,
     topic,
 )
+from simulators.localservices import LocalServices, LocalServicesError
 
 TOPIC_FILTER = "rpm/v1/devices/+/readings"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -47,7 +47,7 @@ class BenchError(RuntimeError):
 
 def server_env(endpoints: Any, client_id: str, **settings: str) -> dict[str, str]:
     """The environment of an ``rpm serve`` child: RPM_* as ``rpm services env`` prints them
-    for ``endpoints`` (a ``rpm.localservices.ServiceEndpoints``), plus ``settings``; every
+    for ``endpoints`` (a ``simulators.localservices.ServiceEndpoints``), plus ``settings``; every
     other RPM_* variable of this process is left out, so the server runs at its defaults."""
     e = endpoints
     env = {k: v for k, v in os.environ.items() if not k.startswith("RPM_")}

@@ -34,12 +34,12 @@ from rpm.api.access import bearer_principal
 from rpm.api.guard import Guard
 from rpm.api.live import Broadcaster
 from rpm.auth import STAFF_TOKEN_PREFIX, Auth, token_hash
-from rpm.localservices import LocalServices
 from rpm.storage import audit as audit_store
 from rpm.storage import staff as staff_store
 from rpm.storage import staff_auth
 from rpm.storage.migrate import migrate
 from rpm.storage.pool import connect, create_pool
+from simulators.localservices import LocalServices
 
 
 async def timed(n: int, work: Callable[[], Awaitable[Any]]) -> list[float]:

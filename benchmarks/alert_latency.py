@@ -102,8 +102,8 @@ from _common import (
     utc,
 )
 
-from rpm.localservices import LocalServices, ServiceEndpoints, free_port
 from simulators.fleet import encode_canonical, topic
+from simulators.localservices import LocalServices, ServiceEndpoints, free_port
 
 if TYPE_CHECKING:
     from simulators.twilio_sink import TwilioSink
@@ -407,12 +407,12 @@ class Run:
 async def prepare_database(run: Run, crisis: Sequence[CrisisPatient]) -> dict[str, str]:
     """Migrate; enroll the background fleet, the crisis patients and a nurse."""
     from rpm.auth import hash_password
-    from rpm.demo import seed
     from rpm.storage import registry, staff_auth
     from rpm.storage import sms as sms_store
     from rpm.storage import staff as staff_store
     from rpm.storage.migrate import migrate
     from rpm.storage.pool import connect
+    from simulators.demo import seed
 
     conn = await connect(run.endpoints.database_url)
     try:

@@ -42,10 +42,10 @@ sys.path.insert(0, str(_ROOT))
 from _common import BenchError, render_table, run_with_services  # noqa: E402
 
 from rpm.json_depth import max_depth  # noqa: E402
-from rpm.localservices import LocalServices  # noqa: E402
 from rpm.rate_limit import TokenBuckets  # noqa: E402
 from rpm.storage.migrate import migrate  # noqa: E402
 from rpm.storage.pool import connect  # noqa: E402
+from simulators.localservices import LocalServices  # noqa: E402
 
 KEY = "benchmark-export-key-0123456789-abcdefghij"
 

@@ -73,18 +73,17 @@ from _common import (  # noqa: E402
     run_with_services,
 )
 
-from rpm.demo import seed  # noqa: E402
 from rpm.domain import RawMessage  # noqa: E402
 from rpm.fhir.bundles import push_entries, transaction  # noqa: E402
 from rpm.fhir.ehr import EhrClient  # noqa: E402
 from rpm.fhir.mapping import RecordedReading, recorded_observations  # noqa: E402
 from rpm.fhir.push import FhirPushWorker, PushConfig  # noqa: E402
-from rpm.localservices import LocalServices  # noqa: E402
 from rpm.pipeline import IngestPipeline  # noqa: E402
 from rpm.storage import fhir as fhir_store  # noqa: E402
 from rpm.storage.migrate import migrate  # noqa: E402
 from rpm.storage.pool import connect, create_pool  # noqa: E402
 from rpm.validation import ClockPolicy  # noqa: E402
+from simulators.demo import seed  # noqa: E402
 from simulators.fleet import (  # noqa: E402
     VirtualPatient,
     encode_canonical,
@@ -92,6 +91,7 @@ from simulators.fleet import (  # noqa: E402
     reading,
     topic,
 )
+from simulators.localservices import LocalServices  # noqa: E402
 
 TARGET_OBSERVATIONS_PER_S = 100_000.0
 SEED = 2026

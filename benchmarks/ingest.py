@@ -109,10 +109,10 @@ from _common import (
     utc,
 )
 
-from rpm.demo import seed
-from rpm.localservices import LocalServices, ServiceEndpoints, free_port
 from rpm.storage.migrate import migrate
 from rpm.storage.pool import connect
+from simulators.demo import seed
+from simulators.localservices import LocalServices, ServiceEndpoints, free_port
 
 GATEWAY_ID = "rpm-bench-gateway"
 LIVE_ID = "rpm-bench-gateway-live"
@@ -667,7 +667,8 @@ def live_latency(run: Run) -> Live:
 
 
 async def prepare_database(url: str, workload: Workload) -> dict[str, str]:
-    """Migrate, enroll the fleet (as rpm.demo.seed does, one transaction), make the bare table."""
+    """Migrate, enrol the fleet (as simulators.demo.seed does, in one transaction), make the
+    bare table."""
     conn = await connect(url)
     try:
         await migrate(conn)

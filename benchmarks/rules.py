@@ -81,7 +81,8 @@ from _common import (  # noqa: E402
 )
 
 from rpm.domain import METRICS, AcceptedReading, Metric, Reading  # noqa: E402
-from rules import Engine, PatientContext, RuleBook  # noqa: E402
+from rules.engine import Engine, PatientContext  # noqa: E402
+from rules.programs import RuleBook  # noqa: E402
 
 TARGET_RATE = 200_000.0  # readings/s on one core (the issue)
 HOUR = 3600.0

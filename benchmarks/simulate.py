@@ -34,11 +34,11 @@ import httpx
 from _common import BenchError, Child, render_table, run_with_services, server_env
 
 from device_gateways.broker_admin import BrokerAdmin, BrokerAdminConfig
-from rpm.localservices import LocalServices, free_port
-from rpm.simulate_cli import SimulateOptions, make_plan
 from rpm.storage.pool import create_pool
+from simulators.localservices import LocalServices, free_port
 from simulators.report import render, to_json
 from simulators.runner import Pace, RunOptions, RunResult, Target, run_plan
+from simulators.simulate import SimulateOptions, make_plan
 from simulators.twilio_sink import TwilioSink
 
 TWILIO_SID = "AC" + "be4c" * 8

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiomqtt
 
-from rpm.errors import BrokerProvisioningError
+from rpm.domain.errors import BrokerProvisioningError
 
 from . import dynsec
 

@@ -29,7 +29,7 @@ import aiomqtt
 import paho.mqtt.client as paho
 
 from rpm.domain import RawMessage
-from rpm.errors import StorageError
+from rpm.domain.errors import StorageError
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from rpm.errors import DecodeError
+from rpm.domain.errors import DecodeError
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,9 @@
-"""The ``rpm`` command: serve, migrate, local services, and the demo."""
+"""The ``rpm`` command: serve, migrate, staff, rules backtest, export.
+
+Development tooling adds its own commands (``rpm services``, ``rpm demo``, ``rpm simulate``,
+from ``simulators.commands``) through the ``rpm.commands`` entry-point group. A plug-in is
+loaded only when its command is the one run, so ``rpm serve`` imports no simulator.
+"""
 
 from __future__ import annotations
 
@@ -7,33 +12,64 @@ import asyncio
 import contextlib
 import gc
 import logging
-import shlex
 import signal
-import socket
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from datetime import timedelta
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import uvloop
-from pydantic import SecretStr
 
-from rpm import backtest_io, logging_setup, simulate_cli, staff_cli
-from rpm.localservices import LocalServices, ServiceEndpoints, free_port
+from rpm import local_endpoints, logging_setup, staff_cli
+from rpm.backtest import store as backtest_io
+from rpm.backtest.replay import Options as BacktestOptions
 from rpm.server import ROLES, Server, parse_roles, run_migrations
 from rpm.settings import Settings
-from rules.backtest import Options as BacktestOptions
 
 DEFAULT_DATA_DIR = Path(".rpm-data")
 log = logging.getLogger("rpm.serve")
 T = TypeVar("T")
 
 
+PLUGIN_GROUP = "rpm.commands"
+
+
+class Command(Protocol):
+    """A plug-in command (entry-point group ``rpm.commands``; the entry point's name is the
+    command's)."""
+
+    def add_parser(
+        self, sub: argparse._SubParsersAction[argparse.ArgumentParser], data_dir: Path
+    ) -> None: ...
+
+    def main(self, args: argparse.Namespace) -> int: ...
+
+
+def plugins() -> dict[str, EntryPoint]:
+    """The installed plug-in commands by name, not loaded."""
+    return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` runs: its first word that is not an option."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="rpm", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+    wanted = _command_of(argv)
+    loaded: dict[str, Command] = {}
+    for name, entry in sorted(plugins().items()):
+        if name == wanted:
+            loaded[name] = entry.load()
+            loaded[name].add_parser(sub, DEFAULT_DATA_DIR)
+        else:  # listed in --help; loaded only when run
+            sub.add_parser(name, help=f"development tooling (`rpm {name} --help`)")
 
     p = sub.add_parser("serve", help="run the gateway, the API and the SMS worker")
     p.add_argument(
@@ -53,31 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     p = sub.add_parser("migrate", help="apply pending database migrations")
     p.add_argument("--local", type=Path, nargs="?", const=DEFAULT_DATA_DIR, default=None)
-
-    p = sub.add_parser("services", help="start or stop the local PostgreSQL and Mosquitto")
-    p.add_argument(
-        "action",
-        choices=["start", "stop", "status", "env"],
-        help="env prints shell exports (with passwords) for the running services",
-    )
-    p.add_argument("--dir", type=Path, default=DEFAULT_DATA_DIR)
-
-    p = sub.add_parser("demo", help="the whole system with a simulated patient fleet")
-    p.add_argument("--dir", type=Path, default=DEFAULT_DATA_DIR)
-    p.add_argument("--patients", type=int, default=200)
-    p.add_argument("--days", type=float, default=3.0, help="simulated history to replay")
-    p.add_argument("--seconds", type=float, default=45.0, help="wall time for the replay")
-    p.add_argument("--port", type=int, default=8000, help="API port (a free one if taken)")
-    p.add_argument(
-        "--exit-after-replay",
-        action="store_true",
-        help="stop once the replay is done and the alerts' SMS went out",
-    )
-    p.add_argument(
-        "--stop-services", action="store_true", help="also stop PostgreSQL and Mosquitto on exit"
-    )
-
-    simulate_cli.add_parser(sub, DEFAULT_DATA_DIR)
 
     p = sub.add_parser("rules", help="care-program rules: backtest a rule set")
     rules = p.add_subparsers(dest="rules_command", required=True)
@@ -168,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     logging_setup.configure("text", logging.DEBUG if args.verbose else logging.INFO)
-    if args.command == "services":
-        return _services(args.action, args.dir)
+    if args.command in loaded:
+        return loaded[args.command].main(args)
     if args.command == "migrate":
         applied = asyncio.run(run_migrations(_settings(args.local)))
         print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
@@ -179,24 +190,6 @@ def main(argv: list[str] | None = None) -> int:
         level = "DEBUG" if args.verbose else settings.log_level
         logging_setup.configure(settings.log_format, logging.getLevelNamesMapping()[level])
         return run(_serve(settings, args.role))
-    if args.command == "simulate":
-        sim = simulate_cli.SimulateOptions.from_args(args)
-        return run(
-            simulate_cli.run(args.dir, sim, port=args.port, stop_services=args.stop_services)
-        )
-    if args.command == "demo":
-        from rpm.demo import DemoOptions, run_demo
-
-        opts = DemoOptions(
-            data_dir=args.dir,
-            patients=args.patients,
-            days=args.days,
-            seconds=args.seconds,
-            port=args.port,
-            exit_after_replay=args.exit_after_replay,
-            stop_services=args.stop_services,
-        )
-        return run(run_demo(opts))
     if args.command == "staff":
         return staff_cli.run(args, _settings(args.local))
     if args.command == "rules":
@@ -220,65 +213,16 @@ def run(main: Coroutine[Any, Any, T]) -> T:
         return runner.run(main)
 
 
-def settings_for_local(endpoints: ServiceEndpoints, **overrides: object) -> Settings:
-    """Settings that point at the project-local services."""
-    values: dict[str, object] = {
-        "database_url": SecretStr(endpoints.database_url),
-        "mqtt_host": endpoints.mqtt_host,
-        "mqtt_port": endpoints.mqtt_port,
-        "mqtt_username": endpoints.mqtt_gateway_username,
-        "mqtt_password": SecretStr(endpoints.mqtt_gateway_password),
-        "mqtt_admin_username": endpoints.mqtt_admin_username,
-        "mqtt_admin_password": SecretStr(endpoints.mqtt_admin_password),
-    }
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
-
-
 def _settings(local: Path | None) -> Settings:
     if local is None:
         return Settings()
-    endpoints = LocalServices(local).running()
+    try:
+        endpoints = local_endpoints.load(local)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"{local / local_endpoints.ENDPOINTS_FILE} is unreadable: {exc}") from exc
     if endpoints is None:
-        raise SystemExit(f"no local services running in {local}: run `rpm services start`")
-    return settings_for_local(endpoints)
-
-
-def _services(action: str, root: Path) -> int:
-    services = LocalServices(root)
-    if action == "start":
-        e = services.start()
-        print(
-            f"PostgreSQL: 127.0.0.1:{e.database_url.rsplit(':', 1)[-1].split('/')[0]}"
-            f"  MQTT: {e.mqtt_host}:{e.mqtt_port}  TimescaleDB: {e.timescaledb}"
-        )
-        print(f"connection details (with passwords): {root / 'endpoints.json'}")
-    elif action == "stop":
-        services.stop()
-        print("stopped")
-    elif action == "env":
-        found = services.running()
-        if found is None:
-            print(f"no local services running in {root}", file=sys.stderr)
-            return 1
-        exports = {
-            "RPM_DATABASE_URL": found.database_url,
-            "RPM_MQTT_HOST": found.mqtt_host,
-            "RPM_MQTT_PORT": str(found.mqtt_port),
-            "RPM_MQTT_USERNAME": found.mqtt_gateway_username,
-            "RPM_MQTT_PASSWORD": found.mqtt_gateway_password,
-            "RPM_MQTT_ADMIN_USERNAME": found.mqtt_admin_username,
-            "RPM_MQTT_ADMIN_PASSWORD": found.mqtt_admin_password,
-            "RPM_SIMULATOR_MQTT_USERNAME": found.mqtt_device_username,
-            "RPM_SIMULATOR_MQTT_PASSWORD": found.mqtt_device_password,
-        }
-        for key, value in exports.items():
-            print(f"export {key}={shlex.quote(value)}")
-    else:
-        running = services.running()
-        print("running" if running else "not running")
-        return 0 if running else 1
-    return 0
+        raise SystemExit(f"no local services in {local}: run `rpm services start`")
+    return local_endpoints.settings_for_local(endpoints)
 
 
 def _roles(text: str) -> frozenset[str]:
@@ -307,16 +251,6 @@ async def _serve(settings: Settings, roles: frozenset[str] = frozenset(ROLES)) -
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await t
     return 0
-
-
-def pick_port(wanted: int) -> int:
-    """``wanted`` when free on loopback, else any free port."""
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", wanted))
-        except OSError:
-            return free_port()
-    return wanted
 
 
 def _rules_backtest(args: argparse.Namespace) -> int:
@@ -351,7 +285,7 @@ def _rules_backtest(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     """``rpm export``: refuses to run without a key; prints row counts, never data."""
     from rpm import export
-    from rpm.errors import ConfigurationError
+    from rpm.domain.errors import ConfigurationError
 
     options = export.Options(args.start, args.end, args.programs, args.shift_dates)
     try:

@@ -27,7 +27,7 @@ from typing import Any
 
 import asyncpg
 
-from rpm.errors import ConfigurationError
+from rpm.domain.errors import ConfigurationError
 from rpm.settings import Settings
 from rpm.storage import export as export_store
 from rpm.storage.pool import connect

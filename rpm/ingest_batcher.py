@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from .domain import RawMessage
-from .errors import RpmError
+from .domain.errors import RpmError
 from .pipeline import BatchResult, MessageResult
 
 log = logging.getLogger(__name__)

@@ -28,14 +28,13 @@ from prometheus_client import CollectorRegistry
 from alerts.lifecycle import Action
 from alerts.policy import Decision, decide
 from device_gateways.decoders import DECODERS, Decoded
-from rules.candidate import AlertCandidate
+from rpm.domain import AlertCandidate, Severity
 from rules.engine import Engine, PatientContext
 from rules.kinds.missing import Silence
 from rules.programs import RuleBook
-from rules.spec import Severity
 
 from .domain import AcceptedReading, Metric, RawMessage, Reading, Rejection, RejectReason
-from .errors import DecodeError, StorageError
+from .domain.errors import DecodeError, StorageError
 from .metrics import IngestMetrics
 from .storage import alerts as alert_store
 from .storage import outbox as outbox_store

@@ -19,10 +19,8 @@ from datetime import timedelta
 import asyncpg
 import uvicorn
 
-from alerts.outbox_worker import DeliveryConfig, SmsOutboxWorker
 from alerts.policy import SnoozeCaps
 from alerts.sms import TwilioSms
-from alerts.timers import AlertTimers
 from device_gateways.broker_admin import BrokerAdmin, BrokerAdminConfig
 from device_gateways.mqtt import MqttConfig, MqttGateway
 from rpm.api.app import create_app
@@ -30,7 +28,7 @@ from rpm.api.health import Operations
 from rpm.api.live import Broadcaster
 from rpm.auth import AuthConfig
 from rpm.domain import Metric, RawMessage
-from rpm.errors import StorageError
+from rpm.domain.errors import StorageError
 from rpm.fhir.push import FhirPushWorker
 from rpm.metrics import (
     DatabaseGauges,
@@ -46,6 +44,8 @@ from rpm.storage.alerts import ALERTS_CHANNEL
 from rpm.storage.migrate import migrate
 from rpm.storage.pool import connect, create_pool
 from rpm.validation import ClockPolicy
+from rpm.workers.alert_timers import AlertTimers
+from rpm.workers.sms_outbox import DeliveryConfig, SmsOutboxWorker
 from rules.engine import Engine
 from rules.programs import RuleBook
 

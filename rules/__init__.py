@@ -1,17 +1,6 @@
-"""Clinical rules: specs as data, pure vectorised evaluators, and the streaming engine."""
+"""Clinical rules: specs as data, pure vectorised evaluators, and the streaming engine.
 
-from .candidate import AlertCandidate
-from .engine import Clear, Engine, PatientContext, StepResult
-from .programs import RuleBook
-from .spec import RuleSpec, Severity
-
-__all__ = [
-    "AlertCandidate",
-    "Clear",
-    "Engine",
-    "PatientContext",
-    "RuleBook",
-    "RuleSpec",
-    "Severity",
-    "StepResult",
-]
+Import what you need from its module (``rules.engine``, ``rules.programs``, ``rules.spec``):
+this package's ``__init__`` loads nothing, so reading a spec does not compile the engine's
+loops. Severity and AlertCandidate live in the bottom layer, ``rpm.domain``.
+"""

@@ -30,11 +30,10 @@ from operator import attrgetter
 
 import numpy as np
 
-from rpm.domain import AcceptedReading, Metric, Reading
+from rpm.domain import AcceptedReading, AlertCandidate, Metric, Reading, Severity
 
 from . import kernels
 from .buffers import DEFAULT_CAPACITY, F64, MetricBuffer, Rows
-from .candidate import AlertCandidate
 from .kinds import KINDS, Facts, Outcome, Window
 from .kinds.base import Store, condition_holds, given
 from .kinds.missing import Silence, evaluate_missing
@@ -44,7 +43,7 @@ from .plan import PatientContext, Plan, by_plan, compile_plan
 from .programs import RuleBook
 from .proposal import propose
 from .shared import Shared
-from .spec import RuleSpec, Severity
+from .spec import RuleSpec
 
 __all__ = ["Clear", "Engine", "PatientContext", "Plan", "StepResult", "compile_plan"]
 

@@ -14,10 +14,9 @@ from datetime import UTC, datetime
 import numpy as np
 import numpy.typing as npt
 
-from rpm.domain import AcceptedReading, Metric, Reading
+from rpm.domain import AcceptedReading, AlertCandidate, Metric, Reading
 
 from .buffers import F64, MetricBuffer, Rows
-from .candidate import AlertCandidate
 from .kinds import KINDS, Window
 from .kinds.base import given
 from .latest import rows_in_of

@@ -7,12 +7,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from rpm.domain import Reading, reading_uid
+from rpm.domain import AlertCandidate, Reading, Severity, reading_uid
 
 from .buffers import F64
-from .candidate import AlertCandidate
 from .kinds import KINDS, Facts
-from .spec import RuleSpec, Severity
+from .spec import RuleSpec
 
 _SEVERITIES = {int(s): s for s in Severity}  # Severity(n) costs an enum call
 

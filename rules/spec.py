@@ -10,42 +10,17 @@ reach the engine.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import math
 import operator
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rpm.domain import METRICS, Metric
-
-
-class Severity(enum.IntEnum):
-    """Alert severity; higher is more urgent. Stored and written by name (lower case in specs)."""
-
-    LOW = 1
-    MEDIUM = 2
-    HIGH = 3
-    CRITICAL = 4
-
-
-def _severity(value: object) -> object:
-    if isinstance(value, str):
-        try:
-            return Severity[value.upper()]
-        except KeyError:
-            raise ValueError(f"unknown severity {value!r}") from None
-    return value
-
-
-SeverityField = Annotated[
-    Severity,
-    BeforeValidator(_severity),
-    PlainSerializer(lambda s: s.name.lower(), return_type=str),
-]
+from rpm.domain.severity import Severity, SeverityField
 
 COMPARATORS: Mapping[str, Callable[[float, float], bool]] = {
     ">": operator.gt,

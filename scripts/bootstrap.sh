@@ -15,4 +15,4 @@ fi
 
 # Use the machine's Python 3.11+; never download an interpreter.
 export UV_PYTHON_DOWNLOADS=never
-uv sync --frozen --quiet
+uv sync --frozen --all-extras --quiet

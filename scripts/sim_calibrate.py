@@ -8,7 +8,7 @@ Prints a table, then one line with a JSON object of the figures.
    duplicates), best of three.
 2. Calibration: a plan of --patients over a day of warm-up plus --days, every default scenario
    at a share of 0.3 (onsets mapped after the warm-up), through the real decoders, validation,
-   rule engine and alert policy (rules.backtest): detection and delay per scenario, and the
+   rule engine and alert policy (rpm.backtest.replay): detection and delay per scenario, and the
    alerts of patients without a scenario, per patient-day.
 """
 

@@ -1,7 +1,7 @@
 """A plan through the real decoders, validation and rule replay, without servers. Pure.
 
 For tests and calibration: what the gateway makes of every send, and the alerts the rules
-would open over the readings it stores (``rules.backtest``, the engine and alert policy).
+would open over the readings it stores (``rpm.backtest.replay``, the engine and alert policy).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from datetime import datetime
 
 from device_gateways.decoders import DECODERS, Decoded
 from device_gateways.mqtt import to_raw
+from rpm.backtest.replay import Alert, Burden, Options, backtest
 from rpm.domain import AcceptedReading, Binding, DeviceRecord, RawMessage, Rejection
-from rpm.errors import DecodeError
+from rpm.domain.errors import DecodeError
 from rpm.validation import ClockPolicy, validate
-from rules.backtest import Alert, Burden, Options, backtest
 from rules.engine import PatientContext
 from rules.programs import RuleBook
 from simulators.traffic import Plan, Send

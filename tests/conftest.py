@@ -16,12 +16,12 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
-from rpm.cli import settings_for_local
-from rpm.localservices import LocalServices, ServiceEndpoints, free_port
+from rpm.local_endpoints import ServiceEndpoints, settings_for_local
 from rpm.server import Server
 from rpm.settings import Settings
 from rpm.storage.migrate import migrate
 from rpm.storage.pool import connect, create_pool
+from simulators.localservices import LocalServices, free_port
 from simulators.twilio_sink import TwilioSink
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -27,17 +27,16 @@ from alerts.lifecycle import (
     staff_transition,
 )
 from alerts.policy import SnoozeCaps, decide
-from alerts.timers import AlertTimers
 from rpm.api import alerts as alerts_api
 from rpm.api.live import Broadcaster
-from rpm.errors import StorageError
+from rpm.domain import AlertCandidate, Severity
+from rpm.domain.errors import StorageError
 from rpm.pipeline import IngestPipeline
 from rpm.storage import alerts as alert_store
 from rpm.storage import registry
 from rpm.storage.alerts import ALERTS_CHANNEL
 from rpm.storage.pool import connect
-from rules.candidate import AlertCandidate
-from rules.spec import Severity
+from rpm.workers.alert_timers import AlertTimers
 from tests.alert_helpers import (
     CRISIS,
     NOW,

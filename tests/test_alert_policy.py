@@ -9,8 +9,8 @@ import pytest
 
 from alerts import Action, AlertState, Episode, InvalidTransition, decide, next_state
 from alerts.policy import EpisodeKey, Snooze, SnoozeCaps, SnoozeTooLong
-from rpm.domain import Metric
-from rules import AlertCandidate, Engine, PatientContext, Severity
+from rpm.domain import AlertCandidate, Metric, Severity
+from rules.engine import Engine, PatientContext
 from tests.helpers import T0, AcceptedReading, bp, single
 
 CTX = {"pat-1": PatientContext("pat-1")}

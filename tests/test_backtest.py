@@ -18,12 +18,12 @@ from typing import Any
 import asyncpg
 import pytest
 
-from rpm.backtest_io import parse_until, read_csv
+from rpm.backtest.replay import Burden, Comparison, Options, Replay, backtest, merge_spans
+from rpm.backtest.store import parse_until, read_csv
 from rpm.cli import main
-from rpm.domain import AcceptedReading, Metric, Reading
-from rules import PatientContext, RuleBook, Severity
-from rules.backtest import Burden, Comparison, Options, Replay, backtest, merge_spans
-from rules.programs import parse_document
+from rpm.domain import AcceptedReading, Metric, Reading, Severity
+from rules.engine import PatientContext
+from rules.programs import RuleBook, parse_document
 
 D0 = datetime(2026, 1, 1, tzinfo=UTC)
 H = timedelta(hours=1)

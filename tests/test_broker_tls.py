@@ -12,7 +12,8 @@ import pytest
 
 from device_gateways.mqtt import MqttConfig, MqttGateway
 from rpm.domain import RawMessage
-from rpm.localservices import LocalServices, MqttTls, ServiceEndpoints, free_port
+from rpm.local_endpoints import ServiceEndpoints
+from simulators.localservices import LocalServices, MqttTls, free_port
 from tests.helpers import mosquitto_pub
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from rpm.simulate_cli import SimulateOptions, add_parser
 from simulators.runner import Pace
+from simulators.simulate import SimulateOptions, add_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 

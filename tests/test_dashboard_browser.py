@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import ConsoleMessage, async_playwright, expect
 
-from rpm.localservices import ServiceEndpoints
+from rpm.local_endpoints import ServiceEndpoints
 from rpm.server import Server
 from tests import helpers
 from tests.dashboard_helpers import NURSE_ID, NURSE_PASSWORD, add_nurse, crisis_reading, enroll

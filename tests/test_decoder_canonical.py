@@ -7,7 +7,7 @@ import pytest
 from device_gateways.decoders import DECODERS
 from device_gateways.decoders.canonical import decode
 from rpm.domain import Metric
-from rpm.errors import DecodeError
+from rpm.domain.errors import DecodeError
 from tests.helpers import T0, raw
 
 BP = {

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from device_gateways.decoders import DECODERS, fhir, openmhealth, tenovi, withings
 from device_gateways.units import CONVERSIONS, to_canonical, without_annotations
 from rpm.domain import METRICS, Metric, RawMessage, Reading
-from rpm.errors import DecodeError
+from rpm.domain.errors import DecodeError
 from simulators import encoders
 from simulators.fleet import make_fleet, reading
 

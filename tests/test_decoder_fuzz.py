@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from device_gateways.decoders import DECODERS, Decoded
 from rpm.domain import METRICS, RawMessage, Reading
-from rpm.errors import DecodeError
+from rpm.domain.errors import DecodeError
 
 GOLDEN = Path(__file__).parent / "golden"
 FORMATS = sorted(DECODERS)

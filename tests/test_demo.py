@@ -8,9 +8,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from rpm.demo import DEMO_DATABASE, DemoOptions, run_demo
-from rpm.localservices import LocalServices
 from rpm.staff_cli import DEMO_NURSE_ID
+from simulators.demo import DEMO_DATABASE, DemoOptions, run_demo
+from simulators.localservices import LocalServices
 from tests.conftest import with_database
 
 

@@ -13,7 +13,7 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.observation import Observation
 
-from rpm.localservices import ServiceEndpoints
+from rpm.local_endpoints import ServiceEndpoints
 from rpm.server import Server
 from rpm.storage import registry
 from simulators.twilio_sink import TwilioSink

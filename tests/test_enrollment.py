@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from rpm.localservices import ServiceEndpoints
+from rpm.local_endpoints import ServiceEndpoints
 from rpm.server import Server
 from tests.helpers import eventually, mosquitto_pub, staff_headers
 

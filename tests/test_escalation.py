@@ -32,13 +32,14 @@ from alerts.escalation import (
 )
 from alerts.lifecycle import Action, AlertState
 from alerts.policy import Snooze, SnoozeCaps
-from alerts.timers import AlertTimers
+from rpm.domain import Severity
 from rpm.settings import Settings
 from rpm.storage import alert_timers as timer_store
 from rpm.storage import alerts as alert_store
 from rpm.storage import rule_programs
+from rpm.workers.alert_timers import AlertTimers
 from rules.programs import RuleBook, builtin_programs
-from rules.spec import Severity, parse_program
+from rules.spec import parse_program
 from tests.alert_helpers import (
     CRISIS,
     NOW,
@@ -335,11 +336,11 @@ async def test_nobody_on_call_is_audited_logged_and_retried(
     a = await crisis(pool)
     t0 = a["last_notified_at"]
     timers = AlertTimers(pool)
-    with caplog.at_level(logging.WARNING, logger="alerts.timers"):
+    with caplog.at_level(logging.WARNING, logger="rpm.workers.alert_timers"):
         result = await timers.tick(t0 + 10 * MIN)
     assert result.unreachable == [a["id"]]
     assert await staff_pages(pool) == []
-    [warning] = [r.getMessage() for r in caplog.records if r.name == "alerts.timers"]
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "rpm.workers.alert_timers"]
     assert f"alert {a['id']}" in warning
     assert "Alice" not in warning
     assert "+1555" not in warning

@@ -19,7 +19,7 @@ import pytest
 from pydantic import SecretStr
 
 from device_gateways.webhook_auth import sign
-from rpm.errors import ConfigurationError
+from rpm.domain.errors import ConfigurationError
 from rpm.export import Pseudonyms, age_band, load_key
 from rpm.server import Server
 from rpm.settings import Settings

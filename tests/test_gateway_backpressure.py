@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from device_gateways.mqtt import MqttConfig, MqttGateway
 from rpm.domain import RawMessage
-from rpm.localservices import ServiceEndpoints
+from rpm.local_endpoints import ServiceEndpoints
 from tests.helpers import mosquitto_pub
 
 MESSAGES = 3000

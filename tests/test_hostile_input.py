@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from device_gateways.webhook_auth import sign
 from rpm.json_depth import max_depth
-from rpm.localservices import ServiceEndpoints
+from rpm.local_endpoints import ServiceEndpoints
 from rpm.rate_limit import TokenBuckets
 from rpm.server import Server
 from rpm.settings import Settings

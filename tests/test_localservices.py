@@ -1,4 +1,4 @@
-"""rpm.localservices against the real PostgreSQL 15 and Mosquitto, in a temporary directory.
+"""simulators.localservices against the real PostgreSQL 15 and Mosquitto, in a temporary directory.
 
 This module runs its own instance (not the session-wide one in conftest.py) because its last
 test stops and restarts it; keep that test last.
@@ -17,7 +17,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from rpm.localservices import (
+from simulators.localservices import (
     LocalServices,
     LocalServicesError,
     ServiceEndpoints,
@@ -183,7 +183,7 @@ def test_start_saves_endpoints_and_logs_no_secret(
 def test_without_timescaledb_runs_plain_postgres(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("rpm.localservices._timescaledb_installed", lambda _bindir: False)
+    monkeypatch.setattr("simulators.localservices._timescaledb_installed", lambda _bindir: False)
     with pytest.raises(LocalServicesError, match="required"):
         LocalServices(tmp_path / "required", timescaledb=True).start()
     lines: list[str] = []

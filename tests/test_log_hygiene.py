@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from rpm.localservices import ServiceEndpoints
+from rpm.local_endpoints import ServiceEndpoints
 from rpm.server import Server
 from rpm.storage import sms as sms_store
 from simulators.twilio_sink import TwilioSink

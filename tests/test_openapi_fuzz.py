@@ -28,8 +28,7 @@ from device_gateways.broker_admin import BrokerAdmin, BrokerAdminConfig
 from rpm.api.app import create_app
 from rpm.api.live import Broadcaster
 from rpm.auth import AuthConfig
-from rpm.cli import settings_for_local
-from rpm.localservices import ServiceEndpoints
+from rpm.local_endpoints import ServiceEndpoints, settings_for_local
 from rpm.pipeline import IngestPipeline
 from rpm.settings import Settings
 from rpm.storage import rule_programs

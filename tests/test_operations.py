@@ -18,15 +18,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from alerts.outbox_worker import DeliveryConfig, SmsOutboxWorker
 from alerts.sms import SentSms, TwilioSms
-from rpm.cli import settings_for_local
-from rpm.localservices import LocalServices, ServiceEndpoints, free_port
+from rpm.local_endpoints import ServiceEndpoints, settings_for_local
 from rpm.logging_setup import JsonFormatter
 from rpm.server import Server
 from rpm.settings import Settings
 from rpm.storage import outbox as outbox_store
 from rpm.storage import registry
+from rpm.workers.sms_outbox import DeliveryConfig, SmsOutboxWorker
+from simulators.localservices import LocalServices, free_port
 from simulators.twilio_sink import TwilioSink
 from tests import helpers
 from tests.conftest import TWILIO_SID, TWILIO_TOKEN

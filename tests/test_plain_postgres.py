@@ -8,12 +8,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from rpm.domain import RawMessage
-from rpm.localservices import LocalServices
 from rpm.pipeline import IngestPipeline
 from rpm.storage import registry
 from rpm.storage.migrate import migrate
 from rpm.storage.pool import connect, create_pool
 from rpm.validation import ClockPolicy
+from simulators.localservices import LocalServices
 
 
 async def test_migrations_and_ingest_on_plain_postgresql(tmp_path: Path) -> None:

@@ -54,10 +54,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from rpm.cli import settings_for_local
-from rpm.localservices import LOOPBACK, LocalServices, ServiceEndpoints, free_port
+from rpm.local_endpoints import ServiceEndpoints, settings_for_local
 from rpm.settings import Settings
 from rpm.storage import registry
+from simulators.localservices import LOOPBACK, LocalServices, free_port
 from simulators.twilio_sink import TwilioSink
 from tests.conftest import TEMPLATE_DB, TWILIO_SID, TWILIO_TOKEN, with_database
 

@@ -11,9 +11,10 @@ import numpy.typing as npt
 import pytest
 
 from rpm.domain import AcceptedReading, Metric, Reading
-from rules import Engine, PatientContext, RuleBook, StepResult
 from rules.buffers import MetricBuffer
+from rules.engine import Engine, PatientContext, StepResult
 from rules.kinds.missing import Silence
+from rules.programs import RuleBook
 from tests.helpers import T0, single
 from tests.helpers import bp as bp_reading
 

@@ -17,11 +17,12 @@ from typing import Any
 
 import pytest
 
-from rpm.domain import METRICS, AcceptedReading, Metric, Reading
-from rules import Engine, PatientContext, RuleBook, RuleSpec, Severity, StepResult
+from rpm.domain import METRICS, AcceptedReading, Metric, Reading, Severity
+from rules.engine import Engine, PatientContext, StepResult
 from rules.kinds import KINDS, Facts
 from rules.kinds.missing import Silence, evaluate_missing
-from rules.spec import ProgramSpec, parse_program
+from rules.programs import RuleBook
+from rules.spec import ProgramSpec, RuleSpec, parse_program
 from tests.helpers import T0
 
 SOURCE = "Test vector. Not a clinical limit."

@@ -14,11 +14,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from rpm.domain import METRICS, AcceptedReading, Metric, Reading
-from rules import Engine, PatientContext, RuleBook, Severity
+from rpm.domain import METRICS, AcceptedReading, Metric, Reading, Severity
+from rules.engine import Engine, PatientContext
 from rules.kinds import KINDS, Facts
 from rules.kinds.missing import Silence, evaluate_missing
-from rules.programs import GENERAL, builtin_programs, parse_document
+from rules.programs import GENERAL, RuleBook, builtin_programs, parse_document
 from rules.spec import parse_program
 from tests.helpers import T0
 

@@ -17,12 +17,13 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rpm.domain import METRICS, AcceptedReading, Metric, Reading
-from rules import Engine, PatientContext, RuleBook, RuleSpec, Severity, StepResult
+from rpm.domain import METRICS, AcceptedReading, Metric, Reading, Severity
 from rules.buffers import MetricBuffer
+from rules.engine import Engine, PatientContext, StepResult
 from rules.kinds import KINDS, Facts
 from rules.kinds.missing import Silence, evaluate_missing
-from rules.spec import ProgramSpec, ScoredParameter
+from rules.programs import RuleBook
+from rules.spec import ProgramSpec, RuleSpec, ScoredParameter
 from tests.helpers import T0
 
 BOOK = RuleBook.builtin()

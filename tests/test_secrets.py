@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 from pydantic import ValidationError
 
-from rpm.localservices import ServiceEndpoints
+from rpm.local_endpoints import ServiceEndpoints
 from rpm.settings import Settings
 from rpm.storage.migrate import available
 from tests.conftest import with_database

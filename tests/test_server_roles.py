@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from rpm.cli import main
-from rpm.localservices import ServiceEndpoints
+from rpm.local_endpoints import ServiceEndpoints
 from rpm.server import ROLES, Server, parse_roles
 from rpm.settings import Settings
 from rpm.storage import registry

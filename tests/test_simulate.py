@@ -13,15 +13,15 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from rpm import simulate_cli
 from rpm.domain import Metric, Reading
 from rpm.server import Server
-from rpm.simulate_cli import SimulateOptions, add_parser, target_for, write_outputs
 from simulators import readback
+from simulators import simulate as simulate_cli
 from simulators.encoders import encode
 from simulators.enrolment import enrol, stored_device_id
 from simulators.runner import Pace, RunOptions, run_plan
 from simulators.scenarios import GroundTruth
+from simulators.simulate import SimulateOptions, add_parser, target_for, write_outputs
 from simulators.traffic import Plan, Send, SimConfig, SimDevice, SimPatient
 
 HTTP_FORMATS = ("tenovi", "withings", "openmhealth", "fhir")

@@ -17,16 +17,16 @@ import pytest
 from pydantic import SecretStr
 
 from rpm.domain import Metric, Reading
-from rpm.localservices import ServiceEndpoints
+from rpm.local_endpoints import ServiceEndpoints
 from rpm.server import Server
 from rpm.settings import Settings
-from rpm.simulate_cli import SimulateOptions, add_parser, make_plan, run, run_external
 from rpm.storage import registry
 from simulators.encoders import encode
 from simulators.enrolment import EXTERNAL_PREFIX, external_prefix
 from simulators.report import ObservedAlert
 from simulators.runner import Pace, without_missing_data
 from simulators.scenarios import GroundTruth
+from simulators.simulate import SimulateOptions, add_parser, make_plan, run, run_external
 
 REAL = "p00000"  # the id the plan's first patient has without the run's prefix
 REAL_DEVICE = "p00000-bp_cuff"

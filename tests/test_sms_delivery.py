@@ -15,7 +15,6 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import pytest
 
-from alerts.outbox_worker import DeliveryConfig, SmsOutboxWorker
 from alerts.sms import TwilioSms
 from alerts.sms_policy import (
     BadWork,
@@ -30,9 +29,10 @@ from alerts.sms_policy import (
     quiet_until,
     zone_of,
 )
-from rpm.localservices import free_port
 from rpm.storage import outbox as outbox_store
 from rpm.storage import sms as sms_store
+from rpm.workers.sms_outbox import DeliveryConfig, SmsOutboxWorker
+from simulators.localservices import free_port
 from simulators.twilio_sink import TwilioSink
 from tests.conftest import TWILIO_CONTRACT, TWILIO_SID, TWILIO_TOKEN
 from tests.helpers import eventually

@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from alerts import templates
+from rpm.domain import Severity
 from rules.programs import builtin_programs
-from rules.spec import Severity
 from simulators.twilio_sink import _count_segments as sink_segments
 
 NOW = datetime(2026, 3, 2, 15, 5, tzinfo=UTC)  # Monday 10:05 in New York

@@ -381,7 +381,7 @@ async def _true(flag: bool) -> bool:
 
 
 async def test_a_failing_unit_of_work_fails_every_sender_of_its_batch() -> None:
-    from rpm.errors import StorageError
+    from rpm.domain.errors import StorageError
 
     async def broken(batch: Any) -> BatchResult:
         raise StorageError("database unavailable: test")

@@ -17,10 +17,10 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from rpm.api import twilio_hooks
-from rpm.localservices import free_port
 from rpm.settings import Settings
 from rpm.storage import registry
 from rpm.storage import sms as sms_store
+from simulators.localservices import free_port
 from tests.conftest import TWILIO_SID, TWILIO_TOKEN
 
 

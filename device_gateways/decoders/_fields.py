@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from device_gateways.units import to_canonical
 from rpm.domain import METRICS, Metric, RawMessage, Reading
-from rpm.errors import DecodeError
+from rpm.domain.errors import DecodeError
 
 from .base import Decoded
 

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from rpm.domain import METRICS, Metric, RawMessage, Reading
-from rpm.errors import DecodeError
+from rpm.domain.errors import DecodeError
 
 from ._fields import identifier
 from .base import Decoded

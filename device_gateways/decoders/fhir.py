@@ -33,7 +33,7 @@ from types import MappingProxyType
 
 from device_gateways.units import without_annotations
 from rpm.domain import Metric, RawMessage, Reading
-from rpm.errors import DecodeError
+from rpm.domain.errors import DecodeError
 
 from . import _fields as f
 from .base import Decoded

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from rpm.domain import Metric, RawMessage, Reading
-from rpm.errors import DecodeError
+from rpm.domain.errors import DecodeError
 
 from . import _fields as f
 from .base import Decoded

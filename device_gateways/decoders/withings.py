@@ -35,7 +35,7 @@ from datetime import datetime
 from types import MappingProxyType
 
 from rpm.domain import Metric, RawMessage, Reading
-from rpm.errors import DecodeError
+from rpm.domain.errors import DecodeError
 
 from . import _fields as f
 from .base import Decoded

@@ -23,11 +23,12 @@ from pydantic import BaseModel, Field
 
 from alerts.lifecycle import Action, InvalidTransition, NoteRequired
 from alerts.policy import SnoozeCaps, SnoozeTooLong
+from rpm.domain import Severity
+from rpm.domain.severity import SeverityName
 from rpm.pipeline import INGEST_CHANNEL
 from rpm.storage import alerts as alert_store
 from rpm.storage import staff as staff_store
 from rpm.storage.pool import Conn
-from rules.spec import Severity
 
 from .access import CanActOnAlerts, CanReadPatientData, Principal, audit
 from .live import Broadcaster
@@ -35,7 +36,6 @@ from .live import Broadcaster
 HEARTBEAT_S = 15.0
 Actor = Annotated[str, Field(min_length=1, max_length=200)]
 StateName = Literal["open", "acknowledged", "resolved"]
-SeverityName = Literal["critical", "high", "medium", "low", "CRITICAL", "HIGH", "MEDIUM", "LOW"]
 
 
 # bigserial; bounded so a larger number is a 422, not a database error (2^53: exact as a
@@ -133,7 +133,7 @@ def router(
                 patient_id=patient,
                 limit=limit,
                 program=program,
-                severities=[Severity[s.upper()].name for s in severity] if severity else None,
+                severities=[Severity.parse(s).name for s in severity] if severity else None,
                 order=order,
                 care_teams=sorted(who.teams) if who.teams is not None else None,
             )

@@ -13,22 +13,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import matplotlib
-import matplotlib.dates as mdates
-from matplotlib.figure import Figure
-
-from rpm.domain import METRICS, Metric
+from rpm.domain import DISPLAY_UNITS, METRICS, Metric
 from rules.spec import RuleSpec
 
-# UCUM codes (https://ucum.org/ucum) as people read them.
-DISPLAY_UNITS: Mapping[str, str] = {
-    "mm[Hg]": "mmHg",
-    "/min": "/min",
-    "%": "%",
-    "kg": "kg",
-    "Cel": "°C",
-    "mg/dL": "mg/dL",
-}
 METRIC_TITLES: Mapping[Metric, str] = {
     Metric.BLOOD_PRESSURE: "Blood pressure",
     Metric.HEART_RATE: "Heart rate",
@@ -119,6 +106,8 @@ def describe(metric: Metric, points: Sequence[Point]) -> str:
 
 def render_svg(metric: Metric, points: Sequence[Point], thresholds: Sequence[Threshold]) -> bytes:
     """The chart of ``points`` (time, values) with ``thresholds``, as an SVG document."""
+    import matplotlib  # loaded with the first chart, not with the server
+
     with (
         _render_lock,
         matplotlib.rc_context(
@@ -140,6 +129,9 @@ def render_svg(metric: Metric, points: Sequence[Point], thresholds: Sequence[Thr
 
 
 def _render(metric: Metric, points: Sequence[Point], thresholds: Sequence[Threshold]) -> bytes:
+    import matplotlib.dates as mdates
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(7.2, 2.8), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     title = METRIC_TITLES[metric]
@@ -205,6 +197,8 @@ def _render(metric: Metric, points: Sequence[Point], thresholds: Sequence[Thresh
 
 def _days(times: Sequence[datetime]) -> list[float]:
     """Matplotlib's date numbers (``date2num`` carries no type annotations)."""
+    import matplotlib.dates as mdates
+
     return [float(d) for d in mdates.date2num(times)]  # type: ignore[no-untyped-call]
 
 

@@ -39,7 +39,8 @@ from rpm.auth import (
     current_staff,
     safe_next,
 )
-from rpm.domain import METRICS, Metric
+from rpm.domain import DISPLAY_UNITS, METRICS, Metric
+from rpm.domain.severity import NAMES
 from rpm.storage import readings as reading_store
 from rpm.storage import registry, rule_programs, staff_auth
 from rpm.storage import staff as staff_store
@@ -50,7 +51,6 @@ from .access import Principal, audit, staff_principal
 from .page_security import SVG_CSP, SecuredStaticFiles, secure
 
 HERE = Path(__file__).parent
-SEVERITIES = ("CRITICAL", "HIGH", "MEDIUM", "LOW")
 STATE_FILTERS = {
     "active": "Open and acknowledged",
     "open": "Open",
@@ -433,7 +433,7 @@ def _patient_alert_order(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     def rank(a: Mapping[str, Any]) -> int:
         sev = a.get("severity")
-        return SEVERITIES.index(sev) if sev in SEVERITIES else len(SEVERITIES)
+        return NAMES.index(sev) if sev in NAMES else len(NAMES)
 
     unresolved = [a for a in alerts if a.get("state") != "resolved"]
     resolved = [a for a in alerts if a.get("state") == "resolved"]
@@ -477,7 +477,7 @@ def _format_values(metric: Metric, values: Mapping[str, float]) -> str:
     groups: dict[str, list[str]] = {}
     for c in METRICS[metric].components:
         if c.name in values:
-            unit = charts.DISPLAY_UNITS.get(c.ucum, c.ucum)
+            unit = DISPLAY_UNITS.get(c.ucum, c.ucum)
             groups.setdefault(unit, []).append(f"{c.name.replace('_', ' ')} {values[c.name]:g}")
     return "; ".join(f"{', '.join(parts)} {unit}" for unit, parts in groups.items())
 

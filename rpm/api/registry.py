@@ -17,7 +17,7 @@ from device_gateways import dynsec
 from device_gateways.broker_admin import BrokerAdmin
 from device_gateways.decoders import DECODERS
 from device_gateways.mqtt import TOPIC_PREFIX
-from rpm.errors import BrokerProvisioningError
+from rpm.domain.errors import BrokerProvisioningError
 from rpm.storage import registry
 from rpm.storage.pool import Conn
 

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import httpx
 import orjson
 
-from rpm.errors import ConfigurationError, PermanentDeliveryError, TransientDeliveryError
+from rpm.domain.errors import ConfigurationError, PermanentDeliveryError, TransientDeliveryError
 from rpm.settings import Settings
 
 from .bundles import EntryResult, MalformedResponse, operation_outcome, transaction_results

@@ -37,10 +37,10 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from rpm.outbox_loop import drain_until_stopped
 from rpm.settings import Settings
 from rpm.storage import fhir as fhir_store
 from rpm.storage import outbox as outbox_store
+from rpm.workers.loop import drain_until_stopped
 
 from .bundles import (
     EntryResult,

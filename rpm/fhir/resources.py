@@ -19,6 +19,8 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
+from rpm.domain import Severity
+
 from .bundles import DEVICE_IDENTIFIER_SYSTEM, PATIENT_IDENTIFIER_SYSTEM
 from .mapping import logical_id, observation_id
 
@@ -30,7 +32,12 @@ COMMUNICATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/communication-ca
 
 # DetectedIssue.severity (R4 value set detectedissue-severity: high | moderate | low).
 _SEVERITY: Mapping[str, str] = MappingProxyType(
-    {"CRITICAL": "high", "HIGH": "high", "MEDIUM": "moderate", "LOW": "low"}
+    {
+        Severity.CRITICAL.name: "high",
+        Severity.HIGH.name: "high",
+        Severity.MEDIUM.name: "moderate",
+        Severity.LOW.name: "low",
+    }
 )
 # Twilio message status -> Communication.status (R4 event-status).
 _SMS_STATUS: Mapping[str, str] = MappingProxyType(

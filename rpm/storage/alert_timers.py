@@ -1,4 +1,4 @@
-"""SQL of the alert timers (``alerts.timers``): due escalations, re-notification and
+"""SQL of the alert timers (``rpm.workers.alert_timers``): due escalations, re-notification and
 auto-resolve, over the tables of ``rpm.storage.alerts``.
 
 Rows are locked ``FOR UPDATE SKIP LOCKED``: an alert that an ingest batch or a nurse is
@@ -17,9 +17,9 @@ from alerts.escalation import TIMERS_ACTOR as _TIMERS
 from alerts.escalation import AlertFacts, Step
 from alerts.lifecycle import Action, AlertState
 from alerts.policy import Snooze
+from rpm.domain import Severity
 from rpm.storage.alerts import audit
 from rpm.storage.pool import Conn
-from rules.spec import Severity
 
 TIMERS_LOCK = 0x52504D54  # advisory lock key of the alert timers ("RPMT")
 

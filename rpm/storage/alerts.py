@@ -20,19 +20,14 @@ import asyncpg
 
 from alerts.lifecycle import Action, AlertState, staff_transition
 from alerts.policy import Decision, Episode, EpisodeKey, Snooze, SnoozeCaps
+from rpm.domain import Severity
+from rpm.domain.severity import sql_rank
 from rpm.storage import staff as staff_store
 from rpm.storage.pool import Conn
 from rules.engine import Clear
-from rules.spec import Severity
 
 ALERTS_CHANNEL = "rpm_alerts"
 SYSTEM_ACTOR = "system:rules"
-
-
-def _rank(column: str) -> str:
-    return (
-        f"CASE {column} WHEN 'CRITICAL' THEN 4 WHEN 'HIGH' THEN 3 WHEN 'MEDIUM' THEN 2 ELSE 1 END"
-    )
 
 
 # --- the ingest side: episodes, snoozes, decisions ---------------------------------------
@@ -439,13 +434,13 @@ _ALERT_COLUMNS = f"""a.id, a.patient_id, a.rule_id, a.severity, a.state, a.title
     a.opened_at, a.updated_at, a.acknowledged_at, a.acknowledged_by, a.resolved_at,
     a.resolved_by, a.resolution_note, a.assigned_to, a.escalation_tier, a.next_escalation_at,
     a.condition_cleared_at, p.programs AS patient_programs, p.care_team,
-    CASE WHEN s.until > now() AND {_rank("a.severity")} <= {_rank("s.max_severity")}
+    CASE WHEN s.until > now() AND {sql_rank("a.severity")} <= {sql_rank("s.max_severity")}
          THEN s.until END AS snoozed_until"""
 _ALERT_FROM = """alerts a JOIN patients p ON p.id = a.patient_id
     LEFT JOIN alert_snoozes s ON s.patient_id = a.patient_id AND s.rule_id = a.rule_id"""
 _ORDERS = {
     # Triage: most severe first, then the longest waiting.
-    "triage": f"{_rank('a.severity')} DESC, a.opened_at ASC, a.id ASC",
+    "triage": f"{sql_rank('a.severity')} DESC, a.opened_at ASC, a.id ASC",
     "newest": "a.opened_at DESC, a.id DESC",
 }
 

@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from rpm.domain import Metric
+from rpm.domain import DISPLAY_UNITS, METRICS, Metric
 
 from ..kernels import OP_CODES, tier_levels
 from ..spec import COMPARATORS, Condition, RuleSpec, Tier
@@ -297,14 +297,9 @@ def title_label(component: str) -> str:
     return text[0].upper() + text[1:]
 
 
-UNITS = {"mm[Hg]": "mmHg", "Cel": "°C", "/min": "/min", "%": "%", "kg": "kg", "mg/dL": "mg/dL"}
-
-
 def unit(metric: Metric, component: str) -> str:
-    from rpm.domain import METRICS
-
     c = METRICS[metric].component(component)
-    return UNITS.get(c.ucum, c.ucum) if c else ""
+    return DISPLAY_UNITS.get(c.ucum, c.ucum) if c else ""
 
 
 def amount(metric: Metric, component: str, value: float, *, signed: bool = False) -> str:

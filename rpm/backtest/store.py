@@ -1,7 +1,7 @@
 """The edges of ``rpm rules backtest``: readings from the database or a CSV file, rule
 sets from program files, and the report as a table and as JSON.
 
-``rules.backtest`` is the pure replay; this module feeds it and prints what it found.
+``rpm.backtest.replay`` is the pure replay; this module feeds it and prints what it found.
 
 CSV input has one reading per row: ``patient_id``, ``metric`` (``blood_pressure``,
 ``weight``, ...), ``measured_at`` (ISO 8601; UTC when it has no offset), then one column
@@ -26,15 +26,14 @@ from typing import Any, TextIO
 
 import asyncpg
 
-from rules.backtest import SEVERITIES, Burden, Comparison, Options, Replay, Span
+from rpm.backtest.replay import SEVERITIES, Burden, Comparison, Options, Replay, Span
+from rpm.domain import METRICS, AcceptedReading, Metric, Reading
+from rpm.domain.errors import StorageError
+from rpm.storage import registry
+from rpm.storage.pool import DATABASE_UNAVAILABLE, Conn, connect
+from rpm.validation import implausibility
 from rules.engine import PatientContext
 from rules.programs import RuleBook, parse_document
-
-from .domain import METRICS, AcceptedReading, Metric, Reading
-from .errors import StorageError
-from .storage import registry
-from .storage.pool import DATABASE_UNAVAILABLE, Conn, connect
-from .validation import implausibility
 
 CSV_REQUIRED = ("patient_id", "metric", "measured_at")
 CHUNK = 20_000

@@ -84,6 +84,12 @@ METRICS: Mapping[Metric, MetricSpec] = MappingProxyType(
     }
 )
 
+# UCUM codes (https://ucum.org/ucum) as people read them: charts, alert texts, FHIR
+# Quantity.unit. The one table of display units.
+DISPLAY_UNITS: Mapping[str, str] = MappingProxyType(
+    {"mm[Hg]": "mmHg", "/min": "/min", "%": "%", "kg": "kg", "Cel": "°C", "mg/dL": "mg/dL"}
+)
+
 READING_NAMESPACE = uuid.UUID("6f1c3c2e-6a0e-4d8f-9d0b-2f4f9c1a7e11")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)

@@ -20,17 +20,7 @@ from typing import Any
 
 import asyncpg
 
-from rpm.settings import Settings
-from rpm.storage import alert_timers as timer_store
-from rpm.storage import alerts as alert_store
-from rpm.storage import outbox as outbox_store
-from rpm.storage import rule_programs as program_store
-from rpm.storage import staff as staff_store
-from rpm.storage.pool import DATABASE_UNAVAILABLE, Conn
-from rules.programs import RuleBook
-from rules.spec import Severity
-
-from .escalation import (
+from alerts.escalation import (
     Do,
     EscalationConfig,
     first_due,
@@ -39,7 +29,16 @@ from .escalation import (
     should_renotify,
     staff_sms,
 )
-from .lifecycle import Action, AlertState
+from alerts.lifecycle import Action, AlertState
+from rpm.domain import Severity
+from rpm.settings import Settings
+from rpm.storage import alert_timers as timer_store
+from rpm.storage import alerts as alert_store
+from rpm.storage import outbox as outbox_store
+from rpm.storage import rule_programs as program_store
+from rpm.storage import staff as staff_store
+from rpm.storage.pool import DATABASE_UNAVAILABLE, Conn
+from rules.programs import RuleBook
 
 log = logging.getLogger(__name__)
 

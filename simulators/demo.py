@@ -18,26 +18,26 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from rpm.cli import pick_port, settings_for_local
-from rpm.localservices import LocalServices, free_port
+from rpm.local_endpoints import settings_for_local
 from rpm.server import Server
-from rpm.simulate_cli import (
-    SIM_VENDOR_RATE_PER_S,
-    fresh_database,
-    fresh_gateway_session,
-    target_for,
-)
 from rpm.staff_cli import DEMO_TEAM, demo_nurse
 from rpm.storage import registry
 from rpm.storage.pool import Conn
 from simulators import readback
 from simulators.fleet import VirtualPatient
+from simulators.localservices import LocalServices, free_port, pick_port
 from simulators.report import render
 from simulators.runner import Pace, RunOptions, SendProgress, run_plan
+from simulators.simulate import (
+    SIM_VENDOR_RATE_PER_S,
+    fresh_database,
+    fresh_gateway_session,
+    target_for,
+)
 from simulators.traffic import SimConfig, build_plan
 from simulators.twilio_sink import TwilioSink
 
-log = logging.getLogger("rpm.demo")
+log = logging.getLogger("simulators.demo")
 
 DEMO_DATABASE = "rpm_demo"
 DEMO_GATEWAY_ID = "rpm-gateway-demo"
@@ -75,9 +75,9 @@ async def run_demo(opts: DemoOptions) -> int:
         twilio_base_url=sink_url,
         mqtt_client_id=DEMO_GATEWAY_ID,
         # The replay runs days in seconds: missing-data rules run on its simulated clock
-        # (rpm.simulate_cli.missing_check_on_sim_clock), not on the wall clock.
+        # (simulators.simulate.missing_check_on_sim_clock), not on the wall clock.
         missing_data_interval_s=1e9,
-        ingest_rate_per_s=SIM_VENDOR_RATE_PER_S,  # the fleet's vendors (rpm.simulate_cli)
+        ingest_rate_per_s=SIM_VENDOR_RATE_PER_S,  # the fleet's vendors (simulators.simulate)
         access_log=False,  # a line per webhook would bury the status lines
         ingest_burst=int(SIM_VENDOR_RATE_PER_S),
     )

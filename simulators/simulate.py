@@ -29,8 +29,8 @@ from pydantic import SecretStr
 
 from device_gateways.broker_admin import BrokerAdmin, BrokerAdminConfig
 from rpm.domain import Metric
-from rpm.errors import BrokerProvisioningError
-from rpm.localservices import LocalServices, ServiceEndpoints, free_port
+from rpm.domain.errors import BrokerProvisioningError
+from rpm.local_endpoints import ServiceEndpoints, settings_for_local
 from rpm.pipeline import IngestPipeline
 from rpm.server import Server
 from rpm.settings import Settings
@@ -39,6 +39,7 @@ from rpm.validation import ClockPolicy
 from rules.engine import Engine
 from rules.programs import RuleBook
 from simulators.enrolment import external_prefix
+from simulators.localservices import LocalServices, free_port, pick_port
 from simulators.report import render, to_json
 from simulators.runner import (
     ForeignIdsError,
@@ -436,8 +437,6 @@ async def run_external(
 async def run(data_dir: Path, opts: SimulateOptions, *, port: int, stop_services: bool) -> int:
     """``rpm simulate`` with its own local services, server and Twilio stand-in (or, with
     ``--external``, against a running deployment: ``run_external``)."""
-    from rpm.cli import pick_port, settings_for_local
-
     # A line per webhook request says nothing a report does not, and drowns it.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if opts.external_api_url is not None:

@@ -2,7 +2,7 @@
 
 A care program tunes its alert burden here before it deploys a changed rule set. Pure,
 like the engine and the policy: readings, patient contexts and options in, figures out
-(``rpm.backtest_io`` reads the database or a CSV file and prints the report).
+(``rpm.backtest.store`` reads the database or a CSV file and prints the report).
 
 How the replay models production:
 
@@ -36,17 +36,16 @@ from typing import Any
 
 from alerts.lifecycle import Action
 from alerts.policy import Decision, Episode, EpisodeKey, decide
-from rpm.domain import AcceptedReading, Metric
-
-from .candidate import AlertCandidate
-from .engine import Clear, Engine, PatientContext
-from .kinds.missing import Silence
-from .programs import RuleBook
-from .spec import RuleSpec, Severity
+from rpm.domain import AcceptedReading, AlertCandidate, Metric, Severity
+from rpm.domain.severity import BY_URGENCY
+from rules.engine import Clear, Engine, PatientContext
+from rules.kinds.missing import Silence
+from rules.programs import RuleBook
+from rules.spec import RuleSpec
 
 DAY = timedelta(days=1)
 MONTH_DAYS = 365.25 / 12
-SEVERITIES = tuple(sorted(Severity, reverse=True))  # critical first, as nurses triage
+SEVERITIES = BY_URGENCY  # critical first, as nurses triage
 
 # A period in which the missing-data timer watches a patient (a device binding);
 # open-ended when the end is None.

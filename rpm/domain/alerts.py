@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from .spec import Severity
+from .severity import Severity
 
 Rendering = tuple[str, Mapping[str, Any]]
 
@@ -16,8 +16,8 @@ class AlertCandidate:
     """A rule's proposal to alert, with everything that made it fire.
 
     Most candidates only recur on an episode that is already open, and those never show
-    their explanation: the engine's candidates (``rules.proposal.Proposed``) build the
-    text, evidence and reading identity only when something reads them.
+    their explanation: the rule engine's candidates build the text, evidence and reading
+    identity only when something reads them.
     """
 
     __slots__ = (
@@ -53,7 +53,7 @@ class AlertCandidate:
         self.measured_at = measured_at
         self.advice = advice
         self.advice_i18n = advice_i18n if advice_i18n is not None else {}
-        # None: a subclass renders it when read (``rules.proposal.Proposed``)
+        # None: a subclass renders it when read (the rule engine's lazily rendered candidates)
         self._rendered: Rendering | None = (
             None if explanation is None else (explanation, evidence or {})
         )

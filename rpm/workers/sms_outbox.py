@@ -28,18 +28,9 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from rpm.errors import PermanentDeliveryError, RecipientOptedOut, TransientDeliveryError
-from rpm.outbox_loop import drain_until_stopped
-from rpm.settings import Settings
-from rpm.storage import alerts as alert_store
-from rpm.storage import outbox as outbox_store
-from rpm.storage import sms as sms_store
-from rpm.storage import staff as staff_store
-from rpm.storage.pool import Conn
-
-from . import templates
-from .sms import UNSUBSCRIBED, SentSms
-from .sms_policy import (
+from alerts import templates
+from alerts.sms import UNSUBSCRIBED, SentSms
+from alerts.sms_policy import (
     BadWork,
     Defer,
     Drop,
@@ -50,6 +41,14 @@ from .sms_policy import (
     local_day,
     zone_of,
 )
+from rpm.domain.errors import PermanentDeliveryError, RecipientOptedOut, TransientDeliveryError
+from rpm.settings import Settings
+from rpm.storage import alerts as alert_store
+from rpm.storage import outbox as outbox_store
+from rpm.storage import sms as sms_store
+from rpm.storage import staff as staff_store
+from rpm.storage.pool import Conn
+from rpm.workers.loop import drain_until_stopped
 
 log = logging.getLogger(__name__)
 

@@ -40,18 +40,17 @@ import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from device_gateways import dynsec
-from rpm.errors import RpmError
+from rpm.domain.errors import RpmError
+from rpm.local_endpoints import ADMIN_USERNAME, ServiceEndpoints
 
 LOOPBACK = "127.0.0.1"
 GATEWAY_USERNAME = "rpm-gateway"
 DEVICE_USERNAME = "rpm-fleet"
-ADMIN_USERNAME = "rpm-broker-admin"
 _DB_NAME = "rpm"
 _DB_ROLE = "rpm"
 _PG_MAJOR = "15"
@@ -67,73 +66,6 @@ class LocalServicesError(RpmError, RuntimeError):
     """A local service could not be set up, started or stopped; the message has the log tail."""
 
 
-@dataclass(frozen=True, slots=True, repr=False)
-class ServiceEndpoints:
-    """Where the local services listen and how to log in to them."""
-
-    database_url: str
-    mqtt_host: str
-    mqtt_port: int
-    mqtt_gateway_username: str
-    mqtt_gateway_password: str
-    mqtt_device_username: str
-    mqtt_device_password: str
-    mqtt_admin_username: str  # may provision device logins (dynamic security)
-    mqtt_admin_password: str
-    timescaledb: bool
-    root: str
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            wanted = _FIELD_TYPES[f.name]
-            if type(value) is not wanted:  # exact: a bool is not a port
-                raise ValueError(f"{f.name} must be {wanted.__name__}, not {type(value).__name__}")
-        if not 0 < self.mqtt_port < 65536:
-            raise ValueError(f"mqtt_port out of range: {self.mqtt_port}")
-        url = urlsplit(self.database_url)
-        if url.scheme != "postgresql" or url.hostname is None or url.port is None:
-            raise ValueError("database_url must be postgresql://user:password@host:port/db")
-
-    def __repr__(self) -> str:
-        return (
-            f"ServiceEndpoints(database={_redact_url(self.database_url)!r}, "
-            f"mqtt={self.mqtt_host}:{self.mqtt_port}, timescaledb={self.timescaledb}, "
-            f"root={self.root!r})"
-        )
-
-    def to_json(self) -> str:
-        """The endpoints as a JSON object (passwords included: store it 0600)."""
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str) -> ServiceEndpoints:
-        """Parse what :meth:`to_json` wrote; ValueError when it is not exactly that."""
-        data: Any = json.loads(text)
-        if isinstance(data, dict) and "mqtt_admin_username" not in data:
-            # Written before the broker had an admin login: give it one now.
-            data["mqtt_admin_username"] = ADMIN_USERNAME
-            data["mqtt_admin_password"] = secrets.token_urlsafe(24)
-        if not isinstance(data, dict) or set(data) != set(_FIELD_TYPES):
-            raise ValueError(f"endpoints JSON must be an object with keys {sorted(_FIELD_TYPES)}")
-        return cls(**data)
-
-
-_FIELD_TYPES: dict[str, type] = {
-    "database_url": str,
-    "mqtt_host": str,
-    "mqtt_port": int,
-    "mqtt_gateway_username": str,
-    "mqtt_gateway_password": str,
-    "mqtt_device_username": str,
-    "mqtt_device_password": str,
-    "mqtt_admin_username": str,
-    "mqtt_admin_password": str,
-    "timescaledb": bool,
-    "root": str,
-}
-
-
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now (the kernel's pick)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -141,14 +73,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def pick_port(wanted: int) -> int:
+    """``wanted`` when free on loopback, else any free port."""
+    with socket.socket() as s:
+        try:
+            s.bind((LOOPBACK, wanted))
+        except OSError:
+            return free_port()
+    return wanted
+
+
 # --- pure helpers: text in, text out --------------------------------------------------------
-
-
-def _redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return url.replace(f":{parts.password}@", ":***@", 1)
 
 
 def _url_port(url: str) -> int:
@@ -164,7 +99,7 @@ def _pg_quote(value: str) -> str:
 def render_pg_settings(port: int, socket_dir: Path, timescaledb: bool) -> str:
     """The cluster settings we own; postgresql.conf includes them last, so they win."""
     lines = [
-        "# Written by rpm.localservices on every start; edits here are lost.",
+        "# Written by simulators.localservices on every start; edits here are lost.",
         f"listen_addresses = {_pg_quote(LOOPBACK)}",
         f"port = {port}",
         f"unix_socket_directories = {_pg_quote(str(socket_dir))}",
@@ -216,7 +151,7 @@ def render_mosquitto_conf(
             "tls_version tlsv1.2\n"
         )
     return f"""\
-# Written by rpm.localservices on every start; edits here are lost.
+# Written by simulators.localservices on every start; edits here are lost.
 per_listener_settings false
 listener {port} {LOOPBACK}
 {tls_listener}allow_anonymous false
@@ -723,7 +658,7 @@ class LocalServices:
             pwfile.unlink(missing_ok=True)
         conf = self._pg_dir / "postgresql.conf"
         with conf.open("a") as handle:
-            handle.write("\n# rpm.localservices\ninclude = 'rpm.conf'\n")
+            handle.write("\n# simulators.localservices\ninclude = 'rpm.conf'\n")
         self._log(f"initialised a PostgreSQL 15 cluster in {self._pg_dir}")
 
     def _write_pg_settings(

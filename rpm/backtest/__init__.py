@@ -1,0 +1,5 @@
+"""Replaying stored readings through the rules and the alert policy (``rpm rules backtest``).
+
+A tool above ``rules`` and ``alerts``: ``replay`` is the pure replay, ``store`` reads the
+readings and programs it needs from the database and writes reports.
+"""

@@ -1,0 +1,1 @@
+"""Background workers of the service: the SMS outbox, the alert timers, and their loop."""
