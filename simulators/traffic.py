@@ -136,6 +136,17 @@ _DELAY_S: Mapping[str, tuple[float, float]] = MappingProxyType(
 )
 _RESEND_S = (2.0, 300.0)  # an identical re-send after a lost acknowledgement
 _BAD_LEAD_S = 45.0  # a bad attempt comes this long before the good reading that follows it
+_FAULTS_STREAM = 0xFA17  # the fleet-wide random stream that picks bad and repeated sessions
+
+
+@dataclass(frozen=True, slots=True)
+class _Session:
+    """A measuring session's good payload, and what a fault made of it would need."""
+
+    device: SimDevice
+    send: Send
+    first: Reading  # a malformed attempt is made from the session's first reading
+    started: float  # true start of the session (epoch s)
 
 
 def build_plan(cfg: SimConfig) -> Plan:
@@ -147,13 +158,13 @@ def build_plan(cfg: SimConfig) -> Plan:
     programs = draw_programs(cfg.patients, rng)
     events = _assign(specs, programs, cfg, rng)
     patients: list[SimPatient] = []
-    sends: list[Send] = []
+    sessions_: list[_Session] = []
     truth: list[GroundTruth] = []
     for i, program in enumerate(programs):
         event = events.get(i)
-        patient, patient_sends = _patient(i, program, event, cfg, formats)
+        patient, patient_sessions = _patient(i, program, event, cfg, formats)
         patients.append(patient)
-        sends.extend(patient_sends)
+        sessions_.extend(patient_sessions)
         if event is not None:
             spec, onset = event
             truth.append(
@@ -165,8 +176,37 @@ def build_plan(cfg: SimConfig) -> Plan:
                     frozenset(spec.detected_by),
                 )
             )
+    sends = [x.send for x in sessions_] + _faults(sessions_, cfg)
     sends.sort(key=lambda s: (s.at, s.device_id, s.expect))
     return Plan(cfg, tuple(patients), tuple(sends), tuple(truth))
+
+
+def _faults(sessions_: list[_Session], cfg: SimConfig) -> list[Send]:
+    """Malformed attempts and repeated payloads for shares of the sessions.
+
+    Each share is an exact count over the whole fleet's sessions (rounded, and at least one
+    when the share is above zero and there is a session), picked from one stream of the
+    seed, and the bad ones take the kinds of ``MALFORMED`` in turn (the first is truncated
+    JSON): a plan with a malformed share always holds a malformed payload, whatever its span.
+    """
+    rng = np.random.default_rng([cfg.seed, _FAULTS_STREAM])
+    out: list[Send] = []
+    for turn, i in enumerate(_pick(len(sessions_), cfg.malformed_share, rng)):
+        x = sessions_[int(i)]
+        out.append(_bad_send(x.device, x.first, turn % len(MALFORMED), x.started, rng))
+    t1 = cfg.end.timestamp()
+    for i in _pick(len(sessions_), cfg.duplicate_share, rng):
+        good = sessions_[int(i)].send
+        at_s = good.at.timestamp() + float(rng.uniform(*_RESEND_S))
+        if at_s < t1:
+            out.append(replace(good, at=_utc(at_s), expect="duplicate"))
+    return out
+
+
+def _pick(n: int, share: float, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+    """``round(share * n)`` distinct indices below ``n``, at least one when share > 0."""
+    k = min(n, max(round(share * n), 1 if share > 0 else 0))
+    return np.sort(rng.choice(n, size=k, replace=False)).astype(np.int64)
 
 
 def _check(cfg: SimConfig) -> None:
@@ -231,7 +271,7 @@ def _patient(
     event: tuple[ScenarioSpec, float] | None,
     cfg: SimConfig,
     formats: tuple[str, ...],
-) -> tuple[SimPatient, list[Send]]:
+) -> tuple[SimPatient, list[_Session]]:
     # Each patient draws from its own stream: its traffic does not depend on the others'.
     rng = np.random.default_rng([cfg.seed, i])
     pid = f"{cfg.id_prefix}p{i:05d}"
@@ -244,12 +284,12 @@ def _patient(
     midnights, offsets = local_midnights(cfg.start, cfg.end, zone)
     days = Days.draw(len(midnights), rng)
     measuring = rng.random(len(midnights)) < draw_adherence(rng)
-    sends: list[Send] = []
+    found: list[_Session] = []
     for device in devices:
-        sends.extend(
-            _device_sends(device, person, event, midnights, offsets, measuring, days, cfg, rng)
+        found.extend(
+            _device_sessions(device, person, event, midnights, offsets, measuring, days, cfg, rng)
         )
-    return patient, sends
+    return patient, found
 
 
 def _values(
@@ -295,7 +335,7 @@ def _session_times(
     return t[inside][order], day[inside][order]
 
 
-def _device_sends(
+def _device_sessions(
     device: SimDevice,
     person: Person,
     event: tuple[ScenarioSpec, float] | None,
@@ -305,7 +345,7 @@ def _device_sends(
     days: Days,
     cfg: SimConfig,
     rng: np.random.Generator,
-) -> list[Send]:
+) -> list[_Session]:
     kind = device.kind
     start, day = _session_times(device, event, midnights, measuring, cfg, rng)
     n = len(start)
@@ -333,22 +373,18 @@ def _device_sends(
     skew = draw_skew(rng)
     battery0, drain = draw_battery(rng)
     delays = rng.uniform(*_DELAY_S[device.transport], n)
-    duplicate = rng.random(n) < cfg.duplicate_share
-    bad = rng.random(n) < cfg.malformed_share
-    bad_pick = rng.integers(len(MALFORMED), size=n)
-    resend = rng.uniform(*_RESEND_S, n)
     t0, t1 = cfg.start.timestamp(), cfg.end.timestamp()
     http = device.transport == "http"
     fmt = device.payload_format
     metric = _METRIC[kind]
     components = list(values)
     seen: set[float] = set()
-    sends: list[Send] = []
+    found: list[_Session] = []
     # Python lists: the loop below reads one element at a time.
     clock = np.floor(t_all + skew).tolist()  # the device's clock, whole seconds
     true_t = t_all.tolist()
     rows = list(zip(*(values[c].tolist() for c in components), strict=True))
-    delay_s, resend_s = delays.tolist(), resend.tolist()
+    delay_s = delays.tolist()
     for s in range(n):
         lo, hi = int(bounds[s]), int(bounds[s + 1])
         readings = []
@@ -371,18 +407,14 @@ def _device_sends(
         battery = None
         if fmt == "canonical":
             battery = float(round(max(battery0 - drain * (true_t[lo] - t0) / DAY_S, 1.0)))
-        if bad[s]:
-            sends.append(_bad_send(device, readings[0], int(bad_pick[s]), true_t[lo], rng))
         body = payload(fmt, http, readings, device.device_id, battery)
         keys = tuple(stored_keys(fmt, readings))
         good = Send(
             _utc(at_s), device.device_id, device.transport, fmt, body, "stored", len(keys), keys,
             battery=battery,
         )  # fmt: skip
-        sends.append(good)
-        if duplicate[s] and at_s + resend_s[s] < t1:
-            sends.append(replace(good, at=_utc(at_s + resend_s[s]), expect="duplicate"))
-    return sends
+        found.append(_Session(device, good, readings[0], true_t[lo]))
+    return found
 
 
 def _bad_send(

@@ -33,15 +33,21 @@ REAL_DEVICE = "p00000-bp_cuff"
 CRISIS = frozenset({"bp.hypertensive_crisis"})
 
 
+# The fleet of these tests: small, with a tenth of its payloads malformed or repeated.
+FLEET: dict[str, object] = {
+    "patients": 10,
+    "days": 1.0,
+    "pace": Pace(wall_seconds=4.0),
+    "malformed_share": 0.1,
+    "duplicate_share": 0.1,
+    "http_share": 0.4,
+}
+
+
 def external_opts(server: Server, tmp_path: Path, **kw: object) -> SimulateOptions:
     s = server.settings
     args: dict[str, object] = {
-        "patients": 10,
-        "days": 1.0,
-        "pace": Pace(wall_seconds=4.0),
-        "malformed_share": 0.1,
-        "duplicate_share": 0.1,
-        "http_share": 0.4,
+        **FLEET,
         "json_path": tmp_path / "report.json",
         "progress": False,
         "external_api_url": f"http://{s.api_host}:{s.api_port}/",
@@ -99,6 +105,32 @@ async def wait_for_count(pool: asyncpg.Pool, want: int, sql: str, *args: object)
             if await count(pool, sql, *args) >= want:
                 return
             await asyncio.sleep(0.1)
+
+
+def _starts() -> list[datetime]:
+    """Start times over a year: every 37 minutes across two days (each hour and minute of the
+    day), and each day around both 2026 US daylight-saving changes and a new year."""
+    base = datetime(2026, 12, 3, 0, 0, 17, tzinfo=UTC)
+    out = [base + timedelta(minutes=37 * k) for k in range(2 * 24 * 60 // 37)]
+    for day in (datetime(2026, 3, 7, tzinfo=UTC), datetime(2026, 10, 31, tzinfo=UTC)):
+        out += [day + timedelta(hours=5 * k, minutes=13) for k in range(10)]
+    out += [datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC)]
+    return out
+
+
+@pytest.mark.pure
+def test_the_fleets_plan_has_faults_whatever_the_start() -> None:
+    """What test_external_run_counts_only_its_own_fleet relies on holds for every "now" a
+    run may start at: the plan sends readings, at least one malformed payload (the fleet's
+    quarantine is compared with what it expects) and a repeated one."""
+    opts = SimulateOptions(**FLEET)  # type: ignore[arg-type]
+    for now in _starts():
+        plan = make_plan(opts, now, id_prefix=external_prefix(now))
+        reasons = [s.reason for s in plan.sends if s.expect == "quarantined"]
+        assert reasons.count("malformed") >= 1, now
+        assert any(s.expect == "duplicate" for s in plan.sends), now
+        assert sum(s.readings for s in plan.sends if s.expect == "stored") > 0, now
+        assert all(plan.config.start <= s.at < plan.config.end for s in plan.sends), now
 
 
 REAL_READINGS = "SELECT count(*) FROM readings WHERE device_id = $1"
