@@ -8,12 +8,14 @@ import asyncio
 import itertools
 import os
 import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from hypothesis import settings as hypothesis_settings
 from pydantic import SecretStr
 
 from rpm.local_endpoints import ServiceEndpoints, settings_for_local
@@ -30,6 +32,50 @@ TWILIO_SID = "AC" + "0123456789abcdef" * 2
 TWILIO_TOKEN = "test-auth-token"
 TEMPLATE_DB = "rpm_template"
 _db_numbers = itertools.count()
+
+# Property tests draw the same examples on every run and machine (a failure prints its
+# example and reproduces anywhere): a test that fails on some days is a defect. No example
+# database: nothing learnt on one machine changes what another runs.
+hypothesis_settings.register_profile("rpm", derandomize=True, database=None, print_blob=True)
+hypothesis_settings.load_profile("rpm")
+
+
+_OWN_BASETEMP = pytest.StashKey[Path]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Each run's temporary files in a directory of its own (unless --basetemp is given).
+
+    pytest's default root, /tmp/pytest-of-<user>, is made 0700 again by every pytest run that
+    starts; the local services let PostgreSQL (running as ``postgres``) and Mosquitto search
+    their way to their data, so a second run started beside this one would cut this run's
+    PostgreSQL off its data directory.
+    """
+    if config.option.basetemp is None:
+        config.option.basetemp = tempfile.mkdtemp(prefix="rpm-pytest-")
+        config.stash[_OWN_BASETEMP] = Path(config.option.basetemp)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    own = config.stash.get(_OWN_BASETEMP, None)
+    if own is not None:
+        shutil.rmtree(own, ignore_errors=True)
+
+
+# The fixtures that start PostgreSQL, Mosquitto, a server or a Twilio stand-in.
+INFRASTRUCTURE = frozenset(
+    {"services", "template_db", "db_url", "pool", "twilio", "server_settings", "server"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep the ``pure`` marker honest: a test marked pure starts no infrastructure."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if item.get_closest_marker("pure") and fixtures & INFRASTRUCTURE:
+            started = sorted(fixtures & INFRASTRUCTURE)
+            raise pytest.UsageError(f"{item.nodeid} is marked pure but uses {started}")
 
 
 def with_database(url: str, name: str) -> str:

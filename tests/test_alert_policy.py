@@ -13,6 +13,8 @@ from rpm.domain import AlertCandidate, Metric, Severity
 from rules.engine import Engine, PatientContext
 from tests.helpers import T0, AcceptedReading, bp, single
 
+pytestmark = pytest.mark.pure
+
 CTX = {"pat-1": PatientContext("pat-1")}
 
 

@@ -23,6 +23,8 @@ from rpm.domain import Metric
 from rpm.storage import staff_auth
 from rules.programs import RuleBook
 
+pytestmark = pytest.mark.pure
+
 
 def test_passwords_are_argon2id_and_verify() -> None:
     stored = hash_password("correct horse battery staple")

@@ -10,6 +10,8 @@ from rpm.domain import Metric
 from rpm.domain.errors import DecodeError
 from tests.helpers import T0, raw
 
+pytestmark = pytest.mark.pure
+
 BP = {
     "metric": "blood_pressure",
     "measured_at": "2026-11-23T08:00:00Z",

@@ -21,6 +21,8 @@ from rpm.domain.errors import DecodeError
 from simulators import encoders
 from simulators.fleet import make_fleet, reading
 
+pytestmark = pytest.mark.pure
+
 GOLDEN = Path(__file__).parent / "golden"
 SAMPLES = sorted(p for p in GOLDEN.glob("*/*.json") if not p.name.endswith(".expected.json"))
 SCHEMA_PATH = (

@@ -23,6 +23,8 @@ from device_gateways.decoders import DECODERS, Decoded
 from rpm.domain import METRICS, RawMessage, Reading
 from rpm.domain.errors import DecodeError
 
+pytestmark = pytest.mark.pure
+
 GOLDEN = Path(__file__).parent / "golden"
 FORMATS = sorted(DECODERS)
 RECEIVED = datetime(2026, 11, 23, 8, 10, tzinfo=UTC)

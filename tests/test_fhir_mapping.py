@@ -34,6 +34,8 @@ from rpm.fhir.mapping import (
 )
 from tests.helpers import T0, bp, single
 
+pytestmark = pytest.mark.pure
+
 LOINC = "http://loinc.org"
 # R4 vital-signs profiles (observation-vitalsigns.html): the LOINC code each one requires and
 # the UCUM code its valueQuantity must carry.

@@ -44,22 +44,26 @@ SAMPLE = ServiceEndpoints(
 # --- pure parts --------------------------------------------------------------------------------
 
 
+@pytest.mark.pure
 def test_endpoints_round_trip_through_json() -> None:
     assert ServiceEndpoints.from_json(SAMPLE.to_json()) == SAMPLE
 
 
+@pytest.mark.pure
 def test_endpoints_repr_hides_passwords() -> None:
     text = repr(SAMPLE)
     assert "secret" not in text
     assert "127.0.0.1:5999" in text
 
 
+@pytest.mark.pure
 def test_endpoints_validate_on_construction() -> None:
     assert replace(SAMPLE, mqtt_port=1883).mqtt_port == 1883
     with pytest.raises(ValueError, match="mqtt_port"):
         replace(SAMPLE, mqtt_port=0)
 
 
+@pytest.mark.pure
 @pytest.mark.parametrize(
     "text",
     [
@@ -75,12 +79,14 @@ def test_endpoints_from_json_rejects_anything_else(text: str) -> None:
         ServiceEndpoints.from_json(text)
 
 
+@pytest.mark.pure
 def test_parse_postmaster_pid() -> None:
     text = "4242\n/srv/pg\n1700000000\n5433\n/srv/pg\n127.0.0.1\n  1234 5678\nready   \n"
     assert parse_postmaster_pid(text) == (4242, 5433, "ready")
     assert parse_postmaster_pid("4242\n/srv/pg\n") is None
 
 
+@pytest.mark.pure
 def test_rendered_configs_listen_on_loopback_only() -> None:
     pg = render_pg_settings(5433, Path("/srv/pg"), timescaledb=True)
     assert "listen_addresses = '127.0.0.1'" in pg

@@ -18,6 +18,8 @@ from rules.programs import RuleBook
 from tests.helpers import T0, single
 from tests.helpers import bp as bp_reading
 
+pytestmark = pytest.mark.pure
+
 BOOK = RuleBook.builtin()
 HF_HTN = {"pat-1": PatientContext("pat-1", ("heart_failure", "hypertension"))}
 CRISIS = "bp.hypertensive_crisis"

@@ -49,6 +49,8 @@ from rules.kernels import (
     window_extreme,
 )
 
+pytestmark = pytest.mark.pure
+
 F64 = npt.NDArray[np.float64]
 I8 = npt.NDArray[np.int8]
 I32 = npt.NDArray[np.int32]

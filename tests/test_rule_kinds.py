@@ -25,6 +25,8 @@ from rules.programs import RuleBook
 from rules.spec import ProgramSpec, RuleSpec, parse_program
 from tests.helpers import T0
 
+pytestmark = pytest.mark.pure
+
 SOURCE = "Test vector. Not a clinical limit."
 CTX = {"pat-1": PatientContext("pat-1", ("test",))}
 

@@ -22,6 +22,8 @@ from rules.programs import GENERAL, RuleBook, builtin_programs, parse_document
 from rules.spec import parse_program
 from tests.helpers import T0
 
+pytestmark = pytest.mark.pure
+
 BOOK = RuleBook.builtin()
 BP = Metric.BLOOD_PRESSURE
 SPO2 = Metric.SPO2

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,6 +26,8 @@ from rules.kinds.missing import Silence, evaluate_missing
 from rules.programs import RuleBook
 from rules.spec import ProgramSpec, RuleSpec, ScoredParameter
 from tests.helpers import T0
+
+pytestmark = pytest.mark.pure
 
 BOOK = RuleBook.builtin()
 PROPS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -22,6 +22,8 @@ from simulators.physiology import (
 from simulators.scenarios import ScenarioSpec
 from simulators.traffic import SimConfig, build_plan
 
+pytestmark = pytest.mark.pure
+
 RNG_SEED = 5
 PERSON = Person(
     program="hypertension",

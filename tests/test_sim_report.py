@@ -19,6 +19,8 @@ from simulators.report import (
 )
 from simulators.scenarios import GroundTruth
 
+pytestmark = pytest.mark.pure
+
 T0 = datetime(2026, 11, 20, tzinfo=UTC)
 
 

@@ -18,6 +18,8 @@ from simulators.scenarios import (
 )
 from simulators.traffic import Plan, SimConfig, build_plan
 
+pytestmark = pytest.mark.pure
+
 START = datetime(2026, 11, 2, 5, 0, tzinfo=UTC)
 DAYS = 5
 # The backtest's missing-data timer only watches a patient once it has seen a reading of

@@ -12,6 +12,8 @@ from simulators.offline import records, through_gateway
 from simulators.scenarios import ScenarioSpec
 from simulators.traffic import Plan, SimConfig, build_plan
 
+pytestmark = pytest.mark.pure
+
 START = datetime(2026, 11, 2, 5, 0, tzinfo=UTC)
 CFG = SimConfig(
     patients=150,

@@ -13,6 +13,8 @@ from rpm.domain import Severity
 from rules.programs import builtin_programs
 from simulators.twilio_sink import _count_segments as sink_segments
 
+pytestmark = pytest.mark.pure
+
 NOW = datetime(2026, 3, 2, 15, 5, tzinfo=UTC)  # Monday 10:05 in New York
 NEW_YORK = ZoneInfo("America/New_York")
 ADVICE = {

@@ -10,6 +10,8 @@ from rpm.domain import Binding, DeviceRecord, Metric, Reading, RejectReason
 from rpm.validation import ClockPolicy, validate
 from tests.helpers import T0, raw
 
+pytestmark = pytest.mark.pure
+
 CLOCK = ClockPolicy(max_skew=timedelta(minutes=5), max_age=timedelta(days=30))
 BOUND = DeviceRecord("dev-1", False, (Binding("pat-1", T0 - timedelta(days=10)),))
 
