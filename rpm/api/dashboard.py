@@ -499,4 +499,5 @@ def _iso(value: datetime | str | None) -> str:
 # Filters the templates use: times shown in UTC, and machine-readable in <time datetime>.
 templates.env.filters["when"] = _when
 templates.env.filters["iso"] = _iso
+templates.env.globals["severity_order"] = " ".join(NAMES)  # most urgent first
 templates.env.globals["severity_class"] = lambda s: f"sev sev-{str(s).lower()}"

@@ -9,7 +9,6 @@
 "use strict";
 
 (function () {
-  const SEVERITY_RANK = { CRITICAL: 0, HIGH: 1, MEDIUM: 2, LOW: 3 };
   const STATES = {
     active: ["open", "acknowledged"],
     open: ["open"],
@@ -23,6 +22,10 @@
   if (!table) {
     return; // not the queue page
   }
+  // Most urgent first, in the server's order of severities (rpm/domain/severity.py).
+  const SEVERITY_RANK = Object.fromEntries(
+    table.dataset.severityOrder.split(" ").map((name, rank) => [name, rank]),
+  );
   const rows = document.getElementById("queue-rows");
   const filters = document.getElementById("filters");
   const programSelect = document.getElementById("filter-program");
