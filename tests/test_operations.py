@@ -1,6 +1,7 @@
 """Operations: /metrics after real traffic through a real server, /healthz and /readyz as the
-database, the broker and the migrations come and go, JSON log lines, and the README's table
-of settings. (Graceful shutdown of a real ``rpm serve`` is in tests/test_reliability.py.)"""
+database, the broker and the migrations come and go, JSON log lines, and
+docs/configuration.md's table of settings. (Graceful shutdown of a real ``rpm serve`` is in
+tests/test_reliability.py.)"""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from tests.helpers import eventually
 from tests.test_reliability import durable_db, local  # noqa: F401 - fixtures used below
 from tests.twilio_support import add_alert, add_patient, patient_payload
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+CONFIGURATION_DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 PATIENT, CUFF, PHONE = "pat-ops", "cuff-ops", "+15550100077"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -394,9 +395,11 @@ def test_json_log_line_of_an_exception_and_of_uvicorns_access_log() -> None:
 
 
 def test_readme_documents_every_setting() -> None:
-    """The README's settings table names every field of Settings by its environment variable
-    (and nothing that is not one), with its default."""
-    rows = re.findall(r"^\| `(RPM_[A-Z0-9_]+)` \| ([^|]*) \|", README.read_text(), re.MULTILINE)
+    """docs/configuration.md's settings table names every field of Settings by its environment
+    variable (and nothing that is not one), with its default."""
+    rows = re.findall(
+        r"^\| `(RPM_[A-Z0-9_]+)` \| ([^|]*) \|", CONFIGURATION_DOC.read_text(), re.MULTILINE
+    )
     documented = {name: default.strip() for name, default in rows}
     fields = {f"RPM_{name.upper()}": f for name, f in Settings.model_fields.items()}
     assert sorted(set(fields) - set(documented)) == [], "settings missing from the README table"
