@@ -90,9 +90,8 @@ def test_session_cookie_is_hardened_and_secure_when_configured() -> None:
     assert "HttpOnly" in cookie
     assert "SameSite=strict" in cookie
     assert "Secure" not in cookie
-    secure = Auth(
-        pool=None, config=AuthConfig.from_settings(ApiSettings(session_cookie_secure=True))
-    )  # type: ignore[arg-type]
+    config = AuthConfig.from_settings(ApiSettings(session_cookie_secure=True))
+    secure = Auth(pool=None, config=config)  # type: ignore[arg-type]
     response = Response()
     secure.set_session_cookie(response, "token")
     cookie = response.headers["set-cookie"]

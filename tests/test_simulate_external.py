@@ -44,7 +44,7 @@ def external_opts(server: Server, tmp_path: Path, **kw: object) -> SimulateOptio
         "http_share": 0.4,
         "json_path": tmp_path / "report.json",
         "progress": False,
-        "external_api_url": f"http://{s.api_host}:{s.api_port}/",
+        "external_api_url": f"http://{s.api.host}:{s.api.port}/",
     }
     args.update(kw)
     return SimulateOptions(**args)  # type: ignore[arg-type]
