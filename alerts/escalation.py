@@ -55,26 +55,6 @@ class EscalationConfig:
         if self.retry_after <= timedelta(0):
             raise ValueError("retry_after must be positive")
 
-    @classmethod
-    def from_minutes(
-        cls,
-        delays: Mapping[str, float | None],
-        *,
-        retry: float,
-        renotify: float,
-    ) -> EscalationConfig:
-        """From settings: minutes by lower-case severity name (None: never); renotify 0: never."""
-        return cls(
-            MappingProxyType(
-                {
-                    Severity[name.upper()]: None if m is None else timedelta(minutes=m)
-                    for name, m in delays.items()
-                }
-            ),
-            timedelta(minutes=retry),
-            timedelta(minutes=renotify) if renotify > 0 else None,
-        )
-
     def delay(self, severity: Severity) -> timedelta | None:
         return self.delays.get(severity, _DEFAULT_DELAYS[severity])
 

@@ -81,15 +81,6 @@ class SnoozeCaps:
 
     caps: Mapping[Severity, timedelta] = field(default_factory=lambda: _DEFAULT_CAPS)
 
-    @classmethod
-    def from_minutes(cls, caps: Mapping[str, float]) -> SnoozeCaps:
-        """From settings: minutes by lower-case severity name."""
-        return cls(
-            MappingProxyType(
-                {Severity[name.upper()]: timedelta(minutes=m) for name, m in caps.items()}
-            )
-        )
-
     def cap(self, severity: Severity) -> timedelta:
         return self.caps.get(severity, _DEFAULT_CAPS[severity])
 

@@ -33,7 +33,8 @@ from rpm.api import alerts as alerts_api
 from rpm.api.access import bearer_principal
 from rpm.api.guard import Guard
 from rpm.api.live import Broadcaster
-from rpm.auth import STAFF_TOKEN_PREFIX, Auth, token_hash
+from rpm.auth import STAFF_TOKEN_PREFIX, Auth, AuthConfig, token_hash
+from rpm.settings import ApiSettings
 from rpm.storage import audit as audit_store
 from rpm.storage import staff as staff_store
 from rpm.storage import staff_auth
@@ -78,7 +79,7 @@ async def run(n: int, dsn: str) -> tuple[str, dict[str, Any]]:
     pool = await create_pool(dsn, size=4)
     try:
         app = FastAPI()
-        app.state.auth = auth = Auth(pool)
+        app.state.auth = auth = Auth(pool, AuthConfig.from_settings(ApiSettings()))
         app.add_middleware(Guard, pool=pool, hsts=False)
         app.include_router(alerts_api.router(pool, Broadcaster(dsn, ())))
         entry = audit_store.AuditEntry(

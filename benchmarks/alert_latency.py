@@ -492,13 +492,13 @@ def started(pause: float) -> int:
 
 
 async def measure(run: Run, crisis: list[CrisisPatient]) -> Measured:
-    from rpm.settings import Settings
+    from rpm.settings import MqttSettings, SmsSettings
     from simulators.twilio_sink import TwilioSink
 
     args = run.args
     poll = args.outbox_poll_interval_s
     if poll is None:
-        poll = Settings.model_fields["outbox_poll_interval_s"].default
+        poll = SmsSettings.model_fields["outbox_poll_interval_s"].default
     sink = TwilioSink(account_sid=TWILIO_SID, auth_token=TWILIO_TOKEN)
     twilio_url = await sink.start()
     dashboard = Dashboard(run.base_url, {p.patient_id for p in crisis})
@@ -561,8 +561,8 @@ async def measure(run: Run, crisis: list[CrisisPatient]) -> Measured:
             load_after=load_after,
             server_settings={
                 "outbox_poll_interval_s": poll,
-                "batch": f"{Settings.model_fields['batch_max_messages'].default} messages / "
-                f"{Settings.model_fields['batch_max_wait_ms'].default} ms",
+                "batch": f"{MqttSettings.model_fields['batch_max_messages'].default} messages / "
+                f"{MqttSettings.model_fields['batch_max_wait_ms'].default} ms",
             },
         )
     finally:

@@ -79,6 +79,7 @@ from rpm.fhir.ehr import EhrClient  # noqa: E402
 from rpm.fhir.mapping import RecordedReading, recorded_observations  # noqa: E402
 from rpm.fhir.push import FhirPushWorker, PushConfig  # noqa: E402
 from rpm.pipeline import IngestPipeline  # noqa: E402
+from rpm.settings import EhrSettings, RuleSettings  # noqa: E402
 from rpm.storage import fhir as fhir_store  # noqa: E402
 from rpm.storage.migrate import migrate  # noqa: E402
 from rpm.storage.pool import connect, create_pool  # noqa: E402
@@ -131,7 +132,10 @@ async def ingest(dsn: str, args: argparse.Namespace) -> list[RecordedReading]:
     try:
         async with pool.acquire() as conn:
             await seed(conn, fleet, since=datetime.now(UTC) - timedelta(days=30))
-        pipeline = IngestPipeline(pool, ClockPolicy(), fhir_push=True)
+        rules = RuleSettings()  # as `rpm serve` runs
+        pipeline = IngestPipeline(
+            pool, ClockPolicy(), rules_refresh_s=rules.refresh_s, fhir_push=True
+        )
         stored = 0
         for i in range(0, len(messages), args.batch):
             stored += (await pipeline.process(messages[i : i + args.batch])).stored
@@ -210,10 +214,10 @@ async def push(
 ) -> dict[str, Any]:
     pool = await create_pool(dsn, size=args.concurrency + 2)
     client = EhrClient(base_url, timeout_s=30.0, max_connections=args.concurrency)
-    config = PushConfig(
-        concurrency=args.concurrency,
-        batch=4 * args.concurrency,
-        bundle_max_entries=args.bundle,
+    config = PushConfig.from_settings(
+        EhrSettings(
+            fhir_base_url=base_url, concurrency=args.concurrency, bundle_max_entries=args.bundle
+        ),
         poll_interval_s=0.01,
     )
     worker = FhirPushWorker(pool, client, config)

@@ -178,7 +178,7 @@ async def workers_process(pipe: Connection) -> dict[str, Any]:
     from simulators.twilio_sink import TwilioSink
 
     sink = TwilioSink(account_sid=TWILIO_SID, auth_token=TWILIO_TOKEN)
-    settings = Settings().model_copy(update={"twilio_base_url": await sink.start()})
+    settings = Settings().updated(sms={"base_url": await sink.start()})
     server = Server(settings, ("workers",))
     await server.start()
     cpu0 = time.process_time()
@@ -234,7 +234,7 @@ async def gateway_process(target: int, split: bool) -> dict[str, Any]:
         ours.recv()
         server = Server(Settings(), ("gateway", "api"))
     else:
-        settings = Settings().model_copy(update={"twilio_base_url": await sink.start()})
+        settings = Settings().updated(sms={"base_url": await sink.start()})
         server = Server(settings)
     clock = CommitClock()
     server.counters = clock
@@ -282,17 +282,17 @@ async def bare_process(target: int) -> dict[str, Any]:
     # The one aiomqtt consumer outside device_gateways/: a baseline has to talk to the broker.
     import aiomqtt
 
-    from rpm.settings import Settings
+    from rpm.settings import DatabaseSettings, MqttSettings
 
     cpu0 = time.process_time()
-    s = Settings()
-    db = await asyncpg.connect(s.database_url.get_secret_value())
+    s = MqttSettings()
+    db = await asyncpg.connect(DatabaseSettings().url.get_secret_value())
     client = aiomqtt.Client(
-        s.mqtt_host,
-        s.mqtt_port,
-        username=s.mqtt_username,
-        password=s.mqtt_password.get_secret_value() if s.mqtt_password else None,
-        identifier=s.mqtt_client_id,
+        s.host,
+        s.port,
+        username=s.username,
+        password=s.password.get_secret_value() if s.password else None,
+        identifier=s.client_id,
         clean_session=False,
         protocol=aiomqtt.ProtocolVersion.V311,
         keepalive=30,

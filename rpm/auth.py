@@ -42,7 +42,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from fastapi import HTTPException, Request, Response
 
-from rpm.settings import Settings
+from rpm.settings import ApiSettings
 from rpm.storage import staff_auth
 
 log = logging.getLogger(__name__)
@@ -103,20 +103,22 @@ def safe_next(target: str | None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
-    session_ttl: timedelta = timedelta(hours=12)
-    cookie_secure: bool = False
-    max_failures: int = 5
-    failure_window: timedelta = timedelta(minutes=15)
-    token_ttl: timedelta = timedelta(minutes=15)
+    """Sessions, sign-in throttling and tokens: ``from_settings`` (defaults are the settings')."""
+
+    session_ttl: timedelta
+    cookie_secure: bool
+    max_failures: int
+    failure_window: timedelta
+    token_ttl: timedelta
 
     @classmethod
-    def from_settings(cls, s: Settings) -> AuthConfig:
+    def from_settings(cls, api: ApiSettings) -> AuthConfig:
         return cls(
-            session_ttl=timedelta(hours=s.session_ttl_hours),
-            cookie_secure=s.session_cookie_secure,
-            max_failures=s.signin_max_failures,
-            failure_window=timedelta(seconds=s.signin_failure_window_s),
-            token_ttl=timedelta(minutes=s.access_token_ttl_min),
+            session_ttl=timedelta(hours=api.session_ttl_hours),
+            cookie_secure=api.session_cookie_secure,
+            max_failures=api.signin_max_failures,
+            failure_window=timedelta(seconds=api.signin_failure_window_s),
+            token_ttl=timedelta(minutes=api.access_token_ttl_min),
         )
 
     @property
@@ -198,9 +200,9 @@ class SignInRateLimited(Exception):
 class Auth:
     """Sign-in, sessions and CSRF checks over the staff tables."""
 
-    def __init__(self, pool: asyncpg.Pool, config: AuthConfig | None = None) -> None:
+    def __init__(self, pool: asyncpg.Pool, config: AuthConfig) -> None:
         self.pool = pool
-        self.config = config or AuthConfig()
+        self.config = config
         self.limiter = FailureLimiter(
             self.config.max_failures, self.config.failure_window.total_seconds()
         )

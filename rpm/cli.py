@@ -26,7 +26,7 @@ from rpm import local_endpoints, logging_setup, staff_cli
 from rpm.backtest import store as backtest_io
 from rpm.backtest.replay import Options as BacktestOptions
 from rpm.server import ROLES, Server, parse_roles, run_migrations
-from rpm.settings import Settings
+from rpm.settings import DatabaseSettings, Settings
 
 DEFAULT_DATA_DIR = Path(".rpm-data")
 log = logging.getLogger("rpm.serve")
@@ -182,13 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in loaded:
         return loaded[args.command].main(args)
     if args.command == "migrate":
-        applied = asyncio.run(run_migrations(_settings(args.local)))
+        applied = asyncio.run(run_migrations(_settings(args.local).database))
         print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
         return 0
     if args.command == "serve":
         settings = _settings(args.local)
-        level = "DEBUG" if args.verbose else settings.log_level
-        logging_setup.configure(settings.log_format, logging.getLevelNamesMapping()[level])
+        ops = settings.operations
+        level = "DEBUG" if args.verbose else ops.log_level
+        logging_setup.configure(ops.log_format, logging.getLevelNamesMapping()[level])
         return run(_serve(settings, args.role))
     if args.command == "staff":
         return staff_cli.run(args, _settings(args.local))
@@ -243,7 +244,7 @@ async def _serve(settings: Settings, roles: frozenset[str] = frozenset(ROLES)) -
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
     if stop.is_set():
-        log.info("signal received: stopping within %.0f s", settings.shutdown_timeout_s)
+        log.info("signal received: stopping within %.0f s", settings.operations.shutdown_timeout_s)
     await server.stop()
     log.info("stopped")
     for t in (waiter, stopper):
@@ -268,7 +269,7 @@ def _rules_backtest(args: argparse.Namespace) -> int:
         return 2
     database_url = None
     if args.csv is None:
-        database_url = args.database_url or Settings().database_url.get_secret_value()
+        database_url = args.database_url or DatabaseSettings().url.get_secret_value()
     request = backtest_io.Request(
         options,
         csv=args.csv,

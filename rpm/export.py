@@ -28,7 +28,7 @@ from typing import Any
 import asyncpg
 
 from rpm.domain.errors import ConfigurationError
-from rpm.settings import Settings
+from rpm.settings import ExportSettings, Settings
 from rpm.storage import export as export_store
 from rpm.storage.pool import connect
 
@@ -47,13 +47,13 @@ _EVIDENCE_IDS = {"reading_uid": "reading", "device_id": "device", "patient_id": 
 # --- the pure core --------------------------------------------------------------------
 
 
-def load_key(settings: Settings) -> bytes:
+def load_key(settings: ExportSettings) -> bytes:
     """The export key from RPM_EXPORT_KEY, or the file RPM_EXPORT_KEY_FILE names (rpm.settings)."""
-    if settings.export_key is None:
+    if settings.key is None:
         raise ConfigurationError(
             "no export key: set RPM_EXPORT_KEY or RPM_EXPORT_KEY_FILE (see README, Export)"
         )
-    key = settings.export_key.get_secret_value().encode()
+    key = settings.key.get_secret_value().encode()
     if len(key) < MIN_KEY_BYTES:
         raise ConfigurationError(f"the export key must have at least {MIN_KEY_BYTES} bytes")
     return key
@@ -328,8 +328,8 @@ def _sha(path: Path) -> str:
 
 async def run(settings: Settings, out_dir: Path, options: Options) -> dict[str, Any]:
     """``rpm export``: the key from the settings (refused without one), then the files."""
-    key = load_key(settings)
-    conn = await connect(settings.database_url.get_secret_value())
+    key = load_key(settings.export)
+    conn = await connect(settings.database.url.get_secret_value())
     try:
         return await export(conn, out_dir, key, options)
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -105,16 +106,21 @@ def load(root: Path) -> ServiceEndpoints | None:
     return ServiceEndpoints.from_json(text)
 
 
-def settings_for_local(endpoints: ServiceEndpoints, **overrides: object) -> Settings:
-    """Settings that point at the project-local services."""
-    values: dict[str, object] = {
-        "database_url": SecretStr(endpoints.database_url),
-        "mqtt_host": endpoints.mqtt_host,
-        "mqtt_port": endpoints.mqtt_port,
-        "mqtt_username": endpoints.mqtt_gateway_username,
-        "mqtt_password": SecretStr(endpoints.mqtt_gateway_password),
-        "mqtt_admin_username": endpoints.mqtt_admin_username,
-        "mqtt_admin_password": SecretStr(endpoints.mqtt_admin_password),
+def settings_for_local(endpoints: ServiceEndpoints, **overrides: Mapping[str, object]) -> Settings:
+    """Settings that point at the project-local services; ``overrides`` by group, e.g.
+    ``settings_for_local(e, api={"port": 0}, mqtt={"client_id": "x"})``. The rest comes
+    from the environment, as ``Settings()`` reads it."""
+    groups: dict[str, dict[str, object]] = {
+        "database": {"url": SecretStr(endpoints.database_url)},
+        "mqtt": {
+            "host": endpoints.mqtt_host,
+            "port": endpoints.mqtt_port,
+            "username": endpoints.mqtt_gateway_username,
+            "password": SecretStr(endpoints.mqtt_gateway_password),
+            "admin_username": endpoints.mqtt_admin_username,
+            "admin_password": SecretStr(endpoints.mqtt_admin_password),
+        },
     }
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+    for name, changes in overrides.items():
+        groups[name] = {**groups.get(name, {}), **changes}
+    return Settings.model_validate(groups)

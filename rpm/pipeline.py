@@ -170,7 +170,8 @@ class IngestPipeline:
         clock: ClockPolicy,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         engine: Engine | None = None,
-        rules_refresh_s: float = 2.0,
+        *,
+        rules_refresh_s: float,  # RPM_RULES_REFRESH_S: how soon another process's version is used
         fhir_push: bool = False,
         metrics: IngestMetrics | None = None,
     ) -> None:

@@ -14,20 +14,17 @@ import contextlib
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 import asyncpg
 import uvicorn
 
-from alerts.policy import SnoozeCaps
 from alerts.sms import TwilioSms
-from device_gateways.broker_admin import BrokerAdmin, BrokerAdminConfig
-from device_gateways.mqtt import MqttConfig, MqttGateway
+from device_gateways.broker_admin import BrokerAdmin
+from device_gateways.mqtt import MqttGateway
 from rpm.api.app import create_app
 from rpm.api.health import Operations
 from rpm.api.live import Broadcaster
-from rpm.auth import AuthConfig
-from rpm.domain import Metric, RawMessage
+from rpm.domain import RawMessage
 from rpm.domain.errors import StorageError
 from rpm.fhir.push import FhirPushWorker
 from rpm.metrics import (
@@ -38,12 +35,11 @@ from rpm.metrics import (
     pool_families,
 )
 from rpm.pipeline import INGEST_CHANNEL, BatchResult, IngestPipeline
-from rpm.settings import Settings
+from rpm.settings import DatabaseSettings, Settings
 from rpm.storage import rule_programs
 from rpm.storage.alerts import ALERTS_CHANNEL
 from rpm.storage.migrate import migrate
 from rpm.storage.pool import connect, create_pool
-from rpm.validation import ClockPolicy
 from rpm.workers.alert_timers import AlertTimers
 from rpm.workers.sms_outbox import DeliveryConfig, SmsOutboxWorker
 from rules.engine import Engine
@@ -100,8 +96,8 @@ class IngestCounters:
             self.quarantine_reasons[k] = self.quarantine_reasons.get(k, 0) + v
 
 
-async def run_migrations(settings: Settings) -> list[str]:
-    conn = await connect(settings.database_url.get_secret_value())
+async def run_migrations(database: DatabaseSettings) -> list[str]:
+    conn = await connect(database.url.get_secret_value())
     try:
         return await migrate(conn)
     finally:
@@ -128,20 +124,17 @@ class Server:
 
     async def start(self) -> None:
         s = self.settings
-        dsn = s.database_url.get_secret_value()
-        applied = await run_migrations(s)
+        dsn = s.database.url.get_secret_value()
+        applied = await run_migrations(s.database)
         if applied:
             log.info("migrations applied: %s", ", ".join(applied))
-        self.pool = await create_pool(dsn, size=s.database_pool_size)
-        capacity = {Metric(k): v for k, v in s.rule_buffer_capacity.items()}
+        self.pool = await create_pool(dsn, size=s.database.pool_size)
         pipeline = IngestPipeline(
             self.pool,
-            ClockPolicy(
-                max_skew=timedelta(seconds=s.clock_skew_s), max_age=timedelta(days=s.max_age_days)
-            ),
-            engine=Engine(RuleBook.builtin(), capacity),
-            rules_refresh_s=s.rules_refresh_s,
-            fhir_push=s.ehr_fhir_base_url is not None,
+            s.ingest.clock(),
+            engine=Engine(RuleBook.builtin(), s.rules.buffer_capacity),
+            rules_refresh_s=s.rules.refresh_s,
+            fhir_push=s.ehr.fhir_base_url is not None,
             metrics=self.metrics.ingest,
         )
         self.pipeline = pipeline
@@ -158,20 +151,7 @@ class Server:
         roles = self.roles
         self._tasks = []
         if "gateway" in roles:
-            self.gateway = MqttGateway(
-                MqttConfig(
-                    host=s.mqtt_host,
-                    port=s.mqtt_port,
-                    username=s.mqtt_username,
-                    password=s.mqtt_password.get_secret_value() if s.mqtt_password else None,
-                    client_id=s.mqtt_client_id,
-                    topic=s.mqtt_topic,
-                    batch_max_messages=s.batch_max_messages,
-                    batch_max_wait_s=s.batch_max_wait_ms / 1000,
-                    tls_ca_file=s.mqtt_tls_ca_file,
-                ),
-                process,
-            )
+            self.gateway = MqttGateway(s.mqtt.gateway(), process)
             self._tasks.append(asyncio.create_task(self.gateway.run(), name="gateway"))
         if "workers" in roles:
             self._start_workers()
@@ -182,7 +162,7 @@ class Server:
         if self._uvicorn is not None:
             while not self._uvicorn.started:  # noqa: ASYNC110 - uvicorn offers a flag, no event
                 await asyncio.sleep(0.02)
-            log.info("serving API on http://%s:%d", s.api_host, s.api_port)
+            log.info("serving API on http://%s:%d", s.api.host, s.api.port)
         self._watch()
         log.info("roles running: %s", ", ".join(r for r in ROLES if r in roles))
 
@@ -191,67 +171,62 @@ class Server:
         s = self.settings
         assert self.pool is not None
         self._sms = TwilioSms(
-            account_sid=s.twilio_account_sid,
-            auth_token=s.twilio_auth_token.get_secret_value(),
-            from_number=s.twilio_from_number,
-            base_url=s.twilio_base_url,
-            validity_period_s=s.sms_validity_period_s,
+            account_sid=s.sms.account_sid,
+            auth_token=s.sms.auth_token.get_secret_value(),
+            from_number=s.sms.from_number,
+            base_url=s.sms.base_url,
+            validity_period_s=s.sms.validity_period_s,
         )
-        self.sms_worker = SmsOutboxWorker(self.pool, self._sms, DeliveryConfig.from_settings(s))
+        self.sms_worker = SmsOutboxWorker(
+            self.pool, self._sms, DeliveryConfig.from_settings(s.sms, s.api)
+        )
+        timers = AlertTimers(self.pool, s.alerts.escalation())
         self._tasks += [
             asyncio.create_task(self.sms_worker.run(), name="sms-worker"),
             asyncio.create_task(self._missing_data_timer(), name="missing-data"),
-            asyncio.create_task(AlertTimers.from_settings(self.pool, s).run(), name="alert-timers"),
+            asyncio.create_task(timers.run(s.alerts.timer_interval_s), name="alert-timers"),
         ]
-        if s.ehr_fhir_base_url is not None:
-            self.fhir_push = FhirPushWorker.from_settings(self.pool, s)
+        if s.ehr.fhir_base_url is not None:
+            self.fhir_push = FhirPushWorker.from_settings(
+                self.pool, s.ehr, poll_interval_s=s.sms.outbox_poll_interval_s
+            )
             self._tasks.append(asyncio.create_task(self.fhir_push.run(), name="fhir-push"))
 
     async def _start_api(self) -> None:
         s = self.settings
         assert self.pool is not None
         assert self.pipeline is not None
-        dsn = s.database_url.get_secret_value()
+        dsn = s.database.url.get_secret_value()
         self._broadcaster = Broadcaster(dsn, (ALERTS_CHANNEL, INGEST_CHANNEL))
         await self._broadcaster.start()
-        admin_password = s.mqtt_admin_password
-        broker = BrokerAdmin(
-            BrokerAdminConfig(
-                host=s.mqtt_host,
-                port=s.mqtt_port,
-                username=s.mqtt_admin_username or "",
-                password=admin_password.get_secret_value() if admin_password else "",
-            )
-        )
         app = create_app(
             self.pool,
             self._broadcaster,
             self.pipeline,
-            broker,
-            AuthConfig.from_settings(s),
-            snooze_caps=SnoozeCaps.from_minutes(s.snooze_cap_min),
-            settings=s,
+            BrokerAdmin(s.mqtt.admin()),
+            s,
             ops=Operations(
                 self.metrics,
                 self.gateway.connected.is_set if self.gateway is not None else None,
-                s.metrics_db_timeout_s,
+                s.operations.metrics_db_timeout_s,
             ),
         )
         config = uvicorn.Config(
             app,
-            host=s.api_host,
-            port=s.api_port,
+            host=s.api.host,
+            port=s.api.port,
             lifespan="off",
             log_config=None,  # uvicorn logs through ours (rpm/logging_setup.py)
             log_level=None,
-            access_log=s.access_log,
-            timeout_graceful_shutdown=max(1, int(s.shutdown_timeout_s)),
+            access_log=s.operations.access_log,
+            timeout_graceful_shutdown=max(1, int(s.operations.shutdown_timeout_s)),
         )
         self._uvicorn = _Uvicorn(config)
         self._tasks.append(asyncio.create_task(self._uvicorn.serve(), name="api"))
 
     async def _missing_data_timer(self) -> None:
-        """Evaluate missing-data rules every ``missing_data_interval_s`` (state is in the DB)."""
+        """Evaluate missing-data rules every ``rules.missing_data_interval_s`` (state is in
+        the DB)."""
         assert self.pipeline is not None
         while True:
             try:
@@ -260,7 +235,7 @@ class Server:
                     log.info("missing-data alerts opened: %d", len(result.alerts_opened))
             except StorageError as exc:
                 log.warning("missing-data check skipped: %s", exc)
-            await asyncio.sleep(self.settings.missing_data_interval_s)
+            await asyncio.sleep(self.settings.rules.missing_data_interval_s)
 
     async def wait(self) -> None:
         """Return when any part stops (its exception propagates)."""
@@ -300,13 +275,17 @@ class Server:
                 )
             )
         m.watch_database(
-            DatabaseGauges(self.pool, max_age_s=s.metrics_cache_s, timeout_s=s.metrics_db_timeout_s)
+            DatabaseGauges(
+                self.pool,
+                max_age_s=s.operations.metrics_cache_s,
+                timeout_s=s.operations.metrics_db_timeout_s,
+            )
         )
 
     async def stop(self) -> None:
         """Stop gracefully: no new HTTP requests or MQTT messages; the batch in flight
         commits and is acknowledged, the workers finish what they are sending; whatever
-        still runs after ``shutdown_timeout_s`` is cancelled (unacknowledged work is
+        still runs after ``operations.shutdown_timeout_s`` is cancelled (unacknowledged work is
         redelivered or retried after a restart, so nothing is lost either way)."""
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
@@ -320,7 +299,8 @@ class Server:
             if t.get_name() not in _GRACEFUL:
                 t.cancel()
         if self._tasks:
-            _, late = await asyncio.wait(self._tasks, timeout=self.settings.shutdown_timeout_s)
+            timeout = self.settings.operations.shutdown_timeout_s
+            _, late = await asyncio.wait(self._tasks, timeout=timeout)
             for t in late:
                 log.warning("shutdown: %s did not finish in time; cancelled", t.get_name())
                 t.cancel()

@@ -102,7 +102,7 @@ def _password(path: Path | None) -> str:
 
 
 async def _add(args: argparse.Namespace, settings: Settings, password_hash: str) -> int:
-    conn = await connect(settings.database_url.get_secret_value())
+    conn = await connect(settings.database.url.get_secret_value())
     try:
         await staff_auth.add_staff(
             conn,

@@ -68,18 +68,20 @@ async def run_demo(opts: DemoOptions) -> int:
     port = pick_port(opts.port) if opts.port else free_port()
     settings = settings_for_local(
         endpoints,
-        database_url=SecretStr(database_url),
-        api_port=port,
-        twilio_account_sid=DEMO_SID,
-        twilio_auth_token=SecretStr(DEMO_TOKEN),
-        twilio_base_url=sink_url,
-        mqtt_client_id=DEMO_GATEWAY_ID,
+        database={"url": SecretStr(database_url)},
+        api={"port": port},
+        sms={
+            "account_sid": DEMO_SID,
+            "auth_token": SecretStr(DEMO_TOKEN),
+            "base_url": sink_url,
+        },
+        mqtt={"client_id": DEMO_GATEWAY_ID},
         # The replay runs days in seconds: missing-data rules run on its simulated clock
         # (simulators.simulate.missing_check_on_sim_clock), not on the wall clock.
-        missing_data_interval_s=1e9,
-        ingest_rate_per_s=SIM_VENDOR_RATE_PER_S,  # the fleet's vendors (simulators.simulate)
-        access_log=False,  # a line per webhook would bury the status lines
-        ingest_burst=int(SIM_VENDOR_RATE_PER_S),
+        rules={"missing_data_interval_s": 1e9},
+        # The fleet's vendors (simulators.simulate).
+        ingest={"rate_per_s": SIM_VENDOR_RATE_PER_S, "burst": int(SIM_VENDOR_RATE_PER_S)},
+        operations={"access_log": False},  # a line per webhook would bury the status lines
     )
     server = Server(settings)
     await server.start()

@@ -19,7 +19,7 @@ import logging
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -27,15 +27,13 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from pydantic import SecretStr
 
-from device_gateways.broker_admin import BrokerAdmin, BrokerAdminConfig
-from rpm.domain import Metric
+from device_gateways.broker_admin import BrokerAdmin
 from rpm.domain.errors import BrokerProvisioningError
 from rpm.local_endpoints import ServiceEndpoints, settings_for_local
 from rpm.pipeline import IngestPipeline
 from rpm.server import Server
-from rpm.settings import Settings
+from rpm.settings import MqttSettings, Settings
 from rpm.storage.pool import create_pool
-from rpm.validation import ClockPolicy
 from rules.engine import Engine
 from rules.programs import RuleBook
 from simulators.enrolment import external_prefix
@@ -215,13 +213,10 @@ def missing_check_on_sim_clock(server: Server) -> MissingCheck:
     sim_now = [datetime.now(UTC)]
     pipeline = IngestPipeline(
         server.pool,
-        ClockPolicy(
-            max_skew=timedelta(seconds=s.clock_skew_s), max_age=timedelta(days=s.max_age_days)
-        ),
+        s.ingest.clock(),
         now=lambda: sim_now[0],
-        engine=Engine(
-            RuleBook.builtin(), {Metric(k): v for k, v in s.rule_buffer_capacity.items()}
-        ),
+        engine=Engine(RuleBook.builtin(), s.rules.buffer_capacity),
+        rules_refresh_s=s.rules.refresh_s,
     )
 
     async def check(at: datetime) -> None:
@@ -234,13 +229,13 @@ def missing_check_on_sim_clock(server: Server) -> MissingCheck:
 def target_for(server: Server, *, sim_clock_missing: bool = True) -> Target:
     s = server.settings
     assert server.pool is not None
-    admin_password = s.mqtt_admin_password
+    admin_password = s.mqtt.admin_password
     return Target(
         pool=server.pool,
-        broker=broker_admin(s),
-        mqtt_host=s.mqtt_host,
-        mqtt_port=s.mqtt_port,
-        api_url=f"http://{s.api_host}:{s.api_port}",
+        broker=broker_admin(s.mqtt),
+        mqtt_host=s.mqtt.host,
+        mqtt_port=s.mqtt.port,
+        api_url=f"http://{s.api.host}:{s.api.port}",
         password_key=admin_password.get_secret_value() if admin_password else "",
         mqtt_duplicates=lambda: server.counters.duplicates,
         missing_check=missing_check_on_sim_clock(server) if sim_clock_missing else None,
@@ -294,19 +289,17 @@ def accelerated(opts: SimulateOptions) -> bool:
 SIM_VENDOR_RATE_PER_S = 5000.0
 
 
-def server_overrides(opts: SimulateOptions) -> dict[str, object]:
-    """Settings for the server under simulation. When simulated time is not wall time the
-    wall-clock missing-data timer is parked (see ``missing_check_on_sim_clock``)."""
-    out: dict[str, object] = {
-        "twilio_account_sid": SIM_SID,
-        "twilio_auth_token": SecretStr(SIM_TOKEN),
+def server_overrides(opts: SimulateOptions) -> dict[str, dict[str, object]]:
+    """Settings for the server under simulation, by group. When simulated time is not wall
+    time the wall-clock missing-data timer is parked (see ``missing_check_on_sim_clock``)."""
+    out: dict[str, dict[str, object]] = {
+        "sms": {"account_sid": SIM_SID, "auth_token": SecretStr(SIM_TOKEN)},
         # One integration per vendor format carries a whole fleet's webhooks: allow it the
         # volume (a deployment sizes RPM_INGEST_RATE_PER_S to its vendors the same way).
-        "ingest_rate_per_s": SIM_VENDOR_RATE_PER_S,
-        "ingest_burst": int(SIM_VENDOR_RATE_PER_S),
+        "ingest": {"rate_per_s": SIM_VENDOR_RATE_PER_S, "burst": int(SIM_VENDOR_RATE_PER_S)},
     }
     if accelerated(opts):
-        out["missing_data_interval_s"] = 1e9
+        out["rules"] = {"missing_data_interval_s": 1e9}
     return out
 
 
@@ -329,31 +322,22 @@ def _print_result(result: RunResult) -> None:
     )
 
 
-def broker_admin(settings: Settings, timeout_s: float = 120.0) -> BrokerAdmin:
-    """The broker's dynamic-security admin as ``settings`` name it."""
-    password = settings.mqtt_admin_password
-    return BrokerAdmin(
-        BrokerAdminConfig(
-            host=settings.mqtt_host,
-            port=settings.mqtt_port,
-            username=settings.mqtt_admin_username or "",
-            password=password.get_secret_value() if password else "",
-            # Each dynamic-security change rewrites the broker's file: thousands of new
-            # logins take a while.
-            timeout_s=timeout_s,
-        )
-    )
+def broker_admin(mqtt: MqttSettings, timeout_s: float = 120.0) -> BrokerAdmin:
+    """The broker's dynamic-security admin as the settings name it."""
+    # Each dynamic-security change rewrites the broker's file: thousands of new logins
+    # take a while.
+    return BrokerAdmin(replace(mqtt.admin(), timeout_s=timeout_s))
 
 
 def external_target(settings: Settings, pool: asyncpg.Pool, api_url: str) -> Target:
     """A running deployment, as its settings describe it: no in-process counters and no
     missing-data passes of ours (its own timer runs on the wall clock)."""
-    password = settings.mqtt_admin_password
+    password = settings.mqtt.admin_password
     return Target(
         pool=pool,
-        broker=broker_admin(settings),
-        mqtt_host=settings.mqtt_host,
-        mqtt_port=settings.mqtt_port,
+        broker=broker_admin(settings.mqtt),
+        mqtt_host=settings.mqtt.host,
+        mqtt_port=settings.mqtt.port,
         api_url=api_url.rstrip("/"),
         password_key=password.get_secret_value() if password else "",
         shared=True,
@@ -362,13 +346,13 @@ def external_target(settings: Settings, pool: asyncpg.Pool, api_url: str) -> Tar
 
 def external_problem(settings: Settings) -> str | None:
     """Why ``settings`` cannot describe a deployment to simulate against, if they cannot."""
-    if not settings.mqtt_admin_username or settings.mqtt_admin_password is None:
+    if not settings.mqtt.admin_username or settings.mqtt.admin_password is None:
         return (
             "--external needs the broker's dynamic-security admin login "
             "(RPM_MQTT_ADMIN_USERNAME and RPM_MQTT_ADMIN_PASSWORD) to give each virtual "
             "device its own login"
         )
-    if settings.mqtt_tls_ca_file:
+    if settings.mqtt.tls_ca_file:
         return "--external does not speak TLS to the broker yet (RPM_MQTT_TLS_CA_FILE is set)"
     return None
 
@@ -392,7 +376,9 @@ async def run_external(
         print(f"rpm simulate: {problem}", file=sys.stderr)
         return 2
     try:  # before enrolling anything: the admin login works and the plugin answers
-        await broker_admin(settings, timeout_s=10.0).apply([{"command": "getDefaultACLAccess"}])
+        await broker_admin(settings.mqtt, timeout_s=10.0).apply(
+            [{"command": "getDefaultACLAccess"}]
+        )
     except BrokerProvisioningError as exc:
         print(
             f"rpm simulate: the broker's dynamic-security admin login does not work: {exc}",
@@ -400,7 +386,7 @@ async def run_external(
         )
         return 2
     try:
-        pool = await create_pool(settings.database_url.get_secret_value(), size=4)
+        pool = await create_pool(settings.database.url.get_secret_value(), size=4)
     except (OSError, asyncpg.PostgresError) as exc:
         # The URL holds the database password: name the failure, not the URL.
         print(f"rpm simulate: cannot open RPM_DATABASE_URL: {type(exc).__name__}", file=sys.stderr)
@@ -415,7 +401,7 @@ async def run_external(
         print(
             f"rpm simulate --external: {len(plan.patients)} patients ({prefix}*), "
             f"{len(plan.sends):,} payloads ({sum(s.readings for s in plan.sends):,} readings) "
-            f"to {settings.mqtt_host}:{settings.mqtt_port} and {opts.external_api_url}",
+            f"to {settings.mqtt.host}:{settings.mqtt.port} and {opts.external_api_url}",
             flush=True,
         )
         target = external_target(settings, pool, opts.external_api_url)
@@ -449,14 +435,12 @@ async def run(data_dir: Path, opts: SimulateOptions, *, port: int, stop_services
     await fresh_gateway_session(endpoints, SIM_GATEWAY_ID)
     sink = TwilioSink(account_sid=SIM_SID, auth_token=SIM_TOKEN)
     sink_url = await sink.start()
-    settings: Settings = settings_for_local(
-        endpoints,
-        database_url=SecretStr(database_url),
-        api_port=pick_port(port) if port else free_port(),
-        twilio_base_url=sink_url,
-        mqtt_client_id=SIM_GATEWAY_ID,
-        **server_overrides(opts),
-    )
+    overrides = server_overrides(opts)
+    overrides["database"] = {"url": SecretStr(database_url)}
+    overrides["api"] = {"port": pick_port(port) if port else free_port()}
+    overrides["sms"] = {**overrides["sms"], "base_url": sink_url}
+    overrides["mqtt"] = {"client_id": SIM_GATEWAY_ID}
+    settings: Settings = settings_for_local(endpoints, **overrides)
     server = Server(settings)
     await server.start()
     try:
@@ -469,8 +453,8 @@ async def run(data_dir: Path, opts: SimulateOptions, *, port: int, stop_services
         print(
             f"rpm simulate: {len(plan.patients)} patients, {len(plan.sends):,} payloads "
             f"({sum(s.readings for s in plan.sends):,} readings), "
-            f"{len(plan.truth)} scenario cases; dashboard http://{settings.api_host}:"
-            f"{settings.api_port}/",
+            f"{len(plan.truth)} scenario cases; dashboard http://{settings.api.host}:"
+            f"{settings.api.port}/",
             flush=True,
         )
         result = await run_plan(plan, target, RunOptions(opts.pace, progress=opts.progress))

@@ -172,14 +172,18 @@ def server_settings(
 ) -> Settings:
     return settings_for_local(
         services,
-        database_url=SecretStr(db_url),
-        api_port=free_port(),
-        mqtt_client_id=f"rpm-test-{request.node.name[:40]}-{next(_db_numbers)}",
-        twilio_account_sid=TWILIO_SID,
-        twilio_auth_token=SecretStr(TWILIO_TOKEN),
-        twilio_base_url=twilio.base_url,
-        outbox_poll_interval_s=0.1,
-        batch_max_wait_ms=5,
+        database={"url": SecretStr(db_url)},
+        api={"port": free_port()},
+        mqtt={
+            "client_id": f"rpm-test-{request.node.name[:40]}-{next(_db_numbers)}",
+            "batch_max_wait_ms": 5,
+        },
+        sms={
+            "account_sid": TWILIO_SID,
+            "auth_token": SecretStr(TWILIO_TOKEN),
+            "base_url": twilio.base_url,
+            "outbox_poll_interval_s": 0.1,
+        },
     )
 
 

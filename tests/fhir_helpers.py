@@ -85,7 +85,7 @@ OBSERVATIONS_OF_PAT_1 = len(READINGS) + 3
 async def ingest_clinic(pool: asyncpg.Pool, *, fhir_push: bool = False) -> IngestPipeline:
     """Enroll the clinic and store pat-1's readings (one batch) and one of pat_2's."""
     await enroll(pool)
-    pipeline = IngestPipeline(pool, ClockPolicy(), fhir_push=fhir_push)
+    pipeline = IngestPipeline(pool, ClockPolicy(), rules_refresh_s=0, fhir_push=fhir_push)
     batch = [message(d, m, v, minutes_ago(n)) for d, m, v, n in READINGS]
     batch.append(
         message(

@@ -14,8 +14,9 @@ import asyncpg
 from fastapi import FastAPI
 
 from rpm.api.guard import Guard
-from rpm.auth import STAFF_TOKEN_PREFIX, Auth, token_hash
+from rpm.auth import STAFF_TOKEN_PREFIX, Auth, AuthConfig, token_hash
 from rpm.domain import AcceptedReading, Metric, RawMessage, Reading
+from rpm.settings import ApiSettings
 from rpm.storage import staff as staff_store
 from rpm.storage import staff_auth
 
@@ -161,6 +162,6 @@ def api_app(pool: asyncpg.Pool) -> FastAPI:
     """A bare app for mounting single routers in tests: with the ``Auth`` the access
     dependencies look for, and the audit/headers middleware of the real app."""
     app = FastAPI()
-    app.state.auth = Auth(pool)
+    app.state.auth = Auth(pool, AuthConfig.from_settings(ApiSettings()))
     app.add_middleware(Guard, pool=pool, hsts=False)
     return app

@@ -71,7 +71,7 @@ class Clinic:
 
 @pytest.fixture
 async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:
-    base = f"http://127.0.0.1:{server.settings.api_port}"
+    base = f"http://127.0.0.1:{server.settings.api.port}"
     async with httpx.AsyncClient(base_url=base, timeout=15, headers=UA) as client:
         yield client
 

@@ -183,6 +183,8 @@ def test_snooze_caps_by_severity() -> None:
     caps.check(Severity.LOW, timedelta(hours=24))
     with pytest.raises(SnoozeTooLong):
         caps.check(Severity.MEDIUM, timedelta(hours=25))
-    tighter = SnoozeCaps.from_minutes({"critical": 15, "high": 60, "medium": 60, "low": 60})
+    tighter = SnoozeCaps(
+        {s: timedelta(minutes=15 if s is Severity.CRITICAL else 60) for s in Severity}
+    )
     with pytest.raises(SnoozeTooLong):
         tighter.check(Severity.CRITICAL, timedelta(minutes=16))

@@ -20,6 +20,7 @@ from rpm.auth import (
     verify_password,
 )
 from rpm.domain import Metric
+from rpm.settings import ApiSettings
 from rpm.storage import staff_auth
 from rules.programs import RuleBook
 
@@ -83,7 +84,7 @@ def test_after_sign_in_only_dashboard_paths(target: str | None, expected: str) -
 
 
 def test_session_cookie_is_hardened_and_secure_when_configured() -> None:
-    plain = Auth(pool=None, config=AuthConfig())  # type: ignore[arg-type]
+    plain = Auth(pool=None, config=AuthConfig.from_settings(ApiSettings()))  # type: ignore[arg-type]
     response = Response()
     plain.set_session_cookie(response, "token")
     cookie = response.headers["set-cookie"]
@@ -91,7 +92,8 @@ def test_session_cookie_is_hardened_and_secure_when_configured() -> None:
     assert "HttpOnly" in cookie
     assert "SameSite=strict" in cookie
     assert "Secure" not in cookie
-    secure = Auth(pool=None, config=AuthConfig(cookie_secure=True))  # type: ignore[arg-type]
+    config = AuthConfig.from_settings(ApiSettings(session_cookie_secure=True))
+    secure = Auth(pool=None, config=config)  # type: ignore[arg-type]
     response = Response()
     secure.set_session_cookie(response, "token")
     cookie = response.headers["set-cookie"]

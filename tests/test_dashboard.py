@@ -36,7 +36,7 @@ HTML = {"Accept": "text/html"}
 
 @pytest.fixture
 async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:
-    base = f"http://127.0.0.1:{server.settings.api_port}"
+    base = f"http://127.0.0.1:{server.settings.api.port}"
     async with httpx.AsyncClient(base_url=base, timeout=10) as client:
         yield client
 
@@ -149,12 +149,12 @@ async def test_failed_sign_ins_are_limited_per_name_and_address(
 ) -> None:
     assert server.pool is not None
     await add_nurse(server.pool, "other.nurse", NURSE_PASSWORD)
-    for _ in range(server.settings.signin_max_failures):
+    for _ in range(server.settings.api.signin_max_failures):
         assert (await sign_in(http, password="wrong password, again")).status_code == 401
     limited = await sign_in(http)  # even the right password, for now
     assert limited.status_code == 429
     assert "Too many failed sign-ins" in limited.text
-    assert 0 < int(limited.headers["retry-after"]) <= server.settings.signin_failure_window_s
+    assert 0 < int(limited.headers["retry-after"]) <= server.settings.api.signin_failure_window_s
     assert "rpm_session" not in http.cookies
     # Another name from the same address is not locked out.
     other = await sign_in(http, username="other.nurse")
@@ -340,7 +340,7 @@ async def test_assign_to_me_or_a_clear_answer_until_the_api_offers_it(
 async def test_staff_add_command(
     server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("RPM_DATABASE_URL", server.settings.database_url.get_secret_value())
+    monkeypatch.setenv("RPM_DATABASE_URL", server.settings.database.url.get_secret_value())
     monkeypatch.delenv("RPM_STAFF_PASSWORD", raising=False)
     secret = tmp_path / "password"
     secret.write_text("a long enough passphrase\n")

@@ -53,7 +53,7 @@ async def test_a_crisis_reading_appears_live_is_acknowledged_and_explained(
     assert server.pool is not None
     await add_nurse(server.pool)
     await enroll(server.pool, "pat-browser", {"cuff-browser": "bp_cuff"}, ["hypertension"])
-    base = f"http://127.0.0.1:{server.settings.api_port}"
+    base = f"http://127.0.0.1:{server.settings.api.port}"
     shots = artifacts_dir()
     problems: list[str] = []  # script errors and CSP violations the page reports
 

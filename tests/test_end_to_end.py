@@ -57,7 +57,7 @@ async def patient(server: Server) -> str:
 async def test_crisis_reading_flows_to_api_stream_sms_and_fhir(
     server: Server, services: ServiceEndpoints, twilio: TwilioSink, patient: str
 ) -> None:
-    api = f"http://127.0.0.1:{server.settings.api_port}"
+    api = f"http://127.0.0.1:{server.settings.api.port}"
     measured = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
     reading = {
         "metric": "blood_pressure",
@@ -120,7 +120,7 @@ async def test_crisis_reading_flows_to_api_stream_sms_and_fhir(
         assert sms.body is not None
         assert "danger range" in sms.body
         assert "nurse" in sms.body
-        assert sms.validity_period == server.settings.sms_validity_period_s
+        assert sms.validity_period == server.settings.sms.validity_period_s
 
         # 4. The record: FHIR Observations, valid R4.
         resp = await http.get("/fhir/Observation", params={"patient": patient})
@@ -186,7 +186,7 @@ async def test_malformed_and_unknown_device_are_quarantined_and_the_gateway_keep
             }
         ).encode(),
     )
-    api = f"http://127.0.0.1:{server.settings.api_port}"
+    api = f"http://127.0.0.1:{server.settings.api.port}"
     assert server.pool is not None
     admin = await staff_headers(server.pool)
     async with httpx.AsyncClient(base_url=api, headers=admin) as http:

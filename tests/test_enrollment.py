@@ -50,7 +50,7 @@ def bp(sys_: int, minutes_ago: int = 1, **extra: object) -> dict[str, object]:
 async def api(server: Server) -> AsyncIterator[httpx.AsyncClient]:
     assert server.pool is not None
     async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{server.settings.api_port}",
+        base_url=f"http://127.0.0.1:{server.settings.api.port}",
         timeout=15,
         headers=await staff_headers(server.pool),
     ) as client:

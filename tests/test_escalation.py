@@ -33,7 +33,7 @@ from alerts.escalation import (
 from alerts.lifecycle import Action, AlertState
 from alerts.policy import Snooze, SnoozeCaps
 from rpm.domain import Severity
-from rpm.settings import Settings
+from rpm.settings import AlertSettings
 from rpm.storage import alert_timers as timer_store
 from rpm.storage import alerts as alert_store
 from rpm.storage import rule_programs
@@ -188,20 +188,31 @@ def test_the_staff_sms_carries_ids_and_the_title_only() -> None:
 
 
 def test_settings_defaults_are_the_pure_defaults() -> None:
-    s = Settings()
-    config = AlertTimers.from_settings(None, s).config  # type: ignore[arg-type]
+    s = AlertSettings()
+    config = s.escalation()
     assert {sev: config.delay(sev) for sev in Severity} == {sev: CFG.delay(sev) for sev in Severity}
     assert (config.retry_after, config.renotify_after) == (CFG.retry_after, CFG.renotify_after)
-    caps, default = SnoozeCaps.from_minutes(s.snooze_cap_min), SnoozeCaps()
+    caps, default = s.snooze_caps(), SnoozeCaps()
     assert {sev: caps.cap(sev) for sev in Severity} == {sev: default.cap(sev) for sev in Severity}
-    tuned = Settings(
+    tuned = AlertSettings(
         escalation_after_min={"HIGH": 20, "low": 600}, renotify_after_min=0
     )  # others keep their defaults
-    config = AlertTimers.from_settings(None, tuned).config  # type: ignore[arg-type]
+    config = tuned.escalation()
     assert config.delay(Severity.HIGH) == timedelta(minutes=20)
     assert config.delay(Severity.LOW) == timedelta(hours=10)
     assert config.delay(Severity.CRITICAL) == timedelta(minutes=10)
     assert config.renotify_after is None
+
+
+def test_settings_read_severities_by_their_one_definition(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RPM_SNOOZE_CAP_MIN", '{"Critical": 15}')
+    assert AlertSettings().snooze_caps().cap(Severity.CRITICAL) == timedelta(minutes=15)
+    monkeypatch.setenv("RPM_ESCALATION_AFTER_MIN", '{"urgent": 5}')
+    with pytest.raises(ValueError, match="unknown severity 'urgent'"):
+        AlertSettings()
+    monkeypatch.setenv("RPM_ESCALATION_AFTER_MIN", '{"high": -1}')
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
+        AlertSettings()
 
 
 # --- the timers worker against PostgreSQL, with a frozen now ------------------------------

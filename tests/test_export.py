@@ -22,7 +22,7 @@ from device_gateways.webhook_auth import sign
 from rpm.domain.errors import ConfigurationError
 from rpm.export import Pseudonyms, age_band, load_key
 from rpm.server import Server
-from rpm.settings import Settings
+from rpm.settings import ExportSettings, Settings
 from tests.helpers import staff_headers
 
 KEY = "k" * 16 + "export-key-for-tests-0123456789"
@@ -57,13 +57,13 @@ def test_age_bands_at_their_boundaries(born: date | None, on: date, band: str) -
 
 def test_key_is_required_long_and_single(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigurationError, match="no export key"):
-        load_key(Settings())
+        load_key(ExportSettings())
     with pytest.raises(ConfigurationError, match="at least 32 bytes"):
-        load_key(Settings(export_key=SecretStr("short")))
+        load_key(ExportSettings(key=SecretStr("short")))
     key_file = tmp_path / "key"
     key_file.write_text(KEY + "\n")
     monkeypatch.setenv("RPM_EXPORT_KEY_FILE", str(key_file))
-    assert load_key(Settings()) == KEY.encode()
+    assert load_key(ExportSettings()) == KEY.encode()
     monkeypatch.setenv("RPM_EXPORT_KEY", KEY)
     with pytest.raises(ValueError, match="not both"):
         Settings()
@@ -96,7 +96,7 @@ async def populated(server: Server) -> str:
     """Two patients (names, phones, birth dates), a vendor device, readings and an alert
     acknowledged and resolved by a nurse with a note naming the patient."""
     async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{server.settings.api_port}",
+        base_url=f"http://127.0.0.1:{server.settings.api.port}",
         timeout=15,
         headers=await admin_headers(server),
     ) as api:
@@ -166,7 +166,7 @@ async def populated(server: Server) -> str:
         assert r.status_code == 200, r.text
         r = await api.post(f"/api/alerts/{alert_id}/resolve", json={"actor": NURSE, "note": NOTE})
         assert r.status_code == 200, r.text
-    return server.settings.database_url.get_secret_value()
+    return server.settings.database.url.get_secret_value()
 
 
 async def rpm_export(
@@ -302,7 +302,7 @@ async def test_registration_refuses_future_birth_dates_and_unknown_time_zones(
     server: Server,
 ) -> None:
     async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{server.settings.api_port}",
+        base_url=f"http://127.0.0.1:{server.settings.api.port}",
         timeout=15,
         headers=await admin_headers(server),
     ) as api:

@@ -31,7 +31,7 @@ from rpm.fhir.mapping import RecordedReading, observation_id
 from rpm.fhir.push import FhirPushWorker, PushConfig
 from rpm.pipeline import IngestPipeline
 from rpm.server import Server
-from rpm.settings import Settings
+from rpm.settings import EhrSettings, Settings
 from rpm.storage import outbox as outbox_store
 from rpm.validation import ClockPolicy
 from simulators.fhir_server import FhirServer
@@ -72,14 +72,17 @@ def make_worker(
     *,
     auth: Any = None,
     timeout_s: float = 2.0,
-    **config: Any,
+    poll_interval_s: float = 0.05,
+    **settings: Any,
 ) -> FhirPushWorker:
+    """A worker pushing to ``ehr``; ``settings``: fields of ``EhrSettings``."""
     assert ehr.base_url is not None
-    settings = {"backoff_base_s": 1.0, "backoff_cap_s": 8.0, "max_attempts": 5, **config}
+    values = {"backoff_base_s": 1.0, "backoff_cap_s": 8.0, "max_attempts": 5, **settings}
+    config = PushConfig.from_settings(EhrSettings(**values), poll_interval_s=poll_interval_s)
     client = EhrClient(ehr.base_url, auth, timeout_s=timeout_s)
     if clock is None:
-        return FhirPushWorker(pool, client, PushConfig(**settings))
-    return FhirPushWorker(pool, client, PushConfig(**settings), clock=clock)
+        return FhirPushWorker(pool, client, config)
+    return FhirPushWorker(pool, client, config, clock=clock)
 
 
 async def outbox(pool: asyncpg.Pool) -> list[asyncpg.Record]:
@@ -420,7 +423,9 @@ async def test_client_credentials_token_is_cached_and_fetched_again_after_a_401(
             pipeline_item = message(
                 "scale-1", "weight", {"weight": 81.0}, NOW - timedelta(minutes=1)
             )
-            await IngestPipeline(pool, ClockPolicy(), fhir_push=True).process([pipeline_item])
+            await IngestPipeline(pool, ClockPolicy(), rules_refresh_s=0, fhir_push=True).process(
+                [pipeline_item]
+            )
             clock.advance(1)
             assert await worker.drain_once() == 1
         finally:
@@ -428,7 +433,7 @@ async def test_client_credentials_token_is_cached_and_fetched_again_after_a_401(
         assert auth.fetched == 2
         assert len(ehr.observations) == OBSERVATIONS + 1
         bad = ClientCredentials(ehr.token_url, "rpm-server", "wrong", None)
-        client = EhrClient(str(ehr.base_url), bad)
+        client = EhrClient(str(ehr.base_url), bad, timeout_s=2.0)
         try:
             with pytest.raises(EhrUnavailable, match="token endpoint answered 401"):
                 await client.transaction(transaction([]))
@@ -447,7 +452,7 @@ async def test_outage_under_load_every_observation_delivered_exactly_once(
     likewise: timeout 10 s -> 0.4 s, backoff base 2 s -> 0.05 s, cap 600 s -> 0.4 s, poll
     0.5 s -> 0.05 s. Afterwards every Observation is at the EHR exactly once."""
     await enroll(pool)
-    pipeline = IngestPipeline(pool, ClockPolicy(), fhir_push=True)
+    pipeline = IngestPipeline(pool, ClockPolicy(), rules_refresh_s=0, fhir_push=True)
     devices = [
         ("cuff-1", "blood_pressure", {"systolic": 128, "diastolic": 82, "pulse": 71}),
         ("ox-1", "spo2", {"spo2": 96, "pulse": 68}),
@@ -512,12 +517,8 @@ async def test_outage_under_load_every_observation_delivered_exactly_once(
 async def test_the_server_pushes_when_an_ehr_is_configured(
     server_settings: Settings, ehr: FhirServer
 ) -> None:
-    settings = server_settings.model_copy(
-        update={
-            "ehr_fhir_base_url": ehr.base_url,
-            "ehr_bearer_token": None,
-            "ehr_timeout_s": 2.0,
-        }
+    settings = server_settings.updated(
+        ehr={"fhir_base_url": ehr.base_url, "bearer_token": None, "timeout_s": 2.0}
     )
     server = Server(settings)
     await server.start()

@@ -104,12 +104,12 @@ async def admin_headers(server: Server) -> dict[str, str]:
 
 @pytest.fixture
 def server_settings(server_settings: Settings) -> Settings:
-    return server_settings.model_copy(
-        update={
-            "ingest_rate_per_s": CRAWL,
-            "ingest_burst": BURST,
-            "ingest_unauth_rate_per_s": CRAWL,
-            "ingest_unauth_burst": BURST,
+    return server_settings.updated(
+        ingest={
+            "rate_per_s": CRAWL,
+            "burst": BURST,
+            "unauth_rate_per_s": CRAWL,
+            "unauth_burst": BURST,
         }
     )
 
@@ -117,7 +117,7 @@ def server_settings(server_settings: Settings) -> Settings:
 @pytest.fixture
 async def api(server: Server) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{server.settings.api_port}",
+        base_url=f"http://127.0.0.1:{server.settings.api.port}",
         timeout=30,
         headers=await admin_headers(server),
     ) as client:
@@ -238,7 +238,7 @@ async def test_oversized_bodies_get_413_however_they_are_sent(
     api: httpx.AsyncClient, server: Server
 ) -> None:
     secret = await new_vendor(api, "big-co")
-    port = server.settings.api_port
+    port = server.settings.api.port
     # Content-Length claims more than the limit: refused before a byte of body is read.
     head = (
         b"POST /ingest/canonical HTTP/1.1\r\nHost: x\r\nX-RPM-Integration: big-co\r\n"

@@ -60,7 +60,7 @@ deep = st.integers(min_value=100, max_value=5000).map(lambda n: b"[" * n + b"]" 
 async def api(server: Server) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
     assert server.pool is not None
     async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{server.settings.api_port}",
+        base_url=f"http://127.0.0.1:{server.settings.api.port}",
         timeout=15,
         headers=await staff_headers(server.pool),
     ) as c:

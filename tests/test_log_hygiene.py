@@ -41,7 +41,7 @@ async def test_a_day_of_use_leaves_no_personal_data_or_secret_in_the_logs(
     for name in OUR_LOGGERS:
         caplog.set_level(logging.DEBUG, logger=name)
     assert server.pool is not None
-    base = f"http://127.0.0.1:{server.settings.api_port}"
+    base = f"http://127.0.0.1:{server.settings.api.port}"
     admin = await staff_headers(server.pool)
     secrets_seen: list[str] = [NAME, PHONE, PHONE.removeprefix("+"), NURSE_PASSWORD, TWILIO_TOKEN]
     secrets_seen.append(admin["Authorization"].removeprefix("Bearer "))

@@ -23,11 +23,9 @@ from schemathesis import Case, GenerationMode
 from schemathesis.checks import positive_data_acceptance
 from schemathesis.python.asgi import shutdown_lifespans
 
-from alerts.policy import SnoozeCaps
-from device_gateways.broker_admin import BrokerAdmin, BrokerAdminConfig
+from device_gateways.broker_admin import BrokerAdmin
 from rpm.api.app import create_app
 from rpm.api.live import Broadcaster
-from rpm.auth import AuthConfig
 from rpm.local_endpoints import ServiceEndpoints, settings_for_local
 from rpm.pipeline import IngestPipeline
 from rpm.settings import Settings
@@ -78,29 +76,19 @@ class LiveApp:
 
     async def _start(self) -> None:
         s = self.settings
-        dsn = s.database_url.get_secret_value()
+        dsn = s.database.url.get_secret_value()
         pool = await create_pool(dsn, size=4)
         self._close.append(pool.close)
-        pipeline = IngestPipeline(pool, ClockPolicy(), engine=Engine(RuleBook.builtin(), {}))
+        pipeline = IngestPipeline(
+            pool, ClockPolicy(), engine=Engine(RuleBook.builtin(), {}), rules_refresh_s=0
+        )
         async with pool.acquire() as conn:
             await rule_programs.seed_builtin(conn)
             await pipeline.load_rules(conn)
         broadcaster = Broadcaster(dsn, (ALERTS_CHANNEL,))
         await broadcaster.start()
         self._close.insert(0, broadcaster.stop)
-        password = s.mqtt_admin_password.get_secret_value() if s.mqtt_admin_password else ""
-        broker = BrokerAdmin(
-            BrokerAdminConfig(s.mqtt_host, s.mqtt_port, s.mqtt_admin_username or "", password)
-        )
-        self._app = create_app(
-            pool,
-            broadcaster,
-            pipeline,
-            broker,
-            AuthConfig.from_settings(s),
-            snooze_caps=SnoozeCaps.from_minutes(s.snooze_cap_min),
-            settings=s,
-        )
+        self._app = create_app(pool, broadcaster, pipeline, BrokerAdmin(s.mqtt.admin()), s)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -138,7 +126,7 @@ async def fuzz_db(services: ServiceEndpoints, template_db: str) -> AsyncIterator
 
 @pytest.fixture(scope="module")
 def api_schema(services: ServiceEndpoints, fuzz_db: str) -> Iterator[Any]:
-    app = LiveApp(settings_for_local(services, database_url=SecretStr(fuzz_db)))
+    app = LiveApp(settings_for_local(services, database={"url": SecretStr(fuzz_db)}))
     yield schemathesis.openapi.from_asgi("/openapi.json", app).exclude(path_regex=ENDLESS)
     shutdown_lifespans()  # closes the pool and the LISTEN connection before the drop
 

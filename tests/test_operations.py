@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +22,7 @@ from alerts.sms import SentSms, TwilioSms
 from rpm.local_endpoints import ServiceEndpoints, settings_for_local
 from rpm.logging_setup import JsonFormatter
 from rpm.server import Server
-from rpm.settings import Settings
+from rpm.settings import ApiSettings, Settings, SmsSettings, env_name, table
 from rpm.storage import outbox as outbox_store
 from rpm.storage import registry
 from rpm.workers.sms_outbox import DeliveryConfig, SmsOutboxWorker
@@ -35,7 +34,9 @@ from tests.helpers import eventually
 from tests.test_reliability import durable_db, local  # noqa: F401 - fixtures used below
 from tests.twilio_support import add_alert, add_patient, patient_payload
 
-CONFIGURATION_DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+ROOT = Path(__file__).resolve().parents[1]
+# The page holding the settings table between <!-- settings-table:start --> and :end -->.
+SETTINGS_TABLE = ROOT / "docs" / "configuration.md"
 PATIENT, CUFF, PHONE = "pat-ops", "cuff-ops", "+15550100077"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -83,7 +84,7 @@ def publish(services: ServiceEndpoints, device: str, payload: bytes) -> None:
 @pytest.fixture
 def server_settings(server_settings: Settings) -> Settings:
     """The suite's settings, with /metrics querying the database on every scrape."""
-    return server_settings.model_copy(update={"metrics_cache_s": 0.0})
+    return server_settings.updated(operations={"metrics_cache_s": 0.0})
 
 
 async def count(pool: asyncpg.Pool, sql: str) -> int:
@@ -120,7 +121,7 @@ async def test_metrics_count_real_traffic(
         await registry.enroll_device(
             conn, device_id="acme:V1", kind="bp_cuff", patient_id=PATIENT, since=since
         )
-    api = f"http://127.0.0.1:{server.settings.api_port}"
+    api = f"http://127.0.0.1:{server.settings.api.port}"
     async with httpx.AsyncClient(base_url=api, timeout=10) as http:
         _, before = await scrape(http)
         assert value(before, "rpm_broker_connected") == 1
@@ -189,7 +190,7 @@ async def test_metrics_count_real_traffic(
     assert value(after, "rpm_broker_reconnects_total") == 0
     assert value(after, "rpm_db_pool_size") >= 1
     assert 0 <= value(after, "rpm_db_pool_in_use") <= value(after, "rpm_db_pool_size")
-    assert value(after, "rpm_db_pool_max") == server.settings.database_pool_size
+    assert value(after, "rpm_db_pool_max") == server.settings.database.pool_size
     # Identifiers of people never appear: no patient, device or phone in any label.
     for secret in (PATIENT, CUFF, PHONE, "acme:V1"):
         assert secret not in text
@@ -207,7 +208,7 @@ async def test_outbox_depth_and_age_while_twilio_is_down(
             "VALUES ('sms', 'ops-test', '{}'::jsonb, now() - interval '90 seconds', "
             "now() + interval '1 hour')"
         )
-    api = f"http://127.0.0.1:{server.settings.api_port}"
+    api = f"http://127.0.0.1:{server.settings.api.port}"
     async with httpx.AsyncClient(base_url=api, timeout=10) as http:
         _, s = await scrape(http)
     assert value(s, "rpm_outbox_depth", channel="sms") == 1
@@ -223,17 +224,19 @@ async def test_readiness_follows_database_broker_and_migrations(
 ) -> None:
     settings = settings_for_local(
         services,
-        database_url=SecretStr(durable_db),
-        api_port=free_port(),
-        mqtt_client_id=f"rpm-ops-ready-{free_port()}",
-        twilio_account_sid=TWILIO_SID,
-        twilio_auth_token=SecretStr(TWILIO_TOKEN),
-        twilio_base_url=twilio.base_url,
-        metrics_cache_s=0.0,
+        database={"url": SecretStr(durable_db)},
+        api={"port": free_port()},
+        mqtt={"client_id": f"rpm-ops-ready-{free_port()}"},
+        sms={
+            "account_sid": TWILIO_SID,
+            "auth_token": SecretStr(TWILIO_TOKEN),
+            "base_url": twilio.base_url,
+        },
+        operations={"metrics_cache_s": 0.0},
     )
     server = Server(settings)
     await server.start()
-    api = f"http://127.0.0.1:{settings.api_port}"
+    api = f"http://127.0.0.1:{settings.api.port}"
     try:
         async with httpx.AsyncClient(base_url=api, timeout=10) as http:
 
@@ -327,7 +330,10 @@ async def test_sms_worker_stop_finishes_the_message_and_hands_back_the_rest(
     )
     try:
         channel = _StopDuringFirstSend(twilio_sms)
-        worker = SmsOutboxWorker(pool, channel, DeliveryConfig(poll_interval_s=0.05))
+        config = DeliveryConfig.from_settings(
+            SmsSettings(outbox_poll_interval_s=0.05), ApiSettings()
+        )
+        worker = SmsOutboxWorker(pool, channel, config)
         channel.worker = worker
         await asyncio.wait_for(worker.run(), 30)  # returns once stopped
         assert len(twilio.messages) == 1
@@ -343,7 +349,7 @@ async def test_sms_worker_stop_finishes_the_message_and_hands_back_the_rest(
             assert (r["delivered_at"], r["attempts"], r["due"]) == (None, 0, True)
             assert r["last_error"] == "released at shutdown"
         # The next worker (the restarted process) sends them at once, not after the lease.
-        again = SmsOutboxWorker(pool, twilio_sms, DeliveryConfig(poll_interval_s=0.05))
+        again = SmsOutboxWorker(pool, twilio_sms, config)
         assert await again.drain_once() == 2
         assert len(twilio.messages) == 3
     finally:
@@ -394,16 +400,20 @@ def test_json_log_line_of_an_exception_and_of_uvicorns_access_log() -> None:
 # --- configuration documented ------------------------------------------------------------------
 
 
-def test_readme_documents_every_setting() -> None:
-    """docs/configuration.md's settings table names every field of Settings by its environment
-    variable (and nothing that is not one), with its default."""
-    rows = re.findall(
-        r"^\| `(RPM_[A-Z0-9_]+)` \| ([^|]*) \|", CONFIGURATION_DOC.read_text(), re.MULTILINE
+def test_the_settings_table_is_generated_from_the_settings() -> None:
+    """The committed settings table (between the markers in ``SETTINGS_TABLE``) is what
+    ``python -m rpm.settings`` renders from the fields: every variable, its default and
+    meaning. After changing a setting: ``python -m rpm.settings --write <that file>``."""
+    assert table.committed(SETTINGS_TABLE.read_text(encoding="utf-8")) == table.render(), (
+        f"the settings table in {SETTINGS_TABLE.name} is stale: "
+        f"run python -m rpm.settings --write {SETTINGS_TABLE.relative_to(ROOT)}"
     )
-    documented = {name: default.strip() for name, default in rows}
-    fields = {f"RPM_{name.upper()}": f for name, f in Settings.model_fields.items()}
-    assert sorted(set(fields) - set(documented)) == [], "settings missing from the README table"
-    assert sorted(set(documented) - set(fields)) == [], "README documents settings that are gone"
-    for env, f in fields.items():
-        if f.default is not None and isinstance(f.default, bool | int | float | str):
-            assert str(f.default).lower() in documented[env].lower(), (env, documented[env])
+
+
+def test_every_setting_has_its_own_variable() -> None:
+    """Variables are unique across groups, and each has a meaning for the table."""
+    names = [
+        env_name(f) for group in Settings.groups().values() for f in group.model_fields.values()
+    ]
+    assert len(names) == len(set(names))
+    assert all(n.startswith("RPM_") and n == n.upper() for n in names)

@@ -48,7 +48,7 @@ async def enrolled(pool: asyncpg.Pool) -> IngestPipeline:
             patient_id="pat-1",
             since=NOW - timedelta(days=1),
         )
-    return IngestPipeline(pool, ClockPolicy())
+    return IngestPipeline(pool, ClockPolicy(), rules_refresh_s=0)
 
 
 async def test_readings_are_stored_once_and_a_crisis_opens_one_alert(

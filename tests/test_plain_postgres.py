@@ -57,7 +57,9 @@ async def test_migrations_and_ingest_on_plain_postgresql(tmp_path: Path) -> None
             raw = RawMessage(
                 "mqtt", "canonical", "cuff", payload, now, "rpm/v1/devices/cuff/readings"
             )
-            result = await IngestPipeline(pool, ClockPolicy()).process([raw, raw])
+            result = await IngestPipeline(pool, ClockPolicy(), rules_refresh_s=0).process(
+                [raw, raw]
+            )
             assert (result.stored, result.duplicates, len(result.alerts_opened)) == (1, 1, 1)
         finally:
             await pool.close()

@@ -55,7 +55,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from rpm.local_endpoints import ServiceEndpoints, settings_for_local
-from rpm.settings import Settings
+from rpm.settings import Group, Settings, env_name
 from rpm.storage import registry
 from simulators.localservices import LOOPBACK, LocalServices, free_port
 from simulators.twilio_sink import TwilioSink
@@ -401,14 +401,20 @@ class MqttTap:
 def settings_env(settings: Settings) -> dict[str, str]:
     """``settings`` as the RPM_* environment ``rpm serve`` reads, over a clean environment."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RPM_")}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        if isinstance(value, dict | list):
-            value = json.dumps(value)  # pydantic-settings reads complex values as JSON
-        env[f"RPM_{name.upper()}"] = str(value)
+    for name in Settings.groups():
+        group: Group = getattr(settings, name)
+        dumped = group.model_dump(mode="json")
+        for field_name, info in type(group).model_fields.items():
+            value = getattr(group, field_name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                text = value.get_secret_value()
+            elif isinstance(value, dict | list):
+                text = json.dumps(dumped[field_name])  # complex values are read as JSON
+            else:
+                text = str(value)
+            env[env_name(info)] = text
     return env
 
 
@@ -441,7 +447,7 @@ class Gateway:
     async def start(self, within: float = 30.0) -> None:
         """Start ``rpm serve`` and wait until it has subscribed and its API answers."""
         self._spawn()
-        url = f"http://{LOOPBACK}:{self.settings.api_port}/healthz"
+        url = f"http://{LOOPBACK}:{self.settings.api.port}/healthz"
         async with httpx.AsyncClient(timeout=2) as http:
 
             async def ready() -> bool:
@@ -698,14 +704,18 @@ async def gateway(
     """``rpm serve`` on ``durable_db``, reaching the broker through ``tap``; not started."""
     settings = settings_for_local(
         services,
-        database_url=SecretStr(durable_db),
-        mqtt_host=LOOPBACK,
-        mqtt_port=tap.port,
-        api_port=free_port(),
-        mqtt_client_id=f"rpm-rel-{request.node.name[:30]}-{os.getpid()}-{next(_numbers)}",
-        twilio_account_sid=TWILIO_SID,
-        twilio_auth_token=SecretStr(TWILIO_TOKEN),
-        twilio_base_url=twilio.base_url,
+        database={"url": SecretStr(durable_db)},
+        mqtt={
+            "host": LOOPBACK,
+            "port": tap.port,
+            "client_id": f"rpm-rel-{request.node.name[:30]}-{os.getpid()}-{next(_numbers)}",
+        },
+        api={"port": free_port()},
+        sms={
+            "account_sid": TWILIO_SID,
+            "auth_token": SecretStr(TWILIO_TOKEN),
+            "base_url": twilio.base_url,
+        },
     )
     g = Gateway(settings, tmp_path)
     try:
@@ -848,7 +858,9 @@ async def test_sigterm_mid_stream_finishes_the_batch_exits_0_and_loses_nothing(r
         proc = rig.gateway.proc
         assert proc is not None
         proc.send_signal(signal.SIGTERM)
-        code = await asyncio.to_thread(proc.wait, rig.gateway.settings.shutdown_timeout_s + 10)
+        code = await asyncio.to_thread(
+            proc.wait, rig.gateway.settings.operations.shutdown_timeout_s + 10
+        )
         assert code == 0, rig.gateway.log_tail()
         stored = await rig.probe.stored()
         assert stored is not None
@@ -894,7 +906,7 @@ async def test_postgres_restart_mid_stream_gateway_recovers_by_itself(
     assert "not committed" in rig.gateway.log(), "the outage never reached the gateway"
     # ... and it is visible to monitoring: /metrics counts the batches the outage refused.
     async with httpx.AsyncClient(timeout=10) as http:
-        r = await http.get(f"http://{LOOPBACK}:{rig.gateway.settings.api_port}/metrics")
+        r = await http.get(f"http://{LOOPBACK}:{rig.gateway.settings.api.port}/metrics")
     [failures] = [
         s.value
         for family in text_string_to_metric_families(r.text)

@@ -28,7 +28,7 @@ def test_a_secret_comes_from_the_file_its_variable_names(
     monkeypatch.setenv("RPM_TWILIO_AUTH_TOKEN_FILE", str(secret))
     monkeypatch.delenv("RPM_TWILIO_AUTH_TOKEN", raising=False)
     s = Settings()
-    assert s.twilio_auth_token.get_secret_value() == "from-a-file-1234"
+    assert s.sms.auth_token.get_secret_value() == "from-a-file-1234"
     assert "from-a-file-1234" not in repr(s)
     assert "from-a-file-1234" not in str(s.model_dump())
 
@@ -56,7 +56,7 @@ def test_only_secrets_come_from_files(tmp_path: Path, monkeypatch: pytest.Monkey
     host = tmp_path / "host"
     host.write_text("10.9.9.9", encoding="utf-8")
     monkeypatch.setenv("RPM_API_HOST_FILE", str(host))
-    assert Settings().api_host == "127.0.0.1"
+    assert Settings().api.host == "127.0.0.1"
     monkeypatch.setenv("RPM_API_PORT", "not-a-port")
     with pytest.raises(ValidationError):
         Settings()

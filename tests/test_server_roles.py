@@ -87,7 +87,7 @@ async def test_a_crisis_sms_is_sent_by_the_workers_server_not_the_gateway(
         assert await eventually(queued) == [("sms", None)]
         assert twilio.messages == []
 
-        workers = Server(server_settings.model_copy(update={"api_port": 0}), ("workers",))
+        workers = Server(server_settings.updated(api={"port": 0}), ("workers",))
         await workers.start()
         assert workers.gateway is None
         [sms] = await twilio.wait_for(1, timeout=10)

@@ -19,7 +19,7 @@ from pydantic import SecretStr
 from rpm.domain import Metric, Reading
 from rpm.local_endpoints import ServiceEndpoints
 from rpm.server import Server
-from rpm.settings import Settings
+from rpm.settings import MqttSettings, Settings
 from rpm.storage import registry
 from simulators.encoders import encode
 from simulators.enrolment import EXTERNAL_PREFIX, external_prefix
@@ -50,7 +50,7 @@ def external_opts(server: Server, tmp_path: Path, **kw: object) -> SimulateOptio
         **FLEET,
         "json_path": tmp_path / "report.json",
         "progress": False,
-        "external_api_url": f"http://{s.api_host}:{s.api_port}/",
+        "external_api_url": f"http://{s.api.host}:{s.api.port}/",
     }
     args.update(kw)
     return SimulateOptions(**args)  # type: ignore[arg-type]
@@ -249,13 +249,13 @@ async def test_a_wrong_broker_admin_password_is_refused_before_enrolment(
     server: Server, tmp_path: Path
 ) -> None:
     assert server.pool is not None
-    settings = server.settings.model_copy(update={"mqtt_admin_password": SecretStr("wrong")})
+    settings = server.settings.updated(mqtt={"admin_password": SecretStr("wrong")})
     assert await run_external(external_opts(server, tmp_path), settings) == 2
     assert await count(server.pool, "SELECT count(*) FROM patients") == 0
 
 
 async def test_without_a_broker_admin_login_external_starts_nothing(tmp_path: Path) -> None:
-    settings = Settings(mqtt_admin_username=None, mqtt_admin_password=None)
+    settings = Settings(mqtt=MqttSettings(admin_username=None, admin_password=None))
     opts = SimulateOptions(
         patients=2, days=1, pace=Pace(wall_seconds=1), external_api_url="http://127.0.0.1:9"
     )

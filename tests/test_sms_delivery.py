@@ -29,6 +29,7 @@ from alerts.sms_policy import (
     quiet_until,
     zone_of,
 )
+from rpm.settings import ApiSettings, SmsSettings
 from rpm.storage import outbox as outbox_store
 from rpm.storage import sms as sms_store
 from rpm.workers.sms_outbox import DeliveryConfig, SmsOutboxWorker
@@ -41,7 +42,6 @@ from tests.twilio_support import (
     add_alert,
     add_patient,
     add_staff,
-    hook_settings,
     local_time_after,
     patient_payload,
     serve_hooks,
@@ -257,17 +257,16 @@ async def channel(twilio: TwilioSink) -> AsyncIterator[TwilioSms]:
 
 
 def worker(
-    pool: asyncpg.Pool, channel: TwilioSms, hooks: str, clock: Clock | None = None, **config: Any
+    pool: asyncpg.Pool, channel: TwilioSms, hooks: str, clock: Clock | None = None, **sms: Any
 ) -> SmsOutboxWorker:
-    values: dict[str, Any] = {
-        "status_callback_url": f"{hooks}/twilio/status",
-        "dashboard_url": "https://rpm.example.org",
-        "poll_interval_s": 0.05,
-        **config,
-    }
+    """A worker whose status callbacks go to ``hooks``; ``sms``: fields of ``SmsSettings``."""
+    config = DeliveryConfig.from_settings(
+        SmsSettings(**{"outbox_poll_interval_s": 0.05, **sms}),
+        ApiSettings(public_base_url=hooks, dashboard_url="https://rpm.example.org"),
+    )
     if clock is None:
-        return SmsOutboxWorker(pool, channel, DeliveryConfig(**values))
-    return SmsOutboxWorker(pool, channel, DeliveryConfig(**values), clock=clock)
+        return SmsOutboxWorker(pool, channel, config)
+    return SmsOutboxWorker(pool, channel, config, clock=clock)
 
 
 async def enqueue(pool: asyncpg.Pool, key: str, payload: dict[str, Any]) -> int:
@@ -622,7 +621,13 @@ async def test_twilio_down_for_a_minute_delays_messages_and_loses_none(
     loop = asyncio.get_running_loop()
     outage_ends = loop.time() + outage_s
     w = worker(
-        pool, channel, hooks, backoff_base_s=0.1, backoff_cap_s=1.0, max_attempts=12, daily_cap=5
+        pool,
+        channel,
+        hooks,
+        outbox_backoff_base_s=0.1,
+        outbox_backoff_cap_s=1.0,
+        outbox_max_attempts=12,
+        daily_cap=5,
     )
     task = asyncio.create_task(w.run())
     try:
@@ -664,7 +669,7 @@ async def test_network_errors_are_retried(
     async with pool.acquire() as conn:
         await add_patient(conn, "p1", "+15550100001")
     item = await enqueue(pool, "k", patient_payload("p1", None, severity="HIGH", urgent=True))
-    w = worker(pool, sms, hooks, backoff_base_s=0.1, backoff_cap_s=0.2)
+    w = worker(pool, sms, hooks, outbox_backoff_base_s=0.1, outbox_backoff_cap_s=0.2)
     try:
         await w.drain_once()
         row = await outbox_row(pool, item)
@@ -694,7 +699,7 @@ async def test_logs_carry_ids_only(
     await enqueue(pool, "k1", patient_payload("p1", None, severity="HIGH", urgent=True))
     await enqueue(pool, "k2", patient_payload("p2", None, severity="HIGH", urgent=True))
     twilio.fail_next(1, status=429)
-    w = worker(pool, channel, hooks, backoff_base_s=0.01, backoff_cap_s=0.02)
+    w = worker(pool, channel, hooks, outbox_backoff_base_s=0.01, outbox_backoff_cap_s=0.02)
 
     for _ in range(100):  # the 429 is retried after a few milliseconds
         await w.drain_once()
@@ -715,9 +720,9 @@ async def test_logs_carry_ids_only(
 
 
 def test_config_from_settings_points_twilio_at_the_public_url() -> None:
-    local = DeliveryConfig.from_settings(hook_settings(api_port=9000))
+    local = DeliveryConfig.from_settings(SmsSettings(), ApiSettings(port=9000))
     proxied = DeliveryConfig.from_settings(
-        hook_settings(public_base_url="https://rpm.example.org/", sms_daily_cap=5)
+        SmsSettings(daily_cap=5), ApiSettings(public_base_url="https://rpm.example.org/")
     )
 
     assert local.status_callback_url == "http://127.0.0.1:9000/twilio/status"

@@ -34,7 +34,7 @@ def reply_of(answer: SentWebhook) -> str | None:
 
 @pytest.fixture
 async def hooks(pool: asyncpg.Pool) -> AsyncIterator[str]:
-    async with serve_hooks(pool, sms_help_contact="+1 555 0100") as url:
+    async with serve_hooks(pool, sms={"help_contact": "+1 555 0100"}) as url:
         yield url
 
 
@@ -304,7 +304,7 @@ async def test_signatures_are_checked_against_the_public_url_behind_a_proxy(
 ) -> None:
     """Twilio signs the URL it called (the proxy's), not the one this server listens on."""
     public = "https://rpm.example.org"
-    async with serve_hooks(pool, public_base_url=public) as local:
+    async with serve_hooks(pool, api={"public_base_url": public}) as local:
         as_seen_locally = await twilio.send_inbound(f"{local}/twilio/sms", from_=PHONE, body="HELP")
         as_twilio_signs = await twilio.send_inbound(
             f"{local}/twilio/sms", from_=PHONE, body="HELP", signed_url=f"{public}/twilio/sms"

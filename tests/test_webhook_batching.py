@@ -34,7 +34,7 @@ from tests.test_webhooks import enroll_vendor_device, integration, signed
 def server_settings(server_settings: Settings) -> Settings:
     # A generous wait, so that requests posted together surely meet in a batch on a busy
     # machine; it only delays answers, and nothing here measures time.
-    return server_settings.model_copy(update={"webhook_batch_max_wait_ms": 300})
+    return server_settings.updated(ingest={"webhook_batch_max_wait_ms": 300})
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ async def api(server: Server) -> AsyncIterator[httpx.AsyncClient]:
 
     assert server.pool is not None
     async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{server.settings.api_port}",
+        base_url=f"http://127.0.0.1:{server.settings.api.port}",
         timeout=60,
         headers=await staff_headers(server.pool),
     ) as client:
@@ -261,8 +261,8 @@ async def test_a_full_queue_answers_503_with_retry_after_at_once(
 ) -> None:
     from tests.helpers import staff_headers
 
-    settings = server_settings.model_copy(
-        update={
+    settings = server_settings.updated(
+        ingest={
             "webhook_batch_max_messages": 1,
             "webhook_batch_max_wait_ms": 0,
             "webhook_queue_max": 1,
@@ -273,7 +273,7 @@ async def test_a_full_queue_answers_503_with_retry_after_at_once(
     try:
         assert server.pool is not None
         async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{settings.api_port}",
+            base_url=f"http://127.0.0.1:{settings.api.port}",
             timeout=60,
             headers=await staff_headers(server.pool),
         ) as api:

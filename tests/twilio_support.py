@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta, tzinfo
 from typing import Any
@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from rpm.api import twilio_hooks
-from rpm.settings import Settings
+from rpm.settings import ApiSettings, Settings, SmsSettings
 from rpm.storage import registry
 from rpm.storage import sms as sms_store
 from simulators.localservices import free_port
@@ -47,18 +47,20 @@ def local_time_after(at: datetime, zone: tzinfo, wall: time, days: int = 1) -> d
     return datetime.combine(day, wall, tzinfo=zone).astimezone(UTC)
 
 
-def hook_settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "api_port": free_port(),
-        "twilio_account_sid": TWILIO_SID,
-        "twilio_auth_token": SecretStr(TWILIO_TOKEN),
-        **overrides,
-    }
-    return Settings(**values)
+def hook_settings(*, api: Mapping[str, Any] = {}, sms: Mapping[str, Any] = {}) -> Settings:
+    """Settings for the Twilio webhooks on a free port; ``api``, ``sms``: fields changed."""
+    return Settings(
+        api=ApiSettings(**{"port": free_port(), **api}),
+        sms=SmsSettings(
+            **{"account_sid": TWILIO_SID, "auth_token": SecretStr(TWILIO_TOKEN), **sms}
+        ),
+    )
 
 
 @contextlib.asynccontextmanager
-async def serve_hooks(pool: asyncpg.Pool, **settings: Any) -> AsyncIterator[str]:
+async def serve_hooks(
+    pool: asyncpg.Pool, *, api: Mapping[str, Any] = {}, sms: Mapping[str, Any] = {}
+) -> AsyncIterator[str]:
     """The Twilio webhook routes on a real HTTP server; yields its base URL.
 
     The socket is bound before the server starts, so no other process can take the port.
@@ -67,7 +69,7 @@ async def serve_hooks(pool: asyncpg.Pool, **settings: Any) -> AsyncIterator[str]
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     app = FastAPI()
-    app.include_router(twilio_hooks.router(pool, hook_settings(api_port=port, **settings)))
+    app.include_router(twilio_hooks.router(pool, hook_settings(api={"port": port, **api}, sms=sms)))
     config = uvicorn.Config(app, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -12,7 +12,6 @@ from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from alerts.policy import SnoozeCaps
 from device_gateways.broker_admin import BrokerAdmin
 from rpm.auth import Auth, AuthConfig
 from rpm.domain import Metric
@@ -86,26 +85,25 @@ def create_app(
     broadcaster: Broadcaster,
     pipeline: IngestPipeline,
     broker: BrokerAdmin,
-    auth_config: AuthConfig | None = None,
-    snooze_caps: SnoozeCaps | None = None,
-    settings: Settings | None = None,
+    settings: Settings,
     ops: health.Operations | None = None,
 ) -> FastAPI:
     """The app over an open pool; ``broadcaster`` feeds the live stream."""
 
     app = FastAPI(title="RPM server", version="0.1.0", responses=_ERRORS)
     # Audit writer and API security headers (rpm/api/guard.py); access rules in access.py.
-    app.add_middleware(Guard, pool=pool, hsts=bool(auth_config and auth_config.cookie_secure))
+    auth_config = AuthConfig.from_settings(settings.api)
+    app.add_middleware(Guard, pool=pool, hsts=auth_config.cookie_secure)
     app.include_router(admin.router(pool))
-    app.include_router(alerts.router(pool, broadcaster, snooze_caps=snooze_caps))
+    app.include_router(alerts.router(pool, broadcaster, snooze_caps=settings.alerts.snooze_caps()))
     ops = ops or health.Operations()
-    app.include_router(ingest.router(pool, pipeline, settings or Settings(), ops.metrics))
+    app.include_router(ingest.router(pool, pipeline, settings.ingest, ops.metrics))
     app.include_router(registry.router(pool, broker), responses=_CONFLICT)
     app.include_router(rules.router(pool, on_change=pipeline.rules_changed))
     app.state.auth = Auth(pool, auth_config)  # rpm.auth.current_staff finds it here
     app.include_router(dashboard.router(pool, app.state.auth))
     app.include_router(fhir.router(pool), responses=_FHIR)
-    app.include_router(twilio_hooks.router(pool, settings or Settings()), responses=_TWILIO)
+    app.include_router(twilio_hooks.router(pool, settings), responses=_TWILIO)
     app.include_router(health.router(pool, ops))
 
     @app.exception_handler(asyncpg.DataError)

@@ -36,7 +36,7 @@ from rpm.json_depth import max_depth
 from rpm.metrics import Metrics, delivery_families
 from rpm.pipeline import BatchResult, IngestPipeline, MessageResult
 from rpm.rate_limit import TokenBuckets
-from rpm.settings import Settings
+from rpm.settings import IngestSettings
 from rpm.storage import quarantine as quarantine_store
 from rpm.storage import registry
 from rpm.storage.pool import DATABASE_UNAVAILABLE
@@ -107,14 +107,14 @@ def _too_many(wait: float, who: str) -> JSONResponse:
 def router(
     pool: asyncpg.Pool,
     pipeline: IngestPipeline,
-    settings: Settings,
+    settings: IngestSettings,
     metrics: Metrics | None = None,
 ) -> APIRouter:
     api = APIRouter()
-    max_bytes = settings.ingest_max_body_bytes
-    per_integration = TokenBuckets(settings.ingest_rate_per_s, settings.ingest_burst)
+    max_bytes = settings.max_body_bytes
+    per_integration = TokenBuckets(settings.rate_per_s, settings.burst)
     # Charged by requests that fail authentication (or are too large to authenticate).
-    per_address = TokenBuckets(settings.ingest_unauth_rate_per_s, settings.ingest_unauth_burst)
+    per_address = TokenBuckets(settings.unauth_rate_per_s, settings.unauth_burst)
     # Concurrent requests share units of work (rpm/ingest_batcher.py); each hears its own.
     batcher = IngestBatcher(
         lambda batch: pipeline.process(batch, itemized=True),
@@ -221,8 +221,8 @@ def router(
             depth = await asyncio.to_thread(max_depth, body)
         else:
             depth = max_depth(body)
-        if depth > settings.ingest_max_json_depth:
-            return await _quarantine_too_deep(raw, depth, settings.ingest_max_json_depth)
+        if depth > settings.max_json_depth:
+            return await _quarantine_too_deep(raw, depth, settings.max_json_depth)
         try:
             result = await batcher.submit(raw)
         except BatcherFull:

@@ -47,8 +47,8 @@ PATIENT_REPLY = "patient_reply"
 def router(pool: asyncpg.Pool, settings: Settings) -> APIRouter:
     """The webhook routes, checking signatures with the account's auth token."""
     api = APIRouter(prefix="/twilio", tags=["twilio"])
-    token = settings.twilio_auth_token.get_secret_value()
-    number = settings.sms_emergency_number
+    token = settings.sms.auth_token.get_secret_value()
+    number = settings.sms.emergency_number
 
     async def signed_form(request: Request) -> dict[str, str]:
         raw = await request.body()
@@ -57,7 +57,7 @@ def router(pool: asyncpg.Pool, settings: Settings) -> APIRouter:
         media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         text = raw.decode("utf-8", errors="replace") if media == _FORM else ""
         pairs = parse_qsl(text, keep_blank_values=True)
-        url = settings.public_url(request.url.path)
+        url = settings.api.public_url(request.url.path)
         if request.url.query:
             url += "?" + request.url.query
         if not signature_valid(
@@ -130,7 +130,7 @@ async def _handle_inbound(
             await sms_store.opt_in(conn, ids)
             return templates.opted_in_reply(language, emergency_number=number)
         return templates.help_reply(
-            language, emergency_number=number, contact=settings.sms_help_contact
+            language, emergency_number=number, contact=settings.sms.help_contact
         )
     if not ids:
         await sms_store.record_inbound(conn, sid=sid, patient_id=None, alert_id=None, body=body)

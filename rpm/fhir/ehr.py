@@ -32,7 +32,7 @@ import httpx
 import orjson
 
 from rpm.domain.errors import ConfigurationError, PermanentDeliveryError, TransientDeliveryError
-from rpm.settings import Settings
+from rpm.settings import EhrSettings
 
 from .bundles import EntryResult, MalformedResponse, operation_outcome, transaction_results
 
@@ -156,17 +156,17 @@ class ClientCredentials:
         self.fetched += 1
 
 
-def auth_from_settings(s: Settings) -> Auth:
-    if s.ehr_token_url:
-        if not s.ehr_client_id or s.ehr_client_secret is None:
+def auth_from_settings(ehr: EhrSettings) -> Auth:
+    if ehr.token_url:
+        if not ehr.client_id or ehr.client_secret is None:
             raise ConfigurationError(
                 "RPM_EHR_TOKEN_URL needs RPM_EHR_CLIENT_ID and RPM_EHR_CLIENT_SECRET"
             )
         return ClientCredentials(
-            s.ehr_token_url, s.ehr_client_id, s.ehr_client_secret.get_secret_value(), s.ehr_scope
+            ehr.token_url, ehr.client_id, ehr.client_secret.get_secret_value(), ehr.scope
         )
-    if s.ehr_bearer_token is not None:
-        return BearerToken(s.ehr_bearer_token.get_secret_value())
+    if ehr.bearer_token is not None:
+        return BearerToken(ehr.bearer_token.get_secret_value())
     return NoAuth()
 
 
@@ -178,7 +178,7 @@ class EhrClient:
         base_url: str,
         auth: Auth | None = None,
         *,
-        timeout_s: float = 10.0,
+        timeout_s: float,
         max_connections: int = 8,
     ) -> None:
         self.base_url = base_url.rstrip("/")
@@ -191,14 +191,14 @@ class EhrClient:
         )
 
     @classmethod
-    def from_settings(cls, s: Settings) -> EhrClient:
-        if s.ehr_fhir_base_url is None:
+    def from_settings(cls, ehr: EhrSettings) -> EhrClient:
+        if ehr.fhir_base_url is None:
             raise ConfigurationError("RPM_EHR_FHIR_BASE_URL is not set")
         return cls(
-            s.ehr_fhir_base_url,
-            auth_from_settings(s),
-            timeout_s=s.ehr_timeout_s,
-            max_connections=s.ehr_concurrency,
+            ehr.fhir_base_url,
+            auth_from_settings(ehr),
+            timeout_s=ehr.timeout_s,
+            max_connections=ehr.concurrency,
         )
 
     async def close(self) -> None:

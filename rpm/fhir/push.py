@@ -18,7 +18,7 @@ else halves, down to single entries. Good Observations go through; each bad one 
 listed at ``GET /api/fhir/push/failures`` until someone requeues it.
 
 **Outages.** Network errors, timeouts, 5xx, 429 and an endpoint refusing us as a whole (401,
-403, 404, ...) retry the item with capped exponential backoff (full jitter) and fail it after
+403, 404, ...) retry the item with capped exponential backoff (rpm/backoff.py) and fail it after
 ``max_attempts``, visibly. The first such failure also pauses the worker (a circuit breaker):
 while paused it claims nothing, then probes with one item, and only a success lets it claim
 batches again. So a long outage costs one request per backoff period, not one per item, and
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -37,7 +36,8 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from rpm.settings import Settings
+from rpm.backoff import Backoff
+from rpm.settings import EhrSettings
 from rpm.storage import fhir as fhir_store
 from rpm.storage import outbox as outbox_store
 from rpm.workers.loop import drain_until_stopped
@@ -64,42 +64,38 @@ class Ehr(Protocol):
     async def close(self) -> None: ...
 
 
-def backoff_s(attempts: int, *, base_s: float, cap_s: float) -> float:
-    """Exponential backoff with full jitter between half and all of the capped ceiling."""
-    ceiling = min(cap_s, base_s * 2 ** max(0, attempts - 1))
-    return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - not crypto
-
-
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
 class PushConfig:
-    """The worker's knobs (``RPM_EHR_*``)."""
+    """The worker's knobs: ``from_settings`` (their defaults are the settings')."""
 
-    poll_interval_s: float = 0.5
-    max_attempts: int = 24
-    batch: int = 16  # items claimed per pass (one ingest batch each)
-    concurrency: int = 4  # transactions in flight
-    bundle_max_entries: int = 100
-    backoff_base_s: float = 2.0
-    backoff_cap_s: float = 600.0
-    patient_identifier_system: str = "urn:rpm:patient"
+    poll_interval_s: float
+    max_attempts: int
+    concurrency: int  # transactions in flight
+    bundle_max_entries: int
+    backoff: Backoff
+    patient_identifier_system: str
     # Longer than an item can take, so a live worker never sees its own item come back.
     lease: timedelta = timedelta(minutes=10)
 
+    @property
+    def batch(self) -> int:
+        """Items claimed per pass (one ingest batch each): enough to keep every slot busy."""
+        return max(4, 4 * self.concurrency)
+
     @classmethod
-    def from_settings(cls, s: Settings) -> PushConfig:
+    def from_settings(cls, ehr: EhrSettings, *, poll_interval_s: float) -> PushConfig:
+        """``poll_interval_s``: the outbox's (``RPM_OUTBOX_POLL_INTERVAL_S``)."""
         return cls(
-            poll_interval_s=s.outbox_poll_interval_s,
-            max_attempts=s.ehr_max_attempts,
-            batch=max(4, 4 * s.ehr_concurrency),
-            concurrency=s.ehr_concurrency,
-            bundle_max_entries=s.ehr_bundle_max_entries,
-            backoff_base_s=s.ehr_backoff_base_s,
-            backoff_cap_s=s.ehr_backoff_cap_s,
-            patient_identifier_system=s.ehr_patient_identifier_system,
+            poll_interval_s=poll_interval_s,
+            max_attempts=ehr.max_attempts,
+            concurrency=ehr.concurrency,
+            bundle_max_entries=ehr.bundle_max_entries,
+            backoff=ehr.backoff,
+            patient_identifier_system=ehr.patient_identifier_system,
         )
 
 
@@ -150,13 +146,13 @@ class FhirPushWorker:
         self,
         pool: asyncpg.Pool,
         ehr: Ehr,
-        config: PushConfig | None = None,
+        config: PushConfig,
         *,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self._pool = pool
         self._ehr = ehr
-        self._config = config or PushConfig()
+        self._config = config
         self._clock = clock
         self._slots = asyncio.Semaphore(self._config.concurrency)
         self._in_flight: set[int] = set()
@@ -166,8 +162,14 @@ class FhirPushWorker:
         self._stopping = asyncio.Event()
 
     @classmethod
-    def from_settings(cls, pool: asyncpg.Pool, s: Settings) -> FhirPushWorker:
-        return cls(pool, EhrClient.from_settings(s), PushConfig.from_settings(s))
+    def from_settings(
+        cls, pool: asyncpg.Pool, ehr: EhrSettings, *, poll_interval_s: float
+    ) -> FhirPushWorker:
+        return cls(
+            pool,
+            EhrClient.from_settings(ehr),
+            PushConfig.from_settings(ehr, poll_interval_s=poll_interval_s),
+        )
 
     @property
     def paused_until(self) -> datetime | None:
@@ -319,9 +321,7 @@ class FhirPushWorker:
                     exc,  # without the EHR's diagnostics, which may name the patient
                 )
                 return
-            delay = backoff_s(
-                item.attempts, base_s=self._config.backoff_base_s, cap_s=self._config.backoff_cap_s
-            )
+            delay = self._config.backoff.seconds(item.attempts)
             await outbox_store.retry_at(conn, item.id, now + timedelta(seconds=delay), error)
         self.counters.retries += 1
         log.warning("fhir push item %d: attempt %d failed: %s", item.id, item.attempts, exc)
@@ -329,11 +329,10 @@ class FhirPushWorker:
     def _trip(self, exc: EhrUnavailable, now: datetime) -> None:
         """Pause the worker: the EHR looks down (or refuses us as a whole)."""
         self._failures += 1
-        pause = backoff_s(
-            self._failures, base_s=self._config.backoff_base_s, cap_s=self._config.backoff_cap_s
-        )
+        backoff = self._config.backoff
+        pause = backoff.seconds(self._failures)
         if exc.retry_after_s is not None:
-            pause = max(pause, min(exc.retry_after_s, self._config.backoff_cap_s))
+            pause = max(pause, min(exc.retry_after_s, backoff.cap_s))
         until = now + timedelta(seconds=pause)
         if self._paused_until is None or until > self._paused_until:
             self._paused_until = until

@@ -13,7 +13,7 @@ async def _init(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(dsn: str, *, size: int = 10) -> asyncpg.Pool:
+async def create_pool(dsn: str, *, size: int) -> asyncpg.Pool:
     """Open a pool of ``size`` connections to ``dsn``."""
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=size, init=_init)
     assert pool is not None

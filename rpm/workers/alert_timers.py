@@ -31,7 +31,6 @@ from alerts.escalation import (
 )
 from alerts.lifecycle import Action, AlertState
 from rpm.domain import Severity
-from rpm.settings import Settings
 from rpm.storage import alert_timers as timer_store
 from rpm.storage import alerts as alert_store
 from rpm.storage import outbox as outbox_store
@@ -71,7 +70,6 @@ class AlertTimers:
         config: EscalationConfig | None = None,
         *,
         book: RuleBook | None = None,
-        interval_s: float = 10.0,
         batch: int = 500,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -80,25 +78,18 @@ class AlertTimers:
         self._fixed_book = book
         self._book = book or RuleBook.builtin()
         self._stamp: int | None = None
-        self._interval = interval_s
         self._batch = batch
         self._now = now
 
-    @classmethod
-    def from_settings(cls, pool: asyncpg.Pool, s: Settings) -> AlertTimers:
-        config = EscalationConfig.from_minutes(
-            s.escalation_after_min, retry=s.escalation_retry_min, renotify=s.renotify_after_min
-        )
-        return cls(pool, config, interval_s=s.alert_timer_interval_s)
-
-    async def run(self) -> None:
+    async def run(self, interval_s: float) -> None:
+        """A pass every ``interval_s`` (``RPM_ALERT_TIMER_INTERVAL_S``) until cancelled."""
         while True:
             try:
                 await self.tick()
             except _PASS_FAILED as exc:
                 # The timers are in the database: the next pass picks up where this one failed.
                 log.warning("alert timers: pass failed (%s); retrying", exc.__class__.__name__)
-            await asyncio.sleep(self._interval)
+            await asyncio.sleep(interval_s)
 
     async def tick(self, now: datetime | None = None) -> TickResult:
         """One pass over due escalations, re-notifications and auto-resolves."""

@@ -7,7 +7,7 @@ goes out is rendered in the recipient's language (``alerts.templates``), sent wi
 callback and a validity period, and recorded in ``sms_messages`` together with the outbox
 row's delivery, in one transaction.
 
-Retries: 429, 5xx and network errors retry with capped exponential backoff (full jitter) up
+Retries: 429, 5xx and network errors retry with capped exponential backoff (rpm/backoff.py) up
 to ``max_attempts``, so a Twilio outage delays messages and loses none. Twilio's 21610
 (the recipient texted STOP) marks the patient opted out and fails the item at once; other
 refusals fail it with Twilio's code.
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,8 +40,9 @@ from alerts.sms_policy import (
     local_day,
     zone_of,
 )
+from rpm.backoff import Backoff
 from rpm.domain.errors import PermanentDeliveryError, RecipientOptedOut, TransientDeliveryError
-from rpm.settings import Settings
+from rpm.settings import ApiSettings, SmsSettings
 from rpm.storage import alerts as alert_store
 from rpm.storage import outbox as outbox_store
 from rpm.storage import sms as sms_store
@@ -64,41 +64,34 @@ class SmsChannel(Protocol):
     async def send(self, to: str, body: str, *, status_callback: str | None = None) -> SentSms: ...
 
 
-def backoff(attempts: int, *, base_s: float = 2.0, cap_s: float = 300.0) -> timedelta:
-    """Exponential backoff with full jitter, capped."""
-    ceiling = min(cap_s, base_s * 2 ** max(0, attempts - 1))
-    return timedelta(seconds=random.uniform(ceiling / 2, ceiling))  # noqa: S311 - not crypto
-
-
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
 class DeliveryConfig:
-    """The worker's knobs (``RPM_OUTBOX_*``, ``RPM_SMS_*``)."""
+    """The worker's knobs: ``from_settings`` (their defaults are the settings')."""
 
-    poll_interval_s: float = 0.5
-    max_attempts: int = 12
-    batch: int = 50
-    backoff_base_s: float = 2.0
-    backoff_cap_s: float = 300.0
-    daily_cap: int = 3
-    status_callback_url: str | None = None
-    dashboard_url: str = ""
-    emergency_number: str = "911"
+    poll_interval_s: float
+    max_attempts: int
+    backoff: Backoff
+    daily_cap: int
+    status_callback_url: str | None  # None: Twilio reports no delivery status
+    dashboard_url: str
+    emergency_number: str
+    batch: int = 50  # items claimed per pass
 
     @classmethod
-    def from_settings(cls, s: Settings) -> DeliveryConfig:
+    def from_settings(cls, sms: SmsSettings, api: ApiSettings) -> DeliveryConfig:
+        """``api``: where Twilio's status callbacks and nurses' dashboard links point."""
         return cls(
-            poll_interval_s=s.outbox_poll_interval_s,
-            max_attempts=s.outbox_max_attempts,
-            backoff_base_s=s.outbox_backoff_base_s,
-            backoff_cap_s=s.outbox_backoff_cap_s,
-            daily_cap=s.sms_daily_cap,
-            status_callback_url=s.public_url("/twilio/status"),
-            dashboard_url=s.dashboard_url or s.public_url("/dashboard/"),
-            emergency_number=s.sms_emergency_number,
+            poll_interval_s=sms.outbox_poll_interval_s,
+            max_attempts=sms.outbox_max_attempts,
+            backoff=sms.backoff,
+            daily_cap=sms.daily_cap,
+            status_callback_url=api.public_url("/twilio/status"),
+            dashboard_url=api.dashboard_link(),
+            emergency_number=sms.emergency_number,
         )
 
 
@@ -161,13 +154,13 @@ class SmsOutboxWorker:
         self,
         pool: asyncpg.Pool,
         channel: SmsChannel,
-        config: DeliveryConfig | None = None,
+        config: DeliveryConfig,
         *,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self._pool = pool
         self._channel = channel
-        self._config = config or DeliveryConfig()
+        self._config = config
         self._clock = clock
         self.sent = 0
         self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)  # since start, for metrics
@@ -284,11 +277,7 @@ class SmsOutboxWorker:
                     )
                     self.outcomes["gave_up"] += 1
                 else:
-                    delay = backoff(
-                        item.attempts,
-                        base_s=self._config.backoff_base_s,
-                        cap_s=self._config.backoff_cap_s,
-                    )
+                    delay = timedelta(seconds=self._config.backoff.seconds(item.attempts))
                     await outbox_store.retry_at(conn, item.id, now + delay, str(exc))
                     self.outcomes["retry"] += 1
             log.warning("outbox %s: attempt %d for %s failed: %s", item.id, item.attempts, who, exc)

@@ -1,0 +1,273 @@
+"""Settings of what the server does with readings: rules, alerts, SMS and the EHR push.
+
+A default is written once. Where a pure core's config holds it (``EscalationConfig``,
+``SnoozeCaps``), the field's default is read from there.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from types import MappingProxyType
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+
+from alerts.escalation import EscalationConfig
+from alerts.policy import SnoozeCaps
+from rpm.backoff import Backoff
+from rpm.domain import Metric, Severity
+from rpm.domain.severity import SeverityField
+from rpm.validation import ClockPolicy
+
+from ._group import Group
+
+_MINUTE = timedelta(minutes=1)
+_ESCALATION = EscalationConfig()
+_CLOCK = ClockPolicy()
+
+Minutes = Annotated[float, Field(ge=0)]
+
+
+def _minutes(span: timedelta | None) -> float | None:
+    return None if span is None else span / _MINUTE
+
+
+class RuleSettings(Group):
+    """The rule engine: the missing-data timer, picking up new program versions, and the
+    readings kept in memory."""
+
+    missing_data_interval_s: float = Field(
+        300.0,
+        gt=0,
+        validation_alias="RPM_MISSING_DATA_INTERVAL_S",
+        description="how often missing-data rules are evaluated",
+    )
+    refresh_s: float = Field(
+        2.0,
+        ge=0,
+        validation_alias="RPM_RULES_REFRESH_S",
+        description="how soon a program version published by another process is used",
+    )
+    buffer_capacity: dict[Metric, int] = Field(
+        default_factory=dict,
+        validation_alias="RPM_RULE_BUFFER_CAPACITY",
+        description='readings kept in memory per patient and metric, e.g. `{"spo2": 128}`',
+        json_schema_extra={"default_note": "see `rules/buffers.py`"},
+    )
+
+
+class AlertSettings(Group):
+    """Alert escalation, re-notification and snooze (alerts/escalation.py,
+    alerts/policy.py). Per-severity values are JSON objects by severity name; severities
+    not named keep their defaults."""
+
+    escalation_after_min: dict[SeverityField, Minutes | None] = Field(
+        default_factory=lambda: {s: _minutes(d) for s, d in _ESCALATION.delays.items()},
+        validation_alias="RPM_ESCALATION_AFTER_MIN",
+        description="minutes unacknowledged before the next on-call tier is texted, per "
+        "severity (null: never)",
+    )
+    escalation_retry_min: float = Field(
+        _ESCALATION.retry_after / _MINUTE,
+        gt=0,
+        validation_alias="RPM_ESCALATION_RETRY_MIN",
+        description="minutes between tries when nobody is on call",
+    )
+    renotify_after_min: float = Field(
+        _minutes(_ESCALATION.renotify_after) or 0.0,
+        ge=0,
+        validation_alias="RPM_RENOTIFY_AFTER_MIN",
+        description="an acknowledged alert still firing this long after re-opens (0: never)",
+    )
+    snooze_cap_min: dict[SeverityField, Minutes] = Field(
+        default_factory=lambda: {s: cap / _MINUTE for s, cap in SnoozeCaps().caps.items()},
+        validation_alias="RPM_SNOOZE_CAP_MIN",
+        description="longest snooze per severity, minutes",
+    )
+    timer_interval_s: float = Field(
+        10.0,
+        gt=0,
+        validation_alias="RPM_ALERT_TIMER_INTERVAL_S",
+        description="how often escalation and snooze timers run",
+    )
+
+    @field_validator("escalation_after_min")
+    @classmethod
+    def _escalation_over_defaults(
+        cls, given: dict[Severity, float | None]
+    ) -> dict[Severity, float | None]:
+        return {**{s: _minutes(d) for s, d in _ESCALATION.delays.items()}, **given}
+
+    @field_validator("snooze_cap_min")
+    @classmethod
+    def _caps_over_defaults(cls, given: dict[Severity, float]) -> dict[Severity, float]:
+        return {**{s: cap / _MINUTE for s, cap in SnoozeCaps().caps.items()}, **given}
+
+    def escalation(self) -> EscalationConfig:
+        renotify = self.renotify_after_min
+        return EscalationConfig(
+            delays=MappingProxyType(
+                {
+                    s: None if m is None else timedelta(minutes=m)
+                    for s, m in self.escalation_after_min.items()
+                }
+            ),
+            retry_after=timedelta(minutes=self.escalation_retry_min),
+            renotify_after=timedelta(minutes=renotify) if renotify > 0 else None,
+        )
+
+    def snooze_caps(self) -> SnoozeCaps:
+        return SnoozeCaps(
+            MappingProxyType({s: timedelta(minutes=m) for s, m in self.snooze_cap_min.items()})
+        )
+
+
+class SmsSettings(Group):
+    """SMS through Twilio: the account, what patients are told and how often, and the SMS
+    outbox worker (rpm/workers/sms_outbox.py), whose poll interval the FHIR push worker
+    shares. Retries wait between half and all of min(cap, base * 2^(attempt-1)) s
+    (rpm/backoff.py)."""
+
+    account_sid: str = Field(
+        "ACdemo00000000000000000000000000",
+        validation_alias="RPM_TWILIO_ACCOUNT_SID",
+        description="Twilio account",
+    )
+    auth_token: SecretStr = Field(
+        SecretStr("demo-token"),
+        validation_alias="RPM_TWILIO_AUTH_TOKEN",
+        description="Twilio auth token (secret)",
+    )
+    from_number: str = Field(
+        "+15005550006", validation_alias="RPM_TWILIO_FROM_NUMBER", description="sender number"
+    )
+    base_url: str | None = Field(
+        None,
+        validation_alias="RPM_TWILIO_BASE_URL",
+        description="send Twilio's requests to another base URL (tests, demo)",
+        json_schema_extra={"default_note": "Twilio itself"},
+    )
+    validity_period_s: int = Field(
+        900,
+        validation_alias="RPM_SMS_VALIDITY_PERIOD_S",
+        description="drop an SMS Twilio could not deliver within this time",
+    )
+    daily_cap: int = Field(
+        3,
+        ge=0,
+        validation_alias="RPM_SMS_DAILY_CAP",
+        description="non-urgent patient SMS per patient per local day",
+    )
+    emergency_number: str = Field(
+        "911",
+        validation_alias="RPM_SMS_EMERGENCY_NUMBER",
+        description="the number urgent SMS tell patients to call",
+    )
+    help_contact: str = Field(
+        "",
+        validation_alias="RPM_SMS_HELP_CONTACT",
+        description="appended to the HELP reply (the clinic's phone number)",
+    )
+    outbox_poll_interval_s: float = Field(
+        0.5,
+        gt=0,
+        validation_alias="RPM_OUTBOX_POLL_INTERVAL_S",
+        description="SMS worker: sleep when the outbox is empty",
+    )
+    outbox_max_attempts: int = Field(
+        12,
+        ge=1,
+        validation_alias="RPM_OUTBOX_MAX_ATTEMPTS",
+        description="SMS worker: attempts before an item fails",
+    )
+    outbox_backoff_base_s: float = Field(
+        2.0,
+        gt=0,
+        validation_alias="RPM_OUTBOX_BACKOFF_BASE_S",
+        description="SMS retry backoff base: each wait is between half and all of its ceiling",
+    )
+    outbox_backoff_cap_s: float = Field(
+        300.0,
+        gt=0,
+        validation_alias="RPM_OUTBOX_BACKOFF_CAP_S",
+        description="SMS retry backoff cap: the ceiling is min(cap, base * 2^(attempt-1))",
+    )
+
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(self.outbox_backoff_base_s, self.outbox_backoff_cap_s)
+
+
+class EhrSettings(Group):
+    """Push to an EHR's FHIR endpoint (rpm/fhir/push.py); no base URL, no push.
+    Authentication is a static bearer token, or OAuth 2.0 client credentials (token URL,
+    client id and secret, scope). A transient failure is retried with backoff between half
+    and all of min(cap, base * 2^(attempt-1)) s (rpm/backoff.py); an item that runs out of
+    attempts is listed at /api/fhir/push/failures."""
+
+    fhir_base_url: str | None = Field(
+        None,
+        validation_alias="RPM_EHR_FHIR_BASE_URL",
+        description="the EHR's FHIR endpoint to push Observations to",
+        json_schema_extra={"default_note": "no push"},
+    )
+    bearer_token: SecretStr | None = Field(
+        None,
+        validation_alias="RPM_EHR_BEARER_TOKEN",
+        description="static bearer token for the EHR (secret)",
+    )
+    token_url: str | None = Field(
+        None,
+        validation_alias="RPM_EHR_TOKEN_URL",
+        description="OAuth 2.0 client-credentials token URL",
+    )
+    client_id: str | None = Field(
+        None, validation_alias="RPM_EHR_CLIENT_ID", description="OAuth client id"
+    )
+    client_secret: SecretStr | None = Field(
+        None,
+        validation_alias="RPM_EHR_CLIENT_SECRET",
+        description="OAuth client secret (secret)",
+    )
+    scope: str | None = Field(
+        "system/Observation.write", validation_alias="RPM_EHR_SCOPE", description="OAuth scope"
+    )
+    timeout_s: float = Field(
+        10.0, gt=0, validation_alias="RPM_EHR_TIMEOUT_S", description="per request"
+    )
+    max_attempts: int = Field(
+        24,
+        ge=1,
+        validation_alias="RPM_EHR_MAX_ATTEMPTS",
+        description="attempts before a push item fails",
+    )
+    concurrency: int = Field(
+        4, ge=1, validation_alias="RPM_EHR_CONCURRENCY", description="transaction Bundles in flight"
+    )
+    bundle_max_entries: int = Field(
+        100,
+        ge=1,
+        validation_alias="RPM_EHR_BUNDLE_MAX_ENTRIES",
+        description="Observations per Bundle",
+    )
+    backoff_base_s: float = Field(
+        2.0,
+        gt=0,
+        validation_alias="RPM_EHR_BACKOFF_BASE_S",
+        description="push retry backoff base: each wait is between half and all of its ceiling",
+    )
+    backoff_cap_s: float = Field(
+        600.0,
+        gt=0,
+        validation_alias="RPM_EHR_BACKOFF_CAP_S",
+        description="push retry backoff cap: the ceiling is min(cap, base * 2^(attempt-1))",
+    )
+    patient_identifier_system: str = Field(
+        "urn:rpm:patient",
+        validation_alias="RPM_EHR_PATIENT_IDENTIFIER_SYSTEM",
+        description="subject named as `Patient?identifier=<system>|<id>`",
+    )
+
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(self.backoff_base_s, self.backoff_cap_s)

@@ -1,0 +1,91 @@
+"""Settings of running the server: logs and metrics, the export, the simulator's login."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr
+
+from alerts.escalation import EscalationConfig
+from rpm.validation import ClockPolicy
+
+from ._group import Group
+
+_MINUTE = timedelta(minutes=1)
+_ESCALATION = EscalationConfig()
+_CLOCK = ClockPolicy()
+
+Minutes = Annotated[float, Field(ge=0)]
+
+
+def _minutes(span: timedelta | None) -> float | None:
+    return None if span is None else span / _MINUTE
+
+
+class OperationsSettings(Group):
+    """Logging, shutdown and /metrics (rpm/logging_setup.py, rpm/server.py, rpm/metrics.py)."""
+
+    log_format: Literal["json", "text"] = Field(
+        "json",
+        validation_alias="RPM_LOG_FORMAT",
+        description="`json` (one object per line) or `text`, for `rpm serve`; other commands "
+        "log text",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO",
+        validation_alias="RPM_LOG_LEVEL",
+        description="DEBUG, INFO, WARNING or ERROR (`rpm -v serve`: DEBUG)",
+    )
+    access_log: bool = Field(
+        True,
+        validation_alias="RPM_ACCESS_LOG",
+        description="one log line per HTTP request (uvicorn's access log)",
+    )
+    shutdown_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        validation_alias="RPM_SHUTDOWN_TIMEOUT_S",
+        description="SIGTERM/SIGINT: longest wait for the batch in flight and the messages "
+        "being sent",
+    )
+    metrics_cache_s: float = Field(
+        5.0,
+        ge=0,
+        validation_alias="RPM_METRICS_CACHE_S",
+        description="`/metrics` reuses the database's figures this long (0: query every scrape)",
+    )
+    metrics_db_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        validation_alias="RPM_METRICS_DB_TIMEOUT_S",
+        description="timeout of those queries, and of `/readyz`'s database check",
+    )
+
+
+class ExportSettings(Group):
+    """Pseudonymised export (`rpm export`, rpm/export.py). The same key gives the same
+    pseudonyms, so exports join; keep it away from the people who receive exports."""
+
+    key: SecretStr | None = Field(
+        None,
+        validation_alias="RPM_EXPORT_KEY",
+        description="HMAC key of `rpm export`, at least 32 bytes (secret; or "
+        "`RPM_EXPORT_KEY_FILE`)",
+    )
+
+
+class SimulatorSettings(Group):
+    """The device-side login `rpm simulate` publishes with (development tooling)."""
+
+    mqtt_username: str | None = Field(
+        None,
+        validation_alias="RPM_SIMULATOR_MQTT_USERNAME",
+        description="the local services' shared fleet login, printed by `rpm services env` "
+        "for publishing by hand (the server does not read it)",
+    )
+    mqtt_password: SecretStr | None = Field(
+        None,
+        validation_alias="RPM_SIMULATOR_MQTT_PASSWORD",
+        description="its password (secret)",
+    )
