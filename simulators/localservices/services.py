@@ -58,10 +58,11 @@ class LocalServices:
             found = self.running()
             if found is not None:
                 self._check_matches(found)
-                flavour = self._flavour(
+                flavour = self._pg.flavour(
                     self._pg.socket_dir(),
                     url_port(found.database_url),
                     timescaledb=found.timescaledb,
+                    timescaledb_refused=self._want_timescaledb is False,
                 )
                 self._log_summary("reused", found, flavour)
                 return found
@@ -209,10 +210,11 @@ class LocalServices:
                 self._pg.write_settings(pg_port, socket_dir, timescaledb, postgres_user)
                 self._pg.start(pg_bindir, postgres_user)
                 started_pg = True
-            flavour = self._flavour(
+            flavour = self._pg.flavour(
                 socket_dir,
                 pg_port,
                 timescaledb=timescaledb,
+                timescaledb_refused=self._want_timescaledb is False,
                 create_database=True,
                 new_password=new_password,
             )
@@ -274,24 +276,6 @@ class LocalServices:
                 "(no timescaledb.control and timescaledb.so)"
             )
         return installed
-
-    def _flavour(
-        self,
-        socket_dir: Path,
-        port: int,
-        *,
-        timescaledb: bool,
-        create_database: bool = False,
-        new_password: str | None = None,
-    ) -> str:
-        return self._pg.flavour(
-            socket_dir,
-            port,
-            timescaledb=timescaledb,
-            timescaledb_refused=self._want_timescaledb is False,
-            create_database=create_database,
-            new_password=new_password,
-        )
 
     def _log_summary(self, verb: str, endpoints: ServiceEndpoints, flavour: str) -> None:
         self._log(
