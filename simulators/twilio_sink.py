@@ -24,7 +24,7 @@ import logging
 import signal
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -270,6 +270,17 @@ class TwilioSink:
             ) from None
         return list(self._messages)
 
+    async def accepted(self) -> AsyncIterator[RecordedMessage]:
+        """Each message as it is accepted, from the first on (until the caller stops)."""
+        seen = 0
+        while True:
+            while len(self._messages) <= seen:
+                self._arrived.clear()
+                await self._arrived.wait()
+            for message in self._messages[seen:]:
+                yield message
+            seen = len(self._messages)
+
     # -- handlers ---------------------------------------------------------------------------
 
     async def _create(self, request: web.Request) -> web.Response:
@@ -367,15 +378,8 @@ async def run_forever(
     emit = emit or _print_line
     emit(f"twilio sink listening on {await sink.start()}")
     try:
-        seen = 0
-        while True:
-            try:
-                messages = await sink.wait_for(seen + 1, timeout=3600)
-            except TimeoutError:
-                continue
-            for message in messages[seen:]:
-                emit(f"accepted {message.sid} body_len={len(message.body or '')}")
-            seen = len(messages)
+        async for message in sink.accepted():
+            emit(f"accepted {message.sid} body_len={len(message.body or '')}")
     finally:
         await sink.stop()
 
