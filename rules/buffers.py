@@ -10,18 +10,23 @@ count and span it actually used.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from operator import attrgetter
 
 import numpy as np
 import numpy.typing as npt
 
-from rpm.domain import METRICS, Metric
+from rpm.domain import METRICS, Metric, Reading
 
 from .kernels import insert_sorted
 
 Rows = npt.NDArray[np.intp]
 F64 = npt.NDArray[np.float64]
+
+_VALUES = attrgetter("values")
+_NAN = itertools.repeat(math.nan)
 
 # Enough for the default programs' windows at typical home-measurement rates:
 # BP twice a day for 14 days (trend), SpO2 up to 4 a day for 14 days (baseline),
@@ -126,6 +131,18 @@ class MetricBuffer:
         """Time of the row's newest reading (-inf for an empty row)."""
         n = int(self.count[row])
         return float(self.times[row, n - 1]) if n > 0 else -math.inf
+
+    def values_of(self, readings: Sequence[Reading]) -> F64:
+        """The readings' values, (B, K) in the buffer's component order, NaN where absent."""
+        values = list(map(_VALUES, readings))
+        out = np.empty((len(values), len(self.components)))
+        for k, c in enumerate(self.components):
+            try:  # dict.get mapped in C over plain dicts, the usual case
+                column = map(dict.get, values, itertools.repeat(c), _NAN)
+                out[:, k] = np.fromiter(column, np.float64, len(values))
+            except TypeError:  # another Mapping: ``None`` from dict.get is not a float either
+                out[:, k] = [v.get(c, math.nan) for v in values]
+        return out
 
     def append(self, rows: Rows, ts: F64, values: F64) -> tuple[F64, npt.NDArray[np.bool_]]:
         """Add readings (any order, a row may repeat); each row stays sorted by time.

@@ -30,18 +30,19 @@ from operator import attrgetter
 
 import numpy as np
 
-from rpm.domain import AcceptedReading, AlertCandidate, Metric, Reading, Severity
+from rpm.domain import AcceptedReading, AlertCandidate, Metric
 
 from . import kernels
 from .buffers import DEFAULT_CAPACITY, F64, MetricBuffer, Rows
-from .kinds import KINDS, Facts, Outcome, Window
-from .kinds.base import Store, condition_holds, given
-from .kinds.missing import Silence, evaluate_missing
+from .interpretation import interpret
+from .kinds import KINDS, Outcome, Window
+from .kinds.base import Store
+from .kinds.missing import Silence
 from .late import reevaluate_after_late
 from .latest import latest, rows_in_of
-from .plan import PatientContext, Plan, by_plan, compile_plan
+from .plan import PatientContext, Plan, Planner, by_plan, compile_plan, differ
 from .programs import RuleBook
-from .proposal import propose
+from .proposal import missing_candidates, propose
 from .shared import Shared
 from .spec import RuleSpec
 
@@ -68,18 +69,12 @@ class StepResult:
 _PATIENT = attrgetter("patient_id")
 _READING = attrgetter("reading")
 _MEASURED = attrgetter("measured_at")
-_VALUES = attrgetter("values")
 _KEY = attrgetter("key")
 _TIMESTAMP = datetime.timestamp
 _METRIC = attrgetter("metric")
 _NO_CONTEXT = PatientContext("").key  # the plan key of a patient without programs
 _MINUS_ONE = itertools.repeat(-1)
-_NAN = itertools.repeat(math.nan)
 _NONE = itertools.repeat(None)
-
-
-def _no_latest(metric: Metric, component: str, fresh: float) -> tuple[F64, F64]:
-    raise AssertionError("threshold rules read no other metric")
 
 
 @dataclass(slots=True)
@@ -93,18 +88,12 @@ class _Group:
     numbers: Rows = field(default_factory=lambda: np.zeros(0, np.intp))  # the patients'
 
 
-def _differ(rule: RuleSpec, other: RuleSpec) -> frozenset[str]:
-    """The params whose values differ between a rule and its overridden version."""
-    return frozenset(k for k, v in other.params.items() if rule.params.get(k) != v)
-
-
 class Engine:
     """Per-patient rule state and the evaluation of micro-batches against it."""
 
     def __init__(
         self, book: RuleBook | None = None, capacity: Mapping[Metric, int] | None = None
     ) -> None:
-        self._book = book or RuleBook.builtin()
         self._capacity = {**DEFAULT_CAPACITY, **(capacity or {})}
         self._buffers: dict[Metric, MetricBuffer] = {}
         # patient -> its number: its row in ``_armed`` and its place in every buffer's row_at
@@ -116,32 +105,18 @@ class Engine:
         # by number: the patient's state is held (loaded, or begun by a reading); a patient
         # numbered only because a missing-data rule armed is not, and is loaded on a reading
         self._held = np.zeros(64, np.bool_)
-        self._plans: dict[str, Plan] = {}
-        # (rule, overrides) -> the overridden rule: plans that differ in other programs
-        # share it, so its readings are evaluated together
-        self._overridden: dict[tuple[int, tuple[tuple[str, float], ...]], RuleSpec] = {}
-        # id(overridden rule) -> (it, the rule it overrides): evaluated with that rule's
-        # readings, its parameters per reading, when the kind reads them so (``varying``)
-        self._shared: dict[int, tuple[RuleSpec, RuleSpec]] = {}
-        # id(rule) -> the rule (kept so its id is not reused) and the metrics it watches
-        self._watched: dict[int, tuple[RuleSpec, frozenset[Metric]]] = {}
-        self._lookback = self._max_lookback()
+        self._planner = Planner(book or RuleBook.builtin())
         kernels.warm_up()
 
     # --- rule book ---------------------------------------------------------------
 
     @property
     def book(self) -> RuleBook:
-        return self._book
+        return self._planner.book
 
     def use_book(self, book: RuleBook) -> None:
         """Switch to a new version of the programs; patients' plans are recompiled lazily."""
-        self._book = book
-        self._plans.clear()
-        self._overridden.clear()
-        self._shared.clear()
-        self._watched.clear()
-        self._lookback = self._max_lookback()
+        self._planner = Planner(book)
 
     @property
     def capacity(self) -> Mapping[Metric, int]:
@@ -150,38 +125,10 @@ class Engine:
 
     def lookback_s(self) -> float:
         """How far back any rule reads: what ``load`` needs of a patient's history."""
-        return self._lookback
-
-    def _max_lookback(self) -> float:
-        spans = [KINDS[r.kind].lookback_s(r) for p in self._book.programs.values() for r in p.rules]
-        return max([0.0, *spans])
+        return self._planner.lookback_s
 
     def plan(self, context: PatientContext) -> Plan:
-        key = context.key
-        plan = self._plans.get(key)
-        if plan is None:
-            rules = []
-            for rule in self._book.rules_for(context.programs):
-                overrides = context.overrides.get(rule.id)
-                if not overrides:
-                    rules.append(rule)
-                    continue
-                same = (id(rule), tuple(sorted(overrides.items())))
-                overridden = self._overridden.get(same)
-                if overridden is None:
-                    try:
-                        overridden = self._overridden[same] = rule.with_overrides(overrides)
-                    except ValueError as exc:
-                        # The program changed under a stored override: keep the default rule.
-                        log.warning("override ignored for patient=%s: %s", context.patient_id, exc)
-                        overridden = rule
-                    if overridden is not rule and _differ(rule, overridden) <= (
-                        KINDS[rule.kind].varying(rule)
-                    ):
-                        self._shared[id(overridden)] = (overridden, rule)
-                rules.append(overridden)
-            plan = self._plans[key] = compile_plan(rules)
-        return plan
+        return self._planner.plan(context)
 
     # --- state -------------------------------------------------------------------
 
@@ -308,49 +255,12 @@ class Engine:
     def interpret(
         self, readings: Sequence[AcceptedReading], contexts: Mapping[str, PatientContext]
     ) -> list[str | None]:
-        """Each reading's interpretation by its patient's threshold rules, without state:
-        ``HH``/``LL`` for a critical tier, ``H``/``L`` for another tier (by the direction of
-        the condition met), ``N`` when threshold rules looked and none fired, None when no
-        threshold rule watches the metric. HL7 v3 ObservationInterpretation codes."""
-        out: list[str | None] = [None] * len(readings)
-        groups: dict[tuple[Metric, int], tuple[tuple[RuleSpec, ...], list[int]]] = {}
-        for i, a in enumerate(readings):
-            metric = a.reading.metric
-            plan = self.plan(contexts.get(a.patient_id) or PatientContext(a.patient_id))
-            rules = tuple(r for r in plan.by_metric.get(metric, ()) if r.kind == "threshold")
-            if rules:
-                groups.setdefault((metric, id(plan)), (rules, []))[1].append(i)
-        for (metric, _), (rules, idx) in groups.items():
-            comps = self._buffer(metric).components
-            current = np.array([self._row_values(metric, readings[i].reading.values) for i in idx])
-            n = len(idx)
-            w = Window(
-                metric,
-                np.zeros(n),
-                current,
-                given(np.zeros((n, 0)), np.zeros((n, 0, len(comps)))),
-                self._buffer(metric).index,
-                _no_latest,
-            )
-            codes = np.full(n, "N", dtype=object)
-            worst = np.zeros(n, np.int8)
-            for rule in rules:
-                for tier in rule.tiers:
-                    for cond in tier.any:
-                        hit = condition_holds(rule, cond, w.value(cond.component))
-                        better = hit & (worst < tier.severity)
-                        if better.any():
-                            critical = tier.severity >= Severity.CRITICAL
-                            code = (
-                                ("HH" if critical else "H")
-                                if cond.rising
-                                else ("LL" if critical else "L")
-                            )
-                            codes[better] = code
-                            worst[better] = tier.severity
-            for j, i in enumerate(idx):
-                out[i] = str(codes[j])
-        return out
+        """Each reading's interpretation by its patient's threshold rules, without state
+        (``rules.interpretation``)."""
+        plans = [
+            self.plan(contexts.get(a.patient_id) or PatientContext(a.patient_id)) for a in readings
+        ]
+        return interpret(readings, plans, self._buffer)
 
     # --- the missing-data timer ----------------------------------------------------
 
@@ -358,32 +268,9 @@ class Engine:
         self, context: PatientContext, silence_of: Callable[[Metric], Silence], now: datetime
     ) -> list[AlertCandidate]:
         """Candidates of a patient's missing-data rules at ``now`` (no reading: no uid)."""
-        out = []
-        for rule in self.plan(context).rules:
-            if rule.kind != "missing":
-                continue
-            facts = evaluate_missing(rule, silence_of(rule.metric), now)
-            if facts is None:
-                continue
-            assert rule.severity is not None
-            explanation, evidence = KINDS["missing"].explain(
-                rule, Facts(now, {}, facts, int(rule.severity))
-            )
-            out.append(
-                AlertCandidate(
-                    patient_id=context.patient_id,
-                    rule_id=rule.id,
-                    severity=rule.severity,
-                    title=rule.title,
-                    explanation=explanation,
-                    evidence=evidence,
-                    measured_at=now,
-                    reading_uid=None,
-                    advice=rule.advice,
-                    advice_i18n=rule.advice_i18n,
-                )
-            )
-            self.arm(context.patient_id, rule.id)
+        out = missing_candidates(self.plan(context), context.patient_id, silence_of, now)
+        for candidate in out:
+            self.arm(context.patient_id, candidate.rule_id)
         return out
 
     # --- evaluation --------------------------------------------------------------
@@ -425,7 +312,7 @@ class Engine:
             buf = self._buffer(metric)
             rows = buf.rows(g.numbers)
             ts = ts_all if whole else ts_all[part]
-            current = self._current(buf, got if whole else list(map(got.__getitem__, sel)))
+            current = buf.values_of(got if whole else list(map(got.__getitem__, sel)))
             before, newest = buf.append(rows, ts, current)
             staged.append((metric, g, buf, rows, ts, current, before, newest, plan_no[part]))
 
@@ -459,19 +346,6 @@ class Engine:
                 )
         return result
 
-    @staticmethod
-    def _current(buf: MetricBuffer, got: list[Reading]) -> F64:
-        """The readings' values, (B, K) in the buffer's component order, NaN where absent."""
-        values = list(map(_VALUES, got))
-        out = np.empty((len(values), len(buf.components)))
-        for k, c in enumerate(buf.components):
-            try:  # dict.get mapped in C over plain dicts, the usual case
-                column = map(dict.get, values, itertools.repeat(c), _NAN)
-                out[:, k] = np.fromiter(column, np.float64, len(values))
-            except TypeError:  # another Mapping: ``None`` from dict.get is not a float either
-                out[:, k] = [v.get(c, math.nan) for v in values]
-        return out
-
     def _plans_of(
         self, patients: list[str], contexts: Mapping[str, PatientContext]
     ) -> tuple[list[Plan], Rows]:
@@ -488,7 +362,7 @@ class Engine:
         _, first, plan_no = np.unique(ids, return_index=True, return_inverse=True)
         plans = []
         for i in first.tolist():
-            plan = self._plans.get(keys[i])
+            plan = self._planner.plans.get(keys[i])
             if plan is None:
                 pid = patients[i]
                 plan = self.plan(contexts.get(pid) or PatientContext(pid))
@@ -532,8 +406,9 @@ class Engine:
         pids_all = g.patients
         # One evaluation per rule and the rules overriding it (their parameters per reading)
         units: dict[int, tuple[RuleSpec, list[tuple[RuleSpec, Rows]]]] = {}
+        shared_of = self._planner.shared.get
         for rule, idx in by_rule:
-            base = self._shared.get(id(rule), (rule, rule))[1]
+            base = shared_of(id(rule), (rule, rule))[1]
             units.setdefault(id(base), (base, []))[1].append((rule, idx))
         # id(rule) -> its outcome and each reading's place in it (None: the reading's own)
         evaluated: dict[int, tuple[Outcome, Rows | None]] = {}
@@ -554,7 +429,7 @@ class Engine:
             for rule, ridx in members:
                 if rule is base:
                     continue
-                for name in _differ(base, rule):
+                for name in differ(base, rule):
                     each = params.get(name)
                     if each is None:
                         each = params[name] = np.full(m, base.p(name))
@@ -608,10 +483,7 @@ class Engine:
     def _newest_of_all(self, rule: RuleSpec, number: int, t: float) -> bool:
         """No reading of any metric the rule watches is newer than ``t`` (a composite's
         newest blood pressure does not show the score is over while a newer SpO2 holds it)."""
-        watched = self._watched.get(id(rule))
-        if watched is None:
-            watched = self._watched[id(rule)] = (rule, KINDS[rule.kind].watched(rule))
-        for metric in watched[1]:
+        for metric in self._planner.watched(rule):
             buf = self._buffers.get(metric)
             row = -1 if buf is None else buf.row_of(number)
             if buf is not None and row >= 0 and buf.newest_of(row) > t:

@@ -1,7 +1,9 @@
-"""A patient's rules, compiled: which rules each metric's readings trigger."""
+"""A patient's rules, compiled: which rules each metric's readings trigger, and the
+planner that compiles them from the rule book and the patient's overrides."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -12,7 +14,10 @@ from rpm.domain import Metric
 
 from .buffers import Rows
 from .kinds import KINDS
+from .programs import RuleBook
 from .spec import RuleSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,3 +75,61 @@ def by_plan(plan_no: Rows, plans: Sequence[Plan]) -> list[tuple[Plan, Rows]]:
     parts = np.split(order, np.flatnonzero(s[1:] != s[:-1]) + 1)
     parts.sort(key=lambda part: int(part[0]))
     return [(plans[int(plan_no[part[0]])], part) for part in parts]
+
+
+def differ(rule: RuleSpec, other: RuleSpec) -> frozenset[str]:
+    """The params whose values differ between a rule and its overridden version."""
+    return frozenset(k for k, v in other.params.items() if rule.params.get(k) != v)
+
+
+class Planner:
+    """Patients' plans from one version of the rule book: one per distinct context, and
+    one overridden rule per (rule, overrides), shared by the plans that hold it."""
+
+    def __init__(self, book: RuleBook) -> None:
+        self.book = book
+        self.plans: dict[str, Plan] = {}  # by PatientContext.key
+        # (rule, overrides) -> the overridden rule: plans that differ in other programs
+        # share it, so its readings are evaluated together
+        self._overridden: dict[tuple[int, tuple[tuple[str, float], ...]], RuleSpec] = {}
+        # id(overridden rule) -> (it, the rule it overrides): evaluated with that rule's
+        # readings, its parameters per reading, when the kind reads them so (``varying``)
+        self.shared: dict[int, tuple[RuleSpec, RuleSpec]] = {}
+        # id(rule) -> the rule (kept so its id is not reused) and the metrics it watches
+        self._watched: dict[int, tuple[RuleSpec, frozenset[Metric]]] = {}
+        spans = [KINDS[r.kind].lookback_s(r) for p in book.programs.values() for r in p.rules]
+        self.lookback_s = max([0.0, *spans])  # how far back any rule reads
+
+    def plan(self, context: PatientContext) -> Plan:
+        key = context.key
+        plan = self.plans.get(key)
+        if plan is None:
+            rules = []
+            for rule in self.book.rules_for(context.programs):
+                overrides = context.overrides.get(rule.id)
+                if not overrides:
+                    rules.append(rule)
+                    continue
+                same = (id(rule), tuple(sorted(overrides.items())))
+                overridden = self._overridden.get(same)
+                if overridden is None:
+                    try:
+                        overridden = self._overridden[same] = rule.with_overrides(overrides)
+                    except ValueError as exc:
+                        # The program changed under a stored override: keep the default rule.
+                        log.warning("override ignored for patient=%s: %s", context.patient_id, exc)
+                        overridden = rule
+                    if overridden is not rule and differ(rule, overridden) <= (
+                        KINDS[rule.kind].varying(rule)
+                    ):
+                        self.shared[id(overridden)] = (overridden, rule)
+                rules.append(overridden)
+            plan = self.plans[key] = compile_plan(rules)
+        return plan
+
+    def watched(self, rule: RuleSpec) -> frozenset[Metric]:
+        """The metrics whose readings the rule reads."""
+        watched = self._watched.get(id(rule))
+        if watched is None:
+            watched = self._watched[id(rule)] = (rule, KINDS[rule.kind].watched(rule))
+        return watched[1]

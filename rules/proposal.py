@@ -1,16 +1,20 @@
-"""Candidates as the engine proposes them: explanation and reading identity built lazily."""
+"""Candidates as the engine proposes them: explanation and reading identity built lazily;
+and those of the missing-data rules, which no reading triggers."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import datetime
 
 import numpy as np
 
-from rpm.domain import AlertCandidate, Reading, Severity, reading_uid
+from rpm.domain import AlertCandidate, Metric, Reading, Severity, reading_uid
 
 from .buffers import F64
 from .kinds import KINDS, Facts
+from .kinds.missing import Silence, evaluate_missing
+from .plan import Plan
 from .spec import RuleSpec
 
 _SEVERITIES = {int(s): s for s in Severity}  # Severity(n) costs an enum call
@@ -90,3 +94,35 @@ def propose(
     """A rule's candidate for one fired reading; its text and reading identity are built
     only when read (most candidates recur on an open episode and are never shown)."""
     return Proposed(rule, int(severity), detail, int(j), reading, patient_id, cause)
+
+
+def missing_candidates(
+    plan: Plan, patient_id: str, silence_of: Callable[[Metric], Silence], now: datetime
+) -> list[AlertCandidate]:
+    """Candidates of a plan's missing-data rules at ``now`` (no reading: no uid)."""
+    out = []
+    for rule in plan.rules:
+        if rule.kind != "missing":
+            continue
+        facts = evaluate_missing(rule, silence_of(rule.metric), now)
+        if facts is None:
+            continue
+        assert rule.severity is not None
+        explanation, evidence = KINDS["missing"].explain(
+            rule, Facts(now, {}, facts, int(rule.severity))
+        )
+        out.append(
+            AlertCandidate(
+                patient_id=patient_id,
+                rule_id=rule.id,
+                severity=rule.severity,
+                title=rule.title,
+                explanation=explanation,
+                evidence=evidence,
+                measured_at=now,
+                reading_uid=None,
+                advice=rule.advice,
+                advice_i18n=rule.advice_i18n,
+            )
+        )
+    return out

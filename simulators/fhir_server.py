@@ -17,8 +17,9 @@ transaction fails or hangs until lifted (``set_outage``; a hung request is proce
 outage ends, as a server that was only slow would, though the client gave up long before),
 and Observations matching a predicate are refused with 422 (``reject``).
 
-Authentication when configured: a static bearer token, and/or OAuth 2.0 client credentials
-at ``POST /token`` (HTTP Basic client authentication) issuing tokens that expire.
+Authentication when configured (``simulators.fhir_auth``): a static bearer token, and/or
+OAuth 2.0 client credentials at ``POST /token`` (HTTP Basic client authentication) issuing
+tokens that expire.
 
 It counts what it stored and how often each identifier was created. It logs no resource
 content, only counts.
@@ -28,27 +29,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import binascii
 import contextlib
 import itertools
 import json
 import logging
 import re
-import secrets
 import signal
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote_plus
 
 from aiohttp import web
 from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
 
+from simulators.fhir_auth import FhirAuth
 from simulators.local_http import listen
 
 __all__ = ["FhirServer", "main"]
@@ -134,11 +131,8 @@ class FhirServer:
         self._host = host
         self._port = port
         self._validate = validate
-        self._bearer = bearer_token
-        self._client = client
-        self._token_ttl_s = token_ttl_s
+        self._auth = FhirAuth(bearer_token, client, token_ttl_s)
         self.patients = patients
-        self._tokens: dict[str, float] = {}
         self._runner: web.AppRunner | None = None
         self.base_url: str | None = None
         self.token_url: str | None = None
@@ -154,7 +148,6 @@ class FhirServer:
         self.refused = 0  # answered 4xx
         self.failed = 0  # faults injected
         self.requests = 0
-        self.tokens_issued = 0
         # Faults.
         self._fail_next: list[int] = []
         self._outage: int | str | None = None
@@ -213,7 +206,11 @@ class FhirServer:
 
     def revoke_tokens(self) -> None:
         """Forget every token issued at /token (the next use of one gets 401)."""
-        self._tokens.clear()
+        self._auth.revoke_tokens()
+
+    @property
+    def tokens_issued(self) -> int:
+        return self._auth.tokens_issued
 
     # --- what it holds ----------------------------------------------------------------------
 
@@ -233,16 +230,7 @@ class FhirServer:
     # --- handlers -----------------------------------------------------------------------------
 
     def _authorized(self, request: web.Request) -> bool:
-        if self._bearer is None and self._client is None:
-            return True
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return False
-        if self._bearer is not None and secrets.compare_digest(token, self._bearer):
-            return True
-        expires = self._tokens.get(token)
-        return expires is not None and time.monotonic() < expires
+        return self._auth.authorized(request.headers.get("Authorization", ""))
 
     async def _transaction(self, request: web.Request) -> web.Response:
         self.requests += 1
@@ -447,25 +435,10 @@ class FhirServer:
         )
 
     async def _token(self, request: web.Request) -> web.Response:
-        """OAuth 2.0 client credentials (RFC 6749 §4.4); errors per §5.2."""
+        """OAuth 2.0 client credentials (``FhirAuth.token``)."""
         form = await request.post()
-        if self._client is None:
-            return web.json_response({"error": "unsupported_grant_type"}, status=400)
-        if form.get("grant_type") != "client_credentials":
-            return web.json_response({"error": "unsupported_grant_type"}, status=400)
-        if _basic_credentials(request.headers.get("Authorization", "")) != self._client:
-            return web.json_response({"error": "invalid_client"}, status=401)
-        token = secrets.token_urlsafe(24)
-        self._tokens[token] = time.monotonic() + self._token_ttl_s
-        self.tokens_issued += 1
-        return web.json_response(
-            {
-                "access_token": token,
-                "token_type": "bearer",
-                "expires_in": self._token_ttl_s,
-                "scope": str(form.get("scope", "")),
-            }
-        )
+        status, answer = self._auth.token(form, request.headers.get("Authorization", ""))
+        return web.json_response(answer, status=status)
 
     def stats(self) -> dict[str, int]:
         return {
@@ -481,17 +454,6 @@ class FhirServer:
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())
-
-
-def _basic_credentials(header: str) -> tuple[str, str] | None:
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        user, _, password = base64.b64decode(encoded).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    return unquote_plus(user), unquote_plus(password)
 
 
 def _fhir(status: int, body: dict[str, Any]) -> web.Response:

@@ -19,268 +19,43 @@ It never logs phone numbers or bodies, only sids, lengths and counts.
 
 import argparse
 import asyncio
-import base64
-import binascii
 import contextlib
-import hmac
-import json
 import logging
-import re
 import signal
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import format_datetime
-from http import HTTPStatus
-from math import ceil
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
-from urllib.parse import parse_qsl
 
 import aiohttp
 from aiohttp import web
-from multidict import MultiDict, MultiDictProxy, MultiMapping
+from multidict import MultiDictProxy
 from twilio.request_validator import RequestValidator
 
 from simulators.local_http import listen
+from simulators.twilio_messages import (
+    API_VERSION,
+    CREATE_PATH,
+    NOT_FOUND,
+    UNAUTHORIZED,
+    UNSUBSCRIBED,
+    ApiError,
+    RecordedMessage,
+    SentWebhook,
+    basic_credentials,
+    count_segments,
+    injected_error,
+    load_contract,
+    message_resource,
+    parse_form,
+    record,
+    same,
+    validate_create,
+)
 
 __all__ = ["RecordedMessage", "SentWebhook", "TwilioSink", "main", "run_forever"]
 
 _log = logging.getLogger(__name__)
-
-_API_VERSION = "2010-04-01"
-_CREATE_PATH = "/2010-04-01/Accounts/{AccountSid}/Messages.json"
-_FORM_TYPE = "application/x-www-form-urlencoded"
-
-# Twilio's documented limits for a Message create: Body up to 1,600 characters (error 21617);
-# ValidityPeriod an integer from 1 to 36,000 seconds (contract description; error 21624).
-_MAX_BODY_CHARS = 1600
-_VALIDITY_RANGE = range(1, 36_001)
-
-# GSM 03.38 default alphabet and its extension table (escape + char = 2 septets); anything
-# else forces UCS-2. Segment sizes per 3GPP TS 23.040: 160/153 septets, 70/67 UTF-16 units.
-_GSM_BASIC = frozenset(
-    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
-    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
-)
-_GSM_EXTENSION = frozenset("^{}\\[~]|€\f")
-_DIGITS = re.compile(r"[0-9]+")
-
-
-@dataclass(frozen=True, slots=True)
-class RecordedMessage:
-    """One Message create the sink accepted."""
-
-    account_sid: str
-    to: str
-    from_: str | None
-    messaging_service_sid: str | None
-    body: str | None
-    validity_period: int | None
-    status_callback: str | None
-    form: Mapping[str, str] = field(hash=False)  # all form fields as received (a MultiDictProxy)
-    sid: str
-    received_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class SentWebhook:
-    """A webhook request the sink made to the server under test, and the answer."""
-
-    url: str
-    fields: Mapping[str, str]
-    status: int
-    body: str
-
-
-@dataclass(frozen=True, slots=True)
-class _ApiError:
-    """An answer in Twilio's REST error shape."""
-
-    status: int
-    code: int
-    message: str
-
-    def as_json(self) -> dict[str, object]:
-        return {
-            "code": self.code,
-            "message": self.message,
-            "more_info": f"https://www.twilio.com/docs/errors/{self.code}",
-            "status": self.status,
-        }
-
-
-_UNAUTHORIZED = _ApiError(401, 20003, "Authenticate")
-# https://www.twilio.com/docs/api/errors/21610
-_UNSUBSCRIBED = _ApiError(400, 21610, "Attempt to send to unsubscribed recipient")
-_NOT_FOUND = _ApiError(404, 20404, "The requested resource was not found")
-
-
-@dataclass(frozen=True, slots=True)
-class _Contract:
-    """What the sink needs from Twilio's OpenAPI description of Message create."""
-
-    create_fields: frozenset[str]
-    required_fields: frozenset[str]
-
-
-# ---------------------------------------------------------------------------------------------
-# Pure core: contract loading, validation, the message resource. No I/O past reading the file.
-
-
-def _load_contract(path: Path) -> _Contract:
-    """Read the Message create form schema out of Twilio's OpenAPI document."""
-    document = json.loads(path.read_text(encoding="utf-8"))
-    create = document["paths"][_CREATE_PATH]["post"]
-    schema = create["requestBody"]["content"][_FORM_TYPE]["schema"]
-    return _Contract(
-        create_fields=frozenset(schema["properties"]),
-        required_fields=frozenset(schema.get("required", ())),
-    )
-
-
-def _valid_validity_period(value: str) -> bool:
-    return _DIGITS.fullmatch(value) is not None and int(value) in _VALIDITY_RANGE
-
-
-# Checked in order; the first failing rule answers. Codes are Twilio's own for these faults.
-_RULES: tuple[tuple[Callable[[MultiMapping[str]], bool], _ApiError], ...] = (
-    (lambda f: bool(f.get("To")), _ApiError(400, 21604, "A 'To' phone number is required.")),
-    (
-        lambda f: bool(f.get("From") or f.get("MessagingServiceSid")),
-        _ApiError(400, 21603, "A 'From' phone number is required."),
-    ),
-    (
-        lambda f: bool(f.get("Body") or f.get("MediaUrl") or f.get("ContentSid")),
-        _ApiError(400, 21602, "Message body is required."),
-    ),
-    (
-        lambda f: len(f.get("Body", "")) <= _MAX_BODY_CHARS,
-        _ApiError(400, 21617, "The concatenated message body exceeds the 1600 character limit."),
-    ),
-    (
-        lambda f: _valid_validity_period(f.get("ValidityPeriod", "1")),
-        _ApiError(400, 21624, "Invalid validity period value"),
-    ),
-)
-
-
-def _validate_create(form: MultiMapping[str], contract: _Contract | None) -> _ApiError | None:
-    """The error Twilio would answer this Message create with, or None if it is acceptable."""
-    if contract is not None:
-        unknown = sorted(set(form) - contract.create_fields)
-        if unknown:
-            return _ApiError(400, 20001, f"Unknown parameters: {', '.join(unknown)}")
-    for holds, error in _RULES:
-        if not holds(form):
-            return error
-    if contract is not None:
-        missing = sorted(contract.required_fields - set(form))
-        if missing:
-            return _ApiError(400, 70002, f"Missing required parameter {', '.join(missing)}")
-    return None
-
-
-def _injected_error(status: int) -> _ApiError:
-    # Twilio's generic API errors are 20000 + HTTP status (20429, 20500, 20503, ...).
-    return _ApiError(status, 20000 + status, HTTPStatus(status).phrase)
-
-
-def _count_segments(body: str) -> int:
-    """How many SMS segments Twilio would bill for this body (at least 1)."""
-    if all(c in _GSM_BASIC or c in _GSM_EXTENSION for c in body):
-        units = sum(2 if c in _GSM_EXTENSION else 1 for c in body)
-        single, multi = 160, 153
-    else:
-        units = len(body.encode("utf-16-le")) // 2
-        single, multi = 70, 67
-    return 1 if units <= single else ceil(units / multi)
-
-
-def _message_resource(message: RecordedMessage) -> dict[str, object]:
-    """The JSON Twilio answers a create with (schema ``api.v2010.account.message``)."""
-    uri = f"/{_API_VERSION}/Accounts/{message.account_sid}/Messages/{message.sid}"
-    created = format_datetime(message.received_at)  # RFC 2822, as Twilio dates are
-    body = message.body or ""
-    scheduled = message.form.get("ScheduleType") == "fixed"
-    resource: dict[str, object] = {
-        "account_sid": message.account_sid,
-        "api_version": _API_VERSION,
-        "body": body,
-        "date_created": created,
-        "date_sent": None,
-        "date_updated": created,
-        "direction": "outbound-api",
-        "error_code": None,
-        "error_message": None,
-        "from": message.from_,
-        "messaging_service_sid": message.messaging_service_sid,
-        "num_media": str(_media_count(message.form)),
-        "num_segments": str(_count_segments(body)),
-        "price": None,
-        "price_unit": None,
-        "sid": message.sid,
-        "status": "scheduled" if scheduled else "queued",
-        "subresource_uris": {"media": f"{uri}/Media.json"},
-        "to": message.to,
-        "uri": f"{uri}.json",
-    }
-    return resource
-
-
-def _media_count(form: Mapping[str, str]) -> int:
-    if isinstance(form, MultiMapping):
-        return len(form.getall("MediaUrl", []))
-    return 1 if "MediaUrl" in form else 0
-
-
-def _parse_form(content_type: str, text: str) -> MultiDictProxy[str]:
-    # Twilio reads only form-encoded bodies; anything else arrives as no parameters at all.
-    pairs = parse_qsl(text, keep_blank_values=True) if content_type == _FORM_TYPE else []
-    return MultiDictProxy(MultiDict(pairs))
-
-
-def _record(account_sid: str, form: MultiDictProxy[str]) -> RecordedMessage:
-    """A RecordedMessage for a form that passed validation."""
-    validity = form.get("ValidityPeriod")
-    return RecordedMessage(
-        account_sid=account_sid,
-        to=form["To"],
-        from_=form.get("From"),
-        messaging_service_sid=form.get("MessagingServiceSid"),
-        body=form.get("Body"),
-        validity_period=int(validity) if validity is not None else None,
-        status_callback=form.get("StatusCallback"),
-        form=form,
-        sid="SM" + uuid.uuid4().hex,
-        received_at=datetime.now(UTC).replace(microsecond=0),
-    )
-
-
-def _basic_credentials(header: str) -> tuple[str, str] | None:
-    """(login, password) from an HTTP Basic ``Authorization`` header (RFC 7617), or None."""
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        raw = base64.b64decode(encoded.strip(), validate=True)
-    except binascii.Error:
-        return None
-    try:
-        decoded = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        decoded = raw.decode("latin-1")  # what aiohttp's old BasicAuth, used by twilio, sends
-    login, colon, password = decoded.partition(":")
-    return (login, password) if colon else None
-
-
-def _same(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
-
-
-# ---------------------------------------------------------------------------------------------
-# The HTTP shell.
 
 
 class TwilioSink:
@@ -299,7 +74,7 @@ class TwilioSink:
         self._auth_token = auth_token
         self._host = host
         self._port = port
-        self._contract = _load_contract(contract_path) if contract_path is not None else None
+        self._contract = load_contract(contract_path) if contract_path is not None else None
         self._messages: list[RecordedMessage] = []
         self._resources: dict[str, dict[str, object]] = {}
         self._rejected: list[tuple[int, Mapping[str, str]]] = []
@@ -318,7 +93,7 @@ class TwilioSink:
         if self._runner is not None:
             raise RuntimeError("TwilioSink is already started")
         app = web.Application()
-        app.router.add_post(_CREATE_PATH.replace("AccountSid", "account_sid"), self._create)
+        app.router.add_post(CREATE_PATH.replace("AccountSid", "account_sid"), self._create)
         app.router.add_get("/2010-04-01/Accounts/{account_sid}/Messages/{sid}.json", self._fetch)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         self._runner, url = await listen(app, self._host, self._port)
@@ -402,7 +177,7 @@ class TwilioSink:
             raise ValueError(f"message {sid} was created without a StatusCallback")
         fields = {
             "AccountSid": message.account_sid,
-            "ApiVersion": _API_VERSION,
+            "ApiVersion": API_VERSION,
             "From": message.from_ or "",
             "MessageSid": sid,
             "MessageStatus": status,
@@ -440,12 +215,12 @@ class TwilioSink:
         sid = sid or "SM" + uuid.uuid4().hex
         fields = {
             "AccountSid": self._account_sid,
-            "ApiVersion": _API_VERSION,
+            "ApiVersion": API_VERSION,
             "Body": body,
             "From": from_,
             "MessageSid": sid,
             "NumMedia": "0",
-            "NumSegments": str(_count_segments(body)),
+            "NumSegments": str(count_segments(body)),
             "SmsMessageSid": sid,
             "SmsSid": sid,
             "SmsStatus": "received",
@@ -495,10 +270,21 @@ class TwilioSink:
             ) from None
         return list(self._messages)
 
+    async def accepted(self) -> AsyncIterator[RecordedMessage]:
+        """Each message as it is accepted, from the first on (until the caller stops)."""
+        seen = 0
+        while True:
+            while len(self._messages) <= seen:
+                self._arrived.clear()
+                await self._arrived.wait()
+            for message in self._messages[seen:]:
+                yield message
+            seen = len(self._messages)
+
     # -- handlers ---------------------------------------------------------------------------
 
     async def _create(self, request: web.Request) -> web.Response:
-        form = _parse_form(request.content_type, await request.text())
+        form = parse_form(request.content_type, await request.text())
         error = self._refusal(request, form)
         if error is not None:
             self._rejected.append((error.status, form))
@@ -509,8 +295,8 @@ class TwilioSink:
                 len(self._rejected),
             )
             return web.json_response(error.as_json(), status=error.status)
-        message = _record(self._account_sid, form)
-        resource = _message_resource(message)
+        message = record(self._account_sid, form)
+        resource = message_resource(message)
         self._messages.append(message)
         self._resources[message.sid] = resource
         self._arrived.set()
@@ -524,41 +310,41 @@ class TwilioSink:
 
     async def _fetch(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
-            return web.json_response(_UNAUTHORIZED.as_json(), status=401)
+            return web.json_response(UNAUTHORIZED.as_json(), status=401)
         resource = self._resources.get(request.match_info["sid"])
         if resource is None:
             return await self._not_found(request)
         return web.json_response(resource)
 
     async def _not_found(self, request: web.Request) -> web.Response:
-        return web.json_response(_NOT_FOUND.as_json(), status=404)
+        return web.json_response(NOT_FOUND.as_json(), status=404)
 
-    def _refusal(self, request: web.Request, form: MultiDictProxy[str]) -> _ApiError | None:
+    def _refusal(self, request: web.Request, form: MultiDictProxy[str]) -> ApiError | None:
         """Why this create is refused, or None. Auth first, then injected faults, then rules."""
         if not self._authorized(request):
-            return _UNAUTHORIZED
+            return UNAUTHORIZED
         if self._outage_until is not None and time.monotonic() >= self._outage_until:
             self._outage_status = self._outage_until = None
         if self._outage_status is not None:
-            return _injected_error(self._outage_status)
+            return injected_error(self._outage_status)
         if self._fail_count > 0:
             self._fail_count -= 1
-            return _injected_error(self._fail_status)
-        invalid = _validate_create(form, self._contract)
+            return injected_error(self._fail_status)
+        invalid = validate_create(form, self._contract)
         if invalid is None and form.get("To") in self._unsubscribed:
-            return _UNSUBSCRIBED
+            return UNSUBSCRIBED
         return invalid
 
     def _authorized(self, request: web.Request) -> bool:
-        credentials = _basic_credentials(request.headers.get("Authorization", ""))
+        credentials = basic_credentials(request.headers.get("Authorization", ""))
         if credentials is None:
             return False
         login, password = credentials
         # Evaluate all three so timing does not tell which one was wrong.
         checks = (
-            _same(login, self._account_sid),
-            _same(password, self._auth_token),
-            _same(request.match_info["account_sid"], self._account_sid),
+            same(login, self._account_sid),
+            same(password, self._auth_token),
+            same(request.match_info["account_sid"], self._account_sid),
         )
         return all(checks)
 
@@ -592,15 +378,8 @@ async def run_forever(
     emit = emit or _print_line
     emit(f"twilio sink listening on {await sink.start()}")
     try:
-        seen = 0
-        while True:
-            try:
-                messages = await sink.wait_for(seen + 1, timeout=3600)
-            except TimeoutError:
-                continue
-            for message in messages[seen:]:
-                emit(f"accepted {message.sid} body_len={len(message.body or '')}")
-            seen = len(messages)
+        async for message in sink.accepted():
+            emit(f"accepted {message.sid} body_len={len(message.body or '')}")
     finally:
         await sink.stop()
 

@@ -189,7 +189,9 @@ def test_start_saves_endpoints_and_logs_no_secret(
 def test_without_timescaledb_runs_plain_postgres(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("simulators.localservices._timescaledb_installed", lambda _bindir: False)
+    monkeypatch.setattr(
+        "simulators.localservices.postgres.timescaledb_installed", lambda _bindir: False
+    )
     with pytest.raises(LocalServicesError, match="required"):
         LocalServices(tmp_path / "required", timescaledb=True).start()
     lines: list[str] = []

@@ -32,7 +32,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rules import kernels
 from rules.kernels import (
     OP_CODES,
     baseline_verdict,
@@ -40,6 +39,7 @@ from rules.kernels import (
     breaching_run,
     change_verdict,
     insert_sorted,
+    jit,
     latest_at,
     least_squares,
     robust_center,
@@ -476,7 +476,7 @@ def test_tier_levels_matches_the_reference(data: st.DataObject) -> None:
 
 
 # breaching_count reads "the last n places" from a row's end: the newest, as a row's finite
-# places are in time order (buffer and hidden rows; ``rules/kernels.py``).
+# places are in time order (buffer and hidden rows; ``rules/kernels/``).
 @PROPS
 @pytest.mark.parametrize("layout", ["buffer", "hidden"])
 @given(data=st.data())
@@ -855,9 +855,9 @@ def test_a_loop_numba_cannot_cache_is_compiled_anyway(caplog: pytest.LogCaptureF
     package folder nor NUMBA_CACHE_DIR is writable) still compiles, with a warning."""
     namespace: dict[str, Callable[[int], int]] = {}
     exec(compile("def twice(x):\n    return 2 * x\n", "<no file>", "exec"), namespace)
-    kernels._uncached.clear()
-    with caplog.at_level(logging.WARNING, logger="rules.kernels"):
-        twice = kernels._compiled(namespace["twice"])
+    jit.uncached.clear()
+    with caplog.at_level(logging.WARNING, logger="rules.kernels.jit"):
+        twice = jit.compiled(namespace["twice"])
     assert twice(21) == 42
-    assert kernels._uncached == ["twice"]
+    assert jit.uncached == ["twice"]
     assert "not cached" in caplog.text

@@ -11,7 +11,7 @@ import pytest
 from alerts import templates
 from rpm.domain import Severity
 from rules.programs import builtin_programs
-from simulators.twilio_sink import _count_segments as sink_segments
+from simulators.twilio_messages import count_segments as sink_segments
 
 pytestmark = pytest.mark.pure
 

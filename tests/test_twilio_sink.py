@@ -24,7 +24,8 @@ from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 from twilio.rest.api.v2010.account.message import MessageInstance
 
-from simulators.twilio_sink import TwilioSink, _count_segments
+from simulators.twilio_messages import count_segments
+from simulators.twilio_sink import TwilioSink
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "sink-test-token"
@@ -506,7 +507,7 @@ async def test_command_line_prints_sid_and_length_only() -> None:
     ],
 )
 def test_segment_count_follows_gsm7_and_ucs2(body: str, segments: int) -> None:
-    assert _count_segments(body) == segments
+    assert count_segments(body) == segments
 
 
 # -- outages in time, unsubscribed recipients, webhooks to the server under test -------------

@@ -26,26 +26,21 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import groupby
-from typing import Any
 
 from alerts.lifecycle import Action
 from alerts.policy import Decision, Episode, EpisodeKey, decide
-from rpm.domain import AcceptedReading, AlertCandidate, Metric, Severity
-from rpm.domain.severity import BY_URGENCY
+from rpm.domain import AcceptedReading, AlertCandidate, Metric
 from rules.engine import Clear, Engine, PatientContext
 from rules.kinds.missing import Silence
 from rules.programs import RuleBook
 from rules.spec import RuleSpec
 
-DAY = timedelta(days=1)
-MONTH_DAYS = 365.25 / 12
-SEVERITIES = BY_URGENCY  # critical first, as nurses triage
+from .burden import DAY, SEVERITIES, Alert, Burden, Comparison, Options, RuleBurden
 
 # A period in which the missing-data timer watches a patient (a device binding);
 # open-ended when the end is None.
@@ -60,144 +55,6 @@ WATCHED_FROM_FIRST = (
     "{n} patient(s) without device bindings in the input are watched by the missing-data "
     "timer from their first reading to the end of the period."
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Options:
-    """What to replay and how; ``None`` start/end: UTC midnights around the readings."""
-
-    start: datetime | None = None
-    end: datetime | None = None  # exclusive
-    step: timedelta = timedelta(hours=1)
-    resolve_after: timedelta = timedelta(hours=24)
-    patients_per_nurse: int = 100
-
-    def __post_init__(self) -> None:
-        for t in (self.start, self.end):
-            if t is not None and t.tzinfo is None:
-                raise ValueError("backtest start and end must be timezone-aware")
-        if self.start is not None and self.end is not None and self.end <= self.start:
-            raise ValueError("the backtest period ends before it starts")
-        if self.step <= timedelta(0) or self.step > DAY:
-            raise ValueError("the step must be positive and at most a day")
-        if self.resolve_after < timedelta(0):
-            raise ValueError("resolve_after cannot be negative")
-        if self.patients_per_nurse < 1:
-            raise ValueError("patients_per_nurse must be at least 1")
-
-
-@dataclass(frozen=True, slots=True)
-class Alert:
-    """One alert episode the replay opened in the period."""
-
-    alert_id: int
-    patient_id: str
-    rule_id: str
-    opened_at: datetime
-    severity: Severity  # the highest it reached
-    opened_severity: Severity
-    escalations: int
-    recurrences: int
-    auto_resolved: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class RuleBurden:
-    """The alerts of one rule over the period."""
-
-    rule_id: str
-    program: str
-    title: str
-    alerts: int
-    by_severity: Mapping[str, int]  # severity name -> episodes that reached it at most
-    patients: int  # patients with at least one alert of the rule
-    candidates: int  # proposals the policy folded into those (and earlier) episodes
-    escalations: int
-    auto_resolved: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Burden:
-    """The alert burden of one rule set over one period: the backtest's answer."""
-
-    start: datetime
-    end: datetime
-    options: Options
-    patients: int
-    readings: int
-    alerts: tuple[Alert, ...]
-    per_rule: Mapping[str, RuleBurden]
-    rule_set: Mapping[str, str]  # program -> digest of the spec replayed
-    notes: tuple[str, ...] = ()
-
-    @property
-    def days(self) -> float:
-        return (self.end - self.start) / DAY
-
-    @property
-    def nurses(self) -> int:
-        return math.ceil(self.patients / self.options.patients_per_nurse)
-
-    @property
-    def patient_months(self) -> float:
-        return self.patients * self.days / MONTH_DAYS
-
-    @property
-    def alerts_per_patient_month(self) -> float:
-        return len(self.alerts) / self.patient_months if self.patient_months else 0.0
-
-    @property
-    def alerts_per_nurse_day(self) -> float:
-        return len(self.alerts) / self.days / self.nurses if self.nurses and self.days else 0.0
-
-    @property
-    def patients_alerted(self) -> int:
-        return len({a.patient_id for a in self.alerts})
-
-    @property
-    def share_patients_alerted(self) -> float:
-        return self.patients_alerted / self.patients if self.patients else 0.0
-
-    def by_severity(self) -> dict[str, int]:
-        counts = Counter(a.severity for a in self.alerts)
-        return {s.name.lower(): counts[s] for s in SEVERITIES}
-
-    def as_json(self) -> dict[str, Any]:
-        """The figures as JSON-ready values (what ``--json`` writes)."""
-        months = self.patient_months
-        return {
-            "start": self.start.isoformat(),
-            "end": self.end.isoformat(),
-            "days": round(self.days, 3),
-            "patients": self.patients,
-            "readings": self.readings,
-            "nurses": self.nurses,
-            "patients_per_nurse": self.options.patients_per_nurse,
-            "resolve_after_hours": self.options.resolve_after / timedelta(hours=1),
-            "step_minutes": self.options.step / timedelta(minutes=1),
-            "alerts": len(self.alerts),
-            "by_severity": self.by_severity(),
-            "alerts_per_patient_month": round(self.alerts_per_patient_month, 4),
-            "alerts_per_nurse_day": round(self.alerts_per_nurse_day, 4),
-            "patients_alerted": self.patients_alerted,
-            "share_patients_alerted": round(self.share_patients_alerted, 4),
-            "per_rule": {
-                r.rule_id: {
-                    "program": r.program,
-                    "title": r.title,
-                    "alerts": r.alerts,
-                    "by_severity": dict(r.by_severity),
-                    "alerts_per_patient_month": round(r.alerts / months, 4) if months else 0.0,
-                    "patients": r.patients,
-                    "candidates": r.candidates,
-                    "escalations": r.escalations,
-                    "auto_resolved": r.auto_resolved,
-                }
-                for r in sorted(self.per_rule.values(), key=lambda r: r.rule_id)
-            },
-            "rule_set": dict(self.rule_set),
-            "notes": list(self.notes),
-        }
 
 
 def _midnight(t: datetime) -> datetime:
@@ -586,47 +443,6 @@ def backtest(
     replay = Replay(book, options)
     replay.feed(sorted(readings, key=lambda a: a.reading.measured_at), contexts, watch)
     return replay.finish()
-
-
-# --- comparison -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Comparison:
-    """The same readings replayed through a baseline and a candidate rule set."""
-
-    baseline: Burden
-    candidate: Burden
-    labels: tuple[str, str] = ("baseline", "candidate")
-
-    def rule_ids(self) -> list[str]:
-        return sorted(set(self.baseline.per_rule) | set(self.candidate.per_rule))
-
-    def as_json(self) -> dict[str, Any]:
-        b, c = self.baseline, self.candidate
-
-        def alerts_of(burden: Burden, rule_id: str) -> int:
-            r = burden.per_rule.get(rule_id)
-            return r.alerts if r else 0
-
-        return {
-            "baseline": b.as_json(),
-            "candidate": c.as_json(),
-            "labels": list(self.labels),
-            "delta": {
-                "alerts": len(c.alerts) - len(b.alerts),
-                "alerts_per_patient_month": round(
-                    c.alerts_per_patient_month - b.alerts_per_patient_month, 4
-                ),
-                "alerts_per_nurse_day": round(c.alerts_per_nurse_day - b.alerts_per_nurse_day, 4),
-                "patients_alerted": c.patients_alerted - b.patients_alerted,
-                "per_rule": {
-                    r: alerts_of(c, r) - alerts_of(b, r)
-                    for r in self.rule_ids()
-                    if alerts_of(c, r) != alerts_of(b, r)
-                },
-            },
-        }
 
 
 __all__ = [

@@ -26,7 +26,8 @@ from typing import Any, TextIO
 
 import asyncpg
 
-from rpm.backtest.replay import SEVERITIES, Burden, Comparison, Options, Replay, Span
+from rpm.backtest.burden import SEVERITIES, Burden, Comparison, Options
+from rpm.backtest.replay import Replay, Span
 from rpm.domain import METRICS, AcceptedReading, Metric, Reading
 from rpm.domain.errors import StorageError
 from rpm.storage import registry

@@ -1,52 +1,51 @@
-"""The ingest unit of work: one database transaction per micro-batch.
-
-decode (pure) -> validate (pure) -> in one transaction: load the rule state of
-patients the engine has not seen -> insert new readings (duplicates skipped) ->
-rule step (in memory, no I/O) -> alert policy (pure) -> alert rows, audit events,
-outbox rows, quarantine rows, NOTIFY -> commit. The caller acknowledges the
-batch's messages only after ``process`` returns. When the transaction fails, the
-engine forgets the batch's patients, so its memory never holds an uncommitted
-reading; their state is rebuilt from the database on the retry.
-"""
+"""The ingest unit of work: ``IngestPipeline``, one database transaction per micro-batch
+(the stages: ``rpm.pipeline``)."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
 import asyncpg
-import orjson
 from prometheus_client import CollectorRegistry
 
 from alerts.lifecycle import Action
 from alerts.policy import Decision, decide
 from device_gateways.decoders import DECODERS, Decoded
-from rpm.domain import AlertCandidate, Severity
+from rpm.domain import (
+    AcceptedReading,
+    AlertCandidate,
+    Metric,
+    RawMessage,
+    Reading,
+    Rejection,
+    RejectReason,
+)
+from rpm.domain.errors import DecodeError, StorageError
+from rpm.metrics import IngestMetrics
+from rpm.storage import alerts as alert_store
+from rpm.storage import outbox as outbox_store
+from rpm.storage import quarantine as quarantine_store
+from rpm.storage import readings as reading_store
+from rpm.storage import registry as device_store
+from rpm.storage import rule_programs as program_store
+from rpm.storage import rule_state
+from rpm.storage.pool import DATABASE_UNAVAILABLE, Conn
+from rpm.validation import ClockPolicy, validate
 from rules.engine import Engine, PatientContext
 from rules.kinds.missing import Silence
 from rules.programs import RuleBook
 
-from .domain import AcceptedReading, Metric, RawMessage, Reading, Rejection, RejectReason
-from .domain.errors import DecodeError, StorageError
-from .metrics import IngestMetrics
-from .storage import alerts as alert_store
-from .storage import outbox as outbox_store
-from .storage import quarantine as quarantine_store
-from .storage import readings as reading_store
-from .storage import registry as device_store
-from .storage import rule_programs as program_store
-from .storage import rule_state
-from .storage.pool import DATABASE_UNAVAILABLE, Conn
-from .validation import ClockPolicy, validate
+from .outbox_items import fhir_push_item, patient_sms_payload
+from .results import BatchResult, Prepared, itemize
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("rpm.pipeline")  # the name it logged under as one module
 
 INGEST_CHANNEL = "rpm_ingest"
 LAST_READING_SLACK = timedelta(minutes=15)
@@ -60,85 +59,6 @@ R = TypeVar("R")
 # is starting up / shutting down"), class 53 (e.g. too many connections), client-side errors
 # of a connection that died (InterfaceError; InternalClientError when the pool resets a
 # connection whose server went away mid-operation), and the socket's own OSError.
-
-
-@dataclass(slots=True)
-class MessageResult:
-    """What one unit of work did with one of its messages."""
-
-    stored: int = 0
-    duplicates: int = 0
-    quarantined: int = 0
-    quarantine_reasons: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class BatchResult:
-    """What one unit of work did (``per_message``: only when ``process`` is asked for it)."""
-
-    messages: int = 0
-    stored: int = 0
-    duplicates: int = 0
-    quarantined: int = 0
-    alerts_opened: list[int] = field(default_factory=list)
-    alerts_changed: list[int] = field(default_factory=list)
-    quarantine_reasons: dict[str, int] = field(default_factory=dict)
-    per_message: list[MessageResult] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class _Prepared:
-    accepted: list[AcceptedReading]
-    rejections: list[Rejection]
-    seen: dict[str, tuple[datetime, dict[str, float]]]
-    origins: list[int]  # index in the batch of the message each accepted reading came from
-
-
-def _itemize(
-    batch: Sequence[RawMessage], prepared: _Prepared, new: Sequence[AcceptedReading]
-) -> list[MessageResult]:
-    """The batch's outcome per message. ``new`` holds the very objects of
-    ``prepared.accepted`` that were inserted; a rejection keeps the message it came from."""
-    out = [MessageResult() for _ in batch]
-    fresh = {id(a) for a in new}
-    for a, i in zip(prepared.accepted, prepared.origins, strict=True):
-        if id(a) in fresh:
-            out[i].stored += 1
-        else:
-            out[i].duplicates += 1
-    index = {id(raw): i for i, raw in enumerate(batch)}
-    for r in prepared.rejections:
-        m = out[index[id(r.raw)]]
-        m.quarantined += 1
-        m.quarantine_reasons[r.reason.value] = m.quarantine_reasons.get(r.reason.value, 0) + 1
-    return out
-
-
-def patient_sms_payload(alert_id: int, c: AlertCandidate, *, template: str) -> dict[str, Any]:
-    """An outbox item for the patient's SMS; the worker renders it in the patient's language
-    at send time and applies consent, quiet hours and the daily cap (urgent ones excepted)."""
-    return {
-        "recipient": "patient",
-        "patient_id": c.patient_id,
-        "alert_id": alert_id,
-        "template": template,
-        "rule_id": c.rule_id,
-        "severity": c.severity.name,
-        "urgent": c.severity >= Severity.HIGH,
-        "title": c.title,
-        "advice": {"en": c.advice, **c.advice_i18n},
-    }
-
-
-def fhir_push_item(new: Sequence[AcceptedReading]) -> tuple[str, str, dict[str, Any]]:
-    """One outbox item per batch: the new readings to push to the EHR as one transaction
-    Bundle, named by primary key (device, metric, measured time)."""
-    keys = sorted(
-        (a.reading.device_id, a.reading.metric.value, a.reading.measured_at.isoformat())
-        for a in new
-    )
-    digest = hashlib.sha256(orjson.dumps(keys)).hexdigest()[:32]
-    return ("fhir", f"fhir:readings:{digest}", {"readings": [list(k) for k in keys]})
 
 
 def namespaced(decoded: Decoded, integration: str) -> Decoded:
@@ -316,7 +236,7 @@ class IngestPipeline:
         result.stored = len(new)
         result.duplicates = len(prepared.accepted) - len(new)
         if itemized:
-            result.per_message = _itemize(batch, prepared, new)
+            result.per_message = itemize(batch, prepared, new)
 
         if new:
             await rule_state.touch_last(conn, self._last_due(new))
@@ -401,7 +321,7 @@ class IngestPipeline:
         except DATABASE_UNAVAILABLE as exc:
             raise StorageError(f"database unavailable: {exc.__class__.__name__}") from exc
 
-    async def _prepare(self, conn: Conn, batch: Sequence[RawMessage], now: datetime) -> _Prepared:
+    async def _prepare(self, conn: Conn, batch: Sequence[RawMessage], now: datetime) -> Prepared:
         decoded = []
         rejections: list[Rejection] = []
         for i, raw in enumerate(batch):
@@ -452,7 +372,7 @@ class IngestPipeline:
                 rejections.extend(bad)
                 if device is not None:
                     seen[device_id] = (raw.received_at, d.device_status.get(device_id, {}))
-        return _Prepared(accepted, rejections, seen, origins)
+        return Prepared(accepted, rejections, seen, origins)
 
     async def _follow_up(
         self,
