@@ -1,4 +1,4 @@
-"""The loop every outbox worker runs (SMS in alerts/outbox_worker.py, FHIR push in
+"""The loop every outbox worker runs (SMS in rpm/workers/sms_outbox.py, FHIR push in
 rpm/fhir/push.py): drain what is due, rest when nothing was, stop when asked."""
 
 from __future__ import annotations
