@@ -66,3 +66,16 @@ def test_rpm_serve_loads_no_development_tooling() -> None:
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
+
+
+@pytest.mark.parametrize("command", ["services", "demo", "simulate"])
+def test_the_development_commands_load_as_plugins(command: str) -> None:
+    """``rpm <command> --help`` through the installed ``rpm`` script: the entry point is
+    declared, the plug-in imports and adds its own options."""
+    rpm = Path(sys.executable).with_name("rpm")
+    done = subprocess.run(
+        [str(rpm), command, "--help"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"usage: rpm {command}" in done.stdout
+    assert "--dir" in done.stdout  # the plug-in's own option, not the placeholder's
