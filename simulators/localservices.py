@@ -45,7 +45,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from device_gateways import dynsec
-from rpm.domain.errors import RpmError
+from rpm.domain.errors import LocalServicesError
 from rpm.local_endpoints import ADMIN_USERNAME, ServiceEndpoints
 
 LOOPBACK = "127.0.0.1"
@@ -60,10 +60,6 @@ _MQTT_BINDIRS = ("/usr/sbin", "/usr/local/sbin")  # mosquitto is in sbin, often 
 _WAIT_S = 10.0  # for the broker to listen, and for a process to exit
 _PG_WAIT_S = 60  # pg_ctl -t: crash recovery on start may take a while
 _MAX_SOCKET_DIR = 90  # sun_path holds 107 bytes; "/.s.PGSQL.65535.lock" needs 20 of them
-
-
-class LocalServicesError(RpmError, RuntimeError):
-    """A local service could not be set up, started or stopped; the message has the log tail."""
 
 
 def free_port() -> int:

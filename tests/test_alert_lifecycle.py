@@ -21,8 +21,6 @@ from alerts.lifecycle import (
     Action,
     Actor,
     AlertState,
-    InvalidTransition,
-    NoteRequired,
     next_state,
     staff_transition,
 )
@@ -30,7 +28,7 @@ from alerts.policy import SnoozeCaps, decide
 from rpm.api import alerts as alerts_api
 from rpm.api.live import Broadcaster
 from rpm.domain import AlertCandidate, Severity
-from rpm.domain.errors import StorageError
+from rpm.domain.errors import InvalidTransition, NoteRequired, StorageError
 from rpm.pipeline import IngestPipeline
 from rpm.storage import alerts as alert_store
 from rpm.storage import registry

@@ -16,8 +16,9 @@ from fhir.resources.R4B.operationoutcome import OperationOutcome
 
 from alerts.lifecycle import Action
 from rpm.api import fhir as fhir_api
+from rpm.domain.errors import SearchError
 from rpm.fhir.mapping import logical_id
-from rpm.fhir.search import SearchError, parse_date, time_window
+from rpm.fhir.search import parse_date, time_window
 from rpm.storage import alerts as alert_store
 from rpm.storage import sms as sms_store
 from rpm.storage.pool import create_pool

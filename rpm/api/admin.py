@@ -16,7 +16,8 @@ import asyncpg
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import AwareDatetime, BaseModel, Field
 
-from rpm.auth import API_KEY_PREFIX, STAFF_ID, SignInRateLimited, SignInRefused, token_hash
+from rpm.auth import API_KEY_PREFIX, STAFF_ID, token_hash
+from rpm.domain.errors import ApiKeyExists, SignInRateLimited, SignInRefused
 from rpm.storage import audit as audit_store
 from rpm.storage import registry, staff_auth
 from rpm.storage import staff as staff_store
@@ -113,7 +114,7 @@ async def create_api_key(
     created_by: str,
 ) -> tuple[str, staff_auth.ApiKeyRecord]:
     """A new key (the secret, shown once) and its record. ``ValueError`` for bad input,
-    ``staff_auth.ApiKeyExists`` for a taken id."""
+    ``ApiKeyExists`` for a taken id."""
     if not re.fullmatch(KEY_ID, key_id):
         raise ValueError("key id: lowercase letters, digits and '-', at most 40 characters")
     unknown = sorted(set(scopes) - set(KEY_SCOPES))
@@ -206,7 +207,7 @@ def router(pool: asyncpg.Pool) -> APIRouter:
                     created_by=who.actor,
                 )
             except ValueError as exc:
-                if isinstance(exc, staff_auth.ApiKeyExists):
+                if isinstance(exc, ApiKeyExists):
                     raise HTTPException(409, f"key {body.id!r} exists") from None
                 raise HTTPException(422, str(exc)) from None
         return {**_key_out(record), "key": key}

@@ -21,9 +21,16 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from alerts.lifecycle import Action, InvalidTransition, NoteRequired
-from alerts.policy import SnoozeCaps, SnoozeTooLong
+from alerts.lifecycle import Action
+from alerts.policy import SnoozeCaps
 from rpm.domain import Severity
+from rpm.domain.errors import (
+    AlertNotFound,
+    InvalidTransition,
+    NoteRequired,
+    SnoozeTooLong,
+    StaffNotFound,
+)
 from rpm.domain.severity import SeverityName
 from rpm.pipeline import INGEST_CHANNEL
 from rpm.storage import alerts as alert_store
@@ -209,9 +216,9 @@ def router(
             audit(request, who, action, "alert", [alert["patient_id"]], str(alert_id))
             try:
                 return await work(conn)
-            except alert_store.AlertNotFound:
+            except AlertNotFound:
                 raise HTTPException(404, "no such alert") from None
-            except alert_store.StaffNotFound:
+            except StaffNotFound:
                 raise HTTPException(422, "no such active staff member") from None
             except (NoteRequired, SnoozeTooLong) as exc:
                 raise HTTPException(422, str(exc)) from None

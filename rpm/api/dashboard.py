@@ -34,12 +34,11 @@ from rpm.auth import (
     CSRF_HEADER,
     Auth,
     SignedIn,
-    SignInRateLimited,
-    SignInRefused,
     current_staff,
     safe_next,
 )
 from rpm.domain import DISPLAY_UNITS, METRICS, Metric
+from rpm.domain.errors import SignInRateLimited, SignInRefused
 from rpm.domain.severity import NAMES
 from rpm.storage import readings as reading_store
 from rpm.storage import registry, rule_programs, staff_auth

@@ -25,12 +25,12 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
+from rpm.domain.errors import SearchError
 from rpm.fhir import bundles, capability, resources
 from rpm.fhir.bundles import DEVICE_IDENTIFIER_SYSTEM, PATIENT_IDENTIFIER_SYSTEM
 from rpm.fhir.mapping import reading_uid_of, recorded_observations
 from rpm.fhir.search import (
     Params,
-    SearchError,
     Token,
     count_of,
     decode_cursor,

@@ -30,8 +30,8 @@ from device_gateways.decoders import DECODERS
 from device_gateways.webhook_auth import verify_bearer, verify_signature
 from rpm.auth import API_KEY_PREFIX
 from rpm.domain import RawMessage, Rejection, RejectReason
-from rpm.domain.errors import StorageError
-from rpm.ingest_batcher import BatcherFull, BatchLimits, IngestBatcher
+from rpm.domain.errors import BatcherFull, StorageError
+from rpm.ingest_batcher import BatchLimits, IngestBatcher
 from rpm.json_depth import max_depth
 from rpm.metrics import Metrics, delivery_families
 from rpm.pipeline import BatchResult, IngestPipeline, MessageResult

@@ -12,6 +12,7 @@ import yaml
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field, FiniteFloat
 
+from rpm.domain.errors import RuleNotFound, StoredProgramInvalid
 from rpm.storage import registry as patient_store
 from rpm.storage import rule_programs
 from rpm.storage import staff as staff_store
@@ -210,9 +211,9 @@ def router(pool: asyncpg.Pool, on_change: Callable[[], None] | None = None) -> A
                 version = await rule_programs.activate(
                     conn, program, body.version, who.actor, body.note
                 )
-            except rule_programs.NotFound as exc:
+            except RuleNotFound as exc:
                 raise HTTPException(404, str(exc)) from None
-            except rule_programs.StoredProgramInvalid as exc:
+            except StoredProgramInvalid as exc:
                 raise HTTPException(422, str(exc)) from None
             moved = await rule_programs.stamp(conn) != before
         if moved:
@@ -278,7 +279,7 @@ def router(pool: asyncpg.Pool, on_change: Callable[[], None] | None = None) -> A
                 return await rule_programs.set_overrides(
                     conn, patient_id, rule_id, params, actor, reason, book
                 )
-            except rule_programs.NotFound as exc:
+            except RuleNotFound as exc:
                 raise HTTPException(404, str(exc)) from None
             except ValueError as exc:
                 raise HTTPException(422, str(exc)) from None

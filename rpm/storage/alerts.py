@@ -21,6 +21,7 @@ import asyncpg
 from alerts.lifecycle import Action, AlertState, staff_transition
 from alerts.policy import Decision, Episode, EpisodeKey, Snooze, SnoozeCaps
 from rpm.domain import Severity
+from rpm.domain.errors import AlertNotFound, StaffNotFound
 from rpm.domain.severity import sql_rank
 from rpm.storage import staff as staff_store
 from rpm.storage.pool import Conn
@@ -289,14 +290,6 @@ def change(
 
 
 # --- staff actions --------------------------------------------------------------------
-
-
-class AlertNotFound(LookupError):
-    pass
-
-
-class StaffNotFound(LookupError):
-    """No active staff member with that id."""
 
 
 async def _act(

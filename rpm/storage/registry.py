@@ -152,10 +152,6 @@ async def sms_contact(conn: Conn, patient_id: str) -> tuple[str | None, bool]:
     return row["phone"], bool(row["sms_consent"])
 
 
-class DeviceNotFound(LookupError):
-    pass
-
-
 async def device_event(
     conn: Conn, device_id: str, actor: str, action: str, detail: Mapping[str, object]
 ) -> None:

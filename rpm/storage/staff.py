@@ -11,15 +11,8 @@ from datetime import datetime
 
 import asyncpg
 
+from rpm.domain.errors import NotATeamMember, ShiftOverlap
 from rpm.storage.pool import Conn
-
-
-class ShiftOverlap(ValueError):
-    """The team already has someone on call at that tier during part of that time."""
-
-
-class NotATeamMember(ValueError):
-    """On-call shifts go to active members of the team."""
 
 
 async def create_team(conn: Conn, team_id: str, title: str) -> None:
