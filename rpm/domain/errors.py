@@ -17,6 +17,7 @@
     │   │   ├── AlertNotFound
     │   │   ├── DeviceNotFound
     │   │   └── RuleNotFound     no such patient, rule of the patient, program or version
+    │   ├── NotAcceptableError   the client accepts no format we answer in              406
     │   ├── ConflictError        conflicts with what is stored                          409
     │   │   ├── InvalidTransition (ValueError) not allowed from the alert's state
     │   │   ├── ShiftOverlap     (ValueError) the tier is already covered then
@@ -94,6 +95,10 @@ class NotFoundError(RequestError, LookupError):
 
 class ConflictError(RequestError):
     """The request conflicts with what is stored."""
+
+
+class NotAcceptableError(RequestError):
+    """The client accepts no format we answer in."""
 
 
 class RefusedError(RequestError):

@@ -307,7 +307,7 @@ async def _act(
             "SELECT state, severity, patient_id FROM alerts WHERE id = $1 FOR UPDATE", alert_id
         )
         if row is None:
-            raise AlertNotFound(alert_id)
+            raise AlertNotFound("no such alert")
         before = AlertState(row["state"])
         after = staff_transition(before, action, note)
         await write(after)
@@ -354,7 +354,7 @@ async def assign(conn: Conn, alert_id: int, assignee: str, actor: str) -> dict[s
 
     async def write(_: AlertState) -> object:
         if not await staff_store.exists(conn, assignee):
-            raise StaffNotFound(assignee)
+            raise StaffNotFound("no such active staff member")
         return await conn.execute(
             "UPDATE alerts SET assigned_to = $2, updated_at = now() WHERE id = $1",
             alert_id,

@@ -23,7 +23,7 @@ from typing import Any
 import asyncpg
 from pydantic import ValidationError
 
-from rpm.domain.errors import RuleNotFound, StoredProgramInvalid
+from rpm.domain.errors import InvalidRequestError, RuleNotFound, StoredProgramInvalid
 from rpm.storage.pool import Conn
 from rules.programs import RuleBook, builtin_programs
 from rules.spec import ProgramSpec, RuleSpec, parse_program
@@ -211,7 +211,7 @@ async def set_overrides(
     """Replace a patient's overrides of one rule (``None`` or empty: back to the defaults).
 
     Returns the rule as it now applies (see ``effective_rules``). Raises ``RuleNotFound`` for
-    an unknown patient or a rule outside the patient's programs, ``ValueError`` for
+    an unknown patient or a rule outside the patient's programs, ``InvalidRequestError`` for
     parameters the rule does not have or that make it invalid. A change is recorded in
     ``rule_override_events`` in the same transaction; no change records nothing.
     """
@@ -279,11 +279,11 @@ def effective_rules(
 def _check(rule: RuleSpec, params: Mapping[str, float]) -> None:
     infinite = sorted(k for k, v in params.items() if not math.isfinite(v))
     if infinite:
-        raise ValueError(f"parameters {infinite} must be finite numbers")
+        raise InvalidRequestError(f"parameters {infinite} must be finite numbers")
     try:
         rule.with_overrides(params)
     except ValueError as exc:
-        raise ValueError(validation_message(exc)) from None
+        raise InvalidRequestError(validation_message(exc)) from None
 
 
 def _effective(

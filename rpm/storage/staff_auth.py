@@ -101,7 +101,7 @@ async def add_staff(
             phone,
         )
     except asyncpg.UniqueViolationError:
-        raise StaffExists(staff_id) from None
+        raise StaffExists(f"staff member {staff_id!r} exists") from None
 
 
 async def credentials(conn: Conn, staff_id: str) -> Credentials | None:
@@ -221,7 +221,7 @@ async def create_api_key(
             created_by,
         )
     except asyncpg.UniqueViolationError:
-        raise ApiKeyExists(key_id) from None
+        raise ApiKeyExists(f"key {key_id!r} exists") from None
 
 
 def _key(r: asyncpg.Record) -> ApiKeyRecord:
