@@ -24,6 +24,7 @@ import asyncpg
 import orjson
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -187,5 +188,11 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(asyncpg.DataError, on_data_error)
 
 
-# What the route class of /fhir (rpm/api/fhir_common.py) leaves to the handlers above.
-HANDLED: tuple[type[Exception], ...] = (RpmError, StarletteHTTPException, asyncpg.DataError)
+# What the route class of /fhir (rpm/api/fhir_common.py) leaves to the app's handlers:
+# those above, and FastAPI's own for a request that fails validation (422).
+HANDLED: tuple[type[Exception], ...] = (
+    RpmError,
+    StarletteHTTPException,
+    asyncpg.DataError,
+    RequestValidationError,
+)
