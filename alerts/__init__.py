@@ -1,18 +1,15 @@
 """Alerts: lifecycle, policy, delivery channels and workers."""
 
-from .lifecycle import Action, AlertState, InvalidTransition, NoteRequired, next_state
-from .policy import Decision, Episode, Snooze, SnoozeCaps, SnoozeTooLong, decide
+from .lifecycle import Action, AlertState, next_state
+from .policy import Decision, Episode, Snooze, SnoozeCaps, decide
 
 __all__ = [
     "Action",
     "AlertState",
     "Decision",
     "Episode",
-    "InvalidTransition",
-    "NoteRequired",
     "Snooze",
     "SnoozeCaps",
-    "SnoozeTooLong",
     "decide",
     "next_state",
 ]

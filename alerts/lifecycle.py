@@ -27,6 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from rpm.domain.errors import InvalidTransition, NoteRequired
+
 
 class AlertState(enum.StrEnum):
     OPEN = "open"
@@ -54,14 +56,6 @@ class Actor(enum.StrEnum):
 
     SYSTEM = "system"
     STAFF = "staff"
-
-
-class InvalidTransition(ValueError):
-    """The action is not allowed from the alert's current state."""
-
-
-class NoteRequired(InvalidTransition):
-    """The action needs a note saying what was done, and none was given."""
 
 
 @dataclass(frozen=True, slots=True)

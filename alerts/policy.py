@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 
 from rpm.domain import AlertCandidate, Severity
+from rpm.domain.errors import SnoozeTooLong
 
 from .lifecycle import Action, AlertState, next_state
 
@@ -59,10 +60,6 @@ class Snooze:
     @property
     def why(self) -> str:
         return f"snoozed until {self.until.isoformat(timespec='minutes')} by {self.actor}"
-
-
-class SnoozeTooLong(ValueError):
-    """A snooze longer than its severity's safety cap."""
 
 
 _DEFAULT_CAPS = MappingProxyType(

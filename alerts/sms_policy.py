@@ -24,12 +24,9 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from rpm.domain import Severity
+from rpm.domain.errors import BadWork
 
 Audience = Literal["patient", "staff"]
-
-
-class BadWork(ValueError):
-    """An outbox payload this worker cannot understand; kept as failed with the reason."""
 
 
 # Templates each audience may be sent ("legacy" = a ready ``body``).

@@ -31,6 +31,7 @@ import numpy as np
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from rpm.domain.errors import LocalServicesError
 from simulators.fleet import (
     VirtualDevice,
     VirtualPatient,
@@ -39,7 +40,7 @@ from simulators.fleet import (
     reading,
     topic,
 )
-from simulators.localservices import LocalServices, LocalServicesError
+from simulators.localservices import LocalServices
 
 TOPIC_FILTER = "rpm/v1/devices/+/readings"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -29,7 +29,9 @@ import httpx
 from _common import BenchError, fmt_ms, percentile, render_table, run_with_services
 from fastapi import FastAPI
 
+from alerts.policy import SnoozeCaps
 from rpm.api import alerts as alerts_api
+from rpm.api import errors
 from rpm.api.access import bearer_principal
 from rpm.api.guard import Guard
 from rpm.api.live import Broadcaster
@@ -81,7 +83,11 @@ async def run(n: int, dsn: str) -> tuple[str, dict[str, Any]]:
         app = FastAPI()
         app.state.auth = auth = Auth(pool, AuthConfig.from_settings(ApiSettings()))
         app.add_middleware(Guard, pool=pool, hsts=False)
-        app.include_router(alerts_api.router(pool, Broadcaster(dsn, ())))
+        errors.install(app)
+        app.state.pool = pool
+        app.state.broadcaster = Broadcaster(dsn, ())
+        app.state.snooze_caps = SnoozeCaps()
+        app.include_router(alerts_api.router)
         entry = audit_store.AuditEntry(
             "staff:bench.nurse",
             "nurse",

@@ -42,6 +42,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from fastapi import HTTPException, Request, Response
 
+from rpm.domain.errors import SignInRateLimited, SignInRefused
 from rpm.settings import ApiSettings
 from rpm.storage import staff_auth
 
@@ -185,16 +186,6 @@ class SignedIn:
     def actor(self) -> str:
         """How audit rows name this person."""
         return f"staff:{self.staff_id}"
-
-
-class SignInRefused(Exception):
-    """Wrong name or password, or an inactive account (the caller cannot tell which)."""
-
-
-class SignInRateLimited(Exception):
-    def __init__(self, retry_after_s: float) -> None:
-        super().__init__(f"too many failed sign-ins; retry in {retry_after_s:.0f} s")
-        self.retry_after_s = retry_after_s
 
 
 class Auth:

@@ -22,17 +22,14 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from rpm.domain.errors import BatcherFull
+
 from .domain import RawMessage
-from .domain.errors import RpmError
 from .pipeline import BatchResult, MessageResult
 
 log = logging.getLogger(__name__)
 
 UnitOfWork = Callable[[Sequence[RawMessage]], Awaitable[BatchResult]]
-
-
-class BatcherFull(RpmError):
-    """Too many webhook messages already wait for a unit of work; retry shortly."""
 
 
 @dataclass(frozen=True, slots=True)

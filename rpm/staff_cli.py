@@ -19,6 +19,7 @@ from pathlib import Path
 import asyncpg
 
 from rpm.auth import ROLES, STAFF_ID, check_new_password, hash_password
+from rpm.domain.errors import StaffExists
 from rpm.settings import Settings
 from rpm.storage import staff, staff_auth
 from rpm.storage.pool import Conn, connect
@@ -113,7 +114,7 @@ async def _add(args: argparse.Namespace, settings: Settings, password_hash: str)
             phone=args.phone,
             replace=args.replace,
         )
-    except staff_auth.StaffExists:
+    except StaffExists:
         print(f"rpm staff add: {args.staff_id} exists (--replace overwrites it)", file=sys.stderr)
         return 1
     except asyncpg.UndefinedTableError:

@@ -11,12 +11,14 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import TypeAlias
 
 from rpm.cli import run
 from simulators import simulate
 from simulators.localservices import LocalServices
 
-Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+# A string: argparse._SubParsersAction is not subscriptable at run time before Python 3.12.
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 class Services:

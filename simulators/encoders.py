@@ -18,14 +18,11 @@ from types import MappingProxyType
 from typing import Any
 
 from rpm.domain import Metric, Reading
+from rpm.domain.errors import UnsupportedReading
 
 Encoder = Callable[[Sequence[Reading], str], bytes]
 
 _LB_PER_KG = 1 / 0.45359237  # NIST SP 811, appendix B.8
-
-
-class UnsupportedReading(ValueError):
-    """The format has no way to carry this reading (e.g. glucose in Withings Getmeas)."""
 
 
 def encode(payload_format: str, readings: Sequence[Reading], device_id: str) -> bytes:

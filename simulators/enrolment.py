@@ -22,10 +22,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import asyncpg
-
 from device_gateways import dynsec
 from device_gateways.broker_admin import BrokerAdmin
+from rpm.domain.errors import ConflictError
 from rpm.storage import registry, staff
 from rpm.storage.pool import Conn
 from simulators.traffic import Plan, Send
@@ -187,7 +186,7 @@ async def _webhook_device(conn: Conn, vendor_id: str, kind: str, payload_format:
                 integration=integration_id(payload_format),
                 actor=ACTOR,
             )
-    except asyncpg.UniqueViolationError:
+    except ConflictError:
         pass  # enrolled by an earlier run
 
 

@@ -20,6 +20,7 @@ import asyncpg
 from tqdm import tqdm
 
 from device_gateways.broker_admin import BrokerAdmin
+from rpm.domain.errors import ForeignIdsError, SendError
 from rules.programs import RuleBook
 from simulators import readback
 from simulators.clock import SimClock
@@ -36,7 +37,7 @@ from simulators.enrolment import (
 from simulators.report import Key, Observed, ObservedAlert, Report, SentPayload, build_report
 from simulators.scenarios import GroundTruth
 from simulators.traffic import Plan, Send
-from simulators.transports import ConnectStats, MqttFleet, SendError, WebhookSender
+from simulators.transports import ConnectStats, MqttFleet, WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,6 @@ class Target:
     # A deployment shared with real patients: enrol without SMS consent, and its
     # missing-data timer runs on the wall clock whatever the plan's pace.
     shared: bool = False
-
-
-class ForeignIdsError(RuntimeError):
-    """The plan's ids name patients or devices the simulator did not create."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ import numpy as np
 import pydantic
 import yaml
 
+from rpm.domain.errors import ScenarioFileError
 from rules.programs import RuleBook
 from simulators.patients import PROGRAM_DEVICES
 from simulators.physiology import DAY_S, F64
@@ -329,10 +330,6 @@ _DEFAULTS: tuple[dict[str, Any], ...] = (
 def default_scenarios() -> list[ScenarioSpec]:
     """One scenario per kind, in the programs that watch for it."""
     return [ScenarioSpec(**item) for item in _DEFAULTS]
-
-
-class ScenarioFileError(ValueError):
-    """A scenario file that cannot be used; the message names the file, item and field."""
 
 
 def load_scenarios(path: Path) -> list[ScenarioSpec]:

@@ -28,7 +28,7 @@ import asyncpg
 from pydantic import SecretStr
 
 from device_gateways.broker_admin import BrokerAdmin
-from rpm.domain.errors import BrokerProvisioningError
+from rpm.domain.errors import BrokerProvisioningError, ForeignIdsError, ScenarioFileError, SendError
 from rpm.local_endpoints import ServiceEndpoints, settings_for_local
 from rpm.pipeline import IngestPipeline
 from rpm.server import Server
@@ -40,7 +40,6 @@ from simulators.enrolment import external_prefix
 from simulators.localservices import LocalServices, free_port, pick_port
 from simulators.report import render, to_json
 from simulators.runner import (
-    ForeignIdsError,
     MissingCheck,
     Pace,
     RunOptions,
@@ -48,9 +47,9 @@ from simulators.runner import (
     Target,
     run_plan,
 )
-from simulators.scenarios import ScenarioFileError, load_scenarios
+from simulators.scenarios import load_scenarios
 from simulators.traffic import Plan, SimConfig, build_plan
-from simulators.transports import SendError, drop_session
+from simulators.transports import drop_session
 from simulators.twilio_sink import TwilioSink
 
 SIM_DATABASE = "rpm_simulate"

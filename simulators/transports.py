@@ -19,15 +19,12 @@ import aiomqtt
 import httpx
 
 from device_gateways.webhook_auth import sign
+from rpm.domain.errors import SendError
 
 TOPIC = "rpm/v1/devices/{}/readings"
 # CONNACK codes for a refused login: MQTT 3.1.1 (4, 5) and MQTT 5 (134, 135).
 NOT_AUTHORISED = frozenset({4, 5, 134, 135})
 PUBLISH_TIMEOUT_S = 30.0
-
-
-class SendError(RuntimeError):
-    """A payload could not be handed over (connection refused, timeout, HTTP error)."""
 
 
 @dataclass(frozen=True, slots=True)

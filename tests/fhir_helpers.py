@@ -104,7 +104,7 @@ async def ingest_clinic(pool: asyncpg.Pool, *, fhir_push: bool = False) -> Inges
 async def fhir_client(pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client for an app with only the FHIR router, as an admin (who sees all)."""
     app = api_app(pool)
-    app.include_router(fhir_api.router(pool))
+    app.include_router(fhir_api.router)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(
         transport=transport, base_url="http://rpm.test", headers=await staff_headers(pool)

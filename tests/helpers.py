@@ -13,6 +13,7 @@ from typing import TypeVar
 import asyncpg
 from fastapi import FastAPI
 
+from rpm.api import errors
 from rpm.api.guard import Guard
 from rpm.auth import STAFF_TOKEN_PREFIX, Auth, AuthConfig, token_hash
 from rpm.domain import AcceptedReading, Metric, RawMessage, Reading
@@ -159,9 +160,13 @@ async def staff_headers(
 
 
 def api_app(pool: asyncpg.Pool) -> FastAPI:
-    """A bare app for mounting single routers in tests: with the ``Auth`` the access
-    dependencies look for, and the audit/headers middleware of the real app."""
+    """A bare app for mounting single routers in tests: with the pool and the ``Auth`` the
+    routes and access dependencies look for (rpm/api/deps.py; a test adds what its router
+    asks for besides), the audit/headers middleware and the error handlers of the real app."""
     app = FastAPI()
+    app.state.pool = pool
     app.state.auth = Auth(pool, AuthConfig.from_settings(ApiSettings()))
+    app.state.started_at = datetime.now(UTC)
     app.add_middleware(Guard, pool=pool, hsts=False)
+    errors.install(app)
     return app

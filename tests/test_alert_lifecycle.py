@@ -21,8 +21,6 @@ from alerts.lifecycle import (
     Action,
     Actor,
     AlertState,
-    InvalidTransition,
-    NoteRequired,
     next_state,
     staff_transition,
 )
@@ -30,7 +28,7 @@ from alerts.policy import SnoozeCaps, decide
 from rpm.api import alerts as alerts_api
 from rpm.api.live import Broadcaster
 from rpm.domain import AlertCandidate, Severity
-from rpm.domain.errors import StorageError
+from rpm.domain.errors import InvalidTransition, NoteRequired, StorageError
 from rpm.pipeline import IngestPipeline
 from rpm.storage import alerts as alert_store
 from rpm.storage import registry
@@ -128,8 +126,10 @@ async def api(pool: asyncpg.Pool, db_url: str) -> AsyncIterator[httpx.AsyncClien
     """The alerts router over the test database, with the clinic of ``alert_helpers``."""
     await clinic(pool, programs=("hypertension", "diabetes"))
     app = api_app(pool)
-    live = Broadcaster(db_url, (ALERTS_CHANNEL,))  # only the stream route would start it
-    app.include_router(alerts_api.router(pool, live, snooze_caps=SnoozeCaps()))
+    # only the stream route would start the broadcaster
+    app.state.broadcaster = Broadcaster(db_url, (ALERTS_CHANNEL,))
+    app.state.snooze_caps = SnoozeCaps()
+    app.include_router(alerts_api.router)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app),
         base_url="http://rpm.test",

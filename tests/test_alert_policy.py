@@ -7,9 +7,10 @@ from datetime import timedelta
 
 import pytest
 
-from alerts import Action, AlertState, Episode, InvalidTransition, decide, next_state
-from alerts.policy import EpisodeKey, Snooze, SnoozeCaps, SnoozeTooLong
+from alerts import Action, AlertState, Episode, decide, next_state
+from alerts.policy import EpisodeKey, Snooze, SnoozeCaps
 from rpm.domain import AlertCandidate, Metric, Severity
+from rpm.domain.errors import InvalidTransition, SnoozeTooLong
 from rules.engine import Engine, PatientContext
 from tests.helpers import T0, AcceptedReading, bp, single
 

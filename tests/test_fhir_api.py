@@ -16,8 +16,9 @@ from fhir.resources.R4B.operationoutcome import OperationOutcome
 
 from alerts.lifecycle import Action
 from rpm.api import fhir as fhir_api
+from rpm.domain.errors import SearchError
 from rpm.fhir.mapping import logical_id
-from rpm.fhir.search import SearchError, parse_date, time_window
+from rpm.fhir.search import parse_date, time_window
 from rpm.storage import alerts as alert_store
 from rpm.storage import sms as sms_store
 from rpm.storage.pool import create_pool
@@ -413,8 +414,9 @@ async def test_patient_sms_are_communications(http: httpx.AsyncClient, pool: asy
 async def test_a_database_away_is_503(db_url: str, pool: asyncpg.Pool) -> None:
     closed = await create_pool(db_url, size=1)
     await closed.close()
-    app = api_app(pool)  # the caller is known; the FHIR store is away
-    app.include_router(fhir_api.router(closed))
+    app = api_app(pool)  # the caller is known (Auth has its own pool); the FHIR store is away
+    app.state.pool = closed
+    app.include_router(fhir_api.router)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app),
         base_url="http://rpm.test",

@@ -16,9 +16,9 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 
 from rpm.domain import AcceptedReading, Metric, Reading
+from rpm.domain.errors import EhrUnavailable, MalformedResponse
 from rpm.fhir.bundles import (
     EntryResult,
-    MalformedResponse,
     named_entries,
     operation_outcome,
     push_entries,
@@ -26,7 +26,7 @@ from rpm.fhir.bundles import (
     transaction,
     transaction_results,
 )
-from rpm.fhir.ehr import BearerToken, ClientCredentials, EhrClient, EhrUnavailable
+from rpm.fhir.ehr import BearerToken, ClientCredentials, EhrClient
 from rpm.fhir.mapping import RecordedReading, observation_id
 from rpm.fhir.push import FhirPushWorker, PushConfig
 from rpm.pipeline import IngestPipeline

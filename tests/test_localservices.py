@@ -17,9 +17,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from rpm.domain.errors import LocalServicesError
 from simulators.localservices import (
     LocalServices,
-    LocalServicesError,
     ServiceEndpoints,
     parse_postmaster_pid,
     render_mosquitto_conf,

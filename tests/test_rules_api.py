@@ -34,7 +34,8 @@ def changes() -> list[str]:
 async def api(pool: asyncpg.Pool, changes: list[str]) -> AsyncIterator[httpx.AsyncClient]:
     """The rules router in a FastAPI app over the test database, seeded, with one patient."""
     app = api_app(pool)
-    app.include_router(rules_api.router(pool, on_change=lambda: changes.append("changed")))
+    app.state.rule_books = rules_api.RuleBooks(on_change=lambda: changes.append("changed"))
+    app.include_router(rules_api.router)
     async with pool.acquire() as conn:
         await rule_programs.seed_builtin(conn)
         await registry.upsert_patient(

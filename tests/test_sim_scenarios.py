@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from rpm.domain.errors import ScenarioFileError
 from simulators.offline import Score, replay, score
 from simulators.scenarios import (
     SCENARIO_KINDS,
-    ScenarioFileError,
     ScenarioSpec,
     default_scenarios,
     load_scenarios,

@@ -17,7 +17,6 @@ import pytest
 
 from alerts.sms import TwilioSms
 from alerts.sms_policy import (
-    BadWork,
     Defer,
     Drop,
     Recipient,
@@ -29,6 +28,7 @@ from alerts.sms_policy import (
     quiet_until,
     zone_of,
 )
+from rpm.domain.errors import BadWork
 from rpm.settings import ApiSettings, SmsSettings
 from rpm.storage import outbox as outbox_store
 from rpm.storage import sms as sms_store

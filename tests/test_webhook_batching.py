@@ -20,7 +20,8 @@ import httpx
 import pytest
 
 from rpm.domain import Metric, RawMessage, Reading
-from rpm.ingest_batcher import BatcherFull, BatchLimits, IngestBatcher
+from rpm.domain.errors import BatcherFull
+from rpm.ingest_batcher import BatchLimits, IngestBatcher
 from rpm.pipeline import BatchResult, MessageResult
 from rpm.server import Server
 from rpm.settings import Settings

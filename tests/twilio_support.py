@@ -69,7 +69,9 @@ async def serve_hooks(
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     app = FastAPI()
-    app.include_router(twilio_hooks.router(pool, hook_settings(api={"port": port, **api}, sms=sms)))
+    app.state.pool = pool
+    app.state.settings = hook_settings(api={"port": port, **api}, sms=sms)
+    app.include_router(twilio_hooks.router)
     config = uvicorn.Config(app, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))

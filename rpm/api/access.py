@@ -25,6 +25,7 @@ from fastapi import HTTPException, Request, Security
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
 from rpm.auth import API_KEY_PREFIX, CSRF_HEADER, STAFF_TOKEN_PREFIX, Auth, token_hash
+from rpm.domain.errors import StorageError
 from rpm.storage import staff_auth
 from rpm.storage.audit import AuditEntry
 from rpm.storage.pool import DATABASE_UNAVAILABLE
@@ -146,11 +147,11 @@ _cookie = APIKeyCookie(
 
 
 async def principal_of(request: Request) -> Principal:
-    """The request's principal, or 401 (503 while the database is away)."""
+    """The request's principal, or 401 (``StorageError``, 503, while the database is away)."""
     try:
         return await _principal_of(request)
-    except DATABASE_UNAVAILABLE:
-        raise HTTPException(503, "storage unavailable; retry", {"Retry-After": "5"}) from None
+    except DATABASE_UNAVAILABLE as exc:  # asyncpg's words for it, as ours
+        raise StorageError("storage unavailable; retry") from exc
 
 
 async def _principal_of(request: Request) -> Principal:

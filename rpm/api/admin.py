@@ -2,7 +2,8 @@
 
 ``POST /api/auth/token`` is the one ``/api`` route without a principal: it is how a
 program gets one (name and password, rate-limited like the dashboard's sign-in).
-Everything else here is for admins only.
+Everything else here is for admins only. Refusals are errors of the tree, answered by
+rpm/api/errors.py (a wrong password 401, too many 429 with Retry-After, a taken key id 409).
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import asyncpg
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import AwareDatetime, BaseModel, Field
 
-from rpm.auth import API_KEY_PREFIX, STAFF_ID, SignInRateLimited, SignInRefused, token_hash
+from rpm.auth import API_KEY_PREFIX, STAFF_ID, token_hash
+from rpm.domain.errors import InvalidRequestError, NotFoundError
 from rpm.storage import audit as audit_store
 from rpm.storage import registry, staff_auth
 from rpm.storage import staff as staff_store
 
 from .access import KEY_SCOPES, IsAccessAdmin, audit
+from .deps import AuthDep, PoolDep
 from .registry import PATIENT_ID
 
 KEY_ID = r"^[a-z0-9][a-z0-9-]{0,39}$"
@@ -112,18 +115,20 @@ async def create_api_key(
     integration: str | None,
     created_by: str,
 ) -> tuple[str, staff_auth.ApiKeyRecord]:
-    """A new key (the secret, shown once) and its record. ``ValueError`` for bad input,
-    ``staff_auth.ApiKeyExists`` for a taken id."""
+    """A new key (the secret, shown once) and its record. ``InvalidRequestError`` for bad
+    input, ``ApiKeyExists`` for a taken id."""
     if not re.fullmatch(KEY_ID, key_id):
-        raise ValueError("key id: lowercase letters, digits and '-', at most 40 characters")
+        raise InvalidRequestError(
+            "key id: lowercase letters, digits and '-', at most 40 characters"
+        )
     unknown = sorted(set(scopes) - set(KEY_SCOPES))
     if unknown or not scopes:
-        raise ValueError(f"scopes must be some of {list(KEY_SCOPES)}")
+        raise InvalidRequestError(f"scopes must be some of {list(KEY_SCOPES)}")
     if "ingest" in scopes:
         if integration is None:
-            raise ValueError("an ingest key acts for an integration: name it")
+            raise InvalidRequestError("an ingest key acts for an integration: name it")
         if await registry.integration(conn, integration) is None:
-            raise ValueError(f"no integration {integration!r}")
+            raise InvalidRequestError(f"no integration {integration!r}")
     key = API_KEY_PREFIX + secrets.token_urlsafe(32)
     await staff_auth.create_api_key(
         conn,
@@ -139,133 +144,123 @@ async def create_api_key(
     return key, found
 
 
-def router(pool: asyncpg.Pool) -> APIRouter:
-    api = APIRouter(prefix="/api", tags=["access"])
+router = APIRouter(prefix="/api", tags=["access"])
 
-    @api.post(
-        "/auth/token",
-        response_model=TokenOut,
-        responses={
-            401: {"description": "wrong name or password"},
-            429: {"description": "too many failures"},
-        },
-    )
-    async def token(request: Request, body: TokenIn) -> TokenOut:
-        """A short-lived bearer token for a staff member (``Authorization: Bearer ...``)."""
-        client = request.client.host if request.client else "unknown"
-        try:
-            value, expires = await request.app.state.auth.issue_token(
-                body.username, body.password, client
-            )
-        except SignInRateLimited as exc:
-            raise HTTPException(
-                429,
-                "too many failed sign-ins",
-                {"Retry-After": str(max(1, int(exc.retry_after_s + 0.5)))},
-            ) from None
-        except SignInRefused:
-            raise HTTPException(401, "wrong name or password") from None
-        remaining = int((expires - datetime.now(UTC)).total_seconds())
-        return TokenOut(access_token=value, expires_in=remaining, expires_at=expires)
 
-    @api.get("/audit", response_model=list[AuditOut])
-    async def audit_log(
-        _who: IsAccessAdmin,
-        patient: Annotated[str | None, Query(pattern=PATIENT_ID)] = None,
-        actor: Annotated[str | None, Query(max_length=200)] = None,
-        action: Annotated[str | None, Query(max_length=32)] = None,
-        since: AwareDatetime | None = None,
-        until: AwareDatetime | None = None,
-        before_id: Annotated[int | None, Query(ge=1)] = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    ) -> list[dict[str, Any]]:
-        """Audit rows, newest first; the next page: ``before_id`` = the last row's id."""
-        async with pool.acquire() as conn:
-            return await audit_store.query(
-                conn,
-                patient_id=patient,
-                actor=actor,
-                action=action,
-                since=since,
-                until=until,
-                before_id=before_id,
-                limit=limit,
-            )
+@router.post(
+    "/auth/token",
+    response_model=TokenOut,
+    responses={
+        401: {"description": "wrong name or password"},
+        429: {"description": "too many failures"},
+    },
+)
+async def token(request: Request, auth: AuthDep, body: TokenIn) -> TokenOut:
+    """A short-lived bearer token for a staff member (``Authorization: Bearer ...``)."""
+    client = request.client.host if request.client else "unknown"
+    value, expires = await auth.issue_token(body.username, body.password, client)
+    remaining = int((expires - datetime.now(UTC)).total_seconds())
+    return TokenOut(access_token=value, expires_in=remaining, expires_at=expires)
 
-    @api.post("/keys", status_code=201, response_model=ApiKeyCreated)
-    async def create_key(who: IsAccessAdmin, body: ApiKeyIn) -> dict[str, Any]:
-        """A new API key: the ``key`` is shown in this answer only."""
-        async with pool.acquire() as conn:
-            try:
-                key, record = await create_api_key(
-                    conn,
-                    key_id=body.id,
-                    name=body.name,
-                    scopes=list(body.scopes),
-                    integration=body.integration,
-                    created_by=who.actor,
-                )
-            except ValueError as exc:
-                if isinstance(exc, staff_auth.ApiKeyExists):
-                    raise HTTPException(409, f"key {body.id!r} exists") from None
-                raise HTTPException(422, str(exc)) from None
-        return {**_key_out(record), "key": key}
 
-    @api.get("/keys", response_model=list[ApiKeyOut])
-    async def list_keys(_who: IsAccessAdmin) -> list[dict[str, Any]]:
-        async with pool.acquire() as conn:
-            return [_key_out(k) for k in await staff_auth.api_keys(conn)]
+@router.get("/audit", response_model=list[AuditOut])
+async def audit_log(
+    _who: IsAccessAdmin,
+    pool: PoolDep,
+    patient: Annotated[str | None, Query(pattern=PATIENT_ID)] = None,
+    actor: Annotated[str | None, Query(max_length=200)] = None,
+    action: Annotated[str | None, Query(max_length=32)] = None,
+    since: AwareDatetime | None = None,
+    until: AwareDatetime | None = None,
+    before_id: Annotated[int | None, Query(ge=1)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
+    """Audit rows, newest first; the next page: ``before_id`` = the last row's id."""
+    async with pool.acquire() as conn:
+        return await audit_store.query(
+            conn,
+            patient_id=patient,
+            actor=actor,
+            action=action,
+            since=since,
+            until=until,
+            before_id=before_id,
+            limit=limit,
+        )
 
-    @api.post("/keys/{key_id}/revoke")
-    async def revoke_key(_who: IsAccessAdmin, key_id: str) -> dict[str, str]:
-        """Refuse the key from now on."""
-        async with pool.acquire() as conn:
-            if not await staff_auth.revoke_api_key(conn, key_id):
-                raise HTTPException(404, "no such key")
-        return {"id": key_id, "state": "revoked"}
 
-    @api.get("/teams", response_model=list[TeamOut])
-    async def list_teams(_who: IsAccessAdmin) -> list[dict[str, Any]]:
-        async with pool.acquire() as conn:
-            return await staff_store.teams(conn)
+@router.post("/keys", status_code=201, response_model=ApiKeyCreated)
+async def create_key(who: IsAccessAdmin, pool: PoolDep, body: ApiKeyIn) -> dict[str, Any]:
+    """A new API key: the ``key`` is shown in this answer only."""
+    async with pool.acquire() as conn:
+        key, record = await create_api_key(
+            conn,
+            key_id=body.id,
+            name=body.name,
+            scopes=list(body.scopes),
+            integration=body.integration,
+            created_by=who.actor,
+        )
+    return {**_key_out(record), "key": key}
 
-    @api.post("/teams", status_code=201)
-    async def create_team(_who: IsAccessAdmin, body: TeamIn) -> dict[str, str]:
-        async with pool.acquire() as conn:
-            await staff_store.create_team(conn, body.id, body.title)
-        return {"id": body.id}
 
-    @api.put("/teams/{team_id}/members/{staff_id}")
-    async def add_member(_who: IsAccessAdmin, team_id: str, staff_id: str) -> dict[str, str]:
-        if not re.fullmatch(STAFF_ID, staff_id):
-            raise HTTPException(404, "no such staff member")
-        async with pool.acquire() as conn:
-            try:
-                await staff_store.add_member(conn, team_id, staff_id)
-            except asyncpg.ForeignKeyViolationError:
-                raise HTTPException(404, "no such team or staff member") from None
-        return {"team": team_id, "staff_id": staff_id}
+@router.get("/keys", response_model=list[ApiKeyOut])
+async def list_keys(_who: IsAccessAdmin, pool: PoolDep) -> list[dict[str, Any]]:
+    async with pool.acquire() as conn:
+        return [_key_out(k) for k in await staff_auth.api_keys(conn)]
 
-    @api.delete("/teams/{team_id}/members/{staff_id}")
-    async def remove_member(_who: IsAccessAdmin, team_id: str, staff_id: str) -> dict[str, str]:
-        async with pool.acquire() as conn:
-            if not await staff_store.remove_member(conn, team_id, staff_id):
-                raise HTTPException(404, "not a member")
-        return {"team": team_id, "staff_id": staff_id}
 
-    @api.put("/patients/{patient_id}/care-team")
-    async def set_care_team(
-        request: Request, who: IsAccessAdmin, patient_id: str, body: CareTeamIn
-    ) -> dict[str, str | None]:
-        """Which care team's nurses see this patient."""
-        audit(request, who, "update", "care-team", [patient_id], patient_id)
-        async with pool.acquire() as conn:
-            if patient_id not in await staff_store.patient_teams(conn, [patient_id]):
-                raise HTTPException(404, "no such patient")
-            try:
-                await staff_store.set_patient_team(conn, patient_id, body.team)
-            except asyncpg.ForeignKeyViolationError:
-                raise HTTPException(422, f"no team {body.team!r}") from None
-        return {"patient_id": patient_id, "care_team": body.team}
+@router.post("/keys/{key_id}/revoke")
+async def revoke_key(_who: IsAccessAdmin, pool: PoolDep, key_id: str) -> dict[str, str]:
+    """Refuse the key from now on."""
+    async with pool.acquire() as conn:
+        if not await staff_auth.revoke_api_key(conn, key_id):
+            raise NotFoundError("no such key")
+    return {"id": key_id, "state": "revoked"}
 
-    return api
+
+@router.get("/teams", response_model=list[TeamOut])
+async def list_teams(_who: IsAccessAdmin, pool: PoolDep) -> list[dict[str, Any]]:
+    async with pool.acquire() as conn:
+        return await staff_store.teams(conn)
+
+
+@router.post("/teams", status_code=201)
+async def create_team(_who: IsAccessAdmin, pool: PoolDep, body: TeamIn) -> dict[str, str]:
+    async with pool.acquire() as conn:
+        await staff_store.create_team(conn, body.id, body.title)
+    return {"id": body.id}
+
+
+@router.put("/teams/{team_id}/members/{staff_id}")
+async def add_member(
+    _who: IsAccessAdmin, pool: PoolDep, team_id: str, staff_id: str
+) -> dict[str, str]:
+    if not re.fullmatch(STAFF_ID, staff_id):
+        raise NotFoundError("no such staff member")
+    async with pool.acquire() as conn:
+        await staff_store.add_member(conn, team_id, staff_id)
+    return {"team": team_id, "staff_id": staff_id}
+
+
+@router.delete("/teams/{team_id}/members/{staff_id}")
+async def remove_member(
+    _who: IsAccessAdmin, pool: PoolDep, team_id: str, staff_id: str
+) -> dict[str, str]:
+    async with pool.acquire() as conn:
+        if not await staff_store.remove_member(conn, team_id, staff_id):
+            raise NotFoundError("not a member")
+    return {"team": team_id, "staff_id": staff_id}
+
+
+@router.put("/patients/{patient_id}/care-team")
+async def set_care_team(
+    request: Request, who: IsAccessAdmin, pool: PoolDep, patient_id: str, body: CareTeamIn
+) -> dict[str, str | None]:
+    """Which care team's nurses see this patient."""
+    audit(request, who, "update", "care-team", [patient_id], patient_id)
+    async with pool.acquire() as conn:
+        if patient_id not in await staff_store.patient_teams(conn, [patient_id]):
+            raise NotFoundError("no such patient")
+        await staff_store.set_patient_team(conn, patient_id, body.team)
+    return {"patient_id": patient_id, "care_team": body.team}

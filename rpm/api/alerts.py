@@ -4,7 +4,9 @@ Every action is checked against the lifecycle table (``alerts.lifecycle``), audi
 ``alert_events`` and announced on the live stream. The actor is the caller's principal
 (``rpm.api.access``); an ``actor`` field in a body is accepted for older clients and
 ignored. Nurses see and act on the alerts of their care teams' patients only: another
-team's alert is 404, and their queue and stream leave it out.
+team's alert is 404, and their queue and stream leave it out. Refusals are errors of the
+tree (rpm/api/errors.py answers them): an action the lifecycle does not allow from the
+alert's state is 409, a missing note, an unknown assignee or a snooze past its cap 422.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import asyncpg
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from alerts.lifecycle import Action, InvalidTransition, NoteRequired
-from alerts.policy import SnoozeCaps, SnoozeTooLong
+from alerts.lifecycle import Action
 from rpm.domain import Severity
+from rpm.domain.errors import AlertNotFound
 from rpm.domain.severity import SeverityName
 from rpm.pipeline import INGEST_CHANNEL
 from rpm.storage import alerts as alert_store
@@ -31,6 +33,7 @@ from rpm.storage import staff as staff_store
 from rpm.storage.pool import Conn
 
 from .access import CanActOnAlerts, CanReadPatientData, Principal, audit
+from .deps import BroadcasterDep, PoolDep, SnoozeCapsDep
 from .live import Broadcaster
 
 HEARTBEAT_S = 15.0
@@ -106,183 +109,197 @@ class SnoozeIn(BaseModel):
     reason: str | None = Field(default=None, max_length=2000)
 
 
-def router(
-    pool: asyncpg.Pool, broadcaster: Broadcaster, *, snooze_caps: SnoozeCaps | None = None
-) -> APIRouter:
-    """The alert routes over ``pool``; ``broadcaster`` feeds the live stream."""
-    api = APIRouter()
-    caps = snooze_caps or SnoozeCaps()
+router = APIRouter(prefix="/api/alerts")
 
-    @api.get("/api/alerts", response_model=list[AlertOut])
-    async def list_alerts(
-        request: Request,
-        who: CanReadPatientData,
-        state: Annotated[list[StateName] | None, Query()] = None,
-        patient: str | None = None,
-        program: str | None = None,
-        severity: Annotated[list[SeverityName] | None, Query()] = None,
-        order: Literal["triage", "newest"] = "triage",
-        limit: Annotated[int, Query(ge=1, le=1000)] = 200,
-    ) -> list[dict[str, Any]]:
-        """The triage queue: open and acknowledged alerts by default; ``order=triage`` puts
-        the most severe first, then the longest waiting. ``program`` is a patient's program."""
-        async with pool.acquire() as conn:
-            found = await alert_store.listing(
-                conn,
-                states=state or ["open", "acknowledged"],
-                patient_id=patient,
-                limit=limit,
-                program=program,
-                severities=[Severity.parse(s).name for s in severity] if severity else None,
-                order=order,
-                care_teams=sorted(who.teams) if who.teams is not None else None,
-            )
-        audit(request, who, "search", "alert", (a["patient_id"] for a in found))
-        return found
 
-    @api.get("/api/alerts/stream")
-    async def alert_stream(request: Request, who: CanReadPatientData) -> StreamingResponse:
-        """Server-sent events: ``alert`` on every alert change, ``ingest`` per stored batch.
-        A nurse's stream carries only the alerts of their care teams' patients."""
-        audit(request, who, "subscribe", "alert-stream")
-
-        async def visible(payload: str) -> bool:
-            if who.teams is None:
-                return True
-            try:
-                patient_id = json.loads(payload).get("patient_id")
-            except (ValueError, AttributeError):
-                return False
-            if not isinstance(patient_id, str):
-                return False
-            async with pool.acquire() as conn:
-                teams = await staff_store.patient_teams(conn, [patient_id])
-            return patient_id in teams and who.sees(teams[patient_id])
-
-        async def events() -> AsyncIterator[str]:
-            yield "retry: 2000\n\n"
-            stream = broadcaster.subscribe().__aiter__()
-            while not await request.is_disconnected():
-                try:
-                    channel, payload = await asyncio.wait_for(anext(stream), HEARTBEAT_S)
-                except TimeoutError:
-                    yield ": heartbeat\n\n"
-                    continue
-                except StopAsyncIteration:
-                    return
-                kind = "ingest" if channel == INGEST_CHANNEL else "alert"
-                if kind == "alert" and not await visible(payload):
-                    continue
-                yield f"event: {kind}\ndata: {payload}\n\n"
-
-        return StreamingResponse(
-            events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+@router.get("", response_model=list[AlertOut])
+async def list_alerts(
+    request: Request,
+    who: CanReadPatientData,
+    pool: PoolDep,
+    state: Annotated[list[StateName] | None, Query()] = None,
+    patient: str | None = None,
+    program: str | None = None,
+    severity: Annotated[list[SeverityName] | None, Query()] = None,
+    order: Literal["triage", "newest"] = "triage",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> list[dict[str, Any]]:
+    """The triage queue: open and acknowledged alerts by default; ``order=triage`` puts
+    the most severe first, then the longest waiting. ``program`` is a patient's program."""
+    async with pool.acquire() as conn:
+        found = await alert_store.listing(
+            conn,
+            states=state or ["open", "acknowledged"],
+            patient_id=patient,
+            limit=limit,
+            program=program,
+            severities=[Severity.parse(s).name for s in severity] if severity else None,
+            order=order,
+            care_teams=sorted(who.teams) if who.teams is not None else None,
         )
+    audit(request, who, "search", "alert", (a["patient_id"] for a in found))
+    return found
 
-    @api.get("/api/alerts/{alert_id}", response_model=AlertDetail)
-    async def get_alert(
-        request: Request, who: CanReadPatientData, alert_id: AlertId
-    ) -> dict[str, Any]:
-        async with pool.acquire() as conn:
-            alert = await alert_store.get(conn, alert_id)
-            if alert is None or not who.sees(alert["care_team"]):
-                audit(request, who, "read", "alert", resource_id=str(alert_id))
-                raise HTTPException(404, "no such alert")
-            alert["events"] = await alert_store.events(conn, alert_id)
-        audit(request, who, "read", "alert", [alert["patient_id"]], str(alert_id))
-        return alert
 
-    async def act(
-        request: Request,
-        who: Principal,
-        alert_id: AlertId,
-        work: Callable[[Conn], Awaitable[dict[str, Any]]],
-    ) -> dict[str, Any]:
-        action = request.url.path.rsplit("/", 1)[-1]
-        if request.method == "DELETE":
-            action = "unsnooze"
-        async with pool.acquire() as conn:
-            alert = await alert_store.get(conn, alert_id)
-            if alert is None or not who.sees(alert["care_team"]):
-                audit(request, who, action, "alert", resource_id=str(alert_id))
-                raise HTTPException(404, "no such alert")
-            audit(request, who, action, "alert", [alert["patient_id"]], str(alert_id))
-            try:
-                return await work(conn)
-            except alert_store.AlertNotFound:
-                raise HTTPException(404, "no such alert") from None
-            except alert_store.StaffNotFound:
-                raise HTTPException(422, "no such active staff member") from None
-            except (NoteRequired, SnoozeTooLong) as exc:
-                raise HTTPException(422, str(exc)) from None
-            except InvalidTransition as exc:
-                raise HTTPException(409, str(exc)) from None
+@router.get("/stream")
+async def alert_stream(
+    request: Request, who: CanReadPatientData, pool: PoolDep, broadcaster: BroadcasterDep
+) -> StreamingResponse:
+    """Server-sent events: ``alert`` on every alert change, ``ingest`` per stored batch.
+    A nurse's stream carries only the alerts of their care teams' patients."""
+    audit(request, who, "subscribe", "alert-stream")
+    return StreamingResponse(
+        _events(request, who, pool, broadcaster),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store"},
+    )
 
-    @api.post("/api/alerts/{alert_id}/acknowledge", response_model=AlertOut)
-    async def acknowledge(
-        request: Request, who: CanActOnAlerts, alert_id: AlertId, body: AcknowledgeIn
-    ) -> dict[str, Any]:
-        """A nurse is on it: the escalation stops."""
-        return await act(
-            request,
-            who,
+
+async def _events(
+    request: Request, who: Principal, pool: asyncpg.Pool, broadcaster: Broadcaster
+) -> AsyncIterator[str]:
+    yield "retry: 2000\n\n"
+    stream = broadcaster.subscribe().__aiter__()
+    while not await request.is_disconnected():
+        try:
+            channel, payload = await asyncio.wait_for(anext(stream), HEARTBEAT_S)
+        except TimeoutError:  # nothing to say for a while: keep the connection open
+            yield ": heartbeat\n\n"
+            continue
+        except StopAsyncIteration:  # the broadcaster dropped us (too slow): end the stream
+            return
+        kind = "ingest" if channel == INGEST_CHANNEL else "alert"
+        if kind == "alert" and not await _streamed_to(who, pool, payload):
+            continue
+        yield f"event: {kind}\ndata: {payload}\n\n"
+
+
+async def _streamed_to(who: Principal, pool: asyncpg.Pool, payload: str) -> bool:
+    """Whether an alert notification is about a patient ``who`` sees."""
+    if who.teams is None:
+        return True
+    try:
+        patient_id = json.loads(payload).get("patient_id")
+    except (ValueError, AttributeError):  # not ours to show: leave it out of the stream
+        return False
+    if not isinstance(patient_id, str):
+        return False
+    async with pool.acquire() as conn:
+        teams = await staff_store.patient_teams(conn, [patient_id])
+    return patient_id in teams and who.sees(teams[patient_id])
+
+
+@router.get("/{alert_id}", response_model=AlertDetail)
+async def get_alert(
+    request: Request, who: CanReadPatientData, pool: PoolDep, alert_id: AlertId
+) -> dict[str, Any]:
+    async with pool.acquire() as conn:
+        alert = await alert_store.get(conn, alert_id)
+        if alert is None or not who.sees(alert["care_team"]):
+            audit(request, who, "read", "alert", resource_id=str(alert_id))
+            raise AlertNotFound("no such alert")
+        alert["events"] = await alert_store.events(conn, alert_id)
+    audit(request, who, "read", "alert", [alert["patient_id"]], str(alert_id))
+    return alert
+
+
+async def _act(
+    request: Request,
+    who: Principal,
+    pool: asyncpg.Pool,
+    alert_id: int,
+    work: Callable[[Conn], Awaitable[dict[str, Any]]],
+) -> dict[str, Any]:
+    """Run ``work`` on an alert the caller sees (404 otherwise), audited as the action."""
+    action = request.url.path.rsplit("/", 1)[-1]
+    if request.method == "DELETE":
+        action = "unsnooze"
+    async with pool.acquire() as conn:
+        alert = await alert_store.get(conn, alert_id)
+        if alert is None or not who.sees(alert["care_team"]):
+            audit(request, who, action, "alert", resource_id=str(alert_id))
+            raise AlertNotFound("no such alert")
+        audit(request, who, action, "alert", [alert["patient_id"]], str(alert_id))
+        return await work(conn)
+
+
+@router.post("/{alert_id}/acknowledge", response_model=AlertOut)
+async def acknowledge(
+    request: Request, who: CanActOnAlerts, pool: PoolDep, alert_id: AlertId, body: AcknowledgeIn
+) -> dict[str, Any]:
+    """A nurse is on it: the escalation stops."""
+    return await _act(
+        request,
+        who,
+        pool,
+        alert_id,
+        lambda c: alert_store.transition(c, alert_id, Action.ACKNOWLEDGE, who.actor),
+    )
+
+
+@router.post("/{alert_id}/resolve", response_model=AlertOut)
+async def resolve(
+    request: Request, who: CanActOnAlerts, pool: PoolDep, alert_id: AlertId, body: ResolveIn
+) -> dict[str, Any]:
+    """Close the episode with a note saying what was done (422 without one)."""
+    return await _act(
+        request,
+        who,
+        pool,
+        alert_id,
+        lambda c: alert_store.transition(c, alert_id, Action.RESOLVE, who.actor, body.note),
+    )
+
+
+@router.post("/{alert_id}/assign", response_model=AlertOut)
+async def assign(
+    request: Request, who: CanActOnAlerts, pool: PoolDep, alert_id: AlertId, body: AssignIn
+) -> dict[str, Any]:
+    return await _act(
+        request,
+        who,
+        pool,
+        alert_id,
+        lambda c: alert_store.assign(c, alert_id, body.assignee, who.actor),
+    )
+
+
+@router.post("/{alert_id}/snooze", response_model=AlertOut)
+async def snooze(
+    request: Request,
+    who: CanActOnAlerts,
+    pool: PoolDep,
+    caps: SnoozeCapsDep,
+    alert_id: AlertId,
+    body: SnoozeIn,
+) -> dict[str, Any]:
+    """Quiet this patient's alerts of this rule up to this alert's severity for a while
+    (422 beyond the severity's cap); a more severe alert breaks through."""
+    return await _act(
+        request,
+        who,
+        pool,
+        alert_id,
+        lambda c: alert_store.snooze(
+            c,
             alert_id,
-            lambda c: alert_store.transition(c, alert_id, Action.ACKNOWLEDGE, who.actor),
-        )
+            duration=timedelta(minutes=body.minutes),
+            actor=who.actor,
+            reason=body.reason,
+            caps=caps,
+        ),
+    )
 
-    @api.post("/api/alerts/{alert_id}/resolve", response_model=AlertOut)
-    async def resolve(
-        request: Request, who: CanActOnAlerts, alert_id: AlertId, body: ResolveIn
-    ) -> dict[str, Any]:
-        """Close the episode with a note saying what was done (422 without one)."""
-        return await act(
-            request,
-            who,
-            alert_id,
-            lambda c: alert_store.transition(c, alert_id, Action.RESOLVE, who.actor, body.note),
-        )
 
-    @api.post("/api/alerts/{alert_id}/assign", response_model=AlertOut)
-    async def assign(
-        request: Request, who: CanActOnAlerts, alert_id: AlertId, body: AssignIn
-    ) -> dict[str, Any]:
-        return await act(
-            request,
-            who,
-            alert_id,
-            lambda c: alert_store.assign(c, alert_id, body.assignee, who.actor),
-        )
-
-    @api.post("/api/alerts/{alert_id}/snooze", response_model=AlertOut)
-    async def snooze(
-        request: Request, who: CanActOnAlerts, alert_id: AlertId, body: SnoozeIn
-    ) -> dict[str, Any]:
-        """Quiet this patient's alerts of this rule up to this alert's severity for a while
-        (422 beyond the severity's cap); a more severe alert breaks through."""
-        return await act(
-            request,
-            who,
-            alert_id,
-            lambda c: alert_store.snooze(
-                c,
-                alert_id,
-                duration=timedelta(minutes=body.minutes),
-                actor=who.actor,
-                reason=body.reason,
-                caps=caps,
-            ),
-        )
-
-    @api.delete("/api/alerts/{alert_id}/snooze", response_model=AlertOut)
-    async def unsnooze(
-        request: Request,
-        who: CanActOnAlerts,
-        alert_id: AlertId,
-        actor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
-    ) -> dict[str, Any]:
-        """Lift the snooze (``actor`` is ignored: the caller's principal is the actor)."""
-        return await act(
-            request, who, alert_id, lambda c: alert_store.unsnooze(c, alert_id, who.actor)
-        )
-
-    return api
+@router.delete("/{alert_id}/snooze", response_model=AlertOut)
+async def unsnooze(
+    request: Request,
+    who: CanActOnAlerts,
+    pool: PoolDep,
+    alert_id: AlertId,
+    actor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+) -> dict[str, Any]:
+    """Lift the snooze (``actor`` is ignored: the caller's principal is the actor)."""
+    return await _act(
+        request, who, pool, alert_id, lambda c: alert_store.unsnooze(c, alert_id, who.actor)
+    )

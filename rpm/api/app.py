@@ -1,43 +1,41 @@
-"""The HTTP API: alerts (rpm/api/alerts.py) and the other routers, patient readings, FHIR."""
+"""The HTTP API: one app over the routers of this package.
+
+``create_app`` puts what the routes are given into ``app.state`` (rpm/api/deps.py), adds
+the audit and security-header middleware (rpm/api/guard.py), registers the one mapping
+from our error tree to HTTP answers (rpm/api/errors.py) and includes the routers. The
+error answers every operation may give are documented here for the OpenAPI schema.
+"""
 
 from __future__ import annotations
 
-import logging
-from datetime import datetime
-from typing import Annotated, Any
-from uuid import UUID
+from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
-from fastapi import FastAPI, HTTPException, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from pydantic import BaseModel
 
 from device_gateways.broker_admin import BrokerAdmin
 from rpm.auth import Auth, AuthConfig
-from rpm.domain import Metric
 from rpm.pipeline import IngestPipeline
 from rpm.settings import Settings
-from rpm.storage import readings as reading_store
-from rpm.storage import staff as staff_store
 
-from . import admin, alerts, dashboard, fhir, health, ingest, registry, rules, twilio_hooks
-from .access import CanReadPatientData, audit
-from .fhir import FHIR_JSON
+from . import (
+    admin,
+    alerts,
+    dashboard,
+    errors,
+    fhir,
+    health,
+    ingest,
+    readings,
+    registry,
+    rules,
+    twilio_hooks,
+)
+from .errors import FHIR_JSON
 from .guard import Guard
 from .live import Broadcaster
-from .registry import PATIENT_ID
-
-log = logging.getLogger(__name__)
-
-
-class ReadingOut(BaseModel):
-    uid: UUID
-    device_id: str
-    metric: str
-    values: dict[str, float]
-    measured_at: datetime
-    received_at: datetime
-    stored_at: datetime
 
 
 class ErrorOut(BaseModel):
@@ -91,56 +89,31 @@ def create_app(
     """The app over an open pool; ``broadcaster`` feeds the live stream."""
 
     app = FastAPI(title="RPM server", version="0.1.0", responses=_ERRORS)
-    # Audit writer and API security headers (rpm/api/guard.py); access rules in access.py.
     auth_config = AuthConfig.from_settings(settings.api)
-    app.add_middleware(Guard, pool=pool, hsts=auth_config.cookie_secure)
-    app.include_router(admin.router(pool))
-    app.include_router(alerts.router(pool, broadcaster, snooze_caps=settings.alerts.snooze_caps()))
     ops = ops or health.Operations()
-    app.include_router(ingest.router(pool, pipeline, settings.ingest, ops.metrics))
-    app.include_router(registry.router(pool, broker), responses=_CONFLICT)
-    app.include_router(rules.router(pool, on_change=pipeline.rules_changed))
-    app.state.auth = Auth(pool, auth_config)  # rpm.auth.current_staff finds it here
-    app.include_router(dashboard.router(pool, app.state.auth))
-    app.include_router(fhir.router(pool), responses=_FHIR)
-    app.include_router(twilio_hooks.router(pool, settings), responses=_TWILIO)
-    app.include_router(health.router(pool, ops))
-
-    @app.exception_handler(asyncpg.DataError)
-    async def _data_error(request: Request, exc: asyncpg.DataError) -> JSONResponse:
-        # Input the database refuses (a NUL byte, a number past bigint) is the caller's
-        # mistake, not our failure: 422 rather than 500. Found by tests/test_openapi_fuzz.py.
-        # Logged by path and error class only: the refused value may be patient data.
-        log.warning("database refused input: %s %s", request.url.path, type(exc).__name__)
-        return JSONResponse({"detail": "invalid input (out of range or bad characters)"}, 422)
-
-    @app.get("/api/patients/{patient_id}/readings", response_model=list[ReadingOut])
-    async def patient_readings(
-        request: Request,
-        who: CanReadPatientData,
-        patient_id: Annotated[str, Path(pattern=PATIENT_ID)],
-        metric: Annotated[list[Metric] | None, Query()] = None,
-        limit: Annotated[int, Query(ge=1, le=5000)] = 200,
-    ) -> list[dict[str, Any]]:
-        async with pool.acquire() as conn:
-            teams = await staff_store.patient_teams(conn, [patient_id])
-            if patient_id not in teams or not who.sees(teams[patient_id]):
-                # Another team's patient looks like no patient: its existence does not leak.
-                audit(request, who, "read", "readings", resource_id=patient_id)
-                raise HTTPException(404, "no such patient")
-            rows = await reading_store.for_patient(conn, patient_id, metrics=metric, limit=limit)
-        audit(request, who, "read", "readings", [patient_id], patient_id)
-        return [
-            {
-                "uid": s.accepted.reading.uid,
-                "device_id": s.accepted.reading.device_id,
-                "metric": s.accepted.reading.metric.value,
-                "values": dict(s.accepted.reading.values),
-                "measured_at": s.accepted.reading.measured_at,
-                "received_at": s.accepted.reading.received_at,
-                "stored_at": s.stored_at,
-            }
-            for s in rows
-        ]
-
+    # What the routes are given (rpm/api/deps.py).
+    app.state.pool = pool
+    app.state.auth = Auth(pool, auth_config)  # rpm.auth.current_staff finds it here too
+    app.state.settings = settings
+    app.state.broadcaster = broadcaster
+    app.state.snooze_caps = settings.alerts.snooze_caps()
+    app.state.pipeline = pipeline
+    app.state.webhooks = ingest.Webhooks(pipeline, settings, ops.metrics)
+    app.state.broker = broker
+    app.state.rule_books = rules.RuleBooks(on_change=pipeline.rules_changed)
+    app.state.operations = ops
+    app.state.started_at = datetime.now(UTC)
+    # Audit writer and API security headers (rpm/api/guard.py); access rules in access.py.
+    app.add_middleware(Guard, pool=pool, hsts=auth_config.cookie_secure)
+    errors.install(app)
+    app.include_router(admin.router)
+    app.include_router(alerts.router)
+    app.include_router(ingest.router)
+    app.include_router(registry.router, responses=_CONFLICT)
+    app.include_router(rules.router)
+    app.include_router(dashboard.router)
+    app.include_router(fhir.router, responses=_FHIR)
+    app.include_router(twilio_hooks.router, responses=_TWILIO)
+    app.include_router(health.router)
+    app.include_router(readings.router)
     return app

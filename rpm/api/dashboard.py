@@ -1,11 +1,12 @@
 """The nurses' dashboard: sign-in, the live triage queue, the patient view and its charts.
 
-Pages are Jinja2 templates (``templates/``) with one hand-written script and style sheet
-(``static/``). The queue page reads the alert API from the browser (``GET /api/alerts`` and
-its live stream). Actions go through this router, which checks the session and its CSRF
-token, names the signed-in nurse as the actor, and forwards the request to the alert API
-in-process: the dashboard depends on the API's paths, not on its internals, and an API
-feature that is not there yet (assignment, program filters) is hidden, not broken.
+Pages are Jinja2 templates (``templates/``, rendered with what ``dashboard_views`` prepares)
+with one hand-written script and style sheet (``static/``). The queue page reads the alert
+API from the browser (``GET /api/alerts`` and its live stream). Actions go through this
+router, which checks the session and its CSRF token, names the signed-in nurse as the
+actor, and forwards the request to the alert API in-process: the dashboard depends on the
+API's paths, not on its internals, and an API feature that is not there yet (assignment,
+program filters) is hidden, not broken.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable, Coroutine, Mapping
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -28,29 +27,27 @@ from fastapi.exception_handlers import (
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
-from fastapi.templating import Jinja2Templates
+from starlette.types import Scope
 
-from rpm.auth import (
-    CSRF_HEADER,
-    Auth,
-    SignedIn,
+from rpm.auth import CSRF_HEADER, Auth, SignedIn, current_staff, safe_next
+from rpm.domain import Metric
+from rpm.domain.errors import (
+    NotFoundError,
+    RequestError,
+    RpmError,
     SignInRateLimited,
     SignInRefused,
-    current_staff,
-    safe_next,
 )
-from rpm.domain import DISPLAY_UNITS, METRICS, Metric
-from rpm.domain.severity import NAMES
 from rpm.storage import readings as reading_store
 from rpm.storage import registry, rule_programs, staff_auth
 from rpm.storage import staff as staff_store
-from rpm.storage.pool import Conn
 
-from . import charts
+from . import charts, errors
 from .access import Principal, audit, staff_principal
+from .dashboard_views import HERE, patient_alert_order, programs, templates, vitals
+from .deps import AuthDep, PoolDep
 from .page_security import SVG_CSP, SecuredStaticFiles, secure
 
-HERE = Path(__file__).parent
 STATE_FILTERS = {
     "active": "Open and acknowledged",
     "open": "Open",
@@ -71,284 +68,312 @@ PROBLEMS = {
     "missing": "There is no such alert.",
     "refused": "The server refused the request.",
 }
-READINGS_SHOWN = 10  # per metric, in the patient view's tables
 CHART_READINGS = 300  # newest readings per chart
 
-templates = Jinja2Templates(directory=HERE / "templates")
 # The signed-in staff member (``rpm.auth.current_staff``: the app's ``Auth``, kept in
 # ``app.state.auth`` by ``create_app``); pages without a session redirect to sign-in.
 Staff = Annotated[SignedIn, Depends(current_staff)]
 
 
-def router(pool: asyncpg.Pool, auth: Auth) -> APIRouter:
-    """The dashboard's pages, actions and charts; ``/`` leads to it.
+def _hsts(scope: Scope) -> bool:
+    """Whether the app is served over HTTPS (its session cookie is ``Secure``)."""
+    auth: Auth = scope["app"].state.auth
+    return auth.config.cookie_secure
 
-    ``auth`` must be the app's ``app.state.auth`` (what ``current_staff`` uses).
-    """
-    hsts = auth.config.cookie_secure
 
-    class SecuredRoute(APIRoute):
-        """Every response of this router, errors included, carries the security headers."""
+class SecuredRoute(APIRoute):
+    """Every response of this router, errors included, carries the security headers; an
+    error is a page for a browser (``Accept: text/html``), JSON otherwise."""
 
-        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-            handler = super().get_route_handler()
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
 
-            async def secured(request: Request) -> Response:
-                try:
-                    response = await handler(request)
-                except HTTPException as exc:
-                    response = await _error(request, exc)
-                except RequestValidationError as exc:
-                    response = await request_validation_exception_handler(request, exc)
-                return secure(response, hsts=hsts)
-
-            return secured
-
-    r = APIRouter(route_class=SecuredRoute, include_in_schema=False)
-    r.mount("/dashboard/static", SecuredStaticFiles(directory=HERE / "static", hsts=hsts))
-
-    @r.get("/")
-    async def root() -> RedirectResponse:
-        return RedirectResponse("/dashboard/", 303)
-
-    @r.get("/dashboard")
-    async def dashboard_root() -> RedirectResponse:
-        return RedirectResponse("/dashboard/", 303)
-
-    # --- signing in and out -----------------------------------------------------------
-
-    def sign_in_page(
-        request: Request, next_: str, *, error: str | None = None, status: int = 200
-    ) -> Response:
-        token = auth.new_signin_token()
-        response = templates.TemplateResponse(
-            request,
-            "sign_in.html",
-            {"signin_token": token, "next": safe_next(next_), "error": error},
-            status_code=status,
-        )
-        auth.set_signin_cookie(response, token)
-        return response
-
-    @r.get("/dashboard/sign-in")
-    async def sign_in_form(
-        request: Request, next_: Annotated[str, Query(alias="next", max_length=2000)] = ""
-    ) -> Response:
-        if await auth.session_for(request) is not None:
-            return RedirectResponse(safe_next(next_), 303)
-        return sign_in_page(request, next_)
-
-    @r.post("/dashboard/sign-in")
-    async def sign_in(
-        request: Request,
-        username: Annotated[str, Form(max_length=200)] = "",
-        password: Annotated[str, Form(max_length=2000)] = "",
-        signin_token: Annotated[str, Form(max_length=200)] = "",
-        next_: Annotated[str, Form(alias="next", max_length=2000)] = "",
-    ) -> Response:
-        if not auth.signin_token_matches(request, signin_token):
-            return sign_in_page(
-                request, next_, error="The sign-in form expired. Please try again.", status=403
-            )
-        client = request.client.host if request.client else "unknown"
-        try:
-            token, _who = await auth.sign_in(username, password, client)
-        except SignInRateLimited as exc:
-            response = sign_in_page(
-                request,
-                next_,
-                error="Too many failed sign-ins. Wait a few minutes, then try again.",
-                status=429,
-            )
-            response.headers["Retry-After"] = str(max(1, int(exc.retry_after_s + 0.5)))
-            return response
-        except SignInRefused:
-            return sign_in_page(request, next_, error="Wrong sign-in name or password.", status=401)
-        response = RedirectResponse(safe_next(next_), 303)
-        auth.set_session_cookie(response, token)
-        auth.clear_signin_cookie(response)
-        return response
-
-    @r.post("/dashboard/sign-out")
-    async def sign_out(
-        request: Request,
-        staff: Staff,
-        csrf_token: Annotated[str, Form(max_length=200)] = "",
-    ) -> Response:
-        auth.check_csrf(staff, request, csrf_token)
-        response = RedirectResponse("/dashboard/sign-in", 303)
-        await auth.sign_out(request, response)
-        return response
-
-    # --- pages ------------------------------------------------------------------------
-
-    @r.get("/dashboard/")
-    async def queue(
-        request: Request,
-        staff: Staff,
-        program: Annotated[str, Query(max_length=64)] = "",
-        state: Annotated[str, Query(max_length=32)] = "active",
-    ) -> Response:
-        async with pool.acquire() as conn:
-            programs = await _programs(conn)
-        return templates.TemplateResponse(
-            request,
-            "queue.html",
-            {
-                "page": "queue",
-                "staff": staff,
-                "programs": programs,
-                "program": program if program in programs else "",
-                "states": STATE_FILTERS,
-                "state": state if state in STATE_FILTERS else "active",
-                "can_assign": _api_offers(request.app, "assign"),
-            },
-        )
-
-    async def visible_patient(
-        request: Request, staff: SignedIn, patient_id: str, resource: str
-    ) -> Principal:
-        """The nurse as a principal; 404 (audited) for a patient outside their care teams."""
-        who = staff_principal(staff.staff_id, staff.role, staff.teams, "session")
-        async with pool.acquire() as conn:
-            teams = await staff_store.patient_teams(conn, [patient_id])
-        if patient_id not in teams or not who.sees(teams[patient_id]):
-            audit(request, who, "read", resource, resource_id=patient_id)
-            raise HTTPException(404, "no such patient")
-        audit(request, who, "read", resource, [patient_id], patient_id)
-        return who
-
-    @r.get("/dashboard/patients/{patient_id}")
-    async def patient(
-        request: Request,
-        staff: Staff,
-        patient_id: str,
-        alert: int | None = None,
-        done: str = "",
-        problem: str = "",
-    ) -> Response:
-        await visible_patient(request, staff, patient_id, "patient-page")
-        async with pool.acquire() as conn:
-            contexts = await registry.patient_contexts(conn, [patient_id])
-            if patient_id not in contexts:
-                raise HTTPException(404, "no such patient")
-            stored = await reading_store.for_patient(conn, patient_id, limit=2000)
-            staff_list = await staff_auth.active_staff(conn)
-        listing = await _api(
-            request,
-            "GET",
-            "/api/alerts",
-            params=[
-                ("patient", patient_id),
-                *(("state", s) for s in ("open", "acknowledged", "resolved")),
-                ("limit", "50"),
-            ],
-        )
-        found: list[dict[str, Any]] = listing.json() if listing.status_code == 200 else []
-        alerts = _patient_alert_order([a for a in found if a.get("patient_id") == patient_id])
-        selected_id = alert if alert is not None else (alerts[0]["id"] if alerts else None)
-        selected = None
-        if selected_id is not None:
-            detail = await _api(request, "GET", f"/api/alerts/{selected_id}")
-            if detail.status_code == 200 and detail.json().get("patient_id") == patient_id:
-                selected = detail.json()
-        return templates.TemplateResponse(
-            request,
-            "patient.html",
-            {
-                "staff": staff,
-                "patient_id": patient_id,
-                "programs": contexts[patient_id].programs,
-                "alerts": alerts,
-                "alert": selected,
-                "vitals": _vitals(patient_id, stored),
-                "staff_list": staff_list,
-                "can_assign": _api_offers(request.app, "assign"),
-                "done": DONE.get(done),
-                "problem": PROBLEMS.get(problem),
-                "here": request.url.path + (f"?alert={selected_id}" if selected_id else ""),
-            },
-        )
-
-    @r.get("/dashboard/patients/{patient_id}/chart/{metric}.svg")
-    async def chart(request: Request, staff: Staff, patient_id: str, metric: str) -> Response:
-        try:
-            m = Metric(metric)
-        except ValueError:
-            raise HTTPException(404, "no such metric") from None
-        await visible_patient(request, staff, patient_id, "chart")
-        async with pool.acquire() as conn:
-            contexts = await registry.patient_contexts(conn, [patient_id])
-            if patient_id not in contexts:
-                raise HTTPException(404, "no such patient")
-            stored = await reading_store.for_patient(
-                conn, patient_id, metrics=[m.value], limit=CHART_READINGS
-            )
-            book = await rule_programs.active_book(conn)
-        ctx = contexts[patient_id]
-        rules = []
-        for rule in book.rules_for(ctx.programs):
+        async def secured(request: Request) -> Response:
+            # Caught here, not left to the app's handlers, because the answer differs: an
+            # error page, and the page headers on it (rpm/api/errors.py maps our errors).
             try:
-                rules.append(rule.with_overrides(ctx.overrides.get(rule.id) or {}))
-            except ValueError:  # an override the program no longer takes: the engine too
-                rules.append(rule)  # applies the defaults (rule_programs.effective_rules)
-        points = [(s.accepted.reading.measured_at, s.accepted.reading.values) for s in stored]
-        svg = await asyncio.to_thread(charts.render_svg, m, points, charts.thresholds_for(rules, m))
-        return Response(
-            svg, media_type="image/svg+xml", headers={"Content-Security-Policy": SVG_CSP}
+                response = await handler(request)
+            except HTTPException as exc:
+                response = await _error(request, exc)
+            except RpmError as exc:
+                response = await _error(request, errors.as_http(exc))
+            except RequestValidationError as exc:
+                response = await request_validation_exception_handler(request, exc)
+            return secure(response, hsts=_hsts(request.scope))
+
+        return secured
+
+
+router = APIRouter(route_class=SecuredRoute, include_in_schema=False)
+router.mount("/dashboard/static", SecuredStaticFiles(directory=HERE / "static", hsts=_hsts))
+
+
+@router.get("/")
+async def root() -> RedirectResponse:
+    return RedirectResponse("/dashboard/", 303)
+
+
+@router.get("/dashboard")
+async def dashboard_root() -> RedirectResponse:
+    return RedirectResponse("/dashboard/", 303)
+
+
+# --- signing in and out -----------------------------------------------------------------
+
+
+def _sign_in_page(
+    request: Request, auth: Auth, next_: str, *, error: str | None = None, status: int = 200
+) -> Response:
+    token = auth.new_signin_token()
+    response = templates.TemplateResponse(
+        request,
+        "sign_in.html",
+        {"signin_token": token, "next": safe_next(next_), "error": error},
+        status_code=status,
+    )
+    auth.set_signin_cookie(response, token)
+    return response
+
+
+@router.get("/dashboard/sign-in")
+async def sign_in_form(
+    request: Request,
+    auth: AuthDep,
+    next_: Annotated[str, Query(alias="next", max_length=2000)] = "",
+) -> Response:
+    if await auth.session_for(request) is not None:
+        return RedirectResponse(safe_next(next_), 303)
+    return _sign_in_page(request, auth, next_)
+
+
+@router.post("/dashboard/sign-in")
+async def sign_in(
+    request: Request,
+    auth: AuthDep,
+    username: Annotated[str, Form(max_length=200)] = "",
+    password: Annotated[str, Form(max_length=2000)] = "",
+    signin_token: Annotated[str, Form(max_length=200)] = "",
+    next_: Annotated[str, Form(alias="next", max_length=2000)] = "",
+) -> Response:
+    if not auth.signin_token_matches(request, signin_token):
+        return _sign_in_page(
+            request, auth, next_, error="The sign-in form expired. Please try again.", status=403
         )
-
-    # --- actions ----------------------------------------------------------------------
-
-    @r.post("/dashboard/alerts/{alert_id}/{action}")
-    async def act(request: Request, staff: Staff, alert_id: int, action: str) -> Response:
-        """Acknowledge, resolve (with a note) or assign, as the signed-in nurse.
-
-        JSON in (``fetch`` with ``X-CSRF-Token``): JSON out, with the API's status. A form
-        (``csrf_token`` field): back to ``next`` with a notice.
-        """
-        if action not in ACTIONS:
-            raise HTTPException(404, "no such action")
-        wants_json = request.headers.get("content-type", "").startswith("application/json")
-        fields = await _fields(request, wants_json)
-        auth.check_csrf(staff, request, fields.get("csrf_token"))
-        status, body, outcome = await _forward(request, staff, alert_id, action, fields)
-        if wants_json:
-            return JSONResponse(body, status_code=status)
-        back = safe_next(fields.get("next"))
-        key = "done" if outcome == action else "problem"
-        return RedirectResponse(_with_query(back, {key: outcome}), 303)
-
-    async def _forward(
-        request: Request, staff: SignedIn, alert_id: int, action: str, fields: dict[str, str]
-    ) -> tuple[int, dict[str, Any], str]:
-        """(status, JSON body, outcome): outcome is the action when done, else a problem."""
-        payload: dict[str, Any] = {"actor": staff.actor}
-        if action == "resolve":
-            payload["note"] = fields.get("note", "").strip()
-            if not payload["note"]:
-                return 422, {"detail": PROBLEMS["note"]}, "note"
-        if action == "assign":
-            if not _api_offers(request.app, "assign"):
-                return 501, {"detail": PROBLEMS["unavailable"]}, "unavailable"
-            assignee = fields.get("assignee", "").strip()
-            payload["assignee"] = staff.staff_id if assignee == "me" else assignee
-            if not payload["assignee"]:
-                return 422, {"detail": PROBLEMS["assignee"]}, "assignee"
-        resp = await _api(
+    client = request.client.host if request.client else "unknown"
+    # A refused sign-in is answered with the form again, saying why: a page, not an error.
+    try:
+        token, _who = await auth.sign_in(username, password, client)
+    except SignInRateLimited as exc:
+        response = _sign_in_page(
             request,
-            "POST",
-            f"/api/alerts/{alert_id}/{action}",
-            csrf=staff.csrf_token,
-            json=payload,
+            auth,
+            next_,
+            error="Too many failed sign-ins. Wait a few minutes, then try again.",
+            status=429,
         )
-        if resp.status_code == 200:
-            return 200, resp.json(), action
-        problem = {404: "missing", 409: "conflict"}.get(resp.status_code, "refused")
-        detail = _detail(resp) or PROBLEMS[problem]
-        return resp.status_code, {"detail": detail}, problem
+        response.headers["Retry-After"] = str(max(1, int(exc.retry_after_s + 0.5)))
+        return response
+    except SignInRefused:
+        return _sign_in_page(
+            request, auth, next_, error="Wrong sign-in name or password.", status=401
+        )
+    response = RedirectResponse(safe_next(next_), 303)
+    auth.set_session_cookie(response, token)
+    auth.clear_signin_cookie(response)
+    return response
 
-    return r
+
+@router.post("/dashboard/sign-out")
+async def sign_out(
+    request: Request,
+    auth: AuthDep,
+    staff: Staff,
+    csrf_token: Annotated[str, Form(max_length=200)] = "",
+) -> Response:
+    auth.check_csrf(staff, request, csrf_token)
+    response = RedirectResponse("/dashboard/sign-in", 303)
+    await auth.sign_out(request, response)
+    return response
+
+
+# --- pages ------------------------------------------------------------------------------
+
+
+@router.get("/dashboard/")
+async def queue(
+    request: Request,
+    staff: Staff,
+    pool: PoolDep,
+    program: Annotated[str, Query(max_length=64)] = "",
+    state: Annotated[str, Query(max_length=32)] = "active",
+) -> Response:
+    async with pool.acquire() as conn:
+        offered = await programs(conn)
+    return templates.TemplateResponse(
+        request,
+        "queue.html",
+        {
+            "page": "queue",
+            "staff": staff,
+            "programs": offered,
+            "program": program if program in offered else "",
+            "states": STATE_FILTERS,
+            "state": state if state in STATE_FILTERS else "active",
+            "can_assign": _api_offers(request.app, "assign"),
+        },
+    )
+
+
+async def _visible_patient(
+    request: Request, staff: SignedIn, pool: asyncpg.Pool, patient_id: str, resource: str
+) -> Principal:
+    """The nurse as a principal; 404 (audited) for a patient outside their care teams."""
+    who = staff_principal(staff.staff_id, staff.role, staff.teams, "session")
+    async with pool.acquire() as conn:
+        teams = await staff_store.patient_teams(conn, [patient_id])
+    if patient_id not in teams or not who.sees(teams[patient_id]):
+        audit(request, who, "read", resource, resource_id=patient_id)
+        raise NotFoundError("no such patient")
+    audit(request, who, "read", resource, [patient_id], patient_id)
+    return who
+
+
+@router.get("/dashboard/patients/{patient_id}")
+async def patient(
+    request: Request,
+    staff: Staff,
+    pool: PoolDep,
+    patient_id: str,
+    alert: int | None = None,
+    done: str = "",
+    problem: str = "",
+) -> Response:
+    await _visible_patient(request, staff, pool, patient_id, "patient-page")
+    async with pool.acquire() as conn:
+        contexts = await registry.patient_contexts(conn, [patient_id])
+        if patient_id not in contexts:
+            raise NotFoundError("no such patient")
+        stored = await reading_store.for_patient(conn, patient_id, limit=2000)
+        staff_list = await staff_auth.active_staff(conn)
+    listing = await _api(
+        request,
+        "GET",
+        "/api/alerts",
+        params=[
+            ("patient", patient_id),
+            *(("state", s) for s in ("open", "acknowledged", "resolved")),
+            ("limit", "50"),
+        ],
+    )
+    found: list[dict[str, Any]] = listing.json() if listing.status_code == 200 else []
+    alerts = patient_alert_order([a for a in found if a.get("patient_id") == patient_id])
+    selected_id = alert if alert is not None else (alerts[0]["id"] if alerts else None)
+    selected = None
+    if selected_id is not None:
+        detail = await _api(request, "GET", f"/api/alerts/{selected_id}")
+        if detail.status_code == 200 and detail.json().get("patient_id") == patient_id:
+            selected = detail.json()
+    return templates.TemplateResponse(
+        request,
+        "patient.html",
+        {
+            "staff": staff,
+            "patient_id": patient_id,
+            "programs": contexts[patient_id].programs,
+            "alerts": alerts,
+            "alert": selected,
+            "vitals": vitals(patient_id, stored),
+            "staff_list": staff_list,
+            "can_assign": _api_offers(request.app, "assign"),
+            "done": DONE.get(done),
+            "problem": PROBLEMS.get(problem),
+            "here": request.url.path + (f"?alert={selected_id}" if selected_id else ""),
+        },
+    )
+
+
+@router.get("/dashboard/patients/{patient_id}/chart/{metric}.svg")
+async def chart(
+    request: Request, staff: Staff, pool: PoolDep, patient_id: str, metric: str
+) -> Response:
+    try:
+        m = Metric(metric)
+    except ValueError:  # a chart of something we do not measure: there is no such chart
+        raise NotFoundError("no such metric") from None
+    await _visible_patient(request, staff, pool, patient_id, "chart")
+    async with pool.acquire() as conn:
+        contexts = await registry.patient_contexts(conn, [patient_id])
+        if patient_id not in contexts:
+            raise NotFoundError("no such patient")
+        stored = await reading_store.for_patient(
+            conn, patient_id, metrics=[m.value], limit=CHART_READINGS
+        )
+        book = await rule_programs.active_book(conn)
+    ctx = contexts[patient_id]
+    rules = []
+    for rule in book.rules_for(ctx.programs):
+        try:
+            rules.append(rule.with_overrides(ctx.overrides.get(rule.id) or {}))
+        except ValueError:  # an override the program no longer takes: the engine too
+            rules.append(rule)  # applies the defaults (rule_programs.effective_rules)
+    points = [(s.accepted.reading.measured_at, s.accepted.reading.values) for s in stored]
+    svg = await asyncio.to_thread(charts.render_svg, m, points, charts.thresholds_for(rules, m))
+    return Response(svg, media_type="image/svg+xml", headers={"Content-Security-Policy": SVG_CSP})
+
+
+# --- actions ----------------------------------------------------------------------------
+
+
+@router.post("/dashboard/alerts/{alert_id}/{action}")
+async def act(
+    request: Request, auth: AuthDep, staff: Staff, alert_id: int, action: str
+) -> Response:
+    """Acknowledge, resolve (with a note) or assign, as the signed-in nurse.
+
+    JSON in (``fetch`` with ``X-CSRF-Token``): JSON out, with the API's status. A form
+    (``csrf_token`` field): back to ``next`` with a notice.
+    """
+    if action not in ACTIONS:
+        raise NotFoundError("no such action")
+    wants_json = request.headers.get("content-type", "").startswith("application/json")
+    fields = await _fields(request, wants_json)
+    auth.check_csrf(staff, request, fields.get("csrf_token"))
+    status, body, outcome = await _forward(request, staff, alert_id, action, fields)
+    if wants_json:
+        return JSONResponse(body, status_code=status)
+    back = safe_next(fields.get("next"))
+    key = "done" if outcome == action else "problem"
+    return RedirectResponse(_with_query(back, {key: outcome}), 303)
+
+
+async def _forward(
+    request: Request, staff: SignedIn, alert_id: int, action: str, fields: dict[str, str]
+) -> tuple[int, dict[str, Any], str]:
+    """(status, JSON body, outcome): outcome is the action when done, else a problem."""
+    payload: dict[str, Any] = {"actor": staff.actor}
+    if action == "resolve":
+        payload["note"] = fields.get("note", "").strip()
+        if not payload["note"]:
+            return 422, {"detail": PROBLEMS["note"]}, "note"
+    if action == "assign":
+        if not _api_offers(request.app, "assign"):
+            return 501, {"detail": PROBLEMS["unavailable"]}, "unavailable"
+        assignee = fields.get("assignee", "").strip()
+        payload["assignee"] = staff.staff_id if assignee == "me" else assignee
+        if not payload["assignee"]:
+            return 422, {"detail": PROBLEMS["assignee"]}, "assignee"
+    resp = await _api(
+        request,
+        "POST",
+        f"/api/alerts/{alert_id}/{action}",
+        csrf=staff.csrf_token,
+        json=payload,
+    )
+    if resp.status_code == 200:
+        return 200, resp.json(), action
+    problem = {404: "missing", 409: "conflict"}.get(resp.status_code, "refused")
+    detail = _detail(resp) or PROBLEMS[problem]
+    return resp.status_code, {"detail": detail}, problem
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -395,10 +420,10 @@ async def _fields(request: Request, wants_json: bool) -> dict[str, str]:
     if wants_json:
         try:
             body = await request.json()
-        except ValueError:
-            raise HTTPException(400, "malformed JSON") from None
+        except ValueError:  # the parser's error, as ours: a request we refuse (400)
+            raise RequestError("malformed JSON") from None
         if not isinstance(body, dict):
-            raise HTTPException(400, "expected a JSON object")
+            raise RequestError("expected a JSON object")
         return {k: v for k, v in body.items() if isinstance(v, str)}
     form = await request.form()
     return {k: v for k, v in form.items() if isinstance(v, str)}
@@ -407,7 +432,7 @@ async def _fields(request: Request, wants_json: bool) -> dict[str, str]:
 def _detail(resp: httpx.Response) -> str | None:
     try:
         detail = resp.json().get("detail")
-    except ValueError:
+    except ValueError:  # an answer without a JSON detail: the page says it in its own words
         return None
     return detail if isinstance(detail, str) else None
 
@@ -416,88 +441,3 @@ def _with_query(target: str, extra: Mapping[str, str]) -> str:
     parts = urlsplit(target)
     query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("done", "problem")]
     return urlunsplit(parts._replace(query=urlencode([*query, *extra.items()])))
-
-
-async def _programs(conn: Conn) -> dict[str, str]:
-    """Care programs to filter by (name → title); ``general`` applies to everyone."""
-    rows = await rule_programs.active_versions(conn)
-    return {
-        r["program"]: str(r["spec"].get("title") or r["program"])
-        for r in rows
-        if r["program"] != "general"
-    }
-
-
-def _patient_alert_order(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Unresolved first, most severe then oldest; then resolved ones, newest first."""
-
-    def rank(a: Mapping[str, Any]) -> int:
-        sev = a.get("severity")
-        return NAMES.index(sev) if sev in NAMES else len(NAMES)
-
-    unresolved = [a for a in alerts if a.get("state") != "resolved"]
-    resolved = [a for a in alerts if a.get("state") == "resolved"]
-    unresolved.sort(key=lambda a: (rank(a), str(a.get("opened_at", ""))))
-    resolved.sort(key=lambda a: str(a.get("opened_at", "")), reverse=True)
-    return unresolved + resolved
-
-
-def _vitals(patient_id: str, stored: list[reading_store.StoredReading]) -> list[dict[str, Any]]:
-    """Per metric with readings: chart address, text alternative, the newest readings."""
-    by_metric: dict[Metric, list[reading_store.StoredReading]] = {}
-    for s in stored:
-        by_metric.setdefault(s.accepted.reading.metric, []).append(s)
-    out = []
-    for metric in Metric:
-        rows = by_metric.get(metric)
-        if not rows:
-            continue
-        points = [(s.accepted.reading.measured_at, s.accepted.reading.values) for s in rows]
-        out.append(
-            {
-                "metric": metric.value,
-                "title": charts.METRIC_TITLES[metric],
-                "chart": f"/dashboard/patients/{patient_id}/chart/{metric.value}.svg",
-                "alt": charts.describe(metric, points),
-                "readings": [
-                    {
-                        "measured_at": s.accepted.reading.measured_at,
-                        "values": _format_values(metric, s.accepted.reading.values),
-                        "device": s.accepted.reading.device_id,
-                    }
-                    for s in rows[:READINGS_SHOWN]
-                ],
-            }
-        )
-    return out
-
-
-def _format_values(metric: Metric, values: Mapping[str, float]) -> str:
-    """``systolic 192, diastolic 124 mmHg; pulse 88 /min``."""
-    groups: dict[str, list[str]] = {}
-    for c in METRICS[metric].components:
-        if c.name in values:
-            unit = DISPLAY_UNITS.get(c.ucum, c.ucum)
-            groups.setdefault(unit, []).append(f"{c.name.replace('_', ' ')} {values[c.name]:g}")
-    return "; ".join(f"{', '.join(parts)} {unit}" for unit, parts in groups.items())
-
-
-def _when(value: datetime | str | None) -> str:
-    if value is None:
-        return ""
-    t = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _iso(value: datetime | str | None) -> str:
-    if value is None:
-        return ""
-    t = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return t.astimezone(UTC).isoformat()
-
-
-# Filters the templates use: times shown in UTC, and machine-readable in <time datetime>.
-templates.env.filters["when"] = _when
-templates.env.filters["iso"] = _iso
-templates.env.globals["severity_order"] = " ".join(NAMES)  # most urgent first
-templates.env.globals["severity_class"] = lambda s: f"sev sev-{str(s).lower()}"

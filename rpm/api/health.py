@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from rpm.metrics import CONTENT_TYPE_LATEST, Metrics
 from rpm.storage import migrate
+
+from .deps import PoolDep, held
 
 OK = "ok"
 
@@ -51,25 +53,30 @@ async def readiness(pool: asyncpg.Pool, ops: Operations) -> dict[str, str]:
     return checks
 
 
-def router(pool: asyncpg.Pool, ops: Operations) -> APIRouter:
-    r = APIRouter(tags=["operations"])
+async def operations(request: Request) -> Operations:
+    return held(request, "operations")  # type: ignore[no-any-return]
 
-    @r.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        """Liveness: the process and its event loop answer. Does not touch the database."""
-        return {"status": OK}
 
-    @r.get("/readyz", responses={503: {"description": "Some check failed; the body says which"}})
-    async def readyz() -> JSONResponse:
-        """Readiness: the database answers, migrations are applied, the broker is connected."""
-        checks = await readiness(pool, ops)
-        ready = all(v == OK for v in checks.values())
-        body: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}
-        return JSONResponse(body, status_code=200 if ready else 503)
+OperationsDep = Annotated[Operations, Depends(operations)]
+router = APIRouter(tags=["operations"])
 
-    @r.get("/metrics", response_class=Response)
-    async def metrics() -> Response:
-        """Prometheus text exposition format."""
-        return Response(await ops.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    return r
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: the process and its event loop answer. Does not touch the database."""
+    return {"status": OK}
+
+
+@router.get("/readyz", responses={503: {"description": "Some check failed; the body says which"}})
+async def readyz(pool: PoolDep, ops: OperationsDep) -> JSONResponse:
+    """Readiness: the database answers, migrations are applied, the broker is connected."""
+    checks = await readiness(pool, ops)
+    ready = all(v == OK for v in checks.values())
+    body: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(ops: OperationsDep) -> Response:
+    """Prometheus text exposition format."""
+    return Response(await ops.metrics.render(), media_type=CONTENT_TYPE_LATEST)

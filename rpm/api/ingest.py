@@ -10,6 +10,8 @@ requests keep failing authentication is throttled (429) before its body is read;
 authenticated integration over its rate gets 429 with Retry-After (charged only after
 authentication, so nobody can spend another integration's tokens by naming it); JSON
 nested deeper than the limit is quarantined and answered 422 before any parser sees it.
+Storage away or too many webhooks waiting for it are errors of the tree (``StorageError``,
+``BatcherFull``), answered 503 with Retry-After by rpm/api/errors.py.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import APIRouter, Header, HTTPException, Query, Request, Security
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Security
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -31,17 +33,18 @@ from device_gateways.webhook_auth import verify_bearer, verify_signature
 from rpm.auth import API_KEY_PREFIX
 from rpm.domain import RawMessage, Rejection, RejectReason
 from rpm.domain.errors import StorageError
-from rpm.ingest_batcher import BatcherFull, BatchLimits, IngestBatcher
+from rpm.ingest_batcher import BatchLimits, IngestBatcher
 from rpm.json_depth import max_depth
 from rpm.metrics import Metrics, delivery_families
 from rpm.pipeline import BatchResult, IngestPipeline, MessageResult
 from rpm.rate_limit import TokenBuckets
-from rpm.settings import IngestSettings
+from rpm.settings import Settings
 from rpm.storage import quarantine as quarantine_store
 from rpm.storage import registry
 from rpm.storage.pool import DATABASE_UNAVAILABLE
 
 from .access import REQUIRE, CanEnrol, Permission, audit, bearer_principal
+from .deps import PipelineDep, PoolDep, SettingsDep, held
 
 log = logging.getLogger(__name__)
 
@@ -104,197 +107,195 @@ def _too_many(wait: float, who: str) -> JSONResponse:
     )
 
 
-def router(
-    pool: asyncpg.Pool,
-    pipeline: IngestPipeline,
-    settings: IngestSettings,
-    metrics: Metrics | None = None,
-) -> APIRouter:
-    api = APIRouter()
-    max_bytes = settings.max_body_bytes
-    per_integration = TokenBuckets(settings.rate_per_s, settings.burst)
-    # Charged by requests that fail authentication (or are too large to authenticate).
-    per_address = TokenBuckets(settings.unauth_rate_per_s, settings.unauth_burst)
-    # Concurrent requests share units of work (rpm/ingest_batcher.py); each hears its own.
-    batcher = IngestBatcher(
-        lambda batch: pipeline.process(batch, itemized=True),
-        BatchLimits(
-            max_messages=settings.webhook_batch_max_messages,
-            max_wait_s=settings.webhook_batch_max_wait_ms / 1000,
-            max_queued=settings.webhook_queue_max,
-        ),
-    )
-    if metrics is not None:
-        counts = batcher.counters
-        metrics.watch(
-            delivery_families(
-                "rpm_webhook_messages",
-                "Webhook messages handed to the shared units of work, or refused (queue full).",
-                lambda: {"batched": counts.messages, "refused": counts.refused},
-            )
+class Webhooks:
+    """What the webhook route keeps between requests: the rate limits and the shared
+    units of work (one per app, in ``app.state.webhooks``)."""
+
+    def __init__(
+        self, pipeline: IngestPipeline, settings: Settings, metrics: Metrics | None = None
+    ) -> None:
+        self.per_integration = TokenBuckets(settings.ingest.rate_per_s, settings.ingest.burst)
+        # Charged by requests that fail authentication (or are too large to authenticate).
+        self.per_address = TokenBuckets(
+            settings.ingest.unauth_rate_per_s, settings.ingest.unauth_burst
         )
-
-    @api.post(
-        "/ingest/{payload_format}",
-        response_model=IngestResult,
-        responses={
-            401: {"description": "missing or wrong credentials"},
-            403: {"description": "integration revoked, or format not allowed for it"},
-            413: {"description": "body larger than RPM_INGEST_MAX_BODY_BYTES (1 MiB)"},
-            422: {
-                "model": IngestResult,
-                "description": "nothing usable (unparsable, too deeply nested, unknown "
-                "device...); the payload is kept in the quarantine",
-            },
-            429: {"description": "rate limit of the integration or client address; Retry-After"},
-            503: {
-                "description": "storage unavailable, or too many webhooks waiting for it "
-                "(RPM_WEBHOOK_QUEUE_MAX); retry after Retry-After (retries are idempotent)"
-            },
-        },
-    )
-    async def ingest(
-        payload_format: str,
-        request: Request,
-        x_rpm_integration: Annotated[str | None, Header()] = None,
-        x_rpm_signature: Annotated[str | None, Header()] = None,
-        authorization: Annotated[str | None, Header()] = None,
-    ) -> JSONResponse:
-        """Readings from a vendor cloud, authenticated per integration."""
-        if payload_format not in DECODERS:
-            raise HTTPException(404, f"unknown format; known: {sorted(DECODERS)}")
-        address = request.client.host if request.client else "unknown"
-        clock = time.monotonic()
-        wait = per_address.wait(address, clock)
-        if wait > 0:
-            return _too_many(wait, "address")
-
-        def refuse(status: int, detail: str) -> HTTPException:
-            per_address.take(address, clock)
-            return HTTPException(status, detail)
-
-        body = await _bounded_body(request, max_bytes)
-        if body is None:
-            raise refuse(413, f"body larger than {max_bytes} bytes")
-        # An API key with the ingest scope (rpm/api/access.py) acts for its integration,
-        # instead of the integration's own signature or token.
-        try:
-            key = await _ingest_key(request, authorization)
-        except HTTPException as refused:
-            raise refuse(refused.status_code, str(refused.detail)) from None
-        if key is not None and x_rpm_integration not in (None, key):
-            raise HTTPException(403, "this key posts for another integration")
-        integration_id = key or x_rpm_integration
-        if not integration_id:
-            raise refuse(401, "missing X-RPM-Integration")
-        async with pool.acquire() as conn:
-            integration = await registry.integration(conn, integration_id)
-        if integration is None:
-            raise refuse(401, "unknown integration")
-        problem = (
-            None
-            if key is not None
-            else verify_signature(integration.secret, body, x_rpm_signature, time.time())
-            if integration.auth == "hmac"
-            else verify_bearer(integration.secret, authorization)
+        # Concurrent requests share units of work (rpm/ingest_batcher.py); each hears its own.
+        self.batcher = IngestBatcher(
+            lambda batch: pipeline.process(batch, itemized=True),
+            BatchLimits(
+                max_messages=settings.ingest.webhook_batch_max_messages,
+                max_wait_s=settings.ingest.webhook_batch_max_wait_ms / 1000,
+                max_queued=settings.ingest.webhook_queue_max,
+            ),
         )
-        if problem is not None:
-            log.warning("webhook refused: integration=%s: %s", integration.id, problem)
-            raise refuse(401, problem)
-        if integration.revoked:
-            raise HTTPException(403, "integration revoked")
-        if payload_format not in integration.formats:
-            raise HTTPException(403, f"integration may not post {payload_format!r}")
-        wait = per_integration.take(integration.id, clock)
-        if wait > 0:
-            log.warning("webhook throttled: integration=%s", integration.id)
-            return _too_many(wait, "integration")
-        raw = RawMessage(
-            transport="http",
-            payload_format=payload_format,
-            device_id=None,
-            payload=body,
-            received_at=datetime.now(UTC),
-            integration=integration.id,
-        )
-        if len(body) > _DEPTH_IN_THREAD_BYTES:
-            depth = await asyncio.to_thread(max_depth, body)
-        else:
-            depth = max_depth(body)
-        if depth > settings.max_json_depth:
-            return await _quarantine_too_deep(raw, depth, settings.max_json_depth)
-        try:
-            result = await batcher.submit(raw)
-        except BatcherFull:
-            return JSONResponse(
-                {"detail": "too many webhooks waiting for storage; retry"},
-                503,
-                headers={"Retry-After": "1"},
-            )
-        except StorageError:
-            return JSONResponse(
-                {"detail": "storage unavailable; retry"}, 503, headers={"Retry-After": "5"}
-            )
-        summary = _summary(result)
-        accepted = result.stored + result.duplicates
-        status = 422 if accepted == 0 and result.quarantined else 200
-        return JSONResponse(summary.model_dump(exclude_none=True), status)
-
-    @api.get(
-        "/api/quarantine",
-        response_model=list[QuarantineOut],
-        dependencies=[Security(REQUIRE[Permission.ENROLMENT])],
-    )
-    async def quarantine(
-        request: Request,
-        who: CanEnrol,
-        reason: str | None = None,
-        replayed: bool | None = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    ) -> list[dict[str, Any]]:
-        """Refused payloads with their reasons; payload bytes shown as UTF-8 (replaced)."""
-        async with pool.acquire() as conn:
-            rows = await quarantine_store.recent(
-                conn, reason=reason, replayed=replayed, limit=limit
-            )
-        for r in rows:
-            r["payload"] = bytes(r["payload"]).decode("utf-8", "replace")
-        # Refused payloads are device data that may describe a patient: reading them is audited.
-        audit(request, who, "search", "quarantine")
-        return rows
-
-    @api.post(
-        "/api/quarantine/replay",
-        response_model=ReplayOut,
-        response_model_exclude_none=True,
-        dependencies=[Security(REQUIRE[Permission.ENROLMENT])],
-    )
-    async def replay(body: ReplayIn) -> ReplayOut:
-        """Run quarantined payloads again (e.g. after enrolling their device)."""
-        try:
-            ids, result = await pipeline.replay(ids=body.ids, reason=body.reason, limit=body.limit)
-        except StorageError:
-            raise HTTPException(503, "storage unavailable; retry") from None
-        return ReplayOut(replayed=ids, result=_summary(result))
-
-    async def _quarantine_too_deep(raw: RawMessage, depth: int, limit: int) -> JSONResponse:
-        detail = f"JSON nested {depth} levels deep; at most {limit} accepted"
-        try:
-            async with pool.acquire() as conn:
-                await quarantine_store.insert(
-                    conn, [Rejection(RejectReason.MALFORMED, detail, raw)]
+        if metrics is not None:
+            counts = self.batcher.counters
+            metrics.watch(
+                delivery_families(
+                    "rpm_webhook_messages",
+                    "Webhook messages handed to the shared units of work, or refused (queue full).",
+                    lambda: {"batched": counts.messages, "refused": counts.refused},
                 )
-        except DATABASE_UNAVAILABLE:
-            return JSONResponse(
-                {"detail": "storage unavailable; retry"}, 503, headers={"Retry-After": "5"}
             )
-        reasons = {RejectReason.MALFORMED.value: 1}
-        summary = IngestResult(
-            stored=0, duplicates=0, quarantined=1, reasons=reasons, detail=detail
-        )
-        return JSONResponse(summary.model_dump(), 422)
 
-    return api
+
+async def webhooks(request: Request) -> Webhooks:
+    return held(request, "webhooks")  # type: ignore[no-any-return]
+
+
+WebhooksDep = Annotated[Webhooks, Depends(webhooks)]
+router = APIRouter()
+
+
+@router.post(
+    "/ingest/{payload_format}",
+    response_model=IngestResult,
+    responses={
+        401: {"description": "missing or wrong credentials"},
+        403: {"description": "integration revoked, or format not allowed for it"},
+        413: {"description": "body larger than RPM_INGEST_MAX_BODY_BYTES (1 MiB)"},
+        422: {
+            "model": IngestResult,
+            "description": "nothing usable (unparsable, too deeply nested, unknown "
+            "device...); the payload is kept in the quarantine",
+        },
+        429: {"description": "rate limit of the integration or client address; Retry-After"},
+        503: {
+            "description": "storage unavailable, or too many webhooks waiting for it "
+            "(RPM_WEBHOOK_QUEUE_MAX); retry after Retry-After (retries are idempotent)"
+        },
+    },
+)
+async def ingest(
+    payload_format: str,
+    request: Request,
+    pool: PoolDep,
+    settings: SettingsDep,
+    hooks: WebhooksDep,
+    x_rpm_integration: Annotated[str | None, Header()] = None,
+    x_rpm_signature: Annotated[str | None, Header()] = None,
+    authorization: Annotated[str | None, Header()] = None,
+) -> JSONResponse:
+    """Readings from a vendor cloud, authenticated per integration."""
+    if payload_format not in DECODERS:
+        raise HTTPException(404, f"unknown format; known: {sorted(DECODERS)}")
+    address = request.client.host if request.client else "unknown"
+    clock = time.monotonic()
+    wait = hooks.per_address.wait(address, clock)
+    if wait > 0:
+        return _too_many(wait, "address")
+
+    def refuse(status: int, detail: str) -> HTTPException:
+        hooks.per_address.take(address, clock)
+        return HTTPException(status, detail)
+
+    max_bytes = settings.ingest.max_body_bytes
+    body = await _bounded_body(request, max_bytes)
+    if body is None:
+        raise refuse(413, f"body larger than {max_bytes} bytes")
+    # An API key with the ingest scope (rpm/api/access.py) acts for its integration,
+    # instead of the integration's own signature or token.
+    try:
+        key = await _ingest_key(request, authorization)
+    except HTTPException as refused:
+        # Not an error to translate: a refused key also costs the address a token.
+        raise refuse(refused.status_code, str(refused.detail)) from None
+    if key is not None and x_rpm_integration not in (None, key):
+        raise HTTPException(403, "this key posts for another integration")
+    integration_id = key or x_rpm_integration
+    if not integration_id:
+        raise refuse(401, "missing X-RPM-Integration")
+    async with pool.acquire() as conn:
+        integration = await registry.integration(conn, integration_id)
+    if integration is None:
+        raise refuse(401, "unknown integration")
+    problem = (
+        None
+        if key is not None
+        else verify_signature(integration.secret, body, x_rpm_signature, time.time())
+        if integration.auth == "hmac"
+        else verify_bearer(integration.secret, authorization)
+    )
+    if problem is not None:
+        log.warning("webhook refused: integration=%s: %s", integration.id, problem)
+        raise refuse(401, problem)
+    if integration.revoked:
+        raise HTTPException(403, "integration revoked")
+    if payload_format not in integration.formats:
+        raise HTTPException(403, f"integration may not post {payload_format!r}")
+    wait = hooks.per_integration.take(integration.id, clock)
+    if wait > 0:
+        log.warning("webhook throttled: integration=%s", integration.id)
+        return _too_many(wait, "integration")
+    raw = RawMessage(
+        transport="http",
+        payload_format=payload_format,
+        device_id=None,
+        payload=body,
+        received_at=datetime.now(UTC),
+        integration=integration.id,
+    )
+    if len(body) > _DEPTH_IN_THREAD_BYTES:
+        depth = await asyncio.to_thread(max_depth, body)
+    else:
+        depth = max_depth(body)
+    if depth > settings.ingest.max_json_depth:
+        return await _quarantine_too_deep(pool, raw, depth, settings.ingest.max_json_depth)
+    # StorageError and BatcherFull (503, Retry-After) are answered by rpm/api/errors.py.
+    result = await hooks.batcher.submit(raw)
+    summary = _summary(result)
+    accepted = result.stored + result.duplicates
+    status = 422 if accepted == 0 and result.quarantined else 200
+    return JSONResponse(summary.model_dump(exclude_none=True), status)
+
+
+@router.get(
+    "/api/quarantine",
+    response_model=list[QuarantineOut],
+    dependencies=[Security(REQUIRE[Permission.ENROLMENT])],
+)
+async def quarantine(
+    request: Request,
+    who: CanEnrol,
+    pool: PoolDep,
+    reason: str | None = None,
+    replayed: bool | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
+    """Refused payloads with their reasons; payload bytes shown as UTF-8 (replaced)."""
+    async with pool.acquire() as conn:
+        rows = await quarantine_store.recent(conn, reason=reason, replayed=replayed, limit=limit)
+    for r in rows:
+        r["payload"] = bytes(r["payload"]).decode("utf-8", "replace")
+    # Refused payloads are device data that may describe a patient: reading them is audited.
+    audit(request, who, "search", "quarantine")
+    return rows
+
+
+@router.post(
+    "/api/quarantine/replay",
+    response_model=ReplayOut,
+    response_model_exclude_none=True,
+    dependencies=[Security(REQUIRE[Permission.ENROLMENT])],
+)
+async def replay(pipeline: PipelineDep, body: ReplayIn) -> ReplayOut:
+    """Run quarantined payloads again (e.g. after enrolling their device)."""
+    ids, result = await pipeline.replay(ids=body.ids, reason=body.reason, limit=body.limit)
+    return ReplayOut(replayed=ids, result=_summary(result))
+
+
+async def _quarantine_too_deep(
+    pool: asyncpg.Pool, raw: RawMessage, depth: int, limit: int
+) -> JSONResponse:
+    detail = f"JSON nested {depth} levels deep; at most {limit} accepted"
+    try:
+        async with pool.acquire() as conn:
+            await quarantine_store.insert(conn, [Rejection(RejectReason.MALFORMED, detail, raw)])
+    except DATABASE_UNAVAILABLE as exc:  # asyncpg's words for it, as ours (503, Retry-After)
+        raise StorageError("storage unavailable; retry") from exc
+    reasons = {RejectReason.MALFORMED.value: 1}
+    summary = IngestResult(stored=0, duplicates=0, quarantined=1, reasons=reasons, detail=detail)
+    return JSONResponse(summary.model_dump(), 422)
 
 
 async def _ingest_key(request: Request, authorization: str | None) -> str | None:

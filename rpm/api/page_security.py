@@ -4,12 +4,14 @@ of patient data; HSTS when the dashboard is served over HTTPS."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
+from starlette.staticfiles import PathLike
+from starlette.types import Scope
 
 # Our own script and styles only: no inline script or style, nothing from elsewhere.
 PAGE_CSP = (
@@ -39,11 +41,19 @@ def secure(response: Response, *, hsts: bool, cache: str = "no-store") -> Respon
 
 
 class SecuredStaticFiles(StaticFiles):
-    """Our script and style sheet, with the same headers as the pages."""
+    """Our script and style sheet, with the same headers as the pages; ``hsts`` says, per
+    request, whether the app is served over HTTPS."""
 
-    def __init__(self, *, directory: Path, hsts: bool) -> None:
+    def __init__(self, *, directory: Path, hsts: Callable[[Scope], bool]) -> None:
         super().__init__(directory=directory)
         self._hsts = hsts
 
-    def file_response(self, *args: Any, **kwargs: Any) -> Response:
-        return secure(super().file_response(*args, **kwargs), hsts=self._hsts, cache="no-cache")
+    def file_response(
+        self,
+        full_path: PathLike,
+        stat_result: os.stat_result,
+        scope: Scope,
+        status_code: int = 200,
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        return secure(response, hsts=self._hsts(scope), cache="no-cache")

@@ -1,4 +1,9 @@
-"""Enrollment API: patients, devices (with broker logins), bindings, integrations."""
+"""Enrollment API: patients, devices (with broker logins), bindings, integrations.
+
+Every route is for admins. Refusals are errors of the tree (rpm/api/errors.py): a taken
+id or an overlapping binding 409, an unknown patient or integration 422, a broker that did
+not take a login change 503 (retry: enrolment is one transaction with the broker's change).
+"""
 
 from __future__ import annotations
 
@@ -9,19 +14,18 @@ import zoneinfo
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-import asyncpg
-from fastapi import APIRouter, HTTPException, Path, Request, Security
+from fastapi import APIRouter, Path, Request, Security
 from pydantic import AwareDatetime, BaseModel, Field, PastDate, field_validator
 
 from device_gateways import dynsec
-from device_gateways.broker_admin import BrokerAdmin
 from device_gateways.decoders import DECODERS
 from device_gateways.mqtt import TOPIC_PREFIX
-from rpm.domain.errors import BrokerProvisioningError
+from rpm.domain.errors import ConflictError, DeviceNotFound, InvalidRequestError, NotFoundError
 from rpm.storage import registry
 from rpm.storage.pool import Conn
 
 from .access import REQUIRE, CanEnrol, Permission, audit
+from .deps import BrokerDep, PoolDep
 
 # MQTT device ids appear in topics and broker logins: no '/', '+', '#', ':' or spaces.
 MQTT_DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -140,166 +144,176 @@ class IntegrationCreated(BaseModel):
     secret: str  # shown once
 
 
-def router(pool: asyncpg.Pool, broker: BrokerAdmin) -> APIRouter:
-    # Every route of this router is for admins (a route without ``who`` is covered too).
-    api = APIRouter(prefix="/api", dependencies=[Security(REQUIRE[Permission.ENROLMENT])])
+# Every route of this router is for admins (a route without ``who`` is covered too).
+router = APIRouter(prefix="/api", dependencies=[Security(REQUIRE[Permission.ENROLMENT])])
 
-    @api.post("/patients", status_code=201)
-    async def create_patient(request: Request, who: CanEnrol, body: PatientIn) -> dict[str, str]:
-        audit(request, who, "create", "patient", [body.id], body.id)
-        async with pool.acquire() as conn:
-            await registry.upsert_patient(
-                conn,
-                patient_id=body.id,
-                display_name=body.display_name,
-                phone=body.phone,
-                sms_consent=body.sms_consent,
-                programs=body.programs,
-                timezone=body.timezone,
-                language=body.language,
-                birth_date=body.birth_date,
-            )
-        return {"id": body.id}
 
-    @api.post("/devices", status_code=201, response_model=DeviceEnrolled)
-    async def enroll(request: Request, who: CanEnrol, body: DeviceIn) -> DeviceEnrolled:
-        """Enroll a device, bind it when a patient is given, and provision its broker login."""
-        if body.integration is None and not re.fullmatch(MQTT_DEVICE_ID, body.id):
-            raise HTTPException(422, "an MQTT device id may hold only letters, digits, . _ -")
-        device_id = f"{body.integration}:{body.id}" if body.integration else body.id
-        if body.patient_id is not None:
-            audit(request, who, "bind", "device", [body.patient_id], device_id)
-        password = secrets.token_urlsafe(24)
-        async with pool.acquire() as conn, conn.transaction():
-            if body.integration and await registry.integration(conn, body.integration) is None:
-                raise HTTPException(422, f"no integration {body.integration!r}")
-            try:
-                await registry.create_device(
-                    conn,
-                    device_id=device_id,
-                    kind=body.kind,
-                    vendor=body.vendor,
-                    serial=body.serial,
-                    integration=body.integration,
-                    actor=who.actor,
-                )
-            except asyncpg.UniqueViolationError:
-                raise HTTPException(409, f"device {device_id!r} is already enrolled") from None
-            if body.patient_id is not None:
-                await _bind(conn, device_id, body.patient_id, body.bound_from, None, who.actor)
-            if body.integration is None:
-                # Inside the transaction: if the broker refuses, nothing is enrolled. A retry
-                # after a commit failure finds the login and only resets its password.
-                await _broker(
-                    broker,
-                    dynsec.provision_device(device_id, password),
-                    tolerate=("already exists",),
-                )
-                await _broker(broker, dynsec.set_password(device_id, password))
-        if body.integration is not None:
-            return DeviceEnrolled(device_id=device_id)
-        return DeviceEnrolled(
-            device_id=device_id,
-            mqtt=MqttCredentials(
-                username=device_id, password=password, topic=f"{TOPIC_PREFIX}{device_id}/readings"
-            ),
+@router.post("/patients", status_code=201)
+async def create_patient(
+    request: Request, who: CanEnrol, pool: PoolDep, body: PatientIn
+) -> dict[str, str]:
+    audit(request, who, "create", "patient", [body.id], body.id)
+    async with pool.acquire() as conn:
+        await registry.upsert_patient(
+            conn,
+            patient_id=body.id,
+            display_name=body.display_name,
+            phone=body.phone,
+            sms_consent=body.sms_consent,
+            programs=body.programs,
+            timezone=body.timezone,
+            language=body.language,
+            birth_date=body.birth_date,
         )
+    return {"id": body.id}
 
-    @api.get("/devices/{device_id}", response_model=DeviceOut)
-    async def get_device(request: Request, who: CanEnrol, device_id: str) -> dict[str, Any]:
-        """A device with its bindings (patient ids) and events; admins only."""
-        async with pool.acquire() as conn:
-            found = await registry.device_detail(conn, device_id)
-        patients = (b["patient_id"] for b in found["bindings"]) if found else ()
-        audit(request, who, "read", "device", patients, device_id)
-        if found is None:
-            raise HTTPException(404, "no such device")
-        return found
 
-    @api.post("/devices/{device_id}/bindings", status_code=201)
-    async def bind(
-        request: Request, who: CanEnrol, device_id: str, body: BindingIn
-    ) -> dict[str, str]:
+@router.post("/devices", status_code=201, response_model=DeviceEnrolled)
+async def enroll(
+    request: Request, who: CanEnrol, pool: PoolDep, broker: BrokerDep, body: DeviceIn
+) -> DeviceEnrolled:
+    """Enroll a device, bind it when a patient is given, and provision its broker login."""
+    if body.integration is None and not re.fullmatch(MQTT_DEVICE_ID, body.id):
+        raise InvalidRequestError("an MQTT device id may hold only letters, digits, . _ -")
+    device_id = f"{body.integration}:{body.id}" if body.integration else body.id
+    if body.patient_id is not None:
         audit(request, who, "bind", "device", [body.patient_id], device_id)
-        async with pool.acquire() as conn, conn.transaction():
-            await _existing(conn, device_id)
-            await _bind(conn, device_id, body.patient_id, body.start, body.end, who.actor)
-        return {"device_id": device_id, "patient_id": body.patient_id}
-
-    @api.post("/devices/{device_id}/unbind")
-    async def unbind(who: CanEnrol, device_id: str, body: AtIn) -> dict[str, int]:
-        async with pool.acquire() as conn, conn.transaction():
-            await _existing(conn, device_id)
-            ended = await registry.unbind(
-                conn, device_id=device_id, at=body.at or datetime.now(UTC), actor=who.actor
-            )
-        return {"ended": ended}
-
-    @api.post("/devices/{device_id}/credentials", response_model=MqttCredentials)
-    async def rotate(
-        who: CanEnrol, device_id: Annotated[str, Path(pattern=MQTT_DEVICE_ID)], body: ActorIn
-    ) -> MqttCredentials:
-        """A new broker password; the old one stops working at once."""
-        password = secrets.token_urlsafe(24)
-        async with pool.acquire() as conn, conn.transaction():
-            device = await _existing(conn, device_id)
-            if device["integration"] or device["retired_at"]:
-                raise HTTPException(409, "only active MQTT devices have broker credentials")
-            await registry.rotated(conn, device_id=device_id, actor=who.actor)
-            await _broker(broker, dynsec.set_password(device_id, password))
-        return MqttCredentials(
-            username=device_id, password=password, topic=f"{TOPIC_PREFIX}{device_id}/readings"
+    password = secrets.token_urlsafe(24)
+    async with pool.acquire() as conn, conn.transaction():
+        if body.integration and await registry.integration(conn, body.integration) is None:
+            raise InvalidRequestError(f"no integration {body.integration!r}")
+        await registry.create_device(
+            conn,
+            device_id=device_id,
+            kind=body.kind,
+            vendor=body.vendor,
+            serial=body.serial,
+            integration=body.integration,
+            actor=who.actor,
         )
-
-    @api.post("/devices/{device_id}/retire")
-    async def retire(who: CanEnrol, device_id: str, body: AtIn) -> dict[str, str]:
-        """End the device's binding, refuse its readings from now on, disable its login."""
-        async with pool.acquire() as conn, conn.transaction():
-            device = await _existing(conn, device_id)
-            if device["retired_at"]:
-                raise HTTPException(409, "already retired")
-            await registry.retire(
-                conn, device_id=device_id, at=body.at or datetime.now(UTC), actor=who.actor
+        if body.patient_id is not None:
+            await _bind(conn, device_id, body.patient_id, body.bound_from, None, who.actor)
+        if body.integration is None:
+            # Inside the transaction: if the broker refuses, nothing is enrolled. A retry
+            # after a commit failure finds the login and only resets its password.
+            await broker.apply(
+                dynsec.provision_device(device_id, password), tolerate=("already exists",)
             )
-            if not device["integration"]:
-                await _broker(broker, dynsec.disable_device(device_id))
-        return {"device_id": device_id, "state": "retired"}
+            await broker.apply(dynsec.set_password(device_id, password))
+    if body.integration is not None:
+        return DeviceEnrolled(device_id=device_id)
+    return DeviceEnrolled(
+        device_id=device_id,
+        mqtt=MqttCredentials(
+            username=device_id, password=password, topic=f"{TOPIC_PREFIX}{device_id}/readings"
+        ),
+    )
 
-    @api.post("/integrations", status_code=201, response_model=IntegrationCreated)
-    async def create_integration(body: IntegrationIn) -> IntegrationCreated:
-        unknown = sorted(set(body.formats) - set(DECODERS))
-        if unknown:
-            raise HTTPException(422, f"unknown formats {unknown}; known: {sorted(DECODERS)}")
-        secret = secrets.token_urlsafe(32)
-        async with pool.acquire() as conn:
-            try:
-                await registry.create_integration(
-                    conn,
-                    integration_id=body.id,
-                    name=body.name,
-                    auth=body.auth,
-                    secret=secret,
-                    formats=body.formats,
-                )
-            except asyncpg.UniqueViolationError:
-                raise HTTPException(409, f"integration {body.id!r} exists") from None
-        return IntegrationCreated(id=body.id, auth=body.auth, formats=body.formats, secret=secret)
 
-    @api.post("/integrations/{integration_id}/revoke")
-    async def revoke_integration(integration_id: str) -> dict[str, str]:
-        """Refuse the integration's webhooks from now on (403); its devices stay enrolled."""
-        async with pool.acquire() as conn:
-            if not await registry.revoke_integration(conn, integration_id):
-                raise HTTPException(404, "no such integration")
-        return {"id": integration_id, "state": "revoked"}
+@router.get("/devices/{device_id}", response_model=DeviceOut)
+async def get_device(
+    request: Request, who: CanEnrol, pool: PoolDep, device_id: str
+) -> dict[str, Any]:
+    """A device with its bindings (patient ids) and events; admins only."""
+    async with pool.acquire() as conn:
+        found = await registry.device_detail(conn, device_id)
+    patients = (b["patient_id"] for b in found["bindings"]) if found else ()
+    audit(request, who, "read", "device", patients, device_id)
+    if found is None:
+        raise DeviceNotFound("no such device")
+    return found
 
-    return api
+
+@router.post("/devices/{device_id}/bindings", status_code=201)
+async def bind(
+    request: Request, who: CanEnrol, pool: PoolDep, device_id: str, body: BindingIn
+) -> dict[str, str]:
+    audit(request, who, "bind", "device", [body.patient_id], device_id)
+    async with pool.acquire() as conn, conn.transaction():
+        await _existing(conn, device_id)
+        await _bind(conn, device_id, body.patient_id, body.start, body.end, who.actor)
+    return {"device_id": device_id, "patient_id": body.patient_id}
+
+
+@router.post("/devices/{device_id}/unbind")
+async def unbind(who: CanEnrol, pool: PoolDep, device_id: str, body: AtIn) -> dict[str, int]:
+    async with pool.acquire() as conn, conn.transaction():
+        await _existing(conn, device_id)
+        ended = await registry.unbind(
+            conn, device_id=device_id, at=body.at or datetime.now(UTC), actor=who.actor
+        )
+    return {"ended": ended}
+
+
+@router.post("/devices/{device_id}/credentials", response_model=MqttCredentials)
+async def rotate(
+    who: CanEnrol,
+    pool: PoolDep,
+    broker: BrokerDep,
+    device_id: Annotated[str, Path(pattern=MQTT_DEVICE_ID)],
+    body: ActorIn,
+) -> MqttCredentials:
+    """A new broker password; the old one stops working at once."""
+    password = secrets.token_urlsafe(24)
+    async with pool.acquire() as conn, conn.transaction():
+        device = await _existing(conn, device_id)
+        if device["integration"] or device["retired_at"]:
+            raise ConflictError("only active MQTT devices have broker credentials")
+        await registry.rotated(conn, device_id=device_id, actor=who.actor)
+        await broker.apply(dynsec.set_password(device_id, password))
+    return MqttCredentials(
+        username=device_id, password=password, topic=f"{TOPIC_PREFIX}{device_id}/readings"
+    )
+
+
+@router.post("/devices/{device_id}/retire")
+async def retire(
+    who: CanEnrol, pool: PoolDep, broker: BrokerDep, device_id: str, body: AtIn
+) -> dict[str, str]:
+    """End the device's binding, refuse its readings from now on, disable its login."""
+    async with pool.acquire() as conn, conn.transaction():
+        device = await _existing(conn, device_id)
+        if device["retired_at"]:
+            raise ConflictError("already retired")
+        await registry.retire(
+            conn, device_id=device_id, at=body.at or datetime.now(UTC), actor=who.actor
+        )
+        if not device["integration"]:
+            await broker.apply(dynsec.disable_device(device_id))
+    return {"device_id": device_id, "state": "retired"}
+
+
+@router.post("/integrations", status_code=201, response_model=IntegrationCreated)
+async def create_integration(pool: PoolDep, body: IntegrationIn) -> IntegrationCreated:
+    unknown = sorted(set(body.formats) - set(DECODERS))
+    if unknown:
+        raise InvalidRequestError(f"unknown formats {unknown}; known: {sorted(DECODERS)}")
+    secret = secrets.token_urlsafe(32)
+    async with pool.acquire() as conn:
+        await registry.create_integration(
+            conn,
+            integration_id=body.id,
+            name=body.name,
+            auth=body.auth,
+            secret=secret,
+            formats=body.formats,
+        )
+    return IntegrationCreated(id=body.id, auth=body.auth, formats=body.formats, secret=secret)
+
+
+@router.post("/integrations/{integration_id}/revoke")
+async def revoke_integration(pool: PoolDep, integration_id: str) -> dict[str, str]:
+    """Refuse the integration's webhooks from now on (403); its devices stay enrolled."""
+    async with pool.acquire() as conn:
+        if not await registry.revoke_integration(conn, integration_id):
+            raise NotFoundError("no such integration")
+    return {"id": integration_id, "state": "revoked"}
 
 
 async def _existing(conn: Conn, device_id: str) -> dict[str, Any]:
     found = await registry.device_detail(conn, device_id)
     if found is None:
-        raise HTTPException(404, "no such device")
+        raise DeviceNotFound("no such device")
     return found
 
 
@@ -311,25 +325,11 @@ async def _bind(
     end: datetime | None,
     actor: str,
 ) -> None:
-    try:
-        await registry.bind(
-            conn,
-            device_id=device_id,
-            patient_id=patient_id,
-            start=start or datetime.now(UTC),
-            end=end,
-            actor=actor,
-        )
-    except asyncpg.ExclusionViolationError:
-        raise HTTPException(409, "the device is bound to a patient in that period") from None
-    except asyncpg.ForeignKeyViolationError:
-        raise HTTPException(422, f"no patient {patient_id!r}") from None
-    except asyncpg.DataError as exc:
-        raise HTTPException(422, f"bad period: {exc}") from None
-
-
-async def _broker(broker: BrokerAdmin, commands: list[dict[str, Any]], **kw: Any) -> None:
-    try:
-        await broker.apply(commands, **kw)
-    except BrokerProvisioningError as exc:
-        raise HTTPException(503, f"the broker did not take the change: {exc}") from None
+    await registry.bind(
+        conn,
+        device_id=device_id,
+        patient_id=patient_id,
+        start=start or datetime.now(UTC),
+        end=end,
+        actor=actor,
+    )

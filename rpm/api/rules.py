@@ -1,17 +1,23 @@
-"""Rules API: care programs as versioned specs, and audited per-patient parameter overrides."""
+"""Rules API: care programs as versioned specs, and audited per-patient parameter overrides.
+
+Refusals are errors of the tree (rpm/api/errors.py): an unknown program, version, patient
+or rule 404, a document or override the rule kinds refuse 422.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
 
 import asyncpg
 import yaml
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field, FiniteFloat
 
+from rpm.domain.errors import InvalidRequestError, NotFoundError
 from rpm.storage import registry as patient_store
 from rpm.storage import rule_programs
 from rpm.storage import staff as staff_store
@@ -20,6 +26,7 @@ from rules.programs import RuleBook
 from rules.spec import ProgramSpec, parse_program
 
 from .access import CanEditPatientRules, CanPublishRules, CanReadRules, Principal, audit
+from .deps import PoolDep, held
 from .registry import Actor
 
 PROGRAM = r"^[a-z0-9_]+$"  # as ProgramSpec.program
@@ -110,12 +117,14 @@ _DOCUMENT_BODY: dict[str, Any] = {
 }
 
 
-class _Books:
-    """The active rule book, read again only when the programs' stamp moved."""
+@dataclass(slots=True)
+class RuleBooks:
+    """The active rule book, read again only when the programs' stamp moved; and who to
+    tell when a program gets a new active version (the ingest pipeline's rule cache)."""
 
-    def __init__(self) -> None:
-        self._stamp = -1
-        self._book = RuleBook({})
+    on_change: Callable[[], None] = lambda: None
+    _stamp: int = field(default=-1, init=False)
+    _book: RuleBook = field(default_factory=lambda: RuleBook({}), init=False)
 
     async def get(self, conn: Conn) -> RuleBook:
         now = await rule_programs.stamp(conn)
@@ -125,165 +134,176 @@ class _Books:
         return self._book
 
 
-def router(pool: asyncpg.Pool, on_change: Callable[[], None] | None = None) -> APIRouter:
-    """The rules endpoints; ``on_change`` is called after a program gets a new active version."""
-    api = APIRouter(prefix="/api")
-    books = _Books()
+async def rule_books(request: Request) -> RuleBooks:
+    return held(request, "rule_books")  # type: ignore[no-any-return]
 
-    async def visible(request: Request, who: Principal, patient_id: str, action: str) -> None:
-        """404 for a patient this caller may not see (another team's, or none); audited."""
-        async with pool.acquire() as conn:
-            teams = await staff_store.patient_teams(conn, [patient_id])
-        if patient_id not in teams or not who.sees(teams[patient_id]):
-            audit(request, who, action, "patient-rules", resource_id=patient_id)
-            raise HTTPException(404, "no such patient")
-        audit(request, who, action, "patient-rules", [patient_id], patient_id)
 
-    def changed() -> None:
-        if on_change is not None:
-            on_change()
+RuleBooksDep = Annotated[RuleBooks, Depends(rule_books)]
+router = APIRouter(prefix="/api")
 
-    @api.get("/rules/programs", response_model=list[ProgramOut])
-    async def list_programs(_who: CanReadRules) -> list[dict[str, Any]]:
-        """The active version of every care program, with its spec."""
-        async with pool.acquire() as conn:
-            return await rule_programs.active_versions(conn)
 
-    @api.get("/rules/programs/{program}", response_model=ProgramOut)
-    async def get_program(_who: CanReadRules, program: ProgramName) -> dict[str, Any]:
-        async with pool.acquire() as conn:
-            for row in await rule_programs.active_versions(conn):
-                if row["program"] == program:
-                    return row
-        raise HTTPException(404, "no such program")
+async def _visible(
+    request: Request, who: Principal, pool: asyncpg.Pool, patient_id: str, action: str
+) -> None:
+    """404 for a patient this caller may not see (another team's, or none); audited."""
+    async with pool.acquire() as conn:
+        teams = await staff_store.patient_teams(conn, [patient_id])
+    if patient_id not in teams or not who.sees(teams[patient_id]):
+        audit(request, who, action, "patient-rules", resource_id=patient_id)
+        raise NotFoundError("no such patient")
+    audit(request, who, action, "patient-rules", [patient_id], patient_id)
 
-    @api.get("/rules/programs/{program}/versions", response_model=list[VersionOut])
-    async def program_versions(_who: CanReadRules, program: ProgramName) -> list[dict[str, Any]]:
-        """Every version of a program, newest first."""
-        async with pool.acquire() as conn:
-            found = await rule_programs.versions(conn, program)
-        if not found:
-            raise HTTPException(404, "no such program")
-        return found
 
-    @api.put("/rules/programs/{program}", response_model=PublishedOut, openapi_extra=_DOCUMENT_BODY)
-    async def publish(
-        principal: CanPublishRules,
-        program: ProgramName,
-        request: Request,
-        actor: Annotated[Actor | None, Query()] = None,
-        note: Annotated[Note | None, Query()] = None,
-    ) -> PublishedOut:
-        """Publish a program document (JSON, or YAML with ``Content-Type: application/yaml``)
-        as the program's new active version.
+@router.get("/rules/programs", response_model=list[ProgramOut])
+async def list_programs(_who: CanReadRules, pool: PoolDep) -> list[dict[str, Any]]:
+    """The active version of every care program, with its spec."""
+    async with pool.acquire() as conn:
+        return await rule_programs.active_versions(conn)
 
-        ``note`` comes from the query or, in a JSON document, from a top-level key of that
-        name (not part of the program); so may ``actor``, which is ignored: the caller's
-        principal is the actor.
-        """
-        body = await request.body()
-        if len(body) > MAX_DOCUMENT_BYTES:
-            raise HTTPException(413, f"a program document is at most {MAX_DOCUMENT_BYTES} bytes")
-        spec, meta = _document(request.headers.get("content-type", ""), body)
-        _agreed("actor", actor, meta.actor)
-        who = principal.actor
-        if spec.program != program:
-            raise HTTPException(
-                422, f"the document is program {spec.program!r} but the path names {program!r}"
-            )
-        async with pool.acquire() as conn:
-            before = await rule_programs.stamp(conn)
-            version = await rule_programs.publish(conn, spec, who, _agreed("note", note, meta.note))
-            moved = await rule_programs.stamp(conn) != before
-        if moved:
-            changed()
-        return PublishedOut(program=program, version=version, changed=moved)
 
-    @api.post("/rules/programs/{program}/activate", response_model=PublishedOut)
-    async def activate(
-        who: CanPublishRules, program: ProgramName, body: ActivateIn
-    ) -> PublishedOut:
-        """Make an earlier version active again (copied forward as a new version)."""
-        async with pool.acquire() as conn:
-            before = await rule_programs.stamp(conn)
-            try:
-                version = await rule_programs.activate(
-                    conn, program, body.version, who.actor, body.note
-                )
-            except rule_programs.NotFound as exc:
-                raise HTTPException(404, str(exc)) from None
-            except rule_programs.StoredProgramInvalid as exc:
-                raise HTTPException(422, str(exc)) from None
-            moved = await rule_programs.stamp(conn) != before
-        if moved:
-            changed()
-        return PublishedOut(program=program, version=version, changed=moved)
+@router.get("/rules/programs/{program}", response_model=ProgramOut)
+async def get_program(_who: CanReadRules, pool: PoolDep, program: ProgramName) -> dict[str, Any]:
+    async with pool.acquire() as conn:
+        for row in await rule_programs.active_versions(conn):
+            if row["program"] == program:
+                return row
+    raise NotFoundError("no such program")
 
-    @api.get("/patients/{patient_id}/rules", response_model=list[EffectiveRuleOut])
-    async def patient_rules(
-        request: Request, who: CanEditPatientRules, patient_id: str
-    ) -> list[dict[str, Any]]:
-        """The patient's rules as they apply, with defaults and what is overridden."""
-        await visible(request, who, patient_id, "read")
-        async with pool.acquire() as conn:
-            book = await books.get(conn)
-            contexts = await patient_store.patient_contexts(conn, [patient_id])
-        context = contexts.get(patient_id)
-        if context is None:
-            raise HTTPException(404, "no such patient")
-        return rule_programs.effective_rules(book, context.programs, context.overrides)
 
-    @api.put("/patients/{patient_id}/rules/{rule_id}/params", response_model=EffectiveRuleOut)
-    async def set_params(
-        request: Request, who: CanEditPatientRules, patient_id: str, rule_id: str, body: OverrideIn
-    ) -> dict[str, Any]:
-        """Replace the patient's overrides of one rule (parameters not named keep defaults)."""
-        await visible(request, who, patient_id, "update")
-        return await _set(patient_id, rule_id, body.params, who.actor, body.reason)
+@router.get("/rules/programs/{program}/versions", response_model=list[VersionOut])
+async def program_versions(
+    _who: CanReadRules, pool: PoolDep, program: ProgramName
+) -> list[dict[str, Any]]:
+    """Every version of a program, newest first."""
+    async with pool.acquire() as conn:
+        found = await rule_programs.versions(conn, program)
+    if not found:
+        raise NotFoundError("no such program")
+    return found
 
-    @api.delete("/patients/{patient_id}/rules/{rule_id}/params", response_model=EffectiveRuleOut)
-    async def revert_params(
-        request: Request,
-        who: CanEditPatientRules,
-        patient_id: str,
-        rule_id: str,
-        actor: Annotated[Actor | None, Query()] = None,
-        reason: Annotated[Note | None, Query()] = None,
-    ) -> dict[str, Any]:
-        """Back to the program's defaults for this rule (``actor`` is ignored)."""
-        await visible(request, who, patient_id, "update")
-        return await _set(patient_id, rule_id, None, who.actor, reason)
 
-    @api.get("/patients/{patient_id}/rules/audit", response_model=list[OverrideEventOut])
-    async def override_audit(
-        request: Request, who: CanEditPatientRules, patient_id: str
-    ) -> list[dict[str, Any]]:
-        """Every change of the patient's rule parameters, oldest first."""
-        await visible(request, who, patient_id, "read")
-        async with pool.acquire() as conn:
-            if not await patient_store.patient_contexts(conn, [patient_id]):
-                raise HTTPException(404, "no such patient")
-            return await rule_programs.override_history(conn, patient_id)
+@router.put("/rules/programs/{program}", response_model=PublishedOut, openapi_extra=_DOCUMENT_BODY)
+async def publish(
+    principal: CanPublishRules,
+    pool: PoolDep,
+    books: RuleBooksDep,
+    program: ProgramName,
+    request: Request,
+    actor: Annotated[Actor | None, Query()] = None,
+    note: Annotated[Note | None, Query()] = None,
+) -> PublishedOut:
+    """Publish a program document (JSON, or YAML with ``Content-Type: application/yaml``)
+    as the program's new active version.
 
-    async def _set(
-        patient_id: str,
-        rule_id: str,
-        params: dict[str, float] | None,
-        actor: str,
-        reason: str | None,
-    ) -> dict[str, Any]:
-        async with pool.acquire() as conn:
-            book = await books.get(conn)
-            try:
-                return await rule_programs.set_overrides(
-                    conn, patient_id, rule_id, params, actor, reason, book
-                )
-            except rule_programs.NotFound as exc:
-                raise HTTPException(404, str(exc)) from None
-            except ValueError as exc:
-                raise HTTPException(422, str(exc)) from None
+    ``note`` comes from the query or, in a JSON document, from a top-level key of that
+    name (not part of the program); so may ``actor``, which is ignored: the caller's
+    principal is the actor.
+    """
+    body = await request.body()
+    if len(body) > MAX_DOCUMENT_BYTES:
+        raise HTTPException(413, f"a program document is at most {MAX_DOCUMENT_BYTES} bytes")
+    spec, meta = _document(request.headers.get("content-type", ""), body)
+    _agreed("actor", actor, meta.actor)
+    who = principal.actor
+    if spec.program != program:
+        raise InvalidRequestError(
+            f"the document is program {spec.program!r} but the path names {program!r}"
+        )
+    async with pool.acquire() as conn:
+        before = await rule_programs.stamp(conn)
+        version = await rule_programs.publish(conn, spec, who, _agreed("note", note, meta.note))
+        moved = await rule_programs.stamp(conn) != before
+    if moved:
+        books.on_change()
+    return PublishedOut(program=program, version=version, changed=moved)
 
-    return api
+
+@router.post("/rules/programs/{program}/activate", response_model=PublishedOut)
+async def activate(
+    who: CanPublishRules,
+    pool: PoolDep,
+    books: RuleBooksDep,
+    program: ProgramName,
+    body: ActivateIn,
+) -> PublishedOut:
+    """Make an earlier version active again (copied forward as a new version)."""
+    async with pool.acquire() as conn:
+        before = await rule_programs.stamp(conn)
+        version = await rule_programs.activate(conn, program, body.version, who.actor, body.note)
+        moved = await rule_programs.stamp(conn) != before
+    if moved:
+        books.on_change()
+    return PublishedOut(program=program, version=version, changed=moved)
+
+
+@router.get("/patients/{patient_id}/rules", response_model=list[EffectiveRuleOut])
+async def patient_rules(
+    request: Request,
+    who: CanEditPatientRules,
+    pool: PoolDep,
+    books: RuleBooksDep,
+    patient_id: str,
+) -> list[dict[str, Any]]:
+    """The patient's rules as they apply, with defaults and what is overridden."""
+    await _visible(request, who, pool, patient_id, "read")
+    async with pool.acquire() as conn:
+        book = await books.get(conn)
+        contexts = await patient_store.patient_contexts(conn, [patient_id])
+    context = contexts.get(patient_id)
+    if context is None:
+        raise NotFoundError("no such patient")
+    return rule_programs.effective_rules(book, context.programs, context.overrides)
+
+
+@router.put("/patients/{patient_id}/rules/{rule_id}/params", response_model=EffectiveRuleOut)
+async def set_params(
+    request: Request,
+    who: CanEditPatientRules,
+    pool: PoolDep,
+    books: RuleBooksDep,
+    patient_id: str,
+    rule_id: str,
+    body: OverrideIn,
+) -> dict[str, Any]:
+    """Replace the patient's overrides of one rule (parameters not named keep defaults)."""
+    await _visible(request, who, pool, patient_id, "update")
+    async with pool.acquire() as conn:
+        book = await books.get(conn)
+        return await rule_programs.set_overrides(
+            conn, patient_id, rule_id, body.params, who.actor, body.reason, book
+        )
+
+
+@router.delete("/patients/{patient_id}/rules/{rule_id}/params", response_model=EffectiveRuleOut)
+async def revert_params(
+    request: Request,
+    who: CanEditPatientRules,
+    pool: PoolDep,
+    books: RuleBooksDep,
+    patient_id: str,
+    rule_id: str,
+    actor: Annotated[Actor | None, Query()] = None,
+    reason: Annotated[Note | None, Query()] = None,
+) -> dict[str, Any]:
+    """Back to the program's defaults for this rule (``actor`` is ignored)."""
+    await _visible(request, who, pool, patient_id, "update")
+    async with pool.acquire() as conn:
+        book = await books.get(conn)
+        return await rule_programs.set_overrides(
+            conn, patient_id, rule_id, None, who.actor, reason, book
+        )
+
+
+@router.get("/patients/{patient_id}/rules/audit", response_model=list[OverrideEventOut])
+async def override_audit(
+    request: Request, who: CanEditPatientRules, pool: PoolDep, patient_id: str
+) -> list[dict[str, Any]]:
+    """Every change of the patient's rule parameters, oldest first."""
+    await _visible(request, who, pool, patient_id, "read")
+    async with pool.acquire() as conn:
+        if not await patient_store.patient_contexts(conn, [patient_id]):
+            raise NotFoundError("no such patient")
+        return await rule_programs.override_history(conn, patient_id)
 
 
 def _document(content_type: str, body: bytes) -> tuple[ProgramSpec, _Metadata]:
@@ -306,25 +326,25 @@ def _document(content_type: str, body: bytes) -> tuple[ProgramSpec, _Metadata]:
         if not isinstance(document.get("rules", []), list):
             raise ValueError("rules: must be a list")
         return parse_program(document), meta
-    except ValueError as exc:
-        raise HTTPException(422, rule_programs.validation_message(exc)) from None
+    except ValueError as exc:  # the document's parsers and pydantic: their words, on one line
+        raise InvalidRequestError(rule_programs.validation_message(exc)) from None
 
 
 def _json(body: bytes) -> Any:
     try:
         return json.loads(body)
-    except ValueError as exc:
+    except ValueError as exc:  # said like YAML's, and answered 422 by _document
         raise ValueError(f"not JSON: {exc}") from None
 
 
 def _yaml(body: bytes) -> Any:
     try:
         return yaml.safe_load(body)
-    except yaml.YAMLError as exc:
+    except yaml.YAMLError as exc:  # a ValueError like json's, answered 422 by _document
         raise ValueError(f"not YAML: {exc}") from None
 
 
 def _agreed(name: str, query: str | None, body: str | None) -> str | None:
     if query is not None and body is not None and query != body:
-        raise HTTPException(422, f"{name} differs between the query and the document")
+        raise InvalidRequestError(f"{name} differs between the query and the document")
     return query if query is not None else body

@@ -16,11 +16,10 @@ error 21610 marks the patient opted out.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
-import asyncpg
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from alerts import templates
 from alerts.sms import (
@@ -36,6 +35,8 @@ from rpm.storage import alerts as alert_store
 from rpm.storage import sms as sms_store
 from rpm.storage.pool import Conn
 
+from .deps import PoolDep, SettingsDep
+
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
@@ -44,66 +45,66 @@ _TWIML = "application/xml"
 PATIENT_REPLY = "patient_reply"
 
 
-def router(pool: asyncpg.Pool, settings: Settings) -> APIRouter:
-    """The webhook routes, checking signatures with the account's auth token."""
-    api = APIRouter(prefix="/twilio", tags=["twilio"])
-    token = settings.sms.auth_token.get_secret_value()
-    number = settings.sms.emergency_number
+router = APIRouter(prefix="/twilio", tags=["twilio"])
 
-    async def signed_form(request: Request) -> dict[str, str]:
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            raise HTTPException(413, "too large")
-        media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        text = raw.decode("utf-8", errors="replace") if media == _FORM else ""
-        pairs = parse_qsl(text, keep_blank_values=True)
-        url = settings.api.public_url(request.url.path)
-        if request.url.query:
-            url += "?" + request.url.query
-        if not signature_valid(
-            token,
-            url,
-            pairs,
-            request.headers.get(SIGNATURE_HEADER),
-            request.headers.get(SIGNATURE_SETTINGS_HEADER),
-        ):
-            log.warning("twilio webhook %s: missing or invalid signature", request.url.path)
-            raise HTTPException(403, "invalid signature")
-        return dict(pairs)  # Twilio sends each of these fields once
 
-    @api.post("/sms")
-    async def inbound(request: Request) -> Response:
-        """An SMS to our number: a keyword, or a reply for the care team."""
-        form = await signed_form(request)
-        sid = form.get("MessageSid") or form.get("SmsSid") or None
-        sender = form.get("From", "")
-        body = form.get("Body", "")
-        keyword = keyword_of(body, form.get("OptOutType"))
-        async with pool.acquire() as conn, conn.transaction():
-            reply = await _handle_inbound(conn, sid, sender, body, keyword, number, settings)
-        return Response(twiml_message(reply), media_type=_TWIML)
+async def signed_form(request: Request, settings: SettingsDep) -> dict[str, str]:
+    """The form Twilio posted; 413 when too large, 403 unless Twilio signed it with the
+    account's auth token."""
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise HTTPException(413, "too large")
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    text = raw.decode("utf-8", errors="replace") if media == _FORM else ""
+    pairs = parse_qsl(text, keep_blank_values=True)
+    url = settings.api.public_url(request.url.path)
+    if request.url.query:
+        url += "?" + request.url.query
+    if not signature_valid(
+        settings.sms.auth_token.get_secret_value(),
+        url,
+        pairs,
+        request.headers.get(SIGNATURE_HEADER),
+        request.headers.get(SIGNATURE_SETTINGS_HEADER),
+    ):
+        log.warning("twilio webhook %s: missing or invalid signature", request.url.path)
+        raise HTTPException(403, "invalid signature")
+    return dict(pairs)  # Twilio sends each of these fields once
 
-    @api.post("/status")
-    async def status(request: Request) -> Response:
-        """A delivery status callback for a message we sent."""
-        form = await signed_form(request)
-        sid = form.get("MessageSid") or form.get("SmsSid")
-        state = form.get("MessageStatus") or form.get("SmsStatus")
-        if not sid or not state:
-            raise HTTPException(400, "MessageSid and MessageStatus are required")
-        code_text = form.get("ErrorCode", "")
-        code = int(code_text) if code_text.isdigit() else None
-        async with pool.acquire() as conn, conn.transaction():
-            recorded = await sms_store.apply_status(conn, sid, state, code)
-            if recorded and recorded.error_code == UNSUBSCRIBED and recorded.patient_id:
-                await sms_store.opt_out(conn, [recorded.patient_id])
-        if recorded is None:
-            log.debug("sms %s: status %s not newer, ignored", sid, state)
-        else:
-            log.info("sms %s: status %s code=%s", sid, recorded.status, recorded.error_code)
-        return Response(status_code=204)
 
-    return api
+SignedForm = Annotated[dict[str, str], Depends(signed_form)]
+
+
+@router.post("/sms")
+async def inbound(form: SignedForm, pool: PoolDep, settings: SettingsDep) -> Response:
+    """An SMS to our number: a keyword, or a reply for the care team."""
+    sid = form.get("MessageSid") or form.get("SmsSid") or None
+    sender = form.get("From", "")
+    body = form.get("Body", "")
+    keyword = keyword_of(body, form.get("OptOutType"))
+    async with pool.acquire() as conn, conn.transaction():
+        reply = await _handle_inbound(conn, sid, sender, body, keyword, settings)
+    return Response(twiml_message(reply), media_type=_TWIML)
+
+
+@router.post("/status")
+async def status(form: SignedForm, pool: PoolDep) -> Response:
+    """A delivery status callback for a message we sent."""
+    sid = form.get("MessageSid") or form.get("SmsSid")
+    state = form.get("MessageStatus") or form.get("SmsStatus")
+    if not sid or not state:
+        raise HTTPException(400, "MessageSid and MessageStatus are required")
+    code_text = form.get("ErrorCode", "")
+    code = int(code_text) if code_text.isdigit() else None
+    async with pool.acquire() as conn, conn.transaction():
+        recorded = await sms_store.apply_status(conn, sid, state, code)
+        if recorded and recorded.error_code == UNSUBSCRIBED and recorded.patient_id:
+            await sms_store.opt_out(conn, [recorded.patient_id])
+    if recorded is None:
+        log.debug("sms %s: status %s not newer, ignored", sid, state)
+    else:
+        log.info("sms %s: status %s code=%s", sid, recorded.status, recorded.error_code)
+    return Response(status_code=204)
 
 
 async def _handle_inbound(
@@ -112,10 +113,10 @@ async def _handle_inbound(
     sender: str,
     body: str,
     keyword: Keyword | None,
-    number: str,
     settings: Settings,
 ) -> str:
     """Apply an inbound SMS; return the reply text."""
+    number = settings.sms.emergency_number
     patients = await sms_store.patients_by_phone(conn, sender) if sender else []
     ids = [p.patient_id for p in patients]
     language = patients[0].language if patients else templates.DEFAULT_LANGUAGE

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rpm.domain.errors import MalformedResponse
+
 from .mapping import IDENTIFIER_SYSTEM, RecordedReading, recorded_observations
 
 DEVICE_IDENTIFIER_SYSTEM = "urn:rpm:device"
@@ -129,10 +131,6 @@ class EntryResult:
     @property
     def ok(self) -> bool:
         return 200 <= self.status < 300
-
-
-class MalformedResponse(ValueError):
-    """A 2xx answer that is not the transaction-response the request calls for."""
 
 
 def transaction_results(response: object, sent: int) -> list[EntryResult]:

@@ -31,10 +31,10 @@ from typing import Any, Protocol
 import httpx
 import orjson
 
-from rpm.domain.errors import ConfigurationError, PermanentDeliveryError, TransientDeliveryError
+from rpm.domain.errors import ConfigurationError, EhrRefused, EhrUnavailable, MalformedResponse
 from rpm.settings import EhrSettings
 
-from .bundles import EntryResult, MalformedResponse, operation_outcome, transaction_results
+from .bundles import EntryResult, operation_outcome, transaction_results
 
 FHIR_JSON = "application/fhir+json"
 # 4xx answers about the Bundle's content (RFC 9110 §15.5; FHIR R4 http.html#2.21.0.15): the
@@ -42,32 +42,6 @@ FHIR_JSON = "application/fhir+json"
 # credentials are wrong, which no part of the Bundle would change.
 REFUSED_STATUSES = frozenset({400, 409, 412, 413, 422})
 _TOKEN_MARGIN_S = 30.0  # fetch a new token this long before the old one expires
-
-
-class EhrUnavailable(TransientDeliveryError):
-    """The EHR did not take the Bundle, for a reason that may pass: retry later."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        outcome: dict[str, Any] | None = None,
-        retry_after_s: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.outcome = outcome
-        self.retry_after_s = retry_after_s
-
-
-class EhrRefused(PermanentDeliveryError):
-    """The EHR refused the Bundle's content (4xx) with this OperationOutcome."""
-
-    def __init__(self, message: str, *, status: int, outcome: dict[str, Any]) -> None:
-        super().__init__(message, code=status)
-        self.status = status
-        self.outcome = outcome
 
 
 class Auth(Protocol):

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import asyncpg
 
 from rpm.backoff import Backoff
+from rpm.domain.errors import BadWork, EhrRefused, EhrUnavailable
 from rpm.settings import EhrSettings
 from rpm.storage import fhir as fhir_store
 from rpm.storage import outbox as outbox_store
@@ -51,7 +52,7 @@ from .bundles import (
     split_for_isolation,
     transaction,
 )
-from .ehr import EhrClient, EhrRefused, EhrUnavailable
+from .ehr import EhrClient
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +121,6 @@ class PushCounters:
     bundles: int = 0
     retries: int = 0
     failed: int = 0
-
-
-class BadWork(ValueError):
-    """An outbox item that does not name readings: failed at once."""
 
 
 def reading_keys(payload: object) -> list[fhir_store.ReadingKey]:

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from rpm.domain import METRICS, Metric
+from rpm.domain.errors import SearchError
 
 from .mapping import (
     LOINC,
@@ -37,14 +38,6 @@ MAX_COUNT = 1000
 DEFAULT_COUNT = 50
 # Parameters every search accepts (R4 search.html#all, and our paging cursor).
 COMMON = frozenset({"_count", "_cursor", "_format", "_sort"})
-
-
-class SearchError(ValueError):
-    """A search the server cannot answer as asked: 400 with an OperationOutcome."""
-
-    def __init__(self, message: str, *, code: str = "invalid") -> None:
-        super().__init__(message)
-        self.code = code  # R4 issue-type: invalid, not-supported, ...
 
 
 # --- dates ----------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import asyncpg
 from alerts.lifecycle import Action, AlertState, staff_transition
 from alerts.policy import Decision, Episode, EpisodeKey, Snooze, SnoozeCaps
 from rpm.domain import Severity
+from rpm.domain.errors import AlertNotFound, StaffNotFound
 from rpm.domain.severity import sql_rank
 from rpm.storage import staff as staff_store
 from rpm.storage.pool import Conn
@@ -291,14 +292,6 @@ def change(
 # --- staff actions --------------------------------------------------------------------
 
 
-class AlertNotFound(LookupError):
-    pass
-
-
-class StaffNotFound(LookupError):
-    """No active staff member with that id."""
-
-
 async def _act(
     conn: Conn,
     alert_id: int,
@@ -314,7 +307,7 @@ async def _act(
             "SELECT state, severity, patient_id FROM alerts WHERE id = $1 FOR UPDATE", alert_id
         )
         if row is None:
-            raise AlertNotFound(alert_id)
+            raise AlertNotFound("no such alert")
         before = AlertState(row["state"])
         after = staff_transition(before, action, note)
         await write(after)
@@ -361,7 +354,7 @@ async def assign(conn: Conn, alert_id: int, assignee: str, actor: str) -> dict[s
 
     async def write(_: AlertState) -> object:
         if not await staff_store.exists(conn, assignee):
-            raise StaffNotFound(assignee)
+            raise StaffNotFound("no such active staff member")
         return await conn.execute(
             "UPDATE alerts SET assigned_to = $2, updated_at = now() WHERE id = $1",
             alert_id,

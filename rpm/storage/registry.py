@@ -7,7 +7,10 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
+import asyncpg
+
 from rpm.domain import Binding, DeviceRecord
+from rpm.domain.errors import ConflictError, InvalidRequestError
 from rpm.storage.pool import Conn
 from rules.engine import PatientContext
 
@@ -152,10 +155,6 @@ async def sms_contact(conn: Conn, patient_id: str) -> tuple[str | None, bool]:
     return row["phone"], bool(row["sms_consent"])
 
 
-class DeviceNotFound(LookupError):
-    pass
-
-
 async def device_event(
     conn: Conn, device_id: str, actor: str, action: str, detail: Mapping[str, object]
 ) -> None:
@@ -178,16 +177,19 @@ async def create_device(
     integration: str | None,
     actor: str,
 ) -> None:
-    """Register a device; raises asyncpg.UniqueViolationError when the id is taken."""
-    await conn.execute(
-        """INSERT INTO devices (id, kind, vendor, serial, integration)
-           VALUES ($1, $2, $3, $4, $5)""",
-        device_id,
-        kind,
-        vendor,
-        serial,
-        integration,
-    )
+    """Register a device; ``ConflictError`` when the id is taken."""
+    try:
+        await conn.execute(
+            """INSERT INTO devices (id, kind, vendor, serial, integration)
+               VALUES ($1, $2, $3, $4, $5)""",
+            device_id,
+            kind,
+            vendor,
+            serial,
+            integration,
+        )
+    except asyncpg.UniqueViolationError:
+        raise ConflictError(f"device {device_id!r} is already enrolled") from None
     await device_event(
         conn, device_id, actor, "enroll", {"kind": kind, "vendor": vendor, "serial": serial}
     )
@@ -202,15 +204,24 @@ async def bind(
     end: datetime | None,
     actor: str,
 ) -> None:
-    """Lend a device to a patient for [start, end); overlapping periods raise ExclusionViolation."""
-    await conn.execute(
-        "INSERT INTO device_bindings (device_id, patient_id, during) "
-        "VALUES ($1, $2, tstzrange($3, $4))",
-        device_id,
-        patient_id,
-        start,
-        end,
-    )
+    """Lend a device to a patient for [start, end): ``ConflictError`` when the device is
+    bound in part of that period, ``InvalidRequestError`` for an unknown patient or a bad
+    period."""
+    try:
+        await conn.execute(
+            "INSERT INTO device_bindings (device_id, patient_id, during) "
+            "VALUES ($1, $2, tstzrange($3, $4))",
+            device_id,
+            patient_id,
+            start,
+            end,
+        )
+    except asyncpg.ExclusionViolationError:
+        raise ConflictError("the device is bound to a patient in that period") from None
+    except asyncpg.ForeignKeyViolationError:
+        raise InvalidRequestError(f"no patient {patient_id!r}") from None
+    except asyncpg.DataError as exc:
+        raise InvalidRequestError(f"bad period: {exc}") from None
     await device_event(
         conn,
         device_id,
@@ -276,15 +287,19 @@ async def device_detail(conn: Conn, device_id: str) -> dict[str, Any] | None:
 async def create_integration(
     conn: Conn, *, integration_id: str, name: str, auth: str, secret: str, formats: list[str]
 ) -> None:
-    await conn.execute(
-        """INSERT INTO integrations (id, name, auth, secret, formats)
-           VALUES ($1, $2, $3, $4, $5)""",
-        integration_id,
-        name,
-        auth,
-        secret,
-        formats,
-    )
+    """Register a vendor integration; ``ConflictError`` when the id is taken."""
+    try:
+        await conn.execute(
+            """INSERT INTO integrations (id, name, auth, secret, formats)
+               VALUES ($1, $2, $3, $4, $5)""",
+            integration_id,
+            name,
+            auth,
+            secret,
+            formats,
+        )
+    except asyncpg.UniqueViolationError:
+        raise ConflictError(f"integration {integration_id!r} exists") from None
 
 
 @dataclass(frozen=True, slots=True)

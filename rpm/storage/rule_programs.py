@@ -23,20 +23,13 @@ from typing import Any
 import asyncpg
 from pydantic import ValidationError
 
+from rpm.domain.errors import InvalidRequestError, RuleNotFound, StoredProgramInvalid
 from rpm.storage.pool import Conn
 from rules.programs import RuleBook, builtin_programs
 from rules.spec import ProgramSpec, RuleSpec, parse_program
 
 _LOCK = 0x52504D52  # advisory lock key of every writer of rule_program_versions ("RPMR")
 BUILTIN_ACTOR = "system:builtin"
-
-
-class NotFound(LookupError):
-    """No such patient, rule of the patient, program or program version."""
-
-
-class StoredProgramInvalid(ValueError):
-    """A stored program version that today's rule kinds refuse (the code changed under it)."""
 
 
 def validation_message(exc: ValueError) -> str:
@@ -137,7 +130,7 @@ async def activate(
 
     The old spec is copied forward as a new version whose note names the version it came
     from, so the history stays a plain list of what became active, when and by whom.
-    Activating what is already active changes nothing. Raises ``NotFound``, or
+    Activating what is already active changes nothing. Raises ``RuleNotFound``, or
     ``StoredProgramInvalid`` when today's rule kinds refuse the old spec.
     """
     async with conn.transaction():
@@ -148,7 +141,7 @@ async def activate(
             version,
         )
         if row is None:
-            raise NotFound(f"program {program!r} has no version {version}")
+            raise RuleNotFound(f"program {program!r} has no version {version}")
         spec = _parse_stored(program, version, row["spec"])
         current = await _active(conn, program)
         if current is not None and current["digest"] == spec.digest:
@@ -217,8 +210,8 @@ async def set_overrides(
 ) -> dict[str, Any]:
     """Replace a patient's overrides of one rule (``None`` or empty: back to the defaults).
 
-    Returns the rule as it now applies (see ``effective_rules``). Raises ``NotFound`` for
-    an unknown patient or a rule outside the patient's programs, ``ValueError`` for
+    Returns the rule as it now applies (see ``effective_rules``). Raises ``RuleNotFound`` for
+    an unknown patient or a rule outside the patient's programs, ``InvalidRequestError`` for
     parameters the rule does not have or that make it invalid. A change is recorded in
     ``rule_override_events`` in the same transaction; no change records nothing.
     """
@@ -228,11 +221,11 @@ async def set_overrides(
             "SELECT programs, rule_overrides FROM patients WHERE id = $1 FOR UPDATE", patient_id
         )
         if row is None:
-            raise NotFound(f"no patient {patient_id!r}")
+            raise RuleNotFound(f"no patient {patient_id!r}")
         programs = tuple(row["programs"])
         rule = book.rule(rule_id, programs)
         if rule is None:
-            raise NotFound(f"patient {patient_id!r} has no rule {rule_id!r}")
+            raise RuleNotFound(f"patient {patient_id!r} has no rule {rule_id!r}")
         if new is not None:
             _check(rule, new)
         overrides: dict[str, Any] = dict(row["rule_overrides"] or {})
@@ -286,11 +279,11 @@ def effective_rules(
 def _check(rule: RuleSpec, params: Mapping[str, float]) -> None:
     infinite = sorted(k for k, v in params.items() if not math.isfinite(v))
     if infinite:
-        raise ValueError(f"parameters {infinite} must be finite numbers")
+        raise InvalidRequestError(f"parameters {infinite} must be finite numbers")
     try:
         rule.with_overrides(params)
     except ValueError as exc:
-        raise ValueError(validation_message(exc)) from None
+        raise InvalidRequestError(validation_message(exc)) from None
 
 
 def _effective(

@@ -11,15 +11,13 @@ from datetime import datetime
 
 import asyncpg
 
+from rpm.domain.errors import (
+    InvalidRequestError,
+    NotATeamMember,
+    NotFoundError,
+    ShiftOverlap,
+)
 from rpm.storage.pool import Conn
-
-
-class ShiftOverlap(ValueError):
-    """The team already has someone on call at that tier during part of that time."""
-
-
-class NotATeamMember(ValueError):
-    """On-call shifts go to active members of the team."""
 
 
 async def create_team(conn: Conn, team_id: str, title: str) -> None:
@@ -32,15 +30,24 @@ async def create_team(conn: Conn, team_id: str, title: str) -> None:
 
 
 async def add_member(conn: Conn, team_id: str, staff_id: str) -> None:
-    await conn.execute(
-        "INSERT INTO care_team_members (team_id, staff_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        team_id,
-        staff_id,
-    )
+    """Add a staff member to a team; ``NotFoundError`` when either does not exist."""
+    try:
+        await conn.execute(
+            "INSERT INTO care_team_members (team_id, staff_id) VALUES ($1, $2) "
+            "ON CONFLICT DO NOTHING",
+            team_id,
+            staff_id,
+        )
+    except asyncpg.ForeignKeyViolationError:
+        raise NotFoundError("no such team or staff member") from None
 
 
 async def set_patient_team(conn: Conn, patient_id: str, team_id: str | None) -> None:
-    await conn.execute("UPDATE patients SET care_team = $2 WHERE id = $1", patient_id, team_id)
+    """Put a patient in a care team; ``InvalidRequestError`` for a team that does not exist."""
+    try:
+        await conn.execute("UPDATE patients SET care_team = $2 WHERE id = $1", patient_id, team_id)
+    except asyncpg.ForeignKeyViolationError:
+        raise InvalidRequestError(f"no team {team_id!r}") from None
 
 
 async def set_on_call(

@@ -11,11 +11,8 @@ from datetime import datetime
 
 import asyncpg
 
+from rpm.domain.errors import ApiKeyExists, StaffExists
 from rpm.storage.pool import Conn
-
-
-class StaffExists(ValueError):
-    """A staff member with this id already exists."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +53,6 @@ class ApiKeyRecord:
     created_by: str
     created_at: datetime
     revoked_at: datetime | None
-
-
-class ApiKeyExists(ValueError):
-    """An API key with this id already exists."""
 
 
 _TEAMS = "ARRAY(SELECT m.team_id FROM care_team_members m WHERE m.staff_id = s.id ORDER BY 1)"
@@ -108,7 +101,7 @@ async def add_staff(
             phone,
         )
     except asyncpg.UniqueViolationError:
-        raise StaffExists(staff_id) from None
+        raise StaffExists(f"staff member {staff_id!r} exists") from None
 
 
 async def credentials(conn: Conn, staff_id: str) -> Credentials | None:
@@ -228,7 +221,7 @@ async def create_api_key(
             created_by,
         )
     except asyncpg.UniqueViolationError:
-        raise ApiKeyExists(key_id) from None
+        raise ApiKeyExists(f"key {key_id!r} exists") from None
 
 
 def _key(r: asyncpg.Record) -> ApiKeyRecord:

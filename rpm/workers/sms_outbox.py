@@ -30,7 +30,6 @@ import asyncpg
 from alerts import templates
 from alerts.sms import UNSUBSCRIBED, SentSms
 from alerts.sms_policy import (
-    BadWork,
     Defer,
     Drop,
     Recipient,
@@ -41,7 +40,12 @@ from alerts.sms_policy import (
     zone_of,
 )
 from rpm.backoff import Backoff
-from rpm.domain.errors import PermanentDeliveryError, RecipientOptedOut, TransientDeliveryError
+from rpm.domain.errors import (
+    BadWork,
+    PermanentDeliveryError,
+    RecipientOptedOut,
+    TransientDeliveryError,
+)
 from rpm.settings import ApiSettings, SmsSettings
 from rpm.storage import alerts as alert_store
 from rpm.storage import outbox as outbox_store

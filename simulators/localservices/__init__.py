@@ -29,6 +29,7 @@ hides them. The cluster trusts local socket logins (``--auth-local=trust``); its
 in a 0700 directory, so only its owner (and root) can use that.
 """
 
+from rpm.domain.errors import LocalServicesError
 from rpm.local_endpoints import ServiceEndpoints
 from simulators.localservices.config import (
     DEVICE_USERNAME,
@@ -39,7 +40,7 @@ from simulators.localservices.config import (
     render_mosquitto_conf,
     render_pg_settings,
 )
-from simulators.localservices.processes import LocalServicesError, free_port, pick_port
+from simulators.localservices.processes import free_port, pick_port
 from simulators.localservices.services import LocalServices
 
 __all__ = [

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from simulators.localservices.processes import LocalServicesError
+from rpm.domain.errors import LocalServicesError
 
 
 @dataclass(frozen=True, slots=True)

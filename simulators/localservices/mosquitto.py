@@ -11,12 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from device_gateways import dynsec
+from rpm.domain.errors import LocalServicesError
 from rpm.local_endpoints import ServiceEndpoints
 from simulators.localservices.accounts import Account, chown, grant_search
 from simulators.localservices.config import LOOPBACK, MqttTls, render_mosquitto_conf
 from simulators.localservices.processes import (
     WAIT_S,
-    LocalServicesError,
     accepts,
     cmdline,
     pid_alive,

@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from rpm.domain.errors import LocalServicesError
 from simulators.localservices.accounts import (
     Account,
     chown,
@@ -19,7 +20,7 @@ from simulators.localservices.accounts import (
     service_account,
 )
 from simulators.localservices.config import parse_postmaster_pid, render_pg_settings
-from simulators.localservices.processes import LocalServicesError, pid_alive, run, tail
+from simulators.localservices.processes import pid_alive, run, tail
 
 DB_NAME = "rpm"
 DB_ROLE = "rpm"

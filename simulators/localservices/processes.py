@@ -10,14 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from rpm.domain.errors import RpmError
+from rpm.domain.errors import LocalServicesError
 from simulators.localservices.config import LOOPBACK
 
 WAIT_S = 10.0  # for the broker to listen, and for a process to exit
-
-
-class LocalServicesError(RpmError, RuntimeError):
-    """A local service could not be set up, started or stopped; the message has the log tail."""
 
 
 def free_port() -> int:

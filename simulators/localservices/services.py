@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from rpm.domain.errors import LocalServicesError
 from rpm.local_endpoints import ADMIN_USERNAME, ServiceEndpoints
 from simulators.localservices import postgres
 from simulators.localservices.accounts import service_account
@@ -22,7 +23,7 @@ from simulators.localservices.config import (
 )
 from simulators.localservices.mosquitto import MosquittoBroker, find_mosquitto
 from simulators.localservices.postgres import DB_NAME, DB_ROLE, PostgresCluster, find_pg_bindir
-from simulators.localservices.processes import LocalServicesError, free_port, port_free, url_port
+from simulators.localservices.processes import free_port, port_free, url_port
 
 
 class LocalServices:

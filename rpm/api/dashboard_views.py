@@ -1,0 +1,109 @@
+"""What the dashboard's pages show: the templates with their filters, and the values they
+are given (the patient's alerts in order, the vitals with their charts, readings as text)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi.templating import Jinja2Templates
+
+from rpm.domain import DISPLAY_UNITS, METRICS, Metric
+from rpm.domain.severity import NAMES
+from rpm.storage import readings as reading_store
+from rpm.storage import rule_programs
+from rpm.storage.pool import Conn
+
+from . import charts
+
+HERE = Path(__file__).parent
+READINGS_SHOWN = 10  # per metric, in the patient view's tables
+
+templates = Jinja2Templates(directory=HERE / "templates")
+
+
+async def programs(conn: Conn) -> dict[str, str]:
+    """Care programs to filter by (name → title); ``general`` applies to everyone."""
+    rows = await rule_programs.active_versions(conn)
+    return {
+        r["program"]: str(r["spec"].get("title") or r["program"])
+        for r in rows
+        if r["program"] != "general"
+    }
+
+
+def patient_alert_order(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Unresolved first, most severe then oldest; then resolved ones, newest first."""
+
+    def rank(a: Mapping[str, Any]) -> int:
+        sev = a.get("severity")
+        return NAMES.index(sev) if sev in NAMES else len(NAMES)
+
+    unresolved = [a for a in alerts if a.get("state") != "resolved"]
+    resolved = [a for a in alerts if a.get("state") == "resolved"]
+    unresolved.sort(key=lambda a: (rank(a), str(a.get("opened_at", ""))))
+    resolved.sort(key=lambda a: str(a.get("opened_at", "")), reverse=True)
+    return unresolved + resolved
+
+
+def vitals(patient_id: str, stored: list[reading_store.StoredReading]) -> list[dict[str, Any]]:
+    """Per metric with readings: chart address, text alternative, the newest readings."""
+    by_metric: dict[Metric, list[reading_store.StoredReading]] = {}
+    for s in stored:
+        by_metric.setdefault(s.accepted.reading.metric, []).append(s)
+    out = []
+    for metric in Metric:
+        rows = by_metric.get(metric)
+        if not rows:
+            continue
+        points = [(s.accepted.reading.measured_at, s.accepted.reading.values) for s in rows]
+        out.append(
+            {
+                "metric": metric.value,
+                "title": charts.METRIC_TITLES[metric],
+                "chart": f"/dashboard/patients/{patient_id}/chart/{metric.value}.svg",
+                "alt": charts.describe(metric, points),
+                "readings": [
+                    {
+                        "measured_at": s.accepted.reading.measured_at,
+                        "values": _format_values(metric, s.accepted.reading.values),
+                        "device": s.accepted.reading.device_id,
+                    }
+                    for s in rows[:READINGS_SHOWN]
+                ],
+            }
+        )
+    return out
+
+
+def _format_values(metric: Metric, values: Mapping[str, float]) -> str:
+    """``systolic 192, diastolic 124 mmHg; pulse 88 /min``."""
+    groups: dict[str, list[str]] = {}
+    for c in METRICS[metric].components:
+        if c.name in values:
+            unit = DISPLAY_UNITS.get(c.ucum, c.ucum)
+            groups.setdefault(unit, []).append(f"{c.name.replace('_', ' ')} {values[c.name]:g}")
+    return "; ".join(f"{', '.join(parts)} {unit}" for unit, parts in groups.items())
+
+
+def _when(value: datetime | str | None) -> str:
+    if value is None:
+        return ""
+    t = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _iso(value: datetime | str | None) -> str:
+    if value is None:
+        return ""
+    t = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return t.astimezone(UTC).isoformat()
+
+
+# Filters the templates use: times shown in UTC, and machine-readable in <time datetime>.
+templates.env.filters["when"] = _when
+templates.env.filters["iso"] = _iso
+templates.env.globals["severity_order"] = " ".join(NAMES)  # most urgent first
+templates.env.globals["severity_class"] = lambda s: f"sev sev-{str(s).lower()}"

@@ -1,0 +1,89 @@
+"""What route functions are given: the things the app holds in ``app.state``.
+
+``create_app`` (rpm/api/app.py) puts them there once; an app that mounts one router (a
+test's) sets only what that router's routes ask for. A route declares what it needs by
+type, e.g. ``pool: PoolDep``; FastAPI calls the small function below for it.
+
+============  ========================================  ===================================
+app.state     what                                      asked for by
+============  ========================================  ===================================
+pool          the asyncpg pool                          every router
+auth          ``rpm.auth.Auth``                         access (principals), admin, dashboard
+settings      ``rpm.settings.Settings``                 ingest, twilio_hooks
+broadcaster   the live stream's ``Broadcaster``         alerts
+snooze_caps   ``alerts.policy.SnoozeCaps``              alerts
+pipeline      ``rpm.pipeline.IngestPipeline``           ingest (quarantine replay)
+webhooks      ``rpm.api.ingest.Webhooks``               ingest (rate limits, shared batches)
+broker        ``BrokerAdmin``                           registry (device logins)
+rule_books    ``rpm.api.rules.RuleBooks``               rules (cache, change callback)
+operations    ``rpm.api.health.Operations``             health
+started_at    when the app was built                    fhir (CapabilityStatement)
+============  ========================================  ===================================
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import Depends, Request
+
+from alerts.policy import SnoozeCaps
+from device_gateways.broker_admin import BrokerAdmin
+from rpm.auth import Auth
+from rpm.pipeline import IngestPipeline
+from rpm.settings import Settings
+
+from .live import Broadcaster
+
+
+def held(request: Request, name: str) -> Any:
+    """``request.app.state.<name>``; a missing one is a wiring bug, named as such."""
+    try:
+        return getattr(request.app.state, name)
+    except AttributeError:
+        raise RuntimeError(f"app.state.{name} is not set (see rpm/api/deps.py)") from None
+
+
+# Async, so FastAPI calls them on the event loop (a plain function would go to a thread).
+async def pool(request: Request) -> asyncpg.Pool:
+    return held(request, "pool")  # type: ignore[no-any-return]
+
+
+async def auth(request: Request) -> Auth:
+    return held(request, "auth")  # type: ignore[no-any-return]
+
+
+async def settings(request: Request) -> Settings:
+    return held(request, "settings")  # type: ignore[no-any-return]
+
+
+async def broadcaster(request: Request) -> Broadcaster:
+    return held(request, "broadcaster")  # type: ignore[no-any-return]
+
+
+async def snooze_caps(request: Request) -> SnoozeCaps:
+    return held(request, "snooze_caps")  # type: ignore[no-any-return]
+
+
+async def pipeline(request: Request) -> IngestPipeline:
+    return held(request, "pipeline")  # type: ignore[no-any-return]
+
+
+async def broker(request: Request) -> BrokerAdmin:
+    return held(request, "broker")  # type: ignore[no-any-return]
+
+
+async def started_at(request: Request) -> datetime:
+    return held(request, "started_at")  # type: ignore[no-any-return]
+
+
+PoolDep = Annotated[asyncpg.Pool, Depends(pool)]
+AuthDep = Annotated[Auth, Depends(auth)]
+SettingsDep = Annotated[Settings, Depends(settings)]
+BroadcasterDep = Annotated[Broadcaster, Depends(broadcaster)]
+SnoozeCapsDep = Annotated[SnoozeCaps, Depends(snooze_caps)]
+PipelineDep = Annotated[IngestPipeline, Depends(pipeline)]
+BrokerDep = Annotated[BrokerAdmin, Depends(broker)]
+StartedAtDep = Annotated[datetime, Depends(started_at)]
