@@ -24,6 +24,7 @@ from rpm.settings import Settings
 from rpm.storage.migrate import migrate
 from rpm.storage.pool import connect, create_pool
 from simulators.localservices import LocalServices, free_port
+from simulators.transports import drop_session
 from simulators.twilio_sink import TwilioSink
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -166,11 +167,25 @@ async def twilio() -> AsyncIterator[TwilioSink]:
         await sink.stop()
 
 
+async def drop_gateway_session(services: ServiceEndpoints, client_id: str) -> None:
+    """End a test gateway's persistent session on the session's broker. Left behind, it would
+    stay subscribed to every device topic and the broker would queue each later test's
+    readings for it (up to a million per session), until saving that backlog every second
+    stalls the broker."""
+    await drop_session(
+        services.mqtt_host,
+        services.mqtt_port,
+        services.mqtt_gateway_username,
+        services.mqtt_gateway_password,
+        client_id,
+    )
+
+
 @pytest.fixture
-def server_settings(
+async def server_settings(
     services: ServiceEndpoints, db_url: str, twilio: TwilioSink, request: pytest.FixtureRequest
-) -> Settings:
-    return settings_for_local(
+) -> AsyncIterator[Settings]:
+    settings = settings_for_local(
         services,
         database={"url": SecretStr(db_url)},
         api={"port": free_port()},
@@ -185,6 +200,8 @@ def server_settings(
             "outbox_poll_interval_s": 0.1,
         },
     )
+    yield settings
+    await drop_gateway_session(services, settings.mqtt.client_id)
 
 
 @pytest.fixture

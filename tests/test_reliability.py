@@ -59,7 +59,13 @@ from rpm.settings import Group, Settings, env_name
 from rpm.storage import registry
 from simulators.localservices import LOOPBACK, LocalServices, free_port
 from simulators.twilio_sink import TwilioSink
-from tests.conftest import TEMPLATE_DB, TWILIO_SID, TWILIO_TOKEN, with_database
+from tests.conftest import (
+    TEMPLATE_DB,
+    TWILIO_SID,
+    TWILIO_TOKEN,
+    drop_gateway_session,
+    with_database,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RPM = REPO_ROOT / ".venv" / "bin" / "rpm"
@@ -722,6 +728,7 @@ async def gateway(
         yield g
     finally:
         g.stop()
+        await drop_gateway_session(services, settings.mqtt.client_id)
 
 
 @pytest.fixture
