@@ -38,6 +38,21 @@ async def progress(
     return Progress(int(stored), int(quarantined))
 
 
+async def stored_count(
+    conn: Conn, device_ids: Sequence[str], since: datetime, measured_by: datetime
+) -> int:
+    """Readings of these devices stored since ``since`` and measured at or before
+    ``measured_by``."""
+    n = await conn.fetchval(
+        """SELECT count(*) FROM readings
+            WHERE device_id = ANY($1::text[]) AND stored_at >= $2 AND measured_at <= $3""",
+        list(device_ids),
+        since,
+        measured_by,
+    )
+    return int(n)
+
+
 async def stored(conn: Conn, device_ids: Sequence[str], since: datetime) -> dict[Key, float]:
     """Stored readings of these devices since ``since``: key -> stored_at (epoch seconds)."""
     rows = await conn.fetch(

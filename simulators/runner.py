@@ -97,6 +97,7 @@ class RunOptions:
     drain_idle_s: float = 15.0
     missing_step: timedelta = timedelta(hours=1)
     missing_min_interval_s: float = 0.5
+    barrier_timeout_s: float = 30.0  # longest wait for the readings a missing-data pass needs
     care_team: str = SIM_CARE_TEAM  # the enrolled patients' care team
 
 
@@ -115,6 +116,7 @@ class RunResult:
 @dataclass(slots=True)
 class _Tally:
     published: list[float | None]
+    done: list[bool]  # the send finished (answered, or failed)
     http_duplicates: int = 0
     failures: list[str] = field(default_factory=list)
 
@@ -189,10 +191,10 @@ async def run_plan(plan: Plan, target: Target, opts: RunOptions) -> RunResult:
             clock = SimClock.replay(plan.config.start, plan.config.end, opts.pace.wall_seconds, now)
         else:
             clock = SimClock(now, now, 1.0)  # load mode: simulated times are all in the past
-        tally = _Tally([None] * len(plan.sends))
+        tally = _Tally([None] * len(plan.sends), [False] * len(plan.sends))
         dup_base = target.mqtt_duplicates() if target.mqtt_duplicates else 0
         t = time.perf_counter()
-        await _send_all(plan, opts, clock, fleet, webhooks, tally, target)
+        await _send_all(plan, opts, clock, fleet, webhooks, tally, target, run_started)
         send_seconds = time.perf_counter() - t
     finally:
         await fleet.close()
@@ -280,6 +282,7 @@ async def _send_all(
     webhooks: WebhookSender,
     tally: _Tally,
     target: Target,
+    since: datetime,
 ) -> None:
     gate = asyncio.Semaphore(opts.in_flight)
     bar = tqdm(
@@ -304,13 +307,18 @@ async def _send_all(
             tally.published[i] = None
             tally.failures.append(str(exc))
         finally:
+            tally.done[i] = True
             gate.release()
             bar.update(1)
 
     stop = asyncio.Event()
     timer = None
     if target.missing_check is not None and opts.pace.rate is None:
-        timer = asyncio.create_task(_missing_timer(target.missing_check, clock, plan, opts, stop))
+        timer = asyncio.create_task(
+            _missing_timer(
+                target.missing_check, clock, plan, opts, stop, _Barrier(plan, tally, target, since)
+            )
+        )
     tasks: set[asyncio.Task[None]] = set()
     try:
         t0 = time.time()
@@ -343,17 +351,69 @@ def missing_interval_s(opts: RunOptions, clock: SimClock) -> float:
     return max(opts.missing_min_interval_s, opts.missing_step.total_seconds() / clock.speed)
 
 
+class _Barrier:
+    """Wait until the readings the plan sent for up to a simulated time are stored.
+
+    A device's publish is answered by the broker before the gateway stores the reading, so a
+    missing-data pass at simulated time T could otherwise run before readings measured before
+    T are in the database and find a device silent that is not.
+    """
+
+    def __init__(self, plan: Plan, tally: _Tally, target: Target, since: datetime) -> None:
+        self.plan, self.tally, self.target, self.since = plan, tally, target, since
+        self.device_ids = all_stored_ids(plan)
+        self.upto = 0  # sends [0, upto) are due by the last time waited for
+        self.finished = 0  # sends [0, finished) are done, their keys counted
+        self.due_keys: set[Key] = set()  # the readings to be stored (device, metric, time)
+
+    async def reached(self, at: datetime, timeout_s: float) -> None:
+        sends, done = self.plan.sends, self.tally.done
+        while self.upto < len(sends) and sends[self.upto].at <= at:
+            self.upto += 1
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            while self.finished < self.upto and done[self.finished]:
+                s = sends[self.finished]
+                if s.expect == "stored" and self.tally.published[self.finished] is not None:
+                    self.due_keys.update(expected_keys(s))
+                self.finished += 1
+            if self.finished == self.upto:
+                async with self.target.pool.acquire() as conn:
+                    stored = await readback.stored_count(conn, self.device_ids, self.since, at)
+                if stored >= sum(1 for k in self.due_keys if k[2] <= at):
+                    return
+            await asyncio.sleep(0.05)
+        log.warning("missing-data pass at simulated %s ran before its readings were stored", at)
+
+
 async def _missing_timer(
-    check: MissingCheck, clock: SimClock, plan: Plan, opts: RunOptions, stop: asyncio.Event
+    check: MissingCheck,
+    clock: SimClock,
+    plan: Plan,
+    opts: RunOptions,
+    stop: asyncio.Event,
+    barrier: _Barrier,
 ) -> None:
     """Missing-data passes on the simulated clock, every ``missing_step`` of simulated time
     (at most every ``missing_min_interval_s`` of wall time), as the server's timer would
-    run in real time."""
+    run in real time.
+
+    The passes fall on a fixed grid of simulated times, each after the readings sent for up
+    to its time are stored: a loaded machine makes them late in wall time, never at other
+    simulated times, so a detection delay is exact to one step whatever the load.
+    """
     interval = missing_interval_s(opts, clock)
-    while not stop.is_set():
+    step = timedelta(seconds=interval * clock.speed)
+    at = plan.config.start + step
+    while True:
+        stopping = stop.is_set()
         sim_now = min(clock.sim(datetime.now(UTC)), plan.config.end)
-        if sim_now > plan.config.start:
-            await check(sim_now)
+        while at <= sim_now:
+            await barrier.reached(at, opts.barrier_timeout_s)
+            await check(at)
+            at += step
+        if stopping:
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)
 

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -19,13 +20,16 @@ from hypothesis import settings as hypothesis_settings
 from pydantic import SecretStr
 
 from rpm.local_endpoints import ServiceEndpoints, settings_for_local
-from rpm.server import Server
 from rpm.settings import Settings
 from rpm.storage.migrate import migrate
 from rpm.storage.pool import connect, create_pool
 from simulators.localservices import LocalServices, free_port
 from simulators.transports import drop_session
 from simulators.twilio_sink import TwilioSink
+from tests import examples
+
+if TYPE_CHECKING:  # the server is imported by the fixture that starts it: pure runs skip it
+    from rpm.server import Server
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TWILIO_CONTRACT = REPO_ROOT.parent / "shared" / "contracts" / "twilio_api_v2010.json"
@@ -38,6 +42,9 @@ _db_numbers = itertools.count()
 # example and reproduces anywhere): a test that fails on some days is a defect. No example
 # database: nothing learnt on one machine changes what another runs.
 hypothesis_settings.register_profile("rpm", derandomize=True, database=None, print_blob=True)
+hypothesis_settings.register_profile(
+    "rpm-quick", parent=hypothesis_settings.get_profile("rpm"), max_examples=25
+)
 hypothesis_settings.load_profile("rpm")
 
 
@@ -56,6 +63,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.option.basetemp is None:
         config.option.basetemp = tempfile.mkdtemp(prefix="rpm-pytest-")
         config.stash[_OWN_BASETEMP] = Path(config.option.basetemp)
+    if (config.option.markexpr or "").strip() == "pure":
+        examples.share = examples.QUICK_SHARE
+        hypothesis_settings.load_profile("rpm-quick")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -207,6 +217,8 @@ async def server_settings(
 @pytest.fixture
 async def server(server_settings: Settings) -> AsyncIterator[Server]:
     """The whole server (gateway, API, SMS worker) in this event loop."""
+    from rpm.server import Server
+
     s = Server(server_settings)
     await s.start()
     try:

@@ -20,6 +20,7 @@ from rpm.domain import METRICS, Metric, RawMessage, Reading
 from rpm.domain.errors import DecodeError
 from simulators import encoders
 from simulators.fleet import make_fleet, reading
+from tests.examples import examples
 
 pytestmark = pytest.mark.pure
 
@@ -451,7 +452,7 @@ _RANGES = {
 
 
 @pytest.mark.parametrize("payload_format", sorted(DECODERS))
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_round_trip_of_simulated_readings(payload_format: str, data: st.DataObject) -> None:
     readings = data.draw(sim_readings(SUPPORTED[payload_format]))

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from device_gateways.decoders import DECODERS, Decoded
 from rpm.domain import METRICS, RawMessage, Reading
 from rpm.domain.errors import DecodeError
+from tests.examples import examples
 
 pytestmark = pytest.mark.pure
 
@@ -29,7 +30,7 @@ GOLDEN = Path(__file__).parent / "golden"
 FORMATS = sorted(DECODERS)
 RECEIVED = datetime(2026, 11, 23, 8, 10, tzinfo=UTC)
 FUZZ = settings(
-    max_examples=200,
+    max_examples=examples(200),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
@@ -208,7 +209,7 @@ def mutate(doc: object, data: st.DataObject) -> object:
 
 
 @pytest.mark.parametrize("payload_format", FORMATS)
-@settings(FUZZ, max_examples=300)
+@settings(FUZZ, max_examples=examples(300))
 @given(data=st.data(), device_id=device_ids)
 def test_mutated_golden_samples(
     payload_format: str, data: st.DataObject, device_id: str | None

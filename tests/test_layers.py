@@ -1,5 +1,8 @@
 """The layers (docs/architecture.md): import-linter's contracts in pyproject.toml hold, they
-name every part of the service, and ``rpm serve`` loads no development tooling."""
+name every part of the service, and ``rpm serve`` loads no development tooling.
+
+Only the test that reads pyproject.toml is pure; the others start processes (lint-imports,
+a Python importing the whole server, the installed ``rpm`` script)."""
 
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.pure
 
 
 def _contracts() -> list[dict[str, object]]:
@@ -32,6 +34,7 @@ def test_contracts_hold() -> None:
     assert "0 broken" in done.stdout
 
 
+@pytest.mark.pure
 def test_pure_cores_are_forbidden_every_part_of_the_service() -> None:
     """A new module or package in rpm/ must be placed in a layer; the pure cores' contract
     must forbid it too unless it is the domain."""

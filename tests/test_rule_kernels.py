@@ -48,6 +48,7 @@ from rules.kernels import (
     trend_verdict,
     window_extreme,
 )
+from tests.examples import examples
 
 pytestmark = pytest.mark.pure
 
@@ -61,7 +62,9 @@ INF = math.inf
 NAN = math.nan
 HOUR = 3600.0
 
-PROPS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPS = settings(
+    max_examples=examples(120), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 # Python's comparisons, like numpy's and the kernels', are false for NaN.
 COMPARE: dict[str, Callable[[float, float], bool]] = {

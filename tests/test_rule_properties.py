@@ -25,12 +25,15 @@ from rules.kinds import KINDS, Facts
 from rules.kinds.missing import Silence, evaluate_missing
 from rules.programs import RuleBook
 from rules.spec import ProgramSpec, RuleSpec, ScoredParameter
+from tests.examples import examples
 from tests.helpers import T0
 
 pytestmark = pytest.mark.pure
 
 BOOK = RuleBook.builtin()
-PROPS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPS = settings(
+    max_examples=examples(50), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 ALL_RULES = [r for p in BOOK.programs.values() for r in p.rules]
 THRESHOLDS = [r for r in ALL_RULES if r.kind == "threshold"]
 SCORES = [r for r in ALL_RULES if r.kind == "composite"]
@@ -386,7 +389,7 @@ def test_missing_data_never_warns_and_explains_every_alert(
 # --- ring buffers --------------------------------------------------------------------
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(
     capacity=st.integers(1, 6),
     batches=st.lists(

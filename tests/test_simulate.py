@@ -193,8 +193,9 @@ async def test_simulate_small_fleet_end_to_end(server: Server, tmp_path: Path) -
     # Crisis readings come 1 h of simulated time after onset.
     assert sorted(by_kind["hypertensive_crisis"].delays_s) == [3600, 3600]
     # The scale's silence is found by the missing-data passes on the simulated clock,
-    # 36 h after its last weight plus at most one pass interval (0.5 s of wall time at
-    # 43,200x: 6 simulated hours), not only at the end of the replay (46 h after).
+    # 36 h after its last weight plus at most one step of their grid (0.5 s of wall time at
+    # 43,200x: 6 simulated hours), not only at the end of the replay (46 h after). Each
+    # pass waits for the readings sent before its time, so load delays it, never moves it.
     silent = by_kind["device_silent"]
     assert silent.detected == 1, result.observed.alerts
     assert 36 * 3600 <= silent.delays_s[0] <= 42.5 * 3600
