@@ -102,6 +102,8 @@ def _probes() -> list[Any]:
     async def raise_(branch: str) -> None:
         if branch == "unexpected":
             raise RuntimeError("a bug outside the tree")
+        if branch == "database-away":  # what asyncpg raises when the server goes mid-request
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle")
         raise BRANCHES[branch][0]
 
     api.add_api_route("/api/probe/{branch}", raise_)
@@ -169,6 +171,18 @@ async def test_a_bug_under_fhir_is_a_500_outcome_that_says_nothing(
         "code": "exception",
         "diagnostics": "internal error",
     }
+
+
+async def test_the_database_going_away_mid_request_is_a_503_everywhere(
+    http: httpx.AsyncClient,
+) -> None:
+    resp = await http.get("/api/probe/database-away")
+    assert (resp.status_code, resp.json()) == (503, {"detail": "storage unavailable; retry"})
+    assert resp.headers["retry-after"]
+    resp = await http.get("/fhir/probe/database-away")
+    assert resp.status_code == 503
+    assert outcome(resp)["code"] == "transient"
+    assert resp.headers["retry-after"]
 
 
 # --- real routes ------------------------------------------------------------------------

@@ -168,6 +168,13 @@ async def on_data_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": BAD_INPUT}, 422)
 
 
+async def on_database_away(request: Request, exc: Exception) -> Response:
+    """asyncpg's words for the database being away, raised after the request was let in
+    (the principal is read before): answered as ``StorageError``, 503 with Retry-After."""
+    log.warning("api: database unavailable (%s) %s", type(exc).__name__, request.url.path)
+    return await on_rpm_error(request, StorageError())
+
+
 def unexpected(request: Request, exc: Exception) -> Response:
     """The OperationOutcome for an exception outside the tree under /fhir: the database
     away is a ``StorageError`` (503), anything else our bug (500, logged)."""
@@ -186,6 +193,8 @@ def install(app: FastAPI) -> None:
     # Starlette's, which FastAPI's HTTPException and the router's own 404/405 both are.
     app.add_exception_handler(StarletteHTTPException, on_http_exception)
     app.add_exception_handler(asyncpg.DataError, on_data_error)
+    for away in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(away, on_database_away)
 
 
 # What the route class of /fhir (rpm/api/fhir_common.py) leaves to the app's handlers:
