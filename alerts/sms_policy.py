@@ -7,6 +7,8 @@ For each outbox item the worker asks :func:`decide` for a verdict:
   a non-urgent patient message whose alert was resolved meanwhile, and non-urgent patient
   messages past the daily cap for the patient's local day ("daily cap": dropped, not merged;
   the nurse sees every alert on the dashboard, and the patient already had that many texts).
+  A campaign message (template ``campaign``) counts every message of the day against the cap,
+  alerts first, and is dropped while the patient has an open high or critical episode.
 - ``Defer(until, reason)``: a non-urgent patient message in the patient's quiet hours waits
   for their end (local time of the patient's time zone).
 - ``SendNow``: everything else. Urgent messages (critical and high severity, escalations to
@@ -31,7 +33,7 @@ Audience = Literal["patient", "staff"]
 
 # Templates each audience may be sent ("legacy" = a ready ``body``).
 _TEMPLATES: Mapping[Audience, frozenset[str]] = MappingProxyType(
-    {"patient": frozenset({"alert", "legacy"}), "staff": frozenset({"escalation"})}
+    {"patient": frozenset({"alert", "campaign", "legacy"}), "staff": frozenset({"escalation"})}
 )
 
 
@@ -51,6 +53,13 @@ class SmsWork:
     advice: Mapping[str, str] = field(default_factory=dict)
     tier: int | None = None
     body: str | None = None
+    campaign: str | None = None  # template "campaign": which campaign, version and occurrence
+    campaign_version: int | None = None
+    context: Mapping[str, Any] = field(default_factory=dict)  # the patient's figures
+
+    @property
+    def is_campaign(self) -> bool:
+        return self.template == "campaign"
 
     def __post_init__(self) -> None:
         if self.template not in _TEMPLATES[self.audience]:
@@ -59,8 +68,10 @@ class SmsWork:
             raise BadWork("patient message without patient_id")
         if self.audience == "staff" and (not self.staff_id or self.alert_id is None):
             raise BadWork("staff message without staff_id or alert_id")
-        if self.template != "legacy" and self.severity is None:
+        if self.template not in ("legacy", "campaign") and self.severity is None:
             raise BadWork("message without severity")
+        if self.is_campaign and (not self.campaign or self.campaign_version is None or self.urgent):
+            raise BadWork("a campaign message names its campaign and version, and is not urgent")
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> SmsWork:
@@ -86,6 +97,10 @@ class SmsWork:
             advice = payload.get("advice") or {}
             if not isinstance(advice, Mapping):
                 raise BadWork("advice must be an object of language: text")
+            context = payload.get("context") or {}
+            if not isinstance(context, Mapping):
+                raise BadWork("context must be an object")
+            severity = payload.get("severity")
             return cls(
                 audience,
                 str(payload.get("template", "")),
@@ -93,11 +108,14 @@ class SmsWork:
                 staff_id=_optional_str(payload.get("staff_id")),
                 alert_id=_optional_int(payload.get("alert_id")),
                 rule_id=_optional_str(payload.get("rule_id")),
-                severity=Severity[str(payload["severity"]).upper()],
+                severity=None if severity is None else Severity[str(severity).upper()],
                 urgent=audience == "staff" or bool(payload.get("urgent", False)),
                 title=str(payload.get("title", "")),
                 advice={str(k): str(v) for k, v in advice.items() if v},
                 tier=_optional_int(payload.get("tier")),
+                campaign=_optional_str(payload.get("campaign")),
+                campaign_version=_optional_int(payload.get("version")),
+                context=dict(context),
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, BadWork):
@@ -157,8 +175,12 @@ class Situation:
     recipient: Recipient | None
     now: datetime
     alert_state: str | None = None  # None: no alert, or it no longer exists
-    sent_today: int = 0  # non-urgent patient SMS already sent in the recipient's local day
+    # Patient SMS already sent in the recipient's local day that count against this message's
+    # cap: for an alert message its non-urgent alert messages; for a campaign message every
+    # message (alerts first: program messages never crowd out an alert's).
+    sent_today: int = 0
     daily_cap: int = 3
+    open_severity: Severity | None = None  # highest severity of the patient's open episodes
 
 
 def _unknown(s: Situation) -> Verdict | None:
@@ -191,6 +213,13 @@ def _resolved(s: Situation) -> Verdict | None:
     return None
 
 
+def _in_crisis(s: Situation) -> Verdict | None:
+    """No program message to a patient with an open high or critical episode."""
+    if s.work.is_campaign and s.open_severity is not None and s.open_severity >= Severity.HIGH:
+        return Drop("open high or critical alert")
+    return None
+
+
 def _urgent(s: Situation) -> Verdict | None:
     return SendNow() if s.work.urgent else None
 
@@ -216,6 +245,7 @@ _CHECKS: tuple[Callable[[Situation], Verdict | None], ...] = (
     _opted_out,
     _escalation_moot,
     _resolved,
+    _in_crisis,
     _urgent,
     _quiet,
     _capped,

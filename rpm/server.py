@@ -41,6 +41,7 @@ from rpm.storage.alerts import ALERTS_CHANNEL
 from rpm.storage.migrate import migrate
 from rpm.storage.pool import connect, create_pool
 from rpm.workers.alert_timers import AlertTimers
+from rpm.workers.campaigns import CampaignPlanner
 from rpm.workers.sms_outbox import DeliveryConfig, SmsOutboxWorker
 from rules.engine import Engine
 from rules.programs import RuleBook
@@ -114,6 +115,7 @@ class Server:
         self.pool: asyncpg.Pool | None = None
         self.gateway: MqttGateway | None = None
         self.sms_worker: SmsOutboxWorker | None = None
+        self.campaign_planner: CampaignPlanner | None = None
         self._sms: TwilioSms | None = None
         self._broadcaster: Broadcaster | None = None
         self._uvicorn: uvicorn.Server | None = None
@@ -181,7 +183,11 @@ class Server:
             self.pool, self._sms, DeliveryConfig.from_settings(s.sms, s.api)
         )
         timers = AlertTimers(self.pool, s.alerts.escalation())
+        self.campaign_planner = CampaignPlanner(self.pool, s.sms.daily_cap)
         self._tasks += [
+            asyncio.create_task(
+                self.campaign_planner.run(s.engagement.planner_interval_s), name="campaigns"
+            ),
             asyncio.create_task(self.sms_worker.run(), name="sms-worker"),
             asyncio.create_task(self._missing_data_timer(), name="missing-data"),
             asyncio.create_task(timers.run(s.alerts.timer_interval_s), name="alert-timers"),

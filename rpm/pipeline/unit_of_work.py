@@ -30,6 +30,7 @@ from rpm.domain import (
 from rpm.domain.errors import DecodeError, StorageError
 from rpm.metrics import IngestMetrics
 from rpm.storage import alerts as alert_store
+from rpm.storage import engagement as engagement_store
 from rpm.storage import outbox as outbox_store
 from rpm.storage import quarantine as quarantine_store
 from rpm.storage import readings as reading_store
@@ -240,6 +241,12 @@ class IngestPipeline:
 
         if new:
             await rule_state.touch_last(conn, self._last_due(new))
+            await engagement_store.touch_days(
+                conn,
+                [a.patient_id for a in new],
+                [a.reading.measured_at for a in new],
+                [a.reading.metric.value for a in new],
+            )
             if self._fhir_push:
                 await outbox_store.enqueue(conn, [fhir_push_item(new)])
             self._touched.update(contexts)

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._group import Group, env_name
-from .care import AlertSettings, EhrSettings, RuleSettings, SmsSettings
+from .care import AlertSettings, EhrSettings, EngagementSettings, RuleSettings, SmsSettings
 from .intake import ApiSettings, DatabaseSettings, IngestSettings, MqttSettings
 from .operations import ExportSettings, OperationsSettings, SimulatorSettings
 
@@ -31,6 +31,7 @@ __all__ = [
     "ApiSettings",
     "DatabaseSettings",
     "EhrSettings",
+    "EngagementSettings",
     "ExportSettings",
     "Group",
     "IngestSettings",
@@ -56,6 +57,7 @@ class Settings(BaseModel):
     rules: RuleSettings = Field(default_factory=RuleSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     sms: SmsSettings = Field(default_factory=SmsSettings)
+    engagement: EngagementSettings = Field(default_factory=EngagementSettings)
     ehr: EhrSettings = Field(default_factory=EhrSettings)
     operations: OperationsSettings = Field(default_factory=OperationsSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)

@@ -198,6 +198,17 @@ class SmsSettings(Group):
         return Backoff(self.outbox_backoff_base_s, self.outbox_backoff_cap_s)
 
 
+class EngagementSettings(Group):
+    """Campaigns between the alerts (docs/engagement.md): how often the planner runs."""
+
+    planner_interval_s: float = Field(
+        60.0,
+        gt=0,
+        validation_alias="RPM_CAMPAIGN_PLANNER_INTERVAL_S",
+        description="how often live campaigns are evaluated and their messages planned",
+    )
+
+
 class EhrSettings(Group):
     """Push to an EHR's FHIR endpoint (rpm/fhir/push.py); no base URL, no push.
     Authentication is a static bearer token, or OAuth 2.0 client credentials (token URL,

@@ -132,17 +132,22 @@ async def opt_in(conn: Conn, patient_ids: Iterable[str]) -> int:
     return int(status.split()[-1])
 
 
-async def sent_today(conn: Conn, patient_id: str, start: datetime, end: datetime) -> int:
-    """Non-urgent patient SMS Twilio accepted for this patient in [start, end)."""
+async def sent_today(
+    conn: Conn, patient_id: str, start: datetime, end: datetime, *, every_kind: bool = False
+) -> int:
+    """Patient SMS Twilio accepted for this patient in [start, end): the non-urgent alert
+    messages, or with ``every_kind`` every message (alerts, urgent ones too, and campaigns)."""
     value = await conn.fetchval(
         """SELECT count(*) FROM sms_messages m JOIN outbox o ON o.id = m.outbox_id
             WHERE m.patient_id = $1 AND m.direction = 'outbound' AND m.staff_id IS NULL
               AND m.twilio_sid IS NOT NULL
               AND m.created_at >= $2 AND m.created_at < $3
-              AND NOT coalesce((o.payload->>'urgent')::boolean, true)""",
+              AND ($4 OR (NOT coalesce((o.payload->>'urgent')::boolean, true)
+                          AND coalesce(o.payload->>'template', '') <> 'campaign'))""",
         patient_id,
         start,
         end,
+        every_kind,
     )
     return int(value)
 

@@ -46,8 +46,11 @@ from rpm.domain.errors import (
     RecipientOptedOut,
     TransientDeliveryError,
 )
+from rpm.engagement import campaigns as campaign_spec
+from rpm.engagement.campaigns import CampaignSpec
 from rpm.settings import ApiSettings, SmsSettings
 from rpm.storage import alerts as alert_store
+from rpm.storage import engagement as engagement_store
 from rpm.storage import outbox as outbox_store
 from rpm.storage import sms as sms_store
 from rpm.storage import staff as staff_store
@@ -108,6 +111,7 @@ class _Context:
     now: datetime
     alert: Mapping[str, Any] | None
     config: DeliveryConfig
+    campaign: CampaignSpec | None = None
 
 
 def _render_alert(work: SmsWork, c: _Context) -> str:
@@ -144,10 +148,16 @@ def _render_legacy(work: SmsWork, c: _Context) -> str:
     return work.body or ""
 
 
+def _render_campaign(work: SmsWork, c: _Context) -> str:
+    assert c.campaign is not None
+    return campaign_spec.render(c.campaign.message_for(c.recipient.language), work.context)
+
+
 _RENDERERS: Mapping[str, Callable[[SmsWork, _Context], str]] = {
     "alert": _render_alert,
     "escalation": _render_escalation,
     "legacy": _render_legacy,
+    "campaign": _render_campaign,
 }
 
 
@@ -169,6 +179,7 @@ class SmsOutboxWorker:
         self.sent = 0
         self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)  # since start, for metrics
         self._stopping = asyncio.Event()
+        self._campaigns: dict[tuple[str, int], CampaignSpec | None] = {}  # versions never change
 
     def request_stop(self) -> None:
         """Graceful stop: finish the message being sent, release the rest of the claim."""
@@ -222,11 +233,29 @@ class SmsOutboxWorker:
         recipient = situation.recipient
         assert recipient is not None
         assert recipient.phone
-        context = _Context(recipient, item.created_at or now, now, alert, self._config)
+        campaign = None
+        if work.is_campaign:
+            campaign = await self._campaign(work)
+            if campaign is None:
+                await self._fail(
+                    item, f"campaign {work.campaign} v{work.campaign_version} is gone", _who(work)
+                )
+                return
+        context = _Context(recipient, item.created_at or now, now, alert, self._config, campaign)
         body = _RENDERERS[work.template](work, context)
         # An alert deleted since (or never stored) is not referenced from the SMS log.
         alert_id = work.alert_id if alert is not None else None
         await self._send(item, work, alert_id, recipient.phone, body, now)
+
+    async def _campaign(self, work: SmsWork) -> CampaignSpec | None:
+        assert work.campaign is not None
+        assert work.campaign_version is not None
+        key = (work.campaign, work.campaign_version)
+        if key not in self._campaigns:
+            async with self._pool.acquire() as conn:
+                found = await engagement_store.campaign(conn, *key)
+            self._campaigns[key] = found.spec if found and found.version == key[1] else None
+        return self._campaigns[key]
 
     async def _situation(
         self, conn: Conn, work: SmsWork, now: datetime
@@ -256,8 +285,13 @@ class SmsOutboxWorker:
         sent = 0
         if not work.urgent:
             start, end = local_day(now, zone)
-            sent = await sms_store.sent_today(conn, p.patient_id, start, end)
-        return Situation(work, recipient, now, state, sent, cap), alert
+            sent = await sms_store.sent_today(
+                conn, p.patient_id, start, end, every_kind=work.is_campaign
+            )
+        crisis = (
+            await engagement_store.open_severity(conn, p.patient_id) if work.is_campaign else None
+        )
+        return Situation(work, recipient, now, state, sent, cap, crisis), alert
 
     async def _send(
         self,
@@ -305,6 +339,22 @@ class SmsOutboxWorker:
                 assert work.patient_id is not None  # a 21610 callback came before this record
                 await sms_store.opt_out(conn, [work.patient_id], now)
             await outbox_store.delivered(conn, item.id, {"sid": sent.sid, "status": sent.status})
+            if work.audience == "patient":
+                assert work.patient_id is not None
+                await engagement_store.record(
+                    conn,
+                    [
+                        engagement_store.Interaction(
+                            work.patient_id,
+                            now,
+                            "campaign" if work.is_campaign else "alert",
+                            CHANNEL,
+                            "outbound",
+                            f"sms:{sent.sid}",
+                            work.campaign,
+                        )
+                    ],
+                )
         self.sent += 1
         self.outcomes["sent"] += 1
         log.info(
