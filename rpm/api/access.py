@@ -44,6 +44,8 @@ class Permission(StrEnum):
     FHIR_READ = "fhir-read"  # GET /fhir/* (staff: team-scoped; fhir:read keys: all)
     FHIR_PUSH = "fhir-push"  # the EHR push's failures and requeue
     ACCESS_ADMIN = "access-admin"  # staff, care teams, API keys, the audit log
+    ENGAGEMENT_READ = "engagement-read"  # segments, campaigns, engagement figures (team-scoped)
+    ENGAGEMENT_MANAGE = "engagement-manage"  # publish segments and campaigns, dry runs
 
 
 _NURSE = frozenset(
@@ -53,6 +55,7 @@ _NURSE = frozenset(
         Permission.PATIENT_RULES,
         Permission.RULES_READ,
         Permission.FHIR_READ,
+        Permission.ENGAGEMENT_READ,
     }
 )
 # Role (staff) or scope (API key) -> what it may do. Ingest keys act at /ingest/* only,
@@ -255,3 +258,5 @@ CanEnrol = Annotated[Principal, Security(REQUIRE[Permission.ENROLMENT])]
 CanReadFhir = Annotated[Principal, Security(REQUIRE[Permission.FHIR_READ])]
 CanManageFhirPush = Annotated[Principal, Security(REQUIRE[Permission.FHIR_PUSH])]
 IsAccessAdmin = Annotated[Principal, Security(REQUIRE[Permission.ACCESS_ADMIN])]
+CanReadEngagement = Annotated[Principal, Security(REQUIRE[Permission.ENGAGEMENT_READ])]
+CanManageEngagement = Annotated[Principal, Security(REQUIRE[Permission.ENGAGEMENT_MANAGE])]

@@ -24,6 +24,7 @@ from . import (
     admin,
     alerts,
     dashboard,
+    engagement,
     errors,
     fhir,
     health,
@@ -111,6 +112,7 @@ def create_app(
     app.include_router(ingest.router)
     app.include_router(registry.router, responses=_CONFLICT)
     app.include_router(rules.router)
+    app.include_router(engagement.router)
     app.include_router(dashboard.router)
     app.include_router(fhir.router, responses=_FHIR)
     app.include_router(twilio_hooks.router, responses=_TWILIO)

@@ -23,7 +23,8 @@ started_at    when the app was built                    fhir (CapabilityStatemen
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import asyncpg
@@ -75,6 +76,17 @@ async def broker(request: Request) -> BrokerAdmin:
     return held(request, "broker")  # type: ignore[no-any-return]
 
 
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+async def clock(request: Request) -> Callable[[], datetime]:
+    """What "now" is for routes that judge by the time of day (``app.state.clock`` when a
+    test pins it, the wall clock otherwise)."""
+    pinned: Callable[[], datetime] | None = getattr(request.app.state, "clock", None)
+    return pinned or _utcnow
+
+
 async def started_at(request: Request) -> datetime:
     return held(request, "started_at")  # type: ignore[no-any-return]
 
@@ -87,3 +99,4 @@ SnoozeCapsDep = Annotated[SnoozeCaps, Depends(snooze_caps)]
 PipelineDep = Annotated[IngestPipeline, Depends(pipeline)]
 BrokerDep = Annotated[BrokerAdmin, Depends(broker)]
 StartedAtDep = Annotated[datetime, Depends(started_at)]
+ClockDep = Annotated[Callable[[], datetime], Depends(clock)]
