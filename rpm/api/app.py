@@ -24,6 +24,7 @@ from . import (
     admin,
     alerts,
     dashboard,
+    dashboard_engagement,
     engagement,
     errors,
     fhir,
@@ -114,6 +115,7 @@ def create_app(
     app.include_router(rules.router)
     app.include_router(engagement.router)
     app.include_router(dashboard.router)
+    app.include_router(dashboard_engagement.router)
     app.include_router(fhir.router, responses=_FHIR)
     app.include_router(twilio_hooks.router, responses=_TWILIO)
     app.include_router(health.router)

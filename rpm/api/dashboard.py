@@ -255,7 +255,7 @@ async def patient(
             raise NotFoundError("no such patient")
         stored = await reading_store.for_patient(conn, patient_id, limit=2000)
         staff_list = await staff_auth.active_staff(conn)
-    listing = await _api(
+    listing = await call_api(
         request,
         "GET",
         "/api/alerts",
@@ -270,7 +270,7 @@ async def patient(
     selected_id = alert if alert is not None else (alerts[0]["id"] if alerts else None)
     selected = None
     if selected_id is not None:
-        detail = await _api(request, "GET", f"/api/alerts/{selected_id}")
+        detail = await call_api(request, "GET", f"/api/alerts/{selected_id}")
         if detail.status_code == 200 and detail.json().get("patient_id") == patient_id:
             selected = detail.json()
     return templates.TemplateResponse(
@@ -362,7 +362,7 @@ async def _forward(
         payload["assignee"] = staff.staff_id if assignee == "me" else assignee
         if not payload["assignee"]:
             return 422, {"detail": PROBLEMS["assignee"]}, "assignee"
-    resp = await _api(
+    resp = await call_api(
         request,
         "POST",
         f"/api/alerts/{alert_id}/{action}",
@@ -393,7 +393,7 @@ async def _error(request: Request, exc: HTTPException) -> Response:
     return await http_exception_handler(request, exc)
 
 
-async def _api(
+async def call_api(
     request: Request, method: str, path: str, *, csrf: str | None = None, **kwargs: Any
 ) -> httpx.Response:
     """Call this app's own API in-process (no socket, same event loop), as the browser's
