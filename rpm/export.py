@@ -200,6 +200,27 @@ def _alert_event(r: asyncpg.Record, x: _Row) -> list[object]:
     ]
 
 
+def _reading_day(r: asyncpg.Record, x: _Row) -> list[object]:
+    pid = r["patient_id"]
+    day: date = r["day"]
+    if x.shift_dates:
+        day = day + x.p.shift(pid)
+    return [x.p("patient", pid), day.isoformat(), r["readings"], ";".join(r["metrics"])]
+
+
+def _interaction(r: asyncpg.Record, x: _Row) -> list[object]:
+    pid = r["patient_id"]
+    return [
+        x.p("interaction", r["id"]),
+        x.p("patient", pid),
+        x.when(r["at"], pid),
+        r["kind"],
+        r["channel"],
+        r["direction"],
+        r["campaign"] or "",
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class _File:
     columns: tuple[str, ...]
@@ -259,6 +280,12 @@ FILES: dict[str, _File] = {
             "severity",
         ),
         _alert_event,
+    ),
+    # The interaction ledger (docs/engagement.md): days with readings, and every other touch.
+    "reading_days": _File(("patient", "day", "readings", "metrics"), _reading_day),
+    "interactions": _File(
+        ("interaction", "patient", "at", "kind", "channel", "direction", "campaign"),
+        _interaction,
     ),
 }
 assert set(FILES) == set(export_store.TABLES)

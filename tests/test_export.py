@@ -166,6 +166,11 @@ async def populated(server: Server) -> str:
         assert r.status_code == 200, r.text
         r = await api.post(f"/api/alerts/{alert_id}/resolve", json={"actor": NURSE, "note": NOTE})
         assert r.status_code == 200, r.text
+        r = await api.post(
+            f"/api/patients/{PATIENT_IDS[0]}/interactions",
+            json={"channel": "phone", "ref": "call-about-the-alert"},
+        )
+        assert r.status_code == 201, r.text
     return server.settings.database.url.get_secret_value()
 
 
@@ -213,6 +218,8 @@ async def test_export_holds_no_identity_and_joins_across_runs(
         "readings.csv": 3,
         "alerts.csv": 1,
         "alert_events.csv": len(table(first, "alert_events")),
+        "reading_days.csv": len({r["measured_at"][:10] for r in table(first, "readings")}),
+        "interactions.csv": len(table(first, "interactions")),
     }
     assert manifest["key_fingerprint"] == Pseudonyms(KEY.encode()).fingerprint()
     assert len(table(first, "alert_events")) >= 3  # opened, acknowledged, resolved
@@ -253,9 +260,15 @@ async def test_export_holds_no_identity_and_joins_across_runs(
     assert alert["last_reading"] in {r["reading"] for r in readings}
     events = table(first, "alert_events")
     assert {e["alert"] for e in events} == {alert["alert"]}
+    # The ledger: the nurse's call (and the alert's SMS, if the worker sent it by now).
+    calls = [i for i in table(first, "interactions") if i["kind"] == "nurse"]
+    assert [(c["patient"], c["channel"], c["direction"]) for c in calls] == [
+        (p("patient", PATIENT_IDS[0]), "phone", "outbound")
+    ]
+    assert {d["patient"] for d in table(first, "reading_days")} == {p("patient", PATIENT_IDS[0])}
 
     # Same key: the same files, byte for byte. Another key: no pseudonym in common.
-    for name in ("patients", "readings", "alerts", "alert_events"):
+    for name in ("patients", "readings", "alerts", "alert_events", "reading_days"):
         assert (first / f"{name}.csv").read_bytes() == (again / f"{name}.csv").read_bytes()
     ours = {r["patient"] for r in table(first, "patients")} | {r["reading"] for r in readings}
     theirs = {r["patient"] for r in table(other, "patients")}

@@ -51,6 +51,22 @@ _QUERIES = {
            AND ($2::timestamptz IS NULL OR a.opened_at >= $2)
            AND ($3::timestamptz IS NULL OR a.opened_at < $3)
          ORDER BY e.at, e.id""",
+    "reading_days": """
+        SELECT patient_id, day, readings, metrics
+          FROM patient_days
+         WHERE patient_id IN (
+               SELECT id FROM patients WHERE $1::text[] IS NULL OR programs && $1::text[])
+           AND ($2::timestamptz IS NULL OR day >= ($2::timestamptz AT TIME ZONE 'UTC')::date)
+           AND ($3::timestamptz IS NULL OR day < ($3::timestamptz AT TIME ZONE 'UTC')::date)
+         ORDER BY day, patient_id""",
+    "interactions": """
+        SELECT id, patient_id, at, kind, channel, direction, campaign
+          FROM interactions
+         WHERE patient_id IN (
+               SELECT id FROM patients WHERE $1::text[] IS NULL OR programs && $1::text[])
+           AND ($2::timestamptz IS NULL OR at >= $2)
+           AND ($3::timestamptz IS NULL OR at < $3)
+         ORDER BY at, id""",
 }
 TABLES: tuple[str, ...] = tuple(_QUERIES)
 
