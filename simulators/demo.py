@@ -24,6 +24,7 @@ from rpm.staff_cli import DEMO_TEAM, demo_nurse
 from rpm.storage import registry
 from rpm.storage.pool import Conn
 from simulators import readback
+from simulators.engagement_examples import publish_examples
 from simulators.fleet import VirtualPatient
 from simulators.localservices import LocalServices, free_port, pick_port
 from simulators.report import render
@@ -93,6 +94,7 @@ async def run_demo(opts: DemoOptions) -> int:
     assert server.pool is not None
     async with server.pool.acquire() as conn:
         nurse, nurse_password = await demo_nurse(conn)
+        await publish_examples(conn)
     devices = sum(len(p.devices) for p in plan.patients)
     example = next(
         (p for p in plan.patients for d in p.devices if d.transport == "mqtt"), plan.patients[0]
@@ -103,6 +105,7 @@ async def run_demo(opts: DemoOptions) -> int:
         f"  Dashboard (live triage queue): http://127.0.0.1:{port}/\n"
         f"    sign in as {nurse}, password {nurse_password} (a new one on every start)\n"
         f"  Alerts API:  http://127.0.0.1:{port}/api/alerts\n"
+        f"  Segments and campaigns: http://127.0.0.1:{port}/dashboard/segments\n"
         f"  FHIR:        http://127.0.0.1:{port}/fhir/Observation?patient={example.patient_id}\n"
         f"Replaying {opts.days:g} days of readings in {opts.seconds:g} s; Ctrl-C to stop.\n",
         flush=True,

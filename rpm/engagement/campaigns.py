@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 from rpm.domain import METRICS
 from rpm.domain.errors import InvalidRequestError
-from rpm.engagement.segments import check_name
+from rpm.engagement.segments import InvalidSegment, check_name
 
 TriggerKind = Literal[
     "no_reading_by",
@@ -165,7 +165,10 @@ def parse(document: Mapping[str, Any]) -> CampaignSpec:
     segment = document.get("segment")
     if not isinstance(segment, str):
         raise InvalidCampaign("segment names the segment the campaign is aimed at")
-    check_name(segment)
+    try:
+        check_name(segment)
+    except InvalidSegment as exc:
+        raise InvalidCampaign(f"segment: {exc}") from None
     trigger = _trigger(document.get("trigger"))
     messages, used = _messages(document.get("messages"))
     cooldown = document.get("cooldown_days", _default_cooldown(trigger))
