@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 import uvicorn
+from fastapi import FastAPI
 
 from alerts.sms import TwilioSms
 from device_gateways.broker_admin import BrokerAdmin
@@ -116,6 +117,7 @@ class Server:
         self.gateway: MqttGateway | None = None
         self.sms_worker: SmsOutboxWorker | None = None
         self.campaign_planner: CampaignPlanner | None = None
+        self.app: FastAPI | None = None  # the API's app, when this process serves it
         self._sms: TwilioSms | None = None
         self._broadcaster: Broadcaster | None = None
         self._uvicorn: uvicorn.Server | None = None
@@ -217,6 +219,7 @@ class Server:
                 s.operations.metrics_db_timeout_s,
             ),
         )
+        self.app = app
         config = uvicorn.Config(
             app,
             host=s.api.host,

@@ -36,6 +36,7 @@ from rpm.settings import MqttSettings, Settings
 from rpm.storage.pool import create_pool
 from rules.engine import Engine
 from rules.programs import RuleBook
+from simulators import engagement_sim
 from simulators.enrolment import external_prefix
 from simulators.localservices import LocalServices, free_port, pick_port
 from simulators.report import render, to_json
@@ -82,6 +83,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], data_di
     p.add_argument("--rate", type=float, metavar="READINGS_PER_S", help="load mode: this rate")
     p.add_argument("--duration", type=float, metavar="S", help="load mode: for this long")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the report as JSON")
+    p.add_argument(
+        "--engagement-days",
+        type=float,
+        default=0.0,
+        metavar="DAYS",
+        help="then simulate campaigns and replies over DAYS on the simulated clock",
+    )
     p.add_argument("--plot", type=Path, metavar="FILE", help="draw latency/throughput (PNG)")
     p.add_argument("--port", type=int, default=0, help="API port (default: a free one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -113,6 +121,7 @@ class SimulateOptions:
     progress: bool = True
     duration: float | None = None  # load mode
     external_api_url: str | None = None  # --external: the deployment's API
+    engagement_days: float = 0.0  # then the engagement phase (simulators/engagement_sim.py)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SimulateOptions:
@@ -141,6 +150,7 @@ class SimulateOptions:
             progress=not args.no_progress,
             duration=args.duration,
             external_api_url=args.api_url if args.external else None,
+            engagement_days=args.engagement_days,
         )
 
 
@@ -442,6 +452,7 @@ async def run(data_dir: Path, opts: SimulateOptions, *, port: int, stop_services
     settings: Settings = settings_for_local(endpoints, **overrides)
     server = Server(settings)
     await server.start()
+    running = True
     try:
         now = datetime.now(UTC)
         load = None
@@ -457,11 +468,33 @@ async def run(data_dir: Path, opts: SimulateOptions, *, port: int, stop_services
             flush=True,
         )
         result = await run_plan(plan, target, RunOptions(opts.pace, progress=opts.progress))
-    finally:
         await server.stop()
+        running = False
+        engagement = None
+        if opts.engagement_days > 0:
+            engagement_url = await fresh_database(endpoints.database_url, SIM_DATABASE + "_eng")
+            engagement = await engagement_sim.run_with_server(
+                settings.updated(
+                    database={"url": SecretStr(engagement_url)}, api={"port": free_port()}
+                ),
+                sink,
+                plan.patients,
+                start=now - timedelta(days=opts.engagement_days),
+                days=opts.engagement_days,
+                seed=opts.seed,
+            )
+    finally:
+        if running:
+            await server.stop()
         await sink.stop()
         if stop_services:
             services.stop()
     _print_result(result)
     write_outputs(result, opts.json_path, opts.plot_path)
-    return 1 if result.report.lost else 0
+    if engagement is not None:
+        print(engagement_sim.render(engagement), flush=True)
+        if opts.json_path is not None:
+            doc = json.loads(opts.json_path.read_text())
+            opts.json_path.write_text(json.dumps({**doc, **engagement.to_json()}, indent=2) + "\n")
+    broken = engagement is not None and any(engagement.violations.values())
+    return 1 if result.report.lost or broken else 0

@@ -425,5 +425,5 @@ class IngestPipeline:
                 c.severity.name,
                 extra={"alert_id": a.alert_id, "patient_id": c.patient_id, "rule_id": c.rule_id},
             )
-        await outbox_store.enqueue(conn, sms)
+        await outbox_store.enqueue(conn, sms, self._now())
         await alert_store.notify(conn, notes)
