@@ -56,6 +56,7 @@ class SmsWork:
     campaign: str | None = None  # template "campaign": which campaign, version and occurrence
     campaign_version: int | None = None
     context: Mapping[str, Any] = field(default_factory=dict)  # the patient's figures
+    expires_at: datetime | None = None  # a campaign message is stale from then on
 
     @property
     def is_campaign(self) -> bool:
@@ -116,6 +117,7 @@ class SmsWork:
                 campaign=_optional_str(payload.get("campaign")),
                 campaign_version=_optional_int(payload.get("version")),
                 context=dict(context),
+                expires_at=_optional_time(payload.get("expires_at")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, BadWork):
@@ -125,6 +127,17 @@ class SmsWork:
 
 def _optional_str(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+def _optional_time(value: object) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadWork(f"not a time: {value!r}")
+    at = datetime.fromisoformat(value)
+    if at.tzinfo is None:
+        raise BadWork(f"a time without its zone: {value!r}")
+    return at
 
 
 def _optional_int(value: object) -> int | None:
@@ -213,6 +226,14 @@ def _resolved(s: Situation) -> Verdict | None:
     return None
 
 
+def _expired(s: Situation) -> Verdict | None:
+    """A campaign message held back (quiet hours, retries) past its occurrence is stale: "no
+    reading yet today" is wrong tomorrow."""
+    if s.work.expires_at is not None and s.now >= s.work.expires_at:
+        return Drop("expired")
+    return None
+
+
 def _in_crisis(s: Situation) -> Verdict | None:
     """No program message to a patient with an open high or critical episode."""
     if s.work.is_campaign and s.open_severity is not None and s.open_severity >= Severity.HIGH:
@@ -245,6 +266,7 @@ _CHECKS: tuple[Callable[[Situation], Verdict | None], ...] = (
     _opted_out,
     _escalation_moot,
     _resolved,
+    _expired,
     _in_crisis,
     _urgent,
     _quiet,

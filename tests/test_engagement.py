@@ -320,8 +320,9 @@ async def test_a_campaign_is_dry_run_planned_once_and_sent_through_the_patients_
     assert again.planned == {"bp-nudge": 0}  # one message per patient and local day
 
     worker = sms_worker(pool, channel, NOW)
-    assert await worker.drain_once() == 2
+    assert await worker.drain_once() == 3  # the two nudges, and the crisis alert's SMS
     by_phone = {m.to: m.body for m in twilio.messages}
+    assert "911" in by_phone["+15550100003"]  # the alert's urgent message, no nudge
     assert by_phone["+15550100001"] == (
         "No blood pressure yet today. You measured on 3 of the last 7 days (average 132/80). "
         "Reply STOP to opt out."
@@ -335,6 +336,7 @@ async def test_a_campaign_is_dry_run_planned_once_and_sent_through_the_patients_
         )
         sends = await conn.fetch("SELECT patient_id, outbox_id FROM campaign_sends ORDER BY 1")
     assert [tuple(r) for r in ledger] == [
+        ("p-crisis", "alert", "sms", "outbound", None),
         ("p-es", "campaign", "sms", "outbound", "bp-nudge"),
         ("p-late", "campaign", "sms", "outbound", "bp-nudge"),
     ]
@@ -517,3 +519,26 @@ async def test_engagement_figures_per_segment(
     assert bp["interactions_per_patient_year"] == round(16 / (28 / 365.25), 1)
     assert bp["reply_rate"] == 1.0
     assert bp["reading_days_per_patient_week"] == [3.0, 4.0, 3.0, 4.0]
+
+
+async def test_a_message_held_back_past_its_day_is_dropped_as_expired(
+    pool: asyncpg.Pool, programs: None, twilio: TwilioSink, channel: TwilioSms
+) -> None:
+    async with pool.acquire() as conn:
+        await add_patient(conn, "p-tokyo", timezone="Asia/Tokyo")
+    await publish_segment(pool, "bp-patients", BP_PATIENTS)
+    late_nudge = {**NUDGE, "trigger": {"kind": "no_reading_by", "local_time": "22:00"}}
+    await publish_campaign(pool, "late", late_nudge)
+    ten_pm_tokyo = datetime(2026, 6, 10, 13, 0, tzinfo=UTC)
+    assert (await CampaignPlanner(pool, 3).tick(ten_pm_tokyo)).planned == {"late": 1}
+    payload = (await outbox_for(pool, "late"))["p-tokyo"]
+    assert datetime.fromisoformat(payload["expires_at"]) == datetime(2026, 6, 10, 15, 0, tzinfo=UTC)
+
+    await sms_worker(pool, channel, ten_pm_tokyo).drain_once()  # quiet hours: until 08:00
+    morning = datetime(2026, 6, 10, 23, 0, tzinfo=UTC)
+    assert await sms_worker(pool, channel, morning).drain_once() == 1
+    assert twilio.messages == []
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT failed_at, last_error FROM outbox")
+    assert row is not None
+    assert (row["failed_at"] is not None, row["last_error"]) == (True, "expired")

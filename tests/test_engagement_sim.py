@@ -44,6 +44,7 @@ async def test_a_simulated_week_of_campaigns_keeps_every_promise(
     assert set(by_reason) <= {
         "sent",
         "pending",
+        "expired",
         "quiet hours",
         "daily cap",
         "no SMS consent",

@@ -419,6 +419,19 @@ def _trigger_sql(t: Trigger, bind: Any) -> tuple[str, str]:
             )
 
 
+def _expires_sql(t: Trigger) -> str:
+    """When a message of this trigger is stale (a deferred one is then dropped): the end of
+    the patient's local day, of the ISO week for a weekly one, a day after for an episode."""
+    if t.kind == "weekly":
+        return (
+            "((f._today + (8 - extract(isodow FROM f._today))::int)::timestamp "
+            "AT TIME ZONE f._timezone)"
+        )
+    if t.kind == "alert_resolved":
+        return "($1::timestamptz + interval '1 day')"
+    return "((f._today + 1)::timestamp AT TIME ZONE f._timezone)"
+
+
 def _trigger_joins(t: Trigger, bind: Any) -> str:
     if t.kind == "alert_resolved":
         return """LEFT JOIN LATERAL (
@@ -534,6 +547,7 @@ def _selection(
     reasons = " ".join(f"WHEN {sql} THEN '{reason}'" for reason, sql in EXCLUSIONS)
     sql = f"""
         SELECT f.patient_id, f.language, {occurrence} AS occurrence, {context} AS context,
+               {_expires_sql(spec.trigger)} AS expires_at,
                CASE {reasons}
                     WHEN EXISTS (SELECT 1 FROM campaign_sends cs
                                   WHERE cs.campaign = {campaign} AND cs.patient_id = f.patient_id
@@ -589,13 +603,14 @@ async def plan(
     count = await conn.fetchval(
         f"""WITH picked AS ({sql}),
             box AS (
-                INSERT INTO outbox (channel, dedupe_key, payload, next_attempt_at)
+                INSERT INTO outbox (channel, dedupe_key, payload, created_at, next_attempt_at)
                 SELECT 'sms', 'campaign:' || {name} || ':' || p.patient_id || ':' || p.occurrence,
                        jsonb_build_object('recipient', 'patient', 'template', 'campaign',
                                           'patient_id', p.patient_id, 'campaign', {name},
                                           'version', {v}, 'occurrence', p.occurrence,
+                                          'expires_at', p.expires_at,
                                           'urgent', false, 'context', p.context),
-                       $1::timestamptz
+                       $1::timestamptz, $1::timestamptz
                   FROM picked p WHERE p.excluded IS NULL
                 ORDER BY p.patient_id
                 ON CONFLICT (dedupe_key) DO NOTHING
