@@ -267,6 +267,14 @@ class Server:
                     lambda: sms.outcomes,
                 )
             )
+        if (planner := self.campaign_planner) is not None:
+            m.watch(
+                delivery_families(
+                    "rpm_campaign_messages",
+                    "Campaign messages planned into the SMS outbox.",
+                    lambda: {"planned": planner.planned},
+                )
+            )
         if (push := self.fhir_push) is not None:
             c = push.counters
             m.watch(
