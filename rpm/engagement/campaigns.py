@@ -38,7 +38,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from rpm.domain import METRICS
-from rpm.domain.errors import InvalidRequestError
+from rpm.domain.errors import InvalidCampaign
 from rpm.engagement.segments import check_name
 
 TriggerKind = Literal[
@@ -74,10 +74,6 @@ PLACEHOLDERS: Mapping[str, str] = MappingProxyType(
 MAX_MESSAGE = 480  # three SMS segments of GSM-7
 DEFAULT_LANGUAGE = "en"
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
-
-
-class InvalidCampaign(InvalidRequestError):
-    """A campaign definition that cannot run; the message says where."""
 
 
 @dataclass(frozen=True, slots=True)
