@@ -115,7 +115,12 @@ def test_questions_are_asked_in_the_patients_language_with_how_to_reply() -> Non
     first = HF.questions[0]
     assert checkins.prompt_text(first, "es-MX")[0] == "es"
     assert checkins.prompt_text(first, "es-MX")[1].endswith("Responda 1 para sí, 2 para no.")
-    assert checkins.prompt_text(first, "fr") == ("en", first.text["en"])
+    assert checkins.prompt_text(first, "fr") == (
+        "en",
+        first.text["en"] + " Reply 1 for yes, 2 for no.",
+    )
+    assert checkins.not_read("es", "112").startswith("Perdone")
+    assert "911" in checkins.thanks("en", "911")
     assert checkins.prompt_text(TAKEN, "en", intro="Hello.")[1].startswith("Hello.\nDid you take")
     assert HF.after("orthopnea") == HF.question("ankle_swelling")
     assert HF.after("ankle_swelling") is None
@@ -126,7 +131,8 @@ def test_questions_are_asked_in_the_patients_language_with_how_to_reply() -> Non
         for question in q.questions:
             assert set(question.text) >= {"en", "es"}
             # every question fits one SMS of two segments at most
-            for text in question.text.values():
+            for language in question.text:
+                _, text = checkins.prompt_text(question, language)
                 assert len(text) <= 2 * 67, text
 
 

@@ -18,12 +18,15 @@ broker        ``BrokerAdmin``                           registry (device logins)
 rule_books    ``rpm.api.rules.RuleBooks``               rules (cache, change callback)
 operations    ``rpm.api.health.Operations``             health
 started_at    when the app was built                    fhir (CapabilityStatement)
+clock         a ``() -> datetime`` (optional: the wall  twilio_hooks, inbox (tests pin it)
+              clock when not set)
 ============  ========================================  ===================================
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import asyncpg
@@ -79,6 +82,16 @@ async def started_at(request: Request) -> datetime:
     return held(request, "started_at")  # type: ignore[no-any-return]
 
 
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+async def clock(request: Request) -> Callable[[], datetime]:
+    """``app.state.clock`` when set (a test's pinned clock), else the wall clock."""
+    found: Callable[[], datetime] = getattr(request.app.state, "clock", _utcnow)
+    return found
+
+
 PoolDep = Annotated[asyncpg.Pool, Depends(pool)]
 AuthDep = Annotated[Auth, Depends(auth)]
 SettingsDep = Annotated[Settings, Depends(settings)]
@@ -87,3 +100,4 @@ SnoozeCapsDep = Annotated[SnoozeCaps, Depends(snooze_caps)]
 PipelineDep = Annotated[IngestPipeline, Depends(pipeline)]
 BrokerDep = Annotated[BrokerAdmin, Depends(broker)]
 StartedAtDep = Annotated[datetime, Depends(started_at)]
+ClockDep = Annotated[Callable[[], datetime], Depends(clock)]

@@ -50,7 +50,7 @@ class Option:
 @dataclass(frozen=True, slots=True)
 class Question:
     link_id: str
-    text: Mapping[str, str]  # language -> the SMS asking it, with how to reply
+    text: Mapping[str, str]  # language -> the question (the SMS adds how to reply)
     options: tuple[Option, ...]
     source: str = ""
 
@@ -131,14 +131,29 @@ COURTESY = frozenset(
     }
 )
 
-_REPLY_HINT = {
-    "en": "Reply 1 for yes, 2 for no.",
-    "es": "Responda 1 para sí, 2 para no.",
-}
+_REPLY_HINT: Mapping[str, str] = MappingProxyType(
+    {"en": "Reply 1 for yes, 2 for no.", "es": "Responda 1 para sí, 2 para no."}
+)
+# What the patient is answered (TwiML), per language; {number}: the emergency number.
+_THANKS: Mapping[str, str] = MappingProxyType(
+    {
+        "en": "Thank you, your answers went to your care team. For emergencies call {number}.",
+        "es": "Gracias, sus respuestas llegaron a su equipo de salud. En una emergencia llame "
+        "al {number}.",
+    }
+)
+_NOT_READ: Mapping[str, str] = MappingProxyType(
+    {
+        "en": "Sorry, we could not read that as an answer. {hint} Your care team will also "
+        "read your message. For emergencies call {number}.",
+        "es": "Perdone, no pudimos leer su respuesta. {hint} Su equipo de salud también leerá "
+        "su mensaje. En una emergencia llame al {number}.",
+    }
+)
 
 
 def _yes_no(en: str, es: str) -> Mapping[str, str]:
-    return MappingProxyType({"en": f"{en} {_REPLY_HINT['en']}", "es": f"{es} {_REPLY_HINT['es']}"})
+    return MappingProxyType({"en": en, "es": es})
 
 
 # No LOINC question code fits these questions as asked ("today", "more than usual"): LOINC's
@@ -209,15 +224,27 @@ QUESTIONNAIRES: Mapping[str, Questionnaire] = MappingProxyType(
 
 
 def prompt_text(question: Question, language: str, intro: str | None = None) -> tuple[str, str]:
-    """(language, SMS text) asking ``question``, after ``intro`` when the campaign has one."""
+    """(language, SMS text) asking ``question`` and how to reply, after ``intro`` when the
+    campaign has one."""
     used, text = question.text_for(language)
-    return used, f"{intro}\n{text}" if intro else text
+    asked = f"{text} {_REPLY_HINT.get(used, _REPLY_HINT[DEFAULT_LANGUAGE])}"
+    return used, f"{intro}\n{asked}" if intro else asked
 
 
-def reply_hint(question: Question, language: str) -> str:
-    """How to answer, for a reply we could not read."""
-    used, _ = question.text_for(language)
-    return _REPLY_HINT.get(used, _REPLY_HINT[DEFAULT_LANGUAGE])
+def thanks(language: str, emergency_number: str) -> str:
+    """The reply to the last answer of a questionnaire."""
+    return _in(_THANKS, language).format(number=emergency_number)
+
+
+def not_read(language: str, emergency_number: str) -> str:
+    """The reply to a reply we could not read as an answer (it goes to the nurse's inbox)."""
+    hint = _in(_REPLY_HINT, language)
+    return _in(_NOT_READ, language).format(hint=hint, number=emergency_number)
+
+
+def _in(texts: Mapping[str, str], language: str) -> str:
+    base = language.split("-")[0].lower()
+    return texts.get(language) or texts.get(base) or texts[DEFAULT_LANGUAGE]
 
 
 # --- parsing ----------------------------------------------------------------------------

@@ -19,14 +19,18 @@ class OutboxItem:
     created_at: datetime | None = None  # when its cause was committed
 
 
-async def enqueue(conn: Conn, items: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
-    """Add (channel, dedupe_key, payload) rows; a repeated dedupe key is ignored."""
+async def enqueue(
+    conn: Conn, items: Sequence[tuple[str, str, dict[str, Any]]], at: datetime | None = None
+) -> None:
+    """Add (channel, dedupe_key, payload) rows, due at ``at`` (the database's now when None);
+    a repeated dedupe key is ignored."""
     if not items:
         return
     await conn.executemany(
-        "INSERT INTO outbox (channel, dedupe_key, payload) VALUES ($1, $2, $3) "
+        "INSERT INTO outbox (channel, dedupe_key, payload, next_attempt_at) "
+        "VALUES ($1, $2, $3, coalesce($4::timestamptz, now())) "
         "ON CONFLICT (dedupe_key) DO NOTHING",
-        items,
+        [(*item, at) for item in items],
     )
 
 
