@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from alerts import symptoms
 from rpm.domain import Severity
-from rpm.engagement import checkins
+from rpm.domain.errors import InvalidCampaign
+from rpm.engagement import campaigns, checkins
 from rpm.engagement.checkins import Answer, Unparseable, parse_reply
 
 pytestmark = pytest.mark.pure
@@ -185,3 +186,45 @@ def test_a_proposal_carries_its_evidence() -> None:
         "Weight change in the last 3 days: +1.0 kg."
     )
     assert found.advice_i18n["es"]
+
+
+# --- check-in campaigns ------------------------------------------------------------------
+
+WEEKLY = {"kind": "weekly", "weekday": "wed", "local_time": "10:00"}
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"segment": "hf", "trigger": WEEKLY, "checkin": "hf_symptoms"},
+        {
+            "segment": "bp",
+            "trigger": WEEKLY,
+            "checkin": "bp_medication",
+            "reply_window_hours": 6,
+            "messages": {"en": "Hello.", "es": "Hola."},
+        },
+        {"segment": "bp", "trigger": WEEKLY, "messages": {"en": "Hello."}},
+    ],
+)
+def test_a_campaign_document_round_trips(document: dict[str, object]) -> None:
+    spec = campaigns.parse(document)
+    assert campaigns.parse(spec.document()) == spec
+    assert spec.checkin == document.get("checkin")
+    # A campaign without a check-in stores the document it stored before check-ins existed.
+    assert ("checkin" in spec.document()) is ("checkin" in document)
+
+
+@pytest.mark.parametrize(
+    ("document", "says"),
+    [
+        ({"checkin": "phq9"}, "checkin is one of"),
+        ({"checkin": "hf_symptoms", "reply_window_hours": 0}, "reply_window_hours"),
+        ({"checkin": "hf_symptoms", "reply_window_hours": 73}, "reply_window_hours"),
+        ({"reply_window_hours": 6, "messages": {"en": "x"}}, "for a check-in campaign"),
+        ({}, "messages maps languages"),
+    ],
+)
+def test_check_in_campaigns_that_cannot_run(document: dict[str, object], says: str) -> None:
+    with pytest.raises(InvalidCampaign, match=says):
+        campaigns.parse({"segment": "hf", "trigger": WEEKLY, **document})

@@ -178,7 +178,7 @@ def parse(document: Mapping[str, Any]) -> CampaignSpec:
     check_name(segment)
     trigger = _trigger(document.get("trigger"))
     checkin, window = _checkin(document)
-    if checkin is not None and "messages" not in document:
+    if checkin is not None and not document.get("messages"):  # {} as document() writes it
         messages: Mapping[str, str] = MappingProxyType({})
         used: frozenset[str] = frozenset()
     else:
