@@ -10,6 +10,7 @@ wall clock for what it checks.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -235,7 +236,10 @@ async def test_an_unreadable_reply_lands_in_the_inbox_and_a_nurse_handles_it(
     channel: TwilioSms,
     hooks: str,
     clock: Clock,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="rpm")
+    caplog.set_level(logging.DEBUG, logger="alerts")
     await enrol(pool, "p-bp", BP_PHONE, "hypertension", language="es")
     await start(pool, "bp-checkin", BP_CAMPAIGN, "hypertension")
     await sms_worker(pool, channel, NOW).drain_once()
@@ -309,6 +313,10 @@ async def test_an_unreadable_reply_lands_in_the_inbox_and_a_nurse_handles_it(
         (f"staff:{dashboard_helpers.NURSE_ID}", 409),
     ]
     assert audits[1]["patient_ids"] == ["p-bp"]
+    # Bodies and numbers are patient data: in the database and the API, never in the logs.
+    assert "checkin prompt" in caplog.text  # the handler did log, by ids
+    for secret in (unread, "Sí", BP_PHONE, "Called, she will"):
+        assert secret not in caplog.text
     [stored] = await rows(pool, "SELECT status, answers FROM checkin_responses")
     assert stored["status"] == "completed"
     assert stored["answers"]["taken_today"]["code"] == "yes"

@@ -109,7 +109,7 @@ def create_app(
     errors.install(app)
     app.include_router(admin.router)
     app.include_router(alerts.router)
-    app.include_router(inbox.router)
+    app.include_router(inbox.router, responses=_CONFLICT)
     app.include_router(ingest.router)
     app.include_router(registry.router, responses=_CONFLICT)
     app.include_router(rules.router)
