@@ -8,7 +8,9 @@ For each outbox item the worker asks :func:`decide` for a verdict:
   messages past the daily cap for the patient's local day ("daily cap": dropped, not merged;
   the nurse sees every alert on the dashboard, and the patient already had that many texts).
   A campaign message (template ``campaign``) counts every message of the day against the cap,
-  alerts first, and is dropped while the patient has an open high or critical episode.
+  alerts first, and is dropped while the patient has an open high or critical episode,
+  except the next question of a check-in the patient is answering (``response_id`` set):
+  the patient is replying now, and their answers are what the nurse will want.
 - ``Defer(until, reason)``: a non-urgent patient message in the patient's quiet hours waits
   for their end (local time of the patient's time zone).
 - ``SendNow``: everything else. Urgent messages (critical and high severity, escalations to
@@ -57,6 +59,9 @@ class SmsWork:
     campaign_version: int | None = None
     context: Mapping[str, Any] = field(default_factory=dict)  # the patient's figures
     expires_at: datetime | None = None  # a campaign message is stale from then on
+    # A check-in's next question (template "campaign"): which question of which response.
+    question: str | None = None
+    response_id: int | None = None
 
     @property
     def is_campaign(self) -> bool:
@@ -118,6 +123,8 @@ class SmsWork:
                 campaign_version=_optional_int(payload.get("version")),
                 context=dict(context),
                 expires_at=_optional_time(payload.get("expires_at")),
+                question=_optional_str(payload.get("checkin_question")),
+                response_id=_optional_int(payload.get("response_id")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, BadWork):
@@ -235,8 +242,11 @@ def _expired(s: Situation) -> Verdict | None:
 
 
 def _in_crisis(s: Situation) -> Verdict | None:
-    """No program message to a patient with an open high or critical episode."""
-    if s.work.is_campaign and s.open_severity is not None and s.open_severity >= Severity.HIGH:
+    """No program message to a patient with an open high or critical episode (but the next
+    question of a check-in they are answering)."""
+    if not s.work.is_campaign or s.work.response_id is not None:
+        return None
+    if s.open_severity is not None and s.open_severity >= Severity.HIGH:
         return Drop("open high or critical alert")
     return None
 

@@ -125,7 +125,16 @@ async def test_metadata_is_a_capability_statement(http: httpx.AsyncClient) -> No
     CapabilityStatement.model_validate(statement)
     assert statement["fhirVersion"] == "4.0.1"
     offered = {r["type"]: r for r in statement["rest"][0]["resource"]}
-    assert set(offered) == {"Observation", "Patient", "Device", "DetectedIssue", "Communication"}
+    assert set(offered) == {
+        "Observation",
+        "Patient",
+        "Device",
+        "DetectedIssue",
+        "Communication",
+        "QuestionnaireResponse",
+        "Questionnaire",
+    }
+    assert offered["Questionnaire"]["interaction"] == [{"code": "read"}]
     params = {p["name"] for p in offered["Observation"]["searchParam"]}
     assert params == {"patient", "subject", "code", "category", "date"}
 

@@ -62,6 +62,8 @@ SCHEMA_CANNOT_SAY = {
     "POST /api/keys": "a key with the ingest scope must name an existing integration",
     "GET /fhir/Observation": "a FHIR search needs patient or subject",
     "GET /fhir/Communication": "a FHIR search needs patient or subject",
+    "GET /fhir/QuestionnaireResponse": "a FHIR search needs patient or subject",
+    "POST /api/inbox/{item_id}/handled": _NUL,
 }
 
 

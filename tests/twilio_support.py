@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta, tzinfo
 from typing import Any
@@ -59,18 +59,26 @@ def hook_settings(*, api: Mapping[str, Any] = {}, sms: Mapping[str, Any] = {}) -
 
 @contextlib.asynccontextmanager
 async def serve_hooks(
-    pool: asyncpg.Pool, *, api: Mapping[str, Any] = {}, sms: Mapping[str, Any] = {}
+    pool: asyncpg.Pool,
+    *,
+    api: Mapping[str, Any] = {},
+    sms: Mapping[str, Any] = {},
+    app: FastAPI | None = None,
+    clock: Callable[[], datetime] | None = None,
 ) -> AsyncIterator[str]:
-    """The Twilio webhook routes on a real HTTP server; yields its base URL.
+    """The Twilio webhook routes on a real HTTP server; yields its base URL. ``app``: an app
+    with other routers to serve beside them; ``clock``: the routes' clock (``app.state``).
 
     The socket is bound before the server starts, so no other process can take the port.
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    app = FastAPI()
+    app = app or FastAPI()
     app.state.pool = pool
     app.state.settings = hook_settings(api={"port": port, **api}, sms=sms)
+    if clock is not None:
+        app.state.clock = clock
     app.include_router(twilio_hooks.router)
     config = uvicorn.Config(app, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)

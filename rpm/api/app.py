@@ -29,6 +29,7 @@ from . import (
     errors,
     fhir,
     health,
+    inbox,
     ingest,
     readings,
     registry,
@@ -110,6 +111,7 @@ def create_app(
     errors.install(app)
     app.include_router(admin.router)
     app.include_router(alerts.router)
+    app.include_router(inbox.router, responses=_CONFLICT)
     app.include_router(ingest.router)
     app.include_router(registry.router, responses=_CONFLICT)
     app.include_router(rules.router)

@@ -18,6 +18,8 @@ broker        ``BrokerAdmin``                           registry (device logins)
 rule_books    ``rpm.api.rules.RuleBooks``               rules (cache, change callback)
 operations    ``rpm.api.health.Operations``             health
 started_at    when the app was built                    fhir (CapabilityStatement)
+clock         a ``() -> datetime`` (optional: the wall  twilio_hooks, inbox (tests pin it)
+              clock when not set)
 ============  ========================================  ===================================
 """
 

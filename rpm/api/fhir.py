@@ -2,8 +2,10 @@
 EHR push's failures (``/api/fhir/push/...``): one router made of
 
 - ``fhir_read``: ``GET /fhir/metadata`` (what is offered, ``rpm.fhir.capability``) and reads
-  of Observation, Patient, Device, DetectedIssue (alerts) and Communication (patient SMS);
-- ``fhir_search``: their searches, searchset Bundles paged by an opaque ``_cursor``;
+  of Observation, Patient, Device, DetectedIssue (alerts), Communication (patient SMS),
+  QuestionnaireResponse (SMS check-in answers) and Questionnaire (the check-ins asked);
+- ``fhir_search``: their searches (Questionnaire is read only), searchset Bundles paged by
+  an opaque ``_cursor``;
 - ``fhir_push``: the push's refusals, failures and requeue;
 - below: the answer to anything else under ``/fhir``.
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from rpm.domain.errors import NotFoundError
-from rpm.fhir import capability, resources
+from rpm.engagement.checkins import QUESTIONNAIRES
+from rpm.fhir import capability, questionnaires, resources
 from rpm.fhir.mapping import reading_uid_of, recorded_observations
 from rpm.storage import alerts as alert_store
+from rpm.storage import checkins as checkin_store
 from rpm.storage import fhir as fhir_store
 
 from .access import CanReadFhir, audit
@@ -112,3 +114,38 @@ async def communication_read(
     if message is None:
         raise NotFoundError("no such Communication")
     return answer(resources.communication(message))
+
+
+@router.get("/fhir/QuestionnaireResponse/{response_id}")
+async def questionnaire_response_read(
+    request: Request, who: CanReadFhir, pool: PoolDep, response_id: str
+) -> Response:
+    """A patient's SMS check-in answers (in progress until every question is answered)."""
+    negotiate(request)
+    if not response_id.isdigit() or len(response_id) > _MAX_ID_DIGITS:
+        raise NotFoundError("no such QuestionnaireResponse")
+    async with pool.acquire() as conn:
+        found = await checkin_store.response(conn, int(response_id))
+        if found and (found.resource is None or not await visible(conn, who, [found.patient_id])):
+            found = None
+    audit(
+        request,
+        who,
+        "read",
+        "QuestionnaireResponse",
+        [found.patient_id] if found else (),
+        response_id,
+    )
+    if found is None or found.resource is None:
+        raise NotFoundError("no such QuestionnaireResponse")
+    return answer(dict(found.resource))
+
+
+# Not patient data: the questions every patient of a check-in campaign is asked.
+@router.get("/fhir/Questionnaire/{fhir_id}")
+async def questionnaire_read(request: Request, _who: CanReadFhir, fhir_id: str) -> Response:
+    negotiate(request)
+    for q in QUESTIONNAIRES.values():
+        if q.fhir_id == fhir_id:
+            return answer(questionnaires.questionnaire(q))
+    raise NotFoundError("no such Questionnaire")

@@ -21,6 +21,7 @@ from rpm.fhir.search import (
     parse_references,
 )
 from rpm.storage import alerts as alert_store
+from rpm.storage import checkins as checkin_store
 from rpm.storage import fhir as fhir_store
 from rpm.storage import sms as sms_store
 from rpm.storage import staff as staff_store
@@ -164,4 +165,35 @@ async def communication_search(request: Request, who: CanReadFhir, pool: PoolDep
     audit(request, who, "search", "Communication", (m["patient_id"] for m in page))
     return offset_answer(
         request, "Communication", used, rows, offset, count, resources.communication
+    )
+
+
+@router.get("/fhir/QuestionnaireResponse")
+async def questionnaire_response_search(
+    request: Request, who: CanReadFhir, pool: PoolDep
+) -> Response:
+    negotiate(request)
+    params = params_of(request)
+    used = params.check(("patient", "subject"))
+    offset, count = offset_page(params)
+    async with pool.acquire() as conn:
+        patient = await one_patient(conn, params, ("patient", "subject"))
+        if patient is None:
+            raise SearchError("patient (or subject) is required", code="required")
+        if patient and not await visible(conn, who, [patient]):
+            patient = ""
+        found = []
+        if patient:
+            found = await checkin_store.responses(conn, patient, limit=offset + count + 1)
+    rows = [{"patient_id": r.patient_id, **(r.resource or {})} for r in found]
+    page = rows[offset : offset + count]
+    audit(request, who, "search", "QuestionnaireResponse", (r["patient_id"] for r in page))
+    return offset_answer(
+        request,
+        "QuestionnaireResponse",
+        used,
+        rows,
+        offset,
+        count,
+        lambda r: {k: v for k, v in r.items() if k != "patient_id"},
     )

@@ -5,9 +5,13 @@ Every request must carry Twilio's ``X-Twilio-Signature`` for the URL Twilio call
 ``RPM_PUBLIC_BASE_URL`` + path (a proxy in front changes what this server sees); 403 otherwise.
 
 Inbound: STOP and its synonyms opt the sender out, START opts back in, HELP explains; each
-gets a TwiML reply. Any other text is stored, attached to the sender's most recent unresolved
-alert, audited on it (``patient_reply``) and announced on ``rpm_alerts``. Unknown numbers get
-a generic reply and their message is stored without a patient.
+gets a TwiML reply. A reply to an open check-in question is parsed and stored as its answer,
+or handed to the nurse's inbox when it cannot be read (rpm/api/checkin_replies.py); an opt-in
+word that answers an open check-in of a subscribed patient (Twilio's YES) is that answer.
+Any other text is stored, attached to the sender's most recent unresolved alert, audited on
+it (``patient_reply``), announced on ``rpm_alerts`` and put in the nurse's inbox. Every
+message from a patient is a ``reply`` in the interaction ledger, once per MessageSid.
+Unknown numbers get a generic reply and their message is stored without a patient.
 
 Status callbacks move ``sms_messages`` forward by MessageSid (idempotent, never backwards);
 error 21610 marks the patient opted out.
@@ -16,6 +20,7 @@ error 21610 marks the patient opted out.
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
@@ -32,10 +37,12 @@ from alerts.sms import (
 from alerts.sms_policy import Keyword, keyword_of
 from rpm.settings import Settings
 from rpm.storage import alerts as alert_store
+from rpm.storage import checkins as checkin_store
 from rpm.storage import sms as sms_store
 from rpm.storage.pool import Conn
 
-from .deps import PoolDep, SettingsDep
+from . import checkin_replies
+from .deps import ClockDep, PoolDep, SettingsDep
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +83,16 @@ SignedForm = Annotated[dict[str, str], Depends(signed_form)]
 
 
 @router.post("/sms")
-async def inbound(form: SignedForm, pool: PoolDep, settings: SettingsDep) -> Response:
-    """An SMS to our number: a keyword, or a reply for the care team."""
+async def inbound(
+    form: SignedForm, pool: PoolDep, settings: SettingsDep, clock: ClockDep
+) -> Response:
+    """An SMS to our number: a keyword, a check-in answer, or a reply for the care team."""
     sid = form.get("MessageSid") or form.get("SmsSid") or None
     sender = form.get("From", "")
     body = form.get("Body", "")
     keyword = keyword_of(body, form.get("OptOutType"))
     async with pool.acquire() as conn, conn.transaction():
-        reply = await _handle_inbound(conn, sid, sender, body, keyword, settings)
+        reply = await _handle_inbound(conn, sid, sender, body, keyword, settings, clock())
     return Response(twiml_message(reply), media_type=_TWIML)
 
 
@@ -114,15 +123,24 @@ async def _handle_inbound(
     body: str,
     keyword: Keyword | None,
     settings: Settings,
-) -> str:
-    """Apply an inbound SMS; return the reply text."""
+    now: datetime,
+) -> str | None:
+    """Apply an inbound SMS; return the reply text (None: reply with nothing)."""
     number = settings.sms.emergency_number
     patients = await sms_store.patients_by_phone(conn, sender) if sender else []
     ids = [p.patient_id for p in patients]
     language = patients[0].language if patients else templates.DEFAULT_LANGUAGE
     first = ids[0] if ids else None
+    if keyword is Keyword.OPT_IN and await checkin_replies.answers_keyword(
+        conn, patients, body, now
+    ):
+        keyword = None
     if keyword is not None:
-        await sms_store.record_inbound(conn, sid=sid, patient_id=first, alert_id=None, body=body)
+        sms_id = await sms_store.record_inbound(
+            conn, sid=sid, patient_id=first, alert_id=None, body=body
+        )
+        if first is not None:
+            await checkin_replies.touch(conn, first, sid, sms_id, now)
         log.info("sms %s: keyword %s from patients=%s", sid, keyword.value, ids or "unknown")
         if keyword is Keyword.OPT_OUT:
             await sms_store.opt_out(conn, ids)
@@ -137,12 +155,27 @@ async def _handle_inbound(
         await sms_store.record_inbound(conn, sid=sid, patient_id=None, alert_id=None, body=body)
         log.info("sms %s: reply from an unknown number", sid)
         return templates.unknown_sender_reply(emergency_number=number)
+    answered = await checkin_replies.handle(
+        conn, ids, sid=sid, body=body, at=now, emergency_number=number
+    )
+    if answered is not None:
+        return answered.text
     alert = await _latest_unresolved(conn, ids)
     patient_id = str(alert["patient_id"]) if alert else ids[0]
     alert_id = int(alert["id"]) if alert else None
     stored = await sms_store.record_inbound(
         conn, sid=sid, patient_id=patient_id, alert_id=alert_id, body=body
     )
+    if stored is not None:
+        await checkin_replies.touch(conn, patient_id, sid, stored, now)
+        await checkin_store.add_to_inbox(
+            conn,
+            patient_id=patient_id,
+            sms_id=stored,
+            prompt_id=None,
+            reason=checkin_replies.NO_CHECKIN,
+            at=now,
+        )
     if stored is not None and alert is not None:
         await alert_store.reply_event(
             conn,

@@ -12,7 +12,9 @@
     │   │   ├── SnoozeTooLong    a snooze past its severity's cap
     │   │   ├── StaffNotFound    (LookupError) the named staff member is not active
     │   │   ├── NotATeamMember   an on-call shift for someone outside the team
-    │   │   └── StoredProgramInvalid  an old program version today's rule kinds refuse
+    │   │   ├── StoredProgramInvalid  an old program version today's rule kinds refuse
+    │   │   ├── InvalidSegment   a segment definition that cannot be evaluated
+    │   │   └── InvalidCampaign  a campaign definition that cannot run
     │   ├── NotFoundError        (LookupError) no such thing, or not visible to the caller 404
     │   │   ├── AlertNotFound
     │   │   ├── DeviceNotFound
@@ -135,6 +137,14 @@ class NotATeamMember(InvalidRequestError):
 
 class StoredProgramInvalid(InvalidRequestError):
     """A stored program version that today's rule kinds refuse (the code changed under it)."""
+
+
+class InvalidSegment(InvalidRequestError):
+    """A segment definition that cannot be evaluated; the message says where."""
+
+
+class InvalidCampaign(InvalidRequestError):
+    """A campaign definition that cannot run; the message says where."""
 
 
 class AlertNotFound(NotFoundError):

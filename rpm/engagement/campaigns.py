@@ -25,6 +25,11 @@ Triggers (:data:`TRIGGERS`), each judged at a planner pass in the patient's own 
 Each trigger fires at most once per occurrence (a local day, a week, a gap, an episode) and,
 with ``cooldown_days``, at most once in that many days per patient. Messages are formatted
 with the patient's own figures (:data:`PLACEHOLDERS`), never their name.
+
+A check-in campaign names a questionnaire (``rpm.engagement.checkins``) instead of, or as
+well as, messages: ``"checkin": "hf_symptoms"``. Its SMS asks the first question (after the
+message, when there is one) and waits ``reply_window_hours`` (default 24) for the reply;
+docs/checkins.md.
 """
 
 from __future__ import annotations
@@ -38,8 +43,9 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from rpm.domain import METRICS
-from rpm.domain.errors import InvalidRequestError
-from rpm.engagement.segments import InvalidSegment, check_name
+from rpm.domain.errors import InvalidCampaign, InvalidSegment
+from rpm.engagement import checkins
+from rpm.engagement.segments import check_name
 
 TriggerKind = Literal[
     "no_reading_by",
@@ -74,10 +80,6 @@ PLACEHOLDERS: Mapping[str, str] = MappingProxyType(
 MAX_MESSAGE = 480  # three SMS segments of GSM-7
 DEFAULT_LANGUAGE = "en"
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
-
-
-class InvalidCampaign(InvalidRequestError):
-    """A campaign definition that cannot run; the message says where."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,29 +136,37 @@ class CampaignSpec:
     messages: Mapping[str, str]
     cooldown_days: int = 0
     placeholders: frozenset[str] = field(default_factory=frozenset)
+    checkin: str | None = None  # a questionnaire of rpm.engagement.checkins.QUESTIONNAIRES
+    reply_window_hours: int = checkins.DEFAULT_REPLY_WINDOW_HOURS
 
     def document(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "description": self.description,
             "segment": self.segment,
             "trigger": self.trigger.document(),
             "messages": dict(self.messages),
             "cooldown_days": self.cooldown_days,
         }
+        if self.checkin is not None:
+            out["checkin"] = self.checkin
+            out["reply_window_hours"] = self.reply_window_hours
+        return out
 
     def message_for(self, language: str) -> str:
-        """The message in ``language``, else its base language, else the default's."""
+        """The message in ``language``, else its base language, else the default's ('' for
+        a check-in without messages)."""
         return (
             self.messages.get(language)
             or self.messages.get(language.split("-")[0])
-            or self.messages[DEFAULT_LANGUAGE]
+            or self.messages.get(DEFAULT_LANGUAGE, "")
         )
 
 
 def parse(document: Mapping[str, Any]) -> CampaignSpec:
     if not isinstance(document, Mapping):
         raise InvalidCampaign("a campaign is an object with segment, trigger and messages")
-    unknown = set(document) - {"description", "segment", "trigger", "messages", "cooldown_days"}
+    keys = {"description", "segment", "trigger", "messages", "cooldown_days", "checkin"}
+    unknown = set(document) - keys - {"reply_window_hours"}
     if unknown:
         raise InvalidCampaign(f"unknown keys {sorted(unknown)}")
     description = document.get("description", "")
@@ -170,11 +180,32 @@ def parse(document: Mapping[str, Any]) -> CampaignSpec:
     except InvalidSegment as exc:
         raise InvalidCampaign(f"segment: {exc}") from None
     trigger = _trigger(document.get("trigger"))
-    messages, used = _messages(document.get("messages"))
+    checkin, window = _checkin(document)
+    if checkin is not None and not document.get("messages"):  # {} as document() writes it
+        messages: Mapping[str, str] = MappingProxyType({})
+        used: frozenset[str] = frozenset()
+    else:
+        messages, used = _messages(document.get("messages"))
     cooldown = document.get("cooldown_days", _default_cooldown(trigger))
     if isinstance(cooldown, bool) or not isinstance(cooldown, int) or not 0 <= cooldown <= 365:
         raise InvalidCampaign("cooldown_days is a whole number of days, 0 to 365")
-    return CampaignSpec(description, segment, trigger, messages, cooldown, used)
+    return CampaignSpec(description, segment, trigger, messages, cooldown, used, checkin, window)
+
+
+def _checkin(document: Mapping[str, Any]) -> tuple[str | None, int]:
+    """The questionnaire a check-in campaign asks, and how long its reply is waited for."""
+    name = document.get("checkin")
+    window = document.get("reply_window_hours", checkins.DEFAULT_REPLY_WINDOW_HOURS)
+    if name is None:
+        if "reply_window_hours" in document:
+            raise InvalidCampaign("reply_window_hours is for a check-in campaign (checkin)")
+        return None, window
+    if name not in checkins.QUESTIONNAIRES:
+        raise InvalidCampaign(f"checkin is one of {sorted(checkins.QUESTIONNAIRES)}")
+    top = checkins.MAX_REPLY_WINDOW_HOURS
+    if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= top:
+        raise InvalidCampaign(f"reply_window_hours is a whole number of hours, 1 to {top}")
+    return name, window
 
 
 def _default_cooldown(trigger: Trigger) -> int:

@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from rpm.domain import Severity
-from rpm.domain.errors import InvalidRequestError
+from rpm.domain.errors import InvalidSegment
 
 FactType = Literal["int", "text", "bool", "severity", "text[]"]
 
@@ -74,10 +74,6 @@ SEVERITY_NONE = "none"
 MAX_DEPTH = 6
 MAX_CONDITIONS = 50
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-
-
-class InvalidSegment(InvalidRequestError):
-    """A segment definition that cannot be evaluated; the message says where."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ class ResourceSupport:
 
     search: tuple[tuple[str, str, str], ...]  # (name, type, documentation)
     profiles: tuple[str, ...] = ()
+    searchable: bool = True  # False: read only
 
 
 _PATIENT_REF = "a Patient id, Patient/{id} or its absolute URL; comma for any of several"
@@ -56,6 +57,13 @@ SUPPORTED: Mapping[str, ResourceSupport] = MappingProxyType(
                 ("subject", "reference", _PATIENT_REF),
             )
         ),
+        "QuestionnaireResponse": ResourceSupport(
+            (
+                ("patient", "reference", "SMS check-in answers of the patient, newest first"),
+                ("subject", "reference", _PATIENT_REF),
+            )
+        ),
+        "Questionnaire": ResourceSupport((), searchable=False),
     }
 )
 
@@ -90,8 +98,11 @@ def _resource(kind: str, support: ResourceSupport) -> dict[str, Any]:
     out: dict[str, Any] = {"type": kind}
     if support.profiles:
         out["supportedProfile"] = list(support.profiles)
-    out["interaction"] = [{"code": "read"}, {"code": "search-type"}]
-    out["searchParam"] = [
-        {"name": name, "type": kind_, "documentation": doc} for name, kind_, doc in support.search
-    ]
+    out["interaction"] = [{"code": "read"}]
+    if support.searchable:
+        out["interaction"].append({"code": "search-type"})
+        out["searchParam"] = [
+            {"name": name, "type": kind_, "documentation": doc}
+            for name, kind_, doc in support.search
+        ]
     return out

@@ -5,7 +5,9 @@ let :func:`alerts.sms_policy.decide` say send now, defer (quiet hours) or drop (
 opt-out, daily cap, moot escalation), with the reason kept on the outbox row. A message that
 goes out is rendered in the recipient's language (``alerts.templates``), sent with a status
 callback and a validity period, and recorded in ``sms_messages`` together with the outbox
-row's delivery, in one transaction.
+row's delivery, in one transaction. A check-in campaign's SMS asks a question
+(``rpm.engagement.checkins``); its prompt, which the reply will answer, is recorded in that
+same transaction (``rpm.storage.checkins``).
 
 Retries: 429, 5xx and network errors retry with capped exponential backoff (rpm/backoff.py) up
 to ``max_attempts``, so a Twilio outage delays messages and loses none. Twilio's 21610
@@ -47,9 +49,11 @@ from rpm.domain.errors import (
     TransientDeliveryError,
 )
 from rpm.engagement import campaigns as campaign_spec
+from rpm.engagement import checkins
 from rpm.engagement.campaigns import CampaignSpec
 from rpm.settings import ApiSettings, SmsSettings
 from rpm.storage import alerts as alert_store
+from rpm.storage import checkins as checkin_store
 from rpm.storage import engagement as engagement_store
 from rpm.storage import outbox as outbox_store
 from rpm.storage import sms as sms_store
@@ -150,7 +154,35 @@ def _render_legacy(work: SmsWork, c: _Context) -> str:
 
 def _render_campaign(work: SmsWork, c: _Context) -> str:
     assert c.campaign is not None
-    return campaign_spec.render(c.campaign.message_for(c.recipient.language), work.context)
+    message = campaign_spec.render(c.campaign.message_for(c.recipient.language), work.context)
+    asked = _asked(work, c.campaign, c.recipient.language)
+    if asked is None:
+        return message
+    # The campaign's message introduces the first question only.
+    intro = message if c.campaign.messages and work.question is None else None
+    return checkins.prompt_text(asked.question, c.recipient.language, intro)[1]
+
+
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    """The question a check-in SMS asks, in which language, and how long it waits."""
+
+    questionnaire: checkins.Questionnaire
+    question: checkins.Question
+    language: str
+    window: timedelta
+
+
+def _asked(work: SmsWork, campaign: CampaignSpec, language: str) -> _Asked | None:
+    if campaign.checkin is None:
+        return None
+    questionnaire = checkins.QUESTIONNAIRES[campaign.checkin]
+    try:
+        question = questionnaire.question(work.question or questionnaire.questions[0].link_id)
+    except KeyError:
+        raise BadWork(f"no question {work.question!r} in {questionnaire.id}") from None
+    used, _ = question.text_for(language)
+    return _Asked(questionnaire, question, used, timedelta(hours=campaign.reply_window_hours))
 
 
 _RENDERERS: Mapping[str, Callable[[SmsWork, _Context], str]] = {
@@ -242,10 +274,15 @@ class SmsOutboxWorker:
                 )
                 return
         context = _Context(recipient, item.created_at or now, now, alert, self._config, campaign)
-        body = _RENDERERS[work.template](work, context)
+        try:
+            body = _RENDERERS[work.template](work, context)
+        except BadWork as exc:
+            await self._fail(item, str(exc), _who(work))
+            return
+        asked = _asked(work, campaign, recipient.language) if campaign is not None else None
         # An alert deleted since (or never stored) is not referenced from the SMS log.
         alert_id = work.alert_id if alert is not None else None
-        await self._send(item, work, alert_id, recipient.phone, body, now)
+        await self._send(item, work, alert_id, recipient.phone, body, now, asked)
 
     async def _campaign(self, work: SmsWork) -> CampaignSpec | None:
         assert work.campaign is not None
@@ -301,6 +338,7 @@ class SmsOutboxWorker:
         phone: str,
         body: str,
         now: datetime,
+        asked: _Asked | None = None,
     ) -> None:
         who = _who(work)
         try:
@@ -339,15 +377,20 @@ class SmsOutboxWorker:
                 assert work.patient_id is not None  # a 21610 callback came before this record
                 await sms_store.opt_out(conn, [work.patient_id], now)
             await outbox_store.delivered(conn, item.id, {"sid": sent.sid, "status": sent.status})
+            if asked is not None:
+                await self._prompt(conn, item, work, asked, recorded.id, now)
             if work.audience == "patient":
                 assert work.patient_id is not None
+                kind = "alert"
+                if work.is_campaign:
+                    kind = "checkin" if asked is not None else "campaign"
                 await engagement_store.record(
                     conn,
                     [
                         engagement_store.Interaction(
                             work.patient_id,
                             now,
-                            "campaign" if work.is_campaign else "alert",
+                            kind,
                             CHANNEL,
                             "outbound",
                             f"sms:{sent.sid}",
@@ -369,6 +412,41 @@ class SmsOutboxWorker:
                 "patient_id": work.patient_id,
                 "staff_id": work.staff_id,
             },
+        )
+
+    async def _prompt(
+        self,
+        conn: Conn,
+        item: outbox_store.OutboxItem,
+        work: SmsWork,
+        asked: _Asked,
+        sms_id: int,
+        now: datetime,
+    ) -> None:
+        """Record the question sent as the patient's open prompt (its response started with
+        the first question)."""
+        assert work.patient_id is not None
+        response_id = work.response_id
+        if response_id is None:
+            response_id = await checkin_store.start_response(
+                conn,
+                patient_id=work.patient_id,
+                questionnaire=asked.questionnaire.id,
+                version=asked.questionnaire.version,
+                campaign=work.campaign,
+                campaign_version=work.campaign_version,
+                language=asked.language,
+                at=now,
+            )
+        await checkin_store.open_prompt(
+            conn,
+            response_id=response_id,
+            patient_id=work.patient_id,
+            link_id=asked.question.link_id,
+            sms_id=sms_id,
+            outbox_id=item.id,
+            at=now,
+            expires_at=now + asked.window,
         )
 
     async def _record(
