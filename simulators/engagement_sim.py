@@ -384,11 +384,15 @@ async def run_engagement(
     start: datetime,
     days: float,
     seed: int,
+    app: Any = None,
 ) -> EngagementReport:
     """Enrol the patients, publish the example segments and campaigns (all live), and step
-    ``days`` of simulated hours from ``start``."""
+    ``days`` of simulated hours from ``start``. ``app``: the API serving ``inbound_url``,
+    whose clock is pinned to the simulated one (replies are recorded at simulated times)."""
     start = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     run = EngagementRun(pool, settings, channel, sink, inbound_url, patients, seed)
+    if app is not None:
+        app.state.clock = lambda: run.now
     async with pool.acquire() as conn:
         await enrol(conn, patients, run.behaviours, start - timedelta(days=1))
         await publish_examples(conn)
@@ -464,6 +468,7 @@ async def run_with_server(
             start=start,
             days=days,
             seed=seed,
+            app=server.app,
         )
     finally:
         await channel.close()

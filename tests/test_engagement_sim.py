@@ -37,6 +37,8 @@ async def test_a_simulated_week_of_campaigns_keeps_every_promise(
     assert everyone["segment"] == "*"
     assert everyone["patients"] == 40
     assert everyone["messages_out"] == report.messages_sent
+    assert everyone["replies"] == report.replies_sent  # each reply a touch, at its time
+    assert 0.05 < everyone["reply_rate"] < 0.5
     # Days with readings alone put a patient measuring on ~70% of days near 250 a year.
     assert 100 < everyone["interactions_per_patient_year"] < 600
     by_reason = report.outcomes
