@@ -479,6 +479,12 @@ async def get(conn: Conn, alert_id: int) -> dict[str, Any] | None:
     return _alert(row) if row else None
 
 
+async def escalation_round(conn: Conn, alert_id: int) -> int | None:
+    """The alert's escalation round (a re-opened episode starts a new one); None if gone."""
+    value = await conn.fetchval("SELECT escalation_round FROM alerts WHERE id = $1", alert_id)
+    return int(value) if value is not None else None
+
+
 async def listing(
     conn: Conn,
     *,

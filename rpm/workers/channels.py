@@ -162,16 +162,16 @@ async def _language(conn: Conn, patient_id: str) -> str | None:
 async def _voice_work(conn: Conn, work: SmsWork, reason: str) -> VoiceWork | None:
     if work.alert_id is None or work.patient_id is None:
         return None
-    alert = await alert_store.get(conn, work.alert_id)
-    if alert is None:
+    round_ = await alert_store.escalation_round(conn, work.alert_id)
+    if round_ is None:
         return None
     return VoiceWork.from_payload(
         {
             "patient_id": work.patient_id,
             "alert_id": work.alert_id,
-            "round": int(alert["escalation_round"]),
+            "round": round_,
             "reason": reason,
-            "title": work.title or str(alert["title"]),
+            "title": work.title,
             "advice": dict(work.advice),
         }
     )
