@@ -236,4 +236,3 @@ def test_call_twiml_gathers_one_digit_twice_then_hangs_up() -> None:
     assert [s.get("language") for s in gathers[0].iter("Say")] == ["en-US", "en-US"]
     assert [child.tag for child in root] == ["Gather", "Gather", "Say", "Hangup"]
     assert len(twiml) < MAX_TWIML_CHARS
-

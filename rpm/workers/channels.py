@@ -68,6 +68,15 @@ class Send:
     content_sid: str | None = None
     content_variables: str | None = None
 
+    def options(self) -> dict[str, str]:
+        """The channel's ``send`` keywords beyond an SMS's (none for an SMS)."""
+        given = {
+            "from_": self.from_,
+            "content_sid": self.content_sid,
+            "content_variables": self.content_variables,
+        }
+        return {k: v for k, v in given.items() if v is not None}
+
 
 @dataclass(frozen=True, slots=True)
 class HandOver:

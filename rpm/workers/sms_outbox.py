@@ -329,9 +329,7 @@ class SmsOutboxWorker:
                 plan.to,
                 body,
                 status_callback=self._config.status_callback_url,
-                from_=plan.from_,
-                content_sid=plan.content_sid,
-                content_variables=plan.content_variables,
+                **plan.options(),
             )
         except TransientDeliveryError as exc:
             self.router.count(plan.channel, "retry")
