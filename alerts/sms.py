@@ -1,4 +1,5 @@
-"""The SMS channel: the only module that imports twilio.
+"""The SMS and WhatsApp channel: with its sibling ``alerts/voice.py``, the only modules that
+import twilio.
 
 The official client makes every call. ``base_url`` replaces Twilio's host so that
 tests and the demo can point the real client at a local server speaking Twilio's
@@ -56,7 +57,7 @@ class SentSms:
 
 
 class TwilioSms:
-    """Sends SMS through Twilio's Messages resource."""
+    """Sends SMS, and WhatsApp messages, through Twilio's Messages resource."""
 
     def __init__(
         self,
@@ -68,22 +69,37 @@ class TwilioSms:
         validity_period_s: int | None = None,
         timeout_s: float = 10.0,
     ) -> None:
-        http = (
-            _RedirectingHttpClient(base_url, timeout_s)
-            if base_url
-            else AsyncTwilioHttpClient(timeout=timeout_s)
-        )
-        self._http = http
-        self._client = Client(account_sid, auth_token, http_client=http, environment={})
+        self._client, self._http = twilio_client(account_sid, auth_token, base_url, timeout_s)
         # The client imports its REST modules on first use (about half a second of CPU):
         # do it now, at start-up, not on the event loop in the middle of ingest.
         self._messages = self._client.messages
         self._from = from_number
         self._validity = validity_period_s
 
-    async def send(self, to: str, body: str, *, status_callback: str | None = None) -> SentSms:
-        """Send one message; raise Transient/PermanentDeliveryError when Twilio refuses."""
-        kwargs: dict[str, Any] = {"to": to, "from_": self._from, "body": body}
+    async def send(
+        self,
+        to: str,
+        body: str,
+        *,
+        status_callback: str | None = None,
+        from_: str | None = None,
+        content_sid: str | None = None,
+        content_variables: str | None = None,
+    ) -> SentSms:
+        """Send one message; raise Transient/PermanentDeliveryError when Twilio refuses.
+
+        ``from_`` replaces the SMS sender (a ``whatsapp:`` address for WhatsApp). With
+        ``content_sid`` the message is that approved template, filled with
+        ``content_variables`` (a JSON object), and carries no ``Body``: Twilio refuses a
+        WhatsApp template sent as ``Body`` outside the 24-hour window (error 63016).
+        """
+        kwargs: dict[str, Any] = {"to": to, "from_": from_ or self._from}
+        if content_sid:
+            kwargs["content_sid"] = content_sid
+            if content_variables is not None:
+                kwargs["content_variables"] = content_variables
+        else:
+            kwargs["body"] = body
         if self._validity:
             kwargs["validity_period"] = self._validity
         if status_callback:
@@ -91,20 +107,37 @@ class TwilioSms:
         try:
             message = await self._messages.create_async(**kwargs)
         except TwilioRestException as exc:
-            status = int(exc.status or 0)
-            code = int(exc.code) if isinstance(exc.code, int) else None
-            detail = f"twilio {status} code={exc.code}"
-            if status == 429 or status >= 500:
-                raise TransientDeliveryError(detail) from None
-            if code == UNSUBSCRIBED:
-                raise RecipientOptedOut(detail, code=code) from None
-            raise PermanentDeliveryError(detail, code=code) from None
+            raise delivery_error(exc) from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise TransientDeliveryError(f"network: {exc.__class__.__name__}") from None
         return SentSms(str(message.sid), str(message.status))
 
     async def close(self) -> None:
         await self._http.close()
+
+
+def delivery_error(exc: TwilioRestException) -> TransientDeliveryError | PermanentDeliveryError:
+    """Twilio's refusal as our error: 429 and 5xx may be retried, the rest may not."""
+    status = int(exc.status or 0)
+    code = int(exc.code) if isinstance(exc.code, int) else None
+    detail = f"twilio {status} code={exc.code}"
+    if status == 429 or status >= 500:
+        return TransientDeliveryError(detail)
+    if code == UNSUBSCRIBED:
+        return RecipientOptedOut(detail, code=code)
+    return PermanentDeliveryError(detail, code=code)
+
+
+def twilio_client(
+    account_sid: str, auth_token: str, base_url: str | None, timeout_s: float
+) -> tuple[Client, AsyncTwilioHttpClient]:
+    """The official client (and its HTTP client, to close), sent to ``base_url`` if given."""
+    http = (
+        _RedirectingHttpClient(base_url, timeout_s)
+        if base_url
+        else AsyncTwilioHttpClient(timeout=timeout_s)
+    )
+    return Client(account_sid, auth_token, http_client=http, environment={}), http
 
 
 def signature_valid(

@@ -48,7 +48,7 @@ BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000)
 # Seconds: a batch commits in a few milliseconds to a few hundred under load.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 TRANSPORTS = ("mqtt", "http")
-CHANNELS = ("sms", "fhir")
+CHANNELS = ("sms", "voice", "fhir")
 OPEN_STATES = ("open", "acknowledged")  # resolved episodes only grow: see rpm_alerts_opened_total
 
 
@@ -235,6 +235,24 @@ def delivery_families(
 
     def collect() -> Iterable[Metric]:
         yield _counter(name, documentation, outcomes(), "outcome")
+
+    return collect
+
+
+def channel_families(
+    outcomes: Callable[[], Mapping[tuple[str, str], int]],
+) -> Callable[[], Iterable[Metric]]:
+    """Patient and staff messages and calls since start, by channel and outcome."""
+
+    def collect() -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "rpm_channel_deliveries",
+            "Messages and calls handled, by channel (sms, whatsapp, voice) and outcome.",
+            labels=["channel", "outcome"],
+        )
+        for (channel, outcome), n in sorted(outcomes().items()):
+            family.add_metric([channel, outcome], n)
+        yield family
 
     return collect
 

@@ -20,6 +20,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from alerts.sms import TwilioSms
+from alerts.voice import TwilioVoice
 from device_gateways.broker_admin import BrokerAdmin
 from device_gateways.mqtt import MqttGateway
 from rpm.api.app import create_app
@@ -32,6 +33,7 @@ from rpm.metrics import (
     DatabaseGauges,
     Metrics,
     broker_families,
+    channel_families,
     delivery_families,
     pool_families,
 )
@@ -43,7 +45,9 @@ from rpm.storage.migrate import migrate
 from rpm.storage.pool import connect, create_pool
 from rpm.workers.alert_timers import AlertTimers
 from rpm.workers.campaigns import CampaignPlanner
+from rpm.workers.channels import ChannelRouter
 from rpm.workers.sms_outbox import DeliveryConfig, SmsOutboxWorker
+from rpm.workers.voice_calls import VoiceCallWorker, VoiceConfig
 from rules.engine import Engine
 from rules.programs import RuleBook
 
@@ -65,7 +69,7 @@ def parse_roles(text: str) -> frozenset[str]:
 
 
 # Tasks that stop by themselves when asked, finishing what they hold; the rest are cancelled.
-_GRACEFUL = frozenset({"api", "gateway", "sms-worker", "fhir-push"})
+_GRACEFUL = frozenset({"api", "gateway", "sms-worker", "voice-worker", "fhir-push"})
 
 
 class _Uvicorn(uvicorn.Server):
@@ -119,6 +123,8 @@ class Server:
         self.campaign_planner: CampaignPlanner | None = None
         self.app: FastAPI | None = None  # the API's app, when this process serves it
         self._sms: TwilioSms | None = None
+        self.voice_worker: VoiceCallWorker | None = None
+        self._voice: TwilioVoice | None = None
         self._broadcaster: Broadcaster | None = None
         self._uvicorn: uvicorn.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -182,7 +188,20 @@ class Server:
             validity_period_s=s.sms.validity_period_s,
         )
         self.sms_worker = SmsOutboxWorker(
-            self.pool, self._sms, DeliveryConfig.from_settings(s.sms, s.api)
+            self.pool,
+            self._sms,
+            DeliveryConfig.from_settings(s.sms, s.api),
+            router=ChannelRouter(s.channels),
+        )
+        self._voice = TwilioVoice(
+            account_sid=s.sms.account_sid,
+            auth_token=s.sms.auth_token.get_secret_value(),
+            from_number=s.channels.voice_from or s.sms.from_number,
+            base_url=s.sms.base_url,
+            ring_timeout_s=s.channels.voice_ring_timeout_s,
+        )
+        self.voice_worker = VoiceCallWorker(
+            self.pool, self._voice, VoiceConfig.from_settings(s.channels, s.sms, s.api)
         )
         timers = AlertTimers(self.pool, s.alerts.escalation())
         self.campaign_planner = CampaignPlanner(self.pool, s.sms.daily_cap)
@@ -191,6 +210,7 @@ class Server:
                 self.campaign_planner.run(s.engagement.planner_interval_s), name="campaigns"
             ),
             asyncio.create_task(self.sms_worker.run(), name="sms-worker"),
+            asyncio.create_task(self.voice_worker.run(), name="voice-worker"),
             asyncio.create_task(self._missing_data_timer(), name="missing-data"),
             asyncio.create_task(timers.run(s.alerts.timer_interval_s), name="alert-timers"),
         ]
@@ -275,6 +295,14 @@ class Server:
                     lambda: {"planned": planner.planned},
                 )
             )
+        if sms is not None and (voice := self.voice_worker) is not None:
+            router = sms.router
+
+            def channel_outcomes() -> dict[tuple[str, str], int]:
+                calls = {("voice", k): n for k, n in voice.outcomes.items()}
+                return {**router.outcomes, **calls}
+
+            m.watch(channel_families(channel_outcomes))
         if (push := self.fhir_push) is not None:
             c = push.counters
             m.watch(
@@ -310,6 +338,8 @@ class Server:
             self.gateway.stop_intake()
         if self.sms_worker is not None:
             self.sms_worker.request_stop()
+        if self.voice_worker is not None:
+            self.voice_worker.request_stop()
         if self.fhir_push is not None:
             self.fhir_push.request_stop()
         for t in self._tasks:
@@ -328,6 +358,8 @@ class Server:
             await self._broadcaster.stop()
         if self._sms:
             await self._sms.close()
+        if self._voice:
+            await self._voice.close()
         if self.fhir_push:
             await self.fhir_push.close()
         if self.pool:

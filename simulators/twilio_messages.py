@@ -49,6 +49,7 @@ class RecordedMessage:
     body: str | None
     validity_period: int | None
     status_callback: str | None
+    content_sid: str | None
     form: Mapping[str, str] = field(hash=False)  # all form fields as received (a MultiDictProxy)
     sid: str
     received_at: datetime
@@ -106,6 +107,28 @@ def load_contract(path: Path) -> Contract:
     )
 
 
+_CONTENT_SID = re.compile(r"HX[0-9a-fA-F]{32}")
+_WHATSAPP = "whatsapp:"
+
+
+def _valid_content_variables(value: str | None) -> bool:
+    if value is None:
+        return True
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return False
+    return isinstance(parsed, dict) and all(v not in (None, "") for v in parsed.values())
+
+
+def _same_channel(f: MultiMapping[str]) -> bool:
+    """A WhatsApp recipient needs a WhatsApp sender (or a Messaging Service to pick one)."""
+    to_whatsapp = f.get("To", "").startswith(_WHATSAPP)
+    if f.get("MessagingServiceSid") and not f.get("From"):
+        return True
+    return to_whatsapp == f.get("From", "").startswith(_WHATSAPP)
+
+
 def _valid_validity_period(value: str) -> bool:
     return _DIGITS.fullmatch(value) is not None and int(value) in _VALIDITY_RANGE
 
@@ -129,7 +152,27 @@ _RULES: tuple[tuple[Callable[[MultiMapping[str]], bool], ApiError], ...] = (
         lambda f: _valid_validity_period(f.get("ValidityPeriod", "1")),
         ApiError(400, 21624, "Invalid validity period value"),
     ),
+    # https://www.twilio.com/docs/api/errors/21654, 21655, 21656: Content Templates.
+    (
+        lambda f: "ContentVariables" not in f or "ContentSid" in f,
+        ApiError(400, 21654, "ContentSid Required"),
+    ),
+    (
+        lambda f: "ContentSid" not in f or _CONTENT_SID.fullmatch(f["ContentSid"]) is not None,
+        ApiError(400, 21655, "The ContentSid is Invalid"),
+    ),
+    (
+        lambda f: _valid_content_variables(f.get("ContentVariables")),
+        ApiError(400, 21656, "The ContentVariables Parameter is invalid"),
+    ),
+    # https://www.twilio.com/docs/api/errors/63007: no Channel with the specified From address.
+    (
+        _same_channel,
+        ApiError(400, 63007, "Twilio could not find a Channel with the specified From address"),
+    ),
 )
+# https://www.twilio.com/docs/api/errors/63003: the To address is not on the channel.
+NOT_ON_CHANNEL = ApiError(400, 63003, "Channel could not find To address")
 
 
 def validate_create(form: MultiMapping[str], contract: Contract | None) -> ApiError | None:
@@ -218,6 +261,7 @@ def record(account_sid: str, form: MultiDictProxy[str]) -> RecordedMessage:
         body=form.get("Body"),
         validity_period=int(validity) if validity is not None else None,
         status_callback=form.get("StatusCallback"),
+        content_sid=form.get("ContentSid"),
         form=form,
         sid="SM" + uuid.uuid4().hex,
         received_at=datetime.now(UTC).replace(microsecond=0),

@@ -1,4 +1,4 @@
-"""A local stand-in for Twilio's Messages REST API (2010-04-01), for tests and the demo.
+"""A local stand-in for Twilio's Messages and Calls REST API (2010-04-01), for tests and the demo.
 
 The official ``twilio`` client is pointed at this server and talks to it exactly as it would
 to api.twilio.com: HTTP Basic auth, form-encoded creates, Twilio's JSON error shape. Requests
@@ -7,6 +7,14 @@ request the real API would not understand fails here too.
 
 The sink is deliberately stricter than Twilio in one place: real Twilio ignores unknown
 parameters with warning 20001; with a contract given, the sink refuses them with that code.
+
+WhatsApp messages are Messages with ``whatsapp:`` addresses, checked by the same rules plus
+Twilio's for channels and Content Templates (``ContentSid``/``ContentVariables``);
+``not_on_whatsapp`` makes a number refuse them with 63003. Calls (``POST .../Calls.json``) are
+checked against the contract's Call create and Twilio's rules (instructions by ``Url``,
+``Twiml`` or ``ApplicationSid``; TwiML that parses, at most 4,000 characters), recorded with
+what their TwiML says, and answered on demand: ``answer`` posts the keys pressed to the call's
+``<Gather action>``, ``send_call_status`` its progress to its ``StatusCallback``, both signed.
 
 It also plays Twilio's side of the webhooks: it can post delivery status callbacks to the
 ``StatusCallback`` a message was created with, and inbound SMS to a webhook URL, each signed
@@ -33,10 +41,19 @@ from multidict import MultiDictProxy
 from twilio.request_validator import RequestValidator
 
 from simulators.local_http import listen
+from simulators.twilio_calls import (
+    CALLS_PATH,
+    RecordedCall,
+    call_resource,
+    load_call_contract,
+    record_call,
+    validate_call,
+)
 from simulators.twilio_messages import (
     API_VERSION,
     CREATE_PATH,
     NOT_FOUND,
+    NOT_ON_CHANNEL,
     UNAUTHORIZED,
     UNSUBSCRIBED,
     ApiError,
@@ -53,7 +70,7 @@ from simulators.twilio_messages import (
     validate_create,
 )
 
-__all__ = ["RecordedMessage", "SentWebhook", "TwilioSink", "main", "run_forever"]
+__all__ = ["RecordedCall", "RecordedMessage", "SentWebhook", "TwilioSink", "main", "run_forever"]
 
 _log = logging.getLogger(__name__)
 
@@ -75,6 +92,11 @@ class TwilioSink:
         self._host = host
         self._port = port
         self._contract = load_contract(contract_path) if contract_path is not None else None
+        self._call_contract = (
+            load_call_contract(contract_path) if contract_path is not None else None
+        )
+        self._calls: list[RecordedCall] = []
+        self._off_whatsapp: set[str] = set()
         self._messages: list[RecordedMessage] = []
         self._resources: dict[str, dict[str, object]] = {}
         self._rejected: list[tuple[int, Mapping[str, str]]] = []
@@ -95,6 +117,7 @@ class TwilioSink:
         app = web.Application()
         app.router.add_post(CREATE_PATH.replace("AccountSid", "account_sid"), self._create)
         app.router.add_get("/2010-04-01/Accounts/{account_sid}/Messages/{sid}.json", self._fetch)
+        app.router.add_post(CALLS_PATH.replace("AccountSid", "account_sid"), self._create_call)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         self._runner, url = await listen(app, self._host, self._port)
         self.base_url = url
@@ -145,6 +168,75 @@ class TwilioSink:
 
     def resubscribe(self, number: str) -> None:
         self._unsubscribed.discard(number)
+
+    def not_on_whatsapp(self, number: str) -> None:
+        """``number`` has no WhatsApp: messages to ``whatsapp:number`` are refused (63003)."""
+        self._off_whatsapp.add(number)
+
+    @property
+    def calls(self) -> list[RecordedCall]:
+        """Accepted calls, oldest first (a copy)."""
+        return list(self._calls)
+
+    async def wait_for_calls(
+        self,
+        count: int,
+        timeout: float = 10.0,  # noqa: ASYNC109
+    ) -> list[RecordedCall]:
+        """Wait until at least ``count`` calls were accepted; return all accepted so far."""
+        try:
+            async with asyncio.timeout(timeout):
+                while len(self._calls) < count:
+                    self._arrived.clear()
+                    await self._arrived.wait()
+        except TimeoutError:
+            raise TimeoutError(
+                f"{len(self._calls)} of {count} calls arrived within {timeout}s"
+            ) from None
+        return list(self._calls)
+
+    def _call(self, sid: str) -> RecordedCall:
+        call = next((c for c in self._calls if c.sid == sid), None)
+        if call is None:
+            raise KeyError(f"no accepted call {sid}")
+        return call
+
+    def _call_fields(self, call: RecordedCall, status: str) -> dict[str, str]:
+        return {
+            "AccountSid": call.account_sid,
+            "ApiVersion": API_VERSION,
+            "CallSid": call.sid,
+            "CallStatus": status,
+            "Called": call.to,
+            "Caller": call.from_,
+            "Direction": "outbound-api",
+            "From": call.from_,
+            "To": call.to,
+        }
+
+    async def answer(
+        self, sid: str, digits: str, *, gather: int = 0, signed: bool = True
+    ) -> SentWebhook:
+        """The callee pressed ``digits`` at the call's ``gather``-th ``<Gather>``: post them
+        to its ``action``, signed, as Twilio does (the answer is the TwiML we got back)."""
+        call = self._call(sid)
+        action = call.gathers[gather].action
+        fields = {**self._call_fields(call, "in-progress"), "Digits": digits, "FinishedOnKey": ""}
+        return await self._post_webhook(action, fields, signed=signed)
+
+    async def send_call_status(
+        self, sid: str, status: str, *, duration_s: int | None = None, error_code: int | None = None
+    ) -> SentWebhook:
+        """Post a call progress callback (``CallStatus``) to the call's ``StatusCallback``."""
+        call = self._call(sid)
+        if not call.status_callback:
+            raise ValueError(f"call {sid} was created without a StatusCallback")
+        fields = {**self._call_fields(call, status), "CallbackSource": "call-progress-events"}
+        if duration_s is not None:
+            fields["CallDuration"] = str(duration_s)
+        if error_code is not None:
+            fields["ErrorCode"] = str(error_code)
+        return await self._post_webhook(call.status_callback, fields)
 
     @property
     def webhooks(self) -> list[SentWebhook]:
@@ -308,6 +400,19 @@ class TwilioSink:
         )
         return web.json_response(resource, status=201)
 
+    async def _create_call(self, request: web.Request) -> web.Response:
+        form = parse_form(request.content_type, await request.text())
+        error = self._fault(request) or validate_call(form, self._call_contract)
+        if error is not None:
+            self._rejected.append((error.status, form))
+            _log.info("refused call create: HTTP %d, code %d", error.status, error.code)
+            return web.json_response(error.as_json(), status=error.status)
+        call = record_call(self._account_sid, form)
+        self._calls.append(call)
+        self._arrived.set()
+        _log.info("accepted call %s (%d calls so far)", call.sid, len(self._calls))
+        return web.json_response(call_resource(call, self._call_contract), status=201)
+
     async def _fetch(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
             return web.json_response(UNAUTHORIZED.as_json(), status=401)
@@ -321,6 +426,19 @@ class TwilioSink:
 
     def _refusal(self, request: web.Request, form: MultiDictProxy[str]) -> ApiError | None:
         """Why this create is refused, or None. Auth first, then injected faults, then rules."""
+        fault = self._fault(request)
+        if fault is not None:
+            return fault
+        invalid = validate_create(form, self._contract)
+        to = form.get("To", "")
+        if invalid is None and to in self._unsubscribed:
+            return UNSUBSCRIBED
+        if invalid is None and to.startswith("whatsapp:") and to[9:] in self._off_whatsapp:
+            return NOT_ON_CHANNEL
+        return invalid
+
+    def _fault(self, request: web.Request) -> ApiError | None:
+        """Refused credentials, or a fault injected on every create (messages and calls)."""
         if not self._authorized(request):
             return UNAUTHORIZED
         if self._outage_until is not None and time.monotonic() >= self._outage_until:
@@ -330,10 +448,7 @@ class TwilioSink:
         if self._fail_count > 0:
             self._fail_count -= 1
             return injected_error(self._fail_status)
-        invalid = validate_create(form, self._contract)
-        if invalid is None and form.get("To") in self._unsubscribed:
-            return UNSUBSCRIBED
-        return invalid
+        return None
 
     def _authorized(self, request: web.Request) -> bool:
         credentials = basic_credentials(request.headers.get("Authorization", ""))

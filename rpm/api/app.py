@@ -35,6 +35,7 @@ from . import (
     registry,
     rules,
     twilio_hooks,
+    twilio_voice,
 )
 from .errors import FHIR_JSON
 from .guard import Guard
@@ -120,6 +121,7 @@ def create_app(
     app.include_router(dashboard_engagement.router)
     app.include_router(fhir.router, responses=_FHIR)
     app.include_router(twilio_hooks.router, responses=_TWILIO)
+    app.include_router(twilio_voice.router, responses=_TWILIO)
     app.include_router(health.router)
     app.include_router(readings.router)
     return app

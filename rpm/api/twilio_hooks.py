@@ -37,9 +37,11 @@ from alerts.sms import (
 from alerts.sms_policy import Keyword, keyword_of
 from rpm.settings import Settings
 from rpm.storage import alerts as alert_store
+from rpm.storage import channels as channel_store
 from rpm.storage import checkins as checkin_store
 from rpm.storage import sms as sms_store
 from rpm.storage.pool import Conn
+from rpm.workers.channels import after_message_status
 
 from . import checkin_replies
 from .deps import ClockDep, PoolDep, SettingsDep
@@ -92,6 +94,7 @@ async def inbound(
     body = form.get("Body", "")
     keyword = keyword_of(body, form.get("OptOutType"))
     async with pool.acquire() as conn, conn.transaction():
+        await channel_store.note_inbound(conn, sender)  # a WhatsApp message opens its window
         reply = await _handle_inbound(conn, sid, sender, body, keyword, settings, clock())
     return Response(twiml_message(reply), media_type=_TWIML)
 
@@ -109,6 +112,7 @@ async def status(form: SignedForm, pool: PoolDep) -> Response:
         recorded = await sms_store.apply_status(conn, sid, state, code)
         if recorded and recorded.error_code == UNSUBSCRIBED and recorded.patient_id:
             await sms_store.opt_out(conn, [recorded.patient_id])
+        await after_message_status(conn, recorded)  # failed: the next channel (channels.md)
     if recorded is None:
         log.debug("sms %s: status %s not newer, ignored", sid, state)
     else:

@@ -22,13 +22,21 @@ from collections.abc import Mapping
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._group import Group, env_name
-from .care import AlertSettings, EhrSettings, EngagementSettings, RuleSettings, SmsSettings
+from .care import (
+    AlertSettings,
+    ChannelSettings,
+    EhrSettings,
+    EngagementSettings,
+    RuleSettings,
+    SmsSettings,
+)
 from .intake import ApiSettings, DatabaseSettings, IngestSettings, MqttSettings
 from .operations import ExportSettings, OperationsSettings, SimulatorSettings
 
 __all__ = [
     "AlertSettings",
     "ApiSettings",
+    "ChannelSettings",
     "DatabaseSettings",
     "EhrSettings",
     "EngagementSettings",
@@ -57,6 +65,7 @@ class Settings(BaseModel):
     rules: RuleSettings = Field(default_factory=RuleSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     sms: SmsSettings = Field(default_factory=SmsSettings)
+    channels: ChannelSettings = Field(default_factory=ChannelSettings)
     engagement: EngagementSettings = Field(default_factory=EngagementSettings)
     ehr: EhrSettings = Field(default_factory=EhrSettings)
     operations: OperationsSettings = Field(default_factory=OperationsSettings)

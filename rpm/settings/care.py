@@ -6,6 +6,7 @@ A default is written once. Where a pure core's config holds it (``EscalationConf
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from types import MappingProxyType
 from typing import Annotated
@@ -196,6 +197,61 @@ class SmsSettings(Group):
     @property
     def backoff(self) -> Backoff:
         return Backoff(self.outbox_backoff_base_s, self.outbox_backoff_cap_s)
+
+
+_CONTENT_SID = re.compile(r"HX[0-9a-fA-F]{32}")
+
+
+class ChannelSettings(Group):
+    """Channels beyond SMS (docs/channels.md): WhatsApp through Twilio's Messages API (same
+    account as SMS) and voice calls for critical alerts through its Calls API. Without a
+    WhatsApp sender, patients who prefer WhatsApp get their next channel."""
+
+    whatsapp_from: str | None = Field(
+        None,
+        validation_alias="RPM_WHATSAPP_FROM",
+        description="WhatsApp sender number, E.164 (sent as `whatsapp:+...`)",
+        json_schema_extra={"default_note": "no WhatsApp"},
+    )
+    whatsapp_templates: dict[str, str] = Field(
+        default_factory=dict,
+        validation_alias="RPM_WHATSAPP_TEMPLATES",
+        description="approved WhatsApp templates (ContentSid) by kind of message, outside the "
+        '24-hour window: `{"alert": "HX...", "alert:es": "HX...", "campaign": "HX..."}`',
+    )
+    voice_from: str | None = Field(
+        None,
+        validation_alias="RPM_VOICE_FROM_NUMBER",
+        description="caller id of voice calls, a Twilio number",
+        json_schema_extra={"default_note": "`RPM_TWILIO_FROM_NUMBER`"},
+    )
+    voice_unacknowledged_min: float = Field(
+        15.0,
+        ge=0,
+        validation_alias="RPM_VOICE_UNACKNOWLEDGED_MIN",
+        description="call the patient about a critical alert still open (neither acknowledged "
+        "nor answered by the patient) this long after it was sent (0: never)",
+    )
+    voice_ring_timeout_s: int = Field(
+        30,
+        ge=5,
+        le=600,
+        validation_alias="RPM_VOICE_RING_TIMEOUT_S",
+        description="seconds a call rings before Twilio gives up (no-answer)",
+    )
+
+    @field_validator("whatsapp_from")
+    @classmethod
+    def _bare_number(cls, value: str | None) -> str | None:
+        return value.removeprefix("whatsapp:") if value else None
+
+    @field_validator("whatsapp_templates")
+    @classmethod
+    def _content_sids(cls, given: dict[str, str]) -> dict[str, str]:
+        bad = sorted(k for k, sid in given.items() if not _CONTENT_SID.fullmatch(sid))
+        if bad:
+            raise ValueError(f"not a ContentSid (HX + 32 hex digits) for {', '.join(bad)}")
+        return given
 
 
 class EngagementSettings(Group):

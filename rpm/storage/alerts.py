@@ -266,6 +266,33 @@ async def reply_event(
     )
 
 
+async def patient_confirmed_event(
+    conn: Conn, *, alert_id: int, patient_id: str, note: str, at: datetime | None = None
+) -> dict[str, Any] | None:
+    """Audit that the patient confirmed the alert (pressed 1 on a call); the state does not
+    change. Return the alert as the live stream announces it, None if it is gone."""
+    row = await conn.fetchrow(
+        """INSERT INTO alert_events (alert_id, actor, action, from_state, to_state, severity,
+                                     note, at)
+           SELECT id, $2, 'patient_confirmed', state, state, severity, $3, coalesce($4, now())
+             FROM alerts WHERE id = $1
+        RETURNING alert_id, to_state AS state, severity""",
+        alert_id,
+        f"patient:{patient_id}",
+        note,
+        at,
+    )
+    if row is None:
+        return None
+    return {
+        "alert_id": row["alert_id"],
+        "patient_id": patient_id,
+        "action": "patient_confirmed",
+        "state": row["state"],
+        "severity": row["severity"],
+    }
+
+
 async def notify(conn: Conn, payloads: Sequence[dict[str, Any]]) -> None:
     """Announce alert changes on the ``rpm_alerts`` channel; delivered at commit."""
     if payloads:
@@ -450,6 +477,12 @@ async def get(conn: Conn, alert_id: int) -> dict[str, Any] | None:
         alert_id,
     )
     return _alert(row) if row else None
+
+
+async def escalation_round(conn: Conn, alert_id: int) -> int | None:
+    """The alert's escalation round (a re-opened episode starts a new one); None if gone."""
+    value = await conn.fetchval("SELECT escalation_round FROM alerts WHERE id = $1", alert_id)
+    return int(value) if value is not None else None
 
 
 async def listing(

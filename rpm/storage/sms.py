@@ -21,6 +21,7 @@ from typing import Any
 
 import asyncpg
 
+from alerts.channels import split_address
 from rpm.storage.pool import Conn
 
 # Twilio's message statuses in the order they can happen. A status replaces another only if
@@ -94,10 +95,11 @@ async def patient(conn: Conn, patient_id: str) -> PatientSms | None:
 
 
 async def patients_by_phone(conn: Conn, phone: str) -> list[PatientSms]:
-    """Patients with this number (a family may share one), oldest enrolment first."""
+    """Patients with this number (a family may share one), oldest enrolment first. A channel
+    address (``whatsapp:+E164``, as Twilio posts WhatsApp messages) finds its number's."""
     rows = await conn.fetch(
         f"SELECT {_PATIENT_COLUMNS} FROM patients WHERE phone = $1 ORDER BY created_at, id",  # noqa: S608
-        phone,
+        split_address(phone)[1],
     )
     return [_patient(r) for r in rows]
 
@@ -174,16 +176,20 @@ async def record_outbound(
     error_code: int | None,
     body: str,
     at: datetime,
+    channel: str = "sms",
+    content_sid: str | None = None,
 ) -> Recorded:
-    """Record a message we sent (or Twilio refused); merges with callbacks that came first."""
+    """Record a message we sent (or Twilio refused) on ``channel`` (``sms``, ``whatsapp``);
+    merges with callbacks that came first."""
     newer = _rank_sql("excluded.status") + " > " + _rank_sql("m.status")
     row = await conn.fetchrow(
         f"""INSERT INTO sms_messages AS m (direction, outbox_id, patient_id, staff_id, alert_id,
                                           twilio_sid, status, error_code, body, created_at,
-                                          updated_at)
-            VALUES ('outbound', $1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
+                                          updated_at, channel, content_sid)
+            VALUES ('outbound', $1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11)
             ON CONFLICT (twilio_sid) DO UPDATE
                SET outbox_id = excluded.outbox_id, patient_id = excluded.patient_id,
+                   channel = excluded.channel, content_sid = excluded.content_sid,
                    staff_id = excluded.staff_id, alert_id = excluded.alert_id,
                    body = excluded.body, created_at = excluded.created_at,
                    updated_at = excluded.updated_at,
@@ -199,6 +205,8 @@ async def record_outbound(
         error_code,
         body,
         at,
+        channel,
+        content_sid,
     )
     assert row is not None
     return Recorded(row["id"], row["patient_id"], row["status"], row["error_code"])

@@ -59,6 +59,13 @@ from rpm.storage import outbox as outbox_store
 from rpm.storage import sms as sms_store
 from rpm.storage import staff as staff_store
 from rpm.storage.pool import Conn
+from rpm.workers.channels import (
+    ChannelRouter,
+    HandOver,
+    Send,
+    after_message_status,
+    follow_failure,
+)
 from rpm.workers.loop import drain_until_stopped
 
 log = logging.getLogger(__name__)
@@ -72,7 +79,16 @@ _LEASE = timedelta(minutes=2)
 
 
 class SmsChannel(Protocol):
-    async def send(self, to: str, body: str, *, status_callback: str | None = None) -> SentSms: ...
+    async def send(
+        self,
+        to: str,
+        body: str,
+        *,
+        status_callback: str | None = None,
+        from_: str | None = None,
+        content_sid: str | None = None,
+        content_variables: str | None = None,
+    ) -> SentSms: ...
 
 
 def _utcnow() -> datetime:
@@ -203,10 +219,12 @@ class SmsOutboxWorker:
         config: DeliveryConfig,
         *,
         clock: Callable[[], datetime] = _utcnow,
+        router: ChannelRouter | None = None,
     ) -> None:
         self._pool = pool
         self._channel = channel
         self._config = config
+        self.router = router or ChannelRouter()  # SMS, WhatsApp or a call (docs/channels.md)
         self._clock = clock
         self.sent = 0
         self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)  # since start, for metrics
@@ -341,11 +359,18 @@ class SmsOutboxWorker:
         asked: _Asked | None = None,
     ) -> None:
         who = _who(work)
+        plan = await self._plan(item, work, phone, body, now)
+        if plan is None:
+            return
         try:
             sent = await self._channel.send(
-                phone, body, status_callback=self._config.status_callback_url
+                plan.to,
+                body,
+                status_callback=self._config.status_callback_url,
+                **plan.options(),
             )
         except TransientDeliveryError as exc:
+            self.router.count(plan.channel, "retry")
             async with self._pool.acquire() as conn:
                 if item.attempts >= self._config.max_attempts:
                     await outbox_store.failed(
@@ -360,19 +385,30 @@ class SmsOutboxWorker:
             return
         except PermanentDeliveryError as exc:
             async with self._pool.acquire() as conn, conn.transaction():
-                await self._record(conn, item, work, alert_id, None, "failed", exc.code, body, now)
+                await self._record(
+                    conn, item, work, alert_id, None, "failed", exc.code, body, now, plan
+                )
+                await follow_failure(
+                    conn,
+                    outbox_id=item.id,
+                    payload=item.payload,
+                    channel=plan.channel,
+                    error_code=exc.code,
+                )
                 if isinstance(exc, RecipientOptedOut) and work.audience == "patient":
                     assert work.patient_id is not None
                     await sms_store.opt_out(conn, [work.patient_id], now)
                 reason = "recipient unsubscribed" if isinstance(exc, RecipientOptedOut) else ""
                 await outbox_store.failed(conn, item.id, f"{reason} {exc}".strip())
             self.outcomes["refused"] += 1
+            self.router.count(plan.channel, "refused")
             log.warning("outbox %s: refused for %s: %s", item.id, who, exc)
             return
         async with self._pool.acquire() as conn, conn.transaction():
             recorded = await self._record(
-                conn, item, work, alert_id, sent.sid, sent.status, None, body, now
+                conn, item, work, alert_id, sent.sid, sent.status, None, body, now, plan
             )
+            await after_message_status(conn, recorded)  # a failure reported before this record
             if recorded.error_code == UNSUBSCRIBED and work.audience == "patient":
                 assert work.patient_id is not None  # a 21610 callback came before this record
                 await sms_store.opt_out(conn, [work.patient_id], now)
@@ -391,7 +427,7 @@ class SmsOutboxWorker:
                             work.patient_id,
                             now,
                             kind,
-                            CHANNEL,
+                            plan.channel,
                             "outbound",
                             f"sms:{sent.sid}",
                             work.campaign,
@@ -400,9 +436,11 @@ class SmsOutboxWorker:
                 )
         self.sent += 1
         self.outcomes["sent"] += 1
+        self.router.count(plan.channel, "sent")
         log.info(
-            "outbox %s: sms %s sent to %s alert=%s",
+            "outbox %s: %s %s sent to %s alert=%s",
             item.id,
+            plan.channel,
             sent.sid,
             who,
             work.alert_id,
@@ -460,6 +498,7 @@ class SmsOutboxWorker:
         error_code: int | None,
         body: str,
         now: datetime,
+        plan: Send | None = None,
     ) -> sms_store.Recorded:
         return await sms_store.record_outbound(
             conn,
@@ -472,7 +511,29 @@ class SmsOutboxWorker:
             error_code=error_code,
             body=body,
             at=now,
+            channel=plan.channel if plan else CHANNEL,
+            content_sid=plan.content_sid if plan else None,
         )
+
+    async def _plan(
+        self, item: outbox_store.OutboxItem, work: SmsWork, phone: str, body: str, now: datetime
+    ) -> Send | None:
+        """The channel this message goes out on (rpm/workers/channels.py); None when it was
+        handed to a call or no channel can carry it (the item is then settled here)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            plan = await self.router.plan(conn, item.id, item.payload, work, phone, body, now)
+            if isinstance(plan, HandOver):
+                await outbox_store.delivered(
+                    conn, item.id, {"channel": "voice", "call": plan.voice_key}
+                )
+        if isinstance(plan, Send):
+            return plan
+        if isinstance(plan, HandOver):
+            self.router.count("voice", "handed_over")
+            log.info("outbox %s: handed to a call (%s)", item.id, plan.voice_key)
+            return None
+        await self._fail(item, plan.reason, _who(work))
+        return None
 
     async def _fail(self, item: outbox_store.OutboxItem, reason: str, who: str) -> None:
         async with self._pool.acquire() as conn:
