@@ -186,12 +186,11 @@ async def test_whatsapp_patient_inside_the_window_gets_a_free_form_whatsapp_mess
     assert sent.status_callback == f"{hooks}/twilio/status"
     [message] = await rows(pool, "SELECT * FROM sms_messages WHERE outbox_id = $1", item)
     assert (message["channel"], message["twilio_sid"]) == ("whatsapp", sent.sid)
-    [touch] = await rows(pool, "SELECT * FROM interactions WHERE patient_id = 'p1'")
-    assert (touch["channel"], touch["kind"], touch["ref"]) == (
-        "whatsapp",
-        "alert",
-        f"sms:{sent.sid}",
-    )
+    touches = await rows(pool, "SELECT * FROM interactions WHERE patient_id = 'p1' ORDER BY id")
+    assert [(t["channel"], t["kind"], t["direction"], t["ref"]) for t in touches] == [
+        ("whatsapp", "reply", "inbound", f"sms:{replied['twilio_sid']}"),
+        ("whatsapp", "alert", "outbound", f"sms:{sent.sid}"),
+    ]
 
 
 async def test_outside_the_window_whatsapp_sends_the_approved_template_in_the_patients_language(

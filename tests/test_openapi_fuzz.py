@@ -58,6 +58,8 @@ SCHEMA_CANNOT_SAY = {
     "POST /api/devices": "the integration named must exist; " + _NUL,
     "POST /api/integrations": "formats must be known decoder names (listed in the answer)",
     "PUT /api/rules/programs/{program}": "the document is checked by the rule compiler",
+    "PUT /api/segments/{name}": "the definition is checked by rpm.engagement.segments",
+    "PUT /api/campaigns/{name}": "the definition is checked by rpm.engagement.campaigns",
     "POST /api/rules/programs/{program}/activate": _NUL,
     "POST /api/keys": "a key with the ingest scope must name an existing integration",
     "GET /fhir/Observation": "a FHIR search needs patient or subject",

@@ -45,14 +45,21 @@ class Reply:
 
 
 async def touch(
-    conn: Conn, patient_id: str, sid: str | None, sms_id: int | None, at: datetime
+    conn: Conn,
+    patient_id: str,
+    sid: str | None,
+    sms_id: int | None,
+    at: datetime,
+    sender: str = "",
 ) -> None:
-    """The reply in the interaction ledger, once per message (a retried webhook adds none)."""
+    """The reply in the interaction ledger, once per message (a retried webhook adds none),
+    on the channel it came by (Twilio posts WhatsApp messages from ``whatsapp:`` addresses)."""
     ref = f"sms:{sid}" if sid else (f"sms-id:{sms_id}" if sms_id is not None else None)
     if ref is None:
         return
+    channel = "whatsapp" if sender.startswith("whatsapp:") else "sms"
     await engagement_store.record(
-        conn, [engagement_store.Interaction(patient_id, at, "reply", "sms", "inbound", ref)]
+        conn, [engagement_store.Interaction(patient_id, at, "reply", channel, "inbound", ref)]
     )
 
 
@@ -79,6 +86,7 @@ async def handle(
     body: str,
     at: datetime,
     emergency_number: str,
+    sender: str = "",
 ) -> Reply | None:
     """Apply a reply to the open check-in of one of ``patient_ids``; None when none waits."""
     prompt = await checkin_store.waiting_prompt(conn, patient_ids, at)
@@ -91,7 +99,7 @@ async def handle(
     )
     if sms_id is None:  # Twilio retried a webhook we answered: nothing more to do
         return Reply(None)
-    await touch(conn, prompt.patient_id, sid, sms_id, at)
+    await touch(conn, prompt.patient_id, sid, sms_id, at, sender)
     parsed = checkins.parse_reply(question, body)
     if not isinstance(parsed, Answer):
         await checkin_store.unreadable(conn, prompt.id)

@@ -144,7 +144,7 @@ async def _handle_inbound(
             conn, sid=sid, patient_id=first, alert_id=None, body=body
         )
         if first is not None:
-            await checkin_replies.touch(conn, first, sid, sms_id, now)
+            await checkin_replies.touch(conn, first, sid, sms_id, now, sender)
         log.info("sms %s: keyword %s from patients=%s", sid, keyword.value, ids or "unknown")
         if keyword is Keyword.OPT_OUT:
             await sms_store.opt_out(conn, ids)
@@ -160,7 +160,7 @@ async def _handle_inbound(
         log.info("sms %s: reply from an unknown number", sid)
         return templates.unknown_sender_reply(emergency_number=number)
     answered = await checkin_replies.handle(
-        conn, ids, sid=sid, body=body, at=now, emergency_number=number
+        conn, ids, sid=sid, body=body, at=now, emergency_number=number, sender=sender
     )
     if answered is not None:
         return answered.text
@@ -171,7 +171,7 @@ async def _handle_inbound(
         conn, sid=sid, patient_id=patient_id, alert_id=alert_id, body=body
     )
     if stored is not None:
-        await checkin_replies.touch(conn, patient_id, sid, stored, now)
+        await checkin_replies.touch(conn, patient_id, sid, stored, now, sender)
         await checkin_store.add_to_inbox(
             conn,
             patient_id=patient_id,
