@@ -195,6 +195,34 @@ async def test_enrollment_refuses_bad_ids_and_duplicates(api: httpx.AsyncClient)
         assert r.status_code == 422, bad
 
 
+async def test_a_patients_channels_are_set_at_enrolment_and_kept_when_not_named(
+    api: httpx.AsyncClient, server: Server
+) -> None:
+    assert server.pool is not None
+    body = {"id": "pat-w", "display_name": "Pat W", "phone": "+15550100008"}
+    r = await api.post(
+        "/api/patients",
+        json={**body, "preferred_channel": "whatsapp", "channel_fallback": ["sms"]},
+    )
+    assert r.status_code == 201
+    r = await api.post("/api/patients", json={**body, "language": "es"})  # channels unnamed
+    assert r.status_code == 201
+    async with server.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT preferred_channel, channel_fallback FROM patients WHERE id = 'pat-w'"
+        )
+        default = await conn.fetchrow(
+            "SELECT preferred_channel, channel_fallback FROM patients WHERE id = 'pat-b'"
+        )
+    assert row is not None
+    assert default is not None
+    assert (row["preferred_channel"], row["channel_fallback"]) == ("whatsapp", ["sms"])
+    assert (default["preferred_channel"], default["channel_fallback"]) == ("sms", ["sms", "voice"])
+    for bad in (["sms", "sms"], ["pager"], ["sms", "voice", "whatsapp", "sms"]):
+        r = await api.post("/api/patients", json={**body, "channel_fallback": bad})
+        assert r.status_code == 422, bad
+
+
 async def test_quarantined_readings_of_an_unknown_device_replay_after_enrollment(
     api: httpx.AsyncClient, services: ServiceEndpoints
 ) -> None:

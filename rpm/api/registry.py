@@ -21,6 +21,7 @@ from device_gateways import dynsec
 from device_gateways.decoders import DECODERS
 from device_gateways.mqtt import TOPIC_PREFIX
 from rpm.domain.errors import ConflictError, DeviceNotFound, InvalidRequestError, NotFoundError
+from rpm.storage import channels as channel_store
 from rpm.storage import registry
 from rpm.storage.pool import Conn
 
@@ -50,6 +51,19 @@ class PatientIn(BaseModel):
     language: Annotated[str, Field(pattern=r"^[a-z]{2}(-[A-Z]{2})?$")] = "en"
     # Exported only as an age band (rpm/export.py); PHI like the name.
     birth_date: PastDate | None = None
+    # The channel messages go by, and where to go when it fails (docs/channels.md). None:
+    # unchanged (a new patient: SMS, then SMS and a call for a critical alert).
+    preferred_channel: Literal["sms", "whatsapp", "voice"] | None = None
+    channel_fallback: Annotated[
+        list[Literal["sms", "whatsapp", "voice"]] | None, Field(max_length=3)
+    ] = None
+
+    @field_validator("channel_fallback")
+    @classmethod
+    def _each_once(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError("each channel at most once")
+        return v
 
     @field_validator("timezone")
     @classmethod
@@ -165,6 +179,10 @@ async def create_patient(
             language=body.language,
             birth_date=body.birth_date,
         )
+        if body.preferred_channel is not None or body.channel_fallback is not None:
+            await channel_store.set_channels(
+                conn, body.id, body.preferred_channel, body.channel_fallback
+            )
     return {"id": body.id}
 
 

@@ -6,6 +6,7 @@ Phone numbers are patient data: stored, never logged.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -34,16 +35,19 @@ async def patient_channels(conn: Conn, patient_id: str) -> PatientChannels | Non
 
 
 async def set_channels(
-    conn: Conn, patient_id: str, preferred: str, fallback: list[str] | None = None
+    conn: Conn,
+    patient_id: str,
+    preferred: str | None,
+    fallback: Sequence[str] | None = None,
 ) -> None:
-    """Set a patient's preferred channel and (when given) fallback order."""
+    """Set a patient's preferred channel and fallback order (each unchanged when None)."""
     await conn.execute(
-        """UPDATE patients SET preferred_channel = $2,
+        """UPDATE patients SET preferred_channel = coalesce($2, preferred_channel),
                                channel_fallback = coalesce($3::text[], channel_fallback)
             WHERE id = $1""",
         patient_id,
         preferred,
-        fallback,
+        None if fallback is None else list(fallback),
     )
 
 
