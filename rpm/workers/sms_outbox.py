@@ -29,7 +29,6 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from alerts import templates
 from alerts.sms import UNSUBSCRIBED, SentSms
 from alerts.sms_policy import (
     Defer,
@@ -48,8 +47,6 @@ from rpm.domain.errors import (
     RecipientOptedOut,
     TransientDeliveryError,
 )
-from rpm.engagement import campaigns as campaign_spec
-from rpm.engagement import checkins
 from rpm.engagement.campaigns import CampaignSpec
 from rpm.settings import ApiSettings, SmsSettings
 from rpm.storage import alerts as alert_store
@@ -67,6 +64,7 @@ from rpm.workers.channels import (
     follow_failure,
 )
 from rpm.workers.loop import drain_until_stopped
+from rpm.workers.sms_render import Asked, RenderContext, asked_in, render
 
 log = logging.getLogger(__name__)
 
@@ -120,93 +118,6 @@ class DeliveryConfig:
             dashboard_url=api.dashboard_link(),
             emergency_number=sms.emergency_number,
         )
-
-
-@dataclass(frozen=True, slots=True)
-class _Context:
-    """What rendering needs besides the payload."""
-
-    recipient: Recipient
-    at: datetime  # when the cause was committed
-    now: datetime
-    alert: Mapping[str, Any] | None
-    config: DeliveryConfig
-    campaign: CampaignSpec | None = None
-
-
-def _render_alert(work: SmsWork, c: _Context) -> str:
-    assert work.severity is not None
-    return templates.patient_alert(
-        severity=work.severity,
-        title=work.title,
-        advice=work.advice,
-        language=c.recipient.language,
-        at=c.at,
-        now=c.now,
-        zone=c.recipient.zone,
-        emergency_number=c.config.emergency_number,
-    )
-
-
-def _render_escalation(work: SmsWork, c: _Context) -> str:
-    assert work.severity is not None
-    assert work.alert_id is not None
-    opened: datetime = c.alert["opened_at"] if c.alert else c.at
-    title = work.title or (str(c.alert["title"]) if c.alert else "")
-    return templates.escalation(
-        alert_id=work.alert_id,
-        severity=work.severity,
-        title=title,
-        patient_id=work.patient_id or (str(c.alert["patient_id"]) if c.alert else "?"),
-        tier=work.tier or 1,
-        minutes_unacknowledged=max(0, int((c.now - opened).total_seconds() // 60)),
-        link=f"{c.config.dashboard_url.rstrip('/')}/?alert={work.alert_id}",
-    )
-
-
-def _render_legacy(work: SmsWork, c: _Context) -> str:
-    return work.body or ""
-
-
-def _render_campaign(work: SmsWork, c: _Context) -> str:
-    assert c.campaign is not None
-    message = campaign_spec.render(c.campaign.message_for(c.recipient.language), work.context)
-    asked = _asked(work, c.campaign, c.recipient.language)
-    if asked is None:
-        return message
-    # The campaign's message introduces the first question only.
-    intro = message if c.campaign.messages and work.question is None else None
-    return checkins.prompt_text(asked.question, c.recipient.language, intro)[1]
-
-
-@dataclass(frozen=True, slots=True)
-class _Asked:
-    """The question a check-in SMS asks, in which language, and how long it waits."""
-
-    questionnaire: checkins.Questionnaire
-    question: checkins.Question
-    language: str
-    window: timedelta
-
-
-def _asked(work: SmsWork, campaign: CampaignSpec, language: str) -> _Asked | None:
-    if campaign.checkin is None:
-        return None
-    questionnaire = checkins.QUESTIONNAIRES[campaign.checkin]
-    try:
-        question = questionnaire.question(work.question or questionnaire.questions[0].link_id)
-    except KeyError:
-        raise BadWork(f"no question {work.question!r} in {questionnaire.id}") from None
-    used, _ = question.text_for(language)
-    return _Asked(questionnaire, question, used, timedelta(hours=campaign.reply_window_hours))
-
-
-_RENDERERS: Mapping[str, Callable[[SmsWork, _Context], str]] = {
-    "alert": _render_alert,
-    "escalation": _render_escalation,
-    "legacy": _render_legacy,
-    "campaign": _render_campaign,
-}
 
 
 class SmsOutboxWorker:
@@ -291,13 +202,21 @@ class SmsOutboxWorker:
                     item, f"campaign {work.campaign} v{work.campaign_version} is gone", _who(work)
                 )
                 return
-        context = _Context(recipient, item.created_at or now, now, alert, self._config, campaign)
+        context = RenderContext(
+            recipient,
+            item.created_at or now,
+            now,
+            alert,
+            self._config.emergency_number,
+            self._config.dashboard_url,
+            campaign,
+        )
         try:
-            body = _RENDERERS[work.template](work, context)
+            body = render(work, context)
         except BadWork as exc:
             await self._fail(item, str(exc), _who(work))
             return
-        asked = _asked(work, campaign, recipient.language) if campaign is not None else None
+        asked = asked_in(work, campaign, recipient.language) if campaign is not None else None
         # An alert deleted since (or never stored) is not referenced from the SMS log.
         alert_id = work.alert_id if alert is not None else None
         await self._send(item, work, alert_id, recipient.phone, body, now, asked)
@@ -356,7 +275,7 @@ class SmsOutboxWorker:
         phone: str,
         body: str,
         now: datetime,
-        asked: _Asked | None = None,
+        asked: Asked | None = None,
     ) -> None:
         who = _who(work)
         plan = await self._plan(item, work, phone, body, now)
@@ -457,7 +376,7 @@ class SmsOutboxWorker:
         conn: Conn,
         item: outbox_store.OutboxItem,
         work: SmsWork,
-        asked: _Asked,
+        asked: Asked,
         sms_id: int,
         now: datetime,
     ) -> None:
