@@ -33,7 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from rpm.domain import RejectReason
-from rpm.storage import alerts as alert_store
+from rpm.storage import alert_reads
 from rpm.storage import outbox as outbox_store
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ class DatabaseGauges:
                 return
             try:
                 async with asyncio.timeout(self._timeout_s), self._pool.acquire() as conn:
-                    alerts = await alert_store.count_by_state(conn, OPEN_STATES)
+                    alerts = await alert_reads.count_by_state(conn, OPEN_STATES)
                     outbox = await outbox_store.backlog(conn)
                 self._snapshot = _DbSnapshot(True, alerts, outbox)
             except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

@@ -22,7 +22,7 @@ from alerts.voice import TwilioVoice
 from rpm.api import twilio_hooks, twilio_voice
 from rpm.backoff import Backoff
 from rpm.settings import ApiSettings, ChannelSettings, SmsSettings
-from rpm.storage import alerts as alert_store
+from rpm.storage import alert_reads
 from rpm.storage import channels as channel_store
 from rpm.storage import outbox as outbox_store
 from rpm.storage import sms as sms_store
@@ -337,8 +337,8 @@ async def test_undelivered_critical_alert_sms_gets_a_call_and_pressing_1_confirm
     assert recorded["confirmed_at"] is not None
     assert recorded["status"] == "completed"
     async with pool.acquire() as conn:
-        events = await alert_store.events(conn, alert_id)
-        alert = await alert_store.get(conn, alert_id)
+        events = await alert_reads.events(conn, alert_id)
+        alert = await alert_reads.get(conn, alert_id)
     confirmations = [e for e in events if e["action"] == "patient_confirmed"]
     assert len(confirmations) == 1
     assert confirmations[0]["actor"] == "patient:p1"
@@ -368,7 +368,7 @@ async def test_another_key_is_recorded_but_confirms_nothing(
     [recorded] = await rows(pool, "SELECT digits, confirmed_at FROM voice_calls")
     assert recorded == {"digits": "2", "confirmed_at": None}
     async with pool.acquire() as conn:
-        events = await alert_store.events(conn, alert_id)
+        events = await alert_reads.events(conn, alert_id)
     assert "patient_confirmed" not in {e["action"] for e in events}
 
 

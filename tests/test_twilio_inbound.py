@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from alerts.sms_policy import KEYWORDS, Keyword, keyword_of
+from rpm.storage import alert_reads
 from rpm.storage import alerts as alert_store
 from rpm.storage import sms as sms_store
 from rpm.storage.pool import connect
@@ -201,8 +202,8 @@ async def test_free_text_is_attached_to_the_latest_unresolved_alert_and_announce
         "severity": "CRITICAL",
     }
     async with pool.acquire() as conn:
-        events = await alert_store.events(conn, latest)
-        assert await alert_store.events(conn, older) == []
+        events = await alert_reads.events(conn, latest)
+        assert await alert_reads.events(conn, older) == []
         stored = await sms_store.messages(conn, alert_id=latest)
     reply = events[-1]
     assert (reply["action"], reply["actor"], reply["note"]) == (
@@ -233,7 +234,7 @@ async def test_a_retried_webhook_is_stored_and_audited_once(
         assert reply_of(answer) is not None
 
     async with pool.acquire() as conn:
-        events = await alert_store.events(conn, alert_id)
+        events = await alert_reads.events(conn, alert_id)
         stored = await sms_store.messages(conn, patient_id=patient)
     assert [e["action"] for e in events] == ["patient_reply"]
     assert len(stored) == 1

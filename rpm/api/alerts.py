@@ -28,6 +28,7 @@ from rpm.domain import Severity
 from rpm.domain.errors import AlertNotFound
 from rpm.domain.severity import SeverityName
 from rpm.pipeline import INGEST_CHANNEL
+from rpm.storage import alert_reads
 from rpm.storage import alerts as alert_store
 from rpm.storage import staff as staff_store
 from rpm.storage.pool import Conn
@@ -127,7 +128,7 @@ async def list_alerts(
     """The triage queue: open and acknowledged alerts by default; ``order=triage`` puts
     the most severe first, then the longest waiting. ``program`` is a patient's program."""
     async with pool.acquire() as conn:
-        found = await alert_store.listing(
+        found = await alert_reads.listing(
             conn,
             states=state or ["open", "acknowledged"],
             patient_id=patient,
@@ -194,11 +195,11 @@ async def get_alert(
     request: Request, who: CanReadPatientData, pool: PoolDep, alert_id: AlertId
 ) -> dict[str, Any]:
     async with pool.acquire() as conn:
-        alert = await alert_store.get(conn, alert_id)
+        alert = await alert_reads.get(conn, alert_id)
         if alert is None or not who.sees(alert["care_team"]):
             audit(request, who, "read", "alert", resource_id=str(alert_id))
             raise AlertNotFound("no such alert")
-        alert["events"] = await alert_store.events(conn, alert_id)
+        alert["events"] = await alert_reads.events(conn, alert_id)
     audit(request, who, "read", "alert", [alert["patient_id"]], str(alert_id))
     return alert
 
@@ -215,7 +216,7 @@ async def _act(
     if request.method == "DELETE":
         action = "unsnooze"
     async with pool.acquire() as conn:
-        alert = await alert_store.get(conn, alert_id)
+        alert = await alert_reads.get(conn, alert_id)
         if alert is None or not who.sees(alert["care_team"]):
             audit(request, who, action, "alert", resource_id=str(alert_id))
             raise AlertNotFound("no such alert")

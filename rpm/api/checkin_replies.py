@@ -23,6 +23,7 @@ from rpm.engagement import checkins
 from rpm.engagement.checkins import Answer, Questionnaire
 from rpm.fhir.questionnaires import questionnaire_response
 from rpm.pipeline.outbox_items import patient_sms_payload
+from rpm.storage import alert_reads
 from rpm.storage import alerts as alert_store
 from rpm.storage import checkins as checkin_store
 from rpm.storage import engagement as engagement_store
@@ -187,7 +188,7 @@ async def _hf_congestion(
         for s in stored
         if "weight" in s.accepted.reading.values
     ]
-    unresolved = await alert_store.listing(
+    unresolved = await alert_reads.listing(
         conn, states=["open", "acknowledged"], patient_id=patient_id, limit=200
     )
     open_rules = {str(a["rule_id"]): Severity[str(a["severity"])] for a in unresolved}

@@ -12,7 +12,7 @@ from rpm.domain.errors import NotFoundError
 from rpm.engagement.checkins import QUESTIONNAIRES
 from rpm.fhir import capability, questionnaires, resources
 from rpm.fhir.mapping import reading_uid_of, recorded_observations
-from rpm.storage import alerts as alert_store
+from rpm.storage import alert_reads
 from rpm.storage import checkins as checkin_store
 from rpm.storage import fhir as fhir_store
 
@@ -89,7 +89,7 @@ async def detected_issue_read(
     if not alert_id.isdigit() or len(alert_id) > _MAX_ID_DIGITS:
         raise NotFoundError("no such DetectedIssue")
     async with pool.acquire() as conn:
-        alert = await alert_store.get(conn, int(alert_id))
+        alert = await alert_reads.get(conn, int(alert_id))
     if alert and not who.sees(alert["care_team"]):
         alert = None
     audit(request, who, "read", "DetectedIssue", [alert["patient_id"]] if alert else (), alert_id)

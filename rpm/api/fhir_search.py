@@ -20,7 +20,7 @@ from rpm.fhir.search import (
     page_observations,
     parse_references,
 )
-from rpm.storage import alerts as alert_store
+from rpm.storage import alert_reads
 from rpm.storage import checkins as checkin_store
 from rpm.storage import fhir as fhir_store
 from rpm.storage import sms as sms_store
@@ -130,7 +130,7 @@ async def detected_issue_search(request: Request, who: CanReadFhir, pool: PoolDe
         if patient == "":
             rows = []
         else:
-            rows = await alert_store.listing(
+            rows = await alert_reads.listing(
                 conn,
                 states=None,
                 patient_id=patient,

@@ -36,6 +36,7 @@ from alerts.sms import (
 )
 from alerts.sms_policy import Keyword, keyword_of
 from rpm.settings import Settings
+from rpm.storage import alert_reads
 from rpm.storage import alerts as alert_store
 from rpm.storage import channels as channel_store
 from rpm.storage import checkins as checkin_store
@@ -209,7 +210,7 @@ async def _latest_unresolved(conn: Conn, patient_ids: list[str]) -> dict[str, An
     """The most recently opened unresolved alert of any of these patients."""
     found: list[dict[str, Any]] = []
     for pid in patient_ids:
-        found += await alert_store.listing(
+        found += await alert_reads.listing(
             conn, states=["open", "acknowledged"], patient_id=pid, limit=1000
         )
     return max(found, key=lambda a: (a["opened_at"], a["id"]), default=None)

@@ -4,7 +4,8 @@ Escalation timers live in the alert rows (``next_escalation_at``), so they survi
 restarts. ``apply`` arms them with ``next_escalation_at = now()``: the timers worker,
 which holds the configured delays, looks at the alert on its next pass and sets the due
 time. A nurse's acknowledgement or resolution disarms them. The timers' own queries are
-in ``rpm.storage.alert_timers`` (the same tables, split out by who uses them).
+in ``rpm.storage.alert_timers``, the reads (one alert, listings, events) in
+``rpm.storage.alert_reads``: the same tables, split out by who uses them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from alerts.lifecycle import Action, AlertState, staff_transition
 from alerts.policy import Decision, Episode, EpisodeKey, Snooze, SnoozeCaps
 from rpm.domain import Severity
 from rpm.domain.errors import AlertNotFound, StaffNotFound
-from rpm.domain.severity import sql_rank
+from rpm.storage import alert_reads
 from rpm.storage import staff as staff_store
 from rpm.storage.pool import Conn
 from rules.engine import Clear
@@ -340,7 +341,7 @@ async def _act(
         await write(after)
         await audit(conn, alert_id, actor, action, before, after, row["severity"], note)
         await notify(conn, [change(alert_id, row["patient_id"], action, after, row["severity"])])
-        found = await get(conn, alert_id)
+        found = await alert_reads.get(conn, alert_id)
         assert found is not None
         return found
 
@@ -445,91 +446,3 @@ async def unsnooze(conn: Conn, alert_id: int, actor: str) -> dict[str, Any]:
         )
 
     return await _act(conn, alert_id, Action.UNSNOOZE, actor, None, write)
-
-
-# --- reading ------------------------------------------------------------------------------
-
-_ALERT_COLUMNS = f"""a.id, a.patient_id, a.rule_id, a.severity, a.state, a.title,
-    a.explanation, a.evidence, a.first_reading_uid, a.last_reading_uid, a.occurrences,
-    a.opened_at, a.updated_at, a.acknowledged_at, a.acknowledged_by, a.resolved_at,
-    a.resolved_by, a.resolution_note, a.assigned_to, a.escalation_tier, a.next_escalation_at,
-    a.condition_cleared_at, p.programs AS patient_programs, p.care_team,
-    CASE WHEN s.until > now() AND {sql_rank("a.severity")} <= {sql_rank("s.max_severity")}
-         THEN s.until END AS snoozed_until"""
-_ALERT_FROM = """alerts a JOIN patients p ON p.id = a.patient_id
-    LEFT JOIN alert_snoozes s ON s.patient_id = a.patient_id AND s.rule_id = a.rule_id"""
-_ORDERS = {
-    # Triage: most severe first, then the longest waiting.
-    "triage": f"{sql_rank('a.severity')} DESC, a.opened_at ASC, a.id ASC",
-    "newest": "a.opened_at DESC, a.id DESC",
-}
-
-
-def _alert(r: asyncpg.Record) -> dict[str, Any]:
-    d = dict(r)
-    d["patient_programs"] = list(d["patient_programs"])
-    return d
-
-
-async def get(conn: Conn, alert_id: int) -> dict[str, Any] | None:
-    row = await conn.fetchrow(
-        f"SELECT {_ALERT_COLUMNS} FROM {_ALERT_FROM} WHERE a.id = $1",  # noqa: S608
-        alert_id,
-    )
-    return _alert(row) if row else None
-
-
-async def escalation_round(conn: Conn, alert_id: int) -> int | None:
-    """The alert's escalation round (a re-opened episode starts a new one); None if gone."""
-    value = await conn.fetchval("SELECT escalation_round FROM alerts WHERE id = $1", alert_id)
-    return int(value) if value is not None else None
-
-
-async def listing(
-    conn: Conn,
-    *,
-    states: Sequence[str] | None,
-    patient_id: str | None,
-    limit: int,
-    program: str | None = None,
-    severities: Sequence[str] | None = None,
-    order: str = "triage",
-    care_teams: Sequence[str] | None = None,
-) -> list[dict[str, Any]]:
-    """Alerts for the triage queue, filtered by state, patient, patient program, severity
-    and (``care_teams``, None: any) the patient's care team."""
-    rows = await conn.fetch(
-        f"""SELECT {_ALERT_COLUMNS} FROM {_ALERT_FROM}
-             WHERE ($1::text[] IS NULL OR a.state = ANY($1::text[]))
-               AND ($2::text IS NULL OR a.patient_id = $2)
-               AND ($4::text IS NULL OR $4 = ANY(p.programs))
-               AND ($5::text[] IS NULL OR a.severity = ANY($5::text[]))
-               AND ($6::text[] IS NULL OR p.care_team = ANY($6::text[]))
-             ORDER BY {_ORDERS[order]}
-             LIMIT $3""",  # noqa: S608 - fixed fragments, values are bound
-        list(states) if states else None,
-        patient_id,
-        limit,
-        program,
-        list(severities) if severities else None,
-        list(care_teams) if care_teams is not None else None,
-    )
-    return [_alert(r) for r in rows]
-
-
-async def events(conn: Conn, alert_id: int) -> list[dict[str, Any]]:
-    rows = await conn.fetch(
-        "SELECT at, actor, action, from_state, to_state, severity, note FROM alert_events "
-        "WHERE alert_id = $1 ORDER BY id",
-        alert_id,
-    )
-    return [dict(r) for r in rows]
-
-
-async def count_by_state(conn: Conn, states: Sequence[str]) -> dict[str, int]:
-    """Episodes per state among ``states`` (``alerts_state_time`` index), for metrics."""
-    rows = await conn.fetch(
-        "SELECT state, count(*) AS n FROM alerts WHERE state = ANY($1::text[]) GROUP BY state",
-        list(states),
-    )
-    return {r["state"]: r["n"] for r in rows}

@@ -38,7 +38,7 @@ from alerts.sms_policy import SmsWork
 from rpm.domain import Severity
 from rpm.domain.errors import BadWork
 from rpm.settings import ChannelSettings
-from rpm.storage import alerts as alert_store
+from rpm.storage import alert_reads
 from rpm.storage import channels as channel_store
 from rpm.storage import outbox as outbox_store
 from rpm.storage import sms as sms_store
@@ -171,7 +171,7 @@ async def _language(conn: Conn, patient_id: str) -> str | None:
 async def _voice_work(conn: Conn, work: SmsWork, reason: str) -> VoiceWork | None:
     if work.alert_id is None or work.patient_id is None:
         return None
-    round_ = await alert_store.escalation_round(conn, work.alert_id)
+    round_ = await alert_reads.escalation_round(conn, work.alert_id)
     if round_ is None:
         return None
     return VoiceWork.from_payload(

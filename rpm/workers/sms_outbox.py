@@ -49,7 +49,7 @@ from rpm.domain.errors import (
 )
 from rpm.engagement.campaigns import CampaignSpec
 from rpm.settings import ApiSettings, SmsSettings
-from rpm.storage import alerts as alert_store
+from rpm.storage import alert_reads
 from rpm.storage import checkins as checkin_store
 from rpm.storage import engagement as engagement_store
 from rpm.storage import outbox as outbox_store
@@ -234,7 +234,7 @@ class SmsOutboxWorker:
     async def _situation(
         self, conn: Conn, work: SmsWork, now: datetime
     ) -> tuple[Situation, Mapping[str, Any] | None]:
-        alert = await alert_store.get(conn, work.alert_id) if work.alert_id is not None else None
+        alert = await alert_reads.get(conn, work.alert_id) if work.alert_id is not None else None
         state = str(alert["state"]) if alert else None
         cap = self._config.daily_cap
         if work.audience == "staff":

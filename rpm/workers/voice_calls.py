@@ -32,7 +32,7 @@ from alerts.voice import PlacedCall, call_twiml
 from rpm.backoff import Backoff
 from rpm.domain.errors import BadWork, PermanentDeliveryError, TransientDeliveryError
 from rpm.settings import ApiSettings, ChannelSettings, SmsSettings
-from rpm.storage import alerts as alert_store
+from rpm.storage import alert_reads
 from rpm.storage import channels as channel_store
 from rpm.storage import engagement as engagement_store
 from rpm.storage import outbox as outbox_store
@@ -153,7 +153,7 @@ class VoiceCallWorker:
         async with self._pool.acquire() as conn:
             patient = await sms_store.patient(conn, work.patient_id)
             channels = await channel_store.patient_channels(conn, work.patient_id)
-            alert = await alert_store.get(conn, work.alert_id)
+            alert = await alert_reads.get(conn, work.alert_id)
             done = await channel_store.confirmed(conn, work.alert_id)
         callee = None
         if patient is not None and channels is not None:
