@@ -458,7 +458,7 @@ async def test_command_line_prints_sid_and_length_only() -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "simulators.twilio_sink",
+        "simulators.twilio_sink_cli",
         "--port",
         "0",
         "--account-sid",
