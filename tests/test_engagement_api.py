@@ -158,6 +158,12 @@ async def test_contacts_are_recorded_once_and_counted_in_the_figures(
     other_team = await http.post("/api/patients/p-south/interactions", json=call, headers=nurse)
     assert other_team.status_code == 404
 
+    ledger = (await http.get("/api/patients/p-north-1/interactions", headers=nurse)).json()
+    assert [(t["kind"], t["channel"]) for t in ledger["touches"]] == [("nurse", "phone")]
+    assert ledger["interactions_per_patient_year"] == round(365.25 / 28, 1)
+    hidden = await http.get("/api/patients/p-south/interactions", headers=nurse)
+    assert hidden.status_code == 404
+
     figures = (await http.get("/api/engagement", headers=nurse)).json()
     [everyone] = figures
     assert everyone["segment"] == "*"

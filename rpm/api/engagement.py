@@ -9,7 +9,7 @@ audited with their ids; every change is a new version naming its author.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query, Request
@@ -25,6 +25,7 @@ from .access import (
     CanActOnAlerts,
     CanManageEngagement,
     CanReadEngagement,
+    CanReadPatientData,
     Principal,
     audit,
 )
@@ -271,6 +272,31 @@ async def engagement(
         return await store.engagement(conn, clock(), current, who.teams, days)
 
 
+@router.get("/patients/{patient_id}/interactions")
+async def patient_interactions(
+    who: CanReadPatientData,
+    pool: PoolDep,
+    clock: ClockDep,
+    request: Request,
+    patient_id: Annotated[str, Field(max_length=200)],
+    days: Annotated[int, Query(ge=1, le=366)] = 28,
+) -> dict[str, Any]:
+    """A patient's touches over the last ``days`` days (days with readings, messages, replies,
+    calls, contacts), oldest first, and their rate per patient-year."""
+    now = clock()
+    since = now - timedelta(days=days)
+    async with pool.acquire() as conn:
+        await _visible(request, who, conn, patient_id, "read")
+        touches = await store.patient_ledger(conn, patient_id, since, now)
+    return {
+        "patient_id": patient_id,
+        "days": days,
+        "interactions": len(touches),
+        "interactions_per_patient_year": round(len(touches) * 365.25 / days, 1),
+        "touches": touches,
+    }
+
+
 class ContactIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -295,7 +321,7 @@ async def record_contact(
     if at.tzinfo is None:
         raise InvalidRequestError("at needs a time zone")
     async with pool.acquire() as conn:
-        await _visible(request, who, conn, patient_id)
+        await _visible(request, who, conn, patient_id, "create")
         ref = body.ref or f"{who.actor}:{at.isoformat()}"
         await store.record(
             conn,
@@ -304,9 +330,12 @@ async def record_contact(
     return {"patient_id": patient_id, "kind": "nurse", "channel": body.channel, "ref": ref}
 
 
-async def _visible(request: Request, who: Principal, conn: Any, patient_id: str) -> None:
+async def _visible(
+    request: Request, who: Principal, conn: Any, patient_id: str, action: str
+) -> None:
+    """404 (audited) for a patient outside the caller's teams; the access audited."""
     teams = await staff_store.patient_teams(conn, [patient_id])
     if patient_id not in teams or not who.sees(teams[patient_id]):
-        audit(request, who, "create", "interaction", resource_id=patient_id)
+        audit(request, who, action, "interaction", resource_id=patient_id)
         raise NotFoundError("no such patient")
-    audit(request, who, "create", "interaction", [patient_id], patient_id)
+    audit(request, who, action, "interaction", [patient_id], patient_id)

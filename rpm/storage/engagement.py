@@ -666,6 +666,31 @@ async def record(conn: Conn, touches: Iterable[Interaction]) -> None:
         )
 
 
+async def patient_ledger(
+    conn: Conn, patient_id: str, since: datetime, until: datetime
+) -> list[dict[str, Any]]:
+    """A patient's touches in [since, until), oldest first: each day with readings (kind
+    ``readings``, at the local day's start) and every other interaction."""
+    rows = await conn.fetch(
+        """SELECT (d.day::timestamp AT TIME ZONE p.timezone) AS at, 'readings' AS kind,
+                  'device' AS channel, 'inbound' AS direction, NULL::text AS campaign,
+                  d.readings
+             FROM patient_days d JOIN patients p ON p.id = d.patient_id
+            WHERE d.patient_id = $1
+              AND d.day >= ($2::timestamptz AT TIME ZONE p.timezone)::date
+              AND d.day < ($3::timestamptz AT TIME ZONE p.timezone)::date
+           UNION ALL
+           SELECT at, kind, channel, direction, campaign, NULL
+             FROM interactions
+            WHERE patient_id = $1 AND at >= $2 AND at < $3
+           ORDER BY at, kind""",
+        patient_id,
+        since,
+        until,
+    )
+    return [dict(r) for r in rows]
+
+
 async def engagement(
     conn: Conn,
     now: datetime,
