@@ -63,9 +63,22 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.option.basetemp is None:
         config.option.basetemp = tempfile.mkdtemp(prefix="rpm-pytest-")
         config.stash[_OWN_BASETEMP] = Path(config.option.basetemp)
-    if (config.option.markexpr or "").strip() == "pure":
+    if _pure_only(config):
         examples.share = examples.QUICK_SHARE
         hypothesis_settings.load_profile("rpm-quick")
+
+
+def _pure_only(config: pytest.Config) -> bool:
+    return (config.option.markexpr or "").strip() == "pure"
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """``pytest -m pure`` does not import the test modules that hold no pure test (importing
+    them, for the server and its libraries, took longer than running the pure tests)."""
+    name = collection_path.name
+    if _pure_only(config) and name.startswith("test_") and name.endswith(".py"):
+        return "mark.pure" not in collection_path.read_text(encoding="utf-8")
+    return None
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
