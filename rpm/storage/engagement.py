@@ -43,7 +43,8 @@ FACTS_SQL = f"""
 WITH zone AS MATERIALIZED (
     SELECT z.timezone, z.local_now::date AS today, z.local_now::time AS local_time
       FROM (SELECT t.timezone, $1::timestamptz AT TIME ZONE t.timezone AS local_now
-              FROM (SELECT DISTINCT timezone FROM patients) t) z
+              FROM (SELECT DISTINCT timezone FROM patients
+                     WHERE $2::text[] IS NULL OR care_team = ANY($2::text[])) t) z
 ), pl AS (
     SELECT p.id, p.care_team, p.programs, p.language, p.birth_date, p.created_at, p.phone,
            p.sms_consent, p.sms_opted_out_at, p.preferred_channel, p.timezone,
