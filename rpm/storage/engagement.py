@@ -11,7 +11,8 @@ with ``INSERT ... SELECT``. No statement loops over patients in Python.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -28,24 +29,28 @@ from rpm.storage.pool import Conn
 
 # The facts of every patient (rpm.engagement.segments.FACTS, plus the underscored columns the
 # planner needs), at ``$1`` (now), for the care teams in ``$2`` (NULL: every team).
-# patient_days is read by an index range on its day (a window a day wider than any time
-# zone's today), never a whole history.
+#
+# Its cost stays linear in the patients a statement looks at, whatever PostgreSQL estimates:
+# - the local date and time are computed once per time zone (``zone``), not per patient, so
+#   a trigger's hour or weekday filters whole zones and the number of patients left is
+#   estimated from patients' statistics. (Computed per patient in a materialised CTE, they
+#   hid those statistics: PostgreSQL estimated 1 patient where thousands were due for a
+#   weekly campaign and joined each to a whole aggregate in a nested loop, a pass of over
+#   10 minutes at 100,000 patients; benchmarks/engagement.py.)
+# - days with readings are counted per patient from a range of patient_days' primary key,
+#   never by aggregating every patient's 30 days first; a count nothing uses is not made.
 FACTS_SQL = f"""
-WITH pl AS (
+WITH zone AS MATERIALIZED (
+    SELECT z.timezone, z.local_now::date AS today, z.local_now::time AS local_time
+      FROM (SELECT t.timezone, $1::timestamptz AT TIME ZONE t.timezone AS local_now
+              FROM (SELECT DISTINCT timezone FROM patients
+                     WHERE $2::text[] IS NULL OR care_team = ANY($2::text[])) t) z
+), pl AS (
     SELECT p.id, p.care_team, p.programs, p.language, p.birth_date, p.created_at, p.phone,
            p.sms_consent, p.sms_opted_out_at, p.preferred_channel, p.timezone,
-           ($1::timestamptz AT TIME ZONE p.timezone)::date AS today,
-           ($1::timestamptz AT TIME ZONE p.timezone)::time AS local_time
-      FROM patients p
+           zone.today, zone.local_time
+      FROM patients p JOIN zone ON zone.timezone = p.timezone
      WHERE $2::text[] IS NULL OR p.care_team = ANY($2::text[])
-), days AS (
-    SELECT d.patient_id,
-           count(*) FILTER (WHERE d.day > pl.today - 7) AS d7,
-           count(*) AS d30
-      FROM patient_days d JOIN pl ON pl.id = d.patient_id
-     WHERE d.day > ($1::timestamptz AT TIME ZONE 'UTC')::date - 32
-       AND d.day > pl.today - 30 AND d.day <= pl.today
-     GROUP BY d.patient_id
 ), last AS (
     SELECT patient_id, max(measured_at) AS at FROM patient_metric_last GROUP BY patient_id
 ), open AS (
@@ -65,8 +70,8 @@ SELECT pl.id AS patient_id,
        CASE WHEN ages.age IS NULL THEN NULL
             WHEN ages.age >= 90 THEN '90+'
             ELSE (ages.age / 5 * 5)::text || '-' || (ages.age / 5 * 5 + 4)::text END AS age_band,
-       coalesce(days.d7, 0)::int AS days_with_readings_7d,
-       coalesce(days.d30, 0)::int AS days_with_readings_30d,
+       days7.n::int AS days_with_readings_7d,
+       days30.n::int AS days_with_readings_30d,
        (pl.today - (last.at AT TIME ZONE pl.timezone)::date)::int AS days_since_last_reading,
        coalesce(open.n, 0)::int AS open_alerts,
        coalesce(open.top, 0)::int AS open_alert_severity,
@@ -83,11 +88,17 @@ SELECT pl.id AS patient_id,
        (last.at AT TIME ZONE pl.timezone)::date AS _last_day
   FROM pl
   CROSS JOIN LATERAL (
-      SELECT extract(year FROM age(pl.today, pl.birth_date))::int AS age
-       WHERE pl.birth_date IS NOT NULL AND pl.birth_date <= pl.today
-      UNION ALL SELECT NULL WHERE pl.birth_date IS NULL OR pl.birth_date > pl.today
+      SELECT CASE WHEN pl.birth_date <= pl.today
+                  THEN extract(year FROM age(pl.today, pl.birth_date))::int END AS age
   ) ages
-  LEFT JOIN days ON days.patient_id = pl.id
+  LEFT JOIN LATERAL (
+      SELECT count(*) AS n FROM patient_days d
+       WHERE d.patient_id = pl.id AND d.day > pl.today - 7 AND d.day <= pl.today
+  ) days7 ON true
+  LEFT JOIN LATERAL (
+      SELECT count(*) AS n FROM patient_days d
+       WHERE d.patient_id = pl.id AND d.day > pl.today - 30 AND d.day <= pl.today
+  ) days30 ON true
   LEFT JOIN last ON last.patient_id = pl.id
   LEFT JOIN open ON open.patient_id = pl.id
   LEFT JOIN news2 ON news2.patient_id = pl.id
@@ -99,6 +110,19 @@ SHOWN_FACTS = tuple(segment_spec.FACTS)
 
 def _teams(teams: frozenset[str] | None) -> list[str] | None:
     return None if teams is None else sorted(teams)
+
+
+@contextlib.asynccontextmanager
+async def _over_everyone(conn: Conn) -> AsyncIterator[None]:
+    """A transaction (a savepoint inside one) without JIT compilation, for a statement over
+    the whole population. Its index probes for every patient make its estimated cost high,
+    so PostgreSQL would compile it (``jit_above_cost``;
+    https://www.postgresql.org/docs/15/jit-decision.html): 0.2-0.6 s per statement at
+    100,000 patients, more than the statement's own work, which is short probes that
+    compiled code does not speed up. The setting lasts until the transaction ends."""
+    async with conn.transaction():
+        await conn.execute("SET LOCAL jit = off")
+        yield
 
 
 # --- patient_days ------------------------------------------------------------------------
@@ -241,10 +265,8 @@ async def segment_sizes(
     counts = [
         f"count(*) FILTER (WHERE {segment_spec.compile_where(s.spec.where, params)})" for s in specs
     ]
-    row = await conn.fetchrow(
-        f"SELECT {', '.join(counts)} FROM ({FACTS_SQL}) f",
-        *params,
-    )
+    async with _over_everyone(conn):
+        row = await conn.fetchrow(f"SELECT {', '.join(counts)} FROM ({FACTS_SQL}) f", *params)
     assert row is not None
     return {s.name: int(row[i]) for i, s in enumerate(specs)}
 
@@ -263,13 +285,14 @@ async def segment_members(
     where = segment_spec.compile_where(spec.where, params)
     params += [after, limit]
     n = len(params)
-    rows = await conn.fetch(
-        f"""SELECT {", ".join(f"f.{c}" for c in ("patient_id", *SHOWN_FACTS))}
-              FROM ({FACTS_SQL}) f
-             WHERE {where} AND (${n - 1}::text IS NULL OR f.patient_id > ${n - 1})
-             ORDER BY f.patient_id LIMIT ${n}""",
-        *params,
-    )
+    async with _over_everyone(conn):
+        rows = await conn.fetch(
+            f"""SELECT {", ".join(f"f.{c}" for c in ("patient_id", *SHOWN_FACTS))}
+                  FROM ({FACTS_SQL}) f
+                 WHERE {where} AND (${n - 1}::text IS NULL OR f.patient_id > ${n - 1})
+                 ORDER BY f.patient_id LIMIT ${n}""",
+            *params,
+        )
     return [_shown(dict(r)) for r in rows]
 
 
@@ -579,13 +602,14 @@ async def dry_run(
     """Who would get the message now, and why not the others: (up to ``limit`` rows,
     counts by outcome ('send' or the exclusion))."""
     sql, params, _ = _selection(version.name, version, segment, now, daily_cap)
-    rows = await conn.fetch(
-        f"""WITH picked AS ({sql})
-            SELECT patient_id, language, occurrence, context, excluded,
-                   count(*) OVER (PARTITION BY coalesce(excluded, 'send')) AS n
-              FROM picked ORDER BY excluded NULLS FIRST, patient_id""",
-        *params,
-    )
+    async with _over_everyone(conn):
+        rows = await conn.fetch(
+            f"""WITH picked AS ({sql})
+                SELECT patient_id, language, occurrence, context, excluded,
+                       count(*) OVER (PARTITION BY coalesce(excluded, 'send')) AS n
+                  FROM picked ORDER BY excluded NULLS FIRST, patient_id""",
+            *params,
+        )
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["excluded"] or "send"] = int(r["n"])
@@ -600,8 +624,7 @@ async def plan(
     sql, params, name = _selection(version.name, version, segment, now, daily_cap)
     params.append(version.version)
     v = f"${len(params)}::int"
-    count = await conn.fetchval(
-        f"""WITH picked AS ({sql}),
+    statement = f"""WITH picked AS ({sql}),
             box AS (
                 INSERT INTO outbox (channel, dedupe_key, payload, created_at, next_attempt_at)
                 SELECT 'sms', 'campaign:' || {name} || ':' || p.patient_id || ':' || p.occurrence,
@@ -623,9 +646,9 @@ async def plan(
                   FROM box b
                 ON CONFLICT DO NOTHING RETURNING 1
             )
-            SELECT count(*) FROM sends""",
-        *params,
-    )
+            SELECT count(*) FROM sends"""
+    async with _over_everyone(conn):
+        count = await conn.fetchval(statement, *params)
     return int(count or 0)
 
 
@@ -711,8 +734,7 @@ async def engagement(
         )
     everyone = f"SELECT '*'::text AS segment, f.patient_id FROM ({FACTS_SQL}) f"
     union = " UNION ALL ".join([everyone, *members])
-    rows = await conn.fetch(
-        f"""WITH m AS ({union}),
+    statement = f"""WITH m AS ({union}),
             pats AS (
                 SELECT DISTINCT m.patient_id,
                        greatest(p.created_at, $1::timestamptz - $3::int * interval '1 day')
@@ -755,9 +777,9 @@ async def engagement(
               FROM m JOIN exposure e USING (patient_id)
               LEFT JOIN reading_days rd USING (patient_id)
               LEFT JOIN touches t USING (patient_id)
-             GROUP BY m.segment""",
-        *params,
-    )
+             GROUP BY m.segment"""
+    async with _over_everyone(conn):
+        rows = await conn.fetch(statement, *params)
     out = []
     order = ["*", *(s.name for s in specs)]
     by_name = {r["segment"]: r for r in rows}
