@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -542,3 +543,27 @@ async def test_a_message_held_back_past_its_day_is_dropped_as_expired(
         row = await conn.fetchrow("SELECT failed_at, last_error FROM outbox")
     assert row is not None
     assert (row["failed_at"] is not None, row["last_error"]) == (True, "expired")
+
+
+async def test_an_urgent_alert_message_goes_before_a_backlog_of_campaign_messages(
+    pool: asyncpg.Pool, programs: None, twilio: TwilioSink, channel: TwilioSms
+) -> None:
+    async with pool.acquire() as conn:
+        for n in range(8):
+            await add_patient(conn, f"p-{n}", phone=f"+1555010020{n}")
+        crisis = await add_patient(conn, "p-crisis", phone="+15550100300")
+    await publish_segment(pool, "bp-patients", BP_PATIENTS)
+    await publish_campaign(pool, "bp-nudge", NUDGE)
+    assert (await CampaignPlanner(pool, 3).tick(NOW - timedelta(minutes=30))).planned == {
+        "bp-nudge": 9
+    }
+    await ingest(pool, [bp_at(crisis, NOW - timedelta(minutes=5), 192, 124)])  # queued last
+    config = DeliveryConfig.from_settings(
+        SmsSettings(daily_cap=3), ApiSettings(dashboard_url="https://rpm.example.org")
+    )
+    worker = SmsOutboxWorker(pool, channel, replace(config, batch=3), clock=lambda: NOW)
+    assert await worker.drain_once() == 3
+    first = twilio.messages[0]
+    assert first.to == "+15550100300"
+    assert first.body is not None
+    assert "911" in first.body  # the crisis alert's, before the nudges queued earlier

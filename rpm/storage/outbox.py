@@ -39,7 +39,8 @@ async def enqueue(
 async def claim_due(
     conn: Conn, channel: str, limit: int, lease: timedelta, now: datetime | None = None
 ) -> list[OutboxItem]:
-    """Take due items, leasing them so a concurrent worker skips them until the lease ends.
+    """Take due items, the most urgent first (``priority``, migration 0017), leasing them so a
+    concurrent worker skips them until the lease ends.
 
     ``now`` is the worker's clock (the database's when None).
     """
@@ -49,17 +50,19 @@ async def claim_due(
             WHERE id IN (SELECT id FROM outbox
                           WHERE channel = $1 AND delivered_at IS NULL AND failed_at IS NULL
                             AND next_attempt_at <= coalesce($4::timestamptz, now())
-                          ORDER BY next_attempt_at
+                          ORDER BY priority DESC, next_attempt_at
                           LIMIT $2 FOR UPDATE SKIP LOCKED)
-        RETURNING id, channel, payload, attempts, created_at""",
+        RETURNING id, channel, payload, attempts, created_at, priority""",
         channel,
         limit,
         lease,
         now,
     )
+    # UPDATE ... RETURNING keeps no order: the most urgent first, then the oldest.
+    ordered = sorted(rows, key=lambda r: (-r["priority"], r["id"]))
     return [
         OutboxItem(r["id"], r["channel"], r["payload"], r["attempts"], r["created_at"])
-        for r in rows
+        for r in ordered
     ]
 
 
