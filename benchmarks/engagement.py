@@ -332,7 +332,8 @@ async def run_day(
             pg_planned = postgres_cpu(root)
             day.pg_plan_cpu_s += pg_planned - pg_before
             async with pool.acquire() as conn:
-                urgent, urgent_id = await conn.fetchrow(URGENT_SMS, now, hour)
+                queued = await conn.fetchrow(URGENT_SMS, now, hour)
+            urgent, urgent_id = queued if queued is not None else (None, None)
             t0, c0, first = time.perf_counter(), time.process_time(), len(sink.messages)
             began = datetime.now(UTC)
             while n := await worker.drain_once():
