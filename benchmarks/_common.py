@@ -2,8 +2,8 @@
 sessions), helper processes, CPU and memory accounting, percentiles and tables, and the frame
 of a run (``run_with_services``). With ``_server`` (logins, ``rpm serve``, the services' CPU)
 and ``_report`` (the compact table and the final JSON line) it is the harness every script
-uses; ``_consumers``, ``_ingest_phases``, ``_alert_*`` and ``_rule_fleet`` hold one script's
-parts.
+uses; ``_consumers``, ``_ingest_phases``, ``_alert_*``, ``_rule_fleet`` and ``_engagement_*``
+hold one script's parts.
 
 Publishers run in ``multiprocessing`` spawn processes, which import this module and the
 benchmark's own, so neither imports the server at the top.
