@@ -204,7 +204,9 @@ class Server:
             self.pool, self._voice, VoiceConfig.from_settings(s.channels, s.sms, s.api)
         )
         timers = AlertTimers(self.pool, s.alerts.escalation())
-        self.campaign_planner = CampaignPlanner(self.pool, s.sms.daily_cap)
+        self.campaign_planner = CampaignPlanner(
+            self.pool, s.sms.daily_cap, timeout_s=s.engagement.planner_timeout_s
+        )
         self._tasks += [
             asyncio.create_task(
                 self.campaign_planner.run(s.engagement.planner_interval_s), name="campaigns"

@@ -567,3 +567,28 @@ async def test_an_urgent_alert_message_goes_before_a_backlog_of_campaign_message
     assert first.to == "+15550100300"
     assert first.body is not None
     assert "911" in first.body  # the crisis alert's, before the nudges queued earlier
+
+
+async def test_a_campaign_that_plans_too_slowly_is_skipped_and_the_pass_goes_on(
+    pool: asyncpg.Pool, programs: None
+) -> None:
+    async with pool.acquire() as conn:
+        await add_patient(conn, "p1")
+    await publish_segment(pool, "bp-patients", BP_PATIENTS)
+    await publish_campaign(pool, "bp-nudge", NUDGE)
+    await publish_campaign(
+        pool,
+        "weekly",
+        {**NUDGE, "trigger": {"kind": "weekly", "weekday": "wed", "local_time": "09:00"}},
+    )
+    hurried = CampaignPlanner(pool, daily_cap=3, timeout_s=0.000001)
+    first = await hurried.tick(NOW)
+    assert first.planned == {}
+    assert first.skipped == {
+        "bp-nudge": "planning took longer than 1e-06 s",
+        "weekly": "planning took longer than 1e-06 s",
+    }
+    assert await outbox_for(pool, "bp-nudge") == {}  # nothing half-planned
+    second = await CampaignPlanner(pool, daily_cap=3).tick(NOW)  # the lock was given back
+    assert second.ran
+    assert second.planned == {"bp-nudge": 1, "weekly": 1}

@@ -263,6 +263,12 @@ class EngagementSettings(Group):
         validation_alias="RPM_CAMPAIGN_PLANNER_INTERVAL_S",
         description="how often live campaigns are evaluated and their messages planned",
     )
+    planner_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        validation_alias="RPM_CAMPAIGN_PLANNER_TIMEOUT_S",
+        description="longest one campaign's planning may take before it is skipped for the pass",
+    )
 
 
 class EhrSettings(Group):
