@@ -92,7 +92,8 @@ from _server import (
 from alerts.sms import TwilioSms
 from rpm.engagement import campaigns, segments
 from rpm.settings import ApiSettings, SmsSettings
-from rpm.storage import engagement as store
+from rpm.storage import campaigns as campaign_store
+from rpm.storage import segments as segment_store
 from rpm.storage.migrate import migrate
 from rpm.storage.pool import connect, create_pool
 from rpm.workers.campaigns import CampaignPlanner
@@ -244,18 +245,18 @@ SELECT 'gap-check', p.id, 'gap-after:' || l.day::text, 1, $1::timestamptz - inte
 
 async def measure_segments(conn: Any, repeat: int, root: Path) -> SegmentFigures:
     for name, document in SEGMENTS.items():
-        await store.publish_segment(conn, name, segments.parse(document), ACTOR, None)
-    current = await store.current_segments(conn)
+        await segment_store.publish_segment(conn, name, segments.parse(document), ACTOR, None)
+    current = await segment_store.current_segments(conn)
     machine0, pg0, own0 = machine_busy_seconds(), postgres_cpu(root), time.process_time()
     runs, sizes = [], {}
     for _ in range(repeat):
         t0 = time.perf_counter()
-        sizes = await store.segment_sizes(conn, START, current, None)
+        sizes = await segment_store.segment_sizes(conn, START, current, None)
         runs.append(time.perf_counter() - t0)
     members = {}
     for s in current:
         t0 = time.perf_counter()
-        await store.segment_members(conn, START, s.spec, None, limit=100)
+        await segment_store.segment_members(conn, START, s.spec, None, limit=100)
         members[s.name] = time.perf_counter() - t0
     ours = postgres_cpu(root) - pg0 + time.process_time() - own0
     return SegmentFigures(sizes, runs, members, machine_busy_seconds() - machine0 - ours)
@@ -267,9 +268,11 @@ async def measure_segments(conn: Any, repeat: int, root: Path) -> SegmentFigures
 def timing_plan(day: Day, this_pass: dict[str, float]) -> Callable[[], None]:
     """Time each campaign's ``plan`` as the planner calls it (into ``this_pass``, by name);
     returns the undo."""
-    real = store.plan
+    real = campaign_store.plan
 
-    async def timed(conn: Any, version: store.CampaignVersion, *args: Any, **kw: Any) -> int:
+    async def timed(
+        conn: Any, version: campaign_store.CampaignVersion, *args: Any, **kw: Any
+    ) -> int:
         t0 = time.perf_counter()
         try:
             return await real(conn, version, *args, **kw)
@@ -278,10 +281,10 @@ def timing_plan(day: Day, this_pass: dict[str, float]) -> Callable[[], None]:
             this_pass[version.name] = took
             day.plan_s[version.name] = day.plan_s.get(version.name, 0.0) + took
 
-    store.plan = timed  # type: ignore[assignment]
+    campaign_store.plan = timed  # type: ignore[assignment]
 
     def undo() -> None:
-        store.plan = real  # type: ignore[assignment]
+        campaign_store.plan = real  # type: ignore[assignment]
 
     return undo
 
@@ -304,7 +307,7 @@ async def run_day(
     try:
         async with pool.acquire() as conn:
             for name, document in CAMPAIGNS.items():
-                await store.publish_campaign(
+                await campaign_store.publish_campaign(
                     conn, name, campaigns.parse(document), True, ACTOR, None
                 )
             if not args.launch:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from rpm.engagement import campaigns, segments
-from rpm.storage import engagement as store
+from rpm.storage import campaigns as campaign_store
+from rpm.storage import segments as segment_store
 from rpm.storage.pool import Conn
 
 ACTOR = "system:demo"
@@ -91,6 +92,8 @@ CAMPAIGNS: dict[str, tuple[dict[str, Any], bool]] = {
 async def publish_examples(conn: Conn) -> None:
     """Publish the example segments and campaigns (a no-op when they are already there)."""
     for name, document in SEGMENTS.items():
-        await store.publish_segment(conn, name, segments.parse(document), ACTOR, "example")
+        await segment_store.publish_segment(conn, name, segments.parse(document), ACTOR, "example")
     for name, (document, live) in CAMPAIGNS.items():
-        await store.publish_campaign(conn, name, campaigns.parse(document), live, ACTOR, "example")
+        await campaign_store.publish_campaign(
+            conn, name, campaigns.parse(document), live, ACTOR, "example"
+        )

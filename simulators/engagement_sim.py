@@ -45,8 +45,10 @@ from alerts.sms import TwilioSms
 from rpm.domain import RawMessage
 from rpm.pipeline import IngestPipeline
 from rpm.settings import Settings
+from rpm.storage import campaigns as campaign_store
 from rpm.storage import engagement as store
 from rpm.storage import registry
+from rpm.storage import segments as segment_store
 from rpm.storage.pool import Conn
 from rpm.validation import ClockPolicy
 from rpm.workers.campaigns import CampaignPlanner
@@ -301,7 +303,7 @@ class EngagementRun:
     async def report(self, start: datetime, end: datetime) -> EngagementReport:
         days = (end - start).total_seconds() / 86400
         async with self.pool.acquire() as conn:
-            current = await store.current_segments(conn)
+            current = await segment_store.current_segments(conn)
             window = max(7, math.ceil(days))
             figures = await store.engagement(conn, end, current, None, window)
             violations = await violations_of(conn, start, end, self.settings.sms.daily_cap)
@@ -396,8 +398,10 @@ async def run_engagement(
     async with pool.acquire() as conn:
         await enrol(conn, patients, run.behaviours, start - timedelta(days=1))
         await publish_examples(conn)
-        for c in await store.current_campaigns(conn):  # the simulation runs them all
-            await store.publish_campaign(conn, c.name, c.spec, True, "system:simulate", None)
+        for c in await campaign_store.current_campaigns(conn):  # the simulation runs them all
+            await campaign_store.publish_campaign(
+                conn, c.name, c.spec, True, "system:simulate", None
+            )
     hours = int(days * 24)
     for h in range(hours):
         await run.step(start + timedelta(hours=h))

@@ -22,8 +22,10 @@ from rpm.domain import RawMessage
 from rpm.engagement import campaigns, segments
 from rpm.pipeline import IngestPipeline
 from rpm.settings import ApiSettings, SmsSettings
+from rpm.storage import campaigns as campaign_store
 from rpm.storage import engagement as store
 from rpm.storage import registry, rule_programs
+from rpm.storage import segments as segment_store
 from rpm.validation import ClockPolicy
 from rpm.workers.campaigns import CampaignPlanner
 from rpm.workers.sms_outbox import DeliveryConfig, SmsOutboxWorker
@@ -115,7 +117,7 @@ def sms_worker(pool: asyncpg.Pool, channel: TwilioSms, at: datetime) -> SmsOutbo
 
 async def publish_segment(pool: asyncpg.Pool, name: str, document: dict[str, Any]) -> int:
     async with pool.acquire() as conn:
-        version, _ = await store.publish_segment(
+        version, _ = await segment_store.publish_segment(
             conn, name, segments.parse(document), "staff:admin", None
         )
     return version
@@ -125,7 +127,7 @@ async def publish_campaign(
     pool: asyncpg.Pool, name: str, document: dict[str, Any], live: bool = True
 ) -> None:
     async with pool.acquire() as conn:
-        await store.publish_campaign(
+        await campaign_store.publish_campaign(
             conn, name, campaigns.parse(document), live, "staff:admin", None
         )
 
@@ -192,9 +194,9 @@ async def test_segments_are_versioned_sized_and_listed_with_their_members(
     await publish_segment(pool, "spanish", spanish)
 
     async with pool.acquire() as conn:
-        current = await store.current_segments(conn)
-        sizes = await store.segment_sizes(conn, NOW, current, None)
-        members = await store.segment_members(conn, NOW, current[0].spec, None)
+        current = await segment_store.current_segments(conn)
+        sizes = await segment_store.segment_sizes(conn, NOW, current, None)
+        members = await segment_store.segment_members(conn, NOW, current[0].spec, None)
     assert sizes == {"bp-low": 2, "spanish": 1}
     assert [m["patient_id"] for m in members] == ["p-never", "p-twice"]
     twice_facts = members[1]
@@ -214,10 +216,10 @@ async def test_segments_are_versioned_sized_and_listed_with_their_members(
     }
     assert await publish_segment(pool, "bp-low", stricter) == 2
     async with pool.acquire() as conn:
-        history = await store.segment_history(conn, "bp-low")
+        history = await segment_store.segment_history(conn, "bp-low")
         assert [h["version"] for h in history] == [2, 1]
-        assert await store.retire_segment(conn, "bp-low", "staff:admin", "merged") == 3
-        assert [s.name for s in await store.current_segments(conn)] == ["spanish"]
+        assert await segment_store.retire_segment(conn, "bp-low", "staff:admin", "merged") == 3
+        assert [s.name for s in await segment_store.current_segments(conn)] == ["spanish"]
 
 
 async def test_segment_facts_cover_alerts_age_and_consent(
@@ -246,8 +248,10 @@ async def test_segment_facts_cover_alerts_age_and_consent(
         pool, "no-consent", {"where": {"not": {"fact": "sms_consent", "op": "=", "value": True}}}
     )
     async with pool.acquire() as conn:
-        sizes = await store.segment_sizes(conn, NOW, await store.current_segments(conn), None)
-        [member] = await store.segment_members(
+        sizes = await segment_store.segment_sizes(
+            conn, NOW, await segment_store.current_segments(conn), None
+        )
+        [member] = await segment_store.segment_members(
             conn,
             NOW,
             segments.parse({"where": {"fact": "open_alerts", "op": ">", "value": 0}}),
@@ -293,15 +297,15 @@ async def test_a_campaign_is_dry_run_planned_once_and_sent_through_the_patients_
     await publish_campaign(pool, "bp-nudge", NUDGE)
 
     async with pool.acquire() as conn:
-        version = await store.campaign(conn, "bp-nudge")
-        segment = await store.segment(conn, "bp-patients")
+        version = await campaign_store.campaign(conn, "bp-nudge")
+        segment = await segment_store.segment(conn, "bp-patients")
         assert version is not None
         assert segment is not None
         # 09:30 in New York: before the campaign's 10:00, nobody yet.
         early = NOW - timedelta(minutes=90)
-        _, counts = await store.dry_run(conn, version, segment.spec, early, daily_cap=3)
+        _, counts = await campaign_store.dry_run(conn, version, segment.spec, early, daily_cap=3)
         assert counts == {}
-        rows, counts = await store.dry_run(conn, version, segment.spec, NOW, daily_cap=3)
+        rows, counts = await campaign_store.dry_run(conn, version, segment.spec, NOW, daily_cap=3)
     assert counts == {
         "send": 2,
         "no SMS consent": 1,
@@ -510,7 +514,7 @@ async def test_engagement_figures_per_segment(
             ],
         )
         figures = await store.engagement(
-            conn, NOW, await store.current_segments(conn), None, days=28
+            conn, NOW, await segment_store.current_segments(conn), None, days=28
         )
     everyone, bp = figures
     assert (everyone["segment"], everyone["patients"]) == ("*", 2)

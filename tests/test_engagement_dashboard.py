@@ -12,7 +12,7 @@ import pytest
 
 from rpm.engagement import segments
 from rpm.server import Server
-from rpm.storage import engagement as store
+from rpm.storage import segments as segment_store
 from tests.dashboard_helpers import add_nurse, enroll, sign_in
 
 HTML = {"Accept": "text/html"}
@@ -40,7 +40,7 @@ async def test_a_nurse_sees_segments_their_members_and_the_engagement_figures(
         }
     )
     async with server.pool.acquire() as conn:
-        await store.publish_segment(conn, "hf", spec, "staff:admin", None)
+        await segment_store.publish_segment(conn, "hf", spec, "staff:admin", None)
 
     assert (await sign_in(http)).status_code == 303
     listing = await http.get("/dashboard/segments", headers=HTML)

@@ -18,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from rpm.domain.errors import InvalidRequestError, NotFoundError
 from rpm.engagement import campaigns as campaign_spec
 from rpm.engagement import segments as segment_spec
+from rpm.storage import campaigns as campaign_store
 from rpm.storage import engagement as store
+from rpm.storage import segments as segment_store
 from rpm.storage import staff as staff_store
 
 from .access import (
@@ -63,8 +65,8 @@ async def list_segments(
     """Every segment in use (its newest version) with its size now, among the caller's
     patients."""
     async with pool.acquire() as conn:
-        current = await store.current_segments(conn)
-        sizes = await store.segment_sizes(conn, clock(), current, who.teams)
+        current = await segment_store.current_segments(conn)
+        sizes = await segment_store.segment_sizes(conn, clock(), current, who.teams)
     return [
         {
             "name": s.name,
@@ -93,12 +95,12 @@ async def get_segment(
     """A segment with its size and a page of its members (by patient id, with the facts
     that put them there); page on with ``after``."""
     async with pool.acquire() as conn:
-        found = await store.segment(conn, name)
+        found = await segment_store.segment(conn, name)
         if found is None:
             raise NotFoundError("no such segment")
         now = clock()
-        sizes = await store.segment_sizes(conn, now, [found], who.teams)
-        members = await store.segment_members(
+        sizes = await segment_store.segment_sizes(conn, now, [found], who.teams)
+        members = await segment_store.segment_members(
             conn, now, found.spec, who.teams, limit=limit, after=after
         )
     audit(request, who, "read", "segment-members", [m["patient_id"] for m in members], name)
@@ -120,7 +122,7 @@ async def segment_versions(
 ) -> list[dict[str, Any]]:
     """Every version of a segment, newest first: who changed it, when and why."""
     async with pool.acquire() as conn:
-        found = await store.segment_history(conn, name)
+        found = await segment_store.segment_history(conn, name)
     if not found:
         raise NotFoundError("no such segment")
     return found
@@ -138,7 +140,7 @@ async def publish_segment(
     the same definition again changes nothing."""
     spec = segment_spec.parse(document)
     async with pool.acquire() as conn:
-        version, changed = await store.publish_segment(conn, name, spec, who.actor, note)
+        version, changed = await segment_store.publish_segment(conn, name, spec, who.actor, note)
     return Published(name=name, version=version, changed=changed)
 
 
@@ -152,7 +154,7 @@ async def retire_segment(
     """Retire a segment (a version saying so; the history stays). Campaigns aimed at it stop
     planning and say why."""
     async with pool.acquire() as conn:
-        version = await store.retire_segment(conn, name, who.actor, note)
+        version = await segment_store.retire_segment(conn, name, who.actor, note)
     if version is None:
         raise NotFoundError("no such segment")
     return Published(name=name, version=version, changed=True)
@@ -161,7 +163,7 @@ async def retire_segment(
 # --- campaigns ---------------------------------------------------------------------------
 
 
-def _campaign_out(c: store.CampaignVersion) -> dict[str, Any]:
+def _campaign_out(c: campaign_store.CampaignVersion) -> dict[str, Any]:
     return {
         "name": c.name,
         "version": c.version,
@@ -178,7 +180,7 @@ def _campaign_out(c: store.CampaignVersion) -> dict[str, Any]:
 async def list_campaigns(_who: CanReadEngagement, pool: PoolDep) -> list[dict[str, Any]]:
     """Every campaign's newest version, live or paused."""
     async with pool.acquire() as conn:
-        return [_campaign_out(c) for c in await store.current_campaigns(conn)]
+        return [_campaign_out(c) for c in await campaign_store.current_campaigns(conn)]
 
 
 @router.get("/campaigns/{name}/versions")
@@ -186,7 +188,7 @@ async def campaign_versions(
     _who: CanReadEngagement, pool: PoolDep, name: Name
 ) -> list[dict[str, Any]]:
     async with pool.acquire() as conn:
-        found = await store.campaign_history(conn, name)
+        found = await campaign_store.campaign_history(conn, name)
     if not found:
         raise NotFoundError("no such campaign")
     return found
@@ -206,7 +208,9 @@ async def publish_campaign(
     segment_spec.check_name(name)
     spec = campaign_spec.parse(document)
     async with pool.acquire() as conn:
-        version, changed = await store.publish_campaign(conn, name, spec, live, who.actor, note)
+        version, changed = await campaign_store.publish_campaign(
+            conn, name, spec, live, who.actor, note
+        )
     return Published(name=name, version=version, changed=changed)
 
 
@@ -223,13 +227,13 @@ async def dry_run(
     """Who the campaign's newest version would message now, with the message each would get,
     and how many the gate leaves out and why. Sends nothing."""
     async with pool.acquire() as conn:
-        found = await store.campaign(conn, name)
+        found = await campaign_store.campaign(conn, name)
         if found is None:
             raise NotFoundError("no such campaign")
-        segment = await store.segment(conn, found.spec.segment)
+        segment = await segment_store.segment(conn, found.spec.segment)
         if segment is None:
             raise InvalidRequestError(f"segment {found.spec.segment} does not exist")
-        rows, counts = await store.dry_run(
+        rows, counts = await campaign_store.dry_run(
             conn, found, segment.spec, clock(), settings.sms.daily_cap, limit
         )
     audit(request, who, "dry-run", "campaign", [r["patient_id"] for r in rows], name)
@@ -268,7 +272,7 @@ async def engagement(
     interactions per patient-year (goal 50-100), reply rate, days with readings per patient
     in each of the last four weeks."""
     async with pool.acquire() as conn:
-        current = await store.current_segments(conn)
+        current = await segment_store.current_segments(conn)
         return await store.engagement(conn, clock(), current, who.teams, days)
 
 

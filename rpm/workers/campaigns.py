@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from rpm.storage import engagement as engagement_store
+from rpm.storage import campaigns as campaign_store
+from rpm.storage import segments as segment_store
 from rpm.storage.pool import DATABASE_UNAVAILABLE, Conn
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,8 @@ class CampaignPlanner:
         return result
 
     async def _pass(self, conn: Conn, at: datetime, result: PlannerPass) -> None:
-        segments = {s.name: s for s in await engagement_store.current_segments(conn)}
-        for c in await engagement_store.current_campaigns(conn):
+        segments = {s.name: s for s in await segment_store.current_segments(conn)}
+        for c in await campaign_store.current_campaigns(conn):
             if not c.live:
                 continue
             segment = segments.get(c.spec.segment)
@@ -108,7 +109,7 @@ class CampaignPlanner:
                 async with conn.transaction():
                     timeout_ms = max(1, int(self._timeout_s * 1000))
                     await conn.execute(f"SET LOCAL statement_timeout = {timeout_ms}")
-                    n = await engagement_store.plan(conn, c, segment.spec, at, self._daily_cap)
+                    n = await campaign_store.plan(conn, c, segment.spec, at, self._daily_cap)
             except asyncpg.QueryCanceledError:
                 result.skipped[c.name] = f"planning took longer than {self._timeout_s:g} s"
                 continue

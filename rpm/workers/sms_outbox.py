@@ -50,6 +50,7 @@ from rpm.domain.errors import (
 from rpm.engagement.campaigns import CampaignSpec
 from rpm.settings import ApiSettings, SmsSettings
 from rpm.storage import alert_reads
+from rpm.storage import campaigns as campaign_store
 from rpm.storage import checkins as checkin_store
 from rpm.storage import engagement as engagement_store
 from rpm.storage import outbox as outbox_store
@@ -227,7 +228,7 @@ class SmsOutboxWorker:
         key = (work.campaign, work.campaign_version)
         if key not in self._campaigns:
             async with self._pool.acquire() as conn:
-                found = await engagement_store.campaign(conn, *key)
+                found = await campaign_store.campaign(conn, *key)
             self._campaigns[key] = found.spec if found and found.version == key[1] else None
         return self._campaigns[key]
 
