@@ -9,7 +9,7 @@ A definition is a document::
 ``where`` is a condition: ``{"all": [...]}``, ``{"any": [...]}``, ``{"not": condition}`` or a
 comparison ``{"fact", "op", "value"}`` over one of :data:`FACTS`. :func:`compile_where` turns
 it into a SQL boolean expression over the columns of the facts query
-(``rpm/storage/engagement.py``), with every value a bind parameter: a definition can never
+(``rpm/storage/segments.py``), with every value a bind parameter: a definition can never
 inject SQL, and the whole population is evaluated in one statement.
 """
 
