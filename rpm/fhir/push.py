@@ -305,21 +305,24 @@ class FhirPushWorker:
         if exc.outcome is not None:
             error = f"{error}: {outcome_summary(exc.outcome)}"
         async with self._pool.acquire() as conn:
-            if item.attempts >= self._config.max_attempts:
-                result = {"status": exc.status, "outcome": exc.outcome}
-                await outbox_store.failed(
-                    conn, item.id, f"gave up after {item.attempts} attempts: {error}", result
-                )
-                self.counters.failed += 1
-                log.error(
-                    "fhir push item %d: gave up after %d attempts: %s",
-                    item.id,
-                    item.attempts,
-                    exc,  # without the EHR's diagnostics, which may name the patient
-                )
-                return
-            delay = self._config.backoff.seconds(item.attempts)
-            await outbox_store.retry_at(conn, item.id, now + timedelta(seconds=delay), error)
+            gave_up = await outbox_store.retry_or_give_up(
+                conn,
+                item,
+                now,
+                error,
+                max_attempts=self._config.max_attempts,
+                backoff=self._config.backoff,
+                result={"status": exc.status, "outcome": exc.outcome},
+            )
+        if gave_up:
+            self.counters.failed += 1
+            log.error(
+                "fhir push item %d: gave up after %d attempts: %s",
+                item.id,
+                item.attempts,
+                exc,  # without the EHR's diagnostics, which may name the patient
+            )
+            return
         self.counters.retries += 1
         log.warning("fhir push item %d: attempt %d failed: %s", item.id, item.attempts, exc)
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from rpm.backoff import Backoff
 from rpm.storage.pool import Conn
 
 
@@ -81,6 +82,26 @@ async def retry_at(conn: Conn, item_id: int, when: datetime, error: str) -> None
         when,
         error,
     )
+
+
+async def retry_or_give_up(
+    conn: Conn,
+    item: OutboxItem,
+    now: datetime,
+    error: str,
+    *,
+    max_attempts: int,
+    backoff: Backoff,
+    result: dict[str, Any] | None = None,
+) -> bool:
+    """After a failed attempt that may pass: due again after ``backoff``'s wait for this
+    attempt, or failed for good once ``max_attempts`` were made (``result`` kept then).
+    True when it gave up."""
+    if item.attempts >= max_attempts:
+        await failed(conn, item.id, f"gave up after {item.attempts} attempts: {error}", result)
+        return True
+    await retry_at(conn, item.id, now + timedelta(seconds=backoff.seconds(item.attempts)), error)
+    return False
 
 
 async def defer(conn: Conn, item_id: int, when: datetime, reason: str) -> None:

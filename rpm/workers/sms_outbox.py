@@ -292,15 +292,15 @@ class SmsOutboxWorker:
         except TransientDeliveryError as exc:
             self.router.count(plan.channel, "retry")
             async with self._pool.acquire() as conn:
-                if item.attempts >= self._config.max_attempts:
-                    await outbox_store.failed(
-                        conn, item.id, f"gave up after {item.attempts} attempts: {exc}"
-                    )
-                    self.outcomes["gave_up"] += 1
-                else:
-                    delay = timedelta(seconds=self._config.backoff.seconds(item.attempts))
-                    await outbox_store.retry_at(conn, item.id, now + delay, str(exc))
-                    self.outcomes["retry"] += 1
+                gave_up = await outbox_store.retry_or_give_up(
+                    conn,
+                    item,
+                    now,
+                    str(exc),
+                    max_attempts=self._config.max_attempts,
+                    backoff=self._config.backoff,
+                )
+            self.outcomes["gave_up" if gave_up else "retry"] += 1
             log.warning("outbox %s: attempt %d for %s failed: %s", item.id, item.attempts, who, exc)
             return
         except PermanentDeliveryError as exc:
