@@ -205,7 +205,6 @@ async def publish_campaign(
 ) -> Published:
     """Publish a campaign definition as its newest version, live (the planner sends it) or
     paused (the default: dry-run it first)."""
-    segment_spec.check_name(name)
     spec = campaign_spec.parse(document)
     async with pool.acquire() as conn:
         version, changed = await campaign_store.publish_campaign(
