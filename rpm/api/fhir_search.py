@@ -69,8 +69,7 @@ async def observation_search(request: Request, who: CanReadFhir, pool: PoolDep) 
         if wants_total(params):
             total = await fhir_store.observation_count(conn, query) if matches else 0
     found, cursor = page_observations(rows, query)
-    shown = rows[: len(found)] if found else []
-    audit(request, who, "search", "Observation", (x.accepted.patient_id for x in shown))
+    audit(request, who, "search", "Observation", (x.accepted.patient_id for x in rows))
     self_url, next_url = links(request, "Observation", used, cursor)
     bundle = bundles.searchset(found, base(request), self_url, next_url=next_url, total=total)
     return answer(bundle)
@@ -164,21 +163,12 @@ async def detected_issue_search(request: Request, who: CanReadFhir, pool: PoolDe
                 order="newest",
                 care_teams=teams,
             )
-        total = await total_of(
-            params,
-            lambda: (
-                _zero() if patients == [] else alert_reads.count_of_patients(conn, patients, teams)
-            ),
-        )
+        total = await total_of(params, lambda: alert_reads.count_of_patients(conn, patients, teams))
     page = rows[offset : offset + count]
     audit(request, who, "search", "DetectedIssue", (a["patient_id"] for a in page))
     return offset_answer(
         request, "DetectedIssue", used, rows, offset, count, resources.detected_issue, total
     )
-
-
-async def _zero() -> int:
-    return 0
 
 
 @router.get("/fhir/Communication")
@@ -195,9 +185,7 @@ async def communication_search(request: Request, who: CanReadFhir, pool: PoolDep
         rows = []
         if patients and count:
             rows = await sms_store.messages(conn, patient_ids=patients, limit=offset + count + 1)
-        total = await total_of(
-            params, lambda: sms_store.message_count(conn, patients) if patients else _zero()
-        )
+        total = await total_of(params, lambda: sms_store.message_count(conn, patients))
     page = rows[offset : offset + count]
     audit(request, who, "search", "Communication", (m["patient_id"] for m in page))
     return offset_answer(
@@ -221,10 +209,7 @@ async def questionnaire_response_search(
         found = []
         if patients and count:
             found = await checkin_store.responses(conn, patients, limit=offset + count + 1)
-        total = await total_of(
-            params,
-            lambda: checkin_store.response_count(conn, patients) if patients else _zero(),
-        )
+        total = await total_of(params, lambda: checkin_store.response_count(conn, patients))
     rows = [{"patient_id": r.patient_id, **(r.resource or {})} for r in found]
     page = rows[offset : offset + count]
     audit(request, who, "search", "QuestionnaireResponse", (r["patient_id"] for r in page))
