@@ -199,7 +199,7 @@ _TEXTS: Mapping[str, _Language] = MappingProxyType(
                 "STOP to stop. Msg & data rates may apply."
             ),
             reply_received=(
-                "Thank you, your care team at {service} will read your message. This number is "
+                "{service}: thank you, your care team will read your message. This number is "
                 "not watched all the time: for emergencies call {number}."
             ),
             unknown_sender=(
@@ -242,7 +242,7 @@ _TEXTS: Mapping[str, _Language] = MappingProxyType(
                 "HELP para ayuda o STOP para dejar de recibirlas."
             ),
             reply_received=(
-                "Gracias, su equipo de salud de {service} leerá su mensaje. Este número no se "
+                "{service}: gracias, su equipo de salud leerá su mensaje. Este número no se "
                 "revisa todo el tiempo: en una emergencia llame al {number}."
             ),
             unknown_sender=(
