@@ -467,7 +467,7 @@ def test_crisis_explanation_names_values_thresholds_and_source() -> None:
     )
     assert cand.evidence["breached"] == ["systolic 192 mmHg > 180", "diastolic 124 mmHg > 120"]
     assert "Hypertension 2018;71:e13-e115" in str(cand.evidence["source"])
-    assert cand.advice.startswith("Rest for 5 minutes")
+    assert cand.advice.startswith("Your blood pressure is very high. Rest 5 minutes")
 
 
 def test_weight_gain_explanation_is_in_kilograms_and_pounds() -> None:
