@@ -166,6 +166,7 @@ class Recipient:
     quiet_start: time | None = None
     quiet_end: time | None = None
     language: str = "en"
+    service_name: str | None = None  # the care team's; None: the configured default
 
 
 @dataclass(frozen=True, slots=True)

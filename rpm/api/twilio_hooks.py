@@ -135,6 +135,9 @@ async def _handle_inbound(
     patients = await sms_store.patients_by_phone(conn, sender) if sender else []
     ids = [p.patient_id for p in patients]
     language = patients[0].language if patients else templates.DEFAULT_LANGUAGE
+    service = (
+        patients[0].service(settings.sms.service_name) if patients else settings.sms.service_name
+    )
     first = ids[0] if ids else None
     if keyword is Keyword.OPT_IN and await checkin_replies.answers_keyword(
         conn, patients, body, now
@@ -149,17 +152,17 @@ async def _handle_inbound(
         log.info("sms %s: keyword %s from patients=%s", sid, keyword.value, ids or "unknown")
         if keyword is Keyword.OPT_OUT:
             await sms_store.opt_out(conn, ids)
-            return templates.opted_out_reply(language, emergency_number=number)
+            return templates.opted_out_reply(language, service=service, emergency_number=number)
         if keyword is Keyword.OPT_IN:
             await sms_store.opt_in(conn, ids)
-            return templates.opted_in_reply(language, emergency_number=number)
+            return templates.opted_in_reply(language, service=service, emergency_number=number)
         return templates.help_reply(
-            language, emergency_number=number, contact=settings.sms.help_contact
+            language, service=service, emergency_number=number, contact=settings.sms.help_contact
         )
     if not ids:
         await sms_store.record_inbound(conn, sid=sid, patient_id=None, alert_id=None, body=body)
         log.info("sms %s: reply from an unknown number", sid)
-        return templates.unknown_sender_reply(emergency_number=number)
+        return templates.unknown_sender_reply(service=service, emergency_number=number)
     answered = await checkin_replies.handle(
         conn, ids, sid=sid, body=body, at=now, emergency_number=number, sender=sender
     )
@@ -203,7 +206,7 @@ async def _handle_inbound(
             ],
         )
     log.info("sms %s: reply from patient=%s on alert=%s", sid, patient_id, alert_id)
-    return templates.reply_received(language, emergency_number=number)
+    return templates.reply_received(language, service=service, emergency_number=number)
 
 
 async def _latest_unresolved(conn: Conn, patient_ids: list[str]) -> dict[str, Any] | None:

@@ -67,10 +67,17 @@ class PatientSms:
     timezone: str
     quiet_start: time
     quiet_end: time
+    # The patient's care team's service name (None: the team has none; RPM_SMS_SERVICE_NAME)
+    service_name: str | None = None
+
+    def service(self, default: str) -> str:
+        """The name patient texts and calls are from."""
+        return self.service_name or default
 
 
 _PATIENT_COLUMNS = """id, phone, sms_consent, sms_opted_out_at, language, timezone,
-    quiet_hours_start, quiet_hours_end"""
+    quiet_hours_start, quiet_hours_end,
+    (SELECT t.service_name FROM care_teams t WHERE t.id = patients.care_team) AS service_name"""
 
 
 def _patient(row: asyncpg.Record) -> PatientSms:
@@ -83,6 +90,7 @@ def _patient(row: asyncpg.Record) -> PatientSms:
         row["timezone"],
         row["quiet_hours_start"],
         row["quiet_hours_end"],
+        row["service_name"],
     )
 
 
