@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from alerts import templates
+from alerts.keywords import Keyword, keyword_of, mentions_opt_out
 from alerts.sms import (
     SIGNATURE_HEADER,
     SIGNATURE_SETTINGS_HEADER,
@@ -34,7 +35,6 @@ from alerts.sms import (
     signature_valid,
     twiml_message,
 )
-from alerts.sms_policy import Keyword, keyword_of
 from rpm.settings import Settings
 from rpm.storage import alert_reads
 from rpm.storage import alerts as alert_store
@@ -48,6 +48,11 @@ from . import checkin_replies
 from .deps import ClockDep, PoolDep, SettingsDep
 
 log = logging.getLogger(__name__)
+
+# The inbox reason of free text that uses a word revoking consent without being a keyword
+# ("stop texting me, I'm fine"): the intent is not clear enough to act on (alerts.keywords),
+# so a person asks; FCC 24-24 lets the sender ask once.
+POSSIBLE_OPT_OUT = "may ask to stop messages: ask the patient, and opt them out if so"
 
 MAX_BODY_BYTES = 64 * 1024
 _FORM = "application/x-www-form-urlencoded"
@@ -181,7 +186,7 @@ async def _handle_inbound(
             patient_id=patient_id,
             sms_id=stored,
             prompt_id=None,
-            reason=checkin_replies.NO_CHECKIN,
+            reason=POSSIBLE_OPT_OUT if mentions_opt_out(body) else checkin_replies.NO_CHECKIN,
             at=now,
         )
     if stored is not None and alert is not None:
