@@ -34,6 +34,7 @@ from . import (
     readings,
     registry,
     rules,
+    time_entries,
     twilio_hooks,
     twilio_voice,
 )
@@ -117,6 +118,7 @@ def create_app(
     app.include_router(registry.router, responses=_CONFLICT)
     app.include_router(rules.router)
     app.include_router(engagement.router)
+    app.include_router(time_entries.router, responses=_CONFLICT)
     app.include_router(dashboard.router)
     app.include_router(dashboard_engagement.router)
     app.include_router(fhir.router, responses=_FHIR)
