@@ -25,6 +25,7 @@ from . import (
     alerts,
     dashboard,
     dashboard_engagement,
+    dashboard_time,
     engagement,
     errors,
     fhir,
@@ -121,6 +122,7 @@ def create_app(
     app.include_router(time_entries.router, responses=_CONFLICT)
     app.include_router(dashboard.router)
     app.include_router(dashboard_engagement.router)
+    app.include_router(dashboard_time.router)
     app.include_router(fhir.router, responses=_FHIR)
     app.include_router(twilio_hooks.router, responses=_TWILIO)
     app.include_router(twilio_voice.router, responses=_TWILIO)
