@@ -14,7 +14,7 @@ import asyncpg
 import httpx
 import pytest
 
-from rpm.api import time_entries
+from rpm.api import time_entries, timer
 from rpm.auth import API_KEY_PREFIX, token_hash
 from rpm.billing.time import Activity, EntryValues
 from rpm.domain.errors import StaleVersion, TimeEntryNotFound
@@ -52,6 +52,7 @@ async def http(pool: asyncpg.Pool, clock: Clock) -> AsyncIterator[httpx.AsyncCli
     app.state.settings = Settings()
     app.state.clock = clock
     app.include_router(time_entries.router)
+    app.include_router(timer.router)
     async with pool.acquire() as conn:
         for patient, team, zone in ((NORTH, "north", "America/New_York"), (SOUTH, "south", "UTC")):
             await registry.upsert_patient(

@@ -36,6 +36,7 @@ from . import (
     registry,
     rules,
     time_entries,
+    timer,
     twilio_hooks,
     twilio_voice,
 )
@@ -120,6 +121,7 @@ def create_app(
     app.include_router(rules.router)
     app.include_router(engagement.router)
     app.include_router(time_entries.router, responses=_CONFLICT)
+    app.include_router(timer.router, responses=_CONFLICT)
     app.include_router(dashboard.router)
     app.include_router(dashboard_engagement.router)
     app.include_router(dashboard_time.router)

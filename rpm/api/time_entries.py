@@ -1,5 +1,5 @@
-"""Time tracking: a patient's time entries, their history, and the caller's own timer
-(docs/time-tracking.md).
+"""Time tracking: a patient's time entries and their history (docs/time-tracking.md; the
+caller's own timer is in ``timer``).
 
 Every route needs ``time-tracking`` (nurses and admins) and is team-scoped like the rest of
 a patient's data: another team's patient, or an entry of one, is answered 404, and every
@@ -25,10 +25,8 @@ from rpm.billing.time import (
     EntryValues,
     MonthTotal,
     checked,
-    checked_note,
     month_span,
     month_total,
-    timer_duration,
 )
 from rpm.domain.errors import (
     InvalidTimeEntry,
@@ -40,7 +38,7 @@ from rpm.domain.errors import (
 from rpm.storage import staff as staff_store
 from rpm.storage import time_entries as store
 from rpm.storage.pool import Conn
-from rpm.storage.time_entries import Event, TimeEntry, Timer
+from rpm.storage.time_entries import Event, TimeEntry
 
 from .access import CanTrackTime, Principal, audit
 from .deps import ClockDep, PoolDep, SettingsDep
@@ -126,40 +124,7 @@ class EventOut(BaseModel):
     new: dict[str, Any] | None
 
 
-class TimerIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    patient_id: Annotated[str, Field(pattern=PATIENT_ID)]
-    activity: Activity
-    note: Note = ""
-
-
-class StopIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    activity: Activity | None = Field(None, description="replaces the timer's activity")
-    note: Note | None = Field(None, description="replaces the timer's note")
-
-
-class TimerOut(BaseModel):
-    staff_id: str
-    patient_id: str
-    activity: Activity
-    activity_label: str
-    note: str
-    started_at: datetime
-    elapsed_s: int
-    max_s: int
-    over_limit: bool  # stopping now records max_s, not elapsed_s
-
-
-class StoppedOut(BaseModel):
-    entry: EntryOut
-    elapsed_s: int
-    capped: bool
-
-
-def _entry_out(e: TimeEntry) -> dict[str, Any]:
+def entry_out(e: TimeEntry) -> dict[str, Any]:
     v = e.values
     return {
         "id": e.id,
@@ -200,32 +165,17 @@ def _event_out(e: Event) -> dict[str, Any]:
     }
 
 
-def _timer_out(t: Timer, now: datetime, max_s: int) -> dict[str, Any]:
-    elapsed = max(0, int((now - t.started_at).total_seconds()))
-    return {
-        "staff_id": t.staff_id,
-        "patient_id": t.patient_id,
-        "activity": t.activity,
-        "activity_label": t.activity.label,
-        "note": t.note,
-        "started_at": t.started_at,
-        "elapsed_s": elapsed,
-        "max_s": max_s,
-        "over_limit": elapsed > max_s,
-    }
-
-
 # --- who may see and change what --------------------------------------------------------
 
 
-def _zone(name: str) -> ZoneInfo:
+def zone_of(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):  # checked on enrolment; UTC if it went bad
         return ZoneInfo("UTC")
 
 
-async def _visible_patient(
+async def visible_patient(
     conn: Conn, request: Request, who: Principal, patient_id: str, action: str
 ) -> ZoneInfo:
     """The patient's time zone, auditing the access; 404 when not visible to ``who``."""
@@ -235,7 +185,7 @@ async def _visible_patient(
         audit(request, who, action, "time-entries", resource_id=patient_id)
         raise NotFoundError("no such patient")
     audit(request, who, action, "time-entries", [patient_id], patient_id)
-    return _zone(found[1])
+    return zone_of(found[1])
 
 
 async def _visible_entry(
@@ -268,12 +218,6 @@ async def _staff_for(conn: Conn, who: Principal, named: str | None) -> str:
     return named
 
 
-def _own_timer(who: Principal) -> str:
-    if who.kind != "staff":
-        raise RefusedError("timers belong to staff members")
-    return who.id
-
-
 # --- entries ----------------------------------------------------------------------------
 
 
@@ -297,7 +241,7 @@ async def list_entries(
     if start is not None and month is not None:
         raise InvalidTimeEntry("give month, or from and to, not both")
     async with pool.acquire() as conn:
-        zone = await _visible_patient(conn, request, who, patient_id, "read")
+        zone = await visible_patient(conn, request, who, patient_id, "read")
         if start is None or end is None:
             try:
                 period = (
@@ -317,7 +261,7 @@ async def list_entries(
         "month": month,
         "start": start,
         "end": end,
-        "entries": [_entry_out(e) for e in entries],
+        "entries": [entry_out(e) for e in entries],
         "total": _total_out(total),
     }
 
@@ -335,7 +279,7 @@ async def create_entry(
     """Record time spent on the patient (``source`` manual)."""
     now = clock()
     async with pool.acquire() as conn:
-        await _visible_patient(conn, request, who, patient_id, "create")
+        await visible_patient(conn, request, who, patient_id, "create")
         staff_id = await _staff_for(conn, who, body.staff_id)
         values = checked(
             EntryValues(
@@ -345,7 +289,7 @@ async def create_entry(
             settings.time_tracking.policy(),
         )
         entry = await store.create(conn, values, who.actor, now)
-    return _entry_out(entry)
+    return entry_out(entry)
 
 
 @router.get("/api/time-entries/{entry_id}", response_model=EntryOut)
@@ -355,7 +299,7 @@ async def get_entry(
     """One entry, deleted or not (``deleted_at``)."""
     async with pool.acquire() as conn:
         entry = await _visible_entry(conn, request, who, entry_id, "read")
-    return _entry_out(entry)
+    return entry_out(entry)
 
 
 @router.patch("/api/time-entries/{entry_id}", response_model=EntryOut)
@@ -393,7 +337,7 @@ async def edit_entry(
             settings.time_tracking.policy(),
         )
         edited = await store.edit(conn, entry_id, body.version, values, who.actor, now)
-    return _entry_out(edited)
+    return entry_out(edited)
 
 
 @router.delete("/api/time-entries/{entry_id}", response_model=EntryOut)
@@ -411,7 +355,7 @@ async def delete_entry(
         entry = await _visible_entry(conn, request, who, entry_id, "delete")
         _may_change(who, entry)
         deleted = await store.delete(conn, entry_id, version, who.actor, clock())
-    return _entry_out(deleted)
+    return entry_out(deleted)
 
 
 @router.get("/api/time-entries/{entry_id}/history", response_model=list[EventOut])
@@ -423,87 +367,3 @@ async def entry_history(
         await _visible_entry(conn, request, who, entry_id, "history")
         events = await store.history(conn, entry_id)
     return [_event_out(e) for e in events]
-
-
-# --- the caller's timer -----------------------------------------------------------------
-
-
-@router.get("/api/timer", response_model=TimerOut | None)
-async def get_timer(
-    request: Request, who: CanTrackTime, pool: PoolDep, clock: ClockDep, settings: SettingsDep
-) -> dict[str, Any] | None:
-    """The caller's running timer, or null."""
-    staff_id = _own_timer(who)
-    async with pool.acquire() as conn:
-        running = await store.timer(conn, staff_id)
-    if running is None:
-        return None
-    audit(request, who, "read", "timer", [running.patient_id], staff_id)
-    return _timer_out(running, clock(), settings.time_tracking.policy().entry_max_s)
-
-
-@router.post("/api/timer", response_model=TimerOut, status_code=201)
-async def start_timer(
-    request: Request,
-    who: CanTrackTime,
-    pool: PoolDep,
-    clock: ClockDep,
-    settings: SettingsDep,
-    body: TimerIn,
-) -> dict[str, Any]:
-    """Start the caller's timer on a patient (409 when one is running already)."""
-    staff_id = _own_timer(who)
-    now = clock()
-    note = checked_note(body.note)
-    async with pool.acquire() as conn:
-        await _visible_patient(conn, request, who, body.patient_id, "timer-start")
-        running = await store.start_timer(conn, staff_id, body.patient_id, body.activity, now, note)
-    return _timer_out(running, now, settings.time_tracking.policy().entry_max_s)
-
-
-@router.post("/api/timer/stop", response_model=StoppedOut, status_code=201)
-async def stop_timer(
-    request: Request,
-    who: CanTrackTime,
-    pool: PoolDep,
-    clock: ClockDep,
-    settings: SettingsDep,
-    body: StopIn | None = None,
-) -> dict[str, Any]:
-    """Stop the caller's timer and record its time as an entry (``source`` timer); a timer
-    that ran past ``RPM_TIME_ENTRY_MAX_MINUTES`` records that maximum (``capped``)."""
-    staff_id = _own_timer(who)
-    now = clock()
-    policy = settings.time_tracking.policy()
-    async with pool.acquire() as conn, conn.transaction():
-        running = await store.take_timer(conn, staff_id)
-        audit(request, who, "timer-stop", "timer", [running.patient_id], staff_id)
-        took = timer_duration(running.started_at, now, policy)
-        values = checked(
-            EntryValues(
-                running.patient_id,
-                staff_id,
-                running.started_at,
-                took.duration_s,
-                (body and body.activity) or running.activity,
-                running.note if body is None or body.note is None else body.note,
-                "timer",
-            ),
-            now,
-            policy,
-        )
-        extra = {"timer_elapsed_s": took.elapsed_s} if took.capped else None
-        entry = await store.create(conn, values, who.actor, now, extra)
-    return {"entry": _entry_out(entry), "elapsed_s": took.elapsed_s, "capped": took.capped}
-
-
-@router.delete("/api/timer", response_model=TimerOut)
-async def discard_timer(
-    request: Request, who: CanTrackTime, pool: PoolDep, clock: ClockDep, settings: SettingsDep
-) -> dict[str, Any]:
-    """Discard the caller's timer without recording anything (404 when none runs)."""
-    staff_id = _own_timer(who)
-    async with pool.acquire() as conn:
-        running = await store.take_timer(conn, staff_id)
-    audit(request, who, "timer-discard", "timer", [running.patient_id], staff_id)
-    return _timer_out(running, clock(), settings.time_tracking.policy().entry_max_s)
