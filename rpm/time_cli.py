@@ -47,7 +47,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], local: 
     def command(name: str, help_: str) -> argparse.ArgumentParser:
         c = cmds.add_parser(name, help=help_, description=help_)
         c.add_argument("--json", action="store_true", help="print JSON instead of text")
-        c.add_argument("--local", type=Path, nargs="?", const=local, default=None)
+        c.add_argument(
+            "--local",
+            type=Path,
+            nargs="?",
+            const=local,
+            default=None,
+            help="use the local services started in this directory",
+        )
         return c
 
     c = command("list", "a patient's entries of one calendar month, with the total")
