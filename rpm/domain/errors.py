@@ -14,7 +14,8 @@
     │   │   ├── NotATeamMember   an on-call shift for someone outside the team
     │   │   ├── StoredProgramInvalid  an old program version today's rule kinds refuse
     │   │   ├── InvalidSegment   a segment definition that cannot be evaluated
-    │   │   └── InvalidCampaign  a campaign definition that cannot run
+    │   │   ├── InvalidCampaign  a campaign definition that cannot run
+    │   │   └── InvalidCodeTable a billing code table that cannot be used, or none in force
     │   ├── NotFoundError        (LookupError) no such thing, or not visible to the caller 404
     │   │   ├── AlertNotFound
     │   │   ├── DeviceNotFound
@@ -145,6 +146,11 @@ class InvalidSegment(InvalidRequestError):
 
 class InvalidCampaign(InvalidRequestError):
     """A campaign definition that cannot run; the message says where."""
+
+
+class InvalidCodeTable(InvalidRequestError):
+    """A billing code table that cannot be used (the message says where), or no table in
+    force for the dates asked."""
 
 
 class AlertNotFound(NotFoundError):
