@@ -46,6 +46,8 @@ class Permission(StrEnum):
     ACCESS_ADMIN = "access-admin"  # staff, care teams, API keys, the audit log
     ENGAGEMENT_READ = "engagement-read"  # segments, campaigns, engagement figures (team-scoped)
     ENGAGEMENT_MANAGE = "engagement-manage"  # publish segments and campaigns, dry runs
+    BILLING_READ = "billing-read"  # month-end billing report, code tables (team-scoped)
+    BILLING_MANAGE = "billing-manage"  # publish billing code tables
 
 
 _NURSE = frozenset(
@@ -56,6 +58,7 @@ _NURSE = frozenset(
         Permission.RULES_READ,
         Permission.FHIR_READ,
         Permission.ENGAGEMENT_READ,
+        Permission.BILLING_READ,
     }
 )
 # Role (staff) or scope (API key) -> what it may do. Ingest keys act at /ingest/* only,
@@ -260,3 +263,5 @@ CanManageFhirPush = Annotated[Principal, Security(REQUIRE[Permission.FHIR_PUSH])
 IsAccessAdmin = Annotated[Principal, Security(REQUIRE[Permission.ACCESS_ADMIN])]
 CanReadEngagement = Annotated[Principal, Security(REQUIRE[Permission.ENGAGEMENT_READ])]
 CanManageEngagement = Annotated[Principal, Security(REQUIRE[Permission.ENGAGEMENT_MANAGE])]
+CanReadBilling = Annotated[Principal, Security(REQUIRE[Permission.BILLING_READ])]
+CanManageBilling = Annotated[Principal, Security(REQUIRE[Permission.BILLING_MANAGE])]
