@@ -56,9 +56,9 @@ class Published(BaseModel):
     changed: bool
 
 
-def _month(month: str | None, request: Request) -> Period:
+def _month(month: str | None, clock: Any) -> Period:
     if month is None:
-        return month_of(f"{request.app.state.clock():%Y-%m}")
+        return month_of(f"{clock():%Y-%m}")
     try:
         return month_of(month)
     except ValueError as exc:
@@ -81,7 +81,7 @@ async def report(
     on. As CSV (every patient, no paging) with ``format=csv`` or ``Accept: text/csv``."""
     if format == "csv" or (format is None and _wants_csv(request)):
         return await _csv(who, pool, clock, request, month)
-    period = _month(month, request)
+    period = _month(month, clock)
     async with pool.acquire() as conn:
         reports = await store.month_report(
             conn, period, clock(), who.teams, after=after, limit=limit
@@ -118,7 +118,7 @@ def _wants_csv(request: Request) -> bool:
 async def _csv(
     who: Principal, pool: Any, clock: Any, request: Request, month: str | None
 ) -> Response:
-    period = _month(month, request)
+    period = _month(month, clock)
     async with pool.acquire() as conn:
         reports = await store.month_report(conn, period, clock(), who.teams)
     key = f"{period.start:%Y-%m}"

@@ -18,6 +18,7 @@ from rpm.domain.errors import InvalidRequestError, RefusedError
 
 from .dashboard import SecuredRoute, Staff, call_api
 from .dashboard_views import templates
+from .deps import ClockDep
 
 router = APIRouter(route_class=SecuredRoute, include_in_schema=False)
 PAGE = 100
@@ -27,11 +28,12 @@ PAGE = 100
 async def billing_page(
     request: Request,
     staff: Staff,
+    clock: ClockDep,
     month: Annotated[str | None, Query(max_length=7)] = None,
     after: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
     if month is None:
-        month = f"{request.app.state.clock():%Y-%m}"
+        month = f"{clock():%Y-%m}"
     try:
         period = month_of(month)
     except ValueError as exc:
