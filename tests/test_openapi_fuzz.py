@@ -66,6 +66,9 @@ SCHEMA_CANNOT_SAY = {
     "GET /fhir/Communication": "a FHIR search needs patient or subject",
     "GET /fhir/QuestionnaireResponse": "a FHIR search needs patient or subject",
     "POST /api/inbox/{item_id}/handled": _NUL,
+    "GET /api/billing/report": "a month needs a billing code table in force on its last day",
+    "GET /api/billing/report.csv": "a month needs a billing code table in force on its last day",
+    "POST /api/billing/code-tables": "the table is checked by rpm.billing.codes",
 }
 
 

@@ -29,7 +29,7 @@ from .deps import ClockDep, PoolDep
 router = APIRouter(prefix="/api/billing", tags=["billing"])
 
 MAX_PAGE = 1000
-Month = Annotated[str | None, Query(pattern=r"^[0-9]{4}-[0-9]{2}$", description="YYYY-MM")]
+Month = Annotated[str | None, Query(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$", description="YYYY-MM")]
 Note = Annotated[str | None, Query(max_length=500)]
 CSV_TYPE = "text/csv; charset=utf-8"
 CSV_COLUMNS = (

@@ -139,6 +139,19 @@ WITH pl AS MATERIALIZED (
        AND ($4::text IS NULL OR p.id > $4::text)
      ORDER BY p.id
      LIMIT $5::int
+), tm AS (
+    -- the month's time, aggregated in one pass over the month's entries (time_entries_started),
+    -- each entry in its patient's local month
+    SELECT e.patient_id, sum(e.duration_s)::bigint AS seconds, count(*)::int AS entries,
+           count(*) FILTER (WHERE e.activity = ANY($7::text[]))::int AS interactive,
+           min(e.started_at) FILTER (WHERE e.activity = ANY($7::text[])) AS first_interactive
+      FROM time_entries e JOIN pl ON pl.id = e.patient_id
+     WHERE e.deleted_at IS NULL
+       AND e.started_at >= ($1::date::timestamp AT TIME ZONE 'UTC') - interval '1 day'
+       AND e.started_at < ($2::date::timestamp AT TIME ZONE 'UTC') + interval '1 day'
+       AND e.started_at >= ($1::date::timestamp AT TIME ZONE pl.timezone)
+       AND e.started_at < ($2::date::timestamp AT TIME ZONE pl.timezone)
+     GROUP BY e.patient_id
 )
 SELECT pl.id AS patient_id, pl.care_team, pl.start,
        ($8::timestamptz AT TIME ZONE pl.timezone)::date AS today,
@@ -168,15 +181,7 @@ SELECT pl.id AS patient_id, pl.care_team, pl.start,
          AND (s.back - pl.start) / 30 = (s.day - pl.start) / 30
        LIMIT 1
   ) setup ON true
-  LEFT JOIN LATERAL (
-      SELECT sum(e.duration_s)::bigint AS seconds, count(*)::int AS entries,
-             count(*) FILTER (WHERE e.activity = ANY($7::text[]))::int AS interactive,
-             min(e.started_at) FILTER (WHERE e.activity = ANY($7::text[])) AS first_interactive
-        FROM time_entries e
-       WHERE e.patient_id = pl.id AND e.deleted_at IS NULL
-         AND e.started_at >= ($1::date::timestamp AT TIME ZONE pl.timezone)
-         AND e.started_at < ($2::date::timestamp AT TIME ZONE pl.timezone)
-  ) t ON true
+  LEFT JOIN tm t ON t.patient_id = pl.id
  ORDER BY pl.id
 """
 assert PERIOD_DAYS == 30, "REPORT_SQL counts 30-day device periods"
