@@ -122,15 +122,23 @@ class CodeTable:
     interactive_activities: frozenset[str]
     title: str = ""
     _by_code: Mapping[str, Code] = field(default_factory=dict, compare=False, repr=False)
+    _by_kind: Mapping[str, tuple[Code, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    # Decisions already taken with this table, by their inputs (rpm.billing.evaluate): a
+    # population has few distinct (days, minutes, ...) so most patients reuse one.
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_code", {c.code: c for c in self.codes})
+        kinds = {k: tuple(c for c in self.codes if c.kind == k) for k in KINDS}
+        object.__setattr__(self, "_by_kind", kinds)
 
     def code(self, name: str) -> Code:
         return self._by_code[name]
 
     def of_kind(self, kind: str) -> tuple[Code, ...]:
-        return tuple(c for c in self.codes if c.kind == kind)
+        return self._by_kind[kind]
 
     @property
     def setup(self) -> Code | None:

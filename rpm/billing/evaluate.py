@@ -17,6 +17,7 @@ Which periods and minutes belong to a month (docs/billing.md):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -85,15 +86,20 @@ class Missing:
 
     @property
     def text(self) -> str:
-        parts = []
-        if self.days:
-            parts.append(f"{self.days} more day{'s' if self.days != 1 else ''} of readings")
-        if self.minutes:
-            parts.append(f"{self.minutes} more minute{'s' if self.minutes != 1 else ''}")
-        if self.interactive:
-            parts.append("an interactive communication")
-        words = ", ".join(parts)
-        return words if self.reachable else f"{words} (too late: its period has ended)"
+        return _words(self.days, self.minutes, self.interactive, self.reachable)
+
+
+@functools.lru_cache(maxsize=4096)
+def _words(days: int, minutes: int, interactive: bool, reachable: bool) -> str:
+    parts = []
+    if days:
+        parts.append(f"{days} more day{'s' if days != 1 else ''} of readings")
+    if minutes:
+        parts.append(f"{minutes} more minute{'s' if minutes != 1 else ''}")
+    if interactive:
+        parts.append("an interactive communication")
+    words = ", ".join(parts)
+    return words if reachable else f"{words} (too late: its period has ended)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,23 +219,35 @@ def _device_supply(
     earned: list[Earned],
     missing: list[Missing],
 ) -> None:
-    codes = table.of_kind("device_supply")
-    qualifying = [
-        c for c in codes if c.min_days <= pd.days and (c.max_days is None or pd.days <= c.max_days)
-    ]
-    won = _resolve(qualifying)
+    left = pd.period.days_left(patient.today)
+    key = ("device", pd.days, left)
+    decided = table.memo.get(key)
+    if decided is None:
+        decided = table.memo[key] = _device_decision(table, pd.days, left)
+    won, short = decided
     for c in won:
         earned.append(
             Earned(c.code, 1, f"{_days(pd.days)} in {_period_words(pd)}", pd.period.number)
         )
-    left = pd.period.days_left(patient.today)
-    for c in codes:
-        if c in won or _superseded(c, won) or (c.max_days is not None and pd.days > c.max_days):
-            continue
-        short = c.min_days - pd.days
-        missing.append(
-            Missing(c.code, days=short, reachable=short <= left, period=pd.period.number)
-        )
+    for code, days, reachable in short:
+        missing.append(Missing(code, days=days, reachable=reachable, period=pd.period.number))
+
+
+def _device_decision(
+    table: CodeTable, days: int, left: int
+) -> tuple[list[Code], list[tuple[str, int, bool]]]:
+    codes = table.of_kind("device_supply")
+    won = _resolve(
+        [c for c in codes if c.min_days <= days and (c.max_days is None or days <= c.max_days)]
+    )
+    short = [
+        (c.code, c.min_days - days, c.min_days - days <= left)
+        for c in codes
+        if c not in won
+        and not _superseded(c, won)
+        and not (c.max_days is not None and days > c.max_days)
+    ]
+    return won, short
 
 
 def _management(
@@ -237,8 +255,35 @@ def _management(
 ) -> None:
     t = patient.time
     minutes = t.minutes
-    interactive = t.interactive > 0
     over = patient.today > patient.month.last_day
+    key = ("time", minutes, t.interactive > 0, over)
+    decided = table.memo.get(key)
+    if decided is None:
+        decided = table.memo[key] = _management_decision(table, minutes, t.interactive > 0, over)
+    won, short = decided
+    if won:
+        evidence = (
+            f"{_minutes(minutes)} in {patient.month.start:%B %Y} over {t.entries} time "
+            f"entr{'y' if t.entries == 1 else 'ies'}"
+        )
+    for c, units in won:
+        if c.kind == "management_addon":
+            base = table.code(c.addon_to or "")
+            said = (
+                f"{_minutes(minutes)}: {units} x {c.each_minutes} minutes past "
+                f"{base.code}'s {base.min_minutes}"
+            )
+        elif c.requires_interactive:
+            said = f"{evidence}, {t.interactive} interactive"
+        else:
+            said = evidence
+        earned.append(Earned(c.code, units, said))
+    missing.extend(short)
+
+
+def _management_decision(
+    table: CodeTable, minutes: int, interactive: bool, over: bool
+) -> tuple[list[tuple[Code, int]], list[Missing]]:
     codes = table.of_kind("management")
     won = _resolve(
         [
@@ -247,24 +292,17 @@ def _management(
             if minutes >= c.min_minutes and (interactive or not c.requires_interactive)
         ]
     )
-    evidence = (
-        f"{_minutes(minutes)} in {patient.month.start:%B %Y} over {t.entries} time "
-        f"entr{'y' if t.entries == 1 else 'ies'}"
-    )
-    for c in won:
-        said = f"{evidence}, {t.interactive} interactive" if c.requires_interactive else evidence
-        earned.append(Earned(c.code, 1, said))
-    for c in codes:
-        if c in won or _superseded(c, won):
-            continue
-        missing.append(
-            Missing(
-                c.code,
-                minutes=max(0, c.min_minutes - minutes),
-                interactive=c.requires_interactive and not interactive,
-                reachable=not over,
-            )
+    earned: list[tuple[Code, int]] = [(c, 1) for c in won]
+    missing = [
+        Missing(
+            c.code,
+            minutes=max(0, c.min_minutes - minutes),
+            interactive=c.requires_interactive and not interactive,
+            reachable=not over,
         )
+        for c in codes
+        if c not in won and not _superseded(c, won)
+    ]
     for addon in table.of_kind("management_addon"):
         base = table.code(addon.addon_to or "")
         units = 0
@@ -273,25 +311,18 @@ def _management(
             if addon.max_units is not None:
                 units = min(units, addon.max_units)
         if units:
-            earned.append(
-                Earned(
-                    addon.code,
-                    units,
-                    f"{_minutes(minutes)}: {units} x {addon.each_minutes} minutes past "
-                    f"{base.code}'s {base.min_minutes}",
-                )
-            )
+            earned.append((addon, units))
         if addon.max_units is not None and units >= addon.max_units:
             continue
-        need = base.min_minutes + addon.each_minutes * (units + 1) - minutes
         missing.append(
             Missing(
                 addon.code,
-                minutes=need,
+                minutes=base.min_minutes + addon.each_minutes * (units + 1) - minutes,
                 interactive=base.requires_interactive and not interactive,
                 reachable=not over,
             )
         )
+    return earned, missing
 
 
 def _resolve(qualifying: list[Code]) -> list[Code]:
