@@ -78,6 +78,9 @@ SCHEMA_CANNOT_SAY = {
     "PATCH /api/time-entries/{entry_id}": _ENTRY,
     "POST /api/timer": _NUL,
     "POST /api/timer/stop": _NUL,
+    "GET /api/billing/report": "a month needs a billing code table in force on its last day",
+    "GET /api/billing/report.csv": "a month needs a billing code table in force on its last day",
+    "POST /api/billing/code-tables": "the table is checked by rpm.billing.codes",
 }
 
 

@@ -47,6 +47,8 @@ class Permission(StrEnum):
     ENGAGEMENT_READ = "engagement-read"  # segments, campaigns, engagement figures (team-scoped)
     ENGAGEMENT_MANAGE = "engagement-manage"  # publish segments and campaigns, dry runs
     TIME_TRACKING = "time-tracking"  # time entries and one's own timer (team-scoped)
+    BILLING_READ = "billing-read"  # month-end billing report, code tables (team-scoped)
+    BILLING_MANAGE = "billing-manage"  # publish billing code tables
 
 
 _NURSE = frozenset(
@@ -58,6 +60,7 @@ _NURSE = frozenset(
         Permission.FHIR_READ,
         Permission.ENGAGEMENT_READ,
         Permission.TIME_TRACKING,
+        Permission.BILLING_READ,
     }
 )
 # Role (staff) or scope (API key) -> what it may do. Ingest keys act at /ingest/* only,
@@ -263,3 +266,5 @@ IsAccessAdmin = Annotated[Principal, Security(REQUIRE[Permission.ACCESS_ADMIN])]
 CanReadEngagement = Annotated[Principal, Security(REQUIRE[Permission.ENGAGEMENT_READ])]
 CanManageEngagement = Annotated[Principal, Security(REQUIRE[Permission.ENGAGEMENT_MANAGE])]
 CanTrackTime = Annotated[Principal, Security(REQUIRE[Permission.TIME_TRACKING])]
+CanReadBilling = Annotated[Principal, Security(REQUIRE[Permission.BILLING_READ])]
+CanManageBilling = Annotated[Principal, Security(REQUIRE[Permission.BILLING_MANAGE])]

@@ -23,7 +23,9 @@ from rpm.settings import Settings
 from . import (
     admin,
     alerts,
+    billing,
     dashboard,
+    dashboard_billing,
     dashboard_engagement,
     dashboard_time,
     engagement,
@@ -125,6 +127,8 @@ def create_app(
     app.include_router(dashboard.router)
     app.include_router(dashboard_engagement.router)
     app.include_router(dashboard_time.router)
+    app.include_router(billing.router)
+    app.include_router(dashboard_billing.router)
     app.include_router(fhir.router, responses=_FHIR)
     app.include_router(twilio_hooks.router, responses=_TWILIO)
     app.include_router(twilio_voice.router, responses=_TWILIO)

@@ -15,7 +15,8 @@
     │   │   ├── StoredProgramInvalid  an old program version today's rule kinds refuse
     │   │   ├── InvalidSegment   a segment definition that cannot be evaluated
     │   │   ├── InvalidCampaign  a campaign definition that cannot run
-    │   │   └── InvalidTimeEntry a time entry or timer out of bounds (duration, start, note)
+    │   │   ├── InvalidTimeEntry a time entry or timer out of bounds (duration, start, note)
+    │   │   └── InvalidCodeTable a billing code table that cannot be used, or none in force
     │   ├── NotFoundError        (LookupError) no such thing, or not visible to the caller 404
     │   │   ├── AlertNotFound
     │   │   ├── DeviceNotFound
@@ -153,6 +154,11 @@ class InvalidCampaign(InvalidRequestError):
 
 class InvalidTimeEntry(InvalidRequestError):
     """A time entry or timer that cannot be recorded; the message says which bound."""
+
+
+class InvalidCodeTable(InvalidRequestError):
+    """A billing code table that cannot be used (the message says where), or no table in
+    force for the dates asked."""
 
 
 class AlertNotFound(NotFoundError):
