@@ -61,11 +61,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 async def _report(args: argparse.Namespace, settings: Settings) -> int:
     month = month_of(args.month)
     teams = frozenset(args.team) if args.team else None
-    conn = await connect(settings.database.url.get_secret_value())
+    url = settings.database.url.get_secret_value()
+    conns = [await connect(url), await connect(url)]
     try:
-        reports = await store.month_report(conn, month, datetime.now(UTC), teams)
+        reports = await store.whole_report(conns, month, datetime.now(UTC), teams)
     finally:
-        await conn.close()
+        for conn in conns:
+            await conn.close()
     if args.csv:
         sys.stdout.write(csv_text(reports))
         return 0

@@ -8,6 +8,7 @@ import csv
 import io
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import httpx
@@ -277,3 +278,61 @@ async def test_report_statement_reads_only_the_month(pool: asyncpg.Pool) -> None
     assert veteran.codes_text() == "99454"
     assert veteran.patient.setup_period == 0
     assert veteran.patient.periods[0].period.start == date(2024, 1, 1) + timedelta(days=30 * 29)
+
+
+@pytest.mark.parametrize("connections", [1, 2])
+async def test_the_whole_report_in_pages_is_the_report_in_one_statement(
+    pool: asyncpg.Pool, connections: int
+) -> None:
+    async with pool.acquire() as conn:
+        await _population(conn)
+        whole = await store.month_report(conn, JUNE, NOW, None)
+    async with pool.acquire() as a, pool.acquire() as b:
+        paged = await store.whole_report([a, b][:connections], JUNE, NOW, None, page=4)
+    assert len(whole) > 4 * 3  # several pages, turn about on the connections
+    assert [r.document() for r in paged] == [r.document() for r in whole]
+    north = await _team_report(pool, frozenset({"north"}))
+    assert {r.patient.care_team for r in north} == {"north"}
+
+
+async def _team_report(pool: asyncpg.Pool, teams: frozenset[str]) -> list[Any]:
+    async with pool.acquire() as a, pool.acquire() as b:
+        return await store.whole_report([a, b], JUNE, NOW, teams, page=3)
+
+
+async def test_the_whole_report_reads_one_snapshot(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await _population(conn)
+        before = {r.patient.patient_id: r.codes_text() for r in await _team_report(pool, None)}
+    # Days written while the report runs (after its first page) are not in any page.
+    async with pool.acquire() as a, pool.acquire() as b, pool.acquire() as writer:
+        during = await store.whole_report(
+            [WritesAfterItsFirstPage(a, writer), b],  # type: ignore[list-item]
+            JUNE,
+            NOW,
+            None,
+            page=3,
+        )
+    assert {r.patient.patient_id: r.codes_text() for r in during} == before
+    assert (await _codes(pool))["two-devices"] != before["two-devices"]
+
+
+class WritesAfterItsFirstPage:
+    """A connection that, once its first page is read, has ``writer`` add days with readings
+    (committed at once) while the report goes on."""
+
+    def __init__(self, conn: Any, writer: Any) -> None:
+        self._conn = conn
+        self._writer = writer
+        self._written = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    async def fetch(self, *args: Any) -> Any:
+        rows = await self._conn.fetch(*args)
+        if args[0] == store.REPORT_SQL and not self._written:
+            self._written = True
+            await add_days(self._writer, "days-30", first_days(date(2026, 5, 1), 30))
+            await add_days(self._writer, "two-devices", first_days(date(2026, 6, 16), 14))
+        return rows

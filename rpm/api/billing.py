@@ -119,8 +119,8 @@ async def _csv(
     who: Principal, pool: Any, clock: Any, request: Request, month: str | None
 ) -> Response:
     period = _month(month, clock)
-    async with pool.acquire() as conn:
-        reports = await store.month_report(conn, period, clock(), who.teams)
+    async with pool.acquire() as first, pool.acquire() as second:
+        reports = await store.whole_report([first, second], period, clock(), who.teams)
     key = f"{period.start:%Y-%m}"
     audit(request, who, "read", "billing-report", [r.patient.patient_id for r in reports], key)
     return Response(

@@ -173,7 +173,11 @@ def evaluate(patient: PatientMonth, tables: Sequence[CodeTable]) -> Report:
 
 
 def _period_words(pd: PeriodDays) -> str:
-    p = pd.period
+    return _words_of_period(pd.period)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _words_of_period(p: Period) -> str:
     return f"device period {p.number + 1} ({p.start.isoformat()} to {p.last_day.isoformat()})"
 
 

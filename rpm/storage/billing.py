@@ -11,9 +11,11 @@ history past the month. The rules are applied per patient in Python
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
 
 import asyncpg
@@ -21,7 +23,7 @@ import asyncpg
 from rpm.billing import codes as code_spec
 from rpm.billing.codes import CodeTable
 from rpm.billing.evaluate import MonthTime, PatientMonth, PeriodDays, Report, evaluate
-from rpm.billing.periods import PERIOD_DAYS, Period, device_period
+from rpm.billing.periods import PERIOD_DAYS, Period, device_period, numbered_period
 from rpm.storage.pool import Conn
 from rpm.storage.segments import over_everyone, teams_param
 
@@ -139,22 +141,26 @@ WITH pl AS MATERIALIZED (
        AND ($4::text IS NULL OR p.id > $4::text)
      ORDER BY p.id
      LIMIT $5::int
+), zone AS MATERIALIZED (
+    -- the month's bounds and today in each time zone, computed once per zone, not per row
+    SELECT z.timezone, ($1::date::timestamp AT TIME ZONE z.timezone) AS lo,
+           ($2::date::timestamp AT TIME ZONE z.timezone) AS hi,
+           ($8::timestamptz AT TIME ZONE z.timezone)::date AS today
+      FROM (SELECT DISTINCT timezone FROM pl) z
 ), tm AS (
     -- the month's time, aggregated in one pass over the month's entries (time_entries_started),
     -- each entry in its patient's local month
     SELECT e.patient_id, sum(e.duration_s)::bigint AS seconds, count(*)::int AS entries,
            count(*) FILTER (WHERE e.activity = ANY($7::text[]))::int AS interactive,
            min(e.started_at) FILTER (WHERE e.activity = ANY($7::text[])) AS first_interactive
-      FROM time_entries e JOIN pl ON pl.id = e.patient_id
+      FROM time_entries e JOIN pl ON pl.id = e.patient_id JOIN zone z ON z.timezone = pl.timezone
      WHERE e.deleted_at IS NULL
        AND e.started_at >= ($1::date::timestamp AT TIME ZONE 'UTC') - interval '1 day'
        AND e.started_at < ($2::date::timestamp AT TIME ZONE 'UTC') + interval '1 day'
-       AND e.started_at >= ($1::date::timestamp AT TIME ZONE pl.timezone)
-       AND e.started_at < ($2::date::timestamp AT TIME ZONE pl.timezone)
+       AND e.started_at >= z.lo AND e.started_at < z.hi
      GROUP BY e.patient_id
 )
-SELECT pl.id AS patient_id, pl.care_team, pl.start,
-       ($8::timestamptz AT TIME ZONE pl.timezone)::date AS today,
+SELECT pl.id AS patient_id, pl.care_team, pl.start, z.today,
        per.ks, per.days, setup.day AS setup_day,
        coalesce(t.seconds, 0) AS seconds, coalesce(t.entries, 0) AS entries,
        coalesce(t.interactive, 0) AS interactive, t.first_interactive
@@ -181,6 +187,7 @@ SELECT pl.id AS patient_id, pl.care_team, pl.start,
          AND (s.back - pl.start) / 30 = (s.day - pl.start) / 30
        LIMIT 1
   ) setup ON true
+  JOIN zone z ON z.timezone = pl.timezone
   LEFT JOIN tm t ON t.patient_id = pl.id
  ORDER BY pl.id
 """
@@ -195,7 +202,7 @@ def _patient_month(row: asyncpg.Record, month: Period) -> PatientMonth:
     if start is not None:
         ks = row["ks"] or []
         periods = tuple(
-            PeriodDays(device_period(start, start + timedelta(days=PERIOD_DAYS * k)), n)
+            PeriodDays(numbered_period(start, k), n)
             for k, n in zip(ks, row["days"] or [], strict=True)
         )
         if row["setup_day"] is not None:
@@ -222,6 +229,26 @@ def _patient_month(row: asyncpg.Record, month: Period) -> PatientMonth:
     )
 
 
+async def _report_args(
+    conn: Conn, month: Period, now: datetime
+) -> tuple[list[CodeTable], list[Any]]:
+    """The tables in use and REPORT_SQL's parameters but the page ($3 to $5 are set per call)."""
+    tables = await tables_in_use(conn)
+    table = code_spec.in_force(tables, month.last_day)
+    setup = table.setup
+    args = [
+        month.start,
+        month.end,
+        None,
+        None,
+        None,
+        setup.min_days if setup else None,
+        sorted(table.interactive_activities),
+        now,
+    ]
+    return tables, args
+
+
 async def month_report(
     conn: Conn,
     month: Period,
@@ -232,22 +259,63 @@ async def month_report(
     limit: int | None = None,
 ) -> list[Report]:
     """The month-end report of the patients of ``teams`` (None: every patient), by id."""
-    tables = await tables_in_use(conn)
-    table = code_spec.in_force(tables, month.last_day)
-    setup = table.setup
+    tables, args = await _report_args(conn, month, now)
+    args[2:5] = [teams_param(teams), after, limit]
     async with over_everyone(conn):
-        rows = await conn.fetch(
-            REPORT_SQL,
-            month.start,
-            month.end,
-            teams_param(teams),
-            after,
-            limit,
-            setup.min_days if setup else None,
-            sorted(table.interactive_activities),
-            now,
-        )
+        rows = await conn.fetch(REPORT_SQL, *args)
     return [evaluate(_patient_month(r, month), tables) for r in rows]
+
+
+PAGE = 10_000  # patients per statement of a whole report
+
+
+async def whole_report(
+    conns: Sequence[Conn],
+    month: Period,
+    now: datetime,
+    teams: frozenset[str] | None,
+    *,
+    page: int = PAGE,
+) -> list[Report]:
+    """The month-end report of every patient of ``teams`` (None: all), by id, as of one
+    snapshot of the database.
+
+    The statement runs a page of ``page`` patients at a time, turn about on the connections
+    given, so that PostgreSQL computes the next page while this process evaluates the last
+    one (the rules, per patient, are Python's part of the time): with two connections the
+    report takes about the longer of the two parts, not their sum. The connections share one
+    exported snapshot (``pg_export_snapshot``), read only and repeatable read, so the pages
+    see the same data whatever is written meanwhile.
+    """
+    tables, args = await _report_args(conns[0], month, now)
+    args[2] = teams_param(teams)
+    args[4] = page
+    async with contextlib.AsyncExitStack() as stack:
+        for c in conns:
+            await stack.enter_async_context(
+                c.transaction(isolation="repeatable_read", readonly=True)
+            )
+        if len(conns) > 1:
+            snapshot = await conns[0].fetchval("SELECT pg_export_snapshot()")
+            for c in conns[1:]:
+                await c.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+        for c in conns:
+            await c.execute("SET LOCAL jit = off")  # as over_everyone, for each page
+        reports: list[Report] = []
+        turn = 0
+        pending: asyncio.Future[list[asyncpg.Record]] | None = asyncio.ensure_future(
+            conns[0].fetch(REPORT_SQL, *args)
+        )
+        while pending is not None:
+            rows = await pending
+            pending = None
+            if len(rows) == page:
+                turn = (turn + 1) % len(conns)
+                args[3] = rows[-1]["patient_id"]
+                pending = asyncio.ensure_future(conns[turn].fetch(REPORT_SQL, *args))
+                await asyncio.sleep(0)  # let it send its statement before the CPU work below
+            reports.extend(evaluate(_patient_month(r, month), tables) for r in rows)
+        return reports
 
 
 async def evidence(
