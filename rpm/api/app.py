@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from device_gateways.broker_admin import BrokerAdmin
 from rpm.auth import Auth, AuthConfig
+from rpm.billing.needs import DEFAULT_THRESHOLDS
 from rpm.pipeline import IngestPipeline
 from rpm.settings import Settings
 
@@ -25,12 +26,14 @@ from . import (
     alerts,
     dashboard,
     dashboard_engagement,
+    dashboard_panel,
     engagement,
     errors,
     fhir,
     health,
     inbox,
     ingest,
+    panel,
     readings,
     registry,
     rules,
@@ -107,6 +110,8 @@ def create_app(
     app.state.rule_books = rules.RuleBooks(on_change=pipeline.rules_changed)
     app.state.operations = ops
     app.state.started_at = datetime.now(UTC)
+    # What the panel's flags count as enough (rpm.billing.needs; docs/panel.md).
+    app.state.panel_thresholds = DEFAULT_THRESHOLDS
     # Audit writer and API security headers (rpm/api/guard.py); access rules in access.py.
     app.add_middleware(Guard, pool=pool, hsts=auth_config.cookie_secure)
     errors.install(app)
@@ -119,6 +124,8 @@ def create_app(
     app.include_router(engagement.router)
     app.include_router(dashboard.router)
     app.include_router(dashboard_engagement.router)
+    app.include_router(panel.router)
+    app.include_router(dashboard_panel.router)
     app.include_router(fhir.router, responses=_FHIR)
     app.include_router(twilio_hooks.router, responses=_TWILIO)
     app.include_router(twilio_voice.router, responses=_TWILIO)

@@ -20,6 +20,8 @@ operations    ``rpm.api.health.Operations``             health
 started_at    when the app was built                    fhir (CapabilityStatement)
 clock         a ``() -> datetime`` (optional: the wall  twilio_hooks, inbox (tests pin it)
               clock when not set)
+panel_        ``rpm.billing.needs.Thresholds``: what    panel
+thresholds    the panel's flags count as enough
 ============  ========================================  ===================================
 """
 
@@ -35,6 +37,7 @@ from fastapi import Depends, Request
 from alerts.policy import SnoozeCaps
 from device_gateways.broker_admin import BrokerAdmin
 from rpm.auth import Auth
+from rpm.billing.needs import Thresholds
 from rpm.pipeline import IngestPipeline
 from rpm.settings import Settings
 
@@ -89,6 +92,10 @@ async def clock(request: Request) -> Callable[[], datetime]:
     return pinned or _utcnow
 
 
+async def panel_thresholds(request: Request) -> Thresholds:
+    return held(request, "panel_thresholds")  # type: ignore[no-any-return]
+
+
 async def started_at(request: Request) -> datetime:
     return held(request, "started_at")  # type: ignore[no-any-return]
 
@@ -101,4 +108,5 @@ SnoozeCapsDep = Annotated[SnoozeCaps, Depends(snooze_caps)]
 PipelineDep = Annotated[IngestPipeline, Depends(pipeline)]
 BrokerDep = Annotated[BrokerAdmin, Depends(broker)]
 StartedAtDep = Annotated[datetime, Depends(started_at)]
+PanelThresholdsDep = Annotated[Thresholds, Depends(panel_thresholds)]
 ClockDep = Annotated[Callable[[], datetime], Depends(clock)]

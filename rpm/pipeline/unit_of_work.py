@@ -266,10 +266,14 @@ class IngestPipeline:
             )
         await device_store.update_device_status(conn, prepared.seen)
         if result.stored or result.quarantined:
+            # The dashboards' news, in the statement that was sent anyway: the queue's
+            # ingest event, and the panel's patients (rpm.storage.panel; ids, one set
+            # per batch: no round trip and no NOTIFY per reading).
             await conn.execute(
-                "SELECT pg_notify($1, $2)",
+                "SELECT pg_notify($1, $2), rpm_panel_notify($3::text[])",
                 INGEST_CHANNEL,
                 f'{{"stored": {result.stored}, "quarantined": {result.quarantined}}}',
+                list({a.patient_id for a in new}),
             )
         return result
 

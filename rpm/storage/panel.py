@@ -1,0 +1,296 @@
+# ruff: noqa: S608 - statements are built from fixed fragments (the sort and flag tables
+# below) and segment definitions compiled by rpm.engagement.segments; every value in them is
+# a bind parameter.
+"""SQL for the patient panel (docs/panel.md): one row per patient of a care team with the
+days with readings in the current device period, the minutes logged this calendar month,
+open alerts and the newest reading; filtered, sorted and paged in one statement, plus the
+newest value of each metric for the patients of the page.
+
+The device period and the flags are computed here over the whole team (a sort or a flag
+filter needs every row), with the definitions of ``rpm.billing.periods`` and
+``rpm.billing.needs``; tests/test_panel_needs.py checks that the SQL and the pure code agree.
+
+Live updates: :data:`PANEL_CHANNEL` carries ``{"patients": [ids]}`` whenever something the
+panel shows changes for those patients: the ingest unit of work sends one per batch
+(:func:`notify_patients`), a trigger on ``time_entries`` one per statement (both through
+``rpm_panel_notify`` of migration 0021, which keeps each payload under the 8000-byte limit);
+alert changes are on ``rpm_alerts`` already.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, Literal
+
+from rpm.billing.needs import Thresholds
+from rpm.billing.periods import PERIOD_DAYS
+from rpm.domain.severity import sql_rank
+from rpm.engagement import segments as segment_spec
+from rpm.engagement.segments import SegmentSpec
+from rpm.storage.pool import Conn
+from rpm.storage.segments import FACTS_SQL, over_everyone
+
+PANEL_CHANNEL = "rpm_panel"
+INTERACTIVE = ("interactive_phone", "interactive_video")  # real-time communication (0018)
+_INTERACTIVE_SQL = ", ".join(f"'{a}'" for a in INTERACTIVE)
+
+SortKey = Literal["name", "patient", "days", "minutes", "last_reading", "alerts"]
+Direction = Literal["asc", "desc"]
+FlagFilter = Literal["readings", "time", "any", "none"]
+
+# The ORDER BY of each sort key (ascending; descending flips each part); the patient id
+# always ends it, so pages never overlap or skip a row with an equal key.
+_SORTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "name": (("r.display_name", ""),),
+    "patient": (),
+    "days": (("r.days", ""),),
+    "minutes": (("r.seconds", ""),),
+    "last_reading": (("r.last_at", "NULLS FIRST"),),  # never measured: the stalest
+    "alerts": (("r.top_rank", ""), ("r.open_alerts", "")),
+}
+_FLAGS: dict[str, str] = {
+    "readings": "r.needs_readings",
+    "time": "r.needs_time",
+    "any": "(r.needs_readings OR r.needs_time)",
+    "none": "NOT (r.needs_readings OR r.needs_time)",
+}
+
+
+def _order_by(sort: str, direction: str) -> str:
+    parts = []
+    for expr, nulls in _SORTS[sort]:
+        if direction == "desc":
+            nulls = {"NULLS FIRST": "NULLS LAST"}.get(nulls, nulls)
+            parts.append(f"{expr} DESC {nulls}".strip())
+        else:
+            parts.append(f"{expr} ASC {nulls}".strip())
+    return ", ".join([*parts, "r.id"])
+
+
+# $1 now, $2 care teams (NULL: every team), $3 program (NULL: any), $4 days needed,
+# $5 seconds needed, $6 interactive needed; a segment's condition adds its own parameters.
+# Patients are taken by care team, then each probes its own index ranges (patient_days'
+# primary key, time_entries_patient, the open-episode index, patient_metric_last's key): the
+# cost is linear in the team, whatever the size of the whole population.
+_PANEL_SQL = f"""
+WITH zone AS MATERIALIZED (
+    SELECT z.timezone, z.local_now::date AS today,
+           date_trunc('month', z.local_now) AT TIME ZONE z.timezone AS month_from,
+           (date_trunc('month', z.local_now) + interval '1 month') AT TIME ZONE z.timezone
+               AS month_to
+      FROM (SELECT t.timezone, $1::timestamptz AT TIME ZONE t.timezone AS local_now
+              FROM (SELECT DISTINCT timezone FROM patients
+                     WHERE $2::text[] IS NULL OR care_team = ANY($2::text[])) t) z
+), pl AS (
+    SELECT p.id, p.display_name, p.programs, p.care_team, p.timezone,
+           zone.today, zone.month_from, zone.month_to,
+           coalesce(p.monitoring_started_on,
+                    (SELECT min(d.day) FROM patient_days d WHERE d.patient_id = p.id)) AS start
+      FROM patients p JOIN zone ON zone.timezone = p.timezone
+     WHERE ($2::text[] IS NULL OR p.care_team = ANY($2::text[]))
+       AND ($3::text IS NULL OR $3::text = ANY(p.programs))
+       {{segment}}
+), per AS (
+    -- rpm.billing.periods.device_period: the 30-day span from the start holding today
+    SELECT pl.*,
+           pl.start + (greatest(0, pl.today - pl.start) / {PERIOD_DAYS}) * {PERIOD_DAYS}
+               AS pstart
+      FROM pl
+), r0 AS (
+    SELECT per.*,
+           coalesce(days.n, 0)::int AS days,
+           coalesce(spent.seconds, 0)::int AS seconds,
+           coalesce(spent.interactive, false) AS interactive,
+           coalesce(open.n, 0)::int AS open_alerts,
+           coalesce(open.top, 0)::int AS top_rank,
+           last.at AS last_at
+      FROM per
+      LEFT JOIN LATERAL (
+          SELECT count(*) AS n FROM patient_days d
+           WHERE d.patient_id = per.id AND d.day >= per.pstart AND d.day <= per.today
+      ) days ON true
+      LEFT JOIN LATERAL (
+          SELECT sum(e.duration_s) AS seconds,
+                 bool_or(e.activity IN ({_INTERACTIVE_SQL})) AS interactive
+            FROM time_entries e
+           WHERE e.patient_id = per.id AND e.deleted_at IS NULL
+             AND e.started_at >= per.month_from AND e.started_at < per.month_to
+      ) spent ON true
+      LEFT JOIN LATERAL (
+          SELECT count(*) AS n, max({sql_rank("a.severity")}) AS top FROM alerts a
+           WHERE a.patient_id = per.id AND a.state <> 'resolved'
+      ) open ON true
+      LEFT JOIN LATERAL (
+          SELECT max(m.measured_at) AS at FROM patient_metric_last m WHERE m.patient_id = per.id
+      ) last ON true
+), r AS (
+    SELECT r0.*,
+           r0.days < $4::int AS needs_readings,
+           (r0.seconds < $5::int OR ($6::boolean AND NOT r0.interactive)) AS needs_time
+      FROM r0
+)
+SELECT r.id, r.display_name, r.programs, r.care_team, r.timezone, r.today, r.start,
+       r.pstart, r.days, r.seconds, r.interactive, r.open_alerts, r.top_rank, r.last_at,
+       r.needs_readings, r.needs_time, count(*) OVER () AS total
+  FROM r
+ WHERE {{flag}}
+ ORDER BY {{order}}
+ LIMIT {{limit}} OFFSET {{offset}}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PanelQuery:
+    """What to show: whose patients, which of them, in what order, which page."""
+
+    teams: frozenset[str] | None  # None: every team
+    program: str | None = None
+    segment: SegmentSpec | None = None
+    flag: FlagFilter | None = None
+    sort: SortKey = "name"
+    direction: Direction = "asc"
+    limit: int = 50
+    offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PanelRow:
+    patient_id: str
+    display_name: str  # PHI: shown on the dashboard, never logged
+    programs: list[str]
+    care_team: str | None
+    timezone: str
+    today: date  # in the patient's time zone
+    start: date | None  # where device periods count from (None: not started)
+    days: int  # days with readings in the current device period
+    seconds: int  # logged this calendar month (local), deleted entries left out
+    interactive: bool  # a real-time interactive communication this month
+    open_alerts: int
+    top_rank: int  # rpm.domain.Severity value of the most severe open alert (0: none)
+    last_at: datetime | None  # the newest reading of any metric
+    needs_readings: bool
+    needs_time: bool
+
+
+async def panel(
+    conn: Conn, now: datetime, q: PanelQuery, t: Thresholds
+) -> tuple[int, list[PanelRow]]:
+    """(patients matching, the page of them) at ``now``."""
+    params: list[Any] = [
+        now,
+        None if q.teams is None else sorted(q.teams),
+        q.program,
+        t.days_needed,
+        t.minutes_needed * 60,
+        t.interactive_needed,
+    ]
+    segment = ""
+    if q.segment is not None:
+        # The segment's facts for this team's patients only ($1 and $2 are FACTS_SQL's too).
+        where = segment_spec.compile_where(q.segment.where, params)
+        segment = f"AND p.id IN (SELECT f.patient_id FROM ({FACTS_SQL}) f WHERE {where})"
+    params += [q.limit, q.offset]
+    n = len(params)
+    sql = _PANEL_SQL.format(
+        segment=segment,
+        flag=_FLAGS[q.flag] if q.flag else "true",
+        order=_order_by(q.sort, q.direction),
+        limit=f"${n - 1}::int",
+        offset=f"${n}::int",
+    )
+    async with over_everyone(conn):
+        rows = await conn.fetch(sql, *params)
+    total = int(rows[0]["total"]) if rows else await _total_past_end(conn, sql, params, q)
+    return total, [
+        PanelRow(
+            patient_id=r["id"],
+            display_name=r["display_name"],
+            programs=list(r["programs"]),
+            care_team=r["care_team"],
+            timezone=r["timezone"],
+            today=r["today"],
+            start=r["start"],
+            days=r["days"],
+            seconds=r["seconds"],
+            interactive=r["interactive"],
+            open_alerts=r["open_alerts"],
+            top_rank=r["top_rank"],
+            last_at=r["last_at"],
+            needs_readings=r["needs_readings"],
+            needs_time=r["needs_time"],
+        )
+        for r in rows
+    ]
+
+
+async def _total_past_end(conn: Conn, sql: str, params: list[Any], q: PanelQuery) -> int:
+    """The count when the page is empty: 0 on the first page, else the first row's count."""
+    if q.offset == 0:
+        return 0
+    async with over_everyone(conn):
+        rows = await conn.fetch(sql, *params[:-2], 1, 0)
+    return int(rows[0]["total"]) if rows else 0
+
+
+async def latest_values(
+    conn: Conn, patient_ids: Sequence[str]
+) -> dict[str, list[tuple[str, datetime, dict[str, Any]]]]:
+    """The newest reading of each metric of each patient: (metric, measured at, values)."""
+    rows = await conn.fetch(
+        """SELECT m.patient_id, m.metric, m.measured_at, v.components
+             FROM patient_metric_last m
+             LEFT JOIN LATERAL (
+                 SELECT r.components FROM readings r
+                  WHERE r.patient_id = m.patient_id AND r.measured_at = m.measured_at
+                    AND r.metric = m.metric
+                  LIMIT 1
+             ) v ON true
+            WHERE m.patient_id = ANY($1::text[])
+            ORDER BY m.patient_id, m.metric""",
+        list(patient_ids),
+    )
+    out: dict[str, list[tuple[str, datetime, dict[str, Any]]]] = {}
+    for r in rows:
+        out.setdefault(r["patient_id"], []).append(
+            (r["metric"], r["measured_at"], r["components"] or {})
+        )
+    return out
+
+
+async def care_teams(conn: Conn, teams: frozenset[str] | None) -> list[tuple[str, str]]:
+    """(id, title) of the care teams a caller may pick (None: every team)."""
+    rows = await conn.fetch(
+        """SELECT id, title FROM care_teams
+            WHERE $1::text[] IS NULL OR id = ANY($1::text[]) ORDER BY title, id""",
+        None if teams is None else sorted(teams),
+    )
+    return [(r["id"], r["title"]) for r in rows]
+
+
+# --- live updates ------------------------------------------------------------------------
+
+
+async def notify_patients(conn: Conn, patient_ids: Sequence[str]) -> None:
+    """Announce on :data:`PANEL_CHANNEL` that the panel rows of these patients changed
+    (delivered at commit; chunked under the payload limit by ``rpm_panel_notify``)."""
+    if patient_ids:
+        await conn.execute("SELECT rpm_panel_notify($1::text[])", list(patient_ids))
+
+
+def changed_patients(payload: str) -> list[str]:
+    """The patient ids a notification names (``patients`` or an alert's ``patient_id``);
+    none for a payload that is not ours."""
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return []
+    if not isinstance(body, dict):
+        return []
+    ids = body.get("patients")
+    if isinstance(ids, list):
+        return [i for i in ids if isinstance(i, str)]
+    one = body.get("patient_id")
+    return [one] if isinstance(one, str) else []
