@@ -41,41 +41,96 @@ SortKey = Literal["name", "patient", "days", "minutes", "last_reading", "alerts"
 Direction = Literal["asc", "desc"]
 FlagFilter = Literal["readings", "time", "any", "none"]
 
-# The ORDER BY of each sort key (ascending; descending flips each part); the patient id
-# always ends it, so pages never overlap or skip a row with an equal key.
-_SORTS: dict[str, tuple[tuple[str, str], ...]] = {
-    "name": (("r.display_name", ""),),
-    "patient": (),
-    "days": (("r.days", ""),),
-    "minutes": (("r.seconds", ""),),
-    "last_reading": (("r.last_at", "NULLS FIRST"),),  # never measured: the stalest
-    "alerts": (("r.top_rank", ""), ("r.open_alerts", "")),
+# The panel's computed columns, each from one index probe per patient (``x`` is the row):
+# name -> (its columns, the lateral join that makes them). Only those a sort or a flag
+# filter needs are made for every patient of the team; the others for the page's rows only.
+_PARTS: dict[str, tuple[str, str]] = {
+    # rpm.billing.periods.device_period: the 30-day span from the start holding today; days
+    # with readings in it so far.
+    "period": (
+        "period.start, period.pstart, period.days",
+        f"""LEFT JOIN LATERAL (
+              SELECT s.start, s.pstart,
+                     (SELECT count(*) FROM patient_days d
+                       WHERE d.patient_id = x.id AND d.day >= s.pstart
+                         AND d.day <= x.today)::int AS days
+                FROM (SELECT st.start,
+                             st.start + (greatest(0, x.today - st.start) / {PERIOD_DAYS})
+                                 * {PERIOD_DAYS} AS pstart
+                        FROM (SELECT coalesce(x.monitoring_started_on,
+                                              (SELECT min(d.day) FROM patient_days d
+                                                WHERE d.patient_id = x.id)) AS start) st) s
+            ) period ON true""",
+    ),
+    "spent": (
+        "coalesce(spent.seconds, 0)::int AS seconds, "
+        "coalesce(spent.interactive, false) AS interactive",
+        f"""LEFT JOIN LATERAL (
+              SELECT sum(e.duration_s) AS seconds,
+                     bool_or(e.activity IN ({_INTERACTIVE_SQL})) AS interactive
+                FROM time_entries e
+               WHERE e.patient_id = x.id AND e.deleted_at IS NULL
+                 AND e.started_at >= x.month_from AND e.started_at < x.month_to
+            ) spent ON true""",
+    ),
+    # Open episodes are few next to patients (and kept in a partial index): counted for
+    # all at once, which costs less than a probe per patient.
+    "open": (
+        "coalesce(open.n, 0)::int AS open_alerts, coalesce(open.top, 0)::int AS top_rank",
+        f"""LEFT JOIN (
+              SELECT a.patient_id, count(*) AS n, max({sql_rank("a.severity")}) AS top
+                FROM alerts a WHERE a.state <> 'resolved' GROUP BY a.patient_id
+            ) open ON open.patient_id = x.id""",
+    ),
+    "last": (
+        "last.at AS last_at",
+        """LEFT JOIN LATERAL (
+              SELECT max(m.measured_at) AS at FROM patient_metric_last m
+               WHERE m.patient_id = x.id
+            ) last ON true""",
+    ),
 }
-_FLAGS: dict[str, str] = {
-    "readings": "r.needs_readings",
-    "time": "r.needs_time",
-    "any": "(r.needs_readings OR r.needs_time)",
-    "none": "NOT (r.needs_readings OR r.needs_time)",
+
+# Each sort key: its ORDER BY (ascending; descending flips each part) and the parts it
+# needs. The patient id always ends it, so pages never overlap or skip a row.
+_SORTS: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = {
+    "name": ((("display_name", ""),), ()),
+    "patient": ((), ()),
+    "days": ((("days", ""),), ("period",)),
+    "minutes": ((("seconds", ""),), ("spent",)),
+    "last_reading": ((("last_at", "NULLS FIRST"),), ("last",)),  # never measured: stalest
+    "alerts": ((("top_rank", ""), ("open_alerts", "")), ("open",)),
+}
+# The flags, from the parts' columns ($4 days, $5 seconds, $6 interactive needed).
+_NEEDS_READINGS = "(days < $4::int)"
+_NEEDS_TIME = "(seconds < $5::int OR ($6::boolean AND NOT interactive))"
+_FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "readings": (_NEEDS_READINGS, ("period",)),
+    "time": (_NEEDS_TIME, ("spent",)),
+    "any": (f"({_NEEDS_READINGS} OR {_NEEDS_TIME})", ("period", "spent")),
+    "none": (f"NOT ({_NEEDS_READINGS} OR {_NEEDS_TIME})", ("period", "spent")),
 }
 
 
 def _order_by(sort: str, direction: str) -> str:
     parts = []
-    for expr, nulls in _SORTS[sort]:
+    for expr, nulls in _SORTS[sort][0]:
         if direction == "desc":
             nulls = {"NULLS FIRST": "NULLS LAST"}.get(nulls, nulls)
             parts.append(f"{expr} DESC {nulls}".strip())
         else:
             parts.append(f"{expr} ASC {nulls}".strip())
-    return ", ".join([*parts, "r.id"])
+    return ", ".join([*parts, "id"])
 
 
 # $1 now, $2 care teams (NULL: every team), $3 program (NULL: any), $4 days needed,
 # $5 seconds needed, $6 interactive needed; a segment's condition adds its own parameters.
-# Patients are taken by care team, then each probes its own index ranges (patient_days'
-# primary key, time_entries_patient, the open-episode index, patient_metric_last's key): the
-# cost is linear in the team, whatever the size of the whole population.
-_PANEL_SQL = f"""
+# Patients are taken by care team; the parts the sort and the filter need are made for
+# each of them (``everyone``), the page is cut, and the other parts are made for its rows
+# only (``page``). Each part probes the patient's own index range (patient_days' primary
+# key, time_entries_patient, the open-episode index, patient_metric_last's key): the cost
+# is linear in the team, whatever the size of the whole population.
+_PANEL_SQL = """
 WITH zone AS MATERIALIZED (
     SELECT z.timezone, z.local_now::date AS today,
            date_trunc('month', z.local_now) AT TIME ZONE z.timezone AS month_from,
@@ -86,59 +141,24 @@ WITH zone AS MATERIALIZED (
                      WHERE $2::text[] IS NULL OR care_team = ANY($2::text[])) t) z
 ), pl AS (
     SELECT p.id, p.display_name, p.programs, p.care_team, p.timezone,
-           zone.today, zone.month_from, zone.month_to,
-           coalesce(p.monitoring_started_on,
-                    (SELECT min(d.day) FROM patient_days d WHERE d.patient_id = p.id)) AS start
+           p.monitoring_started_on, zone.today, zone.month_from, zone.month_to
       FROM patients p JOIN zone ON zone.timezone = p.timezone
      WHERE ($2::text[] IS NULL OR p.care_team = ANY($2::text[]))
        AND ($3::text IS NULL OR $3::text = ANY(p.programs))
-       {{segment}}
-), per AS (
-    -- rpm.billing.periods.device_period: the 30-day span from the start holding today
-    SELECT pl.*,
-           pl.start + (greatest(0, pl.today - pl.start) / {PERIOD_DAYS}) * {PERIOD_DAYS}
-               AS pstart
-      FROM pl
-), r0 AS (
-    SELECT per.*,
-           coalesce(days.n, 0)::int AS days,
-           coalesce(spent.seconds, 0)::int AS seconds,
-           coalesce(spent.interactive, false) AS interactive,
-           coalesce(open.n, 0)::int AS open_alerts,
-           coalesce(open.top, 0)::int AS top_rank,
-           last.at AS last_at
-      FROM per
-      LEFT JOIN LATERAL (
-          SELECT count(*) AS n FROM patient_days d
-           WHERE d.patient_id = per.id AND d.day >= per.pstart AND d.day <= per.today
-      ) days ON true
-      LEFT JOIN LATERAL (
-          SELECT sum(e.duration_s) AS seconds,
-                 bool_or(e.activity IN ({_INTERACTIVE_SQL})) AS interactive
-            FROM time_entries e
-           WHERE e.patient_id = per.id AND e.deleted_at IS NULL
-             AND e.started_at >= per.month_from AND e.started_at < per.month_to
-      ) spent ON true
-      LEFT JOIN LATERAL (
-          SELECT count(*) AS n, max({sql_rank("a.severity")}) AS top FROM alerts a
-           WHERE a.patient_id = per.id AND a.state <> 'resolved'
-      ) open ON true
-      LEFT JOIN LATERAL (
-          SELECT max(m.measured_at) AS at FROM patient_metric_last m WHERE m.patient_id = per.id
-      ) last ON true
-), r AS (
-    SELECT r0.*,
-           r0.days < $4::int AS needs_readings,
-           (r0.seconds < $5::int OR ($6::boolean AND NOT r0.interactive)) AS needs_time
-      FROM r0
+       {segment}
+), everyone AS (
+    SELECT x.*{first_columns} FROM pl x {first_joins}
+), page AS MATERIALIZED (
+    SELECT everyone.*, count(*) OVER () AS total FROM everyone
+     WHERE {flag}
+     ORDER BY {order}
+     LIMIT {limit} OFFSET {offset}
 )
-SELECT r.id, r.display_name, r.programs, r.care_team, r.timezone, r.today, r.start,
-       r.pstart, r.days, r.seconds, r.interactive, r.open_alerts, r.top_rank, r.last_at,
-       r.needs_readings, r.needs_time, count(*) OVER () AS total
-  FROM r
- WHERE {{flag}}
- ORDER BY {{order}}
- LIMIT {{limit}} OFFSET {{offset}}
+SELECT x.id, x.display_name, x.programs, x.care_team, x.timezone, x.today, x.total,
+       start, pstart, days, seconds, interactive, open_alerts, top_rank, last_at,
+       {needs_readings} AS needs_readings, {needs_time} AS needs_time
+  FROM (SELECT x.*{then_columns} FROM page x {then_joins}) x
+ ORDER BY {order}
 """
 
 
@@ -175,10 +195,8 @@ class PanelRow:
     needs_time: bool
 
 
-async def panel(
-    conn: Conn, now: datetime, q: PanelQuery, t: Thresholds
-) -> tuple[int, list[PanelRow]]:
-    """(patients matching, the page of them) at ``now``."""
+def statement(now: datetime, q: PanelQuery, t: Thresholds) -> tuple[str, list[Any]]:
+    """The panel's one statement and its parameters."""
     params: list[Any] = [
         now,
         None if q.teams is None else sorted(q.teams),
@@ -194,13 +212,31 @@ async def panel(
         segment = f"AND p.id IN (SELECT f.patient_id FROM ({FACTS_SQL}) f WHERE {where})"
     params += [q.limit, q.offset]
     n = len(params)
+    first = _SORTS[q.sort][1]
+    flag, needed = _FLAGS[q.flag] if q.flag else ("true", ())
+    now_parts = [k for k in _PARTS if k in (*first, *needed)]
+    then_parts = [k for k in _PARTS if k not in now_parts]
     sql = _PANEL_SQL.format(
         segment=segment,
-        flag=_FLAGS[q.flag] if q.flag else "true",
+        first_columns="".join(f", {_PARTS[k][0]}" for k in now_parts),
+        first_joins="\n".join(_PARTS[k][1] for k in now_parts),
+        then_columns="".join(f", {_PARTS[k][0]}" for k in then_parts),
+        then_joins="\n".join(_PARTS[k][1] for k in then_parts),
+        flag=flag,
         order=_order_by(q.sort, q.direction),
         limit=f"${n - 1}::int",
         offset=f"${n}::int",
+        needs_readings=_NEEDS_READINGS,
+        needs_time=_NEEDS_TIME,
     )
+    return sql, params
+
+
+async def panel(
+    conn: Conn, now: datetime, q: PanelQuery, t: Thresholds
+) -> tuple[int, list[PanelRow]]:
+    """(patients matching, the page of them) at ``now``."""
+    sql, params = statement(now, q, t)
     async with over_everyone(conn):
         rows = await conn.fetch(sql, *params)
     total = int(rows[0]["total"]) if rows else await _total_past_end(conn, sql, params, q)
