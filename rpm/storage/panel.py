@@ -59,7 +59,9 @@ _PARTS: dict[str, tuple[str, str]] = {
                                  * {PERIOD_DAYS} AS pstart
                         FROM (SELECT coalesce(x.monitoring_started_on,
                                               (SELECT min(d.day) FROM patient_days d
-                                                WHERE d.patient_id = x.id)) AS start) st) s
+                                                WHERE d.patient_id = x.id)) AS start
+                              OFFSET 0) st) s
+              OFFSET 0  -- a fence: each probe once per patient, not once per use
             ) period ON true""",
     ),
     "spent": (
@@ -146,7 +148,7 @@ WITH zone AS MATERIALIZED (
      WHERE ($2::text[] IS NULL OR p.care_team = ANY($2::text[]))
        AND ($3::text IS NULL OR $3::text = ANY(p.programs))
        {segment}
-), everyone AS (
+), everyone AS MATERIALIZED (
     SELECT x.*{first_columns} FROM pl x {first_joins}
 ), page AS MATERIALIZED (
     SELECT everyone.*, count(*) OVER () AS total FROM everyone
