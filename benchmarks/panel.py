@@ -68,12 +68,13 @@ POPULATION_SQL: list[tuple[str, tuple[str, ...]]] = [
              FROM generate_series(1, $1::int + $3::int) i""",
         ("patients", "team", "others"),
     ),
-    # Days with readings over the last 60 days, at the patient's own adherence.
+    # Days with readings over the last 60 days, at the patient's own adherence (``0 * d``:
+    # a draw per day, not one per patient hoisted out of the join).
     (
         """INSERT INTO patient_days (patient_id, day, readings, metrics)
            SELECT p.id, current_date - d, 2, '{blood_pressure,heart_rate}'
              FROM patients p CROSS JOIN generate_series(0, 59) d
-            WHERE random() < 0.05 + (hashtext(p.id) & 1023) / 1100.0""",
+            WHERE random() + 0 * d < 0.05 + (hashtext(p.id) & 1023) / 1100.0""",
         (),
     ),
     (
