@@ -443,3 +443,14 @@ def test_changed_patients_reads_both_kinds_of_notification() -> None:
     assert panel_store.changed_patients('{"stored": 3}') == []
     assert panel_store.changed_patients("not json") == []
     assert panel_store.changed_patients("[1]") == []
+
+
+@pytest.mark.pure
+def test_patient_payloads_name_each_patient_once_under_the_limit() -> None:
+    ids = [f"p-{i:05d}" for i in range(3000)] + ["p-00001", 'odd"\\id' * 50]
+    payloads = panel_store.patient_payloads(ids)
+    named = [p for body in payloads for p in json.loads(body)["patients"]]
+    assert sorted(named) == sorted(set(ids))
+    assert all(len(body.encode()) <= panel_store.NOTIFY_BYTES for body in payloads)
+    assert len(payloads) >= 4
+    assert panel_store.patient_payloads([]) == []

@@ -20,7 +20,7 @@ alert changes are on ``rpm_alerts`` already.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Literal
@@ -309,6 +309,35 @@ async def care_teams(conn: Conn, teams: frozenset[str] | None) -> list[tuple[str
 
 
 # --- live updates ------------------------------------------------------------------------
+
+
+NOTIFY_BYTES = 7000  # a payload's bound; PostgreSQL's limit is 8000 bytes
+
+
+def patient_payloads(patient_ids: Iterable[str]) -> list[str]:
+    """``{"patients": [...]}`` payloads naming each patient once, each under the bound
+    (what ``rpm_panel_notify`` of migration 0021 does in SQL, for the ingest's statement)."""
+    out: list[str] = []
+    chunk: list[str] = []
+    size = 0
+    for pid in sorted(set(patient_ids)):
+        cost = len(pid.encode()) + 4  # quotes, comma, space
+        if chunk and size + cost > NOTIFY_BYTES:
+            out.extend(_encoded(chunk))
+            chunk, size = [], 0
+        chunk.append(pid)
+        size += cost
+    if chunk:
+        out.extend(_encoded(chunk))
+    return out
+
+
+def _encoded(chunk: list[str]) -> list[str]:
+    payload = json.dumps({"patients": chunk})
+    if len(payload.encode()) <= NOTIFY_BYTES or len(chunk) == 1:  # escapes may lengthen ids
+        return [payload]
+    half = len(chunk) // 2
+    return [*_encoded(chunk[:half]), *_encoded(chunk[half:])]
 
 
 async def notify_patients(conn: Conn, patient_ids: Sequence[str]) -> None:
