@@ -11,10 +11,10 @@ filter needs every row), with the definitions of ``rpm.billing.periods`` and
 ``rpm.billing.needs``; tests/test_panel_needs.py checks that the SQL and the pure code agree.
 
 Live updates: :data:`PANEL_CHANNEL` carries ``{"patients": [ids]}`` whenever something the
-panel shows changes for those patients: the ingest unit of work sends one per batch
-(:func:`notify_patients`), a trigger on ``time_entries`` one per statement (both through
-``rpm_panel_notify`` of migration 0021, which keeps each payload under the 8000-byte limit);
-alert changes are on ``rpm_alerts`` already.
+panel shows changes for those patients: the ingest unit of work sends the batch's ids in its
+one NOTIFY statement (:func:`patient_payloads`), a trigger on ``time_entries`` one per
+statement (``rpm_panel_notify`` of migration 0021); both keep each payload under the
+8000-byte limit. Alert changes are on ``rpm_alerts`` already.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 --
 -- rpm_panel_notify(ids) announces on the rpm_panel channel that something changed for
 -- these patients: {"patients": [ids]}, each payload under 7000 bytes (PostgreSQL's limit is
--- 8000), delivered at commit. The ingest unit of work calls it once per batch; the trigger
--- below once per statement on time_entries, whatever writes them (the time API, the CLI,
--- a script), so a bulk load of a month of entries sends a few notifications, not one a row.
+-- 8000), delivered at commit. The trigger below calls it once per statement on time_entries,
+-- whatever writes them (the time API, the CLI, a script), so a bulk load of a month of
+-- entries sends a few notifications, not one a row. (The ingest unit of work sends its
+-- batch's ids itself, chunked the same way in rpm.storage.panel.patient_payloads.)
 CREATE FUNCTION rpm_panel_notify(ids text[]) RETURNS void
 LANGUAGE sql AS $$
     SELECT pg_notify('rpm_panel', json_build_object('patients', chunk_ids)::text)
