@@ -75,14 +75,12 @@ _PARTS: dict[str, tuple[str, str]] = {
                  AND e.started_at >= x.month_from AND e.started_at < x.month_to
             ) spent ON true""",
     ),
-    # Open episodes are few next to patients (and kept in a partial index): counted for
-    # all at once, which costs less than a probe per patient.
     "open": (
         "coalesce(open.n, 0)::int AS open_alerts, coalesce(open.top, 0)::int AS top_rank",
-        f"""LEFT JOIN (
-              SELECT a.patient_id, count(*) AS n, max({sql_rank("a.severity")}) AS top
-                FROM alerts a WHERE a.state <> 'resolved' GROUP BY a.patient_id
-            ) open ON open.patient_id = x.id""",
+        f"""LEFT JOIN LATERAL (
+              SELECT count(*) AS n, max({sql_rank("a.severity")}) AS top FROM alerts a
+               WHERE a.patient_id = x.id AND a.state <> 'resolved'
+            ) open ON true""",
     ),
     "last": (
         "last.at AS last_at",
@@ -92,6 +90,13 @@ _PARTS: dict[str, tuple[str, str]] = {
             ) last ON true""",
     ),
 }
+
+# For the whole team, open episodes (few next to patients, and in a partial index) are
+# counted at once, which costs less than a probe per patient; the page's rows probe.
+_OPEN_FOR_EVERYONE = f"""LEFT JOIN (
+      SELECT a.patient_id, count(*) AS n, max({sql_rank("a.severity")}) AS top
+        FROM alerts a WHERE a.state <> 'resolved' GROUP BY a.patient_id
+    ) open ON open.patient_id = x.id"""
 
 # Each sort key: its ORDER BY (ascending; descending flips each part) and the parts it
 # needs. The patient id always ends it, so pages never overlap or skip a row.
@@ -221,7 +226,9 @@ def statement(now: datetime, q: PanelQuery, t: Thresholds) -> tuple[str, list[An
     sql = _PANEL_SQL.format(
         segment=segment,
         first_columns="".join(f", {_PARTS[k][0]}" for k in now_parts),
-        first_joins="\n".join(_PARTS[k][1] for k in now_parts),
+        first_joins="\n".join(
+            _OPEN_FOR_EVERYONE if k == "open" else _PARTS[k][1] for k in now_parts
+        ),
         then_columns="".join(f", {_PARTS[k][0]}" for k in then_parts),
         then_joins="\n".join(_PARTS[k][1] for k in then_parts),
         flag=flag,

@@ -43,3 +43,7 @@ CREATE TRIGGER time_entries_panel_update AFTER UPDATE ON time_entries
 CREATE TRIGGER time_entries_panel_delete AFTER DELETE ON time_entries
     REFERENCING OLD TABLE AS gone
     FOR EACH STATEMENT EXECUTE FUNCTION rpm_panel_notify_time_entries();
+
+-- The panel takes a care team's patients (rpm/storage/panel.py): without this, a scan of
+-- every patient (a team of 10,000 among 100,000: benchmarks/panel.py --others 90000).
+CREATE INDEX patients_care_team ON patients (care_team);
