@@ -42,6 +42,7 @@ from rpm.settings import DatabaseSettings, Settings
 from rpm.storage import rule_programs
 from rpm.storage.alerts import ALERTS_CHANNEL
 from rpm.storage.migrate import migrate
+from rpm.storage.panel import PANEL_CHANNEL
 from rpm.storage.pool import connect, create_pool
 from rpm.workers.alert_timers import AlertTimers
 from rpm.workers.campaigns import CampaignPlanner
@@ -227,7 +228,7 @@ class Server:
         assert self.pool is not None
         assert self.pipeline is not None
         dsn = s.database.url.get_secret_value()
-        self._broadcaster = Broadcaster(dsn, (ALERTS_CHANNEL, INGEST_CHANNEL))
+        self._broadcaster = Broadcaster(dsn, (ALERTS_CHANNEL, INGEST_CHANNEL, PANEL_CHANNEL))
         await self._broadcaster.start()
         app = create_app(
             self.pool,

@@ -27,6 +27,7 @@ from . import (
     dashboard,
     dashboard_billing,
     dashboard_engagement,
+    dashboard_panel,
     dashboard_time,
     engagement,
     errors,
@@ -34,6 +35,7 @@ from . import (
     health,
     inbox,
     ingest,
+    panel,
     readings,
     registry,
     rules,
@@ -112,6 +114,9 @@ def create_app(
     app.state.rule_books = rules.RuleBooks(on_change=pipeline.rules_changed)
     app.state.operations = ops
     app.state.started_at = datetime.now(UTC)
+    # What the panel's flags count as enough: the billing code table in force
+    # (rpm.api.deps.panel_thresholds; docs/panel.md), unless a test pins it here.
+    app.state.panel_thresholds = None
     # Audit writer and API security headers (rpm/api/guard.py); access rules in access.py.
     app.add_middleware(Guard, pool=pool, hsts=auth_config.cookie_secure)
     errors.install(app)
@@ -129,6 +134,8 @@ def create_app(
     app.include_router(dashboard_time.router)
     app.include_router(billing.router)
     app.include_router(dashboard_billing.router)
+    app.include_router(panel.router)
+    app.include_router(dashboard_panel.router)
     app.include_router(fhir.router, responses=_FHIR)
     app.include_router(twilio_hooks.router, responses=_TWILIO)
     app.include_router(twilio_voice.router, responses=_TWILIO)
