@@ -84,14 +84,18 @@ async def panel_p99_ms(
     segment: str | None = None,
     repeat: int = 10,
     page_cases: int = 4,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> dict[str, Any]:
     """p50/p99 in ms of each case of :func:`cases` through the API (``headers``: a bearer
     credential); with ``cookies`` (a session, :func:`sign_in_cookies`) the first
-    ``page_cases`` cases through the page too. ``panel_p99_ms`` is the worst case's p99."""
+    ``page_cases`` cases through the page too. ``panel_p99_ms`` is the worst case's p99.
+    ``transport``: an app in this process (httpx.ASGITransport) instead of a server."""
     timings: dict[str, list[float]] = {}
     totals: dict[str, int] = {}
     plan = cases(team, program, segment)
-    async with httpx.AsyncClient(base_url=base_url, headers=dict(headers), timeout=60) as api:
+    async with httpx.AsyncClient(
+        base_url=base_url, headers=dict(headers), timeout=60, transport=transport
+    ) as api:
         for label, query in plan:
             await _time(api, "/api/panel", query, 1)  # warm: plans and caches
             timings[f"api {label}"] = await _time(api, "/api/panel", query, repeat)
