@@ -39,6 +39,7 @@ from rpm.metrics import (
 )
 from rpm.pipeline import INGEST_CHANNEL, BatchResult, IngestPipeline
 from rpm.settings import DatabaseSettings, Settings
+from rpm.settings.safety import require_safe
 from rpm.storage import rule_programs
 from rpm.storage.alerts import ALERTS_CHANNEL
 from rpm.storage.migrate import migrate
@@ -133,7 +134,11 @@ class Server:
         self.metrics = Metrics()
 
     async def start(self) -> None:
+        """Start the parts; ConfigurationError first when production settings are unsafe."""
         s = self.settings
+        require_safe(s)
+        if s.operations.deployment == "local":
+            log.warning("local mode (RPM_DEPLOYMENT=local): production start-up checks are off")
         dsn = s.database.url.get_secret_value()
         applied = await run_migrations(s.database)
         if applied:
