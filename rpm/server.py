@@ -189,6 +189,7 @@ class Server:
             account_sid=s.sms.account_sid,
             auth_token=s.sms.auth_token.get_secret_value(),
             from_number=s.sms.from_number,
+            messaging_service_sid=s.sms.messaging_service_sid,
             base_url=s.sms.base_url,
             validity_period_s=s.sms.validity_period_s,
         )

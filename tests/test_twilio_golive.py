@@ -1,0 +1,169 @@
+"""Going live with a real Twilio account (issue 18): sending through a Messaging Service,
+holding messages while Twilio refuses the credentials, and counting and showing messages
+Twilio reports failed or undelivered. Against the real PostgreSQL, the official twilio
+client and the local Twilio stand-in, which checks every request against Twilio's OpenAPI
+description."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from alerts.sms import TwilioSms
+from rpm.settings import ApiSettings, ChannelSettings, SmsSettings
+from rpm.storage import channels as channel_store
+from rpm.storage import outbox as outbox_store
+from rpm.workers.channels import ChannelRouter
+from rpm.workers.sms_outbox import DeliveryConfig, SmsOutboxWorker
+from simulators.twilio_sink import TwilioSink
+from tests.conftest import TWILIO_SID, TWILIO_TOKEN
+from tests.twilio_support import (
+    Clock,
+    add_alert,
+    add_patient,
+    add_staff,
+    patient_payload,
+    serve_hooks,
+)
+
+SERVICE = "MG0123456789abcdef0123456789abcdef"
+SENDER = "+15005550006"
+WHATSAPP_SENDER = "+15005550007"
+PHONE = "+15550100001"
+
+
+@pytest.fixture
+async def hooks(pool: asyncpg.Pool) -> AsyncIterator[str]:
+    async with serve_hooks(pool) as url:
+        yield url
+
+
+def channel(twilio: TwilioSink, **options: Any) -> TwilioSms:
+    assert twilio.base_url is not None
+    return TwilioSms(
+        **{
+            "account_sid": TWILIO_SID,
+            "auth_token": TWILIO_TOKEN,
+            "from_number": SENDER,
+            "base_url": twilio.base_url,
+            "validity_period_s": 900,
+            **options,
+        }
+    )
+
+
+def worker(pool: asyncpg.Pool, sms: TwilioSms, hooks: str, **config: Any) -> SmsOutboxWorker:
+    delivery = DeliveryConfig.from_settings(
+        SmsSettings(outbox_poll_interval_s=0.05),
+        ApiSettings(public_base_url=hooks, dashboard_url="https://rpm.example.org"),
+    )
+    delivery = DeliveryConfig(
+        **{**{f: getattr(delivery, f) for f in delivery.__dataclass_fields__}, **config}
+    )
+    router = ChannelRouter(ChannelSettings(whatsapp_from=WHATSAPP_SENDER))
+    # A second ahead of the database, so rows it stamped with now() are already due.
+    clock = Clock(datetime.now(UTC) + timedelta(seconds=1))
+    return SmsOutboxWorker(pool, sms, delivery, clock=clock, router=router)
+
+
+async def enqueue(pool: asyncpg.Pool, key: str, payload: dict[str, Any]) -> int:
+    async with pool.acquire() as conn:
+        await outbox_store.enqueue(conn, [("sms", key, payload)])
+        return int(await conn.fetchval("SELECT id FROM outbox WHERE dedupe_key = $1", key))
+
+
+async def rows(pool: asyncpg.Pool, sql: str, *args: Any) -> list[dict[str, Any]]:
+    async with pool.acquire() as conn:
+        return [dict(r) for r in await conn.fetch(sql, *args)]
+
+
+# -- Messaging Service ----------------------------------------------------------------------
+
+
+async def test_with_a_messaging_service_sms_and_whatsapp_name_it_and_sms_no_from(
+    pool: asyncpg.Pool, twilio: TwilioSink, hooks: str
+) -> None:
+    async with pool.acquire() as conn:
+        await add_patient(conn, "p1", PHONE)
+        await add_patient(conn, "p2", "+15550100002")
+        await channel_store.set_channels(conn, "p2", "whatsapp", ["sms"])
+        await add_staff(conn, "n1", "+15550100009")
+        alert_id = await add_alert(conn, "p1", severity="MEDIUM")
+    # p2 wrote on WhatsApp: free-form messages may go to them for 24 hours.
+    await twilio.send_inbound(
+        f"{hooks}/twilio/sms", from_="whatsapp:+15550100002", body="Hola", to="whatsapp:x"
+    )
+    await enqueue(pool, "sms", patient_payload("p1", alert_id))
+    await enqueue(pool, "wa", patient_payload("p2", None))
+    await enqueue(
+        pool,
+        "staff",
+        {
+            "recipient": "staff",
+            "staff_id": "n1",
+            "patient_id": "p1",
+            "alert_id": alert_id,
+            "template": "escalation",
+            "tier": 1,
+            "severity": "MEDIUM",
+            "rule_id": "htn.stage2_persistent",
+            "title": "Blood pressure",
+            "urgent": True,
+        },
+    )
+    sms = channel(twilio, messaging_service_sid=SERVICE)
+    try:
+        assert await worker(pool, sms, hooks).drain_once() == 3
+    finally:
+        await sms.close()
+
+    assert twilio.rejected == []  # every request as Twilio's OpenAPI description has it
+    by_to = {m.to: m for m in twilio.messages}
+    for to in (PHONE, "+15550100009"):  # the patient's SMS and the nurse's escalation
+        assert (by_to[to].messaging_service_sid, by_to[to].from_) == (SERVICE, None)
+        assert "From" not in by_to[to].form
+    whatsapp = by_to["whatsapp:+15550100002"]
+    assert (whatsapp.messaging_service_sid, whatsapp.from_) == (
+        SERVICE,
+        f"whatsapp:{WHATSAPP_SENDER}",
+    )
+
+
+async def test_without_a_messaging_service_the_from_number_sends(
+    pool: asyncpg.Pool, twilio: TwilioSink, hooks: str
+) -> None:
+    async with pool.acquire() as conn:
+        await add_patient(conn, "p1", PHONE)
+    await enqueue(pool, "sms", patient_payload("p1", None))
+    sms = channel(twilio)
+    try:
+        assert await worker(pool, sms, hooks).drain_once() == 1
+    finally:
+        await sms.close()
+    [sent] = twilio.messages
+    assert (sent.from_, sent.messaging_service_sid) == (SENDER, None)
+
+
+def test_the_setting_takes_only_a_messaging_service_sid() -> None:
+    assert SmsSettings(messaging_service_sid=SERVICE).messaging_service_sid == SERVICE
+    assert SmsSettings(messaging_service_sid="").messaging_service_sid is None
+    with pytest.raises(ValueError, match="Messaging Service SID"):
+        SmsSettings(messaging_service_sid="PN0123456789abcdef0123456789abcdef")
+
+
+async def test_the_stand_in_refuses_what_is_not_a_messaging_service_sid(
+    twilio: TwilioSink,
+) -> None:
+    from rpm.domain.errors import PermanentDeliveryError
+
+    sms = channel(twilio, messaging_service_sid="MG-not-one")
+    try:
+        with pytest.raises(PermanentDeliveryError) as refused:
+            await sms.send(PHONE, "hello")
+    finally:
+        await sms.close()
+    assert refused.value.code == 21701
