@@ -25,12 +25,19 @@ from twilio.request_validator import RequestValidator, get_signature_algorithm
 from twilio.rest import Client
 from twilio.twiml.messaging_response import MessagingResponse
 
-from rpm.domain.errors import PermanentDeliveryError, RecipientOptedOut, TransientDeliveryError
+from rpm.domain.errors import (
+    CredentialsRefused,
+    PermanentDeliveryError,
+    RecipientOptedOut,
+    TransientDeliveryError,
+)
 
 log = logging.getLogger(__name__)
 
 # https://www.twilio.com/docs/api/errors/21610: "Attempt to send to unsubscribed recipient".
 UNSUBSCRIBED = 21610
+# https://www.twilio.com/docs/api/errors/20003: "Authentication Error - invalid username" (401).
+AUTHENTICATION_FAILED = 20003
 SIGNATURE_HEADER = "X-Twilio-Signature"
 SIGNATURE_SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"
 
@@ -129,11 +136,16 @@ class TwilioSms:
         await self._http.close()
 
 
-def delivery_error(exc: TwilioRestException) -> TransientDeliveryError | PermanentDeliveryError:
-    """Twilio's refusal as our error: 429 and 5xx may be retried, the rest may not."""
+def delivery_error(
+    exc: TwilioRestException,
+) -> TransientDeliveryError | PermanentDeliveryError | CredentialsRefused:
+    """Twilio's refusal as our error: 429 and 5xx may be retried, refused credentials hold
+    the work until they are fixed, the rest may not be retried."""
     status = int(exc.status or 0)
     code = int(exc.code) if isinstance(exc.code, int) else None
     detail = f"twilio {status} code={exc.code}"
+    if status == 401 or code == AUTHENTICATION_FAILED:
+        return CredentialsRefused(detail)
     if status == 429 or status >= 500:
         return TransientDeliveryError(detail)
     if code == UNSUBSCRIBED:

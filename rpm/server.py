@@ -34,6 +34,7 @@ from rpm.metrics import (
     Metrics,
     broker_families,
     channel_families,
+    credentials_families,
     delivery_families,
     pool_families,
 )
@@ -47,6 +48,7 @@ from rpm.storage.pool import connect, create_pool
 from rpm.workers.alert_timers import AlertTimers
 from rpm.workers.campaigns import CampaignPlanner
 from rpm.workers.channels import ChannelRouter
+from rpm.workers.credentials import CredentialsHold
 from rpm.workers.sms_outbox import DeliveryConfig, SmsOutboxWorker
 from rpm.workers.voice_calls import VoiceCallWorker, VoiceConfig
 from rules.engine import Engine
@@ -193,11 +195,13 @@ class Server:
             base_url=s.sms.base_url,
             validity_period_s=s.sms.validity_period_s,
         )
+        hold = CredentialsHold()  # one Twilio account: SMS and calls are held together
         self.sms_worker = SmsOutboxWorker(
             self.pool,
             self._sms,
             DeliveryConfig.from_settings(s.sms, s.api),
             router=ChannelRouter(s.channels),
+            hold=hold,
         )
         self._voice = TwilioVoice(
             account_sid=s.sms.account_sid,
@@ -207,7 +211,7 @@ class Server:
             ring_timeout_s=s.channels.voice_ring_timeout_s,
         )
         self.voice_worker = VoiceCallWorker(
-            self.pool, self._voice, VoiceConfig.from_settings(s.channels, s.sms, s.api)
+            self.pool, self._voice, VoiceConfig.from_settings(s.channels, s.sms, s.api), hold=hold
         )
         timers = AlertTimers(self.pool, s.alerts.escalation())
         self.campaign_planner = CampaignPlanner(
@@ -311,6 +315,7 @@ class Server:
                 return {**router.outcomes, **calls}
 
             m.watch(channel_families(channel_outcomes))
+            m.watch(credentials_families(sms.hold))
         if (push := self.fhir_push) is not None:
             c = push.counters
             m.watch(

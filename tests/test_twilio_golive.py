@@ -56,7 +56,9 @@ def channel(twilio: TwilioSink, **options: Any) -> TwilioSms:
     )
 
 
-def worker(pool: asyncpg.Pool, sms: TwilioSms, hooks: str, **config: Any) -> SmsOutboxWorker:
+def worker(
+    pool: asyncpg.Pool, sms: TwilioSms, hooks: str, hold: Any = None, **config: Any
+) -> SmsOutboxWorker:
     delivery = DeliveryConfig.from_settings(
         SmsSettings(outbox_poll_interval_s=0.05),
         ApiSettings(public_base_url=hooks, dashboard_url="https://rpm.example.org"),
@@ -67,7 +69,7 @@ def worker(pool: asyncpg.Pool, sms: TwilioSms, hooks: str, **config: Any) -> Sms
     router = ChannelRouter(ChannelSettings(whatsapp_from=WHATSAPP_SENDER))
     # A second ahead of the database, so rows it stamped with now() are already due.
     clock = Clock(datetime.now(UTC) + timedelta(seconds=1))
-    return SmsOutboxWorker(pool, sms, delivery, clock=clock, router=router)
+    return SmsOutboxWorker(pool, sms, delivery, clock=clock, router=router, hold=hold)
 
 
 async def enqueue(pool: asyncpg.Pool, key: str, payload: dict[str, Any]) -> int:
@@ -167,3 +169,99 @@ async def test_the_stand_in_refuses_what_is_not_a_messaging_service_sid(
     finally:
         await sms.close()
     assert refused.value.code == 21701
+
+
+# -- refused credentials --------------------------------------------------------------------
+
+
+async def test_refused_credentials_hold_messages_until_they_work_again(
+    pool: asyncpg.Pool, twilio: TwilioSink, hooks: str
+) -> None:
+    from rpm.api.health import Operations, readiness
+    from rpm.metrics import DatabaseGauges, credentials_families
+    from rpm.workers.credentials import CredentialsHold
+
+    async with pool.acquire() as conn:
+        for n in range(3):
+            await add_patient(conn, f"p{n}", f"+1555010000{n}")
+        alert_id = await add_alert(conn, "p0", severity="CRITICAL")
+    crisis = await enqueue(
+        pool, "crisis", patient_payload("p0", alert_id, severity="CRITICAL", urgent=True)
+    )
+    others = [await enqueue(pool, f"k{n}", patient_payload(f"p{n}", None)) for n in (1, 2)]
+    twilio.rotate_auth_token("rotated-in-the-console")  # ours is now wrong
+    sms = channel(twilio)
+    hold = CredentialsHold(retry_s=60)
+    try:
+        w = worker(pool, sms, hooks, hold=hold)
+        assert await w.drain_once() == 3
+
+        # One request was refused (the critical one, tried first); none was failed or counted.
+        assert [status for status, _ in twilio.rejected] == [401]
+        assert twilio.rejected[0][1]["To"] == "+15550100000"
+        waiting = await rows(pool, "SELECT * FROM outbox ORDER BY id")
+        assert [r["id"] for r in waiting] == [crisis, *others]
+        for r in waiting:
+            assert r["failed_at"] is None
+            assert r["delivered_at"] is None
+            assert r["attempts"] == 0
+            assert r["last_error"].startswith("held: Twilio refused the credentials")
+        assert hold.held
+        assert w.outcomes["held"] == 3
+        assert w.outcomes["refused"] == 0
+
+        # /readyz: degraded (the server still serves), the twilio check says why.
+        checks = await readiness(pool, Operations())
+        assert checks["twilio"] == "credentials refused: 3 messages and calls held"
+        gauges = DatabaseGauges(pool, max_age_s=0, timeout_s=2)
+        await gauges.refresh()
+        [held] = [m for m in gauges.collect() if m.name == "rpm_outbox_held"]
+        assert {s.labels["channel"]: s.value for s in held.samples} == {"sms": 3, "voice": 0}
+        [refused, refusals] = list(credentials_families(hold)())
+        assert refused.samples[0].value == 1
+        assert refusals.samples[0].value == 1
+
+        # Nothing is due before the hold's retry; then, with the token fixed, all go out.
+        assert await w.drain_once() == 0
+        twilio.rotate_auth_token(TWILIO_TOKEN)
+        w._clock.advance(timedelta(seconds=61))  # type: ignore[attr-defined]
+        assert await w.drain_once() == 3
+    finally:
+        await sms.close()
+    assert next(m.to for m in twilio.messages) == "+15550100000"  # the critical one first
+    assert len(twilio.messages) == 3
+    assert not hold.held
+    sent = await rows(pool, "SELECT * FROM outbox WHERE delivered_at IS NOT NULL")
+    assert len(sent) == 3
+    assert (await readiness(pool, Operations()))["twilio"] == "ok"
+
+
+async def test_readyz_is_degraded_not_unready_while_credentials_are_refused(
+    pool: asyncpg.Pool,
+) -> None:
+    from fastapi import FastAPI
+    from httpx import ASGITransport, AsyncClient
+
+    from rpm.api import health
+    from rpm.api.health import Operations
+
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO outbox (channel, dedupe_key, payload, last_error) "
+            "VALUES ('sms', 'h', '{}', 'held: Twilio refused the credentials (twilio 401)')"
+        )
+    app = FastAPI()
+    app.state.pool = pool
+    app.state.operations = Operations()
+    app.include_router(health.router)
+    async with AsyncClient(transport=ASGITransport(app), base_url="http://t") as http:
+        r = await http.get("/readyz")
+    assert r.status_code == 200
+    assert r.json() == {
+        "status": "degraded",
+        "checks": {
+            "database": "ok",
+            "migrations": "ok",
+            "twilio": "credentials refused: 1 messages and calls held",
+        },
+    }
