@@ -311,6 +311,15 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.ingest = IngestMetrics(self.registry)
+        # Counted where Twilio's status callbacks arrive (the API process): messages Twilio
+        # accepted (counted as sent) and then reported failed or undelivered.
+        self.message_failures = Counter(
+            "rpm_message_failures",
+            "Messages Twilio reported failed or undelivered, by channel, status and error "
+            "class (alerts/delivery_errors.py).",
+            ["channel", "status", "error_class"],
+            registry=self.registry,
+        )
         self._database: DatabaseGauges | None = None
 
     def watch(self, collect: Callable[[], Iterable[Metric]]) -> None:

@@ -265,3 +265,75 @@ async def test_readyz_is_degraded_not_unready_while_credentials_are_refused(
             "twilio": "credentials refused: 1 messages and calls held",
         },
     }
+
+
+# -- failed and undelivered messages --------------------------------------------------------
+
+
+def test_error_classes() -> None:
+    from alerts.delivery_errors import CLASSES, describe, error_class
+
+    assert [error_class(c) for c in (30034, 30006, 30007, 30036, None, 63099, 12345)] == [
+        "unregistered",
+        "unreachable",
+        "filtered",
+        "expired",
+        "none",
+        "whatsapp",
+        "other",
+    ]
+    assert {error_class(c) for c in range(20000, 70000)} <= set(CLASSES)
+    assert describe("sms", "undelivered", 30034) == (
+        "sms undelivered: Twilio 30034 (US number not registered for A2P 10DLC)"
+    )
+
+
+async def test_an_undelivered_critical_message_is_counted_shown_on_the_alert_and_followed(
+    pool: asyncpg.Pool, twilio: TwilioSink
+) -> None:
+    from fastapi import FastAPI
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from rpm.api.health import Operations
+
+    ops = Operations()
+    app = FastAPI()
+    app.state.operations = ops
+    async with pool.acquire() as conn:
+        await add_patient(conn, "p1", PHONE)
+        alert_id = await add_alert(conn, "p1", severity="CRITICAL")
+    item = await enqueue(
+        pool, "crisis", patient_payload("p1", alert_id, severity="CRITICAL", urgent=True)
+    )
+    sms = channel(twilio)
+    async with serve_hooks(pool, app=app) as hooks:
+        try:
+            assert await worker(pool, sms, hooks).drain_once() == 1
+        finally:
+            await sms.close()
+        [sent] = twilio.messages
+        for status, code in (("sent", None), ("undelivered", 30034), ("undelivered", 30034)):
+            answer = await twilio.send_status(sent.sid, status, error_code=code)
+            assert answer.status == 204
+
+    text = (await ops.metrics.render()).decode()
+    [family] = [f for f in text_string_to_metric_families(text) if f.name == "rpm_message_failures"]
+    counted = {
+        tuple(s.labels[k] for k in ("channel", "status", "error_class")): s.value
+        for s in family.samples
+        if s.name.endswith("_total")
+    }
+    assert counted == {("sms", "undelivered", "unregistered"): 1.0}  # once, however repeated
+    events = await rows(
+        pool, "SELECT * FROM alert_events WHERE alert_id = $1 ORDER BY id", alert_id
+    )
+    [failed] = [e for e in events if e["action"] == "message_failed"]
+    assert failed["actor"] == "system:twilio"
+    assert failed["note"] == (
+        "patient sms undelivered: Twilio 30034 (US number not registered for A2P 10DLC)"
+    )
+    assert (failed["from_state"], failed["to_state"]) == ("open", "open")
+    # The patient's route (sms, then voice) goes on: a call is queued for the alert.
+    [call] = await rows(pool, "SELECT * FROM outbox WHERE channel = 'voice'")
+    assert call["dedupe_key"].startswith(f"voice:alert:{alert_id}:round:")
+    assert item != call["id"]

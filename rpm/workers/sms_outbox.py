@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import asyncpg
 
+from alerts.delivery_errors import describe
 from alerts.sms import UNSUBSCRIBED, SentSms
 from alerts.sms_policy import (
     Defer,
@@ -51,6 +52,7 @@ from rpm.domain.errors import (
 from rpm.engagement.campaigns import CampaignSpec
 from rpm.settings import ApiSettings, SmsSettings
 from rpm.storage import alert_reads
+from rpm.storage import alerts as alert_store
 from rpm.storage import campaigns as campaign_store
 from rpm.storage import checkins as checkin_store
 from rpm.storage import engagement as engagement_store
@@ -341,6 +343,12 @@ class SmsOutboxWorker:
                     await sms_store.opt_out(conn, [work.patient_id], now)
                 reason = "recipient unsubscribed" if isinstance(exc, RecipientOptedOut) else ""
                 await outbox_store.failed(conn, item.id, f"{reason} {exc}".strip())
+                if alert_id is not None:  # the nurse sees it in the alert's history
+                    note = f"{work.audience} {describe(plan.channel, 'refused', exc.code)}"
+                    change = await alert_store.message_failed_event(
+                        conn, alert_id=alert_id, note=note, at=now
+                    )
+                    await alert_store.notify(conn, [change] if change else [])
             self.outcomes["refused"] += 1
             self.router.count(plan.channel, "refused")
             log.warning("outbox %s: refused for %s: %s", item.id, who, exc)
