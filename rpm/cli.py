@@ -25,8 +25,10 @@ import uvloop
 from rpm import billing_cli, local_endpoints, logging_setup, staff_cli, time_cli
 from rpm.backtest import store as backtest_io
 from rpm.backtest.replay import Options as BacktestOptions
+from rpm.domain.errors import ConfigurationError
 from rpm.server import ROLES, Server, parse_roles, run_migrations
 from rpm.settings import DatabaseSettings, Settings
+from rpm.settings.safety import require_safe
 
 DEFAULT_DATA_DIR = Path(".rpm-data")
 log = logging.getLogger("rpm.serve")
@@ -192,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
         ops = settings.operations
         level = "DEBUG" if args.verbose else ops.log_level
         logging_setup.configure(ops.log_format, logging.getLevelNamesMapping()[level])
+        try:
+            require_safe(settings)
+        except ConfigurationError as exc:
+            print(f"rpm serve: {exc}", file=sys.stderr)
+            return 2
         return run(_serve(settings, args.role))
     if args.command == "staff":
         return staff_cli.run(args, _settings(args.local))
@@ -292,7 +299,6 @@ def _rules_backtest(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     """``rpm export``: refuses to run without a key; prints row counts, never data."""
     from rpm import export
-    from rpm.domain.errors import ConfigurationError
 
     options = export.Options(args.start, args.end, args.programs, args.shift_dates)
     try:

@@ -27,6 +27,8 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from alerts import templates
+from alerts.channels import FAILED_STATUSES
+from alerts.delivery_errors import describe, error_class
 from alerts.keywords import Keyword, keyword_of, mentions_opt_out
 from alerts.sms import (
     SIGNATURE_HEADER,
@@ -46,6 +48,7 @@ from rpm.workers.channels import after_message_status
 
 from . import checkin_replies
 from .deps import ClockDep, PoolDep, SettingsDep
+from .health import Operations
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +109,7 @@ async def inbound(
 
 
 @router.post("/status")
-async def status(form: SignedForm, pool: PoolDep) -> Response:
+async def status(form: SignedForm, pool: PoolDep, request: Request) -> Response:
     """A delivery status callback for a message we sent."""
     sid = form.get("MessageSid") or form.get("SmsSid")
     state = form.get("MessageStatus") or form.get("SmsStatus")
@@ -119,11 +122,32 @@ async def status(form: SignedForm, pool: PoolDep) -> Response:
         if recorded and recorded.error_code == UNSUBSCRIBED and recorded.patient_id:
             await sms_store.opt_out(conn, [recorded.patient_id])
         await after_message_status(conn, recorded)  # failed: the next channel (channels.md)
+        if recorded is not None and recorded.status in FAILED_STATUSES:
+            await _failed(conn, request, recorded)
     if recorded is None:
         log.debug("sms %s: status %s not newer, ignored", sid, state)
     else:
         log.info("sms %s: status %s code=%s", sid, recorded.status, recorded.error_code)
     return Response(status_code=204)
+
+
+async def _failed(conn: Conn, request: Request, recorded: sms_store.Recorded) -> None:
+    """A message Twilio reported failed or undelivered: counted in /metrics by error class,
+    and written to its alert's audit trail (and announced) so the nurse sees it."""
+    facts = await sms_store.message_facts(conn, recorded.id)
+    if facts is None:
+        return
+    channel, alert_id, audience = facts
+    ops = getattr(request.app.state, "operations", None)
+    if isinstance(ops, Operations):
+        klass = error_class(recorded.error_code)
+        ops.metrics.message_failures.labels(channel, recorded.status, klass).inc()
+    if alert_id is None:
+        return
+    note = f"{audience} {describe(channel, recorded.status, recorded.error_code)}"
+    change = await alert_store.message_failed_event(conn, alert_id=alert_id, note=note)
+    if change is not None:
+        await alert_store.notify(conn, [change])
 
 
 async def _handle_inbound(

@@ -38,6 +38,8 @@
     ├── DeliveryError            an outside service (SMS, EHR, our own server for the
     │   │                        simulators) failed to take a message
     │   ├── TransientDeliveryError   retry later with backoff
+    │   ├── CredentialsRefused   the provider refused our credentials (Twilio 401/20003):
+    │   │                        hold the work, uncounted, until they are accepted again
     │   │   └── EhrUnavailable   network, timeout, 5xx, 429, a garbled 2xx, the endpoint
     │   ├── PermanentDeliveryError   do not retry; keep the answer (and its code) for people
     │   │   ├── RecipientOptedOut    the recipient unsubscribed at the provider (Twilio 21610)
@@ -54,7 +56,8 @@
         └── BadWork              (ValueError) an outbox item a worker cannot understand
 
 Which a caller may retry: ``StorageError`` (and ``BatcherFull``, sooner),
-``TransientDeliveryError``, ``BrokerProvisioningError``, ``SignInRateLimited`` after its
+``TransientDeliveryError``, ``CredentialsRefused`` (once the credentials are fixed),
+``BrokerProvisioningError``, ``SignInRateLimited`` after its
 ``retry_after_s``, and a ``SendError`` once the target is back. Nothing else changes by
 retrying: fix the input (``RequestError``, ``DeviceDataError``), the settings
 (``ConfigurationError``) or the code (``InternalError``).
@@ -233,6 +236,12 @@ class DeliveryError(RpmError):
 
 class TransientDeliveryError(DeliveryError):
     """Worth retrying later (network, 5xx, 429)."""
+
+
+class CredentialsRefused(DeliveryError):
+    """The provider refused our credentials (a wrong or rotated Twilio auth token: HTTP 401,
+    error 20003). Every message would fail alike, so none is failed: work waits, its
+    attempts not counted, and is retried until the credentials are accepted again."""
 
 
 class PermanentDeliveryError(DeliveryError):

@@ -293,3 +293,13 @@ async def message_count(conn: Conn, patient_ids: Sequence[str]) -> int:
         "SELECT count(*) FROM sms_messages WHERE patient_id = ANY($1::text[])", list(patient_ids)
     )
     return int(found)
+
+
+async def message_facts(conn: Conn, message_id: int) -> tuple[str, int | None, str] | None:
+    """An outbound message's channel, alert and audience (``patient`` or ``staff``)."""
+    row = await conn.fetchrow(
+        "SELECT channel, alert_id, staff_id FROM sms_messages WHERE id = $1", message_id
+    )
+    if row is None:
+        return None
+    return row["channel"], row["alert_id"], "staff" if row["staff_id"] else "patient"
