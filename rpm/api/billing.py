@@ -10,6 +10,7 @@ changed.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 from typing import Annotated, Any, Literal
 
@@ -18,7 +19,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from rpm.billing import codes as code_spec
-from rpm.billing.evaluate import Report
+from rpm.billing.evaluate import PeriodDays, Report
 from rpm.billing.periods import Period, month_of
 from rpm.domain.errors import InvalidRequestError
 from rpm.storage import billing as store
@@ -135,17 +136,17 @@ def csv_text(reports: list[Report]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
+    months: dict[Period, str] = {}
     for r in reports:
         p = r.patient
+        month = months.get(p.month) or months.setdefault(p.month, f"{p.month.start:%Y-%m}")
         writer.writerow(
             [
                 _cell(p.patient_id),
                 _cell(p.care_team or ""),
-                f"{p.month.start:%Y-%m}",
+                month,
                 p.monitoring_start.isoformat() if p.monitoring_start else "",
-                ";".join(d.period.start.isoformat() for d in p.periods),
-                ";".join(d.period.last_day.isoformat() for d in p.periods),
-                ";".join(str(d.days) for d in p.periods),
+                *_period_cells(p.periods),
                 p.time.minutes,
                 p.time.entries,
                 p.time.interactive,
@@ -156,6 +157,17 @@ def csv_text(reports: list[Report]) -> str:
             ]
         )
     return out.getvalue()
+
+
+@functools.lru_cache(maxsize=65_536)
+def _period_cells(periods: tuple[PeriodDays, ...]) -> tuple[str, str, str]:
+    """The device periods' columns: first days, last days, days with readings (patients share
+    periods and their counts, so each is written once)."""
+    return (
+        ";".join(d.period.start.isoformat() for d in periods),
+        ";".join(d.period.last_day.isoformat() for d in periods),
+        ";".join(str(d.days) for d in periods),
+    )
 
 
 def _cell(text: str) -> str:

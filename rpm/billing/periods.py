@@ -10,7 +10,7 @@ a day counts once however many devices sent readings on it.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 
 PERIOD_DAYS = 30
@@ -23,13 +23,13 @@ class Period:
     number: int
     start: date
     end: date
+    last_day: date = field(init=False, compare=False, repr=False)  # end - 1 day, kept
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "last_day", self.end - timedelta(days=1))
 
     def __contains__(self, day: object) -> bool:
         return isinstance(day, date) and self.start <= day < self.end
-
-    @property
-    def last_day(self) -> date:
-        return self.end - timedelta(days=1)
 
     def days_left(self, today: date) -> int:
         """Days from ``today`` to the period's last day, both included (0 once it ended)."""
