@@ -185,6 +185,7 @@ def _contribution(c: AlertCandidate) -> list[dict[str, Any]]:
             "title": c.title,
             "explanation": c.explanation,
             "measured_at": c.measured_at.isoformat(),
+            "reading_uid": str(c.reading_uid) if c.reading_uid else None,
         }
     ]
 
