@@ -4,8 +4,10 @@
   the subject), ``name.text``, the mobile number as ``telecom``, ``communication.language``.
 - Device: ``identifier`` (``urn:rpm:device``), ``manufacturer``, ``serialNumber``, the kind
   as ``type.text``, ``status`` (retired: inactive), ``patient`` (the current binding).
-- DetectedIssue, one per alert: the rule as ``code``, severity, the plain-language explanation
-  as ``detail``, the readings that caused it as Observations in ``evidence.detail``, and
+- DetectedIssue, one per alert (one per clinical event): the leading rule as ``code``,
+  severity, the plain-language explanation as ``detail``, the readings that caused it as
+  Observations in ``evidence.detail``; when several rules contributed, one coded ``evidence``
+  entry per rule with its reading, and their findings in ``detail``; and
   acknowledgement and resolution as ``mitigation``. ``preliminary`` until a nurse has seen it
   (acknowledged or resolved), then ``final``.
 - Communication, one per patient SMS: sent or received, its delivery status, the text, and
