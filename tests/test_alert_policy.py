@@ -563,3 +563,34 @@ def test_measured_inside_a_snooze_never_notifies_and_before_an_ack_never_reopens
         assert not d.start_escalation
     else:
         assert (d.new_state is AlertState.OPEN) is (severity > acked_severity)
+
+
+@pytest.mark.parametrize(
+    ("programs", "spo2", "key", "rules"),
+    [
+        # Scale 1 (RCP NEWS2 2017): 87 % scores 3 and is below 88 % (BTS 2017 floor): one
+        # reading, one event led by the critical rule.
+        ((), 87, "spo2.below_88", {"spo2.below_88", "news2.partial"}),
+        # 89 %: only the NEWS2 single red score (<= 91 %) sees it: its own episode.
+        ((), 89, "news2.partial", {"news2.partial"}),
+        # COPD, scale 2: 83 % scores 3, is below the 84 % floor and the 88 % target (BTS
+        # 2017): three rules, one desaturation.
+        (
+            ("copd",),
+            83,
+            "copd.desaturation",
+            {"copd.spo2_critical", "copd.spo2_below_target", "news2.partial"},
+        ),
+    ],
+)
+def test_one_low_spo2_reading_is_one_episode(
+    programs: tuple[str, ...], spo2: float, key: str, rules: set[str]
+) -> None:
+    ctx = {"pat-1": PatientContext("pat-1", programs)}
+    cands = Engine().step([single(Metric.SPO2, "spo2", spo2)], ctx).candidates
+    assert {c.rule_id for c in cands} == rules
+    ds = decide(cands, {}, grouping=book_grouping())
+    assert {d.episode_key for d in ds} == {("pat-1", key)}
+    assert [d.action for d in ds].count(Action.OPEN) == 1
+    assert sum(d.notify_patient for d in ds) == 1
+    assert ds[0].candidate.severity == max(c.severity for c in cands)  # the leader opens it

@@ -65,6 +65,9 @@ SCHEMA_CANNOT_SAY = {
     "GET /fhir/Observation": "a FHIR search needs patient or subject",
     "GET /fhir/Communication": "a FHIR search needs patient or subject",
     "GET /fhir/QuestionnaireResponse": "a FHIR search needs patient or subject",
+    "POST /fhir/Observation/_search": "a FHIR search needs patient or subject",
+    "POST /fhir/Communication/_search": "a FHIR search needs patient or subject",
+    "POST /fhir/QuestionnaireResponse/_search": "a FHIR search needs patient or subject",
     "POST /api/inbox/{item_id}/handled": _NUL,
 }
 

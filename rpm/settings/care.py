@@ -164,6 +164,16 @@ class SmsSettings(Group):
         validation_alias="RPM_SMS_EMERGENCY_NUMBER",
         description="the number urgent SMS tell patients to call",
     )
+    service_name: str = Field(
+        "Home Health Monitoring",
+        min_length=1,
+        max_length=40,
+        validation_alias="RPM_SMS_SERVICE_NAME",
+        description=(
+            "the service name patient texts and calls are from, for care teams without their"
+            " own (care_teams.service_name)"
+        ),
+    )
     help_contact: str = Field(
         "",
         validation_alias="RPM_SMS_HELP_CONTACT",

@@ -105,6 +105,7 @@ class DeliveryConfig:
     status_callback_url: str | None  # None: Twilio reports no delivery status
     dashboard_url: str
     emergency_number: str
+    service_name: str = "Home Health Monitoring"  # RPM_SMS_SERVICE_NAME
     batch: int = 50  # items claimed per pass
 
     @classmethod
@@ -118,6 +119,7 @@ class DeliveryConfig:
             status_callback_url=api.public_url("/twilio/status"),
             dashboard_url=api.dashboard_link(),
             emergency_number=sms.emergency_number,
+            service_name=sms.service_name,
         )
 
 
@@ -211,6 +213,7 @@ class SmsOutboxWorker:
             self._config.emergency_number,
             self._config.dashboard_url,
             campaign,
+            recipient.service_name or self._config.service_name,
         )
         try:
             body = render(work, context)
@@ -256,6 +259,7 @@ class SmsOutboxWorker:
             quiet_start=p.quiet_start,
             quiet_end=p.quiet_end,
             language=p.language,
+            service_name=p.service_name,
         )
         sent = 0
         if not work.urgent:

@@ -68,6 +68,7 @@ class VoiceConfig:
     max_attempts: int
     backoff: Backoff
     emergency_number: str
+    service_name: str
     gather_url: str
     status_callback_url: str | None
     unacknowledged_after: timedelta | None  # None: no call for unconfirmed alerts
@@ -83,6 +84,7 @@ class VoiceConfig:
             max_attempts=sms.outbox_max_attempts,
             backoff=sms.backoff,
             emergency_number=sms.emergency_number,
+            service_name=sms.service_name,
             gather_url=api.public_url(GATHER_PATH),
             status_callback_url=api.public_url(STATUS_PATH),
             unacknowledged_after=timedelta(minutes=after) if after > 0 else None,
@@ -168,9 +170,9 @@ class VoiceCallWorker:
         assert patient is not None
         assert patient.phone
         script = voice_script.critical_alert(
-            title=work.title,
             advice=work.advice,
             language=patient.language,
+            service=patient.service(self._config.service_name),
             emergency_number=self._config.emergency_number,
         )
         twiml = call_twiml(script, f"{self._config.gather_url}?outbox={item.id}")
