@@ -13,6 +13,8 @@ from typing import Any
 import asyncpg
 
 from alerts.lifecycle import Action
+from alerts.policy import SnoozeCaps
+from rpm.domain import Severity
 from rpm.pipeline import IngestPipeline
 from rpm.storage import alert_reads, registry, rule_programs
 from rpm.storage import alerts as alert_store
@@ -193,3 +195,37 @@ async def test_any_delivery_order_gives_the_same_episodes_through_the_pipeline(
         ("open", "CRITICAL", 6, "bp.hypertensive_crisis", both),
     ]
     assert all(s == summaries[0] for s in summaries)
+
+
+async def test_snooze_windows_are_kept_after_they_end(pool: asyncpg.Pool) -> None:
+    # A reading measured inside a snooze window is snoozed whenever it arrives, so the
+    # window outlives the snooze: an unsnooze ends it now, a new snooze ends the previous.
+    cuff = await enrol(pool, "pat-snooze", "hypertension")
+    now = datetime.now(UTC).replace(microsecond=0)
+    [alert_id] = (await ingest(pool).process([msg(cuff, bp(192, 124, now - H))])).alerts_opened
+    caps = SnoozeCaps()
+    async with pool.acquire() as conn:
+        await alert_store.snooze(
+            conn,
+            alert_id,
+            duration=timedelta(minutes=20),
+            actor="nurse-ana",
+            reason=None,
+            caps=caps,
+        )
+        await alert_store.snooze(
+            conn,
+            alert_id,
+            duration=timedelta(minutes=30),
+            actor="nurse-ana",
+            reason=None,
+            caps=caps,
+        )
+        await alert_store.unsnooze(conn, alert_id, "nurse-ana")
+        key = ("pat-snooze", "bp.high")
+        windows = (await alert_store.snooze_windows(conn, {key: now - H}))[key]
+        ended: datetime = await conn.fetchval("SELECT now()")
+    assert len(windows) == 2
+    assert all(w.since is not None and w.since <= w.until <= ended for w in windows)
+    assert windows[0].until <= windows[1].since  # type: ignore[operator]
+    assert {w.max_severity for w in windows} == {Severity.CRITICAL}
