@@ -5,7 +5,7 @@ An alert episode is ``open`` (needs a nurse), ``acknowledged`` (a nurse is on it
 state it leads to; ``ACTIONS`` says who may take each action and whether it needs a note.
 Every transition except a recurrence is written to ``alert_events`` with who and when.
 
-- ``open``: a rule fired and no episode of that patient and rule is unresolved.
+- ``open``: a rule fired and no episode of that patient and its group is unresolved.
 - ``recur``: the rule fired again; counted on the episode, not audited one by one.
 - ``join``: another rule of the episode's group (or one that fired on the same reading)
   fired: added to the episode's contributions, audited; the state does not change.
