@@ -268,6 +268,17 @@ def local_time(at: datetime, now: datetime, zone: tzinfo, language: str) -> str:
     return clock
 
 
+EMERGENCY_NUMBER = "{emergency_number}"  # where a rule's advice names the number to call
+
+
+def advice_in(advice: Mapping[str, str], language: str, emergency_number: str) -> str:
+    """The rule's advice in ``language`` (a language tag we speak), one line, with the
+    emergency number of this deployment (``RPM_SMS_EMERGENCY_NUMBER``) where it says
+    ``{emergency_number}``; empty when the rule has none in that language."""
+    text = " ".join((advice.get(language) or "").split())
+    return text.replace(EMERGENCY_NUMBER, emergency_number)
+
+
 def patient_alert(
     *,
     severity: Severity,
@@ -283,7 +294,7 @@ def patient_alert(
     ``service``. The rule's title is the nurses' word and is not shown."""
     lang = language_of(language)
     texts = _TEXTS[lang]
-    advice_text = " ".join((advice.get(lang) or texts.generic_advice[severity]).split())
+    advice_text = advice_in(advice, lang, emergency_number) or texts.generic_advice[severity]
     when = local_time(at, now, zone, lang)
     parts = [texts.opening[severity].format(when=when, service=service)]
     if advice_text:

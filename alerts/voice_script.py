@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from alerts.templates import advice_in
+
 DEFAULT_LANGUAGE = "en"
 LANGUAGES = ("en", "es")
 
@@ -81,7 +83,7 @@ def critical_alert(
     """The call about a critical alert, from ``service``."""
     lang = language_of(language)
     p = _PHRASES[lang]
-    advice_text = " ".join((advice.get(lang) or p.generic_advice).split())
+    advice_text = advice_in(advice, lang, emergency_number) or p.generic_advice
     if not advice_text.endswith((".", "!", "?")):
         advice_text += "."
     parts = [p.opening.format(service=service), advice_text]

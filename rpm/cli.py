@@ -1,4 +1,4 @@
-"""The ``rpm`` command: serve, migrate, staff, rules backtest, export.
+"""The ``rpm`` command: serve, migrate, staff, time, billing, rules backtest, export.
 
 Development tooling adds its own commands (``rpm services``, ``rpm demo``, ``rpm simulate``,
 from ``simulators.commands``) through the ``rpm.commands`` entry-point group. A plug-in is
@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeVar
 
 import uvloop
 
-from rpm import local_endpoints, logging_setup, staff_cli
+from rpm import billing_cli, local_endpoints, logging_setup, staff_cli, time_cli
 from rpm.backtest import store as backtest_io
 from rpm.backtest.replay import Options as BacktestOptions
 from rpm.server import ROLES, Server, parse_roles, run_migrations
@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--local", type=Path, nargs="?", const=DEFAULT_DATA_DIR, default=None)
 
     staff_cli.add_parser(sub, DEFAULT_DATA_DIR)
+    time_cli.add_parser(sub, DEFAULT_DATA_DIR)
+    billing_cli.add_parser(sub, DEFAULT_DATA_DIR)
 
     args = parser.parse_args(argv)
     logging_setup.configure("text", logging.DEBUG if args.verbose else logging.INFO)
@@ -193,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         return run(_serve(settings, args.role))
     if args.command == "staff":
         return staff_cli.run(args, _settings(args.local))
+    if args.command == "time":
+        return time_cli.run(args, _settings(args.local))
+    if args.command == "billing":
+        return billing_cli.run(args, _settings(args.local))
     if args.command == "rules":
         return _rules_backtest(args)
     if args.command == "export":

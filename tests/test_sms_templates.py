@@ -81,9 +81,35 @@ def test_critical_says_danger_what_to_do_emergency_and_nurse(language: str) -> N
 
 
 def test_emergency_line_is_not_repeated_when_the_advice_has_it() -> None:
-    text = alert_text(advice={"en": "If you have chest pain, call 911."})
+    text = alert_text(advice={"en": "If you have chest pain, call {emergency_number}."})
 
     assert text.count("911") == 1
+
+
+@pytest.mark.parametrize("language", ["en", "es"])
+@pytest.mark.parametrize(("rule_id", "advice"), every_builtin_rule())
+def test_every_text_names_the_deployments_emergency_number_only(
+    rule_id: str, advice: dict[str, str], language: str
+) -> None:
+    # RPM_SMS_EMERGENCY_NUMBER=112 (Europe): no text says 911, and naming it once is enough.
+    text = templates.patient_alert(
+        severity=Severity.CRITICAL,
+        advice=advice,
+        language=language,
+        at=NOW,
+        now=NOW,
+        zone=NEW_YORK,
+        service=SERVICE,
+        emergency_number="112",
+    )
+    call = voice_script.critical_alert(
+        advice=advice, language=language, service=SERVICE, emergency_number="112"
+    )
+    for said in (text, call.message):
+        assert "911" not in said, (rule_id, said)
+        assert said.count("112") == 1, (rule_id, said)
+        assert "{" not in said, (rule_id, said)
+    assert templates.count_segments(text) <= 2, (rule_id, text)
 
 
 @pytest.mark.parametrize("severity", [Severity.HIGH, Severity.MEDIUM, Severity.LOW])

@@ -23,8 +23,11 @@ from rpm.settings import Settings
 from . import (
     admin,
     alerts,
+    billing,
     dashboard,
+    dashboard_billing,
     dashboard_engagement,
+    dashboard_time,
     engagement,
     errors,
     fhir,
@@ -34,6 +37,8 @@ from . import (
     readings,
     registry,
     rules,
+    time_entries,
+    timer,
     twilio_hooks,
     twilio_voice,
 )
@@ -117,8 +122,13 @@ def create_app(
     app.include_router(registry.router, responses=_CONFLICT)
     app.include_router(rules.router)
     app.include_router(engagement.router)
+    app.include_router(time_entries.router, responses=_CONFLICT)
+    app.include_router(timer.router, responses=_CONFLICT)
     app.include_router(dashboard.router)
     app.include_router(dashboard_engagement.router)
+    app.include_router(dashboard_time.router)
+    app.include_router(billing.router)
+    app.include_router(dashboard_billing.router)
     app.include_router(fhir.router, responses=_FHIR)
     app.include_router(twilio_hooks.router, responses=_TWILIO)
     app.include_router(twilio_voice.router, responses=_TWILIO)

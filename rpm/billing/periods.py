@@ -9,6 +9,7 @@ a day counts once however many devices sent readings on it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -37,7 +38,13 @@ class Period:
 
 def device_period(monitoring_start: date, day: date) -> Period:
     """The 30-day device period holding ``day``; the first one for a day before the start."""
-    number = max(0, (day - monitoring_start).days // PERIOD_DAYS)
+    return numbered_period(monitoring_start, max(0, (day - monitoring_start).days // PERIOD_DAYS))
+
+
+@functools.lru_cache(maxsize=65_536)
+def numbered_period(monitoring_start: date, number: int) -> Period:
+    """Device period ``number`` (from 0) of a monitoring start. Periods are values, shared
+    (a month-end report makes one per patient and period, and patients share start days)."""
     start = monitoring_start + timedelta(days=number * PERIOD_DAYS)
     return Period(number, start, start + timedelta(days=PERIOD_DAYS))
 

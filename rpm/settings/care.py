@@ -16,11 +16,12 @@ from pydantic import Field, SecretStr, field_validator
 from alerts.escalation import EscalationConfig
 from alerts.policy import SnoozeCaps
 from rpm.backoff import Backoff
+from rpm.billing.time import TimePolicy
 from rpm.domain import Metric, Severity
 from rpm.domain.severity import SeverityField
 from rpm.validation import ClockPolicy
 
-from ._group import Group
+from ._group import Group, default_of
 
 _MINUTE = timedelta(minutes=1)
 _ESCALATION = EscalationConfig()
@@ -279,6 +280,22 @@ class EngagementSettings(Group):
         validation_alias="RPM_CAMPAIGN_PLANNER_TIMEOUT_S",
         description="longest one campaign's planning may take before it is skipped for the pass",
     )
+
+
+class TimeTrackingSettings(Group):
+    """Time entries and timers (docs/time-tracking.md)."""
+
+    entry_max_minutes: int = Field(
+        default_of(TimePolicy, "entry_max_minutes"),
+        ge=1,
+        le=1440,
+        validation_alias="RPM_TIME_ENTRY_MAX_MINUTES",
+        description="the longest time entry; a longer manual entry is refused (422), a timer "
+        "that ran longer is recorded capped to it",
+    )
+
+    def policy(self) -> TimePolicy:
+        return TimePolicy(entry_max_minutes=self.entry_max_minutes)
 
 
 class EhrSettings(Group):

@@ -382,3 +382,37 @@
   load();
   connect();
 })();
+
+// The patient page's timer: a running clock. The server's time_timers row is the state (a
+// reload shows the same timer); the page is given the elapsed seconds as the server counted
+// them, and this counts on from the moment the page loaded, so a wrong clock on the nurse's
+// computer does not matter. Starting and stopping are plain forms (rpm/api/dashboard_time.py).
+(function () {
+  const clock = document.getElementById("timer-clock");
+  if (!clock) {
+    return; // no timer running
+  }
+  const elapsedAtLoad = Number(clock.dataset.elapsedS) || 0;
+  const maxS = Number(clock.dataset.maxS) || Infinity;
+  const limit = document.getElementById("timer-limit");
+  const loadedAt = performance.now();
+
+  function text(seconds) {
+    const h = Math.floor(seconds / 3600);
+    const m = Math.floor((seconds % 3600) / 60);
+    const s = seconds % 60;
+    const mm = h ? String(m).padStart(2, "0") : String(m);
+    return (h ? h + ":" : "") + mm + ":" + String(s).padStart(2, "0");
+  }
+
+  function tick() {
+    const seconds = elapsedAtLoad + Math.floor((performance.now() - loadedAt) / 1000);
+    clock.textContent = text(seconds);
+    if (limit) {
+      limit.hidden = seconds <= maxS;
+    }
+  }
+
+  tick();
+  window.setInterval(tick, 1000);
+})();
