@@ -76,7 +76,7 @@ class AlertFacts:
     acknowledged_at: datetime | None = None
     last_fired_at: datetime | None = None  # measured time of the newest firing
     condition_cleared_at: datetime | None = None
-    snooze: Snooze | None = None  # the snooze of this patient and rule, if any
+    snooze: Snooze | None = None  # the snooze of this patient and episode group, if any
     unreachable_reported: bool = False  # "nobody on call" already audited for this step
 
     def snoozed(self, now: datetime) -> bool:

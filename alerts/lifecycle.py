@@ -5,8 +5,13 @@ An alert episode is ``open`` (needs a nurse), ``acknowledged`` (a nurse is on it
 state it leads to; ``ACTIONS`` says who may take each action and whether it needs a note.
 Every transition except a recurrence is written to ``alert_events`` with who and when.
 
-- ``open``: a rule fired and no episode of that patient and rule is unresolved.
+- ``open``: a rule fired and no episode of that patient and its group is unresolved.
 - ``recur``: the rule fired again; counted on the episode, not audited one by one.
+- ``join``: another rule of the episode's group (or one that fired on the same reading)
+  fired: added to the episode's contributions, audited; the state does not change.
+- ``late_evidence``: a reading measured before the episode was resolved (or, more severe,
+  before it was acknowledged) arrived afterwards: recorded on the episode, audited, the
+  state unchanged; nobody is notified and no escalation starts.
 - ``escalate``: the rule fired more severely; re-opens an acknowledged episode.
 - ``escalate_tier``: nobody acknowledged in time; the next on-call tier was sent an SMS.
 - ``nobody_on_call``: an escalation was due and nobody could be reached; tried again later.
@@ -40,6 +45,8 @@ class Action(enum.StrEnum):
     OPEN = "open"
     ESCALATE = "escalate"
     RECUR = "recur"
+    JOIN = "join"
+    LATE_EVIDENCE = "late_evidence"
     ESCALATE_TIER = "escalate_tier"
     NOBODY_ON_CALL = "nobody_on_call"
     RENOTIFY = "renotify"
@@ -75,6 +82,12 @@ TRANSITIONS: Mapping[tuple[AlertState | None, Action], AlertState] = MappingProx
         (_ACK, Action.ESCALATE): _OPEN,
         (_OPEN, Action.RECUR): _OPEN,
         (_ACK, Action.RECUR): _ACK,
+        (_OPEN, Action.JOIN): _OPEN,
+        (_ACK, Action.JOIN): _ACK,
+        # Measured before the resolution (or the acknowledgement) it arrived after.
+        (_OPEN, Action.LATE_EVIDENCE): _OPEN,
+        (_ACK, Action.LATE_EVIDENCE): _ACK,
+        (_RESOLVED, Action.LATE_EVIDENCE): _RESOLVED,
         (_OPEN, Action.ESCALATE_TIER): _OPEN,
         (_OPEN, Action.NOBODY_ON_CALL): _OPEN,
         (_ACK, Action.RENOTIFY): _OPEN,
@@ -97,6 +110,8 @@ ACTIONS: Mapping[Action, ActionRule] = MappingProxyType(
         Action.OPEN: ActionRule(Actor.SYSTEM),
         Action.ESCALATE: ActionRule(Actor.SYSTEM),
         Action.RECUR: ActionRule(Actor.SYSTEM),
+        Action.JOIN: ActionRule(Actor.SYSTEM),
+        Action.LATE_EVIDENCE: ActionRule(Actor.SYSTEM),
         Action.ESCALATE_TIER: ActionRule(Actor.SYSTEM),
         Action.NOBODY_ON_CALL: ActionRule(Actor.SYSTEM),
         Action.RENOTIFY: ActionRule(Actor.SYSTEM),

@@ -108,6 +108,14 @@ class RuleSpec(_Spec):
     scored: tuple[ScoredParameter, ...] = ()
     score_tiers: tuple[Tier, ...] = ()
     program: str = ""
+    # One episode per clinical event (docs/alerts.md, "One row per clinical event"): rules
+    # of one patient with the same ``group`` share one episode (the same physiological
+    # change, e.g. a week's weight gain seen by a change and a trend rule); None: the
+    # rule's own id, one episode per rule.
+    group: str | None = Field(default=None, pattern=r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
+    # A composite score (NEWS2): when another rule fires on the same reading, this rule's
+    # finding joins that rule's episode (the same readings: one event).
+    joins_reading: bool = False
 
     @model_validator(mode="after")
     def _kind_checks(self) -> RuleSpec:
@@ -165,6 +173,11 @@ class RuleSpec(_Spec):
         return self.params[name]
 
 
+# Rule fields added after programs were first stored, left out of the canonical form at
+# their defaults (``ProgramSpec.canonical_json``).
+_LATER_DEFAULTS: Mapping[str, object] = {"group": None, "joins_reading": False}
+
+
 class ProgramSpec(_Spec):
     """A care program: its rules and what they are for."""
 
@@ -184,8 +197,16 @@ class ProgramSpec(_Spec):
         return self
 
     def canonical_json(self) -> bytes:
-        """A stable serialisation: the stored form, and the input of ``digest``."""
-        return orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+        """A stable serialisation: the stored form, and the input of ``digest``.
+
+        The grouping fields are left out at their defaults, so a program that does not use
+        them keeps the digest it had before they existed."""
+        data = self.model_dump(mode="json")
+        for rule in data["rules"]:
+            for name, default in _LATER_DEFAULTS.items():
+                if rule.get(name) == default:
+                    del rule[name]
+        return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
 
     @property
     def digest(self) -> str:

@@ -94,6 +94,8 @@ async def alerts(
     """
     rows = await conn.fetch(
         """SELECT a.patient_id, a.rule_id, a.opened_at, a.updated_at,
+                  ARRAY(SELECT c->>'rule_id' FROM jsonb_array_elements(a.contributions) c)
+                  AS rules,
                   extract(epoch FROM a.opened_at)::float8 AS opened,
                   f.device_id, f.metric, f.measured_at AS first_measured,
                   l.measured_at AS last_measured
@@ -122,6 +124,7 @@ async def alerts(
                 sim_opened=sim_opened,
                 sim_last=max(last, sim_opened),
                 trigger=trigger,
+                rules=tuple(r["rules"]),
             )
         )
     return out

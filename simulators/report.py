@@ -44,6 +44,7 @@ class ObservedAlert:
     sim_opened: datetime  # the simulated moment it opened
     sim_last: datetime  # the simulated moment of its latest occurrence
     trigger: Key | None  # the reading that opened it (None for missing-data alerts)
+    rules: tuple[str, ...] = ()  # every rule of the clinical event (``rule_id`` leads)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +148,7 @@ def _relevant(alert: ObservedAlert, truth: GroundTruth) -> bool:
     """The alert speaks to this truth: same patient, a detecting rule, active after onset."""
     return (
         alert.patient_id == truth.patient_id
-        and alert.rule_id in truth.detected_by
+        and not truth.detected_by.isdisjoint((alert.rule_id, *alert.rules))
         and alert.sim_last >= truth.began_at
     )
 

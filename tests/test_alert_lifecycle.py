@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -68,6 +68,11 @@ def test_the_table() -> None:
         (ACK, Action.ESCALATE): OPEN,
         (OPEN, Action.RECUR): OPEN,
         (ACK, Action.RECUR): ACK,
+        (OPEN, Action.JOIN): OPEN,
+        (ACK, Action.JOIN): ACK,
+        (OPEN, Action.LATE_EVIDENCE): OPEN,
+        (ACK, Action.LATE_EVIDENCE): ACK,
+        (RESOLVED, Action.LATE_EVIDENCE): RESOLVED,
         (OPEN, Action.ESCALATE_TIER): OPEN,
         (OPEN, Action.NOBODY_ON_CALL): OPEN,
         (ACK, Action.RENOTIFY): OPEN,
@@ -86,10 +91,15 @@ def test_the_table() -> None:
     assert set(ACTIONS) == set(Action) == {a for _, a in TRANSITIONS}
 
 
-@pytest.mark.parametrize("action", list(Action))
+@pytest.mark.parametrize("action", [a for a in Action if a is not Action.LATE_EVIDENCE])
 def test_nothing_leaves_resolved(action: Action) -> None:
     with pytest.raises(InvalidTransition):
         next_state(RESOLVED, action)
+
+
+def test_late_evidence_stays_resolved() -> None:
+    # A reading measured before the resolution is recorded on the episode; it stays closed.
+    assert next_state(RESOLVED, Action.LATE_EVIDENCE) is RESOLVED
 
 
 @pytest.mark.parametrize("action", [a for a, r in ACTIONS.items() if r.by is Actor.SYSTEM])
@@ -293,19 +303,21 @@ async def test_snoozing_high_glucose_leaves_low_glucose_alerting(
     assert snoozed.status_code == 200
     await api.post(f"/api/alerts/{first}/resolve", json={"actor": TIER1, "note": "Reviewed."})
 
-    # High glucose again, within the snoozed severity: recorded, but nobody is told.
-    [silent] = (await p.process([msg("meter-7", glucose(280, NOW - 40 * MIN))])).alerts_opened
+    # High glucose again, within the snoozed severity: recorded, but nobody is told. Measured
+    # time decides, so these readings are measured after the nurse's resolution and snooze.
+    after = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+    [silent] = (await p.process([msg("meter-7", glucose(280, after))])).alerts_opened
     row = await alert(pool, silent)
     assert (row["rule_id"], row["severity"]) == ("dm.glucose_high", "MEDIUM")
     assert (row["last_notified_at"], row["next_escalation_at"]) == (None, None)
     assert "snoozed until" in (await events(pool, silent))[0]["note"]
 
     # Low glucose is another rule: it alerts as usual.
-    [low] = (await p.process([msg("meter-7", glucose(60, NOW - 30 * MIN))])).alerts_opened
+    [low] = (await p.process([msg("meter-7", glucose(60, after + MIN))])).alerts_opened
     assert (await alert(pool, low))["next_escalation_at"] is not None
 
     # Very high glucose is worse than the snooze allows: it breaks through.
-    result = await p.process([msg("meter-7", glucose(450, NOW - 20 * MIN))])
+    result = await p.process([msg("meter-7", glucose(450, after + 2 * MIN))])
     assert result.alerts_changed == [silent]
     row = await alert(pool, silent)
     assert row["severity"] == "HIGH"

@@ -3,15 +3,20 @@ included."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from alerts import Action, AlertState, Episode, decide, next_state
-from alerts.policy import EpisodeKey, Snooze, SnoozeCaps
+from alerts.policy import EpisodeKey, Grouping, Snooze, SnoozeCaps
 from rpm.domain import AlertCandidate, Metric, Severity
 from rpm.domain.errors import InvalidTransition, SnoozeTooLong
 from rules.engine import Engine, PatientContext
+from rules.programs import RuleBook
+from tests.examples import examples
 from tests.helpers import T0, AcceptedReading, bp, single
 
 pytestmark = pytest.mark.pure
@@ -189,3 +194,403 @@ def test_snooze_caps_by_severity() -> None:
     )
     with pytest.raises(SnoozeTooLong):
         tighter.check(Severity.CRITICAL, timedelta(minutes=16))
+
+
+# --- measured time decides (issue 17, item 1) --------------------------------------------
+#
+# A reading is compared with the episode's resolution, acknowledgement and snoozes by the
+# time it was measured, not the time it arrived. Boundary: a reading measured at the very
+# instant of a resolution (or at a snooze's end) counts as after it: the nurse who resolved
+# cannot have seen it, so it opens a new episode (the safe side).
+
+CRISIS_KEY = ("pat-1", "bp.hypertensive_crisis")
+RESOLVED_AT = T0 + timedelta(hours=1)
+
+
+def _resolved_crisis(severity: Severity = Severity.CRITICAL) -> Episode:
+    return Episode(
+        5,
+        "pat-1",
+        "bp.hypertensive_crisis",
+        severity,
+        AlertState.RESOLVED,
+        acknowledged_at=T0 + timedelta(minutes=10),
+        resolved_at=RESOLVED_AT,
+    )
+
+
+def test_a_crisis_reading_three_hours_late_measured_before_the_resolution_is_late_evidence() -> (
+    None
+):
+    # The issue's case: a phone synced 3 h late a crisis reading (ACC/AHA 2017 §11.2: SBP >
+    # 180) measured 5 min before the nurse resolved the episode. It arrives at 3 h after its
+    # measured time; it must open nothing, schedule no escalation and queue no SMS.
+    late = candidates(bp(200, 110, at=RESOLVED_AT - timedelta(minutes=5)))
+    [d] = decide(late, {}, resolved={CRISIS_KEY: [_resolved_crisis()]})
+    assert d.action is Action.LATE_EVIDENCE
+    assert d.episode is not None
+    assert d.episode.alert_id == 5
+    assert d.new_state is AlertState.RESOLVED
+    assert not d.notify_patient
+    assert not d.start_escalation
+    assert d.late is not None
+    assert "before the resolution" in d.late
+
+
+def test_a_reading_measured_exactly_at_the_resolution_opens_a_new_episode() -> None:
+    [d] = decide(
+        candidates(bp(200, 110, at=RESOLVED_AT)), {}, resolved={CRISIS_KEY: [_resolved_crisis()]}
+    )
+    assert d.action is Action.OPEN
+    assert d.notify_patient
+    assert d.start_escalation
+
+
+def test_a_reading_measured_after_the_resolution_opens_a_new_episode() -> None:
+    [d] = decide(
+        candidates(bp(200, 110, at=RESOLVED_AT + timedelta(seconds=1))),
+        {},
+        resolved={CRISIS_KEY: [_resolved_crisis()]},
+    )
+    assert d.action is Action.OPEN
+
+
+def test_late_evidence_goes_to_the_episode_whose_resolution_follows_it() -> None:
+    first = _resolved_crisis()
+    second = Episode(
+        6,
+        "pat-1",
+        "bp.hypertensive_crisis",
+        Severity.CRITICAL,
+        AlertState.RESOLVED,
+        resolved_at=RESOLVED_AT + timedelta(hours=2),
+    )
+    between = candidates(bp(200, 110, at=RESOLVED_AT + timedelta(minutes=30)))
+    [d] = decide(between, {}, resolved={CRISIS_KEY: [second, first]})
+    assert d.action is Action.LATE_EVIDENCE
+    assert d.episode is second
+
+
+def test_more_severe_late_evidence_raises_the_resolved_episode_it_joins() -> None:
+    # High glucose resolved; a < 54 mg/dL reading (ADA 2024 §6, level 2) measured before the
+    # resolution arrives after it: recorded on that episode, not a new one.
+    resolved = Episode(
+        8,
+        "pat-1",
+        "dm.glucose_high",
+        Severity.MEDIUM,
+        AlertState.RESOLVED,
+        resolved_at=T0 + timedelta(hours=1),
+    )
+    [d] = decide(glucose(50), {}, resolved={LOW_GLUCOSE: [replace_key(resolved, LOW_GLUCOSE)]})
+    assert d.action is Action.LATE_EVIDENCE
+    assert not d.notify_patient
+    assert not d.start_escalation
+
+
+def replace_key(e: Episode, key: EpisodeKey) -> Episode:
+    return Episode(
+        e.alert_id, key[0], key[1], e.severity, e.state, resolved_at=e.resolved_at, group=key[1]
+    )
+
+
+ACKED_AT = T0 + timedelta(minutes=30)
+
+
+def _acked(severity: Severity) -> Episode:
+    return Episode(
+        9, "pat-1", "dm.glucose_low", severity, AlertState.ACKNOWLEDGED, acknowledged_at=ACKED_AT
+    )
+
+
+def test_a_worse_reading_measured_before_the_acknowledgement_does_not_renotify() -> None:
+    # Glucose 50 mg/dL (< 54, ADA 2024 §6: critical) measured at T0, before the nurse
+    # acknowledged the high-severity episode at T0 + 30 min, arriving after: the episode
+    # records the worse value but stays acknowledged, and nobody is paged again.
+    [d] = decide(glucose(50), {LOW_GLUCOSE: _acked(Severity.HIGH)})
+    assert d.action is Action.LATE_EVIDENCE
+    assert d.new_state is AlertState.ACKNOWLEDGED
+    assert not d.notify_patient
+    assert not d.start_escalation
+    assert d.late is not None
+    assert "before the acknowledgement" in d.late
+
+
+def test_a_worse_reading_measured_at_or_after_the_acknowledgement_reopens() -> None:
+    reading = single(Metric.GLUCOSE, "glucose", 50, at=ACKED_AT)
+    [d] = decide(Engine().step([reading], DM).candidates, {LOW_GLUCOSE: _acked(Severity.HIGH)})
+    assert d.action is Action.ESCALATE
+    assert d.new_state is AlertState.OPEN
+    assert d.start_escalation
+
+
+def window(since: timedelta, until: timedelta, up_to: Severity = Severity.MEDIUM) -> Snooze:
+    return Snooze("pat-1", "dm.glucose_high", T0 + until, up_to, "nurse-kim", T0 + since)
+
+
+def test_a_reading_measured_inside_an_ended_snooze_is_still_snoozed() -> None:
+    # Snoozed from T0 - 1 h to T0 + 30 min; the reading measured at T0 arrives after the
+    # snooze ended: it is still snoozed.
+    snooze = window(-timedelta(hours=1), timedelta(minutes=30))
+    [d] = decide(glucose(300), {}, {HIGH_GLUCOSE: [snooze]})
+    assert d.action is Action.OPEN
+    assert not d.notify_patient
+    assert not d.start_escalation
+    assert d.suppressed is not None
+    assert "nurse-kim" in d.suppressed
+
+
+@pytest.mark.parametrize(
+    ("since", "until"),
+    [
+        (timedelta(minutes=1), timedelta(hours=1)),  # measured before the snooze began
+        (-timedelta(hours=1), timedelta(0)),  # measured at the instant it ended
+    ],
+)
+def test_a_reading_measured_outside_the_snooze_window_alerts(
+    since: timedelta, until: timedelta
+) -> None:
+    [d] = decide(glucose(300), {}, {HIGH_GLUCOSE: [window(since, until)]})
+    assert d.notify_patient
+    assert d.start_escalation
+    assert d.suppressed is None
+
+
+# --- one row per clinical event (issue 17, item 3) ---------------------------------------
+
+
+def book_grouping() -> Grouping:
+    book = RuleBook.builtin()
+    return Grouping.of(r for p in book.programs.values() for r in p.rules)
+
+
+def test_one_low_blood_pressure_is_one_episode_listing_both_rules() -> None:
+    # SBP 84 < 90 (htn.low_bp; hypotension convention) also scores NEWS2 3 for systolic
+    # <= 90 and 2 for pulse 112 (RCP NEWS2 2017): one reading, one clinical event.
+    htn = {"pat-1": PatientContext("pat-1", ("hypertension",))}
+    cands = Engine().step([bp(84, 52, pulse=112)], htn).candidates
+    assert {c.rule_id for c in cands} == {"htn.low_bp", "news2.partial"}
+    ds = decide(cands, {}, grouping=book_grouping())
+    assert [(d.action, d.candidate.rule_id) for d in ds] == [
+        (Action.OPEN, "htn.low_bp"),
+        (Action.JOIN, "news2.partial"),
+    ]
+    assert {d.episode_key for d in ds} == {("pat-1", "htn.low_bp")}
+    assert sum(d.notify_patient for d in ds) == 1  # one SMS for the event
+    assert sum(d.start_escalation for d in ds) == 1  # one escalation
+
+
+def test_news2_from_another_reading_keeps_its_own_episode() -> None:
+    cands = candidates(bp(84, 52, pulse=112))  # general program: no low-BP rule
+    [d] = decide(cands, {}, grouping=book_grouping())
+    assert d.candidate.rule_id == "news2.partial"
+    assert d.episode_key == ("pat-1", "news2.partial")
+
+
+def test_a_week_of_weight_gain_is_one_episode() -> None:
+    # +0.4 kg a day for a week: the 7-day gain (>= 2.26 kg, 5 lb: AHA HF self-check plan,
+    # 2022 AHA/ACC/HFSA) and the weight trend (>= 0.2 kg/day) see the same fluid build-up.
+    hf = {"pat-1": PatientContext("pat-1", ("heart_failure",))}
+    week = [
+        single(Metric.WEIGHT, "weight", 80 + 0.4 * i, at=T0 + timedelta(days=i)) for i in range(8)
+    ]
+    cands = Engine().step(week, hf).candidates
+    assert {c.rule_id for c in cands} == {"hf.weight_gain_7d", "hf.weight_trend"}
+    ds = decide(cands, {}, grouping=book_grouping())
+    assert {d.episode_key for d in ds} == {("pat-1", "hf.weight_gain")}
+    assert [d.action for d in ds].count(Action.OPEN) == 1
+    # The trend (low) opened it; the 7-day gain (high) escalates it and leads it from then.
+    escalation = next(d for d in ds if d.action is Action.ESCALATE)
+    assert escalation.candidate.rule_id == "hf.weight_gain_7d"
+    assert escalation.joins
+    assert sum(d.notify_patient for d in ds) == 1
+
+
+def test_without_grouping_each_rule_has_its_own_episode() -> None:
+    htn = {"pat-1": PatientContext("pat-1", ("hypertension",))}
+    ds = decide(Engine().step([bp(84, 52, pulse=112)], htn).candidates, {})
+    assert [d.action for d in ds] == [Action.OPEN, Action.OPEN]
+
+
+# --- any delivery order and delay gives the same episodes (property) ---------------------
+
+GROUPED = Grouping({"r.a": "g", "r.b": "g"})
+KEY = ("pat-1", "g")
+
+
+def _cand(i: int, minute: int, severity: Severity, rule: str) -> AlertCandidate:
+    return AlertCandidate(
+        patient_id="pat-1",
+        rule_id=rule,
+        severity=severity,
+        title=f"reading {i}",
+        measured_at=T0 + timedelta(minutes=minute),
+        explanation=f"reading {i}",
+    )
+
+
+def _deliver(
+    readings: list[tuple[int, Severity, str]], delays: list[int], resolves: list[int]
+) -> list[tuple[frozenset[int], Severity, int | None]]:
+    """Run the policy over arrivals (each reading at measured + delay; nurse resolutions at
+    fixed times, before a reading arriving at the same instant) and return the episodes:
+    which readings, peak severity, resolution time."""
+    events: list[tuple[int, int, int]] = [(t, 0, -1) for t in resolves]
+    events += [(m + delays[i], 1, i) for i, (m, _, _) in enumerate(readings)]
+    members: dict[int, set[int]] = {}
+    resolved_at: dict[int, int] = {}
+    current: Episode | None = None
+    past: list[Episode] = []
+    ids = iter(range(1, 1000))
+    for t, kind, i in sorted(events):
+        if kind == 0:
+            if current is not None:
+                at = T0 + timedelta(minutes=t)
+                past.append(
+                    Episode(**{**_fields(current), "state": AlertState.RESOLVED, "resolved_at": at})
+                )
+                resolved_at[current.alert_id] = t
+                current = None
+            continue
+        minute, severity, rule = readings[i]
+        [d] = decide(
+            [_cand(i, minute, severity, rule)],
+            {KEY: current} if current is not None else {},
+            resolved={KEY: past},
+            grouping=GROUPED,
+        )
+        if d.action is Action.OPEN:
+            current = Episode(next(ids), "pat-1", rule, severity, d.new_state, group="g")
+            members[current.alert_id] = {i}
+            continue
+        target = d.episode if d.action is Action.LATE_EVIDENCE else current
+        assert target is not None
+        members[target.alert_id].add(i)
+        raised = Episode(
+            **{**_fields(target), "severity": max(target.severity, severity), "state": d.new_state}
+        )
+        if target.state is AlertState.RESOLVED:
+            past = [raised if e.alert_id == target.alert_id else e for e in past]
+        else:
+            current = raised
+    peak = {a: max(readings[i][1] for i in m) for a, m in members.items()}
+    return sorted(
+        ((frozenset(m), peak[a], resolved_at.get(a)) for a, m in members.items()),
+        key=lambda e: min(e[0]),
+    )
+
+
+def _fields(e: Episode) -> dict[str, object]:
+    return {name: getattr(e, name) for name in Episode.__slots__}
+
+
+@st.composite
+def _deliveries(draw: st.DrawFn) -> tuple[list[tuple[int, Severity, str]], list[int], list[int]]:
+    minutes = sorted(draw(st.sets(st.integers(0, 600), min_size=1, max_size=10)))
+    readings = [
+        (m, draw(st.sampled_from(list(Severity))), draw(st.sampled_from(["r.a", "r.b"])))
+        for m in minutes
+    ]
+    # Resolutions may fall on a reading's measured instant: the boundary is drawn too.
+    resolves = sorted(draw(st.sets(st.sampled_from([*minutes, *range(0, 600, 37)]), max_size=3)))
+    delays = [draw(st.integers(0, 300)) for _ in readings]
+    # A nurse resolves what she sees: the first reading since the previous resolution
+    # arrived in time, so both worlds have the episode she resolves.
+    bounds = [-1, *resolves]
+    for lo, hi in itertools.pairwise(bounds):
+        inside = [i for i, (m, _, _) in enumerate(readings) if lo <= m < hi]
+        if inside:
+            delays[inside[0]] = 0
+    return readings, delays, resolves
+
+
+@settings(max_examples=examples(200), deadline=None, derandomize=True)
+@given(_deliveries())
+def test_any_delivery_order_and_delay_gives_the_same_episodes(
+    case: tuple[list[tuple[int, Severity, str]], list[int], list[int]],
+) -> None:
+    readings, delays, resolves = case
+    in_time = _deliver(readings, [0] * len(readings), resolves)
+    assert _deliver(readings, delays, resolves) == in_time
+    # And the partition is the one measured time defines: the readings between two
+    # resolutions (a reading at a resolution's instant belongs after it) are one episode.
+    cuts = [-1, *resolves, 10**6]
+    expected = [
+        frozenset(i for i, (m, _, _) in enumerate(readings) if lo <= m < hi)
+        for lo, hi in itertools.pairwise(cuts)
+    ]
+    assert [e[0] for e in in_time] == [s for s in expected if s]
+
+
+@settings(max_examples=examples(100), deadline=None, derandomize=True)
+@given(
+    st.integers(0, 600),
+    st.integers(0, 600),
+    st.integers(1, 600),
+    st.sampled_from(list(Severity)),
+    st.sampled_from(list(Severity)),
+)
+def test_measured_inside_a_snooze_never_notifies_and_before_an_ack_never_reopens(
+    measured: int, since: int, length: int, severity: Severity, acked_severity: Severity
+) -> None:
+    cand = _cand(0, measured, severity, "r.a")
+    snooze = Snooze(
+        "pat-1",
+        "g",
+        T0 + timedelta(minutes=since + length),
+        Severity.CRITICAL,
+        "nurse-kim",
+        T0 + timedelta(minutes=since),
+    )
+    [d] = decide([cand], {}, {KEY: [snooze]}, grouping=GROUPED)
+    inside = since <= measured < since + length
+    assert d.notify_patient is not inside
+    assert d.start_escalation is not inside
+    # An acknowledgement at ``since``: a reading measured before it never re-opens it.
+    acked = Episode(
+        3,
+        "pat-1",
+        "r.a",
+        acked_severity,
+        AlertState.ACKNOWLEDGED,
+        group="g",
+        acknowledged_at=T0 + timedelta(minutes=since),
+    )
+    [d] = decide([cand], {KEY: acked}, grouping=GROUPED)
+    if measured < since:
+        assert d.new_state is AlertState.ACKNOWLEDGED
+        assert not d.notify_patient
+        assert not d.start_escalation
+    else:
+        assert (d.new_state is AlertState.OPEN) is (severity > acked_severity)
+
+
+@pytest.mark.parametrize(
+    ("programs", "spo2", "key", "rules"),
+    [
+        # Scale 1 (RCP NEWS2 2017): 87 % scores 3 and is below 88 % (BTS 2017 floor): one
+        # reading, one event led by the critical rule.
+        ((), 87, "spo2.below_88", {"spo2.below_88", "news2.partial"}),
+        # 89 %: only the NEWS2 single red score (<= 91 %) sees it: its own episode.
+        ((), 89, "news2.partial", {"news2.partial"}),
+        # COPD, scale 2: 83 % scores 3, is below the 84 % floor and the 88 % target (BTS
+        # 2017): three rules, one desaturation.
+        (
+            ("copd",),
+            83,
+            "copd.desaturation",
+            {"copd.spo2_critical", "copd.spo2_below_target", "news2.partial"},
+        ),
+    ],
+)
+def test_one_low_spo2_reading_is_one_episode(
+    programs: tuple[str, ...], spo2: float, key: str, rules: set[str]
+) -> None:
+    ctx = {"pat-1": PatientContext("pat-1", programs)}
+    cands = Engine().step([single(Metric.SPO2, "spo2", spo2)], ctx).candidates
+    assert {c.rule_id for c in cands} == rules
+    ds = decide(cands, {}, grouping=book_grouping())
+    assert {d.episode_key for d in ds} == {("pat-1", key)}
+    assert [d.action for d in ds].count(Action.OPEN) == 1
+    assert sum(d.notify_patient for d in ds) == 1
+    assert ds[0].candidate.severity == max(c.severity for c in cands)  # the leader opens it

@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 
 from rpm.backtest.replay import Burden, Comparison, Options, Replay, backtest, merge_spans
-from rpm.backtest.store import parse_until, read_csv
+from rpm.backtest.store import parse_until, read_csv, render
 from rpm.cli import main
 from rpm.domain import AcceptedReading, Metric, Reading, Severity
 from rules.engine import PatientContext
@@ -125,6 +125,25 @@ GAINING = [80.0, 80.1, 81.1, 81.2, 81.4, 82.4, 82.5, 82.6]
 
 
 # --- the pure replay --------------------------------------------------------------
+
+
+def test_the_report_counts_alerts_before_and_after_grouping() -> None:
+    # The built-in heart-failure program groups the day's gain, the week's gain and the
+    # trend (one fluid build-up: 2022 AHA/ACC/HFSA; AHA self-check plan, 5 lb in a week).
+    # A week of +0.4 kg a day is one clinical event; one episode per rule would be two.
+    week = daily_weights([80 + 0.4 * i for i in range(8)])
+    options = Options(start=D0, end=D0 + 8 * DAY, resolve_after=10 * DAY)
+    burden = backtest(RuleBook.builtin(), week, HF, options)
+    assert len(burden.alerts) == 1
+    assert burden.ungrouped == 2
+    [event] = burden.alerts
+    assert (event.rule_id, event.severity) == ("hf.weight_gain_7d", Severity.HIGH)
+    grouping = burden.as_json()["grouping"]
+    assert (grouping["alerts_before"], grouping["alerts_after"]) == (2, 1)
+    assert grouping["alerts_per_patient_month_before"] == pytest.approx(
+        2 * grouping["alerts_per_patient_month_after"], abs=1e-3
+    )
+    assert "before grouping" in render(burden)
 
 
 def test_a_heart_failure_patient_gaining_weight_yields_the_expected_episodes() -> None:

@@ -320,6 +320,49 @@ def test_an_alert_is_a_detected_issue_citing_its_observations() -> None:
     assert "evidence" not in done  # a missing-data alert has no reading
 
 
+def test_one_clinical_event_is_one_detected_issue_with_every_rule_as_evidence() -> None:
+    # A low SBP fires htn.low_bp and scores NEWS2 (RCP 2017): one episode, one resource.
+    uid = str(bp(84, 52).reading.uid)
+    contributions = [
+        {
+            "rule_id": "htn.low_bp",
+            "severity": "HIGH",
+            "title": "Low blood pressure",
+            "explanation": "84/52 mmHg, systolic < 90",
+            "measured_at": T0.isoformat(),
+            "reading_uid": uid,
+        },
+        {
+            "rule_id": "news2.partial",
+            "severity": "HIGH",
+            "title": "Early warning score (NEWS2, partial)",
+            "explanation": "score 5 from 2 of 5 parameters",
+            "measured_at": T0.isoformat(),
+            "reading_uid": uid,
+        },
+    ]
+    issue = resources.detected_issue(
+        alert_row(
+            rule_id="htn.low_bp",
+            title="Low blood pressure",
+            explanation="84/52 mmHg, systolic < 90",
+            contributions=contributions,
+        )
+    )
+    DetectedIssue.model_validate(issue)
+    assert issue["code"]["coding"][0]["code"] == "htn.low_bp"
+    coded = [e["code"][0]["coding"][0]["code"] for e in issue["evidence"] if "code" in e]
+    assert coded == ["htn.low_bp", "news2.partial"]
+    assert issue["evidence"][-1]["detail"] == [{"reference": f"Observation/{uid}"}]
+    assert issue["detail"].startswith("84/52 mmHg")
+    assert "Also: Early warning score (NEWS2, partial): score 5" in issue["detail"]
+    # A lone rule's alert is unchanged: no coded evidence, its explanation as the detail.
+    alone = resources.detected_issue(
+        alert_row(rule_id="htn.low_bp", contributions=contributions[:1])
+    )
+    assert all("code" not in e for e in alone["evidence"])
+
+
 @pytest.mark.parametrize(
     ("direction", "status", "fhir_status"),
     [

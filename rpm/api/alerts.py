@@ -48,10 +48,21 @@ StateName = Literal["open", "acknowledged", "resolved"]
 AlertId = Annotated[int, Path(ge=1, le=2**53)]
 
 
+class ContributionOut(BaseModel):
+    """One rule that fired in the episode, with its first finding."""
+
+    rule_id: str
+    severity: str
+    title: str
+    explanation: str
+    measured_at: datetime | None
+    reading_uid: UUID | None = None
+
+
 class AlertOut(BaseModel):
     id: int
     patient_id: str
-    rule_id: str
+    rule_id: str  # the leading rule: the most severe that contributed
     severity: str
     state: str
     title: str
@@ -74,6 +85,11 @@ class AlertOut(BaseModel):
     snoozed_until: datetime | None  # this alert's kind is snoozed up to its severity
     patient_programs: list[str]
     care_team: str | None
+    # One episode per clinical event: its group (a rule id when the rule is alone), and
+    # every rule that contributed, with its finding (``rule_id`` leads).
+    group_key: str
+    rules: list[str]
+    contributions: list[ContributionOut]
 
 
 class AlertEventOut(BaseModel):

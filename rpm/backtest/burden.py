@@ -85,6 +85,9 @@ class Burden:
     per_rule: Mapping[str, RuleBurden]
     rule_set: Mapping[str, str]  # program -> digest of the spec replayed
     notes: tuple[str, ...] = ()
+    # Episodes the period would have opened with one episode per rule (before grouping the
+    # rules that see one clinical event); None: not counted.
+    ungrouped: int | None = None
 
     @property
     def days(self) -> float:
@@ -103,6 +106,13 @@ class Burden:
         return len(self.alerts) / self.patient_months if self.patient_months else 0.0
 
     @property
+    def ungrouped_per_patient_month(self) -> float | None:
+        """Alerts per patient-month before grouping (one episode per rule)."""
+        if self.ungrouped is None:
+            return None
+        return self.ungrouped / self.patient_months if self.patient_months else 0.0
+
+    @property
     def alerts_per_nurse_day(self) -> float:
         return len(self.alerts) / self.days / self.nurses if self.nurses and self.days else 0.0
 
@@ -117,6 +127,17 @@ class Burden:
     def by_severity(self) -> dict[str, int]:
         counts = Counter(a.severity for a in self.alerts)
         return {s.name.lower(): counts[s] for s in SEVERITIES}
+
+    def _grouping_json(self) -> dict[str, Any] | None:
+        before = self.ungrouped_per_patient_month
+        if self.ungrouped is None or before is None:
+            return None
+        return {
+            "alerts_before": self.ungrouped,
+            "alerts_after": len(self.alerts),
+            "alerts_per_patient_month_before": round(before, 4),
+            "alerts_per_patient_month_after": round(self.alerts_per_patient_month, 4),
+        }
 
     def as_json(self) -> dict[str, Any]:
         """The figures as JSON-ready values (what ``--json`` writes)."""
@@ -135,6 +156,7 @@ class Burden:
             "by_severity": self.by_severity(),
             "alerts_per_patient_month": round(self.alerts_per_patient_month, 4),
             "alerts_per_nurse_day": round(self.alerts_per_nurse_day, 4),
+            "grouping": self._grouping_json(),
             "patients_alerted": self.patients_alerted,
             "share_patients_alerted": round(self.share_patients_alerted, 4),
             "per_rule": {

@@ -13,10 +13,13 @@ How the replay models production:
   minutes) with the last reading times the replay has seen. Device heartbeats are not
   replayed, so a device counts as silent together with its data;
 * candidates go through ``alerts.policy.decide`` in time order against an in-memory
-  table of open episodes. A nurse is modelled as resolving each episode ``resolve_after``
-  after it opened; a condition that persists then alerts again, as in production. A rule
-  with ``auto_resolve_after_hours`` resolves its episode by itself once the engine has
-  seen the condition clear for that long (a recurrence in between starts it over);
+  table of open episodes, one episode per clinical event (the programs' groups) as in
+  production; the same candidates also go through the policy with one episode per rule,
+  the count before grouping (``Burden.ungrouped``). A nurse is modelled as resolving
+  each episode ``resolve_after`` after it opened; a condition that persists then alerts
+  again, as in production. A rule with ``auto_resolve_after_hours`` resolves its
+  episode by itself once the engine has seen the condition clear for that long (a
+  recurrence in between starts it over);
 * readings before ``start`` (the warm-up) fill the rules' windows and may open episodes
   that hold back alerts early in the period, but only episodes opened in
   ``[start, end)`` are counted.
@@ -33,7 +36,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import groupby
 
 from alerts.lifecycle import Action
-from alerts.policy import Decision, Episode, EpisodeKey, decide
+from alerts.policy import UNGROUPED, Decision, Episode, EpisodeKey, Grouping, decide
 from rpm.domain import AcceptedReading, AlertCandidate, Metric
 from rules.engine import Clear, Engine, PatientContext
 from rules.kinds.missing import Silence
@@ -80,6 +83,126 @@ def merge_spans(spans: Iterable[Span]) -> list[Span]:
     return out
 
 
+class _Ledger:
+    """Episodes as the alert policy keeps them, under one grouping: candidates in, the
+    episodes opened in the period out. A nurse resolves each ``resolve_after`` after it
+    opened; a rule with ``auto_resolve_after_hours`` resolves its (leading) episode once
+    its condition has been clear that long."""
+
+    def __init__(
+        self, grouping: Grouping, options: Options, auto: Mapping[EpisodeKey, timedelta]
+    ) -> None:
+        self._grouping = grouping
+        self._options = options
+        self._auto = auto  # (patient, rule) -> auto-resolve delay, filled by the replay
+        self._open: dict[EpisodeKey, Episode] = {}
+        # Resolutions to come: (when, order, alert id, key, the clear an auto-resolve awaits).
+        self._expiry: list[tuple[datetime, int, int, EpisodeKey, datetime | None]] = []
+        self._order = itertools.count()
+        self._cleared: dict[EpisodeKey, datetime] = {}  # open episodes seen to clear
+        self._alerts: dict[int, Alert] = {}  # counted episodes by id
+        self._next_id = 1
+
+    def counted(self) -> tuple[Alert, ...]:
+        return tuple(self._alerts[i] for i in sorted(self._alerts))
+
+    def decide(
+        self, candidates: list[AlertCandidate], clears: list[Clear], start: datetime
+    ) -> None:
+        """Candidates and clears sorted by measured time; those at one instant: one batch."""
+        done = 0
+        for at, group in groupby(candidates, key=_at):
+            while done < len(clears) and clears[done].measured_at < at:
+                self._clear(clears[done])
+                done += 1
+            self._expire(at)
+            batch = list(group)
+            keys = set(self._grouping.keys(batch))
+            current = {k: self._open[k] for k in keys if k in self._open}
+            for d in decide(batch, current, grouping=self._grouping):
+                self._apply(d, at, at >= start)
+        for clear in clears[done:]:
+            self._clear(clear)
+
+    def _resolve_at(
+        self, at: datetime, alert_id: int, key: EpisodeKey, cleared: datetime | None
+    ) -> None:
+        heapq.heappush(self._expiry, (at, next(self._order), alert_id, key, cleared))
+
+    def _expire(self, now: datetime) -> None:
+        """Resolve what the modelled nurse, or a rule's auto-resolve, resolved by ``now``."""
+        heap = self._expiry
+        while heap and heap[0][0] <= now:
+            _, _, alert_id, key, cleared = heapq.heappop(heap)
+            episode = self._open.get(key)
+            if episode is None or episode.alert_id != alert_id:
+                continue  # resolved already
+            if cleared is not None and self._cleared.get(key) != cleared:
+                continue  # the condition came back after that clear
+            del self._open[key]
+            self._cleared.pop(key, None)
+            alert = self._alerts.get(alert_id)
+            if cleared is not None and alert is not None:
+                self._alerts[alert_id] = replace(alert, auto_resolved=True)
+
+    def _clear(self, clear: Clear) -> None:
+        """The newest reading shows the leading rule's condition is over: production marks
+        the episode."""
+        self._expire(clear.measured_at)
+        key = (clear.patient_id, self._grouping.group(clear.rule_id))
+        episode = self._open.get(key)
+        if episode is None or episode.rule_id != clear.rule_id or key in self._cleared:
+            return
+        self._cleared[key] = clear.measured_at
+        delay = self._auto.get((clear.patient_id, clear.rule_id))
+        if delay is not None:
+            self._resolve_at(clear.measured_at + delay, episode.alert_id, key, clear.measured_at)
+
+    def _apply(self, d: Decision, at: datetime, counted: bool) -> None:
+        c = d.candidate
+        key = d.episode_key
+        if d.action is Action.OPEN:
+            alert_id = self._next_id
+            self._next_id += 1
+            self._open[key] = Episode(
+                alert_id, c.patient_id, c.rule_id, c.severity, d.new_state, group=key[1]
+            )
+            self._cleared.pop(key, None)
+            self._resolve_at(at + self._options.resolve_after, alert_id, key, None)
+            if counted:
+                self._alerts[alert_id] = Alert(
+                    alert_id, c.patient_id, c.rule_id, at, c.severity, c.severity, 0, 0
+                )
+            return
+        # A recurrence in the batch that opened the episode carries no episode yet.
+        episode = d.episode or self._open[key]
+        self._cleared.pop(key, None)  # the condition is back: an auto-resolve starts over
+        alert = self._alerts.get(episode.alert_id)
+        rules = episode.contributors
+        if d.joins:
+            rules = (*rules, c.rule_id)
+            self._open[key] = replace(episode, rules=rules)
+        if d.action is Action.ESCALATE:
+            self._open[key] = Episode(
+                episode.alert_id,
+                c.patient_id,
+                c.rule_id,
+                c.severity,
+                d.new_state,
+                group=key[1],
+                rules=rules,
+            )
+            if alert is not None:
+                self._alerts[alert.alert_id] = replace(
+                    alert,
+                    rule_id=c.rule_id,
+                    severity=max(alert.severity, c.severity),
+                    escalations=alert.escalations + 1,
+                )
+        elif alert is not None:
+            self._alerts[alert.alert_id] = replace(alert, recurrences=alert.recurrences + 1)
+
+
 class Replay:
     """One rule set replayed over a stream of readings: ``feed`` in time order, ``finish``.
 
@@ -107,14 +230,12 @@ class Replay:
         self._due: dict[str, datetime] = {}
         self._moved: set[str] = set()
         self._in_play: dict[str, RuleSpec] = {}
-        self._open: dict[EpisodeKey, Episode] = {}
-        # Resolutions to come: (when, order, alert id, key, the clear an auto-resolve awaits).
-        self._expiry: list[tuple[datetime, int, int, EpisodeKey, datetime | None]] = []
-        self._order = itertools.count()
-        self._cleared: dict[EpisodeKey, datetime] = {}  # open episodes seen to clear
         self._auto: dict[EpisodeKey, timedelta] = {}  # (patient, rule) -> auto-resolve delay
-        self._alerts: dict[int, Alert] = {}  # counted episodes by id
-        self._next_id = 1
+        # The policy twice over the same candidates: one episode per clinical event (the
+        # programs' groups, as production), and one per rule (what grouping saves).
+        rules = [r for p in book.programs.values() for r in p.rules]
+        self._grouped = _Ledger(Grouping.of(rules), self.options, self._auto)
+        self._ungrouped = _Ledger(UNGROUPED, self.options, self._auto)
         self._proposed: Counter[str] = Counter()
         self._patients: set[str] = set()
         self._readings = 0
@@ -290,95 +411,18 @@ class Replay:
         return out
 
     def _decide(self, candidates: list[AlertCandidate], clears: list[Clear]) -> None:
-        """The policy, in time order; candidates at the same instant form one batch."""
+        """The policy, in time order, on both ledgers."""
         assert self._start is not None
         candidates.sort(key=_at)
         clears.sort(key=lambda c: c.measured_at)
-        done = 0
-        for at, group in groupby(candidates, key=_at):
-            while done < len(clears) and clears[done].measured_at < at:
-                self._clear(clears[done])
-                done += 1
-            self._expire(at)
-            batch = list(group)
-            counted = at >= self._start
-            if counted:
-                self._proposed.update(c.rule_id for c in batch)
-            keys = {(c.patient_id, c.rule_id) for c in batch}
-            current = {k: self._open[k] for k in keys if k in self._open}
-            for d in decide(batch, current):
-                self._apply(d, at, counted)
-        for clear in clears[done:]:
-            self._clear(clear)
-
-    def _resolve_at(
-        self, at: datetime, alert_id: int, key: EpisodeKey, cleared: datetime | None
-    ) -> None:
-        heapq.heappush(self._expiry, (at, next(self._order), alert_id, key, cleared))
-
-    def _expire(self, now: datetime) -> None:
-        """Resolve what the modelled nurse, or a rule's auto-resolve, resolved by ``now``."""
-        heap = self._expiry
-        while heap and heap[0][0] <= now:
-            _, _, alert_id, key, cleared = heapq.heappop(heap)
-            episode = self._open.get(key)
-            if episode is None or episode.alert_id != alert_id:
-                continue  # resolved already
-            if cleared is not None and self._cleared.get(key) != cleared:
-                continue  # the condition came back after that clear
-            del self._open[key]
-            self._cleared.pop(key, None)
-            alert = self._alerts.get(alert_id)
-            if cleared is not None and alert is not None:
-                self._alerts[alert_id] = replace(alert, auto_resolved=True)
-
-    def _clear(self, clear: Clear) -> None:
-        """The newest reading shows the condition is over: production marks the episode."""
-        self._expire(clear.measured_at)
-        key = (clear.patient_id, clear.rule_id)
-        episode = self._open.get(key)
-        if episode is None or key in self._cleared:
-            return
-        self._cleared[key] = clear.measured_at
-        delay = self._auto.get(key)
-        if delay is not None:
-            self._resolve_at(clear.measured_at + delay, episode.alert_id, key, clear.measured_at)
-
-    def _apply(self, d: Decision, at: datetime, counted: bool) -> None:
-        c = d.candidate
-        key = (c.patient_id, c.rule_id)
-        if d.action is Action.OPEN:
-            alert_id = self._next_id
-            self._next_id += 1
-            self._open[key] = Episode(alert_id, c.patient_id, c.rule_id, c.severity, d.new_state)
-            self._cleared.pop(key, None)
-            self._resolve_at(at + self.options.resolve_after, alert_id, key, None)
-            if counted:
-                self._alerts[alert_id] = Alert(
-                    alert_id, c.patient_id, c.rule_id, at, c.severity, c.severity, 0, 0
-                )
-            return
-        # A recurrence in the batch that opened the episode carries no episode yet.
-        episode = d.episode or self._open[key]
-        self._cleared.pop(key, None)  # the condition is back: an auto-resolve starts over
-        alert = self._alerts.get(episode.alert_id)
-        if d.action is Action.ESCALATE:
-            self._open[key] = Episode(
-                episode.alert_id, c.patient_id, c.rule_id, c.severity, d.new_state
-            )
-            if alert is not None:
-                self._alerts[alert.alert_id] = replace(
-                    alert,
-                    severity=max(alert.severity, c.severity),
-                    escalations=alert.escalations + 1,
-                )
-        elif alert is not None:
-            self._alerts[alert.alert_id] = replace(alert, recurrences=alert.recurrences + 1)
+        self._proposed.update(c.rule_id for c in candidates if c.measured_at >= self._start)
+        for ledger in (self._grouped, self._ungrouped):
+            ledger.decide(candidates, clears, self._start)
 
     # --- the figures ---------------------------------------------------------------
 
     def _burden(self, start: datetime, end: datetime) -> Burden:
-        alerts = tuple(self._alerts[i] for i in sorted(self._alerts))
+        alerts = self._grouped.counted()
         by_rule: dict[str, list[Alert]] = {}
         for a in alerts:
             by_rule.setdefault(a.rule_id, []).append(a)
@@ -410,6 +454,7 @@ class Replay:
             per_rule=per_rule,
             rule_set={p.program: p.digest[:12] for p in self._book.programs.values()},
             notes=self._notes(),
+            ungrouped=len(self._ungrouped.counted()),
         )
 
     def _notes(self) -> tuple[str, ...]:

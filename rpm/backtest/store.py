@@ -377,6 +377,17 @@ def _notes(notes: Iterable[str]) -> list[str]:
     return ["", "Notes:", *(f"  - {n}" for n in notes)] if notes else []
 
 
+def _before_grouping(b: Burden) -> list[str]:
+    """The burden one episode per rule would have given (docs/alerts.md: one row per event)."""
+    before = b.ungrouped_per_patient_month
+    if b.ungrouped is None or before is None:
+        return []
+    return [
+        f"  before grouping         {before:.2f} ({b.ungrouped} alerts, one per rule; "
+        f"{len(b.alerts)} as clinical events)"
+    ]
+
+
 def render(b: Burden) -> str:
     """The table ``rpm rules backtest`` prints: alerts per rule and severity, then rates."""
     rows = sorted(b.per_rule.values(), key=lambda r: (-r.alerts, r.rule_id))
@@ -393,6 +404,7 @@ def render(b: Burden) -> str:
     lines += [
         "",
         f"alerts per patient-month  {b.alerts_per_patient_month:.2f}",
+        *_before_grouping(b),
         f"alerts per nurse-day      {b.alerts_per_nurse_day:.2f}",
         f"patients with an alert    {b.patients_alerted} of {b.patients} "
         f"({b.share_patients_alerted:.0%})",
@@ -426,6 +438,12 @@ def render_comparison(cmp: Comparison, described: Sequence[str] = ()) -> str:
         row("total", len(b.alerts), len(c.alerts), "d"),
         "",
         row("alerts per patient-month", b.alerts_per_patient_month, c.alerts_per_patient_month),
+        *(
+            [row("  before grouping", before_b, before_c)]
+            if (before_b := b.ungrouped_per_patient_month) is not None
+            and (before_c := c.ungrouped_per_patient_month) is not None
+            else []
+        ),
         row("alerts per nurse-day", b.alerts_per_nurse_day, c.alerts_per_nurse_day),
         row("patients with an alert", b.patients_alerted, c.patients_alerted, "d"),
         *_notes([*b.notes, *(f"{cmp.labels[1]}: {n}" for n in c.notes if n not in b.notes)]),

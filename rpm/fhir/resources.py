@@ -4,8 +4,10 @@
   the subject), ``name.text``, the mobile number as ``telecom``, ``communication.language``.
 - Device: ``identifier`` (``urn:rpm:device``), ``manufacturer``, ``serialNumber``, the kind
   as ``type.text``, ``status`` (retired: inactive), ``patient`` (the current binding).
-- DetectedIssue, one per alert: the rule as ``code``, severity, the plain-language explanation
-  as ``detail``, the readings that caused it as Observations in ``evidence.detail``, and
+- DetectedIssue, one per alert (one per clinical event): the leading rule as ``code``,
+  severity, the plain-language explanation as ``detail``, the readings that caused it as
+  Observations in ``evidence.detail``; when several rules contributed, one coded ``evidence``
+  entry per rule with its reading, and their findings in ``detail``; and
   acknowledgement and resolution as ``mitigation``. ``preliminary`` until a nurse has seen it
   (acknowledged or resolved), then ``final``.
 - Communication, one per patient SMS: sent or received, its delivery status, the text, and
@@ -124,6 +126,10 @@ def detected_issue(alert: Mapping[str, Any]) -> dict[str, Any]:
         str(u) for u in (alert.get("first_reading_uid"), alert.get("last_reading_uid")) if u
     )
     reviewed = alert.get("acknowledged_at") is not None or alert.get("resolved_at") is not None
+    # One clinical event, one resource: the rules that contributed besides the leading one
+    # (``code``) are evidence entries coded by rule, and the detail names them.
+    contributions = list(alert.get("contributions") or ())
+    others = [c for c in contributions if c.get("rule_id") != alert["rule_id"]]
     mitigation = []
     if alert.get("acknowledged_at") is not None:
         mitigation.append(
@@ -151,15 +157,40 @@ def detected_issue(alert: Mapping[str, Any]) -> dict[str, Any]:
             "severity": _SEVERITY.get(str(alert["severity"]), "moderate"),
             "patient": {"reference": "Patient/" + logical_id(alert["patient_id"])},
             "identifiedDateTime": _iso(alert["opened_at"]),
-            "detail": alert.get("explanation"),
+            "detail": _detail(alert, others),
             "evidence": (
                 [{"detail": [{"reference": f"Observation/{observation_id(u)}"} for u in uids]}]
                 if uids
-                else None
-            ),
+                else []
+            )
+            + [_contribution(c) for c in (contributions if others else [])]
+            or None,
             "mitigation": mitigation,
         }
     )
+
+
+def _detail(alert: Mapping[str, Any], others: list[Mapping[str, Any]]) -> str | None:
+    text: str | None = alert.get("explanation")
+    if not others:
+        return text
+    also = "; ".join(f"{c['title']}: {c['explanation']}" for c in others)
+    return f"{text} Also: {also}" if text else also
+
+
+def _contribution(c: Mapping[str, Any]) -> dict[str, Any]:
+    """An evidence entry for one contributing rule: its code, its finding, its reading."""
+    out: dict[str, Any] = {
+        "code": [
+            {
+                "coding": [{"system": RULE_SYSTEM, "code": c["rule_id"]}],
+                "text": f"{c['title']}: {c['explanation']}",
+            }
+        ]
+    }
+    if c.get("reading_uid"):
+        out["detail"] = [{"reference": f"Observation/{observation_id(c['reading_uid'])}"}]
+    return out
 
 
 def _mitigation(

@@ -16,7 +16,7 @@ import asyncpg
 from prometheus_client import CollectorRegistry
 
 from alerts.lifecycle import Action
-from alerts.policy import Decision, decide
+from alerts.policy import Decision, Grouping, decide, earliest_by_key
 from device_gateways.decoders import DECODERS, Decoded
 from rpm.domain import (
     AcceptedReading,
@@ -46,6 +46,9 @@ from rules.programs import RuleBook
 
 from .outbox_items import fhir_push_item, patient_sms_payload
 from .results import BatchResult, Prepared, itemize
+
+# Decisions that change what the dashboard shows of an episode (besides opening it).
+_CHANGES = frozenset({Action.ESCALATE, Action.JOIN, Action.LATE_EVIDENCE})
 
 log = logging.getLogger("rpm.pipeline")  # the name it logged under as one module
 
@@ -110,6 +113,7 @@ class IngestPipeline:
         self._last_written: dict[tuple[str, str], datetime] = {}
         self._last_pending: dict[tuple[str, str], datetime] = {}
         self._fhir_push = fhir_push
+        self._grouped: tuple[RuleBook, Grouping] | None = None
 
     async def load_rules(self, conn: Conn) -> None:
         """Use the active version of every program; cheap when nothing changed.
@@ -294,12 +298,23 @@ class IngestPipeline:
     async def _decide(
         self, conn: Conn, candidates: Sequence[AlertCandidate], result: BatchResult
     ) -> None:
-        keys = {(c.patient_id, c.rule_id) for c in candidates}
-        episodes = await alert_store.open_episodes(conn, keys)
-        snoozes = await alert_store.snoozes(conn, keys, self._now())
-        decisions = decide(candidates, episodes, snoozes)
+        grouping = self._grouping()
+        # Measured time decides: the episodes resolved, and the snooze windows ended, after
+        # the earliest candidate of each key was measured come with the unresolved ones.
+        since = earliest_by_key(candidates, grouping)
+        episodes, resolved = await alert_store.episodes_since(conn, since)
+        snoozes = await alert_store.snooze_windows(conn, since)
+        decisions = decide(candidates, episodes, snoozes, resolved=resolved, grouping=grouping)
         applied = await alert_store.apply(conn, decisions)
         await self._follow_up(conn, applied, result)
+
+    def _grouping(self) -> Grouping:
+        """The rule programs' episode groups (one episode per clinical event)."""
+        book = self.engine.book
+        if self._grouped is None or self._grouped[0] is not book:
+            rules = (r for p in book.programs.values() for r in p.rules)
+            self._grouped = (book, Grouping.of(rules))
+        return self._grouped[1]
 
     async def check_missing(self) -> BatchResult:
         """The missing-data timer: one pass over every monitored patient, in one transaction.
@@ -408,7 +423,7 @@ class IngestPipeline:
                 )
             if d.action is Action.OPEN:
                 result.alerts_opened.append(a.alert_id)
-            elif d.action is Action.ESCALATE:
+            elif d.action in _CHANGES:
                 result.alerts_changed.append(a.alert_id)
             else:
                 continue

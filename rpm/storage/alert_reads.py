@@ -15,11 +15,12 @@ _ALERT_COLUMNS = f"""a.id, a.patient_id, a.rule_id, a.severity, a.state, a.title
     a.explanation, a.evidence, a.first_reading_uid, a.last_reading_uid, a.occurrences,
     a.opened_at, a.updated_at, a.acknowledged_at, a.acknowledged_by, a.resolved_at,
     a.resolved_by, a.resolution_note, a.assigned_to, a.escalation_tier, a.next_escalation_at,
-    a.condition_cleared_at, p.programs AS patient_programs, p.care_team,
+    a.condition_cleared_at, a.group_key, a.contributions, p.programs AS patient_programs,
+    p.care_team,
     CASE WHEN s.until > now() AND {sql_rank("a.severity")} <= {sql_rank("s.max_severity")}
          THEN s.until END AS snoozed_until"""
 _ALERT_FROM = """alerts a JOIN patients p ON p.id = a.patient_id
-    LEFT JOIN alert_snoozes s ON s.patient_id = a.patient_id AND s.rule_id = a.rule_id"""
+    LEFT JOIN alert_snoozes s ON s.patient_id = a.patient_id AND s.rule_id = a.group_key"""
 _ORDERS = {
     # Triage: most severe first, then the longest waiting.
     "triage": f"{sql_rank('a.severity')} DESC, a.opened_at ASC, a.id ASC",
@@ -30,6 +31,8 @@ _ORDERS = {
 def _alert(r: asyncpg.Record) -> dict[str, Any]:
     d = dict(r)
     d["patient_programs"] = list(d["patient_programs"])
+    # One episode per clinical event: every rule that contributed (``rule_id`` leads).
+    d["rules"] = [c["rule_id"] for c in d["contributions"]] or [d["rule_id"]]
     return d
 
 

@@ -34,7 +34,7 @@ _FACTS = """a.id, a.patient_id, a.rule_id, a.title, a.severity, a.state, p.care_
     a.last_fired_at, a.condition_cleared_at, p.programs,
     s.until AS snooze_until, s.max_severity AS snooze_severity, s.actor AS snooze_actor"""
 _FACTS_FROM = """alerts a JOIN patients p ON p.id = a.patient_id
-    LEFT JOIN alert_snoozes s ON s.patient_id = a.patient_id AND s.rule_id = a.rule_id"""
+    LEFT JOIN alert_snoozes s ON s.patient_id = a.patient_id AND s.rule_id = a.group_key"""
 
 
 @dataclass(frozen=True, slots=True)

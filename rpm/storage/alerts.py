@@ -11,9 +11,9 @@ in ``rpm.storage.alert_timers``, the reads (one alert, listings, events) in
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -21,7 +21,7 @@ import asyncpg
 
 from alerts.lifecycle import Action, AlertState, staff_transition
 from alerts.policy import Decision, Episode, EpisodeKey, Snooze, SnoozeCaps
-from rpm.domain import Severity
+from rpm.domain import AlertCandidate, Severity
 from rpm.domain.errors import AlertNotFound, StaffNotFound
 from rpm.storage import alert_reads
 from rpm.storage import staff as staff_store
@@ -35,34 +35,109 @@ SYSTEM_ACTOR = "system:rules"
 # --- the ingest side: episodes, snoozes, decisions ---------------------------------------
 
 
-async def open_episodes(conn: Conn, keys: Iterable[EpisodeKey]) -> dict[EpisodeKey, Episode]:
-    """Unresolved episodes for (patient, rule) pairs, locked for this transaction."""
-    keys = list(set(keys))
-    if not keys:
-        return {}
+_EPISODE_COLUMNS = """a.id, a.patient_id, a.rule_id, a.group_key, a.severity, a.state,
+    a.state = 'open' AND a.last_notified_at IS NULL AS silenced, a.acknowledged_at,
+    a.resolved_at, ARRAY(SELECT c->>'rule_id' FROM jsonb_array_elements(a.contributions) c)
+    AS rules"""
+
+
+def _episode(r: asyncpg.Record) -> Episode:
+    return Episode(
+        r["id"],
+        r["patient_id"],
+        r["rule_id"],
+        Severity[r["severity"]],
+        AlertState(r["state"]),
+        r["silenced"],
+        r["group_key"],
+        tuple(r["rules"]),
+        r["acknowledged_at"],
+        r["resolved_at"],
+    )
+
+
+async def episodes_since(
+    conn: Conn, since: Mapping[EpisodeKey, datetime]
+) -> tuple[dict[EpisodeKey, Episode], dict[EpisodeKey, list[Episode]]]:
+    """The unresolved episode of each (patient, group) key, and its episodes resolved after
+    ``since[key]`` (the earliest measured time of the batch's candidates for it: a reading
+    measured before a resolution is late evidence of it), locked for this transaction.
+
+    One statement: the unique index of unresolved episodes and ``alerts_resolved_by_key``
+    answer it, so a key with no late candidates costs what it did before."""
+    if not since:
+        return {}, {}
+    keys = list(since)
     rows = await conn.fetch(
-        """SELECT a.id, a.patient_id, a.rule_id, a.severity, a.state,
-                  a.state = 'open' AND a.last_notified_at IS NULL AS silenced
-             FROM alerts a
-             JOIN unnest($1::text[], $2::text[]) AS k(patient_id, rule_id)
-               ON a.patient_id = k.patient_id AND a.rule_id = k.rule_id
-            WHERE a.state <> 'resolved'
-            ORDER BY a.id
-              FOR UPDATE OF a""",
+        f"""SELECT {_EPISODE_COLUMNS} FROM alerts a
+             WHERE a.id IN (
+                   SELECT u.id FROM alerts u
+                     JOIN unnest($1::text[], $2::text[]) AS k(patient_id, group_key)
+                       ON u.patient_id = k.patient_id AND u.group_key = k.group_key
+                    WHERE u.state <> 'resolved'
+                   UNION ALL
+                   SELECT r.id FROM alerts r
+                     JOIN unnest($1::text[], $2::text[], $3::timestamptz[])
+                          AS k(patient_id, group_key, since)
+                       ON r.patient_id = k.patient_id AND r.group_key = k.group_key
+                    WHERE r.state = 'resolved' AND r.resolved_at > k.since)
+             ORDER BY a.id
+               FOR UPDATE OF a""",  # noqa: S608 - fixed fragments, values are bound
         [k[0] for k in keys],
         [k[1] for k in keys],
+        [since[k] for k in keys],
     )
-    return {
-        (r["patient_id"], r["rule_id"]): Episode(
-            r["id"],
-            r["patient_id"],
-            r["rule_id"],
-            Severity[r["severity"]],
-            AlertState(r["state"]),
-            r["silenced"],
+    current: dict[EpisodeKey, Episode] = {}
+    resolved: dict[EpisodeKey, list[Episode]] = {}
+    for r in rows:
+        e = _episode(r)
+        if e.state is AlertState.RESOLVED:
+            resolved.setdefault(e.key, []).append(e)
+        else:
+            current[e.key] = e
+    return current, resolved
+
+
+async def open_episodes(conn: Conn, keys: Iterable[EpisodeKey]) -> dict[EpisodeKey, Episode]:
+    """Unresolved episodes for (patient, group) keys, locked for this transaction."""
+    current, _ = await episodes_since(
+        conn, dict.fromkeys(set(keys), datetime.max.replace(tzinfo=UTC))
+    )
+    return current
+
+
+async def snooze_windows(
+    conn: Conn, since: Mapping[EpisodeKey, datetime]
+) -> dict[EpisodeKey, list[Snooze]]:
+    """The snooze windows of each (patient, group) key that end after ``since[key]``."""
+    if not since:
+        return {}
+    keys = list(since)
+    rows = await conn.fetch(
+        """SELECT w.patient_id, w.group_key, w.since, w.until, w.max_severity, w.actor
+             FROM alert_snooze_windows w
+             JOIN unnest($1::text[], $2::text[], $3::timestamptz[])
+                  AS k(patient_id, group_key, since)
+               ON w.patient_id = k.patient_id AND w.group_key = k.group_key
+            WHERE w.until > k.since
+            ORDER BY w.id""",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [since[k] for k in keys],
+    )
+    out: dict[EpisodeKey, list[Snooze]] = {}
+    for r in rows:
+        out.setdefault((r["patient_id"], r["group_key"]), []).append(
+            Snooze(
+                r["patient_id"],
+                r["group_key"],
+                r["until"],
+                Severity[r["max_severity"]],
+                r["actor"],
+                r["since"],
+            )
         )
-        for r in rows
-    }
+    return out
 
 
 async def snoozes(
@@ -101,27 +176,45 @@ def _held(d: Decision) -> str | None:
     return f"{d.suppressed}: no SMS, no escalation" if d.suppressed else None
 
 
+def _contribution(c: AlertCandidate) -> list[dict[str, Any]]:
+    """One entry of ``alerts.contributions`` (a jsonb list), as a list to append."""
+    return [
+        {
+            "rule_id": c.rule_id,
+            "severity": c.severity.name,
+            "title": c.title,
+            "explanation": c.explanation,
+            "measured_at": c.measured_at.isoformat(),
+            "reading_uid": str(c.reading_uid) if c.reading_uid else None,
+        }
+    ]
+
+
 async def apply(conn: Conn, decisions: Sequence[Decision]) -> list[AppliedDecision]:
-    """Write the policy's decisions: new episodes, escalations, recurrences, audit events,
-    and the escalation timers they arm.
+    """Write the policy's decisions: new episodes, escalations, joins, recurrences, late
+    evidence, audit events, and the escalation timers they arm.
 
     Recurrences (the common case under load) are counted in one statement per batch;
     they are not audited one by one (only the one that ends an episode's silence is).
+    Late evidence is audited once per episode and batch.
     """
     applied: list[AppliedDecision] = []
     opened: dict[EpisodeKey, int] = {}
     recurring: dict[int, tuple[int, UUID | None, datetime]] = {}  # id -> (n, uid, fired)
+    late: dict[int, list[Decision]] = {}
     live: list[int] = []
     for d in decisions:
         c = d.candidate
-        key = (c.patient_id, c.rule_id)
+        key = d.episode_key
         if d.action is Action.OPEN:
             alert_id = await conn.fetchval(
                 """INSERT INTO alerts (patient_id, rule_id, severity, state, title, explanation,
                                        evidence, first_reading_uid, last_reading_uid,
-                                       last_fired_at, last_notified_at, next_escalation_at)
+                                       last_fired_at, last_notified_at, next_escalation_at,
+                                       group_key, contributions)
                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9,
-                           CASE WHEN $10 THEN now() END, CASE WHEN $10 THEN now() END)
+                           CASE WHEN $10 THEN now() END, CASE WHEN $10 THEN now() END,
+                           $11, $12::jsonb)
                    RETURNING id""",
                 c.patient_id,
                 c.rule_id,
@@ -133,6 +226,8 @@ async def apply(conn: Conn, decisions: Sequence[Decision]) -> list[AppliedDecisi
                 c.reading_uid,
                 c.measured_at,
                 d.start_escalation,
+                key[1],
+                _contribution(c),
             )
             opened[key] = alert_id
             await audit(
@@ -141,7 +236,8 @@ async def apply(conn: Conn, decisions: Sequence[Decision]) -> list[AppliedDecisi
         elif d.action is Action.ESCALATE:
             alert_id = d.episode.alert_id if d.episode else opened[key]
             before = d.episode.state if d.episode else AlertState.OPEN
-            # Re-opening an acknowledged episode starts a new escalation round.
+            # Re-opening an acknowledged episode starts a new escalation round. The more
+            # severe rule leads the episode from now on.
             await conn.execute(
                 """UPDATE alerts SET occurrences = occurrences + 1, last_reading_uid = $2,
                           updated_at = now(), state = $3, severity = $4, explanation = $5,
@@ -154,7 +250,10 @@ async def apply(conn: Conn, decisions: Sequence[Decision]) -> list[AppliedDecisi
                               WHEN $9 THEN coalesce(last_notified_at, now())
                               ELSE last_notified_at END,
                           next_escalation_at = CASE
-                              WHEN $9 THEN now() WHEN $8 THEN NULL ELSE next_escalation_at END
+                              WHEN $9 THEN now() WHEN $8 THEN NULL ELSE next_escalation_at END,
+                          rule_id = $10, title = $11,
+                          contributions = CASE WHEN $12 THEN contributions || $13::jsonb
+                                               ELSE contributions END
                     WHERE id = $1""",
                 alert_id,
                 c.reading_uid,
@@ -165,10 +264,44 @@ async def apply(conn: Conn, decisions: Sequence[Decision]) -> list[AppliedDecisi
                 c.measured_at,
                 before is not AlertState.OPEN,
                 d.start_escalation,
+                c.rule_id,
+                c.title,
+                d.joins,
+                _contribution(c),
+            )
+            note = _held(d)
+            if d.joins:
+                note = f"{c.rule_id} joined" + (f"; {note}" if note else "")
+            await audit(
+                conn, alert_id, SYSTEM_ACTOR, d.action, before, d.new_state, c.severity, note
+            )
+        elif d.action is Action.JOIN:
+            alert_id = d.episode.alert_id if d.episode else opened[key]
+            await conn.execute(
+                """UPDATE alerts SET occurrences = occurrences + 1, updated_at = now(),
+                          last_fired_at = greatest(last_fired_at, $2),
+                          condition_cleared_at = NULL,
+                          contributions = contributions || $3::jsonb
+                    WHERE id = $1""",
+                alert_id,
+                c.measured_at,
+                _contribution(c),
             )
             await audit(
-                conn, alert_id, SYSTEM_ACTOR, d.action, before, d.new_state, c.severity, _held(d)
+                conn,
+                alert_id,
+                SYSTEM_ACTOR,
+                d.action,
+                d.new_state,
+                d.new_state,
+                c.severity,
+                f"{c.rule_id}: {c.explanation}",
             )
+            if d.start_escalation:
+                live.append(alert_id)
+        elif d.action is Action.LATE_EVIDENCE:
+            alert_id = d.episode.alert_id if d.episode else opened[key]
+            late.setdefault(alert_id, []).append(d)
         else:
             alert_id = d.episode.alert_id if d.episode else opened[key]
             count, _, fired = recurring.get(alert_id, (0, None, c.measured_at))
@@ -186,6 +319,8 @@ async def apply(conn: Conn, decisions: Sequence[Decision]) -> list[AppliedDecisi
                     "no longer snoozed and still firing: patient SMS and escalation start",
                 )
         applied.append(AppliedDecision(alert_id, d))
+    for alert_id, ds in late.items():
+        await _late_evidence(conn, alert_id, ds)
     if recurring:
         ids = list(recurring)
         await conn.execute(
@@ -208,6 +343,55 @@ async def apply(conn: Conn, decisions: Sequence[Decision]) -> list[AppliedDecisi
             live,
         )
     return applied
+
+
+async def _late_evidence(conn: Conn, alert_id: int, ds: Sequence[Decision]) -> None:
+    """Record a batch's late readings on their episode: counted, the new rules among its
+    contributions, a more severe one leading it, one audit event. The state, the timers and
+    the patient are left alone."""
+    worst = max(ds, key=lambda d: d.candidate.severity)
+    c = worst.candidate
+    episode = worst.episode
+    raise_to = episode is None or c.severity > episode.severity
+    new_rules: dict[str, AlertCandidate] = {}
+    for d in ds:
+        if d.joins:
+            new_rules.setdefault(d.candidate.rule_id, d.candidate)
+    joined = [_contribution(x)[0] for x in new_rules.values()]
+    state = await conn.fetchval(
+        """UPDATE alerts SET occurrences = occurrences + $2, updated_at = now(),
+                  contributions = contributions || $3::jsonb,
+                  severity = CASE WHEN $4 THEN $5 ELSE severity END,
+                  rule_id = CASE WHEN $4 THEN $6 ELSE rule_id END,
+                  title = CASE WHEN $4 THEN $7 ELSE title END,
+                  explanation = CASE WHEN $4 THEN $8 ELSE explanation END,
+                  evidence = CASE WHEN $4 THEN $9 ELSE evidence END
+            WHERE id = $1
+        RETURNING state""",
+        alert_id,
+        len(ds),
+        joined,
+        raise_to,
+        c.severity.name,
+        c.rule_id,
+        c.title,
+        c.explanation,
+        dict(c.evidence),
+    )
+    note = (
+        f"late evidence: {len(ds)} reading(s), the most severe {worst.late}. "
+        f"{c.rule_id}: {c.explanation}. No new alert, no SMS, no escalation."
+    )
+    await audit(
+        conn,
+        alert_id,
+        SYSTEM_ACTOR,
+        Action.LATE_EVIDENCE,
+        state,
+        AlertState(state),
+        c.severity,
+        note,
+    )
 
 
 async def mark_cleared(conn: Conn, clears: Sequence[Clear]) -> int:
@@ -441,9 +625,11 @@ async def snooze(
     async def write(_: AlertState) -> object:
         severity = await conn.fetchval("SELECT severity FROM alerts WHERE id = $1", alert_id)
         caps.check(Severity[severity], duration)
+        # The snooze is per episode group (``alert_snoozes.rule_id`` holds the group key);
+        # its window is kept after it ends, for readings measured inside it that arrive late.
         await conn.execute(
             """INSERT INTO alert_snoozes (patient_id, rule_id, until, max_severity, actor, reason)
-               SELECT patient_id, rule_id, now() + $2::interval, severity, $3, $4
+               SELECT patient_id, group_key, now() + $2::interval, severity, $3, $4
                  FROM alerts WHERE id = $1
                ON CONFLICT (patient_id, rule_id) DO UPDATE
                   SET until = EXCLUDED.until, max_severity = EXCLUDED.max_severity,
@@ -453,9 +639,29 @@ async def snooze(
             actor,
             reason,
         )
+        await _end_window(conn, alert_id)
+        await conn.execute(
+            """INSERT INTO alert_snooze_windows
+                      (patient_id, group_key, since, until, max_severity, actor)
+               SELECT patient_id, group_key, now(), now() + $2::interval, severity, $3
+                 FROM alerts WHERE id = $1""",
+            alert_id,
+            duration,
+            actor,
+        )
         return await conn.execute("UPDATE alerts SET updated_at = now() WHERE id = $1", alert_id)
 
     return await _act(conn, alert_id, Action.SNOOZE, actor, note, write)
+
+
+async def _end_window(conn: Conn, alert_id: int) -> None:
+    """End, now, the snooze window in force for this alert's group."""
+    await conn.execute(
+        """UPDATE alert_snooze_windows w SET until = now() FROM alerts a
+            WHERE a.id = $1 AND w.patient_id = a.patient_id AND w.group_key = a.group_key
+              AND w.until > now()""",
+        alert_id,
+    )
 
 
 async def unsnooze(conn: Conn, alert_id: int, actor: str) -> dict[str, Any]:
@@ -464,9 +670,10 @@ async def unsnooze(conn: Conn, alert_id: int, actor: str) -> dict[str, Any]:
     async def write(_: AlertState) -> object:
         await conn.execute(
             """DELETE FROM alert_snoozes s USING alerts a
-                WHERE a.id = $1 AND s.patient_id = a.patient_id AND s.rule_id = a.rule_id""",
+                WHERE a.id = $1 AND s.patient_id = a.patient_id AND s.rule_id = a.group_key""",
             alert_id,
         )
+        await _end_window(conn, alert_id)
         return await conn.execute(
             """UPDATE alerts SET updated_at = now(),
                       next_escalation_at = least(next_escalation_at, now())

@@ -44,11 +44,15 @@ async def history(
 
 
 async def armed(conn: Conn, patient_ids: Iterable[str]) -> list[tuple[str, str]]:
-    """(patient, rule) of unresolved alerts whose condition has not been seen to clear."""
+    """(patient, rule) of unresolved alerts whose condition has not been seen to clear: the
+    leading rule and every other rule that contributed to the episode."""
     rows = await conn.fetch(
-        """SELECT patient_id, rule_id FROM alerts
-            WHERE patient_id = ANY($1::text[]) AND state <> 'resolved'
-              AND condition_cleared_at IS NULL""",
+        """SELECT DISTINCT a.patient_id, r.rule_id FROM alerts a,
+                  LATERAL (SELECT a.rule_id UNION
+                           SELECT c->>'rule_id' FROM jsonb_array_elements(a.contributions) c)
+                  AS r(rule_id)
+            WHERE a.patient_id = ANY($1::text[]) AND a.state <> 'resolved'
+              AND a.condition_cleared_at IS NULL""",
         list(set(patient_ids)),
     )
     return [(r["patient_id"], r["rule_id"]) for r in rows]
