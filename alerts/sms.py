@@ -97,8 +97,13 @@ class TwilioSms:
         from_: str | None = None,
         content_sid: str | None = None,
         content_variables: str | None = None,
+        expires: bool = True,
     ) -> SentSms:
         """Send one message; raise Transient/PermanentDeliveryError when Twilio refuses.
+
+        ``expires``: give Twilio the validity period, after which it drops a message it
+        could not deliver. A critical alert's message is sent without one (``False``): it
+        must never expire in Twilio's queue behind other traffic.
 
         ``from_`` replaces the SMS sender (a ``whatsapp:`` address for WhatsApp); with a
         Messaging Service an SMS carries ``MessagingServiceSid`` and no ``From``, and a
@@ -120,7 +125,7 @@ class TwilioSms:
                 kwargs["content_variables"] = content_variables
         else:
             kwargs["body"] = body
-        if self._validity:
+        if self._validity and expires:
             kwargs["validity_period"] = self._validity
         if status_callback:
             kwargs["status_callback"] = status_callback

@@ -731,3 +731,36 @@ def test_config_from_settings_points_twilio_at_the_public_url() -> None:
     assert proxied.status_callback_url == "https://rpm.example.org/twilio/status"
     assert proxied.dashboard_url == "https://rpm.example.org/dashboard/"
     assert (proxied.daily_cap, local.daily_cap) == (5, 3)
+
+
+async def test_critical_goes_first_and_never_expires_in_twilios_queue(
+    pool: asyncpg.Pool, twilio: TwilioSink, channel: TwilioSms, hooks: str
+) -> None:
+    # Queued in the worst order: a campaign, a medium, a high, then the critical one.
+    async with pool.acquire() as conn:
+        await add_patient(conn, "p1", "+15550100001", timezone="America/New_York")
+        ids = {}
+        for severity in ("MEDIUM", "HIGH", "CRITICAL"):
+            ids[severity] = await add_alert(
+                conn, "p1", f"rule.{severity.lower()}", severity=severity
+            )
+    await enqueue(pool, "campaign", {**patient_payload("p1", None), "template": "campaign"})
+    for severity in ("MEDIUM", "HIGH", "CRITICAL"):
+        urgent = severity != "MEDIUM"
+        payload = patient_payload("p1", ids[severity], severity=severity, urgent=urgent)
+        await enqueue(pool, severity, payload)
+    async with pool.acquire() as conn:
+        claimed = await outbox_store.claim_due(conn, "sms", 10, timedelta(minutes=2))
+        await conn.execute("UPDATE outbox SET next_attempt_at = now() - interval '1 second'")
+    order = [item.payload.get("severity") for item in claimed]
+    kinds = [item.payload["template"] for item in claimed]
+    assert order[:3] == ["CRITICAL", "HIGH", "MEDIUM"]
+    assert kinds[3] == "campaign"
+
+    clock = Clock(local_time_after(datetime.now(UTC), NEW_YORK, time(12)))
+    await worker(pool, channel, hooks, clock, daily_cap=10).drain_once()
+    first, second = twilio.messages[:2]
+    assert first.body is not None
+    assert "URGENT" in first.body
+    assert first.validity_period is None  # Twilio keeps trying; it is never dropped
+    assert second.validity_period == 900  # a high alert's message may expire

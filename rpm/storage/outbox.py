@@ -43,7 +43,8 @@ async def enqueue(
 async def claim_due(
     conn: Conn, channel: str, limit: int, lease: timedelta, now: datetime | None = None
 ) -> list[OutboxItem]:
-    """Take due items, the most urgent first (``priority``, migration 0017), leasing them so a
+    """Take due items, the most urgent first (``priority``: critical 3, other urgent 2, other alert
+    messages 1, campaigns 0; migration 0024), leasing them so a
     concurrent worker skips them until the lease ends.
 
     ``now`` is the worker's clock (the database's when None).

@@ -42,6 +42,7 @@ from alerts.sms_policy import (
     zone_of,
 )
 from rpm.backoff import Backoff
+from rpm.domain import Severity
 from rpm.domain.errors import (
     BadWork,
     CredentialsRefused,
@@ -92,6 +93,7 @@ class SmsChannel(Protocol):
         from_: str | None = None,
         content_sid: str | None = None,
         content_variables: str | None = None,
+        expires: bool = True,
     ) -> SentSms: ...
 
 
@@ -300,11 +302,11 @@ class SmsOutboxWorker:
         if plan is None:
             return
         try:
+            options: dict[str, Any] = plan.options()
+            if work.severity is Severity.CRITICAL:
+                options["expires"] = False  # never dropped by Twilio's validity period
             sent = await self._channel.send(
-                plan.to,
-                body,
-                status_callback=self._config.status_callback_url,
-                **plan.options(),
+                plan.to, body, status_callback=self._config.status_callback_url, **options
             )
         except CredentialsRefused as exc:
             held = self._claim or [item]
