@@ -34,7 +34,10 @@ Audience = Literal["patient", "staff"]
 
 # Templates each audience may be sent ("legacy" = a ready ``body``).
 _TEMPLATES: Mapping[Audience, frozenset[str]] = MappingProxyType(
-    {"patient": frozenset({"alert", "campaign", "legacy"}), "staff": frozenset({"escalation"})}
+    {
+        "patient": frozenset({"alert", "campaign", "legacy", "consent"}),
+        "staff": frozenset({"escalation"}),
+    }
 )
 
 
@@ -73,7 +76,7 @@ class SmsWork:
             raise BadWork("patient message without patient_id")
         if self.audience == "staff" and (not self.staff_id or self.alert_id is None):
             raise BadWork("staff message without staff_id or alert_id")
-        if self.template not in ("legacy", "campaign") and self.severity is None:
+        if self.template not in ("legacy", "campaign", "consent") and self.severity is None:
             raise BadWork("message without severity")
         if self.is_campaign and (not self.campaign or self.campaign_version is None or self.urgent):
             raise BadWork("a campaign message names its campaign and version, and is not urgent")

@@ -149,6 +149,7 @@ class _Language:
     contact: str
     opted_out: str
     opted_in: str
+    consent: str  # the confirmation of a consent given at enrolment
     reply_received: str
     unknown_sender: str
 
@@ -198,6 +199,11 @@ _TEXTS: Mapping[str, _Language] = MappingProxyType(
                 "You will get {service} health alerts by text again. Reply HELP for help, "
                 "STOP to stop. Msg & data rates may apply."
             ),
+            consent=(
+                "{service}: you are signed up for texts from your care team about your home "
+                "readings: alerts, reminders and questions. Msg frequency varies. Reply HELP "
+                "for help, STOP to stop. Msg & data rates may apply."
+            ),
             reply_received=(
                 "{service}: thank you, your care team will read your message. This number is "
                 "not watched all the time: for emergencies call {number}."
@@ -240,6 +246,12 @@ _TEXTS: Mapping[str, _Language] = MappingProxyType(
             opted_in=(
                 "Volverá a recibir alertas de salud de {service} por mensaje de texto. Responda "
                 "HELP para ayuda o STOP para dejar de recibirlas."
+            ),
+            consent=(
+                "{service}: está inscrito para recibir mensajes de su equipo de salud sobre sus "
+                "lecturas en casa: alertas, recordatorios y preguntas. La frecuencia varía. "
+                "Responda HELP para ayuda o STOP para dejar de recibirlos. Pueden aplicarse "
+                "tarifas de mensajes y datos."
             ),
             reply_received=(
                 "{service}: gracias, su equipo de salud leerá su mensaje. Este número no se "
@@ -344,6 +356,13 @@ def opted_out_reply(language: str, *, service: str, emergency_number: str = "911
 def opted_in_reply(language: str, *, service: str, emergency_number: str = "911") -> str:
     texts = _TEXTS[language_of(language)]
     return fit(texts.opted_in.format(number=emergency_number, service=service))
+
+
+def consent_confirmation(language: str, *, service: str) -> str:
+    """The one text that confirms a consent given at enrolment: who texts, about what, how
+    often, HELP and STOP, and that rates may apply (CTIA Messaging Principles and Best
+    Practices, 2023, opt-in confirmation)."""
+    return fit(_TEXTS[language_of(language)].consent.format(service=service))
 
 
 def reply_received(language: str, *, service: str, emergency_number: str = "911") -> str:

@@ -13,8 +13,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
+import httpx
 import pytest
 
+from alerts import templates
 from alerts.sms import TwilioSms
 from alerts.sms_policy import (
     Defer,
@@ -28,6 +30,7 @@ from alerts.sms_policy import (
     quiet_until,
     zone_of,
 )
+from rpm.api import registry as registry_api
 from rpm.domain.errors import BadWork
 from rpm.settings import ApiSettings, SmsSettings
 from rpm.storage import outbox as outbox_store
@@ -36,7 +39,7 @@ from rpm.workers.sms_outbox import DeliveryConfig, SmsOutboxWorker
 from simulators.localservices import free_port
 from simulators.twilio_sink import TwilioSink
 from tests.conftest import TWILIO_CONTRACT, TWILIO_SID, TWILIO_TOKEN
-from tests.helpers import eventually
+from tests.helpers import api_app, eventually, staff_headers
 from tests.twilio_support import (
     Clock,
     add_alert,
@@ -764,3 +767,32 @@ async def test_critical_goes_first_and_never_expires_in_twilios_queue(
     assert "URGENT" in first.body
     assert first.validity_period is None  # Twilio keeps trying; it is never dropped
     assert second.validity_period == 900  # a high alert's message may expire
+
+
+async def test_consent_given_at_enrolment_is_confirmed_by_one_text(
+    pool: asyncpg.Pool, twilio: TwilioSink, channel: TwilioSms, hooks: str
+) -> None:
+    app = api_app(pool)
+    app.include_router(registry_api.router)
+    headers = await staff_headers(pool)
+    patient = {
+        "id": "p-consent",
+        "display_name": "Ada Example",
+        "phone": "+15550100077",
+        "timezone": "America/New_York",
+    }
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://rpm.test", headers=headers
+    ) as http:
+        for body in (
+            {**patient, "sms_consent": False},  # enrolled first without consent: no text
+            {**patient, "sms_consent": True},  # consent given: one text
+            {**patient, "sms_consent": True},  # the same request again: nothing more
+        ):
+            assert (await http.post("/api/patients", json=body)).status_code == 201
+    clock = Clock(local_time_after(datetime.now(UTC), NEW_YORK, time(12)))
+    assert await worker(pool, channel, hooks, clock).drain_once() == 1
+    [sent] = twilio.messages
+    assert sent.to == "+15550100077"
+    assert sent.body == templates.consent_confirmation("en", service="Home Health Monitoring")
+    assert "STOP" in sent.body

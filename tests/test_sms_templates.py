@@ -223,8 +223,9 @@ def test_keyword_replies_fit_and_say_how_to_stop_or_restart(language: str) -> No
     back = templates.opted_in_reply(language, service=SERVICE)
     received = templates.reply_received(language, service=SERVICE)
     unknown = templates.unknown_sender_reply(service=SERVICE)
+    consent = templates.consent_confirmation(language, service=SERVICE)
 
-    for text in (help_text, out, back, received, unknown):
+    for text in (help_text, out, back, received, unknown, consent):
         assert templates.count_segments(text) <= 2, text
     assert "STOP" in help_text
     assert "START" in help_text
@@ -232,6 +233,12 @@ def test_keyword_replies_fit_and_say_how_to_stop_or_restart(language: str) -> No
     assert "START" in out
     assert "STOP" in back
     assert "911" in received  # replies are not watched all the time
+    # The opt-in confirmation (CTIA Messaging Principles and Best Practices, 2023): who,
+    # about what, how often, HELP and STOP, and that rates may apply.
+    assert SERVICE in consent
+    assert "HELP" in consent
+    assert "STOP" in consent
+    assert ("Msg & data rates may apply" if language == "en" else "tarifas") in consent
 
 
 def test_emergency_number_is_configurable() -> None:
@@ -277,6 +284,7 @@ def patient_texts(language: str, service: str) -> list[str]:
         templates.help_reply(language, service=service, contact="+1 555 0100"),
         templates.opted_out_reply(language, service=service),
         templates.opted_in_reply(language, service=service),
+        templates.consent_confirmation(language, service=service),
         templates.reply_received(language, service=service),
         templates.unknown_sender_reply(service=service),
     ]

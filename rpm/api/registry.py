@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import re
 import secrets
+import uuid
 import zoneinfo
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -22,6 +23,7 @@ from device_gateways.decoders import DECODERS
 from device_gateways.mqtt import TOPIC_PREFIX
 from rpm.domain.errors import ConflictError, DeviceNotFound, InvalidRequestError, NotFoundError
 from rpm.storage import channels as channel_store
+from rpm.storage import outbox as outbox_store
 from rpm.storage import registry
 from rpm.storage.pool import Conn
 
@@ -162,12 +164,23 @@ class IntegrationCreated(BaseModel):
 router = APIRouter(prefix="/api", dependencies=[Security(REQUIRE[Permission.ENROLMENT])])
 
 
+def consent_payload(patient_id: str) -> dict[str, Any]:
+    """The outbox item of the text that confirms a patient's SMS consent."""
+    return {
+        "recipient": "patient",
+        "patient_id": patient_id,
+        "template": "consent",
+        "urgent": False,
+    }
+
+
 @router.post("/patients", status_code=201)
 async def create_patient(
     request: Request, who: CanEnrol, pool: PoolDep, body: PatientIn
 ) -> dict[str, str]:
     audit(request, who, "create", "patient", [body.id], body.id)
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
+        _, consented_before = await registry.sms_contact(conn, body.id)
         await registry.upsert_patient(
             conn,
             patient_id=body.id,
@@ -182,6 +195,13 @@ async def create_patient(
         if body.preferred_channel is not None or body.channel_fallback is not None:
             await channel_store.set_channels(
                 conn, body.id, body.preferred_channel, body.channel_fallback
+            )
+        if body.sms_consent and body.phone and not consented_before:
+            # Consent given now: one text confirms it (template "consent"), through the SMS
+            # gate like every message. A repeated request finds the consent already given.
+            await outbox_store.enqueue(
+                conn,
+                [("sms", f"consent:{body.id}:{uuid.uuid4()}", consent_payload(body.id))],
             )
     return {"id": body.id}
 

@@ -98,8 +98,13 @@ def asked_in(work: SmsWork, campaign: CampaignSpec, language: str) -> Asked | No
     return Asked(questionnaire, question, used, timedelta(hours=campaign.reply_window_hours))
 
 
+def _render_consent(work: SmsWork, c: RenderContext) -> str:
+    return templates.consent_confirmation(c.recipient.language, service=c.service)
+
+
 RENDERERS: Mapping[str, Callable[[SmsWork, RenderContext], str]] = {
     "alert": _render_alert,
+    "consent": _render_consent,
     "escalation": _render_escalation,
     "legacy": _render_legacy,
     "campaign": _render_campaign,
