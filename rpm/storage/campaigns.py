@@ -20,7 +20,7 @@ from rpm.engagement import segments as segment_spec
 from rpm.engagement.campaigns import CampaignSpec, Trigger
 from rpm.engagement.segments import SegmentSpec
 from rpm.storage.pool import Conn
-from rpm.storage.segments import FACTS_SQL, over_everyone
+from rpm.storage.segments import facts_sql, over_everyone
 
 # --- campaigns ---------------------------------------------------------------------------
 
@@ -192,7 +192,8 @@ def _trigger_joins(t: Trigger, bind: Any) -> str:
                               FROM readings r
                              WHERE r.patient_id = f.patient_id AND r.metric = 'weight'
                                AND r.measured_at > $1::timestamptz - ({n} + 2) * interval '1 day'
-                               AND r.measured_at <= $1::timestamptz
+                               AND r.measured_at < ((f._today + 1)::timestamp
+                                                    AT TIME ZONE f._timezone)
                              GROUP BY 1) daily
                      WHERE day >= f._today - {n} AND day <= f._today) x) wr"""
     return ""
@@ -257,9 +258,16 @@ EXCLUSIONS = (
 
 
 @dataclass(frozen=True, slots=True)
-class PlanQuery:
-    sql: str
-    params: list[Any]
+class PlanScope:
+    """The patients an incremental pass looks at: every patient of ``zones``, and
+    ``patients`` wherever they are (rpm.engagement.planning)."""
+
+    zones: tuple[str, ...]
+    patients: tuple[str, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not self.zones and not self.patients
 
 
 def _selection(
@@ -268,11 +276,15 @@ def _selection(
     segment: SegmentSpec,
     now: datetime,
     daily_cap: int,
+    scope: PlanScope | None = None,
 ) -> tuple[str, list[Any], str]:
-    """SELECT of every patient the segment and trigger pick, with the reason each would not
-    get the message (NULL: would get it), its occurrence and its context."""
+    """SELECT of every patient the segment and trigger pick (of ``scope`` only, when given),
+    with the reason each would not get the message (NULL: would get it), its occurrence and
+    its context."""
     spec = version.spec
     params: list[Any] = [now, None]
+    if scope is not None:
+        params += [list(scope.zones), list(scope.patients)]
 
     def bind(value: Any, cast: str) -> str:
         params.append(value)
@@ -303,7 +315,7 @@ def _selection(
                              AND cs.planned_at >= (f._today::timestamp AT TIME ZONE f._timezone)
                          ) >= {cap} THEN 'daily cap'
                END AS excluded
-          FROM ({FACTS_SQL}) f
+          FROM ({facts_sql(scoped=scope is not None)}) f
           {joins}
          WHERE {where} AND {condition}"""
     return sql, params, campaign
@@ -335,11 +347,17 @@ async def dry_run(
 
 
 async def plan(
-    conn: Conn, version: CampaignVersion, segment: SegmentSpec, now: datetime, daily_cap: int
+    conn: Conn,
+    version: CampaignVersion,
+    segment: SegmentSpec,
+    now: datetime,
+    daily_cap: int,
+    scope: PlanScope | None = None,
 ) -> int:
     """One planner pass of a live campaign: an SMS outbox row and a ``campaign_sends`` row
-    for each patient it picks and nothing excludes, once per occurrence. Returns how many."""
-    sql, params, name = _selection(version.name, version, segment, now, daily_cap)
+    for each patient it picks (of ``scope``, when given; else of everyone) and nothing
+    excludes, once per occurrence. Returns how many."""
+    sql, params, name = _selection(version.name, version, segment, now, daily_cap, scope)
     params.append(version.version)
     v = f"${len(params)}::int"
     statement = f"""WITH picked AS ({sql}),
