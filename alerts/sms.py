@@ -25,12 +25,19 @@ from twilio.request_validator import RequestValidator, get_signature_algorithm
 from twilio.rest import Client
 from twilio.twiml.messaging_response import MessagingResponse
 
-from rpm.domain.errors import PermanentDeliveryError, RecipientOptedOut, TransientDeliveryError
+from rpm.domain.errors import (
+    CredentialsRefused,
+    PermanentDeliveryError,
+    RecipientOptedOut,
+    TransientDeliveryError,
+)
 
 log = logging.getLogger(__name__)
 
 # https://www.twilio.com/docs/api/errors/21610: "Attempt to send to unsubscribed recipient".
 UNSUBSCRIBED = 21610
+# https://www.twilio.com/docs/api/errors/20003: "Authentication Error - invalid username" (401).
+AUTHENTICATION_FAILED = 20003
 SIGNATURE_HEADER = "X-Twilio-Signature"
 SIGNATURE_SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"
 
@@ -65,15 +72,20 @@ class TwilioSms:
         account_sid: str,
         auth_token: str,
         from_number: str,
+        messaging_service_sid: str | None = None,
         base_url: str | None = None,
         validity_period_s: int | None = None,
         timeout_s: float = 10.0,
     ) -> None:
+        """``messaging_service_sid``: send through that Messaging Service (its sender pool
+        picks the number) instead of ``From``; US long codes must, with the service linked
+        to an A2P 10DLC campaign, or carriers block every message (Twilio error 30034)."""
         self._client, self._http = twilio_client(account_sid, auth_token, base_url, timeout_s)
         # The client imports its REST modules on first use (about half a second of CPU):
         # do it now, at start-up, not on the event loop in the middle of ingest.
         self._messages = self._client.messages
         self._from = from_number
+        self._service = messaging_service_sid
         self._validity = validity_period_s
 
     async def send(
@@ -88,12 +100,20 @@ class TwilioSms:
     ) -> SentSms:
         """Send one message; raise Transient/PermanentDeliveryError when Twilio refuses.
 
-        ``from_`` replaces the SMS sender (a ``whatsapp:`` address for WhatsApp). With
+        ``from_`` replaces the SMS sender (a ``whatsapp:`` address for WhatsApp); with a
+        Messaging Service an SMS carries ``MessagingServiceSid`` and no ``From``, and a
+        WhatsApp message both (the service's WhatsApp sender). With
         ``content_sid`` the message is that approved template, filled with
         ``content_variables`` (a JSON object), and carries no ``Body``: Twilio refuses a
         WhatsApp template sent as ``Body`` outside the 24-hour window (error 63016).
         """
-        kwargs: dict[str, Any] = {"to": to, "from_": from_ or self._from}
+        kwargs: dict[str, Any] = {"to": to}
+        if self._service:
+            kwargs["messaging_service_sid"] = self._service
+            if from_:
+                kwargs["from_"] = from_
+        else:
+            kwargs["from_"] = from_ or self._from
         if content_sid:
             kwargs["content_sid"] = content_sid
             if content_variables is not None:
@@ -116,11 +136,16 @@ class TwilioSms:
         await self._http.close()
 
 
-def delivery_error(exc: TwilioRestException) -> TransientDeliveryError | PermanentDeliveryError:
-    """Twilio's refusal as our error: 429 and 5xx may be retried, the rest may not."""
+def delivery_error(
+    exc: TwilioRestException,
+) -> TransientDeliveryError | PermanentDeliveryError | CredentialsRefused:
+    """Twilio's refusal as our error: 429 and 5xx may be retried, refused credentials hold
+    the work until they are fixed, the rest may not be retried."""
     status = int(exc.status or 0)
     code = int(exc.code) if isinstance(exc.code, int) else None
     detail = f"twilio {status} code={exc.code}"
+    if status == 401 or code == AUTHENTICATION_FAILED:
+        return CredentialsRefused(detail)
     if status == 429 or status >= 500:
         return TransientDeliveryError(detail)
     if code == UNSUBSCRIBED:

@@ -1,4 +1,4 @@
-"""Whether, and when, an SMS goes out; and what an inbound SMS asks for. Pure.
+"""Whether, and when, an SMS goes out. Pure (what an inbound SMS asks for: ``keywords``).
 
 For each outbox item the worker asks :func:`decide` for a verdict:
 
@@ -19,7 +19,6 @@ For each outbox item the worker asks :func:`decide` for a verdict:
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta, tzinfo
@@ -166,6 +165,7 @@ class Recipient:
     quiet_start: time | None = None
     quiet_end: time | None = None
     language: str = "en"
+    service_name: str | None = None  # the care team's; None: the configured default
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,34 +328,3 @@ def zone_of(name: str | None) -> tzinfo:
         return ZoneInfo(name) if name else UTC
     except (ZoneInfoNotFoundError, ValueError):
         return UTC
-
-
-class Keyword(enum.StrEnum):
-    OPT_OUT = "opt_out"
-    OPT_IN = "opt_in"
-    HELP = "help"
-
-
-# Whole trimmed body, any case. Twilio's standard keywords for long codes, with REVOKE and
-# OPTOUT (FCC 24-24, 2024 TCPA revocation rules); OPTIN as their counterpart.
-KEYWORDS: Mapping[str, Keyword] = MappingProxyType(
-    {
-        **dict.fromkeys(
-            ("STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"),
-            Keyword.OPT_OUT,
-        ),
-        **dict.fromkeys(("START", "YES", "UNSTOP", "OPTIN"), Keyword.OPT_IN),
-        **dict.fromkeys(("HELP", "INFO"), Keyword.HELP),
-    }
-)
-# Twilio's Advanced Opt-Out names the keyword class it matched (custom or localised keywords).
-_OPT_OUT_TYPES: Mapping[str, Keyword] = MappingProxyType(
-    {"STOP": Keyword.OPT_OUT, "START": Keyword.OPT_IN, "HELP": Keyword.HELP}
-)
-
-
-def keyword_of(body: str, opt_out_type: str | None = None) -> Keyword | None:
-    """The keyword an inbound SMS is, or None for free text."""
-    if opt_out_type and opt_out_type.upper() in _OPT_OUT_TYPES:
-        return _OPT_OUT_TYPES[opt_out_type.upper()]
-    return KEYWORDS.get(body.strip().upper())

@@ -1,9 +1,15 @@
 """Plain-language SMS texts: patient alerts, nurse escalations, keyword replies. Pure.
 
-A patient text says what happened, what to do and that the nurse was told; a critical one
-also says to call the emergency number (unless the rule's advice already does). Texts are in
-the patient's language (English and Spanish; anything else falls back to English), with
-times in the patient's time zone.
+A patient text names the care team's service (``service``: the team's
+``care_teams.service_name``, else ``RPM_SMS_SERVICE_NAME``), says what happened, what to do and
+that the nurse was told; a critical one also says to call the emergency number (unless the
+rule's advice already does). Texts are in the patient's language (English and Spanish; anything
+else falls back to English), with times in the patient's time zone.
+
+Words: a patient text is read on a lock screen, so it carries no clinical jargon (no rule
+titles such as "Hypertensive crisis" or "Early warning score (NEWS2)", no "SpO2"): it says
+"your reading", and the rule's advice, written for patients in each language, says which
+reading and what to do. ``JARGON`` lists the words tests keep out of every patient text.
 
 Length: two SMS segments where possible, i.e. 306 GSM-7 characters or 134 UCS-2 units
 (3GPP TS 23.040). One accented letter outside the GSM-7 alphabet (á, í, ó, ú) turns a whole
@@ -25,6 +31,47 @@ from rpm.domain import Severity
 
 MAX_SEGMENTS = 2
 DEFAULT_LANGUAGE = "en"
+LANGUAGES = ("en", "es")
+
+# Clinical words a patient should not meet in a text (tests scan every patient text and every
+# built-in rule's advice, in every language, for them; matched case-insensitively).
+JARGON = (
+    "news2",
+    "early warning",
+    "hypertensive",
+    "hipertensiv",
+    "crisis",
+    "hypox",
+    "hipox",
+    "hypoglyc",
+    "hipoglucem",
+    "hyperglyc",
+    "hiperglucem",
+    "hypotension",
+    "hipotensi",
+    "spo2",
+    "saturation",
+    "saturaci",
+    "systolic",
+    "sistólica",
+    "diastolic",
+    "diastólica",
+    "mmhg",
+    "mm hg",
+    "tachycard",
+    "taquicard",
+    "bradycard",
+    "bradicard",
+    "diuresis",
+    "stage 2",
+    "baseline",
+    "exacerbation",
+    "exacerbaci",
+    "copd",
+    "epoc",
+    "percentage point",
+    "threshold",
+)
 
 # GSM 03.38 default alphabet and its extension table (escape + char = 2 septets).
 _GSM_BASIC = frozenset(
@@ -87,7 +134,7 @@ def language_of(tag: str | None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Language:
-    """One language's phrases. ``{when}``, ``{title}`` and ``{number}`` are filled in."""
+    """One language's phrases. ``{when}``, ``{service}`` and ``{number}`` are filled in."""
 
     opening: Mapping[Severity, str]
     told: Mapping[Severity, str]
@@ -121,9 +168,9 @@ _TEXTS: Mapping[str, _Language] = MappingProxyType(
     {
         "en": _Language(
             opening=_by_severity(
-                "URGENT health alert ({when}): {title}. Your reading is in the danger range.",
-                "Health alert ({when}): {title}. This needs attention today.",
-                "Health update ({when}): {title}.",
+                "URGENT, {service} ({when}): your reading is in the danger range.",
+                "Health alert, {service} ({when}): your reading needs attention today.",
+                "Health update, {service} ({when}).",
             ),
             told=_by_severity(
                 "Your nurse has been told.",
@@ -138,33 +185,33 @@ _TEXTS: Mapping[str, _Language] = MappingProxyType(
             weekdays=("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"),
             twelve_hour=True,
             help=(
-                "Health alerts from your care team's remote monitoring. Reply STOP to stop "
-                "these texts, START to restart. Msg & data rates may apply. For emergencies "
-                "call {number}."
+                "Health alerts from {service}, your care team's home monitoring. Reply STOP to "
+                "stop these texts, START to restart. Msg & data rates may apply. For "
+                "emergencies call {number}."
             ),
             contact="Questions: {contact}",
             opted_out=(
-                "You are unsubscribed from care team health alerts and will get no more texts. "
+                "You are unsubscribed from {service} health alerts and will get no more texts. "
                 "Reply START to resubscribe. For emergencies call {number}."
             ),
             opted_in=(
-                "You will get care team health alerts by text again. Reply HELP for help, "
+                "You will get {service} health alerts by text again. Reply HELP for help, "
                 "STOP to stop. Msg & data rates may apply."
             ),
             reply_received=(
-                "Thank you, your care team will read your message. This number is not watched "
-                "all the time: for emergencies call {number}."
+                "{service}: thank you, your care team will read your message. This number is "
+                "not watched all the time: for emergencies call {number}."
             ),
             unknown_sender=(
-                "Sorry, we could not match this phone number to a patient. Please call your "
-                "care team. For emergencies call {number}."
+                "{service}: sorry, we could not match this phone number to a patient. Please "
+                "call your care team. For emergencies call {number}."
             ),
         ),
         "es": _Language(
             opening=_by_severity(
-                "ALERTA DE SALUD URGENTE ({when}): su lectura está en un nivel peligroso.",
-                "Alerta de salud ({when}): una lectura suya necesita atención hoy.",
-                "Aviso de salud ({when}) sobre sus mediciones en casa.",
+                "URGENTE, {service} ({when}): su lectura está en un nivel peligroso.",
+                "Alerta, {service} ({when}): su lectura necesita atención hoy.",
+                "Aviso de salud, {service} ({when}).",
             ),
             told=_by_severity(
                 "Ya avisamos a su equipo de enfermería.",
@@ -181,26 +228,26 @@ _TEXTS: Mapping[str, _Language] = MappingProxyType(
             weekdays=("lun", "mar", "mié", "jue", "vie", "sáb", "dom"),
             twelve_hour=False,
             help=(
-                "Alertas de salud del monitoreo remoto de su equipo de salud. Responda STOP "
-                "para dejar de recibirlas y START para volver a recibirlas. En una emergencia "
-                "llame al {number}."
+                "Alertas de salud de {service}, el monitoreo en casa de su equipo de salud. "
+                "Responda STOP para dejar de recibirlas y START para volver a recibirlas. En "
+                "una emergencia llame al {number}."
             ),
             contact="Preguntas: {contact}",
             opted_out=(
-                "Ya no recibirá alertas de salud por mensaje de texto. Responda START para "
-                "volver a recibirlas. En una emergencia llame al {number}."
+                "Ya no recibirá alertas de salud de {service} por mensaje de texto. Responda "
+                "START para volver a recibirlas. En una emergencia llame al {number}."
             ),
             opted_in=(
-                "Volverá a recibir alertas de salud por mensaje de texto. Responda HELP para "
-                "ayuda o STOP para dejar de recibirlas."
+                "Volverá a recibir alertas de salud de {service} por mensaje de texto. Responda "
+                "HELP para ayuda o STOP para dejar de recibirlas."
             ),
             reply_received=(
-                "Gracias, su equipo de salud leerá su mensaje. Este número no se revisa todo "
-                "el tiempo: en una emergencia llame al {number}."
+                "{service}: gracias, su equipo de salud leerá su mensaje. Este número no se "
+                "revisa todo el tiempo: en una emergencia llame al {number}."
             ),
             unknown_sender=(
-                "No encontramos a un paciente con este número. Llame a su equipo de salud. "
-                "En una emergencia llame al {number}."
+                "{service}: no encontramos a un paciente con este número. Llame a su equipo de "
+                "salud. En una emergencia llame al {number}."
             ),
         ),
     }
@@ -221,23 +268,35 @@ def local_time(at: datetime, now: datetime, zone: tzinfo, language: str) -> str:
     return clock
 
 
+EMERGENCY_NUMBER = "{emergency_number}"  # where a rule's advice names the number to call
+
+
+def advice_in(advice: Mapping[str, str], language: str, emergency_number: str) -> str:
+    """The rule's advice in ``language`` (a language tag we speak), one line, with the
+    emergency number of this deployment (``RPM_SMS_EMERGENCY_NUMBER``) where it says
+    ``{emergency_number}``; empty when the rule has none in that language."""
+    text = " ".join((advice.get(language) or "").split())
+    return text.replace(EMERGENCY_NUMBER, emergency_number)
+
+
 def patient_alert(
     *,
     severity: Severity,
-    title: str,
     advice: Mapping[str, str],
     language: str,
     at: datetime,
     now: datetime,
     zone: tzinfo,
+    service: str,
     emergency_number: str = "911",
 ) -> str:
-    """What happened (at ``at``, local time), what to do, and that the nurse was told."""
+    """What happened (at ``at``, local time), what to do, and that the nurse was told, from
+    ``service``. The rule's title is the nurses' word and is not shown."""
     lang = language_of(language)
     texts = _TEXTS[lang]
-    advice_text = " ".join((advice.get(lang) or texts.generic_advice[severity]).split())
+    advice_text = advice_in(advice, lang, emergency_number) or texts.generic_advice[severity]
     when = local_time(at, now, zone, lang)
-    parts = [texts.opening[severity].format(when=when, title=title.strip().rstrip("."))]
+    parts = [texts.opening[severity].format(when=when, service=service)]
     if advice_text:
         parts.append(advice_text if advice_text.endswith((".", "!", "?")) else advice_text + ".")
     if severity >= Severity.CRITICAL and emergency_number not in advice_text:
@@ -266,27 +325,33 @@ def escalation(
     )
 
 
-def help_reply(language: str, *, emergency_number: str = "911", contact: str = "") -> str:
+def help_reply(
+    language: str, *, service: str, emergency_number: str = "911", contact: str = ""
+) -> str:
     """The answer to HELP: who texts, how to stop, where to call."""
     texts = _TEXTS[language_of(language)]
-    text = texts.help.format(number=emergency_number)
+    text = texts.help.format(number=emergency_number, service=service)
     if contact:
         text = f"{text} {texts.contact.format(contact=contact)}"
     return fit(text)
 
 
-def opted_out_reply(language: str, *, emergency_number: str = "911") -> str:
-    return fit(_TEXTS[language_of(language)].opted_out.format(number=emergency_number))
+def opted_out_reply(language: str, *, service: str, emergency_number: str = "911") -> str:
+    texts = _TEXTS[language_of(language)]
+    return fit(texts.opted_out.format(number=emergency_number, service=service))
 
 
-def opted_in_reply(language: str, *, emergency_number: str = "911") -> str:
-    return fit(_TEXTS[language_of(language)].opted_in.format(number=emergency_number))
+def opted_in_reply(language: str, *, service: str, emergency_number: str = "911") -> str:
+    texts = _TEXTS[language_of(language)]
+    return fit(texts.opted_in.format(number=emergency_number, service=service))
 
 
-def reply_received(language: str, *, emergency_number: str = "911") -> str:
+def reply_received(language: str, *, service: str, emergency_number: str = "911") -> str:
     """The answer to a free-text reply: the care team will read it; not for emergencies."""
-    return fit(_TEXTS[language_of(language)].reply_received.format(number=emergency_number))
+    texts = _TEXTS[language_of(language)]
+    return fit(texts.reply_received.format(number=emergency_number, service=service))
 
 
-def unknown_sender_reply(*, emergency_number: str = "911") -> str:
-    return fit(_TEXTS[DEFAULT_LANGUAGE].unknown_sender.format(number=emergency_number))
+def unknown_sender_reply(*, service: str, emergency_number: str = "911") -> str:
+    texts = _TEXTS[DEFAULT_LANGUAGE]
+    return fit(texts.unknown_sender.format(number=emergency_number, service=service))

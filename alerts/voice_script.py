@@ -1,10 +1,11 @@
 """What a voice call about a critical alert says, in the patient's language. Pure.
 
-The call says who calls and why (the rule's title in English; Spanish speaks of "a reading"
-as the Spanish SMS does, the titles being English), what to do (the rule's advice in the
-patient's language, else generic advice), to call the emergency number if very unwell, and
-asks to press 1 to confirm. Languages: English and Spanish; anything else falls back to
-English. ``say_language`` is the ``language`` attribute of TwiML ``<Say>``
+The call says who calls (the care team's service name) and why ("your reading", never the
+rule's title: a title is the nurses' word, e.g. "Hypertensive crisis", and English), what to
+do (the rule's advice in the patient's language, written for patients, else generic advice),
+to call the emergency number if very unwell, and asks to press 1 to confirm. Languages:
+English and Spanish; anything else falls back to English. ``say_language`` is the
+``language`` attribute of TwiML ``<Say>``
 (https://www.twilio.com/docs/voice/twiml/say#attributes-language).
 """
 
@@ -14,13 +15,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from alerts.templates import advice_in
+
 DEFAULT_LANGUAGE = "en"
+LANGUAGES = ("en", "es")
 
 
 @dataclass(frozen=True, slots=True)
 class _Phrases:
     say_language: str
-    opening: str  # {title}
+    opening: str  # {service}
     generic_advice: str
     emergency: str  # {number}
     prompt: str
@@ -32,7 +36,7 @@ _PHRASES: Mapping[str, _Phrases] = MappingProxyType(
     {
         "en": _Phrases(
             say_language="en-US",
-            opening="This is an urgent call from your care team. {title}. "
+            opening="This is an urgent call from {service}, your care team. "
             "Your reading is in the danger range.",
             generic_advice="Sit down, rest and measure again.",
             emergency="If you feel very unwell, hang up and call {number} now.",
@@ -43,7 +47,7 @@ _PHRASES: Mapping[str, _Phrases] = MappingProxyType(
         ),
         "es": _Phrases(
             say_language="es-MX",
-            opening="Esta es una llamada urgente de su equipo de salud. "
+            opening="Esta es una llamada urgente de {service}, su equipo de salud. "
             "Una lectura suya está en un nivel peligroso.",
             generic_advice="Siéntese, descanse y vuelva a medir.",
             emergency="Si se siente muy mal, cuelgue y llame al {number} ahora.",
@@ -74,15 +78,15 @@ class Script:
 
 
 def critical_alert(
-    *, title: str, advice: Mapping[str, str], language: str, emergency_number: str = "911"
+    *, advice: Mapping[str, str], language: str, service: str, emergency_number: str = "911"
 ) -> Script:
-    """The call about a critical alert."""
+    """The call about a critical alert, from ``service``."""
     lang = language_of(language)
     p = _PHRASES[lang]
-    advice_text = " ".join((advice.get(lang) or p.generic_advice).split())
+    advice_text = advice_in(advice, lang, emergency_number) or p.generic_advice
     if not advice_text.endswith((".", "!", "?")):
         advice_text += "."
-    parts = [p.opening.format(title=title.strip().rstrip(".") or "A health alert"), advice_text]
+    parts = [p.opening.format(service=service), advice_text]
     if emergency_number not in advice_text:
         parts.append(p.emergency.format(number=emergency_number))
     return Script(

@@ -52,8 +52,9 @@ class BenchError(RuntimeError):
 
 def server_env(endpoints: Any, client_id: str, **settings: str) -> dict[str, str]:
     """The environment of an ``rpm serve`` child: RPM_* as ``rpm services env`` prints them
-    for ``endpoints`` (a ``simulators.localservices.ServiceEndpoints``), plus ``settings``; every
-    other RPM_* variable of this process is left out, so the server runs at its defaults."""
+    for ``endpoints`` (a ``simulators.localservices.ServiceEndpoints``), in local mode, plus
+    ``settings``; every other RPM_* variable of this process is left out, so the server runs at
+    its defaults."""
     e = endpoints
     env = {k: v for k, v in os.environ.items() if not k.startswith("RPM_")}
     env.update(
@@ -66,6 +67,7 @@ def server_env(endpoints: Any, client_id: str, **settings: str) -> dict[str, str
         RPM_MQTT_ADMIN_PASSWORD=e.mqtt_admin_password,
         RPM_MQTT_CLIENT_ID=client_id,
         RPM_API_HOST="127.0.0.1",
+        RPM_DEPLOYMENT="local",  # loopback and the Twilio stand-in: no production checks
     )
     env.update(settings)
     return env

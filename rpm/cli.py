@@ -1,4 +1,4 @@
-"""The ``rpm`` command: serve, migrate, staff, rules backtest, export.
+"""The ``rpm`` command: serve, migrate, staff, time, billing, rules backtest, export.
 
 Development tooling adds its own commands (``rpm services``, ``rpm demo``, ``rpm simulate``,
 from ``simulators.commands``) through the ``rpm.commands`` entry-point group. A plug-in is
@@ -22,11 +22,13 @@ from typing import Any, Protocol, TypeVar
 
 import uvloop
 
-from rpm import local_endpoints, logging_setup, staff_cli
+from rpm import billing_cli, local_endpoints, logging_setup, staff_cli, time_cli
 from rpm.backtest import store as backtest_io
 from rpm.backtest.replay import Options as BacktestOptions
+from rpm.domain.errors import ConfigurationError
 from rpm.server import ROLES, Server, parse_roles, run_migrations
 from rpm.settings import DatabaseSettings, Settings
+from rpm.settings.safety import require_safe
 
 DEFAULT_DATA_DIR = Path(".rpm-data")
 log = logging.getLogger("rpm.serve")
@@ -176,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--local", type=Path, nargs="?", const=DEFAULT_DATA_DIR, default=None)
 
     staff_cli.add_parser(sub, DEFAULT_DATA_DIR)
+    time_cli.add_parser(sub, DEFAULT_DATA_DIR)
+    billing_cli.add_parser(sub, DEFAULT_DATA_DIR)
 
     args = parser.parse_args(argv)
     logging_setup.configure("text", logging.DEBUG if args.verbose else logging.INFO)
@@ -190,9 +194,18 @@ def main(argv: list[str] | None = None) -> int:
         ops = settings.operations
         level = "DEBUG" if args.verbose else ops.log_level
         logging_setup.configure(ops.log_format, logging.getLevelNamesMapping()[level])
+        try:
+            require_safe(settings)
+        except ConfigurationError as exc:
+            print(f"rpm serve: {exc}", file=sys.stderr)
+            return 2
         return run(_serve(settings, args.role))
     if args.command == "staff":
         return staff_cli.run(args, _settings(args.local))
+    if args.command == "time":
+        return time_cli.run(args, _settings(args.local))
+    if args.command == "billing":
+        return billing_cli.run(args, _settings(args.local))
     if args.command == "rules":
         return _rules_backtest(args)
     if args.command == "export":
@@ -286,7 +299,6 @@ def _rules_backtest(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     """``rpm export``: refuses to run without a key; prints row counts, never data."""
     from rpm import export
-    from rpm.domain.errors import ConfigurationError
 
     options = export.Options(args.start, args.end, args.programs, args.shift_dates)
     try:

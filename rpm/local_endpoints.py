@@ -107,10 +107,12 @@ def load(root: Path) -> ServiceEndpoints | None:
 
 
 def settings_for_local(endpoints: ServiceEndpoints, **overrides: Mapping[str, object]) -> Settings:
-    """Settings that point at the project-local services; ``overrides`` by group, e.g.
+    """Settings that point at the project-local services, in local mode (no production
+    start-up checks: rpm/settings/safety.py); ``overrides`` by group, e.g.
     ``settings_for_local(e, api={"port": 0}, mqtt={"client_id": "x"})``. The rest comes
     from the environment, as ``Settings()`` reads it."""
     groups: dict[str, dict[str, object]] = {
+        "operations": {"deployment": "local"},
         "database": {"url": SecretStr(endpoints.database_url)},
         "mqtt": {
             "host": endpoints.mqtt_host,

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import asyncpg
 from prometheus_client import (
@@ -131,6 +131,7 @@ class _DbSnapshot:
     up: bool
     alerts: Mapping[str, int] = field(default_factory=dict)
     outbox: Mapping[str, tuple[int, float]] = field(default_factory=dict)  # depth, oldest age s
+    held: Mapping[str, int] = field(default_factory=dict)  # held: credentials refused
 
 
 class DatabaseGauges:
@@ -153,7 +154,8 @@ class DatabaseGauges:
                 async with asyncio.timeout(self._timeout_s), self._pool.acquire() as conn:
                     alerts = await alert_reads.count_by_state(conn, OPEN_STATES)
                     outbox = await outbox_store.backlog(conn)
-                self._snapshot = _DbSnapshot(True, alerts, outbox)
+                    held = await outbox_store.held(conn)
+                self._snapshot = _DbSnapshot(True, alerts, outbox, held)
             except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("metrics: database figures unavailable (%s)", exc.__class__.__name__)
                 self._snapshot = _DbSnapshot(up=False)
@@ -184,6 +186,15 @@ class DatabaseGauges:
             age.add_metric([channel], oldest)
         yield depth
         yield age
+        held = GaugeMetricFamily(
+            "rpm_outbox_held",
+            "Outbox items held because Twilio refuses the credentials (HTTP 401, error 20003), "
+            "by channel.",
+            labels=["channel"],
+        )
+        for channel in sorted({"sms", "voice", *s.held}):
+            held.add_metric([channel], s.held.get(channel, 0))
+        yield held
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
@@ -239,6 +250,32 @@ def delivery_families(
     return collect
 
 
+class _Hold(Protocol):
+    @property
+    def held(self) -> bool: ...
+
+    @property
+    def refusals(self) -> int: ...
+
+
+def credentials_families(hold: _Hold) -> Callable[[], Iterable[Metric]]:
+    """Whether Twilio refuses the credentials now, and how often it did (workers' process)."""
+
+    def collect() -> Iterable[Metric]:
+        yield _gauge(
+            "rpm_twilio_credentials_refused",
+            "1 while Twilio refuses the credentials and messages are held.",
+            hold.held,
+        )
+        yield CounterMetricFamily(
+            "rpm_twilio_credentials_refusals",
+            "Requests Twilio refused for the credentials (HTTP 401, error 20003).",
+            value=hold.refusals,
+        )
+
+    return collect
+
+
 def channel_families(
     outcomes: Callable[[], Mapping[tuple[str, str], int]],
 ) -> Callable[[], Iterable[Metric]]:
@@ -274,6 +311,15 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.ingest = IngestMetrics(self.registry)
+        # Counted where Twilio's status callbacks arrive (the API process): messages Twilio
+        # accepted (counted as sent) and then reported failed or undelivered.
+        self.message_failures = Counter(
+            "rpm_message_failures",
+            "Messages Twilio reported failed or undelivered, by channel, status and error "
+            "class (alerts/delivery_errors.py).",
+            ["channel", "status", "error_class"],
+            registry=self.registry,
+        )
         self._database: DatabaseGauges | None = None
 
     def watch(self, collect: Callable[[], Iterable[Metric]]) -> None:

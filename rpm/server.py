@@ -34,18 +34,22 @@ from rpm.metrics import (
     Metrics,
     broker_families,
     channel_families,
+    credentials_families,
     delivery_families,
     pool_families,
 )
 from rpm.pipeline import INGEST_CHANNEL, BatchResult, IngestPipeline
 from rpm.settings import DatabaseSettings, Settings
+from rpm.settings.safety import require_safe
 from rpm.storage import rule_programs
 from rpm.storage.alerts import ALERTS_CHANNEL
 from rpm.storage.migrate import migrate
+from rpm.storage.panel import PANEL_CHANNEL
 from rpm.storage.pool import connect, create_pool
 from rpm.workers.alert_timers import AlertTimers
 from rpm.workers.campaigns import CampaignPlanner
 from rpm.workers.channels import ChannelRouter
+from rpm.workers.credentials import CredentialsHold
 from rpm.workers.sms_outbox import DeliveryConfig, SmsOutboxWorker
 from rpm.workers.voice_calls import VoiceCallWorker, VoiceConfig
 from rules.engine import Engine
@@ -133,7 +137,11 @@ class Server:
         self.metrics = Metrics()
 
     async def start(self) -> None:
+        """Start the parts; ConfigurationError first when production settings are unsafe."""
         s = self.settings
+        require_safe(s)
+        if s.operations.deployment == "local":
+            log.warning("local mode (RPM_DEPLOYMENT=local): production start-up checks are off")
         dsn = s.database.url.get_secret_value()
         applied = await run_migrations(s.database)
         if applied:
@@ -184,14 +192,17 @@ class Server:
             account_sid=s.sms.account_sid,
             auth_token=s.sms.auth_token.get_secret_value(),
             from_number=s.sms.from_number,
+            messaging_service_sid=s.sms.messaging_service_sid,
             base_url=s.sms.base_url,
             validity_period_s=s.sms.validity_period_s,
         )
+        hold = CredentialsHold()  # one Twilio account: SMS and calls are held together
         self.sms_worker = SmsOutboxWorker(
             self.pool,
             self._sms,
             DeliveryConfig.from_settings(s.sms, s.api),
             router=ChannelRouter(s.channels),
+            hold=hold,
         )
         self._voice = TwilioVoice(
             account_sid=s.sms.account_sid,
@@ -201,7 +212,7 @@ class Server:
             ring_timeout_s=s.channels.voice_ring_timeout_s,
         )
         self.voice_worker = VoiceCallWorker(
-            self.pool, self._voice, VoiceConfig.from_settings(s.channels, s.sms, s.api)
+            self.pool, self._voice, VoiceConfig.from_settings(s.channels, s.sms, s.api), hold=hold
         )
         timers = AlertTimers(self.pool, s.alerts.escalation())
         self.campaign_planner = CampaignPlanner(
@@ -231,7 +242,7 @@ class Server:
         assert self.pool is not None
         assert self.pipeline is not None
         dsn = s.database.url.get_secret_value()
-        self._broadcaster = Broadcaster(dsn, (ALERTS_CHANNEL, INGEST_CHANNEL))
+        self._broadcaster = Broadcaster(dsn, (ALERTS_CHANNEL, INGEST_CHANNEL, PANEL_CHANNEL))
         await self._broadcaster.start()
         app = create_app(
             self.pool,
@@ -309,6 +320,7 @@ class Server:
                 return {**router.outcomes, **calls}
 
             m.watch(channel_families(channel_outcomes))
+            m.watch(credentials_families(sms.hold))
         if (push := self.fhir_push) is not None:
             c = push.counters
             m.watch(

@@ -62,6 +62,8 @@ class Services:
                 "RPM_MQTT_ADMIN_PASSWORD": found.mqtt_admin_password,
                 "RPM_SIMULATOR_MQTT_USERNAME": found.mqtt_device_username,
                 "RPM_SIMULATOR_MQTT_PASSWORD": found.mqtt_device_password,
+                # A server on these local services is a local one (rpm.settings.safety).
+                "RPM_DEPLOYMENT": "local",
             }
             for key, value in exports.items():
                 print(f"export {key}={shlex.quote(value)}")

@@ -108,6 +108,7 @@ def load_contract(path: Path) -> Contract:
 
 
 _CONTENT_SID = re.compile(r"HX[0-9a-fA-F]{32}")
+_SERVICE_SID = re.compile(r"MG[0-9a-fA-F]{32}")  # the contract's MessagingServiceSid pattern
 _WHATSAPP = "whatsapp:"
 
 
@@ -151,6 +152,14 @@ _RULES: tuple[tuple[Callable[[MultiMapping[str]], bool], ApiError], ...] = (
     (
         lambda f: _valid_validity_period(f.get("ValidityPeriod", "1")),
         ApiError(400, 21624, "Invalid validity period value"),
+    ),
+    # https://www.twilio.com/docs/api/errors/21701: the Messaging Service does not exist.
+    (
+        lambda f: (
+            "MessagingServiceSid" not in f
+            or _SERVICE_SID.fullmatch(f["MessagingServiceSid"]) is not None
+        ),
+        ApiError(400, 21701, "The Messaging Service does not exist"),
     ),
     # https://www.twilio.com/docs/api/errors/21654, 21655, 21656: Content Templates.
     (

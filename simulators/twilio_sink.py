@@ -159,6 +159,11 @@ class TwilioSink:
         self._outage_status = status
         self._outage_until = time.monotonic() + seconds
 
+    def rotate_auth_token(self, auth_token: str) -> None:
+        """The account's auth token becomes ``auth_token`` (as when someone rotates it in the
+        console): requests with the old one are refused with 401, error 20003."""
+        self._auth_token = auth_token
+
     def unsubscribe(self, number: str) -> None:
         """``number`` texted STOP: creates to it are refused with 21610 until resubscribed."""
         self._unsubscribed.add(number)

@@ -181,7 +181,7 @@ async def test_whatsapp_patient_inside_the_window_gets_a_free_form_whatsapp_mess
     [sent] = twilio.messages
     assert (sent.to, sent.from_) == (f"whatsapp:{PHONE}", f"whatsapp:{WHATSAPP_SENDER}")
     assert sent.body is not None
-    assert "Blood pressure in stage 2" in sent.body
+    assert sent.body.startswith("Health update, Home Health Monitoring (")
     assert sent.content_sid is None
     assert sent.status_callback == f"{hooks}/twilio/status"
     [message] = await rows(pool, "SELECT * FROM sms_messages WHERE outbox_id = $1", item)

@@ -206,9 +206,9 @@ def test_only_a_one_confirms() -> None:
 
 def test_the_call_says_the_alert_in_the_patients_language_and_asks_for_1() -> None:
     script = voice_script.critical_alert(
-        title="Hypertensive crisis",
         advice={"es": "Llame a su médico."},
         language="es-MX",
+        service="Clínica Norte",
         emergency_number="112",
     )
 
@@ -217,14 +217,17 @@ def test_the_call_says_the_alert_in_the_patients_language_and_asks_for_1() -> No
     assert "112" in script.message
     assert "Oprima 1" in script.prompt
 
-    english = voice_script.critical_alert(title="Hypertensive crisis", advice={}, language="de")
+    assert script.message.startswith("Esta es una llamada urgente de Clínica Norte")
+    english = voice_script.critical_alert(advice={}, language="de", service="North Clinic")
     assert english.say_language == "en-US"
-    assert english.message.startswith("This is an urgent call from your care team. Hypertensive")
+    assert english.message.startswith(
+        "This is an urgent call from North Clinic, your care team. Your reading is in the danger"
+    )
     assert "Sit down" in english.message
 
 
 def test_call_twiml_gathers_one_digit_twice_then_hangs_up() -> None:
-    script = voice_script.critical_alert(title="SpO2 very low", advice={}, language="en")
+    script = voice_script.critical_alert(advice={}, language="en", service="North Clinic")
     twiml = call_twiml(script, "https://rpm.example.org/twilio/voice/gather?outbox=5")
 
     root = ET.fromstring(twiml)

@@ -113,3 +113,50 @@ def test_broker_admin_login_is_the_brokers() -> None:
     assert broker["environment"]["MQTT_ADMIN_PASSWORD"] == password
     conf = (ROOT / "docker" / "mosquitto.conf").read_text()
     assert "plugin_opt_config_file /mosquitto/data/dynamic-security.json" in conf
+
+
+def test_the_server_gets_a_public_url_and_the_production_checks(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With env.example as it is (no Twilio account yet) the compose server would refuse to
+    start, naming the Twilio values and the HELP contact but not the public URL; with them
+    set, it starts."""
+    from rpm.settings import Settings
+    from rpm.settings.safety import problems, require_safe
+
+    def server_settings(env_file: Path) -> Settings:
+        result = subprocess.run(
+            [*compose(), "--env-file", str(env_file), "config"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        env = yaml.safe_load(result.stdout)["services"]["server"]["environment"]
+        for name in [n for n in list(__import__("os").environ) if n.startswith("RPM_")]:
+            monkeypatch.delenv(name)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        return Settings()
+
+    example = ROOT / "docker" / "env.example"
+    settings = server_settings(example)
+    assert settings.api.public_base_url == "https://rpm.example.org"
+    assert settings.operations.deployment == "production"
+    found = " ".join(problems(settings))
+    assert "RPM_TWILIO_AUTH_TOKEN" in found
+    assert "RPM_SMS_HELP_CONTACT" in found
+    assert "RPM_PUBLIC_BASE_URL" not in found
+
+    real = tmp_path / "real.env"
+    real.write_text(
+        example.read_text()
+        + "TWILIO_ACCOUNT_SID=AC0123456789abcdef0123456789abcdef\n"
+        + "TWILIO_AUTH_TOKEN=0123456789abcdef0123456789abcdef\n"
+        + "TWILIO_MESSAGING_SERVICE_SID=MG0123456789abcdef0123456789abcdef\n"
+        + "TWILIO_FROM_NUMBER=+15417543010\n"
+        + "SMS_HELP_CONTACT=+15417543011\n"
+    )
+    require_safe(server_settings(real))  # no exception: it would start

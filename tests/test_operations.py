@@ -244,7 +244,7 @@ async def test_readiness_follows_database_broker_and_migrations(
                 r = await http.get("/readyz")
                 return dict(r.json()["checks"]) if r.status_code == want else {}
 
-            ok = {"database": "ok", "migrations": "ok", "broker": "ok"}
+            ok = {"database": "ok", "migrations": "ok", "twilio": "ok", "broker": "ok"}
             assert await readyz(200) == ok
 
             await asyncio.to_thread(local.stop_broker)

@@ -96,7 +96,9 @@ def test_patients_of_one_batch_get_their_own_programs() -> None:
 
 def test_a_patient_without_a_context_gets_the_general_program() -> None:
     result = Engine(BOOK).step([bp(185, 90, 0, "pat-9"), bp(85, 60, 1, "pat-9")], {})
-    assert fired(result) == [(CRISIS, at(0))]  # htn.low_bp is not a general rule
+    # htn.low_bp is not a general rule; NEWS2 (RCP 2017) scores systolic <= 90 with 3, a
+    # single red score that alerts on its own.
+    assert fired(result) == [(CRISIS, at(0)), ("news2.partial", at(1))]
 
 
 def test_a_new_program_version_applies_to_the_next_batch() -> None:
@@ -201,8 +203,10 @@ def test_a_score_is_cleared_only_by_the_newest_reading_of_all_its_metrics() -> N
 )
 def test_a_late_reading_of_another_metric_completes_a_score() -> None:
     engine = Engine(BOOK)
-    assert fired(engine.step([spo2(91, 0)], {})) == []  # one parameter: no score
-    assert fired(engine.step([rate(16, -1)], {})) == [("news2.partial", at(0))]
+    temperature = one(Metric.BODY_TEMPERATURE, "temperature", 38.5, -2)  # NEWS2: 1 point
+    assert fired(engine.step([temperature, spo2(92, 0)], {})) == []  # 1 + 2: no score
+    # Respiration 22 scores 2: a total of 5 at the SpO2 reading (RCP 2017: urgent response).
+    assert fired(engine.step([rate(22, -1)], {})) == [("news2.partial", at(0))]
 
 
 def test_the_missing_data_timer_arms_what_the_next_reading_clears() -> None:

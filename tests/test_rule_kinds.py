@@ -352,7 +352,7 @@ def test_change_explanation_shows_the_numbers() -> None:
     assert loss.explanation.startswith("Weight down 0.9 kg (2.0 lb) in 17 h: 83.0 kg → 82.1 kg")
     pct = run(GLUCOSE_RISE_PCT, series(GLUCOSE_RISE_PCT, (0, 100), (5, 110)))
     assert pct.explanation.startswith("Glucose up 10 mg/dL in 5 h: 100 mg/dL → 110 mg/dL")
-    assert "limit 10% within 24 h" in pct.explanation
+    assert "limit 10% of the earlier value within 24 h" in pct.explanation
 
 
 def test_change_clears_when_the_change_is_under_the_limit() -> None:
@@ -590,8 +590,8 @@ def test_baseline_skips_recent_hours_so_a_slow_fall_is_not_its_own_reference() -
 def test_baseline_explanation_shows_median_mad_and_limit() -> None:
     last = run(SPO2_BASELINE_MAD, baseline_then(SPO2_BASELINE_MAD, [94, 98, 94, 98, 96], 87))
     assert last.explanation.startswith(
-        "SpO2 87% is 9% below this patient's 14-day median of 96% (MAD 2%, 5 readings); "
-        "limit 8.9% (Test vector)."
+        "SpO2 87% is 9 percentage points below this patient's 14-day median of 96% "
+        "(MAD 2 percentage points, 5 readings); limit 8.9 percentage points (Test vector)."
     )
     assert last.evidence["needed"] == pytest.approx(3 * 1.4826 * 2)
 
@@ -650,7 +650,10 @@ def ox(hours: float, spo2: float, pulse: float | None = None) -> AcceptedReading
 @pytest.mark.parametrize(
     ("readings", "expected"),
     [
-        pytest.param([ox(0, 85)], None, id="fewer than min_parameters"),
+        pytest.param([ox(0, 85)], Severity.MEDIUM, id="a single red needs no other parameter"),
+        pytest.param([ox(0, 92)], None, id="one parameter below red: no total either"),
+        pytest.param([rr(0, 25)], Severity.MEDIUM, id="single red from another metric alone"),
+        pytest.param([ox(0, 96, pulse=131)], Severity.MEDIUM, id="one reading, two parameters"),
         pytest.param([rr(-1, 16), ox(0, 85)], Severity.MEDIUM, id="single parameter red"),
         pytest.param([rr(-1, 16), ox(0, 90)], None, id="band edge: 90 scores 1"),
         pytest.param([rr(-1, 16), ox(0, 89.9)], Severity.MEDIUM, id="just under the band edge"),
@@ -672,9 +675,8 @@ def test_composite_vectors(readings: list[AcceptedReading], expected: Severity |
 def test_composite_explanation_lists_each_parameter_and_its_points() -> None:
     last = run(SCORE, [rr(-1, 26), ox(0, 92, pulse=115)])
     assert last.explanation == (
-        "Test composite: score 5 from 3 of 3 parameters at 2026-11-23 08:00 UTC: spo2 92% (1), "
-        "respiratory rate 26 /min (3), pulse 115 /min (1); highest single parameter 3 "
-        "(Test vector)."
+        "Test composite: score 5 from 3 of 3 parameters at 2026-11-23 08:00 UTC: SpO2 92% (1), "
+        "respiratory rate 26 /min (3), pulse 115 /min (1); total 5 (limit 4) (Test vector)."
     )
     assert last.evidence["total"] == 5
     assert last.evidence["parameters"] == {
@@ -682,6 +684,47 @@ def test_composite_explanation_lists_each_parameter_and_its_points() -> None:
         "respiratory_rate": {"value": 26.0, "points": 3},
         "pulse": {"value": 115.0, "points": 1},
     }
+
+
+def test_a_single_red_explanation_names_the_parameter_that_scored_it_alone() -> None:
+    last = run(SCORE, [ox(0, 85)])
+    assert last.explanation == (
+        "Test composite: score 3 from 1 of 3 parameters at 2026-11-23 08:00 UTC: SpO2 85% (3); "
+        "SpO2 85% scores 3 on its own (single-parameter limit 3) (Test vector)."
+    )
+    assert last.evidence["single"] == 3
+
+
+# A difference of two percentages is in percentage points, never "%" (SpO2 90% is 4 points
+# below 94%, which is 4.3% of 94).
+SPO2_FALL = spec(
+    "change",
+    "spo2",
+    component="spo2",
+    direction="fall",
+    severity="high",
+    params={"window_hours": 24, "min_change": 4},
+)
+SPO2_FALLING = spec(
+    "trend",
+    "spo2",
+    component="spo2",
+    direction="fall",
+    severity="low",
+    params={"window_days": 7, "min_readings": 3, "min_span_days": 2, "min_slope_per_day": 1},
+)
+
+
+def test_spo2_differences_are_in_percentage_points() -> None:
+    fall = run(SPO2_FALL, spo2s((0, 94), (5, 90)))
+    assert fall.explanation.startswith("SpO2 down 4 percentage points in 5 h: 94% → 90%")
+    assert "limit 4 percentage points within 24 h" in fall.explanation
+    trend = run(SPO2_FALLING, spo2s((0, 96), (24, 94), (48, 92)))
+    assert trend.explanation.startswith("SpO2 falling 2 percentage points per day over 2 days")
+    assert "limit 1 percentage point per day" in trend.explanation
+    for text in (fall.explanation, trend.explanation):
+        assert "% below" not in text
+        assert "% per day" not in text
 
 
 # --- missing -------------------------------------------------------------------------

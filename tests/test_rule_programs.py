@@ -133,18 +133,62 @@ VECTORS = [
         ("84", [one(SPO2, 84)], None),
         ("83", [one(SPO2, 83)], C),
     ),
-    # RCP NEWS2 2017, SpO2 scale 1: aggregate 5-6 urgent, >= 7 emergency, single 3.
+    # RCP NEWS2 2017, SpO2 scale 1: aggregate 5-6 urgent, >= 7 emergency, and a single
+    # parameter scoring 3 (a red score) urgent on its own, whatever the other parameters.
     *vectors(
         "news2.partial",
         (),
-        ("SpO2 91 scores 3 alone", news(91, RR16), M),
+        ("SpO2 91 scores 3 alone", news(91, RR16), H),
         ("SpO2 92 scores 2", news(92, RR16), None),
         ("4 points", news(93, RR22), None),
         ("5 points", news(93, RR22, T38_5), H),
         ("6 points", news(92, RR22, T39_5), H),
         ("7 points", news(91, RR22, T39_5), C),
-        ("SpO2 alone is one parameter", news(80), None),
-        ("stale parameters do not count", news(91, one(RR, 22, -12.5)), None),
+        ("SpO2 80 alone: a single red score", news(80), H),
+        ("SpO2 92 alone: 2 points, one parameter", news(92), None),
+        ("a stale parameter does not count: SpO2 93 alone", news(93, one(RR, 22, -12.5)), None),
+    ),
+    # RCP NEWS2 2017 chart 1: every parameter the server measures, alone, at its red
+    # boundary (3 points: alert) and one step inside it (no alert). Consciousness (ACVPU)
+    # and supplemental oxygen are not reported by home devices.
+    *vectors(
+        "news2.partial",
+        (),
+        ("respiration 8: <= 8 scores 3", [one(RR, 8)], H),
+        ("respiration 9: 1 point", [one(RR, 9)], None),
+        ("respiration 24: 2 points", [one(RR, 24)], None),
+        ("respiration 25: >= 25 scores 3", [one(RR, 25)], H),
+        ("SpO2 91 on scale 1: <= 91 scores 3", [one(SPO2, 91)], H),
+        ("SpO2 92 on scale 1: 2 points", [one(SPO2, 92)], None),
+        ("systolic 90: <= 90 scores 3", [bp(90, 60)], H),
+        ("systolic 91: 2 points", [bp(91, 60)], None),
+        ("systolic 219: 0 points", [bp(219, 100)], None),
+        ("systolic 220: >= 220 scores 3", [bp(220, 100)], H),
+        ("heart rate 40: <= 40 scores 3", [one(Metric.HEART_RATE, 40)], H),
+        ("heart rate 41: 1 point", [one(Metric.HEART_RATE, 41)], None),
+        ("heart rate 130: 2 points", [one(Metric.HEART_RATE, 130)], None),
+        ("heart rate 131: >= 131 scores 3", [one(Metric.HEART_RATE, 131)], H),
+        ("a cuff's pulse 40", [(0, BP, {"systolic": 120, "diastolic": 80, "pulse": 40})], H),
+        ("a cuff's pulse 41", [(0, BP, {"systolic": 120, "diastolic": 80, "pulse": 41})], None),
+        ("an oximeter's pulse 131", [(0, SPO2, {"spo2": 97, "pulse": 131})], H),
+        ("an oximeter's pulse 130", [(0, SPO2, {"spo2": 97, "pulse": 130})], None),
+        ("temperature 35.0: <= 35.0 scores 3", [one(TEMP, 35.0)], H),
+        ("temperature 35.1: 1 point", [one(TEMP, 35.1)], None),
+        ("temperature 39.1: 2 points, the chart's highest", [one(TEMP, 39.1)], None),
+    ),
+    # The same single red scores on SpO2 scale 2 (COPD): every parameter but SpO2 scores
+    # as on scale 1; SpO2 scores 3 only at 83% or less.
+    *vectors(
+        "news2.partial",
+        COPD,
+        ("COPD: SpO2 83 on scale 2: <= 83 scores 3", [one(SPO2, 83)], H),
+        ("COPD: SpO2 84 on scale 2: 2 points", [one(SPO2, 84)], None),
+        ("COPD: SpO2 87 on scale 2: 1 point", [one(SPO2, 87)], None),
+        ("COPD: SpO2 88 on scale 2: 0 points", [one(SPO2, 88)], None),
+        ("COPD: SpO2 92 on scale 2: 0 points", [one(SPO2, 92)], None),
+        ("COPD: SpO2 93 on air, scale 2: 0 points", [one(SPO2, 93)], None),
+        ("COPD: systolic 90", [bp(90, 60)], H),
+        ("COPD: temperature 35.0", [one(TEMP, 35.0)], H),
     ),
     # ACC/AHA 2017 stage 2 (>= 140 or >= 90) in 3 of the last 5 readings.
     *vectors(
@@ -245,13 +289,23 @@ VECTORS = [
         (),
         ("not for general patients", [*daily(SPO2, *[94] * 7, start_day=-7), one(SPO2, 90)], None),
     ),
-    # BTS 2017: target 88-92%; below it for 2 hours.
+    # BTS 2017 (O'Driscoll BR et al. Thorax 2017;72:i1-i90): target 88-92% for patients at
+    # risk of hypercapnic respiratory failure; one reading below it alerts at once.
     *vectors(
         "copd.spo2_below_target",
         COPD,
-        ("2 h below 88", [one(SPO2, 87, 0), one(SPO2, 86, 1), one(SPO2, 87, 2)], M),
-        ("1.5 h below 88", [one(SPO2, 87, 0), one(SPO2, 87, 1.5)], None),
-        ("back at 88 between", [one(SPO2, 87, 0), one(SPO2, 88, 1), one(SPO2, 87, 2)], None),
+        ("87: below the target", [one(SPO2, 87)], H),
+        ("88: the target's floor", [one(SPO2, 88)], None),
+        ("92: the target's top", [one(SPO2, 92)], None),
+        ("93: above the target", [one(SPO2, 93)], None),
+        ("84: the issue's single COPD reading", [one(SPO2, 84)], H),
+        ("83 is copd.spo2_critical's, and below the target too", [one(SPO2, 83)], H),
+        ("a second low reading is a recurrence", [one(SPO2, 87, 0), one(SPO2, 86, 1)], H),
+    ),
+    *vectors(
+        "copd.spo2_below_target",
+        (),
+        ("not for general patients", [one(SPO2, 87)], None),
     ),
     # ADA 2024 table 6.4: level 1 < 70, level 2 < 54 mg/dL.
     *vectors(
@@ -290,10 +344,10 @@ def test_a_rule_ignores_other_metrics() -> None:
 @pytest.mark.parametrize(
     ("spo2", "others", "scale_1", "scale_2"),
     [
-        pytest.param(91, [RR16], M, None, id="91: 3 points on scale 1, 0 on scale 2"),
-        pytest.param(88, [RR16], M, None, id="88: 0 on scale 2"),
-        pytest.param(87, [RR16], M, None, id="87: 1 on scale 2"),
-        pytest.param(83, [RR16], M, M, id="83: 3 on both"),
+        pytest.param(91, [RR16], H, None, id="91: 3 points on scale 1, 0 on scale 2"),
+        pytest.param(88, [RR16], H, None, id="88: 0 on scale 2"),
+        pytest.param(87, [RR16], H, None, id="87: 1 on scale 2"),
+        pytest.param(83, [RR16], H, H, id="83: 3 on both"),
         pytest.param(85, [RR22, T38_5], H, H, id="85 + 3 points: 2 on scale 2"),
         pytest.param(86, [RR22, T38_5], H, None, id="86 + 3 points: 1 on scale 2"),
         pytest.param(83, [RR22, T39_5], C, C, id="83 + 4 points"),
@@ -311,10 +365,37 @@ def test_the_same_spo2_scores_3_on_scale_1_and_0_on_scale_2() -> None:
     scale_1 = candidate_text((), points, "news2.partial")
     scale_2 = candidate_text(COPD, points, "news2.partial")
     assert "score 8 from 3 of 5 parameters" in scale_1
-    assert "spo2 91% (3)" in scale_1
+    assert "SpO2 91% (3)" in scale_1
+    assert "SpO2 scale 1" in scale_1
     assert "score 5 from 3 of 5 parameters" in scale_2
-    assert "spo2 91% (0)" in scale_2
+    assert "SpO2 91% (0)" in scale_2
     assert "SpO2 scale 2" in scale_2
+
+
+# The two cases, one reading each and no pulse: what fires, at which severity, and
+# the source the explanation cites.
+def test_a_single_spo2_of_89_outside_copd_alerts_as_a_news2_red_score() -> None:
+    engine = Engine(BOOK)
+    [cand] = engine.step([accepted(0, SPO2, {"spo2": 89})], {}).candidates
+    assert (cand.rule_id, cand.severity) == ("news2.partial", H)  # RCP NEWS2 2017, scale 1
+    assert cand.explanation == (
+        "Early warning score (NEWS2 SpO2 scale 1, partial): score 3 from 1 of 5 parameters at "
+        "2026-11-23 08:00 UTC: SpO2 89% (3); SpO2 89% scores 3 on its own "
+        "(single-parameter limit 3) (Royal College of Physicians)."
+    )
+    assert "single parameter scoring" in str(cand.evidence["source"])
+
+
+def test_a_single_spo2_of_84_in_copd_alerts_below_the_bts_target() -> None:
+    engine = Engine(BOOK)
+    contexts = {"pat-1": PatientContext("pat-1", COPD)}
+    [cand] = engine.step([accepted(0, SPO2, {"spo2": 84})], contexts).candidates
+    assert (cand.rule_id, cand.severity) == ("copd.spo2_below_target", H)  # BTS 2017
+    assert cand.explanation == (
+        "Oxygen saturation below the 88-92% target: SpO2 84% at 2026-11-23 08:00 UTC; "
+        "SpO2 84% < 88 (O'Driscoll BR et al)."
+    )
+    assert "Thorax 2017;72:i1-i90" in str(cand.evidence["source"])
 
 
 def test_copd_replaces_the_general_news2_rule() -> None:
@@ -386,7 +467,7 @@ def test_crisis_explanation_names_values_thresholds_and_source() -> None:
     )
     assert cand.evidence["breached"] == ["systolic 192 mmHg > 180", "diastolic 124 mmHg > 120"]
     assert "Hypertension 2018;71:e13-e115" in str(cand.evidence["source"])
-    assert cand.advice.startswith("Rest for 5 minutes")
+    assert cand.advice.startswith("Your blood pressure is very high. Rest 5 minutes")
 
 
 def test_weight_gain_explanation_is_in_kilograms_and_pounds() -> None:
@@ -397,8 +478,10 @@ def test_weight_gain_explanation_is_in_kilograms_and_pounds() -> None:
 
 def test_news2_explanation_says_the_score_is_partial() -> None:
     text = candidate_text((), news(91, RR22, T39_5), "news2.partial")
-    assert text.startswith("Early warning score (NEWS2, partial): score 7 from 3 of 5 parameters")
-    assert "spo2 91% (3)" in text
+    assert text.startswith(
+        "Early warning score (NEWS2 SpO2 scale 1, partial): score 7 from 3 of 5 parameters"
+    )
+    assert "SpO2 91% (3)" in text
     assert "respiratory rate 22 /min (2)" in text
     assert "temperature 39.5 °C (2)" in text
 

@@ -304,7 +304,8 @@ async def test_patient_alert_is_sent_recorded_and_followed_by_status_callbacks(
     assert sent.status_callback == f"{hooks}/twilio/status"
     assert sent.validity_period == 900
     assert sent.body is not None
-    assert "Blood pressure in stage 2" in sent.body
+    assert "Home Health Monitoring" in sent.body  # RPM_SMS_SERVICE_NAME: the team has none
+    assert "stage 2" not in sent.body  # the rule's title is the nurses' word
     assert "nurse" in sent.body
     row = await outbox_row(pool, item)
     assert row["delivered_at"] is not None
@@ -574,7 +575,7 @@ async def test_patient_language_and_time_zone_shape_the_text(
 
     [sent] = twilio.messages
     assert sent.body is not None
-    assert sent.body.startswith("ALERTA DE SALUD URGENTE (")
+    assert sent.body.startswith("URGENTE, Home Health Monitoring (")
     assert "Descanse y vuelva a medir." in sent.body
     assert "911" in sent.body
 

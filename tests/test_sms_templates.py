@@ -1,5 +1,6 @@
-"""SMS texts (alerts/templates.py, pure): plain language, the patient's language and time zone,
-two segments, and nurse escalations without patient names or numbers."""
+"""SMS texts (alerts/templates.py, pure): plain language without clinical words, the care
+team's service name, the patient's language and time zone, two segments, and nurse escalations
+without patient names or numbers."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from alerts import templates
+from alerts import templates, voice_script
+from alerts.symptoms import ADVICE as SYMPTOM_EN
+from alerts.symptoms import ADVICE_I18N as SYMPTOM_ADVICE
 from rpm.domain import Severity
 from rules.programs import builtin_programs
 from simulators.twilio_messages import count_segments as sink_segments
@@ -17,6 +20,7 @@ pytestmark = pytest.mark.pure
 
 NOW = datetime(2026, 3, 2, 15, 5, tzinfo=UTC)  # Monday 10:05 in New York
 NEW_YORK = ZoneInfo("America/New_York")
+SERVICE = "Riverside Heart Clinic"
 ADVICE = {
     "en": "Rest for 5 minutes and measure again.",
     "es": "Descanse 5 minutos y vuelva a medir.",
@@ -28,34 +32,34 @@ def alert_text(
     language: str = "en",
     advice: dict[str, str] | None = None,
     at: datetime = NOW,
-    title: str = "Hypertensive crisis",
+    service: str = SERVICE,
 ) -> str:
     return templates.patient_alert(
         severity=severity,
-        title=title,
         advice=ADVICE if advice is None else advice,
         language=language,
         at=at,
         now=NOW,
         zone=NEW_YORK,
+        service=service,
     )
 
 
-def every_builtin_rule() -> list[tuple[str, str, dict[str, str]]]:
+def every_builtin_rule() -> list[tuple[str, dict[str, str]]]:
     rules = {}
     for program in builtin_programs().values():
         for r in program.rules:
-            rules[r.id] = (r.id, r.title, {"en": r.advice, **r.advice_i18n})
+            rules[f"{program.program}:{r.id}"] = (r.id, {"en": r.advice, **r.advice_i18n})
     return sorted(rules.values())
 
 
 @pytest.mark.parametrize("language", ["en", "es"])
 @pytest.mark.parametrize("severity", list(Severity))
-@pytest.mark.parametrize(("rule_id", "title", "advice"), every_builtin_rule())
+@pytest.mark.parametrize(("rule_id", "advice"), every_builtin_rule())
 def test_every_builtin_rule_fits_two_segments(
-    rule_id: str, title: str, advice: dict[str, str], severity: Severity, language: str
+    rule_id: str, advice: dict[str, str], severity: Severity, language: str
 ) -> None:
-    text = alert_text(severity, language, advice, at=NOW - timedelta(hours=20), title=title)
+    text = alert_text(severity, language, advice, at=NOW - timedelta(hours=20))
 
     assert templates.count_segments(text) <= 2, (rule_id, len(text), text)
     assert sink_segments(text) == templates.count_segments(text)
@@ -69,18 +73,43 @@ def test_critical_says_danger_what_to_do_emergency_and_nurse(language: str) -> N
     assert ADVICE[language] in text
     if language == "en":
         assert "danger range" in text
-        assert "Hypertensive crisis" in text
         assert "nurse has been told" in text
     else:
         assert "peligroso" in text
         assert "enfermer" in text
-        assert "Hypertensive" not in text  # rule titles are English: no mixed-language text
+    assert SERVICE in text
 
 
 def test_emergency_line_is_not_repeated_when_the_advice_has_it() -> None:
-    text = alert_text(advice={"en": "If you have chest pain, call 911."})
+    text = alert_text(advice={"en": "If you have chest pain, call {emergency_number}."})
 
     assert text.count("911") == 1
+
+
+@pytest.mark.parametrize("language", ["en", "es"])
+@pytest.mark.parametrize(("rule_id", "advice"), every_builtin_rule())
+def test_every_text_names_the_deployments_emergency_number_only(
+    rule_id: str, advice: dict[str, str], language: str
+) -> None:
+    # RPM_SMS_EMERGENCY_NUMBER=112 (Europe): no text says 911, and naming it once is enough.
+    text = templates.patient_alert(
+        severity=Severity.CRITICAL,
+        advice=advice,
+        language=language,
+        at=NOW,
+        now=NOW,
+        zone=NEW_YORK,
+        service=SERVICE,
+        emergency_number="112",
+    )
+    call = voice_script.critical_alert(
+        advice=advice, language=language, service=SERVICE, emergency_number="112"
+    )
+    for said in (text, call.message):
+        assert "911" not in said, (rule_id, said)
+        assert said.count("112") == 1, (rule_id, said)
+        assert "{" not in said, (rule_id, said)
+    assert templates.count_segments(text) <= 2, (rule_id, text)
 
 
 @pytest.mark.parametrize("severity", [Severity.HIGH, Severity.MEDIUM, Severity.LOW])
@@ -189,12 +218,13 @@ def test_escalation_shortens_long_titles() -> None:
 
 @pytest.mark.parametrize("language", ["en", "es", "fr"])
 def test_keyword_replies_fit_and_say_how_to_stop_or_restart(language: str) -> None:
-    help_text = templates.help_reply(language, contact="+1 555 0100")
-    out = templates.opted_out_reply(language)
-    back = templates.opted_in_reply(language)
-    received = templates.reply_received(language)
+    help_text = templates.help_reply(language, service=SERVICE, contact="+1 555 0100")
+    out = templates.opted_out_reply(language, service=SERVICE)
+    back = templates.opted_in_reply(language, service=SERVICE)
+    received = templates.reply_received(language, service=SERVICE)
+    unknown = templates.unknown_sender_reply(service=SERVICE)
 
-    for text in (help_text, out, back, received, templates.unknown_sender_reply()):
+    for text in (help_text, out, back, received, unknown):
         assert templates.count_segments(text) <= 2, text
     assert "STOP" in help_text
     assert "START" in help_text
@@ -207,18 +237,18 @@ def test_keyword_replies_fit_and_say_how_to_stop_or_restart(language: str) -> No
 def test_emergency_number_is_configurable() -> None:
     text = templates.patient_alert(
         severity=Severity.CRITICAL,
-        title="Low blood oxygen",
         advice={"en": "Sit upright and measure again."},
         language="en",
         at=NOW,
         now=NOW,
         zone=UTC,
+        service=SERVICE,
         emergency_number="112",
     )
 
     assert "call 112 now" in text
     assert "911" not in text
-    assert "112" in templates.help_reply("en", emergency_number="112")
+    assert "112" in templates.help_reply("en", service=SERVICE, emergency_number="112")
 
 
 @pytest.mark.parametrize(
@@ -227,3 +257,60 @@ def test_emergency_number_is_configurable() -> None:
 )
 def test_segment_count_matches_the_sink(text: str, segments: int) -> None:
     assert templates.count_segments(text) == segments == sink_segments(text)
+
+
+# --- words a patient reads on a lock screen ----------------------------------------------
+# Every patient-facing text (alert SMS at every severity, keyword and reply texts, the voice
+# call) in every supported language, with every built-in rule's advice and the symptom
+# check-in advice: no clinical jargon (templates.JARGON), and the care team's service named.
+
+
+def patient_texts(language: str, service: str) -> list[str]:
+    advices = [advice for _, advice in every_builtin_rule()]
+    advices.append({"en": SYMPTOM_EN, **SYMPTOM_ADVICE})
+    texts = [
+        alert_text(severity, language, advice, service=service)
+        for advice in advices
+        for severity in Severity
+    ]
+    texts += [
+        templates.help_reply(language, service=service, contact="+1 555 0100"),
+        templates.opted_out_reply(language, service=service),
+        templates.opted_in_reply(language, service=service),
+        templates.reply_received(language, service=service),
+        templates.unknown_sender_reply(service=service),
+    ]
+    texts += [
+        voice_script.critical_alert(advice=advice, language=language, service=service).message
+        for advice in advices
+    ]
+    return texts
+
+
+@pytest.mark.parametrize("language", templates.LANGUAGES)
+def test_no_patient_text_carries_clinical_jargon(language: str) -> None:
+    assert set(voice_script.LANGUAGES) == set(templates.LANGUAGES)
+    for text in patient_texts(language, SERVICE):
+        lowered = text.lower()
+        found = [word for word in templates.JARGON if word in lowered]
+        assert not found, (found, text)
+
+
+@pytest.mark.parametrize("language", templates.LANGUAGES)
+def test_every_patient_text_names_the_care_teams_service(language: str) -> None:
+    for service in (SERVICE, "Clínica del Norte"):
+        for text in patient_texts(language, service):
+            # GSM-7 lookalikes may replace the accent when it would cost a segment
+            assert service in text or service.replace("í", "i") in text, text
+
+
+@pytest.mark.parametrize("language", templates.LANGUAGES)
+def test_every_builtin_rule_has_patient_advice_in_every_language(language: str) -> None:
+    for rule_id, advice in every_builtin_rule():
+        assert advice.get(language), (rule_id, language)
+
+
+def test_the_jargon_list_catches_what_the_issue_found() -> None:
+    # Words of nurse-facing rule titles a patient used to read on a lock screen.
+    for title in ("Early warning score (NEWS2, partial)", "Hypertensive crisis", "hypoxaemia"):
+        assert any(word in title.lower() for word in templates.JARGON), title

@@ -13,7 +13,9 @@ import aiohttp
 import asyncpg
 import pytest
 
-from alerts.sms_policy import KEYWORDS, Keyword, keyword_of
+from alerts.keywords import KEYWORDS, Keyword
+from rpm.api import checkin_replies
+from rpm.api.twilio_hooks import POSSIBLE_OPT_OUT
 from rpm.storage import alert_reads
 from rpm.storage import alerts as alert_store
 from rpm.storage import sms as sms_store
@@ -53,37 +55,7 @@ async def opted_out(pool: asyncpg.Pool, patient_id: str) -> bool:
     return p.opted_out_at is not None
 
 
-# -- keywords (pure) --------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("body", "keyword"),
-    [
-        *[(k, Keyword.OPT_OUT) for k in ("STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END")],
-        *[(k, Keyword.OPT_OUT) for k in ("QUIT", "REVOKE", "OPTOUT")],
-        *[(k, Keyword.OPT_IN) for k in ("START", "YES", "UNSTOP", "OPTIN")],
-        ("HELP", Keyword.HELP),
-        ("INFO", Keyword.HELP),
-        ("  stop \n", Keyword.OPT_OUT),
-        ("Stop", Keyword.OPT_OUT),
-        ("yes", Keyword.OPT_IN),
-        ("help", Keyword.HELP),
-        ("stop texting me", None),
-        ("Yes I feel dizzy", None),
-        ("", None),
-        ("STOP.", None),
-    ],
-)
-def test_keywords_match_the_whole_trimmed_body_in_any_case(
-    body: str, keyword: Keyword | None
-) -> None:
-    assert keyword_of(body) is keyword
-
-
-def test_twilio_advanced_opt_out_type_wins() -> None:
-    assert keyword_of("BAJA", "STOP") is Keyword.OPT_OUT
-    assert keyword_of("ALTA", "START") is Keyword.OPT_IN
-    assert keyword_of("AYUDA", "HELP") is Keyword.HELP
+# -- keywords (pure: tests/test_sms_keywords.py) ---------------------------------------------
 
 
 # -- keywords over HTTP -----------------------------------------------------------------------
@@ -100,6 +72,32 @@ async def test_stop_and_synonyms_opt_out_and_confirm(
     assert "unsubscribed" in text
     assert "START" in text
     assert await opted_out(pool, patient)
+
+
+@pytest.mark.parametrize(
+    "body", ["Opt out", "Stop.", "stop texting me", "Please unsubscribe me!", "No más mensajes"]
+)
+async def test_replies_whose_intent_is_clear_opt_out_as_fcc_24_24_reads_them(
+    pool: asyncpg.Pool, twilio: TwilioSink, hooks: str, patient: str, body: str
+) -> None:
+    answer = await twilio.send_inbound(f"{hooks}/twilio/sms", from_=PHONE, body=body)
+
+    text = reply_of(answer)
+    assert text is not None
+    assert "unsubscribed" in text
+    assert await opted_out(pool, patient)
+
+
+async def test_a_revoking_word_in_free_text_asks_a_person_and_changes_nothing(
+    pool: asyncpg.Pool, twilio: TwilioSink, hooks: str, patient: str
+) -> None:
+    await twilio.send_inbound(f"{hooks}/twilio/sms", from_=PHONE, body="Stop texting me, I'm fine")
+    await twilio.send_inbound(f"{hooks}/twilio/sms", from_=PHONE, body="All good today")
+
+    assert not await opted_out(pool, patient)
+    async with pool.acquire() as conn:
+        reasons = await conn.fetch("SELECT reason FROM inbox_items ORDER BY id")
+    assert [r["reason"] for r in reasons] == [POSSIBLE_OPT_OUT, checkin_replies.NO_CHECKIN]
 
 
 @pytest.mark.parametrize("word", [k for k, v in KEYWORDS.items() if v is Keyword.OPT_IN])

@@ -46,6 +46,9 @@ class Permission(StrEnum):
     ACCESS_ADMIN = "access-admin"  # staff, care teams, API keys, the audit log
     ENGAGEMENT_READ = "engagement-read"  # segments, campaigns, engagement figures (team-scoped)
     ENGAGEMENT_MANAGE = "engagement-manage"  # publish segments and campaigns, dry runs
+    TIME_TRACKING = "time-tracking"  # time entries and one's own timer (team-scoped)
+    BILLING_READ = "billing-read"  # month-end billing report, code tables (team-scoped)
+    BILLING_MANAGE = "billing-manage"  # publish billing code tables
 
 
 _NURSE = frozenset(
@@ -56,6 +59,8 @@ _NURSE = frozenset(
         Permission.RULES_READ,
         Permission.FHIR_READ,
         Permission.ENGAGEMENT_READ,
+        Permission.TIME_TRACKING,
+        Permission.BILLING_READ,
     }
 )
 # Role (staff) or scope (API key) -> what it may do. Ingest keys act at /ingest/* only,
@@ -260,3 +265,6 @@ CanManageFhirPush = Annotated[Principal, Security(REQUIRE[Permission.FHIR_PUSH])
 IsAccessAdmin = Annotated[Principal, Security(REQUIRE[Permission.ACCESS_ADMIN])]
 CanReadEngagement = Annotated[Principal, Security(REQUIRE[Permission.ENGAGEMENT_READ])]
 CanManageEngagement = Annotated[Principal, Security(REQUIRE[Permission.ENGAGEMENT_MANAGE])]
+CanTrackTime = Annotated[Principal, Security(REQUIRE[Permission.TIME_TRACKING])]
+CanReadBilling = Annotated[Principal, Security(REQUIRE[Permission.BILLING_READ])]
+CanManageBilling = Annotated[Principal, Security(REQUIRE[Permission.BILLING_MANAGE])]

@@ -79,15 +79,25 @@ class AuditOut(BaseModel):
     status: int
 
 
+ServiceName = Annotated[str, Field(min_length=1, max_length=40, pattern=r"\S")]
+
+
 class TeamIn(BaseModel):
     id: Annotated[str, Field(pattern=TEAM_ID)]
     title: Annotated[str, Field(min_length=1, max_length=200)]
+    # What patient texts and calls say they are from (None: RPM_SMS_SERVICE_NAME)
+    service_name: ServiceName | None = None
 
 
 class TeamOut(BaseModel):
     id: str
     title: str
+    service_name: str | None = None
     members: list[str]
+
+
+class ServiceNameIn(BaseModel):
+    service_name: ServiceName | None  # None: back to RPM_SMS_SERVICE_NAME
 
 
 class CareTeamIn(BaseModel):
@@ -228,8 +238,19 @@ async def list_teams(_who: IsAccessAdmin, pool: PoolDep) -> list[dict[str, Any]]
 @router.post("/teams", status_code=201)
 async def create_team(_who: IsAccessAdmin, pool: PoolDep, body: TeamIn) -> dict[str, str]:
     async with pool.acquire() as conn:
-        await staff_store.create_team(conn, body.id, body.title)
+        await staff_store.create_team(conn, body.id, body.title, body.service_name)
     return {"id": body.id}
+
+
+@router.put("/teams/{team_id}/service-name")
+async def set_service_name(
+    _who: IsAccessAdmin, pool: PoolDep, team_id: str, body: ServiceNameIn
+) -> dict[str, str | None]:
+    """The name the team's patient texts and calls are from."""
+    async with pool.acquire() as conn:
+        if not await staff_store.set_service_name(conn, team_id, body.service_name):
+            raise NotFoundError("no such team")
+    return {"team": team_id, "service_name": body.service_name}
 
 
 @router.put("/teams/{team_id}/members/{staff_id}")

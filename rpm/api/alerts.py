@@ -31,6 +31,7 @@ from rpm.pipeline import INGEST_CHANNEL
 from rpm.storage import alert_reads
 from rpm.storage import alerts as alert_store
 from rpm.storage import staff as staff_store
+from rpm.storage.alerts import ALERTS_CHANNEL
 from rpm.storage.pool import Conn
 
 from .access import CanActOnAlerts, CanReadPatientData, Principal, audit
@@ -160,7 +161,7 @@ async def _events(
     request: Request, who: Principal, pool: asyncpg.Pool, broadcaster: Broadcaster
 ) -> AsyncIterator[str]:
     yield "retry: 2000\n\n"
-    stream = broadcaster.subscribe().__aiter__()
+    stream = broadcaster.subscribe((ALERTS_CHANNEL, INGEST_CHANNEL)).__aiter__()
     while not await request.is_disconnected():
         try:
             channel, payload = await asyncio.wait_for(anext(stream), HEARTBEAT_S)

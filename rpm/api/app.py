@@ -23,17 +23,24 @@ from rpm.settings import Settings
 from . import (
     admin,
     alerts,
+    billing,
     dashboard,
+    dashboard_billing,
     dashboard_engagement,
+    dashboard_panel,
+    dashboard_time,
     engagement,
     errors,
     fhir,
     health,
     inbox,
     ingest,
+    panel,
     readings,
     registry,
     rules,
+    time_entries,
+    timer,
     twilio_hooks,
     twilio_voice,
 )
@@ -107,6 +114,9 @@ def create_app(
     app.state.rule_books = rules.RuleBooks(on_change=pipeline.rules_changed)
     app.state.operations = ops
     app.state.started_at = datetime.now(UTC)
+    # What the panel's flags count as enough: the billing code table in force
+    # (rpm.api.deps.panel_thresholds; docs/panel.md), unless a test pins it here.
+    app.state.panel_thresholds = None
     # Audit writer and API security headers (rpm/api/guard.py); access rules in access.py.
     app.add_middleware(Guard, pool=pool, hsts=auth_config.cookie_secure)
     errors.install(app)
@@ -117,8 +127,15 @@ def create_app(
     app.include_router(registry.router, responses=_CONFLICT)
     app.include_router(rules.router)
     app.include_router(engagement.router)
+    app.include_router(time_entries.router, responses=_CONFLICT)
+    app.include_router(timer.router, responses=_CONFLICT)
     app.include_router(dashboard.router)
     app.include_router(dashboard_engagement.router)
+    app.include_router(dashboard_time.router)
+    app.include_router(billing.router)
+    app.include_router(dashboard_billing.router)
+    app.include_router(panel.router)
+    app.include_router(dashboard_panel.router)
     app.include_router(fhir.router, responses=_FHIR)
     app.include_router(twilio_hooks.router, responses=_TWILIO)
     app.include_router(twilio_voice.router, responses=_TWILIO)

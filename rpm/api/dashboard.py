@@ -44,8 +44,8 @@ from rpm.storage import staff as staff_store
 
 from . import charts, errors
 from .access import Principal, audit, staff_principal
-from .dashboard_views import HERE, patient_alert_order, programs, templates, vitals
-from .deps import AuthDep, PoolDep
+from .dashboard_views import HERE, patient_alert_order, programs, templates, time_panel, vitals
+from .deps import AuthDep, ClockDep, PoolDep
 from .page_security import SVG_CSP, SecuredStaticFiles, secure
 
 STATE_FILTERS = {
@@ -248,6 +248,7 @@ async def patient(
     request: Request,
     staff: Staff,
     pool: PoolDep,
+    clock: ClockDep,
     patient_id: str,
     alert: int | None = None,
     done: str = "",
@@ -288,6 +289,7 @@ async def patient(
             "alerts": alerts,
             "alert": selected,
             "vitals": vitals(patient_id, stored),
+            "time": await time_panel(request, patient_id, call_api, clock()),
             "staff_list": staff_list,
             "can_assign": _api_offers(request.app, "assign"),
             "done": DONE.get(done),

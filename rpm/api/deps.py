@@ -20,6 +20,8 @@ operations    ``rpm.api.health.Operations``             health
 started_at    when the app was built                    fhir (CapabilityStatement)
 clock         a ``() -> datetime`` (optional: the wall  twilio_hooks, inbox (tests pin it)
               clock when not set)
+panel_        ``rpm.billing.needs.Thresholds``: what    panel (when unset: the billing
+thresholds    the panel's flags count as enough         code table in force today)
 ============  ========================================  ===================================
 """
 
@@ -35,8 +37,11 @@ from fastapi import Depends, Request
 from alerts.policy import SnoozeCaps
 from device_gateways.broker_admin import BrokerAdmin
 from rpm.auth import Auth
+from rpm.billing.codes import in_force
+from rpm.billing.needs import Thresholds, thresholds_of
 from rpm.pipeline import IngestPipeline
 from rpm.settings import Settings
+from rpm.storage import billing as billing_store
 
 from .live import Broadcaster
 
@@ -89,6 +94,18 @@ async def clock(request: Request) -> Callable[[], datetime]:
     return pinned or _utcnow
 
 
+async def panel_thresholds(request: Request) -> Thresholds:
+    """What the panel's flags count as enough: ``app.state.panel_thresholds`` when set (a
+    test's), else what the billing code table in force today asks (``thresholds_of``)."""
+    fixed: Thresholds | None = getattr(request.app.state, "panel_thresholds", None)
+    if fixed is not None:
+        return fixed
+    today = (await clock(request))().date()
+    async with held(request, "pool").acquire() as conn:
+        tables = await billing_store.tables_in_use(conn)
+    return thresholds_of(in_force(tables, today))
+
+
 async def started_at(request: Request) -> datetime:
     return held(request, "started_at")  # type: ignore[no-any-return]
 
@@ -101,4 +118,5 @@ SnoozeCapsDep = Annotated[SnoozeCaps, Depends(snooze_caps)]
 PipelineDep = Annotated[IngestPipeline, Depends(pipeline)]
 BrokerDep = Annotated[BrokerAdmin, Depends(broker)]
 StartedAtDep = Annotated[datetime, Depends(started_at)]
+PanelThresholdsDep = Annotated[Thresholds, Depends(panel_thresholds)]
 ClockDep = Annotated[Callable[[], datetime], Depends(clock)]

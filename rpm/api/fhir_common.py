@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
-from fastapi import Request, Response
+from fastapi import HTTPException, Request, Response
 from fastapi.routing import APIRoute
 
 from rpm.domain.errors import NotAcceptableError, SearchError
@@ -20,6 +20,8 @@ from rpm.fhir.search import (
     encode_cursor,
     parse_references,
     parse_tokens,
+    summary_only,
+    wants_total,
 )
 from rpm.storage import fhir as fhir_store
 from rpm.storage import staff as staff_store
@@ -74,9 +76,44 @@ def answer(body: dict[str, Any], status: int = 200) -> Response:
     return errors.fhir_json(status, body)
 
 
-def params_of(request: Request) -> Params:
+FORM = "application/x-www-form-urlencoded"
+MAX_FORM_BYTES = 64 * 1024
+# The OpenAPI of ``POST [type]/_search``: the search's parameters as an optional form body.
+POST_SEARCH: dict[str, Any] = {
+    "openapi_extra": {
+        "requestBody": {
+            "required": False,
+            "content": {
+                FORM: {"schema": {"type": "object", "additionalProperties": {"type": "string"}}}
+            },
+        }
+    },
+    "responses": {
+        415: {
+            "description": "a body that is not a form (OperationOutcome)",
+            "content": {errors.FHIR_JSON: {"schema": {"type": "object"}}},
+        }
+    },
+}
+
+
+async def search_params(request: Request) -> Params:
+    """A search's parameters: the query's, and for ``POST [type]/_search`` its form body's
+    too (R4 http.html#search: both count, the body as application/x-www-form-urlencoded)."""
     prefer = request.headers.get("prefer", "").replace(" ", "").lower()
-    return Params(tuple(request.query_params.multi_items()), strict="handling=strict" in prefer)
+    items = list(request.query_params.multi_items())
+    body = await request.body() if request.method == "POST" else b""
+    if body:
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != FORM:
+            raise HTTPException(415, f"POST _search takes its parameters as {FORM}")
+        if len(body) > MAX_FORM_BYTES:
+            raise SearchError(f"the search's form is over {MAX_FORM_BYTES} bytes")
+        try:
+            items += parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=False)
+        except UnicodeDecodeError:
+            raise SearchError("the search's form is not UTF-8") from None
+    return Params.of(items, strict="handling=strict" in prefer)
 
 
 def base(request: Request) -> str:
@@ -128,6 +165,7 @@ def id_page(
     rows: Sequence[dict[str, Any]],
     count: int,
     to_fhir: Callable[[dict[str, Any]], dict[str, Any]],
+    total: int | None,
 ) -> Response:
     page = list(rows[:count])
     cursor = None
@@ -135,13 +173,23 @@ def id_page(
         cursor = encode_cursor([page[-1]["id"]])
     self_url, next_url = links(request, kind, used, cursor)
     found = [to_fhir(row) for row in page]
-    return answer(bundles.searchset(found, base(request), self_url, next_url=next_url))
+    return answer(bundles.searchset(found, base(request), self_url, next_url=next_url, total=total))
+
+
+def page_size(params: Params) -> int:
+    """Resources per page: ``_count``, and 0 for ``_summary=count`` (the total alone)."""
+    return 0 if summary_only(params) else count_of(params)
+
+
+async def total_of(params: Params, count: Callable[[], Coroutine[Any, Any, int]]) -> int | None:
+    """The search's total (``count()``), unless ``_total=none`` spares it."""
+    return await count() if wants_total(params) else None
 
 
 def offset_page(params: Params) -> tuple[int, int]:
     after = decode_cursor(params.one("_cursor"), lambda v: len(v) == 1 and isinstance(v[0], int))
     offset = int(after[0]) if after else 0
-    count = count_of(params)
+    count = page_size(params)
     if offset < 0 or offset + count > _MAX_OFFSET:
         raise SearchError(f"pages go {_MAX_OFFSET} results deep; narrow the search")
     return offset, count
@@ -155,20 +203,28 @@ def offset_answer(
     offset: int,
     count: int,
     to_fhir: Callable[[dict[str, Any]], dict[str, Any]],
+    total: int | None,
 ) -> Response:
     page = list(rows[offset : offset + count])
-    cursor = encode_cursor([offset + count]) if len(rows) > offset + count else None
+    more = count > 0 and len(rows) > offset + count
+    cursor = encode_cursor([offset + count]) if more else None
     self_url, next_url = links(request, kind, used, cursor)
     found = [to_fhir(row) for row in page]
-    return answer(bundles.searchset(found, base(request), self_url, next_url=next_url))
+    return answer(bundles.searchset(found, base(request), self_url, next_url=next_url, total=total))
 
 
-async def one_patient(conn: Conn, params: Params, names: Sequence[str]) -> str | None:
-    """Our id of the one patient named (None: none named; "": named but unknown)."""
-    refs = [p for n in names for v in params.all(n) for p in parse_references(v, "Patient")]
-    if not refs:
+async def named_patients(
+    conn: Conn, who: Principal, params: Params, names: Sequence[str]
+) -> list[str] | None:
+    """Our ids of the patients the reference parameters ``names`` name (a comma for any of
+    several; repeats AND), among those the caller may see: None when none is named, [] when
+    none named is known or visible."""
+    found: set[str] | None = None
+    for name in names:
+        for value in params.all(name):
+            refs = parse_references(value, "Patient")
+            ids = set(await fhir_store.resolve_patients(conn, refs)) if refs else set()
+            found = ids if found is None else found & ids
+    if found is None:
         return None
-    if len(set(refs)) > 1:
-        raise SearchError("name one patient")
-    ids = await fhir_store.resolve_patients(conn, refs)
-    return ids[0] if ids else ""
+    return await visible(conn, who, sorted(found))

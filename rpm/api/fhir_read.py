@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request, Response
 from rpm.domain.errors import NotFoundError
 from rpm.engagement.checkins import QUESTIONNAIRES
 from rpm.fhir import capability, questionnaires, resources
-from rpm.fhir.mapping import reading_uid_of, recorded_observations
+from rpm.fhir.mapping import reading_uid_of, served_observations
 from rpm.storage import alert_reads
 from rpm.storage import checkins as checkin_store
 from rpm.storage import fhir as fhir_store
@@ -49,7 +49,7 @@ async def observation_read(
             stored = None
     patients = [stored.accepted.patient_id] if stored else []
     audit(request, who, "read", "Observation", patients, obs_id)
-    for obs in recorded_observations(stored) if stored else []:
+    for obs in served_observations(stored) if stored else []:
         if obs["id"] == obs_id:
             return answer(obs)
     raise NotFoundError("no such Observation")

@@ -18,10 +18,14 @@ from fastapi.responses import JSONResponse
 
 from rpm.metrics import CONTENT_TYPE_LATEST, Metrics
 from rpm.storage import migrate
+from rpm.storage import outbox as outbox_store
 
 from .deps import PoolDep, held
 
 OK = "ok"
+# Checks that make the server degraded, not unready: it still ingests, alerts and serves the
+# dashboard, so a load balancer must keep sending it traffic (200), but an operator must act.
+DEGRADING = frozenset({"twilio"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +47,16 @@ async def readiness(pool: asyncpg.Pool, ops: Operations) -> dict[str, str]:
             checks["database"] = OK
             pending = await migrate.pending(conn)
             checks["migrations"] = f"pending: {', '.join(pending)}" if pending else OK
+            held = await outbox_store.held(conn)
+            checks["twilio"] = (
+                f"credentials refused: {sum(held.values())} messages and calls held" if held else OK
+            )
     except TimeoutError:
         checks.setdefault("database", f"no answer within {ops.check_timeout_s:g} s")
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         checks.setdefault("database", f"unavailable ({exc.__class__.__name__})")
     checks.setdefault("migrations", "unknown (database unavailable)")
+    checks.setdefault("twilio", "unknown (database unavailable)")
     if ops.broker_connected is not None:
         checks["broker"] = OK if ops.broker_connected() else "not connected"
     return checks
@@ -69,11 +78,13 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: {"description": "Some check failed; the body says which"}})
 async def readyz(pool: PoolDep, ops: OperationsDep) -> JSONResponse:
-    """Readiness: the database answers, migrations are applied, the broker is connected."""
+    """Readiness: the database answers, migrations are applied, the broker is connected
+    (else 503, not ready); Twilio accepts the credentials (else 200, degraded)."""
     checks = await readiness(pool, ops)
-    ready = all(v == OK for v in checks.values())
-    body: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}
-    return JSONResponse(body, status_code=200 if ready else 503)
+    failing = {k for k, v in checks.items() if v != OK}
+    status = "ready" if not failing else "degraded" if failing <= DEGRADING else "not ready"
+    body: dict[str, Any] = {"status": status, "checks": checks}
+    return JSONResponse(body, status_code=503 if status == "not ready" else 200)
 
 
 @router.get("/metrics", response_class=Response)

@@ -28,7 +28,8 @@ class Broadcaster:
         self._dsn = dsn
         self._channels = channels
         self._queue_size = queue_size
-        self._subscribers: set[asyncio.Queue[tuple[str, str] | None]] = set()
+        # Each subscriber's queue, with the channels it hears (None: all of them).
+        self._subscribers: dict[asyncio.Queue[tuple[str, str] | None], frozenset[str] | None] = {}
         self._conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self.dropped_subscribers = 0
@@ -68,7 +69,9 @@ class Broadcaster:
             delay = min(delay * 2, 5.0)
 
     def _on_notify(self, _conn: Conn, _pid: int, channel: str, payload: object) -> None:
-        for q in list(self._subscribers):
+        for q, hears in list(self._subscribers.items()):
+            if hears is not None and channel not in hears:
+                continue
             if q.qsize() >= self._queue_size:
                 self.dropped_subscribers += 1
                 self._close(q)
@@ -76,15 +79,18 @@ class Broadcaster:
                 q.put_nowait((channel, str(payload)))
 
     def _close(self, q: asyncio.Queue[tuple[str, str] | None]) -> None:
-        self._subscribers.discard(q)
+        self._subscribers.pop(q, None)
         q.put_nowait(None)  # unbounded queue: the bound is checked in _on_notify
 
-    async def subscribe(self) -> AsyncIterator[tuple[str, str]]:
-        """Yield (channel, payload) until the subscriber is closed."""
+    async def subscribe(
+        self, channels: tuple[str, ...] | None = None
+    ) -> AsyncIterator[tuple[str, str]]:
+        """Yield (channel, payload) of ``channels`` (default: all) until the subscriber is
+        closed."""
         q: asyncio.Queue[tuple[str, str] | None] = asyncio.Queue()
-        self._subscribers.add(q)
+        self._subscribers[q] = None if channels is None else frozenset(channels)
         try:
             while (item := await q.get()) is not None:
                 yield item
         finally:
-            self._subscribers.discard(q)
+            self._subscribers.pop(q, None)

@@ -27,6 +27,9 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from alerts import templates
+from alerts.channels import FAILED_STATUSES
+from alerts.delivery_errors import describe, error_class
+from alerts.keywords import Keyword, keyword_of, mentions_opt_out
 from alerts.sms import (
     SIGNATURE_HEADER,
     SIGNATURE_SETTINGS_HEADER,
@@ -34,7 +37,6 @@ from alerts.sms import (
     signature_valid,
     twiml_message,
 )
-from alerts.sms_policy import Keyword, keyword_of
 from rpm.settings import Settings
 from rpm.storage import alert_reads
 from rpm.storage import alerts as alert_store
@@ -46,8 +48,14 @@ from rpm.workers.channels import after_message_status
 
 from . import checkin_replies
 from .deps import ClockDep, PoolDep, SettingsDep
+from .health import Operations
 
 log = logging.getLogger(__name__)
+
+# The inbox reason of free text that uses a word revoking consent without being a keyword
+# ("stop texting me, I'm fine"): the intent is not clear enough to act on (alerts.keywords),
+# so a person asks; FCC 24-24 lets the sender ask once.
+POSSIBLE_OPT_OUT = "may ask to stop messages: ask the patient, and opt them out if so"
 
 MAX_BODY_BYTES = 64 * 1024
 _FORM = "application/x-www-form-urlencoded"
@@ -101,7 +109,7 @@ async def inbound(
 
 
 @router.post("/status")
-async def status(form: SignedForm, pool: PoolDep) -> Response:
+async def status(form: SignedForm, pool: PoolDep, request: Request) -> Response:
     """A delivery status callback for a message we sent."""
     sid = form.get("MessageSid") or form.get("SmsSid")
     state = form.get("MessageStatus") or form.get("SmsStatus")
@@ -114,11 +122,32 @@ async def status(form: SignedForm, pool: PoolDep) -> Response:
         if recorded and recorded.error_code == UNSUBSCRIBED and recorded.patient_id:
             await sms_store.opt_out(conn, [recorded.patient_id])
         await after_message_status(conn, recorded)  # failed: the next channel (channels.md)
+        if recorded is not None and recorded.status in FAILED_STATUSES:
+            await _failed(conn, request, recorded)
     if recorded is None:
         log.debug("sms %s: status %s not newer, ignored", sid, state)
     else:
         log.info("sms %s: status %s code=%s", sid, recorded.status, recorded.error_code)
     return Response(status_code=204)
+
+
+async def _failed(conn: Conn, request: Request, recorded: sms_store.Recorded) -> None:
+    """A message Twilio reported failed or undelivered: counted in /metrics by error class,
+    and written to its alert's audit trail (and announced) so the nurse sees it."""
+    facts = await sms_store.message_facts(conn, recorded.id)
+    if facts is None:
+        return
+    channel, alert_id, audience = facts
+    ops = getattr(request.app.state, "operations", None)
+    if isinstance(ops, Operations):
+        klass = error_class(recorded.error_code)
+        ops.metrics.message_failures.labels(channel, recorded.status, klass).inc()
+    if alert_id is None:
+        return
+    note = f"{audience} {describe(channel, recorded.status, recorded.error_code)}"
+    change = await alert_store.message_failed_event(conn, alert_id=alert_id, note=note)
+    if change is not None:
+        await alert_store.notify(conn, [change])
 
 
 async def _handle_inbound(
@@ -135,6 +164,9 @@ async def _handle_inbound(
     patients = await sms_store.patients_by_phone(conn, sender) if sender else []
     ids = [p.patient_id for p in patients]
     language = patients[0].language if patients else templates.DEFAULT_LANGUAGE
+    service = (
+        patients[0].service(settings.sms.service_name) if patients else settings.sms.service_name
+    )
     first = ids[0] if ids else None
     if keyword is Keyword.OPT_IN and await checkin_replies.answers_keyword(
         conn, patients, body, now
@@ -149,17 +181,17 @@ async def _handle_inbound(
         log.info("sms %s: keyword %s from patients=%s", sid, keyword.value, ids or "unknown")
         if keyword is Keyword.OPT_OUT:
             await sms_store.opt_out(conn, ids)
-            return templates.opted_out_reply(language, emergency_number=number)
+            return templates.opted_out_reply(language, service=service, emergency_number=number)
         if keyword is Keyword.OPT_IN:
             await sms_store.opt_in(conn, ids)
-            return templates.opted_in_reply(language, emergency_number=number)
+            return templates.opted_in_reply(language, service=service, emergency_number=number)
         return templates.help_reply(
-            language, emergency_number=number, contact=settings.sms.help_contact
+            language, service=service, emergency_number=number, contact=settings.sms.help_contact
         )
     if not ids:
         await sms_store.record_inbound(conn, sid=sid, patient_id=None, alert_id=None, body=body)
         log.info("sms %s: reply from an unknown number", sid)
-        return templates.unknown_sender_reply(emergency_number=number)
+        return templates.unknown_sender_reply(service=service, emergency_number=number)
     answered = await checkin_replies.handle(
         conn, ids, sid=sid, body=body, at=now, emergency_number=number, sender=sender
     )
@@ -178,7 +210,7 @@ async def _handle_inbound(
             patient_id=patient_id,
             sms_id=stored,
             prompt_id=None,
-            reason=checkin_replies.NO_CHECKIN,
+            reason=POSSIBLE_OPT_OUT if mentions_opt_out(body) else checkin_replies.NO_CHECKIN,
             at=now,
         )
     if stored is not None and alert is not None:
@@ -203,7 +235,7 @@ async def _handle_inbound(
             ],
         )
     log.info("sms %s: reply from patient=%s on alert=%s", sid, patient_id, alert_id)
-    return templates.reply_received(language, emergency_number=number)
+    return templates.reply_received(language, service=service, emergency_number=number)
 
 
 async def _latest_unresolved(conn: Conn, patient_ids: list[str]) -> dict[str, Any] | None:

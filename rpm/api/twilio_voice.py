@@ -59,9 +59,11 @@ async def gather(outbox: int, form: SignedForm, pool: PoolDep, settings: Setting
             if change is not None:
                 await alert_store.notify(conn, [change])
     script = voice_script.critical_alert(
-        title="",
         advice={},
         language=patient.language if patient else "en",
+        service=patient.service(settings.sms.service_name)
+        if patient
+        else settings.sms.service_name,
         emergency_number=settings.sms.emergency_number,
     )
     log.info(

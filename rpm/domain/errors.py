@@ -14,17 +14,22 @@
     │   │   ├── NotATeamMember   an on-call shift for someone outside the team
     │   │   ├── StoredProgramInvalid  an old program version today's rule kinds refuse
     │   │   ├── InvalidSegment   a segment definition that cannot be evaluated
-    │   │   └── InvalidCampaign  a campaign definition that cannot run
+    │   │   ├── InvalidCampaign  a campaign definition that cannot run
+    │   │   ├── InvalidTimeEntry a time entry or timer out of bounds (duration, start, note)
+    │   │   └── InvalidCodeTable a billing code table that cannot be used, or none in force
     │   ├── NotFoundError        (LookupError) no such thing, or not visible to the caller 404
     │   │   ├── AlertNotFound
     │   │   ├── DeviceNotFound
-    │   │   └── RuleNotFound     no such patient, rule of the patient, program or version
+    │   │   ├── RuleNotFound     no such patient, rule of the patient, program or version
+    │   │   └── TimeEntryNotFound  no such time entry, or no timer running
     │   ├── NotAcceptableError   the client accepts no format we answer in              406
     │   ├── ConflictError        conflicts with what is stored                          409
     │   │   ├── InvalidTransition (ValueError) not allowed from the alert's state
     │   │   ├── ShiftOverlap     (ValueError) the tier is already covered then
     │   │   ├── StaffExists      (ValueError)
-    │   │   └── ApiKeyExists     (ValueError)
+    │   │   ├── ApiKeyExists     (ValueError)
+    │   │   ├── StaleVersion     the thing changed since the caller read it (its version)
+    │   │   └── TimerRunning     the staff member's timer is already running
     │   └── RefusedError         the caller may not do this                             403
     │       ├── SignInRefused    wrong name or password (or an inactive account)        401
     │       └── SignInRateLimited  too many failures; retry after ``retry_after_s``     429
@@ -33,6 +38,8 @@
     ├── DeliveryError            an outside service (SMS, EHR, our own server for the
     │   │                        simulators) failed to take a message
     │   ├── TransientDeliveryError   retry later with backoff
+    │   ├── CredentialsRefused   the provider refused our credentials (Twilio 401/20003):
+    │   │                        hold the work, uncounted, until they are accepted again
     │   │   └── EhrUnavailable   network, timeout, 5xx, 429, a garbled 2xx, the endpoint
     │   ├── PermanentDeliveryError   do not retry; keep the answer (and its code) for people
     │   │   ├── RecipientOptedOut    the recipient unsubscribed at the provider (Twilio 21610)
@@ -49,7 +56,8 @@
         └── BadWork              (ValueError) an outbox item a worker cannot understand
 
 Which a caller may retry: ``StorageError`` (and ``BatcherFull``, sooner),
-``TransientDeliveryError``, ``BrokerProvisioningError``, ``SignInRateLimited`` after its
+``TransientDeliveryError``, ``CredentialsRefused`` (once the credentials are fixed),
+``BrokerProvisioningError``, ``SignInRateLimited`` after its
 ``retry_after_s``, and a ``SendError`` once the target is back. Nothing else changes by
 retrying: fix the input (``RequestError``, ``DeviceDataError``), the settings
 (``ConfigurationError``) or the code (``InternalError``).
@@ -147,6 +155,15 @@ class InvalidCampaign(InvalidRequestError):
     """A campaign definition that cannot run; the message says where."""
 
 
+class InvalidTimeEntry(InvalidRequestError):
+    """A time entry or timer that cannot be recorded; the message says which bound."""
+
+
+class InvalidCodeTable(InvalidRequestError):
+    """A billing code table that cannot be used (the message says where), or no table in
+    force for the dates asked."""
+
+
 class AlertNotFound(NotFoundError):
     """No such alert."""
 
@@ -159,6 +176,10 @@ class RuleNotFound(NotFoundError):
     """No such patient, rule of the patient, program or program version."""
 
 
+class TimeEntryNotFound(NotFoundError):
+    """No such time entry (or a deleted one being changed), or no timer running."""
+
+
 class ShiftOverlap(ConflictError, ValueError):
     """The team already has someone on call at that tier during part of that time."""
 
@@ -169,6 +190,14 @@ class StaffExists(ConflictError, ValueError):
 
 class ApiKeyExists(ConflictError, ValueError):
     """An API key with this id already exists."""
+
+
+class StaleVersion(ConflictError):
+    """The request names a version that is no longer the stored one: read it again."""
+
+
+class TimerRunning(ConflictError):
+    """A staff member has one timer at a time: stop (or discard) the running one first."""
 
 
 class SignInRefused(RefusedError):
@@ -207,6 +236,12 @@ class DeliveryError(RpmError):
 
 class TransientDeliveryError(DeliveryError):
     """Worth retrying later (network, 5xx, 429)."""
+
+
+class CredentialsRefused(DeliveryError):
+    """The provider refused our credentials (a wrong or rotated Twilio auth token: HTTP 401,
+    error 20003). Every message would fail alike, so none is failed: work waits, its
+    attempts not counted, and is retried until the credentials are accepted again."""
 
 
 class PermanentDeliveryError(DeliveryError):

@@ -22,7 +22,10 @@ class ResourceSupport:
     searchable: bool = True  # False: read only
 
 
-_PATIENT_REF = "a Patient id, Patient/{id} or its absolute URL; comma for any of several"
+_PATIENT_REF = (
+    "a Patient id, Patient/{id} or its absolute URL; comma for any of several; "
+    "the :Patient type modifier is accepted"
+)
 SUPPORTED: Mapping[str, ResourceSupport] = MappingProxyType(
     {
         "Observation": ResourceSupport(
@@ -49,21 +52,48 @@ SUPPORTED: Mapping[str, ResourceSupport] = MappingProxyType(
             )
         ),
         "DetectedIssue": ResourceSupport(
-            (("patient", "reference", "alerts of the patient, newest first: " + _PATIENT_REF),)
+            (("patient", "reference", "alerts of the patients, newest first: " + _PATIENT_REF),)
         ),
         "Communication": ResourceSupport(
             (
-                ("patient", "reference", "SMS sent to or received from the patient"),
+                (
+                    "patient",
+                    "reference",
+                    "required (or subject): SMS sent to or received "
+                    "from the patients, newest first: " + _PATIENT_REF,
+                ),
                 ("subject", "reference", _PATIENT_REF),
             )
         ),
         "QuestionnaireResponse": ResourceSupport(
             (
-                ("patient", "reference", "SMS check-in answers of the patient, newest first"),
+                (
+                    "patient",
+                    "reference",
+                    "required (or subject): SMS check-in answers of the "
+                    "patients, newest first: " + _PATIENT_REF,
+                ),
                 ("subject", "reference", _PATIENT_REF),
             )
         ),
         "Questionnaire": ResourceSupport((), searchable=False),
+    }
+)
+
+
+# How a client authenticates (R4 CapabilityStatement.rest.security). Our credentials are
+# not OAuth or SMART tokens, so no restful-security-service code applies; the description
+# says what is.
+SECURITY: Mapping[str, Any] = MappingProxyType(
+    {
+        "cors": False,
+        "description": (
+            "Every request carries Authorization: Bearer <token>: an integration API key "
+            "with the fhir:read scope (every patient), or a staff member's token (a nurse "
+            "sees the patients of their care teams only; others' resources are left out "
+            "of searches and read as 404). No token: 401; a token without the right: 403. "
+            "Every read and search is written to the audit log."
+        ),
     }
 )
 
@@ -84,10 +114,17 @@ def capability_statement(base_url: str, software_version: str, date: datetime) -
             {
                 "mode": "server",
                 "documentation": (
-                    "Read-only. Searches page with an opaque _cursor (link next); _count at "
-                    "most 1000; Observation supports _sort=date and _sort=-date (default). "
-                    "Unknown parameters are ignored unless Prefer: handling=strict."
+                    "Read-only. Search by GET [type]?... or POST [type]/_search with an "
+                    "application/x-www-form-urlencoded body. Searchsets carry total "
+                    "(_total=none spares the count); _summary=count and _count=0 answer "
+                    "the total alone. Pages follow an opaque _cursor (link next); _count at "
+                    "most 1000. Observation sorts by _sort=-date (default), date, "
+                    "-_lastUpdated or _lastUpdated (meta.lastUpdated: when the reading was "
+                    "stored); the other types have one fixed order. Unknown parameters are "
+                    "ignored unless Prefer: handling=strict; modifiers other than :Patient "
+                    "on patient and subject are refused."
                 ),
+                "security": dict(SECURITY),
                 "resource": [_resource(kind, support) for kind, support in SUPPORTED.items()],
             }
         ],

@@ -276,6 +276,16 @@ def recorded_observations(rec: RecordedReading) -> list[dict[str, Any]]:
     )
 
 
+def served_observations(rec: RecordedReading) -> list[dict[str, Any]]:
+    """``recorded_observations`` as our FHIR API serves them, with ``meta.lastUpdated``: when
+    the reading was stored (what ``_sort=_lastUpdated`` orders by). The EHR push leaves it
+    out: the receiving server keeps its own."""
+    out = recorded_observations(rec)
+    for obs in out:
+        obs["meta"] = {**obs.get("meta", {}), "lastUpdated": rec.stored_at.isoformat()}
+    return out
+
+
 def _observation(
     frag: _Fragments,
     obs_id: str,

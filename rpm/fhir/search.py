@@ -5,7 +5,10 @@ the prefixes eq, ne, gt, lt, ge, le, sa, eb (a value stands for the whole range 
 implies: ``2026-11`` is November), tokens as ``[system]|[code]``, references as ``id``,
 ``Type/id`` or an absolute URL ending so. Unknown parameters are ignored unless the client
 asks for ``Prefer: handling=strict``; a modifier we do not support is refused, as R4 requires.
-Paging is by an opaque ``_cursor`` (keyset: the last row a page showed).
+Paging is by an opaque ``_cursor`` (keyset: the last row a page showed). Every searchset
+carries ``total`` unless ``_total=none``; ``_summary=count`` (and ``_count=0``, which R4 says
+to treat so) answers with the total alone. A reference parameter takes the ``:Patient`` type
+modifier (``subject:Patient=...``), the only type it can name.
 """
 
 from __future__ import annotations
@@ -31,13 +34,15 @@ from .mapping import (
     SPECS,
     RecordedReading,
     parts_of,
-    recorded_observations,
+    served_observations,
 )
 
 MAX_COUNT = 1000
 DEFAULT_COUNT = 50
 # Parameters every search accepts (R4 search.html#all, and our paging cursor).
-COMMON = frozenset({"_count", "_cursor", "_format", "_sort"})
+COMMON = frozenset({"_count", "_cursor", "_format", "_sort", "_summary", "_total"})
+# Reference parameters and the one type modifier each takes (R4 search.html#reference).
+TYPE_MODIFIERS: Mapping[str, str] = MappingProxyType({"patient": "Patient", "subject": "Patient"})
 
 
 # --- dates ----------------------------------------------------------------------------------
@@ -274,6 +279,16 @@ class Params:
     items: tuple[tuple[str, str], ...]
     strict: bool = False  # Prefer: handling=strict
 
+    @classmethod
+    def of(cls, items: Iterable[tuple[str, str]], strict: bool = False) -> Params:
+        """The parameters as given, with ``subject:Patient`` read as ``subject`` (the type
+        modifier names the only type the parameter can refer to)."""
+        out = []
+        for name, value in items:
+            base, _, modifier = name.partition(":")
+            out.append((base if modifier and TYPE_MODIFIERS.get(base) == modifier else name, value))
+        return cls(tuple(out), strict)
+
     def all(self, name: str) -> list[str]:
         return [v for k, v in self.items if k == name]
 
@@ -309,14 +324,36 @@ def count_of(params: Params) -> int:
     return min(int(text), MAX_COUNT)
 
 
-def descending(params: Params) -> bool:
-    """``_sort=-date`` (newest first, the default) or ``_sort=date``."""
-    text = params.one("_sort")
-    if text in (None, "-date"):
-        return True
-    if text == "date":
-        return False
-    raise SearchError(f"_sort={text} is not supported (date or -date)", code="not-supported")
+def summary_only(params: Params) -> bool:
+    """``_summary=count``, or ``_count=0`` (R4 search.html#count: "treat as _summary=count"):
+    the total without the resources. ``_summary=false`` is the default."""
+    text = params.one("_summary")
+    if text not in (None, "count", "false"):
+        raise SearchError(f"_summary={text} is not supported (count)", code="not-supported")
+    return text == "count" or count_of(params) == 0
+
+
+def wants_total(params: Params) -> bool:
+    """Whether to count the matches: ``_total`` accurate or estimate (both counted exactly),
+    the default; ``none`` spares the count."""
+    text = params.one("_total")
+    if text not in (None, "none", "estimate", "accurate"):
+        raise SearchError(f"_total={text} is not valid (none, estimate, accurate)")
+    return text != "none" or summary_only(params)
+
+
+SORTS = ("-date", "date", "-_lastUpdated", "_lastUpdated")
+
+
+def sort_of(params: Params) -> tuple[str, bool]:
+    """An Observation search's order: (``date`` or ``_lastUpdated``, newest first?), by
+    ``_sort`` (default ``-date``)."""
+    text = params.one("_sort") or "-date"
+    if text not in SORTS:
+        raise SearchError(
+            f"_sort={text} is not supported ({', '.join(SORTS)})", code="not-supported"
+        )
+    return text.removeprefix("-"), text.startswith("-")
 
 
 def encode_cursor(value: Sequence[Any]) -> str:
@@ -336,6 +373,11 @@ def decode_cursor(text: str | None, check: Callable[[list[Any]], bool]) -> list[
     return value
 
 
+# An Observation page's key: (the sort's time, device, metric, measured at) of the reading
+# a page ended in, and how many of its Observations the pages so far have shown.
+ObservationKey = tuple[datetime, str, str, datetime, int]
+
+
 @dataclass(frozen=True, slots=True)
 class ObservationQuery:
     """An Observation search as storage runs it."""
@@ -345,7 +387,8 @@ class ObservationQuery:
     window: TimeWindow = field(default_factory=TimeWindow)
     count: int = DEFAULT_COUNT
     newest_first: bool = True
-    after: tuple[datetime, str, str, int] | None = None  # cursor: row key, entries shown
+    by: str = "date"  # or "_lastUpdated" (meta.lastUpdated: when the reading was stored)
+    after: ObservationKey | None = None
 
     @property
     def main_metrics(self) -> list[str]:
@@ -372,26 +415,34 @@ def observation_query(params: Params) -> tuple[ObservationQuery, tuple[tuple[str
     for v in params.all("category"):
         kinds = kinds & kinds_for_categories(parse_tokens(v))
     window = time_window(parse_date(v) for v in params.all("date"))
+    by, newest_first = sort_of(params)
     after = decode_cursor(params.one("_cursor"), _observation_cursor_ok)
     key = None
     if after is not None:
-        key = (datetime.fromisoformat(after[0]), str(after[1]), str(after[2]), int(after[3]))
+        key = (
+            datetime.fromisoformat(after[0]),
+            str(after[1]),
+            str(after[2]),
+            datetime.fromisoformat(after[3]),
+            int(after[4]),
+        )
     query = ObservationQuery(
         tuple(dict.fromkeys(patients)),
         kinds,
         window,
-        count_of(params),
-        descending(params),
+        0 if summary_only(params) else count_of(params),
+        newest_first,
+        by,
         key,
     )
     return query, used
 
 
 def _observation_cursor_ok(v: list[Any]) -> bool:
-    if len(v) != 4 or not all(isinstance(x, str) for x in v[:3]) or not isinstance(v[3], int):
+    if len(v) != 5 or not all(isinstance(x, str) for x in v[:4]) or not isinstance(v[4], int):
         return False
     try:
-        return datetime.fromisoformat(v[0]).tzinfo is not None
+        return all(datetime.fromisoformat(v[i]).tzinfo is not None for i in (0, 3))
     except ValueError:
         return False
 
@@ -411,21 +462,23 @@ def page_observations(
         return out, None
     for rec in rows:
         r = rec.accepted.reading
-        key = (r.measured_at, r.device_id, r.metric.value)
+        at = rec.stored_at if q.by == "_lastUpdated" else r.measured_at
+        key = (at, r.device_id, r.metric.value, r.measured_at)
         wanted = [
             obs
             for obs, part in zip(
-                recorded_observations(rec), parts_of(r.metric, r.values), strict=True
+                served_observations(rec), parts_of(r.metric, r.values), strict=True
             )
             if (r.metric, part) in q.kinds
         ]
-        shown = q.after[3] if q.after is not None and key == q.after[:3] else 0
+        shown = q.after[4] if q.after is not None and key == q.after[:4] else 0
         wanted = wanted[shown:]
         if not wanted:
             continue
         room = q.count - len(out)
         if len(wanted) > room:
             out.extend(wanted[:room])
-            return out, encode_cursor([key[0].isoformat(), key[1], key[2], shown + room])
+            cursor = [key[0].isoformat(), key[1], key[2], key[3].isoformat(), shown + room]
+            return out, encode_cursor(cursor)
         out.extend(wanted)
     return out, None

@@ -29,6 +29,7 @@ from .care import (
     EngagementSettings,
     RuleSettings,
     SmsSettings,
+    TimeTrackingSettings,
 )
 from .intake import ApiSettings, DatabaseSettings, IngestSettings, MqttSettings
 from .operations import ExportSettings, OperationsSettings, SimulatorSettings
@@ -49,6 +50,7 @@ __all__ = [
     "Settings",
     "SimulatorSettings",
     "SmsSettings",
+    "TimeTrackingSettings",
     "env_name",
 ]
 
@@ -67,6 +69,7 @@ class Settings(BaseModel):
     sms: SmsSettings = Field(default_factory=SmsSettings)
     channels: ChannelSettings = Field(default_factory=ChannelSettings)
     engagement: EngagementSettings = Field(default_factory=EngagementSettings)
+    time_tracking: TimeTrackingSettings = Field(default_factory=TimeTrackingSettings)
     ehr: EhrSettings = Field(default_factory=EhrSettings)
     operations: OperationsSettings = Field(default_factory=OperationsSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)

@@ -16,14 +16,23 @@ from pydantic import Field, SecretStr, field_validator
 from alerts.escalation import EscalationConfig
 from alerts.policy import SnoozeCaps
 from rpm.backoff import Backoff
+from rpm.billing.time import TimePolicy
 from rpm.domain import Metric, Severity
 from rpm.domain.severity import SeverityField
 from rpm.engagement import planning
 from rpm.validation import ClockPolicy
 
-from ._group import Group
+from ._group import Group, default_of
 
 _MINUTE = timedelta(minutes=1)
+# The defaults that let `rpm demo` and the tests run without a Twilio account; a production
+# deployment that still has them is refused at start-up (rpm/settings/safety.py).
+DEMO_ACCOUNT_SID = "ACdemo00000000000000000000000000"
+DEMO_AUTH_TOKEN = "demo-token"  # noqa: S105 - a placeholder, refused outside local mode
+# Twilio's magic test number: valid with test credentials only
+# (https://www.twilio.com/docs/iam/test-credentials#test-sms-messages-parameters-From).
+TEST_FROM_NUMBER = "+15005550006"
+_MESSAGING_SERVICE_SID = re.compile(r"MG[0-9a-fA-F]{32}")  # the contract's pattern
 _ESCALATION = EscalationConfig()
 _CLOCK = ClockPolicy()
 
@@ -131,17 +140,27 @@ class SmsSettings(Group):
     (rpm/backoff.py)."""
 
     account_sid: str = Field(
-        "ACdemo00000000000000000000000000",
+        DEMO_ACCOUNT_SID,
         validation_alias="RPM_TWILIO_ACCOUNT_SID",
         description="Twilio account",
     )
     auth_token: SecretStr = Field(
-        SecretStr("demo-token"),
+        SecretStr(DEMO_AUTH_TOKEN),
         validation_alias="RPM_TWILIO_AUTH_TOKEN",
         description="Twilio auth token (secret)",
     )
     from_number: str = Field(
-        "+15005550006", validation_alias="RPM_TWILIO_FROM_NUMBER", description="sender number"
+        TEST_FROM_NUMBER,
+        validation_alias="RPM_TWILIO_FROM_NUMBER",
+        description="sender number (not used for messages when a Messaging Service is set)",
+    )
+    messaging_service_sid: str | None = Field(
+        None,
+        validation_alias="RPM_TWILIO_MESSAGING_SERVICE_SID",
+        description="Messaging Service (`MG...`) that sends every SMS and WhatsApp message "
+        "instead of `From`; US numbers need one linked to an A2P 10DLC campaign (error 30034 "
+        "otherwise)",
+        json_schema_extra={"default_note": "send from `RPM_TWILIO_FROM_NUMBER`"},
     )
     base_url: str | None = Field(
         None,
@@ -165,10 +184,21 @@ class SmsSettings(Group):
         validation_alias="RPM_SMS_EMERGENCY_NUMBER",
         description="the number urgent SMS tell patients to call",
     )
+    service_name: str = Field(
+        "Home Health Monitoring",
+        min_length=1,
+        max_length=40,
+        validation_alias="RPM_SMS_SERVICE_NAME",
+        description=(
+            "the service name patient texts and calls are from, for care teams without their"
+            " own (care_teams.service_name)"
+        ),
+    )
     help_contact: str = Field(
         "",
         validation_alias="RPM_SMS_HELP_CONTACT",
-        description="appended to the HELP reply (the clinic's phone number)",
+        description="appended to the HELP reply and the opt-in confirmation (the clinic's "
+        "phone number); required outside local mode",
     )
     outbox_poll_interval_s: float = Field(
         0.5,
@@ -194,6 +224,15 @@ class SmsSettings(Group):
         validation_alias="RPM_OUTBOX_BACKOFF_CAP_S",
         description="SMS retry backoff cap: the ceiling is min(cap, base * 2^(attempt-1))",
     )
+
+    @field_validator("messaging_service_sid")
+    @classmethod
+    def _service_sid(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not _MESSAGING_SERVICE_SID.fullmatch(value):
+            raise ValueError("not a Messaging Service SID (MG + 32 hex digits)")
+        return value
 
     @property
     def backoff(self) -> Backoff:
@@ -285,6 +324,22 @@ class EngagementSettings(Group):
         description="a campaign not planned for this long (the planner stopped, a failing "
         "campaign) is evaluated over every patient at its next pass",
     )
+
+
+class TimeTrackingSettings(Group):
+    """Time entries and timers (docs/time-tracking.md)."""
+
+    entry_max_minutes: int = Field(
+        default_of(TimePolicy, "entry_max_minutes"),
+        ge=1,
+        le=1440,
+        validation_alias="RPM_TIME_ENTRY_MAX_MINUTES",
+        description="the longest time entry; a longer manual entry is refused (422), a timer "
+        "that ran longer is recorded capped to it",
+    )
+
+    def policy(self) -> TimePolicy:
+        return TimePolicy(entry_max_minutes=self.entry_max_minutes)
 
 
 class EhrSettings(Group):

@@ -24,7 +24,16 @@ def _minutes(span: timedelta | None) -> float | None:
 
 
 class OperationsSettings(Group):
-    """Logging, shutdown and /metrics (rpm/logging_setup.py, rpm/server.py, rpm/metrics.py)."""
+    """The kind of deployment, logging, shutdown and /metrics (rpm/settings/safety.py,
+    rpm/logging_setup.py, rpm/server.py, rpm/metrics.py)."""
+
+    deployment: Literal["local", "production"] = Field(
+        "production",
+        validation_alias="RPM_DEPLOYMENT",
+        description="`production`: `rpm serve` refuses to start with demo Twilio credentials, "
+        "a callback address Twilio cannot reach or no HELP contact (docs/operations.md); "
+        "`local`: the demo, the simulator, the tests and `--local` (no such checks)",
+    )
 
     log_format: Literal["json", "text"] = Field(
         "json",

@@ -57,26 +57,44 @@ async def listing(
     severities: Sequence[str] | None = None,
     order: str = "triage",
     care_teams: Sequence[str] | None = None,
+    patient_ids: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Alerts for the triage queue, filtered by state, patient, patient program, severity
-    and (``care_teams``, None: any) the patient's care team."""
+    """Alerts for the triage queue, filtered by state, patient (``patient_id``, or any of
+    ``patient_ids``), patient program, severity and (``care_teams``, None: any) the patient's
+    care team."""
+    if patient_id is not None:
+        patient_ids = [patient_id, *(patient_ids or ())]
     rows = await conn.fetch(
         f"""SELECT {_ALERT_COLUMNS} FROM {_ALERT_FROM}
              WHERE ($1::text[] IS NULL OR a.state = ANY($1::text[]))
-               AND ($2::text IS NULL OR a.patient_id = $2)
+               AND ($2::text[] IS NULL OR a.patient_id = ANY($2::text[]))
                AND ($4::text IS NULL OR $4 = ANY(p.programs))
                AND ($5::text[] IS NULL OR a.severity = ANY($5::text[]))
                AND ($6::text[] IS NULL OR p.care_team = ANY($6::text[]))
              ORDER BY {_ORDERS[order]}
              LIMIT $3""",  # noqa: S608 - fixed fragments, values are bound
         list(states) if states else None,
-        patient_id,
+        list(patient_ids) if patient_ids is not None else None,
         limit,
         program,
         list(severities) if severities else None,
         list(care_teams) if care_teams is not None else None,
     )
     return [_alert(r) for r in rows]
+
+
+async def count_of_patients(
+    conn: Conn, patient_ids: Sequence[str] | None, care_teams: Sequence[str] | None
+) -> int:
+    """How many episodes of these patients (None: any) in these care teams (None: any)."""
+    found = await conn.fetchval(
+        f"""SELECT count(*) FROM {_ALERT_FROM}
+             WHERE ($1::text[] IS NULL OR a.patient_id = ANY($1::text[]))
+               AND ($2::text[] IS NULL OR p.care_team = ANY($2::text[]))""",  # noqa: S608
+        list(patient_ids) if patient_ids is not None else None,
+        list(care_teams) if care_teams is not None else None,
+    )
+    return int(found)
 
 
 async def events(conn: Conn, alert_id: int) -> list[dict[str, Any]]:

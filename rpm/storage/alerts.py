@@ -294,6 +294,35 @@ async def patient_confirmed_event(
     }
 
 
+async def message_failed_event(
+    conn: Conn, *, alert_id: int, note: str, at: datetime | None = None
+) -> dict[str, Any] | None:
+    """Audit that a message about the alert was not delivered (``message_failed``, actor
+    ``system:twilio``); the state does not change. Return the alert as the live stream
+    announces it, None if it is gone."""
+    row = await conn.fetchrow(
+        """INSERT INTO alert_events (alert_id, actor, action, from_state, to_state, severity,
+                                     note, at)
+           SELECT id, 'system:twilio', 'message_failed', state, state, severity, $2,
+                  coalesce($3, now())
+             FROM alerts WHERE id = $1
+        RETURNING alert_id, to_state AS state, severity""",
+        alert_id,
+        note,
+        at,
+    )
+    if row is None:
+        return None
+    patient_id = await conn.fetchval("SELECT patient_id FROM alerts WHERE id = $1", alert_id)
+    return {
+        "alert_id": row["alert_id"],
+        "patient_id": patient_id,
+        "action": "message_failed",
+        "state": row["state"],
+        "severity": row["severity"],
+    }
+
+
 async def notify(conn: Conn, payloads: Sequence[dict[str, Any]]) -> None:
     """Announce alert changes on the ``rpm_alerts`` channel; delivered at commit."""
     if payloads:

@@ -83,18 +83,32 @@ async def response(conn: Conn, response_id: int) -> Response | None:
     return _response(row) if row else None
 
 
-async def responses(conn: Conn, patient_id: str, *, limit: int, offset: int = 0) -> list[Response]:
-    """A patient's responses that have at least one answer, newest first."""
+async def responses(
+    conn: Conn, patient_id: str | Sequence[str], *, limit: int, offset: int = 0
+) -> list[Response]:
+    """The responses of a patient (or of any of several) that have at least one answer,
+    newest first."""
+    ids = [patient_id] if isinstance(patient_id, str) else list(patient_id)
     rows = await conn.fetch(
         f"""SELECT {_RESPONSE_COLUMNS} FROM checkin_responses
-             WHERE patient_id = $1 AND resource IS NOT NULL
+             WHERE patient_id = ANY($1::text[]) AND resource IS NOT NULL
              ORDER BY started_at DESC, id DESC
              LIMIT $2 OFFSET $3""",  # noqa: S608 - fixed column list
-        patient_id,
+        ids,
         limit,
         offset,
     )
     return [_response(r) for r in rows]
+
+
+async def response_count(conn: Conn, patient_ids: Sequence[str]) -> int:
+    """How many answered responses these patients have."""
+    found = await conn.fetchval(
+        """SELECT count(*) FROM checkin_responses
+            WHERE patient_id = ANY($1::text[]) AND resource IS NOT NULL""",
+        list(patient_ids),
+    )
+    return int(found)
 
 
 async def record_answer(

@@ -9,7 +9,7 @@ key); the writes to those tables stay with their own modules. ``fhir_push_refusa
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,31 +64,23 @@ async def recorded_by_uid(conn: Conn, uid: str) -> RecordedReading | None:
     return _recorded(row) if row else None
 
 
-# Keyset pages in both directions: (measured_at, device_id, metric) orders readings totally.
-_PAGE_ORDER: Mapping[bool, tuple[str, str, str]] = {
-    True: ("<=", "<=", "measured_at DESC, device_id DESC, metric DESC"),
-    False: (">=", ">=", "measured_at, device_id, metric"),
-}
+# Keyset pages in both directions, by the time a search sorts on (``date``: measured_at;
+# ``_lastUpdated``: stored_at) then the primary key, which orders readings totally.
+_SORT_TIME = {"date": "measured_at", "_lastUpdated": "stored_at"}
+_DIRECTION = {True: ("<=", "DESC"), False: (">=", "")}
 
-
-async def observation_page(conn: Conn, q: ObservationQuery, limit: int) -> list[RecordedReading]:
-    """Up to ``limit`` readings that hold an Observation the query asks for, in its order,
-    from its cursor on (the cursor's own reading included)."""
-    time_op, row_op, order = _PAGE_ORDER[q.newest_first]
-    after = q.after
-    rows = await conn.fetch(
-        f"""SELECT {_READING_COLUMNS} FROM readings
-             WHERE patient_id = ANY($1::text[])
+# Which readings hold an Observation the query asks for ($1-$7 of both statements below).
+_MATCHES = """patient_id = ANY($1::text[])
                AND (metric = ANY($2::text[]) OR (metric = ANY($3::text[]) AND components ? 'pulse'))
                AND ($4::timestamptz IS NULL OR measured_at >= $4)
                AND ($5::timestamptz IS NULL OR measured_at < $5)
                AND NOT EXISTS (SELECT 1 FROM unnest($6::timestamptz[], $7::timestamptz[])
                                              AS x(lo, hi)
-                                WHERE measured_at >= x.lo AND measured_at < x.hi)
-               AND ($8::timestamptz IS NULL OR (measured_at {time_op} $8
-                    AND (measured_at, device_id, metric) {row_op} ($8, $9::text, $10::text)))
-             ORDER BY {order}
-             LIMIT $11""",  # noqa: S608 - fixed fragments, values are bound
+                                WHERE measured_at >= x.lo AND measured_at < x.hi)"""
+
+
+def _match_args(q: ObservationQuery) -> list[Any]:
+    return [
         list(q.patients),
         q.main_metrics,
         q.pulse_metrics,
@@ -96,12 +88,43 @@ async def observation_page(conn: Conn, q: ObservationQuery, limit: int) -> list[
         q.window.before,
         [lo for lo, _ in q.window.excluded],
         [hi for _, hi in q.window.excluded],
+    ]
+
+
+async def observation_page(conn: Conn, q: ObservationQuery, limit: int) -> list[RecordedReading]:
+    """Up to ``limit`` readings that hold an Observation the query asks for, in its order,
+    from its cursor on (the cursor's own reading included)."""
+    t = _SORT_TIME[q.by]
+    op, desc = _DIRECTION[q.newest_first]
+    after = q.after
+    rows = await conn.fetch(
+        f"""SELECT {_READING_COLUMNS} FROM readings
+             WHERE {_MATCHES}
+               AND ($8::timestamptz IS NULL OR ({t} {op} $8
+                    AND ({t}, device_id, metric, measured_at)
+                        {op} ($8, $9::text, $10::text, $11::timestamptz)))
+             ORDER BY {t} {desc}, device_id {desc}, metric {desc}, measured_at {desc}
+             LIMIT $12""",  # noqa: S608 - fixed fragments, values are bound
+        *_match_args(q),
         after[0] if after else None,
         after[1] if after else None,
         after[2] if after else None,
+        after[3] if after else None,
         limit,
     )
     return [_recorded(r) for r in rows]
+
+
+async def observation_count(conn: Conn, q: ObservationQuery) -> int:
+    """How many Observations the query matches on every page (a reading with a pulse measured
+    alongside holds two when both are asked for)."""
+    total = await conn.fetchval(
+        f"""SELECT coalesce(sum((metric = ANY($2::text[]))::int
+                             + (metric = ANY($3::text[]) AND components ? 'pulse')::int), 0)
+              FROM readings WHERE {_MATCHES}""",  # noqa: S608 - fixed fragments
+        *_match_args(q),
+    )
+    return int(total)
 
 
 # --- patients and devices ----------------------------------------------------------------------
@@ -139,6 +162,38 @@ async def patients(
     return [dict(r) for r in rows]
 
 
+async def patient_count(
+    conn: Conn, *, fhir_ids: Sequence[str] | None = None, ids: Sequence[str] | None = None
+) -> int:
+    """How many patients ``patients`` finds on every page."""
+    return int(
+        await conn.fetchval(
+            """SELECT count(*) FROM patients
+                WHERE ($1::text[] IS NULL OR rpm_fhir_id(id) = ANY($1::text[]))
+                  AND ($2::text[] IS NULL OR id = ANY($2::text[]))""",
+            list(fhir_ids) if fhir_ids is not None else None,
+            list(ids) if ids is not None else None,
+        )
+    )
+
+
+_DEVICES = """FROM devices d
+             LEFT JOIN device_bindings b ON b.device_id = d.id AND b.during @> now()
+            WHERE ($1::text[] IS NULL OR rpm_fhir_id(d.id) = ANY($1::text[]))
+              AND ($2::text[] IS NULL OR d.id = ANY($2::text[]))
+              AND ($3::text[] IS NULL OR b.patient_id = ANY($3::text[]))"""
+
+
+def _device_args(
+    fhir_ids: Sequence[str] | None, ids: Sequence[str] | None, patient_ids: Sequence[str] | None
+) -> list[Any]:
+    return [
+        list(fhir_ids) if fhir_ids is not None else None,
+        list(ids) if ids is not None else None,
+        list(patient_ids) if patient_ids is not None else None,
+    ]
+
+
 async def devices(
     conn: Conn,
     *,
@@ -151,22 +206,30 @@ async def devices(
     """Devices with the patient bound to each now, by FHIR id, our id and/or bound patient
     (None: any), in id order, after our id ``after``."""
     rows = await conn.fetch(
-        """SELECT d.id, d.kind, d.vendor, d.serial, d.retired_at, b.patient_id
-             FROM devices d
-             LEFT JOIN device_bindings b ON b.device_id = d.id AND b.during @> now()
-            WHERE ($1::text[] IS NULL OR rpm_fhir_id(d.id) = ANY($1::text[]))
-              AND ($2::text[] IS NULL OR d.id = ANY($2::text[]))
-              AND ($3::text[] IS NULL OR b.patient_id = ANY($3::text[]))
+        f"""SELECT d.id, d.kind, d.vendor, d.serial, d.retired_at, b.patient_id {_DEVICES}
               AND ($4::text IS NULL OR d.id > $4)
             ORDER BY d.id
             LIMIT $5""",
-        list(fhir_ids) if fhir_ids is not None else None,
-        list(ids) if ids is not None else None,
-        list(patient_ids) if patient_ids is not None else None,
+        *_device_args(fhir_ids, ids, patient_ids),
         after,
         limit,
     )
     return [dict(r) for r in rows]
+
+
+async def device_count(
+    conn: Conn,
+    *,
+    fhir_ids: Sequence[str] | None = None,
+    ids: Sequence[str] | None = None,
+    patient_ids: Sequence[str] | None = None,
+) -> int:
+    """How many devices ``devices`` finds on every page."""
+    found = await conn.fetchval(
+        f"SELECT count(*) {_DEVICES}",
+        *_device_args(fhir_ids, ids, patient_ids),
+    )
+    return int(found)
 
 
 async def sms_message(conn: Conn, message_id: int) -> dict[str, Any] | None:

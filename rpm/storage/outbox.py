@@ -10,6 +10,9 @@ from typing import Any
 from rpm.backoff import Backoff
 from rpm.storage.pool import Conn
 
+# ``last_error`` of items held while Twilio refuses the credentials (rpm/workers/credentials.py).
+HELD = "held: "
+
 
 @dataclass(frozen=True, slots=True)
 class OutboxItem:
@@ -136,3 +139,14 @@ async def backlog(conn: Conn) -> dict[str, tuple[int, float]]:
             GROUP BY channel"""
     )
     return {r["channel"]: (r["n"], max(0.0, r["age"])) for r in rows}
+
+
+async def held(conn: Conn) -> dict[str, int]:
+    """Items waiting per channel because Twilio refused the credentials (``HELD``)."""
+    rows = await conn.fetch(
+        """SELECT channel, count(*) AS n FROM outbox
+            WHERE delivered_at IS NULL AND failed_at IS NULL AND starts_with(last_error, $1)
+            GROUP BY channel""",
+        HELD,
+    )
+    return {r["channel"]: r["n"] for r in rows}

@@ -13,7 +13,7 @@ offer them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time
 from types import MappingProxyType
@@ -67,10 +67,17 @@ class PatientSms:
     timezone: str
     quiet_start: time
     quiet_end: time
+    # The patient's care team's service name (None: the team has none; RPM_SMS_SERVICE_NAME)
+    service_name: str | None = None
+
+    def service(self, default: str) -> str:
+        """The name patient texts and calls are from."""
+        return self.service_name or default
 
 
 _PATIENT_COLUMNS = """id, phone, sms_consent, sms_opted_out_at, language, timezone,
-    quiet_hours_start, quiet_hours_end"""
+    quiet_hours_start, quiet_hours_end,
+    (SELECT t.service_name FROM care_teams t WHERE t.id = patients.care_team) AS service_name"""
 
 
 def _patient(row: asyncpg.Record) -> PatientSms:
@@ -83,6 +90,7 @@ def _patient(row: asyncpg.Record) -> PatientSms:
         row["timezone"],
         row["quiet_hours_start"],
         row["quiet_hours_end"],
+        row["service_name"],
     )
 
 
@@ -254,19 +262,44 @@ async def record_inbound(
 
 
 async def messages(
-    conn: Conn, *, patient_id: str | None = None, alert_id: int | None = None, limit: int = 200
+    conn: Conn,
+    *,
+    patient_id: str | None = None,
+    alert_id: int | None = None,
+    limit: int = 200,
+    patient_ids: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Messages of a patient or an alert, newest first."""
+    """Messages of a patient (or any of ``patient_ids``) or an alert, newest first."""
+    if patient_id is not None:
+        patient_ids = [patient_id, *(patient_ids or ())]
     rows = await conn.fetch(
         """SELECT id, direction, outbox_id, patient_id, staff_id, alert_id, twilio_sid, status,
                   error_code, body, created_at, updated_at
              FROM sms_messages
-            WHERE ($1::text IS NULL OR patient_id = $1)
+            WHERE ($1::text[] IS NULL OR patient_id = ANY($1::text[]))
               AND ($2::bigint IS NULL OR alert_id = $2)
             ORDER BY created_at DESC, id DESC
             LIMIT $3""",
-        patient_id,
+        list(patient_ids) if patient_ids is not None else None,
         alert_id,
         limit,
     )
     return [dict(r) for r in rows]
+
+
+async def message_count(conn: Conn, patient_ids: Sequence[str]) -> int:
+    """How many messages to or from these patients."""
+    found = await conn.fetchval(
+        "SELECT count(*) FROM sms_messages WHERE patient_id = ANY($1::text[])", list(patient_ids)
+    )
+    return int(found)
+
+
+async def message_facts(conn: Conn, message_id: int) -> tuple[str, int | None, str] | None:
+    """An outbound message's channel, alert and audience (``patient`` or ``staff``)."""
+    row = await conn.fetchrow(
+        "SELECT channel, alert_id, staff_id FROM sms_messages WHERE id = $1", message_id
+    )
+    if row is None:
+        return None
+    return row["channel"], row["alert_id"], "staff" if row["staff_id"] else "patient"

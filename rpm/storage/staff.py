@@ -20,13 +20,26 @@ from rpm.domain.errors import (
 from rpm.storage.pool import Conn
 
 
-async def create_team(conn: Conn, team_id: str, title: str) -> None:
-    """Create a care team (an existing id keeps its title)."""
+async def create_team(
+    conn: Conn, team_id: str, title: str, service_name: str | None = None
+) -> None:
+    """Create a care team (an existing id keeps its title and service name)."""
     await conn.execute(
-        "INSERT INTO care_teams (id, title) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO care_teams (id, title, service_name) VALUES ($1, $2, $3) "
+        "ON CONFLICT (id) DO NOTHING",
         team_id,
         title,
+        service_name,
     )
+
+
+async def set_service_name(conn: Conn, team_id: str, service_name: str | None) -> bool:
+    """The name the team's patient texts and calls are from (None: the configured default);
+    False when there is no such team."""
+    status = await conn.execute(
+        "UPDATE care_teams SET service_name = $2 WHERE id = $1", team_id, service_name
+    )
+    return status != "UPDATE 0"
 
 
 async def add_member(conn: Conn, team_id: str, staff_id: str) -> None:
@@ -141,12 +154,20 @@ async def team_patients(conn: Conn, team_ids: Iterable[str]) -> list[str]:
 async def teams(conn: Conn) -> list[dict[str, object]]:
     """Every care team with its members' ids."""
     rows = await conn.fetch(
-        """SELECT t.id, t.title,
+        """SELECT t.id, t.title, t.service_name,
                   ARRAY(SELECT m.staff_id FROM care_team_members m
                          WHERE m.team_id = t.id ORDER BY 1) AS members
              FROM care_teams t ORDER BY t.id"""
     )
-    return [{"id": r["id"], "title": r["title"], "members": list(r["members"])} for r in rows]
+    return [
+        {
+            "id": r["id"],
+            "title": r["title"],
+            "service_name": r["service_name"],
+            "members": list(r["members"]),
+        }
+        for r in rows
+    ]
 
 
 async def remove_member(conn: Conn, team_id: str, staff_id: str) -> bool:

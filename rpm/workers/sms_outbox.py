@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import asyncpg
 
+from alerts.delivery_errors import describe
 from alerts.sms import UNSUBSCRIBED, SentSms
 from alerts.sms_policy import (
     Defer,
@@ -43,6 +44,7 @@ from alerts.sms_policy import (
 from rpm.backoff import Backoff
 from rpm.domain.errors import (
     BadWork,
+    CredentialsRefused,
     PermanentDeliveryError,
     RecipientOptedOut,
     TransientDeliveryError,
@@ -50,6 +52,7 @@ from rpm.domain.errors import (
 from rpm.engagement.campaigns import CampaignSpec
 from rpm.settings import ApiSettings, SmsSettings
 from rpm.storage import alert_reads
+from rpm.storage import alerts as alert_store
 from rpm.storage import campaigns as campaign_store
 from rpm.storage import checkins as checkin_store
 from rpm.storage import engagement as engagement_store
@@ -64,6 +67,7 @@ from rpm.workers.channels import (
     after_message_status,
     follow_failure,
 )
+from rpm.workers.credentials import CredentialsHold
 from rpm.workers.loop import drain_until_stopped
 from rpm.workers.sms_render import Asked, RenderContext, asked_in, render
 
@@ -72,8 +76,9 @@ log = logging.getLogger(__name__)
 CHANNEL = "sms"
 # Delivery results as /metrics counts them: sent to Twilio; deferred (quiet hours); dropped by
 # policy (consent, opt-out, daily cap, moot) or bad work; retry after a transient error;
-# gave_up after max attempts; refused by Twilio (permanent error).
-OUTCOMES = ("sent", "deferred", "dropped", "retry", "gave_up", "refused")
+# gave_up after max attempts; refused by Twilio (permanent error); held while Twilio refuses
+# the credentials (rpm/workers/credentials.py).
+OUTCOMES = ("sent", "deferred", "dropped", "retry", "gave_up", "refused", "held")
 _LEASE = timedelta(minutes=2)
 
 
@@ -105,6 +110,7 @@ class DeliveryConfig:
     status_callback_url: str | None  # None: Twilio reports no delivery status
     dashboard_url: str
     emergency_number: str
+    service_name: str = "Home Health Monitoring"  # RPM_SMS_SERVICE_NAME
     batch: int = 50  # items claimed per pass
 
     @classmethod
@@ -118,6 +124,7 @@ class DeliveryConfig:
             status_callback_url=api.public_url("/twilio/status"),
             dashboard_url=api.dashboard_link(),
             emergency_number=sms.emergency_number,
+            service_name=sms.service_name,
         )
 
 
@@ -132,8 +139,12 @@ class SmsOutboxWorker:
         *,
         clock: Callable[[], datetime] = _utcnow,
         router: ChannelRouter | None = None,
+        hold: CredentialsHold | None = None,
     ) -> None:
         self._pool = pool
+        self.hold = hold or CredentialsHold()
+        # This pass's items not yet handled; emptied when they were all held (credentials).
+        self._claim: list[outbox_store.OutboxItem] = []
         self._channel = channel
         self._config = config
         self.router = router or ChannelRouter()  # SMS, WhatsApp or a call (docs/channels.md)
@@ -162,7 +173,11 @@ class SmsOutboxWorker:
             if self._stopping.is_set():
                 await self._release(items[k:])
                 break
+            self._claim = items[k:]
             await self._deliver(item)
+            if not self._claim:  # Twilio refused the credentials: the rest was held too
+                break
+        self._claim = []
         return len(items)
 
     async def _release(self, items: list[outbox_store.OutboxItem]) -> None:
@@ -211,6 +226,7 @@ class SmsOutboxWorker:
             self._config.emergency_number,
             self._config.dashboard_url,
             campaign,
+            recipient.service_name or self._config.service_name,
         )
         try:
             body = render(work, context)
@@ -256,6 +272,7 @@ class SmsOutboxWorker:
             quiet_start=p.quiet_start,
             quiet_end=p.quiet_end,
             language=p.language,
+            service_name=p.service_name,
         )
         sent = 0
         if not work.urgent:
@@ -289,6 +306,12 @@ class SmsOutboxWorker:
                 status_callback=self._config.status_callback_url,
                 **plan.options(),
             )
+        except CredentialsRefused as exc:
+            held = self._claim or [item]
+            await self.hold.refused(self._pool, held, now, str(exc))
+            self.outcomes["held"] += len(held)
+            self._claim = []
+            return
         except TransientDeliveryError as exc:
             self.router.count(plan.channel, "retry")
             async with self._pool.acquire() as conn:
@@ -320,10 +343,17 @@ class SmsOutboxWorker:
                     await sms_store.opt_out(conn, [work.patient_id], now)
                 reason = "recipient unsubscribed" if isinstance(exc, RecipientOptedOut) else ""
                 await outbox_store.failed(conn, item.id, f"{reason} {exc}".strip())
+                if alert_id is not None:  # the nurse sees it in the alert's history
+                    note = f"{work.audience} {describe(plan.channel, 'refused', exc.code)}"
+                    change = await alert_store.message_failed_event(
+                        conn, alert_id=alert_id, note=note, at=now
+                    )
+                    await alert_store.notify(conn, [change] if change else [])
             self.outcomes["refused"] += 1
             self.router.count(plan.channel, "refused")
             log.warning("outbox %s: refused for %s: %s", item.id, who, exc)
             return
+        self.hold.accepted()
         async with self._pool.acquire() as conn, conn.transaction():
             recorded = await self._record(
                 conn, item, work, alert_id, sent.sid, sent.status, None, body, now, plan

@@ -28,18 +28,19 @@ class RenderContext:
     emergency_number: str
     dashboard_url: str
     campaign: CampaignSpec | None = None
+    service: str = "Home Health Monitoring"  # the care team's service name
 
 
 def _render_alert(work: SmsWork, c: RenderContext) -> str:
     assert work.severity is not None
     return templates.patient_alert(
         severity=work.severity,
-        title=work.title,
         advice=work.advice,
         language=c.recipient.language,
         at=c.at,
         now=c.now,
         zone=c.recipient.zone,
+        service=c.service,
         emergency_number=c.emergency_number,
     )
 

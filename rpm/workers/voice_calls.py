@@ -30,7 +30,12 @@ from alerts import voice_script
 from alerts.channels import Callee, CallSituation, VoiceWork, voice_gate
 from alerts.voice import PlacedCall, call_twiml
 from rpm.backoff import Backoff
-from rpm.domain.errors import BadWork, PermanentDeliveryError, TransientDeliveryError
+from rpm.domain.errors import (
+    BadWork,
+    CredentialsRefused,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
 from rpm.settings import ApiSettings, ChannelSettings, SmsSettings
 from rpm.storage import alert_reads
 from rpm.storage import channels as channel_store
@@ -38,6 +43,7 @@ from rpm.storage import engagement as engagement_store
 from rpm.storage import outbox as outbox_store
 from rpm.storage import sms as sms_store
 from rpm.storage.pool import Conn
+from rpm.workers.credentials import CredentialsHold
 from rpm.workers.loop import drain_until_stopped
 
 log = logging.getLogger(__name__)
@@ -46,7 +52,7 @@ CHANNEL = "voice"
 # placed: Twilio accepted the call; dropped by the gate or bad work; retry after a transient
 # error; gave_up after max attempts; refused by Twilio; queued: calls this worker's pass
 # queued for unconfirmed critical alerts.
-OUTCOMES = ("placed", "dropped", "retry", "gave_up", "refused", "queued")
+OUTCOMES = ("placed", "dropped", "retry", "gave_up", "refused", "queued", "held")
 _LEASE = timedelta(minutes=2)
 GATHER_PATH = "/twilio/voice/gather"
 STATUS_PATH = "/twilio/voice/status"
@@ -68,6 +74,7 @@ class VoiceConfig:
     max_attempts: int
     backoff: Backoff
     emergency_number: str
+    service_name: str
     gather_url: str
     status_callback_url: str | None
     unacknowledged_after: timedelta | None  # None: no call for unconfirmed alerts
@@ -83,6 +90,7 @@ class VoiceConfig:
             max_attempts=sms.outbox_max_attempts,
             backoff=sms.backoff,
             emergency_number=sms.emergency_number,
+            service_name=sms.service_name,
             gather_url=api.public_url(GATHER_PATH),
             status_callback_url=api.public_url(STATUS_PATH),
             unacknowledged_after=timedelta(minutes=after) if after > 0 else None,
@@ -99,8 +107,10 @@ class VoiceCallWorker:
         config: VoiceConfig,
         *,
         clock: Callable[[], datetime] = _utcnow,
+        hold: CredentialsHold | None = None,
     ) -> None:
         self._pool = pool
+        self.hold = hold or CredentialsHold()  # shared with the SMS worker: one account
         self._voice = voice
         self._config = config
         self._clock = clock
@@ -168,9 +178,9 @@ class VoiceCallWorker:
         assert patient is not None
         assert patient.phone
         script = voice_script.critical_alert(
-            title=work.title,
             advice=work.advice,
             language=patient.language,
+            service=patient.service(self._config.service_name),
             emergency_number=self._config.emergency_number,
         )
         twiml = call_twiml(script, f"{self._config.gather_url}?outbox={item.id}")
@@ -184,6 +194,10 @@ class VoiceCallWorker:
             placed = await self._voice.call(
                 phone, twiml, status_callback=self._config.status_callback_url
             )
+        except CredentialsRefused as exc:
+            await self.hold.refused(self._pool, [item], now, str(exc))
+            self.outcomes["held"] += 1
+            return
         except TransientDeliveryError as exc:
             async with self._pool.acquire() as conn:
                 gave_up = await outbox_store.retry_or_give_up(
@@ -213,6 +227,7 @@ class VoiceCallWorker:
             self.outcomes["refused"] += 1
             log.warning("voice %s: refused for patient=%s: %s", item.id, work.patient_id, exc)
             return
+        self.hold.accepted()
         async with self._pool.acquire() as conn, conn.transaction():
             await channel_store.record_call(
                 conn,

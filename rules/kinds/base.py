@@ -302,14 +302,25 @@ def unit(metric: Metric, component: str) -> str:
     return DISPLAY_UNITS.get(c.ucum, c.ucum) if c else ""
 
 
-def amount(metric: Metric, component: str, value: float, *, signed: bool = False) -> str:
-    """``1.2 kg (2.6 lb)``, ``181 mmHg``, ``91%``; weights also in pounds (US programs use them)."""
+def amount(
+    metric: Metric, component: str, value: float, *, signed: bool = False, difference: bool = False
+) -> str:
+    """``1.2 kg (2.6 lb)``, ``181 mmHg``, ``91%``; weights also in pounds (US programs use them).
+
+    ``difference``: the value is a difference of two readings (a change, a deviation, a
+    slope). A difference of percentages is in percentage points: SpO2 90% is 4 percentage
+    points below 94%, not "4% below" (which would be 3.76 points).
+    """
     u = unit(metric, component)
     sign = "+" if signed else ""
     text = f"{value:{sign}.1f}" if u in ("kg", "°C") else f"{round(value, 1):{sign}g}"
     if u == "kg":
         return f"{text} kg ({abs(value) * 2.20462:.1f} lb)"
-    return f"{text}%" if u == "%" else f"{text} {u}".rstrip()
+    if u == "%":
+        if difference:
+            return f"{text} percentage point{'' if abs(round(value, 1)) == 1 else 's'}"
+        return f"{text}%"
+    return f"{text} {u}".rstrip()
 
 
 def span(seconds: float) -> str:

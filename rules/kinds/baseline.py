@@ -109,14 +109,18 @@ class Baseline(OwnMetric):
         name = title_label(rule.component)
         word = "above" if rule.direction == "rise" else "below"
         now = facts.values[rule.component]
+
+        def points(value: float) -> str:  # a difference: percentage points for SpO2
+            assert rule.component is not None
+            return amount(rule.metric, rule.component, value, difference=True)
+
         text = (
             f"{name} {amount(rule.metric, rule.component, now)} is "
-            f"{amount(rule.metric, rule.component, d['deviation'])} {word} this patient's "
+            f"{points(d['deviation'])} {word} this patient's "
             f"{rule.p('window_days'):g}-day median of "
             f"{amount(rule.metric, rule.component, d['median'])} "
-            f"(MAD {amount(rule.metric, rule.component, d['mad'])}, "
-            f"{int(d['baseline_readings'])} readings); limit "
-            f"{amount(rule.metric, rule.component, d['needed'])} ({short_source(rule.source)})."
+            f"(MAD {points(d['mad'])}, {int(d['baseline_readings'])} readings); limit "
+            f"{points(d['needed'])} ({short_source(rule.source)})."
         )
         return text, {**base_evidence(rule, facts), **dict(d)}
 

@@ -99,8 +99,9 @@ class Change(OwnMetric):
         elapsed = facts.measured_at.timestamp() - d["reference_t"]
         word = "up" if rule.direction == "rise" else "down"
         name = title_label(rule.component)
+        change = amount(rule.metric, rule.component, d["change"], difference=True)
         text = (
-            f"{name} {word} {amount(rule.metric, rule.component, d['change'])} in {span(elapsed)}: "
+            f"{name} {word} {change} in {span(elapsed)}: "
             f"{_plain(rule, d['reference'])} → {_plain(rule, now)} "
             f"(from {when(d['reference_t'])} to {when(facts.measured_at)}; "
             f"limit {_limits(rule)} within {span(rule.p('window_hours') * HOUR)}; "
@@ -131,9 +132,9 @@ def _limits(rule: RuleSpec) -> str:
     assert rule.component is not None
     parts = []
     if "min_change" in rule.params:
-        parts.append(amount(rule.metric, rule.component, rule.p("min_change")))
+        parts.append(amount(rule.metric, rule.component, rule.p("min_change"), difference=True))
     if "min_change_pct" in rule.params:
-        parts.append(f"{rule.p('min_change_pct'):g}%")
+        parts.append(f"{rule.p('min_change_pct'):g}% of the earlier value")
     return " or ".join(parts)
 
 

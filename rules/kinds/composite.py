@@ -3,9 +3,13 @@
 Spec: ``scored`` (each a metric, component and scoring bands), ``score_tiers``
 (conditions on ``total``, the summed points, or ``single``, the highest points of
 one parameter), params ``freshness_hours`` (a parameter's latest value counts if
-measured no longer ago than this) and ``min_parameters`` (score only with this
-many parameters available). Evaluated on every reading of a scored metric; the
-other parameters come from the patient's latest readings.
+measured no longer ago than this) and ``min_parameters`` (a ``total`` counts only
+with this many parameters available). Evaluated on every reading of a scored
+metric; the other parameters come from the patient's latest readings.
+
+A ``single`` condition needs no other parameter: NEWS2 (RCP 2017) calls for an
+urgent response to any one parameter scoring 3, whatever the others, so one SpO2
+reading of 89% on scale 1 fires on its own while a total of 3 from it would not.
 
 Home devices do not report consciousness (ACVPU) or supplemental oxygen, so the
 score is partial; the explanation says how many parameters it used.
@@ -21,7 +25,18 @@ from rpm.domain import Metric
 
 from ..kernels import score_bands
 from ..spec import COMPARATORS, RuleSpec, Source
-from .base import F64, HOUR, Facts, Outcome, Window, amount, base_evidence, short_source, when
+from .base import (
+    F64,
+    HOUR,
+    Facts,
+    Outcome,
+    Window,
+    amount,
+    base_evidence,
+    label,
+    short_source,
+    when,
+)
 
 PSEUDO = ("total", "single")
 
@@ -115,16 +130,16 @@ class Composite:
         points = np.empty_like(values)
         total, single, available = np.empty(n), np.empty(n), np.empty(n)
         score_bands(values, bands.low, bands.high, bands.points, points, total, single, available)
-        enough = available >= w.p(rule, "min_parameters")
+        # An aggregate needs min_parameters; one parameter's own points need only itself.
+        gate = {"total": available >= w.p(rule, "min_parameters"), "single": available >= 1}
         severity = np.zeros(n, np.int8)
         for tier in rule.score_tiers:
             hit = np.zeros(n, np.bool_)
             for cond in tier.any:
                 score = total if cond.component == "total" else single
-                hit |= COMPARATORS[cond.op](score, w.p(rule, cond.param))  # type: ignore[arg-type]
-            severity = np.where(
-                enough & hit & (severity < tier.severity), np.int8(tier.severity), severity
-            )
+                met = COMPARATORS[cond.op](score, w.p(rule, cond.param))  # type: ignore[arg-type]
+                hit |= gate[cond.component] & met
+            severity = np.where(hit & (severity < tier.severity), np.int8(tier.severity), severity)
         detail: dict[str, np.ndarray] = {"total": total, "single": single, "available": available}
         for i in range(len(rule.scored)):
             detail[f"p{i}"] = values[i]
@@ -133,19 +148,22 @@ class Composite:
 
     def explain(self, rule: RuleSpec, facts: Facts) -> tuple[str, dict[str, object]]:
         d = facts.detail
-        parts = []
+        parts, top = [], []
         scored = {}
         for i, s in enumerate(rule.scored):
             key = f"p{i}"
             if not np.isnan(d[key + ".points"]):
                 src = s.sources[0]
+                points = int(d[key + ".points"])
                 shown = amount(src.metric, src.component, d[key])
-                parts.append(f"{s.label} {shown} ({int(d[key + '.points'])})")
-                scored[src.component] = {"value": d[key], "points": int(d[key + ".points"])}
+                parts.append(f"{label(src.component)} {shown} ({points})")
+                scored[src.component] = {"value": d[key], "points": points}
+                if points == int(d["single"]):
+                    top.append(f"{label(src.component)} {shown}")
         text = (
             f"{rule.title}: score {int(d['total'])} from {int(d['available'])} of "
             f"{len(rule.scored)} parameters at {when(facts.measured_at)}: {', '.join(parts)}; "
-            f"highest single parameter {int(d['single'])} ({short_source(rule.source)})."
+            f"{'; '.join(_reasons(rule, facts, top))} ({short_source(rule.source)})."
         )
         evidence = {
             **base_evidence(rule, facts),
@@ -154,6 +172,28 @@ class Composite:
             "parameters": scored,
         }
         return text, evidence
+
+
+def _reasons(rule: RuleSpec, facts: Facts, top: list[str]) -> list[str]:
+    """Why the score fired at its severity: the total, or one parameter on its own."""
+    d = facts.detail
+    out = []
+    for tier in rule.score_tiers:
+        if tier.severity != facts.severity:
+            continue
+        for cond in tier.any:
+            limit = rule.p(cond.param)
+            if cond.component == "total":
+                if d["available"] >= rule.p("min_parameters") and COMPARATORS[cond.op](
+                    d["total"], limit
+                ):
+                    out.append(f"total {int(d['total'])} (limit {limit:g})")
+            elif COMPARATORS[cond.op](d["single"], limit):
+                out.append(
+                    f"{' and '.join(top)} {'score' if len(top) > 1 else 'scores'} "
+                    f"{int(d['single'])} on its own (single-parameter limit {limit:g})"
+                )
+    return list(dict.fromkeys(out)) or [f"highest single parameter {int(d['single'])}"]
 
 
 KIND = Composite()

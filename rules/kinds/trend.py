@@ -84,8 +84,8 @@ class Trend(OwnMetric):
         d = facts.detail
         word = "rising" if rule.direction == "rise" else "falling"
         name = title_label(rule.component)
-        per_day = amount(rule.metric, rule.component, abs(d["slope_per_day"]))
-        limit = amount(rule.metric, rule.component, rule.p("min_slope_per_day"))
+        per_day = amount(rule.metric, rule.component, abs(d["slope_per_day"]), difference=True)
+        limit = amount(rule.metric, rule.component, rule.p("min_slope_per_day"), difference=True)
         text = (
             f"{name} {word} {per_day} per day over {span(d['span_days'] * DAY)} "
             f"({int(d['readings'])} readings, least-squares fit; latest "

@@ -382,3 +382,197 @@
   load();
   connect();
 })();
+
+// The patient page's timer: a running clock. The server's time_timers row is the state (a
+// reload shows the same timer); the page is given the elapsed seconds as the server counted
+// them, and this counts on from the moment the page loaded, so a wrong clock on the nurse's
+// computer does not matter. Starting and stopping are plain forms (rpm/api/dashboard_time.py).
+(function () {
+  const clock = document.getElementById("timer-clock");
+  if (!clock) {
+    return; // no timer running
+  }
+  const elapsedAtLoad = Number(clock.dataset.elapsedS) || 0;
+  const maxS = Number(clock.dataset.maxS) || Infinity;
+  const limit = document.getElementById("timer-limit");
+  const loadedAt = performance.now();
+
+  function text(seconds) {
+    const h = Math.floor(seconds / 3600);
+    const m = Math.floor((seconds % 3600) / 60);
+    const s = seconds % 60;
+    const mm = h ? String(m).padStart(2, "0") : String(m);
+    return (h ? h + ":" : "") + mm + ":" + String(s).padStart(2, "0");
+  }
+
+  function tick() {
+    const seconds = elapsedAtLoad + Math.floor((performance.now() - loadedAt) / 1000);
+    clock.textContent = text(seconds);
+    if (limit) {
+      limit.hidden = seconds <= maxS;
+    }
+  }
+
+  tick();
+  window.setInterval(tick, 1000);
+})();
+
+// The patient panel (docs/panel.md): the server renders the rows (GET /dashboard/panel,
+// which reads GET /api/panel); this keeps them current. It listens to /api/panel/stream for
+// the patients shown and, when one of them changes (a reading, an alert, a time entry),
+// fetches this same page again, at most one fetch at a time and not more often than
+// REFRESH_MS, and swaps the table body in place: no reload, focus kept where it was.
+(function () {
+  const REFRESH_MS = 500;
+  const table = document.getElementById("panel");
+  if (!table) {
+    return; // not the panel page
+  }
+  const liveStatus = document.getElementById("live-status");
+  const announcer = document.getElementById("announcer");
+  const filters = document.getElementById("panel-filters");
+  let stream = null;
+  let watched = table.dataset.patients;
+  let timer = null;
+  let fetching = false;
+  let again = false;
+  let changed = new Set();
+
+  function streamUrl() {
+    const params = new URLSearchParams();
+    for (const id of watched.split(" ").filter(Boolean)) {
+      params.append("patient", id);
+    }
+    return "/api/panel/stream?" + params.toString();
+  }
+
+  function connect() {
+    if (stream) {
+      stream.close();
+    }
+    if (!watched) {
+      liveStatus.textContent = "No patients shown: nothing to keep up to date.";
+      return;
+    }
+    let opened = false;
+    stream = new EventSource(streamUrl());
+    stream.addEventListener("open", () => {
+      liveStatus.textContent = "Live: rows update by themselves.";
+      if (opened) {
+        schedule(); // reconnected: whatever changed meanwhile
+      }
+      opened = true;
+    });
+    stream.addEventListener("changed", (event) => {
+      const body = JSON.parse(event.data);
+      for (const id of body.patients || []) {
+        changed.add(id);
+      }
+      schedule();
+    });
+    stream.addEventListener("error", () => {
+      liveStatus.textContent = "Live updates interrupted; reconnecting…";
+    });
+  }
+
+  function schedule() {
+    if (timer === null) {
+      timer = window.setTimeout(() => {
+        timer = null;
+        refresh();
+      }, REFRESH_MS);
+    }
+  }
+
+  async function refresh() {
+    if (fetching) {
+      again = true;
+      return;
+    }
+    fetching = true;
+    try {
+      do {
+        again = false;
+        const updated = changed;
+        changed = new Set();
+        const response = await fetch(window.location.href, {
+          headers: { Accept: "text/html" },
+          cache: "no-store",
+          credentials: "same-origin",
+        });
+        if (response.status === 401) {
+          window.location.assign(
+            "/dashboard/sign-in?next=" + encodeURIComponent(window.location.pathname),
+          );
+          return;
+        }
+        if (!response.ok) {
+          throw new Error("the panel answered " + response.status);
+        }
+        swap(new DOMParser().parseFromString(await response.text(), "text/html"), updated);
+      } while (again);
+    } catch (error) {
+      liveStatus.textContent = "Could not update the panel (" + error.message + "); retrying.";
+      window.setTimeout(schedule, 3000);
+    } finally {
+      fetching = false;
+    }
+  }
+
+  function swap(fresh, updated) {
+    const rows = document.getElementById("panel-rows");
+    const newRows = fresh.getElementById("panel-rows");
+    const newTable = fresh.getElementById("panel");
+    if (!rows || !newRows || !newTable) {
+      return;
+    }
+    const focused = document.activeElement;
+    const where =
+      focused && rows.contains(focused) && focused.closest("tr")
+        ? focused.closest("tr").dataset.patientId
+        : null;
+    rows.replaceWith(newRows);
+    for (const id of ["panel-summary"]) {
+      const mine = document.getElementById(id);
+      const theirs = fresh.getElementById(id);
+      if (mine && theirs) {
+        mine.replaceWith(theirs);
+      }
+    }
+    const names = [];
+    for (const tr of newRows.querySelectorAll("tr[data-patient-id]")) {
+      if (updated.has(tr.dataset.patientId)) {
+        tr.classList.add("updated");
+        names.push(tr.dataset.patientId);
+      }
+    }
+    if (where) {
+      const link = newRows.querySelector(`tr[data-patient-id="${CSS.escape(where)}"] a`);
+      if (link) {
+        link.focus();
+      }
+    }
+    if (names.length) {
+      announce(`Updated: patient ${names.join(", ")}.`);
+    }
+    if (newTable.dataset.patients !== watched) {
+      watched = newTable.dataset.patients; // other patients on the page now
+      table.dataset.patients = watched;
+      connect();
+    }
+  }
+
+  function announce(text) {
+    announcer.textContent = "";
+    window.setTimeout(() => {
+      announcer.textContent = text;
+    }, 50);
+  }
+
+  // Filters apply as soon as they change (the form's button is for pages without script).
+  document.documentElement.classList.add("js");
+  for (const select of filters.querySelectorAll("select")) {
+    select.addEventListener("change", () => filters.requestSubmit()); // back to page 1
+  }
+  connect();
+})();
