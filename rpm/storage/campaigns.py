@@ -105,21 +105,27 @@ async def campaign_history(conn: Conn, name: str) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
+# A per-patient test of a row's existence, as a scalar subquery: PostgreSQL never turns one
+# into a join, so it stays an index probe for each patient that reaches it. (As EXISTS, it
+# may become a hash join over the whole table when PostgreSQL expects many patients: a
+# sequential scan of every patient's 30 days, 0.5-0.7 s, for a pass naming a few thousand;
+# benchmarks/engagement.py.)
+def _probe(source: str) -> str:
+    return f"coalesce((SELECT true FROM {source} LIMIT 1), false)"
+
+
 # The trigger of a campaign as SQL over the facts row ``f``: (condition, occurrence). ``$1``
 # is now; values are bound through ``bind``.
 def _trigger_sql(t: Trigger, bind: Any) -> tuple[str, str]:
-    today_readings = (
-        "EXISTS (SELECT 1 FROM patient_days d WHERE d.patient_id = f.patient_id "
-        "AND d.day = f._today{metric})"
-    )
+    today_readings = "patient_days d WHERE d.patient_id = f.patient_id AND d.day = f._today"
     match t.kind:
         case "no_reading_by":
             metric = f" AND {bind(t.metric, 'text')} = ANY(d.metrics)" if t.metric else ""
-            cond = (
-                f"f._local_time >= {bind(t.local_time, 'time')} AND NOT "
-                + today_readings.format(metric=metric)
+            no_reading = "NOT " + _probe(today_readings + metric)
+            return (
+                f"f._local_time >= {bind(t.local_time, 'time')} AND {no_reading}",
+                "f._today::text",
             )
-            return cond, "f._today::text"
         case "missed_days":
             return (
                 f"f._last_day IS NOT NULL AND f._last_day < f._today - {bind(t.days, 'int')}",
@@ -127,9 +133,9 @@ def _trigger_sql(t: Trigger, bind: Any) -> tuple[str, str]:
             )
         case "first_reading":
             return (
-                today_readings.format(metric="")
-                + " AND NOT EXISTS (SELECT 1 FROM patient_days d WHERE "
-                "d.patient_id = f.patient_id AND d.day < f._today)",
+                _probe(today_readings)
+                + " AND NOT "
+                + _probe("patient_days d WHERE d.patient_id = f.patient_id AND d.day < f._today"),
                 "'first'",
             )
         case "streak":
@@ -147,9 +153,11 @@ def _trigger_sql(t: Trigger, bind: Any) -> tuple[str, str]:
         case "weight_rising":
             return (
                 f"wr.days = {bind(t.days, 'int')} + 1 AND wr.rising AND wr.gain >= "
-                f"{bind(t.min_gain_kg, 'float8')} AND NOT EXISTS (SELECT 1 FROM alerts a "
-                "WHERE a.patient_id = f.patient_id AND a.state <> 'resolved' "
-                "AND a.rule_id LIKE '%weight%')",
+                f"{bind(t.min_gain_kg, 'float8')} AND NOT "
+                + _probe(
+                    "alerts a WHERE a.patient_id = f.patient_id AND a.state <> 'resolved' "
+                    "AND a.rule_id LIKE '%weight%'"
+                ),
                 "f._today::text",
             )
         case _:
@@ -259,15 +267,16 @@ EXCLUSIONS = (
 
 @dataclass(frozen=True, slots=True)
 class PlanScope:
-    """The patients an incremental pass looks at: every patient of ``zones``, and
-    ``patients`` wherever they are (rpm.engagement.planning)."""
+    """The patients an incremental pass looks at: every patient of ``zones``, and those of
+    ``patients`` who live in one of ``patient_zones`` (rpm.engagement.planning)."""
 
     zones: tuple[str, ...]
     patients: tuple[str, ...]
+    patient_zones: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
-        return not self.zones and not self.patients
+        return not self.zones and not (self.patients and self.patient_zones)
 
 
 def _selection(
@@ -284,7 +293,7 @@ def _selection(
     spec = version.spec
     params: list[Any] = [now, None]
     if scope is not None:
-        params += [list(scope.zones), list(scope.patients)]
+        params += [list(scope.zones), list(scope.patients), list(scope.patient_zones)]
 
     def bind(value: Any, cast: str) -> str:
         params.append(value)
@@ -298,18 +307,22 @@ def _selection(
     cooldown = bind(spec.cooldown_days, "int")
     cap = bind(daily_cap, "int")
     reasons = " ".join(f"WHEN {sql} THEN '{reason}'" for reason, sql in EXCLUSIONS)
+    # Probes of campaign_sends' primary key and (patient_id, planned_at) index for the
+    # patients picked: as EXISTS, PostgreSQL hashed every send of the campaign instead.
+    already = _probe(
+        f"campaign_sends cs WHERE cs.campaign = {campaign} AND cs.patient_id = f.patient_id "
+        f"AND cs.occurrence = {occurrence}"
+    )
+    in_cooldown = _probe(
+        f"campaign_sends cs WHERE cs.patient_id = f.patient_id AND cs.campaign = {campaign} "
+        f"AND cs.planned_at > $1::timestamptz - {cooldown} * interval '1 day'"
+    )
     sql = f"""
         SELECT f.patient_id, f.language, {occurrence} AS occurrence, {context} AS context,
                {_expires_sql(spec.trigger)} AS expires_at,
                CASE {reasons}
-                    WHEN EXISTS (SELECT 1 FROM campaign_sends cs
-                                  WHERE cs.campaign = {campaign} AND cs.patient_id = f.patient_id
-                                    AND cs.occurrence = {occurrence}) THEN 'already planned'
-                    WHEN {cooldown} > 0 AND EXISTS (
-                         SELECT 1 FROM campaign_sends cs
-                          WHERE cs.campaign = {campaign} AND cs.patient_id = f.patient_id
-                            AND cs.planned_at > $1::timestamptz - {cooldown} * interval '1 day')
-                         THEN 'cooldown'
+                    WHEN {already} THEN 'already planned'
+                    WHEN {cooldown} > 0 AND {in_cooldown} THEN 'cooldown'
                     WHEN (SELECT count(*) FROM campaign_sends cs
                            WHERE cs.patient_id = f.patient_id
                              AND cs.planned_at >= (f._today::timestamp AT TIME ZONE f._timezone)

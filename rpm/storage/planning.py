@@ -84,11 +84,12 @@ async def changed_patients(
     prev: datetime,
     now: datetime,
     crossings: Crossings,
-    skip_zones: Sequence[str],
 ) -> list[str]:
-    """Patients, outside ``skip_zones``, whose data changed in a transaction the last pass
-    may not have seen, or for whom an instant of ``crossings`` passed in (prev, now]."""
-    params: list[Any] = [str(since_watermark), list(skip_zones)]
+    """Patients whose data changed in a transaction the last pass may not have seen, or for
+    whom an instant of ``crossings`` passed in (prev, now], by id. Their zones are not looked
+    up here: the planner's statement keeps those of the zones it looks at (each a probe of
+    the patient it makes anyway)."""
+    params: list[Any] = [str(since_watermark)]
 
     def bind(value: Any) -> str:
         params.append(value)
@@ -123,11 +124,7 @@ async def changed_patients(
             f"AND planned_at <= {bind(now)}::timestamptz - {days}::int * interval '1 day'"
         )
     rows = await conn.fetch(
-        f"""SELECT p.id FROM patients p
-             WHERE p.id IN ({" UNION ALL ".join(sources)})
-               AND NOT (p.timezone = ANY($2::text[]))
-             ORDER BY p.id""",
-        *params,
+        f"SELECT DISTINCT id FROM ({' UNION ALL '.join(sources)}) s (id) ORDER BY id", *params
     )
     return [r["id"] for r in rows]
 

@@ -24,7 +24,8 @@ from rpm.storage.pool import Conn
 # The facts of every patient (rpm.engagement.segments.FACTS, plus the underscored columns the
 # planner needs), at ``$1`` (now), for the care teams in ``$2`` (NULL: every team);
 # :func:`facts_sql` with ``scoped``: only the patients of the time zones in ``$3`` and those
-# in ``$4`` (an incremental planner pass, rpm.engagement.planning).
+# in ``$4`` who live in a zone of ``$5`` (an incremental planner pass,
+# rpm.engagement.planning).
 #
 # Its cost stays linear in the patients a statement looks at, whatever PostgreSQL estimates:
 # - the local date and time are computed once per time zone (``zone``), not per patient, so
@@ -113,17 +114,19 @@ _PATIENTS = """SELECT p.id, p.care_team, p.programs, p.language, p.birth_date, p
       FROM patients p JOIN zone ON zone.timezone = p.timezone
      WHERE ($2::text[] IS NULL OR p.care_team = ANY($2::text[]))"""
 # The patients of an incremental pass: those of the zones in $3 (by patients_timezone) and
-# those in $4 (by primary key), each branch with an index of its own (one condition with OR
-# over both was a scan of every patient testing each against the whole array).
-_SCOPED_ZONES = """SELECT unnest($3::text[]) AS timezone
-                    UNION SELECT timezone FROM patients WHERE id = ANY($4::text[])"""
+# those in $4 (by primary key) whose zone is in $5, each branch with an index of its own (one
+# condition with OR over both was a scan of every patient testing each against the whole
+# array). The zones come from the caller (rpm.storage.planning.zone_clocks), not from the
+# patients named: finding those patients' zones first was a second probe per patient.
+_SCOPED_ZONES = """SELECT DISTINCT unnest($3::text[] || $5::text[]) AS timezone"""
 _SCOPED_PATIENTS = f"""{_PATIENTS} AND p.timezone = ANY($3::text[])
     UNION ALL
     {_PATIENTS} AND p.id = ANY($4::text[]) AND p.timezone <> ALL($3::text[])"""
 
 
 def facts_sql(*, scoped: bool = False) -> str:
-    """The facts query; ``scoped``: of the zones in ``$3`` and the patients in ``$4`` only."""
+    """The facts query; ``scoped``: of the zones in ``$3`` and the patients in ``$4`` of the
+    zones in ``$5`` only."""
     if not scoped:
         return _FACTS.format(
             zones=_ZONES, patients=_PATIENTS, aggregates=_AGGREGATES, joins=_AGGREGATE_JOINS

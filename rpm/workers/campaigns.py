@@ -188,6 +188,5 @@ class CampaignPlanner:
             since,
             at,
             planning.crossings(c.spec, segment.spec.where),
-            zones[Scope.NONE] + zones[Scope.ALL],
         )
-        return PlanScope(tuple(zones[Scope.ALL]), tuple(patients))
+        return PlanScope(tuple(zones[Scope.ALL]), tuple(patients), tuple(zones[Scope.CHANGED]))
