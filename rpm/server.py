@@ -216,7 +216,11 @@ class Server:
         )
         timers = AlertTimers(self.pool, s.alerts.escalation())
         self.campaign_planner = CampaignPlanner(
-            self.pool, s.sms.daily_cap, timeout_s=s.engagement.planner_timeout_s
+            self.pool,
+            s.sms.daily_cap,
+            timeout_s=s.engagement.planner_timeout_s,
+            reconcile_s=s.engagement.planner_reconcile_s,
+            full_after_s=s.engagement.planner_full_after_s,
         )
         self._tasks += [
             asyncio.create_task(

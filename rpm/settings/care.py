@@ -19,6 +19,7 @@ from rpm.backoff import Backoff
 from rpm.billing.time import TimePolicy
 from rpm.domain import Metric, Severity
 from rpm.domain.severity import SeverityField
+from rpm.engagement import planning
 from rpm.validation import ClockPolicy
 
 from ._group import Group, default_of
@@ -307,6 +308,21 @@ class EngagementSettings(Group):
         gt=0,
         validation_alias="RPM_CAMPAIGN_PLANNER_TIMEOUT_S",
         description="longest one campaign's planning may take before it is skipped for the pass",
+    )
+    planner_reconcile_s: float = Field(
+        planning.RECONCILE_S,
+        gt=0,
+        validation_alias="RPM_CAMPAIGN_PLANNER_RECONCILE_S",
+        description="a live campaign is evaluated over every patient at least this often, as a "
+        "safety net; between, a pass looks only at the time zones whose day or trigger time "
+        "came and the patients whose data changed",
+    )
+    planner_full_after_s: float = Field(
+        planning.FULL_AFTER_S,
+        gt=0,
+        validation_alias="RPM_CAMPAIGN_PLANNER_FULL_AFTER_S",
+        description="a campaign not planned for this long (the planner stopped, a failing "
+        "campaign) is evaluated over every patient at its next pass",
     )
 
 

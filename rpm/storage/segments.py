@@ -22,7 +22,10 @@ from rpm.engagement.segments import SegmentSpec
 from rpm.storage.pool import Conn
 
 # The facts of every patient (rpm.engagement.segments.FACTS, plus the underscored columns the
-# planner needs), at ``$1`` (now), for the care teams in ``$2`` (NULL: every team).
+# planner needs), at ``$1`` (now), for the care teams in ``$2`` (NULL: every team);
+# :func:`facts_sql` with ``scoped``: only the patients of the time zones in ``$3`` and those
+# in ``$4`` who live in a zone of ``$5`` (an incremental planner pass,
+# rpm.engagement.planning).
 #
 # Its cost stays linear in the patients a statement looks at, whatever PostgreSQL estimates:
 # - the local date and time are computed once per time zone (``zone``), not per patient, so
@@ -33,24 +36,14 @@ from rpm.storage.pool import Conn
 #   10 minutes at 100,000 patients; benchmarks/engagement.py.)
 # - days with readings are counted per patient from a range of patient_days' primary key,
 #   never by aggregating every patient's 30 days first; a count nothing uses is not made.
-FACTS_SQL = f"""
+_FACTS = f"""
 WITH zone AS MATERIALIZED (
     SELECT z.timezone, z.local_now::date AS today, z.local_now::time AS local_time
       FROM (SELECT t.timezone, $1::timestamptz AT TIME ZONE t.timezone AS local_now
-              FROM (SELECT DISTINCT timezone FROM patients
-                     WHERE $2::text[] IS NULL OR care_team = ANY($2::text[])) t) z
+              FROM ({{zones}}) t) z
 ), pl AS (
-    SELECT p.id, p.care_team, p.programs, p.language, p.birth_date, p.created_at, p.phone,
-           p.sms_consent, p.sms_opted_out_at, p.preferred_channel, p.timezone,
-           zone.today, zone.local_time
-      FROM patients p JOIN zone ON zone.timezone = p.timezone
-     WHERE $2::text[] IS NULL OR p.care_team = ANY($2::text[])
-), last AS (
-    SELECT patient_id, max(measured_at) AS at FROM patient_metric_last GROUP BY patient_id
-), open AS (
-    SELECT patient_id, count(*) AS n, max({sql_rank("severity")}) AS top
-      FROM alerts WHERE state <> 'resolved' GROUP BY patient_id
-), news2 AS (
+    {{patients}}
+), {{aggregates}}news2 AS (
     SELECT patient_id, max({sql_rank("severity")}) AS top
       FROM alerts
      WHERE rule_id LIKE 'news2.%' AND opened_at > $1::timestamptz - interval '7 days'
@@ -93,10 +86,57 @@ SELECT pl.id AS patient_id,
       SELECT count(*) AS n FROM patient_days d
        WHERE d.patient_id = pl.id AND d.day > pl.today - 30 AND d.day <= pl.today
   ) days30 ON true
-  LEFT JOIN last ON last.patient_id = pl.id
-  LEFT JOIN open ON open.patient_id = pl.id
+  {{joins}}
   LEFT JOIN news2 ON news2.patient_id = pl.id
 """
+# Over everyone, the newest reading and the open episodes of every patient are aggregated
+# once; over a few patients (an incremental pass), each is probed by its index instead.
+_AGGREGATES = f"""last AS (
+    SELECT patient_id, max(measured_at) AS at FROM patient_metric_last GROUP BY patient_id
+), open AS (
+    SELECT patient_id, count(*) AS n, max({sql_rank("severity")}) AS top
+      FROM alerts WHERE state <> 'resolved' GROUP BY patient_id
+), """
+_AGGREGATE_JOINS = """LEFT JOIN last ON last.patient_id = pl.id
+  LEFT JOIN open ON open.patient_id = pl.id"""
+_PROBES = f"""LEFT JOIN LATERAL (
+      SELECT max(l.measured_at) AS at FROM patient_metric_last l WHERE l.patient_id = pl.id
+  ) last ON true
+  LEFT JOIN LATERAL (
+      SELECT count(*) AS n, max({sql_rank("a.severity")}) AS top
+        FROM alerts a WHERE a.patient_id = pl.id AND a.state <> 'resolved'
+  ) open ON true"""
+_ZONES = """SELECT DISTINCT timezone FROM patients
+                     WHERE $2::text[] IS NULL OR care_team = ANY($2::text[])"""
+_PATIENTS = """SELECT p.id, p.care_team, p.programs, p.language, p.birth_date, p.created_at,
+           p.phone, p.sms_consent, p.sms_opted_out_at, p.preferred_channel, p.timezone,
+           zone.today, zone.local_time
+      FROM patients p JOIN zone ON zone.timezone = p.timezone
+     WHERE ($2::text[] IS NULL OR p.care_team = ANY($2::text[]))"""
+# The patients of an incremental pass: those of the zones in $3 (by patients_timezone) and
+# those in $4 (by primary key) whose zone is in $5, each branch with an index of its own (one
+# condition with OR over both was a scan of every patient testing each against the whole
+# array). The zones come from the caller (rpm.storage.planning.zone_clocks), not from the
+# patients named: finding those patients' zones first was a second probe per patient.
+_SCOPED_ZONES = """SELECT DISTINCT unnest($3::text[] || $5::text[]) AS timezone"""
+_SCOPED_PATIENTS = f"""{_PATIENTS} AND p.timezone = ANY($3::text[])
+    UNION ALL
+    {_PATIENTS} AND p.id = ANY($4::text[]) AND p.timezone <> ALL($3::text[])"""
+
+
+def facts_sql(*, scoped: bool = False) -> str:
+    """The facts query; ``scoped``: of the zones in ``$3`` and the patients in ``$4`` of the
+    zones in ``$5`` only."""
+    if not scoped:
+        return _FACTS.format(
+            zones=_ZONES, patients=_PATIENTS, aggregates=_AGGREGATES, joins=_AGGREGATE_JOINS
+        )
+    return _FACTS.format(
+        zones=_SCOPED_ZONES, patients=_SCOPED_PATIENTS, aggregates="", joins=_PROBES
+    )
+
+
+FACTS_SQL = facts_sql()
 
 # The facts a member list shows (the underscored columns are the planner's).
 SHOWN_FACTS = tuple(segment_spec.FACTS)

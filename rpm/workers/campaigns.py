@@ -1,8 +1,15 @@
 """The campaign planner: every ``interval`` seconds, each live campaign's segment and trigger
-are evaluated in SQL over the whole population, and an SMS outbox row is written for each
-patient picked, once per occurrence (``rpm.storage.engagement.plan``). The SMS worker then
-sends them through the same gate as alert messages: consent, opt-out, quiet hours, the daily
-cap (alerts first) and no program message during an open high or critical episode.
+are evaluated in SQL, and an SMS outbox row is written for each patient picked, once per
+occurrence (``rpm.storage.campaigns.plan``). The SMS worker then sends them through the same
+gate as alert messages: consent, opt-out, quiet hours, the daily cap (alerts first) and no
+program message during an open high or critical episode.
+
+A pass is incremental (rpm.engagement.planning): it evaluates only the patients of the time
+zones whose local day changed or whose trigger time came since the campaign's last pass, and
+the patients whose data changed (the change log) or for whom an instant of their own passed.
+The first pass, a new version of the campaign or its segment, a long gap and the periodic
+reconciliation evaluate everyone. Each campaign's last pass is stored in the transaction that
+plans it, so a restart or another process carries on from it.
 
 A pass takes an advisory lock, so two processes never plan at once (and the outbox's dedupe
 keys would make a second plan of the same occurrence a no-op anyway). Each campaign plans in
@@ -16,13 +23,18 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from rpm.engagement import planning
+from rpm.engagement.planning import Full, PlanKey, PlannerState, Scope
 from rpm.storage import campaigns as campaign_store
+from rpm.storage import planning as planning_store
 from rpm.storage import segments as segment_store
+from rpm.storage.campaigns import CampaignVersion, PlanScope
 from rpm.storage.pool import DATABASE_UNAVAILABLE, Conn
+from rpm.storage.segments import SegmentVersion
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +52,8 @@ class PlannerPass:
     planned: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     ran: bool = True  # False: another process held the lock
+    full: dict[str, str] = field(default_factory=dict)  # evaluated in full, and why
+    looked_at: dict[str, int] = field(default_factory=dict)  # incremental: patients named
 
 
 class CampaignPlanner:
@@ -50,10 +64,14 @@ class CampaignPlanner:
         *,
         clock: Callable[[], datetime] = _utcnow,
         timeout_s: float = 30.0,
+        reconcile_s: float = planning.RECONCILE_S,
+        full_after_s: float = planning.FULL_AFTER_S,
     ) -> None:
         self._pool = pool
         self._daily_cap = daily_cap
         self._timeout_s = timeout_s
+        self._reconcile_s = reconcile_s
+        self._full_after_s = full_after_s
         self._clock = clock
         self._stopping = asyncio.Event()
         self.planned = 0  # since start, for metrics
@@ -98,9 +116,11 @@ class CampaignPlanner:
 
     async def _pass(self, conn: Conn, at: datetime, result: PlannerPass) -> None:
         segments = {s.name: s for s in await segment_store.current_segments(conn)}
+        live = []
         for c in await campaign_store.current_campaigns(conn):
             if not c.live:
                 continue
+            live.append(c.name)
             segment = segments.get(c.spec.segment)
             if segment is None:
                 result.skipped[c.name] = f"segment {c.spec.segment} does not exist"
@@ -109,8 +129,64 @@ class CampaignPlanner:
                 async with conn.transaction():
                     timeout_ms = max(1, int(self._timeout_s * 1000))
                     await conn.execute(f"SET LOCAL statement_timeout = {timeout_ms}")
-                    n = await campaign_store.plan(conn, c, segment.spec, at, self._daily_cap)
+                    result.planned[c.name] = await self._plan(conn, c, segment, at, result)
             except asyncpg.QueryCanceledError:
                 result.skipped[c.name] = f"planning took longer than {self._timeout_s:g} s"
                 continue
-            result.planned[c.name] = n
+        await planning_store.prune(conn, live, at - timedelta(seconds=self._full_after_s))
+
+    async def _plan(
+        self,
+        conn: Conn,
+        c: CampaignVersion,
+        segment: SegmentVersion,
+        at: datetime,
+        result: PlannerPass,
+    ) -> int:
+        """Plan one campaign at ``at``, over everyone or over what changed since its last
+        pass, and store this pass as its last (in the caller's transaction)."""
+        watermark = await planning_store.watermark(conn)  # before anything is read
+        key = PlanKey(c.version, segment.name, segment.version, self._daily_cap)
+        last = await planning_store.state(conn, c.name)
+        mode = planning.plan_mode(
+            last, key, at, reconcile_s=self._reconcile_s, full_after_s=self._full_after_s
+        )
+        if isinstance(mode, Full):
+            result.full[c.name] = mode.reason
+            n = await campaign_store.plan(conn, c, segment.spec, at, self._daily_cap)
+            full_at = at
+        else:
+            assert last is not None
+            scope = await self._scope(conn, c, segment, mode.since, mode.watermark, at)
+            result.looked_at[c.name] = len(scope.patients)
+            n = 0
+            if not scope.empty:
+                n = await campaign_store.plan(
+                    conn, c, segment.spec, at, self._daily_cap, scope=scope
+                )
+            full_at = last.full_at
+        await planning_store.save_state(conn, c.name, PlannerState(key, at, watermark, full_at))
+        return n
+
+    async def _scope(
+        self,
+        conn: Conn,
+        c: CampaignVersion,
+        segment: SegmentVersion,
+        since: datetime,
+        watermark: int,
+        at: datetime,
+    ) -> PlanScope:
+        """The zones to evaluate whole and the other patients to look at."""
+        zones: dict[Scope, list[str]] = {s: [] for s in Scope}
+        for zone, prev_local, now_local in await planning_store.zone_clocks(conn, since, at):
+            zones[planning.zone_scope(c.spec.trigger, prev_local, now_local)].append(zone)
+        patients = await planning_store.changed_patients(
+            conn,
+            c.name,
+            watermark,
+            since,
+            at,
+            planning.crossings(c.spec, segment.spec.where),
+        )
+        return PlanScope(tuple(zones[Scope.ALL]), tuple(patients), tuple(zones[Scope.CHANGED]))
