@@ -238,7 +238,8 @@ def test_keyword_replies_fit_and_say_how_to_stop_or_restart(language: str) -> No
     assert SERVICE in consent
     assert "HELP" in consent
     assert "STOP" in consent
-    assert ("Msg & data rates may apply" if language == "en" else "tarifas") in consent
+    spoken = templates.language_of(language)
+    assert ("tarifas" if spoken == "es" else "Msg & data rates may apply") in consent
 
 
 def test_emergency_number_is_configurable() -> None:
