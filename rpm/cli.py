@@ -1,4 +1,4 @@
-"""The ``rpm`` command: serve, migrate, staff, time, billing, rules backtest, export.
+"""The ``rpm`` command: serve, migrate, staff, time, on-call, billing, rules backtest, export.
 
 Development tooling adds its own commands (``rpm services``, ``rpm demo``, ``rpm simulate``,
 from ``simulators.commands``) through the ``rpm.commands`` entry-point group. A plug-in is
@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeVar
 
 import uvloop
 
-from rpm import billing_cli, local_endpoints, logging_setup, staff_cli, time_cli
+from rpm import billing_cli, local_endpoints, logging_setup, on_call_cli, staff_cli, time_cli
 from rpm.backtest import store as backtest_io
 from rpm.backtest.replay import Options as BacktestOptions
 from rpm.domain.errors import ConfigurationError
@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 
     staff_cli.add_parser(sub, DEFAULT_DATA_DIR)
     time_cli.add_parser(sub, DEFAULT_DATA_DIR)
+    on_call_cli.add_parser(sub, DEFAULT_DATA_DIR)
     billing_cli.add_parser(sub, DEFAULT_DATA_DIR)
 
     args = parser.parse_args(argv)
@@ -204,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         return staff_cli.run(args, _settings(args.local))
     if args.command == "time":
         return time_cli.run(args, _settings(args.local))
+    if args.command == "on-call":
+        return on_call_cli.run(args, _settings(args.local))
     if args.command == "billing":
         return billing_cli.run(args, _settings(args.local))
     if args.command == "rules":

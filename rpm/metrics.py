@@ -320,6 +320,14 @@ class Metrics:
             ["channel", "status", "error_class"],
             registry=self.registry,
         )
+        # Counted where inbound messages arrive (the API process): media links of a patient's
+        # message not kept (alerts/inbound_media.py: too many, not https, not Twilio's).
+        self.inbound_media_dropped = Counter(
+            "rpm_inbound_media_dropped",
+            "Media links of inbound messages dropped, by reason (alerts/inbound_media.py).",
+            ["reason"],
+            registry=self.registry,
+        )
         self._database: DatabaseGauges | None = None
 
     def watch(self, collect: Callable[[], Iterable[Metric]]) -> None:

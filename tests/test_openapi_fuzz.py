@@ -81,6 +81,10 @@ SCHEMA_CANNOT_SAY = {
     "GET /api/billing/report": "a month needs a billing code table in force on its last day",
     "GET /api/billing/report.csv": "a month needs a billing code table in force on its last day",
     "POST /api/billing/code-tables": "the table is checked by rpm.billing.codes",
+    "GET /api/teams/{team_id}/on-call": "to must be after from, at most 92 days later",
+    "POST /api/teams/{team_id}/on-call": (
+        "a shift ends after it starts and names an active member of the team"
+    ),
 }
 
 

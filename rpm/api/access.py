@@ -49,6 +49,8 @@ class Permission(StrEnum):
     TIME_TRACKING = "time-tracking"  # time entries and one's own timer (team-scoped)
     BILLING_READ = "billing-read"  # month-end billing report, code tables (team-scoped)
     BILLING_MANAGE = "billing-manage"  # publish billing code tables
+    ON_CALL_READ = "on-call-read"  # a care team's on-call rota (team-scoped)
+    ON_CALL_MANAGE = "on-call-manage"  # add and remove on-call shifts
 
 
 _NURSE = frozenset(
@@ -61,6 +63,7 @@ _NURSE = frozenset(
         Permission.ENGAGEMENT_READ,
         Permission.TIME_TRACKING,
         Permission.BILLING_READ,
+        Permission.ON_CALL_READ,
     }
 )
 # Role (staff) or scope (API key) -> what it may do. Ingest keys act at /ingest/* only,
@@ -268,3 +271,5 @@ CanManageEngagement = Annotated[Principal, Security(REQUIRE[Permission.ENGAGEMEN
 CanTrackTime = Annotated[Principal, Security(REQUIRE[Permission.TIME_TRACKING])]
 CanReadBilling = Annotated[Principal, Security(REQUIRE[Permission.BILLING_READ])]
 CanManageBilling = Annotated[Principal, Security(REQUIRE[Permission.BILLING_MANAGE])]
+CanReadOnCall = Annotated[Principal, Security(REQUIRE[Permission.ON_CALL_READ])]
+CanManageOnCall = Annotated[Principal, Security(REQUIRE[Permission.ON_CALL_MANAGE])]

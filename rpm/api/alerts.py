@@ -36,6 +36,7 @@ from rpm.storage.pool import Conn
 
 from .access import CanActOnAlerts, CanReadPatientData, Principal, audit
 from .deps import BroadcasterDep, PoolDep, SnoozeCapsDep
+from .inbox import MediaOut
 from .live import Broadcaster
 
 HEARTBEAT_S = 15.0
@@ -100,6 +101,7 @@ class AlertEventOut(BaseModel):
     to_state: str
     severity: str
     note: str | None
+    media: list[MediaOut] = []  # a patient_reply's photos (Twilio's links)
 
 
 class AlertDetail(AlertOut):

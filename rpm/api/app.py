@@ -27,6 +27,7 @@ from . import (
     dashboard,
     dashboard_billing,
     dashboard_engagement,
+    dashboard_on_call,
     dashboard_panel,
     dashboard_time,
     engagement,
@@ -35,6 +36,7 @@ from . import (
     health,
     inbox,
     ingest,
+    on_call,
     panel,
     readings,
     registry,
@@ -121,6 +123,7 @@ def create_app(
     app.add_middleware(Guard, pool=pool, hsts=auth_config.cookie_secure)
     errors.install(app)
     app.include_router(admin.router)
+    app.include_router(on_call.router, responses=_CONFLICT)
     app.include_router(alerts.router)
     app.include_router(inbox.router, responses=_CONFLICT)
     app.include_router(ingest.router)
@@ -132,6 +135,7 @@ def create_app(
     app.include_router(dashboard.router)
     app.include_router(dashboard_engagement.router)
     app.include_router(dashboard_time.router)
+    app.include_router(dashboard_on_call.router)
     app.include_router(billing.router)
     app.include_router(dashboard_billing.router)
     app.include_router(panel.router)

@@ -88,6 +88,7 @@ async def handle(
     at: datetime,
     emergency_number: str,
     sender: str = "",
+    media: Sequence[Mapping[str, str]] = (),
 ) -> Reply | None:
     """Apply a reply to the open check-in of one of ``patient_ids``; None when none waits."""
     prompt = await checkin_store.waiting_prompt(conn, patient_ids, at)
@@ -96,7 +97,7 @@ async def handle(
         return None
     question = q.question(prompt.link_id)
     sms_id = await sms_store.record_inbound(
-        conn, sid=sid, patient_id=prompt.patient_id, alert_id=None, body=body
+        conn, sid=sid, patient_id=prompt.patient_id, alert_id=None, body=body, media=media
     )
     if sms_id is None:  # Twilio retried a webhook we answered: nothing more to do
         return Reply(None)

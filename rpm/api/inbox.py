@@ -24,11 +24,17 @@ ItemId = Annotated[int, Path(ge=1, le=2**53)]
 _HANDLED = {"open": False, "handled": True, "all": None}
 
 
+class MediaOut(BaseModel):
+    url: str = Field(description="Twilio's link; fetching it needs the account's credentials")
+    content_type: str
+
+
 class InboxItemOut(BaseModel):
     id: int
     patient_id: str
     received_at: datetime
     body: str
+    media: list[MediaOut] = Field(description="photos and other media sent with it")
     reason: str
     questionnaire: str | None  # the check-in the reply was to, when there was one
     question: str | None
@@ -50,6 +56,7 @@ def _out(row: dict[str, Any]) -> dict[str, Any]:
         "patient_id": row["patient_id"],
         "received_at": row["created_at"],
         "body": row["body"],
+        "media": row["media"] or [],
         "reason": row["reason"],
         "questionnaire": row["questionnaire"],
         "question": row["link_id"],

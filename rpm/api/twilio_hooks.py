@@ -20,6 +20,7 @@ error 21610 marks the patient opted out.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
@@ -29,6 +30,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from alerts import templates
 from alerts.channels import FAILED_STATUSES
 from alerts.delivery_errors import describe, error_class
+from alerts.inbound_media import media_of
 from alerts.keywords import Keyword, keyword_of, mentions_opt_out
 from alerts.sms import (
     SIGNATURE_HEADER,
@@ -95,16 +97,26 @@ SignedForm = Annotated[dict[str, str], Depends(signed_form)]
 
 @router.post("/sms")
 async def inbound(
-    form: SignedForm, pool: PoolDep, settings: SettingsDep, clock: ClockDep
+    form: SignedForm, pool: PoolDep, settings: SettingsDep, clock: ClockDep, request: Request
 ) -> Response:
-    """An SMS to our number: a keyword, a check-in answer, or a reply for the care team."""
+    """An SMS to our number: a keyword, a check-in answer, or a reply for the care team.
+    Its media (photos) are kept as Twilio's links; other links are dropped and counted."""
     sid = form.get("MessageSid") or form.get("SmsSid") or None
     sender = form.get("From", "")
     body = form.get("Body", "")
     keyword = keyword_of(body, form.get("OptOutType"))
+    kept, dropped = media_of(form)
+    if dropped:  # counts and reasons only: a media link names patient data
+        reasons = " ".join(f"{r.value}={n}" for r, n in sorted(dropped.items()))
+        log.info("sms %s: %d media kept, dropped %s", sid, len(kept), reasons)
+        ops = getattr(request.app.state, "operations", None)
+        if isinstance(ops, Operations):
+            for reason, n in dropped.items():
+                ops.metrics.inbound_media_dropped.labels(reason).inc(n)
+    media = [m.as_json() for m in kept]
     async with pool.acquire() as conn, conn.transaction():
         await channel_store.note_inbound(conn, sender)  # a WhatsApp message opens its window
-        reply = await _handle_inbound(conn, sid, sender, body, keyword, settings, clock())
+        reply = await _handle_inbound(conn, sid, sender, body, keyword, settings, clock(), media)
     return Response(twiml_message(reply), media_type=_TWIML)
 
 
@@ -158,8 +170,10 @@ async def _handle_inbound(
     keyword: Keyword | None,
     settings: Settings,
     now: datetime,
+    media: Sequence[Mapping[str, str]] = (),
 ) -> str | None:
-    """Apply an inbound SMS; return the reply text (None: reply with nothing)."""
+    """Apply an inbound SMS (with its media links); return the reply text (None: reply with
+    nothing)."""
     number = settings.sms.emergency_number
     patients = await sms_store.patients_by_phone(conn, sender) if sender else []
     ids = [p.patient_id for p in patients]
@@ -174,7 +188,7 @@ async def _handle_inbound(
         keyword = None
     if keyword is not None:
         sms_id = await sms_store.record_inbound(
-            conn, sid=sid, patient_id=first, alert_id=None, body=body
+            conn, sid=sid, patient_id=first, alert_id=None, body=body, media=media
         )
         if first is not None:
             await checkin_replies.touch(conn, first, sid, sms_id, now, sender)
@@ -189,11 +203,20 @@ async def _handle_inbound(
             language, service=service, emergency_number=number, contact=settings.sms.help_contact
         )
     if not ids:
-        await sms_store.record_inbound(conn, sid=sid, patient_id=None, alert_id=None, body=body)
+        await sms_store.record_inbound(
+            conn, sid=sid, patient_id=None, alert_id=None, body=body, media=media
+        )
         log.info("sms %s: reply from an unknown number", sid)
         return templates.unknown_sender_reply(service=service, emergency_number=number)
     answered = await checkin_replies.handle(
-        conn, ids, sid=sid, body=body, at=now, emergency_number=number, sender=sender
+        conn,
+        ids,
+        sid=sid,
+        body=body,
+        at=now,
+        emergency_number=number,
+        sender=sender,
+        media=media,
     )
     if answered is not None:
         return answered.text
@@ -201,7 +224,7 @@ async def _handle_inbound(
     patient_id = str(alert["patient_id"]) if alert else ids[0]
     alert_id = int(alert["id"]) if alert else None
     stored = await sms_store.record_inbound(
-        conn, sid=sid, patient_id=patient_id, alert_id=alert_id, body=body
+        conn, sid=sid, patient_id=patient_id, alert_id=alert_id, body=body, media=media
     )
     if stored is not None:
         await checkin_replies.touch(conn, patient_id, sid, stored, now, sender)
@@ -221,6 +244,7 @@ async def _handle_inbound(
             state=str(alert["state"]),
             severity=str(alert["severity"]),
             text=body,
+            media=media,
         )
         await alert_store.notify(
             conn,

@@ -102,7 +102,8 @@ async def count_of_patients(
 
 async def events(conn: Conn, alert_id: int) -> list[dict[str, Any]]:
     rows = await conn.fetch(
-        "SELECT at, actor, action, from_state, to_state, severity, note FROM alert_events "
+        "SELECT at, actor, action, from_state, to_state, severity, note, "
+        "coalesce(media, '[]') AS media FROM alert_events "
         "WHERE alert_id = $1 ORDER BY id",
         alert_id,
     )

@@ -437,17 +437,27 @@ async def audit(
 
 
 async def reply_event(
-    conn: Conn, *, alert_id: int, patient_id: str, state: str, severity: str, text: str
+    conn: Conn,
+    *,
+    alert_id: int,
+    patient_id: str,
+    state: str,
+    severity: str,
+    text: str,
+    media: Sequence[Mapping[str, str]] = (),
 ) -> None:
-    """Audit a patient's SMS reply on the alert it answers (the state does not change)."""
+    """Audit a patient's SMS reply, with its media links, on the alert it answers (the state
+    does not change)."""
     await conn.execute(
-        """INSERT INTO alert_events (alert_id, actor, action, from_state, to_state, severity, note)
-           VALUES ($1, $2, 'patient_reply', $3, $3, $4, $5)""",
+        """INSERT INTO alert_events
+                  (alert_id, actor, action, from_state, to_state, severity, note, media)
+           VALUES ($1, $2, 'patient_reply', $3, $3, $4, $5, $6)""",
         alert_id,
         f"patient:{patient_id}",
         state,
         severity,
         text,
+        list(media) or None,
     )
 
 

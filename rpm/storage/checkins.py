@@ -236,7 +236,7 @@ async def unreadable(conn: Conn, prompt_id: int) -> None:
 # --- the inbox ---------------------------------------------------------------------------
 
 _INBOX_COLUMNS = """i.id, i.patient_id, i.reason, i.created_at, i.handled_at, i.handled_by,
-    i.note, m.body, m.twilio_sid, p.care_team, pr.link_id, r.questionnaire"""
+    i.note, m.body, m.media, m.twilio_sid, p.care_team, pr.link_id, r.questionnaire"""
 _INBOX_FROM = """inbox_items i
     JOIN sms_messages m ON m.id = i.sms_id
     JOIN patients p ON p.id = i.patient_id

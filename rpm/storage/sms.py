@@ -246,17 +246,26 @@ async def apply_status(
 
 
 async def record_inbound(
-    conn: Conn, *, sid: str | None, patient_id: str | None, alert_id: int | None, body: str
+    conn: Conn,
+    *,
+    sid: str | None,
+    patient_id: str | None,
+    alert_id: int | None,
+    body: str,
+    media: Sequence[Mapping[str, str]] = (),
 ) -> int | None:
-    """Store a received SMS; None when this sid was stored before (Twilio retried)."""
+    """Store a received SMS with its media links ({url, content_type}); None when this sid
+    was stored before (Twilio retried)."""
     value = await conn.fetchval(
-        """INSERT INTO sms_messages (direction, patient_id, alert_id, twilio_sid, status, body)
-           VALUES ('inbound', $1, $2, $3, 'received', $4)
+        """INSERT INTO sms_messages
+                  (direction, patient_id, alert_id, twilio_sid, status, body, media)
+           VALUES ('inbound', $1, $2, $3, 'received', $4, $5)
            ON CONFLICT (twilio_sid) DO NOTHING RETURNING id""",
         patient_id,
         alert_id,
         sid,
         body,
+        list(media),
     )
     return int(value) if value is not None else None
 
@@ -274,7 +283,7 @@ async def messages(
         patient_ids = [patient_id, *(patient_ids or ())]
     rows = await conn.fetch(
         """SELECT id, direction, outbox_id, patient_id, staff_id, alert_id, twilio_sid, status,
-                  error_code, body, created_at, updated_at
+                  error_code, body, media, created_at, updated_at
              FROM sms_messages
             WHERE ($1::text[] IS NULL OR patient_id = ANY($1::text[]))
               AND ($2::bigint IS NULL OR alert_id = $2)

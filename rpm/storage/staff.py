@@ -7,6 +7,7 @@ Sign-in (credentials, sessions) lives in ``rpm.storage.staff_auth``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
@@ -63,31 +64,113 @@ async def set_patient_team(conn: Conn, patient_id: str, team_id: str | None) -> 
         raise InvalidRequestError(f"no team {team_id!r}") from None
 
 
-async def set_on_call(
-    conn: Conn, team_id: str, tier: int, staff_id: str, start: datetime, end: datetime
-) -> None:
-    """Put a team member on call at ``tier`` (1 or 2) for ``[start, end)``.
+@dataclass(frozen=True, slots=True)
+class Shift:
+    """One on-call shift: ``staff_id`` answers the team's ``tier`` during ``[start, end)``."""
 
-    Raises ``NotATeamMember`` for someone outside the team (or inactive), and
-    ``ShiftOverlap`` when the team's tier is already covered during part of that time.
+    id: int
+    team_id: str
+    tier: int
+    staff_id: str
+    start: datetime
+    end: datetime
+    reachable: bool  # active and with a phone: escalation can page them
+    created_by: str | None
+
+
+async def set_on_call(
+    conn: Conn,
+    team_id: str,
+    tier: int,
+    staff_id: str,
+    start: datetime,
+    end: datetime,
+    created_by: str | None = None,
+) -> int:
+    """Put a team member on call at ``tier`` (1 or 2) for ``[start, end)``; the shift's id.
+
+    Raises ``InvalidRequestError`` unless ``start < end``, ``NotATeamMember`` for someone
+    outside the team (or inactive), and ``ShiftOverlap`` when the team's tier is already
+    covered during part of that time.
     """
+    if not start < end:
+        raise InvalidRequestError("a shift must end after it starts")
     try:
-        inserted = await conn.fetchval(
-            """INSERT INTO on_call (team_id, tier, staff_id, during)
-               SELECT $1, $2, $3, tstzrange($4, $5, '[)')
+        shift_id = await conn.fetchval(
+            """INSERT INTO on_call (team_id, tier, staff_id, during, created_by)
+               SELECT $1, $2, $3, tstzrange($4, $5, '[)'), $6
                 WHERE EXISTS (SELECT 1 FROM care_team_members m JOIN staff s ON s.id = m.staff_id
                                WHERE m.team_id = $1 AND m.staff_id = $3 AND s.active)
-               RETURNING 1""",
+               RETURNING id""",
             team_id,
             tier,
             staff_id,
             start,
             end,
+            created_by,
         )
     except asyncpg.ExclusionViolationError:
         raise ShiftOverlap(f"team {team_id} tier {tier} is already covered then") from None
-    if inserted is None:
+    if shift_id is None:
         raise NotATeamMember(f"{staff_id} is not an active member of team {team_id}")
+    return int(shift_id)
+
+
+_SHIFT_COLUMNS = """o.id, o.team_id, o.tier, o.staff_id, lower(o.during) AS start,
+                    upper(o.during) AS "end", (s.active AND s.phone IS NOT NULL) AS reachable,
+                    o.created_by"""
+
+
+def _shift(r: asyncpg.Record) -> Shift:
+    return Shift(
+        id=r["id"],
+        team_id=r["team_id"],
+        tier=r["tier"],
+        staff_id=r["staff_id"],
+        start=r["start"],
+        end=r["end"],
+        reachable=r["reachable"],
+        created_by=r["created_by"],
+    )
+
+
+async def shifts(conn: Conn, team_id: str, start: datetime, end: datetime) -> list[Shift]:
+    """The team's shifts that overlap ``[start, end)``, by start then tier."""
+    rows = await conn.fetch(
+        f"""SELECT {_SHIFT_COLUMNS}
+              FROM on_call o JOIN staff s ON s.id = o.staff_id
+             WHERE o.team_id = $1 AND o.during && tstzrange($2, $3, '[)')
+             ORDER BY lower(o.during), o.tier, o.id""",  # noqa: S608 - constant columns
+        team_id,
+        start,
+        end,
+    )
+    return [_shift(r) for r in rows]
+
+
+async def shift(conn: Conn, team_id: str, shift_id: int) -> Shift | None:
+    """One of the team's shifts, or None."""
+    row = await conn.fetchrow(
+        f"""SELECT {_SHIFT_COLUMNS} FROM on_call o JOIN staff s ON s.id = o.staff_id
+             WHERE o.team_id = $1 AND o.id = $2""",  # noqa: S608 - constant columns
+        team_id,
+        shift_id,
+    )
+    return None if row is None else _shift(row)
+
+
+async def remove_shift(conn: Conn, team_id: str, shift_id: int) -> bool:
+    """Delete one of the team's shifts; False when it has no such shift."""
+    status = await conn.execute(
+        "DELETE FROM on_call WHERE team_id = $1 AND id = $2", team_id, shift_id
+    )
+    return status != "DELETE 0"
+
+
+async def team_exists(conn: Conn, team_id: str) -> bool:
+    return bool(
+        await conn.fetchval("SELECT EXISTS (SELECT 1 FROM care_teams WHERE id = $1)", team_id)
+    )
 
 
 async def on_call(conn: Conn, team_id: str, tier: int, at: datetime) -> str | None:
