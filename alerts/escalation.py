@@ -78,6 +78,9 @@ class AlertFacts:
     condition_cleared_at: datetime | None = None
     snooze: Snooze | None = None  # the snooze of this patient and episode group, if any
     unreachable_reported: bool = False  # "nobody on call" already audited for this step
+    # The patient could not be reached about this alert on any channel (every one failed):
+    # the nurse is paged at once, not after the severity's delay.
+    patient_unreachable: bool = False
 
     def snoozed(self, now: datetime) -> bool:
         return (
@@ -119,6 +122,8 @@ def next_step(
         assert a.snooze is not None
         return Step(Do.WAIT, a.snooze.until)
     due = a.step_started_at + delay
+    if a.patient_unreachable and a.tier == 0:
+        due = min(due, now)  # nobody told the patient: tier 1 hears of it now
     if due > now:
         return Step(Do.WAIT, due)
     tier = a.tier + 1

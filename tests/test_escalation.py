@@ -99,6 +99,14 @@ def test_an_unacknowledged_alert_waits_its_severitys_delay_then_goes_to_tier_1(
     assert next_step(a, ON_CALL, now, CFG) == Step(Do.PAGE, now + delay, 1, TIER1, audit=True)
 
 
+def test_a_patient_no_channel_reached_pages_tier_1_at_once_then_keeps_the_delays() -> None:
+    now = T + 2 * MIN  # the patient's text failed two minutes after the alert opened
+    a = facts(patient_unreachable=True)
+    assert next_step(a, ON_CALL, now, CFG) == Step(Do.PAGE, now + 10 * MIN, 1, TIER1, audit=True)
+    # Tier 2 still waits its delay after tier 1.
+    assert next_step(facts(patient_unreachable=True, tier=1), ON_CALL, now, CFG).do is Do.WAIT
+
+
 def test_tier_2_after_a_further_delay_then_nothing_more() -> None:
     paged = T + 10 * MIN
     a = facts(tier=1, step_started_at=paged)

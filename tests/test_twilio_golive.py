@@ -337,3 +337,42 @@ async def test_an_undelivered_critical_message_is_counted_shown_on_the_alert_and
     [call] = await rows(pool, "SELECT * FROM outbox WHERE channel = 'voice'")
     assert call["dedupe_key"].startswith(f"voice:alert:{alert_id}:round:")
     assert item != call["id"]
+    # A call follows, so the patient may still be reached: the escalation keeps its delay.
+    assert not [e for e in events if e["action"] == "patient_unreachable"]
+
+
+async def test_a_critical_message_no_channel_carries_pages_the_nurse_now(
+    pool: asyncpg.Pool, twilio: TwilioSink
+) -> None:
+    async with pool.acquire() as conn:
+        await add_patient(conn, "p1", PHONE)
+        await conn.execute("UPDATE patients SET channel_fallback = '{}' WHERE id = 'p1'")
+        alert_id = await add_alert(conn, "p1", severity="CRITICAL")
+        await conn.execute(
+            """UPDATE alerts SET last_notified_at = now(),
+                                 next_escalation_at = now() + interval '10 minutes'
+                WHERE id = $1""",
+            alert_id,
+        )
+    await enqueue(pool, "crisis", patient_payload("p1", alert_id, severity="CRITICAL", urgent=True))
+    sms = channel(twilio)
+    async with serve_hooks(pool) as hooks:
+        try:
+            assert await worker(pool, sms, hooks).drain_once() == 1
+        finally:
+            await sms.close()
+        [sent] = twilio.messages
+        for _ in range(2):  # a repeated callback changes nothing more
+            answer = await twilio.send_status(sent.sid, "undelivered", error_code=30006)
+            assert answer.status == 204
+
+    events = await rows(
+        pool, "SELECT * FROM alert_events WHERE alert_id = $1 ORDER BY id", alert_id
+    )
+    [unreachable] = [e for e in events if e["action"] == "patient_unreachable"]
+    assert unreachable["note"] == "no channel reached the patient: the on-call nurse is paged now"
+    [due] = await rows(
+        pool, "SELECT next_escalation_at <= now() AS now FROM alerts WHERE id = $1", alert_id
+    )
+    assert due["now"]  # the timers page tier 1 on their next pass (alerts.escalation)
+    assert not await rows(pool, "SELECT * FROM outbox WHERE channel = 'voice'")

@@ -133,9 +133,9 @@ async def status(form: SignedForm, pool: PoolDep, request: Request) -> Response:
         recorded = await sms_store.apply_status(conn, sid, state, code)
         if recorded and recorded.error_code == UNSUBSCRIBED and recorded.patient_id:
             await sms_store.opt_out(conn, [recorded.patient_id])
-        await after_message_status(conn, recorded)  # failed: the next channel (channels.md)
+        following = await after_message_status(conn, recorded)  # failed: the next channel
         if recorded is not None and recorded.status in FAILED_STATUSES:
-            await _failed(conn, request, recorded)
+            await _failed(conn, request, recorded, following)
     if recorded is None:
         log.debug("sms %s: status %s not newer, ignored", sid, state)
     else:
@@ -143,9 +143,13 @@ async def status(form: SignedForm, pool: PoolDep, request: Request) -> Response:
     return Response(status_code=204)
 
 
-async def _failed(conn: Conn, request: Request, recorded: sms_store.Recorded) -> None:
+async def _failed(
+    conn: Conn, request: Request, recorded: sms_store.Recorded, following: str | None
+) -> None:
     """A message Twilio reported failed or undelivered: counted in /metrics by error class,
-    and written to its alert's audit trail (and announced) so the nurse sees it."""
+    and written to its alert's audit trail (and announced) so the nurse sees it. A patient's
+    message about a critical alert that no further channel carries (``following`` None)
+    pages the on-call nurse now instead of after the escalation delay."""
     facts = await sms_store.message_facts(conn, recorded.id)
     if facts is None:
         return
@@ -160,6 +164,10 @@ async def _failed(conn: Conn, request: Request, recorded: sms_store.Recorded) ->
     change = await alert_store.message_failed_event(conn, alert_id=alert_id, note=note)
     if change is not None:
         await alert_store.notify(conn, [change])
+    if audience == "patient" and following is None:
+        said = "no channel reached the patient: the on-call nurse is paged now"
+        if await alert_store.patient_unreachable(conn, alert_id=alert_id, note=said):
+            log.info("alert %s: patient unreachable, escalation brought forward", alert_id)
 
 
 async def _handle_inbound(

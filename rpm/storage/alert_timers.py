@@ -32,7 +32,10 @@ async def lock(conn: Conn) -> bool:
 _FACTS = """a.id, a.patient_id, a.rule_id, a.title, a.severity, a.state, p.care_team,
     a.escalation_round, a.escalation_tier, a.last_notified_at, a.acknowledged_at,
     a.last_fired_at, a.condition_cleared_at, p.programs,
-    s.until AS snooze_until, s.max_severity AS snooze_severity, s.actor AS snooze_actor"""
+    s.until AS snooze_until, s.max_severity AS snooze_severity, s.actor AS snooze_actor,
+    EXISTS (SELECT 1 FROM alert_events u WHERE u.alert_id = a.id
+                                          AND u.action = 'patient_unreachable')
+        AS patient_unreachable"""
 _FACTS_FROM = """alerts a JOIN patients p ON p.id = a.patient_id
     LEFT JOIN alert_snoozes s ON s.patient_id = a.patient_id AND s.rule_id = a.group_key"""
 
@@ -68,6 +71,7 @@ def _timer_row(r: asyncpg.Record, unreachable_reported: bool = False) -> TimerRo
         last_fired_at=r["last_fired_at"],
         condition_cleared_at=r["condition_cleared_at"],
         snooze=snooze,
+        patient_unreachable=r["patient_unreachable"],
         unreachable_reported=unreachable_reported,
     )
     return TimerRow(facts, tuple(r["programs"]))

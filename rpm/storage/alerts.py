@@ -517,6 +517,31 @@ async def message_failed_event(
     }
 
 
+async def patient_unreachable(conn: Conn, *, alert_id: int, note: str) -> bool:
+    """The patient could not be told of this open critical alert on any channel: audit it
+    (``patient_unreachable``) and make the escalation due now, so the timers page the
+    on-call nurse at once (``alerts.escalation.next_step``). False when the alert is not
+    open and critical (nothing to bring forward) or was already so marked."""
+    row = await conn.fetchrow(
+        """UPDATE alerts SET next_escalation_at = least(next_escalation_at, now()),
+                             updated_at = now()
+            WHERE id = $1 AND state = 'open' AND severity = 'CRITICAL'
+              AND NOT EXISTS (SELECT 1 FROM alert_events e WHERE e.alert_id = $1
+                                 AND e.action = 'patient_unreachable')
+        RETURNING id""",
+        alert_id,
+    )
+    if row is None:
+        return False
+    await conn.execute(
+        """INSERT INTO alert_events (alert_id, actor, action, from_state, to_state, severity, note)
+           VALUES ($1, 'system:twilio', 'patient_unreachable', 'open', 'open', 'CRITICAL', $2)""",
+        alert_id,
+        note,
+    )
+    return True
+
+
 async def notify(conn: Conn, payloads: Sequence[dict[str, Any]]) -> None:
     """Announce alert changes on the ``rpm_alerts`` channel; delivered at commit."""
     if payloads:
