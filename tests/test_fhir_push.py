@@ -164,6 +164,10 @@ def test_isolation_follows_the_outcome_or_halves() -> None:
     assert blamed == [3, 7]
     assert split_for_isolation(10, blamed) == [[3], [7], [0, 1, 2, 4, 5, 6, 8, 9]]
     assert split_for_isolation(5, []) == [[0, 1], [2, 3, 4]]
+    # Nothing named (HAPI's 404 for an unknown patient): one part per patient, then halves.
+    assert split_for_isolation(5, [], ["a", "b", "a", "c", "b"]) == [[0, 2], [1, 4], [3]]
+    assert split_for_isolation(4, [], ["a"] * 4) == [[0, 1], [2, 3]]
+    assert split_for_isolation(3, [1], ["a", "b", "c"]) == [[1], [0, 2]]
     assert named_entries(operation_outcome("invalid", "no entry named"), 4) == []
     assert named_entries(None, 4) == []
 
@@ -274,7 +278,8 @@ async def test_a_refused_observation_is_isolated_kept_and_visible(
         if blame:
             assert requests == 3  # the whole, the blamed entry alone, the rest
         else:
-            assert requests <= 2 * math.ceil(math.log2(OBSERVATIONS)) + 1
+            # The whole, one part per patient (pat-1's nine, pat_2's one), then halves of nine.
+            assert requests <= 1 + 2 + 2 * math.ceil(math.log2(OBSERVATIONS - 1))
         clock.advance(3600)
         assert await worker.drain_once() == 0  # never retried on its own
         assert ehr.requests == requests

@@ -178,14 +178,24 @@ def named_entries(outcome: dict[str, Any] | None, count: int) -> list[int]:
     return found
 
 
-def split_for_isolation(count: int, blamed: Sequence[int]) -> list[list[int]]:
+def split_for_isolation(
+    count: int, blamed: Sequence[int], patients: Sequence[str] | None = None
+) -> list[list[int]]:
     """How to resend a refused transaction of ``count`` entries to find the bad ones: the
-    entries the OperationOutcome blames alone, then the rest; else two halves."""
+    entries the OperationOutcome blames alone, then the rest; else, when the entries are of
+    several ``patients`` (one per entry), one part per patient (a patient the EHR does not
+    know refuses all of theirs, and the EHR may not say which entry: HAPI's 404); else two
+    halves."""
     if count <= 1:
         return [list(range(count))]
     if blamed:
         rest = [i for i in range(count) if i not in set(blamed)]
         return [[i] for i in blamed] + ([rest] if rest else [])
+    if patients is not None and len(set(patients)) > 1:
+        parts: dict[str, list[int]] = {}
+        for i, patient in enumerate(patients[:count]):
+            parts.setdefault(patient, []).append(i)
+        return list(parts.values())
     half = count // 2
     return [list(range(half)), list(range(half, count))]
 

@@ -8,11 +8,18 @@ answer into results or one of our errors:
     DeliveryError
     ├── TransientDeliveryError
     │   └── EhrUnavailable   network error, timeout, 5xx, 429, 408, a garbled 2xx, or the
-    │                        endpoint refusing us as a whole (401, 403, 404, 405, ...):
-    │                        retried with backoff; the outbox item fails after max attempts
+    │                        endpoint refusing us as a whole (401, 403, 405, a 404 that is
+    │                        not an OperationOutcome, ...): retried with backoff; the outbox
+    │                        item fails after max attempts
     └── PermanentDeliveryError
-        └── EhrRefused       400, 409, 412, 413, 422: the Bundle's content was refused, with
-                             the EHR's OperationOutcome; the caller isolates the bad entries
+        └── EhrRefused       400, 409, 412, 413, 422, and 404 with an OperationOutcome: the
+                             Bundle's content was refused, with the EHR's OperationOutcome;
+                             the caller isolates the bad entries
+
+A 404 to a transaction with an OperationOutcome is a refused entry: HAPI FHIR answers a
+conditional reference it cannot resolve (``Patient?identifier=...``, a patient it does not
+know) with 404 for the whole transaction (``HAPI-1091: Invalid match URL ... - No resources
+match this search``). A 404 without one (an HTML page, a proxy) says the base URL is wrong.
 
 Authentication: a static bearer token, or OAuth 2.0 client credentials (RFC 6749 §4.4,
 client secret in HTTP Basic, §2.3.1) with the token cached until shortly before it expires
@@ -41,6 +48,8 @@ FHIR_JSON = "application/fhir+json"
 # bad entries can be found by sending parts of the Bundle. Other 4xx say the endpoint or our
 # credentials are wrong, which no part of the Bundle would change.
 REFUSED_STATUSES = frozenset({400, 409, 412, 413, 422})
+# Refused content too, when the answer is a FHIR OperationOutcome (see the module docstring).
+REFUSED_WITH_OUTCOME = frozenset({404})
 _TOKEN_MARGIN_S = 30.0  # fetch a new token this long before the old one expires
 
 
@@ -192,8 +201,8 @@ class EhrClient:
                 raise EhrUnavailable(
                     f"{status} with an unusable answer: {exc}", status=status
                 ) from exc
-        outcome = _outcome(resp)
-        if status in REFUSED_STATUSES:
+        outcome, fhir = _outcome(resp)
+        if status in REFUSED_STATUSES or (status in REFUSED_WITH_OUTCOME and fhir):
             raise EhrRefused(f"{status} {resp.reason_phrase}", status=status, outcome=outcome)
         raise EhrUnavailable(
             f"{status} {resp.reason_phrase}",
@@ -216,16 +225,17 @@ class EhrClient:
             raise EhrUnavailable(f"{exc.__class__.__name__}: {exc}") from exc
 
 
-def _outcome(resp: httpx.Response) -> dict[str, Any]:
-    """The answer's OperationOutcome, or one made of the status and text."""
+def _outcome(resp: httpx.Response) -> tuple[dict[str, Any], bool]:
+    """The answer's OperationOutcome, or one made of the status and text; and whether the
+    EHR sent one (a FHIR server speaking) rather than something else at that URL."""
     try:
         body = orjson.loads(resp.content)
     except orjson.JSONDecodeError:
         body = None
     if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
-        return body
+        return body, True
     text = resp.text[:500] if resp.content else resp.reason_phrase
-    return operation_outcome("exception", f"{resp.status_code}: {text}")
+    return operation_outcome("exception", f"{resp.status_code}: {text}"), False
 
 
 def _retry_after(resp: httpx.Response) -> float | None:

@@ -11,18 +11,23 @@ every Bundle of it was answered, so a timeout, a crash or a lost answer sends it
 entry is a conditional create on the Observation's identifier (``ifNoneExist``), so the EHR
 stores a repeat as nothing new (it answers 200 with the existing resource instead of 201).
 
-**Refusals.** A 4xx about content (400, 409, 412, 413, 422) refuses the whole transaction. The
-worker resends parts of it: the entries the OperationOutcome names alone (``Bundle.entry[i]``),
-else halves, down to single entries. Good Observations go through; each bad one is kept in
-``fhir_push_refusals`` with the status and OperationOutcome, never retried on its own, and
-listed at ``GET /api/fhir/push/failures`` until someone requeues it.
+**Refusals.** A 4xx about content (400, 409, 412, 413, 422, and 404 with an OperationOutcome:
+HAPI's answer to a ``Patient?identifier=`` it cannot resolve) refuses the whole transaction,
+which is not an outage. The worker at once resends parts of it, concurrently and without
+backoff: the entries the OperationOutcome names alone (``Bundle.entry[i]``), else one part per
+patient, else halves, down to single entries. Good Observations go through in the same pass;
+each bad one is kept in ``fhir_push_refusals`` with the status and OperationOutcome, never
+retried on its own, and listed at ``GET /api/fhir/push/failures`` until someone requeues it.
+Resending is safe: every entry is a conditional create on its identifier, so a part the EHR
+already took (or a whole item retried after an outage mid-isolation) stores nothing twice.
 
 **Outages.** Network errors, timeouts, 5xx, 429 and an endpoint refusing us as a whole (401,
-403, 404, ...) retry the item with capped exponential backoff (rpm/backoff.py) and fail it after
-``max_attempts``, visibly. The first such failure also pauses the worker (a circuit breaker):
-while paused it claims nothing, then probes with one item, and only a success lets it claim
-batches again. So a long outage costs one request per backoff period, not one per item, and
-items' attempts are spent only on real tries; once the EHR answers, the backlog drains at once.
+403, a 404 that is not an OperationOutcome, ...) retry the item with capped exponential backoff
+(rpm/backoff.py) and fail it after ``max_attempts``, visibly. The first such failure also
+pauses the worker (a circuit breaker): while paused it claims nothing, then probes with one
+item, and only a success lets it claim batches again. So a long outage costs one request per
+backoff period, not one per item, and items' attempts are spent only on real tries; once the
+EHR answers, the backlog drains at once.
 """
 
 from __future__ import annotations
@@ -291,9 +296,19 @@ class FhirPushWorker:
         if len(entries) == 1:
             tally.refusals.append(_refusal(entries[0], refused.status, refused.outcome))
             return
+        # Isolate now, not after a backoff: the parts go at once (the slots bound them). Each
+        # entry is a conditional create on its Observation identifier (ifNoneExist), so a part
+        # the EHR already holds, sent again here or when the item is retried, is stored once.
         blamed = named_entries(refused.outcome, len(entries))
-        for part in split_for_isolation(len(entries), blamed):
-            await self._send([entries[i] for i in part], tally)
+        patients = [e.patient_id for e in entries]
+        parts = split_for_isolation(len(entries), blamed, patients)
+        sent = await asyncio.gather(
+            *(self._send([entries[i] for i in part], tally) for part in parts),
+            return_exceptions=True,
+        )
+        for failure in sent:  # an outage during isolation: the item is retried as a whole
+            if isinstance(failure, BaseException):
+                raise failure
 
     async def _retry(
         self, item: outbox_store.OutboxItem, exc: EhrUnavailable, *, trip: bool = True
