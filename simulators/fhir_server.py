@@ -9,8 +9,10 @@ Conditional creates are honoured (http.html#ccreate): when the identifier is alr
 the answer is ``200 OK`` with the existing resource, otherwise ``201 Created``; an entry
 without ``ifNoneExist`` is always created, so a client that forgot it shows up as duplicates.
 Conditional references (``Patient?identifier=system|value``) resolve against ``patients``
-when given (unknown: 400), and are accepted as they are otherwise. Errors are
-OperationOutcomes naming the entry (``Bundle.entry[i]``).
+when given, and are accepted as they are otherwise. An unknown patient is answered as HAPI FHIR
+does: 404 for the whole transaction, an OperationOutcome (``processing``) whose diagnostics are
+``HAPI-1091: Invalid match URL "Patient?identifier=..." - No resources match this search``,
+naming no entry. Other errors are OperationOutcomes naming the entry (``Bundle.entry[i]``).
 
 Faults on demand: the next N transactions fail with a status (``fail_next``), every
 transaction fails or hangs until lifted (``set_outage``; a hung request is processed once the
@@ -333,10 +335,12 @@ class FhirServer:
         if m is None or self.patients is None:
             return
         if (m["system"], m["value"]) not in self.patients:
+            # HAPI: a ResourceNotFoundException for the whole transaction, no entry named.
             raise _Refusal(
-                400,
+                404,
                 _outcome(
-                    "not-found", "no Patient matches the subject", where + ".resource.subject"
+                    "processing",
+                    f'HAPI-1091: Invalid match URL "{reference}" - No resources match this search',
                 ),
             )
 

@@ -321,24 +321,146 @@ async def test_a_refused_observation_is_isolated_kept_and_visible(
     assert ehr.duplicates() == {}
 
 
-async def test_a_patient_the_ehr_does_not_know_is_refused_alone(
+UNKNOWN = 'HAPI-1091: Invalid match URL "Patient?identifier=urn:rpm:patient|pat_2" - '
+
+
+async def refusals(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    async with pool.acquire() as conn:
+        return await conn.fetch("SELECT * FROM fhir_push_refusals ORDER BY id")
+
+
+async def test_a_patient_the_ehr_does_not_know_is_isolated_at_once_without_backoff(
     pool: asyncpg.Pool, ehr: FhirServer
 ) -> None:
+    """HAPI answers a conditional reference to an unknown patient with 404 for the whole
+    transaction (naming no entry). That is a refused entry, not an outage: in the same pass
+    the known patient's Observations are stored and the unknown one's recorded as refused;
+    the worker does not pause and nothing is retried, even hours later."""
     ehr.patients = {("urn:rpm:patient", "pat-1")}
     await ingest_clinic(pool, fhir_push=True)
-    worker = make_worker(pool, ehr, Clock())
+    clock = Clock()
+    worker = make_worker(pool, ehr, clock)
     try:
-        await worker.drain_once()
+        assert await worker.drain_once() == 1
+        # Delivered in this pass, on the worker's clock as it was: no backoff was waited.
+        assert len(ehr.observations) == OBSERVATIONS - 1
+        assert worker.paused_until is None
+        assert worker.counters.retries == 0
+        assert ehr.refused == 2  # the whole transaction, then pat_2's part alone
+        assert ehr.requests == 3  # the whole, one part per patient
+        requests = ehr.requests
+        clock.advance(6 * 3600)
+        assert await worker.drain_once() == 0  # nothing left to retry, hours later
+        assert ehr.requests == requests
     finally:
         await worker.close()
-    assert len(ehr.observations) == OBSERVATIONS - 1
-    async with pool.acquire() as conn:
-        [refusal] = await conn.fetch("SELECT * FROM fhir_push_refusals")
+    [item] = await outbox(pool)
+    assert item["delivered_at"] is not None
+    assert item["attempts"] == 1
+    assert item["last_error"] is None
+    assert item["result"]["created"] == OBSERVATIONS - 1
+    assert item["result"]["refused"] == 1
+    [refusal] = await refusals(pool)
     assert refusal["patient_id"] == "pat_2"
-    assert refusal["status"] == 400
+    assert refusal["status"] == 404
     [issue] = refusal["outcome"]["issue"]
-    assert issue["code"] == "not-found"
-    assert issue["expression"] == ["Bundle.entry[0].resource.subject"]
+    assert issue["code"] == "processing"
+    assert issue["diagnostics"] == UNKNOWN + "No resources match this search"
+    assert "expression" not in issue
+    async with fhir_client(pool) as http:
+        failures = (await http.get("/api/fhir/push/failures")).json()
+        assert [r["status"] for r in failures["refused"]] == [404]
+        assert failures["failed"] == []
+        assert failures["backlog"]["items"] == 0
+    assert ehr.duplicates() == {}
+
+
+async def test_a_patient_unknown_in_every_part_is_found_by_halves(
+    pool: asyncpg.Pool, ehr: FhirServer
+) -> None:
+    """A patient's entries of one transaction, all refused with 404: each is kept, once."""
+    ehr.patients = {("urn:rpm:patient", "pat_2")}  # pat-1, with nine Observations, unknown
+    await ingest_clinic(pool, fhir_push=True)
+    worker = make_worker(pool, ehr, Clock(), bundle_max_entries=4)
+    try:
+        assert await worker.drain_once() == 1
+        assert worker.paused_until is None
+    finally:
+        await worker.close()
+    assert len(ehr.observations) == 1
+    rows = await refusals(pool)
+    assert len(rows) == OBSERVATIONS - 1
+    assert {(r["patient_id"], r["status"]) for r in rows} == {("pat-1", 404)}
+
+
+async def test_an_outage_during_a_refusal_still_backs_off_the_whole_batch(
+    pool: asyncpg.Pool, ehr: FhirServer
+) -> None:
+    """503 backs off and retries the whole batch, as before; once the EHR answers, the 404
+    is isolated in the same pass and nothing is stored twice."""
+    ehr.patients = {("urn:rpm:patient", "pat-1")}
+    await ingest_clinic(pool, fhir_push=True)
+    ehr.fail_next(1, 503)
+    clock = Clock()
+    worker = make_worker(pool, ehr, clock)
+    try:
+        assert await worker.drain_once() == 1
+        assert worker.paused_until is not None  # the circuit is open
+        assert worker.counters.retries == 1
+        assert len(ehr.observations) == 0
+        assert await refusals(pool) == []
+        [item] = await outbox(pool)
+        assert item["delivered_at"] is None
+        assert item["last_error"].startswith("503")
+        assert await worker.drain_once() == 0  # backing off: no request
+        assert ehr.requests == 1
+        clock.advance(600)
+        assert await worker.drain_once() == 1
+    finally:
+        await worker.close()
+    [item] = await outbox(pool)
+    assert item["delivered_at"] is not None
+    assert item["attempts"] == 2
+    assert len(ehr.observations) == OBSERVATIONS - 1
+    [refusal] = await refusals(pool)
+    assert (refusal["patient_id"], refusal["status"]) == ("pat_2", 404)
+    assert ehr.duplicates() == {}
+
+
+@pytest.mark.parametrize("status", [401, 403, 429])
+async def test_credentials_and_rate_limits_are_not_isolated(
+    pool: asyncpg.Pool, ehr: FhirServer, status: int
+) -> None:
+    """401/403 (credentials) and 429 hold the whole batch and back off: nothing is split or
+    recorded as refused."""
+    await ingest_clinic(pool, fhir_push=True)
+    ehr.fail_next(1, status)
+    clock = Clock()
+    worker = make_worker(pool, ehr, clock)
+    try:
+        assert await worker.drain_once() == 1
+        assert ehr.requests == 1  # not split
+        assert worker.paused_until is not None
+        [item] = await outbox(pool)
+        assert item["last_error"].startswith(str(status))
+        assert await refusals(pool) == []
+        clock.advance(600)
+        assert await worker.drain_once() == 1
+    finally:
+        await worker.close()
+    assert len(ehr.observations) == OBSERVATIONS
+    assert await refusals(pool) == []
+
+
+async def test_a_404_that_is_not_fhir_is_an_outage(ehr: FhirServer) -> None:
+    """A 404 without an OperationOutcome (a wrong base URL) is the endpoint, not an entry."""
+    client = EhrClient(f"{ehr.base_url}/wrong", timeout_s=2.0)
+    try:
+        with pytest.raises(EhrUnavailable, match=r"^404") as caught:
+            await client.transaction(transaction([]))
+    finally:
+        await client.close()
+    assert caught.value.status == 404
 
 
 async def test_an_ehr_down_for_good_fails_the_item_visibly_after_max_attempts(
