@@ -9,10 +9,12 @@ Conditional creates are honoured (http.html#ccreate): when the identifier is alr
 the answer is ``200 OK`` with the existing resource, otherwise ``201 Created``; an entry
 without ``ifNoneExist`` is always created, so a client that forgot it shows up as duplicates.
 Conditional references (``Patient?identifier=system|value``) resolve against ``patients``
-when given, and are accepted as they are otherwise. An unknown patient is answered as HAPI FHIR
-does: 404 for the whole transaction, an OperationOutcome (``processing``) whose diagnostics are
-``HAPI-1091: Invalid match URL "Patient?identifier=..." - No resources match this search``,
-naming no entry. Other errors are OperationOutcomes naming the entry (``Bundle.entry[i]``).
+when given (the identifiers the EHR knows its patients by, ours or its MRNs; ``--patient`` on
+the command line), and are accepted as they are otherwise. An unknown patient is answered as
+HAPI FHIR does: 404 for the whole transaction, an OperationOutcome (``processing``) whose
+diagnostics are ``HAPI-1091: Invalid match URL "Patient?identifier=..." - No resources match
+this search``, naming no entry. Other errors are OperationOutcomes naming the entry
+(``Bundle.entry[i]``).
 
 Faults on demand: the next N transactions fail with a status (``fail_next``), every
 transaction fails or hangs until lifted (``set_outage``; a hung request is processed once the
@@ -469,8 +471,13 @@ def _fhir(status: int, body: dict[str, Any]) -> web.Response:
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    patients = set(args.patient) if args.patient else None
     server = FhirServer(
-        host=args.host, port=args.port, validate=not args.no_validate, bearer_token=args.token
+        host=args.host,
+        port=args.port,
+        validate=not args.no_validate,
+        bearer_token=args.token,
+        patients=patients,
     )
     base_url = await server.start()
     print(json.dumps({"event": "ready", "base_url": base_url}), flush=True)
@@ -486,12 +493,27 @@ async def _serve(args: argparse.Namespace) -> None:
         await server.stop()
 
 
+def _patient_identifier(text: str) -> tuple[str, str]:
+    system, sep, value = text.partition("|")
+    if not (sep and system and value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not system|value")
+    return system, value
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m simulators.fhir_server``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--token", default=None, help="require this bearer token")
+    parser.add_argument(
+        "--patient",
+        action="append",
+        type=_patient_identifier,
+        metavar="SYSTEM|VALUE",
+        help="a patient identifier the server knows (repeatable); without any, every "
+        "Patient?identifier= reference is accepted",
+    )
     parser.add_argument(
         "--no-validate", action="store_true", help="skip fhir.resources validation (benchmarks)"
     )

@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import httpx
 import pytest
 
@@ -280,3 +281,79 @@ async def test_a_replay_that_still_fails_stays_pending(
     assert r.json()["result"]["quarantined"] == 1
     [still] = await pending()
     assert still["seen_count"] == 2
+
+
+MRN_SYSTEM = "urn:oid:2.16.840.1.113883.19.5"
+
+
+async def test_an_ehr_identifier_is_validated_stored_kept_and_removed(
+    api: httpx.AsyncClient, server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``ehr_identifier`` ({system, value}, e.g. the hospital's MRN) is how the EHR push names
+    the patient (docs/fhir.md, "Push to an EHR"): validated, stored, kept when not named, removed
+    by null; another patient's is a conflict; never in a log."""
+    assert server.pool is not None
+    caplog.set_level("DEBUG")
+    body = {"id": "pat-m", "display_name": "Pat M"}
+
+    async def stored(patient: str = "pat-m") -> tuple[str | None, str | None]:
+        assert server.pool is not None
+        async with server.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT ehr_identifier_system, ehr_identifier_value FROM patients WHERE id = $1",
+                patient,
+            )
+        assert row is not None
+        return row["ehr_identifier_system"], row["ehr_identifier_value"]
+
+    mrn = {"system": MRN_SYSTEM, "value": "MRN-0042424"}
+    r = await api.post("/api/patients", json={**body, "ehr_identifier": mrn})
+    assert r.status_code == 201, r.text
+    assert await stored() == (MRN_SYSTEM, "MRN-0042424")
+    assert await stored("pat-a") == (None, None)  # none given: pushed by our id
+
+    r = await api.post("/api/patients", json={**body, "language": "es"})  # not named: kept
+    assert r.status_code == 201
+    assert await stored() == (MRN_SYSTEM, "MRN-0042424")
+
+    for bad in (
+        {"system": MRN_SYSTEM, "value": ""},
+        {"system": MRN_SYSTEM, "value": "A" * 65},
+        {"system": MRN_SYSTEM, "value": "12|34"},
+        {"system": MRN_SYSTEM, "value": "12&name=x"},
+        {"system": MRN_SYSTEM, "value": "12 34"},
+        {"system": "not a uri", "value": "1234"},
+        {"system": "hospital-mrn", "value": "1234"},  # no scheme
+        {"system": "urn:a|b", "value": "1234"},
+        {"system": "", "value": "1234"},
+        {"system": MRN_SYSTEM},
+        {"value": "1234"},
+        "urn:oid:1.2.3|1234",
+    ):
+        r = await api.post("/api/patients", json={**body, "ehr_identifier": bad})
+        assert r.status_code == 422, bad
+    assert await stored() == (MRN_SYSTEM, "MRN-0042424")  # nothing refused changed it
+    ok = {"system": MRN_SYSTEM, "value": "A" * 64}
+    r = await api.post(
+        "/api/patients", json={"id": "pat-n", "display_name": "N", "ehr_identifier": ok}
+    )
+    assert r.status_code == 201
+    assert await stored("pat-n") == (MRN_SYSTEM, "A" * 64)
+
+    # Two of our patients under one EHR identifier would mix their records.
+    r = await api.post(
+        "/api/patients", json={"id": "pat-o", "display_name": "Pat O", "ehr_identifier": mrn}
+    )
+    assert r.status_code == 409
+    assert "MRN-0042424" not in r.text
+    async with server.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM patients WHERE id = 'pat-o'") == 0
+
+    r = await api.post("/api/patients", json={**body, "ehr_identifier": None})  # removed
+    assert r.status_code == 201
+    assert await stored() == (None, None)
+
+    async with server.pool.acquire() as conn:  # the database holds both or neither
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("UPDATE patients SET ehr_identifier_value = 'x' WHERE id = 'pat-m'")
+    assert "MRN-0042424" not in caplog.text

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,9 +34,17 @@ from rpm.pipeline import IngestPipeline
 from rpm.server import Server
 from rpm.settings import EhrSettings, Settings
 from rpm.storage import outbox as outbox_store
+from rpm.storage import registry
 from rpm.validation import ClockPolicy
 from simulators.fhir_server import FhirServer
-from tests.fhir_helpers import NOW, enroll, fhir_client, ingest_clinic, message
+from tests.fhir_helpers import (
+    NOW,
+    OBSERVATIONS_OF_PAT_1,
+    enroll,
+    fhir_client,
+    ingest_clinic,
+    message,
+)
 from tests.helpers import T0, eventually
 
 PATIENTS = {("urn:rpm:patient", "pat-1"), ("urn:rpm:patient", "pat_2")}
@@ -148,6 +157,24 @@ def test_a_transaction_is_conditional_creates_with_conditional_subjects() -> Non
         assert resource["device"] == {
             "identifier": {"system": "urn:rpm:device", "value": "acme:dev_1"}
         }
+
+
+def test_a_patient_with_an_ehr_identifier_is_named_by_it() -> None:
+    """The subject is the patient's identifier at the EHR (their MRN) when they have one,
+    else our id under the configured system."""
+    recs = [
+        recorded(Metric.BLOOD_PRESSURE, {"systolic": 150, "diastolic": 95, "pulse": 80}),
+        recorded(Metric.GLUCOSE, {"glucose": 140}, patient="pat_2"),
+    ]
+    entries = push_entries(recs, "urn:oid:1.2.3.4", {"pat_1": (MRN_SYSTEM, "MRN-1")})
+    subjects = [e.resource["subject"]["reference"] for e in entries]
+    assert subjects == [
+        f"Patient?identifier={MRN_SYSTEM}|MRN-1",
+        f"Patient?identifier={MRN_SYSTEM}|MRN-1",  # the pulse, split off
+        "Patient?identifier=urn:oid:1.2.3.4|pat_2",
+    ]
+    assert [e.patient_id for e in entries] == ["pat_1", "pat_1", "pat_2"]  # our ids, still
+    Bundle.model_validate(transaction(entries))
 
 
 def test_isolation_follows_the_outcome_or_halves() -> None:
@@ -425,6 +452,96 @@ async def test_an_outage_during_a_refusal_still_backs_off_the_whole_batch(
     [refusal] = await refusals(pool)
     assert (refusal["patient_id"], refusal["status"]) == ("pat_2", 404)
     assert ehr.duplicates() == {}
+
+
+# --- patients mapped to the EHR's own identifier (their MRN) --------------------------------------
+
+MRN_SYSTEM = "urn:oid:2.16.840.1.113883.19.5"
+
+
+async def map_patient(pool: asyncpg.Pool, patient: str, value: str) -> None:
+    async with pool.acquire() as conn:
+        await registry.set_ehr_identifier(conn, patient, (MRN_SYSTEM, value))
+
+
+def subjects(ehr: FhirServer) -> Counter[str]:
+    return Counter(o["subject"]["reference"] for o in ehr.observations.values())
+
+
+async def test_a_patient_mapped_to_an_mrn_the_ehr_knows_is_stored_under_it(
+    pool: asyncpg.Pool, ehr: FhirServer
+) -> None:
+    """pat-1 is known to the EHR only by MRN (not under urn:rpm:patient): their Observations
+    are stored under it; pat_2, unmapped, still goes by our id."""
+    ehr.patients = {(MRN_SYSTEM, "MRN-0001"), ("urn:rpm:patient", "pat_2")}
+    await ingest_clinic(pool, fhir_push=True)
+    await map_patient(pool, "pat-1", "MRN-0001")
+    worker = make_worker(pool, ehr, Clock(), bundle_max_entries=4)
+    try:
+        assert await worker.drain_once() == 1
+    finally:
+        await worker.close()
+    assert await refusals(pool) == []
+    assert ehr.identifiers() == await expected_identifiers(pool)
+    assert subjects(ehr) == {
+        f"Patient?identifier={MRN_SYSTEM}|MRN-0001": OBSERVATIONS_OF_PAT_1,
+        "Patient?identifier=urn:rpm:patient|pat_2": 1,
+    }
+    [item] = await outbox(pool)
+    assert item["result"]["created"] == OBSERVATIONS
+
+
+async def test_an_mrn_the_ehr_does_not_know_is_refused_isolated_and_never_logged(
+    pool: asyncpg.Pool, ehr: FhirServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """pat_2's MRN is unknown to the EHR (HAPI's 404 for the whole transaction): pat-1's
+    Observations go through under their MRN in the same pass, pat_2's is kept as refused
+    with no backoff; once the EHR knows the MRN, a requeue stores it under it. Neither MRN
+    is ever in a log."""
+    caplog.set_level("DEBUG")
+    ehr.patients = {(MRN_SYSTEM, "MRN-0001"), ("urn:rpm:patient", "pat_2")}
+    await ingest_clinic(pool, fhir_push=True)
+    await map_patient(pool, "pat-1", "MRN-0001")
+    await map_patient(pool, "pat_2", "MRN-0404")
+    clock = Clock()
+    worker = make_worker(pool, ehr, clock)
+    try:
+        assert await worker.drain_once() == 1
+        assert worker.paused_until is None
+        assert worker.counters.retries == 0
+        assert ehr.requests == 3  # the whole, then one part per patient
+    finally:
+        await worker.close()
+    assert subjects(ehr) == {f"Patient?identifier={MRN_SYSTEM}|MRN-0001": OBSERVATIONS_OF_PAT_1}
+    [item] = await outbox(pool)
+    assert item["delivered_at"] is not None
+    assert item["attempts"] == 1
+    assert (item["result"]["created"], item["result"]["refused"]) == (OBSERVATIONS - 1, 1)
+    [refusal] = await refusals(pool)
+    assert (refusal["patient_id"], refusal["status"]) == ("pat_2", 404)
+    [issue] = refusal["outcome"]["issue"]
+    assert f"{MRN_SYSTEM}|MRN-0404" in issue["diagnostics"]  # kept in the database only
+
+    # The EHR registers the patient under that MRN: send the refused Observation again.
+    ehr.patients.add((MRN_SYSTEM, "MRN-0404"))
+    async with fhir_client(pool) as http:
+        requeue = await http.post("/api/fhir/push/requeue", json={"refusal_ids": [refusal["id"]]})
+        assert requeue.json() == {"requeued_readings": 1}
+    worker = make_worker(pool, ehr, clock)
+    try:
+        clock.advance(1)
+        assert await worker.drain_once() == 1
+    finally:
+        await worker.close()
+    assert subjects(ehr) == {
+        f"Patient?identifier={MRN_SYSTEM}|MRN-0001": OBSERVATIONS_OF_PAT_1,
+        f"Patient?identifier={MRN_SYSTEM}|MRN-0404": 1,
+    }
+    assert ehr.duplicates() == {}
+    assert caplog.records  # the worker did log (a refusal warning), without the MRNs
+    for record in caplog.records:
+        text = record.getMessage() + (record.exc_text or "")
+        assert "MRN-0" not in text, text
 
 
 @pytest.mark.parametrize("status", [401, 403, 429])

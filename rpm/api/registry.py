@@ -43,6 +43,20 @@ def _zones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
 
 
+# An EHR identifier goes into a search URL (``Patient?identifier=<system>|<value>``): no '|'
+# (the separator), and none of '&', '#', '%' or whitespace, which would change the query.
+EHR_IDENTIFIER_SYSTEM = r"^[A-Za-z][A-Za-z0-9+.-]*:[^|&#%\s]+$"  # an absolute URI
+EHR_IDENTIFIER_VALUE = r"^[^|&#%\s]+$"
+
+
+class EhrIdentifierIn(BaseModel):
+    """How the EHR the push writes to knows the patient, e.g. the hospital's MRN:
+    ``{"system": "urn:oid:1.2.36.146.595.217.0.1", "value": "12345"}``."""
+
+    system: Annotated[str, Field(max_length=255, pattern=EHR_IDENTIFIER_SYSTEM)]
+    value: Annotated[str, Field(min_length=1, max_length=64, pattern=EHR_IDENTIFIER_VALUE)]
+
+
 class PatientIn(BaseModel):
     id: Annotated[str, Field(pattern=PATIENT_ID)]
     display_name: Annotated[str, Field(min_length=1, max_length=200)]
@@ -59,6 +73,10 @@ class PatientIn(BaseModel):
     channel_fallback: Annotated[
         list[Literal["sms", "whatsapp", "voice"]] | None, Field(max_length=3)
     ] = None
+
+    # The subject of the Observations pushed to the EHR (docs/fhir.md, "Push to an EHR").
+    # Omitted: unchanged (a new patient: none, pushed by our id); null: removed.
+    ehr_identifier: EhrIdentifierIn | None = None
 
     @field_validator("channel_fallback")
     @classmethod
@@ -192,6 +210,11 @@ async def create_patient(
             language=body.language,
             birth_date=body.birth_date,
         )
+        if "ehr_identifier" in body.model_fields_set:
+            mapped = body.ehr_identifier
+            await registry.set_ehr_identifier(
+                conn, body.id, (mapped.system, mapped.value) if mapped else None
+            )
         if body.preferred_channel is not None or body.channel_fallback is not None:
             await channel_store.set_channels(
                 conn, body.id, body.preferred_channel, body.channel_fallback

@@ -4,15 +4,17 @@ and the transaction-responses we read back. Pure.
 Transactions follow FHIR R4 http.html#transaction: each Observation is a conditional create
 (``request.ifNoneExist`` on its identifier), so sending it again, after a timeout or a crash,
 stores nothing new at the EHR (http.html#ccreate). The subject is a conditional reference
-(``Patient?identifier=<system>|<id>``, resolved by the EHR within the transaction), because the
-EHR does not know our Patient ids; the device is a logical reference by identifier.
+(``Patient?identifier=<system>|<value>``, resolved by the EHR within the transaction): the
+patient's identifier at the EHR (e.g. its MRN) when enrolment gave one, else our id under
+``RPM_EHR_PATIENT_IDENTIFIER_SYSTEM``, because the EHR does not know our Patient ids; the
+device is a logical reference by identifier.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,12 +79,14 @@ class PushEntry:
 
 
 def for_ehr(
-    observation: dict[str, Any], patient_id: str, device_id: str, patient_system: str
+    observation: dict[str, Any], patient: tuple[str, str], device_id: str
 ) -> dict[str, Any]:
     """Our Observation as another server stores it: no id (the EHR assigns its own), the
-    subject as a conditional reference by identifier, the device by identifier."""
+    subject as a conditional reference by the patient's identifier ``(system, value)`` at the
+    EHR, the device by identifier."""
     out = {k: v for k, v in observation.items() if k != "id"}
-    out["subject"] = {"reference": f"Patient?identifier={patient_system}|{patient_id}"}
+    system, value = patient
+    out["subject"] = {"reference": f"Patient?identifier={system}|{value}"}
     out["device"] = {"identifier": {"system": DEVICE_IDENTIFIER_SYSTEM, "value": device_id}}
     return out
 
@@ -211,14 +215,22 @@ def outcome_summary(outcome: dict[str, Any] | None, limit: int = 300) -> str:
     return joined if len(joined) <= limit else joined[: limit - 1] + "…"
 
 
-def push_entries(recorded: Sequence[RecordedReading], patient_system: str) -> list[PushEntry]:
-    """The Observations of stored readings, ready for a transaction."""
+def push_entries(
+    recorded: Sequence[RecordedReading],
+    patient_system: str,
+    ehr_identifiers: Mapping[str, tuple[str, str]] | None = None,
+) -> list[PushEntry]:
+    """The Observations of stored readings, ready for a transaction. A patient is named by
+    their identifier at the EHR (``ehr_identifiers``: patient id -> ``(system, value)``, e.g.
+    the hospital's MRN) when they have one, else as ``patient_system|<our id>``."""
+    known = ehr_identifiers or {}
     out = []
     for rec in recorded:
         r = rec.accepted.reading
         key = (r.device_id, r.metric.value, r.measured_at.isoformat())
         pid = rec.accepted.patient_id
+        patient = known.get(pid, (patient_system, pid))
         for obs in recorded_observations(rec):
-            resource = for_ehr(obs, pid, r.device_id, patient_system)
+            resource = for_ehr(obs, patient, r.device_id)
             out.append(PushEntry(obs["id"], key, pid, resource))
     return out

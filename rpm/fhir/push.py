@@ -3,8 +3,9 @@
 The ingest unit of work writes one outbox item per batch that stored new readings
 (``rpm.pipeline.fhir_push_item``: the readings' primary keys), in the batch's transaction. Per
 item the worker loads those readings, maps them (``rpm.fhir.mapping``, the stored uid and
-interpretation), and posts them in transaction Bundles of at most ``bundle_max_entries``
-Observations, ``concurrency`` Bundles in flight.
+interpretation; the subject by the patient's identifier at the EHR, e.g. its MRN, when
+enrolment gave one, else by our id), and posts them in transaction Bundles of at most
+``bundle_max_entries`` Observations, ``concurrency`` Bundles in flight.
 
 **Exactly once at the EHR.** Sending is at least once: an item is marked delivered only after
 every Bundle of it was answered, so a timeout, a crash or a lost answer sends it again. Each
@@ -226,9 +227,13 @@ class FhirPushWorker:
             return
         async with self._pool.acquire() as conn:
             recorded = await fhir_store.recorded_by_keys(conn, keys)
+            # Read at each send: a mapping fixed after a refusal applies when it is requeued.
+            identifiers = await fhir_store.ehr_identifiers(
+                conn, (rec.accepted.patient_id for rec in recorded)
+            )
         tally = _Tally()
         try:
-            entries = push_entries(recorded, self._config.patient_identifier_system)
+            entries = push_entries(recorded, self._config.patient_identifier_system, identifiers)
             size = self._config.bundle_max_entries
             sent = await asyncio.gather(
                 *(self._send(entries[i : i + size], tally) for i in range(0, len(entries), size)),

@@ -9,7 +9,7 @@ key); the writes to those tables stay with their own modules. ``fhir_push_refusa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +54,17 @@ async def recorded_by_keys(conn: Conn, keys: Sequence[ReadingKey]) -> list[Recor
         [k[2] for k in keys],
     )
     return [_recorded(r) for r in rows]
+
+
+async def ehr_identifiers(conn: Conn, patient_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """The EHR's identifier ``(system, value)`` of those patients that have one (the push's
+    subject; the others go by our id)."""
+    rows = await conn.fetch(
+        """SELECT id, ehr_identifier_system, ehr_identifier_value FROM patients
+            WHERE id = ANY($1::text[]) AND ehr_identifier_system IS NOT NULL""",
+        sorted(set(patient_ids)),
+    )
+    return {r["id"]: (r["ehr_identifier_system"], r["ehr_identifier_value"]) for r in rows}
 
 
 async def recorded_by_uid(conn: Conn, uid: str) -> RecordedReading | None:

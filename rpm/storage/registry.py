@@ -114,6 +114,25 @@ async def upsert_patient(
     )
 
 
+async def set_ehr_identifier(
+    conn: Conn, patient_id: str, identifier: tuple[str, str] | None
+) -> None:
+    """How the EHR knows the patient (``(system, value)``, e.g. its MRN), or ``None``: by our
+    id (docs/fhir.md, "Push to an EHR"). ``ConflictError`` when another patient has it. The value
+    is PHI-adjacent: it is in no message and no log."""
+    system, value = identifier if identifier is not None else (None, None)
+    try:
+        await conn.execute(
+            """UPDATE patients SET ehr_identifier_system = $2, ehr_identifier_value = $3
+                WHERE id = $1""",
+            patient_id,
+            system,
+            value,
+        )
+    except asyncpg.UniqueViolationError:
+        raise ConflictError("another patient has this EHR identifier") from None
+
+
 async def enroll_device(
     conn: Conn,
     *,
