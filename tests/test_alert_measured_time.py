@@ -16,7 +16,7 @@ from alerts.lifecycle import Action
 from alerts.policy import SnoozeCaps
 from rpm.domain import Severity
 from rpm.pipeline import IngestPipeline
-from rpm.storage import alert_reads, registry, rule_programs
+from rpm.storage import alert_actions, alert_reads, registry, rule_programs
 from rpm.storage import alerts as alert_store
 from rpm.validation import ClockPolicy
 from tests.alert_helpers import bp, msg
@@ -53,7 +53,7 @@ async def enrol(pool: asyncpg.Pool, patient: str, *programs: str) -> str:
 
 async def resolve(pool: asyncpg.Pool, alert_id: int) -> datetime:
     async with pool.acquire() as conn:
-        await alert_store.transition(conn, alert_id, Action.RESOLVE, "nurse-ana", "Called.")
+        await alert_actions.transition(conn, alert_id, Action.RESOLVE, "nurse-ana", "Called.")
         resolved_at: datetime = await conn.fetchval(
             "SELECT resolved_at FROM alerts WHERE id = $1", alert_id
         )
@@ -205,7 +205,7 @@ async def test_snooze_windows_are_kept_after_they_end(pool: asyncpg.Pool) -> Non
     [alert_id] = (await ingest(pool).process([msg(cuff, bp(192, 124, now - H))])).alerts_opened
     caps = SnoozeCaps()
     async with pool.acquire() as conn:
-        await alert_store.snooze(
+        await alert_actions.snooze(
             conn,
             alert_id,
             duration=timedelta(minutes=20),
@@ -213,7 +213,7 @@ async def test_snooze_windows_are_kept_after_they_end(pool: asyncpg.Pool) -> Non
             reason=None,
             caps=caps,
         )
-        await alert_store.snooze(
+        await alert_actions.snooze(
             conn,
             alert_id,
             duration=timedelta(minutes=30),
@@ -221,7 +221,7 @@ async def test_snooze_windows_are_kept_after_they_end(pool: asyncpg.Pool) -> Non
             reason=None,
             caps=caps,
         )
-        await alert_store.unsnooze(conn, alert_id, "nurse-ana")
+        await alert_actions.unsnooze(conn, alert_id, "nurse-ana")
         key = ("pat-snooze", "bp.high")
         windows = (await alert_store.snooze_windows(conn, {key: now - H}))[key]
         ended: datetime = await conn.fetchval("SELECT now()")

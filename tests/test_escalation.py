@@ -34,9 +34,8 @@ from alerts.lifecycle import Action, AlertState
 from alerts.policy import Snooze, SnoozeCaps
 from rpm.domain import Severity
 from rpm.settings import AlertSettings
+from rpm.storage import alert_actions, rule_programs
 from rpm.storage import alert_timers as timer_store
-from rpm.storage import alerts as alert_store
-from rpm.storage import rule_programs
 from rpm.workers.alert_timers import AlertTimers
 from rules.programs import RuleBook, builtin_programs
 from rules.spec import parse_program
@@ -294,7 +293,7 @@ async def test_acknowledging_stops_the_escalation(pool: asyncpg.Pool, ward: None
     a = await crisis(pool)
     t0 = a["last_notified_at"]
     async with pool.acquire() as conn:
-        await alert_store.transition(conn, a["id"], Action.ACKNOWLEDGE, TIER1)
+        await alert_actions.transition(conn, a["id"], Action.ACKNOWLEDGE, TIER1)
     result = await AlertTimers(pool).tick(t0 + 30 * MIN)
     assert result.paged == []
     assert await staff_pages(pool) == []
@@ -309,7 +308,7 @@ async def test_acknowledging_after_tier_1_keeps_tier_2_out_of_it(
     timers = AlertTimers(pool)
     await timers.tick(t0 + 10 * MIN)
     async with pool.acquire() as conn:
-        await alert_store.transition(conn, a["id"], Action.ACKNOWLEDGE, TIER1)
+        await alert_actions.transition(conn, a["id"], Action.ACKNOWLEDGE, TIER1)
     await timers.tick(t0 + 30 * MIN)
     assert [p["tier"] for _, p in await staff_pages(pool)] == [1]
 
@@ -381,7 +380,7 @@ async def test_an_acknowledged_alert_still_firing_returns_to_open_and_escalates_
 ) -> None:
     a = await crisis(pool)
     async with pool.acquire() as conn:
-        await alert_store.transition(conn, a["id"], Action.ACKNOWLEDGE, TIER1)
+        await alert_actions.transition(conn, a["id"], Action.ACKNOWLEDGE, TIER1)
     acked = (await alert(pool, a["id"]))["acknowledged_at"]
     timers = AlertTimers(pool)
 

@@ -19,7 +19,7 @@ from rpm.api import fhir as fhir_api
 from rpm.domain.errors import SearchError
 from rpm.fhir.mapping import logical_id
 from rpm.fhir.search import parse_date, time_window
-from rpm.storage import alerts as alert_store
+from rpm.storage import alert_actions
 from rpm.storage import sms as sms_store
 from rpm.storage.pool import create_pool
 from tests.fhir_helpers import (
@@ -385,7 +385,7 @@ async def test_an_alert_is_a_detected_issue_whose_evidence_resolves(
     obs = (await http.get(f"/fhir/{evidence['reference']}")).json()
     assert obs["component"][0]["valueQuantity"]["value"] == 192
     async with pool.acquire() as conn:
-        await alert_store.transition(conn, int(issue["id"]), Action.ACKNOWLEDGE, "nurse:jo")
+        await alert_actions.transition(conn, int(issue["id"]), Action.ACKNOWLEDGE, "nurse:jo")
     seen = (await http.get(f"/fhir/DetectedIssue/{issue['id']}")).json()
     assert seen["status"] == "final"
     assert seen["mitigation"][0]["author"] == {"display": "nurse:jo"}

@@ -28,8 +28,7 @@ from rpm.domain import Severity
 from rpm.domain.errors import AlertNotFound
 from rpm.domain.severity import SeverityName
 from rpm.pipeline import INGEST_CHANNEL
-from rpm.storage import alert_reads
-from rpm.storage import alerts as alert_store
+from rpm.storage import alert_actions, alert_reads
 from rpm.storage import staff as staff_store
 from rpm.storage.alerts import ALERTS_CHANNEL
 from rpm.storage.pool import Conn
@@ -253,7 +252,7 @@ async def acknowledge(
         who,
         pool,
         alert_id,
-        lambda c: alert_store.transition(c, alert_id, Action.ACKNOWLEDGE, who.actor),
+        lambda c: alert_actions.transition(c, alert_id, Action.ACKNOWLEDGE, who.actor),
     )
 
 
@@ -267,7 +266,7 @@ async def resolve(
         who,
         pool,
         alert_id,
-        lambda c: alert_store.transition(c, alert_id, Action.RESOLVE, who.actor, body.note),
+        lambda c: alert_actions.transition(c, alert_id, Action.RESOLVE, who.actor, body.note),
     )
 
 
@@ -280,7 +279,7 @@ async def assign(
         who,
         pool,
         alert_id,
-        lambda c: alert_store.assign(c, alert_id, body.assignee, who.actor),
+        lambda c: alert_actions.assign(c, alert_id, body.assignee, who.actor),
     )
 
 
@@ -300,7 +299,7 @@ async def snooze(
         who,
         pool,
         alert_id,
-        lambda c: alert_store.snooze(
+        lambda c: alert_actions.snooze(
             c,
             alert_id,
             duration=timedelta(minutes=body.minutes),
@@ -321,5 +320,5 @@ async def unsnooze(
 ) -> dict[str, Any]:
     """Lift the snooze (``actor`` is ignored: the caller's principal is the actor)."""
     return await _act(
-        request, who, pool, alert_id, lambda c: alert_store.unsnooze(c, alert_id, who.actor)
+        request, who, pool, alert_id, lambda c: alert_actions.unsnooze(c, alert_id, who.actor)
     )

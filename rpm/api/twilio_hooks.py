@@ -40,7 +40,7 @@ from alerts.sms import (
     twiml_message,
 )
 from rpm.settings import Settings
-from rpm.storage import alert_reads
+from rpm.storage import alert_events, alert_reads
 from rpm.storage import alerts as alert_store
 from rpm.storage import channels as channel_store
 from rpm.storage import checkins as checkin_store
@@ -161,12 +161,12 @@ async def _failed(
     if alert_id is None:
         return
     note = f"{audience} {describe(channel, recorded.status, recorded.error_code)}"
-    change = await alert_store.message_failed_event(conn, alert_id=alert_id, note=note)
+    change = await alert_events.message_failed_event(conn, alert_id=alert_id, note=note)
     if change is not None:
         await alert_store.notify(conn, [change])
     if audience == "patient" and following is None:
         said = "no channel reached the patient: the on-call nurse is paged now"
-        if await alert_store.patient_unreachable(conn, alert_id=alert_id, note=said):
+        if await alert_events.patient_unreachable(conn, alert_id=alert_id, note=said):
             log.info("alert %s: patient unreachable, escalation brought forward", alert_id)
 
 
@@ -245,7 +245,7 @@ async def _handle_inbound(
             at=now,
         )
     if stored is not None and alert is not None:
-        await alert_store.reply_event(
+        await alert_events.reply_event(
             conn,
             alert_id=int(alert["id"]),
             patient_id=patient_id,

@@ -21,6 +21,7 @@ from fastapi import APIRouter, HTTPException, Response
 from alerts import voice_script
 from alerts.channels import confirmed
 from alerts.voice import say_twiml
+from rpm.storage import alert_events
 from rpm.storage import alerts as alert_store
 from rpm.storage import channels as channel_store
 from rpm.storage import sms as sms_store
@@ -49,7 +50,7 @@ async def gather(outbox: int, form: SignedForm, pool: PoolDep, settings: Setting
             raise HTTPException(404, "no such call")
         patient = await sms_store.patient(conn, answer.patient_id)
         if answer.first_confirmation and answer.alert_id is not None:
-            change = await alert_store.patient_confirmed_event(
+            change = await alert_events.patient_confirmed_event(
                 conn,
                 alert_id=answer.alert_id,
                 patient_id=answer.patient_id,

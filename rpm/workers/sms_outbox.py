@@ -52,7 +52,7 @@ from rpm.domain.errors import (
 )
 from rpm.engagement.campaigns import CampaignSpec
 from rpm.settings import ApiSettings, SmsSettings
-from rpm.storage import alert_reads
+from rpm.storage import alert_events, alert_reads
 from rpm.storage import alerts as alert_store
 from rpm.storage import campaigns as campaign_store
 from rpm.storage import checkins as checkin_store
@@ -347,7 +347,7 @@ class SmsOutboxWorker:
                 await outbox_store.failed(conn, item.id, f"{reason} {exc}".strip())
                 if alert_id is not None:  # the nurse sees it in the alert's history
                     note = f"{work.audience} {describe(plan.channel, 'refused', exc.code)}"
-                    change = await alert_store.message_failed_event(
+                    change = await alert_events.message_failed_event(
                         conn, alert_id=alert_id, note=note, at=now
                     )
                     await alert_store.notify(conn, [change] if change else [])
