@@ -167,16 +167,11 @@ async def _remove(conn: Conn, args: argparse.Namespace) -> None:
 
 
 async def _audit(conn: Conn, args: argparse.Namespace, action: str, rid: str) -> None:
-    entry = audit_store.AuditEntry(
+    await audit_store.append_cli(
+        conn,
         actor=f"cli:{getpass.getuser()}",
-        role="cli",
+        command=f"rpm on-call {args.on_call_command}",
         action=action,
         resource="on-call",
         resource_id=rid,
-        route=f"CLI rpm on-call {args.on_call_command}",
-        patient_ids=(),
-        client_addr=None,
-        user_agent=None,
-        status=200,  # the command succeeded (failures change nothing and are not logged)
     )
-    await audit_store.append(conn, [entry])

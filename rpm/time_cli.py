@@ -274,20 +274,15 @@ async def _audit(
     conn: Conn, args: argparse.Namespace, action: str, resource: str, rid: str, patient: str
 ) -> None:
     staff = getattr(args, "staff", None)
-    actor = f"staff:{staff}" if staff else f"cli:{getpass.getuser()}"
-    entry = audit_store.AuditEntry(
-        actor=actor,
-        role="cli",
+    await audit_store.append_cli(
+        conn,
+        actor=f"staff:{staff}" if staff else f"cli:{getpass.getuser()}",
+        command=f"rpm time {args.time_command}",
         action=action,
         resource=resource,
         resource_id=rid,
-        route=f"CLI rpm time {args.time_command}",
         patient_ids=(patient,),
-        client_addr=None,
-        user_agent=None,
-        status=200,  # the command succeeded (failures change nothing and are not logged)
     )
-    await audit_store.append(conn, [entry])
 
 
 def _seconds(minutes: float) -> int:

@@ -53,6 +53,38 @@ async def append(conn: Conn, entries: Sequence[AuditEntry]) -> None:
     )
 
 
+async def append_cli(
+    conn: Conn,
+    *,
+    actor: str,
+    command: str,
+    action: str,
+    resource: str,
+    resource_id: str | None,
+    patient_ids: Sequence[str] = (),
+) -> None:
+    """Audit a change made by an ``rpm`` command (``command``: e.g. ``rpm time add``), with
+    role ``cli`` and status 200: the command succeeded (failures change nothing and are
+    not logged)."""
+    await append(
+        conn,
+        [
+            AuditEntry(
+                actor=actor,
+                role="cli",
+                action=action,
+                resource=resource,
+                resource_id=resource_id,
+                route=f"CLI {command}",
+                patient_ids=tuple(patient_ids),
+                client_addr=None,
+                user_agent=None,
+                status=200,
+            )
+        ],
+    )
+
+
 async def query(
     conn: Conn,
     *,
