@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
 from playwright.async_api import expect
@@ -34,7 +34,12 @@ async def test_the_panel_filters_sorts_and_updates_live(
     await add_nurse(pool)
     await enroll(pool, "pat-panel-a", {"cuff-panel-a": "bp_cuff"}, ["hypertension"])
     await enroll(pool, "pat-panel-b", {"cuff-panel-b": "bp_cuff"}, ["diabetes"])
-    today = datetime.now(UTC).date()
+    # The server's clock is pinned to noon UTC yesterday (patients here live in UTC): a day
+    # well inside one calendar month's minutes and one device period whatever the wall
+    # clock says, and a reading measured then is neither in the future nor too old.
+    now = datetime.combine(datetime.now(UTC).date() - timedelta(days=1), time(12), UTC)
+    server.app.state.clock = lambda: now
+    today = now.date()
     async with pool.acquire() as conn:
         await conn.execute(
             "UPDATE patients SET display_name = $2, monitoring_started_on = $3 WHERE id = $1",
@@ -117,7 +122,7 @@ async def test_the_panel_filters_sorts_and_updates_live(
             json.dumps(
                 {
                     "metric": "blood_pressure",
-                    "measured_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
+                    "measured_at": now.isoformat(),
                     "values": {"systolic": 121, "diastolic": 79, "pulse": 70},
                 }
             ).encode(),
@@ -137,9 +142,10 @@ async def test_the_panel_filters_sorts_and_updates_live(
             await conn.execute(
                 """INSERT INTO time_entries (patient_id, staff_id, started_at, duration_s,
                                              activity, source)
-                   VALUES ('pat-panel-b', $1, now() - interval '1 minute', 1260,
+                   VALUES ('pat-panel-b', $1, $2::timestamptz - interval '1 minute', 1260,
                            'interactive_video', 'manual')""",
                 NURSE_ID,
+                now,
             )
         minutes = ben.locator('[data-field="minutes"]')
         await expect(minutes).to_contain_text("21.0", timeout=LIVE_WITHIN_S * 1000 + 3000)
