@@ -287,6 +287,22 @@ async def test_needs_time_at_its_threshold(
     assert flagged["total"] == (1 if flag else 0)
 
 
+async def test_what_counts_as_interactive_is_the_code_tables(
+    app_http: tuple[Any, httpx.AsyncClient], pool: asyncpg.Pool
+) -> None:
+    """A table that counts only video calls as interactive: a phone call's 25 minutes are
+    enough time, but the month still needs an interactive call, in the row and the filter."""
+    app, http = app_http
+    app.state.panel_thresholds = Thresholds(interactive_activities=frozenset({"interactive_video"}))
+    async with pool.acquire() as conn:
+        await add_patient(conn, "p", days=20)
+        await add_time(conn, "p", 25 * 60, "interactive_phone")
+    [p] = (await get(http, await staff_headers(pool)))["patients"]
+    assert p["month"]["interactive"] is False
+    assert p["needs_time"]["flag"] is True
+    assert (await get(http, await staff_headers(pool), flag="time"))["total"] == 1
+
+
 async def test_periods_in_sql_agree_with_device_period(
     http: httpx.AsyncClient, pool: asyncpg.Pool
 ) -> None:

@@ -24,11 +24,13 @@ from rpm.billing.periods import Period, device_period
 @dataclass(frozen=True, slots=True)
 class Thresholds:
     """What "enough" is: days with readings per device period, minutes per calendar month,
-    and whether a real-time interactive communication is required in the month."""
+    and whether a real-time interactive communication is required in the month, and which
+    activities of a time entry count as one (the code table's ``interactive_activities``)."""
 
     days_needed: int = 16
     minutes_needed: int = 20
     interactive_needed: bool = True
+    interactive_activities: frozenset[str] = frozenset({"interactive_phone", "interactive_video"})
 
     def __post_init__(self) -> None:
         if not 1 <= self.days_needed <= 30:
@@ -52,6 +54,7 @@ def thresholds_of(table: CodeTable) -> Thresholds:
         max(c.min_days for c in supply) if supply else DEFAULT_THRESHOLDS.days_needed,
         most.min_minutes if most else DEFAULT_THRESHOLDS.minutes_needed,
         most.requires_interactive if most else DEFAULT_THRESHOLDS.interactive_needed,
+        frozenset(table.interactive_activities),
     )
 
 

@@ -34,8 +34,6 @@ from rpm.storage.pool import Conn
 from rpm.storage.segments import FACTS_SQL, over_everyone
 
 PANEL_CHANNEL = "rpm_panel"
-INTERACTIVE = ("interactive_phone", "interactive_video")  # real-time communication (0018)
-_INTERACTIVE_SQL = ", ".join(f"'{a}'" for a in INTERACTIVE)
 
 SortKey = Literal["name", "patient", "days", "minutes", "last_reading", "alerts"]
 Direction = Literal["asc", "desc"]
@@ -67,9 +65,9 @@ _PARTS: dict[str, tuple[str, str]] = {
     "spent": (
         "coalesce(spent.seconds, 0)::int AS seconds, "
         "coalesce(spent.interactive, false) AS interactive",
-        f"""LEFT JOIN LATERAL (
+        """LEFT JOIN LATERAL (
               SELECT sum(e.duration_s) AS seconds,
-                     bool_or(e.activity IN ({_INTERACTIVE_SQL})) AS interactive
+                     bool_or(e.activity = ANY($7::text[])) AS interactive
                 FROM time_entries e
                WHERE e.patient_id = x.id AND e.deleted_at IS NULL
                  AND e.started_at >= x.month_from AND e.started_at < x.month_to
@@ -131,7 +129,8 @@ def _order_by(sort: str, direction: str) -> str:
 
 
 # $1 now, $2 care teams (NULL: every team), $3 program (NULL: any), $4 days needed,
-# $5 seconds needed, $6 interactive needed; a segment's condition adds its own parameters.
+# $5 seconds needed, $6 interactive needed, $7 the activities that are interactive (the code
+# table's); a segment's condition adds its own parameters.
 # Patients are taken by care team; the parts the sort and the filter need are made for
 # each of them (``everyone``), the page is cut, and the other parts are made for its rows
 # only (``page``). Each part probes the patient's own index range (patient_days' primary
@@ -211,6 +210,7 @@ def statement(now: datetime, q: PanelQuery, t: Thresholds) -> tuple[str, list[An
         t.days_needed,
         t.minutes_needed * 60,
         t.interactive_needed,
+        sorted(t.interactive_activities),
     ]
     segment = ""
     if q.segment is not None:
