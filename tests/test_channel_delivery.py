@@ -9,7 +9,7 @@ import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -31,7 +31,14 @@ from rpm.workers.sms_outbox import DeliveryConfig, SmsOutboxWorker
 from rpm.workers.voice_calls import VoiceCallWorker, VoiceConfig
 from simulators.twilio_sink import TwilioSink
 from tests.conftest import TWILIO_SID, TWILIO_TOKEN
-from tests.twilio_support import Clock, add_alert, add_patient, hook_settings, patient_payload
+from tests.twilio_support import (
+    Clock,
+    add_alert,
+    add_patient,
+    daytime_clock,
+    hook_settings,
+    patient_payload,
+)
 
 SENDER = "+15005550006"
 WHATSAPP_SENDER = "+15005550007"
@@ -156,8 +163,7 @@ async def rows(pool: asyncpg.Pool, sql: str, *args: Any) -> list[dict[str, Any]]
 
 
 def clock_now() -> Clock:
-    # A second ahead of the database, so rows it stamped with now() are already due.
-    return Clock(datetime.now(UTC) + timedelta(seconds=1))
+    return daytime_clock()
 
 
 # -- WhatsApp -------------------------------------------------------------------------------

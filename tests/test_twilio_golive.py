@@ -7,7 +7,7 @@ description."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -22,10 +22,10 @@ from rpm.workers.sms_outbox import DeliveryConfig, SmsOutboxWorker
 from simulators.twilio_sink import TwilioSink
 from tests.conftest import TWILIO_SID, TWILIO_TOKEN
 from tests.twilio_support import (
-    Clock,
     add_alert,
     add_patient,
     add_staff,
+    daytime_clock,
     patient_payload,
     serve_hooks,
 )
@@ -67,8 +67,7 @@ def worker(
         **{**{f: getattr(delivery, f) for f in delivery.__dataclass_fields__}, **config}
     )
     router = ChannelRouter(ChannelSettings(whatsapp_from=WHATSAPP_SENDER))
-    # A second ahead of the database, so rows it stamped with now() are already due.
-    clock = Clock(datetime.now(UTC) + timedelta(seconds=1))
+    clock = daytime_clock()
     return SmsOutboxWorker(pool, sms, delivery, clock=clock, router=router, hold=hold)
 
 

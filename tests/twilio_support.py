@@ -37,6 +37,19 @@ class Clock:
         self.now += delta
 
 
+def daytime_clock() -> Clock:
+    """A worker clock at the next 12:00 or 18:00 UTC (the zone of these tests' patients):
+    outside the default quiet hours (21:00 to 08:00, migration 0005), ahead of the database
+    so rows it stamped with now() are already due, and at most 18 hours after a message just
+    received (inside WhatsApp's 24-hour window), whenever the test runs."""
+    now = datetime.now(UTC)
+    if now.hour < 12:
+        return Clock(local_time_after(now, UTC, time(12), days=0))
+    if now.hour < 18:
+        return Clock(local_time_after(now, UTC, time(18), days=0))
+    return Clock(local_time_after(now, UTC, time(12), days=1))
+
+
 def local_time_after(at: datetime, zone: tzinfo, wall: time, days: int = 1) -> datetime:
     """``wall`` o'clock in ``zone`` ``days`` calendar days after ``at`` (in UTC).
 
