@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+from rpm.domain.text_input import whole_number
+
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:
     """The ``X-RPM-Signature`` header value for ``body`` at ``timestamp``."""
@@ -28,12 +30,12 @@ def verify_signature(
     if not header:
         return "missing X-RPM-Signature"
     parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
-    t, v1 = parts.get("t", ""), parts.get("v1", "")
-    if not t.isdigit() or not v1:
+    t, v1 = whole_number(parts.get("t"), max_digits=12), parts.get("v1", "")
+    if t is None or not v1:
         return "malformed X-RPM-Signature"
-    if abs(now - int(t)) > tolerance_s:
+    if abs(now - t) > tolerance_s:
         return "signature timestamp outside the allowed window"
-    expected = sign(secret, body, int(t)).split("v1=", 1)[1]
+    expected = sign(secret, body, t).split("v1=", 1)[1]
     if not hmac.compare_digest(expected, v1):
         return "signature does not match"
     return None

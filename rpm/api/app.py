@@ -49,6 +49,7 @@ from . import (
 from .errors import FHIR_JSON
 from .guard import Guard
 from .live import Broadcaster
+from .request_text import RefuseControlCharacters
 
 
 class ErrorOut(BaseModel):
@@ -120,6 +121,9 @@ def create_app(
     # (rpm.api.deps.panel_thresholds; docs/panel.md), unless a test pins it here.
     app.state.panel_thresholds = None
     # Audit writer and API security headers (rpm/api/guard.py); access rules in access.py.
+    # Control characters and bytes that are not UTF-8 in a path or query: 400 before any
+    # route (rpm/api/request_text.py); inside the guard, so the answer has its headers.
+    app.add_middleware(RefuseControlCharacters)
     app.add_middleware(Guard, pool=pool, hsts=auth_config.cookie_secure)
     errors.install(app)
     app.include_router(admin.router)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from rpm.domain.errors import NotFoundError
+from rpm.domain.text_input import whole_number
 from rpm.engagement.checkins import QUESTIONNAIRES
 from rpm.fhir import capability, questionnaires, resources
 from rpm.fhir.mapping import reading_uid_of, served_observations
@@ -22,7 +23,6 @@ from .fhir_common import FhirRoute, answer, base, negotiate, visible
 
 router = APIRouter(route_class=FhirRoute, tags=["fhir"])
 # Ids of alerts and SMS are bigserials: longer digit strings name nothing.
-_MAX_ID_DIGITS = 18
 
 
 # Open to every caller, as FHIR clients discover a server (and SMART its security) by
@@ -86,10 +86,11 @@ async def detected_issue_read(
     request: Request, who: CanReadFhir, pool: PoolDep, alert_id: str
 ) -> Response:
     negotiate(request)
-    if not alert_id.isdigit() or len(alert_id) > _MAX_ID_DIGITS:
+    number = whole_number(alert_id)
+    if number is None:
         raise NotFoundError("no such DetectedIssue")
     async with pool.acquire() as conn:
-        alert = await alert_reads.get(conn, int(alert_id))
+        alert = await alert_reads.get(conn, number)
     if alert and not who.sees(alert["care_team"]):
         alert = None
     audit(request, who, "read", "DetectedIssue", [alert["patient_id"]] if alert else (), alert_id)
@@ -103,10 +104,11 @@ async def communication_read(
     request: Request, who: CanReadFhir, pool: PoolDep, message_id: str
 ) -> Response:
     negotiate(request)
-    if not message_id.isdigit() or len(message_id) > _MAX_ID_DIGITS:
+    number = whole_number(message_id)
+    if number is None:
         raise NotFoundError("no such Communication")
     async with pool.acquire() as conn:
-        message = await fhir_store.sms_message(conn, int(message_id))
+        message = await fhir_store.sms_message(conn, number)
         if message and not await visible(conn, who, [message["patient_id"]]):
             message = None
     patients = [message["patient_id"]] if message else ()
@@ -122,10 +124,11 @@ async def questionnaire_response_read(
 ) -> Response:
     """A patient's SMS check-in answers (in progress until every question is answered)."""
     negotiate(request)
-    if not response_id.isdigit() or len(response_id) > _MAX_ID_DIGITS:
+    number = whole_number(response_id)
+    if number is None:
         raise NotFoundError("no such QuestionnaireResponse")
     async with pool.acquire() as conn:
-        found = await checkin_store.response(conn, int(response_id))
+        found = await checkin_store.response(conn, number)
         if found and (found.resource is None or not await visible(conn, who, [found.patient_id])):
             found = None
     audit(

@@ -33,6 +33,7 @@ from device_gateways.webhook_auth import verify_bearer, verify_signature
 from rpm.auth import API_KEY_PREFIX
 from rpm.domain import RawMessage, Rejection, RejectReason
 from rpm.domain.errors import StorageError
+from rpm.domain.text_input import whole_number
 from rpm.ingest_batcher import BatchLimits, IngestBatcher
 from rpm.json_depth import max_depth
 from rpm.metrics import Metrics, delivery_families
@@ -315,7 +316,8 @@ async def _ingest_key(request: Request, authorization: str | None) -> str | None
 async def _bounded_body(request: Request, max_bytes: int) -> bytes | None:
     """The body, or None as soon as it passes ``max_bytes`` (declared or actually sent)."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    size_declared = whole_number(declared)
+    if size_declared is not None and size_declared > max_bytes:
         return None
     chunks: list[bytes] = []
     size = 0

@@ -39,6 +39,7 @@ from alerts.sms import (
     signature_valid,
     twiml_message,
 )
+from rpm.domain.text_input import whole_number
 from rpm.settings import Settings
 from rpm.storage import alert_events, alert_reads
 from rpm.storage import alerts as alert_store
@@ -128,7 +129,7 @@ async def status(form: SignedForm, pool: PoolDep, request: Request) -> Response:
     if not sid or not state:
         raise HTTPException(400, "MessageSid and MessageStatus are required")
     code_text = form.get("ErrorCode", "")
-    code = int(code_text) if code_text.isdigit() else None
+    code = whole_number(code_text, max_digits=9)  # Twilio's codes have 5 digits
     async with pool.acquire() as conn, conn.transaction():
         recorded = await sms_store.apply_status(conn, sid, state, code)
         if recorded and recorded.error_code == UNSUBSCRIBED and recorded.patient_id:

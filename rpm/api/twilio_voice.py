@@ -21,6 +21,7 @@ from fastapi import APIRouter, HTTPException, Response
 from alerts import voice_script
 from alerts.channels import confirmed
 from alerts.voice import say_twiml
+from rpm.domain.text_input import whole_number
 from rpm.storage import alert_events
 from rpm.storage import alerts as alert_store
 from rpm.storage import channels as channel_store
@@ -87,7 +88,7 @@ async def call_status(form: SignedForm, pool: PoolDep) -> Response:
     if not sid or not state:
         raise HTTPException(400, "CallSid and CallStatus are required")
     code_text = form.get("ErrorCode", "")
-    code = int(code_text) if code_text.isdigit() else None
+    code = whole_number(code_text, max_digits=9)  # Twilio's codes have 5 digits
     async with pool.acquire() as conn:
         now_status = await channel_store.apply_call_status(conn, sid, state, code)
     log.info("call %s: status %s (%s)", sid, state, "recorded" if now_status else "not newer")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rpm.domain.errors import MalformedResponse
+from rpm.domain.text_input import whole_number
 
 from .mapping import IDENTIFIER_SYSTEM, RecordedReading, recorded_observations
 
@@ -152,13 +153,13 @@ def transaction_results(response: object, sent: int) -> list[EntryResult]:
         answer = entry.get("response") if isinstance(entry, dict) else None
         if not isinstance(answer, dict):
             raise MalformedResponse("an entry has no response")
-        status = str(answer.get("status", "")).split(" ", 1)[0]
-        if not status.isdigit():
-            raise MalformedResponse(f"entry status {answer.get('status')!r}")
+        status = whole_number(str(answer.get("status", "")).split(" ", 1)[0], max_digits=3)
+        if status is None:
+            raise MalformedResponse(f"entry status {str(answer.get('status'))[:40]!r}")
         outcome = answer.get("outcome")
         out.append(
             EntryResult(
-                int(status),
+                status,
                 answer.get("location"),
                 outcome if isinstance(outcome, dict) else None,
             )

@@ -39,6 +39,7 @@ import httpx
 import orjson
 
 from rpm.domain.errors import ConfigurationError, EhrRefused, EhrUnavailable, MalformedResponse
+from rpm.domain.text_input import whole_number
 from rpm.settings import EhrSettings
 
 from .bundles import EntryResult, operation_outcome, transaction_results
@@ -242,8 +243,9 @@ def _retry_after(resp: httpx.Response) -> float | None:
     value = resp.headers.get("Retry-After")
     if value is None:
         return None
-    if value.strip().isdigit():
-        return float(value)
+    seconds = whole_number(value.strip(), max_digits=9)
+    if seconds is not None:
+        return float(seconds)
     try:
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):

@@ -26,6 +26,7 @@ import orjson
 
 from rpm.domain import METRICS, Metric
 from rpm.domain.errors import SearchError
+from rpm.domain.text_input import whole_number
 
 from .mapping import (
     LOINC,
@@ -319,9 +320,10 @@ def count_of(params: Params) -> int:
     text = params.one("_count")
     if text is None:
         return DEFAULT_COUNT
-    if not text.isdigit():
-        raise SearchError(f"_count must be a whole number, not {text!r}")
-    return min(int(text), MAX_COUNT)
+    count = whole_number(text, max_digits=9)
+    if count is None:
+        raise SearchError(f"_count must be a whole number of at most 9 digits, not {text[:20]!r}")
+    return min(count, MAX_COUNT)
 
 
 def summary_only(params: Params) -> bool:
