@@ -90,13 +90,17 @@ async def alerts(
     """Alerts of these patients opened since ``since``, with their simulated times.
 
     An alert opened by a reading happened, in simulated time, when that reading was
-    measured; a missing-data alert has no reading, so its wall times are mapped back.
+    measured; a missing-data alert has no reading and opened at the simulated time of the
+    pass that found the silence (its first contribution's ``measured_at``: the pass's
+    clock), exact whatever the load. Only an alert without either has its wall time mapped
+    back.
     """
     rows = await conn.fetch(
         """SELECT a.patient_id, a.rule_id, a.opened_at, a.updated_at,
                   ARRAY(SELECT c->>'rule_id' FROM jsonb_array_elements(a.contributions) c)
                   AS rules,
                   extract(epoch FROM a.opened_at)::float8 AS opened,
+                  (a.contributions -> 0 ->> 'measured_at')::timestamptz AS first_fired,
                   f.device_id, f.metric, f.measured_at AS first_measured,
                   l.measured_at AS last_measured
              FROM alerts a
@@ -113,6 +117,8 @@ async def alerts(
         if r["first_measured"] is not None:
             trigger = (r["device_id"], r["metric"], r["first_measured"])
             sim_opened = r["first_measured"]
+        elif r["first_fired"] is not None:
+            sim_opened = r["first_fired"]
         else:
             sim_opened = to_sim(r["opened_at"])
         last = r["last_measured"] or to_sim(r["updated_at"])
