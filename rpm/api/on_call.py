@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from rpm.api.fields import Instant
 from rpm.auth import STAFF_ID
 from rpm.domain.errors import InvalidRequestError, NotFoundError
 from rpm.storage import staff as staff_store
@@ -38,8 +39,8 @@ class ShiftIn(BaseModel):
 
     staff_id: Annotated[str, Field(pattern=STAFF_ID, description="an active team member")]
     tier: Literal[1, 2]
-    start: AwareDatetime
-    end: AwareDatetime = Field(description="after start; the shift is [start, end)")
+    start: Instant
+    end: Instant = Field(description="after start; the shift is [start, end)")
 
 
 class ShiftOut(BaseModel):

@@ -16,11 +16,12 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Request, Security
-from pydantic import AwareDatetime, BaseModel, Field, PastDate, field_validator
+from pydantic import BaseModel, Field, PastDate, field_validator
 
 from device_gateways import dynsec
 from device_gateways.decoders import DECODERS
 from device_gateways.mqtt import TOPIC_PREFIX
+from rpm.api.fields import Instant
 from rpm.domain.errors import ConflictError, DeviceNotFound, InvalidRequestError, NotFoundError
 from rpm.storage import channels as channel_store
 from rpm.storage import outbox as outbox_store
@@ -104,7 +105,7 @@ class DeviceIn(BaseModel):
     serial: Annotated[str | None, Field(max_length=100)] = None  # serial number or IMEI
     integration: Annotated[str | None, Field(pattern=INTEGRATION_ID)] = None
     patient_id: Annotated[str | None, Field(pattern=PATIENT_ID)] = None
-    bound_from: AwareDatetime | None = None
+    bound_from: Instant | None = None
     actor: Actor | None = None  # ignored: the caller's principal is the actor
 
 
@@ -121,13 +122,13 @@ class DeviceEnrolled(BaseModel):
 
 class BindingIn(BaseModel):
     patient_id: Annotated[str, Field(pattern=PATIENT_ID)]
-    start: AwareDatetime | None = None
-    end: AwareDatetime | None = None
+    start: Instant | None = None
+    end: Instant | None = None
     actor: Actor | None = None  # ignored: the caller's principal is the actor
 
 
 class AtIn(BaseModel):
-    at: AwareDatetime | None = None
+    at: Instant | None = None
     actor: Actor | None = None  # ignored: the caller's principal is the actor
 
 

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from rpm.api.fields import Instant
 from rpm.billing.periods import calendar_month, month_of
 from rpm.billing.time import (
     NOTE_MAX,
@@ -60,7 +61,7 @@ MONTH = r"^[0-9]{4}-[0-9]{2}$"
 class EntryIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    started_at: AwareDatetime
+    started_at: Instant
     duration_s: Duration
     activity: Activity
     note: Note = ""
@@ -73,7 +74,7 @@ class EntryPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: Annotated[int, Field(ge=1, le=2**31 - 1, description="the version you read")]
-    started_at: AwareDatetime | None = None
+    started_at: Instant | None = None
     duration_s: Duration | None = None
     activity: Activity | None = None
     note: Note | None = None
