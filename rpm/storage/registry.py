@@ -195,17 +195,19 @@ async def create_device(
     serial: str | None,
     integration: str | None,
     actor: str,
+    password_login: bool = False,
 ) -> None:
     """Register a device; ``ConflictError`` when the id is taken."""
     try:
         await conn.execute(
-            """INSERT INTO devices (id, kind, vendor, serial, integration)
-               VALUES ($1, $2, $3, $4, $5)""",
+            """INSERT INTO devices (id, kind, vendor, serial, integration, password_login)
+               VALUES ($1, $2, $3, $4, $5, $6)""",
             device_id,
             kind,
             vendor,
             serial,
             integration,
+            password_login,
         )
     except asyncpg.UniqueViolationError:
         raise ConflictError(f"device {device_id!r} is already enrolled") from None
