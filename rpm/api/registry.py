@@ -298,7 +298,9 @@ async def _enroll_with_csr(
         id=body.id, kind=body.kind, vendor=body.vendor, serial=body.serial, csr=body.csr
     )
     async with pool.acquire() as conn, conn.transaction():
-        out = await device_certs.enroll_many(conn, ca, auth.check_id, [row], actor, now)
+        out = await device_certs.enroll_many(
+            conn, auth.signer, ca, auth.check_id, [row], actor, now
+        )
         if body.patient_id is not None and not out.already:
             await _bind(conn, body.id, body.patient_id, body.bound_from, None, actor)
     return DeviceEnrolled(device_id=body.id, certificate=out.enrolled[0])
