@@ -6,6 +6,7 @@ connection, and a connected device disconnected), and a password device moving o
 from __future__ import annotations
 
 import asyncio
+import csv
 import itertools
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -17,6 +18,7 @@ import httpx
 import pytest
 from cryptography import x509
 
+from rpm import device_cli
 from rpm.local_endpoints import ServiceEndpoints, settings_for_local
 from rpm.server import Server
 from simulators.cert_device import CertDevice
@@ -277,3 +279,33 @@ async def test_a_password_device_moves_to_a_certificate_and_then_loses_its_passw
     assert await asyncio.to_thread(by_password, 125) != 0  # the broker forgot the login
     events = [e["action"] for e in (await api.get(f"/api/devices/{device_id}")).json()["events"]]
     assert events[-2:] == ["certificate", "remove_password"]
+
+
+async def test_a_shipment_csv_is_enrolled_and_its_certificates_connect(
+    api: httpx.AsyncClient,
+    cert_server: Server,
+    cert_services: tuple[ServiceEndpoints, int],
+    tmp_path: Path,
+) -> None:
+    endpoints, port = cert_services
+    n = next(_ids)
+    devices = [CertDevice(f"ship-{n}-{i}", tmp_path / "keys") for i in range(3)]
+    shipment = tmp_path / "shipment.csv"
+    with shipment.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "kind", "vendor", "serial", "csr"])
+        for i, d in enumerate(devices):
+            writer.writerow([d.device_id, "thermometer", "Acme", f"SN-{i}", d.csr()])
+    out = tmp_path / "certs.csv"
+    rows = device_cli.parse_shipment(shipment.read_text(), tmp_path)
+    assert await device_cli.import_rows(rows, out, cert_server.settings) == 0
+    assert await device_cli.import_rows(rows, out, cert_server.settings) == 0  # a retry
+    with out.open(newline="") as handle:
+        issued = {r["device_id"]: r["certificate"] for r in csv.DictReader(handle)}
+    assert sorted(issued) == [d.device_id for d in devices]
+    devices[2].keep(issued[devices[2].device_id])
+    async with devices[2].client("127.0.0.1", port, ca_file(endpoints)):
+        pass  # the broker accepts the certificate
+    detail = (await api.get(f"/api/devices/{devices[0].device_id}")).json()
+    assert detail["serial"] == "SN-0"
+    assert detail["events"][0]["action"] == "enroll"
