@@ -167,9 +167,9 @@ async def enroll_many(
     # Signing is CPU work (about 0.35 ms a device): off the event loop, on every core.
     issued = await signer.sign(ca, [(r.id, r.csr) for r in fresh], now)
     if fresh:
-        news = [store.NewDevice(r.id, r.kind, r.vendor, r.serial) for r in fresh]
-        await store.create_devices(conn, news, actor)
-        await store.add_certificates(conn, issued, actor, event=False)
+        news = [registry_store.NewDevice(r.id, r.kind, r.vendor, r.serial) for r in fresh]
+        await registry_store.create_devices(conn, news, actor)
+        await store.add_certificates(conn, issued)
     enrolled = [_out(c.device_id, c.serial, c.pem) for c in issued]
     return BulkOut(enrolled=enrolled + again, already=len(again))
 
@@ -232,7 +232,10 @@ async def new_certificate(
         if k.integration or k.retired:
             raise ConflictError("only active MQTT devices have broker credentials")
         issued = ca.sign_device(device_id, body.csr, now)
-        await store.add_certificates(conn, [issued], who.actor, event=True)
+        await store.add_certificates(conn, [issued])
+        await registry_store.device_event(
+            conn, device_id, who.actor, "certificate", {"serial": issued.serial}
+        )
         revoked = await store.revoke(conn, device_id, now, keep=issued.serial)
     if revoked:
         await auth.publish_crl(pool, now)
@@ -271,7 +274,7 @@ async def remove_password_login(
         if not k.certificates:
             raise ConflictError("the device has no valid certificate: it would be locked out")
         if k.password_login:
-            await store.set_password_login(conn, device_id, False)
+            await registry_store.set_password_login(conn, device_id, False)
             await registry_store.device_event(conn, device_id, who.actor, "remove_password", {})
             await broker.apply(
                 [{"command": "deleteClient", "username": device_id}],

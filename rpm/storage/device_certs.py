@@ -1,4 +1,4 @@
-"""SQL for device certificates and the devices enrolled with them (many at a time)."""
+"""SQL for device certificates (the devices themselves: rpm/storage/registry.py)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,6 @@ from rpm.storage.pool import Conn
 
 # pg_advisory_xact_lock key: one CRL writer at a time, whatever the process.
 CRL_LOCK = 0x72706D_43524C
-
-
-@dataclass(frozen=True, slots=True)
-class NewDevice:
-    device_id: str
-    kind: str
-    vendor: str | None
-    serial: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,35 +50,8 @@ async def known(conn: Conn, device_ids: Sequence[str]) -> dict[str, Known]:
     }
 
 
-async def create_devices(conn: Conn, devices: Sequence[NewDevice], actor: str) -> None:
-    """Insert devices and their ``enroll`` events: two statements for the whole batch."""
-    await conn.execute(
-        """INSERT INTO devices (id, kind, vendor, serial)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])""",
-        [d.device_id for d in devices],
-        [d.kind for d in devices],
-        [d.vendor for d in devices],
-        [d.serial for d in devices],
-    )
-    await conn.execute(
-        """INSERT INTO device_events (device_id, actor, action, detail)
-           SELECT id, $5, 'enroll',
-                  jsonb_build_object('kind', kind, 'vendor', vendor, 'serial', serial,
-                                     'identity', 'certificate')
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
-                  AS t(id, kind, vendor, serial)""",
-        [d.device_id for d in devices],
-        [d.kind for d in devices],
-        [d.vendor for d in devices],
-        [d.serial for d in devices],
-        actor,
-    )
-
-
-async def add_certificates(
-    conn: Conn, issued: Sequence[IssuedCertificate], actor: str, *, event: bool
-) -> None:
-    """Store issued certificates; ``event``: also a ``certificate`` event per device."""
+async def add_certificates(conn: Conn, issued: Sequence[IssuedCertificate]) -> None:
+    """Store issued certificates."""
     await conn.execute(
         """INSERT INTO device_certificates (serial, device_id, key_sha256, pem, not_after)
            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
@@ -97,15 +62,6 @@ async def add_certificates(
         [c.pem for c in issued],
         [c.not_after for c in issued],
     )
-    if event:
-        await conn.execute(
-            """INSERT INTO device_events (device_id, actor, action, detail)
-               SELECT id, $3, 'certificate', jsonb_build_object('serial', serial)
-                 FROM unnest($1::text[], $2::text[]) AS t(id, serial)""",
-            [c.device_id for c in issued],
-            [c.serial for c in issued],
-            actor,
-        )
 
 
 async def revoke(conn: Conn, device_id: str, at: datetime, keep: str | None = None) -> list[str]:
@@ -134,7 +90,3 @@ async def revoked(conn: Conn, now: datetime) -> list[Revoked]:
 async def lock_crl(conn: Conn) -> None:
     """Hold the CRL writers' lock until the transaction ends."""
     await conn.execute("SELECT pg_advisory_xact_lock($1)", CRL_LOCK)
-
-
-async def set_password_login(conn: Conn, device_id: str, present: bool) -> None:
-    await conn.execute("UPDATE devices SET password_login = $2 WHERE id = $1", device_id, present)
