@@ -153,13 +153,12 @@ async def enroll_many(
         check_id(device_id)
     found = await store.known(conn, ids)
     again: list[CertificateOut] = []
-    fresh: list[CertDeviceIn] = []
-    for row in rows:
-        k = found.get(row.id)
-        if k is None:
-            fresh.append(row)
-            continue
-        key = csr_key_sha256(row.csr)
+    fresh = [r for r in rows if r.id not in found]
+    seen = [r for r in rows if r.id in found]
+    # A retry: the keys of the CSRs tell whether these are the devices enrolled before.
+    keys = await asyncio.to_thread(lambda: [csr_key_sha256(r.csr) for r in seen])
+    for row, key in zip(seen, keys, strict=True):
+        k = found[row.id]
         same = [(s, pem) for s, (h, pem) in k.certificates.items() if h == key]
         if k.retired or not same:
             raise ConflictError(f"device {row.id!r} is already enrolled")
@@ -196,16 +195,7 @@ async def kick(broker: BrokerAdmin, device_id: str, password_login: bool, *, ret
         if not retire:
             commands += dynsec.enable_device(device_id)
     else:
-        # No login of its own in the plugin: create one and delete it, which kicks the
-        # sessions using that name and leaves nothing behind.
-        commands = [
-            {
-                "command": "createClient",
-                "username": device_id,
-                "password": secrets.token_urlsafe(24),
-            },
-            {"command": "deleteClient", "username": device_id},
-        ]
+        commands = dynsec.kick(device_id, secrets.token_urlsafe(24))
     await broker.apply(commands, tolerate=("already exists", "not found"))
 
 
@@ -276,13 +266,5 @@ async def remove_password_login(
         if k.password_login:
             await registry_store.set_password_login(conn, device_id, False)
             await registry_store.device_event(conn, device_id, who.actor, "remove_password", {})
-            await broker.apply(
-                [{"command": "deleteClient", "username": device_id}],
-                tolerate=("not found",),
-            )
-            await broker.apply([dynsec_delete_role(device_id)], tolerate=("not found",))
+            await broker.apply(dynsec.remove_device(device_id), tolerate=("not found",))
     return {"device_id": device_id, "password_login": "removed"}
-
-
-def dynsec_delete_role(device_id: str) -> dict[str, Any]:
-    return {"command": "deleteRole", "rolename": dynsec.device_role(device_id)}

@@ -225,15 +225,19 @@ class NewDevice:
 
 
 async def create_devices(conn: Conn, devices: Sequence[NewDevice], actor: str) -> None:
-    """Insert devices and their ``enroll`` events: two statements for the whole batch."""
-    await conn.execute(
-        """INSERT INTO devices (id, kind, vendor, serial)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])""",
-        [d.device_id for d in devices],
-        [d.kind for d in devices],
-        [d.vendor for d in devices],
-        [d.serial for d in devices],
-    )
+    """Insert devices and their ``enroll`` events: two statements for the whole batch;
+    ``ConflictError`` when an id is taken (by a request running beside this one)."""
+    try:
+        await conn.execute(
+            """INSERT INTO devices (id, kind, vendor, serial)
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])""",
+            [d.device_id for d in devices],
+            [d.kind for d in devices],
+            [d.vendor for d in devices],
+            [d.serial for d in devices],
+        )
+    except asyncpg.UniqueViolationError as exc:
+        raise ConflictError(f"a device of the request is already enrolled: {exc.detail}") from None
     await conn.execute(
         """INSERT INTO device_events (device_id, actor, action, detail)
            SELECT id, $5, 'enroll',
