@@ -15,6 +15,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from device_gateways.device_ca import DeviceCA, Revoked, make_csr, new_key
 from rpm.device_cli import parse_shipment
 from rpm.domain.errors import InvalidRequestError
+from simulators.localservices.config import DEVICE_ACL, DeviceCertListener, render_mosquitto_conf
 
 pytestmark = pytest.mark.pure
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -110,3 +111,21 @@ def test_a_shipment_csv_reads_inline_and_file_csrs(tmp_path: Path) -> None:
 def test_a_bad_shipment_names_its_first_bad_line(tmp_path: Path, text: str, says: str) -> None:
     with pytest.raises(ValueError, match=says):
         parse_shipment(text, tmp_path)
+
+
+def test_the_certificate_listener_takes_the_login_from_the_cn_and_reads_the_crl() -> None:
+    certs = DeviceCertListener(8883, Path("/d/ca"), Path("/m/b.pem"), Path("/m/b.key"))
+    conf = render_mosquitto_conf(1883, Path("/m"), "dynsec.so", None, certs).splitlines()
+    listener = conf[conf.index("listener 8883 127.0.0.1") :]
+    for line in [
+        "cafile /d/ca/ca.pem",
+        "crlfile /d/ca/crl.pem",
+        "require_certificate true",
+        "use_identity_as_username true",
+        "use_username_as_clientid true",
+        "acl_file /m/device-acl",
+    ]:
+        assert line in listener
+    assert "pattern write rpm/v1/devices/%u/#" in DEVICE_ACL.splitlines()
+    # Without it the broker's configuration is what it always was.
+    assert "require_certificate true" not in render_mosquitto_conf(1883, Path("/m"), "dynsec.so")

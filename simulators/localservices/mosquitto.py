@@ -13,7 +13,7 @@ from pathlib import Path
 
 from device_gateways import device_ca, device_ca_files, dynsec
 from rpm.domain.errors import LocalServicesError
-from rpm.local_endpoints import ServiceEndpoints
+from rpm.local_endpoints import DEVICE_CA_DIR, ServiceEndpoints
 from simulators.localservices.accounts import Account, chown, grant_search
 from simulators.localservices.config import (
     DEVICE_ACL,
@@ -32,7 +32,6 @@ from simulators.localservices.processes import (
     wait_until,
 )
 
-DEVICE_CA_DIR = "device-ca"  # the device CA: ca.key (0600), ca.pem, crl.pem
 _MQTT_BINDIRS = ("/usr/sbin", "/usr/local/sbin")  # mosquitto is in sbin, often off a user's PATH
 
 
