@@ -309,3 +309,26 @@ async def test_a_shipment_csv_is_enrolled_and_its_certificates_connect(
     detail = (await api.get(f"/api/devices/{devices[0].device_id}")).json()
     assert detail["serial"] == "SN-0"
     assert detail["events"][0]["action"] == "enroll"
+
+
+async def test_a_new_key_after_a_compromise_locks_the_old_certificate_out(
+    api: httpx.AsyncClient, cert_services: tuple[ServiceEndpoints, int], tmp_path: Path
+) -> None:
+    endpoints, port = cert_services
+    ca = ca_file(endpoints)
+    stolen = CertDevice(f"glu-{next(_ids)}", tmp_path / "old")
+    await enrol(api, [stolen], None)
+    async with stolen.client("127.0.0.1", port, ca, keepalive=5) as client:
+        watch = asyncio.create_task(until_disconnected(client))
+        renewed = CertDevice(stolen.device_id, tmp_path / "new")
+        r = await api.post(
+            f"/api/devices/{stolen.device_id}/certificates", json={"csr": renewed.csr()}
+        )
+        assert r.status_code == 201, r.text
+        renewed.keep(r.json()["certificate"])
+        await asyncio.wait_for(watch, 60)  # the old key's session is ended
+    with pytest.raises(aiomqtt.MqttError):
+        async with stolen.client("127.0.0.1", port, ca, timeout=5):
+            pass
+    async with renewed.client("127.0.0.1", port, ca):
+        pass  # the device with its new key connects
