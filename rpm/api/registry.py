@@ -235,7 +235,10 @@ async def create_patient(
     return {"id": body.id}
 
 
-@router.post("/devices", status_code=201, response_model=DeviceEnrolled)
+# Unset fields are left out: a password device's answer is what it was before certificates.
+@router.post(
+    "/devices", status_code=201, response_model=DeviceEnrolled, response_model_exclude_unset=True
+)
 async def enroll(
     request: Request,
     who: CanEnrol,
@@ -279,7 +282,7 @@ async def enroll(
             )
             await broker.apply(dynsec.set_password(device_id, password))
     if body.integration is not None:
-        return DeviceEnrolled(device_id=device_id)
+        return DeviceEnrolled(device_id=device_id, mqtt=None)
     return DeviceEnrolled(
         device_id=device_id,
         mqtt=MqttCredentials(
