@@ -123,6 +123,24 @@ def enable_device(device_id: str) -> list[dict[str, Any]]:
     return [{"command": "enableClient", "username": device_id}]
 
 
+def kick(username: str, password: str) -> list[dict[str, Any]]:
+    """End every session of ``username`` when the plugin has no login of that name (a device
+    with a certificate): the plugin disconnects a login's sessions when it deletes it, so
+    create a throw-away login and delete it. Nothing is left behind."""
+    return [
+        {"command": "createClient", "username": username, "password": password},
+        {"command": "deleteClient", "username": username},
+    ]
+
+
+def remove_device(device_id: str) -> list[dict[str, Any]]:
+    """Delete a device's password login and its role (its sessions end)."""
+    return [
+        {"command": "deleteClient", "username": device_id},
+        {"command": "deleteRole", "rolename": device_role(device_id)},
+    ]
+
+
 def encode(commands: list[dict[str, Any]]) -> bytes:
     return json.dumps({"commands": commands}).encode()
 

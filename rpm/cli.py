@@ -22,7 +22,15 @@ from typing import Any, Protocol, TypeVar
 
 import uvloop
 
-from rpm import billing_cli, local_endpoints, logging_setup, on_call_cli, staff_cli, time_cli
+from rpm import (
+    billing_cli,
+    device_cli,
+    local_endpoints,
+    logging_setup,
+    on_call_cli,
+    staff_cli,
+    time_cli,
+)
 from rpm.backtest import store as backtest_io
 from rpm.backtest.replay import Options as BacktestOptions
 from rpm.domain.errors import ConfigurationError
@@ -178,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--local", type=Path, nargs="?", const=DEFAULT_DATA_DIR, default=None)
 
     staff_cli.add_parser(sub, DEFAULT_DATA_DIR)
+    device_cli.add_parser(sub, DEFAULT_DATA_DIR)
     time_cli.add_parser(sub, DEFAULT_DATA_DIR)
     on_call_cli.add_parser(sub, DEFAULT_DATA_DIR)
     billing_cli.add_parser(sub, DEFAULT_DATA_DIR)
@@ -203,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         return run(_serve(settings, args.role))
     if args.command == "staff":
         return staff_cli.run(args, _settings(args.local))
+    if args.command == "devices":
+        return device_cli.run(args, _settings(args.local))
     if args.command == "time":
         return time_cli.run(args, _settings(args.local))
     if args.command == "on-call":

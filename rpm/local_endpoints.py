@@ -21,6 +21,7 @@ from rpm.settings import Settings
 
 ADMIN_USERNAME = "rpm-broker-admin"
 ENDPOINTS_FILE = "endpoints.json"
+DEVICE_CA_DIR = "device-ca"  # where the local services keep the device CA, when asked to
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -123,6 +124,11 @@ def settings_for_local(endpoints: ServiceEndpoints, **overrides: Mapping[str, ob
             "admin_password": SecretStr(endpoints.mqtt_admin_password),
         },
     }
+    device_ca = Path(endpoints.root) / DEVICE_CA_DIR
+    if (device_ca / "ca.pem").exists():
+        # The services were started with a certificate listener (docs/devices.md).
+        groups["mqtt"]["device_ca_dir"] = str(device_ca)
+        groups["mqtt"]["broker_pid_file"] = str(Path(endpoints.root) / "mqtt" / "mosquitto.pid")
     for name, changes in overrides.items():
         groups[name] = {**groups.get(name, {}), **changes}
     return Settings.model_validate(groups)

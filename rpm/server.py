@@ -14,6 +14,7 @@ import contextlib
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import asyncpg
 import uvicorn
@@ -257,6 +258,7 @@ class Server:
             ),
         )
         self.app = app
+        await app.state.device_authority.start(datetime.now(UTC))
         config = uvicorn.Config(
             app,
             host=s.api.host,
@@ -374,6 +376,8 @@ class Server:
                 await t
         if self._broadcaster:
             await self._broadcaster.stop()
+        if self.app is not None:
+            self.app.state.device_authority.signer.close()  # its worker processes, if any
         if self._sms:
             await self._sms.close()
         if self._voice:

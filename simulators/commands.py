@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypeAlias
 
 from rpm.cli import run
+from rpm.local_endpoints import DEVICE_CA_DIR
 from simulators import simulate
 from simulators.localservices import LocalServices
 
@@ -32,17 +33,26 @@ class Services:
             help="env prints shell exports (with passwords) for the running services",
         )
         p.add_argument("--dir", type=Path, default=data_dir)
+        p.add_argument(
+            "--device-cert-port",
+            type=int,
+            default=None,
+            help="start: also a listener for devices with certificates from the device CA "
+            "(made in DIR/device-ca; docs/devices.md, Identity by certificate)",
+        )
 
     def main(self, args: argparse.Namespace) -> int:
         action: str = args.action
         root: Path = args.dir
-        services = LocalServices(root)
+        services = LocalServices(root, device_cert_port=args.device_cert_port)
         if action == "start":
             e = services.start()
             print(
                 f"PostgreSQL: 127.0.0.1:{e.database_url.rsplit(':', 1)[-1].split('/')[0]}"
                 f"  MQTT: {e.mqtt_host}:{e.mqtt_port}  TimescaleDB: {e.timescaledb}"
             )
+            if args.device_cert_port is not None:
+                print(f"devices with certificates: {e.mqtt_host}:{args.device_cert_port}")
             print(f"connection details (with passwords): {root / 'endpoints.json'}")
         elif action == "stop":
             services.stop()
@@ -65,6 +75,11 @@ class Services:
                 # A server on these local services is a local one (rpm.settings.safety).
                 "RPM_DEPLOYMENT": "local",
             }
+            if (root / DEVICE_CA_DIR / "ca.pem").exists():
+                exports["RPM_MQTT_DEVICE_CA_DIR"] = str((root / DEVICE_CA_DIR).absolute())
+                exports["RPM_MQTT_BROKER_PID_FILE"] = str(
+                    (root / "mqtt" / "mosquitto.pid").absolute()
+                )
             for key, value in exports.items():
                 print(f"export {key}={shlex.quote(value)}")
         else:

@@ -30,6 +30,7 @@ from . import (
     dashboard_on_call,
     dashboard_panel,
     dashboard_time,
+    device_certs,
     engagement,
     errors,
     fhir,
@@ -114,6 +115,7 @@ def create_app(
     app.state.pipeline = pipeline
     app.state.webhooks = ingest.Webhooks(pipeline, settings, ops.metrics)
     app.state.broker = broker
+    app.state.device_authority = device_certs.DeviceAuthority.from_settings(settings)
     app.state.rule_books = rules.RuleBooks(on_change=pipeline.rules_changed)
     app.state.operations = ops
     app.state.started_at = datetime.now(UTC)
@@ -131,6 +133,7 @@ def create_app(
     app.include_router(alerts.router)
     app.include_router(inbox.router, responses=_CONFLICT)
     app.include_router(ingest.router)
+    app.include_router(device_certs.router, responses=_CONFLICT)
     app.include_router(registry.router, responses=_CONFLICT)
     app.include_router(rules.router)
     app.include_router(engagement.router)

@@ -15,6 +15,7 @@ import zoneinfo
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+import asyncpg
 from fastapi import APIRouter, Path, Request, Security
 from pydantic import BaseModel, Field, PastDate, field_validator
 
@@ -28,8 +29,9 @@ from rpm.storage import outbox as outbox_store
 from rpm.storage import registry
 from rpm.storage.pool import Conn
 
+from . import device_certs
 from .access import REQUIRE, CanEnrol, Permission, audit
-from .deps import BrokerDep, PoolDep
+from .deps import BrokerDep, ClockDep, PoolDep
 
 # MQTT device ids appear in topics and broker logins: no '/', '+', '#', ':' or spaces.
 MQTT_DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -106,6 +108,9 @@ class DeviceIn(BaseModel):
     integration: Annotated[str | None, Field(pattern=INTEGRATION_ID)] = None
     patient_id: Annotated[str | None, Field(pattern=PATIENT_ID)] = None
     bound_from: Instant | None = None
+    # An MQTT device with a certificate signing request (PEM) gets a certificate from the
+    # device CA instead of a password login (docs/devices.md, "Identity by certificate").
+    csr: Annotated[str | None, Field(min_length=1, max_length=device_certs.CSR_MAX)] = None
     actor: Actor | None = None  # ignored: the caller's principal is the actor
 
 
@@ -118,6 +123,7 @@ class MqttCredentials(BaseModel):
 class DeviceEnrolled(BaseModel):
     device_id: str
     mqtt: MqttCredentials | None = None  # shown once; store it in the device
+    certificate: device_certs.CertificateOut | None = None  # when enrolled with a CSR
 
 
 class BindingIn(BaseModel):
@@ -230,16 +236,29 @@ async def create_patient(
     return {"id": body.id}
 
 
-@router.post("/devices", status_code=201, response_model=DeviceEnrolled)
+# Unset fields are left out: a password device's answer is what it was before certificates.
+@router.post(
+    "/devices", status_code=201, response_model=DeviceEnrolled, response_model_exclude_unset=True
+)
 async def enroll(
-    request: Request, who: CanEnrol, pool: PoolDep, broker: BrokerDep, body: DeviceIn
+    request: Request,
+    who: CanEnrol,
+    pool: PoolDep,
+    broker: BrokerDep,
+    clock: ClockDep,
+    body: DeviceIn,
 ) -> DeviceEnrolled:
-    """Enroll a device, bind it when a patient is given, and provision its broker login."""
+    """Enroll a device, bind it when a patient is given, and give it its broker identity:
+    a certificate signed from its CSR, or else a password login."""
     if body.integration is None and not re.fullmatch(MQTT_DEVICE_ID, body.id):
         raise InvalidRequestError("an MQTT device id may hold only letters, digits, . _ -")
+    if body.csr is not None and body.integration is not None:
+        raise InvalidRequestError("a device reported by an integration takes no CSR")
     device_id = f"{body.integration}:{body.id}" if body.integration else body.id
     if body.patient_id is not None:
         audit(request, who, "bind", "device", [body.patient_id], device_id)
+    if body.csr is not None:
+        return await _enroll_with_csr(request, who.actor, pool, clock(), body)
     password = secrets.token_urlsafe(24)
     async with pool.acquire() as conn, conn.transaction():
         if body.integration and await registry.integration(conn, body.integration) is None:
@@ -252,6 +271,7 @@ async def enroll(
             serial=body.serial,
             integration=body.integration,
             actor=who.actor,
+            password_login=body.integration is None,
         )
         if body.patient_id is not None:
             await _bind(conn, device_id, body.patient_id, body.bound_from, None, who.actor)
@@ -263,13 +283,31 @@ async def enroll(
             )
             await broker.apply(dynsec.set_password(device_id, password))
     if body.integration is not None:
-        return DeviceEnrolled(device_id=device_id)
+        return DeviceEnrolled(device_id=device_id, mqtt=None)
     return DeviceEnrolled(
         device_id=device_id,
         mqtt=MqttCredentials(
             username=device_id, password=password, topic=f"{TOPIC_PREFIX}{device_id}/readings"
         ),
     )
+
+
+async def _enroll_with_csr(
+    request: Request, actor: str, pool: asyncpg.Pool, now: datetime, body: DeviceIn
+) -> DeviceEnrolled:
+    auth = device_certs.authority(request)
+    ca = auth.ca(now)
+    assert body.csr is not None
+    row = device_certs.CertDeviceIn(
+        id=body.id, kind=body.kind, vendor=body.vendor, serial=body.serial, csr=body.csr
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        out = await device_certs.enroll_many(
+            conn, auth.signer, ca, auth.check_id, [row], actor, now
+        )
+        if body.patient_id is not None and not out.already:
+            await _bind(conn, body.id, body.patient_id, body.bound_from, None, actor)
+    return DeviceEnrolled(device_id=body.id, certificate=out.enrolled[0])
 
 
 @router.get("/devices/{device_id}", response_model=DeviceOut)
@@ -330,19 +368,28 @@ async def rotate(
 
 @router.post("/devices/{device_id}/retire")
 async def retire(
-    who: CanEnrol, pool: PoolDep, broker: BrokerDep, device_id: str, body: AtIn
-) -> dict[str, str]:
-    """End the device's binding, refuse its readings from now on, disable its login."""
+    request: Request,
+    who: CanEnrol,
+    pool: PoolDep,
+    broker: BrokerDep,
+    clock: ClockDep,
+    device_id: str,
+    body: AtIn,
+) -> dict[str, Any]:
+    """End the device's binding, refuse its readings from now on, and lock it out of the
+    broker: its password login disabled, its certificates revoked (the CRL reloaded), its
+    sessions disconnected now."""
+    now = clock()
     async with pool.acquire() as conn, conn.transaction():
         device = await _existing(conn, device_id)
-        if device["retired_at"]:
-            raise ConflictError("already retired")
-        await registry.retire(
-            conn, device_id=device_id, at=body.at or datetime.now(UTC), actor=who.actor
-        )
-        if not device["integration"]:
-            await broker.apply(dynsec.disable_device(device_id))
-    return {"device_id": device_id, "state": "retired"}
+        if not device["retired_at"]:
+            await registry.retire(conn, device_id=device_id, at=body.at or now, actor=who.actor)
+    # After the commit; a retry (409 below) does it again, so a broker that was away
+    # when the device was retired is told on the retry.
+    revoked = await device_certs.revoke_all(request, pool, broker, device_id, now)
+    if device["retired_at"]:
+        raise ConflictError("already retired")
+    return {"device_id": device_id, "state": "retired", **revoked}
 
 
 @router.post("/integrations", status_code=201, response_model=IntegrationCreated)

@@ -73,6 +73,17 @@ class MqttSettings(Group):
         validation_alias="RPM_MQTT_TLS_CA_FILE",
         description="connect to the broker over TLS, verifying it against this CA",
     )
+    device_ca_dir: str | None = Field(
+        None,
+        validation_alias="RPM_MQTT_DEVICE_CA_DIR",
+        description="the device CA (ca.key, ca.pem, crl.pem; created when absent): "
+        "enrolment by certificate",
+    )
+    broker_pid_file: str | None = Field(
+        None,
+        validation_alias="RPM_MQTT_BROKER_PID_FILE",
+        description="the broker's pid file: SIGHUP it to reload the CRL after a revocation",
+    )
     # Micro-batching of the ingest unit of work: whichever limit is reached first.
     batch_max_messages: int = Field(
         default_of(MqttConfig, "batch_max_messages"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -195,23 +195,66 @@ async def create_device(
     serial: str | None,
     integration: str | None,
     actor: str,
+    password_login: bool = False,
 ) -> None:
     """Register a device; ``ConflictError`` when the id is taken."""
     try:
         await conn.execute(
-            """INSERT INTO devices (id, kind, vendor, serial, integration)
-               VALUES ($1, $2, $3, $4, $5)""",
+            """INSERT INTO devices (id, kind, vendor, serial, integration, password_login)
+               VALUES ($1, $2, $3, $4, $5, $6)""",
             device_id,
             kind,
             vendor,
             serial,
             integration,
+            password_login,
         )
     except asyncpg.UniqueViolationError:
         raise ConflictError(f"device {device_id!r} is already enrolled") from None
     await device_event(
         conn, device_id, actor, "enroll", {"kind": kind, "vendor": vendor, "serial": serial}
     )
+
+
+@dataclass(frozen=True, slots=True)
+class NewDevice:
+    device_id: str
+    kind: str
+    vendor: str | None
+    serial: str | None
+
+
+async def create_devices(conn: Conn, devices: Sequence[NewDevice], actor: str) -> None:
+    """Insert devices and their ``enroll`` events: two statements for the whole batch;
+    ``ConflictError`` when an id is taken (by a request running beside this one)."""
+    try:
+        await conn.execute(
+            """INSERT INTO devices (id, kind, vendor, serial)
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])""",
+            [d.device_id for d in devices],
+            [d.kind for d in devices],
+            [d.vendor for d in devices],
+            [d.serial for d in devices],
+        )
+    except asyncpg.UniqueViolationError as exc:
+        raise ConflictError(f"a device of the request is already enrolled: {exc.detail}") from None
+    await conn.execute(
+        """INSERT INTO device_events (device_id, actor, action, detail)
+           SELECT id, $5, 'enroll',
+                  jsonb_build_object('kind', kind, 'vendor', vendor, 'serial', serial,
+                                     'identity', 'certificate')
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+                  AS t(id, kind, vendor, serial)""",
+        [d.device_id for d in devices],
+        [d.kind for d in devices],
+        [d.vendor for d in devices],
+        [d.serial for d in devices],
+        actor,
+    )
+
+
+async def set_password_login(conn: Conn, device_id: str, present: bool) -> None:
+    await conn.execute("UPDATE devices SET password_login = $2 WHERE id = $1", device_id, present)
 
 
 async def bind(

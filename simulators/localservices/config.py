@@ -54,13 +54,51 @@ class MqttTls:
     keyfile: Path
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceCertListener:
+    """A listener for devices with certificates from the device CA in ``ca_dir``
+    (``ca.pem``, ``crl.pem``); the broker's own certificate and key are ``certfile``,
+    ``keyfile``."""
+
+    port: int
+    ca_dir: Path
+    certfile: Path
+    keyfile: Path
+
+
+DEVICE_ACL = """\
+# Written by simulators.localservices on every start. A device with a certificate logs in as
+# its certificate's CN (use_identity_as_username) and may publish only under its own topic.
+# Logins of the dynamic-security plugin match no rule here and are judged by the plugin.
+pattern write rpm/v1/devices/%u/#
+"""
+
+
+def render_device_listener(certs: DeviceCertListener, acl_file: Path) -> str:
+    """The certificate listener: the device CA and its CRL (reloaded on SIGHUP), the CN as
+    the login and as the client id, and the pattern ACL."""
+    return (
+        f"listener {certs.port} {LOOPBACK}\n"
+        f"cafile {certs.ca_dir / 'ca.pem'}\ncrlfile {certs.ca_dir / 'crl.pem'}\n"
+        f"certfile {certs.certfile}\nkeyfile {certs.keyfile}\n"
+        "tls_version tlsv1.2\nrequire_certificate true\n"
+        "use_identity_as_username true\nuse_username_as_clientid true\n"
+        f"acl_file {acl_file}\n"
+    )
+
+
 def render_mosquitto_conf(
-    port: int, mqtt_dir: Path, plugin: str = "", tls: MqttTls | None = None
+    port: int,
+    mqtt_dir: Path,
+    plugin: str = "",
+    tls: MqttTls | None = None,
+    device_certs: DeviceCertListener | None = None,
 ) -> str:
     """mosquitto.conf: authenticated loopback listener(s) with durable sessions.
 
     Logins and ACLs come from the dynamic-security plugin (``dynamic-security.json``),
-    so the server can provision per-device logins while the broker runs.
+    so the server can provision per-device logins while the broker runs; devices with
+    certificates use their own listener (``device_certs``) and a pattern ACL.
     """
     tls_listener = ""
     if tls is not None:
@@ -69,6 +107,8 @@ def render_mosquitto_conf(
             f"cafile {tls.cafile}\ncertfile {tls.certfile}\nkeyfile {tls.keyfile}\n"
             "tls_version tlsv1.2\n"
         )
+    if device_certs is not None:
+        tls_listener += render_device_listener(device_certs, mqtt_dir / "device-acl")
     return f"""\
 # Written by simulators.localservices on every start; edits here are lost.
 per_listener_settings false

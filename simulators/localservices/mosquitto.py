@@ -8,13 +8,20 @@ import os
 import shutil
 import signal
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
-from device_gateways import dynsec
+from device_gateways import device_ca, device_ca_files, dynsec
 from rpm.domain.errors import LocalServicesError
-from rpm.local_endpoints import ServiceEndpoints
+from rpm.local_endpoints import DEVICE_CA_DIR, ServiceEndpoints
 from simulators.localservices.accounts import Account, chown, grant_search
-from simulators.localservices.config import LOOPBACK, MqttTls, render_mosquitto_conf
+from simulators.localservices.config import (
+    DEVICE_ACL,
+    LOOPBACK,
+    DeviceCertListener,
+    MqttTls,
+    render_mosquitto_conf,
+)
 from simulators.localservices.processes import (
     WAIT_S,
     accepts,
@@ -43,11 +50,39 @@ def find_mosquitto() -> tuple[str, str]:
 class MosquittoBroker:
     """mosquitto.conf, dynamic-security.json, log, pid file and data/ in ``root/mqtt``."""
 
-    def __init__(self, root: Path, tls: MqttTls | None, log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        tls: MqttTls | None,
+        log: Callable[[str], None],
+        device_cert_port: int | None = None,
+    ) -> None:
         self._root = root
         self._tls = tls
         self._log = log
         self.mqtt_dir = root / "mqtt"
+        self.device_ca_dir = root / DEVICE_CA_DIR
+        self._device_cert_port = device_cert_port
+
+    def _device_listener(self) -> DeviceCertListener | None:
+        """The device CA (made once, in ``root/device-ca``) and the broker's certificate
+        for the certificate listener; None when it was not asked for."""
+        if self._device_cert_port is None:
+            return None
+        now = datetime.now(UTC)  # certificates are judged by the broker's wall clock
+        ca = device_ca_files.ensure(self.device_ca_dir, now)
+        certfile, keyfile = (
+            self.mqtt_dir / "device-listener.pem",
+            self.mqtt_dir / "device-listener.key",
+        )
+        if not certfile.exists() or not keyfile.exists():
+            key = device_ca.new_key()
+            fd = os.open(keyfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(device_ca.key_pem(key))
+            certfile.write_bytes(ca.sign_server(LOOPBACK, key, now))
+        (self.mqtt_dir / "device-acl").write_text(DEVICE_ACL)
+        return DeviceCertListener(self._device_cert_port, self.device_ca_dir, certfile, keyfile)
 
     def configured(self) -> bool:
         return (self.mqtt_dir / "mosquitto.conf").exists()
@@ -59,8 +94,9 @@ class MosquittoBroker:
         data = self.mqtt_dir / "data"
         data.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.mqtt_dir.chmod(0o700)
+        certs = self._device_listener()
         (self.mqtt_dir / "mosquitto.conf").write_text(
-            render_mosquitto_conf(endpoints.mqtt_port, self.mqtt_dir, plugin, self._tls)
+            render_mosquitto_conf(endpoints.mqtt_port, self.mqtt_dir, plugin, self._tls, certs)
         )
         # The broker owns this file once it exists: it holds the device logins provisioned
         # since. Written once, with hashed passwords only.

@@ -37,6 +37,7 @@ class LocalServices:
         mqtt_port: int | None = None,
         timescaledb: bool | None = None,
         mqtt_tls: MqttTls | None = None,
+        device_cert_port: int | None = None,
         log: Callable[[str], None] = print,
     ) -> None:
         self._root = Path(root).absolute()
@@ -47,7 +48,7 @@ class LocalServices:
         self._want_timescaledb = timescaledb
         self._log = log
         self._pg = PostgresCluster(self._root, log)
-        self._broker = MosquittoBroker(self._root, mqtt_tls, log)
+        self._broker = MosquittoBroker(self._root, mqtt_tls, log, device_cert_port)
         self._endpoints_file = self._root / "endpoints.json"
 
     # --- public ---

@@ -1,0 +1,136 @@
+"""``rpm devices import``: enrol a shipment of devices from a CSV file, by certificate.
+
+The manufacturer's file has a header row and the columns ``id``, ``kind``, ``csr`` and
+optionally ``vendor`` and ``serial``. ``csr`` is the device's certificate signing request
+in PEM (quoted, newlines kept), or the name of a file holding it, relative to the CSV file.
+Devices are enrolled 1,000 at a time, each thousand in one transaction, exactly as
+``POST /api/devices/bulk`` does (docs/devices.md); a retry of the same file stores nothing
+twice. The certificates go to ``--out``, a CSV file of ``device_id,serial,certificate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import getpass
+import io
+import sys
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from rpm.api.device_certs import BULK_MAX, CertDeviceIn, DeviceAuthority, enroll_many
+from rpm.domain.errors import RpmError
+from rpm.settings import Settings
+from rpm.storage.audit import append_cli
+from rpm.storage.pool import connect
+
+COLUMNS = ("id", "kind", "csr")
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], local: Path) -> None:
+    p = sub.add_parser("devices", help="devices: enrol a shipment by certificate")
+    devices = p.add_subparsers(dest="devices_command", required=True)
+    p = devices.add_parser(
+        "import",
+        help="enrol the devices of a CSV file (id, kind, csr[, vendor, serial])",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("csv", type=Path, help="the shipment: id, kind, csr[, vendor, serial]")
+    p.add_argument("--out", type=Path, required=True, help="where the certificates go (CSV)")
+    p.add_argument(
+        "--local",
+        type=Path,
+        nargs="?",
+        const=local,
+        default=None,
+        help="use the local services started in this directory",
+    )
+
+
+def parse_shipment(text: str, base: Path | None = None) -> list[CertDeviceIn]:
+    """The rows of a shipment CSV; ``ValueError`` naming the first bad line. Pure, unless a
+    ``csr`` names a file (read relative to ``base``)."""
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [c for c in COLUMNS if c not in (reader.fieldnames or ())]
+    if missing:
+        raise ValueError(f"the header lacks {', '.join(missing)}")
+    rows = []
+    for line, record in enumerate(reader, start=2):
+        csr = (record.get("csr") or "").strip()
+        if csr and not csr.startswith("-----BEGIN") and base is not None:
+            try:
+                csr = (base / csr).read_text()
+            except OSError as exc:
+                raise ValueError(f"line {line}: cannot read {csr!r}: {exc.strerror}") from None
+        fields = {k: (v or None) for k, v in record.items() if k in {"vendor", "serial"}}
+        try:
+            rows.append(
+                CertDeviceIn(id=record.get("id") or "", kind=record.get("kind"), csr=csr, **fields)
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(x) for x in first["loc"])
+            raise ValueError(f"line {line}: {where}: {first['msg']}") from None
+    if not rows:
+        raise ValueError("no devices in the file")
+    return rows
+
+
+def _chunks(rows: Sequence[CertDeviceIn]) -> Iterator[Sequence[CertDeviceIn]]:
+    for i in range(0, len(rows), BULK_MAX):
+        yield rows[i : i + BULK_MAX]
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """``rpm devices import``: 0 when every device is enrolled, 2 for a bad file or row."""
+    try:
+        rows = parse_shipment(args.csv.read_text(), args.csv.parent)
+    except (OSError, ValueError) as exc:
+        print(f"rpm devices import: {args.csv}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(import_rows(rows, args.out, settings))
+    except RpmError as exc:
+        print(f"rpm devices import: {exc}", file=sys.stderr)
+        return 2
+
+
+async def import_rows(rows: Sequence[CertDeviceIn], out: Path, settings: Settings) -> int:
+    auth = DeviceAuthority.from_settings(settings)
+    now = datetime.now(UTC)
+    ca = auth.ca(now)
+    actor = f"cli:{getpass.getuser()}"
+    written = enrolled = already = 0
+    conn = await connect(settings.database.url.get_secret_value())
+    try:
+        with out.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["device_id", "serial", "certificate"])
+            for chunk in _chunks(rows):
+                async with conn.transaction():
+                    result = await enroll_many(
+                        conn, auth.signer, ca, auth.check_id, chunk, actor, now
+                    )
+                    await append_cli(
+                        conn,
+                        actor=actor,
+                        command="rpm devices import",
+                        action="create",
+                        resource="device",
+                        resource_id=f"{len(chunk)} devices",
+                    )
+                for c in result.enrolled:
+                    writer.writerow([c.device_id, c.serial, c.certificate])
+                written += len(result.enrolled)
+                already += result.already
+                enrolled += len(result.enrolled) - result.already
+    finally:
+        await conn.close()
+        auth.signer.close()
+    print(f"{enrolled} devices enrolled, {already} already were; {written} certificates in {out}")
+    return 0
