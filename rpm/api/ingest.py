@@ -58,6 +58,10 @@ class IngestResult(BaseModel):
     duplicates: int
     quarantined: int
     reasons: dict[str, int]
+    # Retractions (FHIR status entered-in-error or cancelled): readings marked entered-in-error
+    # (now, or already by an earlier try), and those kept for readings not stored yet.
+    retracted: int = 0
+    retractions_pending: int = 0
     detail: str | None = None  # why nothing was accepted, when the whole body was refused
 
 
@@ -96,6 +100,8 @@ def _summary(r: BatchResult | MessageResult) -> IngestResult:
         duplicates=r.duplicates,
         quarantined=r.quarantined,
         reasons=r.quarantine_reasons,
+        retracted=r.retracted,
+        retractions_pending=r.retractions_pending,
     )
 
 
@@ -244,7 +250,7 @@ async def ingest(
     # StorageError and BatcherFull (503, Retry-After) are answered by rpm/api/errors.py.
     result = await hooks.batcher.submit(raw)
     summary = _summary(result)
-    accepted = result.stored + result.duplicates
+    accepted = result.stored + result.duplicates + result.retracted + result.retractions_pending
     status = 422 if accepted == 0 and result.quarantined else 200
     return JSONResponse(summary.model_dump(exclude_none=True), status)
 

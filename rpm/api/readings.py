@@ -1,4 +1,5 @@
-"""A patient's stored readings (``GET /api/patients/{id}/readings``), newest first."""
+"""A patient's stored readings (``GET /api/patients/{id}/readings``), newest first, and a
+staff correction (``POST /api/readings/{uid}/entered-in-error``, docs/fhir.md#corrections)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,16 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from rpm.domain import Metric
 from rpm.domain.errors import NotFoundError
+from rpm.storage import corrections as correction_store
 from rpm.storage import readings as reading_store
 from rpm.storage import staff as staff_store
 
-from .access import CanReadPatientData, audit
-from .deps import PoolDep
+from .access import CanCorrectReadings, CanReadPatientData, audit
+from .deps import PipelineDep, PoolDep
 from .registry import PATIENT_ID
 
 router = APIRouter()
@@ -29,6 +31,8 @@ class ReadingOut(BaseModel):
     measured_at: datetime
     received_at: datetime
     stored_at: datetime
+    status: str  # final, or entered-in-error (FHIR R4 ObservationStatus)
+    entered_in_error_at: datetime | None = None
 
 
 @router.get("/api/patients/{patient_id}/readings", response_model=list[ReadingOut])
@@ -57,6 +61,74 @@ async def patient_readings(
             "measured_at": s.accepted.reading.measured_at,
             "received_at": s.accepted.reading.received_at,
             "stored_at": s.stored_at,
+            "status": "final" if s.entered_in_error_at is None else "entered-in-error",
+            "entered_in_error_at": s.entered_in_error_at,
         }
         for s in rows
     ]
+
+
+class CorrectionIn(BaseModel):
+    reason: Annotated[str, Field(min_length=1, max_length=500, pattern=r"\S")]
+
+
+class CorrectionOut(BaseModel):
+    uid: UUID
+    status: str  # entered-in-error
+    entered_in_error_at: datetime
+    by: str  # who marked it first (staff:<id>, integration:<id>, device:<id>)
+    reason: str
+    already: bool  # marked before this request (a retry, or someone else first)
+
+
+@router.post(
+    "/api/readings/{uid}/entered-in-error",
+    response_model=CorrectionOut,
+    responses={404: {"description": "no such reading (or another team's patient)"}},
+)
+async def mark_entered_in_error(
+    request: Request,
+    who: CanCorrectReadings,
+    pool: PoolDep,
+    pipeline: PipelineDep,
+    uid: UUID,
+    body: CorrectionIn,
+) -> CorrectionOut:
+    """Mark a stored reading entered-in-error (never deleted): its alerts are withdrawn or
+    annotated, the EHR updated, /fhir shows the status. Repeating it changes nothing."""
+    async with pool.acquire() as conn:
+        row = await correction_store.for_reading(conn, str(uid))
+        teams = await staff_store.patient_teams(conn, [row["patient_id"]]) if row else {}
+    if row is None or not who.sees(teams.get(row["patient_id"])):
+        audit(request, who, "update", "reading", resource_id=str(uid))
+        raise NotFoundError("no such reading")
+    patient_id = row["patient_id"]
+    audit(request, who, "update", "reading", [patient_id], str(uid))
+    already = row["corrected_at"] is not None
+    if not already:
+        await pipeline.retract(
+            [
+                correction_store.Correction(
+                    device_id=row["device_id"],
+                    metric=row["metric"],
+                    measured_at=row["measured_at"],
+                    patient_id=patient_id,
+                    sent_status="entered-in-error",
+                    source="staff",
+                    actor=who.actor,
+                    reason=body.reason.strip(),
+                )
+            ]
+        )
+        async with pool.acquire() as conn:
+            row = await correction_store.for_reading(conn, str(uid))
+    assert row is not None
+    assert row["corrected_at"] is not None
+    return CorrectionOut(
+        uid=uid,
+        status="entered-in-error",
+        entered_in_error_at=row["corrected_at"],
+        by=row["actor"],
+        reason=row["reason"],
+        already=already,
+    )

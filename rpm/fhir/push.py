@@ -112,6 +112,7 @@ class _Tally:
 
     created: int = 0
     existing: int = 0
+    updated: int = 0  # entered-in-error Observations the EHR held and replaced
     bundles: int = 0
     refusals: list[fhir_store.Refusal] = field(default_factory=list)
 
@@ -253,6 +254,7 @@ class FhirPushWorker:
             "observations": len(entries),
             "created": tally.created,
             "existing": tally.existing,
+            "updated": tally.updated,
             "refused": len(tally.refusals),
             "bundles": tally.bundles,
         }
@@ -293,6 +295,8 @@ class FhirPushWorker:
             for entry, answer in zip(entries, results, strict=True):
                 if answer.status == 201:
                     tally.created += 1
+                elif answer.ok and entry.update:
+                    tally.updated += 1
                 elif answer.ok:
                     tally.existing += 1
                 else:  # a server that answers per entry (not all-or-nothing)
