@@ -82,25 +82,32 @@ def decode(raw: RawMessage) -> Decoded:
         observations, devices = _bundle(doc)
     else:
         raise DecodeError(f"expected resourceType Observation or Bundle, not {f.show(kind)}")
-    retracting = [o for o in observations if _retracts(o)]
-    if not retracting:
+    if not any(_retracts(o) for o in observations):
         readings, problems = f.collect(observations, lambda obs: [_reading(obs, devices, raw)])
         return f.finish(readings, problems)
-    measured = [o for o in observations if not _retracts(o)]
-    readings, problems = f.collect(measured, lambda obs: [_reading(obs, devices, raw)])
+    # Retractions among them: decoded in place, so problems keep the entries' positions.
     retractions: list[Retraction] = []
-    for obs in retracting:
-        try:
-            retractions.append(_retraction(obs, devices, raw))
-        except DecodeError as exc:
-            problems.append(f"retraction: {exc}")
+
+    def item(obs: object) -> list[Reading]:
+        if _retracts(obs):
+            try:
+                retractions.append(_retraction(obs, devices, raw))
+            except DecodeError as exc:
+                raise DecodeError(f"retraction: {exc}") from None
+            return []
+        return [_reading(obs, devices, raw)]
+
+    readings, problems = f.collect(observations, item)
     if not retractions:
         return f.finish(readings, problems)
     return Decoded(readings, problems, retractions=retractions)
 
 
 def _retracts(obs: object) -> bool:
-    return isinstance(obs, dict) and obs.get("status") in RETRACTING_STATUSES
+    if not isinstance(obs, dict):
+        return False
+    status = obs.get("status")
+    return isinstance(status, str) and status in RETRACTING_STATUSES
 
 
 def _retraction(

@@ -58,10 +58,11 @@ class IngestResult(BaseModel):
     duplicates: int
     quarantined: int
     reasons: dict[str, int]
-    # Retractions (FHIR status entered-in-error or cancelled): readings marked entered-in-error
-    # (now, or already by an earlier try), and those kept for readings not stored yet.
-    retracted: int = 0
-    retractions_pending: int = 0
+    # Only when the body held retractions (FHIR status entered-in-error or cancelled):
+    # readings marked entered-in-error (now, or already by an earlier try), and retractions
+    # kept for readings not stored yet.
+    retracted: int | None = None
+    retractions_pending: int | None = None
     detail: str | None = None  # why nothing was accepted, when the whole body was refused
 
 
@@ -100,8 +101,8 @@ def _summary(r: BatchResult | MessageResult) -> IngestResult:
         duplicates=r.duplicates,
         quarantined=r.quarantined,
         reasons=r.quarantine_reasons,
-        retracted=r.retracted,
-        retractions_pending=r.retractions_pending,
+        retracted=r.retracted if r.retracted or r.retractions_pending else None,
+        retractions_pending=r.retractions_pending if r.retracted or r.retractions_pending else None,
     )
 
 
@@ -301,7 +302,7 @@ async def _quarantine_too_deep(
         raise StorageError("storage unavailable; retry") from exc
     reasons = {RejectReason.MALFORMED.value: 1}
     summary = IngestResult(stored=0, duplicates=0, quarantined=1, reasons=reasons, detail=detail)
-    return JSONResponse(summary.model_dump(), 422)
+    return JSONResponse(summary.model_dump(exclude_none=True), 422)
 
 
 async def _ingest_key(request: Request, authorization: str | None) -> str | None:
