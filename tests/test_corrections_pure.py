@@ -32,7 +32,7 @@ from rpm.domain.errors import DecodeError
 from rpm.fhir.bundles import push_entries, transaction
 from rpm.fhir.mapping import RecordedReading, served_observations
 from rpm.pipeline import namespaced
-from rpm.pipeline.retractions import attribute
+from rpm.pipeline.attribution import attribute
 from rpm.storage.corrections import Correction
 
 pytestmark = pytest.mark.pure

@@ -7,7 +7,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
@@ -17,13 +16,12 @@ from prometheus_client import CollectorRegistry
 
 from alerts.lifecycle import Action
 from alerts.policy import Decision, Grouping, decide, earliest_by_key
-from device_gateways.decoders import DECODERS, Decoded
+from device_gateways.decoders import DECODERS
 from rpm.domain import (
     AcceptedReading,
     AlertCandidate,
     Metric,
     RawMessage,
-    Reading,
     Rejection,
     RejectReason,
 )
@@ -45,10 +43,10 @@ from rules.engine import Engine, PatientContext
 from rules.kinds.missing import Silence
 from rules.programs import RuleBook
 
+from .attribution import attribute, by_device, namespaced
 from .corrections import apply_marked
 from .outbox_items import fhir_push_item, patient_sms_payload
 from .results import BatchResult, Prepared, itemize
-from .retractions import attribute
 
 # Decisions that change what the dashboard shows of an episode (besides opening it).
 _CHANGES = frozenset({Action.ESCALATE, Action.JOIN, Action.LATE_EVIDENCE})
@@ -67,27 +65,6 @@ R = TypeVar("R")
 # is starting up / shutting down"), class 53 (e.g. too many connections), client-side errors
 # of a connection that died (InterfaceError; InternalClientError when the pool resets a
 # connection whose server went away mid-operation), and the socket's own OSError.
-
-
-def namespaced(decoded: Decoded, integration: str) -> Decoded:
-    """Webhook device ids become ``<integration>:<vendor id>``.
-
-    An integration can then only ever report devices enrolled under it, and never
-    collide with (or pose as) an MQTT device, whose ids contain no colon.
-    """
-    return Decoded(
-        [replace(r, device_id=f"{integration}:{r.device_id}") for r in decoded.readings],
-        decoded.problems,
-        {f"{integration}:{k}": v for k, v in decoded.device_status.items()},
-        [replace(r, device_id=f"{integration}:{r.device_id}") for r in decoded.retractions],
-    )
-
-
-def _by_device(readings: Sequence[Reading]) -> dict[str, list[Reading]]:
-    groups: dict[str, list[Reading]] = {}
-    for r in readings:
-        groups.setdefault(r.device_id, []).append(r)
-    return groups
 
 
 class IngestPipeline:
@@ -443,7 +420,7 @@ class IngestPipeline:
         for i, raw, d in decoded:
             # MQTT: one device per message (the topic's); webhooks may carry several.
             groups = (
-                {raw.device_id: d.readings} if raw.device_id is not None else _by_device(d.readings)
+                {raw.device_id: d.readings} if raw.device_id is not None else by_device(d.readings)
             )
             for device_id, group in groups.items():
                 device = devices.get(device_id)

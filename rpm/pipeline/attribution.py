@@ -1,9 +1,35 @@
-"""A vendor's retraction attributed to the patient its reading belongs to, or refused. Pure."""
+"""Whose readings: a webhook's device ids in its integration's namespace, readings grouped by
+device, and a retraction attributed to the patient its reading belongs to, or refused. Pure."""
 
 from __future__ import annotations
 
-from rpm.domain import DeviceRecord, RawMessage, Rejection, RejectReason, Retraction
+from collections.abc import Sequence
+from dataclasses import replace
+
+from device_gateways.decoders import Decoded
+from rpm.domain import DeviceRecord, RawMessage, Reading, Rejection, RejectReason, Retraction
 from rpm.storage.corrections import Correction
+
+
+def namespaced(decoded: Decoded, integration: str) -> Decoded:
+    """Webhook device ids become ``<integration>:<vendor id>``.
+
+    An integration can then only ever report devices enrolled under it, and never
+    collide with (or pose as) an MQTT device, whose ids contain no colon.
+    """
+    return Decoded(
+        [replace(r, device_id=f"{integration}:{r.device_id}") for r in decoded.readings],
+        decoded.problems,
+        {f"{integration}:{k}": v for k, v in decoded.device_status.items()},
+        [replace(r, device_id=f"{integration}:{r.device_id}") for r in decoded.retractions],
+    )
+
+
+def by_device(readings: Sequence[Reading]) -> dict[str, list[Reading]]:
+    groups: dict[str, list[Reading]] = {}
+    for r in readings:
+        groups.setdefault(r.device_id, []).append(r)
+    return groups
 
 
 def source_of(raw: RawMessage) -> str:
