@@ -19,6 +19,7 @@ from rpm.domain import reading_uid
 from rpm.server import Server
 from rpm.settings import Settings
 from simulators.fhir_server import FhirServer
+from tests.dashboard_helpers import TEAM, add_nurse, form_token, sign_in
 from tests.helpers import eventually, staff_headers
 
 PATIENT = "pat-c"
@@ -233,6 +234,10 @@ async def test_a_vendor_retraction_marks_the_reading_withdraws_its_alert_and_upd
     async with c.server.pool.acquire() as conn:
         row = await conn.fetchrow("SELECT * FROM reading_corrections")
         pushes = await conn.fetchval("SELECT count(*) FROM outbox WHERE channel = 'fhir'")
+        updated = await conn.fetchval(
+            "SELECT result->'updated' FROM outbox WHERE dedupe_key LIKE 'fhir:corrections:%'"
+        )
+    assert updated == 1
     assert row["actor"] == f"integration:{VENDOR}"
     assert row["sent_status"] == "entered-in-error"
     assert row["source"] == "vendor"
@@ -384,3 +389,43 @@ async def test_the_rule_state_forgets_a_retracted_value(clinic: Clinic) -> None:
 
 async def _async(value: bool) -> bool:
     return value
+
+
+# --- the dashboard -------------------------------------------------------------------------------
+
+
+async def test_a_nurse_marks_a_reading_from_the_patient_page(clinic: Clinic) -> None:
+    c = clinic
+    assert c.server.pool is not None
+    await add_nurse(c.server.pool)  # nina.nurse, of TEAM
+    r = await c.api.put(f"/api/patients/{PATIENT}/care-team", json={"team": TEAM})
+    assert r.status_code == 200, r.text
+    at = START + timedelta(minutes=50)
+    assert (await post(c, observation(at, 200, 110))).json()["stored"] == 1
+    page_url = f"/dashboard/patients/{PATIENT}"
+    async with httpx.AsyncClient(base_url=str(c.api.base_url), timeout=15) as browser:
+        assert (await sign_in(browser)).status_code == 303
+        page = await browser.get(page_url, headers={"Accept": "text/html"})
+        assert page.status_code == 200
+        action = f"/dashboard/readings/{uid_at(at)}/entered-in-error"
+        assert f'action="{action}"' in page.text
+        csrf = form_token(page.text, "csrf-token")
+        refused = await browser.post(action, data={"csrf_token": "wrong", "reason": "x"})
+        assert refused.status_code == 403
+        blank = await browser.post(
+            action, data={"csrf_token": csrf, "reason": " ", "next": page_url}
+        )
+        assert blank.headers["location"].endswith("problem=reason")
+        done = await browser.post(
+            action, data={"csrf_token": csrf, "reason": "wrong patient", "next": page_url}
+        )
+        assert done.status_code == 303
+        assert done.headers["location"] == f"{page_url}?done=entered-in-error"
+        after = await browser.get(done.headers["location"], headers={"Accept": "text/html"})
+    assert "Reading marked entered in error" in after.text
+    assert 'class="entered-in-error"><td>' in after.text
+    assert f'action="{action}"' not in after.text  # nothing left to mark
+    [episode] = await alerts(c)
+    assert episode["state"] == "resolved"
+    detail = await alert(c, episode["id"])
+    assert "staff:nina.nurse" in detail["events"][-1]["note"]

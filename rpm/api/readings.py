@@ -106,7 +106,7 @@ async def mark_entered_in_error(
     audit(request, who, "update", "reading", [patient_id], str(uid))
     already = row["corrected_at"] is not None
     if not already:
-        await pipeline.retract(
+        recorded = await pipeline.retract(
             [
                 correction_store.Correction(
                     device_id=row["device_id"],
@@ -120,6 +120,7 @@ async def mark_entered_in_error(
                 )
             ]
         )
+        already = recorded.outcomes != ["marked"]  # someone else was first, just now
         async with pool.acquire() as conn:
             row = await correction_store.for_reading(conn, str(uid))
     assert row is not None

@@ -254,10 +254,11 @@ class FhirPushWorker:
             "observations": len(entries),
             "created": tally.created,
             "existing": tally.existing,
-            "updated": tally.updated,
             "refused": len(tally.refusals),
             "bundles": tally.bundles,
         }
+        if tally.updated:  # entered-in-error Observations replaced at the EHR
+            result["updated"] = tally.updated
         if len(recorded) < len(keys):
             result["missing_readings"] = len(keys) - len(recorded)
         async with self._pool.acquire() as conn, conn.transaction():
