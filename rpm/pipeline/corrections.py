@@ -70,17 +70,17 @@ async def _alerts(conn: Conn, marked: Sequence[Marked], now: datetime) -> list[d
         ev = c.evidence
         mine = [by_uid[u] for u in sorted(ev.reading_uids) if u in by_uid]
         what = "; ".join(
-            f"reading {m.uid} ({m.metric}, measured {m.measured_at.isoformat()}) entered in "
+            f"Reading {m.uid} ({m.metric}, measured {m.measured_at.isoformat()}) entered in "
             f"error by {m.actor}: {m.reason}"
             for m in mine
         )
         action = on_entered_in_error(ev, in_error)
         if action is Action.WITHDRAW:
-            note = f"withdrawn: its only evidence was entered in error. {what}"
+            note = f"Withdrawn: its only evidence was entered in error. {what}"
             await alert_retractions.withdraw(conn, c, note, now)
             state = AlertState.RESOLVED
         else:
-            note = f"evidence entered in error; the other evidence stands. {what}"
+            note = f"Evidence entered in error; the other evidence stands. {what}"
             await alert_retractions.annotate(conn, c, note, now)
             state = ev.state
         notes.append(alert_store.change(ev.alert_id, c.patient_id, action, state, c.severity))
