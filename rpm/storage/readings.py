@@ -34,18 +34,22 @@ async def insert_new(
     if not accepted:
         return []
     rows = await conn.fetch(
-        """INSERT INTO readings
-               (measured_at, device_id, metric, patient_id, uid, components, received_at,
-                original, interpretation)
-           SELECT m, d, k, p, rpm_reading_uid(d, k, m), c::jsonb, r, o::jsonb, i
-             FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[],
-                         $6::timestamptz[], $7::text[], $8::text[]) AS t(m, d, k, p, c, r, o, i)
-           ON CONFLICT DO NOTHING
-           RETURNING device_id, metric, measured_at,
-                     EXISTS (SELECT 1 FROM reading_corrections c
-                              WHERE c.device_id = readings.device_id
-                                AND c.metric = readings.metric
-                                AND c.measured_at = readings.measured_at) AS retracted""",
+        """WITH ins AS (
+               INSERT INTO readings
+                      (measured_at, device_id, metric, patient_id, uid, components, received_at,
+                       original, interpretation)
+               SELECT m, d, k, p, rpm_reading_uid(d, k, m), c::jsonb, r, o::jsonb, i
+                 FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[],
+                             $5::text[], $6::timestamptz[], $7::text[], $8::text[])
+                      AS t(m, d, k, p, c, r, o, i)
+               ON CONFLICT DO NOTHING
+               RETURNING device_id, metric, measured_at)
+           SELECT ins.device_id, ins.metric, ins.measured_at,
+                  ($9 AND x.device_id IS NOT NULL) AS retracted
+             FROM ins
+             LEFT JOIN reading_corrections x
+                    ON $9 AND x.device_id = ins.device_id AND x.metric = ins.metric
+                   AND x.measured_at = ins.measured_at""",
         [a.reading.measured_at for a in accepted],
         [a.reading.device_id for a in accepted],
         [a.reading.metric.value for a in accepted],
@@ -54,6 +58,7 @@ async def insert_new(
         [a.reading.received_at for a in accepted],
         [_json(a.reading.original) for a in accepted],
         list(interpretations) if interpretations is not None else [None] * len(accepted),
+        retracted is not None,
     )
     new: set[ReadingKey] = {(r["device_id"], r["metric"], r["measured_at"]) for r in rows}
     if retracted is not None:
