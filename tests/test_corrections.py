@@ -251,8 +251,20 @@ async def test_a_retraction_before_its_reading_marks_it_when_it_arrives(clinic: 
     assert early.status_code == 200, early.text
     assert early.json()["retractions_pending"] == 1
     assert await readings(c) == []
+    # Kept, and visible to admins, until its reading comes.
+    [kept] = (await c.api.get("/api/readings/corrections", params={"pending": "true"})).json()
+    assert (kept["uid"], kept["sent_status"], kept["reading_stored"]) == (
+        uid_at(at),
+        "cancelled",
+        False,
+    )
     r = await post(c, observation(at))
     assert r.json()["stored"] == 1
+    assert (await c.api.get("/api/readings/corrections", params={"pending": "true"})).json() == []
+    [done] = (await c.api.get("/api/readings/corrections")).json()
+    assert done["reading_stored"] is True
+    nurse = await c.api.get("/api/readings/corrections", headers=c.nurse)
+    assert nurse.status_code == 403
     [stored] = await readings(c)
     assert stored["status"] == "entered-in-error"
     # Never evaluated: no alert from a value entered in error, no day counted.

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request, Security
 from pydantic import BaseModel, Field
 
 from rpm.domain import Metric
@@ -16,7 +16,7 @@ from rpm.storage import corrections as correction_store
 from rpm.storage import readings as reading_store
 from rpm.storage import staff as staff_store
 
-from .access import CanCorrectReadings, CanReadPatientData, audit
+from .access import REQUIRE, CanCorrectReadings, CanEnrol, CanReadPatientData, Permission, audit
 from .deps import PipelineDep, PoolDep
 from .registry import PATIENT_ID
 
@@ -133,3 +133,37 @@ async def mark_entered_in_error(
         reason=row["reason"],
         already=already,
     )
+
+
+class CorrectionRow(BaseModel):
+    uid: UUID
+    patient_id: str
+    device_id: str
+    metric: str
+    measured_at: datetime
+    sent_status: str  # entered-in-error or cancelled, as the source sent it
+    source: str  # vendor or staff
+    actor: str
+    reason: str
+    corrected_at: datetime
+    reading_stored: bool  # False: a retraction that came before its reading, kept
+
+
+@router.get(
+    "/api/readings/corrections",
+    response_model=list[CorrectionRow],
+    dependencies=[Security(REQUIRE[Permission.ENROLMENT])],
+)
+async def corrections(
+    request: Request,
+    who: CanEnrol,
+    pool: PoolDep,
+    pending: bool | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
+    """Readings marked entered-in-error, newest first; ``pending=true``: retractions whose
+    reading has not arrived (kept, never dropped)."""
+    async with pool.acquire() as conn:
+        rows = await correction_store.listing(conn, pending=pending, limit=limit)
+    audit(request, who, "search", "reading-corrections", (str(r["patient_id"]) for r in rows))
+    return rows

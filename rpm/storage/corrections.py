@@ -138,3 +138,23 @@ async def for_reading(conn: Conn, uid: str) -> asyncpg.Record | None:
             WHERE r.uid = $1::uuid""",
         uid,
     )
+
+
+async def listing(conn: Conn, *, pending: bool | None, limit: int) -> list[dict[str, object]]:
+    """Corrections, newest first; ``pending``: only those whose reading is not stored (True),
+    only those whose reading is (False), or both (None)."""
+    rows = await conn.fetch(
+        """SELECT c.uid, c.patient_id, c.device_id, c.metric, c.measured_at, c.sent_status,
+                  c.source, c.actor, c.reason, c.corrected_at,
+                  (r.device_id IS NOT NULL) AS reading_stored
+             FROM reading_corrections c
+             LEFT JOIN readings r
+                    ON r.device_id = c.device_id AND r.metric = c.metric
+                   AND r.measured_at = c.measured_at
+            WHERE $1::boolean IS NULL OR (r.device_id IS NULL) = $1
+            ORDER BY c.corrected_at DESC, c.uid
+            LIMIT $2""",
+        pending,
+        limit,
+    )
+    return [dict(r) for r in rows]
