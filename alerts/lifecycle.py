@@ -12,6 +12,11 @@ Every transition except a recurrence is written to ``alert_events`` with who and
 - ``late_evidence``: a reading measured before the episode was resolved (or, more severe,
   before it was acknowledged) arrived afterwards: recorded on the episode, audited, the
   state unchanged; nobody is notified and no escalation starts.
+- ``evidence_entered_in_error``: a reading that is evidence of the episode was marked
+  entered-in-error, and other evidence remains (or the episode is resolved): recorded on the
+  episode, audited, the state unchanged (``alerts.retraction``).
+- ``withdraw``: every reading that was evidence of an unresolved episode was marked
+  entered-in-error: the system resolves it, saying so (``alerts.retraction``).
 - ``escalate``: the rule fired more severely; re-opens an acknowledged episode.
 - ``escalate_tier``: nobody acknowledged in time; the next on-call tier was sent an SMS.
 - ``nobody_on_call``: an escalation was due and nobody could be reached; tried again later.
@@ -47,6 +52,8 @@ class Action(enum.StrEnum):
     RECUR = "recur"
     JOIN = "join"
     LATE_EVIDENCE = "late_evidence"
+    EVIDENCE_ENTERED_IN_ERROR = "evidence_entered_in_error"
+    WITHDRAW = "withdraw"
     ESCALATE_TIER = "escalate_tier"
     NOBODY_ON_CALL = "nobody_on_call"
     RENOTIFY = "renotify"
@@ -88,6 +95,12 @@ TRANSITIONS: Mapping[tuple[AlertState | None, Action], AlertState] = MappingProx
         (_OPEN, Action.LATE_EVIDENCE): _OPEN,
         (_ACK, Action.LATE_EVIDENCE): _ACK,
         (_RESOLVED, Action.LATE_EVIDENCE): _RESOLVED,
+        # A reading the episode cites was marked entered-in-error (alerts.retraction).
+        (_OPEN, Action.EVIDENCE_ENTERED_IN_ERROR): _OPEN,
+        (_ACK, Action.EVIDENCE_ENTERED_IN_ERROR): _ACK,
+        (_RESOLVED, Action.EVIDENCE_ENTERED_IN_ERROR): _RESOLVED,
+        (_OPEN, Action.WITHDRAW): _RESOLVED,
+        (_ACK, Action.WITHDRAW): _RESOLVED,
         (_OPEN, Action.ESCALATE_TIER): _OPEN,
         (_OPEN, Action.NOBODY_ON_CALL): _OPEN,
         (_ACK, Action.RENOTIFY): _OPEN,
@@ -112,6 +125,8 @@ ACTIONS: Mapping[Action, ActionRule] = MappingProxyType(
         Action.RECUR: ActionRule(Actor.SYSTEM),
         Action.JOIN: ActionRule(Actor.SYSTEM),
         Action.LATE_EVIDENCE: ActionRule(Actor.SYSTEM),
+        Action.EVIDENCE_ENTERED_IN_ERROR: ActionRule(Actor.SYSTEM),
+        Action.WITHDRAW: ActionRule(Actor.SYSTEM),
         Action.ESCALATE_TIER: ActionRule(Actor.SYSTEM),
         Action.NOBODY_ON_CALL: ActionRule(Actor.SYSTEM),
         Action.RENOTIFY: ActionRule(Actor.SYSTEM),

@@ -157,6 +157,7 @@ def _reading(r: asyncpg.Record, x: _Row) -> list[object]:
         _json(r["components"]),
         _json(r["original"]),
         r["interpretation"] or "",
+        "entered-in-error" if r["entered_in_error"] else "final",
     ]
 
 
@@ -241,6 +242,7 @@ FILES: dict[str, _File] = {
             "values",
             "original",
             "interpretation",
+            "status",  # final, or entered-in-error (docs/fhir.md#corrections)
         ),
         _reading,
     ),

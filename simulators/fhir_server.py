@@ -8,6 +8,10 @@ status value set, and that ``ifNoneExist`` names an identifier the resource carr
 Conditional creates are honoured (http.html#ccreate): when the identifier is already stored
 the answer is ``200 OK`` with the existing resource, otherwise ``201 Created``; an entry
 without ``ifNoneExist`` is always created, so a client that forgot it shows up as duplicates.
+Conditional updates are honoured as HAPI FHIR does (http.html#cond-update): ``PUT
+Observation?identifier=system|value`` replaces the one Observation with that identifier
+(``200 OK``, a new ``versionId``; none when nothing changed, as HAPI skips no-op updates) or
+creates it when none has it (``201 Created``).
 Conditional references (``Patient?identifier=system|value``) resolve against ``patients``
 when given (the identifiers the EHR knows its patients by, ours or its MRNs; ``--patient`` on
 the command line), and are accepted as they are otherwise. An unknown patient is answered as
@@ -73,6 +77,7 @@ _OBSERVATION_STATUS = frozenset(
     }
 )
 _IF_NONE_EXIST = re.compile(r"^identifier=(?P<system>[^|&]*)\|(?P<value>[^&]+)$")
+_CONDITIONAL_URL = re.compile(r"^Observation\?(?P<criteria>identifier=.*)$")
 _CONDITIONAL_PATIENT = re.compile(r"^Patient\?identifier=(?P<system>[^|&]*)\|(?P<value>[^&]+)$")
 
 Rejector = Callable[[Mapping[str, Any]], str | None]  # Observation -> diagnostics, or None
@@ -149,6 +154,7 @@ class FhirServer:
         self.transactions = 0  # answered 2xx
         self.created = 0
         self.existing = 0
+        self.updated = 0  # conditional updates that changed a stored Observation
         self.refused = 0  # answered 4xx
         self.failed = 0  # faults injected
         self.requests = 0
@@ -276,8 +282,9 @@ class FhirServer:
             self.failed += 1
             raise _Refusal(self._outage, _outcome("transient", "service unavailable (outage)"))
 
-    def _check(self, bundle: Any) -> list[tuple[dict[str, Any], tuple[str, str] | None]]:
-        """The entries to apply with their conditional-create identifier; or a refusal."""
+    def _check(self, bundle: Any) -> list[tuple[dict[str, Any], tuple[str, str] | None, bool]]:
+        """The entries to apply with their conditional identifier and whether each is a
+        conditional update; or a refusal."""
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
             raise _Refusal(400, _outcome("structure", "not a Bundle"))
         if bundle.get("type") != "transaction":
@@ -286,10 +293,16 @@ class FhirServer:
         for i, entry in enumerate(bundle.get("entry") or []):
             where = f"Bundle.entry[{i}]"
             request, resource = entry.get("request") or {}, entry.get("resource") or {}
-            if request.get("method") != "POST" or request.get("url") != "Observation":
+            method, url = request.get("method"), str(request.get("url", ""))
+            conditional_update = _CONDITIONAL_URL.match(url) if method == "PUT" else None
+            if conditional_update is None and (method != "POST" or url != "Observation"):
                 raise _Refusal(
                     400,
-                    _outcome("not-supported", "only POST Observation entries", where + ".request"),
+                    _outcome(
+                        "not-supported",
+                        "only POST Observation and PUT Observation?identifier= entries",
+                        where + ".request",
+                    ),
                 )
             if resource.get("resourceType") != "Observation":
                 raise _Refusal(
@@ -304,7 +317,12 @@ class FhirServer:
                         where + ".resource.status",
                     ),
                 )
-            key = self._conditional(request.get("ifNoneExist"), resource, where)
+            criteria = (
+                conditional_update["criteria"]
+                if conditional_update is not None
+                else request.get("ifNoneExist")
+            )
+            key = self._conditional(criteria, resource, where)
             self._resolve_subject(resource, where)
             if self._reject is not None:
                 why = self._reject(resource)
@@ -312,7 +330,7 @@ class FhirServer:
                     raise _Refusal(
                         422, _outcome("business-rule", why, where if self._reject_blames else None)
                     )
-            out.append((resource, key))
+            out.append((resource, key, conditional_update is not None))
         return out
 
     def _conditional(
@@ -347,13 +365,16 @@ class FhirServer:
             )
 
     def _apply(
-        self, entries: Sequence[tuple[dict[str, Any], tuple[str, str] | None]]
+        self, entries: Sequence[tuple[dict[str, Any], tuple[str, str] | None, bool]]
     ) -> dict[str, Any]:
         """Store the entries (no await inside: atomic for this server)."""
         now = datetime.now(UTC).isoformat()
         answers = []
-        for resource, key in entries:
+        for resource, key, update in entries:
             existing = self._by_identifier.get(key) if key is not None else None
+            if existing is not None and update:
+                answers.append(self._update(existing, resource, now))
+                continue
             if existing is not None:
                 self.existing += 1
                 answers.append(self._answer("200 OK", existing))
@@ -372,6 +393,21 @@ class FhirServer:
             self.created += 1
             answers.append(self._answer("201 Created", obs_id))
         return {"resourceType": "Bundle", "type": "transaction-response", "entry": answers}
+
+    def _update(self, obs_id: str, resource: dict[str, Any], now: str) -> dict[str, Any]:
+        """Replace a stored Observation (a new version), unless nothing changed."""
+        old = self.observations[obs_id]
+        same = {k: v for k, v in old.items() if k not in ("id", "meta")} == {
+            k: v for k, v in resource.items() if k not in ("id", "meta")
+        }
+        if not same:
+            version = str(int(old["meta"]["versionId"]) + 1)
+            meta = {**(resource.get("meta") or {}), "versionId": version, "lastUpdated": now}
+            self.observations[obs_id] = {**resource, "id": obs_id, "meta": meta}
+            self.updated += 1
+        else:
+            self.existing += 1
+        return self._answer("200 OK", obs_id)
 
     def _answer(self, status: str, obs_id: str) -> dict[str, Any]:
         meta = self.observations[obs_id]["meta"]
@@ -430,8 +466,13 @@ class FhirServer:
                         "resource": [
                             {
                                 "type": "Observation",
-                                "interaction": [{"code": "read"}, {"code": "search-type"}],
+                                "interaction": [
+                                    {"code": "read"},
+                                    {"code": "search-type"},
+                                    {"code": "update"},
+                                ],
                                 "conditionalCreate": True,
+                                "conditionalUpdate": True,
                             }
                         ],
                         "interaction": [{"code": "transaction"}],
@@ -452,6 +493,7 @@ class FhirServer:
             "transactions": self.transactions,
             "created": self.created,
             "existing": self.existing,
+            "updated": self.updated,
             "refused": self.refused,
             "failed": self.failed,
             "requests": self.requests,

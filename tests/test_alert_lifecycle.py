@@ -73,6 +73,11 @@ def test_the_table() -> None:
         (OPEN, Action.LATE_EVIDENCE): OPEN,
         (ACK, Action.LATE_EVIDENCE): ACK,
         (RESOLVED, Action.LATE_EVIDENCE): RESOLVED,
+        (OPEN, Action.EVIDENCE_ENTERED_IN_ERROR): OPEN,
+        (ACK, Action.EVIDENCE_ENTERED_IN_ERROR): ACK,
+        (RESOLVED, Action.EVIDENCE_ENTERED_IN_ERROR): RESOLVED,
+        (OPEN, Action.WITHDRAW): RESOLVED,
+        (ACK, Action.WITHDRAW): RESOLVED,
         (OPEN, Action.ESCALATE_TIER): OPEN,
         (OPEN, Action.NOBODY_ON_CALL): OPEN,
         (ACK, Action.RENOTIFY): OPEN,
@@ -91,7 +96,10 @@ def test_the_table() -> None:
     assert set(ACTIONS) == set(Action) == {a for _, a in TRANSITIONS}
 
 
-@pytest.mark.parametrize("action", [a for a in Action if a is not Action.LATE_EVIDENCE])
+@pytest.mark.parametrize(
+    "action",
+    [a for a in Action if a not in (Action.LATE_EVIDENCE, Action.EVIDENCE_ENTERED_IN_ERROR)],
+)
 def test_nothing_leaves_resolved(action: Action) -> None:
     with pytest.raises(InvalidTransition):
         next_state(RESOLVED, action)

@@ -77,6 +77,18 @@ def test_golden_sample_decodes_as_expected(sample: Path) -> None:
     for problem, part in zip(out.problems, expected["problems"], strict=True):
         assert part in problem
     assert out.device_status == expected["device_status"]
+    assert [
+        {
+            "device_id": r.device_id,
+            "metric": r.metric.value,
+            "measured_at": r.measured_at,
+            "status": r.status,
+        }
+        for r in out.retractions
+    ] == [
+        {**e, "measured_at": datetime.fromisoformat(e["measured_at"])}
+        for e in expected.get("retractions", [])
+    ]
 
 
 def summary(r: Reading) -> dict[str, Any]:

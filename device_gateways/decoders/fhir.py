@@ -20,9 +20,12 @@ that ``fullUrl`` and gives its first ``identifier.value`` (else its ``id``); oth
 ``device.identifier.value``. When the transport vouches for a device, every reading gets that
 id instead.
 
+Retractions: an Observation with status ``entered-in-error`` or ``cancelled`` says a reading
+sent before was not a measurement. It names that reading by the same code, device and
+effective time as the original (a value is not needed), and decodes to a ``Retraction``.
+
 Skipped: Bundle entries that are not Observations (Patient, Device, ...) silently;
-Observations with status ``entered-in-error`` or ``cancelled``, with an unsupported code, or
-without a value, as problems.
+Observations with an unsupported code, or without a value, as problems.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from datetime import datetime
 from types import MappingProxyType
 
 from device_gateways.units import without_annotations
-from rpm.domain import Metric, RawMessage, Reading
+from rpm.domain import RETRACTING_STATUSES, Metric, RawMessage, Reading, Retraction
 from rpm.domain.errors import DecodeError
 
 from . import _fields as f
@@ -64,9 +67,6 @@ _CODES: Mapping[str, tuple[Metric, str | None]] = MappingProxyType(
 _BP_COMPONENTS: Mapping[str, str] = MappingProxyType(
     {"8480-6": "systolic", "8462-4": "diastolic", "8867-4": "pulse"}
 )
-# Observation.status values that say the Observation is not a measurement (FHIR R4
-# ObservationStatus, http://hl7.org/fhir/R4/valueset-observation-status.html).
-_NOT_MEASURED = frozenset({"entered-in-error", "cancelled"})
 
 
 def decode(raw: RawMessage) -> Decoded:
@@ -82,8 +82,46 @@ def decode(raw: RawMessage) -> Decoded:
         observations, devices = _bundle(doc)
     else:
         raise DecodeError(f"expected resourceType Observation or Bundle, not {f.show(kind)}")
-    readings, problems = f.collect(observations, lambda obs: [_reading(obs, devices, raw)])
-    return f.finish(readings, problems)
+    if not any(_retracts(o) for o in observations):
+        readings, problems = f.collect(observations, lambda obs: [_reading(obs, devices, raw)])
+        return f.finish(readings, problems)
+    # Retractions among them: decoded in place, so problems keep the entries' positions.
+    retractions: list[Retraction] = []
+
+    def item(obs: object) -> list[Reading]:
+        if _retracts(obs):
+            try:
+                retractions.append(_retraction(obs, devices, raw))
+            except DecodeError as exc:
+                raise DecodeError(f"retraction: {exc}") from None
+            return []
+        return [_reading(obs, devices, raw)]
+
+    readings, problems = f.collect(observations, item)
+    if not retractions:
+        return f.finish(readings, problems)
+    return Decoded(readings, problems, retractions=retractions)
+
+
+def _retracts(obs: object) -> bool:
+    if not isinstance(obs, dict):
+        return False
+    status = obs.get("status")
+    return isinstance(status, str) and status in RETRACTING_STATUSES
+
+
+def _retraction(
+    obs: object, devices: Mapping[str, dict[str, object]], raw: RawMessage
+) -> Retraction:
+    """The reading an ``entered-in-error`` or ``cancelled`` Observation takes back: the one
+    with the same code, device and effective time."""
+    assert isinstance(obs, dict)  # _retracts checked it
+    code = _loinc(obs.get("code"), _CODES)
+    if code is None:
+        raise DecodeError(f"unsupported code {_first_code(obs.get('code'))}")
+    metric, _ = _CODES[code]
+    device = f.device_id(raw, _device(obs.get("device"), devices), "device")
+    return Retraction(device, metric, _effective(obs), str(obs["status"]))
 
 
 def _bundle(bundle: dict[str, object]) -> tuple[list[object], dict[str, dict[str, object]]]:
@@ -115,9 +153,6 @@ def _reading(obs: object, devices: Mapping[str, dict[str, object]], raw: RawMess
         raise DecodeError("a Bundle entry needs a 'resource' object")
     if obs.get("resourceType") != "Observation":
         raise DecodeError("not an Observation")
-    status = obs.get("status")
-    if isinstance(status, str) and status in _NOT_MEASURED:
-        raise DecodeError(f"status {status!r}: not a measurement")
     code = _loinc(obs.get("code"), _CODES)
     if code is None:
         raise DecodeError(f"unsupported code {_first_code(obs.get('code'))}")

@@ -51,6 +51,7 @@ class Permission(StrEnum):
     BILLING_MANAGE = "billing-manage"  # publish billing code tables
     ON_CALL_READ = "on-call-read"  # a care team's on-call rota (team-scoped)
     ON_CALL_MANAGE = "on-call-manage"  # add and remove on-call shifts
+    READING_CORRECTIONS = "reading-corrections"  # mark a reading entered-in-error (team-scoped)
 
 
 _NURSE = frozenset(
@@ -64,6 +65,7 @@ _NURSE = frozenset(
         Permission.TIME_TRACKING,
         Permission.BILLING_READ,
         Permission.ON_CALL_READ,
+        Permission.READING_CORRECTIONS,
     }
 )
 # Role (staff) or scope (API key) -> what it may do. Ingest keys act at /ingest/* only,
@@ -273,3 +275,4 @@ CanReadBilling = Annotated[Principal, Security(REQUIRE[Permission.BILLING_READ])
 CanManageBilling = Annotated[Principal, Security(REQUIRE[Permission.BILLING_MANAGE])]
 CanReadOnCall = Annotated[Principal, Security(REQUIRE[Permission.ON_CALL_READ])]
 CanManageOnCall = Annotated[Principal, Security(REQUIRE[Permission.ON_CALL_MANAGE])]
+CanCorrectReadings = Annotated[Principal, Security(REQUIRE[Permission.READING_CORRECTIONS])]

@@ -29,6 +29,7 @@ from . import (
     dashboard_engagement,
     dashboard_on_call,
     dashboard_panel,
+    dashboard_readings,
     dashboard_time,
     device_certs,
     engagement,
@@ -143,6 +144,7 @@ def create_app(
     app.include_router(dashboard_engagement.router)
     app.include_router(dashboard_time.router)
     app.include_router(dashboard_on_call.router)
+    app.include_router(dashboard_readings.router)
     app.include_router(billing.router)
     app.include_router(dashboard_billing.router)
     app.include_router(panel.router)

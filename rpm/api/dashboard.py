@@ -59,6 +59,7 @@ DONE = {
     "acknowledge": "Alert acknowledged.",
     "resolve": "Alert resolved.",
     "assign": "Alert assigned.",
+    "entered-in-error": "Reading marked entered in error; its alerts were updated.",
 }
 PROBLEMS = {
     "conflict": "Not possible in the alert's current state: someone may have acted on it.",
@@ -67,6 +68,8 @@ PROBLEMS = {
     "unavailable": "Assigning alerts is not available on this server yet.",
     "missing": "There is no such alert.",
     "refused": "The server refused the request.",
+    "reason": "Marking a reading entered in error needs a reason.",
+    "reading": "There is no such reading.",
 }
 INBOX_PROBLEMS = {
     "missing": "There is no such inbox item.",
@@ -323,7 +326,11 @@ async def chart(
             rules.append(rule.with_overrides(ctx.overrides.get(rule.id) or {}))
         except ValueError:  # an override the program no longer takes: the engine too
             rules.append(rule)  # applies the defaults (rule_programs.effective_rules)
-    points = [(s.accepted.reading.measured_at, s.accepted.reading.values) for s in stored]
+    points = [
+        (s.accepted.reading.measured_at, s.accepted.reading.values)
+        for s in stored
+        if s.entered_in_error_at is None  # not plotted: it should not be used
+    ]
     svg = await asyncio.to_thread(charts.render_svg, m, points, charts.thresholds_for(rules, m))
     return Response(svg, media_type="image/svg+xml", headers={"Content-Security-Policy": SVG_CSP})
 
@@ -363,7 +370,7 @@ async def inbox_handled(request: Request, auth: AuthDep, staff: Staff, item_id: 
     )
     outcome = {200: ("done", "handled"), 404: ("problem", "missing"), 409: ("problem", "taken")}
     key, value = outcome.get(resp.status_code, ("problem", "refused"))
-    return RedirectResponse(_with_query("/dashboard/inbox", {key: value}), 303)
+    return RedirectResponse(with_notice("/dashboard/inbox", {key: value}), 303)
 
 
 @router.post("/dashboard/alerts/{alert_id}/{action}")
@@ -385,7 +392,7 @@ async def act(
         return JSONResponse(body, status_code=status)
     back = safe_next(fields.get("next"))
     key = "done" if outcome == action else "problem"
-    return RedirectResponse(_with_query(back, {key: outcome}), 303)
+    return RedirectResponse(with_notice(back, {key: outcome}), 303)
 
 
 async def _forward(
@@ -479,7 +486,8 @@ def _detail(resp: httpx.Response) -> str | None:
     return detail if isinstance(detail, str) else None
 
 
-def _with_query(target: str, extra: Mapping[str, str]) -> str:
+def with_notice(target: str, extra: Mapping[str, str]) -> str:
+    """``target`` with ``done`` or ``problem`` (the page's notice) in place of any before."""
     parts = urlsplit(target)
     query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("done", "problem")]
     return urlunsplit(parts._replace(query=urlencode([*query, *extra.items()])))

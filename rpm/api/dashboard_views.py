@@ -63,7 +63,12 @@ def vitals(patient_id: str, stored: list[reading_store.StoredReading]) -> list[d
         rows = by_metric.get(metric)
         if not rows:
             continue
-        points = [(s.accepted.reading.measured_at, s.accepted.reading.values) for s in rows]
+        # Charts leave out readings entered in error; the table shows them, marked.
+        points = [
+            (s.accepted.reading.measured_at, s.accepted.reading.values)
+            for s in rows
+            if s.entered_in_error_at is None
+        ]
         out.append(
             {
                 "metric": metric.value,
@@ -75,6 +80,8 @@ def vitals(patient_id: str, stored: list[reading_store.StoredReading]) -> list[d
                         "measured_at": s.accepted.reading.measured_at,
                         "values": _format_values(metric, s.accepted.reading.values),
                         "device": s.accepted.reading.device_id,
+                        "uid": str(s.accepted.reading.uid),
+                        "in_error": s.entered_in_error_at is not None,
                     }
                     for s in rows[:READINGS_SHOWN]
                 ],

@@ -59,6 +59,11 @@ class IngestResult(BaseModel):
     duplicates: int
     quarantined: int
     reasons: dict[str, int]
+    # Only when the body held retractions (FHIR status entered-in-error or cancelled):
+    # readings marked entered-in-error (now, or already by an earlier try), and retractions
+    # kept for readings not stored yet.
+    retracted: int | None = None
+    retractions_pending: int | None = None
     detail: str | None = None  # why nothing was accepted, when the whole body was refused
 
 
@@ -97,6 +102,8 @@ def _summary(r: BatchResult | MessageResult) -> IngestResult:
         duplicates=r.duplicates,
         quarantined=r.quarantined,
         reasons=r.quarantine_reasons,
+        retracted=r.retracted if r.retracted or r.retractions_pending else None,
+        retractions_pending=r.retractions_pending if r.retracted or r.retractions_pending else None,
     )
 
 
@@ -245,7 +252,7 @@ async def ingest(
     # StorageError and BatcherFull (503, Retry-After) are answered by rpm/api/errors.py.
     result = await hooks.batcher.submit(raw)
     summary = _summary(result)
-    accepted = result.stored + result.duplicates
+    accepted = result.stored + result.duplicates + result.retracted + result.retractions_pending
     status = 422 if accepted == 0 and result.quarantined else 200
     return JSONResponse(summary.model_dump(exclude_none=True), status)
 
@@ -296,7 +303,7 @@ async def _quarantine_too_deep(
         raise StorageError("storage unavailable; retry") from exc
     reasons = {RejectReason.MALFORMED.value: 1}
     summary = IngestResult(stored=0, duplicates=0, quarantined=1, reasons=reasons, detail=detail)
-    return JSONResponse(summary.model_dump(), 422)
+    return JSONResponse(summary.model_dump(exclude_none=True), 422)
 
 
 async def _ingest_key(request: Request, authorization: str | None) -> str | None:

@@ -171,11 +171,15 @@ def _reading(row: Mapping[str, str | None], line: int, patient_id: str) -> Readi
 
 # --- the database ------------------------------------------------------------------
 
-# The readings of a period in measured-time order (TimescaleDB: chunk by chunk).
+# The readings of a period in measured-time order (TimescaleDB: chunk by chunk), without those
+# marked entered-in-error (migration 0029), which production's rules no longer use either.
 _READINGS = """
 SELECT measured_at, device_id, metric, patient_id, components, received_at
   FROM readings
- WHERE ($1::timestamptz IS NULL OR measured_at >= $1)
+ WHERE NOT EXISTS (SELECT 1 FROM reading_corrections c
+                    WHERE c.device_id = readings.device_id AND c.metric = readings.metric
+                      AND c.measured_at = readings.measured_at)
+   AND ($1::timestamptz IS NULL OR measured_at >= $1)
    AND ($2::timestamptz IS NULL OR measured_at < $2)
    AND ($3::text[] IS NULL OR patient_id = ANY($3::text[]))
  ORDER BY measured_at"""

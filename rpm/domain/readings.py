@@ -155,6 +155,37 @@ class Reading:
         return reading_uid(self.device_id, self.metric, self.measured_at)
 
 
+# FHIR R4 Observation.status values that retract an Observation sent before
+# (http://hl7.org/fhir/R4/valueset-observation-status.html): "entered-in-error" (it should
+# not have existed) and "cancelled" (aborted). Both mark the stored reading entered-in-error.
+RETRACTING_STATUSES = frozenset({"entered-in-error", "cancelled"})
+
+
+@dataclass(frozen=True, slots=True)
+class Retraction:
+    """A source saying a reading it sent earlier is not a measurement.
+
+    It names the reading by its identity (device, metric, measured time: what ``reading_uid``
+    hashes), exactly as the original Observation would decode; ``status`` is the FHIR status
+    it was sent with (one of ``RETRACTING_STATUSES``).
+    """
+
+    device_id: str
+    metric: Metric
+    measured_at: datetime
+    status: str
+
+    def __post_init__(self) -> None:
+        if self.measured_at.tzinfo is None:
+            raise ValueError("a retraction's measured time must be timezone-aware")
+        if self.status not in RETRACTING_STATUSES:
+            raise ValueError(f"status {self.status!r} does not retract a reading")
+
+    @property
+    def uid(self) -> uuid.UUID:
+        return reading_uid(self.device_id, self.metric, self.measured_at)
+
+
 class RejectReason(enum.StrEnum):
     """Machine-readable reasons a payload or reading went to the quarantine."""
 

@@ -3,11 +3,14 @@ and the transaction-responses we read back. Pure.
 
 Transactions follow FHIR R4 http.html#transaction: each Observation is a conditional create
 (``request.ifNoneExist`` on its identifier), so sending it again, after a timeout or a crash,
-stores nothing new at the EHR (http.html#ccreate). The subject is a conditional reference
-(``Patient?identifier=<system>|<value>``, resolved by the EHR within the transaction): the
-patient's identifier at the EHR (e.g. its MRN) when enrolment gave one, else our id under
-``RPM_EHR_PATIENT_IDENTIFIER_SYSTEM``, because the EHR does not know our Patient ids; the
-device is a logical reference by identifier.
+stores nothing new at the EHR (http.html#ccreate). An Observation of a reading marked
+entered-in-error is a conditional update instead (``PUT Observation?identifier=...``,
+http.html#cond-update): it replaces the EHR's copy found by our identifier, or creates it when
+the EHR never got the original; sending it again changes nothing more. The subject is a
+conditional reference (``Patient?identifier=<system>|<value>``, resolved by the EHR within
+the transaction): the patient's identifier at the EHR (e.g. its MRN) when enrolment gave one,
+else our id under ``RPM_EHR_PATIENT_IDENTIFIER_SYSTEM``, because the EHR does not know our
+Patient ids; the device is a logical reference by identifier.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ class PushEntry:
     reading_key: tuple[str, str, str]  # device id, metric, measured time (ISO)
     patient_id: str
     resource: dict[str, Any]  # as the EHR gets it (see ``for_ehr``)
+    update: bool = False  # a conditional update (entered-in-error), not a conditional create
 
 
 def for_ehr(
@@ -98,7 +102,8 @@ def if_none_exist(observation_id: str) -> str:
 
 
 def transaction(entries: Sequence[PushEntry]) -> dict[str, Any]:
-    """A transaction Bundle creating each Observation unless its identifier exists."""
+    """A transaction Bundle creating each Observation unless its identifier exists, or, for
+    one entered in error, updating the one with its identifier (creating it if none)."""
     return {
         "resourceType": "Bundle",
         "type": "transaction",
@@ -106,15 +111,17 @@ def transaction(entries: Sequence[PushEntry]) -> dict[str, Any]:
             {
                 "fullUrl": _full_url(e.observation_id),
                 "resource": e.resource,
-                "request": {
-                    "method": "POST",
-                    "url": "Observation",
-                    "ifNoneExist": if_none_exist(e.observation_id),
-                },
+                "request": _request(e),
             }
             for e in entries
         ],
     }
+
+
+def _request(e: PushEntry) -> dict[str, str]:
+    if e.update:
+        return {"method": "PUT", "url": "Observation?" + if_none_exist(e.observation_id)}
+    return {"method": "POST", "url": "Observation", "ifNoneExist": if_none_exist(e.observation_id)}
 
 
 def _full_url(observation_id: str) -> str:
@@ -231,7 +238,8 @@ def push_entries(
         key = (r.device_id, r.metric.value, r.measured_at.isoformat())
         pid = rec.accepted.patient_id
         patient = known.get(pid, (patient_system, pid))
+        update = rec.entered_in_error_at is not None
         for obs in recorded_observations(rec):
             resource = for_ehr(obs, patient, r.device_id)
-            out.append(PushEntry(obs["id"], key, pid, resource))
+            out.append(PushEntry(obs["id"], key, pid, resource, update))
     return out

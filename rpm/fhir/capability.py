@@ -120,7 +120,8 @@ def capability_statement(base_url: str, software_version: str, date: datetime) -
                     "the total alone. Pages follow an opaque _cursor (link next); _count at "
                     "most 1000. Observation sorts by _sort=-date (default), date, "
                     "-_lastUpdated or _lastUpdated (meta.lastUpdated: when the reading was "
-                    "stored); the other types have one fixed order. Unknown parameters are "
+                    "stored, or marked entered-in-error after); the other types have one "
+                    "fixed order. Unknown parameters are "
                     "ignored unless Prefer: handling=strict; modifiers other than :Patient "
                     "on patient and subject are refused."
                 ),

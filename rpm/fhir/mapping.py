@@ -33,6 +33,7 @@ VITAL_SIGNS_PROFILE = "http://hl7.org/fhir/StructureDefinition/vitalsigns"
 # Identifier system of our Observations; the value is the Observation id.
 IDENTIFIER_SYSTEM = "urn:rpm:observation"
 PULSE = "pulse"  # the part id of a pulse measured alongside another metric
+ENTERED_IN_ERROR = "entered-in-error"  # R4 ObservationStatus of a reading marked so
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +203,17 @@ class RecordedReading:
     uid: uuid.UUID
     stored_at: datetime
     interpretation: str | None = None
+    entered_in_error_at: datetime | None = None  # marked entered-in-error (a correction)
+
+    @property
+    def last_updated(self) -> datetime:
+        """When the record last changed: stored, or later marked entered-in-error."""
+        return self.entered_in_error_at or self.stored_at
+
+    @property
+    def version(self) -> str:
+        """``meta.versionId``: 1 as stored, 2 once marked entered-in-error."""
+        return "1" if self.entered_in_error_at is None else "2"
 
 
 def observation_id(reading_uid: uuid.UUID | str, part: str | None = None) -> str:
@@ -270,19 +282,27 @@ def observations(
 
 
 def recorded_observations(rec: RecordedReading) -> list[dict[str, Any]]:
-    """``observations`` of a stored reading: its stored uid, time and interpretation."""
-    return observations(
+    """``observations`` of a stored reading: its stored uid, time and interpretation; status
+    ``entered-in-error`` once marked so (R4 ObservationStatus: "the information should not
+    be used"; the values stay, as the record of what was sent)."""
+    out = observations(
         rec.accepted, issued=rec.stored_at, uid=rec.uid, interpretation=rec.interpretation
     )
+    if rec.entered_in_error_at is not None:
+        for obs in out:
+            obs["status"] = ENTERED_IN_ERROR
+    return out
 
 
 def served_observations(rec: RecordedReading) -> list[dict[str, Any]]:
     """``recorded_observations`` as our FHIR API serves them, with ``meta.lastUpdated``: when
-    the reading was stored (what ``_sort=_lastUpdated`` orders by). The EHR push leaves it
-    out: the receiving server keeps its own."""
+    the reading was stored, or marked entered-in-error after (what ``_sort=_lastUpdated``
+    orders by), and ``meta.versionId`` (1, then 2 once marked), so a client that syncs sees
+    the change. The EHR push leaves both out: the receiving server keeps its own."""
     out = recorded_observations(rec)
+    meta = {"versionId": rec.version, "lastUpdated": rec.last_updated.isoformat()}
     for obs in out:
-        obs["meta"] = {**obs.get("meta", {}), "lastUpdated": rec.stored_at.isoformat()}
+        obs["meta"] = {**obs.get("meta", {}), **meta}
     return out
 
 

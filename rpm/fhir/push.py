@@ -112,6 +112,7 @@ class _Tally:
 
     created: int = 0
     existing: int = 0
+    updated: int = 0  # entered-in-error Observations the EHR held and replaced
     bundles: int = 0
     refusals: list[fhir_store.Refusal] = field(default_factory=list)
 
@@ -256,6 +257,8 @@ class FhirPushWorker:
             "refused": len(tally.refusals),
             "bundles": tally.bundles,
         }
+        if tally.updated:  # entered-in-error Observations replaced at the EHR
+            result["updated"] = tally.updated
         if len(recorded) < len(keys):
             result["missing_readings"] = len(keys) - len(recorded)
         async with self._pool.acquire() as conn, conn.transaction():
@@ -293,6 +296,8 @@ class FhirPushWorker:
             for entry, answer in zip(entries, results, strict=True):
                 if answer.status == 201:
                     tally.created += 1
+                elif answer.ok and entry.update:
+                    tally.updated += 1
                 elif answer.ok:
                     tally.existing += 1
                 else:  # a server that answers per entry (not all-or-nothing)

@@ -389,7 +389,7 @@ class ObservationQuery:
     window: TimeWindow = field(default_factory=TimeWindow)
     count: int = DEFAULT_COUNT
     newest_first: bool = True
-    by: str = "date"  # or "_lastUpdated" (meta.lastUpdated: when the reading was stored)
+    by: str = "date"  # or "_lastUpdated" (meta.lastUpdated: stored, or marked in error)
     after: ObservationKey | None = None
 
     @property
@@ -464,7 +464,7 @@ def page_observations(
         return out, None
     for rec in rows:
         r = rec.accepted.reading
-        at = rec.stored_at if q.by == "_lastUpdated" else r.measured_at
+        at = rec.last_updated if q.by == "_lastUpdated" else r.measured_at
         key = (at, r.device_id, r.metric.value, r.measured_at)
         wanted = [
             obs

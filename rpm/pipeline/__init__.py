@@ -13,9 +13,10 @@ Offers ``IngestPipeline`` (``unit_of_work``), its results ``BatchResult`` and
 ``INGEST_CHANNEL``, the channel it NOTIFYs on commit.
 """
 
+from .attribution import namespaced
 from .outbox_items import fhir_push_item, patient_sms_payload
 from .results import BatchResult, MessageResult
-from .unit_of_work import INGEST_CHANNEL, IngestPipeline, namespaced
+from .unit_of_work import INGEST_CHANNEL, IngestPipeline
 
 __all__ = [
     "INGEST_CHANNEL",

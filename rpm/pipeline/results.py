@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from rpm.domain import AcceptedReading, RawMessage, Rejection
+from rpm.storage.corrections import Correction
 
 
 @dataclass(slots=True)
@@ -17,6 +18,8 @@ class MessageResult:
     duplicates: int = 0
     quarantined: int = 0
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    retracted: int = 0  # stored readings marked entered-in-error (now or by an earlier retry)
+    retractions_pending: int = 0  # retractions of readings not stored yet, kept
 
 
 @dataclass(slots=True)
@@ -31,6 +34,8 @@ class BatchResult:
     alerts_changed: list[int] = field(default_factory=list)
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     per_message: list[MessageResult] = field(default_factory=list)
+    retracted: int = 0
+    retractions_pending: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +44,15 @@ class Prepared:
     rejections: list[Rejection]
     seen: dict[str, tuple[datetime, dict[str, float]]]
     origins: list[int]  # index in the batch of the message each accepted reading came from
+    corrections: list[Correction] = field(default_factory=list)  # retractions, attributed
+    correction_origins: list[int] = field(default_factory=list)
 
 
 def itemize(
-    batch: Sequence[RawMessage], prepared: Prepared, new: Sequence[AcceptedReading]
+    batch: Sequence[RawMessage],
+    prepared: Prepared,
+    new: Sequence[AcceptedReading],
+    corrected: Sequence[str] = (),
 ) -> list[MessageResult]:
     """The batch's outcome per message. ``new`` holds the very objects of
     ``prepared.accepted`` that were inserted; a rejection keeps the message it came from."""
@@ -53,6 +63,11 @@ def itemize(
             out[i].stored += 1
         else:
             out[i].duplicates += 1
+    for outcome, i in zip(corrected, prepared.correction_origins, strict=True):
+        if outcome == "pending":
+            out[i].retractions_pending += 1
+        else:
+            out[i].retracted += 1
     index = {id(raw): i for i, raw in enumerate(batch)}
     for r in prepared.rejections:
         m = out[index[id(r.raw)]]

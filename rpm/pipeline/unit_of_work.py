@@ -7,7 +7,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
@@ -17,19 +16,19 @@ from prometheus_client import CollectorRegistry
 
 from alerts.lifecycle import Action
 from alerts.policy import Decision, Grouping, decide, earliest_by_key
-from device_gateways.decoders import DECODERS, Decoded
+from device_gateways.decoders import DECODERS
 from rpm.domain import (
     AcceptedReading,
     AlertCandidate,
     Metric,
     RawMessage,
-    Reading,
     Rejection,
     RejectReason,
 )
 from rpm.domain.errors import DecodeError, StorageError
 from rpm.metrics import IngestMetrics
 from rpm.storage import alerts as alert_store
+from rpm.storage import corrections as correction_store
 from rpm.storage import engagement as engagement_store
 from rpm.storage import outbox as outbox_store
 from rpm.storage import quarantine as quarantine_store
@@ -44,6 +43,8 @@ from rules.engine import Engine, PatientContext
 from rules.kinds.missing import Silence
 from rules.programs import RuleBook
 
+from .attribution import attribute, by_device, namespaced
+from .corrections import apply_marked
 from .outbox_items import fhir_push_item, patient_sms_payload
 from .results import BatchResult, Prepared, itemize
 
@@ -64,26 +65,6 @@ R = TypeVar("R")
 # is starting up / shutting down"), class 53 (e.g. too many connections), client-side errors
 # of a connection that died (InterfaceError; InternalClientError when the pool resets a
 # connection whose server went away mid-operation), and the socket's own OSError.
-
-
-def namespaced(decoded: Decoded, integration: str) -> Decoded:
-    """Webhook device ids become ``<integration>:<vendor id>``.
-
-    An integration can then only ever report devices enrolled under it, and never
-    collide with (or pose as) an MQTT device, whose ids contain no colon.
-    """
-    return Decoded(
-        [replace(r, device_id=f"{integration}:{r.device_id}") for r in decoded.readings],
-        decoded.problems,
-        {f"{integration}:{k}": v for k, v in decoded.device_status.items()},
-    )
-
-
-def _by_device(readings: Sequence[Reading]) -> dict[str, list[Reading]]:
-    groups: dict[str, list[Reading]] = {}
-    for r in readings:
-        groups.setdefault(r.device_id, []).append(r)
-    return groups
 
 
 class IngestPipeline:
@@ -230,6 +211,16 @@ class IngestPipeline:
         result = BatchResult(messages=len(batch))
         await self._refresh_rules(conn)
         prepared = await self._prepare(conn, batch, now)
+        # Retractions first: a reading retracted in the same batch, or before, is stored
+        # already marked; the state of patients whose readings were marked is dropped before
+        # the rule step, so no buffer keeps a value entered in error (rebuilt from storage).
+        corrected = await correction_store.record(conn, prepared.corrections, now)
+        for outcome in corrected.outcomes:
+            if outcome == "pending":
+                result.retractions_pending += 1
+            else:
+                result.retracted += 1
+        await self.corrected(conn, corrected.marked, now)
         contexts: dict[str, PatientContext] = {}
         interpretations: list[str | None] = []
         if prepared.accepted:
@@ -238,11 +229,20 @@ class IngestPipeline:
                 conn, {a.patient_id for a in prepared.accepted}
             )
             interpretations = self.engine.interpret(prepared.accepted, contexts)
-        new = await reading_store.insert_new(conn, prepared.accepted, interpretations)
-        result.stored = len(new)
-        result.duplicates = len(prepared.accepted) - len(new)
+        retracted: set[reading_store.ReadingKey] = set()
+        stored = await reading_store.insert_new(
+            conn, prepared.accepted, interpretations, retracted=retracted
+        )
+        result.stored = len(stored)
+        result.duplicates = len(prepared.accepted) - len(stored)
         if itemized:
-            result.per_message = itemize(batch, prepared, new)
+            result.per_message = itemize(batch, prepared, stored, corrected.outcomes)
+        if self._fhir_push and stored:
+            # Retracted ones too: the EHR gets them as entered-in-error, as /fhir shows them.
+            await outbox_store.enqueue(conn, [fhir_push_item(stored)])
+        new = (
+            [a for a in stored if reading_store.key_of(a) not in retracted] if retracted else stored
+        )
 
         if new:
             await rule_state.touch_last(conn, self._last_due(new))
@@ -252,8 +252,6 @@ class IngestPipeline:
                 [a.reading.measured_at for a in new],
                 [a.reading.metric.value for a in new],
             )
-            if self._fhir_push:
-                await outbox_store.enqueue(conn, [fhir_push_item(new)])
             self._touched.update(contexts)
             self._touched.update(a.patient_id for a in new)
             step_started = time.perf_counter()
@@ -270,7 +268,7 @@ class IngestPipeline:
                 result.quarantine_reasons.get(r.reason.value, 0) + 1
             )
         await device_store.update_device_status(conn, prepared.seen)
-        if result.stored or result.quarantined:
+        if result.stored or result.quarantined or corrected.marked:
             # The dashboards' news, in the statement that was sent anyway: the queue's
             # ingest event, and the panel's patients (rpm.storage.panel: the batch's ids
             # in payloads under the limit; no round trip and no NOTIFY per reading).
@@ -281,6 +279,37 @@ class IngestPipeline:
                 [f'{{"stored": {result.stored}, "quarantined": {result.quarantined}}}', *panel],
             )
         return result
+
+    async def corrected(
+        self, conn: Conn, marked: Sequence[correction_store.Marked], now: datetime
+    ) -> None:
+        """Readings were marked entered-in-error in this transaction: apply what follows
+        (``rpm.pipeline.corrections``) and drop their patients' rule state, rebuilt from
+        storage without them on the next reading."""
+        if not marked:
+            return
+        await apply_marked(conn, marked, now, fhir_push=self._fhir_push)
+        patients = {m.patient_id for m in marked}
+        self.engine.forget(patients)
+        self._touched.update(patients)
+        for m in marked:
+            self._last_written.pop((m.patient_id, m.metric), None)
+
+    async def retract(
+        self, corrections: Sequence[correction_store.Correction]
+    ) -> correction_store.Recorded:
+        """Mark stored readings entered-in-error (a staff correction), in one transaction."""
+
+        async def work(conn: Conn, _: None) -> correction_store.Recorded:
+            now = self._now()
+            recorded = await correction_store.record(conn, corrections, now)
+            await self.corrected(conn, recorded.marked, now)
+            return recorded
+
+        try:
+            return await self._in_transaction(work, None)
+        except DATABASE_UNAVAILABLE as exc:
+            raise StorageError(f"database unavailable: {exc.__class__.__name__}") from exc
 
     async def _ensure_state(self, conn: Conn, accepted: Sequence[AcceptedReading]) -> None:
         """Load the rule state of patients the engine has not seen (before the insert, so
@@ -381,7 +410,9 @@ class IngestPipeline:
             decoded.append((i, raw, d))
 
         devices = await device_store.device_records(
-            conn, {r.device_id for _, _, d in decoded for r in d.readings}
+            conn,
+            {r.device_id for _, _, d in decoded for r in d.readings}
+            | {r.device_id for _, _, d in decoded for r in d.retractions},
         )
         accepted: list[AcceptedReading] = []
         origins: list[int] = []
@@ -389,7 +420,7 @@ class IngestPipeline:
         for i, raw, d in decoded:
             # MQTT: one device per message (the topic's); webhooks may carry several.
             groups = (
-                {raw.device_id: d.readings} if raw.device_id is not None else _by_device(d.readings)
+                {raw.device_id: d.readings} if raw.device_id is not None else by_device(d.readings)
             )
             for device_id, group in groups.items():
                 device = devices.get(device_id)
@@ -399,7 +430,16 @@ class IngestPipeline:
                 rejections.extend(bad)
                 if device is not None:
                     seen[device_id] = (raw.received_at, d.device_status.get(device_id, {}))
-        return Prepared(accepted, rejections, seen, origins)
+        corrections, correction_origins = [], []
+        for i, raw, d in decoded:
+            for retraction in d.retractions:
+                outcome = attribute(raw, retraction, devices.get(retraction.device_id))
+                if isinstance(outcome, Rejection):
+                    rejections.append(outcome)
+                else:
+                    corrections.append(outcome)
+                    correction_origins.append(i)
+        return Prepared(accepted, rejections, seen, origins, corrections, correction_origins)
 
     async def _follow_up(
         self,

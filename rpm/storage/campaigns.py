@@ -199,6 +199,10 @@ def _trigger_joins(t: Trigger, bind: Any) -> str:
                                    avg((r.components->>'weight')::float8) AS kg
                               FROM readings r
                              WHERE r.patient_id = f.patient_id AND r.metric = 'weight'
+                               AND NOT EXISTS (SELECT 1 FROM reading_corrections c
+                                                WHERE c.device_id = r.device_id
+                                                  AND c.metric = r.metric
+                                                  AND c.measured_at = r.measured_at)
                                AND r.measured_at > $1::timestamptz - ({n} + 2) * interval '1 day'
                                AND r.measured_at < ((f._today + 1)::timestamp
                                                     AT TIME ZONE f._timezone)

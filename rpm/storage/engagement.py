@@ -46,6 +46,44 @@ async def touch_days(
     )
 
 
+async def recount_days(
+    conn: Conn, patient_ids: Sequence[str], measured: Sequence[datetime]
+) -> None:
+    """Count again the local days of these readings from what is stored, leaving out readings
+    marked entered-in-error (migration 0029); a day left with none is removed, so billing and
+    adherence count only days with a valid reading."""
+    if not patient_ids:
+        return
+    await conn.execute(
+        """WITH k AS (
+               SELECT DISTINCT r.patient_id, (r.at AT TIME ZONE p.timezone)::date AS day,
+                      p.timezone
+                 FROM unnest($1::text[], $2::timestamptz[]) AS r(patient_id, at)
+                 JOIN patients p ON p.id = r.patient_id),
+           counted AS (
+               SELECT k.patient_id, k.day, count(x.metric) AS n,
+                      coalesce(array_agg(DISTINCT x.metric ORDER BY x.metric)
+                                   FILTER (WHERE x.metric IS NOT NULL), '{}') AS metrics
+                 FROM k
+                 LEFT JOIN readings x
+                        ON x.patient_id = k.patient_id
+                       AND x.measured_at >= (k.day::timestamp AT TIME ZONE k.timezone)
+                       AND x.measured_at < ((k.day + 1)::timestamp AT TIME ZONE k.timezone)
+                       AND NOT EXISTS (SELECT 1 FROM reading_corrections c
+                                        WHERE c.device_id = x.device_id AND c.metric = x.metric
+                                          AND c.measured_at = x.measured_at)
+                GROUP BY 1, 2),
+           gone AS (
+               DELETE FROM patient_days d USING counted c
+                WHERE d.patient_id = c.patient_id AND d.day = c.day AND c.n = 0)
+           UPDATE patient_days d SET readings = c.n, metrics = c.metrics
+             FROM counted c
+            WHERE d.patient_id = c.patient_id AND d.day = c.day AND c.n > 0""",
+        list(patient_ids),
+        list(measured),
+    )
+
+
 async def open_severity(conn: Conn, patient_id: str) -> Severity | None:
     """The highest severity of the patient's open episodes; None when none is open."""
     rank = await conn.fetchval(

@@ -25,7 +25,10 @@ _QUERIES = {
          ORDER BY id""",
     "readings": """
         SELECT uid, patient_id, device_id, metric, measured_at, received_at, components,
-               original, interpretation
+               original, interpretation,
+               EXISTS (SELECT 1 FROM reading_corrections c
+                        WHERE c.device_id = readings.device_id AND c.metric = readings.metric
+                          AND c.measured_at = readings.measured_at) AS entered_in_error
           FROM readings
          WHERE patient_id IN (
                SELECT id FROM patients WHERE $1::text[] IS NULL OR programs && $1::text[])

@@ -18,13 +18,15 @@ import asyncpg
 from rpm.domain import AcceptedReading, Metric, Reading
 from rpm.fhir.mapping import RecordedReading
 from rpm.fhir.search import ObservationQuery
+from rpm.storage.corrections import CORRECTED_AT
 from rpm.storage.pool import Conn
 
 CHANNEL = "fhir"  # the outbox channel of EHR push work (rpm.pipeline.fhir_push_item)
 ReadingKey = tuple[str, str, str]  # device id, metric, measured time (ISO 8601)
 
-_READING_COLUMNS = """measured_at, device_id, metric, patient_id, uid, components, received_at,
-                      stored_at, interpretation"""
+# Readings under their own table name (no alias): ``CORRECTED_AT`` refers to it.
+_READING_COLUMNS = f"""measured_at, device_id, metric, patient_id, uid, components, received_at,
+                      stored_at, interpretation, {CORRECTED_AT} AS corrected_at"""
 
 
 def _recorded(r: asyncpg.Record) -> RecordedReading:
@@ -32,7 +34,11 @@ def _recorded(r: asyncpg.Record) -> RecordedReading:
         r["device_id"], Metric(r["metric"]), r["components"], r["measured_at"], r["received_at"]
     )
     return RecordedReading(
-        AcceptedReading(reading, r["patient_id"]), r["uid"], r["stored_at"], r["interpretation"]
+        AcceptedReading(reading, r["patient_id"]),
+        r["uid"],
+        r["stored_at"],
+        r["interpretation"],
+        r["corrected_at"],
     )
 
 
@@ -46,8 +52,8 @@ async def recorded_by_keys(conn: Conn, keys: Sequence[ReadingKey]) -> list[Recor
     rows = await conn.fetch(
         f"""SELECT {_READING_COLUMNS}
               FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(d, m, t, n)
-              JOIN readings r ON r.device_id = k.d AND r.metric = k.m
-                             AND r.measured_at = k.t::timestamptz
+              JOIN readings ON readings.device_id = k.d AND readings.metric = k.m
+                           AND readings.measured_at = k.t::timestamptz
              ORDER BY k.n""",  # noqa: S608 - fixed column list
         [k[0] for k in keys],
         [k[1] for k in keys],
@@ -76,8 +82,9 @@ async def recorded_by_uid(conn: Conn, uid: str) -> RecordedReading | None:
 
 
 # Keyset pages in both directions, by the time a search sorts on (``date``: measured_at;
-# ``_lastUpdated``: stored_at) then the primary key, which orders readings totally.
-_SORT_TIME = {"date": "measured_at", "_lastUpdated": "stored_at"}
+# ``_lastUpdated``: stored_at, or when it was marked entered-in-error after) then the primary
+# key, which orders readings totally.
+_SORT_TIME = {"date": "measured_at", "_lastUpdated": f"greatest(stored_at, {CORRECTED_AT})"}
 _DIRECTION = {True: ("<=", "DESC"), False: (">=", "")}
 
 # Which readings hold an Observation the query asks for ($1-$7 of both statements below).

@@ -10,6 +10,7 @@ import asyncpg
 import orjson
 
 from rpm.domain import AcceptedReading, Metric, Reading
+from rpm.storage.corrections import CORRECTED_AT
 from rpm.storage.pool import Conn
 
 ReadingKey = tuple[str, str, datetime]
@@ -19,25 +20,36 @@ async def insert_new(
     conn: Conn,
     accepted: Sequence[AcceptedReading],
     interpretations: Sequence[str | None] | None = None,
+    *,
+    retracted: set[ReadingKey] | None = None,
 ) -> list[AcceptedReading]:
     """Insert readings, skipping those already stored; return only the new ones.
 
     One statement per batch: the rows travel as parallel arrays and the
     primary key (device, metric, measured time) drops duplicates.
     ``interpretations`` (N/H/HH/L/LL per reading, from the threshold rules) are stored
-    with them for the record.
+    with them for the record. ``retracted`` receives the keys of new readings that a
+    retraction stored before them already marked entered-in-error (migration 0029).
     """
     if not accepted:
         return []
     rows = await conn.fetch(
-        """INSERT INTO readings
-               (measured_at, device_id, metric, patient_id, uid, components, received_at,
-                original, interpretation)
-           SELECT m, d, k, p, rpm_reading_uid(d, k, m), c::jsonb, r, o::jsonb, i
-             FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[],
-                         $6::timestamptz[], $7::text[], $8::text[]) AS t(m, d, k, p, c, r, o, i)
-           ON CONFLICT DO NOTHING
-           RETURNING device_id, metric, measured_at""",
+        """WITH ins AS (
+               INSERT INTO readings
+                      (measured_at, device_id, metric, patient_id, uid, components, received_at,
+                       original, interpretation)
+               SELECT m, d, k, p, rpm_reading_uid(d, k, m), c::jsonb, r, o::jsonb, i
+                 FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[],
+                             $5::text[], $6::timestamptz[], $7::text[], $8::text[])
+                      AS t(m, d, k, p, c, r, o, i)
+               ON CONFLICT DO NOTHING
+               RETURNING device_id, metric, measured_at)
+           SELECT ins.device_id, ins.metric, ins.measured_at,
+                  ($9 AND x.device_id IS NOT NULL) AS retracted
+             FROM ins
+             LEFT JOIN reading_corrections x
+                    ON $9 AND x.device_id = ins.device_id AND x.metric = ins.metric
+                   AND x.measured_at = ins.measured_at""",
         [a.reading.measured_at for a in accepted],
         [a.reading.device_id for a in accepted],
         [a.reading.metric.value for a in accepted],
@@ -46,8 +58,13 @@ async def insert_new(
         [a.reading.received_at for a in accepted],
         [_json(a.reading.original) for a in accepted],
         list(interpretations) if interpretations is not None else [None] * len(accepted),
+        retracted is not None,
     )
     new: set[ReadingKey] = {(r["device_id"], r["metric"], r["measured_at"]) for r in rows}
+    if retracted is not None:
+        retracted.update(
+            (r["device_id"], r["metric"], r["measured_at"]) for r in rows if r["retracted"]
+        )
     out: list[AcceptedReading] = []
     for a in accepted:
         key = (a.reading.device_id, a.reading.metric.value, a.reading.measured_at)
@@ -57,10 +74,16 @@ async def insert_new(
     return out
 
 
+def key_of(a: AcceptedReading) -> ReadingKey:
+    """The reading's primary key (device, metric, measured time)."""
+    return (a.reading.device_id, a.reading.metric.value, a.reading.measured_at)
+
+
 @dataclass(frozen=True, slots=True)
 class StoredReading:
     accepted: AcceptedReading
     stored_at: datetime
+    entered_in_error_at: datetime | None = None  # marked entered-in-error (migration 0029)
 
 
 def _from_row(r: asyncpg.Record) -> StoredReading:
@@ -71,7 +94,9 @@ def _from_row(r: asyncpg.Record) -> StoredReading:
         measured_at=r["measured_at"],
         received_at=r["received_at"],
     )
-    return StoredReading(AcceptedReading(reading, r["patient_id"]), r["stored_at"])
+    return StoredReading(
+        AcceptedReading(reading, r["patient_id"]), r["stored_at"], r.get("corrected_at")
+    )
 
 
 async def for_patient(
@@ -81,13 +106,15 @@ async def for_patient(
     metrics: Sequence[str] | None = None,
     limit: int = 100,
 ) -> list[StoredReading]:
-    """A patient's most recent readings, newest first."""
+    """A patient's most recent readings, newest first (those entered in error included, with
+    ``entered_in_error_at``)."""
     rows = await conn.fetch(
-        """SELECT measured_at, device_id, metric, patient_id, components, received_at, stored_at
+        f"""SELECT measured_at, device_id, metric, patient_id, components, received_at, stored_at,
+                   {CORRECTED_AT} AS corrected_at
              FROM readings
             WHERE patient_id = $1 AND ($2::text[] IS NULL OR metric = ANY($2::text[]))
             ORDER BY measured_at DESC
-            LIMIT $3""",
+            LIMIT $3""",  # noqa: S608 - a fixed fragment
         patient_id,
         list(metrics) if metrics else None,
         limit,

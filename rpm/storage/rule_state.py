@@ -33,6 +33,9 @@ async def history(
                  FROM readings r
                  JOIN unnest($2::text[], $3::int[]) AS c(metric, cap) ON c.metric = r.metric
                 WHERE r.patient_id = ANY($1::text[]) AND r.measured_at >= $4
+                  AND NOT EXISTS (SELECT 1 FROM reading_corrections x  -- entered-in-error
+                                   WHERE x.device_id = r.device_id AND x.metric = r.metric
+                                     AND x.measured_at = r.measured_at)
            ) newest
           WHERE k <= cap""",
         ids,
@@ -67,6 +70,32 @@ def newest_by_metric(readings: Sequence[AcceptedReading]) -> dict[tuple[str, str
         if key not in newest or t > newest[key]:
             newest[key] = t
     return newest
+
+
+async def recompute_last(conn: Conn, keys: Iterable[tuple[str, str]]) -> None:
+    """The newest measured time per (patient, metric) again from the readings not marked
+    entered-in-error (after a correction); none left removes the row."""
+    pairs = sorted(set(keys))
+    if not pairs:
+        return
+    await conn.execute(
+        """WITH k AS (
+               SELECT k.p, k.m,
+                      (SELECT max(r.measured_at) FROM readings r
+                        WHERE r.patient_id = k.p AND r.metric = k.m
+                          AND NOT EXISTS (SELECT 1 FROM reading_corrections x
+                                           WHERE x.device_id = r.device_id
+                                             AND x.metric = r.metric
+                                             AND x.measured_at = r.measured_at)) AS newest
+                 FROM unnest($1::text[], $2::text[]) AS k(p, m)),
+           gone AS (
+               DELETE FROM patient_metric_last l USING k
+                WHERE l.patient_id = k.p AND l.metric = k.m AND k.newest IS NULL)
+           UPDATE patient_metric_last l SET measured_at = k.newest
+             FROM k WHERE l.patient_id = k.p AND l.metric = k.m AND k.newest IS NOT NULL""",
+        [p for p, _ in pairs],
+        [m for _, m in pairs],
+    )
 
 
 async def touch_last(conn: Conn, newest: Mapping[tuple[str, str], datetime]) -> None:
