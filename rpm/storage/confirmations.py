@@ -210,17 +210,29 @@ async def close_many(
 
 
 async def listing(
-    conn: Conn, *, patient_id: str | None, state: str | None, limit: int
+    conn: Conn,
+    *,
+    patient_id: str | None,
+    state: str | None,
+    limit: int,
+    care_teams: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Confirmations, newest first (one patient's, or every patient's)."""
+    """Confirmations, newest first (one patient's, or every patient's; of these care teams'
+    patients when given)."""
     rows = await conn.fetch(
-        f"""SELECT {_COLUMNS} FROM alert_confirmations
-             WHERE ($1::text IS NULL OR patient_id = $1)
-               AND ($2::text IS NULL OR state = $2)
-             ORDER BY measured_at DESC, id DESC LIMIT $3""",  # noqa: S608 - fixed columns
+        """SELECT c.id, c.patient_id, c.rule_id, c.group_key, c.severity, c.state,
+                  c.reading_uid, c.measured_at, c.deadline, c.first_values, c.candidate,
+                  c.created_at, c.closed_at, c.closed_reading_uid, c.closed_values, c.note,
+                  c.alert_id
+             FROM alert_confirmations c JOIN patients p ON p.id = c.patient_id
+            WHERE ($1::text IS NULL OR c.patient_id = $1)
+              AND ($2::text IS NULL OR c.state = $2)
+              AND ($4::text[] IS NULL OR p.care_team = ANY($4::text[]))
+            ORDER BY c.measured_at DESC, c.id DESC LIMIT $3""",
         patient_id,
         state,
         limit,
+        list(care_teams) if care_teams is not None else None,
     )
     out = []
     for r in rows:
