@@ -302,3 +302,31 @@ def test_any_delivery_order_gives_the_same_episodes(readings: list[AcceptedReadi
         together.deliver(*order)
         assert _outcome(s) == _outcome(reference), order
         assert _outcome(together) == _outcome(reference), order
+
+
+# --- the backtest: alerts avoided and delay added, per rule ---------------------------------
+
+
+def test_the_backtest_reports_held_readings_avoided_alerts_and_the_delay_added() -> None:
+    from rpm.backtest.replay import Options, backtest
+    from rpm.backtest.store import render
+
+    day = T0.replace(hour=0, minute=0)
+    readings = [
+        spo2(86),
+        spo2(91, 5),  # not confirmed: no page
+        spo2(86, 120),
+        spo2(85, 130),  # confirmed 10 min after the first
+        spo2(86, 300),  # no repeat: paged at the window's end, 15 min after
+    ]
+    options = Options(start=day, end=day + timedelta(days=1), resolve_after=timedelta(minutes=30))
+    burden = backtest(BOOK, readings, COPD, options)
+    c = burden.per_rule["copd.spo2_below_target"].confirm
+    assert c is not None
+    assert (c.held, c.not_confirmed) == (3, 1)
+    assert (c.delay_median_min, c.delay_p95_min) == (12.5, 15.0)
+    # Without confirmation the first 86 % (and the 91 % recurrence-free repeat) alerted too.
+    assert c.avoided == 1
+    assert burden.per_rule["copd.spo2_below_target"].alerts == 2
+    assert "confirm before paging" in render(burden)
+    assert burden.as_json()["per_rule"]["copd.spo2_below_target"]["confirmation"]["avoided"] == 1
