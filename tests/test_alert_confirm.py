@@ -330,3 +330,40 @@ def test_the_backtest_reports_held_readings_avoided_alerts_and_the_delay_added()
     assert burden.per_rule["copd.spo2_below_target"].alerts == 2
     assert "confirm before paging" in render(burden)
     assert burden.as_json()["per_rule"]["copd.spo2_below_target"]["confirmation"]["avoided"] == 1
+
+
+# --- rpm simulate: the report, and the simulated patient who re-measures --------------------
+
+
+def test_the_simulate_report_counts_held_avoided_and_the_delay_added() -> None:
+    from simulators.report import ObservedConfirmation, confirm_figures
+
+    minute = timedelta(minutes=1)
+    seen = [
+        ObservedConfirmation("copd.spo2_below_target", "not_confirmed", T0, T0 + 4 * minute),
+        ObservedConfirmation("copd.spo2_below_target", "confirmed", T0, T0 + 2 * minute),
+        ObservedConfirmation("copd.spo2_below_target", "no_repeat", T0, T0 + 15 * minute),
+        ObservedConfirmation("copd.spo2_below_target", "pending", T0, None),
+    ]
+    [(rule, f)] = confirm_figures(seen).items()
+    assert rule == "copd.spo2_below_target"
+    assert (f.held, f.avoided) == (4, 1)
+    assert f.delay_median_min == 8.5
+    assert f.delay_p95_min == pytest.approx(14.35)
+
+
+def test_simulated_patients_re_measure_every_first_reading_a_rule_holds() -> None:
+    """The behaviour model (simulators/adherence.py): a reading outside ``ALARMING`` makes
+    the simulated patient measure again 1-2 times, about 90 s apart, well inside every
+    shipped window; the confirmed tiers lie outside those bands."""
+    from simulators.adherence import ALARMING
+
+    for program in BOOK.programs.values():
+        for rule in program.rules:
+            for tier in rule.tiers if rule.confirm else ():
+                if tier.severity not in rule.confirmed_severities:
+                    continue
+                for cond in tier.any:
+                    low, high = ALARMING[cond.component]
+                    limit = rule.p(cond.param)
+                    assert (limit >= high) if cond.rising else (limit <= low), rule.id
