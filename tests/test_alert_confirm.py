@@ -281,7 +281,7 @@ SCENARIOS = [
 ]
 
 
-def _outcome(s: Store) -> tuple[object, ...]:
+def outcome(s: Store) -> tuple[object, ...]:
     """The episodes paged (key, most severe) and what still waits."""
     episodes: dict[EpisodeKey, Severity] = {}
     for c, key in zip(s.paged, GROUPING.keys(s.paged), strict=True):
@@ -300,8 +300,8 @@ def test_any_delivery_order_gives_the_same_episodes(readings: list[AcceptedReadi
             s.deliver(r)
         together = Store()
         together.deliver(*order)
-        assert _outcome(s) == _outcome(reference), order
-        assert _outcome(together) == _outcome(reference), order
+        assert outcome(s) == outcome(reference), order
+        assert outcome(together) == outcome(reference), order
 
 
 # --- the backtest: alerts avoided and delay added, per rule ---------------------------------
