@@ -18,8 +18,10 @@ import pytest
 from alerts.templates import JARGON
 from rpm.local_endpoints import ServiceEndpoints
 from rpm.server import Server
+from rpm.storage import staff as staff_store
 from simulators.twilio_sink import TwilioSink
 from tests import helpers
+from tests.dashboard_helpers import NURSE_ID, add_nurse, sign_in
 from tests.helpers import eventually, staff_headers
 from tests.test_rule_end_to_end import SERVICE, enrol
 
@@ -67,14 +69,25 @@ async def test_a_first_low_spo2_asks_for_a_repeat_before_paging(
         assert "rest for 5 minutes, then measure again within 15 minutes" in ask.body
         assert not [w for w in JARGON if w in ask.body.lower()], ask.body
 
-        if repeat is not None:
-            at = first + timedelta(minutes=5)
-            await asyncio.to_thread(publish, services, device, repeat, at)
-        else:
+        if repeat is None:
+            # The patient page shows it as waiting, not paged (a nurse of the patient's team).
+            await add_nurse(server.pool)
+            async with server.pool.acquire() as conn:
+                await staff_store.add_member(conn, "lungs", NURSE_ID)
+            async with httpx.AsyncClient(base_url=api, timeout=10) as browser:
+                await sign_in(browser)
+                page = await browser.get("/dashboard/patients/pat-cf")
+            assert page.status_code == 200
+            assert "Repeat readings asked for" in page.text
+            assert "waiting for a repeat" in page.text
+            assert "spo2 86" in page.text
             # The window's end, pinned: the server's own timer runs on the wall clock,
             # which is 5 min short of it.
             assert server.pipeline is not None
             assert await server.pipeline.check_confirmations(now=first + timedelta(minutes=15))
+        else:
+            at = first + timedelta(minutes=5)
+            await asyncio.to_thread(publish, services, device, repeat, at)
 
         async def alerts() -> list[dict[str, object]]:
             return (await http.get("/api/alerts")).json()  # type: ignore[no-any-return]

@@ -273,6 +273,10 @@ async def patient(
     )
     found: list[dict[str, Any]] = listing.json() if listing.status_code == 200 else []
     alerts = patient_alert_order([a for a in found if a.get("patient_id") == patient_id])
+    # Confirm before paging: first readings waiting for their repeat, and how they ended.
+    asked = await call_api(
+        request, "GET", "/api/alerts/confirmations", params={"patient": patient_id, "limit": "20"}
+    )
     selected_id = alert if alert is not None else (alerts[0]["id"] if alerts else None)
     selected = None
     if selected_id is not None:
@@ -288,6 +292,7 @@ async def patient(
             "programs": contexts[patient_id].programs,
             "alerts": alerts,
             "alert": selected,
+            "confirmations": asked.json() if asked.status_code == 200 else [],
             "vitals": vitals(patient_id, stored),
             "time": await time_panel(request, patient_id, call_api, clock()),
             "staff_list": staff_list,
