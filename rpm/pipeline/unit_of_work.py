@@ -307,20 +307,13 @@ class IngestPipeline:
         *,
         confirm: bool = True,
     ) -> None:
-        grouping = self._grouping()
+        grouping, book = self._grouping(), self.engine.book
         # Confirm before paging (alerts.confirm): first readings of confirmed rules wait
         # for their repeat; a batch's readings may decide the waiting ones.
-        gated = (
-            await confirming.run_gate(
-                conn, self.engine.book, grouping, candidates, new, contexts or {}
-            )
-            if confirm
-            else None
-        )
-        if gated is not None:
-            candidates = gated.candidates
-        if not candidates and gated is None:
-            return
+        gated = None
+        if confirm:
+            gated = await confirming.run_gate(conn, book, grouping, candidates, new, contexts or {})
+        candidates = gated.candidates if gated is not None else candidates
         # Measured time decides: the episodes resolved, and the snooze windows ended, after
         # the earliest candidate of each key was measured come with the unresolved ones.
         applied: list[alert_store.AppliedDecision] = []
