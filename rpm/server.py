@@ -286,7 +286,7 @@ class Server:
 
     async def _confirmation_timer(self) -> None:
         """Page the confirmations whose window ended with no repeat reading, every
-        ``alerts.timer_interval_s`` (the waiting rows are in the DB)."""
+        ``rules.confirm_interval_s`` (the waiting rows are in the DB)."""
         assert self.pipeline is not None
         while True:
             try:
@@ -295,7 +295,7 @@ class Server:
                     log.info("confirmations paged at their window's end: %d", paged)
             except StorageError as exc:
                 log.warning("confirmation check skipped: %s", exc)
-            await asyncio.sleep(self.settings.alerts.timer_interval_s)
+            await asyncio.sleep(self.settings.rules.confirm_interval_s)
 
     async def wait(self) -> None:
         """Return when any part stops (its exception propagates)."""

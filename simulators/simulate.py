@@ -306,8 +306,8 @@ def server_overrides(opts: SimulateOptions) -> dict[str, dict[str, object]]:
         # volume (a deployment sizes RPM_INGEST_RATE_PER_S to its vendors the same way).
         "ingest": {"rate_per_s": SIM_VENDOR_RATE_PER_S, "burst": int(SIM_VENDOR_RATE_PER_S)},
     }
-    if accelerated(opts):
-        out["rules"] = {"missing_data_interval_s": 1e9}
+    if accelerated(opts):  # both wall-clock timers parked; the sim clock's passes run them
+        out["rules"] = {"missing_data_interval_s": 1e9, "confirm_interval_s": 1e9}
     return out
 
 
