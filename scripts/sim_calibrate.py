@@ -93,8 +93,9 @@ def main() -> None:
     confirm = {r.rule_id: r.confirm.as_json() for r in burden.per_rule.values() if r.confirm}
     print("\nconfirm before paging: held, not confirmed, avoided, delay added median/p95 min")
     for rule, c in sorted(confirm.items()):
-        print(f"  {rule:<28} {c['held']:>5} {c['not_confirmed']:>5} {c['avoided']:>5} "
-              f"{c['delay_median_min']} / {c['delay_p95_min']}")  # fmt: skip
+        delays = " / ".join("-" if v is None else f"{v:.1f}"
+                            for v in (c["delay_median_min"], c["delay_p95_min"]))  # fmt: skip
+        print(f"  {rule:<28} {c['held']:>5} {c['not_confirmed']:>5} {c['avoided']:>5} {delays}")
     figures = {
         "build_plan_2000x3d_s": round(min(times), 3),
         "sends_2000x3d": len(build_plan(speed_cfg).sends),
