@@ -76,7 +76,7 @@ async def run_gate(
     pending = await confirm_store.pending_for(conn, patients)
     if not held and not pending:
         return None
-    missing = {c.patient_id for c in held} - set(contexts)
+    missing = ({c.patient_id for c in held} | {k[0] for k in pending}) - set(contexts)
     if missing:
         contexts = {**contexts, **await device_store.patient_contexts(conn, missing)}
     rules = rules_of(book, contexts)
