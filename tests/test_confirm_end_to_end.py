@@ -77,6 +77,9 @@ async def test_a_first_low_spo2_asks_for_a_repeat_before_paging(
             async with httpx.AsyncClient(base_url=api, timeout=10) as browser:
                 await sign_in(browser)
                 page = await browser.get("/dashboard/patients/pat-cf")
+                queue = await browser.get("/dashboard/")
+            assert "Waiting for a repeat reading (not paged)" in queue.text
+            assert "/dashboard/patients/pat-cf" in queue.text
             assert page.status_code == 200
             assert "Repeat readings asked for" in page.text
             assert "waiting for a repeat" in page.text

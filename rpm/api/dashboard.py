@@ -214,6 +214,10 @@ async def queue(
 ) -> Response:
     async with pool.acquire() as conn:
         offered = await programs(conn)
+    # Confirm before paging: first readings waiting for their repeat, not paged (yet).
+    waiting = await call_api(
+        request, "GET", "/api/alerts/confirmations", params={"state": "pending"}
+    )
     return templates.TemplateResponse(
         request,
         "queue.html",
@@ -225,6 +229,7 @@ async def queue(
             "states": STATE_FILTERS,
             "state": state if state in STATE_FILTERS else "active",
             "can_assign": _api_offers(request.app, "assign"),
+            "waiting": waiting.json() if waiting.status_code == 200 else [],
         },
     )
 
