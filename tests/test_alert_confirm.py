@@ -367,3 +367,30 @@ def test_simulated_patients_re_measure_every_first_reading_a_rule_holds() -> Non
                     low, high = ALARMING[cond.component]
                     limit = rule.p(cond.param)
                     assert (limit >= high) if cond.rising else (limit <= low), rule.id
+
+
+# --- the patient's text ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("language", ["en", "es", "fr"])
+def test_the_re_measure_text_is_plain_names_the_service_and_fits(language: str) -> None:
+    from zoneinfo import ZoneInfo
+
+    from alerts.templates import JARGON, count_segments, remeasure_request
+
+    text = remeasure_request(
+        language,
+        minutes=15,
+        at=T0,
+        now=T0,
+        zone=ZoneInfo("America/Chicago"),
+        service="Riverside Lung Service",
+        emergency_number="112",
+    )
+    assert "Riverside Lung Service" in text
+    assert "15" in text
+    assert "112" in text
+    assert "911" not in text
+    assert not [w for w in JARGON if w in text.lower()], text
+    assert count_segments(text) <= 2
+    assert ("descanse" in text) == (language == "es")  # French falls back to English
