@@ -68,10 +68,16 @@ async def run_gate(
     contexts: Mapping[str, PatientContext],
 ) -> Gated | None:
     """Hold and decide confirmations for one batch; None when none is concerned."""
-    confirming = confirmed_rules(book)
+    confirming = [r for p in book.programs.values() for r in p.rules if r.confirm]
     if not confirming:
         return None
-    held = [c for c in candidates if c.rule_id in confirming]
+    # Only a reading of a confirmed metric, or a candidate, can decide a waiting one: a
+    # batch of other readings costs no query.
+    metrics = {r.metric for r in confirming}
+    if not candidates and not any(a.reading.metric in metrics for a in new):
+        return None
+    ids = {r.id for r in confirming}
+    held = [c for c in candidates if c.rule_id in ids]
     patients = {c.patient_id for c in candidates} | {a.patient_id for a in new}
     pending = await confirm_store.pending_for(conn, patients)
     if not held and not pending:
