@@ -22,11 +22,6 @@ from rules.engine import PatientContext
 from rules.programs import RuleBook
 
 
-def confirmed_rules(book: RuleBook) -> frozenset[str]:
-    """Ids of the rules that confirm before paging in any program."""
-    return frozenset(r.id for p in book.programs.values() for r in p.rules if r.confirm)
-
-
 def rules_of(
     book: RuleBook, contexts: Mapping[str, PatientContext]
 ) -> Callable[[str, str], ConfirmRule | None]:
