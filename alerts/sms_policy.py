@@ -35,7 +35,7 @@ Audience = Literal["patient", "staff"]
 # Templates each audience may be sent ("legacy" = a ready ``body``).
 _TEMPLATES: Mapping[Audience, frozenset[str]] = MappingProxyType(
     {
-        "patient": frozenset({"alert", "campaign", "legacy", "consent"}),
+        "patient": frozenset({"alert", "campaign", "legacy", "consent", "remeasure"}),
         "staff": frozenset({"escalation"}),
     }
 )

@@ -152,6 +152,8 @@ class _Language:
     consent: str  # the confirmation of a consent given at enrolment
     reply_received: str
     unknown_sender: str
+    # Confirm before paging: rest, then measure again within ``{minutes}`` (alerts.confirm).
+    remeasure: str
 
 
 def _by_severity(critical: str, high: str, other: str) -> Mapping[Severity, str]:
@@ -212,6 +214,11 @@ _TEXTS: Mapping[str, _Language] = MappingProxyType(
                 "{service}: sorry, we could not match this phone number to a patient. Please "
                 "call your care team. For emergencies call {number}."
             ),
+            remeasure=(
+                "{service} ({when}): please sit and rest for 5 minutes, then measure again "
+                "within {minutes} minutes so we can check your last reading. If you feel very "
+                "unwell, call {number} now."
+            ),
         ),
         "es": _Language(
             opening=_by_severity(
@@ -260,6 +267,11 @@ _TEXTS: Mapping[str, _Language] = MappingProxyType(
             unknown_sender=(
                 "{service}: no encontramos a un paciente con este número. Llame a su equipo de "
                 "salud. En una emergencia llame al {number}."
+            ),
+            remeasure=(
+                "{service} ({when}): por favor siéntese y descanse 5 minutos y luego vuelva a "
+                "medir en los próximos {minutes} minutos para comprobar su última lectura. Si "
+                "se siente muy mal, llame al {number} ahora."
             ),
         ),
     }
@@ -374,3 +386,24 @@ def reply_received(language: str, *, service: str, emergency_number: str = "911"
 def unknown_sender_reply(*, service: str, emergency_number: str = "911") -> str:
     texts = _TEXTS[DEFAULT_LANGUAGE]
     return fit(texts.unknown_sender.format(number=emergency_number, service=service))
+
+
+def remeasure_request(
+    language: str,
+    *,
+    minutes: int,
+    at: datetime,
+    now: datetime,
+    zone: tzinfo,
+    service: str,
+    emergency_number: str = "911",
+) -> str:
+    """Confirm before paging: rest, then measure again within ``minutes`` (the reading of
+    ``at``, local time, is checked again). No rule title, no values: a lock screen shows it."""
+    lang = language_of(language)
+    when = local_time(at, now, zone, lang)
+    return fit(
+        _TEXTS[lang].remeasure.format(
+            service=service, when=when, minutes=minutes, number=emergency_number
+        )
+    )

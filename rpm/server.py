@@ -231,6 +231,7 @@ class Server:
             asyncio.create_task(self.voice_worker.run(), name="voice-worker"),
             asyncio.create_task(self._missing_data_timer(), name="missing-data"),
             asyncio.create_task(timers.run(s.alerts.timer_interval_s), name="alert-timers"),
+            asyncio.create_task(self._confirmation_timer(), name="confirmations"),
         ]
         if s.ehr.fhir_base_url is not None:
             self.fhir_push = FhirPushWorker.from_settings(
@@ -284,6 +285,19 @@ class Server:
             except StorageError as exc:
                 log.warning("missing-data check skipped: %s", exc)
             await asyncio.sleep(self.settings.rules.missing_data_interval_s)
+
+    async def _confirmation_timer(self) -> None:
+        """Page the confirmations whose window ended with no repeat reading, every
+        ``rules.confirm_interval_s`` (the waiting rows are in the DB)."""
+        assert self.pipeline is not None
+        while True:
+            try:
+                paged = await self.pipeline.check_confirmations()
+                if paged:
+                    log.info("confirmations paged at their window's end: %d", paged)
+            except StorageError as exc:
+                log.warning("confirmation check skipped: %s", exc)
+            await asyncio.sleep(self.settings.rules.confirm_interval_s)
 
     async def wait(self) -> None:
         """Return when any part stops (its exception propagates)."""

@@ -82,6 +82,23 @@ class ScoredParameter(_Spec):
         return self.sources[0].component.replace("_", " ")
 
 
+class ConfirmSpec(_Spec):
+    """Confirm before paging: a first reading in one of ``severities`` asks the patient to
+    rest and measure again within ``minutes``; the nurse is paged when the repeat still meets
+    the rule, or when none is measured in time (``alerts.confirm``). Never on a critical tier.
+    """
+
+    minutes: float = Field(gt=0, le=240)
+    # The tiers confirmed; empty: every tier of the rule below critical.
+    severities: tuple[SeverityField, ...] = ()
+
+
+# Confirmation needs a verdict on each reading by its own values: the repeat reading alone
+# must say whether the rule still holds.
+CONFIRMABLE_KINDS = frozenset({"threshold"})
+CONFIRM_PARAM = "confirm_minutes"  # a patient's override of ``confirm.minutes``
+
+
 class RuleSpec(_Spec):
     """One rule of a care program.
 
@@ -116,6 +133,8 @@ class RuleSpec(_Spec):
     # A composite score (NEWS2): when another rule fires on the same reading, this rule's
     # finding joins that rule's episode (the same readings: one event).
     joins_reading: bool = False
+    # Confirm before paging (``ConfirmSpec``); None: every firing pages as it comes.
+    confirm: ConfirmSpec | None = None
 
     @model_validator(mode="after")
     def _kind_checks(self) -> RuleSpec:
@@ -137,10 +156,36 @@ class RuleSpec(_Spec):
         for param in self.params_used():
             if param not in self.params:
                 raise ValueError(f"rule {self.id} refers to undefined param {param!r}")
-        problems = kind.check(self)
+        problems = kind.check(self) + self._confirm_problems()
         if problems:
             raise ValueError(f"rule {self.id}: " + "; ".join(problems))
         return self
+
+    def _confirm_problems(self) -> list[str]:
+        if self.confirm is None:
+            return []
+        if self.kind not in CONFIRMABLE_KINDS:
+            return [
+                f"confirm needs a rule judging each reading alone ({sorted(CONFIRMABLE_KINDS)})"
+            ]
+        tiers = {t.severity for t in self.tiers}
+        problems = []
+        if Severity.CRITICAL in self.confirm.severities:
+            problems.append("a critical tier pages at once and cannot be confirmed")
+        unknown = sorted(s.name.lower() for s in set(self.confirm.severities) - tiers)
+        if unknown:
+            problems.append(f"confirm names severities the rule has no tier of: {unknown}")
+        if not self.confirmed_severities:
+            problems.append("confirm: the rule has no tier below critical to confirm")
+        return problems
+
+    @property
+    def confirmed_severities(self) -> frozenset[Severity]:
+        """The severities whose first reading waits for a repeat (empty: none)."""
+        if self.confirm is None:
+            return frozenset()
+        chosen = self.confirm.severities or tuple(t.severity for t in self.tiers)
+        return frozenset(s for s in chosen if s < Severity.CRITICAL)
 
     def components_used(self) -> set[str]:
         used = {c.component for t in self.tiers for c in t.any}
@@ -162,11 +207,16 @@ class RuleSpec(_Spec):
         """The same rule with a patient's parameter overrides, validated like the original."""
         if not overrides:
             return self
-        unknown = set(overrides) - set(self.params)
+        own = set(self.params) | ({CONFIRM_PARAM} if self.confirm is not None else set())
+        unknown = set(overrides) - own
         if unknown:
             raise ValueError(f"rule {self.id} has no parameters {sorted(unknown)}")
         data = self.model_dump()
-        data["params"] = {**self.params, **{k: float(v) for k, v in overrides.items()}}
+        params = {k: float(v) for k, v in overrides.items() if k != CONFIRM_PARAM}
+        data["params"] = {**self.params, **params}
+        if CONFIRM_PARAM in overrides:
+            # The confirmation window, per patient, through the same override path.
+            data["confirm"] = {**data["confirm"], "minutes": float(overrides[CONFIRM_PARAM])}
         return RuleSpec.model_validate(data)
 
     def p(self, name: str) -> float:
@@ -175,7 +225,7 @@ class RuleSpec(_Spec):
 
 # Rule fields added after programs were first stored, left out of the canonical form at
 # their defaults (``ProgramSpec.canonical_json``).
-_LATER_DEFAULTS: Mapping[str, object] = {"group": None, "joins_reading": False}
+_LATER_DEFAULTS: Mapping[str, object] = {"group": None, "joins_reading": False, "confirm": None}
 
 
 class ProgramSpec(_Spec):

@@ -8,8 +8,9 @@ Prints a table, then one line with a JSON object of the figures.
    duplicates), best of three.
 2. Calibration: a plan of --patients over a day of warm-up plus --days, every default scenario
    at a share of 0.3 (onsets mapped after the warm-up), through the real decoders, validation,
-   rule engine and alert policy (rpm.backtest.replay): detection and delay per scenario, and the
-   alerts of patients without a scenario, per patient-day.
+   rule engine and alert policy (rpm.backtest.replay): detection and delay per scenario, the
+   alerts of patients without a scenario, per patient-day, and per rule that confirms before
+   paging: first readings held, not confirmed, alerts avoided, delay added (median, p95 min).
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def main() -> None:
     )
     t = time.perf_counter()
     plan = build_plan(cfg)
-    result = score(plan, replay(plan, START))
+    burden = replay(plan, START)
+    result = score(plan, burden)
     replay_s = time.perf_counter() - t
 
     print(f"\ncalibration: {args.patients} patients, {args.days:g} days after 1 day of warm-up "
@@ -88,6 +90,12 @@ def main() -> None:
     for rule, n in sorted(result.quiet_alerts.items(), key=lambda kv: -kv[1]):
         print(f"  {rule:<28} {n:>5}")
     print(f"scenario patients alerted by a value rule of theirs before onset: {result.early}")
+    confirm = {r.rule_id: r.confirm.as_json() for r in burden.per_rule.values() if r.confirm}
+    print("\nconfirm before paging: held, not confirmed, avoided, delay added median/p95 min")
+    for rule, c in sorted(confirm.items()):
+        delays = " / ".join("-" if v is None else f"{v:.1f}"
+                            for v in (c["delay_median_min"], c["delay_p95_min"]))  # fmt: skip
+        print(f"  {rule:<28} {c['held']:>5} {c['not_confirmed']:>5} {c['avoided']:>5} {delays}")
     figures = {
         "build_plan_2000x3d_s": round(min(times), 3),
         "sends_2000x3d": len(build_plan(speed_cfg).sends),
@@ -99,6 +107,7 @@ def main() -> None:
         "quiet_missing_alerts_per_patient_day": round(missing, 5),
         "quiet_alerts_by_rule": dict(result.quiet_alerts),
         "early_value_alerts": result.early,
+        "confirm": confirm,
     }
     print(json.dumps(figures))
 

@@ -79,7 +79,7 @@ async def run_demo(opts: DemoOptions) -> int:
         mqtt={"client_id": DEMO_GATEWAY_ID},
         # The replay runs days in seconds: missing-data rules run on its simulated clock
         # (simulators.simulate.missing_check_on_sim_clock), not on the wall clock.
-        rules={"missing_data_interval_s": 1e9},
+        rules={"missing_data_interval_s": 1e9, "confirm_interval_s": 1e9},
         # The fleet's vendors (simulators.simulate).
         ingest={"rate_per_s": SIM_VENDOR_RATE_PER_S, "burst": int(SIM_VENDOR_RATE_PER_S)},
         operations={"access_log": False},  # a line per webhook would bury the status lines

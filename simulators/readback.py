@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from rpm.storage.pool import Conn
-from simulators.report import Key, ObservedAlert
+from simulators.report import Key, ObservedAlert, ObservedConfirmation
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,3 +154,19 @@ async def totals(conn: Conn, since: datetime) -> Totals:
     )
     assert row is not None
     return Totals(int(row["stored"]), int(row["quarantined"]), int(row["alerts"]))
+
+
+async def confirmations(
+    conn: Conn, patient_ids: Sequence[str], since: datetime
+) -> list[ObservedConfirmation]:
+    """Confirmations before paging of these patients written since ``since`` (wall)."""
+    rows = await conn.fetch(
+        """SELECT rule_id, state, measured_at, closed_at FROM alert_confirmations
+            WHERE patient_id = ANY($1::text[]) AND created_at >= $2 ORDER BY id""",
+        list(patient_ids),
+        since,
+    )
+    return [
+        ObservedConfirmation(r["rule_id"], r["state"], r["measured_at"], r["closed_at"])
+        for r in rows
+    ]

@@ -48,6 +48,48 @@ class ObservedAlert:
 
 
 @dataclass(frozen=True, slots=True)
+class ObservedConfirmation:
+    """A confirmation before paging (``alert_confirmations``): its rule, how it ended (or
+    ``pending``), the first reading's measured time and the end's (simulated times)."""
+
+    rule_id: str
+    state: str
+    measured_at: datetime
+    closed_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmFigures:
+    """Per rule: first readings held, alerts avoided (not confirmed: nobody paged), and the
+    detection delay the wait added to the pages (first reading to page, minutes)."""
+
+    held: int
+    avoided: int
+    delay_median_min: float | None
+    delay_p95_min: float | None
+
+
+def confirm_figures(seen: Iterable[ObservedConfirmation]) -> dict[str, ConfirmFigures]:
+    by_rule: dict[str, list[ObservedConfirmation]] = {}
+    for c in seen:
+        by_rule.setdefault(c.rule_id, []).append(c)
+    out = {}
+    for rule_id, cs in sorted(by_rule.items()):
+        delays = [
+            (c.closed_at - c.measured_at).total_seconds() / 60
+            for c in cs
+            if c.closed_at is not None and c.state in ("confirmed", "no_repeat", "superseded")
+        ]
+        out[rule_id] = ConfirmFigures(
+            held=len(cs),
+            avoided=sum(c.state == "not_confirmed" for c in cs),
+            delay_median_min=statistics.median(delays) if delays else None,
+            delay_p95_min=percentile(delays, 95),
+        )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
 class Observed:
     """What the server did with a run's traffic, read back from its database."""
 
@@ -55,6 +97,7 @@ class Observed:
     quarantined: Mapping[str, int]  # reason -> payloads refused for it
     duplicates: int | None  # readings recognised as duplicates (None when unknown)
     alerts: Sequence[ObservedAlert]
+    confirmations: Sequence[ObservedConfirmation] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +143,7 @@ class Report:
     publish_to_stored_ms: Percentiles
     publish_to_alert_ms: Percentiles
     notes: tuple[str, ...] = field(default=())
+    confirmations: Mapping[str, ConfirmFigures] = field(default_factory=dict)
 
     @property
     def sensitivity(self) -> float | None:
@@ -238,6 +282,7 @@ def build_report(
         publish_to_stored_ms=percentiles(to_stored),
         publish_to_alert_ms=percentiles(to_alert),
         notes=tuple(notes),
+        confirmations=confirm_figures(observed.confirmations),
     )
 
 
@@ -282,6 +327,15 @@ def to_json(r: Report) -> dict[str, Any]:
         "publish_to_alert_p50_ms": r.publish_to_alert_ms.p50,
         "publish_to_alert_p95_ms": r.publish_to_alert_ms.p95,
         "publish_to_alert_p99_ms": r.publish_to_alert_ms.p99,
+        "confirmation_by_rule": {
+            rule_id: {
+                "held": f.held,
+                "avoided": f.avoided,
+                "delay_median_min": f.delay_median_min,
+                "delay_p95_min": f.delay_p95_min,
+            }
+            for rule_id, f in r.confirmations.items()
+        },
         "notes": list(r.notes),
     }
 
@@ -321,6 +375,14 @@ def render(r: Report) -> str:
         median = statistics.median(s.delays_s) if s.delays_s else None
         rows.append(
             (f"  {s.scenario} ({s.kind})", f"{s.detected}/{s.patients}, median {_hours(median)}")
+        )
+    for rule_id, f in r.confirmations.items():
+        rows.append(
+            (
+                f"  confirm before paging: {rule_id}",
+                f"{f.held} held, {f.avoided} alerts avoided, delay added median "
+                f"{_num(f.delay_median_min, '{:.1f}')} / p95 {_num(f.delay_p95_min, '{:.1f}')} min",
+            )
         )
     rows.append(("throughput", f"{r.readings_per_s:,.0f} readings/s over {r.wall_seconds:.1f} s"))
     for name, p in (

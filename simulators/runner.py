@@ -222,6 +222,9 @@ async def run_plan(plan: Plan, target: Target, opts: RunOptions) -> RunResult:
         alerts = await readback.alerts(
             conn, [p.patient_id for p in plan.patients], run_started, to_sim
         )
+        confirmations = await readback.confirmations(
+            conn, [p.patient_id for p in plan.patients], run_started
+        )
     duplicates = None
     if target.mqtt_duplicates is not None:
         duplicates = target.mqtt_duplicates() - dup_base + tally.http_duplicates
@@ -233,7 +236,7 @@ async def run_plan(plan: Plan, target: Target, opts: RunOptions) -> RunResult:
         # The deployment's own timer judged silence on the wall clock while simulated time
         # ran ahead of it: its missing-data alerts say nothing about the plan.
         truth, alerts = without_missing_data(truth, alerts)
-    observed = Observed(stored, quarantined, duplicates, alerts)
+    observed = Observed(stored, quarantined, duplicates, alerts, confirmations)
     notes = [f"send failed: {f}" for f in tally.failures[:5]]
     if target.missing_check is not None and opts.pace.rate is None:
         step_h = missing_interval_s(opts, clock) * clock.speed / 3600

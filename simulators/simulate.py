@@ -210,13 +210,11 @@ def _trimmed(plan: Plan, readings: int) -> Plan:
 
 
 def missing_check_on_sim_clock(server: Server) -> MissingCheck:
-    """A missing-data pass evaluated at a simulated "now" over the server's database.
+    """Missing-data and confirmation passes at a simulated "now" over the server's database.
 
-    The server's own timer runs on the wall clock; during an accelerated replay simulated
-    time lags the wall clock by up to the replay's span, so a wall-clock pass would see
-    every patient silent. This pass is the server's (same pipeline code, rules, policy,
-    advisory lock) with its clock set to simulated time.
-    """
+    The server's own timers run on the wall clock, which an accelerated replay's simulated
+    time lags by up to its span; these passes are the server's (same pipeline code, rules,
+    policy, locks) with the clock set to simulated time."""
     assert server.pool is not None
     s = server.settings
     sim_now = [datetime.now(UTC)]
@@ -231,6 +229,7 @@ def missing_check_on_sim_clock(server: Server) -> MissingCheck:
     async def check(at: datetime) -> None:
         sim_now[0] = at
         await pipeline.check_missing()
+        await pipeline.check_confirmations(at)  # windows ended by then page (alerts.confirm)
 
     return check
 
@@ -307,8 +306,8 @@ def server_overrides(opts: SimulateOptions) -> dict[str, dict[str, object]]:
         # volume (a deployment sizes RPM_INGEST_RATE_PER_S to its vendors the same way).
         "ingest": {"rate_per_s": SIM_VENDOR_RATE_PER_S, "burst": int(SIM_VENDOR_RATE_PER_S)},
     }
-    if accelerated(opts):
-        out["rules"] = {"missing_data_interval_s": 1e9}
+    if accelerated(opts):  # both wall-clock timers parked; the sim clock's passes run them
+        out["rules"] = {"missing_data_interval_s": 1e9, "confirm_interval_s": 1e9}
     return out
 
 

@@ -267,7 +267,10 @@ async def test_the_triage_queue(api: httpx.AsyncClient, pool: asyncpg.Pool) -> N
         )
     p = pipeline(pool)
     await p.process([msg("cuff-8", bp(190, 100, NOW - 2 * MIN))])  # oldest critical
-    await p.process([msg("meter-7", glucose(300, NOW - 50 * MIN))])  # medium
+    # Medium, with the repeat that confirms it (dm.glucose_high confirms its medium tier).
+    await p.process(
+        [msg("meter-7", glucose(300, NOW - 50 * MIN)), msg("meter-7", glucose(300, NOW - 49 * MIN))]
+    )
     await p.process([msg("meter-7", glucose(60, NOW - 40 * MIN))])  # high
     await p.process([msg("cuff-7", bp(192, 124, NOW - MIN))])  # critical, newer
 
@@ -304,7 +307,9 @@ async def test_snoozing_high_glucose_leaves_low_glucose_alerting(
     api: httpx.AsyncClient, pool: asyncpg.Pool
 ) -> None:
     p = pipeline(pool)
-    [first] = (await p.process([msg("meter-7", glucose(300, NOW - 50 * MIN))])).alerts_opened
+    # Each medium reading comes with the repeat that confirms it (confirm before paging).
+    first_pair = [glucose(300, NOW - 50 * MIN), glucose(300, NOW - 49 * MIN)]
+    [first] = (await p.process([msg("meter-7", g) for g in first_pair])).alerts_opened
     snoozed = await api.post(
         f"/api/alerts/{first}/snooze", json={"minutes": 120, "actor": TIER1, "reason": "steroids"}
     )
@@ -314,7 +319,8 @@ async def test_snoozing_high_glucose_leaves_low_glucose_alerting(
     # High glucose again, within the snoozed severity: recorded, but nobody is told. Measured
     # time decides, so these readings are measured after the nurse's resolution and snooze.
     after = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
-    [silent] = (await p.process([msg("meter-7", glucose(280, after))])).alerts_opened
+    pair = [glucose(280, after), glucose(280, after + timedelta(seconds=30))]
+    [silent] = (await p.process([msg("meter-7", g) for g in pair])).alerts_opened
     row = await alert(pool, silent)
     assert (row["rule_id"], row["severity"]) == ("dm.glucose_high", "MEDIUM")
     assert (row["last_notified_at"], row["next_escalation_at"]) == (None, None)

@@ -594,3 +594,33 @@ def test_one_low_spo2_reading_is_one_episode(
     assert [d.action for d in ds].count(Action.OPEN) == 1
     assert sum(d.notify_patient for d in ds) == 1
     assert ds[0].candidate.severity == max(c.severity for c in cands)  # the leader opens it
+
+
+# --- confirm before paging: batching and order within a batch change nothing (property) --
+
+
+@settings(max_examples=examples(150), deadline=None, derandomize=True)
+@given(st.data())
+def test_confirm_any_batching_and_order_within_a_batch_gives_the_same_episodes(
+    data: st.DataObject,
+) -> None:
+    """COPD SpO2 around the confirmed tier (84-87 %: wait for a repeat, BTS 2017) and the
+    critical one (< 84 %: at once), delivered one by one in measured order or in batches in
+    any order within each: the same episodes, the same confirmations still waiting."""
+    from tests.test_alert_confirm import Store, outcome, spo2
+
+    minutes = sorted(data.draw(st.sets(st.integers(0, 90), min_size=1, max_size=8)))
+    values = [data.draw(st.sampled_from([80, 83, 84, 86, 87, 88, 91, 94])) for _ in minutes]
+    readings = [spo2(v, m) for v, m in zip(values, minutes, strict=True)]
+    one_by_one = Store()
+    for r in readings:
+        one_by_one.deliver(r)
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(readings) - 1)))))
+    batched = Store()
+    for lo, hi in itertools.pairwise([0, *cuts, len(readings)]):
+        if lo < hi:
+            batched.deliver(*data.draw(st.permutations(readings[lo:hi])))
+    end = T0 + timedelta(hours=3)
+    one_by_one.tick(end)
+    batched.tick(end)
+    assert outcome(batched) == outcome(one_by_one)

@@ -52,8 +52,8 @@ async def enrol(server: Server, patient_id: str, programs: list[str], phone: str
     return device
 
 
-def publish_spo2(services: ServiceEndpoints, device: str, spo2: int) -> None:
-    measured = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+def publish_spo2(services: ServiceEndpoints, device: str, spo2: int, minutes_ago: int = 1) -> None:
+    measured = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=minutes_ago)
     reading = {"metric": "spo2", "measured_at": measured.isoformat(), "values": {"spo2": spo2}}
     result = helpers.mosquitto_pub(
         services.mqtt_port,
@@ -94,6 +94,10 @@ async def test_one_low_spo2_without_a_pulse_alerts_and_texts_the_patient_plainly
     plain: str,
 ) -> None:
     device = await enrol(server, "pat-ox", programs, "+15550100077")
+    if programs == ["copd"]:
+        # Below the target but not critical: the first reading waits for its repeat
+        # (confirm before paging, tests/test_confirm_end_to_end.py); the repeat confirms.
+        await asyncio.to_thread(publish_spo2, services, device, spo2, 2)
     await asyncio.to_thread(publish_spo2, services, device, spo2)
 
     assert server.pool is not None
@@ -110,7 +114,10 @@ async def test_one_low_spo2_without_a_pulse_alerts_and_texts_the_patient_plainly
     assert f"SpO2 {spo2}%" in str(alert["explanation"])
     assert cited in str(alert["explanation"])
 
-    [sms] = await twilio.wait_for(1, timeout=10)
+    # With a repeat, the request to re-measure may come first: the alert's text is the last.
+    sms = (await twilio.wait_for(1, timeout=10))[-1]
+    if "measure again within" in str(sms.body):
+        sms = (await twilio.wait_for(2, timeout=10))[-1]
     assert sms.to == "+15550100077"
     assert sms.body is not None
     assert SERVICE in sms.body

@@ -221,6 +221,11 @@ def _rules_not_a_list(d: dict[str, Any]) -> None:
     d["rules"] = 5
 
 
+def _confirm_a_critical_tier(d: dict[str, Any]) -> None:
+    # Crisis values page at once (confirm before paging, docs/alerts.md).
+    rule_of(d["rules"], "htn.low_bp")["confirm"] = {"minutes": 15, "severities": ["critical"]}
+
+
 @pytest.mark.parametrize(
     ("spoil", "expected"),
     [
@@ -229,6 +234,7 @@ def _rules_not_a_list(d: dict[str, Any]) -> None:
         (_undefined_param, "rule htn.low_bp refers to undefined param 'systolic_under'"),
         (_unknown_component, "blood_pressure has no component 'mean'"),
         (_rules_not_a_list, "rules: must be a list"),
+        (_confirm_a_critical_tier, "a critical tier pages at once and cannot be confirmed"),
     ],
 )
 async def test_an_invalid_program_is_refused_with_the_reason_and_nothing_stored(
@@ -345,6 +351,8 @@ async def test_an_override_changes_the_effective_params_and_is_audited(
         ("htn.low_bp", {}, 422, ""),
         ("htn.low_bp", {"systolic_below": "low"}, 422, ""),
         ("copd.spo2_below_target", {"target_low": 85}, 404, "has no rule"),
+        # A window only where the rule confirms (htn.low_bp pages at once).
+        ("htn.low_bp", {"confirm_minutes": 15}, 422, "has no parameters ['confirm_minutes']"),
     ],
 )
 async def test_a_refused_override_changes_nothing_and_is_not_audited(
@@ -423,3 +431,25 @@ async def test_an_override_the_new_program_version_refuses_shows_and_defaults_ap
     assert low["params"] == low["defaults"] == {"systolic_below": LOW_BP["systolic_below"]}
     assert low["overridden"] == []
     assert "has no parameters ['hysteresis']" in low["override_error"]
+
+
+async def test_a_patients_confirmation_window_is_an_override_like_any_parameter(
+    api: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE patients SET programs = '{copd}' WHERE id = 'pat-r'")
+    rule = "copd.spo2_below_target"
+    before = rule_of((await api.get("/api/patients/pat-r/rules")).json(), rule)
+    assert before["confirm"] == {"minutes": 15, "default_minutes": 15, "severities": ["high"]}
+    r = await api.put(
+        f"/api/patients/pat-r/rules/{rule}/params",
+        json={"params": {"confirm_minutes": 30}, "reason": "slow to warm up her hands"},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["confirm"] == {"minutes": 30, "default_minutes": 15, "severities": ["high"]}
+    assert r.json()["overridden"] == ["confirm_minutes"]
+    assert [e["new_params"] for e in await audit(api)] == [{"confirm_minutes": 30}]
+    refused = await api.put(
+        f"/api/patients/pat-r/rules/{rule}/params", json={"params": {"confirm_minutes": 0}}
+    )
+    assert refused.status_code == 422

@@ -29,6 +29,7 @@ from rpm.domain.errors import AlertNotFound
 from rpm.domain.severity import SeverityName
 from rpm.pipeline import INGEST_CHANNEL
 from rpm.storage import alert_actions, alert_reads
+from rpm.storage import confirmations as confirm_store
 from rpm.storage import staff as staff_store
 from rpm.storage.alerts import ALERTS_CHANNEL
 from rpm.storage.pool import Conn
@@ -206,6 +207,49 @@ async def _streamed_to(who: Principal, pool: asyncpg.Pool, payload: str) -> bool
     async with pool.acquire() as conn:
         teams = await staff_store.patient_teams(conn, [patient_id])
     return patient_id in teams and who.sees(teams[patient_id])
+
+
+class ConfirmationOut(BaseModel):
+    """A confirmation before paging: a first reading waiting for its repeat, or how it ended."""
+
+    id: int
+    patient_id: str
+    rule_id: str
+    group_key: str
+    severity: str
+    state: Literal["pending", "confirmed", "not_confirmed", "no_repeat", "superseded"]
+    title: str
+    measured_at: datetime
+    deadline: datetime  # the repeat is due by then; the nurse is paged then without one
+    first_values: dict[str, float]
+    closed_at: datetime | None
+    closed_values: dict[str, float] | None
+    note: str | None
+    alert_id: int | None  # the episode it paged (confirmed, no repeat, superseded)
+
+
+@router.get("/confirmations", response_model=list[ConfirmationOut])
+async def list_confirmations(
+    request: Request,
+    who: CanReadPatientData,
+    pool: PoolDep,
+    patient: str | None = None,
+    state: Literal["pending", "confirmed", "not_confirmed", "no_repeat", "superseded"]
+    | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> list[dict[str, Any]]:
+    """Confirmations before paging, newest first: ``state=pending`` are first readings
+    waiting for their repeat (nobody paged yet); the others are kept as history."""
+    async with pool.acquire() as conn:
+        found = await confirm_store.listing(
+            conn,
+            patient_id=patient,
+            state=state,
+            limit=limit,
+            care_teams=sorted(who.teams) if who.teams is not None else None,
+        )
+    audit(request, who, "search", "alert", (c["patient_id"] for c in found))
+    return found
 
 
 @router.get("/{alert_id}", response_model=AlertDetail)

@@ -217,6 +217,10 @@ async def queue(
 ) -> Response:
     async with pool.acquire() as conn:
         offered = await programs(conn)
+    # Confirm before paging: first readings waiting for their repeat, not paged (yet).
+    waiting = await call_api(
+        request, "GET", "/api/alerts/confirmations", params={"state": "pending"}
+    )
     return templates.TemplateResponse(
         request,
         "queue.html",
@@ -228,6 +232,7 @@ async def queue(
             "states": STATE_FILTERS,
             "state": state if state in STATE_FILTERS else "active",
             "can_assign": _api_offers(request.app, "assign"),
+            "waiting": waiting.json() if waiting.status_code == 200 else [],
         },
     )
 
@@ -276,6 +281,10 @@ async def patient(
     )
     found: list[dict[str, Any]] = listing.json() if listing.status_code == 200 else []
     alerts = patient_alert_order([a for a in found if a.get("patient_id") == patient_id])
+    # Confirm before paging: first readings waiting for their repeat, and how they ended.
+    asked = await call_api(
+        request, "GET", "/api/alerts/confirmations", params={"patient": patient_id, "limit": "20"}
+    )
     selected_id = alert if alert is not None else (alerts[0]["id"] if alerts else None)
     selected = None
     if selected_id is not None:
@@ -291,6 +300,7 @@ async def patient(
             "programs": contexts[patient_id].programs,
             "alerts": alerts,
             "alert": selected,
+            "confirmations": asked.json() if asked.status_code == 200 else [],
             "vitals": vitals(patient_id, stored),
             "time": await time_panel(request, patient_id, call_api, clock()),
             "staff_list": staff_list,

@@ -94,6 +94,8 @@ class EffectiveRuleOut(BaseModel):
     overridden: list[str]
     override_error: str | None  # a stored override the active program refuses
     source: str
+    # Confirm before paging (minutes, default_minutes, severities); None: pages at once.
+    confirm: dict[str, Any] | None = None
 
 
 class OverrideEventOut(BaseModel):

@@ -58,6 +58,27 @@ class Alert:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfirmStats:
+    """Confirm before paging, for one rule: first readings held (no page at once), those a
+    repeat did not confirm, and the delay added to the pages (first reading to page)."""
+
+    held: int
+    not_confirmed: int
+    delay_median_min: float | None
+    delay_p95_min: float | None
+    avoided: int = 0  # alerts the rule would have opened without confirmation, less its own
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "held": self.held,
+            "not_confirmed": self.not_confirmed,
+            "avoided": self.avoided,
+            "delay_median_min": self.delay_median_min,
+            "delay_p95_min": self.delay_p95_min,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class RuleBurden:
     """The alerts of one rule over the period."""
 
@@ -70,6 +91,7 @@ class RuleBurden:
     candidates: int  # proposals the policy folded into those (and earlier) episodes
     escalations: int
     auto_resolved: int = 0
+    confirm: ConfirmStats | None = None  # None: the rule pages at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +192,7 @@ class Burden:
                     "candidates": r.candidates,
                     "escalations": r.escalations,
                     "auto_resolved": r.auto_resolved,
+                    "confirmation": r.confirm.as_json() if r.confirm else None,
                 }
                 for r in sorted(self.per_rule.values(), key=lambda r: r.rule_id)
             },

@@ -28,15 +28,12 @@ How the replay models production:
 from __future__ import annotations
 
 import heapq
-import itertools
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from itertools import groupby
 
-from alerts.lifecycle import Action
-from alerts.policy import UNGROUPED, Decision, Episode, EpisodeKey, Grouping, decide
+from alerts.policy import UNGROUPED, EpisodeKey, Grouping
 from rpm.domain import AcceptedReading, AlertCandidate, Metric
 from rules.engine import Clear, Engine, PatientContext
 from rules.kinds.missing import Silence
@@ -44,6 +41,8 @@ from rules.programs import RuleBook
 from rules.spec import RuleSpec
 
 from .burden import DAY, SEVERITIES, Alert, Burden, Comparison, Options, RuleBurden
+from .confirming import ConfirmGate
+from .ledger import Ledger
 
 # A period in which the missing-data timer watches a patient (a device binding);
 # open-ended when the end is None.
@@ -83,126 +82,6 @@ def merge_spans(spans: Iterable[Span]) -> list[Span]:
     return out
 
 
-class _Ledger:
-    """Episodes as the alert policy keeps them, under one grouping: candidates in, the
-    episodes opened in the period out. A nurse resolves each ``resolve_after`` after it
-    opened; a rule with ``auto_resolve_after_hours`` resolves its (leading) episode once
-    its condition has been clear that long."""
-
-    def __init__(
-        self, grouping: Grouping, options: Options, auto: Mapping[EpisodeKey, timedelta]
-    ) -> None:
-        self._grouping = grouping
-        self._options = options
-        self._auto = auto  # (patient, rule) -> auto-resolve delay, filled by the replay
-        self._open: dict[EpisodeKey, Episode] = {}
-        # Resolutions to come: (when, order, alert id, key, the clear an auto-resolve awaits).
-        self._expiry: list[tuple[datetime, int, int, EpisodeKey, datetime | None]] = []
-        self._order = itertools.count()
-        self._cleared: dict[EpisodeKey, datetime] = {}  # open episodes seen to clear
-        self._alerts: dict[int, Alert] = {}  # counted episodes by id
-        self._next_id = 1
-
-    def counted(self) -> tuple[Alert, ...]:
-        return tuple(self._alerts[i] for i in sorted(self._alerts))
-
-    def decide(
-        self, candidates: list[AlertCandidate], clears: list[Clear], start: datetime
-    ) -> None:
-        """Candidates and clears sorted by measured time; those at one instant: one batch."""
-        done = 0
-        for at, group in groupby(candidates, key=_at):
-            while done < len(clears) and clears[done].measured_at < at:
-                self._clear(clears[done])
-                done += 1
-            self._expire(at)
-            batch = list(group)
-            keys = set(self._grouping.keys(batch))
-            current = {k: self._open[k] for k in keys if k in self._open}
-            for d in decide(batch, current, grouping=self._grouping):
-                self._apply(d, at, at >= start)
-        for clear in clears[done:]:
-            self._clear(clear)
-
-    def _resolve_at(
-        self, at: datetime, alert_id: int, key: EpisodeKey, cleared: datetime | None
-    ) -> None:
-        heapq.heappush(self._expiry, (at, next(self._order), alert_id, key, cleared))
-
-    def _expire(self, now: datetime) -> None:
-        """Resolve what the modelled nurse, or a rule's auto-resolve, resolved by ``now``."""
-        heap = self._expiry
-        while heap and heap[0][0] <= now:
-            _, _, alert_id, key, cleared = heapq.heappop(heap)
-            episode = self._open.get(key)
-            if episode is None or episode.alert_id != alert_id:
-                continue  # resolved already
-            if cleared is not None and self._cleared.get(key) != cleared:
-                continue  # the condition came back after that clear
-            del self._open[key]
-            self._cleared.pop(key, None)
-            alert = self._alerts.get(alert_id)
-            if cleared is not None and alert is not None:
-                self._alerts[alert_id] = replace(alert, auto_resolved=True)
-
-    def _clear(self, clear: Clear) -> None:
-        """The newest reading shows the leading rule's condition is over: production marks
-        the episode."""
-        self._expire(clear.measured_at)
-        key = (clear.patient_id, self._grouping.group(clear.rule_id))
-        episode = self._open.get(key)
-        if episode is None or episode.rule_id != clear.rule_id or key in self._cleared:
-            return
-        self._cleared[key] = clear.measured_at
-        delay = self._auto.get((clear.patient_id, clear.rule_id))
-        if delay is not None:
-            self._resolve_at(clear.measured_at + delay, episode.alert_id, key, clear.measured_at)
-
-    def _apply(self, d: Decision, at: datetime, counted: bool) -> None:
-        c = d.candidate
-        key = d.episode_key
-        if d.action is Action.OPEN:
-            alert_id = self._next_id
-            self._next_id += 1
-            self._open[key] = Episode(
-                alert_id, c.patient_id, c.rule_id, c.severity, d.new_state, group=key[1]
-            )
-            self._cleared.pop(key, None)
-            self._resolve_at(at + self._options.resolve_after, alert_id, key, None)
-            if counted:
-                self._alerts[alert_id] = Alert(
-                    alert_id, c.patient_id, c.rule_id, at, c.severity, c.severity, 0, 0
-                )
-            return
-        # A recurrence in the batch that opened the episode carries no episode yet.
-        episode = d.episode or self._open[key]
-        self._cleared.pop(key, None)  # the condition is back: an auto-resolve starts over
-        alert = self._alerts.get(episode.alert_id)
-        rules = episode.contributors
-        if d.joins:
-            rules = (*rules, c.rule_id)
-            self._open[key] = replace(episode, rules=rules)
-        if d.action is Action.ESCALATE:
-            self._open[key] = Episode(
-                episode.alert_id,
-                c.patient_id,
-                c.rule_id,
-                c.severity,
-                d.new_state,
-                group=key[1],
-                rules=rules,
-            )
-            if alert is not None:
-                self._alerts[alert.alert_id] = replace(
-                    alert,
-                    rule_id=c.rule_id,
-                    severity=max(alert.severity, c.severity),
-                    escalations=alert.escalations + 1,
-                )
-        elif alert is not None:
-            self._alerts[alert.alert_id] = replace(alert, recurrences=alert.recurrences + 1)
-
-
 class Replay:
     """One rule set replayed over a stream of readings: ``feed`` in time order, ``finish``.
 
@@ -234,8 +113,12 @@ class Replay:
         # The policy twice over the same candidates: one episode per clinical event (the
         # programs' groups, as production), and one per rule (what grouping saves).
         rules = [r for p in book.programs.values() for r in p.rules]
-        self._grouped = _Ledger(Grouping.of(rules), self.options, self._auto)
-        self._ungrouped = _Ledger(UNGROUPED, self.options, self._auto)
+        grouping = Grouping.of(rules)
+        self._grouped = Ledger(grouping, self.options, self._auto)
+        self._ungrouped = Ledger(UNGROUPED, self.options, self._auto)
+        # Confirm before paging (alerts.confirm), and the episodes without it (what it saves).
+        self._confirm = ConfirmGate(book, grouping, self._start)
+        self._unconfirmed = Ledger(grouping, self.options, self._auto)
         self._proposed: Counter[str] = Counter()
         self._patients: set[str] = set()
         self._readings = 0
@@ -303,6 +186,7 @@ class Replay:
     def _begin(self, t: datetime) -> None:
         if self._start is None:
             self._start = _midnight(t)
+        self._confirm.start = self._start
         step = self.options.step
         # Windows are right-closed: the first one ends at or after t.
         k = -((self._start - t) // step)
@@ -334,8 +218,10 @@ class Replay:
         end = self.options.end
         if end is None or b < end:  # in the warm-up too: its episodes hold back alerts
             candidates.extend(self._tick(b))
-        if candidates or clears:
-            self._decide(candidates, clears)
+        keys = self._grouped.open_keys(min((c.measured_at for c in candidates), default=b))
+        gated = self._confirm.step(batch, candidates, self._contexts, keys, b)
+        if candidates or gated or clears:
+            self._decide(gated, clears, candidates)
         self._window_end = b + self.options.step
 
     def _context(self, patient_id: str) -> PatientContext:
@@ -410,14 +296,19 @@ class Replay:
             self._plan(pid, now + self.options.step)
         return out
 
-    def _decide(self, candidates: list[AlertCandidate], clears: list[Clear]) -> None:
-        """The policy, in time order, on both ledgers."""
+    def _decide(
+        self, candidates: list[AlertCandidate], clears: list[Clear], ungated: list[AlertCandidate]
+    ) -> None:
+        """The policy, in time order, on the ledgers (the last one without confirmation)."""
         assert self._start is not None
         candidates.sort(key=_at)
+        ungated.sort(key=_at)
         clears.sort(key=lambda c: c.measured_at)
-        self._proposed.update(c.rule_id for c in candidates if c.measured_at >= self._start)
+        self._proposed.update(c.rule_id for c in ungated if c.measured_at >= self._start)
         for ledger in (self._grouped, self._ungrouped):
             ledger.decide(candidates, clears, self._start)
+        if self._confirm.active:
+            self._unconfirmed.decide(ungated, clears, self._start)
 
     # --- the figures ---------------------------------------------------------------
 
@@ -427,6 +318,8 @@ class Replay:
         for a in alerts:
             by_rule.setdefault(a.rule_id, []).append(a)
         rule_ids = set(self._in_play) | set(by_rule)
+        confirms = self._confirm.stats()
+        without = Counter(a.rule_id for a in self._unconfirmed.counted())
         per_rule = {}
         for rule_id in sorted(rule_ids):
             spec = self._in_play.get(rule_id) or self._book.rule(rule_id)
@@ -442,6 +335,9 @@ class Replay:
                 candidates=self._proposed[rule_id],
                 escalations=sum(a.escalations for a in mine),
                 auto_resolved=sum(a.auto_resolved for a in mine),
+                confirm=replace(c, avoided=max(0, without[rule_id] - len(mine)))
+                if (c := confirms.get(rule_id)) is not None
+                else None,
             )
         patients = self._patients | {a.patient_id for a in alerts}
         return Burden(

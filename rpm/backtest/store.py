@@ -392,6 +392,31 @@ def _before_grouping(b: Burden) -> list[str]:
     ]
 
 
+def _confirmations(b: Burden) -> list[str]:
+    """Confirm before paging, per rule that has it (docs/alerts.md)."""
+    rows = [r for r in sorted(b.per_rule.values(), key=lambda r: r.rule_id) if r.confirm]
+    if not rows:
+        return []
+    width = max(len(r.rule_id) for r in rows)
+
+    def minutes(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
+    lines = [
+        "",
+        "confirm before paging (first readings held; alerts avoided; minutes added to pages)",
+        f"{'rule':<{width}}  {'held':>6}{'not confd':>11}{'avoided':>9}{'median':>8}{'p95':>7}",
+    ]
+    for r in rows:
+        c = r.confirm
+        assert c is not None
+        lines.append(
+            f"{r.rule_id:<{width}}  {c.held:>6}{c.not_confirmed:>11}{c.avoided:>9}"
+            f"{minutes(c.delay_median_min):>8}{minutes(c.delay_p95_min):>7}"
+        )
+    return lines
+
+
 def render(b: Burden) -> str:
     """The table ``rpm rules backtest`` prints: alerts per rule and severity, then rates."""
     rows = sorted(b.per_rule.values(), key=lambda r: (-r.alerts, r.rule_id))
@@ -412,6 +437,7 @@ def render(b: Burden) -> str:
         f"alerts per nurse-day      {b.alerts_per_nurse_day:.2f}",
         f"patients with an alert    {b.patients_alerted} of {b.patients} "
         f"({b.share_patients_alerted:.0%})",
+        *_confirmations(b),
         *_notes(b.notes),
     ]
     return "\n".join(lines) + "\n"

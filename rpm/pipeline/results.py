@@ -32,6 +32,9 @@ class BatchResult:
     quarantined: int = 0
     alerts_opened: list[int] = field(default_factory=list)
     alerts_changed: list[int] = field(default_factory=list)
+    # Confirm before paging: confirmations opened (first readings held) and ended.
+    confirmations_opened: int = 0
+    confirmations_closed: int = 0
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     per_message: list[MessageResult] = field(default_factory=list)
     retracted: int = 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import asyncpg
 from prometheus_client import CollectorRegistry
 
+from alerts.confirm import expire, no_repeat
 from alerts.lifecycle import Action
 from alerts.policy import Decision, Grouping, decide, earliest_by_key
 from device_gateways.decoders import DECODERS
@@ -28,6 +29,7 @@ from rpm.domain import (
 from rpm.domain.errors import DecodeError, StorageError
 from rpm.metrics import IngestMetrics
 from rpm.storage import alerts as alert_store
+from rpm.storage import confirmations as confirm_store
 from rpm.storage import corrections as correction_store
 from rpm.storage import engagement as engagement_store
 from rpm.storage import outbox as outbox_store
@@ -43,6 +45,7 @@ from rules.engine import Engine, PatientContext
 from rules.kinds.missing import Silence
 from rules.programs import RuleBook
 
+from . import confirming
 from .attribution import attribute, by_device, namespaced
 from .corrections import apply_marked
 from .outbox_items import fhir_push_item, patient_sms_payload
@@ -257,8 +260,7 @@ class IngestPipeline:
             step_started = time.perf_counter()
             stepped = self.engine.step(new, contexts)
             self._metrics.rule_step_seconds.observe(time.perf_counter() - step_started)
-            if stepped.candidates:
-                await self._decide(conn, stepped.candidates, result)
+            await self._decide(conn, stepped.candidates, result, new, contexts)
             await alert_store.mark_cleared(conn, stepped.clears)
 
         await quarantine_store.insert(conn, prepared.rejections)
@@ -325,17 +327,63 @@ class IngestPipeline:
         self.engine.load(unknown, history, armed)
 
     async def _decide(
-        self, conn: Conn, candidates: Sequence[AlertCandidate], result: BatchResult
+        self,
+        conn: Conn,
+        candidates: Sequence[AlertCandidate],
+        result: BatchResult,
+        new: Sequence[AcceptedReading] = (),
+        contexts: Mapping[str, PatientContext] | None = None,
+        *,
+        confirm: bool = True,
     ) -> None:
-        grouping = self._grouping()
+        grouping, book = self._grouping(), self.engine.book
+        # Confirm before paging (alerts.confirm): first readings of confirmed rules wait
+        # for their repeat; a batch's readings may decide the waiting ones.
+        gated = None
+        if confirm:
+            gated = await confirming.run_gate(conn, book, grouping, candidates, new, contexts or {})
+        candidates = gated.candidates if gated is not None else candidates
         # Measured time decides: the episodes resolved, and the snooze windows ended, after
         # the earliest candidate of each key was measured come with the unresolved ones.
-        since = earliest_by_key(candidates, grouping)
-        episodes, resolved = await alert_store.episodes_since(conn, since)
-        snoozes = await alert_store.snooze_windows(conn, since)
-        decisions = decide(candidates, episodes, snoozes, resolved=resolved, grouping=grouping)
-        applied = await alert_store.apply(conn, decisions)
-        await self._follow_up(conn, applied, result)
+        applied: list[alert_store.AppliedDecision] = []
+        if candidates:
+            since = earliest_by_key(candidates, grouping)
+            episodes, resolved = await alert_store.episodes_since(conn, since)
+            snoozes = await alert_store.snooze_windows(conn, since)
+            decisions = decide(candidates, episodes, snoozes, resolved=resolved, grouping=grouping)
+            applied = await alert_store.apply(conn, decisions)
+            await self._follow_up(conn, applied, result)
+        if gated is not None:
+            alert_ids = {a.decision.episode_key: a.alert_id for a in applied}
+            texts = await confirming.record(conn, gated, alert_ids)
+            await outbox_store.enqueue(conn, texts, self._now())
+            result.confirmations_opened += len(gated.opened)
+            result.confirmations_closed += len(gated.closed)
+
+    async def check_confirmations(self, now: datetime | None = None, limit: int = 500) -> int:
+        """The confirmation timer: page the waiting confirmations whose window has ended
+        with no repeat reading (rows in the database: a restart loses none). One
+        transaction; ``FOR UPDATE SKIP LOCKED`` keeps two processes from paging one twice."""
+
+        async def work(conn: Conn, _: None) -> int:
+            at = now or self._now()
+            due = await confirm_store.due(conn, at, limit)
+            if not due:
+                return 0
+            closings = expire(due, at)
+            result = BatchResult()
+            self._touched.update(p.candidate.patient_id for p in due)
+            candidates = [no_repeat(k.pending) for k in closings]
+            await self._decide(conn, candidates, result, confirm=False)
+            episodes = await alert_store.open_episodes(conn, {k.pending.key for k in closings})
+            alert_ids = {key: e.alert_id for key, e in episodes.items()}
+            await confirm_store.close_many(conn, closings, alert_ids)
+            return len(closings)
+
+        try:
+            return await self._in_transaction(work, None)
+        except DATABASE_UNAVAILABLE as exc:
+            raise StorageError(f"database unavailable: {exc.__class__.__name__}") from exc
 
     def _grouping(self) -> Grouping:
         """The rule programs' episode groups (one episode per clinical event)."""

@@ -44,14 +44,20 @@ def _minutes(span: timedelta | None) -> float | None:
 
 
 class RuleSettings(Group):
-    """The rule engine: the missing-data timer, picking up new program versions, and the
-    readings kept in memory."""
+    """The rule engine: the missing-data and confirmation timers, picking up new program
+    versions, and the readings kept in memory."""
 
     missing_data_interval_s: float = Field(
         300.0,
         gt=0,
         validation_alias="RPM_MISSING_DATA_INTERVAL_S",
         description="how often missing-data rules are evaluated",
+    )
+    confirm_interval_s: float = Field(
+        10.0,
+        gt=0,
+        validation_alias="RPM_CONFIRM_INTERVAL_S",
+        description="how often confirmations before paging whose window ended are paged",
     )
     refresh_s: float = Field(
         2.0,

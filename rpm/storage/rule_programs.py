@@ -308,4 +308,12 @@ def _effective(
         "overridden": sorted(override) if override and error is None else [],
         "override_error": error,
         "source": rule.source,
+        # Confirm before paging: the window in minutes as it applies (None: pages at once).
+        "confirm": None
+        if applied.confirm is None
+        else {
+            "minutes": applied.confirm.minutes,
+            "default_minutes": rule.confirm.minutes if rule.confirm else None,
+            "severities": sorted(s.name.lower() for s in applied.confirmed_severities),
+        },
     }

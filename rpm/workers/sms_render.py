@@ -102,9 +102,22 @@ def _render_consent(work: SmsWork, c: RenderContext) -> str:
     return templates.consent_confirmation(c.recipient.language, service=c.service)
 
 
+def _render_remeasure(work: SmsWork, c: RenderContext) -> str:
+    return templates.remeasure_request(
+        c.recipient.language,
+        minutes=int(work.context.get("minutes", 15)),
+        at=c.at,
+        now=c.now,
+        zone=c.recipient.zone,
+        service=c.service,
+        emergency_number=c.emergency_number,
+    )
+
+
 RENDERERS: Mapping[str, Callable[[SmsWork, RenderContext], str]] = {
     "alert": _render_alert,
     "consent": _render_consent,
+    "remeasure": _render_remeasure,
     "escalation": _render_escalation,
     "legacy": _render_legacy,
     "campaign": _render_campaign,
