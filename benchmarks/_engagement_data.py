@@ -178,12 +178,12 @@ ON CONFLICT (patient_id, metric) DO UPDATE SET measured_at = excluded.measured_a
 # patients alone), open medium ones, and high ones resolved yesterday. $1 start, $2..$5 shares.
 _ALERTS = """INSERT INTO alerts (patient_id, rule_id, severity, state, title, explanation,
                     evidence, first_reading_uid, last_reading_uid, opened_at, updated_at,
-                    resolved_at, last_fired_at, program)
+                    resolved_at, last_fired_at, program, group_key)
 SELECT b.id, a.rule_id, a.severity, a.state, a.title, 'benchmark', '{}'::jsonb,
        gen_random_uuid(), gen_random_uuid(), $1::timestamptz - interval '30 hours',
        $1::timestamptz - interval '2 hours',
        CASE WHEN a.state = 'resolved' THEN $1::timestamptz - interval '20 hours' END,
-       $1::timestamptz - interval '2 hours', 'hypertension'
+       $1::timestamptz - interval '2 hours', 'hypertension', a.rule_id
   FROM bench_patients b
   CROSS JOIN LATERAL (
       SELECT * FROM (VALUES

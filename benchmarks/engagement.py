@@ -299,7 +299,9 @@ async def run_day(
         SmsSettings(daily_cap=DAILY_CAP), ApiSettings(dashboard_url="https://rpm.example.org")
     )
     worker = SmsOutboxWorker(pool, channel, config, clock=lambda: clock[0])
-    planner = CampaignPlanner(pool, DAILY_CAP, clock=lambda: clock[0])
+    planner = CampaignPlanner(
+        pool, DAILY_CAP, clock=lambda: clock[0], connections=args.planner_connections
+    )
     this_pass: dict[str, float] = {}
     undo = timing_plan(day, this_pass)
     say = progress("engagement", args.quiet)
@@ -433,6 +435,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--launch",
         action="store_true",
         help="the campaigns go live at 00:00: the first pass plans everything due by then",
+    )
+    p.add_argument(
+        "--planner-connections",
+        type=int,
+        default=2,
+        help="connections a planner pass plans its parts on, side by side (2)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--keep", action="store_true", help="keep the work directory")

@@ -222,6 +222,7 @@ class Server:
             timeout_s=s.engagement.planner_timeout_s,
             reconcile_s=s.engagement.planner_reconcile_s,
             full_after_s=s.engagement.planner_full_after_s,
+            connections=s.engagement.planner_connections,
         )
         self._tasks += [
             asyncio.create_task(

@@ -276,7 +276,7 @@ async def run_scenario(pool: asyncpg.Pool, planner: CampaignPlanner) -> dict[str
         await publish_segment(pool, name, document)
     for name, document in CAMPAIGNS.items():
         await publish_campaign(pool, name, document)
-    full_passes = 0
+    full_passes = parted = 0
     for n in range(PASSES):
         now = at(n)
         for hours in sorted(h for h in events if h <= n):
@@ -286,6 +286,7 @@ async def run_scenario(pool: asyncpg.Pool, planner: CampaignPlanner) -> dict[str
         assert result.ran
         assert not result.skipped, result.skipped
         full_passes += len(result.full)
+        parted += len(result.parts)
         if n == 10:  # the same instant twice: nothing new
             assert sum((await planner.tick(now)).planned.values()) == 0
     async with pool.acquire() as conn:
@@ -301,6 +302,7 @@ async def run_scenario(pool: asyncpg.Pool, planner: CampaignPlanner) -> dict[str
         "outbox": [dict(r) for r in outbox],
         "sends": [tuple(r) for r in sends],
         "full_passes": full_passes,
+        "parted": parted,
     }
 
 
@@ -322,9 +324,12 @@ async def fresh_pool(services: ServiceEndpoints, name: str) -> AsyncIterator[asy
 @pytest.fixture
 async def runs(services: ServiceEndpoints, template_db: str) -> dict[str, dict[str, Any]]:
     out = {}
-    for mode, reconcile_s in (("incremental", 1e9), ("full", 0.0)):
+    modes = (("incremental", 1e9, 1), ("parts", 1e9, 2), ("full", 0.0, 1))
+    for mode, reconcile_s, connections in modes:
         async with fresh_pool(services, f"planner_{mode}_{os.getpid()}") as pool:
-            planner = CampaignPlanner(pool, daily_cap=3, reconcile_s=reconcile_s)
+            planner = CampaignPlanner(
+                pool, daily_cap=3, reconcile_s=reconcile_s, connections=connections
+            )
             out[mode] = await run_scenario(pool, planner)
     return out
 
@@ -338,6 +343,15 @@ async def test_incremental_passes_plan_what_evaluating_everyone_plans(
     # Incremental indeed: each campaign was evaluated in full at its first pass only.
     assert incremental["full_passes"] == len(CAMPAIGNS)
     assert full["full_passes"] == len(CAMPAIGNS) * PASSES
+    assert incremental["parted"] == 0
+    assert full["parted"] == 0
+    # The zones' passes split by a hash of the patient id over two connections (two
+    # transactions) plan the same, to the message: a patient's daily cap, dedupe and
+    # cooldown are that patient's rows only.
+    parts = runs["parts"]
+    assert parts["parted"] > 0
+    assert parts["sends"] == full["sends"]
+    assert parts["outbox"] == full["outbox"]
     planned = {(c, p): when for c, p, _, _, when in full["sends"]}
 
     def hour(campaign: str, patient: str) -> float:

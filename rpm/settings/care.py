@@ -330,6 +330,15 @@ class EngagementSettings(Group):
         description="a campaign not planned for this long (the planner stopped, a failing "
         "campaign) is evaluated over every patient at its next pass",
     )
+    planner_connections: int = Field(
+        2,
+        ge=1,
+        le=8,
+        validation_alias="RPM_CAMPAIGN_PLANNER_CONNECTIONS",
+        description="database connections a pass that looks at a whole time zone (or at "
+        "2,000 patients or more) plans on, side by side, each a disjoint part of the patients; "
+        "taken from the pool only when free (about the database's CPU cores)",
+    )
 
 
 class TimeTrackingSettings(Group):

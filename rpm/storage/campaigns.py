@@ -272,11 +272,16 @@ EXCLUSIONS = (
 @dataclass(frozen=True, slots=True)
 class PlanScope:
     """The patients an incremental pass looks at: every patient of ``zones``, and those of
-    ``patients`` who live in one of ``patient_zones`` (rpm.engagement.planning)."""
+    ``patients`` who live in one of ``patient_zones`` (rpm.engagement.planning); of them,
+    part ``part`` of ``parts`` only (by a hash of the id: the parts are disjoint, and each
+    patient's outcome depends on that patient's rows alone, so they can be planned side by
+    side)."""
 
     zones: tuple[str, ...]
     patients: tuple[str, ...]
     patient_zones: tuple[str, ...] = ()
+    part: int = 0
+    parts: int = 1
 
     @property
     def empty(self) -> bool:
@@ -298,6 +303,7 @@ def _selection(
     params: list[Any] = [now, None]
     if scope is not None:
         params += [list(scope.zones), list(scope.patients), list(scope.patient_zones)]
+        params += [scope.part, scope.parts]
 
     def bind(value: Any, cast: str) -> str:
         params.append(value)

@@ -25,7 +25,7 @@ from rpm.storage.pool import Conn
 # planner needs), at ``$1`` (now), for the care teams in ``$2`` (NULL: every team);
 # :func:`facts_sql` with ``scoped``: only the patients of the time zones in ``$3`` and those
 # in ``$4`` who live in a zone of ``$5`` (an incremental planner pass,
-# rpm.engagement.planning).
+# rpm.engagement.planning), of part ``$6`` of ``$7``.
 #
 # Its cost stays linear in the patients a statement looks at, whatever PostgreSQL estimates:
 # - the local date and time are computed once per time zone (``zone``), not per patient, so
@@ -119,14 +119,27 @@ _PATIENTS = """SELECT p.id, p.care_team, p.programs, p.language, p.birth_date, p
 # array). The zones come from the caller (rpm.storage.planning.zone_clocks), not from the
 # patients named: finding those patients' zones first was a second probe per patient.
 _SCOPED_ZONES = """SELECT DISTINCT unnest($3::text[] || $5::text[]) AS timezone"""
-_SCOPED_PATIENTS = f"""{_PATIENTS} AND p.timezone = ANY($3::text[])
+# Part $6 of $7 (by a hash of the id) only: the parts of one pass are disjoint sets of patients,
+# planned side by side on as many connections (rpm.workers.campaigns).
+_PART = "AND (hashtext(p.id) & 2147483647) % $7::int = $6::int"
+# The patients named are read once, then matched to their zone: joined to the zones
+# directly, PostgreSQL looked the whole list up again for each zone (5 zones, 5 probes per
+# patient named; benchmarks/engagement.py).
+_SCOPED_PATIENTS = f"""{_PATIENTS} AND p.timezone = ANY($3::text[]) {_PART}
     UNION ALL
-    {_PATIENTS} AND p.id = ANY($4::text[]) AND p.timezone <> ALL($3::text[])"""
+    (WITH named AS MATERIALIZED (
+        SELECT p.id, p.care_team, p.programs, p.language, p.birth_date, p.created_at,
+               p.phone, p.sms_consent, p.sms_opted_out_at, p.preferred_channel, p.timezone
+          FROM patients p
+         WHERE p.id = ANY($4::text[]) AND p.timezone <> ALL($3::text[]) {_PART}
+           AND ($2::text[] IS NULL OR p.care_team = ANY($2::text[])))
+     SELECT named.*, zone.today, zone.local_time
+       FROM named JOIN zone ON zone.timezone = named.timezone)"""
 
 
 def facts_sql(*, scoped: bool = False) -> str:
     """The facts query; ``scoped``: of the zones in ``$3`` and the patients in ``$4`` of the
-    zones in ``$5`` only."""
+    zones in ``$5`` only, those of part ``$6`` of ``$7`` (by a hash of the id)."""
     if not scoped:
         return _FACTS.format(
             zones=_ZONES, patients=_PATIENTS, aggregates=_AGGREGATES, joins=_AGGREGATE_JOINS

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ import asyncpg
 
 from rpm.engagement import planning
 from rpm.engagement.planning import Full, PlanKey, PlannerState, Scope
+from rpm.engagement.segments import SegmentSpec
 from rpm.storage import campaigns as campaign_store
 from rpm.storage import planning as planning_store
 from rpm.storage import segments as segment_store
@@ -39,6 +41,9 @@ from rpm.storage.segments import SegmentVersion
 log = logging.getLogger(__name__)
 
 PLANNER_LOCK = 0x52504D43  # "RPMC"
+# A pass naming fewer patients than this (and no whole zone) plans on one connection: the
+# second's transaction and statement cost more than its half of the work saves.
+PARTS_FROM = 2_000
 
 
 def _utcnow() -> datetime:
@@ -54,6 +59,7 @@ class PlannerPass:
     ran: bool = True  # False: another process held the lock
     full: dict[str, str] = field(default_factory=dict)  # evaluated in full, and why
     looked_at: dict[str, int] = field(default_factory=dict)  # incremental: patients named
+    parts: dict[str, int] = field(default_factory=dict)  # planned on more than 1 connection
 
 
 class CampaignPlanner:
@@ -66,12 +72,15 @@ class CampaignPlanner:
         timeout_s: float = 30.0,
         reconcile_s: float = planning.RECONCILE_S,
         full_after_s: float = planning.FULL_AFTER_S,
+        connections: int = 2,
     ) -> None:
         self._pool = pool
         self._daily_cap = daily_cap
         self._timeout_s = timeout_s
+        self._timeout_ms = max(1, int(timeout_s * 1000))
         self._reconcile_s = reconcile_s
         self._full_after_s = full_after_s
+        self._connections = max(1, connections)
         self._clock = clock
         self._stopping = asyncio.Event()
         self.planned = 0  # since start, for metrics
@@ -127,8 +136,7 @@ class CampaignPlanner:
                 continue
             try:
                 async with conn.transaction():
-                    timeout_ms = max(1, int(self._timeout_s * 1000))
-                    await conn.execute(f"SET LOCAL statement_timeout = {timeout_ms}")
+                    await conn.execute(f"SET LOCAL statement_timeout = {self._timeout_ms}")
                     result.planned[c.name] = await self._plan(conn, c, segment, at, result)
             except asyncpg.QueryCanceledError:
                 result.skipped[c.name] = f"planning took longer than {self._timeout_s:g} s"
@@ -161,12 +169,53 @@ class CampaignPlanner:
             result.looked_at[c.name] = len(scope.patients)
             n = 0
             if not scope.empty:
-                n = await campaign_store.plan(
-                    conn, c, segment.spec, at, self._daily_cap, scope=scope
-                )
+                n = await self._plan_parts(conn, c, segment.spec, at, scope, result)
             full_at = last.full_at
         await planning_store.save_state(conn, c.name, PlannerState(key, at, watermark, full_at))
         return n
+
+    async def _plan_parts(
+        self,
+        conn: Conn,
+        c: CampaignVersion,
+        segment: SegmentSpec,
+        at: datetime,
+        scope: PlanScope,
+        result: PlannerPass,
+    ) -> int:
+        """Plan ``scope`` in parts (disjoint sets of patients) side by side: the first on
+        ``conn``, in the caller's transaction, each other on a connection of its own, in a
+        transaction committed before the caller's (which stores the pass). Whatever fails
+        rolls every part back that has not committed, and a committed part without the
+        caller's commit is planned again as one (the dedupe keys make it a no-op) by the next
+        pass, which starts from the previous state."""
+        parts = self._connections
+        pool = self._pool
+        free = pool.get_idle_size() + pool.get_max_size() - pool.get_size()
+        small = not scope.zones and len(scope.patients) < PARTS_FROM
+        # Never wait for a connection another worker uses; a few patients are not worth it.
+        if parts == 1 or small or free < parts - 1:
+            return await campaign_store.plan(conn, c, segment, at, self._daily_cap, scope=scope)
+        result.parts[c.name] = parts
+        scopes = [dataclasses.replace(scope, part=k, parts=parts) for k in range(parts)]
+        async with contextlib.AsyncExitStack() as stack:
+            others: list[Conn] = []
+            for _ in range(parts - 1):
+                other = await stack.enter_async_context(self._pool.acquire())
+                await stack.enter_async_context(other.transaction())
+                await other.execute(f"SET LOCAL statement_timeout = {self._timeout_ms}")
+                others.append(other)
+            try:
+                async with asyncio.TaskGroup() as group:
+                    tasks = [
+                        group.create_task(
+                            campaign_store.plan(on, c, segment, at, self._daily_cap, scope=part)
+                        )
+                        for on, part in zip([conn, *others], scopes, strict=True)
+                    ]
+            except BaseExceptionGroup as failed:  # the first error, as one connection gives
+                raise failed.exceptions[0] from None
+            return sum(t.result() for t in tasks)
 
     async def _scope(
         self,
