@@ -41,7 +41,6 @@ import contextlib
 import itertools
 import json
 import logging
-import re
 import signal
 import sys
 from collections import Counter
@@ -50,77 +49,24 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
-from fhir.resources.R4B.bundle import Bundle
-from pydantic import ValidationError
 
 from simulators.fhir_auth import FhirAuth
+from simulators.fhir_checks import (
+    CONDITIONAL_PATIENT,
+    FHIR_JSON,
+    JSON_TYPES,
+    Refusal,
+    outcome,
+    transaction_entries,
+    validate,
+)
 from simulators.local_http import listen
 
 __all__ = ["FhirServer", "main"]
 
 _log = logging.getLogger(__name__)
 
-FHIR_JSON = "application/fhir+json"
-_JSON_TYPES = frozenset({FHIR_JSON, "application/json"})
-# R4 Observation.status (required binding, ObservationStatus); fhir.resources checks only
-# that a code is a code.
-_OBSERVATION_STATUS = frozenset(
-    {
-        "registered",
-        "preliminary",
-        "final",
-        "amended",
-        "corrected",
-        "cancelled",
-        "entered-in-error",
-        "unknown",
-    }
-)
-_IF_NONE_EXIST = re.compile(r"^identifier=(?P<system>[^|&]*)\|(?P<value>[^&]+)$")
-_CONDITIONAL_URL = re.compile(r"^Observation\?(?P<criteria>identifier=.*)$")
-_CONDITIONAL_PATIENT = re.compile(r"^Patient\?identifier=(?P<system>[^|&]*)\|(?P<value>[^&]+)$")
-
 Rejector = Callable[[Mapping[str, Any]], str | None]  # Observation -> diagnostics, or None
-
-
-def _outcome(code: str, diagnostics: str, expression: str | None = None) -> dict[str, Any]:
-    issue: dict[str, Any] = {"severity": "error", "code": code, "diagnostics": diagnostics}
-    if expression:
-        issue["expression"] = [expression]
-    return {"resourceType": "OperationOutcome", "issue": [issue]}
-
-
-class _Refusal(Exception):
-    """An answer other than success: status and OperationOutcome."""
-
-    def __init__(self, status: int, outcome: dict[str, Any]) -> None:
-        super().__init__(status)
-        self.status = status
-        self.outcome = outcome
-
-
-def _fhir_path(loc: Sequence[int | str]) -> str:
-    path = "Bundle"
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return path
-
-
-def _validate(bundle: object) -> None:
-    """fhir.resources' structural validation, as an OperationOutcome of every issue."""
-    try:
-        Bundle.model_validate(bundle)
-    except ValidationError as exc:
-        issues = [
-            {
-                "severity": "error",
-                "code": "structure",
-                "diagnostics": e["msg"],
-                "expression": [_fhir_path(e["loc"])],
-            }
-            for e in exc.errors()
-        ]
-        raise _Refusal(400, {"resourceType": "OperationOutcome", "issue": issues}) from None
 
 
 class FhirServer:
@@ -246,22 +192,20 @@ class FhirServer:
         self.requests += 1
         try:
             if not self._authorized(request):
-                raise _Refusal(401, _outcome("login", "a valid bearer token is required"))
+                raise Refusal(401, outcome("login", "a valid bearer token is required"))
             body = await request.read()  # whole, before a fault: a hung request is kept
             await self._faults()
-            if request.content_type not in _JSON_TYPES:
-                raise _Refusal(
-                    415, _outcome("not-supported", f"{request.content_type} not accepted")
-                )
+            if request.content_type not in JSON_TYPES:
+                raise Refusal(415, outcome("not-supported", f"{request.content_type} not accepted"))
             try:
                 bundle = json.loads(body)
             except ValueError:
-                raise _Refusal(400, _outcome("structure", "the body is not JSON")) from None
+                raise Refusal(400, outcome("structure", "the body is not JSON")) from None
             if self._validate:
-                _validate(bundle)
+                validate(bundle)
             entries = self._check(bundle)
             answer = self._apply(entries)
-        except _Refusal as refusal:
+        except Refusal as refusal:
             if 400 <= refusal.status < 500:
                 self.refused += 1
             return _fhir(refusal.status, refusal.outcome)
@@ -274,91 +218,38 @@ class FhirServer:
         if self._fail_next:
             self.failed += 1
             status = self._fail_next.pop(0)
-            raise _Refusal(status, _outcome("transient", f"injected failure {status}"))
+            raise Refusal(status, outcome("transient", f"injected failure {status}"))
         if self._outage == "hang":
             self.failed += 1
             await self._released.wait()  # processed normally afterwards: "only slow"
         elif isinstance(self._outage, int):
             self.failed += 1
-            raise _Refusal(self._outage, _outcome("transient", "service unavailable (outage)"))
+            raise Refusal(self._outage, outcome("transient", "service unavailable (outage)"))
 
     def _check(self, bundle: Any) -> list[tuple[dict[str, Any], tuple[str, str] | None, bool]]:
         """The entries to apply with their conditional identifier and whether each is a
         conditional update; or a refusal."""
-        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
-            raise _Refusal(400, _outcome("structure", "not a Bundle"))
-        if bundle.get("type") != "transaction":
-            raise _Refusal(400, _outcome("not-supported", "only transaction Bundles are accepted"))
         out = []
-        for i, entry in enumerate(bundle.get("entry") or []):
-            where = f"Bundle.entry[{i}]"
-            request, resource = entry.get("request") or {}, entry.get("resource") or {}
-            method, url = request.get("method"), str(request.get("url", ""))
-            conditional_update = _CONDITIONAL_URL.match(url) if method == "PUT" else None
-            if conditional_update is None and (method != "POST" or url != "Observation"):
-                raise _Refusal(
-                    400,
-                    _outcome(
-                        "not-supported",
-                        "only POST Observation and PUT Observation?identifier= entries",
-                        where + ".request",
-                    ),
-                )
-            if resource.get("resourceType") != "Observation":
-                raise _Refusal(
-                    400, _outcome("structure", "not an Observation", where + ".resource")
-                )
-            if resource.get("status") not in _OBSERVATION_STATUS:
-                raise _Refusal(
-                    400,
-                    _outcome(
-                        "code-invalid",
-                        "status not in ObservationStatus",
-                        where + ".resource.status",
-                    ),
-                )
-            criteria = (
-                conditional_update["criteria"]
-                if conditional_update is not None
-                else request.get("ifNoneExist")
-            )
-            key = self._conditional(criteria, resource, where)
-            self._resolve_subject(resource, where)
+        for entry in transaction_entries(bundle):
+            self._resolve_subject(entry.resource, entry.where)
             if self._reject is not None:
-                why = self._reject(resource)
+                why = self._reject(entry.resource)
                 if why is not None:
-                    raise _Refusal(
-                        422, _outcome("business-rule", why, where if self._reject_blames else None)
-                    )
-            out.append((resource, key, conditional_update is not None))
+                    blame = entry.where if self._reject_blames else None
+                    raise Refusal(422, outcome("business-rule", why, blame))
+            out.append((entry.resource, entry.key, entry.update))
         return out
-
-    def _conditional(
-        self, criteria: object, resource: Mapping[str, Any], where: str
-    ) -> tuple[str, str] | None:
-        if criteria is None:
-            return None
-        m = _IF_NONE_EXIST.match(str(criteria))
-        if m is None:
-            raise _Refusal(
-                400, _outcome("not-supported", "ifNoneExist must be identifier=system|value", where)
-            )
-        key = (m["system"], m["value"])
-        held = {(i.get("system", ""), i.get("value")) for i in resource.get("identifier") or []}
-        if key not in held:
-            raise _Refusal(400, _outcome("invalid", "ifNoneExist names another identifier", where))
-        return key
 
     def _resolve_subject(self, resource: Mapping[str, Any], where: str) -> None:
         reference = str((resource.get("subject") or {}).get("reference", ""))
-        m = _CONDITIONAL_PATIENT.match(reference)
+        m = CONDITIONAL_PATIENT.match(reference)
         if m is None or self.patients is None:
             return
         if (m["system"], m["value"]) not in self.patients:
             # HAPI: a ResourceNotFoundException for the whole transaction, no entry named.
-            raise _Refusal(
+            raise Refusal(
                 404,
-                _outcome(
+                outcome(
                     "processing",
                     f'HAPI-1091: Invalid match URL "{reference}" - No resources match this search',
                 ),
@@ -422,15 +313,15 @@ class FhirServer:
 
     async def _read(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
-            return _fhir(401, _outcome("login", "a valid bearer token is required"))
+            return _fhir(401, outcome("login", "a valid bearer token is required"))
         obs = self.observations.get(request.match_info["id"])
         if obs is None:
-            return _fhir(404, _outcome("not-found", "no such Observation"))
+            return _fhir(404, outcome("not-found", "no such Observation"))
         return _fhir(200, obs)
 
     async def _search(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
-            return _fhir(401, _outcome("login", "a valid bearer token is required"))
+            return _fhir(401, outcome("login", "a valid bearer token is required"))
         wanted = request.query.get("identifier")
         if wanted is None:
             found = list(self.observations.values())
