@@ -22,7 +22,7 @@ from fhir.resources.R4B.questionnaire import Questionnaire
 from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 
 from alerts.sms import TwilioSms
-from rpm.api import dashboard, inbox
+from rpm.api import dashboard, dashboard_inbox, inbox
 from rpm.api import fhir as fhir_api
 from rpm.storage import staff as staff_store
 from rpm.workers.campaigns import CampaignPlanner
@@ -70,6 +70,7 @@ async def hooks(pool: asyncpg.Pool, clock: Clock) -> AsyncIterator[str]:
     app = api_app(pool)
     app.include_router(inbox.router)
     app.include_router(dashboard.router)
+    app.include_router(dashboard_inbox.router)
     app.include_router(fhir_api.router)
     async with serve_hooks(pool, app=app, clock=clock) as url:
         yield url

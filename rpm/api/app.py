@@ -27,6 +27,7 @@ from . import (
     dashboard,
     dashboard_billing,
     dashboard_engagement,
+    dashboard_inbox,
     dashboard_on_call,
     dashboard_panel,
     dashboard_readings,
@@ -144,6 +145,7 @@ def create_app(
     app.include_router(dashboard_engagement.router)
     app.include_router(dashboard_time.router)
     app.include_router(dashboard_on_call.router)
+    app.include_router(dashboard_inbox.router)
     app.include_router(dashboard_readings.router)
     app.include_router(billing.router)
     app.include_router(dashboard_billing.router)

@@ -71,11 +71,6 @@ PROBLEMS = {
     "reason": "Marking a reading entered in error needs a reason.",
     "reading": "There is no such reading.",
 }
-INBOX_PROBLEMS = {
-    "missing": "There is no such inbox item.",
-    "taken": "Someone already handled it.",
-    "refused": "The server refused the request.",
-}
 CHART_READINGS = 300  # newest readings per chart
 
 # The signed-in staff member (``rpm.auth.current_staff``: the app's ``Auth``, kept in
@@ -345,42 +340,7 @@ async def chart(
     return Response(svg, media_type="image/svg+xml", headers={"Content-Security-Policy": SVG_CSP})
 
 
-@router.get("/dashboard/inbox")
-async def inbox(request: Request, staff: Staff, done: str = "", problem: str = "") -> Response:
-    """Patient replies a person must read, oldest first, from the inbox API."""
-    listing = await call_api(request, "GET", "/api/inbox", params={"state": "open"})
-    items: list[dict[str, Any]] = listing.json() if listing.status_code == 200 else []
-    return templates.TemplateResponse(
-        request,
-        "inbox.html",
-        {
-            "page": "inbox",
-            "staff": staff,
-            "items": items,
-            "done": "Marked as handled." if done == "handled" else None,
-            "problem": INBOX_PROBLEMS.get(problem),
-        },
-    )
-
-
 # --- actions ----------------------------------------------------------------------------
-
-
-@router.post("/dashboard/inbox/{item_id}/handled")
-async def inbox_handled(request: Request, auth: AuthDep, staff: Staff, item_id: int) -> Response:
-    """Mark an inbox item handled (a form with ``csrf_token`` and an optional ``note``)."""
-    fields = await _fields(request, False)
-    auth.check_csrf(staff, request, fields.get("csrf_token"))
-    resp = await call_api(
-        request,
-        "POST",
-        f"/api/inbox/{item_id}/handled",
-        csrf=staff.csrf_token,
-        json={"note": fields.get("note") or None},
-    )
-    outcome = {200: ("done", "handled"), 404: ("problem", "missing"), 409: ("problem", "taken")}
-    key, value = outcome.get(resp.status_code, ("problem", "refused"))
-    return RedirectResponse(with_notice("/dashboard/inbox", {key: value}), 303)
 
 
 @router.post("/dashboard/alerts/{alert_id}/{action}")
