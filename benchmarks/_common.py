@@ -435,14 +435,18 @@ def run_with_services(
     body: Callable[[LocalServices, Path], tuple[str, dict[str, Any]]],
     *,
     keep: bool = False,
+    device_cert_port: int | None = None,
 ) -> int:
     """The frame of every benchmark: local services in a new temporary directory, ``body``,
     failures as one line on stderr, then the table and ONE JSON line on stdout; the exit status.
 
     ``body`` gets the (not yet started) services and the directory; it stops what it starts
-    itself. ``keep`` leaves the directory for inspection (the server's log is there)."""
+    itself. ``keep`` leaves the directory for inspection (the server's log is there).
+    ``device_cert_port``: the broker's certificate listener for devices, when one is needed."""
     work = Path(tempfile.mkdtemp(prefix=prefix))
-    services = LocalServices(work / "services", log=lambda line: None)
+    services = LocalServices(
+        work / "services", device_cert_port=device_cert_port, log=lambda line: None
+    )
     try:
         table, result = body(services, work)
     except KeyboardInterrupt:

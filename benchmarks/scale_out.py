@@ -36,24 +36,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
 import asyncio
-import json
 import os
 import secrets
-import shutil
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import httpx
-from _common import BenchError, children_of, cpu_seconds, fmt_rate, pid_from_file, server_env
+from _common import (
+    BenchError,
+    children_of,
+    cpu_seconds,
+    fmt_rate,
+    pid_from_file,
+    run_with_services,
+    server_env,
+)
 from _report import ok, progress, tables
 from _server import RpmServe
 
 from device_gateways import device_ca
 from rpm.auth import STAFF_TOKEN_PREFIX, token_hash
-from rpm.domain.errors import LocalServicesError
 from rpm.storage import staff_auth
 from simulators.localservices import LocalServices, free_port
 
@@ -243,27 +247,12 @@ def main() -> int:
     if not 0 < args.batch <= 1000 or args.devices < 2 * WINDOW:
         p.error(f"--batch is 1..1000 and --devices at least {2 * WINDOW}")
     say = progress("scale_out")
-    work = Path(tempfile.mkdtemp(prefix="rpm-scale-out-"))
-    services = LocalServices(work / "services", device_cert_port=free_port(), log=lambda _: None)
-    try:
-        table, result = asyncio.run(run(services, work, args, say))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (BenchError, LocalServicesError) as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        try:
-            services.stop()
-        finally:
-            if args.keep:
-                print(f"kept {work}", file=sys.stderr)
-            else:
-                shutil.rmtree(work, ignore_errors=True)
-    print(table)
-    print(json.dumps(result))
-    return 0
+    return run_with_services(
+        "rpm-scale-out-",
+        lambda services, work: asyncio.run(run(services, work, args, say)),
+        keep=args.keep,
+        device_cert_port=free_port(),
+    )
 
 
 if __name__ == "__main__":
