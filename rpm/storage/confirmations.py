@@ -129,29 +129,44 @@ async def readings_between(
     ]
 
 
+async def _insert(
+    conn: Conn,
+    p: Pending,
+    closing: Closing | None = None,
+    alert_id: int | None = None,
+) -> int:
+    """Write a confirmation: waiting, or already ended (``closing``) in its own batch."""
+    c, r = p.candidate, closing.reading if closing else None
+    return int(
+        await conn.fetchval(
+            """INSERT INTO alert_confirmations
+                   (patient_id, rule_id, group_key, severity, reading_uid, measured_at,
+                    deadline, first_values, candidate, state, closed_at,
+                    closed_reading_uid, closed_values, note, alert_id)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10, $11, $12,
+                       $13::jsonb, $14, $15) RETURNING id""",
+            c.patient_id,
+            c.rule_id,
+            p.key[1],
+            c.severity.name,
+            c.reading_uid,
+            c.measured_at,
+            p.deadline,
+            dict(p.values),
+            _candidate_json(c),
+            closing.outcome.value if closing else "pending",
+            closing.at if closing else None,
+            r.uid if r else None,
+            dict(r.values) if r else None,
+            (closing.note or None) if closing else None,
+            alert_id,
+        )
+    )
+
+
 async def open_many(conn: Conn, pending: Sequence[Pending]) -> list[int]:
     """Write new waiting confirmations; their ids, in order."""
-    ids = []
-    for p in pending:
-        c = p.candidate
-        ids.append(
-            await conn.fetchval(
-                """INSERT INTO alert_confirmations
-                       (patient_id, rule_id, group_key, severity, reading_uid, measured_at,
-                        deadline, first_values, candidate)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb) RETURNING id""",
-                c.patient_id,
-                c.rule_id,
-                p.key[1],
-                c.severity.name,
-                c.reading_uid,
-                c.measured_at,
-                p.deadline,
-                dict(p.values),
-                _candidate_json(c),
-            )
-        )
-    return ids
+    return [await _insert(conn, p) for p in pending]
 
 
 async def close_many(
@@ -162,50 +177,23 @@ async def close_many(
     for k in closings:
         p, r = k.pending, k.reading
         alert_id = alert_ids.get(p.key)
-        closed_uid = r.uid if r else None
-        closed_values = dict(r.values) if r else None
-        if p.id:
-            await conn.execute(
-                """UPDATE alert_confirmations SET state = $2, closed_at = $3,
-                          closed_reading_uid = $4, closed_values = $5::jsonb, note = $6,
-                          alert_id = $7
-                    WHERE id = $1 AND state = 'pending'""",
-                p.id,
-                k.outcome.value,
-                k.at,
-                closed_uid,
-                closed_values,
-                k.note or None,
-                alert_id,
-            )
-            ids.append(p.id)
+        if not p.id:
+            ids.append(await _insert(conn, p, k, alert_id))
             continue
-        c = p.candidate
-        ids.append(
-            await conn.fetchval(
-                """INSERT INTO alert_confirmations
-                       (patient_id, rule_id, group_key, severity, reading_uid, measured_at,
-                        deadline, first_values, candidate, state, closed_at,
-                        closed_reading_uid, closed_values, note, alert_id)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10, $11, $12,
-                           $13::jsonb, $14, $15) RETURNING id""",
-                c.patient_id,
-                c.rule_id,
-                p.key[1],
-                c.severity.name,
-                c.reading_uid,
-                c.measured_at,
-                p.deadline,
-                dict(p.values),
-                _candidate_json(c),
-                k.outcome.value,
-                k.at,
-                closed_uid,
-                closed_values,
-                k.note or None,
-                alert_id,
-            )
+        await conn.execute(
+            """UPDATE alert_confirmations SET state = $2, closed_at = $3,
+                      closed_reading_uid = $4, closed_values = $5::jsonb, note = $6,
+                      alert_id = $7
+                WHERE id = $1 AND state = 'pending'""",
+            p.id,
+            k.outcome.value,
+            k.at,
+            r.uid if r else None,
+            dict(r.values) if r else None,
+            k.note or None,
+            alert_id,
         )
+        ids.append(p.id)
     return ids
 
 
