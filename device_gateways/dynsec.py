@@ -93,7 +93,9 @@ def initial_config(logins: Mapping[str, tuple[str, str]]) -> dict[str, Any]:
 
 
 def provision_device(device_id: str, password: str) -> list[dict[str, Any]]:
-    """Commands giving a device a login that may publish only under its own topic."""
+    """Commands giving a device a login that may publish only under its own topic and
+    connect only with its own id as client id (the plugin's ``clientid``: a CONNECT with
+    another client id is refused before it can take over that client's session)."""
     role = device_role(device_id)
     return [
         {
@@ -105,9 +107,15 @@ def provision_device(device_id: str, password: str) -> list[dict[str, Any]]:
             "command": "createClient",
             "username": device_id,
             "password": password,
+            "clientid": device_id,
             "roles": [{"rolename": role}],
         },
     ]
+
+
+def bind_client_id(device_id: str) -> list[dict[str, Any]]:
+    """Bind an existing device login to its own client id (logins made before the binding)."""
+    return [{"command": "setClientId", "username": device_id, "clientid": device_id}]
 
 
 def set_password(device_id: str, password: str) -> list[dict[str, Any]]:

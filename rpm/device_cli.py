@@ -1,4 +1,5 @@
 """``rpm devices import``: enrol a shipment of devices from a CSV file, by certificate.
+``rpm devices bind-client-ids``: bind the password logins made before client ids were bound.
 
 The manufacturer's file has a header row and the columns ``id``, ``kind``, ``csr`` and
 optionally ``vendor`` and ``serial``. ``csr`` is the device's certificate signing request
@@ -22,13 +23,24 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from device_gateways import dynsec
+from device_gateways.broker_admin import BrokerAdmin
 from rpm.api.device_certs import BULK_MAX, CertDeviceIn, DeviceAuthority, enroll_many
 from rpm.domain.errors import RpmError
 from rpm.settings import Settings
+from rpm.storage import registry
 from rpm.storage.audit import append_cli
 from rpm.storage.pool import connect
 
 COLUMNS = ("id", "kind", "csr")
+# Each command of the dynamic-security plugin rewrites its file; a message holds this many.
+BIND_PER_MESSAGE = 100
+BIND_HELP = """\
+Give every device password login in the broker its own id as its only client id (the
+plugin's setClientId), as enrolment has done since. Logins made before connect with any
+client id, so one could take over another client's session (docs/devices.md, "Client ids").
+Idempotent: run it once after upgrading, again at will.
+"""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], local: Path) -> None:
@@ -42,6 +54,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], local: 
     )
     p.add_argument("csv", type=Path, help="the shipment: id, kind, csr[, vendor, serial]")
     p.add_argument("--out", type=Path, required=True, help="where the certificates go (CSV)")
+    p.add_argument(
+        "--local",
+        type=Path,
+        nargs="?",
+        const=local,
+        default=None,
+        help="use the local services started in this directory",
+    )
+    p = devices.add_parser(
+        "bind-client-ids",
+        help="bind each device password login to its own client id",
+        description=BIND_HELP,
+    )
     p.add_argument(
         "--local",
         type=Path,
@@ -88,6 +113,12 @@ def _chunks(rows: Sequence[CertDeviceIn]) -> Iterator[Sequence[CertDeviceIn]]:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """``rpm devices import``: 0 when every device is enrolled, 2 for a bad file or row."""
+    if args.devices_command == "bind-client-ids":
+        try:
+            return asyncio.run(bind_client_ids(settings))
+        except RpmError as exc:
+            print(f"rpm devices bind-client-ids: {exc}", file=sys.stderr)
+            return 2
     try:
         rows = parse_shipment(args.csv.read_text(), args.csv.parent)
     except (OSError, ValueError) as exc:
@@ -133,4 +164,20 @@ async def import_rows(rows: Sequence[CertDeviceIn], out: Path, settings: Setting
         await conn.close()
         auth.signer.close()
     print(f"{enrolled} devices enrolled, {already} already were; {written} certificates in {out}")
+    return 0
+
+
+async def bind_client_ids(settings: Settings) -> int:
+    """``rpm devices bind-client-ids``: bind every device password login to its own id."""
+    conn = await connect(settings.database.url.get_secret_value())
+    try:
+        ids = await registry.password_logins(conn)
+    finally:
+        await conn.close()
+    broker = BrokerAdmin(settings.mqtt.admin())
+    for i in range(0, len(ids), BIND_PER_MESSAGE):
+        commands = [c for d in ids[i : i + BIND_PER_MESSAGE] for c in dynsec.bind_client_id(d)]
+        # A login deleted since (moved to a certificate) is not there to bind.
+        await broker.apply(commands, tolerate=("not found",))
+    print(f"{len(ids)} device logins bound to their own client id")
     return 0

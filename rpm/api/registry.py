@@ -252,6 +252,9 @@ async def enroll(
     a certificate signed from its CSR, or else a password login."""
     if body.integration is None and not re.fullmatch(MQTT_DEVICE_ID, body.id):
         raise InvalidRequestError("an MQTT device id may hold only letters, digits, . _ -")
+    if body.integration is None:
+        # The login and client id of an MQTT device is its id: never one of the deployment's.
+        device_certs.authority(request).check_id(body.id)
     if body.csr is not None and body.integration is not None:
         raise InvalidRequestError("a device reported by an integration takes no CSR")
     device_id = f"{body.integration}:{body.id}" if body.integration else body.id
@@ -281,7 +284,9 @@ async def enroll(
             await broker.apply(
                 dynsec.provision_device(device_id, password), tolerate=("already exists",)
             )
-            await broker.apply(dynsec.set_password(device_id, password))
+            await broker.apply(
+                dynsec.set_password(device_id, password) + dynsec.bind_client_id(device_id)
+            )
     if body.integration is not None:
         return DeviceEnrolled(device_id=device_id, mqtt=None)
     return DeviceEnrolled(
@@ -360,7 +365,9 @@ async def rotate(
         if device["integration"] or device["retired_at"]:
             raise ConflictError("only active MQTT devices have broker credentials")
         await registry.rotated(conn, device_id=device_id, actor=who.actor)
-        await broker.apply(dynsec.set_password(device_id, password))
+        await broker.apply(
+            dynsec.set_password(device_id, password) + dynsec.bind_client_id(device_id)
+        )
     return MqttCredentials(
         username=device_id, password=password, topic=f"{TOPIC_PREFIX}{device_id}/readings"
     )

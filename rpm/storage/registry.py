@@ -257,6 +257,12 @@ async def set_password_login(conn: Conn, device_id: str, present: bool) -> None:
     await conn.execute("UPDATE devices SET password_login = $2 WHERE id = $1", device_id, present)
 
 
+async def password_logins(conn: Conn) -> list[str]:
+    """The devices that have a password login in the broker, by id."""
+    rows = await conn.fetch("SELECT id FROM devices WHERE password_login ORDER BY id")
+    return [r["id"] for r in rows]
+
+
 async def bind(
     conn: Conn,
     *,
