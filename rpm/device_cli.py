@@ -172,12 +172,22 @@ async def bind_client_ids(settings: Settings) -> int:
     conn = await connect(settings.database.url.get_secret_value())
     try:
         ids = await registry.password_logins(conn)
+        broker = BrokerAdmin(settings.mqtt.admin())
+        for i in range(0, len(ids), BIND_PER_MESSAGE):
+            chunk = ids[i : i + BIND_PER_MESSAGE]
+            # A login deleted since (moved to a certificate) is not there to bind.
+            await broker.apply(
+                [c for d in chunk for c in dynsec.bind_client_id(d)], tolerate=("not found",)
+            )
+        await append_cli(
+            conn,
+            actor=f"cli:{getpass.getuser()}",
+            command="rpm devices bind-client-ids",
+            action="update",
+            resource="device",
+            resource_id=f"{len(ids)} devices",
+        )
     finally:
         await conn.close()
-    broker = BrokerAdmin(settings.mqtt.admin())
-    for i in range(0, len(ids), BIND_PER_MESSAGE):
-        commands = [c for d in ids[i : i + BIND_PER_MESSAGE] for c in dynsec.bind_client_id(d)]
-        # A login deleted since (moved to a certificate) is not there to bind.
-        await broker.apply(commands, tolerate=("not found",))
     print(f"{len(ids)} device logins bound to their own client id")
     return 0

@@ -56,7 +56,7 @@ class MqttFleet:
                 self._port,
                 username=device_id,
                 password=self._passwords[device_id],
-                identifier=f"sim-{device_id}",
+                identifier=device_id,  # a device login may connect with no other client id
                 timeout=PUBLISH_TIMEOUT_S,
             )
             async with gate:

@@ -208,6 +208,12 @@ async def test_an_unbound_login_could_take_over_until_bound(
         assert await received(services, first, b"marker") == [b"marker"]  # all 10 gone
 
         assert await bind_client_ids(server.settings) == 0
+        assert server.pool is not None
+        audited = await server.pool.fetchval(
+            "SELECT count(*) FROM audit_log WHERE role = 'cli' AND resource = 'device'"
+            " AND action = 'update'"
+        )
+        assert audited == 1
         await backlog(services, second, "cuff-lo", device, 10)
         assert "not authori" in await refused(services, "cuff-lx", legacy, second)
         async with client(services, "cuff-lo", device, "cuff-lo") as sender:
@@ -217,6 +223,19 @@ async def test_an_unbound_login_could_take_over_until_bound(
     finally:
         for session_id in (first, second):
             await drop_gateway_session(services, session_id)
+
+
+async def test_a_device_reads_nothing_from_the_broker(
+    api: httpx.AsyncClient, services: ServiceEndpoints
+) -> None:
+    """A stolen device's login cannot subscribe: not to other devices' readings, not to its
+    own, not to the broker's control topics (SUBACK 0x80, failure, for each)."""
+    password = await enroll(api, "cuff-cr")
+    filters = ["rpm/#", topic("cuff-cr"), "rpm/v1/devices/+/readings", "$CONTROL/#", "$SYS/#"]
+    async with client(services, "cuff-cr", password, "cuff-cr") as device:
+        for wanted in filters:
+            granted = await device.subscribe(wanted, qos=1)
+            assert [getattr(g, "value", g) for g in granted] == [0x80], wanted
 
 
 async def test_a_device_may_not_take_a_deployment_login_name(api: httpx.AsyncClient) -> None:

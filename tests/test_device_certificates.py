@@ -260,6 +260,8 @@ async def test_a_password_device_moves_to_a_certificate_and_then_loses_its_passw
             password,
             f"rpm/v1/devices/{device_id}/readings",
             reading(systolic),
+            "-i",
+            device_id,
         ).returncode
 
     assert await asyncio.to_thread(by_password, 120) == 0

@@ -22,7 +22,8 @@ from tests.helpers import eventually, mosquitto_pub, staff_headers
 def publish(
     services: ServiceEndpoints, username: str, password: str, device_id: str, payload: object
 ) -> subprocess.CompletedProcess[str]:
-    """An independent device-side client: mosquitto_pub (MQTT 5) with the given login."""
+    """An independent device-side client: mosquitto_pub (MQTT 5) with the given login and
+    that login's name as client id (a device login may connect with no other)."""
     result = mosquitto_pub(
         services.mqtt_port,
         username,
@@ -31,6 +32,8 @@ def publish(
         json.dumps(payload).encode(),
         "-V",
         "mqttv5",
+        "-i",
+        username,
     )
     return subprocess.CompletedProcess(
         result.args, result.returncode, result.stdout.decode(), result.stderr.decode()

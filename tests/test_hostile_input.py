@@ -319,7 +319,15 @@ async def test_an_oversized_mqtt_message_is_refused_by_the_broker_and_harms_no_o
     def publish(device: str, payload: bytes, version: str) -> tuple[int, str]:
         c = creds[device]
         out = mosquitto_pub(
-            services.mqtt_port, c["username"], c["password"], c["topic"], payload, "-V", version
+            services.mqtt_port,
+            c["username"],
+            c["password"],
+            c["topic"],
+            payload,
+            "-V",
+            version,
+            "-i",
+            c["username"],
         )
         return out.returncode, (out.stdout + out.stderr).decode()
 

@@ -93,6 +93,8 @@ async def test_a_day_of_use_leaves_no_personal_data_or_secret_in_the_logs(
             crisis_reading(datetime.now(UTC) - timedelta(seconds=30)),
             "-V",
             "mqttv5",
+            "-i",
+            login["username"],
         )
         assert published.returncode == 0, published.stderr
 
