@@ -251,9 +251,11 @@ async def test_each_device_has_its_own_login_and_topic(server: Server) -> None:
 
     host, port = target.mqtt_host, target.mqtt_port
     with pytest.raises(aiomqtt.MqttError):  # b's login with a's password
-        async with aiomqtt.Client(host, port, username=b, password=creds.mqtt[a]):
+        async with aiomqtt.Client(host, port, username=b, password=creds.mqtt[a], identifier=b):
             pass
-    async with aiomqtt.Client(host, port, username=a, password=creds.mqtt[a]) as client:
+    async with aiomqtt.Client(
+        host, port, username=a, password=creds.mqtt[a], identifier=a
+    ) as client:
         # On b's topic: the broker's ACL drops it. Then one on a's own topic, which must
         # arrive; what a published before it on b's topic would have arrived first.
         await client.publish(
