@@ -115,6 +115,19 @@ def test_broker_admin_login_is_the_brokers() -> None:
     assert "plugin_opt_config_file /mosquitto/data/dynamic-security.json" in conf
 
 
+def test_the_demo_fleet_login_exists_only_when_asked_for() -> None:
+    """rpm-fleet may publish as any device with any client id (docs/security.md, threat
+    model): the example .env leaves it out, and the broker writes it only when set."""
+    broker = resolved("--profile", "demo")["services"]["mosquitto"]
+    assert broker["environment"]["MQTT_FLEET_PASSWORD"] in ("", None)
+    created = " ".join(broker["command"])
+    assert '[ -z "$$MQTT_FLEET_PASSWORD" ] ||' in created or '[ -z "$MQTT_FLEET_PASSWORD" ] ||' in (
+        created
+    )
+    example = (ROOT / "docker" / "env.example").read_text().splitlines()
+    assert not any(line.startswith("MQTT_FLEET_PASSWORD=") for line in example)
+
+
 def test_the_server_gets_a_public_url_and_the_production_checks(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
