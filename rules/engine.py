@@ -34,7 +34,8 @@ from rpm.domain import AcceptedReading, AlertCandidate, Metric
 
 from . import kernels
 from .buffers import DEFAULT_CAPACITY, F64, MetricBuffer, Rows
-from .interpretation import interpret
+from .interpretation import Thresholds
+from .interpretation import evaluate as evaluate_thresholds
 from .kinds import KINDS, Outcome, Window
 from .kinds.base import Store
 from .kinds.missing import Silence
@@ -46,7 +47,15 @@ from .proposal import missing_candidates, propose
 from .shared import Shared
 from .spec import RuleSpec
 
-__all__ = ["Clear", "Engine", "PatientContext", "Plan", "StepResult", "compile_plan"]
+__all__ = [
+    "Clear",
+    "Engine",
+    "PatientContext",
+    "Plan",
+    "StepResult",
+    "Thresholds",
+    "compile_plan",
+]
 
 log = logging.getLogger(__name__)
 
@@ -252,15 +261,21 @@ class Engine:
 
     # --- interpretation -------------------------------------------------------------
 
+    def thresholds(
+        self, readings: Sequence[AcceptedReading], contexts: Mapping[str, PatientContext]
+    ) -> Thresholds:
+        """The readings' threshold rules, evaluated once, without state
+        (``rules.interpretation``): their interpretations for the insert, and the
+        outcomes ``step`` reuses."""
+        patients = list(map(_PATIENT, readings))
+        plans, plan_no = self._plans_of(patients, contexts)
+        return evaluate_thresholds(readings, plans, plan_no, self._buffer, self._planner.shared)
+
     def interpret(
         self, readings: Sequence[AcceptedReading], contexts: Mapping[str, PatientContext]
     ) -> list[str | None]:
-        """Each reading's interpretation by its patient's threshold rules, without state
-        (``rules.interpretation``)."""
-        plans = [
-            self.plan(contexts.get(a.patient_id) or PatientContext(a.patient_id)) for a in readings
-        ]
-        return interpret(readings, plans, self._buffer)
+        """Each reading's interpretation by its patient's threshold rules, without state."""
+        return self.thresholds(readings, contexts).interpretations
 
     # --- the missing-data timer ----------------------------------------------------
 
@@ -276,9 +291,13 @@ class Engine:
     # --- evaluation --------------------------------------------------------------
 
     def step(
-        self, readings: Sequence[AcceptedReading], contexts: Mapping[str, PatientContext]
+        self,
+        readings: Sequence[AcceptedReading],
+        contexts: Mapping[str, PatientContext],
+        thresholds: Thresholds | None = None,
     ) -> StepResult:
-        """Add a batch of new readings and evaluate the rules they trigger."""
+        """Add a batch of new readings and evaluate the rules they trigger; threshold rules
+        already evaluated for them (``thresholds``, before the insert) are not again."""
         result = StepResult()
         n = len(readings)
         if not n:
@@ -328,7 +347,7 @@ class Engine:
                     else:
                         same[1].append(idx)
             evaluated = [(rule, np.concatenate(idx)) for rule, idx in by_rule.values()]
-            self._evaluate(evaluated, metric, g, buf, rows, ts, current, newest, result)
+            self._evaluate(evaluated, metric, g, buf, rows, ts, current, newest, result, thresholds)
             late = np.flatnonzero(ts < before)
             if len(late):
                 result.candidates += reevaluate_after_late(
@@ -399,8 +418,10 @@ class Engine:
         current: F64,
         newest: np.ndarray,
         result: StepResult,
+        thresholds: Thresholds | None = None,
     ) -> None:
         n = len(ts)
+        places: Rows | None = None  # the group's readings' places in ``thresholds``
         shared = Shared(self._buffers, buf, rows, ts, rows_in_of(g.numbers))
         full: Window | None = None
         pids_all = g.patients
@@ -413,6 +434,15 @@ class Engine:
         # id(rule) -> its outcome and each reading's place in it (None: the reading's own)
         evaluated: dict[int, tuple[Outcome, Rows | None]] = {}
         for base, members in units.values():
+            if thresholds is not None and base.kind == "threshold":
+                # Evaluated before the insert: its outcome over the group, by position.
+                if places is None:
+                    places = thresholds.places_of(g.readings)
+                held = None if places is None else thresholds.outcome(members, places, n)
+                if held is not None:
+                    for rule, _ in members:
+                        evaluated[id(rule)] = (held, None)
+                    continue
             idx = members[0][1] if len(members) == 1 else np.concatenate([m[1] for m in members])
             # A rule most of the group has is evaluated on the group's one window and its
             # results kept for its own readings; a rarer one gets a window of its readings.
