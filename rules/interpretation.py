@@ -19,7 +19,7 @@ from operator import attrgetter
 
 import numpy as np
 
-from rpm.domain import AcceptedReading, Metric, Reading, Severity
+from rpm.domain import AcceptedReading, Metric, Severity
 
 from .buffers import F64, MetricBuffer, Rows
 from .kinds import Outcome, Window
@@ -34,6 +34,7 @@ _METRIC = attrgetter("metric")
 _CODES = np.array([None, "N", "H", "HH", "L", "LL"], dtype=object)
 _N, _H, _HH, _L, _LL = 1, 2, 3, 4, 5
 _CRITICAL = int(Severity.CRITICAL)
+_RULES = 1 << 16  # more threshold rules than a plan holds for one metric
 _MINUS = itertools.repeat(-1)  # ``places.get``'s default, as map()'s second iterable
 
 # id(rule) -> (the rule, kept so its id is not reused; severity, clear, first condition met
@@ -93,47 +94,62 @@ def evaluate(
     n = len(readings)
     places = dict(zip(map(id, readings), range(n), strict=True))
     codes = np.zeros(n, np.int8)
+    # per place: the best (severity, earliest rule in the plan) so far, as one number
+    best = np.zeros(n, np.int64)
+    watched = np.zeros(n, np.bool_)  # some threshold rule watches the reading's metric
     outcomes: _Held = {}
     got = list(map(_READING, readings))
-    by_metric: dict[Metric, list[int]] = {}
-    for i, metric in enumerate(map(_METRIC, got)):
-        by_metric.setdefault(metric, []).append(i)
-    for metric, where in by_metric.items():
-        part = np.array(where, np.intp)
-        groups = []
-        by_rule: dict[int, tuple[RuleSpec, list[Rows]]] = {}
+    metric_ids = np.fromiter(map(id, map(_METRIC, got)), np.int64, n)
+    order = np.argsort(metric_ids, kind="stable")
+    parts = np.split(order, np.flatnonzero(np.diff(metric_ids[order])) + 1) if n else []
+    for part in parts:
+        metric = got[int(part[0])].metric
+        # id(rule) -> (rule, its readings by chunk (positions in ``part``), the rule's
+        # place among its plan's threshold rules of the metric, per chunk)
+        by_rule: dict[int, tuple[RuleSpec, list[Rows], list[int]]] = {}
         for plan, idx in by_plan(plan_no[part], plans):
             rules = [r for r in plan.by_metric.get(metric, ()) if r.kind == THRESHOLD.name]
-            if not rules:
-                continue
-            groups.append((rules, part[idx]))
-            for rule in rules:
-                by_rule.setdefault(id(rule), (rule, []))[1].append(part[idx])
+            for k, rule in enumerate(rules):
+                held = by_rule.get(id(rule))
+                if held is None:
+                    by_rule[id(rule)] = (rule, [idx], [k])
+                else:
+                    held[1].append(idx)
+                    held[2].append(k)
         if not by_rule:
             continue
         buf = buffer_of(metric)
+        current = buf.values_of(list(map(got.__getitem__, part.tolist())))
         units: dict[int, tuple[RuleSpec, list[tuple[RuleSpec, Rows]]]] = {}
-        for rule, chunks in by_rule.values():
+        joined = []
+        for rule, chunks, ranks in by_rule.values():
             base = base_of.get(id(rule), (rule, rule))[1]
-            units.setdefault(id(base), (base, []))[1].append((rule, np.concatenate(chunks)))
-        rising: dict[int, Bools] = {}
+            idx = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+            units.setdefault(id(base), (base, []))[1].append((rule, idx))
+            joined.append((rule, base, idx, chunks, ranks))
         for base, members in units.values():
-            _evaluate_unit(base, members, metric, got, buf, n, outcomes, rising)
-        for rules, at in groups:
-            worst = np.zeros(len(at), np.int8)
-            code = np.full(len(at), _N, np.int8)
-            for rule in rules:
-                _, severity, _, first = outcomes[id(rule)]
-                sev, cond = severity[at], first[at]
-                better = sev > worst
-                if not better.any():
-                    continue
-                up = rising[id(rule)][np.maximum(cond, 0)]
-                critical = sev >= _CRITICAL
-                this = np.where(up, np.where(critical, _HH, _H), np.where(critical, _LL, _L))
-                code[better] = this[better]
-                worst[better] = sev[better]
-            codes[at] = code
+            _evaluate_unit(base, members, metric, part, current, buf, n, outcomes)
+        for rule, base, idx, chunks, ranks in joined:
+            at = part[idx]
+            watched[at] = True
+            _, severity, _, first = outcomes[id(rule)]
+            fired = np.flatnonzero(severity[at])
+            if not len(fired):
+                continue
+            rank = np.repeat(np.array(ranks, np.int64), [len(c) for c in chunks])[fired]
+            at = at[fired]
+            sev = severity[at].astype(np.int64)
+            # a higher severity wins; among equal ones, the rule earlier in the plan
+            key = sev * _RULES - rank
+            better = key > best[at]
+            if not better.any():
+                continue
+            up = THRESHOLD.rising(base)[first[at]]
+            critical = sev >= _CRITICAL
+            this = np.where(up, np.where(critical, _HH, _H), np.where(critical, _LL, _L))
+            codes[at[better]] = this[better]
+            best[at[better]] = key[better]
+    codes[watched & (codes == 0)] = _N
     return Thresholds(
         _CODES[codes].tolist(),
         places,
@@ -145,22 +161,23 @@ def _evaluate_unit(
     base: RuleSpec,
     members: list[tuple[RuleSpec, Rows]],
     metric: Metric,
-    got: list[Reading],
+    part: Rows,
+    current: F64,
     buf: MetricBuffer,
     n: int,
     outcomes: _Held,
-    rising: dict[int, Bools],
 ) -> None:
-    """One evaluation of a rule for its readings and its overridden versions' (their
-    parameters per reading); each member's outcome kept by place in the batch."""
+    """One evaluation of a rule for its readings (positions in ``part``, whose values are
+    ``current``) and its overridden versions' (their parameters per reading); each
+    member's outcome kept by place in the batch (``n`` readings)."""
     idx = members[0][1] if len(members) == 1 else np.concatenate([m[1] for m in members])
     m = len(idx)
-    current = buf.values_of(list(map(got.__getitem__, idx.tolist())))
+    values = current[idx]
     w = Window(
         metric,
         np.zeros(m),
-        current,
-        given(np.zeros((m, 0)), np.zeros((m, 0, current.shape[1]))),
+        values,
+        given(np.zeros((m, 0)), np.zeros((m, 0, values.shape[1]))),
         buf.index,
         _no_latest,
     )
@@ -178,17 +195,16 @@ def _evaluate_unit(
     if params:
         w = replace(w, params=params)
     out, first = THRESHOLD.evaluate_at(base, w)
-    up = THRESHOLD.rising(base)
     start = 0
     for rule, ridx in members:
         end = start + len(ridx)
+        at = part[ridx]
         severity, clear = np.zeros(n, np.int8), np.zeros(n, np.bool_)
-        at = np.full(n, -1, np.intp)
-        severity[ridx], clear[ridx], at[ridx] = (
+        where = np.full(n, -1, np.intp)
+        severity[at], clear[at], where[at] = (
             out.severity[start:end],
             out.clear[start:end],
             first[start:end],
         )
-        outcomes[id(rule)] = (rule, severity, clear, at)
-        rising[id(rule)] = up
+        outcomes[id(rule)] = (rule, severity, clear, where)
         start = end
