@@ -47,15 +47,7 @@ from .proposal import missing_candidates, propose
 from .shared import Shared
 from .spec import RuleSpec
 
-__all__ = [
-    "Clear",
-    "Engine",
-    "PatientContext",
-    "Plan",
-    "StepResult",
-    "Thresholds",
-    "compile_plan",
-]
+__all__ = ["Clear", "Engine", "PatientContext", "Plan", "StepResult", "compile_plan"]
 
 log = logging.getLogger(__name__)
 
@@ -271,12 +263,6 @@ class Engine:
         plans, plan_no = self._plans_of(patients, contexts)
         return evaluate_thresholds(readings, plans, plan_no, self._buffer, self._planner.shared)
 
-    def interpret(
-        self, readings: Sequence[AcceptedReading], contexts: Mapping[str, PatientContext]
-    ) -> list[str | None]:
-        """Each reading's interpretation by its patient's threshold rules, without state."""
-        return self.thresholds(readings, contexts).interpretations
-
     # --- the missing-data timer ----------------------------------------------------
 
     def missing(
@@ -421,7 +407,6 @@ class Engine:
         thresholds: Thresholds | None = None,
     ) -> None:
         n = len(ts)
-        places: Rows | None = None  # the group's readings' places in ``thresholds``
         shared = Shared(self._buffers, buf, rows, ts, rows_in_of(g.numbers))
         full: Window | None = None
         pids_all = g.patients
@@ -434,14 +419,10 @@ class Engine:
         # id(rule) -> its outcome and each reading's place in it (None: the reading's own)
         evaluated: dict[int, tuple[Outcome, Rows | None]] = {}
         for base, members in units.values():
-            if thresholds is not None and base.kind == "threshold":
-                # Evaluated before the insert: its outcome over the group, by position.
-                if places is None:
-                    places = thresholds.places_of(g.readings)
-                held = None if places is None else thresholds.outcome(members, places, n)
+            if thresholds is not None and base.kind == "threshold":  # before the insert
+                held = thresholds.outcome(members, g.readings)
                 if held is not None:
-                    for rule, _ in members:
-                        evaluated[id(rule)] = (held, None)
+                    evaluated.update((id(rule), (held, None)) for rule, _ in members)
                     continue
             idx = members[0][1] if len(members) == 1 else np.concatenate([m[1] for m in members])
             # A rule most of the group has is evaluated on the group's one window and its

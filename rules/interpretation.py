@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from operator import attrgetter
 
 import numpy as np
@@ -55,17 +55,23 @@ class Thresholds:
     # id(rule) -> (the rule, kept so its id is not reused; severity, clear per place)
     outcomes: dict[int, tuple[RuleSpec, I8, Bools]]
 
-    def places_of(self, readings: Sequence[AcceptedReading]) -> Rows | None:
-        """The readings' places in the batch; None if one of them was not in it."""
-        got = np.fromiter(map(self.places.get, map(id, readings), _MINUS), np.intp, len(readings))
-        return None if len(got) and got.min() < 0 else got
+    # the readings of the group ``outcome`` was last asked about, and their places
+    _group: Sequence[AcceptedReading] | None = field(default=None, repr=False)
+    _places: Rows | None = field(default=None, repr=False)
 
     def outcome(
-        self, members: Sequence[tuple[RuleSpec, Rows]], places: Rows, n: int
+        self, members: Sequence[tuple[RuleSpec, Rows]], readings: Sequence[AcceptedReading]
     ) -> Outcome | None:
         """The outcome the step would compute for a rule and its overridden versions
-        (``members``: each with its readings' positions in a group of ``n``, whose places
-        in the batch are ``places``), by position; None if one was not evaluated here."""
+        (``members``: each with its readings' positions in the group ``readings``), by
+        position in the group; None if a rule or a reading was not evaluated here."""
+        if self._group is not readings:  # held, so not another list at the same address
+            got = np.fromiter(map(self.places.get, map(id, readings), _MINUS), np.intp)
+            self._group, self._places = readings, None if (got < 0).any() else got
+        places = self._places
+        if places is None:
+            return None
+        n = len(readings)
         severity, clear = np.zeros(n, np.int8), np.zeros(n, np.bool_)
         for rule, idx in members:
             held = self.outcomes.get(id(rule))

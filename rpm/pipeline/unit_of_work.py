@@ -41,7 +41,8 @@ from rpm.storage import rule_state
 from rpm.storage.panel import PANEL_CHANNEL, patient_payloads
 from rpm.storage.pool import DATABASE_UNAVAILABLE, Conn
 from rpm.validation import ClockPolicy, validate
-from rules.engine import Engine, PatientContext, Thresholds
+from rules.engine import Engine, PatientContext
+from rules.interpretation import Thresholds
 from rules.kinds.missing import Silence
 from rules.programs import RuleBook
 
@@ -231,18 +232,12 @@ class IngestPipeline:
             contexts = await device_store.patient_contexts(
                 conn, {a.patient_id for a in prepared.accepted}
             )
-            # Threshold rules once per reading, here (they read no history): the
-            # interpretation goes in with the insert, the step reuses the outcomes for the
-            # new readings. Pure: the engine's state changes only in the step, after the
-            # insert, as before (rules.interpretation).
+            # Threshold rules once per reading, pure (rules.interpretation): the insert stores
+            # the interpretation, the step reuses the outcomes; state changes only in the step.
             thresholds = self.engine.thresholds(prepared.accepted, contexts)
         retracted: set[reading_store.ReadingKey] = set()
-        stored = await reading_store.insert_new(
-            conn,
-            prepared.accepted,
-            thresholds.interpretations if thresholds is not None else None,
-            retracted=retracted,
-        )
+        codes = thresholds.interpretations if thresholds is not None else None
+        stored = await reading_store.insert_new(conn, prepared.accepted, codes, retracted=retracted)
         result.stored = len(stored)
         result.duplicates = len(prepared.accepted) - len(stored)
         if itemized:
