@@ -211,7 +211,7 @@ async def bare_process(target: int) -> dict[str, Any]:
 
     try:
         async with client:
-            await client.subscribe(s.mqtt_topic, qos=1)
+            await client.subscribe(s.topic, qos=1)
             emit("ready", at=time.time())
             tasks = {asyncio.create_task(t) for t in (read(), consume(), stdin_closed())}
             done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

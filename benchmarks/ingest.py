@@ -243,7 +243,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--batch-max-messages", type=int, default=2000)
     p.add_argument("--batch-max-wait-ms", type=int, default=20)
     p.add_argument("--timeout", type=float, default=120.0, help="per drain, seconds")
-    p.add_argument("--profile", type=Path, default=None, help="py-spy each consumer into DIR")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="py-spy each consumer into DIR (benchmarks/profile_split.py: CPU per stage)",
+    )
     p.add_argument(
         "--together",
         action="store_true",

@@ -11,6 +11,8 @@ late), is cut into micro-batches of ``--batch`` reading objects built before the
 patient: ``engine.nbytes()`` plus ``sys.getsizeof`` of the engine's Python-side state; RSS
 growth over the warm-up as a cross-check. Loading the compiled loops (``rules/kernels/``,
 numba's cache) is shown apart. ``--profile FILE`` runs the steps under cProfile.
+``--with-thresholds`` times what the ingest unit of work runs instead: ``engine.thresholds``
+(threshold rules once per reading, the interpretation) then ``engine.step`` reusing them.
 """
 
 from __future__ import annotations
@@ -172,6 +174,7 @@ def run_steps(
     contexts: Sequence[dict[str, PatientContext]],
     seconds: float | None,
     profiler: cProfile.Profile | None,
+    with_thresholds: bool = False,
 ) -> Steps:
     """The timed part: engine.step per batch, with the garbage collector as under `rpm serve`."""
     gc.collect()
@@ -185,7 +188,10 @@ def run_steps(
             if profiler is not None:
                 profiler.enable()
             t0 = time.perf_counter()
-            result = engine.step(part, context)
+            if with_thresholds:
+                result = engine.step(part, context, engine.thresholds(part, context))
+            else:
+                result = engine.step(part, context)
             dt = time.perf_counter() - t0
             if profiler is not None:
                 profiler.disable()
@@ -238,7 +244,7 @@ def run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     say(f"{len(batches):,} batches built in {time.perf_counter() - t0:.1f} s; stepping")
     profiler = cProfile.Profile() if args.profile else None
     contexts = batch_contexts(fleet, batches)
-    steps = run_steps(engine, batches, contexts, args.seconds, profiler)
+    steps = run_steps(engine, batches, contexts, args.seconds, profiler, args.with_thresholds)
     if profiler is not None:
         profiler.dump_stats(args.profile)
         text = io.StringIO()
@@ -337,6 +343,7 @@ def report(
         "batches": len(ordered),
         "step_s": round(steps.seconds, 3),
         "readings_per_cpu_s": round(stepped / steps.cpu, 1),
+        "with_thresholds": args.with_thresholds,
         "cpu_share_of_one_core": round(steps.cpu / steps.seconds, 3),
         "other_cpu_s": round(steps.others, 2),
         "gc_s": round(steps.gc.seconds, 3),
@@ -374,6 +381,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--episodes", type=float, default=0.03, help="share of patients with one")
     p.add_argument("--load-chunk", type=int, default=1000, help="patients per engine.load")
     p.add_argument("--profile", type=Path, default=None, help="cProfile the steps into FILE")
+    p.add_argument(
+        "--with-thresholds",
+        action="store_true",
+        help="engine.thresholds before each step, as the ingest unit of work",
+    )
     args = p.parse_args(argv)
     if args.patients is None:
         args.patients = 10_000 if args.quick else 100_000

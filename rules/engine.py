@@ -34,7 +34,8 @@ from rpm.domain import AcceptedReading, AlertCandidate, Metric
 
 from . import kernels
 from .buffers import DEFAULT_CAPACITY, F64, MetricBuffer, Rows
-from .interpretation import interpret
+from .interpretation import Thresholds
+from .interpretation import evaluate as evaluate_thresholds
 from .kinds import KINDS, Outcome, Window
 from .kinds.base import Store
 from .kinds.missing import Silence
@@ -252,15 +253,15 @@ class Engine:
 
     # --- interpretation -------------------------------------------------------------
 
-    def interpret(
+    def thresholds(
         self, readings: Sequence[AcceptedReading], contexts: Mapping[str, PatientContext]
-    ) -> list[str | None]:
-        """Each reading's interpretation by its patient's threshold rules, without state
-        (``rules.interpretation``)."""
-        plans = [
-            self.plan(contexts.get(a.patient_id) or PatientContext(a.patient_id)) for a in readings
-        ]
-        return interpret(readings, plans, self._buffer)
+    ) -> Thresholds:
+        """The readings' threshold rules, evaluated once, without state
+        (``rules.interpretation``): their interpretations for the insert, and the
+        outcomes ``step`` reuses."""
+        patients = list(map(_PATIENT, readings))
+        plans, plan_no = self._plans_of(patients, contexts)
+        return evaluate_thresholds(readings, plans, plan_no, self._buffer, self._planner.shared)
 
     # --- the missing-data timer ----------------------------------------------------
 
@@ -276,9 +277,13 @@ class Engine:
     # --- evaluation --------------------------------------------------------------
 
     def step(
-        self, readings: Sequence[AcceptedReading], contexts: Mapping[str, PatientContext]
+        self,
+        readings: Sequence[AcceptedReading],
+        contexts: Mapping[str, PatientContext],
+        thresholds: Thresholds | None = None,
     ) -> StepResult:
-        """Add a batch of new readings and evaluate the rules they trigger."""
+        """Add a batch of new readings and evaluate the rules they trigger; threshold rules
+        already evaluated for them (``thresholds``, before the insert) are not again."""
         result = StepResult()
         n = len(readings)
         if not n:
@@ -328,7 +333,7 @@ class Engine:
                     else:
                         same[1].append(idx)
             evaluated = [(rule, np.concatenate(idx)) for rule, idx in by_rule.values()]
-            self._evaluate(evaluated, metric, g, buf, rows, ts, current, newest, result)
+            self._evaluate(evaluated, metric, g, buf, rows, ts, current, newest, result, thresholds)
             late = np.flatnonzero(ts < before)
             if len(late):
                 result.candidates += reevaluate_after_late(
@@ -399,6 +404,7 @@ class Engine:
         current: F64,
         newest: np.ndarray,
         result: StepResult,
+        thresholds: Thresholds | None = None,
     ) -> None:
         n = len(ts)
         shared = Shared(self._buffers, buf, rows, ts, rows_in_of(g.numbers))
@@ -413,6 +419,11 @@ class Engine:
         # id(rule) -> its outcome and each reading's place in it (None: the reading's own)
         evaluated: dict[int, tuple[Outcome, Rows | None]] = {}
         for base, members in units.values():
+            if thresholds is not None and base.kind == "threshold":  # before the insert
+                held = thresholds.outcome(members, g.readings)
+                if held is not None:
+                    evaluated.update((id(rule), (held, None)) for rule, _ in members)
+                    continue
             idx = members[0][1] if len(members) == 1 else np.concatenate([m[1] for m in members])
             # A rule most of the group has is evaluated on the group's one window and its
             # results kept for its own readings; a rarer one gets a window of its readings.

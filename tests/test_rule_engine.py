@@ -494,7 +494,15 @@ def test_interpretation_follows_the_threshold_tiers_and_their_direction() -> Non
         single(Metric.WEIGHT, "weight", 80),  # no threshold rule watches weight
         single(Metric.GLUCOSE, "glucose", 50, patient="pat-2"),  # not in diabetes program
     ]
-    assert engine.interpret(readings, contexts) == ["HH", "L", "N", "LL", "H", None, None]
+    assert engine.thresholds(readings, contexts).interpretations == [
+        "HH",
+        "L",
+        "N",
+        "LL",
+        "H",
+        None,
+        None,
+    ]
     # Interpretation keeps no state: nothing was added to the engine.
     assert engine.patients == 0
 

@@ -42,6 +42,7 @@ from rpm.storage.panel import PANEL_CHANNEL, patient_payloads
 from rpm.storage.pool import DATABASE_UNAVAILABLE, Conn
 from rpm.validation import ClockPolicy, validate
 from rules.engine import Engine, PatientContext
+from rules.interpretation import Thresholds
 from rules.kinds.missing import Silence
 from rules.programs import RuleBook
 
@@ -225,17 +226,18 @@ class IngestPipeline:
                 result.retracted += 1
         await self.corrected(conn, corrected.marked, now)
         contexts: dict[str, PatientContext] = {}
-        interpretations: list[str | None] = []
+        thresholds: Thresholds | None = None
         if prepared.accepted:
             await self._ensure_state(conn, prepared.accepted)
             contexts = await device_store.patient_contexts(
                 conn, {a.patient_id for a in prepared.accepted}
             )
-            interpretations = self.engine.interpret(prepared.accepted, contexts)
+            # Threshold rules once per reading, pure (rules.interpretation): the insert stores
+            # the interpretation, the step reuses the outcomes; state changes only in the step.
+            thresholds = self.engine.thresholds(prepared.accepted, contexts)
         retracted: set[reading_store.ReadingKey] = set()
-        stored = await reading_store.insert_new(
-            conn, prepared.accepted, interpretations, retracted=retracted
-        )
+        codes = thresholds.interpretations if thresholds is not None else None
+        stored = await reading_store.insert_new(conn, prepared.accepted, codes, retracted=retracted)
         result.stored = len(stored)
         result.duplicates = len(prepared.accepted) - len(stored)
         if itemized:
@@ -258,7 +260,7 @@ class IngestPipeline:
             self._touched.update(contexts)
             self._touched.update(a.patient_id for a in new)
             step_started = time.perf_counter()
-            stepped = self.engine.step(new, contexts)
+            stepped = self.engine.step(new, contexts, thresholds)
             self._metrics.rule_step_seconds.observe(time.perf_counter() - step_started)
             await self._decide(conn, stepped.candidates, result, new, contexts)
             await alert_store.mark_cleared(conn, stepped.clears)

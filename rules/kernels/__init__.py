@@ -33,7 +33,7 @@ import math
 import numpy as np
 
 from .buffers import insert_sorted, latest_at
-from .conditions import OP_CODES, breaching_count, breaching_run, tier_levels
+from .conditions import OP_CODES, breaching_count, breaching_run, tier_levels, tier_levels_at
 from .verdicts import baseline_verdict, change_verdict, score_bands, trend_verdict
 from .windows import least_squares, robust_center, window_extreme
 
@@ -49,6 +49,7 @@ __all__ = [
     "robust_center",
     "score_bands",
     "tier_levels",
+    "tier_levels_at",
     "trend_verdict",
     "warm_up",
     "window_extreme",
@@ -73,6 +74,8 @@ def warm_up() -> None:
     limits = np.zeros((1, 1))
     f1, f2, f3, f4 = np.empty(1), np.empty(1), np.empty(1), np.empty(1)
     tier_levels(values[0], comp, op, limits, np.ones(1, np.int8), np.empty(1, np.int8))
+    at = np.empty(1, np.intp)
+    tier_levels_at(values[0], comp, op, limits, np.ones(1, np.int8), np.empty(1, np.int8), at)
     breaching_count(times, values, rows, ts, comp, op, limits, 2, f1, f2)
     breaching_run(times, values, rows, ts, comp, op, limits, f1)
     window_extreme(times, values, rows, ts, 0, 1.0, True, f1, f2)

@@ -49,6 +49,25 @@ def tier_levels(current: Any, comp: Any, op: Any, limits: Any, level: Any, out: 
 
 
 @compiled
+def tier_levels_at(
+    current: Any, comp: Any, op: Any, limits: Any, level: Any, out: Any, at: Any
+) -> None:
+    """``tier_levels``, and in ``at[i]`` the first condition that met ``out[i]`` (-1:
+    none): its direction is the interpretation's (``rules.interpretation``)."""
+    per = limits.shape[0] > 1
+    for i in range(current.shape[0]):
+        li = i if per else 0
+        best = 0
+        first = -1
+        for j in range(comp.shape[0]):
+            if level[j] > best and _holds(current[i, comp[j]], op[j], limits[li, j]):
+                best = level[j]
+                first = j
+        out[i] = best
+        at[i] = first
+
+
+@compiled
 def breaching_count(
     times: Any,
     values: Any,

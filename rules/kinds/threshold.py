@@ -8,10 +8,15 @@ normal), so a value hovering at the limit does not flap the alert.
 
 from __future__ import annotations
 
+import numpy as np
+import numpy.typing as npt
+
 from rpm.domain import Metric
 
+from ..kernels import tier_levels_at
 from ..spec import RuleSpec
 from .base import (
+    Bools,
     Facts,
     Outcome,
     OwnMetric,
@@ -20,7 +25,9 @@ from .base import (
     base_evidence,
     breached,
     condition_params,
+    conditions,
     label,
+    limits,
     short_source,
     when,
 )
@@ -50,6 +57,22 @@ class Threshold(OwnMetric):
         shift = rule.params.get("hysteresis", 0.0)
         still = _tier_hits(rule, rule.tiers, w, shift=shift) if shift else severity
         return Outcome(severity, still == 0)
+
+    def evaluate_at(self, rule: RuleSpec, w: Window) -> tuple[Outcome, npt.NDArray[np.intp]]:
+        """``evaluate``, and each reading's first condition of the highest tier it met (its
+        place in ``rising(rule)``; -1 where none): the interpretation's direction."""
+        conds = conditions(rule, rule.tiers)
+        n = len(w)
+        severity, at = np.empty(n, np.int8), np.empty(n, np.intp)
+        current = np.ascontiguousarray(w.current)  # one compiled layout
+        tier_levels_at(current, conds.comp, conds.op, limits(conds, w), conds.level, severity, at)
+        shift = rule.params.get("hysteresis", 0.0)
+        still = _tier_hits(rule, rule.tiers, w, shift=shift) if shift else severity
+        return Outcome(severity, still == 0), at
+
+    def rising(self, rule: RuleSpec) -> Bools:
+        """Per condition of the rule's tiers (in order): an upper limit (``>``, ``>=``)."""
+        return conditions(rule, rule.tiers).toward_normal < 0
 
     def explain(self, rule: RuleSpec, facts: Facts) -> tuple[str, dict[str, object]]:
         reasons = breached(rule, rule.tiers, facts.values)
