@@ -29,7 +29,7 @@ STAGES: list[tuple[str, str]] = [
     ),
     ("rule step", r"(^|\.)step \(rules/engine\.py"),
     ("alert decisions", r"(^|\.)_decide \(rpm/pipeline/unit_of_work\.py"),
-    ("decode and validation", r"(^|\.)_prepare \(rpm/pipeline/unit_of_work\.py"),
+    ("decode and validation", r"(^|\.)prepare \(rpm/pipeline/prepare\.py"),
     ("unit of work: SQL", r"\(asyncpg/"),  # under the unit of work (below)
     ("unit of work: other", r"unit_of_work\.py"),
     ("paho (packets, message objects)", r"\(paho/"),

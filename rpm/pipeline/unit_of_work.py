@@ -17,16 +17,13 @@ from prometheus_client import CollectorRegistry
 from alerts.confirm import expire, no_repeat
 from alerts.lifecycle import Action
 from alerts.policy import Decision, Grouping, decide, earliest_by_key
-from device_gateways.decoders import DECODERS
 from rpm.domain import (
     AcceptedReading,
     AlertCandidate,
     Metric,
     RawMessage,
-    Rejection,
-    RejectReason,
 )
-from rpm.domain.errors import DecodeError, StorageError
+from rpm.domain.errors import StorageError
 from rpm.metrics import IngestMetrics
 from rpm.storage import alerts as alert_store
 from rpm.storage import confirmations as confirm_store
@@ -40,17 +37,17 @@ from rpm.storage import rule_programs as program_store
 from rpm.storage import rule_state
 from rpm.storage.panel import PANEL_CHANNEL, patient_payloads
 from rpm.storage.pool import DATABASE_UNAVAILABLE, Conn
-from rpm.validation import ClockPolicy, validate
+from rpm.validation import ClockPolicy
 from rules.engine import Engine, PatientContext
 from rules.interpretation import Thresholds
 from rules.kinds.missing import Silence
 from rules.programs import RuleBook
 
 from . import confirming
-from .attribution import attribute, by_device, namespaced
 from .corrections import apply_marked
 from .outbox_items import fhir_push_item, patient_sms_payload
-from .results import BatchResult, Prepared, itemize
+from .prepare import prepare
+from .results import BatchResult, itemize
 
 # Decisions that change what the dashboard shows of an episode (besides opening it).
 _CHANGES = frozenset({Action.ESCALATE, Action.JOIN, Action.LATE_EVIDENCE})
@@ -214,7 +211,7 @@ class IngestPipeline:
         now = self._now()
         result = BatchResult(messages=len(batch))
         await self._refresh_rules(conn)
-        prepared = await self._prepare(conn, batch, now)
+        prepared = await prepare(conn, batch, now, self._clock)
         # Retractions first: a reading retracted in the same batch, or before, is stored
         # already marked; the state of patients whose readings were marked is dropped before
         # the rule step, so no buffer keeps a value entered in error (rebuilt from storage).
@@ -426,70 +423,6 @@ class IngestPipeline:
             return await self._in_transaction(work, None)
         except DATABASE_UNAVAILABLE as exc:
             raise StorageError(f"database unavailable: {exc.__class__.__name__}") from exc
-
-    async def _prepare(self, conn: Conn, batch: Sequence[RawMessage], now: datetime) -> Prepared:
-        decoded = []
-        rejections: list[Rejection] = []
-        for i, raw in enumerate(batch):
-            decoder = DECODERS.get(raw.payload_format)
-            if decoder is None:
-                rejections.append(
-                    Rejection(
-                        RejectReason.UNSUPPORTED_FORMAT,
-                        f"no decoder for {raw.payload_format!r}",
-                        raw,
-                        raw.device_id,
-                    )
-                )
-                continue
-            try:
-                d = decoder(raw)
-            except DecodeError as exc:
-                rejections.append(Rejection(RejectReason.MALFORMED, str(exc), raw, raw.device_id))
-                continue
-            except Exception as exc:  # a decoder bug must not wedge the stream (redelivery loop)
-                log.exception("decoder %s failed on a payload", raw.payload_format)
-                detail = f"{exc.__class__.__name__} in the {raw.payload_format} decoder"
-                rejections.append(Rejection(RejectReason.DECODER_ERROR, detail, raw, raw.device_id))
-                continue
-            rejections.extend(
-                Rejection(RejectReason.MALFORMED, p, raw, raw.device_id) for p in d.problems
-            )
-            if raw.integration is not None:
-                d = namespaced(d, raw.integration)
-            decoded.append((i, raw, d))
-
-        devices = await device_store.device_records(
-            conn,
-            {r.device_id for _, _, d in decoded for r in d.readings}
-            | {r.device_id for _, _, d in decoded for r in d.retractions},
-        )
-        accepted: list[AcceptedReading] = []
-        origins: list[int] = []
-        seen: dict[str, tuple[datetime, dict[str, float]]] = {}
-        for i, raw, d in decoded:
-            # MQTT: one device per message (the topic's); webhooks may carry several.
-            groups = (
-                {raw.device_id: d.readings} if raw.device_id is not None else by_device(d.readings)
-            )
-            for device_id, group in groups.items():
-                device = devices.get(device_id)
-                ok, bad = validate(raw, group, device, now, self._clock)
-                accepted.extend(ok)
-                origins.extend([i] * len(ok))
-                rejections.extend(bad)
-                if device is not None:
-                    seen[device_id] = (raw.received_at, d.device_status.get(device_id, {}))
-        corrections, correction_origins = [], []
-        for i, raw, d in decoded:
-            for retraction in d.retractions:
-                outcome = attribute(raw, retraction, devices.get(retraction.device_id))
-                if isinstance(outcome, Rejection):
-                    rejections.append(outcome)
-                else:
-                    corrections.append(outcome)
-                    correction_origins.append(i)
-        return Prepared(accepted, rejections, seen, origins, corrections, correction_origins)
 
     async def _follow_up(
         self,
