@@ -146,13 +146,13 @@ async def test_readings_hypertable_when_timescaledb_is_installed(
 async def test_a_decoder_bug_quarantines_the_payload_instead_of_failing_the_batch(
     pool: asyncpg.Pool, enrolled: IngestPipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import rpm.pipeline.unit_of_work
+    import rpm.pipeline.prepare
     from device_gateways.decoders import DECODERS
 
     def broken(raw: RawMessage) -> object:
         raise KeyError("a bug")
 
-    monkeypatch.setattr(rpm.pipeline.unit_of_work, "DECODERS", {**DECODERS, "canonical": broken})
+    monkeypatch.setattr(rpm.pipeline.prepare, "DECODERS", {**DECODERS, "canonical": broken})
     result = await enrolled.process([msg("cuff-1", bp(120, 80))])
     assert result.quarantine_reasons == {"decoder_error": 1}
     async with pool.acquire() as conn:
