@@ -8,7 +8,7 @@ management code asks (20 for CPT 99457), or no real-time interactive communicati
 
 The thresholds are one value, :class:`Thresholds`, handed in by the caller (the code table
 of ``rpm.billing.codes`` sets them), never literals here. The same definitions run in SQL
-to filter and sort a whole care team (``rpm/storage/panel.py``); tests/test_panel_needs.py
+to filter and sort a whole care team (``rpm/storage/panel.py``); tests/test_panel.py
 checks that both agree.
 """
 

@@ -8,7 +8,7 @@ newest value of each metric for the patients of the page.
 
 The device period and the flags are computed here over the whole team (a sort or a flag
 filter needs every row), with the definitions of ``rpm.billing.periods`` and
-``rpm.billing.needs``; tests/test_panel_needs.py checks that the SQL and the pure code agree.
+``rpm.billing.needs``; tests/test_panel.py checks that the SQL and the pure code agree.
 
 Live updates: :data:`PANEL_CHANNEL` carries ``{"patients": [ids]}`` whenever something the
 panel shows changes for those patients: the ingest unit of work sends the batch's ids in its
