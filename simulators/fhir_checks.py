@@ -41,7 +41,7 @@ def outcome(code: str, diagnostics: str, expression: str | None = None) -> dict[
     return {"resourceType": "OperationOutcome", "issue": [issue]}
 
 
-class Refusal(Exception):
+class _Refusal(Exception):
     """An answer other than success: status and OperationOutcome."""
 
     def __init__(self, status: int, outcome: dict[str, Any]) -> None:
@@ -71,7 +71,7 @@ def validate(bundle: object) -> None:
             }
             for e in exc.errors()
         ]
-        raise Refusal(400, {"resourceType": "OperationOutcome", "issue": issues}) from None
+        raise _Refusal(400, {"resourceType": "OperationOutcome", "issue": issues}) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +85,12 @@ class Entry:
 
 
 def transaction_entries(bundle: Any) -> list[Entry]:
-    """The entries of a transaction Bundle, checked; a ``Refusal`` naming the first entry
+    """The entries of a transaction Bundle, checked; a ``_Refusal`` naming the first entry
     that is wrong."""
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
-        raise Refusal(400, outcome("structure", "not a Bundle"))
+        raise _Refusal(400, outcome("structure", "not a Bundle"))
     if bundle.get("type") != "transaction":
-        raise Refusal(400, outcome("not-supported", "only transaction Bundles are accepted"))
+        raise _Refusal(400, outcome("not-supported", "only transaction Bundles are accepted"))
     return [
         _entry(entry, f"Bundle.entry[{i}]") for i, entry in enumerate(bundle.get("entry") or [])
     ]
@@ -101,7 +101,7 @@ def _entry(entry: Mapping[str, Any], where: str) -> Entry:
     method, url = request.get("method"), str(request.get("url", ""))
     conditional_update = _CONDITIONAL_URL.match(url) if method == "PUT" else None
     if conditional_update is None and (method != "POST" or url != "Observation"):
-        raise Refusal(
+        raise _Refusal(
             400,
             outcome(
                 "not-supported",
@@ -110,9 +110,9 @@ def _entry(entry: Mapping[str, Any], where: str) -> Entry:
             ),
         )
     if resource.get("resourceType") != "Observation":
-        raise Refusal(400, outcome("structure", "not an Observation", where + ".resource"))
+        raise _Refusal(400, outcome("structure", "not an Observation", where + ".resource"))
     if resource.get("status") not in OBSERVATION_STATUS:
-        raise Refusal(
+        raise _Refusal(
             400,
             outcome("code-invalid", "status not in ObservationStatus", where + ".resource.status"),
         )
@@ -133,11 +133,11 @@ def _conditional(
         return None
     m = _IF_NONE_EXIST.match(str(criteria))
     if m is None:
-        raise Refusal(
+        raise _Refusal(
             400, outcome("not-supported", "ifNoneExist must be identifier=system|value", where)
         )
     key = (m["system"], m["value"])
     held = {(i.get("system", ""), i.get("value")) for i in resource.get("identifier") or []}
     if key not in held:
-        raise Refusal(400, outcome("invalid", "ifNoneExist names another identifier", where))
+        raise _Refusal(400, outcome("invalid", "ifNoneExist names another identifier", where))
     return key

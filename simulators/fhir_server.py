@@ -55,7 +55,7 @@ from simulators.fhir_checks import (
     CONDITIONAL_PATIENT,
     FHIR_JSON,
     JSON_TYPES,
-    Refusal,
+    _Refusal,
     outcome,
     transaction_entries,
     validate,
@@ -192,20 +192,22 @@ class FhirServer:
         self.requests += 1
         try:
             if not self._authorized(request):
-                raise Refusal(401, outcome("login", "a valid bearer token is required"))
+                raise _Refusal(401, outcome("login", "a valid bearer token is required"))
             body = await request.read()  # whole, before a fault: a hung request is kept
             await self._faults()
             if request.content_type not in JSON_TYPES:
-                raise Refusal(415, outcome("not-supported", f"{request.content_type} not accepted"))
+                raise _Refusal(
+                    415, outcome("not-supported", f"{request.content_type} not accepted")
+                )
             try:
                 bundle = json.loads(body)
             except ValueError:
-                raise Refusal(400, outcome("structure", "the body is not JSON")) from None
+                raise _Refusal(400, outcome("structure", "the body is not JSON")) from None
             if self._validate:
                 validate(bundle)
             entries = self._check(bundle)
             answer = self._apply(entries)
-        except Refusal as refusal:
+        except _Refusal as refusal:
             if 400 <= refusal.status < 500:
                 self.refused += 1
             return _fhir(refusal.status, refusal.outcome)
@@ -218,13 +220,13 @@ class FhirServer:
         if self._fail_next:
             self.failed += 1
             status = self._fail_next.pop(0)
-            raise Refusal(status, outcome("transient", f"injected failure {status}"))
+            raise _Refusal(status, outcome("transient", f"injected failure {status}"))
         if self._outage == "hang":
             self.failed += 1
             await self._released.wait()  # processed normally afterwards: "only slow"
         elif isinstance(self._outage, int):
             self.failed += 1
-            raise Refusal(self._outage, outcome("transient", "service unavailable (outage)"))
+            raise _Refusal(self._outage, outcome("transient", "service unavailable (outage)"))
 
     def _check(self, bundle: Any) -> list[tuple[dict[str, Any], tuple[str, str] | None, bool]]:
         """The entries to apply with their conditional identifier and whether each is a
@@ -236,7 +238,7 @@ class FhirServer:
                 why = self._reject(entry.resource)
                 if why is not None:
                     blame = entry.where if self._reject_blames else None
-                    raise Refusal(422, outcome("business-rule", why, blame))
+                    raise _Refusal(422, outcome("business-rule", why, blame))
             out.append((entry.resource, entry.key, entry.update))
         return out
 
@@ -247,7 +249,7 @@ class FhirServer:
             return
         if (m["system"], m["value"]) not in self.patients:
             # HAPI: a ResourceNotFoundException for the whole transaction, no entry named.
-            raise Refusal(
+            raise _Refusal(
                 404,
                 outcome(
                     "processing",
