@@ -15,6 +15,7 @@ from rpm.billing import codes as code_spec
 from rpm.billing.periods import month_of
 from rpm.domain.errors import InvalidCodeTable
 from rpm.settings import Settings
+from rpm.settings.local_option import add_local_option
 from rpm.storage import billing as store
 from rpm.storage.pool import connect
 
@@ -44,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], local: 
     c.add_argument("--publish", type=Path, metavar="FILE")
     c.add_argument("--note", help="why (stored with the version)")
     for q in (r, c):
-        q.add_argument("--local", type=Path, nargs="?", const=local, default=None)
+        add_local_option(q, local)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

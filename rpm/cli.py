@@ -36,6 +36,7 @@ from rpm.backtest.replay import Options as BacktestOptions
 from rpm.domain.errors import ConfigurationError
 from rpm.server import ROLES, Server, parse_roles, run_migrations
 from rpm.settings import DatabaseSettings, Settings
+from rpm.settings.local_option import add_local_option
 from rpm.settings.safety import require_safe
 
 DEFAULT_DATA_DIR = Path(".rpm-data")
@@ -82,14 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_parser(name, help=f"development tooling (`rpm {name} --help`)")
 
     p = sub.add_parser("serve", help="run the gateway, the API and the SMS worker")
-    p.add_argument(
-        "--local",
-        type=Path,
-        nargs="?",
-        const=DEFAULT_DATA_DIR,
-        default=None,
-        help="use the local services started in this directory (default .rpm-data)",
-    )
+    add_local_option(p, DEFAULT_DATA_DIR)
     p.add_argument(
         "--role",
         type=_roles,
@@ -98,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{', '.join(ROLES)}; e.g. one `--role gateway,api` and one `--role workers` process",
     )
     p = sub.add_parser("migrate", help="apply pending database migrations")
-    p.add_argument("--local", type=Path, nargs="?", const=DEFAULT_DATA_DIR, default=None)
+    add_local_option(p, DEFAULT_DATA_DIR)
 
     p = sub.add_parser("rules", help="care-program rules: backtest a rule set")
     rules = p.add_subparsers(dest="rules_command", required=True)
@@ -183,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="move each patient's times by a keyed number of days (intervals kept)",
     )
-    p.add_argument("--local", type=Path, nargs="?", const=DEFAULT_DATA_DIR, default=None)
+    add_local_option(p, DEFAULT_DATA_DIR)
 
     staff_cli.add_parser(sub, DEFAULT_DATA_DIR)
     device_cli.add_parser(sub, DEFAULT_DATA_DIR)

@@ -28,6 +28,7 @@ from device_gateways.broker_admin import BrokerAdmin
 from rpm.api.device_certs import BULK_MAX, CertDeviceIn, DeviceAuthority, enroll_many
 from rpm.domain.errors import RpmError
 from rpm.settings import Settings
+from rpm.settings.local_option import add_local_option
 from rpm.storage import registry
 from rpm.storage.audit import append_cli
 from rpm.storage.pool import connect
@@ -54,27 +55,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], local: 
     )
     p.add_argument("csv", type=Path, help="the shipment: id, kind, csr[, vendor, serial]")
     p.add_argument("--out", type=Path, required=True, help="where the certificates go (CSV)")
-    p.add_argument(
-        "--local",
-        type=Path,
-        nargs="?",
-        const=local,
-        default=None,
-        help="use the local services started in this directory",
-    )
+    add_local_option(p, local)
     p = devices.add_parser(
         "bind-client-ids",
         help="bind each device password login to its own client id",
         description=BIND_HELP,
     )
-    p.add_argument(
-        "--local",
-        type=Path,
-        nargs="?",
-        const=local,
-        default=None,
-        help="use the local services started in this directory",
-    )
+    add_local_option(p, local)
 
 
 def parse_shipment(text: str, base: Path | None = None) -> list[CertDeviceIn]:

@@ -22,6 +22,7 @@ import asyncpg
 
 from rpm.domain.errors import InvalidRequestError, NotFoundError, ShiftOverlap
 from rpm.settings import Settings
+from rpm.settings.local_option import add_local_option
 from rpm.storage import audit as audit_store
 from rpm.storage import staff as staff_store
 from rpm.storage.pool import Conn, connect
@@ -49,14 +50,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], local: 
         c = cmds.add_parser(name, help=help_, description=help_)
         c.add_argument("team", help="care team id")
         c.add_argument("--json", action="store_true", help="print JSON instead of text")
-        c.add_argument(
-            "--local",
-            type=Path,
-            nargs="?",
-            const=local,
-            default=None,
-            help="use the local services started in this directory",
-        )
+        add_local_option(c, local)
         return c
 
     c = command("list", "the team's shifts in a window (default: now and the next 14 days)")

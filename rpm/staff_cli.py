@@ -21,6 +21,7 @@ import asyncpg
 from rpm.auth import ROLES, STAFF_ID, check_new_password, hash_password
 from rpm.domain.errors import StaffExists
 from rpm.settings import Settings
+from rpm.settings.local_option import add_local_option
 from rpm.storage import staff, staff_auth
 from rpm.storage.pool import Conn, connect
 
@@ -47,14 +48,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], local: 
     p.add_argument("--phone", help="E.164 number for escalation SMS, e.g. +15551234567")
     p.add_argument("--password-file", type=Path, help="read the password from this file")
     p.add_argument("--replace", action="store_true", help="overwrite an existing account")
-    p.add_argument(
-        "--local",
-        type=Path,
-        nargs="?",
-        const=local,
-        default=None,
-        help="use the local services started in this directory",
-    )
+    add_local_option(p, local)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

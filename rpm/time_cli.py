@@ -29,6 +29,7 @@ from rpm.billing.periods import calendar_month, month_of
 from rpm.billing.time import Activity, EntryValues, checked, month_span, month_total
 from rpm.domain.errors import InvalidTimeEntry, NotFoundError, StaleVersion
 from rpm.settings import Settings
+from rpm.settings.local_option import add_local_option
 from rpm.storage import audit as audit_store
 from rpm.storage import staff as staff_store
 from rpm.storage import time_entries as store
@@ -47,14 +48,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], local: 
     def command(name: str, help_: str) -> argparse.ArgumentParser:
         c = cmds.add_parser(name, help=help_, description=help_)
         c.add_argument("--json", action="store_true", help="print JSON instead of text")
-        c.add_argument(
-            "--local",
-            type=Path,
-            nargs="?",
-            const=local,
-            default=None,
-            help="use the local services started in this directory",
-        )
+        add_local_option(c, local)
         return c
 
     c = command("list", "a patient's entries of one calendar month, with the total")
