@@ -44,27 +44,13 @@ from .latest import latest, rows_in_of
 from .plan import PatientContext, Plan, Planner, by_plan, compile_plan, differ
 from .programs import RuleBook
 from .proposal import missing_candidates, propose
+from .results import Clear, StepResult
 from .shared import Shared
 from .spec import RuleSpec
 
 __all__ = ["Clear", "Engine", "PatientContext", "Plan", "StepResult", "compile_plan"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Clear:
-    """The newest reading shows a fired rule's condition is over (input to auto-resolve)."""
-
-    patient_id: str
-    rule_id: str
-    measured_at: datetime
-
-
-@dataclass(slots=True)
-class StepResult:
-    candidates: list[AlertCandidate] = field(default_factory=list)
-    clears: list[Clear] = field(default_factory=list)
 
 
 _PATIENT = attrgetter("patient_id")
