@@ -67,7 +67,7 @@ async def insert_new(
         )
     out: list[AcceptedReading] = []
     for a in accepted:
-        key = (a.reading.device_id, a.reading.metric.value, a.reading.measured_at)
+        key = key_of(a)
         if key in new:
             new.discard(key)  # a duplicate inside the batch is new only once
             out.append(a)
