@@ -260,10 +260,10 @@ async def test_docker_mosquitto_takes_the_login_from_the_certificate_and_revokes
     docker_mosquitto: DockerMosquitto, tmp_path: Path
 ) -> None:
     """docker/mosquitto.conf and docker/acl, run: a device with a certificate from the
-    device CA publishes on its own topic and reaches the gateway's login on the plain
-    listener; what it publishes on another device's topic does not; once its serial is in
-    the CRL and the broker got SIGHUP, its next connection is refused, another device's
-    is not."""
+    device CA publishes on its own topic and reaches the gateway's login (on the shared
+    subscription, at the plain listener); what it publishes on another device's topic
+    does not; once its serial is in the CRL and the broker got SIGHUP, its next
+    connection is refused, another device's is not."""
     broker = docker_mosquitto
     a = broker.device("cuff-a1", tmp_path / "a")
     b = broker.device("cuff-b1", tmp_path / "b")
@@ -276,7 +276,8 @@ async def test_docker_mosquitto_takes_the_login_from_the_certificate_and_revokes
         password=GATEWAY[1],
         identifier="rpm-gateway-test",
     ) as gateway:
-        await gateway.subscribe("rpm/v1/devices/+/readings", qos=1)
+        # The filter the cluster's gateways use: the ACL lets the gateway login share it.
+        await gateway.subscribe(SHARED_TOPIC, qos=1)
 
         async def collect() -> None:
             async for message in gateway.messages:
@@ -312,4 +313,3 @@ async def test_docker_mosquitto_takes_the_login_from_the_certificate_and_revokes
     assert await eventually(refused)
     async with b.client("127.0.0.1", broker.cert_port, ca_pem) as client:
         await client.publish(b.topic, reading(132), qos=1)  # B is not revoked
-
