@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,8 @@ import pytest
 from cryptography import x509
 from pyhocon import ConfigFactory  # type: ignore[import-untyped]
 
-from device_gateways import device_ca_files
-from device_gateways.device_ca import Revoked
+from device_gateways import device_ca, device_ca_files
+from device_gateways.device_ca import DeviceCA, Revoked
 from rpm.domain.errors import LocalServicesError
 from simulators.cert_device import CertDevice
 from simulators.localservices import free_port
@@ -34,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
 GATEWAY = ("rpm-gateway", "gateway-secret")
 SHARED_TOPIC = "$share/rpm-gateways/rpm/v1/devices/+/readings"
+CRL_URL = "http://crl.rpm.internal/crl.pem"
 
 
 # --- EMQX (the cluster profile) ----------------------------------------------------------------
@@ -54,6 +56,9 @@ def test_emqx_devices_listener_takes_the_identity_from_the_certificate() -> None
     assert ssl["verify"] == "verify_peer"
     assert ssl["fail_if_no_peer_cert"] is True
     assert ssl["cacertfile"] == "/opt/emqx/etc/device-ca/ca.pem"
+    # Revocation: the CRL named in the certificates, fetched again every 30 s.
+    assert ssl["enable_crl_check"] is True
+    assert conf["crl_cache"]["refresh_interval"].seconds == 30
     assert devices["enable_authn"] is False  # the handshake is the authentication
     zone = conf["zones"][devices["zone"]]["mqtt"]
     assert zone["peer_cert_as_username"] == "cn"
@@ -167,6 +172,71 @@ def test_processes_meeting_a_missing_ca_make_one_ca(tmp_path: Path) -> None:
     assert kept.cert_pem() == made[0]
 
 
+@pytest.mark.pure
+def test_with_a_crl_url_certificates_and_the_crl_name_where_the_crl_is(tmp_path: Path) -> None:
+    """EMQX checks a client certificate against the CRL at the distribution point the
+    certificate names, and enforces a CRL only if it carries the issuing distribution point
+    (docs/deploy.md): with RPM_MQTT_DEVICE_CRL_URL both say where the CRL is; without it,
+    neither, as before. The broker's own certificate never names one."""
+    now = datetime(2026, 12, 4, tzinfo=UTC)
+    plain = device_ca_files.ensure(tmp_path, now)
+    with_url = replace(plain, crl_url=CRL_URL)
+    csr = device_ca.make_csr("cuff-crl1", device_ca.new_key())
+
+    def points(pem: str | bytes) -> list[str]:
+        cert = x509.load_pem_x509_certificate(pem.encode() if isinstance(pem, str) else pem)
+        try:
+            ext = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+        except x509.ExtensionNotFound:
+            return []
+        return [n.value for p in ext for n in p.full_name or []]
+
+    assert points(with_url.sign_device("cuff-crl1", csr, now).pem) == [CRL_URL]
+    assert points(plain.sign_device("cuff-crl1", csr, now).pem) == []
+    assert points(with_url.sign_server("mqtt.example.org", device_ca.new_key(), now)) == []
+
+    crl = x509.load_pem_x509_crl(with_url.crl([Revoked("1f", now)], now))
+    idp = crl.extensions.get_extension_for_class(x509.IssuingDistributionPoint)
+    assert idp.critical
+    assert [n.value for n in idp.value.full_name or []] == [CRL_URL]
+    assert idp.value.only_contains_user_certs
+    plain_crl = x509.load_pem_x509_crl(plain.crl([], now))
+    with pytest.raises(x509.ExtensionNotFound):
+        plain_crl.extensions.get_extension_for_class(x509.IssuingDistributionPoint)
+
+
+async def test_the_signing_processes_write_the_crl_url_too(tmp_path: Path) -> None:
+    """A shipment large enough for the worker processes (rpm/api/signer.py) gets the same
+    certificates as one signed in the API process: the URL travels to the workers."""
+    from rpm.api.signer import POOL_FROM, Signer
+
+    now = datetime.now(UTC)
+    ca = replace(device_ca_files.ensure(tmp_path, now), crl_url=CRL_URL)
+    key = device_ca.new_key()
+    rows = [(f"cuff-w{i}", device_ca.make_csr(f"cuff-w{i}", key)) for i in range(POOL_FROM)]
+    signer = Signer(workers=2)
+    try:
+        issued = await signer.sign(ca, rows, now)
+    finally:
+        signer.close()
+    assert len(issued) == POOL_FROM
+    for cert in issued:
+        parsed = x509.load_pem_x509_certificate(cert.pem.encode())
+        ext = parsed.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+        assert [n.value for p in ext for n in p.full_name or []] == [CRL_URL]
+
+
+@pytest.mark.pure
+def test_the_crl_url_setting_must_be_http() -> None:
+    from pydantic import ValidationError
+
+    from rpm.settings import Settings
+
+    assert Settings.model_validate({"mqtt": {"device_crl_url": CRL_URL}}).mqtt.device_crl_url
+    with pytest.raises(ValidationError, match="device_crl_url"):
+        Settings.model_validate({"mqtt": {"device_crl_url": "file:///etc/crl.pem"}})
+
+
 # --- Mosquitto (the single-machine Compose path), for real ----------------------------------
 
 
@@ -186,8 +256,9 @@ def adapted_mosquitto_conf(work: Path, plugin: str, port: int, cert_port: int) -
 class DockerMosquitto:
     """The shipped config in a temporary directory, with the files Compose provides."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, crl_url: str | None = None) -> None:
         self.work = work
+        self.crl_url = crl_url
         self.port, self.cert_port = free_port(), free_port()
         self.ca_dir = work / "device-ca"
         self.now = datetime.now(UTC)  # the broker judges certificates by its wall clock
@@ -231,16 +302,23 @@ class DockerMosquitto:
             self.proc.terminate()
             self.proc.wait(timeout=WAIT_S)
 
+    def ca(self) -> DeviceCA:
+        return replace(device_ca_files.ensure(self.ca_dir, self.now), crl_url=self.crl_url)
+
     def device(self, device_id: str, directory: Path) -> CertDevice:
-        ca = device_ca_files.ensure(self.ca_dir, self.now)
+        ca = self.ca()
         device = CertDevice(device_id, directory)
         device.keep(ca.sign_device(device_id, device.csr(), self.now).pem)
         return device
 
 
-@pytest.fixture
-async def docker_mosquitto(tmp_path: Path) -> AsyncIterator[DockerMosquitto]:
-    broker = DockerMosquitto(tmp_path / "mosquitto")
+@pytest.fixture(params=[None, CRL_URL], ids=["no-crl-url", "crl-url"])
+async def docker_mosquitto(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[DockerMosquitto]:
+    """The broker; the device CA writes the CRL distribution point (for EMQX) or not:
+    Mosquitto reads the CRL from its file either way."""
+    broker = DockerMosquitto(tmp_path / "mosquitto", request.param)
     await asyncio.to_thread(broker.prepare)
     await asyncio.to_thread(broker.start)
     try:
@@ -298,7 +376,7 @@ async def test_docker_mosquitto_takes_the_login_from_the_certificate_and_revokes
         finally:
             collector.cancel()
 
-    ca = device_ca_files.ensure(broker.ca_dir, broker.now)
+    ca = broker.ca()
     serial = format(x509.load_pem_x509_certificate(a.cert_file.read_bytes()).serial_number, "x")
     device_ca_files.publish_crl(broker.ca_dir, ca, [Revoked(serial, broker.now)], broker.now)
     broker.reload()

@@ -56,6 +56,7 @@ def test_compose_file_is_valid() -> None:
 
 SINGLE_MACHINE = {"timescaledb", "device-ca", "mosquitto", "server"}
 CLUSTER = {
+    "crl",
     "emqx1",
     "emqx2",
     "emqx3",
@@ -169,6 +170,23 @@ def test_cluster_emqx_nodes_find_each_other_and_mount_what_their_config_names() 
         assert node["depends_on"]["device-ca"]["condition"] == "service_completed_successfully"
     assert len(datas) == 3
     assert "/opt/emqx/data/rpm-logins.csv" in conf
+
+
+def test_cluster_device_certificates_name_the_crl_that_the_crl_service_serves() -> None:
+    """EMQX fetches the CRL from the URL in each device certificate: the API processes
+    write that URL, and the `crl` service answers it from the device CA's volume, serving
+    crl.pem and nothing else of that directory (the CA key is there)."""
+    services = resolved("--profile", "cluster")["services"]
+    url = services["api"]["environment"]["RPM_MQTT_DEVICE_CRL_URL"]
+    assert url == "http://crl.rpm.internal/crl.pem"
+    crl = services["crl"]
+    assert crl["networks"]["default"]["aliases"] == ["crl.rpm.internal"]
+    assert mounts(crl)["/srv/device-ca"] == "device-ca"
+    conf = (ROOT / "docker" / "crl-nginx.conf").read_text()
+    assert "location = /crl.pem {\n        root /srv/device-ca;" in conf
+    assert "location / {\n        return 404;" in conf
+    # Mosquitto reads the CRL from its file, and the single-machine server names no URL.
+    assert "RPM_MQTT_DEVICE_CRL_URL" not in services["server"]["environment"]
 
 
 def test_the_broker_gets_the_device_ca_and_its_certificate() -> None:
