@@ -8,8 +8,11 @@ No Docker engine is needed: `config` only parses, interpolates and validates the
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -335,3 +338,29 @@ def test_the_server_gets_a_public_url_and_the_production_checks(
         + "SMS_HELP_CONTACT=+15417543011\n"
     )
     require_safe(server_settings(real))  # no exception: it would start
+
+
+def test_the_brokers_crl_watcher_reloads_it_when_the_crl_changes(tmp_path: Path) -> None:
+    """The loop in the broker's command (run by sh, as in the container, with the file
+    moved and `kill -HUP 1` replaced by a line in a file): no reload while crl.pem stays
+    as it is, a reload once it changed."""
+    command = resolved()["services"]["mosquitto"]["command"][2]
+    loop = in_container(command[command.index("{ while") : command.index("done & }") + 8])
+    crl, hups = tmp_path / "crl.pem", tmp_path / "hups"
+    crl.write_text("first")
+    loop = loop.replace("/mosquitto/device-ca/crl.pem", str(crl))
+    assert "kill -HUP 1" in loop
+    loop = loop.replace("kill -HUP 1", f"echo HUP >> {hups}")
+    proc = subprocess.Popen(["sh", "-c", loop + " && wait"], start_new_session=True)
+    try:
+        time.sleep(6)  # a turn of the loop, at least, with crl.pem as it was
+        assert not hups.exists()
+        crl.write_text("second")  # a revocation rewrote it
+        os.utime(crl, (time.time() + 60, time.time() + 60))
+        deadline = time.monotonic() + 60
+        while not hups.exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert hups.read_text().splitlines() == ["HUP"]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
