@@ -146,6 +146,10 @@ def test_cluster_gateways_share_the_device_topics_each_with_its_own_session() ->
         assert services[name]["deploy"]["replicas"] == 2
     haproxy = (ROOT / "docker" / "haproxy.cfg").read_text()
     assert "server-template api 4 api:8000" in haproxy
+    assert "option forwardfor" in haproxy
+    # Client addresses from the proxy's header: only when nobody else can reach the API.
+    assert services["api"]["environment"]["FORWARDED_ALLOW_IPS"] == "*"
+    assert "ports" not in services["api"]
 
 
 def test_cluster_emqx_nodes_find_each_other_and_mount_what_their_config_names() -> None:
