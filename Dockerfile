@@ -14,9 +14,12 @@ ENV PATH=/opt/venv/bin:$PATH
 # The rule engine's compiled loops (numba): compiled here, cached where the server may write
 # (it recompiles there if it runs on another CPU than the one that built the image).
 ENV NUMBA_CACHE_DIR=/var/cache/rpm-numba
+# /var/lib/rpm: the device CA and the broker's certificate (docker-compose.yml mounts named
+# volumes there, which start with this owner).
 RUN useradd --system --uid 10001 rpm \
  && python -c "from rules import kernels; kernels.warm_up()" \
- && chown -R rpm /var/cache/rpm-numba
+ && mkdir -p /var/lib/rpm/device-ca /var/lib/rpm/broker-tls \
+ && chown -R rpm /var/cache/rpm-numba /var/lib/rpm
 USER rpm
 EXPOSE 8000
 CMD ["rpm", "serve"]

@@ -117,6 +117,10 @@ class DeviceCA:
 
     key: ec.EllipticCurvePrivateKey = field(repr=False)
     cert: x509.Certificate
+    # Where relying parties fetch the CRL (http://…/crl.pem), named in every device
+    # certificate (CRL distribution point, RFC 5280 §4.2.1.13) and in the CRL (issuing
+    # distribution point, §5.2.5): EMQX checks revocation only this way. None: neither.
+    crl_url: str | None = None
 
     @classmethod
     def create(cls, name: str, now: datetime) -> DeviceCA:
@@ -185,6 +189,14 @@ class DeviceCA:
         )
         if san is not None:
             builder = builder.add_extension(san, critical=False)
+        if self.crl_url is not None and usage == ExtendedKeyUsageOID.CLIENT_AUTH:
+            point = x509.DistributionPoint(
+                full_name=[x509.UniformResourceIdentifier(self.crl_url)],
+                relative_name=None,
+                reasons=None,
+                crl_issuer=None,
+            )
+            builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
         return builder.sign(self.key, hashes.SHA256())
 
     def sign_device(
@@ -230,6 +242,20 @@ class DeviceCA:
             .last_update(now)
             .next_update(now + timedelta(days=CRL_DAYS))
         )
+        if self.crl_url is not None:
+            # RFC 5280 §5.2.5: critical. EMQX enforces a CRL only when it carries one.
+            builder = builder.add_extension(
+                x509.IssuingDistributionPoint(
+                    full_name=[x509.UniformResourceIdentifier(self.crl_url)],
+                    relative_name=None,
+                    only_contains_user_certs=True,
+                    only_contains_ca_certs=False,
+                    only_some_reasons=None,
+                    indirect_crl=False,
+                    only_contains_attribute_certs=False,
+                ),
+                critical=True,
+            )
         for r in revoked:
             builder = builder.add_revoked_certificate(
                 x509.RevokedCertificateBuilder()

@@ -9,11 +9,16 @@ rebuilt), so a revoked certificate is refused from the next connection on.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+from cryptography import x509
+
+from . import device_ca
 from .device_ca import DeviceCA, Revoked
 
 KEY_FILE = "ca.key"
@@ -33,17 +38,58 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """One creator at a time: several API processes (or hosts sharing the directory) may
+    meet a missing CA at once, and two CAs written over each other leave a key that does
+    not match the certificate."""
+    with (directory / ".lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def ensure(directory: Path, now: datetime, name: str = "RPM device CA") -> DeviceCA:
     """The CA kept in ``directory``, created (key, certificate, empty CRL) when absent."""
     key, cert = directory / KEY_FILE, directory / CERT_FILE
     if key.exists() and cert.exists():
         return DeviceCA.load(key.read_bytes(), cert.read_bytes())
     directory.mkdir(mode=0o755, parents=True, exist_ok=True)
-    ca = DeviceCA.create(name, now)
-    _write(key, ca.key_pem(), 0o600)
-    _write(cert, ca.cert_pem(), 0o644)
-    write_crl(directory, ca.crl([], now))
-    return ca
+    with _locked(directory):
+        if key.exists() and cert.exists():  # made by another process while we waited
+            return DeviceCA.load(key.read_bytes(), cert.read_bytes())
+        ca = DeviceCA.create(name, now)
+        _write(key, ca.key_pem(), 0o600)
+        _write(cert, ca.cert_pem(), 0o644)
+        write_crl(directory, ca.crl([], now))
+        return ca
+
+
+BROKER_CERT = "broker.pem"
+BROKER_KEY = "broker.key"
+
+
+def ensure_broker_cert(ca_dir: Path, out: Path, host: str, now: datetime) -> bool:
+    """The broker's TLS certificate for ``host``, signed by the device CA (which devices
+    already trust), in ``out/broker.pem`` and ``out/broker.key`` (0600). Kept when one for
+    ``host`` from this CA is there; True when a new one was written."""
+    ca = ensure(ca_dir, now)
+    certfile, keyfile = out / BROKER_CERT, out / BROKER_KEY
+    with contextlib.suppress(OSError, ValueError):
+        cert = x509.load_pem_x509_certificate(certfile.read_bytes())
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        served = [str(n) for n in names.get_values_for_type(x509.DNSName)] + [
+            str(n) for n in names.get_values_for_type(x509.IPAddress)
+        ]
+        if keyfile.exists() and cert.issuer == ca.cert.subject and served == [host]:
+            return False
+    out.mkdir(mode=0o755, parents=True, exist_ok=True)
+    key = device_ca.new_key()
+    _write(keyfile, device_ca.key_pem(key), 0o600)
+    _write(certfile, ca.sign_server(host, key, now), 0o644)
+    return True
 
 
 def write_crl(directory: Path, pem: bytes) -> None:

@@ -1,5 +1,6 @@
 """``rpm devices import``: enrol a shipment of devices from a CSV file, by certificate.
 ``rpm devices bind-client-ids``: bind the password logins made before client ids were bound.
+``rpm devices broker-cert HOST --out DIR``: the broker's TLS certificate, signed by the device CA.
 
 The manufacturer's file has a header row and the columns ``id``, ``kind``, ``csr`` and
 optionally ``vendor`` and ``serial``. ``csr`` is the device's certificate signing request
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from device_gateways import dynsec
+from device_gateways import device_ca_files, dynsec
 from device_gateways.broker_admin import BrokerAdmin
 from rpm.api.device_certs import BULK_MAX, CertDeviceIn, DeviceAuthority, enroll_many
 from rpm.domain.errors import RpmError
@@ -41,6 +42,12 @@ Give every device password login in the broker its own id as its only client id 
 plugin's setClientId), as enrolment has done since. Logins made before connect with any
 client id, so one could take over another client's session (docs/devices.md, "Client ids").
 Idempotent: run it once after upgrading, again at will.
+"""
+BROKER_CERT_HELP = """\
+Write the broker's TLS certificate for HOST (the name or address devices connect to),
+signed by the device CA in RPM_MQTT_DEVICE_CA_DIR (created when absent), as DIR/broker.pem
+and DIR/broker.key (0600). Devices trust the device CA, so they verify the broker with it.
+Idempotent: a certificate for HOST from this CA is kept (docs/deploy.md).
 """
 
 
@@ -61,6 +68,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], local: 
         help="bind each device password login to its own client id",
         description=BIND_HELP,
     )
+    add_local_option(p, local)
+    p = devices.add_parser(
+        "broker-cert",
+        help="the broker's TLS certificate, signed by the device CA",
+        description=BROKER_CERT_HELP,
+    )
+    p.add_argument("host", help="the name or address devices connect to")
+    p.add_argument("--out", type=Path, required=True, help="directory for broker.pem, .key")
     add_local_option(p, local)
 
 
@@ -106,6 +121,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         except RpmError as exc:
             print(f"rpm devices bind-client-ids: {exc}", file=sys.stderr)
             return 2
+    if args.devices_command == "broker-cert":
+        return broker_cert(args.host, args.out, settings)
     try:
         rows = parse_shipment(args.csv.read_text(), args.csv.parent)
     except (OSError, ValueError) as exc:
@@ -177,4 +194,16 @@ async def bind_client_ids(settings: Settings) -> int:
     finally:
         await conn.close()
     print(f"{len(ids)} device logins bound to their own client id")
+    return 0
+
+
+def broker_cert(host: str, out: Path, settings: Settings) -> int:
+    """``rpm devices broker-cert``: 0 once ``out`` holds a certificate for ``host``."""
+    if settings.mqtt.device_ca_dir is None:
+        print("rpm devices broker-cert: set RPM_MQTT_DEVICE_CA_DIR", file=sys.stderr)
+        return 2
+    ca_dir = Path(settings.mqtt.device_ca_dir)
+    written = device_ca_files.ensure_broker_cert(ca_dir, out, host, datetime.now(UTC))
+    verb = "written" if written else "kept"
+    print(f"broker certificate for {host} {verb}: {out / device_ca_files.BROKER_CERT}")
     return 0

@@ -39,15 +39,22 @@ class ServiceEndpoints:
     mqtt_admin_password: str
     timescaledb: bool
     root: str
+    # The broker's listener for devices with certificates (``rpm services start
+    # --device-cert-port``), kept so that later starts keep it; None when there is none.
+    mqtt_device_cert_port: int | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
             wanted = _FIELD_TYPES[f.name]
+            if f.name in _OPTIONAL and value is None:
+                continue
             if type(value) is not wanted:  # exact: a bool is not a port
                 raise ValueError(f"{f.name} must be {wanted.__name__}, not {type(value).__name__}")
-        if not 0 < self.mqtt_port < 65536:
-            raise ValueError(f"mqtt_port out of range: {self.mqtt_port}")
+        for name in ("mqtt_port", "mqtt_device_cert_port"):
+            port = getattr(self, name)
+            if port is not None and not 0 < port < 65536:
+                raise ValueError(f"{name} out of range: {port}")
         url = urlsplit(self.database_url)
         if url.scheme != "postgresql" or url.hostname is None or url.port is None:
             raise ValueError("database_url must be postgresql://user:password@host:port/db")
@@ -71,6 +78,9 @@ class ServiceEndpoints:
             # Written before the broker had an admin login: give it one now.
             data["mqtt_admin_username"] = ADMIN_USERNAME
             data["mqtt_admin_password"] = secrets.token_urlsafe(24)
+        if isinstance(data, dict):
+            # Written before the certificate listener was kept: there was none to keep.
+            data.setdefault("mqtt_device_cert_port", None)
         if not isinstance(data, dict) or set(data) != set(_FIELD_TYPES):
             raise ValueError(f"endpoints JSON must be an object with keys {sorted(_FIELD_TYPES)}")
         return cls(**data)
@@ -88,7 +98,9 @@ _FIELD_TYPES: dict[str, type] = {
     "mqtt_admin_password": str,
     "timescaledb": bool,
     "root": str,
+    "mqtt_device_cert_port": int,
 }
+_OPTIONAL = frozenset({"mqtt_device_cert_port"})
 
 
 def _redact_url(url: str) -> str:
@@ -124,10 +136,9 @@ def settings_for_local(endpoints: ServiceEndpoints, **overrides: Mapping[str, ob
             "admin_password": SecretStr(endpoints.mqtt_admin_password),
         },
     }
-    device_ca = Path(endpoints.root) / DEVICE_CA_DIR
-    if (device_ca / "ca.pem").exists():
-        # The services were started with a certificate listener (docs/devices.md).
-        groups["mqtt"]["device_ca_dir"] = str(device_ca)
+    if endpoints.mqtt_device_cert_port is not None:
+        # The services run a certificate listener (docs/devices.md), with the CA it trusts.
+        groups["mqtt"]["device_ca_dir"] = str(Path(endpoints.root) / DEVICE_CA_DIR)
         groups["mqtt"]["broker_pid_file"] = str(Path(endpoints.root) / "mqtt" / "mosquitto.pid")
     for name, changes in overrides.items():
         groups[name] = {**groups.get(name, {}), **changes}

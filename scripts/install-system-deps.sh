@@ -76,6 +76,7 @@ quiet_stop() {
 for pkg in "${missing[@]}"; do
   case $pkg in
   mosquitto) quiet_stop mosquitto ;;
+  haproxy) quiet_stop haproxy ;;
   postgresql-15)
     quiet_stop postgresql
     if command -v pg_ctlcluster >/dev/null 2>&1; then

@@ -5,9 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# docker-compose (no engine) lets the tests validate docker-compose.yml; chromium runs the
-# dashboard's browser test (driven by the playwright package, which downloads no browser).
-bash scripts/bootstrap.sh docker-compose chromium fonts-dejavu-core
+# docker-compose (no engine) lets the tests validate docker-compose.yml, and haproxy the
+# cluster profile's proxy config (haproxy -c); chromium runs the dashboard's browser test
+# (driven by the playwright package, which downloads no browser).
+bash scripts/bootstrap.sh docker-compose haproxy chromium fonts-dejavu-core
 
 echo "== ruff" && .venv/bin/ruff check . && .venv/bin/ruff format --check .
 echo "== mypy" && .venv/bin/mypy

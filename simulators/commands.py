@@ -38,7 +38,8 @@ class Services:
             type=int,
             default=None,
             help="start: also a listener for devices with certificates from the device CA "
-            "(made in DIR/device-ca; docs/devices.md, Identity by certificate)",
+            "(made in DIR/device-ca; docs/devices.md, Identity by certificate); kept for "
+            "later starts",
         )
 
     def main(self, args: argparse.Namespace) -> int:
@@ -51,8 +52,8 @@ class Services:
                 f"PostgreSQL: 127.0.0.1:{e.database_url.rsplit(':', 1)[-1].split('/')[0]}"
                 f"  MQTT: {e.mqtt_host}:{e.mqtt_port}  TimescaleDB: {e.timescaledb}"
             )
-            if args.device_cert_port is not None:
-                print(f"devices with certificates: {e.mqtt_host}:{args.device_cert_port}")
+            if e.mqtt_device_cert_port is not None:
+                print(f"devices with certificates: {e.mqtt_host}:{e.mqtt_device_cert_port}")
             print(f"connection details (with passwords): {root / 'endpoints.json'}")
         elif action == "stop":
             services.stop()
@@ -75,7 +76,7 @@ class Services:
                 # A server on these local services is a local one (rpm.settings.safety).
                 "RPM_DEPLOYMENT": "local",
             }
-            if (root / DEVICE_CA_DIR / "ca.pem").exists():
+            if found.mqtt_device_cert_port is not None:
                 exports["RPM_MQTT_DEVICE_CA_DIR"] = str((root / DEVICE_CA_DIR).absolute())
                 exports["RPM_MQTT_BROKER_PID_FILE"] = str(
                     (root / "mqtt" / "mosquitto.pid").absolute()

@@ -18,7 +18,9 @@ import httpx
 import pytest
 from cryptography import x509
 
+from device_gateways import device_ca_files
 from rpm import device_cli
+from rpm.domain.errors import LocalServicesError
 from rpm.local_endpoints import ServiceEndpoints, settings_for_local
 from rpm.server import Server
 from simulators.cert_device import CertDevice
@@ -334,3 +336,31 @@ async def test_a_new_key_after_a_compromise_locks_the_old_certificate_out(
             pass
     async with renewed.client("127.0.0.1", port, ca):
         pass  # the device with its new key connects
+
+
+async def test_a_start_without_the_option_keeps_the_certificate_listener(
+    cert_services: tuple[ServiceEndpoints, int], tmp_path: Path
+) -> None:
+    """`rpm services start --device-cert-port P` once, then plain `rpm services start`: the
+    broker's config is written again with the listener (the port is kept in endpoints.json),
+    the server still finds the CA, and a device with a certificate still connects. Asking for
+    another port while the broker runs is refused. (Last: it restarts the broker.)"""
+    endpoints, port = cert_services
+    root = Path(endpoints.root)
+    local = LocalServices(root, log=lambda _: None)
+    await asyncio.to_thread(local.stop_broker)
+    again = await asyncio.to_thread(local.start)  # rewrites mosquitto.conf, starts the broker
+    assert again == endpoints
+    assert again.mqtt_device_cert_port == port
+    saved = ServiceEndpoints.from_json((root / "endpoints.json").read_text())
+    assert saved.mqtt_device_cert_port == port
+    assert settings_for_local(again).mqtt.device_ca_dir == str(root / "device-ca")
+
+    device = CertDevice(f"cuff-kept{next(_ids)}", tmp_path)
+    ca = device_ca_files.ensure(root / "device-ca", datetime.now(UTC))
+    device.keep(ca.sign_device(device.device_id, device.csr(), datetime.now(UTC)).pem)
+    async with device.client("127.0.0.1", port, ca_file(endpoints)) as client:
+        await client.publish(device.topic, reading(132), qos=1)  # connected: the listener is up
+
+    with pytest.raises(LocalServicesError, match="certificate listener"):
+        LocalServices(root, device_cert_port=free_port(), log=lambda _: None).start()

@@ -50,6 +50,17 @@ def test_endpoints_round_trip_through_json() -> None:
 
 
 @pytest.mark.pure
+def test_the_certificate_listener_port_is_kept_and_older_files_have_none() -> None:
+    with_listener = replace(SAMPLE, mqtt_device_cert_port=8883)
+    assert ServiceEndpoints.from_json(with_listener.to_json()).mqtt_device_cert_port == 8883
+    older = SAMPLE.to_json().replace('  "mqtt_device_cert_port": null,\n', "")
+    assert "mqtt_device_cert_port" not in older
+    assert ServiceEndpoints.from_json(older) == SAMPLE
+    with pytest.raises(ValueError, match="mqtt_device_cert_port"):
+        replace(SAMPLE, mqtt_device_cert_port=70000)
+
+
+@pytest.mark.pure
 def test_endpoints_repr_hides_passwords() -> None:
     text = repr(SAMPLE)
     assert "secret" not in text

@@ -16,6 +16,7 @@ import pathlib
 import re
 import secrets
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -47,8 +48,15 @@ RESERVED_PREFIX = "rpm-"
 class DeviceAuthority:
     """The device CA of a deployment, loaded on first use, and the broker's CRL reload."""
 
-    def __init__(self, ca_dir: str | None, pid_file: str | None, logins: Sequence[str]) -> None:
+    def __init__(
+        self,
+        ca_dir: str | None,
+        pid_file: str | None,
+        logins: Sequence[str],
+        crl_url: str | None = None,
+    ) -> None:
         self._dir = pathlib.Path(ca_dir) if ca_dir else None
+        self._crl_url = crl_url
         self._pid_file = pathlib.Path(pid_file) if pid_file else None
         self._reserved = frozenset(x for x in logins if x)
         self._ca: DeviceCA | None = None
@@ -57,13 +65,14 @@ class DeviceAuthority:
     @classmethod
     def from_settings(cls, s: Settings) -> DeviceAuthority:
         m = s.mqtt
-        return cls(m.device_ca_dir, m.broker_pid_file, [m.username or "", m.admin_username or ""])
+        logins = [m.username or "", m.admin_username or ""]
+        return cls(m.device_ca_dir, m.broker_pid_file, logins, m.device_crl_url)
 
     def ca(self, now: datetime) -> DeviceCA:
         if self._dir is None:
             raise ConflictError("enrolment by certificate is off: set RPM_MQTT_DEVICE_CA_DIR")
         if self._ca is None:
-            self._ca = device_ca_files.ensure(self._dir, now)
+            self._ca = replace(device_ca_files.ensure(self._dir, now), crl_url=self._crl_url)
         return self._ca
 
     async def start(self, now: datetime) -> None:

@@ -14,6 +14,7 @@ import multiprocessing
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from device_gateways.device_ca import DeviceCA, IssuedCertificate
@@ -24,9 +25,9 @@ POOL_FROM = 100  # devices in a request before the worker processes are used
 _worker_ca: DeviceCA | None = None
 
 
-def _init(key_pem: bytes, cert_pem: bytes) -> None:
+def _init(key_pem: bytes, cert_pem: bytes, crl_url: str | None = None) -> None:
     global _worker_ca
-    _worker_ca = DeviceCA.load(key_pem, cert_pem)
+    _worker_ca = replace(DeviceCA.load(key_pem, cert_pem), crl_url=crl_url)
 
 
 def _sign_chunk(
@@ -60,7 +61,7 @@ class Signer:
                 self._workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init,
-                initargs=(ca.key_pem(), ca.cert_pem()),
+                initargs=(ca.key_pem(), ca.cert_pem(), ca.crl_url),
             )
             self._pool_ca = ca
         return self._pool

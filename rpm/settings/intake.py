@@ -84,6 +84,13 @@ class MqttSettings(Group):
         validation_alias="RPM_MQTT_BROKER_PID_FILE",
         description="the broker's pid file: SIGHUP it to reload the CRL after a revocation",
     )
+    device_crl_url: str | None = Field(
+        None,
+        validation_alias="RPM_MQTT_DEVICE_CRL_URL",
+        pattern=r"^https?://\S+$",
+        description="where brokers fetch the device CA's CRL (http://…/crl.pem), written into "
+        "device certificates and the CRL: for EMQX (docs/deploy.md); leave unset for Mosquitto",
+    )
     # Micro-batching of the ingest unit of work: whichever limit is reached first.
     batch_max_messages: int = Field(
         default_of(MqttConfig, "batch_max_messages"),

@@ -55,19 +55,17 @@ class MosquittoBroker:
         root: Path,
         tls: MqttTls | None,
         log: Callable[[str], None],
-        device_cert_port: int | None = None,
     ) -> None:
         self._root = root
         self._tls = tls
         self._log = log
         self.mqtt_dir = root / "mqtt"
         self.device_ca_dir = root / DEVICE_CA_DIR
-        self._device_cert_port = device_cert_port
 
-    def _device_listener(self) -> DeviceCertListener | None:
+    def _device_listener(self, port: int | None) -> DeviceCertListener | None:
         """The device CA (made once, in ``root/device-ca``) and the broker's certificate
-        for the certificate listener; None when it was not asked for."""
-        if self._device_cert_port is None:
+        for the certificate listener on ``port``; None when there is none."""
+        if port is None:
             return None
         now = datetime.now(UTC)  # certificates are judged by the broker's wall clock
         ca = device_ca_files.ensure(self.device_ca_dir, now)
@@ -82,19 +80,20 @@ class MosquittoBroker:
                 handle.write(device_ca.key_pem(key))
             certfile.write_bytes(ca.sign_server(LOOPBACK, key, now))
         (self.mqtt_dir / "device-acl").write_text(DEVICE_ACL)
-        return DeviceCertListener(self._device_cert_port, self.device_ca_dir, certfile, keyfile)
+        return DeviceCertListener(port, self.device_ca_dir, certfile, keyfile)
 
     def configured(self) -> bool:
         return (self.mqtt_dir / "mosquitto.conf").exists()
 
     def prepare(self, endpoints: ServiceEndpoints, plugin: str, user: Account | None) -> None:
-        """Write the config (every start) and the first logins (once)."""
+        """Write the config (every start: with the certificate listener when
+        ``endpoints.mqtt_device_cert_port`` names one) and the first logins (once)."""
         if user is not None:
             grant_search(self._root, user, self._log)
         data = self.mqtt_dir / "data"
         data.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.mqtt_dir.chmod(0o700)
-        certs = self._device_listener()
+        certs = self._device_listener(endpoints.mqtt_device_cert_port)
         (self.mqtt_dir / "mosquitto.conf").write_text(
             render_mosquitto_conf(endpoints.mqtt_port, self.mqtt_dir, plugin, self._tls, certs)
         )

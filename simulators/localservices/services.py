@@ -46,9 +46,11 @@ class LocalServices:
         self._want_pg_port = pg_port
         self._want_mqtt_port = mqtt_port
         self._want_timescaledb = timescaledb
+        # Kept in endpoints.json: a later start without it keeps the listener.
+        self._want_device_cert_port = device_cert_port
         self._log = log
         self._pg = PostgresCluster(self._root, log)
-        self._broker = MosquittoBroker(self._root, mqtt_tls, log, device_cert_port)
+        self._broker = MosquittoBroker(self._root, mqtt_tls, log)
         self._endpoints_file = self._root / "endpoints.json"
 
     # --- public ---
@@ -182,6 +184,7 @@ class LocalServices:
         else:
             previous = None if saved is None else saved.mqtt_port
             mqtt_port = self._pick_port("Mosquitto", self._want_mqtt_port, previous, {pg_port})
+        device_cert_port = self._device_cert_port(saved, mqtt_pid, {pg_port, mqtt_port})
 
         pg_password = _password_of(saved.database_url) if saved else secrets.token_urlsafe(24)
         endpoints = ServiceEndpoints(
@@ -198,6 +201,7 @@ class LocalServices:
             mqtt_admin_password=saved.mqtt_admin_password if saved else secrets.token_urlsafe(24),
             timescaledb=timescaledb,
             root=str(self._root),
+            mqtt_device_cert_port=device_cert_port,
         )
         # Saved before initdb, so a start that fails half way leaves credentials that match.
         self._save(endpoints)
@@ -239,6 +243,11 @@ class LocalServices:
             ("PostgreSQL port", self._want_pg_port, url_port(found.database_url)),
             ("Mosquitto port", self._want_mqtt_port, found.mqtt_port),
             ("timescaledb", self._want_timescaledb, found.timescaledb),
+            (
+                "the certificate listener on port",
+                self._want_device_cert_port,
+                found.mqtt_device_cert_port,
+            ),
         )
         for what, want, have in wanted:
             if want is not None and want != have:
@@ -246,6 +255,26 @@ class LocalServices:
                     f"services in {self._root} already run with {what} {have}, not {want}; "
                     "stop() them first"
                 )
+
+    def _device_cert_port(
+        self, saved: ServiceEndpoints | None, mqtt_pid: int | None, taken: set[int]
+    ) -> int | None:
+        """The certificate listener's port: the one asked for, else the saved one (a
+        listener once asked for stays, so ``rpm services start`` alone keeps it)."""
+        previous = None if saved is None else saved.mqtt_device_cert_port
+        wanted = self._want_device_cert_port
+        if mqtt_pid is not None and saved is not None:  # the broker runs: its config stays
+            if wanted is not None and wanted != previous:
+                raise LocalServicesError(
+                    f"Mosquitto already runs with the certificate listener on {previous}; "
+                    "stop() it first"
+                )
+            return previous
+        if wanted is None:
+            return previous
+        if wanted != previous and (wanted in taken or not port_free(wanted)):
+            raise LocalServicesError(f"Mosquitto: port {wanted} on {LOOPBACK} is in use")
+        return wanted
 
     def _keep_port(self, what: str, running: int, wanted: int | None) -> int:
         if wanted is not None and wanted != running:
