@@ -78,14 +78,15 @@ def stored_readings(plan: Plan) -> list[AcceptedReading]:
     return out
 
 
-def replay(plan: Plan, count_from: datetime) -> Burden:
+def replay(plan: Plan, count_from: datetime, stored: list[AcceptedReading] | None = None) -> Burden:
     """The alerts the built-in rules open over the plan's stored readings from ``count_from``
     (earlier readings warm the rules up; the backtest's missing-data timer only watches a
-    patient once it has seen one of their readings)."""
+    patient once it has seen one of their readings). ``stored``: ``stored_readings(plan)``
+    when the caller has it already."""
     contexts = {p.patient_id: PatientContext(p.patient_id, p.programs) for p in plan.patients}
     return backtest(
         RuleBook.builtin(),
-        stored_readings(plan),
+        stored_readings(plan) if stored is None else stored,
         contexts,
         Options(start=count_from, end=plan.config.end),
         watch={p.patient_id: [(plan.config.start, None)] for p in plan.patients},
