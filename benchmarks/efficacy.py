@@ -57,11 +57,11 @@ def main() -> None:
     jobs = [(args.patients, args.days, args.first_seed + k) for k in range(args.seeds)]
     load = os.getloadavg()
     t = time.perf_counter()
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs) as pool:
-            runs = list(pool.map(one_seed, jobs))
-    else:
-        runs = [one_seed(j) for j in jobs]
+    runs = []
+    with ProcessPoolExecutor(args.jobs) as pool:
+        for run in pool.map(one_seed, jobs):
+            runs.append(run)
+            print(f"seed {len(runs)}/{len(jobs)} done: {run['seconds']:.0f} s", file=sys.stderr)
     wall = time.perf_counter() - t
     merged = merge(runs)
     seconds = [r["seconds"] for r in runs]
