@@ -160,9 +160,10 @@ def _missing_device(rule_id: str) -> str | None:
 def _scenario(truth: Sequence[GroundTruth], a: AlertLike, held: timedelta) -> GroundTruth | None:
     """The event of the patient that explains ``a``: begun by the time the episode opened,
     or begun while an episode of the same clinical event was open (``held``: how long the
-    nurse keeps it) and folded into it (it escalated or recurred)."""
+    nurse keeps it) and folded into it: it escalated (a recurrence at the same severity may
+    be the noise that opened it), as ``simulators.offline.score`` counts a detection."""
     rule_id, at = a.rule_id, a.opened_at
-    folded = a.escalations > 0 or a.recurrences > 0
+    folded = a.escalations > 0
     for t in truth:
         if at < t.began_at and not (folded and at + held > t.began_at):
             continue
@@ -297,10 +298,15 @@ def misses(
 ) -> list[tuple[GroundTruth, bool]]:
     """The events no ``detected_by`` alert opened for after they began, and whether each
     left a reading to detect it by (``observed``)."""
-    hit = {(v.patient_id, v.rule_id, v.at) for v in verdicts}
     out = []
     for t in plan.truth:
-        if not any(p == t.patient_id and r in t.detected_by and at >= t.began_at
-                   for p, r, at in hit):  # fmt: skip
+        # Caught as ``simulators.offline.score`` counts it: opened after the onset, or an
+        # episode open at the onset that the event escalated (classified ``scenario``).
+        if not any(
+            v.patient_id == t.patient_id
+            and v.rule_id in t.detected_by
+            and (v.at >= t.began_at or v.cls == "scenario")
+            for v in verdicts
+        ):
             out.append((t, observed(plan, t, readings)))
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from device_gateways.decoders import DECODERS, Decoded
 from device_gateways.mqtt import to_raw
@@ -114,8 +114,15 @@ class Score:
         return other / exposure, missing / exposure
 
 
-def score(plan: Plan, burden: Burden) -> Score:
-    """How well the replayed rules caught the plan's scenarios, and what else they raised."""
+def score(plan: Plan, burden: Burden, held: timedelta = timedelta(hours=24)) -> Score:
+    """How well the replayed rules caught the plan's scenarios, and what else they raised.
+
+    An event is caught by a ``detected_by`` alert opened at or after its onset (the delay is
+    the first such), or, with no delay known, by an episode of such a rule already open at
+    the onset (opened less than ``held``, the backtest's ``resolve_after``, before it) that
+    escalated: one row per clinical event, so a crisis on a patient whose stage-2 episode is
+    open escalates that episode to critical instead of opening one (docs/alerts.md), as
+    ``rpm simulate``'s report counts an episode that recurs after the onset."""
     by_patient: dict[str, list[Alert]] = {}
     for a in burden.alerts:
         by_patient.setdefault(a.patient_id, []).append(a)
@@ -132,6 +139,10 @@ def score(plan: Plan, burden: Burden) -> Score:
             delays.setdefault(truth.scenario, []).append(
                 (min(after) - truth.began_at).total_seconds() / 3600.0
             )
+        elif any(
+            a.escalations > 0 and a.opened_at < truth.began_at < a.opened_at + held for a in named
+        ):
+            caught[truth.scenario] += 1
         early += any(
             a.opened_at < truth.began_at and not a.rule_id.endswith("_missing") for a in named
         )

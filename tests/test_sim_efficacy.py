@@ -149,6 +149,12 @@ def test_a_missed_event_without_a_reading_of_its_device_is_unobserved(
     assert misses(plan, [], readings) == [(truth, True)]
     hit = Verdict("hf", "hf.weight_trend", h(72), "scenario", "hf_weight_gain", "")
     assert misses(plan, [hit], readings) == []
+    # An episode open at the onset that the event escalated caught it (no delay known); a
+    # noise alert before the onset did not.
+    escalated = Verdict("hf", "hf.weight_gain_7d", h(40), "scenario", "hf_weight_gain", "")
+    assert misses(plan, [escalated], readings) == []
+    noise = Verdict("hf", "hf.weight_gain_7d", h(40), "non_actionable", "", "")
+    assert misses(plan, [noise], readings) == [(truth, True)]
     silent = Readings([])
     assert misses(plan, [], silent) == [(truth, False)]
 
