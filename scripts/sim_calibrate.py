@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+from simulators.cohort import WARM_UP_DAYS, after_warm_up
 from simulators.offline import replay, score
 from simulators.scenarios import default_scenarios
 from simulators.traffic import SimConfig, build_plan
@@ -46,22 +47,12 @@ def main() -> None:
     print(f"build_plan 2000 patients x 3 days: {min(times):.2f} s (best of 3), "
           f"{len(plan.sends)} sends {dict(outcomes)}")  # fmt: skip
 
-    warm = 1.0
-    span = warm + args.days
-
-    def later(f: float) -> float:
-        return (warm + f * args.days) / span
-
-    specs = tuple(
-        s.model_copy(update={"share": 0.3, "onset": (later(s.onset[0]), later(s.onset[1]))})
-        for s in default_scenarios()
-    )
     cfg = SimConfig(
         args.patients,
-        START - timedelta(days=warm),
+        START - timedelta(days=WARM_UP_DAYS),
         START + timedelta(days=args.days),
         seed=args.seed,
-        scenarios=specs,
+        scenarios=after_warm_up(default_scenarios(), args.days, share=0.3),
     )
     t = time.perf_counter()
     plan = build_plan(cfg)

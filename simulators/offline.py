@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from device_gateways.decoders import DECODERS, Decoded
 from device_gateways.mqtt import to_raw
@@ -78,14 +78,15 @@ def stored_readings(plan: Plan) -> list[AcceptedReading]:
     return out
 
 
-def replay(plan: Plan, count_from: datetime) -> Burden:
+def replay(plan: Plan, count_from: datetime, stored: list[AcceptedReading] | None = None) -> Burden:
     """The alerts the built-in rules open over the plan's stored readings from ``count_from``
     (earlier readings warm the rules up; the backtest's missing-data timer only watches a
-    patient once it has seen one of their readings)."""
+    patient once it has seen one of their readings). ``stored``: ``stored_readings(plan)``
+    when the caller has it already."""
     contexts = {p.patient_id: PatientContext(p.patient_id, p.programs) for p in plan.patients}
     return backtest(
         RuleBook.builtin(),
-        stored_readings(plan),
+        stored_readings(plan) if stored is None else stored,
         contexts,
         Options(start=count_from, end=plan.config.end),
         watch={p.patient_id: [(plan.config.start, None)] for p in plan.patients},
@@ -113,8 +114,15 @@ class Score:
         return other / exposure, missing / exposure
 
 
-def score(plan: Plan, burden: Burden) -> Score:
-    """How well the replayed rules caught the plan's scenarios, and what else they raised."""
+def score(plan: Plan, burden: Burden, held: timedelta = timedelta(hours=24)) -> Score:
+    """How well the replayed rules caught the plan's scenarios, and what else they raised.
+
+    An event is caught by a ``detected_by`` alert opened at or after its onset (the delay is
+    the first such), or, with no delay known, by an episode of such a rule already open at
+    the onset (opened less than ``held``, the backtest's ``resolve_after``, before it) that
+    escalated: one row per clinical event, so a crisis on a patient whose stage-2 episode is
+    open escalates that episode to critical instead of opening one (docs/alerts.md), as
+    ``rpm simulate``'s report counts an episode that recurs after the onset."""
     by_patient: dict[str, list[Alert]] = {}
     for a in burden.alerts:
         by_patient.setdefault(a.patient_id, []).append(a)
@@ -131,6 +139,10 @@ def score(plan: Plan, burden: Burden) -> Score:
             delays.setdefault(truth.scenario, []).append(
                 (min(after) - truth.began_at).total_seconds() / 3600.0
             )
+        elif any(
+            a.escalations > 0 and a.opened_at < truth.began_at < a.opened_at + held for a in named
+        ):
+            caught[truth.scenario] += 1
         early += any(
             a.opened_at < truth.began_at and not a.rule_id.endswith("_missing") for a in named
         )

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from simulators.efficacy import Verdict
 from simulators.scenarios import GroundTruth
 
 # A stored reading's identity as the database keeps it: (stored device id, metric, measured).
@@ -144,6 +145,10 @@ class Report:
     publish_to_alert_ms: Percentiles
     notes: tuple[str, ...] = field(default=())
     confirmations: Mapping[str, ConfirmFigures] = field(default_factory=dict)
+    # Every alert classified (simulators.efficacy): alerts per class (scenario, label,
+    # non_actionable), and the non-actionable ones per rule with their first example.
+    classified: Mapping[str, int] = field(default_factory=dict)
+    nonactionable: Mapping[str, tuple[int, str]] = field(default_factory=dict)
 
     @property
     def sensitivity(self) -> float | None:
@@ -240,8 +245,10 @@ def build_report(
     observed: Observed,
     *,
     notes: Sequence[str] = (),
+    verdicts: Sequence[Verdict] = (),
 ) -> Report:
-    """Compare a run's traffic and ground truth with what the server stored and alerted."""
+    """Compare a run's traffic and ground truth with what the server stored and alerted;
+    ``verdicts``: the alerts classified (``simulators.efficacy.classify``)."""
     published = [s for s in sent if s.published_at is not None]
     expected: set[Key] = {k for s in published if s.expect == "stored" for k in s.keys}
     refused: set[Key] = {k for s in published if s.expect == "quarantined" for k in s.keys}
@@ -283,7 +290,26 @@ def build_report(
         publish_to_alert_ms=percentiles(to_alert),
         notes=tuple(notes),
         confirmations=confirm_figures(observed.confirmations),
+        classified=dict(Counter(v.cls for v in verdicts)),
+        nonactionable=nonactionable(verdicts),
     )
+
+
+def nonactionable(verdicts: Sequence[Verdict]) -> dict[str, tuple[int, str]]:
+    """Non-actionable alerts per rule, most first, each with its earliest example."""
+    non = sorted((v for v in verdicts if v.cls == "non_actionable"), key=lambda v: v.at)
+    counts = Counter(v.rule_id for v in non)
+    first: dict[str, Verdict] = {}
+    for v in non:
+        first.setdefault(v.rule_id, v)
+    return {
+        rule: (
+            n,
+            f"{first[rule].patient_id} at {first[rule].at:%Y-%m-%d %H:%M} UTC "
+            f"{dict(first[rule].values or {})}: {first[rule].why}",
+        )
+        for rule, n in counts.most_common()
+    }
 
 
 def to_json(r: Report) -> dict[str, Any]:
@@ -336,6 +362,9 @@ def to_json(r: Report) -> dict[str, Any]:
             }
             for rule_id, f in r.confirmations.items()
         },
+        "alerts_by_class": dict(r.classified),
+        "nonactionable_by_rule": {k: n for k, (n, _) in r.nonactionable.items()},
+        "nonactionable_examples": {k: ex for k, (_, ex) in r.nonactionable.items()},
         "notes": list(r.notes),
     }
 
@@ -366,8 +395,20 @@ def render(r: Report) -> str:
     dup = "unknown" if r.duplicates is None else f"{r.duplicates:,}"
     rows.append(("duplicates (actual of expected)", f"{dup} of {r.duplicates_expected:,}"))
     rows.append(("alerts opened", f"{r.alerts:,} ({r.true_alerts:,} match ground truth)"))
-    for rule, n in sorted(r.false_alerts_by_rule.items(), key=lambda x: -x[1]):
-        rows.append((f"  not in ground truth: {rule}", f"{n:,}"))
+    if r.classified:
+        c = r.classified
+        rows.append(
+            (
+                "  expected / non-actionable",
+                f"{c.get('scenario', 0):,} scenario, {c.get('label', 0):,} label / "
+                f"{c.get('non_actionable', 0):,}",
+            )
+        )
+        for rule, (n, example) in r.nonactionable.items():
+            rows.append((f"  non-actionable: {rule}", f"{n:,}, e.g. {example}"))
+    else:
+        for rule, n in sorted(r.false_alerts_by_rule.items(), key=lambda x: -x[1]):
+            rows.append((f"  not in ground truth: {rule}", f"{n:,}"))
     rows.append(("sensitivity", _num(r.sensitivity, "{:.1%}")))
     rows.append(("positive predictive value", _num(r.ppv, "{:.1%}")))
     rows.append(("detection delay, median (simulated)", _hours(r.detection_delay_median_s)))

@@ -24,6 +24,7 @@ from rpm.domain.errors import ForeignIdsError, SendError
 from rules.programs import RuleBook
 from simulators import readback
 from simulators.clock import SimClock
+from simulators.efficacy import Readings, Seen, Verdict, classify
 from simulators.enrolment import (
     SIM_CARE_TEAM,
     all_stored_ids,
@@ -34,6 +35,7 @@ from simulators.enrolment import (
     reset_passwords,
     send_device_id,
 )
+from simulators.offline import stored_readings
 from simulators.report import Key, Observed, ObservedAlert, Report, SentPayload, build_report
 from simulators.scenarios import GroundTruth
 from simulators.traffic import Plan, Send
@@ -254,7 +256,7 @@ async def run_plan(plan: Plan, target: Target, opts: RunOptions) -> RunResult:
                 else ""
             )
         )
-    report = build_report(sent, truth, observed, notes=notes)
+    report = build_report(sent, truth, observed, notes=notes, verdicts=classified(plan, alerts))
     return RunResult(
         report, sent, observed, clock, enrol_seconds, connect, send_seconds, drain_seconds
     )
@@ -264,6 +266,16 @@ def missing_data_rules(book: RuleBook | None = None) -> frozenset[str]:
     """Ids of the rules that fire on silence (kind ``missing``), not on a reading."""
     book = book or RuleBook.builtin()
     return frozenset(r.id for p in book.programs.values() for r in p.rules if r.kind == "missing")
+
+
+def classified(plan: Plan, alerts: list[ObservedAlert]) -> list[Verdict]:
+    """The run's alerts classified against the plan's scenarios and labels, over the
+    readings the plan expects stored (simulators.efficacy)."""
+    seen = [
+        Seen(a.patient_id, a.rule_id, a.sim_opened, recurrences=int(a.sim_last > a.sim_opened))
+        for a in alerts
+    ]
+    return classify(plan, seen, Readings(stored_readings(plan)))
 
 
 def without_missing_data(

@@ -140,9 +140,14 @@ def _ramp(t: F64, onset: float, ramp_s: float) -> F64:
 
 def _hf(spec: ScenarioSpec, onset: float, kind: str, t: F64, v: dict[str, F64]) -> dict[str, F64]:
     # Fluid retention shows as a weight gain over days before decompensation (Chaudhry SI et
-    # al. Circulation 2007;116:1549-54); patients are told to report a gain of more than 2 kg
-    # in 3 days (McDonagh TA et al. 2021 ESC HF guidelines, Eur Heart J 2021;42:3599-3726,
-    # self-care advice). Default 1 kg/day: 2 kg in 2 days, capped at max_gain_kg.
+    # al. Circulation 2007;116:1549-54: weights rose progressively in the week before a heart
+    # failure admission; gains of more than 2 lb, 5 lb and 10 lb over that week were each
+    # associated with higher odds of admission); patients are told to report a gain of more
+    # than 2 kg in 3 days (McDonagh TA et al. 2021 ESC HF guidelines, Eur Heart J
+    # 2021;42:3599-3726, self-care advice). Default 1 kg/day (7 kg, > 10 lb, in a week: the
+    # steep end of those bands) capped at max_gain_kg is an assumption; the efficacy cohort
+    # adds a slower case, 0.35 kg/day (about 5 lb a week), from the same bands
+    # (simulators.cohort.efficacy_scenarios). The gain is linear from the onset: assumption.
     if kind == "scale":
         days = np.clip((t - onset) / DAY_S, 0.0, None)
         gain = np.minimum(days * spec.param("gain_kg_per_day"), spec.param("max_gain_kg"))
@@ -155,7 +160,9 @@ def _crisis(
 ) -> dict[str, F64]:
     # Hypertensive crisis: SBP > 180 and/or DBP > 120 mm Hg (Whelton PK et al. 2017 ACC/AHA
     # guideline, Hypertension 2018;71:e13-e115, section 11.2). Pressure climbs over hours
-    # (ramp_hours) and stays up until treated (duration_hours).
+    # (ramp_hours) and stays up until treated (duration_hours); the rise (+68/+30 mm Hg on a
+    # controlled patient's ~122/76, so about 190/106 awake), the 4 h ramp and the 48 h
+    # duration are assumptions.
     if kind == "bp_cuff":
         up = _ramp(t, onset, spec.param("ramp_hours") * HOUR_S)
         up = up * (t < onset + spec.param("duration_hours") * HOUR_S)
@@ -168,9 +175,14 @@ def _crisis(
 
 def _copd(spec: ScenarioSpec, onset: float, kind: str, t: F64, v: dict[str, F64]) -> dict[str, F64]:
     # At exacerbation onset home SpO2 falls and heart rate rises (Hurst JR et al. BMC Pulm
-    # Med 2010;10:52; Al Rajeh AM, Hurst JR. J Clin Med 2016;5:108); fever when infective.
-    # Recovery takes a median of about a week (Seemungal TA et al. AJRCCM 2000;161:1608-13),
-    # longer than the spans simulated, so the change holds to the end.
+    # Med 2010;10:52; Al Rajeh AM, Hurst JR. J Clin Med 2016;5:108, a systematic review: the
+    # changes are often small next to day-to-day variation, and respiratory rate and heart
+    # rate move more than SpO2); fever when infective. The defaults (SpO2 -8 points, pulse
+    # +15/min, +0.6 C over 12 h) are an assumption: an exacerbation severe enough to show on a
+    # home oximeter, larger than the average change those studies report, so the figures of
+    # this scenario say nothing about milder exacerbations (docs/clinical.md). Recovery takes
+    # a median of about a week (Seemungal TA et al. AJRCCM 2000;161:1608-13); the change
+    # holds to the end of the span (assumption, for spans of a few days).
     up = _ramp(t, onset, spec.param("ramp_hours") * HOUR_S)
     v = dict(v)
     if "spo2" in v:
@@ -185,6 +197,8 @@ def _copd(spec: ScenarioSpec, onset: float, kind: str, t: F64, v: dict[str, F64]
 # Hypoglycaemia as a blend toward a target course, minutes from the onset (glucose < 70,
 # level 1) to the nadir, then treatment with 15 g of fast carbohydrate and recovery (the
 # "15-15 rule"; ADA Standards of Care 2024, section 6: level 1 < 70, level 2 < 54 mg/dL).
+# The course's minutes and the 50 mg/dL nadir are assumptions; that symptoms prompt a check
+# is too (hypoglycaemia can be unaware, ADA 2024 section 6, and then no reading shows it).
 _HYPO_MIN = np.array([-25.0, 0.0, 30.0, 50.0, 75.0, 100.0])
 _HYPO_WEIGHT = np.array([0.0, 1.0, 1.0, 1.0, 1.0, 0.0])
 

@@ -205,7 +205,7 @@ def _trimmed(plan: Plan, readings: int) -> Plan:
     for i, s in enumerate(plan.sends):
         total += s.readings
         if total >= readings:
-            return Plan(plan.config, plan.patients, plan.sends[: i + 1], plan.truth)
+            return Plan(plan.config, plan.patients, plan.sends[: i + 1], plan.truth, plan.labels)
     return plan
 
 

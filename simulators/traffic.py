@@ -9,7 +9,7 @@ the ground truth of every scenario. Deterministic for a seed.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Literal
@@ -26,6 +26,14 @@ from simulators.adherence import (
     draw_adherence,
     local_midnights,
     sessions,
+)
+from simulators.labels import (
+    LabelSpec,
+    PatientLabels,
+    draw_labels,
+    label_person,
+    measuring_days,
+    unplugged_at,
 )
 from simulators.patients import PROGRAM_DEVICES, draw_programs, identity
 from simulators.physiology import DAY_S, F64, Days, Person, displayed, draw_person, measure
@@ -107,6 +115,8 @@ class SimConfig:
     # Before every patient id (and so every device id, vendor ids in payloads included):
     # runs against a shared deployment enrol a fleet of their own (rpm simulate --external).
     id_prefix: str = ""
+    # Background labels (simulators.labels) beyond skips_days, which every patient carries.
+    labels: tuple[LabelSpec, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +127,7 @@ class Plan:
     patients: tuple[SimPatient, ...]
     sends: tuple[Send, ...]
     truth: tuple[GroundTruth, ...]
+    labels: Mapping[str, PatientLabels] = field(default_factory=dict)  # by patient id
 
 
 # Device kind -> the metric of its readings (its components come from the signal model).
@@ -160,10 +171,12 @@ def build_plan(cfg: SimConfig) -> Plan:
     patients: list[SimPatient] = []
     sessions_: list[_Session] = []
     truth: list[GroundTruth] = []
+    labels: dict[str, PatientLabels] = {}
     for i, program in enumerate(programs):
         event = events.get(i)
-        patient, patient_sessions = _patient(i, program, event, cfg, formats)
+        patient, patient_sessions, labelled = _patient(i, program, event, cfg, formats)
         patients.append(patient)
+        labels[patient.patient_id] = labelled
         sessions_.extend(patient_sessions)
         if event is not None:
             spec, onset = event
@@ -178,7 +191,7 @@ def build_plan(cfg: SimConfig) -> Plan:
             )
     sends = [x.send for x in sessions_] + _faults(sessions_, cfg)
     sends.sort(key=lambda s: (s.at, s.device_id, s.expect))
-    return Plan(cfg, tuple(patients), tuple(sends), tuple(truth))
+    return Plan(cfg, tuple(patients), tuple(sends), tuple(truth), labels)
 
 
 def _faults(sessions_: list[_Session], cfg: SimConfig) -> list[Send]:
@@ -271,12 +284,14 @@ def _patient(
     event: tuple[ScenarioSpec, float] | None,
     cfg: SimConfig,
     formats: tuple[str, ...],
-) -> tuple[SimPatient, list[_Session]]:
+) -> tuple[SimPatient, list[_Session], PatientLabels]:
     # Each patient draws from its own stream: its traffic does not depend on the others'.
     rng = np.random.default_rng([cfg.seed, i])
     pid = f"{cfg.id_prefix}p{i:05d}"
     name, phone, zone, language = identity(i, rng)
-    person = draw_person(program, rng)
+    span = (cfg.start.timestamp(), cfg.end.timestamp())
+    names, unplugged = draw_labels(cfg.seed, i, program, cfg.labels, span)
+    person = label_person(draw_person(program, rng), names, cfg.seed, i)
     devices = _devices(pid, program, cfg, formats, rng)
     patient = SimPatient(
         pid, name, phone, zone, language, () if program == "general" else (program,), devices
@@ -284,12 +299,14 @@ def _patient(
     midnights, offsets = local_midnights(cfg.start, cfg.end, zone)
     days = Days.draw(len(midnights), rng)
     measuring = rng.random(len(midnights)) < draw_adherence(rng)
+    measuring = measuring_days(names, midnights, zone, measuring)
     found: list[_Session] = []
     for device in devices:
-        found.extend(
-            _device_sessions(device, person, event, midnights, offsets, measuring, days, cfg, rng)
+        made = _device_sessions(
+            device, person, event, midnights, offsets, measuring, days, cfg, rng
         )
-    return patient, found
+        found.extend(x for x in made if not unplugged_at(unplugged, device.kind, x.started))
+    return patient, found, PatientLabels(pid, program, tuple(names), person, unplugged)
 
 
 def _values(

@@ -218,13 +218,18 @@ VECTORS = [
         ("90", [bp(90, 60)], None),
         ("89", [bp(89, 60)], H),
     ),
-    # Program default: 1 mm Hg per day over 14 days, at least 10 readings.
+    # Program default: 1 mm Hg per day over 14 days, at least 10 readings spanning 13 days:
+    # the ESH judges home pressure on the mean of a 7-day series (Stergiou GS et al. 2021 ESH
+    # practice guidelines, J Hypertens 2021;39:1293-1302), so a rise is a change between two
+    # such weeks; a one-week slope is within day-to-day variation (docs/clinical.md).
     *vectors(
         "htn.systolic_trend",
         HTN,
-        ("10 readings, 1 per day", bps_daily(*range(120, 130)), L),
-        ("9 readings", bps_daily(*range(120, 129)), None),
-        ("0.9 per day", bps_daily(*(120 + 0.9 * i for i in range(10))), None),
+        ("14 readings, 1 per day", bps_daily(*range(120, 134)), L),
+        ("10 readings over 9 days", bps_daily(*range(120, 130)), None),
+        ("10 readings over 13 days", [bp(120 + i, 80, 24 * i) for i in (0, *range(5, 14))], L),
+        ("9 readings over 13 days", [bp(120 + i, 80, 24 * i) for i in (0, *range(6, 14))], None),
+        ("0.9 per day", bps_daily(*(120 + 0.9 * i for i in range(14))), None),
     ),
     # AHA self-check plan: 2 lb (0.9 kg) in a day, 5 lb (2.3 kg) in a week.
     *vectors(

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from simulators.clock import SimClock
+from simulators.efficacy import Verdict
 from simulators.report import (
     Observed,
     ObservedAlert,
@@ -182,3 +183,26 @@ def test_load_mode_paces_by_readings_and_never_sends_before_a_payloads_time() ->
     # the last is stamped an hour ahead, so it waits for its own time.
     assert due[:3] == [t0, t0 + 0.5, t0 + 2.0]
     assert due[3] == h(1).timestamp()
+
+
+def test_the_report_shows_alerts_classified_and_non_actionable_ones_with_an_example() -> None:
+    verdicts = [
+        Verdict("p1", "bp.hypertensive_crisis", h(2), "scenario", "crisis", "began"),
+        Verdict("p2", "hf.weight_missing", h(40), "label", "skips_days", "no weight for 37 h"),
+        Verdict("p3", "hf.over_diuresis", h(9), "non_actionable", "", "noise", {"weight": 80.1}),
+        Verdict("p4", "hf.over_diuresis", h(5), "non_actionable", "", "noise", {"weight": 70.0}),
+        Verdict("p5", "news2.partial", h(7), "non_actionable", "", "low evening systolic"),
+    ]
+    r = build_report([], [], Observed({}, {}, None, []), verdicts=verdicts)
+    assert r.classified == {"scenario": 1, "label": 1, "non_actionable": 3}
+    count, example = r.nonactionable["hf.over_diuresis"]
+    assert count == 2
+    assert example.startswith("p4 at 2026-11-20 05:00 UTC {'weight': 70.0}: noise")  # earliest
+    assert list(r.nonactionable) == ["hf.over_diuresis", "news2.partial"]  # most first
+    doc = to_json(r)
+    assert doc["alerts_by_class"] == r.classified
+    assert doc["nonactionable_by_rule"] == {"hf.over_diuresis": 2, "news2.partial": 1}
+    assert doc["nonactionable_examples"]["news2.partial"].startswith("p5 at")
+    text = render(r)
+    assert "1 scenario, 1 label / 3" in text
+    assert "non-actionable: hf.over_diuresis" in text
