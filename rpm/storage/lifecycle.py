@@ -12,9 +12,7 @@ database's ``now()``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-
-import asyncpg
+from datetime import datetime
 
 from rpm.storage.pool import Conn
 
@@ -40,12 +38,12 @@ async def flavour(conn: Conn) -> Flavour:
     return Flavour(bool(row["ts"]), bool(row["pm"]))
 
 
-async def try_lock(conn: asyncpg.Connection) -> bool:
+async def try_lock(conn: Conn) -> bool:
     """Take the lifecycle lock for this session, or say another session holds it."""
     return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY))
 
 
-async def unlock(conn: asyncpg.Connection) -> None:
+async def unlock(conn: Conn) -> None:
     await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
 
 
@@ -65,27 +63,36 @@ async def compress_chunks(conn: Conn, older_than: datetime) -> int:
     return len(rows)
 
 
-async def refresh_rollups(conn: asyncpg.Connection, until: datetime) -> None:
-    """Materialise the continuous aggregates up to the hour (hourly) and the day (daily) of
-    ``until``; TimescaleDB refreshes only what changed. A procedure that commits as it goes:
-    run outside a transaction, as one simple statement (asyncpg's prepared statements run
-    in an implicit transaction block, which it refuses)."""
+async def refresh_rollups(conn: Conn, until: datetime, since: datetime | None = None) -> None:
+    """Materialise the continuous aggregates from ``since`` (None: the beginning) up to the
+    hour (hourly) and the day (daily) of ``until``; TimescaleDB refreshes only what changed.
+    With retention on, ``since`` is its horizon: a refresh over dropped chunks would empty
+    the buckets the rollups keep. A procedure that commits as it goes: run outside a
+    transaction, as one simple statement (asyncpg's prepared statements run in an implicit
+    transaction block, which it refuses)."""
     for view, grain in (("readings_hourly", "1 hour"), ("readings_daily", "1 day")):
-        end = await conn.fetchval(
-            f"SELECT date_bin('{grain}', $1::timestamptz, {_ORIGIN})",  # noqa: S608 - constants
+        row = await conn.fetchrow(
+            f"""SELECT date_bin('{grain}', $1::timestamptz, {_ORIGIN}) AS hi,
+                       date_bin('{grain}', $2::timestamptz, {_ORIGIN}) + interval '{grain}'
+                       AS lo""",
             until,
+            since,
         )
+        assert row is not None
+        lo = "NULL" if row["lo"] is None else f"'{row['lo'].isoformat()}'"
+        if row["lo"] is not None and row["lo"] >= row["hi"]:
+            continue
         await conn.execute(
-            f"CALL refresh_continuous_aggregate('{view}', NULL, '{end.isoformat()}')"
+            f"CALL refresh_continuous_aggregate('{view}', {lo}, '{row['hi'].isoformat()}')"
         )
 
 
-async def drop_chunks(conn: Conn, older_than: datetime) -> int:
+async def drop_chunks(conn: Conn, older_than: datetime) -> list[str]:
     """Drop the readings chunks whose every row is older than ``older_than`` (retention)."""
     rows = await conn.fetch(
-        "SELECT drop_chunks('readings', older_than => $1::timestamptz)", older_than
+        "SELECT drop_chunks('readings', older_than => $1::timestamptz)::text AS c", older_than
     )
-    return len(rows)
+    return [r["c"] for r in rows]
 
 
 # --- plain PostgreSQL -------------------------------------------------------------------
@@ -102,7 +109,8 @@ async def maintain_partitions(conn: Conn, now: datetime, fl: Flavour) -> int:
         )
         return await _partition_count(conn) - before
     made = await conn.fetchval(
-        "SELECT rpm_make_reading_partitions($1, $1 + make_interval(months => $2))",
+        """SELECT rpm_make_reading_partitions($1::timestamptz,
+                                              $1::timestamptz + make_interval(months => $2))""",
         now,
         PREMAKE_MONTHS,
     )
@@ -150,7 +158,7 @@ _HOURLY_FROM_READINGS = f"""
               JOIN dirty d ON d.patient_id = r.patient_id AND d.metric = r.metric
                           AND r.measured_at >= d.hour
                           AND r.measured_at < d.hour + interval '1 hour') x
-     GROUP BY 1, 2, 3"""
+     GROUP BY 1, 2, 3"""  # noqa: S608 - constant fragments
 
 
 async def refresh_plain_rollups(conn: Conn, limit: int = 10_000) -> int:
@@ -193,7 +201,3 @@ async def refresh_plain_rollups(conn: Conn, limit: int = 10_000) -> int:
                  GROUP BY 1, 2, 3"""  # noqa: S608 - constant fragments
         )
         return keys
-
-
-def horizon(now: datetime, days: float) -> datetime:
-    return now - timedelta(days=days)

@@ -76,7 +76,7 @@ def _query(table: str, width: str) -> str:
              AND measured_at >= fix.bucket AND measured_at < fix.bucket + interval '{width}'
              AND {NOT_CORRECTED}) r ON true
      GROUP BY fix.bucket
-     ORDER BY 1"""
+     ORDER BY 1"""  # noqa: S608 - constant fragments
 
 
 _QUERIES: Mapping[Grain, str] = {
@@ -95,16 +95,14 @@ async def series(
     bounds = await conn.fetchrow(
         f"""SELECT date_bin('{width}', $1::timestamptz, {_ORIGIN}) AS lo,
                    date_bin('{width}', $2::timestamptz - interval '1 microsecond', {_ORIGIN})
-                   + interval '{width}' AS hi""",  # noqa: S608 - constants
+                   + interval '{width}' AS hi""",
         start,
         end,
     )
     assert bounds is not None
     if bounds["hi"] <= bounds["lo"]:
         return []
-    rows = await conn.fetch(
-        _QUERIES[grain], patient_id, metric.value, bounds["lo"], bounds["hi"]
-    )
+    rows = await conn.fetch(_QUERIES[grain], patient_id, metric.value, bounds["lo"], bounds["hi"])
     names = [c.name for c in METRICS[metric].components]
     out = []
     for r in rows:
