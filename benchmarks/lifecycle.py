@@ -174,7 +174,7 @@ async def run_async(args: argparse.Namespace, admin_dsn: str) -> tuple[str, dict
             (
                 "rollup refresh pass",
                 f"{per_reading_refresh:.2f} µs/reading",
-                f"{result.rollup_keys:,} keys",
+                f"{result.rollup_rows:,} log rows",
             ),
             ("year of daily means, rollups", f"{ms_rollup:.2f} ms", "median"),
             ("year of daily means, raw rows", f"{ms_raw:.2f} ms", "median"),

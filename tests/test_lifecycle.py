@@ -189,9 +189,10 @@ async def test_rollups_equal_raw_including_corrections(empty_db: str) -> None:
         stored = seeded_readings(11, patients, days=20, per_day=4)
         await insert_new(conn, stored)
         await _series_match(conn, stored, patients)  # not rolled up yet: dirty or real-time
-        sched = LifecycleScheduler(pool)
+        sched = LifecycleScheduler(pool, LifecycleConfig(rollup_batch=7))  # many transactions
         now = T0 + timedelta(days=30)
         await sched.tick(now)
+        assert await conn.fetchval("SELECT count(*) FROM reading_rollup_dirty") == 0
         await _series_match(conn, stored, patients)
 
         wrong = [stored[5], stored[6], stored[40]]

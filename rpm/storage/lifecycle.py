@@ -162,22 +162,24 @@ _HOURLY_FROM_READINGS = f"""
 
 
 async def refresh_plain_rollups(conn: Conn, limit: int = 10_000) -> int:
-    """Recompute the rollups of up to ``limit`` dirty (patient, metric, hour) keys from their
-    readings, in one transaction that consumes those keys; return how many keys. A key
-    written by a transaction not yet committed is not seen and stays for the next pass."""
+    """Recompute the rollups of the (patient, metric, hour) keys of up to ``limit`` dirty-log
+    rows from their readings, in one transaction that consumes those rows; return how many
+    rows. A row written by a transaction not yet committed is not seen and stays for the
+    next pass."""
     async with conn.transaction():
-        await conn.execute(
-            """CREATE TEMP TABLE dirty ON COMMIT DROP AS
-               WITH taken AS (
+        status = await conn.execute(
+            """CREATE TEMP TABLE taken ON COMMIT DROP AS
+               WITH t AS (
                    DELETE FROM reading_rollup_dirty
                     WHERE ctid = ANY (ARRAY(SELECT ctid FROM reading_rollup_dirty LIMIT $1))
                    RETURNING patient_id, metric, hour)
-               SELECT DISTINCT patient_id, metric, hour FROM taken""",
+               SELECT * FROM t""",
             limit,
         )
-        keys = int(await conn.fetchval("SELECT count(*) FROM dirty") or 0)
-        if keys == 0:
+        taken = int(status.split()[-1])
+        if taken == 0:
             return 0
+        await conn.execute("CREATE TEMP TABLE dirty ON COMMIT DROP AS SELECT DISTINCT * FROM taken")
         await conn.execute(
             f"""DELETE FROM readings_hourly h USING dirty d
                  WHERE h.patient_id = d.patient_id AND h.metric = d.metric
@@ -200,4 +202,4 @@ async def refresh_plain_rollups(conn: Conn, limit: int = 10_000) -> int:
                    AND h.bucket >= d.day AND h.bucket < d.day + interval '1 day'
                  GROUP BY 1, 2, 3"""  # noqa: S608 - constant fragments
         )
-        return keys
+        return taken

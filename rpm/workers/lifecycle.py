@@ -34,7 +34,7 @@ _PASS_FAILED: tuple[type[Exception], ...] = (*DATABASE_UNAVAILABLE, asyncpg.Post
 class LifecycleConfig:
     compress_after: timedelta = timedelta(days=30)
     retention: timedelta | None = None  # None: readings are kept for ever
-    rollup_batch: int = 10_000  # dirty keys per rollup transaction (plain PostgreSQL)
+    rollup_batch: int = 10_000  # dirty-log rows per rollup transaction (plain PostgreSQL)
 
     @classmethod
     def from_settings(cls, s: LifecycleSettings) -> LifecycleConfig:
@@ -50,7 +50,7 @@ class PassResult:
 
     ran: bool = True  # False: another process held the lock
     timescale: bool = False
-    rollup_keys: int = 0  # plain: (patient, metric, hour) keys rolled up
+    rollup_rows: int = 0  # plain: dirty-log rows consumed (their hours rolled up again)
     rollups_refreshed: bool = False  # TimescaleDB: continuous aggregates refreshed
     chunks_compressed: int = 0
     partitions_made: int = 0
@@ -95,9 +95,9 @@ class LifecycleScheduler:
                 out.dropped = await store.drop_chunks(conn, horizon)
             return out
         while True:
-            keys = await store.refresh_plain_rollups(conn, c.rollup_batch)
-            out.rollup_keys += keys
-            if keys < c.rollup_batch:
+            taken = await store.refresh_plain_rollups(conn, c.rollup_batch)
+            out.rollup_rows += taken
+            if taken < c.rollup_batch:
                 break
         out.partitions_made = await store.maintain_partitions(conn, now, fl)
         if c.retention is not None:
