@@ -155,9 +155,10 @@ _HOURLY_FROM_READINGS = f"""
                    (r.components ->> rpm_component_name(r.metric, 2))::float8 AS v2,
                    (r.components ->> rpm_component_name(r.metric, 3))::float8 AS v3
               FROM readings r
-              JOIN dirty d ON d.patient_id = r.patient_id AND d.metric = r.metric
-                          AND r.measured_at >= d.hour
-                          AND r.measured_at < d.hour + interval '1 hour') x
+             WHERE r.patient_id = ANY ($1::text[])
+               AND r.measured_at >= $2 AND r.measured_at < $3
+               AND (r.patient_id, r.metric, date_bin('1 hour', r.measured_at, {_ORIGIN}))
+                   IN (SELECT patient_id, metric, hour FROM dirty)) x
      GROUP BY 1, 2, 3"""  # noqa: S608 - constant fragments
 
 
@@ -179,13 +180,28 @@ async def refresh_plain_rollups(conn: Conn, limit: int = 10_000) -> int:
         taken = int(status.split()[-1])
         if taken == 0:
             return 0
-        await conn.execute("CREATE TEMP TABLE dirty ON COMMIT DROP AS SELECT DISTINCT * FROM taken")
         await conn.execute(
-            f"""DELETE FROM readings_hourly h USING dirty d
-                 WHERE h.patient_id = d.patient_id AND h.metric = d.metric
-                   AND h.bucket = d.hour;
-                INSERT INTO readings_hourly {_HOURLY_FROM_READINGS};
-                DELETE FROM readings_daily y
+            "CREATE TEMP TABLE dirty ON COMMIT DROP AS SELECT DISTINCT * FROM taken; ANALYZE dirty"
+        )
+        # Explicit bounds and patients: the planner prunes partitions to the hours at hand
+        # and reads each patient's index range (rpm/storage/migrations/0032).
+        span = await conn.fetchrow(
+            """SELECT array_agg(DISTINCT patient_id) AS patients, min(hour) AS lo,
+                      max(hour) + interval '1 hour' AS hi FROM dirty"""
+        )
+        assert span is not None
+        await conn.execute(
+            """DELETE FROM readings_hourly h USING dirty d
+                WHERE h.patient_id = d.patient_id AND h.metric = d.metric AND h.bucket = d.hour"""
+        )
+        await conn.execute(
+            f"INSERT INTO readings_hourly {_HOURLY_FROM_READINGS}",
+            span["patients"],
+            span["lo"],
+            span["hi"],
+        )
+        await conn.execute(
+            f"""DELETE FROM readings_daily y
                  USING (SELECT DISTINCT patient_id, metric,
                                date_bin('1 day', hour, {_ORIGIN}) AS day FROM dirty) d
                  WHERE y.patient_id = d.patient_id AND y.metric = d.metric
