@@ -105,10 +105,15 @@ class LifecycleScheduler:
         return out
 
     async def run(self, interval_s: float, stopping: asyncio.Event | None = None) -> None:
-        """Pass every ``interval_s`` until ``stopping`` is set; a failed pass is logged and
-        retried at the next."""
+        """Pass every ``interval_s``, the first one interval after start (start-up stays
+        quick), until ``stopping`` is set; a failed pass is logged and retried at the next."""
+        started = False
 
         async def once() -> int:
+            nonlocal started
+            if not started:
+                started = True
+                return 0
             try:
                 result = await self.tick()
             except _PASS_FAILED as exc:
