@@ -51,6 +51,7 @@ from rpm.workers.alert_timers import AlertTimers
 from rpm.workers.campaigns import CampaignPlanner
 from rpm.workers.channels import ChannelRouter
 from rpm.workers.credentials import CredentialsHold
+from rpm.workers.lifecycle import LifecycleConfig, LifecycleScheduler
 from rpm.workers.sms_outbox import DeliveryConfig, SmsOutboxWorker
 from rpm.workers.voice_calls import VoiceCallWorker, VoiceConfig
 from rules.engine import Engine
@@ -233,6 +234,12 @@ class Server:
             asyncio.create_task(self._missing_data_timer(), name="missing-data"),
             asyncio.create_task(timers.run(s.alerts.timer_interval_s), name="alert-timers"),
             asyncio.create_task(self._confirmation_timer(), name="confirmations"),
+            asyncio.create_task(
+                LifecycleScheduler(self.pool, LifecycleConfig.from_settings(s.lifecycle)).run(
+                    s.lifecycle.interval_s
+                ),
+                name="lifecycle",
+            ),
         ]
         if s.ehr.fhir_base_url is not None:
             self.fhir_push = FhirPushWorker.from_settings(

@@ -12,9 +12,11 @@
 # service of a package installed here is stopped (and disabled where systemd runs) in case
 # something started it anyway. Services of packages that were already installed are left alone.
 # postgresql-15 is in Debian bookworm; other releases need a repository that carries it.
+# postgresql-15-partman (pg_partman 4.7) makes the monthly partitions of readings on plain
+# PostgreSQL (docs/data-lifecycle.md); without it the project makes them itself.
 set -euo pipefail
 
-packages=(mosquitto mosquitto-clients postgresql-15 "$@")
+packages=(mosquitto mosquitto-clients postgresql-15 postgresql-15-partman "$@")
 
 as_root=()
 if [[ $(id -u) -ne 0 ]]; then

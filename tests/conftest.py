@@ -222,6 +222,9 @@ async def server_settings(
             "base_url": twilio.base_url,
             "outbox_poll_interval_s": 0.1,
         },
+        # The lifecycle scheduler's wall-clock passes stay out of tests; the lifecycle tests
+        # call its tick with pinned clocks (tests/test_lifecycle.py).
+        lifecycle={"interval_s": 86_400.0},
     )
     yield settings
     await drop_gateway_session(services, settings.mqtt.client_id)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from rpm.domain import DISPLAY_UNITS, METRICS, Metric
+from rpm.storage.rollups import Bucket
 from rules.spec import RuleSpec
 
 METRIC_TITLES: Mapping[Metric, str] = {
@@ -33,6 +34,7 @@ _TEXT_COLOUR = "#1a1a1a"
 # Matplotlib's rcParams are global: one render at a time (each takes a few milliseconds).
 _render_lock = threading.Lock()
 _HOUR = timedelta(hours=1)
+_NOON = timedelta(hours=12)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +106,17 @@ def describe(metric: Metric, points: Sequence[Point]) -> str:
     )
 
 
-def render_svg(metric: Metric, points: Sequence[Point], thresholds: Sequence[Threshold]) -> bytes:
-    """The chart of ``points`` (time, values) with ``thresholds``, as an SVG document."""
+def daily_means(buckets: Sequence[Bucket]) -> list[Point]:
+    """One point per day of rollups (rpm/storage/rollups.py): each component's mean, at
+    noon UTC of its day."""
+    return [(b.start + _NOON, {name: s.mean for name, s in b.components.items()}) for b in buckets]
+
+
+def render_svg(
+    metric: Metric, points: Sequence[Point], thresholds: Sequence[Threshold], caption: str = ""
+) -> bytes:
+    """The chart of ``points`` (time, values) with ``thresholds``, as an SVG document;
+    ``caption`` follows the title (what the points are when they are not readings)."""
     import matplotlib  # loaded with the first chart, not with the server
 
     with (
@@ -125,16 +136,18 @@ def render_svg(metric: Metric, points: Sequence[Point], thresholds: Sequence[Thr
             }
         ),
     ):
-        return _render(metric, points, thresholds)
+        return _render(metric, points, thresholds, caption)
 
 
-def _render(metric: Metric, points: Sequence[Point], thresholds: Sequence[Threshold]) -> bytes:
+def _render(
+    metric: Metric, points: Sequence[Point], thresholds: Sequence[Threshold], caption: str
+) -> bytes:
     import matplotlib.dates as mdates
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7.2, 2.8), dpi=100, layout="constrained")
     ax = fig.add_subplot()
-    title = METRIC_TITLES[metric]
+    title = METRIC_TITLES[metric] + (f" ({caption})" if caption else "")
     ax.set_title(title, loc="left", fontsize=10, fontweight="bold")
     ax.set_ylabel(unit_of(metric))
     ax.grid(True, color="#d9d9d9", linewidth=0.6)
@@ -167,6 +180,10 @@ def _render(metric: Metric, points: Sequence[Point], thresholds: Sequence[Thresh
             ax.set_xlim(*_days([min(times) - _HOUR, max(times) + _HOUR]))
         # matplotlib.dates has no type annotations for these two.
         locator = mdates.AutoDateLocator(tz=UTC, maxticks=7)  # type: ignore[no-untyped-call]
+        # Each unit's longest step must reach the span where the next unit takes over (five
+        # of it, minticks), or the locator warns and guesses (e.g. 4 days of daily means).
+        for unit, longest in _LONGEST_STEPS.items():
+            locator.intervald[unit] = [*locator.intervald[unit], longest]
         formatter = mdates.ConciseDateFormatter(locator, tz=UTC)  # type: ignore[no-untyped-call]
         ax.xaxis.set_major_locator(locator)
         ax.xaxis.set_major_formatter(formatter)
@@ -193,6 +210,9 @@ def _render(metric: Metric, points: Sequence[Point], thresholds: Sequence[Thresh
     buf = io.BytesIO()
     fig.savefig(buf, format="svg", metadata={"Date": None, "Title": title})
     return buf.getvalue()
+
+
+_LONGEST_STEPS = {6: 60, 5: 60, 4: 24, 3: 28, 1: 12}  # SECONDLY, MINUTELY, HOURLY, DAILY, MONTHLY
 
 
 def _days(times: Sequence[datetime]) -> list[float]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable, Coroutine, Mapping
+from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -39,7 +40,7 @@ from rpm.domain.errors import (
     SignInRefused,
 )
 from rpm.storage import readings as reading_store
-from rpm.storage import registry, rule_programs, staff_auth
+from rpm.storage import registry, rollups, rule_programs, staff_auth
 from rpm.storage import staff as staff_store
 
 from . import charts, errors
@@ -72,6 +73,7 @@ PROBLEMS = {
     "reading": "There is no such reading.",
 }
 CHART_READINGS = 300  # newest readings per chart
+TREND_DAYS_MAX = 3660  # a chart of daily means spans at most ten years
 
 # The signed-in staff member (``rpm.auth.current_staff``: the app's ``Auth``, kept in
 # ``app.state.auth`` by ``create_app``); pages without a session redirect to sign-in.
@@ -309,8 +311,16 @@ async def patient(
 
 @router.get("/dashboard/patients/{patient_id}/chart/{metric}.svg")
 async def chart(
-    request: Request, staff: Staff, pool: PoolDep, patient_id: str, metric: str
+    request: Request,
+    staff: Staff,
+    pool: PoolDep,
+    clock: ClockDep,
+    patient_id: str,
+    metric: str,
+    days: Annotated[int | None, Query(ge=1, le=TREND_DAYS_MAX)] = None,
 ) -> Response:
+    """The newest readings of ``metric``; with ``days``, the daily means of that many days
+    (from the rollups: docs/data-lifecycle.md)."""
     try:
         m = Metric(metric)
     except ValueError:  # a chart of something we do not measure: there is no such chart
@@ -320,9 +330,21 @@ async def chart(
         contexts = await registry.patient_contexts(conn, [patient_id])
         if patient_id not in contexts:
             raise NotFoundError("no such patient")
-        stored = await reading_store.for_patient(
-            conn, patient_id, metrics=[m.value], limit=CHART_READINGS
-        )
+        if days is None:
+            stored = await reading_store.for_patient(
+                conn, patient_id, metrics=[m.value], limit=CHART_READINGS
+            )
+            points = [
+                (s.accepted.reading.measured_at, s.accepted.reading.values)
+                for s in stored
+                if s.entered_in_error_at is None  # not plotted: it should not be used
+            ]
+        else:
+            now = clock()
+            buckets = await rollups.series(
+                conn, patient_id, m, now - timedelta(days=days), now, "day"
+            )
+            points = charts.daily_means(buckets)
         book = await rule_programs.active_book(conn)
     ctx = contexts[patient_id]
     rules = []
@@ -331,12 +353,10 @@ async def chart(
             rules.append(rule.with_overrides(ctx.overrides.get(rule.id) or {}))
         except ValueError:  # an override the program no longer takes: the engine too
             rules.append(rule)  # applies the defaults (rule_programs.effective_rules)
-    points = [
-        (s.accepted.reading.measured_at, s.accepted.reading.values)
-        for s in stored
-        if s.entered_in_error_at is None  # not plotted: it should not be used
-    ]
-    svg = await asyncio.to_thread(charts.render_svg, m, points, charts.thresholds_for(rules, m))
+    caption = "" if days is None else f"daily means, last {days} days"
+    svg = await asyncio.to_thread(
+        charts.render_svg, m, points, charts.thresholds_for(rules, m), caption
+    )
     return Response(svg, media_type="image/svg+xml", headers={"Content-Security-Policy": SVG_CSP})
 
 

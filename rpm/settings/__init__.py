@@ -32,7 +32,12 @@ from .care import (
     TimeTrackingSettings,
 )
 from .intake import ApiSettings, DatabaseSettings, IngestSettings, MqttSettings
-from .operations import ExportSettings, OperationsSettings, SimulatorSettings
+from .operations import (
+    ExportSettings,
+    LifecycleSettings,
+    OperationsSettings,
+    SimulatorSettings,
+)
 
 __all__ = [
     "AlertSettings",
@@ -44,6 +49,7 @@ __all__ = [
     "ExportSettings",
     "Group",
     "IngestSettings",
+    "LifecycleSettings",
     "MqttSettings",
     "OperationsSettings",
     "RuleSettings",
@@ -72,6 +78,7 @@ class Settings(BaseModel):
     time_tracking: TimeTrackingSettings = Field(default_factory=TimeTrackingSettings)
     ehr: EhrSettings = Field(default_factory=EhrSettings)
     operations: OperationsSettings = Field(default_factory=OperationsSettings)
+    lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)
     simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
 

@@ -98,3 +98,33 @@ class SimulatorSettings(Group):
         validation_alias="RPM_SIMULATOR_MQTT_PASSWORD",
         description="its password (secret)",
     )
+
+
+class LifecycleSettings(Group):
+    """Keeping readings over years (docs/data-lifecycle.md): compression, retention,
+    partitions and rollups, run by the lifecycle scheduler of the workers role
+    (rpm/workers/lifecycle.py)."""
+
+    interval_s: float = Field(
+        60.0,
+        gt=0,
+        validation_alias="RPM_LIFECYCLE_INTERVAL_S",
+        description="seconds between the scheduler's passes (rollup refresh, compression, "
+        "partition maintenance, retention); one process at a time runs a pass",
+    )
+    compress_after_days: float = Field(
+        30.0,
+        gt=0,
+        validation_alias="RPM_LIFECYCLE_COMPRESS_AFTER_DAYS",
+        description="TimescaleDB: compress a readings chunk once all its readings are older "
+        "than this many days (plain PostgreSQL does not compress)",
+    )
+    retention_days: float | None = Field(
+        None,
+        gt=0,
+        validation_alias="RPM_LIFECYCLE_RETENTION_DAYS",
+        description="unset (the default): readings are kept for ever. WARNING: set, the "
+        "readings measured more than this many days ago are DELETED for good (whole chunks "
+        "or monthly partitions); medical records must be kept for years, so set it only to "
+        "what your records policy requires. Rollups are kept",
+    )

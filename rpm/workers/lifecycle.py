@@ -1,0 +1,128 @@
+"""The lifecycle scheduler (docs/data-lifecycle.md): rollup refresh, compression, partition
+maintenance and retention of readings, run by the project rather than by TimescaleDB's job
+scheduler, whose policy jobs fail on Debian's PostgreSQL 15.20 ("cannot drop portal while
+it is being set up").
+
+Each pass (``tick``) runs on one connection holding a session advisory lock (the
+continuous-aggregate refresh is a procedure that cannot run inside a transaction, so the
+lock cannot be a transaction's): a second process that finds the lock taken skips its
+pass, so no job ever runs twice at once. Every job is idempotent, so a pass cut short is
+simply done again by the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from rpm.settings import LifecycleSettings
+from rpm.storage import lifecycle as store
+from rpm.storage.pool import DATABASE_UNAVAILABLE, Conn
+from rpm.workers.loop import drain_until_stopped
+
+log = logging.getLogger(__name__)
+
+_PASS_FAILED: tuple[type[Exception], ...] = (*DATABASE_UNAVAILABLE, asyncpg.PostgresError)
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleConfig:
+    compress_after: timedelta = timedelta(days=30)
+    retention: timedelta | None = None  # None: readings are kept for ever
+    rollup_batch: int = 10_000  # dirty-log rows per rollup transaction (plain PostgreSQL)
+
+    @classmethod
+    def from_settings(cls, s: LifecycleSettings) -> LifecycleConfig:
+        return cls(
+            compress_after=timedelta(days=s.compress_after_days),
+            retention=None if s.retention_days is None else timedelta(days=s.retention_days),
+        )
+
+
+@dataclass(slots=True)
+class PassResult:
+    """What one pass did."""
+
+    ran: bool = True  # False: another process held the lock
+    timescale: bool = False
+    rollup_rows: int = 0  # plain: dirty-log rows consumed (their hours rolled up again)
+    rollups_refreshed: bool = False  # TimescaleDB: continuous aggregates refreshed
+    chunks_compressed: int = 0
+    partitions_made: int = 0
+    dropped: list[str] = field(default_factory=list)  # chunks or partitions (retention)
+
+
+class LifecycleScheduler:
+    """Runs ``tick`` every ``interval_s``; ``tick(now)`` alone is one pass (tests pin now)."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        config: LifecycleConfig | None = None,
+        *,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._pool = pool
+        self.config = config or LifecycleConfig()
+        self._now = now
+
+    async def tick(self, now: datetime | None = None) -> PassResult:
+        """One pass of every job, or none when another process is running one."""
+        at = now or self._now()
+        async with self._pool.acquire() as conn:
+            if not await store.try_lock(conn):
+                return PassResult(ran=False)
+            try:
+                return await self._jobs(conn, at)
+            finally:
+                await store.unlock(conn)
+
+    async def _jobs(self, conn: Conn, now: datetime) -> PassResult:
+        c = self.config
+        fl = await store.flavour(conn)
+        out = PassResult(timescale=fl.timescale)
+        if fl.timescale:
+            horizon = None if c.retention is None else now - c.retention
+            await store.refresh_rollups(conn, now, horizon)
+            out.rollups_refreshed = True
+            out.chunks_compressed = await store.compress_chunks(conn, now - c.compress_after)
+            if horizon is not None:
+                out.dropped = await store.drop_chunks(conn, horizon)
+            return out
+        while True:
+            taken = await store.refresh_plain_rollups(conn, c.rollup_batch)
+            out.rollup_rows += taken
+            if taken < c.rollup_batch:
+                break
+        out.partitions_made = await store.maintain_partitions(conn, now, fl)
+        if c.retention is not None:
+            out.dropped = await store.drop_partitions(conn, now - c.retention)
+        return out
+
+    async def run(self, interval_s: float, stopping: asyncio.Event | None = None) -> None:
+        """Pass every ``interval_s``, the first one interval after start (start-up stays
+        quick), until ``stopping`` is set; a failed pass is logged and retried at the next."""
+        started = False
+
+        async def once() -> int:
+            nonlocal started
+            if not started:
+                started = True
+                return 0
+            try:
+                result = await self.tick()
+            except _PASS_FAILED as exc:
+                log.warning("lifecycle pass failed: %s", exc.__class__.__name__)
+                return 0
+            if result.dropped:
+                log.warning("retention dropped %d readings partitions/chunks", len(result.dropped))
+            return 0  # rest a whole interval after every pass
+
+        await drain_until_stopped(
+            once, stopping or asyncio.Event(), lambda: interval_s, log, "lifecycle"
+        )

@@ -1,0 +1,134 @@
+"""Helpers of the lifecycle and rollup tests: a plain PostgreSQL cluster (the session's runs
+TimescaleDB when it is installed), databases migrated up to a version, seeded readings and
+the raw aggregate the rollups must equal."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from rpm.domain import METRICS, AcceptedReading, Metric, Reading
+from rpm.storage.corrections import Correction
+from rpm.storage.migrate import available, timescaledb_available
+from rpm.storage.rollups import Bucket, Summary
+
+T0 = datetime(2025, 3, 1, tzinfo=UTC)
+_ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
+
+
+async def migrate_to(conn: asyncpg.Connection, last: int) -> None:
+    """Apply the shipped migrations up to ``last`` as rpm.storage.migrate would."""
+    timescale = await timescaledb_available(conn)
+    if timescale:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    await conn.execute(
+        """CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,
+               timescale boolean NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"""
+    )
+    for m in available():
+        if m.version > last:
+            break
+        async with conn.transaction():
+            await conn.execute(m.sql)
+            if timescale and m.timescale_sql:
+                await conn.execute(m.timescale_sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name, timescale) VALUES ($1, $2, $3)",
+                m.version,
+                m.name,
+                timescale,
+            )
+
+
+async def add_patients(conn: asyncpg.Connection, ids: Iterable[str]) -> None:
+    await conn.executemany(
+        "INSERT INTO patients (id, display_name) VALUES ($1, 'test')", [(i,) for i in ids]
+    )
+
+
+def seeded_readings(
+    seed: int, patients: list[str], days: int, per_day: int
+) -> list[AcceptedReading]:
+    """Blood pressure (pulse on half of them) and weight for each patient, ``per_day`` a day
+    from T0, at seeded minutes; values seeded too."""
+    rng = random.Random(seed)
+    out = []
+    for p in patients:
+        for day in range(days):
+            for k in range(per_day):
+                at = T0 + timedelta(days=day, hours=k * (24 // per_day), minutes=rng.randrange(60))
+                bp: dict[str, float] = {
+                    "systolic": rng.randrange(95, 190) + 0.5 * rng.randrange(2),
+                    "diastolic": float(rng.randrange(55, 110)),
+                }
+                if rng.random() < 0.5:
+                    bp["pulse"] = float(rng.randrange(50, 120))
+                out.append(_accepted(p, f"{p}-cuff", Metric.BLOOD_PRESSURE, bp, at))
+                weight = {"weight": round(rng.uniform(60, 120), 1)}
+                out.append(_accepted(p, f"{p}-scale", Metric.WEIGHT, weight, at))
+    return out
+
+
+def _accepted(
+    patient: str, device: str, metric: Metric, values: dict[str, float], at: datetime
+) -> AcceptedReading:
+    return AcceptedReading(Reading(device, metric, values, at, at + timedelta(seconds=5)), patient)
+
+
+def correction_of(a: AcceptedReading) -> Correction:
+    r = a.reading
+    return Correction(
+        r.device_id,
+        r.metric.value,
+        r.measured_at,
+        a.patient_id,
+        "entered-in-error",
+        "staff",
+        "staff:test",
+        "wrong cuff",
+    )
+
+
+def raw_buckets(
+    readings: Iterable[AcceptedReading],
+    patient: str,
+    metric: Metric,
+    grain: timedelta,
+    start: datetime,
+    end: datetime,
+) -> list[Bucket]:
+    """The aggregate the rollups must equal, computed here from the readings themselves."""
+    groups: dict[datetime, list[AcceptedReading]] = {}
+    for a in readings:
+        r = a.reading
+        if a.patient_id != patient or r.metric is not metric:
+            continue
+        b = _ORIGIN + ((r.measured_at - _ORIGIN) // grain) * grain
+        if start <= b < end:
+            groups.setdefault(b, []).append(a)
+    out = []
+    for b in sorted(groups):
+        parts = {}
+        for c in METRICS[metric].components:
+            vals = [a.reading.values[c.name] for a in groups[b] if c.name in a.reading.values]
+            if vals:
+                parts[c.name] = Summary(len(vals), min(vals), max(vals), sum(vals) / len(vals))
+        out.append(Bucket(b, len(groups[b]), parts))
+    return out
+
+
+def same(got: list[Bucket], want: list[Bucket]) -> bool:
+    """Equal, the means within float rounding (sums are added in another order)."""
+    if [(b.start, b.count, set(b.components)) for b in got] != [
+        (b.start, b.count, set(b.components)) for b in want
+    ]:
+        return False
+    for g, w in zip(got, want, strict=True):
+        for name, s in w.components.items():
+            t = g.components[name]
+            if (t.count, t.min, t.max) != (s.count, s.min, s.max) or abs(t.mean - s.mean) > 1e-9:
+                return False
+    return True

@@ -1,0 +1,274 @@
+"""Data lifecycle (docs/data-lifecycle.md): the conversion of readings to a partitioned table
+(migration 0032), the rollups (0033) equal to the raw aggregate, and the lifecycle
+scheduler's jobs, on plain PostgreSQL (a cluster of its own, with pg_partman when installed)
+and on the session's PostgreSQL (TimescaleDB when installed). Clocks are pinned; pg_partman
+alone reads the database's clock."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from itertools import count
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from rpm.domain import METRICS, Metric
+from rpm.local_endpoints import ServiceEndpoints
+from rpm.storage import corrections, lifecycle, rollups
+from rpm.storage.migrate import migrate
+from rpm.storage.pool import create_pool
+from rpm.storage.readings import insert_new
+from rpm.workers.lifecycle import LifecycleConfig, LifecycleScheduler
+from simulators.localservices import LocalServices
+from tests.conftest import with_database
+from tests.lifecycle_support import (
+    T0,
+    add_patients,
+    correction_of,
+    migrate_to,
+    raw_buckets,
+    same,
+    seeded_readings,
+)
+
+_names = count()
+NO_TIMESCALE = "TimescaleDB is not installed here: the session's PostgreSQL is plain"
+HOUR, DAY = timedelta(hours=1), timedelta(days=1)
+
+
+@pytest.fixture(scope="module")
+def plain_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceEndpoints]:
+    """A plain PostgreSQL 15 (the session's runs TimescaleDB when it is installed)."""
+    local = LocalServices(tmp_path_factory.mktemp("plain"), timescaledb=False, log=lambda _: None)
+    try:
+        yield local.start()
+    finally:
+        local.stop()
+
+
+async def _empty_db(services: ServiceEndpoints) -> AsyncIterator[str]:
+    name = f"lifecycle_{os.getpid()}_{next(_names)}"
+    admin = await asyncpg.connect(services.database_url)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+        yield with_database(services.database_url, name)
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(params=["plain", "session"])
+async def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """An empty database on plain PostgreSQL, or on the session's (TimescaleDB if any)."""
+    fixture = "plain_services" if request.param == "plain" else "services"
+    async for url in _empty_db(request.getfixturevalue(fixture)):
+        yield url
+
+
+async def _series_match(conn: asyncpg.Connection, stored: list, patients: list[str]) -> None:
+    for p in patients:
+        for metric in (Metric.BLOOD_PRESSURE, Metric.WEIGHT):
+            for grain, width in (("day", DAY), ("hour", HOUR)):
+                start, end = T0 - DAY, T0 + timedelta(days=60)
+                got = await rollups.series(conn, p, metric, start, end, grain)
+                want = raw_buckets(stored, p, metric, width, start, end)
+                assert got, (p, metric, grain)
+                assert same(got, want), (p, metric, grain)
+
+
+async def test_migration_converts_stored_readings(empty_db: str) -> None:
+    """Readings stored before 0032/0033 are all kept, duplicates still skip, the rollups of
+    them equal the raw aggregate; on plain PostgreSQL readings is now partitioned by month."""
+    conn = await asyncpg.connect(empty_db)
+    try:
+        await migrate_to(conn, 31)
+        patients = ["p1", "p2"]
+        await add_patients(conn, patients)
+        stored = seeded_readings(7, patients, days=40, per_day=3)
+        assert len(await insert_new(conn, stored)) == len(stored)
+        before = await conn.fetch("SELECT * FROM readings ORDER BY device_id, metric, measured_at")
+
+        assert await migrate(conn) == ["0032_readings_partitioned", "0033_reading_rollups"]
+        after = await conn.fetch("SELECT * FROM readings ORDER BY device_id, metric, measured_at")
+        assert [dict(r) for r in after] == [dict(r) for r in before]
+        fl = await lifecycle.flavour(conn)
+        kind = await conn.fetchval("SELECT relkind::text FROM pg_class WHERE relname = 'readings'")
+        assert kind == ("r" if fl.timescale else "p")
+        if not fl.timescale:  # one partition a month from the oldest reading's
+            parts = await conn.fetch(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                " WHERE i.inhparent = 'readings'::regclass"
+            )
+            assert {"readings_p2025_03", "readings_p2025_04"} <= {r["relname"] for r in parts}
+            assert await conn.fetchval("SELECT count(*) FROM readings_p2025_03") > 0
+
+        # ON CONFLICT still recognises every stored reading; a new one is stored once.
+        assert await insert_new(conn, stored) == []
+        late = seeded_readings(8, ["p1"], days=1, per_day=1)[:1]
+        assert await insert_new(conn, late + late) == late
+        assert await insert_new(conn, late) == []
+
+        pool = await create_pool(empty_db, size=2)
+        try:
+            result = await LifecycleScheduler(pool).tick(T0 + timedelta(days=45))
+        finally:
+            await pool.close()
+        assert result.ran
+        assert result.timescale is fl.timescale
+        await _series_match(conn, stored + late, patients)
+    finally:
+        await conn.close()
+
+
+async def test_plain_retention_drops_whole_months_and_keeps_rollups(
+    plain_services: ServiceEndpoints,
+) -> None:
+    """Retention (off by default) drops the monthly partitions wholly older than the
+    horizon of the pinned clock; the rollups of their readings stay."""
+    async for url in _empty_db(plain_services):
+        conn = await asyncpg.connect(url)
+        pool = await create_pool(url, size=2)
+        try:
+            await migrate_to(conn, 31)
+            await add_patients(conn, ["p1"])
+            stored = seeded_readings(3, ["p1"], days=40, per_day=2)
+            await insert_new(conn, stored)
+            await migrate(conn)
+            march = sum(1 for a in stored if a.reading.measured_at.month == 3)
+            kept = LifecycleScheduler(pool)
+            assert (await kept.tick(T0 + timedelta(days=4000))).dropped == []
+            days_before = await conn.fetchval("SELECT count(*) FROM readings_daily")
+
+            now = T0 + timedelta(days=400)  # horizon 2025-04-05: March has gone by
+            sched = LifecycleScheduler(pool, LifecycleConfig(retention=timedelta(days=365)))
+            result = await sched.tick(now)
+            assert result.dropped == ["readings_p2025_03"]
+            assert await conn.fetchval("SELECT count(*) FROM readings") == len(stored) - march
+            assert await conn.fetchval("SELECT count(*) FROM readings_daily") == days_before
+            assert (await sched.tick(now)).dropped == []  # idempotent
+        finally:
+            await pool.close()
+            await conn.close()
+
+
+async def test_plain_partitions_are_made_ahead(plain_services: ServiceEndpoints) -> None:
+    """Partition maintenance: pg_partman's run_maintenance when installed, and the
+    project's own monthly partitions without it (rpm_make_reading_partitions)."""
+    async for url in _empty_db(plain_services):
+        conn = await asyncpg.connect(url)
+        try:
+            await migrate(conn)
+            fl = await lifecycle.flavour(conn)
+            assert not fl.timescale
+            await lifecycle.maintain_partitions(conn, T0, fl)  # pg_partman: its own clock
+            db_now = await conn.fetchval("SELECT now()")
+            ahead = (db_now + timedelta(days=100)).strftime("readings_p%Y_%m")
+            assert await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", ahead)
+            own = lifecycle.Flavour(timescale=False, partman=False)
+            far = T0.replace(year=2035)
+            assert await lifecycle.maintain_partitions(conn, far, own) == 5  # March to July
+            assert await lifecycle.maintain_partitions(conn, far, own) == 0
+            assert await conn.fetchval("SELECT to_regclass('readings_p2035_07') IS NOT NULL")
+        finally:
+            await conn.close()
+
+
+async def test_rollups_equal_raw_including_corrections(empty_db: str) -> None:
+    """Before and after the scheduler's refresh, and after readings are marked entered in
+    error, a series equals the raw aggregate of the readings not entered in error."""
+    conn = await asyncpg.connect(empty_db)
+    pool = await create_pool(empty_db, size=2)
+    try:
+        await migrate(conn)
+        fl = await lifecycle.flavour(conn)
+        patients = ["p1", "p2"]
+        await add_patients(conn, patients)
+        stored = seeded_readings(11, patients, days=20, per_day=4)
+        await insert_new(conn, stored)
+        await _series_match(conn, stored, patients)  # not rolled up yet: dirty or real-time
+        sched = LifecycleScheduler(pool, LifecycleConfig(rollup_batch=7))  # many transactions
+        now = T0 + timedelta(days=30)
+        await sched.tick(now)
+        assert await conn.fetchval("SELECT count(*) FROM reading_rollup_dirty") == 0
+        await _series_match(conn, stored, patients)
+
+        wrong = [stored[5], stored[6], stored[40]]
+        await corrections.record(conn, [correction_of(a) for a in wrong], now)
+        kept = [a for a in stored if a not in wrong]
+        await _series_match(conn, kept, patients)  # no refresh needed
+
+        late = seeded_readings(12, ["p1"], days=3, per_day=5)  # into materialised buckets
+        await insert_new(conn, late)
+        if not fl.timescale:  # the dirty log makes them count before the refresh
+            await _series_match(conn, kept + late, patients)
+        await sched.tick(now)
+        await _series_match(conn, kept + late, patients)
+    finally:
+        await pool.close()
+        await conn.close()
+
+
+async def test_timescale_compression_and_retention(pool: asyncpg.Pool) -> None:
+    """Chunks older than the setting are compressed by the scheduler (again: nothing to
+    do), stored readings in them are still recognised by ON CONFLICT, and retention drops
+    old chunks while the rollups keep their buckets."""
+    async with pool.acquire() as conn:
+        if not (await lifecycle.flavour(conn)).timescale:
+            pytest.skip(NO_TIMESCALE)
+        await add_patients(conn, ["p1"])
+        stored = seeded_readings(5, ["p1"], days=40, per_day=3)
+        await insert_new(conn, stored)
+    now = T0 + timedelta(days=60)
+    sched = LifecycleScheduler(pool, LifecycleConfig(compress_after=timedelta(days=14)))
+    first = await sched.tick(now)
+    assert first.rollups_refreshed
+    assert first.chunks_compressed > 0
+    assert (await sched.tick(now)).chunks_compressed == 0
+    async with pool.acquire() as conn:
+        compressed = await conn.fetchval(
+            "SELECT count(*) FROM timescaledb_information.chunks"
+            " WHERE hypertable_name = 'readings' AND is_compressed"
+        )
+        assert compressed == first.chunks_compressed
+        assert await insert_new(conn, stored) == []
+        early = seeded_readings(6, ["p1"], days=1, per_day=1)[:1]
+        assert await insert_new(conn, early + early) == early
+        daily = await conn.fetch("SELECT bucket, n FROM readings_daily ORDER BY bucket")
+
+    retention = LifecycleConfig(retention=timedelta(days=30))
+    dropped = await LifecycleScheduler(pool, retention).tick(now)
+    assert dropped.dropped
+    async with pool.acquire() as conn:
+        oldest = await conn.fetchval("SELECT min(measured_at) FROM readings")
+        assert oldest >= now - timedelta(days=30) - timedelta(days=7)  # whole chunks only
+        assert oldest > T0
+        after = await conn.fetch("SELECT bucket, n FROM readings_daily ORDER BY bucket")
+        assert [dict(r) for r in after] == [dict(r) for r in daily]
+
+
+async def test_a_second_process_skips_the_pass_in_progress(pool: asyncpg.Pool) -> None:
+    """The lock is the session's: while another process holds it, a pass does nothing."""
+    sched = LifecycleScheduler(pool)
+    other = await pool.acquire()
+    try:
+        assert await lifecycle.try_lock(other)
+        skipped = await sched.tick(T0)
+        assert not skipped.ran
+        await lifecycle.unlock(other)
+    finally:
+        await pool.release(other)
+    assert (await sched.tick(T0)).ran
+
+
+async def test_component_slots_match_the_domain(pool: asyncpg.Pool) -> None:
+    """rpm_component_name (migration 0033) numbers components as rpm.domain.METRICS."""
+    async with pool.acquire() as conn:
+        for metric, spec in METRICS.items():
+            names = [
+                await conn.fetchval("SELECT rpm_component_name($1, $2)", metric.value, i)
+                for i in (1, 2, 3, 4)
+            ]
+            assert names == [c.name for c in spec.components] + [None] * (4 - len(spec.components))
