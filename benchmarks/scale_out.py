@@ -1,7 +1,8 @@
 """Past one machine: what enrolling a shipment of devices costs as the fleet grows.
 
-    uv run python benchmarks/scale_out.py            # 100,000 devices
-    uv run python benchmarks/scale_out.py --quick    # 10,000 devices (about a minute)
+    uv run python benchmarks/scale_out.py            # 100,000 devices; gateways on 40,000 readings
+    uv run python benchmarks/scale_out.py --quick    # 10,000 devices; 20,000 readings
+    uv run python benchmarks/scale_out.py --quick --no-enrol   # the gateway figures alone
 
 Everything runs on loopback in a temporary directory, removed at the end: LocalServices'
 PostgreSQL and Mosquitto with the certificate listener (and so the device CA), and
@@ -19,10 +20,12 @@ devices cost what the first did; the dynamic-security plugin, which rewrites its
 file per login, gets slower with every device). Machine load: the CPU seconds of the server
 and of PostgreSQL, and the load average, printed with the figures.
 
-Not measured yet (item 2 of issue 19, several gateways on a shared subscription):
-``gateways``, ``readings_per_s_by_gateways``, ``lost``, ``duplicated`` and
-``alerts_match_single_gateway``; the JSON says so in ``not_measured``. A later part adds
-them to ``result`` below.
+Gateways (item 2 of issue 19, ``benchmarks/_gateways.py``): throughput with 1, 2 and 3
+``rpm serve --role gateway`` processes on this machine (one on the default subscription,
+more on one shared subscription) with CPU per reading, then the kill-and-restart integrity
+run: ``gateways``, ``readings_per_s_by_gateways``, ``cpu_us_per_reading_by_gateways``,
+``lost``, ``duplicated`` and ``alerts_match_single_gateway`` (the alert episodes of the
+three-gateway run with a kill against those of the one-gateway run of the same readings).
 
 The last line of output is one JSON object; the table before it explains the figures.
 """
@@ -53,23 +56,20 @@ from _common import (
     run_with_services,
     server_env,
 )
+from _gateways import GatewayRun, kill_and_restart, throughput
 from _report import ok, progress, tables
 from _server import RpmServe
 
 from device_gateways import device_ca
 from rpm.auth import STAFF_TOKEN_PREFIX, token_hash
 from rpm.storage import staff_auth
+from simulators import active_active
 from simulators.localservices import LocalServices, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 WINDOW = 1000  # the first and the last devices compared
-NOT_MEASURED = [
-    "gateways",
-    "readings_per_s_by_gateways",
-    "lost",
-    "duplicated",
-    "alerts_match_single_gateway",
-]
+GATEWAYS = (1, 2, 3)
+PER_PATIENT = 40  # readings per patient: within the rule engine's buffer (48 blood pressures)
 
 
 def make_csrs(n: int, say: Any) -> list[dict[str, str]]:
@@ -156,6 +156,70 @@ async def run(
     services: LocalServices, work: Path, args: argparse.Namespace, say: Any
 ) -> tuple[str, dict[str, Any]]:
     endpoints = services.start()
+    table, result = ("", {}) if args.no_enrol else await enrolment(endpoints, work, args, say)
+    gw_table, gw_result = await gateways(endpoints, work, args, say)
+    return "\n\n".join(t for t in (table, gw_table) if t), {**result, **gw_result}
+
+
+async def gateways(
+    endpoints: Any, work: Path, args: argparse.Namespace, say: Any
+) -> tuple[str, dict[str, Any]]:
+    """Throughput with 1, 2 and 3 gateways, then the kill-and-restart run."""
+    end = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    stream = active_active.make_stream(end, args.patients, PER_PATIENT)
+    runs: list[GatewayRun] = []
+    for n in GATEWAYS:
+        say(f"{n} gateway(s): draining {stream.distinct:,} readings")
+        runs.append(await throughput(endpoints, work, n, stream, args.patients, end))
+    say("three gateways, one killed and started again")
+    kill = await kill_and_restart(endpoints, work, stream, args.patients, end, say)
+    single = runs[0]
+    lost = stream.distinct - kill.distinct
+    duplicated = kill.rows - kill.distinct
+    match = kill.alerts == single.alerts and all(r.alerts == single.alerts for r in runs)
+    rows_out: list[tuple[str, str, str]] = [
+        (
+            f"{r.gateways} gateway{'s' if r.gateways > 1 else ''}",
+            f"{fmt_rate(r.per_s)}  {r.seconds:.1f} s",
+            f"CPU {r.cpu_us_per_reading:.0f} µs/reading (gateways {r.gateway_cpu_s:.1f} s, "
+            f"PostgreSQL {r.postgres_cpu_s:.1f} s); load {r.load[0]:.1f} / {r.load[1]:.1f}",
+        )
+        for r in runs
+    ]
+    rows_out += [
+        ("kill -9 and restart: lost", f"{lost:,}", ok(lost == 0)),
+        ("kill -9 and restart: stored twice", f"{duplicated:,}", ok(duplicated == 0)),
+        ("alerts as one gateway's", f"{len(kill.alerts)} episodes", ok(match)),
+        ("kill run load before / after", f"{kill.load[0]:.1f} / {kill.load[1]:.1f}", ""),
+    ]
+    table = tables(
+        {f"Gateways on one shared subscription, {stream.distinct:,} readings": rows_out},
+        [
+            f"{args.patients} hypertension patients, {PER_PATIENT} blood pressures each, "
+            f"{len(stream.messages) - stream.distinct:,} device retransmits; "
+            f"{os.cpu_count()} CPUs shared by every gateway, PostgreSQL and the broker."
+        ],
+    )
+    result = {
+        "gateways": list(GATEWAYS),
+        "readings": stream.distinct,
+        "readings_per_s_by_gateways": {str(r.gateways): round(r.per_s, 1) for r in runs},
+        "cpu_us_per_reading_by_gateways": {
+            str(r.gateways): round(r.cpu_us_per_reading, 1) for r in runs
+        },
+        "lost": lost,
+        "duplicated": duplicated,
+        "alerts_match_single_gateway": match,
+        "alert_episodes": len(single.alerts),
+        "gateways_loadavg_1m": {str(r.gateways): round(r.load[0], 2) for r in runs},
+    }
+    return table, result
+
+
+async def enrolment(
+    endpoints: Any, work: Path, args: argparse.Namespace, say: Any
+) -> tuple[str, dict[str, Any]]:
+    """Bulk enrolment by certificate through the API (item 1)."""
     root = Path(endpoints.root)
     rows = await asyncio.to_thread(make_csrs, args.devices, say)
     port = free_port()
@@ -213,7 +277,6 @@ async def run(
         [
             f"{os.cpu_count()} CPUs; the broker holds no per-device state "
             "(certificate listener, pattern ACL).",
-            "Not measured yet: " + ", ".join(NOT_MEASURED) + " (issue 19, item 2).",
         ],
     )
     result = {
@@ -230,7 +293,6 @@ async def run(
         "postgres_cpu_s": round(cpu_pg, 1),
         "loadavg_1m_before": round(load_before[0], 2),
         "loadavg_1m_after": round(load_after[0], 2),
-        "not_measured": NOT_MEASURED,
     }
     return table, result
 
@@ -240,10 +302,13 @@ def main() -> int:
     p.add_argument("--devices", type=int, default=100_000)
     p.add_argument("--batch", type=int, default=500, help="devices per request (at most 1,000)")
     p.add_argument("--quick", action="store_true", help="10,000 devices")
+    p.add_argument("--patients", type=int, default=1000, help=f"{PER_PATIENT} readings each")
+    p.add_argument("--no-enrol", action="store_true", help="the gateway figures alone")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = p.parse_args()
     if args.quick:
         args.devices = 10_000
+        args.patients = 500
     if not 0 < args.batch <= 1000 or args.devices < 2 * WINDOW:
         p.error(f"--batch is 1..1000 and --devices at least {2 * WINDOW}")
     say = progress("scale_out")

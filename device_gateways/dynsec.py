@@ -70,6 +70,9 @@ def initial_config(logins: Mapping[str, tuple[str, str]]) -> dict[str, Any]:
         # The gateway reads every device's readings; it publishes nothing.
         GATEWAY_ROLE: [
             _acl("subscribePattern", "rpm/#"),
+            # Several gateways share the device topics: Mosquitto checks a shared
+            # subscription's ACL on the whole filter, $share/<group>/ included.
+            _acl("subscribePattern", "$share/+/rpm/#"),
             _acl("publishClientReceive", "rpm/#"),
             _acl("subscribePattern", "$SYS/#"),
             _acl("publishClientReceive", "$SYS/#"),

@@ -27,6 +27,7 @@ from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
+from paho.mqtt.reasoncodes import ReasonCode
 
 from rpm.domain import RawMessage
 from rpm.domain.errors import StorageError
@@ -50,6 +51,15 @@ class MqttConfig:
     batch_max_wait_s: float = 0.02
     reconnect_max_s: float = 5.0
     tls_ca_file: str | None = None  # verify the broker's certificate against this CA
+    # Several gateways: each subscribes to ``$share/{share_group}/{topic}`` under its own
+    # client id, and the broker hands each message to one member of the group (MQTT 5.0
+    # section 4.8.2; Mosquitto 2.0 accepts it from MQTT 3.1.1 clients too).
+    share_group: str | None = None
+
+    @property
+    def subscription(self) -> str:
+        """The topic filter subscribed to: shared when a group is set."""
+        return f"$share/{self.share_group}/{self.topic}" if self.share_group else self.topic
 
 
 def device_id_from_topic(topic: str) -> str | None:
@@ -73,6 +83,11 @@ def to_raw(topic: str, payload: bytes, received_at: datetime) -> RawMessage:
         received_at=received_at,
         topic=topic,
     )
+
+
+def _refused(granted: int | ReasonCode) -> bool:
+    """A SUBACK return code of failure (0x80 and up: MQTT 3.1.1 section 3.9.3, 5.0 3.9.3)."""
+    return granted.is_failure if isinstance(granted, ReasonCode) else granted >= 0x80
 
 
 def _unsent_bytes(sock: object) -> int:
@@ -217,11 +232,16 @@ class MqttGateway:
                 self._batches(paho_client, inbox, arrived, disconnected, resume_if_drained)
             )
             try:
-                await client.subscribe(cfg.topic, qos=1)
+                granted = await client.subscribe(cfg.subscription, qos=1)
+                if any(_refused(g) for g in granted):
+                    raise aiomqtt.MqttError(
+                        f"the broker refused the subscription to {cfg.subscription}: "
+                        "see the gateway login's ACL (docs/operations.md)"
+                    )
                 self.connected.set()
                 self._sessions += 1
                 self.reconnects = self._sessions - 1
-                log.info("subscribed to %s as %s", cfg.topic, cfg.client_id)
+                log.info("subscribed to %s as %s", cfg.subscription, cfg.client_id)
                 await batches
                 await _flushed(paho_client, within=5.0)  # stopping: the last acks must leave
             finally:

@@ -34,7 +34,7 @@ from rpm.storage import quarantine as quarantine_store
 from rpm.storage import readings as reading_store
 from rpm.storage import registry as device_store
 from rpm.storage import rule_programs as program_store
-from rpm.storage import rule_state
+from rpm.storage import rule_state, rule_versions
 from rpm.storage.panel import PANEL_CHANNEL, patient_payloads
 from rpm.storage.pool import DATABASE_UNAVAILABLE, Conn
 from rpm.validation import ClockPolicy
@@ -45,6 +45,7 @@ from rules.programs import RuleBook
 
 from . import confirming
 from .corrections import apply_marked
+from .freshness import Freshness
 from .outbox_items import fhir_push_item, patient_sms_payload
 from .prepare import prepare
 from .results import BatchResult, itemize
@@ -96,6 +97,7 @@ class IngestPipeline:
         self._last_pending: dict[tuple[str, str], datetime] = {}
         self._fhir_push = fhir_push
         self._grouped: tuple[RuleBook, Grouping] | None = None
+        self._freshness = Freshness()  # the patients' state versions the engine holds
 
     async def load_rules(self, conn: Conn) -> None:
         """Use the active version of every program; cheap when nothing changed.
@@ -139,7 +141,7 @@ class IngestPipeline:
         except DATABASE_UNAVAILABLE as exc:
             self._metrics.not_committed.inc()
             raise StorageError(f"database unavailable: {exc.__class__.__name__}") from exc
-        except asyncpg.SerializationError as exc:
+        except asyncpg.TransactionRollbackError as exc:  # serialization failure, deadlock
             self._metrics.not_committed.inc()
             raise StorageError("concurrent update; retry the batch") from exc
         except asyncpg.UniqueViolationError as exc:
@@ -186,7 +188,9 @@ class IngestPipeline:
                     out = await work(conn, arg)
             except BaseException:
                 self.engine.forget(self._touched)
+                self._freshness.rolled_back(self._touched)
                 raise
+            self._freshness.committed()
             self._last_written.update(self._last_pending)
             return out
 
@@ -225,6 +229,7 @@ class IngestPipeline:
         contexts: dict[str, PatientContext] = {}
         thresholds: Thresholds | None = None
         if prepared.accepted:
+            await self._claim(conn, {a.patient_id for a in prepared.accepted})
             await self._ensure_state(conn, prepared.accepted)
             contexts = await device_store.patient_contexts(
                 conn, {a.patient_id for a in prepared.accepted}
@@ -292,7 +297,7 @@ class IngestPipeline:
         await apply_marked(conn, marked, now, fhir_push=self._fhir_push)
         patients = {m.patient_id for m in marked}
         self.engine.forget(patients)
-        self._touched.update(patients)
+        await self._claim(conn, patients)  # other processes reload them too
         for m in marked:
             self._last_written.pop((m.patient_id, m.metric), None)
 
@@ -311,6 +316,14 @@ class IngestPipeline:
             return await self._in_transaction(work, None)
         except DATABASE_UNAVAILABLE as exc:
             raise StorageError(f"database unavailable: {exc.__class__.__name__}") from exc
+
+    async def _claim(self, conn: Conn, patients: set[str]) -> None:
+        """Lock the patients until commit and bump their state versions (sorted: no
+        deadlock); forget those another process changed since this one last did, so
+        ``_ensure_state`` rebuilds them from the database (``rpm.pipeline.freshness``)."""
+        claimed = await rule_versions.claim(conn, patients)
+        self._touched.update(claimed)
+        self.engine.forget(self._freshness.stale(claimed))
 
     async def _ensure_state(self, conn: Conn, accepted: Sequence[AcceptedReading]) -> None:
         """Load the rule state of patients the engine has not seen (before the insert, so

@@ -68,6 +68,13 @@ class MqttSettings(Group):
         validation_alias="RPM_MQTT_TOPIC",
         description="subscription",
     )
+    share_group: str | None = Field(
+        default_of(MqttConfig, "share_group"),
+        pattern=r"^[^/+#$]+$",
+        validation_alias="RPM_MQTT_SHARE_GROUP",
+        description="several gateways: subscribe as members of this shared-subscription "
+        "group ($share/<group>/<topic>), each with its own RPM_MQTT_CLIENT_ID",
+    )
     tls_ca_file: str | None = Field(
         default_of(MqttConfig, "tls_ca_file"),
         validation_alias="RPM_MQTT_TLS_CA_FILE",
@@ -114,6 +121,7 @@ class MqttSettings(Group):
             password=self.password.get_secret_value() if self.password else None,
             client_id=self.client_id,
             topic=self.topic,
+            share_group=self.share_group,
             batch_max_messages=self.batch_max_messages,
             batch_max_wait_s=self.batch_max_wait_ms / 1000,
             tls_ca_file=self.tls_ca_file,

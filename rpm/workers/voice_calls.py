@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -131,8 +132,11 @@ class VoiceCallWorker:
         async with self._pool.acquire() as conn:
             await self._queue_unconfirmed(conn, now)
             items = await outbox_store.claim_due(conn, CHANNEL, self._config.batch, _LEASE, now)
+        claimed = time.monotonic()
         for k, item in enumerate(items):
-            if self._stopping.is_set():
+            # Hand back what is left by half the lease: no other worker process claims a
+            # call this one is still placing (several workers share the outbox).
+            if self._stopping.is_set() or time.monotonic() - claimed > _LEASE.total_seconds() / 2:
                 async with self._pool.acquire() as conn:
                     for rest in items[k:]:
                         await outbox_store.defer(conn, rest.id, now, "released at shutdown")
