@@ -127,7 +127,14 @@ def test_cluster_gateways_share_the_device_topics_each_with_its_own_session() ->
 
     services = resolved("--profile", "cluster")["services"]
     gateways = [services[f"gateway-{n}"] for n in (1, 2, 3)]
-    topics = {in_container(g["environment"]["RPM_MQTT_TOPIC"]) for g in gateways}
+    from rpm.settings import Settings
+
+    topics = {
+        Settings.model_validate({"mqtt": {"share_group": g["environment"]["RPM_MQTT_SHARE_GROUP"]}})
+        .mqtt.gateway()
+        .subscription
+        for g in gateways
+    }
     assert topics == {"$share/rpm-gateways/rpm/v1/devices/+/readings"}
     acl = (ROOT / "docker" / "emqx" / "acl.conf").read_text()
     assert f'{{eq, "{topics.pop()}"}}' in acl
