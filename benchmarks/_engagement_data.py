@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from rpm.storage.engagement import rebuild_day_bits
+
 ZONES = (
     "America/New_York",
     "America/Chicago",
@@ -270,8 +272,12 @@ async def build(
             t0 = time.perf_counter()
             await conn.execute(sql, *args)
             say(f"{name}: {time.perf_counter() - t0:.1f} s")
+        # patient_days' triggers were off: its bitmaps (migration 0036), as they would be.
+        t0 = time.perf_counter()
+        await rebuild_day_bits(conn)
+        say(f"patient_day_bits: {time.perf_counter() - t0:.1f} s")
     t0 = time.perf_counter()
-    for table in (*_COUNTED, "outbox", "care_teams"):
+    for table in (*_COUNTED, "patient_day_bits", "outbox", "care_teams"):
         await conn.execute(f"VACUUM ANALYZE {table}")
     say(f"vacuum analyze: {time.perf_counter() - t0:.1f} s")
     counts = {t: int(await conn.fetchval(f"SELECT count(*) FROM {t}")) for t in _COUNTED}

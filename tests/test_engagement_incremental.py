@@ -298,12 +298,26 @@ async def run_scenario(pool: asyncpg.Pool, planner: CampaignPlanner) -> dict[str
             """SELECT campaign, patient_id, occurrence, version, planned_at FROM campaign_sends
                 WHERE campaign <> 'other' ORDER BY campaign, patient_id, occurrence"""
         )
+        # The days both kinds of pass counted from (migration 0036) against patient_days.
+        bits = await conn.fetch("SELECT * FROM patient_day_bits ORDER BY patient_id")
+        days = await conn.fetch(DAY_BITS)
     return {
+        "day_bits": ([tuple(r) for r in bits], [tuple(r) for r in days]),
         "outbox": [dict(r) for r in outbox],
         "sends": [tuple(r) for r in sends],
         "full_passes": full_passes,
         "parted": parted,
     }
+
+
+# Each patient's bitmap of days as patient_days gives it: newest and oldest day, bit k for
+# the newest day - k.
+DAY_BITS = """
+    SELECT patient_id, max(day), min(day),
+           sum(CASE WHEN x.last - day < 62 THEN 1::bigint << (x.last - day) END)::bigint
+      FROM patient_days JOIN (SELECT patient_id, max(day) AS last FROM patient_days
+                               GROUP BY 1) x USING (patient_id)
+     GROUP BY 1 ORDER BY 1"""
 
 
 @contextlib.asynccontextmanager
@@ -338,6 +352,10 @@ async def test_incremental_passes_plan_what_evaluating_everyone_plans(
     runs: dict[str, dict[str, Any]],
 ) -> None:
     incremental, full = runs["incremental"], runs["full"]
+    for run in runs.values():  # what the passes counted days from is patient_days
+        kept, counted = run["day_bits"]
+        assert kept == counted
+        assert len(kept) > 10
     assert incremental["sends"] == full["sends"]
     assert incremental["outbox"] == full["outbox"]
     # Incremental indeed: each campaign was evaluated in full at its first pass only.

@@ -20,7 +20,7 @@ from rpm.engagement import segments as segment_spec
 from rpm.engagement.campaigns import CampaignSpec, Trigger
 from rpm.engagement.segments import SegmentSpec
 from rpm.storage.pool import Conn
-from rpm.storage.segments import facts_sql, over_everyone
+from rpm.storage.segments import days_in_sql, facts_sql, over_everyone
 
 # --- campaigns ---------------------------------------------------------------------------
 
@@ -118,10 +118,18 @@ def _probe(source: str) -> str:
 # is now; values are bound through ``bind``.
 def _trigger_sql(t: Trigger, bind: Any) -> tuple[str, str]:
     today_readings = "patient_days d WHERE d.patient_id = f.patient_id AND d.day = f._today"
+
+    def days_in(n: str) -> str:  # from the patient's bitmap of days (migration 0036)
+        return days_in_sql("f._bits", "f._bits_last_day", "f._today", n, "f.patient_id")
+
     match t.kind:
         case "no_reading_by":
-            metric = f" AND {bind(t.metric, 'text')} = ANY(d.metrics)" if t.metric else ""
-            no_reading = "NOT " + _probe(today_readings + metric)
+            # Of a metric: the metrics of today's row of patient_days, a probe.
+            no_reading = (
+                "NOT " + _probe(f"{today_readings} AND {bind(t.metric, 'text')} = ANY(d.metrics)")
+                if t.metric
+                else f"{days_in('1')} = 0"
+            )
             return (
                 f"f._local_time >= {bind(t.local_time, 'time')} AND {no_reading}",
                 "f._today::text",
@@ -132,19 +140,10 @@ def _trigger_sql(t: Trigger, bind: Any) -> tuple[str, str]:
                 "'gap-after:' || f._last_day::text",
             )
         case "first_reading":
-            return (
-                _probe(today_readings)
-                + " AND NOT "
-                + _probe("patient_days d WHERE d.patient_id = f.patient_id AND d.day < f._today"),
-                "'first'",
-            )
+            return (f"{days_in('1')} = 1 AND f._first_day >= f._today", "'first'")
         case "streak":
             n = bind(t.days, "int")
-            return (
-                f"(SELECT count(*) FROM patient_days d WHERE d.patient_id = f.patient_id "
-                f"AND d.day > f._today - {n} AND d.day <= f._today) = {n}",
-                "f._today::text",
-            )
+            return (f"{days_in(n)} = {n}", "f._today::text")
         case "alert_resolved":
             return (
                 "ar.id IS NOT NULL",

@@ -84,6 +84,24 @@ async def recount_days(
     )
 
 
+async def rebuild_day_bits(conn: Conn) -> int:
+    """Compute every patient's bitmap of days (patient_day_bits, migration 0036) again from
+    patient_days: for a load that wrote patient_days with its triggers off (bulk set-up).
+    How many patients have one."""
+    await conn.execute("DELETE FROM patient_day_bits")
+    status = await conn.execute(
+        """INSERT INTO patient_day_bits (patient_id, last_day, first_day, bits)
+           SELECT d.patient_id, x.last_day, x.first_day,
+                  bit_or(rpm_day_bits_shift(1, x.last_day - d.day))
+             FROM patient_days d
+             JOIN (SELECT patient_id, max(day) AS last_day, min(day) AS first_day
+                     FROM patient_days GROUP BY patient_id) x USING (patient_id)
+            WHERE d.day > x.last_day - 62
+            GROUP BY 1, 2, 3"""
+    )
+    return int(status.split()[-1])
+
+
 async def open_severity(conn: Conn, patient_id: str) -> Severity | None:
     """The highest severity of the patient's open episodes; None when none is open."""
     rank = await conn.fetchval(

@@ -34,8 +34,30 @@ from rpm.storage.pool import Conn
 #   hid those statistics: PostgreSQL estimated 1 patient where thousands were due for a
 #   weekly campaign and joined each to a whole aggregate in a nested loop, a pass of over
 #   10 minutes at 100,000 patients; benchmarks/engagement.py.)
-# - days with readings are counted per patient from a range of patient_days' primary key,
-#   never by aggregating every patient's 30 days first; a count nothing uses is not made.
+# - days with readings are counted from the patient's one row of patient_day_bits (migration
+#   0036: a bitmap of the days of patient_days, kept by triggers), never by aggregating every
+#   patient's 30 days first; a count nothing uses is not made. (Counted from a range of
+#   patient_days per patient and window, they were the largest part of a zone's pass: at
+#   100,000 patients, a probe per hypertension patient of the zone, 10-15 us each, for
+#   bp-nudge's "fewer than 4 of the last 7 days"; benchmarks/engagement.py.)
+
+
+def days_in_sql(bits: str, last_day: str, today: str, n: str, patient: str) -> str:
+    """SQL for the days with readings of ``patient`` in (today - n, today]: from the
+    patient's bitmap and its newest day (patient_day_bits; NULL: no days), or from
+    patient_days when the bitmap cannot tell (a newest day far after ``today``), so the count
+    is always that of patient_days."""
+    return (
+        f"coalesce(rpm_days_in({bits}, {last_day}, {today}, {n}), "
+        f"(SELECT count(*) FROM patient_days d WHERE d.patient_id = {patient} "
+        f"AND d.day > {today} - {n} AND d.day <= {today})::int)"
+    )
+
+
+def _days(n: str) -> str:
+    return days_in_sql("bits.bits", "bits.last_day", "pl.today", n, "pl.id")
+
+
 _FACTS = f"""
 WITH zone AS MATERIALIZED (
     SELECT z.timezone, z.local_now::date AS today, z.local_now::time AS local_time
@@ -57,8 +79,8 @@ SELECT pl.id AS patient_id,
        CASE WHEN ages.age IS NULL THEN NULL
             WHEN ages.age >= 90 THEN '90+'
             ELSE (ages.age / 5 * 5)::text || '-' || (ages.age / 5 * 5 + 4)::text END AS age_band,
-       days7.n::int AS days_with_readings_7d,
-       days30.n::int AS days_with_readings_30d,
+       {_days("7")} AS days_with_readings_7d,
+       {_days("30")} AS days_with_readings_30d,
        (pl.today - (last.at AT TIME ZONE pl.timezone)::date)::int AS days_since_last_reading,
        coalesce(open.n, 0)::int AS open_alerts,
        coalesce(open.top, 0)::int AS open_alert_severity,
@@ -72,20 +94,16 @@ SELECT pl.id AS patient_id,
        pl.timezone AS _timezone,
        pl.today AS _today,
        pl.local_time AS _local_time,
-       (last.at AT TIME ZONE pl.timezone)::date AS _last_day
+       (last.at AT TIME ZONE pl.timezone)::date AS _last_day,
+       bits.bits AS _bits,
+       bits.last_day AS _bits_last_day,
+       bits.first_day AS _first_day
   FROM pl
   CROSS JOIN LATERAL (
       SELECT CASE WHEN pl.birth_date <= pl.today
                   THEN extract(year FROM age(pl.today, pl.birth_date))::int END AS age
   ) ages
-  LEFT JOIN LATERAL (
-      SELECT count(*) AS n FROM patient_days d
-       WHERE d.patient_id = pl.id AND d.day > pl.today - 7 AND d.day <= pl.today
-  ) days7 ON true
-  LEFT JOIN LATERAL (
-      SELECT count(*) AS n FROM patient_days d
-       WHERE d.patient_id = pl.id AND d.day > pl.today - 30 AND d.day <= pl.today
-  ) days30 ON true
+  LEFT JOIN patient_day_bits bits ON bits.patient_id = pl.id
   {{joins}}
   LEFT JOIN news2 ON news2.patient_id = pl.id
 """
