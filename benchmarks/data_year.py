@@ -231,7 +231,7 @@ async def run(args: argparse.Namespace, services: LocalServices, work: Path) -> 
         work / "restart.log",
         queued,
         at,
-        py_spy=shutil.which("py-spy") if args.profile else None,
+        py_spy=args.py_spy,
         profile=args.profile,
         say=say,
     )
@@ -351,8 +351,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
             setattr(args, k, v)
     if not 10 <= args.patients <= args.restart_patients or not 7 <= args.days <= 3660:
         p.error("--patients: 10 to --restart-patients; --days: 7 to 3660")
-    if args.profile and not shutil.which("py-spy"):
-        p.error("--profile needs py-spy on PATH")
+    args.py_spy = None
+    if args.profile is not None:
+        beside = Path(sys.executable).with_name("py-spy")
+        args.py_spy = str(beside) if beside.exists() else shutil.which("py-spy")
+        if args.py_spy is None:
+            p.error("--profile needs py-spy: uv pip install --python .venv/bin/python py-spy")
     return args
 
 
