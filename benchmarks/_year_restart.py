@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _common import BenchError, Child, Login, paho_client
+from _common import BenchError, Child, Login, children_of, cpu_seconds, paho_client
 
 from simulators.fleet import topic
 
@@ -67,8 +67,9 @@ async def restart_ready(
     profile: Path | None = None,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Start ``rpm serve``; seconds to the API answering, to the crisis evaluated, to every
-    queued reading stored (``readings`` at ``at`` of ``patients``' cuffs)."""
+    """Start ``rpm serve``; seconds to the API answering, to the crisis evaluated (and the
+    server's CPU seconds until then), to every queued reading stored (``readings`` at ``at``
+    of ``patients``' cuffs)."""
     import asyncpg
 
     serve = [sys.executable, "-m", "rpm.cli", "serve"]
@@ -102,6 +103,9 @@ async def restart_ready(
                     at,
                 ):
                     marks["ready_s"] = time.monotonic() - t0
+                    # CPU seconds the server used until then: what the wall time is on a
+                    # machine with a core to spare (the wall time grows with other load).
+                    marks["ready_cpu_s"] = cpu_seconds(children_of(child.proc.pid))
                     say(f"crisis evaluated {marks['ready_s']:.1f} s after the start")
                 if "ready_s" in marks:
                     stored = await conn.fetchval(
