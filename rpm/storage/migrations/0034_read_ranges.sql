@@ -21,3 +21,13 @@ $$;
 -- The patient page lists a patient's alerts of every state (GET /api/alerts?patient=...):
 -- without this index that is a scan of every alert of every patient.
 CREATE INDEX alerts_patient_time ON alerts (patient_id, opened_at DESC);
+
+-- The triage queue (GET /api/alerts: unresolved episodes, most severe first, then the longest
+-- waiting, rpm/storage/alert_reads.py) walks this index and stops at its page, instead of
+-- sorting every unresolved episode on every request (23,000 at 100,000 patients: 365 ms to
+-- 2 ms). The expression is the queue's order, rpm.domain.severity.sql_rank, word for word;
+-- tests/test_query_plans.py fails if they part.
+CREATE INDEX alerts_triage ON alerts
+    ((CASE severity WHEN 'CRITICAL' THEN 4 WHEN 'HIGH' THEN 3 WHEN 'MEDIUM' THEN 2
+                    WHEN 'LOW' THEN 1 ELSE 0 END) DESC, opened_at, id)
+    WHERE state <> 'resolved';
