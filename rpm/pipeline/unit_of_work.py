@@ -58,6 +58,7 @@ log = logging.getLogger("rpm.pipeline")  # the name it logged under as one modul
 INGEST_CHANNEL = "rpm_ingest"
 LAST_READING_SLACK = timedelta(minutes=15)
 MISSING_LOCK = 0x52504D4D  # advisory lock key of the missing-data timer ("RPMM")
+MISSING_SLICE = 2000  # patients a transaction of the missing-data timer
 A = TypeVar("A")
 R = TypeVar("R")
 
@@ -405,20 +406,23 @@ class IngestPipeline:
             self._grouped = (book, Grouping.of(rules))
         return self._grouped[1]
 
-    async def check_missing(self) -> BatchResult:
-        """The missing-data timer: one pass over every monitored patient, in one transaction.
+    async def check_missing(self, slice_size: int = MISSING_SLICE) -> BatchResult:
+        """The missing-data timer: one pass over every monitored patient, ``slice_size``
+        patients a transaction (the rule state's ``watched``), so a batch of readings waits
+        for one slice at most, never for the whole population.
 
-        An advisory lock keeps two server processes from evaluating at the same moment.
+        An advisory lock, held on a connection of its own for the whole pass, keeps two
+        server processes from evaluating at the same moment (a pool of one connection: one
+        transaction, as the lock then has no connection of its own).
         """
+        result = BatchResult()
 
-        async def work(conn: Conn, _: None) -> BatchResult:
-            result = BatchResult()
-            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", MISSING_LOCK):
-                return result
+        async def work(conn: Conn, after: str) -> str | None:
             await self._refresh_rules(conn)
             now = self._now()
             candidates = []
-            for w in await rule_state.watched(conn):
+            found, more = await rule_state.watched(conn, after, limit)
+            for w in found:
                 context = PatientContext(w.patient_id, w.programs, w.overrides)
 
                 def silence_of(metric: Metric, w: rule_state.Watched = w) -> Silence:
@@ -430,12 +434,35 @@ class IngestPipeline:
             if candidates:
                 self._touched.update(c.patient_id for c in candidates)
                 await self._decide(conn, candidates, result)
-            return result
+            return more
+
+        async def locked(conn: Conn, _: None) -> str | None:
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", MISSING_LOCK):
+                return None
+            return await work(conn, "")
 
         try:
-            return await self._in_transaction(work, None)
+            if self._pool.get_max_size() < 2:
+                limit = None
+                await self._in_transaction(locked, None)
+                return result
+            limit = slice_size
+            async with self._pool.acquire() as guard:
+                if not await guard.fetchval("SELECT pg_try_advisory_lock($1)", MISSING_LOCK):
+                    return result
+                try:
+                    after: str | None = ""
+                    while after is not None:
+                        after = await self._in_transaction(work, after)
+                finally:
+                    await guard.execute("SELECT pg_advisory_unlock($1)", MISSING_LOCK)
         except DATABASE_UNAVAILABLE as exc:
             raise StorageError(f"database unavailable: {exc.__class__.__name__}") from exc
+        except (asyncpg.SerializationError, asyncpg.UniqueViolationError) as exc:
+            # An episode changed under the slice (the alert timers run beside it): that slice
+            # is rolled back and evaluated again on the next pass, as a batch is retried.
+            raise StorageError("concurrent alert episode; the next pass evaluates again") from exc
+        return result
 
     async def _follow_up(
         self,

@@ -144,14 +144,34 @@ class Watched:
         return max(times, default=None)
 
 
-async def watched(conn: Conn) -> list[Watched]:
-    """Every patient with a device bound now, with last readings and device heartbeats."""
+async def watched(
+    conn: Conn, after: str = "", limit: int | None = None
+) -> tuple[list[Watched], str | None]:
+    """Patients with a device bound now, with last readings and device heartbeats: those
+    whose id sorts after ``after``, at most ``limit`` of them (None: all), in id order; and
+    the id to go on after (None: no more).
+
+    A slice at a time, so the missing-data timer never holds the unit of work for the whole
+    population (100,000 patients: docs/operations.md, "Restart")."""
+    ids = [
+        r["patient_id"]
+        for r in await conn.fetch(
+            """SELECT DISTINCT patient_id FROM device_bindings
+                WHERE during @> now() AND patient_id > $1
+                ORDER BY patient_id LIMIT $2""",
+            after,
+            limit,
+        )
+    ]
+    if not ids:
+        return [], None
     rows = await conn.fetch(
         """WITH kinds AS (
                SELECT b.patient_id, d.kind, min(lower(b.during)) AS since,
                       max(d.last_seen_at) AS heard
                  FROM device_bindings b JOIN devices d ON d.id = b.device_id
-                WHERE b.during @> now() AND d.retired_at IS NULL
+                WHERE b.patient_id = ANY($1::text[])
+                  AND b.during @> now() AND d.retired_at IS NULL
                 GROUP BY b.patient_id, d.kind),
            bound AS (
                SELECT patient_id, min(since) AS since,
@@ -160,9 +180,11 @@ async def watched(conn: Conn) -> list[Watched]:
            SELECT p.id, p.programs, p.rule_overrides, bound.since, bound.heard,
                   (SELECT coalesce(jsonb_object_agg(l.metric, l.measured_at), '{}')
                      FROM patient_metric_last l WHERE l.patient_id = p.id) AS last
-             FROM bound JOIN patients p ON p.id = bound.patient_id"""
+             FROM bound JOIN patients p ON p.id = bound.patient_id
+            ORDER BY p.id""",
+        ids,
     )
-    return [
+    found = [
         Watched(
             r["id"],
             tuple(r["programs"]),
@@ -173,3 +195,4 @@ async def watched(conn: Conn) -> list[Watched]:
         )
         for r in rows
     ]
+    return found, ids[-1] if limit is not None and len(ids) >= limit else None
