@@ -91,7 +91,8 @@ async def test_migration_converts_stored_readings(empty_db: str) -> None:
         assert len(await insert_new(conn, stored)) == len(stored)
         before = await conn.fetch("SELECT * FROM readings ORDER BY device_id, metric, measured_at")
 
-        assert await migrate(conn) == ["0032_readings_partitioned", "0033_reading_rollups"]
+        applied = await migrate(conn)
+        assert applied[:2] == ["0032_readings_partitioned", "0033_reading_rollups"]
         after = await conn.fetch("SELECT * FROM readings ORDER BY device_id, metric, measured_at")
         assert [dict(r) for r in after] == [dict(r) for r in before]
         fl = await lifecycle.flavour(conn)

@@ -142,6 +142,19 @@ async def _readings_relations(conn: asyncpg.Connection) -> set[str]:
     return names
 
 
+async def _empty(conn: asyncpg.Connection, relations: set[str]) -> set[str]:
+    """The relations among ``relations`` that hold no row."""
+    empty = set()
+    for name in relations:
+        table = await conn.fetchval(
+            "SELECT coalesce(to_regclass($1), to_regclass('_timescaledb_internal.' || $1))::text",
+            name,
+        )
+        if not await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table})"):
+            empty.add(name)
+    return empty
+
+
 async def _build(conn: asyncpg.Connection) -> None:
     for sql in _BUILD:
         await conn.execute(sql, PATIENTS, DAYS, START)
@@ -202,7 +215,10 @@ async def _check(conn: asyncpg.Connection) -> None:
     await _patient_reads(x)
     scans = _scans(x.plans, relations)
     assert scans, _described(x.plans)
-    seq = [n for n in scans if n["Node Type"] == "Seq Scan"]
+    # An empty partition (a month ahead of the data) is scanned whole at no cost: the planner
+    # picks a sequential scan of nothing.
+    empty = await _empty(conn, relations)
+    seq = [n for n in scans if n["Node Type"] == "Seq Scan" and n["Relation Name"] not in empty]
     assert not seq, "sequential scan of readings:\n" + _described(x.plans)
 
     x = Explaining(conn)
