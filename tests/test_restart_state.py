@@ -18,7 +18,7 @@ import pytest
 
 from rpm.domain import RawMessage
 from rpm.pipeline import IngestPipeline
-from rpm.storage import rule_programs, rule_state
+from rpm.storage import rule_programs, rule_state, rule_versions
 from rpm.storage.pool import create_pool
 from rpm.validation import ClockPolicy
 
@@ -196,3 +196,34 @@ async def test_watched_slices_cover_every_monitored_patient_once(
     expected = [f"r{i:04d}" for i in range(1, PATIENTS + 1) if i != 3]
     assert seen == expected
     assert [w.patient_id for w in everyone] == expected
+
+
+async def test_the_missing_data_pass_waits_for_a_unit_of_work_holding_the_patient(
+    counted: tuple[asyncpg.Pool, Statements], db_url: str
+) -> None:
+    """Another process's unit of work on a quiet patient (its claim held until commit) makes
+    the pass's slice wait for it, as a batch of that patient would: the two never decide on
+    the same patient's episodes at once (docs/architecture.md, "Several gateways")."""
+    pool, _ = counted
+    other = await asyncpg.connect(db_url)
+    try:
+        async with other.transaction():
+            await rule_versions.claim(other, ["r0010"])  # a quiet patient's unit of work
+            passing = asyncio.create_task(_pipeline(pool).check_missing(slice_size=1000))
+            while not await other.fetchval(  # the pass's slice waits for our claim
+                """SELECT count(*) FROM pg_stat_activity
+                    WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"""
+            ):
+                assert not passing.done(), passing  # it must wait, not decide without us
+                await asyncio.sleep(0.01)
+            assert not passing.done()
+        result = await passing  # our commit let it go on
+    finally:
+        await other.close()
+    assert len(result.alerts_opened) == PATIENTS // QUIET
+    async with pool.acquire() as conn:
+        opened = await conn.fetchval(
+            """SELECT count(*) FROM alerts
+                WHERE patient_id = 'r0010' AND rule_id = 'htn.bp_missing'"""
+        )
+    assert opened == 1

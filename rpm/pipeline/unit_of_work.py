@@ -387,6 +387,7 @@ class IngestPipeline:
             result = BatchResult()
             self._touched.update(p.candidate.patient_id for p in due)
             candidates = [no_repeat(k.pending) for k in closings]
+            await self._claim(conn, {c.patient_id for c in candidates})  # no racing batch
             await self._decide(conn, candidates, result, confirm=False)
             episodes = await alert_store.open_episodes(conn, {k.pending.key for k in closings})
             alert_ids = {key: e.alert_id for key, e in episodes.items()}
@@ -432,7 +433,9 @@ class IngestPipeline:
 
                 candidates.extend(self.engine.missing(context, silence_of, now))
             if candidates:
-                self._touched.update(c.patient_id for c in candidates)
+                # Serialised with the patients' units of work (which may open the same
+                # episode) and the other processes' ones, as a batch is.
+                await self._claim(conn, {c.patient_id for c in candidates})
                 await self._decide(conn, candidates, result)
             return more
 
