@@ -13,8 +13,9 @@ in order. Clients:
 
 - ``paho``: aiomqtt 2.5 with paho's manual_ack, one packet per socket-readable callback
   (aiomqtt's reader; the gateway before the buffered reader);
-- ``paho-buffered``: the same, paho reading through ``device_gateways.mqtt``'s buffered
-  socket (one ``recv`` per 64 KiB instead of three per packet, and one callback per burst);
+- ``paho-buffered``: the same, as the gateway now reads: paho reading through
+  ``device_gateways.mqtt``'s buffered socket (one ``recv`` per 64 KiB instead of three per
+  packet) and handing messages over without its per-topic callback table (``deliver_to``);
 - ``gmqtt``: gmqtt (MQTT 5, ``optimistic_acknowledgement=False``: the PUBACK goes when the
   message's coroutine returns, here when its batch committed). Not a dependency of the
   project: install it beside (``uv pip install --target /tmp/mqttalt gmqtt``).
@@ -184,9 +185,11 @@ async def drain_paho(port: int, n: int, batch: int, buffered: bool) -> dict[str,
     )
     pc: paho.Client = client._client
     pc.manual_ack_set(True)
-    pc.on_message = lambda _c, _u, m: d.got(m)
     if buffered:
         gateway.read_buffered(client)
+        gateway.deliver_to(pc, d.got)
+    else:
+        pc.on_message = lambda _c, _u, m: d.got(m)
     async with client:
         await client.subscribe("rpm/v1/devices/+/readings", qos=1)
 
