@@ -9,6 +9,8 @@ public switch for this (aiomqtt issue #345); paho-mqtt underneath it has
 ``manual_ack``, which we turn on before connecting. The broker's
 ``max_inflight_messages`` bounds how many unacknowledged messages we can hold,
 which is our back-pressure: nothing is dropped, the broker queues the rest.
+paho reads the socket through ``BufferedSocket`` (64 KiB per ``recv``) and hands messages to
+the gateway's deque directly (``deliver_to``): the protocol stays paho's.
 """
 
 from __future__ import annotations
