@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from device_gateways.decoders import canonical
+from device_gateways.decoders import Decoded, canonical
 from device_gateways.mqtt import BufferedSocket, to_raw
 from rpm.domain import (
     AcceptedReading,
@@ -53,6 +53,7 @@ def test_trusted_values_equal_checked_ones_and_stay_frozen() -> None:
             reading,
         ),
         (trusted(AcceptedReading)(reading, "p-1"), AcceptedReading(reading, "p-1")),
+        (trusted(Decoded)([reading], [], {}, []), Decoded([reading])),
     ]
     for fast, checked in pairs:
         assert fast == checked

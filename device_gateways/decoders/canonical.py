@@ -40,6 +40,7 @@ _SHAPES: dict[str, tuple[Metric, frozenset[str], tuple[str, ...]]] = {
 _STATUS_FIELDS = ("battery", "signal")
 # Fields checked here, the tz-awareness Reading checks included: no second check per reading.
 _trusted_reading = trusted(Reading)
+_decoded = trusted(Decoded)
 
 
 def decode(raw: RawMessage) -> Decoded:
@@ -73,7 +74,7 @@ def decode(raw: RawMessage) -> Decoded:
             problems.append(f"item {index}: {exc}" if len(items) > 1 else str(exc))
     if not readings:
         raise DecodeError("; ".join(problems))
-    return Decoded(readings, problems, status)
+    return _decoded(readings, problems, status, [])  # readings, problems, status, retractions
 
 
 def _reading(item: object, raw: RawMessage) -> Reading:
