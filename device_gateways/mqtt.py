@@ -9,6 +9,8 @@ public switch for this (aiomqtt issue #345); paho-mqtt underneath it has
 ``manual_ack``, which we turn on before connecting. The broker's
 ``max_inflight_messages`` bounds how many unacknowledged messages we can hold,
 which is our back-pressure: nothing is dropped, the broker queues the rest.
+paho reads the socket through ``BufferedSocket`` (64 KiB per ``recv``) and hands messages to
+the gateway's deque directly (``deliver_to``): the protocol stays paho's.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from rpm.domain import RawMessage
 from rpm.domain.errors import StorageError
+from rpm.domain.trusted import trusted
 
 log = logging.getLogger(__name__)
 
@@ -73,21 +76,89 @@ def device_id_from_topic(topic: str) -> str | None:
     return device_id
 
 
+_raw_message = trusted(RawMessage)
+
+
 def to_raw(topic: str, payload: bytes, received_at: datetime) -> RawMessage:
     """What the gateway knows of a message: the topic's identity, never the payload's."""
-    return RawMessage(
-        transport="mqtt",
-        payload_format="canonical",
-        device_id=device_id_from_topic(topic),
-        payload=payload,
-        received_at=received_at,
-        topic=topic,
+    # transport, payload_format, device_id, payload, received_at, topic, integration
+    return _raw_message(
+        "mqtt", "canonical", device_id_from_topic(topic), payload, received_at, topic, None
     )
 
 
 def _refused(granted: int | ReasonCode) -> bool:
     """A SUBACK return code of failure (0x80 and up: MQTT 3.1.1 section 3.9.3, 5.0 3.9.3)."""
     return granted.is_failure if isinstance(granted, ReasonCode) else granted >= 0x80
+
+
+class BufferedSocket:
+    """paho's socket, read 64 KiB at a time instead of three ``recv`` calls per packet.
+
+    paho reads a packet as its command byte, its length bytes and its body, each with a
+    ``recv`` of its own, and aiomqtt's reader reads one packet per readiness callback: about
+    four system calls and an event-loop turn per message, a large part of paho's share of
+    the gateway's CPU (docs/performance.md). This wrapper serves those reads from one buffer;
+    ``pending()`` (the call paho and aiomqtt already make for TLS sockets, whose records hold
+    decoded bytes) says a packet may be waiting without the socket being readable. Bytes only
+    pass through: the MQTT protocol stays paho's.
+    """
+
+    __slots__ = ("_buf", "_pos", "_sock")
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def recv(self, bufsize: int) -> bytes:
+        if self._pos >= len(self._buf):
+            # Raises BlockingIOError (or ssl.SSLWantReadError) when nothing is there: paho's
+            # "try again"; b"" is the peer closing, passed on as such.
+            data = self._sock.recv(max(bufsize, _READ_SIZE))
+            if len(data) <= bufsize:
+                return bytes(data)
+            self._buf, self._pos = data, 0
+        start = self._pos
+        self._pos = min(start + bufsize, len(self._buf))
+        return self._buf[start : self._pos]
+
+    def pending(self) -> int:
+        """Bytes read from the socket and not yet handed to paho (and TLS's own)."""
+        inner = getattr(self._sock, "pending", None)
+        return len(self._buf) - self._pos + (inner() if inner is not None else 0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+_READ_SIZE = 65536
+
+
+def _pending(sock: object) -> int:
+    """Bytes a ``BufferedSocket`` (or a TLS socket) holds already read; 0 for others."""
+    pending = getattr(sock, "pending", None)
+    return int(pending()) if pending is not None else 0
+
+
+def read_buffered(client: aiomqtt.Client) -> None:
+    """Make paho read ``client``'s connections through a ``BufferedSocket`` (before connecting)."""
+    paho_client: paho.Client = client._client
+    create = paho_client._create_socket
+
+    def create_buffered() -> Any:
+        return BufferedSocket(create())
+
+    paho_client._create_socket = create_buffered  # type: ignore[method-assign]
+
+
+def deliver_to(paho_client: paho.Client, on_message: Callable[[paho.MQTTMessage], None]) -> None:
+    """Hand each message paho decoded straight to ``on_message``.
+
+    paho's own dispatch first matches every topic against its table of per-topic callbacks
+    (we add none) under a lock: a seventh of paho's time in the gateway's profile.
+    """
+    paho_client._handle_on_message = on_message  # type: ignore[method-assign,assignment]
 
 
 def _unsent_bytes(sock: object) -> int:
@@ -177,9 +248,11 @@ class MqttGateway:
         # - manual acknowledgement must be on before CONNECT, since a persistent session
         #   starts delivering at once;
         # - messages go straight from paho's callback into our deque, skipping aiomqtt's
-        #   Message objects and queue (a quarter of the gateway's CPU when measured);
+        #   Message objects and queue (a quarter of the gateway's CPU when measured), and
+        #   paho's per-topic callback table (``deliver``);
         # - ``_disconnected`` is the future aiomqtt resolves when the connection ends;
-        # - the socket's reader, which we pause to bound the deque (below).
+        # - the socket's reader, ours in place of aiomqtt's (same error handling), which we
+        #   pause to bound the deque (below), reading through a ``BufferedSocket``.
         paho_client: paho.Client = client._client
         paho_client.manual_ack_set(True)
         inbox: deque[paho.MQTTMessage] = deque()
@@ -194,19 +267,20 @@ class MqttGateway:
         paused = False
 
         def read_socket() -> None:
-            """What aiomqtt registers as the socket's reader, re-registered after a pause."""
+            """The socket's reader (aiomqtt's, stopping at a pause): packets until none is
+            left in the buffer (``BufferedSocket``)."""
             try:
                 while True:
                     paho_client.loop_read()
                     sock = paho_client.socket()
-                    if sock is not None and hasattr(sock, "pending") and sock.pending() > 0:
+                    if not paused and sock is not None and _pending(sock) > 0:
                         continue
                     break
             except Exception as exc:
                 if not client._disconnected.done():
                     client._disconnected.set_exception(exc)
 
-        def on_message(_c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
+        def on_message(message: paho.MQTTMessage) -> None:
             nonlocal paused
             inbox.append(message)
             arrived.set()
@@ -222,8 +296,20 @@ class MqttGateway:
                 paused = False
                 if (sock := paho_client.socket()) is not None:
                     loop.add_reader(sock, read_socket)
+                    if _pending(sock) > 0:  # read already, so the socket may never be ready
+                        loop.call_soon(read_socket)
 
-        paho_client.on_message = on_message
+        aiomqtt_open = paho_client.on_socket_open
+        assert aiomqtt_open is not None
+
+        def on_socket_open(c: paho.Client, userdata: Any, sock: Any) -> None:
+            aiomqtt_open(c, userdata, sock)
+            # Called on paho's connect thread; after aiomqtt's registration, so ours wins.
+            loop.call_soon_threadsafe(loop.add_reader, sock.fileno(), read_socket)
+
+        paho_client.on_socket_open = on_socket_open
+        read_buffered(client)
+        deliver_to(paho_client, on_message)
         async with client:
             disconnected: asyncio.Future[None] = client._disconnected
             # Batches run from the moment of connection: a persistent session's backlog

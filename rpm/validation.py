@@ -16,6 +16,9 @@ from .domain import (
     Rejection,
     RejectReason,
 )
+from .domain.trusted import trusted
+
+_accepted = trusted(AcceptedReading)  # a reading and the patient id found for it, both checked
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +42,7 @@ def validate(
     for reading in readings:
         outcome = _attribute(reading, device, now, clock)
         if isinstance(outcome, str):
-            accepted.append(AcceptedReading(reading, outcome))
+            accepted.append(_accepted(reading, outcome))
         else:
             rejected.append(Rejection(outcome[0], outcome[1], raw, reading.device_id))
     return accepted, rejected

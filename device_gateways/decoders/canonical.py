@@ -22,6 +22,7 @@ import orjson
 
 from rpm.domain import METRICS, Metric, RawMessage, Reading
 from rpm.domain.errors import DecodeError
+from rpm.domain.trusted import trusted
 
 from ._fields import identifier
 from .base import Decoded
@@ -37,6 +38,9 @@ _SHAPES: dict[str, tuple[Metric, frozenset[str], tuple[str, ...]]] = {
     for m, spec in METRICS.items()
 }
 _STATUS_FIELDS = ("battery", "signal")
+# Fields checked here, the tz-awareness Reading checks included: no second check per reading.
+_trusted_reading = trusted(Reading)
+_decoded = trusted(Decoded)
 
 
 def decode(raw: RawMessage) -> Decoded:
@@ -70,7 +74,7 @@ def decode(raw: RawMessage) -> Decoded:
             problems.append(f"item {index}: {exc}" if len(items) > 1 else str(exc))
     if not readings:
         raise DecodeError("; ".join(problems))
-    return Decoded(readings, problems, status)
+    return _decoded(readings, problems, status, [])  # readings, problems, status, retractions
 
 
 def _reading(item: object, raw: RawMessage) -> Reading:
@@ -103,13 +107,10 @@ def _reading(item: object, raw: RawMessage) -> Reading:
         if named is None:
             raise DecodeError("'device_id' is required when the transport does not name one")
         device_id = named
-    return Reading(
-        device_id=device_id,
-        metric=metric,
-        values=values,
-        measured_at=_timestamp(item.get("measured_at")),
-        received_at=raw.received_at,
-    )
+    measured_at = _timestamp(item.get("measured_at"))  # aware: checked there
+    if raw.received_at.tzinfo is None:  # Reading's own check says so
+        return Reading(device_id, metric, values, measured_at, raw.received_at)
+    return _trusted_reading(device_id, metric, values, measured_at, raw.received_at, {})
 
 
 def _timestamp(value: object) -> datetime:

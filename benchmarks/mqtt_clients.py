@@ -1,0 +1,275 @@
+"""CPU per message of MQTT client libraries draining a QoS 1 backlog, acknowledging after a
+(simulated) commit per micro-batch, as the gateway does:
+
+    .venv/bin/python benchmarks/mqtt_clients.py            # 100,000 messages per client
+    .venv/bin/python benchmarks/mqtt_clients.py --quick    # 20,000
+    PYTHONPATH=/tmp/mqttalt .venv/bin/python benchmarks/mqtt_clients.py --clients gmqtt
+
+A private Mosquitto (``mosquitto`` on PATH, a temporary port); N canonical payloads are
+published at QoS 1 into each client's offline persistent session (clean session off; MQTT 5:
+session expiry), then the client drains them alone on uvloop: messages go into a deque,
+every ``--batch`` (or 20 ms) the batch is "committed" (one event-loop turn) and acknowledged,
+in order. Clients:
+
+- ``paho``: aiomqtt 2.5 with paho's manual_ack, one packet per socket-readable callback
+  (aiomqtt's reader; the gateway before the buffered reader);
+- ``paho-buffered``: the same, as the gateway now reads: paho reading through
+  ``device_gateways.mqtt``'s buffered socket (one ``recv`` per 64 KiB instead of three per
+  packet) and handing messages over without its per-topic callback table (``deliver_to``);
+- ``gmqtt``: gmqtt (MQTT 5, ``optimistic_acknowledgement=False``: the PUBACK goes when the
+  message's coroutine returns, here when its batch committed). Not a dependency of the
+  project: install it beside (``uv pip install --target /tmp/mqttalt gmqtt``).
+
+Figures: consumer CPU seconds (``time.process_time``) from the first message to the last
+ack, µs per message, and wall rate; one JSON line per client.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.sort(key=lambda p: p in ("", str(Path(__file__).resolve().parent)))
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from collections import deque
+from typing import Any
+
+import paho.mqtt.client as paho
+import uvloop
+
+TOPIC = "rpm/v1/devices/dev-{}/readings"
+PAYLOAD = (
+    b'{"metric":"blood_pressure","measured_at":"2026-11-23T08:%02d:%02dZ",'
+    b'"values":{"systolic":142,"diastolic":91,"pulse":77},"device":{"battery":81}}'
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_broker(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = _free_port()
+    conf = directory / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        "max_inflight_messages 10000\nmax_queued_messages 1000000\nmax_queued_bytes 0\n"
+    )
+    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.1):
+            return proc, port
+        time.sleep(0.05)
+    raise RuntimeError("mosquitto did not start")
+
+
+def register_session(port: int, client_id: str, mqtt5: bool) -> None:
+    """Connect once with a persistent session and subscribe, so the backlog is queued."""
+    proto = paho.MQTTv5 if mqtt5 else paho.MQTTv311
+    kw: dict[str, Any] = {} if mqtt5 else {"clean_session": False}
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto, **kw)
+    props = None
+    if mqtt5:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        c.connect("127.0.0.1", port, clean_start=False, properties=props)
+    else:
+        c.connect("127.0.0.1", port)
+    c.loop_start()
+    info = c.subscribe("rpm/v1/devices/+/readings", qos=1)
+    time.sleep(0.3)
+    del info
+    c.disconnect()
+    c.loop_stop()
+
+
+def publish(port: int, n: int) -> None:
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"pub-{os.getpid()}")
+    c.max_inflight_messages_set(1000)
+    c.max_queued_messages_set(0)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    for start in range(0, n, 20_000):  # paho's message ids: 65,535 in flight at most
+        infos = [
+            c.publish(TOPIC.format(i % 1500), PAYLOAD % ((i // 60) % 60, i % 60), qos=1)
+            for i in range(start, min(n, start + 20_000))
+        ]
+        for info in infos:
+            info.wait_for_publish(60)
+    c.disconnect()
+    c.loop_stop()
+
+
+def redelivered(port: int, client_id: str, mqtt5: bool) -> int:
+    """Messages the broker sends the session again on reconnecting (0: every one was acked)."""
+    got = []
+    proto = paho.MQTTv5 if mqtt5 else paho.MQTTv311
+    kw: dict[str, Any] = {} if mqtt5 else {"clean_session": False}
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto, **kw)
+    c.on_message = lambda _c, _u, m: got.append(m.mid)
+    if mqtt5:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        c.connect("127.0.0.1", port, clean_start=False, properties=props)
+    else:
+        c.connect("127.0.0.1", port)
+    c.loop_start()
+    time.sleep(1.5)
+    c.disconnect()
+    c.loop_stop()
+    return len(got)
+
+
+class Drain:
+    """Batches messages, 'commits' (one loop turn) and acks, counting CPU from the first."""
+
+    def __init__(self, n: int, batch: int) -> None:
+        self.n, self.batch = n, batch
+        self.inbox: deque[Any] = deque()
+        self.arrived = asyncio.Event()
+        self.acked = 0
+        self.cpu0 = self.t0 = 0.0
+
+    def got(self, item: Any) -> None:
+        if not self.inbox and self.acked == 0 and self.t0 == 0.0:
+            self.cpu0, self.t0 = time.process_time(), time.perf_counter()
+        self.inbox.append(item)
+        self.arrived.set()
+
+    async def run(self, ack: Any) -> dict[str, float]:
+        loop = asyncio.get_running_loop()
+        while self.acked < self.n:
+            while not self.inbox:
+                self.arrived.clear()
+                await self.arrived.wait()
+            deadline = loop.time() + 0.02
+            while len(self.inbox) < self.batch and loop.time() < deadline:
+                self.arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(deadline - loop.time()):
+                        await self.arrived.wait()
+            k = min(len(self.inbox), self.batch)
+            batch = [self.inbox.popleft() for _ in range(k)]
+            await asyncio.sleep(0)  # the commit
+            ack(batch)
+            self.acked += len(batch)
+        cpu, wall = time.process_time() - self.cpu0, time.perf_counter() - self.t0
+        return {"cpu_s": cpu, "wall_s": wall}
+
+
+async def drain_paho(port: int, n: int, batch: int, buffered: bool) -> dict[str, float]:
+    import aiomqtt
+
+    from device_gateways import mqtt as gateway
+
+    d = Drain(n, batch)
+    client = aiomqtt.Client(
+        "127.0.0.1", port, identifier=f"c-paho-{buffered}", clean_session=False, keepalive=30
+    )
+    pc: paho.Client = client._client
+    pc.manual_ack_set(True)
+    if buffered:
+        gateway.read_buffered(client)
+        gateway.deliver_to(pc, d.got)
+    else:
+        pc.on_message = lambda _c, _u, m: d.got(m)
+    async with client:
+        await client.subscribe("rpm/v1/devices/+/readings", qos=1)
+
+        def ack(ms: list[paho.MQTTMessage]) -> None:
+            for m in ms:
+                pc.ack(m.mid, m.qos)
+
+        out = await d.run(ack)
+        await asyncio.sleep(0.2)
+    return out
+
+
+async def drain_gmqtt(port: int, n: int, batch: int) -> dict[str, float]:
+    import gmqtt
+
+    d = Drain(n, batch)
+    loop = asyncio.get_running_loop()
+    current = [loop.create_future()]
+
+    async def on_message(_c: Any, topic: str, payload: bytes, qos: int, props: Any) -> int:
+        fut = current[0]
+        d.got((topic, payload))
+        await fut
+        return 0  # PubAckReasonCode.SUCCESS, sent after the commit
+
+    def ack(_ms: list[Any]) -> None:
+        fut, current[0] = current[0], loop.create_future()
+        fut.set_result(None)
+
+    c = gmqtt.Client(
+        "c-gmqtt",
+        clean_session=False,
+        optimistic_acknowledgement=False,
+        session_expiry_interval=3600,
+    )
+    c.on_message = on_message
+    await c.connect("127.0.0.1", port, version=gmqtt.constants.MQTTv50)
+    c.subscribe("rpm/v1/devices/+/readings", qos=1)
+    out = await d.run(ack)
+    await asyncio.sleep(0.2)
+    await c.disconnect()
+    return out
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--quick", action="store_true", help="20,000 messages")
+    p.add_argument("--messages", type=int, default=None)
+    p.add_argument("--batch", type=int, default=2000)
+    p.add_argument("--clients", default="paho,paho-buffered", help="comma-separated")
+    args = p.parse_args(argv)
+    n = args.messages or (20_000 if args.quick else 100_000)
+    with tempfile.TemporaryDirectory(prefix="mqtt-clients-") as tmp:
+        broker, port = start_broker(Path(tmp))
+        try:
+            for name in args.clients.split(","):
+                mqtt5 = name == "gmqtt"
+                cid = {"paho": "c-paho-False", "paho-buffered": "c-paho-True"}.get(name, "c-gmqtt")
+                register_session(port, cid, mqtt5)
+                publish(port, n)
+                load = Path("/proc/loadavg").read_text().split()[:3]
+                if name == "gmqtt":
+                    out = uvloop.run(drain_gmqtt(port, n, args.batch))
+                else:
+                    out = uvloop.run(drain_paho(port, n, args.batch, name == "paho-buffered"))
+                line = {
+                    "client": name,
+                    "messages": n,
+                    "cpu_s": round(out["cpu_s"], 3),
+                    "us_per_message": round(1e6 * out["cpu_s"] / n, 2),
+                    "per_s": round(n / out["wall_s"], 1),
+                    "redelivered": redelivered(port, cid, mqtt5),
+                    "loadavg": " ".join(load),
+                }
+                print(json.dumps(line), flush=True)
+        finally:
+            broker.terminate()
+            broker.wait(10)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
