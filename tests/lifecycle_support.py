@@ -12,7 +12,7 @@ import asyncpg
 
 from rpm.domain import METRICS, AcceptedReading, Metric, Reading
 from rpm.storage.corrections import Correction
-from rpm.storage.migrate import available, timescaledb_available
+from rpm.storage.migrate import migrate
 from rpm.storage.rollups import Bucket, Summary
 
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
@@ -20,27 +20,8 @@ _ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
 
 
 async def migrate_to(conn: asyncpg.Connection, last: int) -> None:
-    """Apply the shipped migrations up to ``last`` as rpm.storage.migrate would."""
-    timescale = await timescaledb_available(conn)
-    if timescale:
-        await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-    await conn.execute(
-        """CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,
-               timescale boolean NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"""
-    )
-    for m in available():
-        if m.version > last:
-            break
-        async with conn.transaction():
-            await conn.execute(m.sql)
-            if timescale and m.timescale_sql:
-                await conn.execute(m.timescale_sql)
-            await conn.execute(
-                "INSERT INTO schema_migrations (version, name, timescale) VALUES ($1, $2, $3)",
-                m.version,
-                m.name,
-                timescale,
-            )
+    """Apply the shipped migrations up to ``last``, as a database of that age has them."""
+    await migrate(conn, up_to=last)
 
 
 async def add_patients(conn: asyncpg.Connection, ids: Iterable[str]) -> None:

@@ -57,8 +57,9 @@ async def timescaledb_available(conn: asyncpg.Connection) -> bool:
     return bool(installed) and "timescaledb" in (preload or "")
 
 
-async def migrate(conn: asyncpg.Connection) -> list[str]:
-    """Apply pending migrations; return the names applied."""
+async def migrate(conn: asyncpg.Connection, up_to: int | None = None) -> list[str]:
+    """Apply pending migrations (those numbered ``up_to`` or less when given, as a test of
+    an upgrade from an older schema needs); return the names applied."""
     applied: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
     try:
@@ -74,6 +75,8 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
         if timescale:
             await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
         for m in available():
+            if up_to is not None and m.version > up_to:
+                break
             if m.version in done:
                 continue
             async with conn.transaction():
