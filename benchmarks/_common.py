@@ -436,16 +436,27 @@ def run_with_services(
     *,
     keep: bool = False,
     device_cert_port: int | None = None,
+    work: Path | None = None,
+    timescaledb: bool | None = None,
 ) -> int:
     """The frame of every benchmark: local services in a new temporary directory, ``body``,
     failures as one line on stderr, then the table and ONE JSON line on stdout; the exit status.
 
     ``body`` gets the (not yet started) services and the directory; it stops what it starts
     itself. ``keep`` leaves the directory for inspection (the server's log is there).
-    ``device_cert_port``: the broker's certificate listener for devices, when one is needed."""
-    work = Path(tempfile.mkdtemp(prefix=prefix))
+    ``device_cert_port``: the broker's certificate listener for devices, when one is needed.
+    ``work``: a directory of the caller's (kept, to be used again) instead of a new one;
+    ``timescaledb``: False for plain PostgreSQL even where the extension is installed."""
+    if work is None:
+        work = Path(tempfile.mkdtemp(prefix=prefix))
+    else:
+        keep = True
+        work.mkdir(parents=True, exist_ok=True)
     services = LocalServices(
-        work / "services", device_cert_port=device_cert_port, log=lambda line: None
+        work / "services",
+        device_cert_port=device_cert_port,
+        timescaledb=timescaledb,
+        log=lambda line: None,
     )
     try:
         table, result = body(services, work)

@@ -46,21 +46,19 @@ import os
 import secrets
 import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import _year_data as data
-from _common import BenchError, children_of, server_env
+from _common import BenchError, children_of, run_with_services, server_env
 from _panel_timing import sign_in_cookies
 from _report import cpu_model, ok, progress, revision, tables
 from _server import RpmServe, logins, postgres_info, stop_on_sigterm
 from _year_reads import bearer_token, sample_patients, summary, time_reads
 from _year_restart import publish_queued, restart_ready, stamp_now
 
-from rpm.domain.errors import LocalServicesError
 from simulators.localservices import LocalServices, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -414,30 +412,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     stop_on_sigterm()
-    work = args.dataset or Path(tempfile.mkdtemp(prefix="rpm-bench-year-"))
-    work.mkdir(parents=True, exist_ok=True)
-    services = LocalServices(
-        work / "services", timescaledb=False if args.plain else None, log=lambda line: None
+    return run_with_services(
+        "rpm-bench-year-",
+        lambda services, work: asyncio.run(run(args, services, work)),
+        keep=args.keep,
+        work=args.dataset,
+        timescaledb=False if args.plain else None,
     )
-    try:
-        table, result = asyncio.run(run(args, services, work))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (BenchError, LocalServicesError) as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        try:
-            services.stop()
-        finally:
-            if args.keep or args.dataset:
-                print(f"kept {work}", file=sys.stderr)
-            else:
-                shutil.rmtree(work, ignore_errors=True)
-    print(table)
-    print(json.dumps(result))
-    return 0
 
 
 if __name__ == "__main__":
