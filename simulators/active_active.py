@@ -176,10 +176,19 @@ async def reference_alerts(
 
 
 class GatewayProcess:
-    """``rpm serve --role gateway`` as a child process of this checkout, one log per start."""
+    """``rpm serve --role gateway`` (or the ``command`` given) as a child process of this
+    checkout, one log per start."""
 
-    def __init__(self, env: Mapping[str, str], log_dir: Path, name: str, root: Path) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        log_dir: Path,
+        name: str,
+        root: Path,
+        command: Sequence[str] = ("serve", "--role", "gateway"),
+    ) -> None:
         self.env, self.log_dir, self.name, self.root = dict(env), log_dir, name, root
+        self.command = list(command)
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.log_path = log_dir / f"{name}-0.log"
@@ -190,8 +199,8 @@ class GatewayProcess:
         self.log_path = self.log_dir / f"{self.name}-{self.starts}.log"
         with self.log_path.open("wb") as log:
             # ``-m`` from the checkout's root: this tree's code, whatever the venv points at.
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "rpm.cli", "serve", "--role", "gateway"],
+            self.proc = subprocess.Popen(  # noqa: S603 - our own CLI, fixed arguments
+                [sys.executable, "-m", "rpm.cli", *self.command],
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

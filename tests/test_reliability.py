@@ -57,6 +57,7 @@ from pydantic import SecretStr
 from rpm.local_endpoints import ServiceEndpoints, settings_for_local
 from rpm.settings import Group, Settings, env_name
 from rpm.storage import registry
+from simulators.active_active import GatewayProcess
 from simulators.localservices import LOOPBACK, LocalServices, free_port
 from simulators.twilio_sink import TwilioSink
 from tests.conftest import (
@@ -68,7 +69,6 @@ from tests.conftest import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RPM = REPO_ROOT / ".venv" / "bin" / "rpm"
 
 PATIENTS = 200
 READINGS_PER_DEVICE = 100
@@ -424,35 +424,16 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-class Gateway:
-    """``rpm serve`` as a child process, one log file per start."""
+class Gateway(GatewayProcess):
+    """``rpm serve`` (every role) as a child process of this checkout, one log per start."""
 
     def __init__(self, settings: Settings, log_dir: Path) -> None:
+        super().__init__(settings_env(settings), log_dir, "gateway", REPO_ROOT, command=["serve"])
         self.settings = settings
-        self._env = settings_env(settings)
-        self._log_dir = log_dir
-        self._starts = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = log_dir / "gateway-0.log"
-
-    def _spawn(self) -> None:
-        assert self.proc is None or self.proc.poll() is not None, "already running"
-        self._starts += 1
-        self.log_path = self._log_dir / f"gateway-{self._starts}.log"
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [str(RPM), "serve"],
-                env=self._env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO_ROOT,
-                start_new_session=True,  # a Ctrl-C meant for pytest does not reach it
-            )
 
     async def start(self, within: float = 30.0) -> None:
         """Start ``rpm serve`` and wait until it has subscribed and its API answers."""
-        self._spawn()
+        self.spawn()
         url = f"http://{LOOPBACK}:{self.settings.api.port}/healthz"
         async with httpx.AsyncClient(timeout=2) as http:
 
@@ -466,38 +447,6 @@ class Gateway:
                     return False
 
             await eventually(ready, within, "the gateway to subscribe and serve", self)
-
-    def check_alive(self) -> None:
-        assert self.proc is not None
-        code = self.proc.poll()
-        if code is not None:
-            raise AssertionError(f"rpm serve exited with {code}\n{self.log_tail()}")
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        """End the process: SIGTERM, then SIGKILL; always reaped."""
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, lines: int = 40) -> str:
-        return f"--- {self.log_path.name} ---\n" + "\n".join(self.log().splitlines()[-lines:])
 
 
 async def eventually(
