@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from alerts.lifecycle import Action
 from rpm.domain import AcceptedReading, AlertCandidate, Severity
+from rpm.storage.alerts import AppliedDecision
+
+# Decisions that change what the dashboard shows of an episode (besides opening it).
+CHANGES = frozenset({Action.ESCALATE, Action.JOIN, Action.LATE_EVIDENCE})
 
 
 def patient_sms_payload(alert_id: int, c: AlertCandidate, *, template: str) -> dict[str, Any]:
@@ -37,3 +43,48 @@ def fhir_push_item(new: Sequence[AcceptedReading]) -> tuple[str, str, dict[str, 
     )
     digest = hashlib.sha256(orjson.dumps(keys)).hexdigest()[:32]
     return ("fhir", f"fhir:readings:{digest}", {"readings": [list(k) for k in keys]})
+
+
+@dataclass(slots=True)
+class FollowUps:
+    """What a unit of work's alert decisions send on: patient SMS items, live notes for the
+    dashboard, the alerts opened and changed, and the decisions worth a log line."""
+
+    sms: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    notes: list[dict[str, Any]] = field(default_factory=list)
+    opened: list[int] = field(default_factory=list)
+    changed: list[int] = field(default_factory=list)
+    reported: list[AppliedDecision] = field(default_factory=list)
+
+
+def follow_ups(applied: Sequence[AppliedDecision]) -> FollowUps:
+    """The outbox items and live notes for what the alert policy decided."""
+    out = FollowUps()
+    for a in applied:
+        d = a.decision
+        c = d.candidate
+        if d.notify_patient:
+            out.sms.append(
+                (
+                    "sms",
+                    f"sms:alert:{a.alert_id}:open",
+                    patient_sms_payload(a.alert_id, c, template="alert"),
+                )
+            )
+        if d.action is Action.OPEN:
+            out.opened.append(a.alert_id)
+        elif d.action in CHANGES:
+            out.changed.append(a.alert_id)
+        else:
+            continue
+        out.reported.append(a)
+        out.notes.append(
+            {
+                "alert_id": a.alert_id,
+                "patient_id": c.patient_id,
+                "action": d.action.value,
+                "state": d.new_state.value,
+                "severity": c.severity.name,
+            }
+        )
+    return out

@@ -9,14 +9,13 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import asyncpg
 from prometheus_client import CollectorRegistry
 
 from alerts.confirm import expire, no_repeat
-from alerts.lifecycle import Action
-from alerts.policy import Decision, Grouping, decide, earliest_by_key
+from alerts.policy import Grouping, decide, earliest_by_key
 from rpm.domain import (
     AcceptedReading,
     AlertCandidate,
@@ -46,12 +45,9 @@ from rules.programs import RuleBook
 from . import confirming
 from .corrections import apply_marked
 from .freshness import Freshness
-from .outbox_items import fhir_push_item, patient_sms_payload
+from .outbox_items import fhir_push_item, follow_ups
 from .prepare import prepare
 from .results import BatchResult, itemize
-
-# Decisions that change what the dashboard shows of an episode (besides opening it).
-_CHANGES = frozenset({Action.ESCALATE, Action.JOIN, Action.LATE_EVIDENCE})
 
 log = logging.getLogger("rpm.pipeline")  # the name it logged under as one module
 
@@ -474,42 +470,19 @@ class IngestPipeline:
         result: BatchResult,
     ) -> None:
         """Outbox rows and live notifications for what the policy decided."""
-        sms: list[tuple[str, str, dict[str, Any]]] = []
-        notes: list[dict[str, Any]] = []
-        for a in applied:
-            d: Decision = a.decision
-            c = d.candidate
-            if d.notify_patient:
-                sms.append(
-                    (
-                        "sms",
-                        f"sms:alert:{a.alert_id}:open",
-                        patient_sms_payload(a.alert_id, c, template="alert"),
-                    )
-                )
-            if d.action is Action.OPEN:
-                result.alerts_opened.append(a.alert_id)
-            elif d.action in _CHANGES:
-                result.alerts_changed.append(a.alert_id)
-            else:
-                continue
-            notes.append(
-                {
-                    "alert_id": a.alert_id,
-                    "patient_id": c.patient_id,
-                    "action": d.action.value,
-                    "state": d.new_state.value,
-                    "severity": c.severity.name,
-                }
-            )
+        out = follow_ups(applied)
+        result.alerts_opened.extend(out.opened)
+        result.alerts_changed.extend(out.changed)
+        for a in out.reported:
+            c = a.decision.candidate
             log.info(
                 "alert %s %s patient=%s rule=%s severity=%s",
                 a.alert_id,
-                d.action.value,
+                a.decision.action.value,
                 c.patient_id,
                 c.rule_id,
                 c.severity.name,
                 extra={"alert_id": a.alert_id, "patient_id": c.patient_id, "rule_id": c.rule_id},
             )
-        await outbox_store.enqueue(conn, sms, self._now())
-        await alert_store.notify(conn, notes)
+        await outbox_store.enqueue(conn, out.sms, self._now())
+        await alert_store.notify(conn, out.notes)
