@@ -71,7 +71,7 @@ from rpm.workers.channels import (
     follow_failure,
 )
 from rpm.workers.credentials import CredentialsHold
-from rpm.workers.loop import drain_until_stopped
+from rpm.workers.loop import drain_until_stopped, half_lease_gone, release
 from rpm.workers.sms_render import Asked, RenderContext, asked_in, render
 
 log = logging.getLogger(__name__)
@@ -175,8 +175,8 @@ class SmsOutboxWorker:
             )
         claimed = time.monotonic()
         for k, item in enumerate(items):
-            if self._stopping.is_set() or time.monotonic() - claimed > _LEASE.total_seconds() / 2:
-                await self._release(items[k:])  # before the lease ends: not sent twice
+            if self._stopping.is_set() or half_lease_gone(claimed, _LEASE):
+                await self._release(items[k:])
                 break
             self._claim = items[k:]
             await self._deliver(item)
@@ -187,10 +187,7 @@ class SmsOutboxWorker:
 
     async def _release(self, items: list[outbox_store.OutboxItem]) -> None:
         """Hand claimed items back at once (not after the lease), the claim not counted."""
-        now = self._clock()
-        async with self._pool.acquire() as conn:
-            for item in items:
-                await outbox_store.defer(conn, item.id, now, "released at shutdown")
+        await release(self._pool, items, self._clock())
         log.info("outbox: %d claimed SMS released (shutdown or lease)", len(items))
 
     async def _deliver(self, item: outbox_store.OutboxItem) -> None:

@@ -45,7 +45,7 @@ from rpm.storage import outbox as outbox_store
 from rpm.storage import sms as sms_store
 from rpm.storage.pool import Conn
 from rpm.workers.credentials import CredentialsHold
-from rpm.workers.loop import drain_until_stopped
+from rpm.workers.loop import drain_until_stopped, half_lease_gone, release
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +134,8 @@ class VoiceCallWorker:
             items = await outbox_store.claim_due(conn, CHANNEL, self._config.batch, _LEASE, now)
         claimed = time.monotonic()
         for k, item in enumerate(items):
-            # Hand back what is left by half the lease: no other worker process claims a
-            # call this one is still placing (several workers share the outbox).
-            if self._stopping.is_set() or time.monotonic() - claimed > _LEASE.total_seconds() / 2:
-                async with self._pool.acquire() as conn:
-                    for rest in items[k:]:
-                        await outbox_store.defer(conn, rest.id, now, "released at shutdown")
+            if self._stopping.is_set() or half_lease_gone(claimed, _LEASE):
+                await release(self._pool, items[k:], now)
                 break
             await self._deliver(item)
         return len(items)
