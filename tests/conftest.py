@@ -149,20 +149,26 @@ async def template_db(services: ServiceEndpoints) -> str:
     return url
 
 
+async def create_from_template(admin: asyncpg.Connection, name: str) -> None:
+    """``CREATE DATABASE name`` from the migrated template, waiting out a scheduler that is
+    still leaving the template."""
+    for attempt in range(50):
+        try:
+            await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+            return
+        except asyncpg.ObjectInUseError:
+            if attempt == 49:
+                raise
+            await asyncio.sleep(0.1)
+
+
 @pytest.fixture
 async def db_url(services: ServiceEndpoints, template_db: str) -> AsyncIterator[str]:
     """A fresh, migrated database for one test."""
     name = f"test_{os.getpid()}_{next(_db_numbers)}"
     admin = await asyncpg.connect(services.database_url)
     try:
-        for attempt in range(50):
-            try:
-                await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
-                break
-            except asyncpg.ObjectInUseError:  # a scheduler still leaving the template
-                if attempt == 49:
-                    raise
-                await asyncio.sleep(0.1)
+        await create_from_template(admin, name)
         yield with_database(services.database_url, name)
         await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
     finally:

@@ -30,7 +30,7 @@ from pydantic import SecretStr
 from rpm.local_endpoints import ServiceEndpoints, settings_for_local
 from rpm.storage.pool import create_pool
 from simulators import active_active as aa
-from tests.conftest import TEMPLATE_DB, drop_gateway_session, with_database
+from tests.conftest import create_from_template, drop_gateway_session, with_database
 from tests.test_reliability import Publisher, settings_env
 
 pytestmark = pytest.mark.active_active
@@ -51,14 +51,7 @@ async def fleet_dbs(services: ServiceEndpoints, template_db: str) -> AsyncIterat
     admin = await asyncpg.connect(services.database_url)
     try:
         for name in names:
-            for attempt in range(50):
-                try:
-                    await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
-                    break
-                except asyncpg.ObjectInUseError:  # a scheduler still leaving the template
-                    if attempt == 49:
-                        raise
-                    await asyncio.sleep(0.1)
+            await create_from_template(admin, name)
         url = services.database_url
         yield with_database(url, names[0]), with_database(url, names[1])
     finally:
