@@ -14,9 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
+from rpm.api import charts
 from rpm.auth import verify_password
 from rpm.cli import main as rpm_main
-from rpm.domain import AcceptedReading, Metric, Reading
+from rpm.domain import Metric
 from rpm.server import Server
 from rpm.storage import readings as reading_store
 from rpm.storage import staff_auth
@@ -238,23 +239,25 @@ async def test_a_chart_renders_for_every_metric(
         Metric.GLUCOSE: {"glucose": 140.0},
         Metric.RESPIRATORY_RATE: {"respiratory_rate": 16.0},
     }
-    now = datetime.now(UTC)
-    readings = [
-        AcceptedReading(
-            Reading(
+    now = datetime.now(UTC).replace(microsecond=0)
+    # Through the pipeline, as a device sends them (the page finds a patient's metrics where
+    # the unit of work keeps them).
+    assert server.pipeline is not None
+    await server.pipeline.process(
+        [
+            helpers.raw(
+                {
+                    "metric": metric.value,
+                    "measured_at": (now - timedelta(hours=6 * i)).isoformat(),
+                    "values": {k: v + i for k, v in vals.items()},
+                },
                 "multi-1",
-                metric,
-                {k: v + i for k, v in vals.items()},
-                now - timedelta(hours=6 * i),
-                now,
-            ),
-            "pat-vitals",
-        )
-        for metric, vals in values.items()
-        for i in range(4)
-    ]
-    async with server.pool.acquire() as conn:
-        await reading_store.insert_new(conn, readings)
+                at=now,
+            )
+            for metric, vals in values.items()
+            for i in range(4)
+        ]
+    )
     await signed_in(http)
     for metric in Metric:
         resp = await http.get(f"/dashboard/patients/pat-vitals/chart/{metric.value}.svg")
@@ -275,6 +278,13 @@ async def test_a_chart_renders_for_every_metric(
     for metric in Metric:
         assert f'src="/dashboard/patients/pat-vitals/chart/{metric.value}.svg"' in page.text
     assert "Blood pressure: 4 readings from" in page.text  # the text alternative
+    # Each chart's text alternative describes the readings the chart draws.
+    async with server.pool.acquire() as conn:
+        for metric in Metric:
+            drawn = await reading_store.for_patient(conn, "pat-vitals", metrics=[metric.value])
+            points = [(s.accepted.reading.measured_at, s.accepted.reading.values) for s in drawn]
+            assert len(points) == 4, metric
+            assert f'alt="{charts.describe(metric, points)}"' in page.text, metric
 
 
 async def test_patient_view_explains_the_alert_and_acts_through_forms(

@@ -59,6 +59,10 @@ _BUILD = [
                            ('-sc', 'weight', '{"weight": 80.5}'::jsonb))
                    AS m(suffix, metric, components)
         ORDER BY t""",
+    """INSERT INTO patient_metric_last (patient_id, metric, measured_at)
+       SELECT patient_id, metric, max(measured_at) FROM readings
+        WHERE $1::int > 0 AND $2::int > 0 AND $3::timestamptz IS NOT NULL
+        GROUP BY patient_id, metric""",
     """INSERT INTO alerts (patient_id, rule_id, severity, state, title, explanation, evidence,
                            opened_at, resolved_at)
        SELECT 'q' || lpad(i::text, 4, '0'), 'htn.stage2_persistent', 'HIGH', 'resolved', 't',
@@ -182,6 +186,8 @@ async def _patient_reads(x: Explaining) -> None:
     month = TimeWindow(since=END - timedelta(days=60), before=END - timedelta(days=30))
     await reading_store.for_patient(x, "q0042", limit=2000)  # type: ignore[arg-type]
     await reading_store.for_patient(x, "q0042", metrics=["weight"], limit=300)  # type: ignore[arg-type]
+    await reading_store.newest_by_metric(x, "q0042", 10)  # type: ignore[arg-type]
+    await reading_store.chart_summaries(x, "q0042", 300)  # type: ignore[arg-type]
     blood_pressure = kinds_for_codes(parse_tokens("http://loinc.org|85354-9"))
     query = ObservationQuery(("q0042",), blood_pressure, month)  # one code, one month
     await fhir_store.observation_page(x, query, 50)  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from rpm.domain import DISPLAY_UNITS, METRICS, Metric
+from rpm.storage.readings import ChartSummary
 from rpm.storage.rollups import Bucket
 from rules.spec import RuleSpec
 
@@ -94,13 +95,22 @@ _OPS = {">": ">", ">=": "≥", "<": "<", "<=": "≤"}
 
 def describe(metric: Metric, points: Sequence[Point]) -> str:
     """A text alternative for the chart: how many readings, when, and the latest values."""
-    title = METRIC_TITLES[metric]
     if not points:
+        return describe_summary(metric, ChartSummary(0, None, None, None))
+    newest = max(points, key=lambda p: p[0])
+    return describe_summary(
+        metric, ChartSummary(len(points), min(p[0] for p in points), newest[0], newest[1])
+    )
+
+
+def describe_summary(metric: Metric, summary: ChartSummary) -> str:
+    """``describe`` from what the database summed up of the chart's readings."""
+    title = METRIC_TITLES[metric]
+    first, last, latest = summary.first_at, summary.last_at, summary.latest
+    if not summary.count or first is None or last is None or latest is None:
         return f"{title}: no readings."
-    first, last = min(p[0] for p in points), max(p[0] for p in points)
-    latest = max(points, key=lambda p: p[0])[1]
     values = "/".join(f"{latest[c]:g}" for c in charted_components(metric) if c in latest)
-    count = "1 reading" if len(points) == 1 else f"{len(points)} readings"
+    count = "1 reading" if summary.count == 1 else f"{summary.count} readings"
     return (
         f"{title}: {count} from {_utc(first)} to {_utc(last)}; latest {values} {unit_of(metric)}."
     )

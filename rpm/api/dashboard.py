@@ -45,7 +45,15 @@ from rpm.storage import staff as staff_store
 
 from . import charts, errors
 from .access import Principal, audit, staff_principal
-from .dashboard_views import HERE, patient_alert_order, programs, templates, time_panel, vitals
+from .dashboard_views import (
+    HERE,
+    READINGS_SHOWN,
+    patient_alert_order,
+    programs,
+    templates,
+    time_panel,
+    vitals,
+)
 from .deps import AuthDep, ClockDep, PoolDep
 from .page_security import SVG_CSP, SecuredStaticFiles, secure
 
@@ -264,7 +272,10 @@ async def patient(
         contexts = await registry.patient_contexts(conn, [patient_id])
         if patient_id not in contexts:
             raise NotFoundError("no such patient")
-        stored = await reading_store.for_patient(conn, patient_id, limit=2000)
+        # The tables' newest readings and, for each chart's text alternative, a summary of
+        # its readings made in the database: index ranges per metric (docs/data-lifecycle.md).
+        newest = await reading_store.newest_by_metric(conn, patient_id, READINGS_SHOWN)
+        charted = await reading_store.chart_summaries(conn, patient_id, CHART_READINGS)
         staff_list = await staff_auth.active_staff(conn)
     listing = await call_api(
         request,
@@ -298,7 +309,7 @@ async def patient(
             "alerts": alerts,
             "alert": selected,
             "confirmations": asked.json() if asked.status_code == 200 else [],
-            "vitals": vitals(patient_id, stored),
+            "vitals": vitals(patient_id, newest, charted),
             "time": await time_panel(request, patient_id, call_api, clock()),
             "staff_list": staff_list,
             "can_assign": _api_offers(request.app, "assign"),

@@ -53,28 +53,27 @@ def patient_alert_order(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return unresolved + resolved
 
 
-def vitals(patient_id: str, stored: list[reading_store.StoredReading]) -> list[dict[str, Any]]:
-    """Per metric with readings: chart address, text alternative, the newest readings."""
-    by_metric: dict[Metric, list[reading_store.StoredReading]] = {}
-    for s in stored:
-        by_metric.setdefault(s.accepted.reading.metric, []).append(s)
+def vitals(
+    patient_id: str,
+    newest: Mapping[Metric, list[reading_store.StoredReading]],
+    charted: Mapping[Metric, reading_store.ChartSummary],
+) -> list[dict[str, Any]]:
+    """Per metric with readings: chart address, text alternative (``charted``: what the chart
+    of the metric's newest readings holds), the newest readings (``newest``, those entered in
+    error included, marked; charts leave them out)."""
     out = []
     for metric in Metric:
-        rows = by_metric.get(metric)
+        rows = newest.get(metric)
         if not rows:
             continue
-        # Charts leave out readings entered in error; the table shows them, marked.
-        points = [
-            (s.accepted.reading.measured_at, s.accepted.reading.values)
-            for s in rows
-            if s.entered_in_error_at is None
-        ]
         out.append(
             {
                 "metric": metric.value,
                 "title": charts.METRIC_TITLES[metric],
                 "chart": f"/dashboard/patients/{patient_id}/chart/{metric.value}.svg",
-                "alt": charts.describe(metric, points),
+                "alt": charts.describe_summary(
+                    metric, charted.get(metric) or reading_store.ChartSummary(0, None, None, None)
+                ),
                 "readings": [
                     {
                         "measured_at": s.accepted.reading.measured_at,

@@ -122,6 +122,76 @@ async def for_patient(
     return [_from_row(r) for r in rows]
 
 
+@dataclass(frozen=True, slots=True)
+class ChartSummary:
+    """What a chart of a metric's newest readings holds: how many (those entered in error
+    left out), the first and last measured times, and the newest values."""
+
+    count: int
+    first_at: datetime | None
+    last_at: datetime | None
+    latest: Mapping[str, float] | None
+
+
+# The metrics a patient has readings of: patient_metric_last holds each metric with a reading
+# not entered in error (kept by the unit of work, rule_state.touch_last/recompute_last), and
+# reading_corrections the patient's readings marked in error (a metric may have only those).
+_PATIENT_METRICS = """SELECT metric FROM patient_metric_last WHERE patient_id = $1
+                      UNION SELECT metric FROM reading_corrections WHERE patient_id = $1"""
+
+
+async def newest_by_metric(
+    conn: Conn, patient_id: str, limit: int
+) -> dict[Metric, list[StoredReading]]:
+    """Each metric's ``limit`` newest readings of a patient, newest first (those entered in
+    error included): one index range per metric the patient has, never the whole history."""
+    rows = await conn.fetch(
+        f"""SELECT w.*, m.metric, $1::text AS patient_id
+              FROM ({_PATIENT_METRICS}) AS m
+              CROSS JOIN LATERAL (
+                  SELECT measured_at, device_id, components, received_at, stored_at,
+                         {CORRECTED_AT} AS corrected_at
+                    FROM readings
+                   WHERE patient_id = $1 AND metric = m.metric
+                   ORDER BY measured_at DESC
+                   LIMIT $2) AS w
+             ORDER BY m.metric, w.measured_at DESC""",  # noqa: S608 - fixed fragments
+        patient_id,
+        limit,
+    )
+    out: dict[Metric, list[StoredReading]] = {}
+    for r in rows:
+        stored = _from_row(r)
+        out.setdefault(stored.accepted.reading.metric, []).append(stored)
+    return out
+
+
+async def chart_summaries(conn: Conn, patient_id: str, limit: int) -> dict[Metric, ChartSummary]:
+    """Per metric the patient has, a summary of the chart of its ``limit`` newest readings
+    (as ``for_patient(metrics=[m], limit=limit)`` less those entered in error), computed in
+    the database: only the newest reading's values leave it."""
+    rows = await conn.fetch(
+        f"""SELECT m.metric, s.*
+              FROM ({_PATIENT_METRICS}) AS m
+              CROSS JOIN LATERAL (
+                  SELECT count(*) AS count, min(w.measured_at) AS first_at,
+                         max(w.measured_at) AS last_at,
+                         (array_agg(w.components ORDER BY w.measured_at DESC))[1] AS latest
+                    FROM (SELECT measured_at, components, {CORRECTED_AT} AS corrected_at
+                            FROM readings
+                           WHERE patient_id = $1 AND metric = m.metric
+                           ORDER BY measured_at DESC
+                           LIMIT $2) AS w
+                   WHERE w.corrected_at IS NULL) AS s""",  # noqa: S608 - fixed fragments
+        patient_id,
+        limit,
+    )
+    return {
+        Metric(r["metric"]): ChartSummary(r["count"], r["first_at"], r["last_at"], r["latest"])
+        for r in rows
+    }
+
+
 async def by_uid(conn: Conn, uid: str) -> StoredReading | None:
     row = await conn.fetchrow(
         """SELECT measured_at, device_id, metric, patient_id, components, received_at, stored_at
