@@ -104,6 +104,8 @@ class TwilioSink:
         self._unsubscribed: set[str] = set()
         self._webhooks: list[SentWebhook] = []
         self._arrived = asyncio.Event()
+        self._gate: asyncio.Event | None = None  # hold(): creates wait here before answering
+        self.holding = 0  # creates waiting at the gate now
         self._runner: web.AppRunner | None = None
         self.base_url: str | None = None
 
@@ -158,6 +160,18 @@ class TwilioSink:
             raise ValueError(f"seconds must be >= 0, got {seconds}")
         self._outage_status = status
         self._outage_until = time.monotonic() + seconds
+
+    def hold(self) -> None:
+        """Keep every message create waiting, unanswered, until ``release``: a slow Twilio,
+        so that a test can have several sends in flight at once (``holding`` counts them)."""
+        if self._gate is None:
+            self._gate = asyncio.Event()
+
+    def release(self) -> None:
+        """Answer the creates held by ``hold``, and answer the next ones at once."""
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.set()
 
     def rotate_auth_token(self, auth_token: str) -> None:
         """The account's auth token becomes ``auth_token`` (as when someone rotates it in the
@@ -379,6 +393,12 @@ class TwilioSink:
 
     async def _create(self, request: web.Request) -> web.Response:
         form = parse_form(request.content_type, await request.text())
+        if (gate := self._gate) is not None:
+            self.holding += 1
+            try:
+                await gate.wait()
+            finally:
+                self.holding -= 1
         error = self._refusal(request, form)
         if error is not None:
             self._rejected.append((error.status, form))

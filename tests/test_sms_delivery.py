@@ -8,6 +8,7 @@ import asyncio
 import json
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -438,6 +439,61 @@ async def test_daily_cap_drops_non_urgent_messages_per_local_day(
     await w.drain_once()
     assert (await outbox_row(pool, next_day))["delivered_at"] is not None
     assert len(twilio.messages) == 5
+
+
+async def test_two_workers_sending_to_one_patient_at_once_keep_the_daily_cap(
+    pool: asyncpg.Pool, twilio: TwilioSink, channel: TwilioSms, hooks: str
+) -> None:
+    """Two workers (two processes, or gateways in active-active) each hold one of a patient's
+    messages while Twilio is slow: the second waits for the first's outcome before counting
+    the day's messages, so the cap holds (docs/alerts.md, "Daily cap")."""
+    async with pool.acquire() as conn:
+        no_quiet_hours = (time(0), time(0))
+        await add_patient(
+            conn, "p1", "+15550100001", timezone="America/New_York", quiet=no_quiet_hours
+        )
+    clock = Clock(local_time_after(datetime.now(UTC), NEW_YORK, time(12)))
+    first, second = (
+        SmsOutboxWorker(
+            pool,
+            channel,
+            replace(worker(pool, channel, hooks)._config, batch=1, daily_cap=3),
+            clock=clock,
+        )
+        for _ in range(2)
+    )
+    sent_before = [await enqueue(pool, f"before{i}", patient_payload("p1", None)) for i in range(2)]
+    await first.drain_once()
+    await first.drain_once()
+    assert [(await outbox_row(pool, i))["delivered_at"] is not None for i in sent_before] == [
+        True,
+        True,
+    ]
+    items = [await enqueue(pool, f"k{i}", patient_payload("p1", None)) for i in range(2)]
+    twilio.hold()
+    one = asyncio.create_task(first.drain_once())
+    await eventually(lambda: _true(twilio.holding == 1))  # the third message is in flight
+
+    async def waiting_for_its_turn() -> bool:
+        async with pool.acquire() as conn:
+            waits = await conn.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            )
+        return bool(waits) or twilio.holding > 1
+
+    two = asyncio.create_task(second.drain_once())
+    await eventually(waiting_for_its_turn)
+    twilio.release()
+    await asyncio.gather(one, two)
+
+    rows = [await outbox_row(pool, i) for i in items]
+    assert [r["delivered_at"] is not None for r in rows] == [True, False]
+    assert rows[1]["last_error"] == "daily cap"
+    assert len(twilio.messages) == 3
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 @pytest.mark.parametrize(

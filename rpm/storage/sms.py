@@ -13,7 +13,8 @@ offer them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, time
 from types import MappingProxyType
@@ -140,6 +141,27 @@ async def opt_in(conn: Conn, patient_ids: Iterable[str]) -> int:
         list(patient_ids),
     )
     return int(status.split()[-1])
+
+
+# The class of the advisory locks of ``patient_turn`` (two-key advisory locks: apart from the
+# one-key locks of the missing-data timer and the lifecycle scheduler). "RPMS".
+_TURN_CLASS = 0x52504D53
+
+
+@asynccontextmanager
+async def patient_turn(pool: asyncpg.Pool, patient_id: str) -> AsyncIterator[None]:
+    """Hold the patient's turn to message: one worker at a time, across processes, counts the
+    patient's messages of the day, sends and records (so two sends in flight cannot both see
+    room under the daily cap). A session advisory lock on a connection of its own, released
+    on exit, or by the server if this process dies."""
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1, hashtext($2))", _TURN_CLASS, patient_id)
+        try:
+            yield
+        finally:
+            await conn.execute(
+                "SELECT pg_advisory_unlock($1, hashtext($2))", _TURN_CLASS, patient_id
+            )
 
 
 async def sent_today(

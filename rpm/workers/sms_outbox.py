@@ -196,6 +196,16 @@ class SmsOutboxWorker:
         except BadWork as exc:
             await self._fail(item, str(exc), "?")
             return
+        if work.audience != "patient":
+            await self._decide_and_send(item, work)
+            return
+        assert work.patient_id is not None
+        # Counting the day's messages, sending and recording are one patient's turn: another
+        # worker's message to the same patient waits for this one's outcome (the daily cap).
+        async with sms_store.patient_turn(self._pool, work.patient_id):
+            await self._decide_and_send(item, work)
+
+    async def _decide_and_send(self, item: outbox_store.OutboxItem, work: SmsWork) -> None:
         now = self._clock()
         async with self._pool.acquire() as conn:
             situation, alert = await self._situation(conn, work, now)
