@@ -19,9 +19,14 @@ in order. Clients:
 - ``gmqtt``: gmqtt (MQTT 5, ``optimistic_acknowledgement=False``: the PUBACK goes when the
   message's coroutine returns, here when its batch committed). Not a dependency of the
   project: install it beside (``uv pip install --target /tmp/mqttalt gmqtt``).
+  ``--receive-maximum N`` sends MQTT 5's Receive Maximum in its CONNECT (gmqtt's only
+  public bound on what it holds; the broker is to send no more than N unacknowledged).
 
 Figures: consumer CPU seconds (``time.process_time``) from the first message to the last
-ack, µs per message, and wall rate; one JSON line per client.
+ack, µs per message, and wall rate; the unacknowledged messages the client held when it sent
+its first acknowledgement (``held_at_first_ack``: the broker's window before any PUBACK) and
+at most (``max_held``), which is what a broker honouring the in-flight window bounds; one
+JSON line per client.
 """
 
 from __future__ import annotations
@@ -145,12 +150,16 @@ class Drain:
         self.inbox: deque[Any] = deque()
         self.arrived = asyncio.Event()
         self.acked = 0
+        self.committing = 0  # popped from the inbox, not yet acknowledged
+        self.held_at_first_ack = 0
+        self.max_held = 0
         self.cpu0 = self.t0 = 0.0
 
     def got(self, item: Any) -> None:
         if not self.inbox and self.acked == 0 and self.t0 == 0.0:
             self.cpu0, self.t0 = time.process_time(), time.perf_counter()
         self.inbox.append(item)
+        self.max_held = max(self.max_held, len(self.inbox) + self.committing)
         self.arrived.set()
 
     async def run(self, ack: Any) -> dict[str, float]:
@@ -167,11 +176,20 @@ class Drain:
                         await self.arrived.wait()
             k = min(len(self.inbox), self.batch)
             batch = [self.inbox.popleft() for _ in range(k)]
+            self.committing = k
             await asyncio.sleep(0)  # the commit
+            if self.acked == 0:
+                self.held_at_first_ack = len(self.inbox) + k
             ack(batch)
+            self.committing = 0
             self.acked += len(batch)
         cpu, wall = time.process_time() - self.cpu0, time.perf_counter() - self.t0
-        return {"cpu_s": cpu, "wall_s": wall}
+        return {
+            "cpu_s": cpu,
+            "wall_s": wall,
+            "held_at_first_ack": self.held_at_first_ack,
+            "max_held": self.max_held,
+        }
 
 
 async def drain_paho(port: int, n: int, batch: int, buffered: bool) -> dict[str, float]:
@@ -202,7 +220,9 @@ async def drain_paho(port: int, n: int, batch: int, buffered: bool) -> dict[str,
     return out
 
 
-async def drain_gmqtt(port: int, n: int, batch: int) -> dict[str, float]:
+async def drain_gmqtt(
+    port: int, n: int, batch: int, receive_maximum: int | None
+) -> dict[str, float]:
     import gmqtt
 
     d = Drain(n, batch)
@@ -224,6 +244,7 @@ async def drain_gmqtt(port: int, n: int, batch: int) -> dict[str, float]:
         clean_session=False,
         optimistic_acknowledgement=False,
         session_expiry_interval=3600,
+        **({"receive_maximum": receive_maximum} if receive_maximum else {}),
     )
     c.on_message = on_message
     await c.connect("127.0.0.1", port, version=gmqtt.constants.MQTTv50)
@@ -240,6 +261,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--messages", type=int, default=None)
     p.add_argument("--batch", type=int, default=2000)
     p.add_argument("--clients", default="paho,paho-buffered", help="comma-separated")
+    p.add_argument(
+        "--receive-maximum", type=int, default=None, help="gmqtt: MQTT 5 Receive Maximum"
+    )
     args = p.parse_args(argv)
     n = args.messages or (20_000 if args.quick else 100_000)
     with tempfile.TemporaryDirectory(prefix="mqtt-clients-") as tmp:
@@ -252,15 +276,18 @@ def main(argv: list[str]) -> int:
                 publish(port, n)
                 load = Path("/proc/loadavg").read_text().split()[:3]
                 if name == "gmqtt":
-                    out = uvloop.run(drain_gmqtt(port, n, args.batch))
+                    out = uvloop.run(drain_gmqtt(port, n, args.batch, args.receive_maximum))
                 else:
                     out = uvloop.run(drain_paho(port, n, args.batch, name == "paho-buffered"))
                 line = {
                     "client": name,
+                    "receive_maximum": args.receive_maximum if name == "gmqtt" else None,
                     "messages": n,
                     "cpu_s": round(out["cpu_s"], 3),
                     "us_per_message": round(1e6 * out["cpu_s"] / n, 2),
                     "per_s": round(n / out["wall_s"], 1),
+                    "held_at_first_ack": out["held_at_first_ack"],
+                    "max_held": out["max_held"],
                     "redelivered": redelivered(port, cid, mqtt5),
                     "loadavg": " ".join(load),
                 }

@@ -6,9 +6,13 @@ acknowledged to the broker only after the unit of work holding them committed,
 so a crash at any point makes the broker redeliver, and the duplicates are
 skipped by reading identity. aiomqtt 2.x acknowledges on receipt and has no
 public switch for this (aiomqtt issue #345); paho-mqtt underneath it has
-``manual_ack``, which we turn on before connecting. The broker's
-``max_inflight_messages`` bounds how many unacknowledged messages we can hold,
-which is our back-pressure: nothing is dropped, the broker queues the rest.
+``manual_ack``, which we turn on before connecting. We bound how many
+unacknowledged messages we hold ourselves, by not reading the socket past two
+batches: nothing is dropped, TCP flow control holds the broker back and it queues
+the rest. (The broker's in-flight window should bound it, but Mosquitto before
+2.0.13 overruns its window, MQTT 5 Receive Maximum included, once acknowledgements
+flow: eclipse/mosquitto#2306. That is also why the gateway is not on gmqtt, whose
+only public bound is Receive Maximum: docs/performance.md, "The MQTT client".)
 paho reads the socket through ``BufferedSocket`` (64 KiB per ``recv``) and hands messages to
 the gateway's deque directly (``deliver_to``): the protocol stays paho's.
 """
