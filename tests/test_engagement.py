@@ -8,6 +8,7 @@ The clock is pinned (a Wednesday in June 2026); nothing here reads the wall cloc
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -585,12 +586,17 @@ async def test_a_campaign_that_plans_too_slowly_is_skipped_and_the_pass_goes_on(
         "weekly",
         {**NUDGE, "trigger": {"kind": "weekly", "weekday": "wed", "local_time": "09:00"}},
     )
-    hurried = CampaignPlanner(pool, daily_cap=3, timeout_s=0.000001)
-    first = await hurried.tick(NOW)
+    # Slow by construction, not by the machine: another session holds campaign_sends, which
+    # every plan reads and writes, until both campaigns ran out of their 0.2 s.
+    async with pool.acquire() as holder, holder.transaction():
+        await holder.execute("LOCK TABLE campaign_sends IN ACCESS EXCLUSIVE MODE")
+        hurried = CampaignPlanner(pool, daily_cap=3, timeout_s=0.2)
+        async with asyncio.timeout(60):  # without the time limit the plans would wait here
+            first = await hurried.tick(NOW)
     assert first.planned == {}
     assert first.skipped == {
-        "bp-nudge": "planning took longer than 1e-06 s",
-        "weekly": "planning took longer than 1e-06 s",
+        "bp-nudge": "planning took longer than 0.2 s",
+        "weekly": "planning took longer than 0.2 s",
     }
     assert await outbox_for(pool, "bp-nudge") == {}  # nothing half-planned
     second = await CampaignPlanner(pool, daily_cap=3).tick(NOW)  # the lock was given back
