@@ -112,15 +112,23 @@ def stop_on_sigterm() -> None:
 class RpmServe:
     """``rpm serve`` in its own process, configured by ``env``; its log in ``log``."""
 
-    def __init__(self, env: Mapping[str, str], log: Path, base_url: str) -> None:
-        self.env, self.log, self.base_url = env, log, base_url
+    def __init__(
+        self, env: Mapping[str, str], log: Path, base_url: str, roles: str | None = None
+    ) -> None:
+        """``roles``: ``rpm serve --role`` (all of them when None)."""
+        self.env, self.log, self.base_url, self.roles = env, log, base_url, roles
         self.child: Child | None = None
 
-    async def start(self) -> None:
-        """Start it; ready when its API answers."""
+    async def start(self, *, wait: bool = True) -> None:
+        """Start it; ready when its API answers (``wait``; a process without the API role
+        is started and left to come up)."""
         script = Path(sys.executable).with_name("rpm")  # the console script: `rpm serve`
         command = [str(script)] if script.exists() else [sys.executable, "-m", "rpm.cli"]
-        self.child = child = Child("rpm serve", [*command, "serve"], self.env, self.log)
+        command += ["serve", *(["--role", self.roles] if self.roles else [])]
+        name = f"rpm serve {self.roles or ''}".strip()
+        self.child = child = Child(name, command, self.env, self.log)
+        if not wait:
+            return
         deadline = time.monotonic() + 60
         async with httpx.AsyncClient(timeout=2) as client:
             while True:

@@ -352,10 +352,18 @@ async def _reads(
     password: str,
     say: Any,
 ) -> dict[str, dict[str, float]]:
-    """``rpm serve`` started, the reads timed, stopped."""
-    server = RpmServe(env, work / "serve.log", base)
-    say("starting rpm serve ...")
-    await server.start()
+    """``rpm serve`` started as deployed (docker-compose.yml): the API in a process of its
+    own, the gateway and the workers (timers, outbox) in another; the reads timed, both
+    stopped."""
+    rest = RpmServe(env, work / "serve-workers.log", base, roles="gateway,workers")
+    server = RpmServe(env, work / "serve.log", base, roles="api")
+    say("starting rpm serve (--role api; --role gateway,workers beside it) ...")
+    try:
+        await rest.start(wait=False)
+        await server.start()
+    except BaseException:
+        rest.stop()
+        raise
     month, span = report_month(shape.end)
     try:
         bearer = await bearer_token(base, data.NURSE, password)
@@ -364,6 +372,7 @@ async def _reads(
         timings = await time_reads(base, bearer, cookies, patients, span, month, args.repeat, say)
     finally:
         server.stop()
+        rest.stop()
     return summary(timings)
 
 
