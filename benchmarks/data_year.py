@@ -8,7 +8,8 @@ parallel processes, and ``--restart-patients`` monitored patients in all (device
 - bytes per reading on disk: the readings table with its indexes (its chunks' or partitions'
   when it has them); with TimescaleDB, again after compressing the chunks older than 7 days
   (``--no-compress`` skips it);
-- through ``rpm serve``'s HTTP API (``benchmarks/_year_reads.py``), p50/p99 of the patient
+- through the HTTP API of ``rpm serve --role api`` (``--role gateway,workers`` beside it, as
+  docker-compose.yml deploys them; ``benchmarks/_year_reads.py``), p50/p99 of the patient
   page (the dashboard view, the readings API, the blood-pressure chart), of
   ``/fhir/Observation?patient=&code=&date=ge..&date=lt..`` (a month), of the alert queue and of
   the monthly billing report;
