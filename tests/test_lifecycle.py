@@ -250,6 +250,62 @@ async def test_timescale_compression_and_retention(pool: asyncpg.Pool) -> None:
         assert [dict(r) for r in after] == [dict(r) for r in daily]
 
 
+async def test_chunks_compressed_under_older_settings_are_recompressed(pool: asyncpg.Pool) -> None:
+    """Chunks compressed before migration 0038 (0033's segments) are rewritten under the
+    hypertable's settings, a few a pass, their readings and their duplicate check intact."""
+    async with pool.acquire() as conn:
+        if not (await lifecycle.flavour(conn)).timescale:
+            pytest.skip(NO_TIMESCALE)
+        await add_patients(conn, ["p1", "p2"])
+        stored = seeded_readings(7, ["p1", "p2"], days=40, per_day=3)
+        await insert_new(conn, stored)
+        current = await _settings(conn, "readings")
+        await conn.execute(  # as 0033 left them
+            """ALTER TABLE readings SET (
+                   timescaledb.compress_segmentby = 'patient_id, device_id, metric',
+                   timescaledb.compress_orderby = 'measured_at DESC')"""
+        )
+    now = T0 + timedelta(days=60)
+    config = LifecycleConfig(compress_after=timedelta(days=14), recompress_per_pass=2)
+    compressed = (await LifecycleScheduler(pool, config).tick(now)).chunks_compressed
+    assert compressed > 2  # more than one pass's worth
+    async with pool.acquire() as conn:
+        await conn.execute(  # what migration 0038 does
+            """ALTER TABLE readings SET (
+                   timescaledb.compress_segmentby = 'metric',
+                   timescaledb.compress_orderby = 'patient_id, device_id, measured_at DESC')"""
+        )
+        assert await _settings(conn, "readings") == current  # 0038's, as migrated
+        assert await _stale(conn) == compressed
+    passes = [await LifecycleScheduler(pool, config).tick(now) for _ in range(compressed)]
+    assert [p.chunks_recompressed for p in passes][:2] == [2, 2]
+    assert sum(p.chunks_recompressed for p in passes) == compressed
+    async with pool.acquire() as conn:
+        assert await _stale(conn) == 0
+        assert await conn.fetchval("SELECT count(*) FROM readings") == len(stored)
+        assert await insert_new(conn, stored) == []  # still recognised as stored
+
+
+async def _settings(conn: asyncpg.Connection, relation: str) -> tuple[object, ...]:
+    row = await conn.fetchrow(
+        """SELECT segmentby, orderby, orderby_desc FROM _timescaledb_catalog.compression_settings
+            WHERE relid = $1::regclass""",
+        relation,
+    )
+    assert row is not None
+    return tuple(row)
+
+
+async def _stale(conn: asyncpg.Connection) -> int:
+    """Compressed chunks whose settings are not the hypertable's."""
+    hyper = await _settings(conn, "readings")
+    rows = await conn.fetch(
+        """SELECT segmentby, orderby, orderby_desc FROM _timescaledb_catalog.compression_settings
+            WHERE compress_relid IS NOT NULL"""
+    )
+    return sum(tuple(r) != hyper for r in rows)
+
+
 async def test_a_second_process_skips_the_pass_in_progress(pool: asyncpg.Pool) -> None:
     """The lock is the session's: while another process holds it, a pass does nothing."""
     sched = LifecycleScheduler(pool)

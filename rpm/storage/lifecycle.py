@@ -63,6 +63,28 @@ async def compress_chunks(conn: Conn, older_than: datetime) -> int:
     return len(rows)
 
 
+async def recompress_stale_chunks(conn: Conn, limit: int) -> int:
+    """Recompress up to ``limit`` compressed readings chunks whose compression settings are
+    not the hypertable's (compressed before migration 0038 changed them: TimescaleDB keeps
+    settings per chunk); how many. Oldest first; each chunk is locked against writes while it
+    is rewritten, so a pass takes few."""
+    rows = await conn.fetch(
+        """SELECT compress_chunk(s.relid, recompress => true)
+             FROM _timescaledb_catalog.compression_settings s,
+                  _timescaledb_catalog.compression_settings h
+            WHERE h.relid = 'readings'::regclass
+              AND s.relid IN (SELECT c FROM show_chunks('readings') c)
+              AND s.compress_relid IS NOT NULL
+              AND (s.segmentby IS DISTINCT FROM h.segmentby
+                   OR s.orderby IS DISTINCT FROM h.orderby
+                   OR s.orderby_desc IS DISTINCT FROM h.orderby_desc)
+            ORDER BY s.relid::oid
+            LIMIT $1""",
+        limit,
+    )
+    return len(rows)
+
+
 async def refresh_rollups(conn: Conn, until: datetime, since: datetime | None = None) -> None:
     """Materialise the continuous aggregates from ``since`` (None: the beginning) up to the
     hour (hourly) and the day (daily) of ``until``; TimescaleDB refreshes only what changed.

@@ -34,6 +34,7 @@ _PASS_FAILED: tuple[type[Exception], ...] = (*DATABASE_UNAVAILABLE, asyncpg.Post
 class LifecycleConfig:
     compress_after: timedelta = timedelta(days=30)
     retention: timedelta | None = None  # None: readings are kept for ever
+    recompress_per_pass: int = 2  # chunks compressed under older settings, rewritten a pass
     rollup_batch: int = 10_000  # dirty-log rows per rollup transaction (plain PostgreSQL)
 
     @classmethod
@@ -53,6 +54,7 @@ class PassResult:
     rollup_rows: int = 0  # plain: dirty-log rows consumed (their hours rolled up again)
     rollups_refreshed: bool = False  # TimescaleDB: continuous aggregates refreshed
     chunks_compressed: int = 0
+    chunks_recompressed: int = 0  # compressed under older settings (migration 0038)
     partitions_made: int = 0
     dropped: list[str] = field(default_factory=list)  # chunks or partitions (retention)
 
@@ -91,6 +93,9 @@ class LifecycleScheduler:
             await store.refresh_rollups(conn, now, horizon)
             out.rollups_refreshed = True
             out.chunks_compressed = await store.compress_chunks(conn, now - c.compress_after)
+            out.chunks_recompressed = await store.recompress_stale_chunks(
+                conn, c.recompress_per_pass
+            )
             if horizon is not None:
                 out.dropped = await store.drop_chunks(conn, horizon)
             return out
@@ -121,6 +126,10 @@ class LifecycleScheduler:
                 return 0
             if result.dropped:
                 log.warning("retention dropped %d readings partitions/chunks", len(result.dropped))
+            if result.chunks_recompressed:
+                log.info(
+                    "recompressed %d chunks under the current settings", result.chunks_recompressed
+                )
             return 0  # rest a whole interval after every pass
 
         await drain_until_stopped(

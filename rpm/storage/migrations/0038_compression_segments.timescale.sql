@@ -10,8 +10,8 @@
 -- measured_at) decompress only the batches whose ranges hold them; lookups by uid use the
 -- bloom filter TimescaleDB keeps for the indexed uid column.
 --
--- Chunks compressed before keep their settings (TimescaleDB keeps them per chunk) until
--- recompressed: `SELECT compress_chunk(c, recompress => true)` (docs/data-lifecycle.md).
+-- Chunks compressed before keep their settings (TimescaleDB keeps them per chunk) until the
+-- lifecycle scheduler recompresses them, two a pass (lifecycle.recompress_stale_chunks).
 ALTER TABLE readings SET (
     timescaledb.compress_segmentby = 'metric',
     timescaledb.compress_orderby = 'patient_id, device_id, measured_at DESC'
