@@ -6,8 +6,9 @@ Each storage function runs against ``Explaining``, a connection that answers eve
 with its plan (EXPLAIN (FORMAT JSON), the bound parameters included, so the plan is the
 custom plan the server gets) instead of its rows: the SQL is the module's own, never a copy.
 
-A read bounded by patient (the patient page and its chart, the FHIR search, the rule state's
-history, the backtest of named patients) must reach readings by an index, on every chunk or
+A read bounded by patient (the patient page and its chart, the panel's newest values, the
+FHIR search, the rule state's history, the backtest of named patients) must reach readings by
+an index, on every chunk or
 partition; a read of every patient bounded by time (the export, the backtest of a period) by
 an index, or by leaving out the chunks or partitions outside the period. Run on the test
 database (a hypertable when TimescaleDB is installed) and on plain PostgreSQL.
@@ -28,7 +29,7 @@ import pytest
 from rpm.backtest import store as backtest_store
 from rpm.domain import Metric
 from rpm.fhir.search import ObservationQuery, TimeWindow, kinds_for_codes, parse_tokens
-from rpm.storage import alert_reads, export, rule_state
+from rpm.storage import alert_reads, export, panel, rule_state
 from rpm.storage import fhir as fhir_store
 from rpm.storage import readings as reading_store
 from rpm.storage.migrate import migrate
@@ -188,6 +189,7 @@ async def _patient_reads(x: Explaining) -> None:
     await reading_store.for_patient(x, "q0042", metrics=["weight"], limit=300)  # type: ignore[arg-type]
     await reading_store.newest_by_metric(x, "q0042", 10)  # type: ignore[arg-type]
     await reading_store.chart_summaries(x, "q0042", 300)  # type: ignore[arg-type]
+    await panel.latest_values(x, ["q0042", "q0043"])  # type: ignore[arg-type]
     blood_pressure = kinds_for_codes(parse_tokens("http://loinc.org|85354-9"))
     query = ObservationQuery(("q0042",), blood_pressure, month)  # one code, one month
     await fhir_store.observation_page(x, query, 50)  # type: ignore[arg-type]
