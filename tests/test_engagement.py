@@ -472,6 +472,68 @@ async def test_each_trigger_picks_the_patients_it_describes(
     del flat
 
 
+async def test_the_figures_from_readings_are_each_patients_own_last_7_days(
+    pool: asyncpg.Pool, programs: None
+) -> None:
+    """``bp_avg_7d`` and ``weight_change_7d``, read for all the patients a pass picks at once,
+    are each patient's own over (now - 7 days, now]: in the messages planned and, for the
+    excluded too, in the dry run."""
+    kinds = {"device_kind": "scale"}  # hypertension only: no weight rule to open an alert
+    async with pool.acquire() as conn:
+        both = await add_patient(conn, "p-both", **kinds)  # type: ignore[arg-type]
+        one = await add_patient(conn, "p-one", **kinds)  # type: ignore[arg-type]
+        quiet = await add_patient(conn, "p-quiet", consent=False, **kinds)  # type: ignore[arg-type]
+        await add_patient(conn, "p-none", **kinds)  # type: ignore[arg-type]
+    week = [NOW - timedelta(days=7, minutes=-1), NOW - timedelta(days=3), NOW]
+    await ingest(
+        pool,
+        [reading(both, "weight", NOW - timedelta(days=7), weight=70.0)]  # just outside
+        + [
+            reading(both, "weight", at, weight=kg)
+            for at, kg in zip(week, (80.0, 79.0, 81.2), strict=True)
+        ]
+        + [
+            bp_at(both, at, s, d)
+            for at, s, d in zip(week, (120, 131, 134), (80, 81, 83), strict=True)
+        ]
+        + [reading(one, "weight", NOW - timedelta(days=1), weight=90.0)]
+        + [bp_at(one, NOW - timedelta(days=8), 126, 79)]  # outside the 7 days
+        + [reading(quiet, "weight", at, weight=kg) for at, kg in ((week[0], 60.0), (NOW, 59.5))]
+        + [bp_at(quiet, NOW - timedelta(days=2), 117, 76)],
+    )
+    await publish_segment(pool, "both", {"where": {"fact": "open_alerts", "op": ">=", "value": 0}})
+    text = "BP {bp_avg_7d}, weight {weight_change_7d}"
+    await publish_campaign(
+        pool,
+        "figures",
+        {
+            "segment": "both",
+            "trigger": {"kind": "weekly", "weekday": "wed", "local_time": "00:00"},
+            "messages": {"en": text},
+        },
+    )
+    # The sign next to the digits, as rpm.engagement.campaigns.PLACEHOLDERS shows it.
+    expected = {
+        "p-both": {"bp_avg_7d": "128/81", "weight_change_7d": "+1.2"},
+        "p-one": {"bp_avg_7d": None, "weight_change_7d": None},  # one weight, no recent BP
+        "p-quiet": {"bp_avg_7d": "117/76", "weight_change_7d": "-0.5"},
+        "p-none": {"bp_avg_7d": None, "weight_change_7d": None},
+    }
+    async with pool.acquire() as conn:
+        version = await campaign_store.campaign(conn, "figures")
+        segment = await segment_store.segment(conn, "both")
+        assert version is not None
+        assert segment is not None
+        rows, counts = await campaign_store.dry_run(conn, version, segment.spec, NOW, daily_cap=3)
+    assert counts == {"send": 3, "no SMS consent": 1}
+    assert {r["patient_id"]: r["context"] for r in rows} == expected
+    assert (await CampaignPlanner(pool, daily_cap=3).tick(NOW)).planned == {"figures": 3}
+    planned = await outbox_for(pool, "figures")
+    assert {p: payload["context"] for p, payload in planned.items()} == {
+        p: expected[p] for p in ("p-both", "p-one", "p-none")
+    }
+
+
 async def test_a_paused_campaign_plans_nothing_and_a_missing_segment_is_reported(
     pool: asyncpg.Pool, programs: None
 ) -> None:

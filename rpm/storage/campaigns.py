@@ -237,7 +237,7 @@ def _context_joins(used: frozenset[str]) -> str:
             SELECT to_char(
                        (array_agg((r.components->>'weight')::float8 ORDER BY r.measured_at DESC))[1]
                      - (array_agg((r.components->>'weight')::float8 ORDER BY r.measured_at))[1],
-                       'SG990.0') AS change
+                       'FMSG990.0') AS change  -- '+1.2': FM, no padding after the sign
               FROM readings r
              WHERE r.patient_id = f.patient_id AND r.metric = 'weight'
                AND r.measured_at > $1::timestamptz - interval '7 days'
