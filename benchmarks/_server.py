@@ -142,6 +142,12 @@ class RpmServe:
                     raise BenchError(f"rpm serve not up in 60 s\n{child.log_tail()}")
                 await asyncio.sleep(0.2)
 
+    def check_running(self) -> None:
+        """Raise ``BenchError`` with its log's tail if the process has exited."""
+        if self.child is None or self.child.proc.poll() is not None:
+            tail = self.child.log_tail() if self.child else ""
+            raise BenchError(f"{self.child.name if self.child else 'rpm serve'} exited\n{tail}")
+
     @property
     def pid(self) -> int | None:
         return self.child.proc.pid if self.child else None

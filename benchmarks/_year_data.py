@@ -202,9 +202,11 @@ _BINDINGS = """INSERT INTO device_bindings (device_id, patient_id, during)
 SELECT id, split_part(id, '-', 1), tstzrange($1::date - 1, NULL) FROM devices
  WHERE vendor = 'bench'"""
 
-# $1 since (the recent days): the newest reading per patient and metric
+# The newest reading per patient and metric, over every reading (as the unit of work keeps
+# it): a patient who missed a metric for the last days still has it, and the patient page
+# (which finds a patient's metrics here) shows it.
 _LAST = """INSERT INTO patient_metric_last (patient_id, metric, measured_at)
-SELECT patient_id, metric, max(measured_at) FROM readings WHERE measured_at >= $1
+SELECT patient_id, metric, max(measured_at) FROM readings
  GROUP BY 1, 2
 ON CONFLICT (patient_id, metric) DO UPDATE SET measured_at = excluded.measured_at"""
 
@@ -316,7 +318,7 @@ async def load_readings(
 async def finish(conn: Any, shape: Shape, say: Callable[[str], None]) -> float:
     """After the COPY: patient_metric_last, then VACUUM ANALYZE (the steady state)."""
     t0 = time.perf_counter()
-    await conn.execute(_LAST, shape.end - timedelta(days=RECENT_DAYS + 1))
+    await conn.execute(_LAST)
     await conn.execute("VACUUM ANALYZE")
     seconds = time.perf_counter() - t0
     say(f"patient_metric_last, VACUUM ANALYZE: {seconds:,.0f} s")

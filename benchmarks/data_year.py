@@ -363,14 +363,17 @@ async def _reads(
         await rest.start(wait=False)
         await server.start()
     except BaseException:
+        server.stop()
         rest.stop()
         raise
     month, span = report_month(shape.end)
     try:
+        rest.check_running()
         bearer = await bearer_token(base, data.NURSE, password)
         cookies = await sign_in_cookies(base, data.NURSE, password)
         patients = sample_patients(shape.patients, args.sample, args.seed)
         timings = await time_reads(base, bearer, cookies, patients, span, month, args.repeat, say)
+        rest.check_running()  # the reads were made with the timers and the outbox running
     finally:
         server.stop()
         rest.stop()

@@ -301,7 +301,8 @@ async def _stale(conn: asyncpg.Connection) -> int:
     hyper = await _settings(conn, "readings")
     rows = await conn.fetch(
         """SELECT segmentby, orderby, orderby_desc FROM _timescaledb_catalog.compression_settings
-            WHERE compress_relid IS NOT NULL"""
+            WHERE compress_relid IS NOT NULL
+              AND relid IN (SELECT c FROM show_chunks('readings') c)"""
     )
     return sum(tuple(r) != hyper for r in rows)
 

@@ -36,6 +36,7 @@ from rpm.domain.errors import BadWork
 from rpm.settings import ApiSettings, SmsSettings
 from rpm.storage import outbox as outbox_store
 from rpm.storage import sms as sms_store
+from rpm.workers import sms_outbox
 from rpm.workers.sms_outbox import DeliveryConfig, SmsOutboxWorker
 from simulators.localservices import free_port
 from simulators.twilio_sink import TwilioSink
@@ -472,24 +473,49 @@ async def test_two_workers_sending_to_one_patient_at_once_keep_the_daily_cap(
     items = [await enqueue(pool, f"k{i}", patient_payload("p1", None)) for i in range(2)]
     twilio.hold()
     one = asyncio.create_task(first.drain_once())
-    await eventually(lambda: _true(twilio.holding == 1))  # the third message is in flight
-
-    async def waiting_for_its_turn() -> bool:
-        async with pool.acquire() as conn:
-            waits = await conn.fetchval(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-            )
-        return bool(waits) or twilio.holding > 1
-
-    two = asyncio.create_task(second.drain_once())
-    await eventually(waiting_for_its_turn)
-    twilio.release()
-    await asyncio.gather(one, two)
+    two: asyncio.Task[int] | None = None
+    try:
+        await eventually(lambda: _true(twilio.holding == 1))  # the third message is in flight
+        two = asyncio.create_task(second.drain_once())
+        # The second worker found the patient's turn taken (or, without turns, reached Twilio).
+        await eventually(lambda: _true(second.turn_waits == 1 or twilio.holding > 1))
+    finally:
+        twilio.release()
+        await asyncio.gather(one, *([two] if two else []))
 
     rows = [await outbox_row(pool, i) for i in items]
     assert [r["delivered_at"] is not None for r in rows] == [True, False]
     assert rows[1]["last_error"] == "daily cap"
     assert len(twilio.messages) == 3
+
+
+async def test_a_message_whose_patient_is_held_by_a_stuck_worker_is_handed_back(
+    pool: asyncpg.Pool,
+    twilio: TwilioSink,
+    channel: TwilioSms,
+    hooks: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another worker holds the patient's turn for longer than a send takes: the message is
+    handed back to the outbox, due again and unsent, and goes once the turn is free."""
+    monkeypatch.setattr(sms_outbox, "_TURN_WAIT_S", 0.2)
+    async with pool.acquire() as conn:
+        await add_patient(conn, "p1", "+15550100001", timezone="America/New_York")
+    clock = Clock(local_time_after(datetime.now(UTC), NEW_YORK, time(12)))
+    w = worker(pool, channel, hooks, clock)
+    item = await enqueue(pool, "k1", patient_payload("p1", None))
+    async with pool.acquire() as stuck:
+        await stuck.execute("SELECT pg_advisory_lock($1, hashtext('p1'))", 0x52504D53)
+        await w.drain_once()
+        row = await outbox_row(pool, item)
+        assert (row["delivered_at"], row["failed_at"], row["attempts"]) == (None, None, 0)
+        assert row["last_error"] == "another worker is messaging the patient"
+        assert w.turn_waits == 1
+        assert twilio.messages == []
+        await stuck.execute("SELECT pg_advisory_unlock($1, hashtext('p1'))", 0x52504D53)
+    await w.drain_once()
+    assert (await outbox_row(pool, item))["delivered_at"] is not None
+    assert len(twilio.messages) == 1
 
 
 async def _true(value: bool) -> bool:

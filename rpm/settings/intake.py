@@ -34,7 +34,11 @@ class DatabaseSettings(Group):
         description="PostgreSQL DSN (secret)",
     )
     pool_size: int = Field(
-        10, ge=1, validation_alias="RPM_DATABASE_POOL_SIZE", description="connections in the pool"
+        10,
+        ge=2,
+        validation_alias="RPM_DATABASE_POOL_SIZE",
+        description="connections in the pool (at least 2: the SMS worker holds a patient's turn "
+        "on one while it reads and records on another)",
     )
 
 

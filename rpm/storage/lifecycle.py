@@ -63,13 +63,12 @@ async def compress_chunks(conn: Conn, older_than: datetime) -> int:
     return len(rows)
 
 
-async def recompress_stale_chunks(conn: Conn, limit: int) -> int:
-    """Recompress up to ``limit`` compressed readings chunks whose compression settings are
-    not the hypertable's (compressed before migration 0038 changed them: TimescaleDB keeps
-    settings per chunk); how many. Oldest first; each chunk is locked against writes while it
-    is rewritten, so a pass takes few."""
+async def stale_chunks(conn: Conn, limit: int) -> list[str]:
+    """Up to ``limit`` compressed readings chunks whose compression settings are not the
+    hypertable's (compressed before migration 0038 changed them: TimescaleDB keeps settings
+    per chunk), oldest first."""
     rows = await conn.fetch(
-        """SELECT compress_chunk(s.relid, recompress => true)
+        """SELECT s.relid::text AS chunk
              FROM _timescaledb_catalog.compression_settings s,
                   _timescaledb_catalog.compression_settings h
             WHERE h.relid = 'readings'::regclass
@@ -77,12 +76,19 @@ async def recompress_stale_chunks(conn: Conn, limit: int) -> int:
               AND s.compress_relid IS NOT NULL
               AND (s.segmentby IS DISTINCT FROM h.segmentby
                    OR s.orderby IS DISTINCT FROM h.orderby
-                   OR s.orderby_desc IS DISTINCT FROM h.orderby_desc)
+                   OR s.orderby_desc IS DISTINCT FROM h.orderby_desc
+                   OR s.orderby_nullsfirst IS DISTINCT FROM h.orderby_nullsfirst)
             ORDER BY s.relid::oid
             LIMIT $1""",
         limit,
     )
-    return len(rows)
+    return [r["chunk"] for r in rows]
+
+
+async def recompress(conn: Conn, chunk: str) -> None:
+    """Rewrite one compressed chunk under the hypertable's current settings (the chunk is
+    locked against writes meanwhile)."""
+    await conn.execute("SELECT compress_chunk($1::regclass, recompress => true)", chunk)
 
 
 async def refresh_rollups(conn: Conn, until: datetime, since: datetime | None = None) -> None:

@@ -13,7 +13,8 @@ offer them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, time
@@ -149,19 +150,33 @@ _TURN_CLASS = 0x52504D53
 
 
 @asynccontextmanager
-async def patient_turn(pool: asyncpg.Pool, patient_id: str) -> AsyncIterator[None]:
-    """Hold the patient's turn to message: one worker at a time, across processes, counts the
-    patient's messages of the day, sends and records (so two sends in flight cannot both see
-    room under the daily cap). A session advisory lock on a connection of its own, released
-    on exit, or by the server if this process dies."""
+async def patient_turn(
+    pool: asyncpg.Pool, patient_id: str, *, wait_s: float, waited: Callable[[], None]
+) -> AsyncIterator[bool]:
+    """Take the patient's turn to message, or give up after ``wait_s``: one worker at a time,
+    across processes, counts the patient's messages of the day, sends and records (so two
+    sends in flight cannot both see room under the daily cap). Yields whether the turn was
+    taken; ``waited`` is called once when another worker holds it. A session advisory lock on
+    a connection of its own, released on exit, or by the server if this process dies."""
     async with pool.acquire() as conn:
-        await conn.execute("SELECT pg_advisory_lock($1, hashtext($2))", _TURN_CLASS, patient_id)
+        deadline = asyncio.get_running_loop().time() + wait_s
+        taken = await conn.fetchval(_TRY_TURN, _TURN_CLASS, patient_id)
+        if not taken:
+            waited()
+        while not taken and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(_TURN_POLL_S)
+            taken = await conn.fetchval(_TRY_TURN, _TURN_CLASS, patient_id)
         try:
-            yield
+            yield bool(taken)
         finally:
-            await conn.execute(
-                "SELECT pg_advisory_unlock($1, hashtext($2))", _TURN_CLASS, patient_id
-            )
+            if taken:
+                await conn.execute(
+                    "SELECT pg_advisory_unlock($1, hashtext($2))", _TURN_CLASS, patient_id
+                )
+
+
+_TRY_TURN = "SELECT pg_try_advisory_lock($1, hashtext($2))"
+_TURN_POLL_S = 0.05
 
 
 async def sent_today(

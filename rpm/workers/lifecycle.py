@@ -93,11 +93,9 @@ class LifecycleScheduler:
             await store.refresh_rollups(conn, now, horizon)
             out.rollups_refreshed = True
             out.chunks_compressed = await store.compress_chunks(conn, now - c.compress_after)
-            out.chunks_recompressed = await store.recompress_stale_chunks(
-                conn, c.recompress_per_pass
-            )
             if horizon is not None:
                 out.dropped = await store.drop_chunks(conn, horizon)
+            out.chunks_recompressed = await self._recompress(conn)
             return out
         while True:
             taken = await store.refresh_plain_rollups(conn, c.rollup_batch)
@@ -108,6 +106,19 @@ class LifecycleScheduler:
         if c.retention is not None:
             out.dropped = await store.drop_partitions(conn, now - c.retention)
         return out
+
+    async def _recompress(self, conn: Conn) -> int:
+        """Chunks compressed under older settings, a few a pass, one statement each; a failure
+        is logged and left to the next pass (it does not stop the other jobs)."""
+        done = 0
+        for chunk in await store.stale_chunks(conn, self.config.recompress_per_pass):
+            try:
+                await store.recompress(conn, chunk)
+            except asyncpg.PostgresError as exc:
+                log.warning("recompressing a chunk failed: %s", exc.__class__.__name__)
+                break
+            done += 1
+        return done
 
     async def run(self, interval_s: float, stopping: asyncio.Event | None = None) -> None:
         """Pass every ``interval_s``, the first one interval after start (start-up stays

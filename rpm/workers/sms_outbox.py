@@ -83,6 +83,10 @@ CHANNEL = "sms"
 # the credentials (rpm/workers/credentials.py).
 OUTCOMES = ("sent", "deferred", "dropped", "retry", "gave_up", "refused", "held")
 _LEASE = timedelta(minutes=2)
+# How long a message waits for its patient's turn (another worker sending to the patient):
+# longer than a Twilio request may take, well inside half the lease.
+_TURN_WAIT_S = 30.0
+_TURN_TAKEN = "another worker is messaging the patient"
 
 
 class SmsChannel(Protocol):
@@ -155,6 +159,7 @@ class SmsOutboxWorker:
         self._clock = clock
         self.sent = 0
         self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)  # since start, for metrics
+        self.turn_waits = 0  # messages that found another worker sending to their patient
         self._stopping = asyncio.Event()
         self._campaigns: dict[tuple[str, int], CampaignSpec | None] = {}  # versions never change
 
@@ -202,8 +207,19 @@ class SmsOutboxWorker:
         assert work.patient_id is not None
         # Counting the day's messages, sending and recording are one patient's turn: another
         # worker's message to the same patient waits for this one's outcome (the daily cap).
-        async with sms_store.patient_turn(self._pool, work.patient_id):
-            await self._decide_and_send(item, work)
+        # A turn held longer than a send takes (another worker stuck) hands the item back.
+        async with sms_store.patient_turn(
+            self._pool, work.patient_id, wait_s=_TURN_WAIT_S, waited=self._waited_for_turn
+        ) as mine:
+            if mine:
+                await self._decide_and_send(item, work)
+                return
+        async with self._pool.acquire() as conn:  # due again at once, the claim not counted
+            await outbox_store.defer(conn, item.id, self._clock(), _TURN_TAKEN)
+        log.info("outbox %s: handed back (%s)", item.id, _TURN_TAKEN)
+
+    def _waited_for_turn(self) -> None:
+        self.turn_waits += 1
 
     async def _decide_and_send(self, item: outbox_store.OutboxItem, work: SmsWork) -> None:
         now = self._clock()

@@ -11,7 +11,7 @@
 -- bloom filter TimescaleDB keeps for the indexed uid column.
 --
 -- Chunks compressed before keep their settings (TimescaleDB keeps them per chunk) until the
--- lifecycle scheduler recompresses them, two a pass (lifecycle.recompress_stale_chunks).
+-- lifecycle scheduler recompresses them, two a pass (rpm/workers/lifecycle.py).
 ALTER TABLE readings SET (
     timescaledb.compress_segmentby = 'metric',
     timescaledb.compress_orderby = 'patient_id, device_id, measured_at DESC'
