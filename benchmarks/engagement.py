@@ -97,7 +97,8 @@ from rpm.storage import segments as segment_store
 from rpm.storage.migrate import migrate
 from rpm.storage.pool import connect, create_pool
 from rpm.workers.campaigns import CampaignPlanner
-from rpm.workers.sms_outbox import DeliveryConfig, SmsOutboxWorker
+from rpm.workers.sms_config import DeliveryConfig
+from rpm.workers.sms_outbox import SmsOutboxWorker
 from simulators.localservices import LocalServices
 from simulators.twilio_sink import TwilioSink
 

@@ -52,7 +52,8 @@ from rpm.workers.campaigns import CampaignPlanner
 from rpm.workers.channels import ChannelRouter
 from rpm.workers.credentials import CredentialsHold
 from rpm.workers.lifecycle import LifecycleConfig, LifecycleScheduler
-from rpm.workers.sms_outbox import DeliveryConfig, SmsOutboxWorker
+from rpm.workers.sms_config import DeliveryConfig
+from rpm.workers.sms_outbox import SmsOutboxWorker
 from rpm.workers.voice_calls import VoiceCallWorker, VoiceConfig
 from rules.engine import Engine
 from rules.programs import RuleBook

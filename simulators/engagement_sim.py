@@ -52,7 +52,8 @@ from rpm.storage import segments as segment_store
 from rpm.storage.pool import Conn
 from rpm.validation import ClockPolicy
 from rpm.workers.campaigns import CampaignPlanner
-from rpm.workers.sms_outbox import DeliveryConfig, SmsOutboxWorker
+from rpm.workers.sms_config import DeliveryConfig
+from rpm.workers.sms_outbox import SmsOutboxWorker
 from simulators.engagement_examples import publish_examples
 from simulators.patients import DEVICE_METRICS
 from simulators.traffic import SimPatient

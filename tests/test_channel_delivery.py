@@ -27,7 +27,8 @@ from rpm.storage import channels as channel_store
 from rpm.storage import outbox as outbox_store
 from rpm.storage import sms as sms_store
 from rpm.workers.channels import ChannelRouter
-from rpm.workers.sms_outbox import DeliveryConfig, SmsOutboxWorker
+from rpm.workers.sms_config import DeliveryConfig
+from rpm.workers.sms_outbox import SmsOutboxWorker
 from rpm.workers.voice_calls import VoiceCallWorker, VoiceConfig
 from simulators.twilio_sink import TwilioSink
 from tests.conftest import TWILIO_SID, TWILIO_TOKEN

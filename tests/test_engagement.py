@@ -29,7 +29,8 @@ from rpm.storage import registry, rule_programs
 from rpm.storage import segments as segment_store
 from rpm.validation import ClockPolicy
 from rpm.workers.campaigns import CampaignPlanner
-from rpm.workers.sms_outbox import DeliveryConfig, SmsOutboxWorker
+from rpm.workers.sms_config import DeliveryConfig
+from rpm.workers.sms_outbox import SmsOutboxWorker
 from simulators.twilio_sink import TwilioSink
 from tests.conftest import TWILIO_SID, TWILIO_TOKEN
 

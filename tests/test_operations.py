@@ -25,7 +25,8 @@ from rpm.server import Server
 from rpm.settings import ApiSettings, Settings, SmsSettings, env_name, table
 from rpm.storage import outbox as outbox_store
 from rpm.storage import registry
-from rpm.workers.sms_outbox import DeliveryConfig, SmsOutboxWorker
+from rpm.workers.sms_config import DeliveryConfig
+from rpm.workers.sms_outbox import SmsOutboxWorker
 from simulators.localservices import LocalServices, free_port
 from simulators.twilio_sink import TwilioSink
 from tests import helpers

@@ -37,7 +37,8 @@ from rpm.settings import ApiSettings, SmsSettings
 from rpm.storage import outbox as outbox_store
 from rpm.storage import sms as sms_store
 from rpm.workers import sms_outbox
-from rpm.workers.sms_outbox import DeliveryConfig, SmsOutboxWorker
+from rpm.workers.sms_config import DeliveryConfig
+from rpm.workers.sms_outbox import SmsOutboxWorker
 from simulators.localservices import free_port
 from simulators.twilio_sink import TwilioSink
 from tests.conftest import TWILIO_CONTRACT, TWILIO_SID, TWILIO_TOKEN

@@ -16,7 +16,8 @@ import pytest
 from alerts.sms import TwilioSms
 from rpm.settings import ApiSettings, SmsSettings
 from rpm.storage.pool import create_pool
-from rpm.workers.sms_outbox import DeliveryConfig, SmsOutboxWorker
+from rpm.workers.sms_config import DeliveryConfig
+from rpm.workers.sms_outbox import SmsOutboxWorker
 from simulators.twilio_sink import TwilioSink
 from tests.conftest import TWILIO_SID, TWILIO_TOKEN
 from tests.test_sms_delivery import enqueue

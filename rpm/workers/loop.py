@@ -47,9 +47,13 @@ def half_lease_gone(claimed_at: float, lease: timedelta) -> bool:
 
 
 async def release(
-    pool: asyncpg.Pool, items: Sequence[outbox_store.OutboxItem], now: datetime
+    pool: asyncpg.Pool,
+    items: Sequence[outbox_store.OutboxItem],
+    now: datetime,
+    reason: str = "released at shutdown",
 ) -> None:
-    """Hand claimed items back at once (not after the lease), the claim not counted."""
+    """Hand claimed items back at once (not after the lease), the claim not counted;
+    ``reason`` is kept on each item."""
     async with pool.acquire() as conn:
         for item in items:
-            await outbox_store.defer(conn, item.id, now, "released at shutdown")
+            await outbox_store.defer(conn, item.id, now, reason)

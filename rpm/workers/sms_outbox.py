@@ -25,14 +25,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
 
 from alerts.delivery_errors import describe
-from alerts.sms import UNSUBSCRIBED, SentSms
+from alerts.sms import UNSUBSCRIBED
 from alerts.sms_policy import (
     Defer,
     Drop,
@@ -43,7 +42,6 @@ from alerts.sms_policy import (
     local_day,
     zone_of,
 )
-from rpm.backoff import Backoff
 from rpm.domain import Severity
 from rpm.domain.errors import (
     BadWork,
@@ -53,7 +51,6 @@ from rpm.domain.errors import (
     TransientDeliveryError,
 )
 from rpm.engagement.campaigns import CampaignSpec
-from rpm.settings import ApiSettings, SmsSettings
 from rpm.storage import alert_events, alert_reads
 from rpm.storage import alerts as alert_store
 from rpm.storage import campaigns as campaign_store
@@ -72,6 +69,7 @@ from rpm.workers.channels import (
 )
 from rpm.workers.credentials import CredentialsHold
 from rpm.workers.loop import drain_until_stopped, half_lease_gone, release
+from rpm.workers.sms_config import DeliveryConfig, SmsChannel
 from rpm.workers.sms_render import Asked, RenderContext, asked_in, render
 
 log = logging.getLogger(__name__)
@@ -89,51 +87,8 @@ _TURN_WAIT_S = 30.0
 _TURN_TAKEN = "another worker is messaging the patient"
 
 
-class SmsChannel(Protocol):
-    async def send(
-        self,
-        to: str,
-        body: str,
-        *,
-        status_callback: str | None = None,
-        from_: str | None = None,
-        content_sid: str | None = None,
-        content_variables: str | None = None,
-        expires: bool = True,
-    ) -> SentSms: ...
-
-
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryConfig:
-    """The worker's knobs: ``from_settings`` (their defaults are the settings')."""
-
-    poll_interval_s: float
-    max_attempts: int
-    backoff: Backoff
-    daily_cap: int
-    status_callback_url: str | None  # None: Twilio reports no delivery status
-    dashboard_url: str
-    emergency_number: str
-    service_name: str = "Home Health Monitoring"  # RPM_SMS_SERVICE_NAME
-    batch: int = 50  # items claimed per pass
-
-    @classmethod
-    def from_settings(cls, sms: SmsSettings, api: ApiSettings) -> DeliveryConfig:
-        """``api``: where Twilio's status callbacks and nurses' dashboard links point."""
-        return cls(
-            poll_interval_s=sms.outbox_poll_interval_s,
-            max_attempts=sms.outbox_max_attempts,
-            backoff=sms.backoff,
-            daily_cap=sms.daily_cap,
-            status_callback_url=api.public_url("/twilio/status"),
-            dashboard_url=api.dashboard_link(),
-            emergency_number=sms.emergency_number,
-            service_name=sms.service_name,
-        )
 
 
 class SmsOutboxWorker:
@@ -214,8 +169,7 @@ class SmsOutboxWorker:
             if mine:
                 await self._decide_and_send(item, work)
                 return
-        async with self._pool.acquire() as conn:  # due again at once, the claim not counted
-            await outbox_store.defer(conn, item.id, self._clock(), _TURN_TAKEN)
+        await release(self._pool, [item], self._clock(), _TURN_TAKEN)  # due again at once
         log.info("outbox %s: handed back (%s)", item.id, _TURN_TAKEN)
 
     def _waited_for_turn(self) -> None:
