@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from rpm.domain import DISPLAY_UNITS, METRICS, Metric
-from rpm.storage.readings import ChartSummary
+from rpm.storage.readings import NO_READINGS, ChartSummary
 from rpm.storage.rollups import Bucket
 from rules.spec import RuleSpec
 
@@ -96,7 +96,7 @@ _OPS = {">": ">", ">=": "≥", "<": "<", "<=": "≤"}
 def describe(metric: Metric, points: Sequence[Point]) -> str:
     """A text alternative for the chart: how many readings, when, and the latest values."""
     if not points:
-        return describe_summary(metric, ChartSummary(0, None, None, None))
+        return describe_summary(metric, NO_READINGS)
     newest = max(points, key=lambda p: p[0])
     return describe_summary(
         metric, ChartSummary(len(points), min(p[0] for p in points), newest[0], newest[1])

@@ -72,7 +72,7 @@ def vitals(
                 "title": charts.METRIC_TITLES[metric],
                 "chart": f"/dashboard/patients/{patient_id}/chart/{metric.value}.svg",
                 "alt": charts.describe_summary(
-                    metric, charted.get(metric) or reading_store.ChartSummary(0, None, None, None)
+                    metric, charted.get(metric, reading_store.NO_READINGS)
                 ),
                 "readings": [
                     {

@@ -133,6 +133,8 @@ class ChartSummary:
     latest: Mapping[str, float] | None
 
 
+NO_READINGS = ChartSummary(0, None, None, None)
+
 # The metrics a patient has readings of: patient_metric_last holds each metric with a reading
 # not entered in error (kept by the unit of work, rule_state.touch_last/recompute_last), and
 # reading_corrections the patient's readings marked in error (a metric may have only those).
