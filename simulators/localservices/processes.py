@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import time
@@ -16,11 +17,40 @@ from simulators.localservices.config import LOOPBACK
 WAIT_S = 10.0  # for the broker to listen, and for a process to exit
 
 
+# Ports handed out by free_port in this process: never handed out twice.
+_handed_out: set[int] = set()
+_pick = random.SystemRandom()  # which free port is used changes no outcome
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (the kernel's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A TCP port on 127.0.0.1 that nothing listens on right now, for a server started a moment
+    later. Picked below the kernel's ephemeral range: a port from that range (the kernel's own
+    pick) can be taken in the meantime as the source port of an outgoing connection (seen as
+    "address already in use" when the server binds)."""
+    high = min(_ephemeral_low(), 65536) - 1
+    low = max(1024, high - 12_000)
+    for _ in range(500):
+        port = _pick.randint(low, high)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # the kernel's pick
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel gives outgoing connections (Linux: 32768 by default)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def pick_port(wanted: int) -> int:
