@@ -149,10 +149,9 @@ _COMPONENTS = f"""CASE b.metric
 END"""
 
 # The readings of bench_plan measured in ($2, $3], stored as the ingest path stores them.
-_READINGS = f"""INSERT INTO readings (measured_at, device_id, metric, patient_id, uid, components,
+_READINGS = f"""INSERT INTO readings (measured_at, device_id, metric, patient_id, components,
                       received_at)
 SELECT b.measured_at, b.patient_id || '-' || b.metric, b.metric, b.patient_id,
-       rpm_reading_uid(b.patient_id || '-' || b.metric, b.metric, b.measured_at),
        {_COMPONENTS}, b.measured_at + interval '20 seconds'
   FROM bench_plan b
  WHERE b.measured_at > $2::timestamptz AND b.measured_at <= $3::timestamptz"""

@@ -9,7 +9,7 @@ with readings of the last ``RECENT_DAYS`` days only: the population a restart lo
 
 Readings are loaded with binary COPY, one day at a time, by ``WORKERS`` lanes (day ``d`` goes
 to lane ``d % WORKERS``): the database generates the day's rows (``COPY (SELECT ...) TO
-STDOUT``, the uid by ``rpm_reading_uid`` as on ingest) and the lane pipes them, through a
+STDOUT``) and the lane pipes them, through a
 bounded queue, into ``COPY readings FROM STDIN`` on a second connection, so memory stays
 bounded and no row is built in Python (a Python generator managed about 13,000 rows/s on
 this shared machine). Everything else is set-based SQL. Every draw is ``hashint8`` of the
@@ -37,7 +37,6 @@ _COLUMNS = [
     "device_id",
     "metric",
     "patient_id",
-    "uid",
     "components",
     "received_at",
     "stored_at",
@@ -98,10 +97,9 @@ _PATIENT = f"""SELECT i, 'y' || lpad(i::text, 6, '0') AS pid,
 _MEASURED = f"{_u('p.i::bigint * 4000 + $3::int', 20)} < p.adherence"
 
 # Day $3 (0 = the first), starting at $2 (its 12:00 UTC), of patients 1..$1: the readings'
-# columns in the table's types, for binary COPY; the uid as the database derives it.
+# columns in the table's types, for binary COPY.
 _DAY = f"""WITH p AS ({_PATIENT})
 SELECT x.t AS measured_at, x.device_id, s.metric, p.pid AS patient_id,
-       rpm_reading_uid(x.device_id, s.metric, x.t) AS uid,
        CASE s.metric
          WHEN 'blood_pressure' THEN jsonb_build_object(
               'systolic', round(p.sys + 9 * x.n1)::int,

@@ -51,9 +51,9 @@ from simulators.localservices import LocalServices  # noqa: E402
 BATCH = 2000
 # The insert as it was before corrections: the comparison of phase 1.
 _PLAIN_INSERT = """INSERT INTO readings
-       (measured_at, device_id, metric, patient_id, uid, components, received_at, original,
+       (measured_at, device_id, metric, patient_id, components, received_at, original,
         interpretation)
-   SELECT m, d, k, p, rpm_reading_uid(d, k, m), c::jsonb, r, o::jsonb, i
+   SELECT m, d, k, p, c::jsonb, r, o::jsonb, i
      FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[],
                  $6::timestamptz[], $7::text[], $8::text[]) AS t(m, d, k, p, c, r, o, i)
    ON CONFLICT DO NOTHING

@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -80,7 +79,6 @@ async def load(dsn: str, patients: int, readings: int) -> None:
                     f"cuff-{p:05d}",
                     "blood_pressure",
                     f"pat-{p:05d}",
-                    uuid.uuid4(),
                     json.dumps(
                         {"systolic": 110 + n % 60, "diastolic": 70 + n % 30, "pulse": 60 + n % 40}
                     ),
@@ -100,11 +98,11 @@ async def load(dsn: str, patients: int, readings: int) -> None:
 async def _copy(conn: Any, batch: list[tuple[Any, ...]]) -> None:
     columns = list(zip(*batch, strict=True))
     await conn.execute(
-        """INSERT INTO readings (measured_at, device_id, metric, patient_id, uid, components,
+        """INSERT INTO readings (measured_at, device_id, metric, patient_id, components,
                                  received_at)
-           SELECT m, d, k, p, u, c::jsonb, r
-             FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::uuid[],
-                         $6::text[], $7::timestamptz[]) AS t(m, d, k, p, u, c, r)""",
+           SELECT m, d, k, p, c::jsonb, r
+             FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[],
+                         $5::text[], $6::timestamptz[]) AS t(m, d, k, p, c, r)""",
         *[list(c) for c in columns],
     )
 

@@ -78,9 +78,9 @@ POPULATION_SQL: list[tuple[str, tuple[str, ...]]] = [
         (),
     ),
     (
-        """INSERT INTO readings (measured_at, device_id, metric, patient_id, uid, components,
+        """INSERT INTO readings (measured_at, device_id, metric, patient_id, components,
                                  received_at)
-           SELECT t.at, p.id || '-' || t.metric, t.metric, p.id, gen_random_uuid(), t.components,
+           SELECT t.at, p.id || '-' || t.metric, t.metric, p.id, t.components,
                   t.at
              FROM patients p
              JOIN LATERAL (SELECT max(day) AS day FROM patient_days d WHERE d.patient_id = p.id) l

@@ -141,7 +141,9 @@ async def alert_keys(conn: Conn) -> list[AlertKey]:
                               FROM jsonb_array_elements(a.contributions) c
                              WHERE c->>'rule_id' = a.rule_id),
                            r.measured_at) AS measured_at
-             FROM alerts a JOIN readings r ON r.uid = a.first_reading_uid
+             FROM alerts a
+             JOIN readings r
+               ON rpm_reading_uid(r.device_id, r.metric, r.measured_at) = a.first_reading_uid
             ORDER BY 2, 1, 4"""
     )
     return [

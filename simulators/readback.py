@@ -104,8 +104,12 @@ async def alerts(
                   f.device_id, f.metric, f.measured_at AS first_measured,
                   l.measured_at AS last_measured
              FROM alerts a
-             LEFT JOIN readings f ON f.uid = a.first_reading_uid
-             LEFT JOIN readings l ON l.uid = a.last_reading_uid
+             LEFT JOIN readings f
+                    ON rpm_reading_uid(f.device_id, f.metric, f.measured_at) = a.first_reading_uid
+                   AND f.patient_id = a.patient_id
+             LEFT JOIN readings l
+                    ON rpm_reading_uid(l.device_id, l.metric, l.measured_at) = a.last_reading_uid
+                   AND l.patient_id = a.patient_id
             WHERE a.patient_id = ANY($1::text[]) AND a.opened_at >= $2
             ORDER BY a.id""",
         list(patient_ids),

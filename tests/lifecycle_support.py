@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import orjson
 
 from rpm.domain import METRICS, AcceptedReading, Metric, Reading
 from rpm.storage.corrections import Correction
@@ -22,6 +23,26 @@ _ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
 async def migrate_to(conn: asyncpg.Connection, last: int) -> None:
     """Apply the shipped migrations up to ``last``, as a database of that age has them."""
     await migrate(conn, up_to=last)
+
+
+async def insert_with_uid(conn: asyncpg.Connection, readings: list[AcceptedReading]) -> None:
+    """Store readings as the schema before 0039 did, with their uid (0003's UUIDv5)."""
+    await conn.executemany(
+        """INSERT INTO readings (measured_at, device_id, metric, patient_id, uid, components,
+                                 received_at)
+           VALUES ($1, $2, $3, $4, rpm_reading_uid($2, $3, $1), $5::jsonb, $6)""",
+        [
+            (
+                a.reading.measured_at,
+                a.reading.device_id,
+                a.reading.metric.value,
+                a.patient_id,
+                orjson.dumps(dict(a.reading.values)).decode(),
+                a.reading.received_at,
+            )
+            for a in readings
+        ],
+    )
 
 
 async def add_patients(conn: asyncpg.Connection, ids: Iterable[str]) -> None:

@@ -581,9 +581,9 @@ def test_the_cli_explains_bad_input(
 
 async def store(pool: asyncpg.Pool, readings: Iterable[AcceptedReading]) -> None:
     await pool.executemany(
-        """INSERT INTO readings (measured_at, device_id, metric, patient_id, uid, components,
+        """INSERT INTO readings (measured_at, device_id, metric, patient_id, components,
                                  received_at)
-           VALUES ($1, $2, $3, $4, rpm_reading_uid($2, $3, $1), $5, $1)""",
+           VALUES ($1, $2, $3, $4, $5, $1)""",
         [
             (
                 a.reading.measured_at,

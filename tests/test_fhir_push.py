@@ -105,7 +105,10 @@ async def outbox(pool: asyncpg.Pool) -> list[asyncpg.Record]:
 async def expected_identifiers(pool: asyncpg.Pool) -> set[tuple[str, str]]:
     """Every Observation identifier our stored readings make."""
     async with pool.acquire() as conn:
-        rows = await conn.fetch("SELECT uid, components, metric FROM readings")
+        rows = await conn.fetch(
+            "SELECT rpm_reading_uid(device_id, metric, measured_at) AS uid, components, metric"
+            " FROM readings"
+        )
     out = set()
     for r in rows:
         out.add(("urn:rpm:observation", observation_id(r["uid"])))
@@ -290,7 +293,10 @@ async def test_a_refused_observation_is_isolated_kept_and_visible(
 ) -> None:
     await ingest_clinic(pool, fhir_push=True)
     async with pool.acquire() as conn:
-        uid = await conn.fetchval("SELECT uid FROM readings WHERE metric = 'weight'")
+        uid = await conn.fetchval(
+            "SELECT rpm_reading_uid(device_id, metric, measured_at) FROM readings"
+            " WHERE metric = 'weight'"
+        )
     bad = observation_id(uid)
 
     def refuse_weight(obs: Any) -> str | None:

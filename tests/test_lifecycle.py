@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from itertools import count
 from pathlib import Path
 
 import asyncpg
+import orjson
 import pytest
 
-from rpm.domain import METRICS, Metric
+from rpm.domain import METRICS, AcceptedReading, Metric, reading_uid
 from rpm.local_endpoints import ServiceEndpoints
 from rpm.storage import corrections, lifecycle, rollups
 from rpm.storage.migrate import migrate
 from rpm.storage.pool import create_pool
-from rpm.storage.readings import insert_new
+from rpm.storage.readings import by_uid, insert_new
 from rpm.workers.lifecycle import LifecycleConfig, LifecycleScheduler
 from simulators.localservices import LocalServices
 from tests.conftest import with_database
@@ -28,6 +29,7 @@ from tests.lifecycle_support import (
     T0,
     add_patients,
     correction_of,
+    insert_with_uid,
     migrate_to,
     raw_buckets,
     same,
@@ -88,13 +90,16 @@ async def test_migration_converts_stored_readings(empty_db: str) -> None:
         patients = ["p1", "p2"]
         await add_patients(conn, patients)
         stored = seeded_readings(7, patients, days=40, per_day=3)
-        assert len(await insert_new(conn, stored)) == len(stored)
+        await insert_with_uid(conn, stored)  # as that schema stored them
         before = await conn.fetch("SELECT * FROM readings ORDER BY device_id, metric, measured_at")
 
         applied = await migrate(conn)
         assert applied[:2] == ["0032_readings_partitioned", "0033_reading_rollups"]
         after = await conn.fetch("SELECT * FROM readings ORDER BY device_id, metric, measured_at")
-        assert [dict(r) for r in after] == [dict(r) for r in before]
+        # All kept; the uid is no longer stored (0039).
+        assert [dict(r) for r in after] == [
+            {k: v for k, v in r.items() if k != "uid"} for r in before
+        ]
         fl = await lifecycle.flavour(conn)
         kind = await conn.fetchval("SELECT relkind::text FROM pg_class WHERE relname = 'readings'")
         assert kind == ("r" if fl.timescale else "p")
@@ -136,7 +141,7 @@ async def test_plain_retention_drops_whole_months_and_keeps_rollups(
             await migrate_to(conn, 31)
             await add_patients(conn, ["p1"])
             stored = seeded_readings(3, ["p1"], days=40, per_day=2)
-            await insert_new(conn, stored)
+            await insert_with_uid(conn, stored)  # as that schema stored them
             await migrate(conn)
             march = sum(1 for a in stored if a.reading.measured_at.month == 3)
             kept = LifecycleScheduler(pool)
@@ -330,3 +335,82 @@ async def test_component_slots_match_the_domain(pool: asyncpg.Pool) -> None:
                 for i in (1, 2, 3, 4)
             ]
             assert names == [c.name for c in spec.components] + [None] * (4 - len(spec.components))
+
+
+async def test_uids_become_their_readings_keys_and_references_follow(empty_db: str) -> None:
+    """Migration 0039: the uid column goes; every reference to a reading (an alert's first and
+    last reading, its contributions and evidence, a confirmation, a correction) now holds the
+    uid made from the reading's key, and the reading is found by it."""
+    conn = await asyncpg.connect(empty_db)
+    try:
+        await migrate_to(conn, 38)
+        await add_patients(conn, ["p1"])
+        await conn.execute("INSERT INTO devices (id, kind) VALUES ('p1-cuff', 'bp_cuff')")
+        first, last = seeded_readings(3, ["p1"], days=2, per_day=1)[0::2]
+        await insert_with_uid(conn, [first, last])
+        old = {
+            r["measured_at"]: str(r["uid"])
+            for r in await conn.fetch("SELECT measured_at, uid FROM readings")
+        }
+        old_first, old_last = old[first.reading.measured_at], old[last.reading.measured_at]
+        assert reading_uid("p1-cuff", "blood_pressure", first.reading.measured_at) != old_first
+        contributions = orjson.dumps([{"rule_id": "r", "reading_uid": old_first}]).decode()
+        evidence = orjson.dumps({"reading_uid": old_last, "other": "kept"}).decode()
+        alert_id = await conn.fetchval(
+            """INSERT INTO alerts (patient_id, rule_id, severity, state, title, explanation,
+                                   evidence, contributions, first_reading_uid, last_reading_uid)
+               VALUES ('p1', 'r', 'HIGH', 'open', 't', 'e', $1::jsonb, $2::jsonb, $3, $4)
+               RETURNING id""",
+            evidence,
+            contributions,
+            old_first,
+            old_last,
+        )
+        await conn.execute(
+            """INSERT INTO alert_confirmations (patient_id, rule_id, group_key, severity,
+                          reading_uid, measured_at, deadline, candidate, closed_reading_uid)
+               VALUES ('p1', 'r', 'g', 'HIGH', $1, $2::timestamptz,
+                       $2::timestamptz + interval '1 hour', $3::jsonb, $4)""",
+            old_first,
+            first.reading.measured_at,
+            orjson.dumps({"reading_uid": old_first}).decode(),
+            old_last,
+        )
+        retracted = correction_of(last)
+        await corrections.record(conn, [retracted], T0)
+
+        assert "0039_reading_uid_from_key" in await migrate(conn)
+
+        new_first = str(first.reading.uid)
+        new_last = str(last.reading.uid)
+        columns = {r["attname"] for r in await conn.fetch(_COLUMNS_OF_READINGS)}
+        assert "uid" not in columns
+        a = await conn.fetchrow("SELECT * FROM alerts WHERE id = $1", alert_id)
+        assert (str(a["first_reading_uid"]), str(a["last_reading_uid"])) == (new_first, new_last)
+        assert orjson.loads(a["contributions"])[0]["reading_uid"] == new_first
+        assert orjson.loads(a["evidence"]) == {"reading_uid": new_last, "other": "kept"}
+        c = await conn.fetchrow("SELECT * FROM alert_confirmations")
+        assert (str(c["reading_uid"]), str(c["closed_reading_uid"])) == (new_first, new_last)
+        assert orjson.loads(c["candidate"]) == {"reading_uid": new_first}
+        assert str(await conn.fetchval("SELECT uid FROM reading_corrections")) == new_last
+
+        # Found by the new uid; the old one names nothing.
+        found = await by_uid(conn, new_first)
+        assert found is not None
+        got = found.accepted.reading
+        assert (got.device_id, got.metric, got.measured_at) == reading_key(first)
+        assert await by_uid(conn, old_first) is None
+        row = await corrections.for_reading(conn, new_last)
+        assert row is not None
+        assert row["corrected_at"] is not None
+    finally:
+        await conn.close()
+
+
+def reading_key(a: AcceptedReading) -> tuple[str, Metric, datetime]:
+    return (a.reading.device_id, a.reading.metric, a.reading.measured_at)
+
+
+_COLUMNS_OF_READINGS = """SELECT attname FROM pg_attribute
+                           WHERE attrelid = 'readings'::regclass AND attnum > 0
+                             AND NOT attisdropped"""

@@ -107,9 +107,9 @@ async def add_alert(
 
 async def add_reading(conn: asyncpg.Connection, pid: str, at: datetime, sys: int) -> None:
     await conn.execute(
-        """INSERT INTO readings (measured_at, device_id, metric, patient_id, uid, components,
+        """INSERT INTO readings (measured_at, device_id, metric, patient_id, components,
                                  received_at)
-           VALUES ($1, $2, 'blood_pressure', $3, gen_random_uuid(), $4, $1)""",
+           VALUES ($1, $2, 'blood_pressure', $3, $4, $1)""",
         at,
         f"{pid}-cuff",
         pid,

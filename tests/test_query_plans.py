@@ -27,7 +27,7 @@ import asyncpg
 import pytest
 
 from rpm.backtest import store as backtest_store
-from rpm.domain import Metric
+from rpm.domain import Metric, reading_uid
 from rpm.fhir.search import ObservationQuery, TimeWindow, kinds_for_codes, parse_tokens
 from rpm.storage import alert_reads, export, panel, rule_state
 from rpm.storage import fhir as fhir_store
@@ -47,10 +47,9 @@ _BUILD = [
     """INSERT INTO patients (id, display_name, programs)
        SELECT 'q' || lpad(i::text, 4, '0'), 'Patient', ARRAY['hypertension']
          FROM generate_series(1, $1::int) i WHERE $2::int > 0 AND $3::timestamptz IS NOT NULL""",
-    """INSERT INTO readings (measured_at, device_id, metric, patient_id, uid, components,
+    """INSERT INTO readings (measured_at, device_id, metric, patient_id, components,
                              received_at)
-       SELECT t, p || m.suffix, m.metric, p, rpm_reading_uid(p || m.suffix, m.metric, t),
-              m.components, t
+       SELECT t, p || m.suffix, m.metric, p, m.components, t
          FROM generate_series(0, $2::int - 1) d
         CROSS JOIN generate_series(1, $1::int) i
         CROSS JOIN LATERAL (SELECT 'q' || lpad(i::text, 4, '0') AS p,
@@ -190,6 +189,10 @@ async def _patient_reads(x: Explaining) -> None:
     await reading_store.newest_by_metric(x, "q0042", 10)  # type: ignore[arg-type]
     await reading_store.chart_summaries(x, "q0042", 300)  # type: ignore[arg-type]
     await panel.latest_values(x, ["q0042", "q0043"])  # type: ignore[arg-type]
+    # By uid (FHIR read, staff correction): the device by hash, then the primary key.
+    uid = str(reading_uid("q0042-bp", "blood_pressure", END - timedelta(days=40)))
+    await reading_store.by_uid(x, uid)  # type: ignore[arg-type]
+    await fhir_store.recorded_by_uid(x, uid)  # type: ignore[arg-type]
     blood_pressure = kinds_for_codes(parse_tokens("http://loinc.org|85354-9"))
     query = ObservationQuery(("q0042",), blood_pressure, month)  # one code, one month
     await fhir_store.observation_page(x, query, 50)  # type: ignore[arg-type]

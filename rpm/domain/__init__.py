@@ -2,14 +2,15 @@
 
 It imports nothing of this project (import-linter's "domain is the bottom" contract in
 pyproject.toml). Readings and metrics live in ``readings``, alert severity in ``severity``,
-a rule's proposal in ``alerts``, the exception tree in ``errors``.
+a reading's uid in ``reading_ids``, a rule's proposal in ``alerts``, the exception tree in
+``errors``.
 """
 
 from .alerts import AlertCandidate
+from .reading_ids import UidKey, device_hash, epoch_us, key_of_uid, reading_uid
 from .readings import (
     DISPLAY_UNITS,
     METRICS,
-    READING_NAMESPACE,
     RETRACTING_STATUSES,
     AcceptedReading,
     Binding,
@@ -22,15 +23,12 @@ from .readings import (
     Rejection,
     RejectReason,
     Retraction,
-    epoch_us,
-    reading_uid,
 )
 from .severity import Severity
 
 __all__ = [
     "DISPLAY_UNITS",
     "METRICS",
-    "READING_NAMESPACE",
     "RETRACTING_STATUSES",
     "AcceptedReading",
     "AlertCandidate",
@@ -45,6 +43,9 @@ __all__ = [
     "Rejection",
     "Retraction",
     "Severity",
+    "UidKey",
+    "device_hash",
     "epoch_us",
+    "key_of_uid",
     "reading_uid",
 ]

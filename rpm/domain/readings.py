@@ -11,8 +11,10 @@ import enum
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from types import MappingProxyType
+
+from .reading_ids import reading_uid
 
 
 class Metric(enum.StrEnum):
@@ -90,25 +92,6 @@ DISPLAY_UNITS: Mapping[str, str] = MappingProxyType(
     {"mm[Hg]": "mmHg", "/min": "/min", "%": "%", "kg": "kg", "Cel": "°C", "mg/dL": "mg/dL"}
 )
 
-READING_NAMESPACE = uuid.UUID("6f1c3c2e-6a0e-4d8f-9d0b-2f4f9c1a7e11")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def epoch_us(t: datetime) -> int:
-    """Exact microseconds since the Unix epoch (whatever UTC offset ``t`` was written with)."""
-    return (t - _EPOCH) // _MICROSECOND
-
-
-def reading_uid(device_id: str, metric: Metric | str, measured_at: datetime) -> uuid.UUID:
-    """Stable identity of a measurement event: UUIDv5 of ``device|metric|epoch µs``.
-
-    PostgreSQL derives the same value when a reading is stored (migration 0003), so the
-    hot path never computes it; this function is for everything else (FHIR ids, tests).
-    """
-    name = metric.value if isinstance(metric, Metric) else metric
-    return uuid.uuid5(READING_NAMESPACE, f"{device_id}|{name}|{epoch_us(measured_at)}")
-
 
 @dataclass(frozen=True, slots=True)
 class RawMessage:
@@ -166,7 +149,7 @@ class Retraction:
     """A source saying a reading it sent earlier is not a measurement.
 
     It names the reading by its identity (device, metric, measured time: what ``reading_uid``
-    hashes), exactly as the original Observation would decode; ``status`` is the FHIR status
+    holds), exactly as the original Observation would decode; ``status`` is the FHIR status
     it was sent with (one of ``RETRACTING_STATUSES``).
     """
 

@@ -107,7 +107,8 @@ async def readings_between(
     if not wants:
         return []
     rows = await conn.fetch(
-        """SELECT DISTINCT r.patient_id, r.metric, r.measured_at, r.uid, r.components
+        """SELECT DISTINCT r.patient_id, r.metric, r.measured_at,
+                        rpm_reading_uid(r.device_id, r.metric, r.measured_at) AS uid, r.components
              FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[])
                   AS w(patient_id, metric, after, until)
              JOIN readings r ON r.patient_id = w.patient_id AND r.metric = w.metric

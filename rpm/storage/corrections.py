@@ -12,6 +12,7 @@ from uuid import UUID
 import asyncpg
 
 from rpm.storage.pool import Conn
+from rpm.storage.reading_keys import by_uid_filter, key_args
 
 # SQL fragments for readers of ``readings`` (the table under its own name, no alias).
 CORRECTED_AT = """(SELECT c.corrected_at FROM reading_corrections c
@@ -74,7 +75,8 @@ async def record(conn: Conn, corrections: Sequence[Correction], now: datetime) -
                 ORDER BY d, m, t
                ON CONFLICT DO NOTHING
                RETURNING device_id, metric, measured_at)
-           SELECT k.n, r.uid, r.patient_id, (ins.device_id IS NOT NULL) AS new
+           SELECT k.n, rpm_reading_uid(r.device_id, r.metric, r.measured_at) AS uid,
+                  r.patient_id, (ins.device_id IS NOT NULL) AS new
              FROM k
              LEFT JOIN readings r
                     ON r.device_id = k.d AND r.metric = k.m AND r.measured_at = k.t
@@ -128,15 +130,19 @@ async def of_uids(conn: Conn, uids: Sequence[str | UUID]) -> set[str]:
 
 async def for_reading(conn: Conn, uid: str) -> asyncpg.Record | None:
     """A reading by uid, with its correction when it has one (the staff path)."""
+    key = key_args(uid)
+    if key is None:
+        return None
     return await conn.fetchrow(
-        """SELECT r.device_id, r.metric, r.measured_at, r.patient_id, r.uid,
-                  c.corrected_at, c.actor, c.reason, c.source
-             FROM readings r
-             LEFT JOIN reading_corrections c
-                    ON c.device_id = r.device_id AND c.metric = r.metric
-                   AND c.measured_at = r.measured_at
-            WHERE r.uid = $1::uuid""",
-        uid,
+        f"""SELECT r.device_id, r.metric, r.measured_at, r.patient_id,
+                   rpm_reading_uid(r.device_id, r.metric, r.measured_at) AS uid,
+                   c.corrected_at, c.actor, c.reason, c.source
+              FROM readings r
+              LEFT JOIN reading_corrections c
+                     ON c.device_id = r.device_id AND c.metric = r.metric
+                    AND c.measured_at = r.measured_at
+             WHERE {by_uid_filter("r", 1)}""",  # noqa: S608
+        *key,
     )
 
 

@@ -24,7 +24,8 @@ _QUERIES = {
          WHERE $1::text[] IS NULL OR programs && $1::text[]
          ORDER BY id""",
     "readings": """
-        SELECT uid, patient_id, device_id, metric, measured_at, received_at, components,
+        SELECT rpm_reading_uid(device_id, metric, measured_at) AS uid,
+               patient_id, device_id, metric, measured_at, received_at, components,
                original, interpretation,
                EXISTS (SELECT 1 FROM reading_corrections c
                         WHERE c.device_id = readings.device_id AND c.metric = readings.metric

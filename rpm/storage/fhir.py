@@ -20,13 +20,15 @@ from rpm.fhir.mapping import RecordedReading
 from rpm.fhir.search import ObservationQuery
 from rpm.storage.corrections import CORRECTED_AT
 from rpm.storage.pool import Conn
+from rpm.storage.reading_keys import by_uid_filter, key_args
 
 CHANNEL = "fhir"  # the outbox channel of EHR push work (rpm.pipeline.fhir_push_item)
 ReadingKey = tuple[str, str, str]  # device id, metric, measured time (ISO 8601)
 
 # Readings under their own table name (no alias): ``CORRECTED_AT`` refers to it.
-_READING_COLUMNS = f"""measured_at, device_id, metric, patient_id, uid, components, received_at,
-                      stored_at, interpretation, {CORRECTED_AT} AS corrected_at"""
+_READING_COLUMNS = f"""measured_at, device_id, metric, patient_id,
+                      rpm_reading_uid(device_id, metric, measured_at) AS uid, components,
+                      received_at, stored_at, interpretation, {CORRECTED_AT} AS corrected_at"""
 
 
 def _recorded(r: asyncpg.Record) -> RecordedReading:
@@ -74,9 +76,12 @@ async def ehr_identifiers(conn: Conn, patient_ids: Iterable[str]) -> dict[str, t
 
 
 async def recorded_by_uid(conn: Conn, uid: str) -> RecordedReading | None:
+    key = key_args(uid)
+    if key is None:
+        return None
     row = await conn.fetchrow(
-        f"SELECT {_READING_COLUMNS} FROM readings WHERE uid = $1::uuid",  # noqa: S608
-        uid,
+        f"SELECT {_READING_COLUMNS} FROM readings WHERE {by_uid_filter('readings', 1)}",  # noqa: S608
+        *key,
     )
     return _recorded(row) if row else None
 

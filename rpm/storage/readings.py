@@ -12,6 +12,7 @@ import orjson
 from rpm.domain import AcceptedReading, Metric, Reading
 from rpm.storage.corrections import CORRECTED_AT
 from rpm.storage.pool import Conn
+from rpm.storage.reading_keys import by_uid_filter, key_args
 
 ReadingKey = tuple[str, str, datetime]
 
@@ -36,9 +37,9 @@ async def insert_new(
     rows = await conn.fetch(
         """WITH ins AS (
                INSERT INTO readings
-                      (measured_at, device_id, metric, patient_id, uid, components, received_at,
+                      (measured_at, device_id, metric, patient_id, components, received_at,
                        original, interpretation)
-               SELECT m, d, k, p, rpm_reading_uid(d, k, m), c::jsonb, r, o::jsonb, i
+               SELECT m, d, k, p, c::jsonb, r, o::jsonb, i
                  FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[],
                              $5::text[], $6::timestamptz[], $7::text[], $8::text[])
                       AS t(m, d, k, p, c, r, o, i)
@@ -195,10 +196,13 @@ async def chart_summaries(conn: Conn, patient_id: str, limit: int) -> dict[Metri
 
 
 async def by_uid(conn: Conn, uid: str) -> StoredReading | None:
+    key = key_args(uid)
+    if key is None:
+        return None
     row = await conn.fetchrow(
-        """SELECT measured_at, device_id, metric, patient_id, components, received_at, stored_at
-             FROM readings WHERE uid = $1::uuid""",
-        uid,
+        f"""SELECT measured_at, device_id, metric, patient_id, components, received_at, stored_at
+              FROM readings WHERE {by_uid_filter("readings", 1)}""",  # noqa: S608
+        *key,
     )
     return _from_row(row) if row else None
 
