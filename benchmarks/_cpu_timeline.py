@@ -39,9 +39,10 @@ class CpuTimeline:
     def _run(self) -> None:
         while True:
             tree = descendants(self._pid)
-            # The python process under py-spy (profiling) is the child, not py-spy itself.
-            consumer = tree[1] if len(tree) > 1 and _is_py_spy(self._pid) else self._pid
-            sample = {**self._sample(), "consumer": cpu_seconds([consumer])}
+            if len(tree) > 1 and _is_py_spy(self._pid):
+                # Profiling: the consumer is py-spy's child; py-spy's own CPU is in "others".
+                tree = descendants(tree[1])
+            sample = {**self._sample(), "consumer": cpu_seconds(tree[:1])}
             sample["tree"] = cpu_seconds(tree)
             self._times.append(time.time())
             self._samples.append(sample)
