@@ -367,6 +367,21 @@ def children_of(parent: int) -> list[int]:
     return found
 
 
+def descendants(root: int) -> list[int]:
+    """``root`` and every process below it (a consumer and the workers' process it started)."""
+    parent_of = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields is not None:
+                parent_of[int(entry.name)] = int(fields[1])
+    found, frontier = [root], [root]
+    while frontier:
+        frontier = [pid for pid, parent in parent_of.items() if parent in frontier]
+        found.extend(frontier)
+    return found
+
+
 def rss_mib(pid: int) -> float | None:
     """Resident memory of ``pid`` in MiB, None when it is gone."""
     try:

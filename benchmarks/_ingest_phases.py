@@ -38,6 +38,7 @@ from _common import (
     utc,
 )
 from _consumers import BARE_TABLE
+from _cpu_timeline import CpuTimeline
 from _report import progress
 from _server import TWILIO_SID, TWILIO_TOKEN, ServicesCpu, cpu_used, logins, postgres_info
 
@@ -67,7 +68,7 @@ class Drain:
     steady: float
     received: int
     complete: bool
-    cpu: dict[str, float]  # CPU seconds during the drain: consumer, postgres, broker
+    cpu: dict[str, float]  # CPU seconds over the drain: consumer, workers, postgres, broker, ...
     summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -210,11 +211,11 @@ def drain_consumer(run: Run, name: str, role: str, client_id: str) -> Drain:
     """Pre-load, then start the consumer process and time its drain (phases 1 and 2)."""
     n = run.args.readings
     published, preload_s, rss = run.preload(client_id)
-    before = run.cpu_now()
     child, out = run.spawn(name, role, client_id, n)
     try:
-        child.expect("ready", 60)
-        complete, done, after, summary = _finished(run, child, out, run.args.timeout)
+        with CpuTimeline(run.cpu_now, child.proc.pid) as timeline:
+            child.expect("ready", 60)
+            complete, done, _, summary = _finished(run, child, out, run.args.timeout)
     finally:
         child.stop()
     commits = [(float(t), int(m)) for t, m in summary.pop("commits")]
@@ -243,12 +244,25 @@ def drain_consumer(run: Run, name: str, role: str, client_id: str) -> Drain:
         steady_rate(commits),
         received,
         complete,
-        {
-            "consumer": float(done.get("cpu", math.nan)),
-            **run.cpu_used(before, after, float(done.get("cpu_total", math.nan))),
-        },
+        drain_cpu(run, timeline, first, end),
         summary,
     )
+
+
+def drain_cpu(run: Run, timeline: CpuTimeline, first: float | None, end: float) -> dict[str, float]:
+    """CPU seconds of each part over the drain (first batch in hand -> commit of the Nth):
+    the consumer process, the delivery workers' process it started (split mode; 0 for the
+    bare consumer), PostgreSQL, the broker, and ``others`` (the rest of the machine: other
+    work on a shared machine, the noise). The consumer's start-up is not in it."""
+    span = timeline.window(first, end) if first else None
+    if span is None:
+        return dict.fromkeys(("consumer", "workers", "postgres", "broker", "others"), math.nan)
+    before, after = span
+    consumer = after["consumer"] - before["consumer"]
+    tree = after["tree"] - before["tree"]
+    parts = ("broker", "postgres", "machine", "bench")
+    used = run.cpu_used({k: before[k] for k in parts}, {k: after[k] for k in parts}, tree)
+    return {"consumer": consumer, "workers": tree - consumer, **used}
 
 
 def drain_mosquitto_sub(run: Run) -> Drain:

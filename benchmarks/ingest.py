@@ -12,7 +12,8 @@ session, then the consumer drains them alone: the gateway (``benchmarks/_consume
 consumer, and ``mosquitto_sub``. Rate = N / (first batch in hand -> commit of the Nth);
 steady = 10-90% of N. Latency: a fresh gateway live, publishers paced at ``--rate``;
 measured_at = publish wall time, commit = when the reading's unit of work returned. CPU
-seconds per part, and of other processes (machine busy time minus ours: the noise).
+seconds per part over the drain (sampled every 20 ms; start-up excluded), and of
+other processes (machine busy time minus ours: the noise).
 """
 
 from __future__ import annotations
@@ -198,6 +199,7 @@ def report(
             "p99_ms_at_2k": p99 < TARGET_P99_MS,
             "nothing_lost": lost == 0 and duplicated == 0,
         },
+        "gateway_drain_cpu_s": {k: round(v, 2) for k, v in gateway.cpu.items()},
         "other_cpu_s": {
             "gateway_drain": round(gateway.cpu["others"], 2),
             "bare_drain": round(bare.cpu["others"], 2),
