@@ -14,9 +14,7 @@ the rest. (The broker's in-flight window should bound it, but Mosquitto before
 flow: eclipse/mosquitto#2306. That is also why the gateway is not on gmqtt, whose
 only public bound is Receive Maximum: docs/performance.md, "The MQTT client".)
 paho reads the socket through ``BufferedSocket`` (64 KiB per ``recv``) and hands messages to
-the gateway's deque directly (``deliver_to``): the protocol stays paho's. With a
-``DecodingIntake`` (the server's), each message is decoded there, as it arrives: paho reads
-while the unit of work in flight waits on the database, so decoding overlaps that wait.
+the gateway's deque directly (``deliver_to``): the protocol stays paho's.
 """
 
 from __future__ import annotations
@@ -31,7 +29,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -46,23 +44,6 @@ log = logging.getLogger(__name__)
 TOPIC_PREFIX = "rpm/v1/devices/"
 
 ProcessBatch = Callable[[Sequence[RawMessage]], Awaitable[object]]
-
-
-class DecodingIntake(Protocol):
-    """A unit of work that takes its messages decoded: the gateway decodes each one as it
-    arrives, in paho's read callback, which runs while the unit of work in flight waits on
-    the database, so decoding overlaps the database's work instead of following it."""
-
-    def decode(self, raw: RawMessage) -> Any:
-        """What the unit of work would make of ``raw`` first (pure, never raises)."""
-
-    async def process(self, batch: Sequence[RawMessage], decoded: Sequence[Any]) -> object:
-        """Run the unit of work on ``batch``, ``decoded`` holding ``decode`` of each."""
-
-
-# A message held until its batch commits: paho's message (acknowledged after the commit),
-# what the gateway knows of it, and its decoding (None without a ``DecodingIntake``).
-_Held = tuple[paho.MQTTMessage, RawMessage, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,10 +196,9 @@ async def _flushed(paho_client: paho.Client, within: float) -> None:
 class MqttGateway:
     """Consumes readings from the broker in micro-batches, acknowledging after commit."""
 
-    def __init__(self, config: MqttConfig, process: ProcessBatch | DecodingIntake) -> None:
+    def __init__(self, config: MqttConfig, process: ProcessBatch) -> None:
         self._config = config
         self._process = process
-        self._decode = None if callable(process) else process.decode
         self.connected = asyncio.Event()
         self.messages_acked = 0
         self.max_held = 0  # most messages held unacknowledged at once
@@ -279,7 +259,7 @@ class MqttGateway:
         #   pause to bound the deque (below), reading through a ``BufferedSocket``.
         paho_client: paho.Client = client._client
         paho_client.manual_ack_set(True)
-        inbox: deque[_Held] = deque()
+        inbox: deque[paho.MQTTMessage] = deque()
         arrived = asyncio.Event()
         loop = asyncio.get_running_loop()
         # The broker should send at most its in-flight window of unacknowledged messages,
@@ -304,12 +284,9 @@ class MqttGateway:
                 if not client._disconnected.done():
                     client._disconnected.set_exception(exc)
 
-        decode = self._decode
-
         def on_message(message: paho.MQTTMessage) -> None:
             nonlocal paused
-            raw = to_raw(message.topic, bytes(message.payload), datetime.now(UTC))
-            inbox.append((message, raw, decode(raw) if decode is not None else None))
+            inbox.append(message)
             arrived.set()
             self.max_held = max(self.max_held, len(inbox))
             if not paused and len(inbox) >= high and (sock := paho_client.socket()) is not None:
@@ -366,7 +343,7 @@ class MqttGateway:
     async def _batches(
         self,
         paho_client: paho.Client,
-        inbox: deque[_Held],
+        inbox: deque[paho.MQTTMessage],
         arrived: asyncio.Event,
         disconnected: asyncio.Future[None],
         resume_if_drained: Callable[[], None],
@@ -409,7 +386,7 @@ class MqttGateway:
                     # and its readings are recognised as duplicates.
                     lost.result()
                     return
-                for m, _, _ in batch:
+                for m in batch:
                     if m.qos > 0:
                         paho_client.ack(m.mid, m.qos)
                 self.messages_acked += len(batch)
@@ -417,17 +394,14 @@ class MqttGateway:
             lost.cancel()
             stopping.cancel()
 
-    async def _commit(self, batch: list[_Held]) -> None:
+    async def _commit(self, batch: list[paho.MQTTMessage]) -> None:
         """Run the unit of work until it commits; the database may be restarting."""
-        raws = [raw for _, raw, _ in batch]
-        process = self._process
+        now = datetime.now(UTC)
+        raws = [to_raw(m.topic, bytes(m.payload), now) for m in batch]
         delay = 0.1
         while True:
             try:
-                if callable(process):
-                    await process(raws)
-                else:
-                    await process.process(raws, [d for _, _, d in batch])
+                await self._process(raws)
                 return
             except StorageError as exc:
                 log.warning(

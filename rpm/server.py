@@ -39,7 +39,7 @@ from rpm.metrics import (
     delivery_families,
     pool_families,
 )
-from rpm.pipeline import INGEST_CHANNEL, BatchResult, Decoding, IngestPipeline, decode_message
+from rpm.pipeline import INGEST_CHANNEL, BatchResult, IngestPipeline
 from rpm.settings import DatabaseSettings, Settings
 from rpm.settings.safety import require_safe
 from rpm.storage import rule_programs
@@ -165,10 +165,14 @@ class Server:
                 log.info("built-in rule programs stored as version 1: %s", ", ".join(seeded))
             await pipeline.load_rules(conn)
 
+        async def process(batch: Sequence[RawMessage]) -> None:
+            result = await pipeline.process(batch)
+            self.counters.add(result)
+
         roles = self.roles
         self._tasks = []
         if "gateway" in roles:
-            self.gateway = MqttGateway(s.mqtt.gateway(), _GatewayIntake(pipeline, self.counters))
+            self.gateway = MqttGateway(s.mqtt.gateway(), process)
             self._tasks.append(asyncio.create_task(self.gateway.run(), name="gateway"))
         if "workers" in roles:
             self._start_workers()
@@ -405,18 +409,3 @@ class Server:
             await self.fhir_push.close()
         if self.pool:
             await self.pool.close()
-
-
-@dataclass(frozen=True, slots=True)
-class _GatewayIntake:
-    """The MQTT gateway's unit of work, its messages decoded as they arrive
-    (``device_gateways.mqtt.DecodingIntake``)."""
-
-    pipeline: IngestPipeline
-    counters: IngestCounters
-
-    def decode(self, raw: RawMessage) -> Decoding:
-        return decode_message(raw)
-
-    async def process(self, batch: Sequence[RawMessage], decoded: Sequence[Decoding]) -> None:
-        self.counters.add(await self.pipeline.process(batch, decoded=decoded))

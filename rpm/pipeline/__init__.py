@@ -1,7 +1,6 @@
 """The ingest unit of work: one database transaction per micro-batch.
 
-decode (pure; the MQTT gateway's messages decoded as they arrived, ``decode_message``) ->
-validate (pure) -> in one transaction: load the rule state of
+decode (pure) -> validate (pure) -> in one transaction: load the rule state of
 patients the engine has not seen -> insert new readings (duplicates skipped) ->
 rule step (in memory, no I/O) -> alert policy (pure) -> alert rows, audit events,
 outbox rows, quarantine rows, NOTIFY -> commit. The caller acknowledges the
@@ -16,17 +15,14 @@ Offers ``IngestPipeline`` (``unit_of_work``), its results ``BatchResult`` and
 
 from .attribution import namespaced
 from .outbox_items import fhir_push_item, patient_sms_payload
-from .prepare import Decoding, decode_message
 from .results import BatchResult, MessageResult
 from .unit_of_work import INGEST_CHANNEL, IngestPipeline
 
 __all__ = [
     "INGEST_CHANNEL",
     "BatchResult",
-    "Decoding",
     "IngestPipeline",
     "MessageResult",
-    "decode_message",
     "fhir_push_item",
     "namespaced",
     "patient_sms_payload",

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from device_gateways.decoders import DECODERS
-from device_gateways.decoders.base import Decoded
 from rpm.domain import AcceptedReading, RawMessage, Rejection, RejectReason
 from rpm.domain.errors import DecodeError
 from rpm.storage import registry as device_store
@@ -24,59 +23,52 @@ from .results import Prepared
 log = logging.getLogger("rpm.pipeline")  # the name the unit of work logs under
 
 
-# What decoding made of one message: what it decoded (None when nothing was usable) and the
-# rejections it kept with their reasons (a payload's bad items, or the whole payload).
-Decoding = tuple[Decoded | None, list[Rejection]]
-
-
-def decode_message(raw: RawMessage) -> Decoding:
-    """Decode one message (pure, never raises): a decoder failing on a payload is a rejection."""
-    decoder = DECODERS.get(raw.payload_format)
-    if decoder is None:
-        reason = f"no decoder for {raw.payload_format!r}"
-        return None, [Rejection(RejectReason.UNSUPPORTED_FORMAT, reason, raw, raw.device_id)]
-    try:
-        d = decoder(raw)
-    except DecodeError as exc:
-        return None, [Rejection(RejectReason.MALFORMED, str(exc), raw, raw.device_id)]
-    except Exception as exc:  # a decoder bug must not wedge the stream (redelivery loop)
-        log.exception("decoder %s failed on a payload", raw.payload_format)
-        detail = f"{exc.__class__.__name__} in the {raw.payload_format} decoder"
-        return None, [Rejection(RejectReason.DECODER_ERROR, detail, raw, raw.device_id)]
-    bad = [Rejection(RejectReason.MALFORMED, p, raw, raw.device_id) for p in d.problems]
-    if raw.integration is not None:
-        d = namespaced(d, raw.integration)
-    return d, bad
-
-
 async def prepare(
-    conn: Conn,
-    batch: Sequence[RawMessage],
-    now: datetime,
-    clock: ClockPolicy,
-    decoded: Sequence[Decoding] | None = None,
+    conn: Conn, batch: Sequence[RawMessage], now: datetime, clock: ClockPolicy
 ) -> Prepared:
-    """Decode each message (unless ``decoded`` holds ``decode_message`` of each already), read
-    its devices, validate the readings of each device against its record and the clock, and
-    attribute vendor retractions: what the unit of work will store, what it keeps in the
-    quarantine with its reason, and what it corrects."""
-    if decoded is None:
-        decoded = [decode_message(raw) for raw in batch]
-    decoded_ok = []
+    """Decode each message, read its devices, validate the readings of each device against
+    its record and the clock, and attribute vendor retractions: what the unit of work will
+    store, what it keeps in the quarantine with its reason, and what it corrects."""
+    decoded = []
     rejections: list[Rejection] = []
-    for i, (raw, (d, bad)) in enumerate(zip(batch, decoded, strict=True)):
-        rejections.extend(bad)
-        if d is not None:
-            decoded_ok.append((i, raw, d))
+    for i, raw in enumerate(batch):
+        decoder = DECODERS.get(raw.payload_format)
+        if decoder is None:
+            rejections.append(
+                Rejection(
+                    RejectReason.UNSUPPORTED_FORMAT,
+                    f"no decoder for {raw.payload_format!r}",
+                    raw,
+                    raw.device_id,
+                )
+            )
+            continue
+        try:
+            d = decoder(raw)
+        except DecodeError as exc:
+            rejections.append(Rejection(RejectReason.MALFORMED, str(exc), raw, raw.device_id))
+            continue
+        except Exception as exc:  # a decoder bug must not wedge the stream (redelivery loop)
+            log.exception("decoder %s failed on a payload", raw.payload_format)
+            detail = f"{exc.__class__.__name__} in the {raw.payload_format} decoder"
+            rejections.append(Rejection(RejectReason.DECODER_ERROR, detail, raw, raw.device_id))
+            continue
+        rejections.extend(
+            Rejection(RejectReason.MALFORMED, p, raw, raw.device_id) for p in d.problems
+        )
+        if raw.integration is not None:
+            d = namespaced(d, raw.integration)
+        decoded.append((i, raw, d))
+
     devices = await device_store.device_records(
         conn,
-        {r.device_id for _, _, d in decoded_ok for r in d.readings}
-        | {r.device_id for _, _, d in decoded_ok for r in d.retractions},
+        {r.device_id for _, _, d in decoded for r in d.readings}
+        | {r.device_id for _, _, d in decoded for r in d.retractions},
     )
     accepted: list[AcceptedReading] = []
     origins: list[int] = []
     seen: dict[str, tuple[datetime, dict[str, float]]] = {}
-    for i, raw, d in decoded_ok:
+    for i, raw, d in decoded:
         # MQTT: one device per message (the topic's); webhooks may carry several.
         groups = {raw.device_id: d.readings} if raw.device_id is not None else by_device(d.readings)
         for device_id, group in groups.items():
@@ -88,7 +80,7 @@ async def prepare(
             if device is not None:
                 seen[device_id] = (raw.received_at, d.device_status.get(device_id, {}))
     corrections, correction_origins = [], []
-    for i, raw, d in decoded_ok:
+    for i, raw, d in decoded:
         for retraction in d.retractions:
             outcome = attribute(raw, retraction, devices.get(retraction.device_id))
             if isinstance(outcome, Rejection):

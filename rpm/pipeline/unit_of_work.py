@@ -46,7 +46,7 @@ from . import confirming
 from .corrections import apply_marked
 from .freshness import Freshness
 from .outbox_items import fhir_push_item, follow_ups
-from .prepare import Decoding, prepare
+from .prepare import prepare
 from .results import BatchResult, itemize
 
 log = logging.getLogger("rpm.pipeline")  # the name it logged under as one module
@@ -125,24 +125,16 @@ class IngestPipeline:
             self._rules_checked = t
             await self.load_rules(conn)
 
-    async def process(
-        self,
-        batch: Sequence[RawMessage],
-        *,
-        itemized: bool = False,
-        decoded: Sequence[Decoding] | None = None,
-    ) -> BatchResult:
+    async def process(self, batch: Sequence[RawMessage], *, itemized: bool = False) -> BatchResult:
         """Run one unit of work. Raises ``StorageError`` when the database failed (retry all).
 
         ``itemized``: also say what became of each message (``BatchResult.per_message``, in
         the batch's order), for callers that answer each message's sender on its own; the
-        messages must then be distinct objects. ``decoded``: ``decode_message`` of each, made
-        as they arrived (the MQTT gateway's, while the previous unit waited on the database).
+        messages must then be distinct objects.
         """
         started = time.perf_counter()
-        work = partial(self._process, itemized=itemized, decoded=decoded)
         try:
-            result = await self._in_transaction(work, batch)
+            result = await self._in_transaction(partial(self._process, itemized=itemized), batch)
         except DATABASE_UNAVAILABLE as exc:
             self._metrics.not_committed.inc()
             raise StorageError(f"database unavailable: {exc.__class__.__name__}") from exc
@@ -215,16 +207,12 @@ class IngestPipeline:
         return due
 
     async def _process(
-        self,
-        conn: Conn,
-        batch: Sequence[RawMessage],
-        itemized: bool = False,
-        decoded: Sequence[Decoding] | None = None,
+        self, conn: Conn, batch: Sequence[RawMessage], itemized: bool = False
     ) -> BatchResult:
         now = self._now()
         result = BatchResult(messages=len(batch))
         await self._refresh_rules(conn)
-        prepared = await prepare(conn, batch, now, self._clock, decoded)
+        prepared = await prepare(conn, batch, now, self._clock)
         # Retractions first: a reading retracted in the same batch, or before, is stored
         # already marked; the state of patients whose readings were marked is dropped before
         # the rule step, so no buffer keeps a value entered in error (rebuilt from storage).
