@@ -18,7 +18,9 @@ parallel processes, and ``--restart-patients`` monitored patients in all (device
   accepted and evaluated (its alert stored).
 
 Prints a table, then one JSON line (``readings``, ``bytes_per_reading``,
-``bytes_per_reading_compressed``, ``patient_page_p99_ms``, ``fhir_search_p99_ms``,
+``bytes_per_reading_compressed`` (the whole hypertable once compressed),
+``bytes_per_compressed_chunk_reading`` (the compressed chunks alone), ``patient_page_p99_ms``,
+``fhir_search_p99_ms``,
 ``alert_queue_p99_ms``, ``billing_report_p99_ms``, ``restart_ready_s``, ...).
 
     .venv/bin/python benchmarks/data_year.py --quick          # 1,000 patients x 90 days
