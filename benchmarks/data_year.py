@@ -89,7 +89,7 @@ async def readings_size(conn: Any) -> dict[str, int]:
                  FROM _timescaledb_catalog.compression_chunk_size s
                  JOIN _timescaledb_catalog.chunk c ON c.id = s.chunk_id
                  JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id
-                WHERE h.table_name = 'readings' AND NOT c.dropped"""
+                WHERE h.table_name = 'readings'"""
         )
         return {
             "table": int(row["table_bytes"] or 0) + int(row["toast_bytes"] or 0),
