@@ -356,25 +356,25 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / _CLK_TCK
 
 
-def children_of(parent: int) -> list[int]:
-    """``parent`` and its direct children (a PostgreSQL postmaster and its backends)."""
-    found = [parent]
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            fields = _stat_fields(int(entry.name))
-            if fields is not None and int(fields[1]) == parent:
-                found.append(int(entry.name))
-    return found
-
-
-def descendants(root: int) -> list[int]:
-    """``root`` and every process below it (a consumer and the workers' process it started)."""
+def _parents() -> dict[int, int]:
+    """Every living process's parent: pid -> parent pid (/proc/PID/stat)."""
     parent_of = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             fields = _stat_fields(int(entry.name))
             if fields is not None:
                 parent_of[int(entry.name)] = int(fields[1])
+    return parent_of
+
+
+def children_of(parent: int) -> list[int]:
+    """``parent`` and its direct children (a PostgreSQL postmaster and its backends)."""
+    return [parent, *(pid for pid, p in _parents().items() if p == parent)]
+
+
+def descendants(root: int) -> list[int]:
+    """``root`` and every process below it (a consumer and the workers' process it started)."""
+    parent_of = _parents()
     found, frontier = [root], [root]
     while frontier:
         frontier = [pid for pid, parent in parent_of.items() if parent in frontier]

@@ -90,9 +90,9 @@ def key_of_uid(uid: uuid.UUID | str) -> UidKey | None:
         u = uid if isinstance(uid, uuid.UUID) else uuid.UUID(uid)
     except ValueError:
         return None
-    value = u.int
-    if u.version != 8 or value >> 62 & 0b11 != 0b10:
+    if u.version != 8 or u.variant != uuid.RFC_4122:
         return None
+    value = u.int
     code = value >> _HASH_BITS & 0x3F
     if not 1 <= code <= len(METRIC_CODES):
         return None
