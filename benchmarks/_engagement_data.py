@@ -135,23 +135,26 @@ _EPOCH = "extract(epoch FROM b.measured_at)::bigint"
 # A reading's components: the patient's own level and a little noise per reading; for one
 # heart-failure patient in twenty a weight rising 0.3 kg a day. $1 is the start (the trend's
 # origin).
-_COMPONENTS = f"""CASE b.metric
-    WHEN 'blood_pressure' THEN jsonb_build_object(
-        'systolic', 112 + floor({u("b.i", 20)} * 40 + {u("b.i", f"{_EPOCH} % 997")} * 12),
-        'diastolic', 68 + floor({u("b.i", 21)} * 22 + {u("b.i", f"{_EPOCH} % 991")} * 6),
-        'pulse', 58 + floor({u("b.i", 22)} * 30))
-    WHEN 'weight' THEN jsonb_build_object('weight', round((55 + {u("b.i", 23)} * 60
+# In the row's slots (rpm/storage/reading_values.py): v1 systolic, weight or spo2; v2
+# diastolic; v3 pulse.
+_COMPONENTS = f"""(CASE b.metric
+    WHEN 'blood_pressure'
+        THEN 112 + floor({u("b.i", 20)} * 40 + {u("b.i", f"{_EPOCH} % 997")} * 12)
+    WHEN 'weight' THEN round((55 + {u("b.i", 23)} * 60
         + CASE WHEN {u("b.i", 24)} < 0.05
                THEN 0.3 * extract(epoch FROM b.measured_at - $1::timestamptz) / 86400
                ELSE 0 END
-        + ({u("b.i", f"{_EPOCH} % 983")} - 0.5) * 0.6)::numeric, 1))
-    ELSE jsonb_build_object('spo2', 91 + floor({u("b.i", 25)} * 8))
-END"""
+        + ({u("b.i", f"{_EPOCH} % 983")} - 0.5) * 0.6)::numeric, 1)
+    ELSE 91 + floor({u("b.i", 25)} * 8)
+END)::float8,
+(CASE WHEN b.metric = 'blood_pressure'
+      THEN 68 + floor({u("b.i", 21)} * 22 + {u("b.i", f"{_EPOCH} % 991")} * 6) END)::float8,
+(CASE WHEN b.metric = 'blood_pressure' THEN 58 + floor({u("b.i", 22)} * 30) END)::float8"""
 
 # The readings of bench_plan measured in ($2, $3], stored as the ingest path stores them.
-_READINGS = f"""INSERT INTO readings (measured_at, device_id, metric, patient_id, components,
+_READINGS = f"""INSERT INTO readings (measured_at, device_id, metric, patient_id, v1, v2, v3,
                       received_at)
-SELECT b.measured_at, b.patient_id || '-' || b.metric, b.metric, b.patient_id,
+SELECT b.measured_at, b.patient_id || '-' || b.metric, b.metric::rpm_metric, b.patient_id,
        {_COMPONENTS}, b.measured_at + interval '20 seconds'
   FROM bench_plan b
  WHERE b.measured_at > $2::timestamptz AND b.measured_at <= $3::timestamptz"""

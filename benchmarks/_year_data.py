@@ -37,7 +37,9 @@ _COLUMNS = [
     "device_id",
     "metric",
     "patient_id",
-    "components",
+    "v1",
+    "v2",
+    "v3",
     "received_at",
     "stored_at",
     "original",
@@ -99,16 +101,18 @@ _MEASURED = f"{_u('p.i::bigint * 4000 + $3::int', 20)} < p.adherence"
 # Day $3 (0 = the first), starting at $2 (its 12:00 UTC), of patients 1..$1: the readings'
 # columns in the table's types, for binary COPY.
 _DAY = f"""WITH p AS ({_PATIENT})
-SELECT x.t AS measured_at, x.device_id, s.metric, p.pid AS patient_id,
-       CASE s.metric
-         WHEN 'blood_pressure' THEN jsonb_build_object(
-              'systolic', round(p.sys + 9 * x.n1)::int,
-              'diastolic', least(round(p.dia + 6 * x.n2), round(p.sys + 9 * x.n1) - 20)::int,
-              'pulse', round(p.hr + 5 * x.n3)::int)
-         WHEN 'weight' THEN jsonb_build_object('weight', round((p.wt + 0.4 * x.n1)::numeric, 1))
-         WHEN 'spo2' THEN jsonb_build_object('spo2', least(100, round(p.ox + 1.2 * x.n1))::int,
-                                             'pulse', round(p.hr + 5 * x.n3)::int)
-         ELSE jsonb_build_object('glucose', round(p.glu + 22 * x.n1)::int) END AS components,
+SELECT x.t AS measured_at, x.device_id, s.metric::rpm_metric AS metric, p.pid AS patient_id,
+       -- the slots (rpm/storage/reading_values.py): systolic, diastolic, pulse; weight;
+       -- spo2, pulse; glucose
+       (CASE s.metric
+          WHEN 'blood_pressure' THEN round(p.sys + 9 * x.n1)
+          WHEN 'weight' THEN round((p.wt + 0.4 * x.n1)::numeric, 1)
+          WHEN 'spo2' THEN least(100, round(p.ox + 1.2 * x.n1))
+          ELSE round(p.glu + 22 * x.n1) END)::float8 AS v1,
+       (CASE s.metric
+          WHEN 'blood_pressure' THEN least(round(p.dia + 6 * x.n2), round(p.sys + 9 * x.n1) - 20)
+          WHEN 'spo2' THEN round(p.hr + 5 * x.n3) END)::float8 AS v2,
+       (CASE WHEN s.metric = 'blood_pressure' THEN round(p.hr + 5 * x.n3) END)::float8 AS v3,
        x.t AS received_at, x.t AS stored_at, NULL::jsonb AS original, 'N'::text AS interpretation
   FROM p
  CROSS JOIN (VALUES (0, 'bp', 'blood_pressure', 0, NULL::int), (1, 'bp', 'blood_pressure', 32400, NULL),

@@ -51,11 +51,12 @@ from simulators.localservices import LocalServices  # noqa: E402
 BATCH = 2000
 # The insert as it was before corrections: the comparison of phase 1.
 _PLAIN_INSERT = """INSERT INTO readings
-       (measured_at, device_id, metric, patient_id, components, received_at, original,
+       (measured_at, device_id, metric, patient_id, v1, v2, received_at, original,
         interpretation)
-   SELECT m, d, k, p, c::jsonb, r, o::jsonb, i
-     FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[],
-                 $6::timestamptz[], $7::text[], $8::text[]) AS t(m, d, k, p, c, r, o, i)
+   SELECT m, d, k, p, v1, v2, r, o::jsonb, i
+     FROM unnest($1::timestamptz[], $2::text[], $3::rpm_metric[], $4::text[], $5::float8[],
+                 $6::float8[], $7::timestamptz[], $8::text[], $9::text[])
+          AS t(m, d, k, p, v1, v2, r, o, i)
    ON CONFLICT DO NOTHING
    RETURNING device_id, metric, measured_at"""
 
@@ -132,7 +133,8 @@ async def run_async(args: argparse.Namespace, dsn: str) -> tuple[str, dict[str, 
                         [a.reading.device_id for a in rows],
                         [a.reading.metric.value for a in rows],
                         [a.patient_id for a in rows],
-                        [json.dumps(dict(a.reading.values)) for a in rows],
+                        [a.reading.values["systolic"] for a in rows],
+                        [a.reading.values["diastolic"] for a in rows],
                         [a.reading.received_at for a in rows],
                         [None] * BATCH,
                         [None] * BATCH,

@@ -79,9 +79,9 @@ async def load(dsn: str, patients: int, readings: int) -> None:
                     f"cuff-{p:05d}",
                     "blood_pressure",
                     f"pat-{p:05d}",
-                    json.dumps(
-                        {"systolic": 110 + n % 60, "diastolic": 70 + n % 30, "pulse": 60 + n % 40}
-                    ),
+                    110.0 + n % 60,  # systolic, diastolic, pulse: the slots
+                    70.0 + n % 30,
+                    60.0 + n % 40,
                     at,
                 )
             )
@@ -98,11 +98,12 @@ async def load(dsn: str, patients: int, readings: int) -> None:
 async def _copy(conn: Any, batch: list[tuple[Any, ...]]) -> None:
     columns = list(zip(*batch, strict=True))
     await conn.execute(
-        """INSERT INTO readings (measured_at, device_id, metric, patient_id, components,
+        """INSERT INTO readings (measured_at, device_id, metric, patient_id, v1, v2, v3,
                                  received_at)
-           SELECT m, d, k, p, c::jsonb, r
-             FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[],
-                         $5::text[], $6::timestamptz[]) AS t(m, d, k, p, c, r)""",
+           SELECT m, d, k, p, v1, v2, v3, r
+             FROM unnest($1::timestamptz[], $2::text[], $3::rpm_metric[], $4::text[],
+                         $5::float8[], $6::float8[], $7::float8[], $8::timestamptz[])
+                  AS t(m, d, k, p, v1, v2, v3, r)""",
         *[list(c) for c in columns],
     )
 

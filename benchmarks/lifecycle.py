@@ -51,13 +51,32 @@ from simulators.localservices import LocalServices  # noqa: E402
 BATCH = 2000
 START = datetime(2025, 1, 1, tzinfo=UTC)
 _RAW_DAILY = """SELECT date_bin('1 day', measured_at, '2000-01-03 00:00:00+00') AS day,
-                       count(*), min((components->>'systolic')::float8),
-                       max((components->>'systolic')::float8),
-                       avg((components->>'systolic')::float8)
+                       count(*), min(v1), max(v1), avg(v1)  -- systolic: slot 1
                   FROM readings
                  WHERE patient_id = $1 AND metric = 'blood_pressure'
                    AND measured_at >= $2 AND measured_at < $3
                  GROUP BY 1 ORDER BY 1"""
+
+
+# The insert of the 0031 schema (uid and jsonb components stored; migrations 0039, 0041).
+_INSERT_0031 = """INSERT INTO readings (measured_at, device_id, metric, patient_id, uid,
+                                          components, received_at)
+   SELECT m, d, k, p, rpm_reading_uid(d, k, m), c::jsonb, r
+     FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[],
+                 $6::timestamptz[]) AS t(m, d, k, p, c, r)
+   ON CONFLICT DO NOTHING
+   RETURNING device_id"""
+
+
+def _columns_0031(rows: list[AcceptedReading]) -> list[list[Any]]:
+    return [
+        [a.reading.measured_at for a in rows],
+        [a.reading.device_id for a in rows],
+        [a.reading.metric.value for a in rows],
+        [a.patient_id for a in rows],
+        [json.dumps(dict(a.reading.values)) for a in rows],
+        [a.reading.received_at for a in rows],
+    ]
 
 
 def log(message: str) -> None:
@@ -119,7 +138,10 @@ async def run_async(args: argparse.Namespace, admin_dsn: str) -> tuple[str, dict
                 if variant == "no_trigger":
                     await conn.execute("ALTER TABLE readings DISABLE TRIGGER readings_rollup_dirty")
                 t = time.perf_counter()
-                new = await reading_store.insert_new(conn, rows, retracted=set())
+                if variant == "0031":
+                    new = await conn.fetch(_INSERT_0031, *_columns_0031(rows))
+                else:
+                    new = await reading_store.insert_new(conn, rows, retracted=set())
                 times[variant].append((time.perf_counter() - t) / BATCH)
                 if variant == "no_trigger":
                     await conn.execute("ALTER TABLE readings ENABLE TRIGGER readings_rollup_dirty")

@@ -78,21 +78,20 @@ POPULATION_SQL: list[tuple[str, tuple[str, ...]]] = [
         (),
     ),
     (
-        """INSERT INTO readings (measured_at, device_id, metric, patient_id, components,
+        """INSERT INTO readings (measured_at, device_id, metric, patient_id, v1, v2, v3,
                                  received_at)
-           SELECT t.at, p.id || '-' || t.metric, t.metric, p.id, t.components,
+           SELECT t.at, p.id || '-' || t.metric, t.metric::rpm_metric, p.id, t.v1, t.v2, t.v3,
                   t.at
              FROM patients p
              JOIN LATERAL (SELECT max(day) AS day FROM patient_days d WHERE d.patient_id = p.id) l
                ON l.day IS NOT NULL
             CROSS JOIN LATERAL (VALUES
-                  ('blood_pressure', l.day + time '08:00',
-                   jsonb_build_object('systolic', 110 + (hashtext(p.id) & 63),
-                                      'diastolic', 70 + (hashtext(p.id) & 15), 'pulse', 72)),
-                  ('heart_rate', l.day + time '08:00', jsonb_build_object('pulse', 72)),
-                  ('weight', l.day + time '07:30',
-                   jsonb_build_object('weight', 60 + (hashtext(p.id) & 31)))
-            ) AS t(metric, at, components)""",
+                  -- systolic, diastolic, pulse; pulse; weight (the slots)
+                  ('blood_pressure', l.day + time '08:00', 110 + (hashtext(p.id) & 63),
+                   70 + (hashtext(p.id) & 15), 72),
+                  ('heart_rate', l.day + time '08:00', 72, NULL, NULL),
+                  ('weight', l.day + time '07:30', 60 + (hashtext(p.id) & 31), NULL, NULL)
+            ) AS t(metric, at, v1, v2, v3)""",
         (),
     ),
     (

@@ -46,8 +46,21 @@ async def insert_with_uid(conn: asyncpg.Connection, readings: list[AcceptedReadi
 
 
 async def add_patients(conn: asyncpg.Connection, ids: Iterable[str]) -> None:
+    """Patients, each with the cuff and the scale ``seeded_readings`` reads from, bound since
+    2000 (readings are attributed through bindings, and a patient's are found through them:
+    migration 0041)."""
+    ids = list(ids)
     await conn.executemany(
         "INSERT INTO patients (id, display_name) VALUES ($1, 'test')", [(i,) for i in ids]
+    )
+    devices = [(f"{p}-{kind}", kind, p) for p in ids for kind in ("cuff", "scale")]
+    await conn.executemany(
+        "INSERT INTO devices (id, kind) VALUES ($1, $2)", [(d, k) for d, k, _ in devices]
+    )
+    await conn.executemany(
+        """INSERT INTO device_bindings (device_id, patient_id, during)
+           VALUES ($1, $2, tstzrange('2000-01-01', NULL))""",
+        [(d, p) for d, _, p in devices],
     )
 
 

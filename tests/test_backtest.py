@@ -22,6 +22,7 @@ from rpm.backtest.replay import Burden, Comparison, Options, Replay, backtest, m
 from rpm.backtest.store import parse_until, read_csv, render
 from rpm.cli import main
 from rpm.domain import AcceptedReading, Metric, Reading, Severity
+from rpm.storage.reading_values import slots_of
 from rules.engine import PatientContext
 from rules.programs import RuleBook, parse_document
 
@@ -581,16 +582,16 @@ def test_the_cli_explains_bad_input(
 
 async def store(pool: asyncpg.Pool, readings: Iterable[AcceptedReading]) -> None:
     await pool.executemany(
-        """INSERT INTO readings (measured_at, device_id, metric, patient_id, components,
+        """INSERT INTO readings (measured_at, device_id, metric, patient_id, v1, v2, v3,
                                  received_at)
-           VALUES ($1, $2, $3, $4, $5, $1)""",
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $1)""",
         [
             (
                 a.reading.measured_at,
                 a.reading.device_id,
                 a.reading.metric.value,
                 a.patient_id,
-                dict(a.reading.values),
+                *slots_of(a.reading.metric, a.reading.values),
             )
             for a in readings
         ],

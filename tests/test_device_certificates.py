@@ -108,7 +108,7 @@ async def stored_systolics(server: Server, device_id: str) -> list[int]:
     assert server.pool is not None
     async with server.pool.acquire() as conn:
         rows = await conn.fetch(
-            """SELECT (components->>'systolic')::numeric::int AS s
+            """SELECT v1::int AS s  -- systolic: blood pressure's slot 1
                  FROM readings WHERE device_id = $1""",
             device_id,
         )

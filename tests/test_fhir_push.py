@@ -106,8 +106,8 @@ async def expected_identifiers(pool: asyncpg.Pool) -> set[tuple[str, str]]:
     """Every Observation identifier our stored readings make."""
     async with pool.acquire() as conn:
         rows = await conn.fetch(
-            "SELECT rpm_reading_uid(device_id, metric, measured_at) AS uid, components, metric"
-            " FROM readings"
+            "SELECT rpm_reading_uid(device_id, metric, measured_at) AS uid,"
+            " rpm_components(metric, v1, v2, v3) AS components, metric FROM readings"
         )
     out = set()
     for r in rows:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
 from itertools import count
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import orjson
@@ -21,6 +22,7 @@ from rpm.local_endpoints import ServiceEndpoints
 from rpm.storage import corrections, lifecycle, rollups
 from rpm.storage.migrate import migrate
 from rpm.storage.pool import create_pool
+from rpm.storage.reading_values import slots_of
 from rpm.storage.readings import by_uid, insert_new
 from rpm.workers.lifecycle import LifecycleConfig, LifecycleScheduler
 from simulators.localservices import LocalServices
@@ -96,10 +98,19 @@ async def test_migration_converts_stored_readings(empty_db: str) -> None:
         applied = await migrate(conn)
         assert applied[:2] == ["0032_readings_partitioned", "0033_reading_rollups"]
         after = await conn.fetch("SELECT * FROM readings ORDER BY device_id, metric, measured_at")
-        # All kept; the uid is no longer stored (0039).
-        assert [dict(r) for r in after] == [
-            {k: v for k, v in r.items() if k != "uid"} for r in before
-        ]
+
+        # All kept; the uid is no longer stored (0039), the components sit in typed slots
+        # (0041).
+        def now_stored(r: asyncpg.Record) -> dict[str, Any]:
+            row = {k: v for k, v in r.items() if k not in ("uid", "components")}
+            values = orjson.loads(r["components"])  # this connection has no jsonb codec
+            row.update(zip(("v1", "v2", "v3"), slots_of(r["metric"], values), strict=True))
+            return row
+
+        def key(row: dict[str, Any]) -> tuple[str, str, datetime]:
+            return (row["device_id"], row["metric"], row["measured_at"])
+
+        assert sorted((dict(r) for r in after), key=key) == sorted(map(now_stored, before), key=key)
         fl = await lifecycle.flavour(conn)
         kind = await conn.fetchval("SELECT relkind::text FROM pg_class WHERE relname = 'readings'")
         assert kind == ("r" if fl.timescale else "p")
@@ -376,8 +387,15 @@ async def test_uids_become_their_readings_keys_and_references_follow(empty_db: s
             orjson.dumps({"reading_uid": old_first}).decode(),
             old_last,
         )
-        retracted = correction_of(last)
-        await corrections.record(conn, [retracted], T0)
+        # Marked entered-in-error as that schema's code did (0029, the 0003 uid).
+        await conn.execute(
+            """INSERT INTO reading_corrections (device_id, metric, measured_at, uid, patient_id,
+                          sent_status, source, actor, reason, corrected_at)
+               VALUES ($1, $2, $3, rpm_reading_uid($1, $2, $3), 'p1', 'entered-in-error',
+                       'staff', 'staff:test', 'wrong cuff', $4)""",
+            *reading_key(last),
+            T0,
+        )
 
         assert "0039_reading_uid_from_key" in await migrate(conn)
 

@@ -106,14 +106,26 @@ async def add_alert(
 
 
 async def add_reading(conn: asyncpg.Connection, pid: str, at: datetime, sys: int) -> None:
+    # The patient's cuff, bound from the start (a patient's readings are found through the
+    # patient's devices: migration 0041).
     await conn.execute(
-        """INSERT INTO readings (measured_at, device_id, metric, patient_id, components,
-                                 received_at)
-           VALUES ($1, $2, 'blood_pressure', $3, $4, $1)""",
+        """INSERT INTO devices (id, kind) VALUES ($1, 'bp_cuff') ON CONFLICT DO NOTHING""",
+        f"{pid}-cuff",
+    )
+    await conn.execute(
+        """INSERT INTO device_bindings (device_id, patient_id, during)
+           SELECT $1, $2, tstzrange('2000-01-01', NULL)
+            WHERE NOT EXISTS (SELECT 1 FROM device_bindings WHERE device_id = $1)""",
+        f"{pid}-cuff",
+        pid,
+    )
+    await conn.execute(
+        """INSERT INTO readings (measured_at, device_id, metric, patient_id, v1, v2, received_at)
+           VALUES ($1, $2, 'blood_pressure', $3, $4, 80, $1)""",  # systolic, diastolic
         at,
         f"{pid}-cuff",
         pid,
-        {"systolic": sys, "diastolic": 80},
+        sys,
     )
     await conn.execute(
         """INSERT INTO patient_metric_last (patient_id, metric, measured_at)

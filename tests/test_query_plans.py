@@ -7,9 +7,10 @@ with its plan (EXPLAIN (FORMAT JSON), the bound parameters included, so the plan
 custom plan the server gets) instead of its rows: the SQL is the module's own, never a copy.
 
 A read bounded by patient (the patient page and its chart, the panel's newest values, the
-FHIR search, the rule state's history, the backtest of named patients) must reach readings by
-an index, on every chunk or
-partition; a read of every patient bounded by time (the export, the backtest of a period) by
+FHIR search, the rule state's history, the days a patient measured, a confirmation's window,
+the backtest of named patients) must reach readings by an index, on every chunk or partition:
+readings has no index on patient_id, so through the patient's devices and the primary key
+(migration 0041); a read of every patient bounded by time (the export, the backtest of a period) by
 an index, or by leaving out the chunks or partitions outside the period. Run on the test
 database (a hypertable when TimescaleDB is installed) and on plain PostgreSQL.
 """
@@ -29,7 +30,7 @@ import pytest
 from rpm.backtest import store as backtest_store
 from rpm.domain import Metric, reading_uid
 from rpm.fhir.search import ObservationQuery, TimeWindow, kinds_for_codes, parse_tokens
-from rpm.storage import alert_reads, export, panel, rule_state
+from rpm.storage import alert_reads, confirmations, engagement, export, panel, rule_state
 from rpm.storage import fhir as fhir_store
 from rpm.storage import readings as reading_store
 from rpm.storage.migrate import migrate
@@ -47,17 +48,24 @@ _BUILD = [
     """INSERT INTO patients (id, display_name, programs)
        SELECT 'q' || lpad(i::text, 4, '0'), 'Patient', ARRAY['hypertension']
          FROM generate_series(1, $1::int) i WHERE $2::int > 0 AND $3::timestamptz IS NOT NULL""",
-    """INSERT INTO readings (measured_at, device_id, metric, patient_id, components,
-                             received_at)
-       SELECT t, p || m.suffix, m.metric, p, m.components, t
+    # Each patient's cuff and scale, bound from the start (a patient's readings are found
+    # through the patient's devices: migration 0041).
+    """INSERT INTO devices (id, kind) SELECT p.id || s.suffix, s.kind
+         FROM patients p CROSS JOIN (VALUES ('-bp', 'bp_cuff'), ('-sc', 'scale')) s(suffix, kind)
+        WHERE $1::int > 0 AND $2::int > 0 AND $3::timestamptz IS NOT NULL""",
+    """INSERT INTO device_bindings (device_id, patient_id, during)
+       SELECT id, split_part(id, '-', 1), tstzrange($3::timestamptz, NULL) FROM devices
+        WHERE $1::int > 0 AND $2::int > 0""",
+    """INSERT INTO readings (measured_at, device_id, metric, patient_id, v1, v2, received_at)
+       SELECT t, p || m.suffix, m.metric::rpm_metric, p, m.v1, m.v2, t
          FROM generate_series(0, $2::int - 1) d
         CROSS JOIN generate_series(1, $1::int) i
         CROSS JOIN LATERAL (SELECT 'q' || lpad(i::text, 4, '0') AS p,
                                    $3::timestamptz + d * interval '1 day'
                                    + i * interval '1 minute' AS t) x
-        CROSS JOIN (VALUES ('-bp', 'blood_pressure', '{"systolic": 130, "diastolic": 80}'::jsonb),
-                           ('-sc', 'weight', '{"weight": 80.5}'::jsonb))
-                   AS m(suffix, metric, components)
+        CROSS JOIN (VALUES ('-bp', 'blood_pressure', 130, 80),  -- systolic, diastolic
+                           ('-sc', 'weight', 80.5, NULL))
+                   AS m(suffix, metric, v1, v2)
         ORDER BY t""",
     """INSERT INTO patient_metric_last (patient_id, metric, measured_at)
        SELECT patient_id, metric, max(measured_at) FROM readings
@@ -204,6 +212,11 @@ async def _patient_reads(x: Explaining) -> None:
         {Metric.BLOOD_PRESSURE: 48, Metric.WEIGHT: 32},
     )
     await rule_state.recompute_last(x, [("q0042", "weight")])  # type: ignore[arg-type]
+    day = END - timedelta(days=40)
+    await engagement.recount_days(x, ["q0042", "q0043"], [day, day])  # type: ignore[arg-type]
+    await confirmations.readings_between(  # type: ignore[arg-type]
+        x, [("q0042", "blood_pressure", day - timedelta(hours=6), day)]
+    )
     async for _ in backtest_store.stream_database(  # type: ignore[arg-type]
         x, since=None, until=None, patients=("q0042", "q0043")
     ):

@@ -40,9 +40,8 @@ _POPULATION = [
        SELECT 'r' || lpad(i::text, 4, '0') || '-bp', 'r' || lpad(i::text, 4, '0'),
               tstzrange($2::timestamptz - interval '30 days', NULL)
          FROM generate_series(1, $1::int) i WHERE $3 > 0""",
-    """INSERT INTO readings (measured_at, device_id, metric, patient_id, components,
-                             received_at)
-       SELECT t, d, 'blood_pressure', p, '{"systolic": 128, "diastolic": 80}', t
+    """INSERT INTO readings (measured_at, device_id, metric, patient_id, v1, v2, received_at)
+       SELECT t, d, 'blood_pressure', p, 128, 80, t
          FROM generate_series(1, $1::int) i
         CROSS JOIN generate_series(1, 28) k
         CROSS JOIN LATERAL (SELECT 'r' || lpad(i::text, 4, '0') AS p,

@@ -147,13 +147,13 @@ async def test_the_newest_normal_reading_marks_the_condition_cleared(
     # Each reading keeps the interpretation its threshold rules gave it (for the record).
     async with pool.acquire() as conn:
         stored = await conn.fetch(
-            "SELECT components->>'systolic' AS s, interpretation FROM readings ORDER BY measured_at"
+            "SELECT v1::text AS s, interpretation FROM readings ORDER BY measured_at"
         )
     assert [(r["s"], r["interpretation"]) for r in stored] == [
-        ("120.0", "N"),
-        ("190.0", "HH"),
-        ("178.0", "N"),  # inside the hysteresis band, but below the crisis limit itself
-        ("130.0", "N"),
+        ("120", "N"),  # systolic: blood pressure's slot 1
+        ("190", "HH"),
+        ("178", "N"),  # inside the hysteresis band, but below the crisis limit itself
+        ("130", "N"),
     ]
 
 

@@ -14,6 +14,7 @@ import asyncpg
 from rpm.domain import AcceptedReading, Metric, RawMessage, Reading
 from rpm.pipeline import IngestPipeline
 from rpm.storage import registry, rule_programs
+from rpm.storage.reading_values import values_of
 from rpm.validation import ClockPolicy
 from rules.engine import PatientContext
 from rules.programs import RuleBook
@@ -108,7 +109,7 @@ async def test_the_stored_interpretation_is_the_one_its_rules_give_on_their_own(
 
     async with pool.acquire() as conn:
         rows = await conn.fetch(
-            "SELECT device_id, metric, measured_at, patient_id, components, received_at,"
+            "SELECT device_id, metric, measured_at, patient_id, v1, v2, v3, received_at,"
             " interpretation FROM readings ORDER BY measured_at, device_id"
         )
         contexts = await registry.patient_contexts(conn, PATIENTS)
@@ -118,7 +119,7 @@ async def test_the_stored_interpretation_is_the_one_its_rules_give_on_their_own(
             Reading(
                 r["device_id"],
                 Metric(r["metric"]),
-                r["components"],
+                values_of(r["metric"], r["v1"], r["v2"], r["v3"]),
                 r["measured_at"],
                 r["received_at"],
             ),

@@ -31,7 +31,9 @@ from rpm.backtest.replay import Replay, Span
 from rpm.domain import METRICS, AcceptedReading, Metric, Reading
 from rpm.domain.errors import StorageError
 from rpm.storage import registry
+from rpm.storage.patient_readings import of_patients
 from rpm.storage.pool import DATABASE_UNAVAILABLE, Conn, connect
+from rpm.storage.reading_values import values_of
 from rpm.validation import implausibility
 from rules.engine import PatientContext
 from rules.programs import RuleBook, parse_document
@@ -173,16 +175,16 @@ def _reading(row: Mapping[str, str | None], line: int, patient_id: str) -> Readi
 
 # The readings of a period in measured-time order (TimescaleDB: chunk by chunk), without those
 # marked entered-in-error (migration 0029), which production's rules no longer use either.
-_READINGS = """
-SELECT measured_at, device_id, metric, patient_id, components, received_at
+_READINGS = f"""
+SELECT measured_at, device_id, metric, patient_id, v1, v2, v3, received_at
   FROM readings
  WHERE NOT EXISTS (SELECT 1 FROM reading_corrections c
-                    WHERE c.device_id = readings.device_id AND c.metric = readings.metric
+                    WHERE c.device_id = readings.device_id AND c.metric = readings.metric::text
                       AND c.measured_at = readings.measured_at)
    AND ($1::timestamptz IS NULL OR measured_at >= $1)
    AND ($2::timestamptz IS NULL OR measured_at < $2)
-   AND ($3::text[] IS NULL OR patient_id = ANY($3::text[]))
- ORDER BY measured_at"""
+   AND ($3::text[] IS NULL OR ({of_patients("$3::text[]")}))
+ ORDER BY measured_at"""  # noqa: S608 - a fixed fragment
 
 # Device bindings: when production's missing-data timer watched each patient.
 _BINDINGS = """
@@ -218,9 +220,8 @@ async def stream_database(
         cursor = conn.cursor(_READINGS, since, until, list(patients) or None, prefetch=chunk)
         async for r in cursor:
             metric = Metric(r["metric"])
-            reading = Reading(
-                r["device_id"], metric, r["components"], r["measured_at"], r["received_at"]
-            )
+            values = values_of(metric, r["v1"], r["v2"], r["v3"])
+            reading = Reading(r["device_id"], metric, values, r["measured_at"], r["received_at"])
             batch.append(AcceptedReading(reading, r["patient_id"]))
             if len(batch) >= chunk:
                 yield await _chunk(conn, batch, known, programs)

@@ -19,6 +19,7 @@ from rpm.engagement import campaigns as campaign_spec
 from rpm.engagement import segments as segment_spec
 from rpm.engagement.campaigns import CampaignSpec, Trigger
 from rpm.engagement.segments import SegmentSpec
+from rpm.storage.patient_readings import of_patient
 from rpm.storage.pool import Conn
 from rpm.storage.segments import days_in_sql, facts_sql, over_everyone
 
@@ -195,12 +196,12 @@ def _trigger_joins(t: Trigger, bind: Any) -> str:
                    - max(kg) FILTER (WHERE day = f._today - {n}) AS gain
               FROM (SELECT day, kg, coalesce(kg > lag(kg) OVER (ORDER BY day), true) AS rise
                       FROM (SELECT (r.measured_at AT TIME ZONE f._timezone)::date AS day,
-                                   avg((r.components->>'weight')::float8) AS kg
+                                   avg(r.v1) AS kg  -- weight: its only slot
                               FROM readings r
-                             WHERE r.patient_id = f.patient_id AND r.metric = 'weight'
+                             WHERE {_OF_PATIENT} AND r.metric = 'weight'
                                AND NOT EXISTS (SELECT 1 FROM reading_corrections c
                                                 WHERE c.device_id = r.device_id
-                                                  AND c.metric = r.metric
+                                                  AND c.metric = r.metric::text
                                                   AND c.measured_at = r.measured_at)
                                AND r.measured_at > $1::timestamptz - ({n} + 2) * interval '1 day'
                                AND r.measured_at < ((f._today + 1)::timestamp
@@ -209,6 +210,8 @@ def _trigger_joins(t: Trigger, bind: Any) -> str:
                      WHERE day >= f._today - {n} AND day <= f._today) x) wr"""
     return ""
 
+
+_OF_PATIENT = of_patient("f.patient_id", "r")
 
 # Context columns a message may use (rpm.engagement.campaigns.PLACEHOLDERS), as SQL over
 # ``f`` (and the laterals _context_joins adds when a message needs them).
@@ -224,22 +227,22 @@ _CONTEXT = {
 def _context_joins(used: frozenset[str]) -> str:
     joins = []
     if "bp_avg_7d" in used:
-        joins.append("""LEFT JOIN LATERAL (
-            SELECT round(avg((r.components->>'systolic')::float8))::int::text || '/'
-                   || round(avg((r.components->>'diastolic')::float8))::int::text AS avg
+        joins.append(f"""LEFT JOIN LATERAL (
+            SELECT round(avg(r.v1))::int::text || '/'  -- systolic, diastolic: slots 1, 2
+                   || round(avg(r.v2))::int::text AS avg
               FROM readings r
-             WHERE r.patient_id = f.patient_id AND r.metric = 'blood_pressure'
+             WHERE {_OF_PATIENT} AND r.metric = 'blood_pressure'
                AND r.measured_at > $1::timestamptz - interval '7 days'
                AND r.measured_at <= $1::timestamptz
             HAVING count(*) > 0) bp ON true""")
     if "weight_change_7d" in used:
-        joins.append("""LEFT JOIN LATERAL (
+        joins.append(f"""LEFT JOIN LATERAL (
             SELECT to_char(
-                       (array_agg((r.components->>'weight')::float8 ORDER BY r.measured_at DESC))[1]
-                     - (array_agg((r.components->>'weight')::float8 ORDER BY r.measured_at))[1],
+                       (array_agg(r.v1 ORDER BY r.measured_at DESC))[1]  -- weight: slot 1
+                     - (array_agg(r.v1 ORDER BY r.measured_at))[1],
                        'FMSG990.0') AS change  -- '+1.2': FM, no padding after the sign
               FROM readings r
-             WHERE r.patient_id = f.patient_id AND r.metric = 'weight'
+             WHERE {_OF_PATIENT} AND r.metric = 'weight'
                AND r.measured_at > $1::timestamptz - interval '7 days'
                AND r.measured_at <= $1::timestamptz
             HAVING count(*) > 1) wc ON true""")

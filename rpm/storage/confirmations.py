@@ -16,7 +16,9 @@ from uuid import UUID
 from alerts.confirm import Closing, Measured, Pending
 from alerts.policy import EpisodeKey
 from rpm.domain import AlertCandidate, Severity
+from rpm.storage.patient_readings import of_patient
 from rpm.storage.pool import Conn
+from rpm.storage.reading_values import values_of
 
 _COLUMNS = """id, patient_id, rule_id, group_key, severity, state, reading_uid, measured_at,
     deadline, first_values, candidate, created_at, closed_at, closed_reading_uid,
@@ -107,12 +109,14 @@ async def readings_between(
     if not wants:
         return []
     rows = await conn.fetch(
-        """SELECT DISTINCT r.patient_id, r.metric, r.measured_at,
-                        rpm_reading_uid(r.device_id, r.metric, r.measured_at) AS uid, r.components
+        f"""SELECT DISTINCT r.patient_id, r.metric, r.measured_at,
+                        rpm_reading_uid(r.device_id, r.metric, r.measured_at) AS uid,
+                        r.v1, r.v2, r.v3
              FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[])
                   AS w(patient_id, metric, after, until)
-             JOIN readings r ON r.patient_id = w.patient_id AND r.metric = w.metric
-                            AND r.measured_at > w.after AND r.measured_at <= w.until""",
+             JOIN readings r ON {of_patient("w.patient_id", "r")}
+                            AND r.metric = w.metric::rpm_metric
+                            AND r.measured_at > w.after AND r.measured_at <= w.until""",  # noqa: S608
         [w[0] for w in wants],
         [w[1] for w in wants],
         [w[2] for w in wants],
@@ -124,7 +128,7 @@ async def readings_between(
             r["metric"],
             r["measured_at"],
             r["uid"],
-            {k: float(v) for k, v in _json(r["components"]).items()},
+            values_of(r["metric"], r["v1"], r["v2"], r["v3"]),
         )
         for r in rows
     ]

@@ -16,7 +16,7 @@ from rpm.storage.reading_keys import by_uid_filter, key_args
 
 # SQL fragments for readers of ``readings`` (the table under its own name, no alias).
 CORRECTED_AT = """(SELECT c.corrected_at FROM reading_corrections c
-                    WHERE c.device_id = readings.device_id AND c.metric = readings.metric
+                    WHERE c.device_id = readings.device_id AND c.metric = readings.metric::text
                       AND c.measured_at = readings.measured_at)"""
 NOT_CORRECTED = f"{CORRECTED_AT} IS NULL"
 
@@ -79,7 +79,7 @@ async def record(conn: Conn, corrections: Sequence[Correction], now: datetime) -
                   r.patient_id, (ins.device_id IS NOT NULL) AS new
              FROM k
              LEFT JOIN readings r
-                    ON r.device_id = k.d AND r.metric = k.m AND r.measured_at = k.t
+                    ON r.device_id = k.d AND r.metric = k.m::rpm_metric AND r.measured_at = k.t
              LEFT JOIN ins
                     ON ins.device_id = k.d AND ins.metric = k.m AND ins.measured_at = k.t
             ORDER BY k.n""",
@@ -139,7 +139,7 @@ async def for_reading(conn: Conn, uid: str) -> asyncpg.Record | None:
                    c.corrected_at, c.actor, c.reason, c.source
               FROM readings r
               LEFT JOIN reading_corrections c
-                     ON c.device_id = r.device_id AND c.metric = r.metric
+                     ON c.device_id = r.device_id AND c.metric = r.metric::text
                     AND c.measured_at = r.measured_at
              WHERE {by_uid_filter("r", 1)}""",  # noqa: S608
         *key,
@@ -155,7 +155,7 @@ async def listing(conn: Conn, *, pending: bool | None, limit: int) -> list[dict[
                   (r.device_id IS NOT NULL) AS reading_stored
              FROM reading_corrections c
              LEFT JOIN readings r
-                    ON r.device_id = c.device_id AND r.metric = c.metric
+                    ON r.device_id = c.device_id AND r.metric = c.metric::rpm_metric
                    AND r.measured_at = c.measured_at
             WHERE $1::boolean IS NULL OR (r.device_id IS NULL) = $1
             ORDER BY c.corrected_at DESC, c.uid

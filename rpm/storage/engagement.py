@@ -15,6 +15,7 @@ from typing import Any
 from rpm.domain import Severity
 from rpm.domain.severity import sql_rank
 from rpm.engagement import segments as segment_spec
+from rpm.storage.patient_readings import of_patient
 from rpm.storage.pool import Conn
 from rpm.storage.segments import FACTS_SQL, SegmentVersion, over_everyone, teams_param
 
@@ -55,22 +56,23 @@ async def recount_days(
     if not patient_ids:
         return
     await conn.execute(
-        """WITH k AS (
+        f"""WITH k AS (
                SELECT DISTINCT r.patient_id, (r.at AT TIME ZONE p.timezone)::date AS day,
                       p.timezone
                  FROM unnest($1::text[], $2::timestamptz[]) AS r(patient_id, at)
                  JOIN patients p ON p.id = r.patient_id),
            counted AS (
                SELECT k.patient_id, k.day, count(x.metric) AS n,
-                      coalesce(array_agg(DISTINCT x.metric ORDER BY x.metric)
-                                   FILTER (WHERE x.metric IS NOT NULL), '{}') AS metrics
+                      coalesce(array_agg(DISTINCT x.metric::text ORDER BY x.metric::text)
+                                   FILTER (WHERE x.metric IS NOT NULL), '{{}}') AS metrics
                  FROM k
                  LEFT JOIN readings x
-                        ON x.patient_id = k.patient_id
+                        ON {of_patient("k.patient_id", "x")}
                        AND x.measured_at >= (k.day::timestamp AT TIME ZONE k.timezone)
                        AND x.measured_at < ((k.day + 1)::timestamp AT TIME ZONE k.timezone)
                        AND NOT EXISTS (SELECT 1 FROM reading_corrections c
-                                        WHERE c.device_id = x.device_id AND c.metric = x.metric
+                                        WHERE c.device_id = x.device_id
+                                          AND c.metric = x.metric::text
                                           AND c.measured_at = x.measured_at)
                 GROUP BY 1, 2),
            gone AS (

@@ -25,17 +25,17 @@ _QUERIES = {
          ORDER BY id""",
     "readings": """
         SELECT rpm_reading_uid(device_id, metric, measured_at) AS uid,
-               patient_id, device_id, metric, measured_at, received_at, components,
+               patient_id, device_id, metric, measured_at, received_at, v1, v2, v3,
                original, interpretation,
                EXISTS (SELECT 1 FROM reading_corrections c
-                        WHERE c.device_id = readings.device_id AND c.metric = readings.metric
+                        WHERE c.device_id = readings.device_id AND c.metric = readings.metric::text
                           AND c.measured_at = readings.measured_at) AS entered_in_error
           FROM readings
          WHERE patient_id IN (
                SELECT id FROM patients WHERE $1::text[] IS NULL OR programs && $1::text[])
            AND ($2::timestamptz IS NULL OR measured_at >= $2)
            AND ($3::timestamptz IS NULL OR measured_at < $3)
-         ORDER BY measured_at, device_id, metric""",
+         ORDER BY measured_at, device_id, metric::text""",
     "alerts": """
         SELECT id, patient_id, rule_id, program, severity, state, title, evidence,
                first_reading_uid, last_reading_uid, occurrences, opened_at, updated_at,

@@ -19,21 +19,27 @@ from rpm.domain import AcceptedReading, Metric, Reading
 from rpm.fhir.mapping import RecordedReading
 from rpm.fhir.search import ObservationQuery
 from rpm.storage.corrections import CORRECTED_AT
+from rpm.storage.patient_readings import of_patients
 from rpm.storage.pool import Conn
 from rpm.storage.reading_keys import by_uid_filter, key_args
+from rpm.storage.reading_values import present_sql, values_of
 
 CHANNEL = "fhir"  # the outbox channel of EHR push work (rpm.pipeline.fhir_push_item)
 ReadingKey = tuple[str, str, str]  # device id, metric, measured time (ISO 8601)
 
 # Readings under their own table name (no alias): ``CORRECTED_AT`` refers to it.
 _READING_COLUMNS = f"""measured_at, device_id, metric, patient_id,
-                      rpm_reading_uid(device_id, metric, measured_at) AS uid, components,
+                      rpm_reading_uid(device_id, metric, measured_at) AS uid, v1, v2, v3,
                       received_at, stored_at, interpretation, {CORRECTED_AT} AS corrected_at"""
 
 
 def _recorded(r: asyncpg.Record) -> RecordedReading:
     reading = Reading(
-        r["device_id"], Metric(r["metric"]), r["components"], r["measured_at"], r["received_at"]
+        r["device_id"],
+        Metric(r["metric"]),
+        values_of(r["metric"], r["v1"], r["v2"], r["v3"]),
+        r["measured_at"],
+        r["received_at"],
     )
     return RecordedReading(
         AcceptedReading(reading, r["patient_id"]),
@@ -54,7 +60,7 @@ async def recorded_by_keys(conn: Conn, keys: Sequence[ReadingKey]) -> list[Recor
     rows = await conn.fetch(
         f"""SELECT {_READING_COLUMNS}
               FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(d, m, t, n)
-              JOIN readings ON readings.device_id = k.d AND readings.metric = k.m
+              JOIN readings ON readings.device_id = k.d AND readings.metric = k.m::rpm_metric
                            AND readings.measured_at = k.t::timestamptz
              ORDER BY k.n""",  # noqa: S608 - fixed column list
         [k[0] for k in keys],
@@ -92,14 +98,16 @@ async def recorded_by_uid(conn: Conn, uid: str) -> RecordedReading | None:
 _SORT_TIME = {"date": "measured_at", "_lastUpdated": f"greatest(stored_at, {CORRECTED_AT})"}
 _DIRECTION = {True: ("<=", "DESC"), False: (">=", "")}
 
+_PULSE = present_sql("pulse")  # a pulse measured alongside: an Observation of its own
+
 # Which readings hold an Observation the query asks for ($1-$7 of both statements below).
-_MATCHES = """patient_id = ANY($1::text[])
-               AND (metric = ANY($2::text[]) OR (metric = ANY($3::text[]) AND components ? 'pulse'))
+_MATCHES = f"""{of_patients("$1::text[]")}
+               AND (metric = ANY($2::rpm_metric[]) OR (metric = ANY($3::rpm_metric[]) AND {_PULSE}))
                AND ($4::timestamptz IS NULL OR measured_at >= $4)
                AND ($5::timestamptz IS NULL OR measured_at < $5)
                AND NOT EXISTS (SELECT 1 FROM unnest($6::timestamptz[], $7::timestamptz[])
                                              AS x(lo, hi)
-                                WHERE measured_at >= x.lo AND measured_at < x.hi)"""
+                                WHERE measured_at >= x.lo AND measured_at < x.hi)"""  # noqa: S608
 
 
 def _match_args(q: ObservationQuery) -> list[Any]:
@@ -125,7 +133,7 @@ async def observation_page(conn: Conn, q: ObservationQuery, limit: int) -> list[
              WHERE {_MATCHES}
                AND ($8::timestamptz IS NULL OR ({t} {op} $8
                     AND ({t}, device_id, metric, measured_at)
-                        {op} ($8, $9::text, $10::text, $11::timestamptz)))
+                        {op} ($8, $9::text, $10::rpm_metric, $11::timestamptz)))
              ORDER BY {t} {desc}, device_id {desc}, metric {desc}, measured_at {desc}
              LIMIT $12""",  # noqa: S608 - fixed fragments, values are bound
         *_match_args(q),
@@ -142,8 +150,8 @@ async def observation_count(conn: Conn, q: ObservationQuery) -> int:
     """How many Observations the query matches on every page (a reading with a pulse measured
     alongside holds two when both are asked for)."""
     total = await conn.fetchval(
-        f"""SELECT coalesce(sum((metric = ANY($2::text[]))::int
-                             + (metric = ANY($3::text[]) AND components ? 'pulse')::int), 0)
+        f"""SELECT coalesce(sum((metric = ANY($2::rpm_metric[]))::int
+                             + (metric = ANY($3::rpm_metric[]) AND {_PULSE})::int), 0)
               FROM readings WHERE {_MATCHES}""",  # noqa: S608 - fixed fragments
         *_match_args(q),
     )

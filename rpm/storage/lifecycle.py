@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from rpm.storage.patient_readings import of_patients
 from rpm.storage.pool import Conn
 
 LOCK_KEY = 0x52504D4C  # "RPML": one lifecycle pass at a time across processes
@@ -178,14 +179,11 @@ _HOURLY_FROM_READINGS = f"""
            count(v1), min(v1), max(v1), sum(v1),
            count(v2), min(v2), max(v2), sum(v2),
            count(v3), min(v3), max(v3), sum(v3)
-      FROM (SELECT r.measured_at, r.patient_id, r.metric,
-                   (r.components ->> rpm_component_name(r.metric, 1))::float8 AS v1,
-                   (r.components ->> rpm_component_name(r.metric, 2))::float8 AS v2,
-                   (r.components ->> rpm_component_name(r.metric, 3))::float8 AS v3
+      FROM (SELECT r.measured_at, r.patient_id, r.metric::text AS metric, r.v1, r.v2, r.v3
               FROM readings r
-             WHERE r.patient_id = ANY ($1::text[])
+             WHERE {of_patients("$1::text[]", "r")}
                AND r.measured_at >= $2 AND r.measured_at < $3
-               AND (r.patient_id, r.metric, date_bin('1 hour', r.measured_at, {_ORIGIN}))
+               AND (r.patient_id, r.metric::text, date_bin('1 hour', r.measured_at, {_ORIGIN}))
                    IN (SELECT patient_id, metric, hour FROM dirty)) x
      GROUP BY 1, 2, 3"""  # noqa: S608 - constant fragments
 

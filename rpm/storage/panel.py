@@ -30,7 +30,9 @@ from rpm.billing.periods import PERIOD_DAYS
 from rpm.domain.severity import sql_rank
 from rpm.engagement import segments as segment_spec
 from rpm.engagement.segments import SegmentSpec
+from rpm.storage.patient_readings import of_patient
 from rpm.storage.pool import Conn
+from rpm.storage.reading_values import values_of
 from rpm.storage.segments import FACTS_SQL, over_everyone
 
 PANEL_CHANNEL = "rpm_panel"
@@ -285,12 +287,12 @@ async def latest_values(
 ) -> dict[str, list[tuple[str, datetime, dict[str, Any]]]]:
     """The newest reading of each metric of each patient: (metric, measured at, values)."""
     rows = await conn.fetch(
-        """SELECT m.patient_id, m.metric, m.measured_at, v.components
+        f"""SELECT m.patient_id, m.metric, m.measured_at, v.v1, v.v2, v.v3
              FROM patient_metric_last m
              LEFT JOIN LATERAL (
-                 SELECT r.components FROM readings r
-                  WHERE r.patient_id = m.patient_id AND r.measured_at = m.measured_at
-                    AND r.metric = m.metric
+                 SELECT r.v1, r.v2, r.v3 FROM readings r
+                  WHERE {of_patient("m.patient_id", "r")} AND r.measured_at = m.measured_at
+                    AND r.metric = m.metric::rpm_metric
                   LIMIT 1
              ) v ON true
             WHERE m.patient_id = ANY($1::text[])
@@ -300,7 +302,11 @@ async def latest_values(
     out: dict[str, list[tuple[str, datetime, dict[str, Any]]]] = {}
     for r in rows:
         out.setdefault(r["patient_id"], []).append(
-            (r["metric"], r["measured_at"], r["components"] or {})
+            (
+                r["metric"],
+                r["measured_at"],
+                {} if r["v1"] is None else values_of(r["metric"], r["v1"], r["v2"], r["v3"]),
+            )
         )
     return out
 

@@ -21,5 +21,5 @@ def by_uid_filter(table: str, first: int) -> str:
     ``devices_hash``), then the reading by primary key."""
     d, m, t = first, first + 1, first + 2
     device = f"(SELECT id FROM devices WHERE rpm_device_hash(id) = ${d}::bigint)"  # noqa: S608
-    key = f"{table}.metric = ${m}::text AND {table}.measured_at = ${t}::timestamptz"
+    key = f"{table}.metric = ${m}::rpm_metric AND {table}.measured_at = ${t}::timestamptz"
     return f"{table}.device_id IN {device} AND {key}"

@@ -11,8 +11,10 @@ import orjson
 
 from rpm.domain import AcceptedReading, Metric, Reading
 from rpm.storage.corrections import CORRECTED_AT
+from rpm.storage.patient_readings import newest
 from rpm.storage.pool import Conn
 from rpm.storage.reading_keys import by_uid_filter, key_args
+from rpm.storage.reading_values import slots_of, values_of
 
 ReadingKey = tuple[str, str, datetime]
 
@@ -37,25 +39,26 @@ async def insert_new(
     rows = await conn.fetch(
         """WITH ins AS (
                INSERT INTO readings
-                      (measured_at, device_id, metric, patient_id, components, received_at,
+                      (measured_at, device_id, metric, patient_id, v1, v2, v3, received_at,
                        original, interpretation)
-               SELECT m, d, k, p, c::jsonb, r, o::jsonb, i
-                 FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[],
-                             $5::text[], $6::timestamptz[], $7::text[], $8::text[])
-                      AS t(m, d, k, p, c, r, o, i)
+               SELECT m, d, k, p, v1, v2, v3, r, o::jsonb, i
+                 FROM unnest($1::timestamptz[], $2::text[], $3::rpm_metric[], $4::text[],
+                             $5::float8[], $6::float8[], $7::float8[], $8::timestamptz[],
+                             $9::text[], $10::text[])
+                      AS t(m, d, k, p, v1, v2, v3, r, o, i)
                ON CONFLICT DO NOTHING
                RETURNING device_id, metric, measured_at)
-           SELECT ins.device_id, ins.metric, ins.measured_at,
-                  ($9 AND x.device_id IS NOT NULL) AS retracted
+           SELECT ins.device_id, ins.metric::text AS metric, ins.measured_at,
+                  ($11 AND x.device_id IS NOT NULL) AS retracted
              FROM ins
              LEFT JOIN reading_corrections x
-                    ON $9 AND x.device_id = ins.device_id AND x.metric = ins.metric
+                    ON $11 AND x.device_id = ins.device_id AND x.metric = ins.metric::text
                    AND x.measured_at = ins.measured_at""",
         [a.reading.measured_at for a in accepted],
         [a.reading.device_id for a in accepted],
         [a.reading.metric.value for a in accepted],
         [a.patient_id for a in accepted],
-        [orjson.dumps(dict(a.reading.values)).decode() for a in accepted],
+        *_slot_arrays(accepted),
         [a.reading.received_at for a in accepted],
         [_json(a.reading.original) for a in accepted],
         list(interpretations) if interpretations is not None else [None] * len(accepted),
@@ -75,6 +78,20 @@ async def insert_new(
     return out
 
 
+def _slot_arrays(
+    accepted: Sequence[AcceptedReading],
+) -> tuple[list[float], list[float | None], list[float | None]]:
+    v1: list[float] = []
+    v2: list[float | None] = []
+    v3: list[float | None] = []
+    for a in accepted:
+        s1, s2, s3 = slots_of(a.reading.metric, a.reading.values)
+        v1.append(s1)
+        v2.append(s2)
+        v3.append(s3)
+    return v1, v2, v3
+
+
 def key_of(a: AcceptedReading) -> ReadingKey:
     """The reading's primary key (device, metric, measured time)."""
     return (a.reading.device_id, a.reading.metric.value, a.reading.measured_at)
@@ -91,7 +108,7 @@ def _from_row(r: asyncpg.Record) -> StoredReading:
     reading = Reading(
         device_id=r["device_id"],
         metric=Metric(r["metric"]),
-        values=r["components"],
+        values=values_of(r["metric"], r["v1"], r["v2"], r["v3"]),
         measured_at=r["measured_at"],
         received_at=r["received_at"],
     )
@@ -109,13 +126,15 @@ async def for_patient(
 ) -> list[StoredReading]:
     """A patient's most recent readings, newest first (those entered in error included, with
     ``entered_in_error_at``)."""
+    columns = f"""measured_at, device_id, metric, patient_id, v1, v2, v3, received_at, stored_at,
+                  {CORRECTED_AT} AS corrected_at"""
+    # Per metric asked for (every metric when none is), the newest; then the newest of those.
     rows = await conn.fetch(
-        f"""SELECT measured_at, device_id, metric, patient_id, components, received_at, stored_at,
-                   {CORRECTED_AT} AS corrected_at
-             FROM readings
-            WHERE patient_id = $1 AND ($2::text[] IS NULL OR metric = ANY($2::text[]))
-            ORDER BY measured_at DESC
-            LIMIT $3""",  # noqa: S608 - a fixed fragment
+        f"""SELECT w.*
+              FROM unnest(coalesce($2::rpm_metric[], enum_range(NULL::rpm_metric))) AS m(metric)
+             CROSS JOIN LATERAL ({newest(columns, "$1::text", "m.metric", "$3")}) AS w
+             ORDER BY w.measured_at DESC
+             LIMIT $3""",  # noqa: S608 - fixed fragments
         patient_id,
         list(metrics) if metrics else None,
         limit,
@@ -143,6 +162,12 @@ _PATIENT_METRICS = """SELECT metric FROM patient_metric_last WHERE patient_id = 
                       UNION SELECT metric FROM reading_corrections WHERE patient_id = $1"""
 
 
+_NEWEST_COLUMNS = f"""measured_at, device_id, v1, v2, v3, received_at, stored_at,
+                      {CORRECTED_AT} AS corrected_at"""
+_CHART_COLUMNS = f"measured_at, v1, v2, v3, {CORRECTED_AT} AS corrected_at"
+_METRIC = "m.metric::rpm_metric"  # a metric of _PATIENT_METRICS (text)
+
+
 async def newest_by_metric(
     conn: Conn, patient_id: str, limit: int
 ) -> dict[Metric, list[StoredReading]]:
@@ -151,13 +176,7 @@ async def newest_by_metric(
     rows = await conn.fetch(
         f"""SELECT w.*, m.metric, $1::text AS patient_id
               FROM ({_PATIENT_METRICS}) AS m
-              CROSS JOIN LATERAL (
-                  SELECT measured_at, device_id, components, received_at, stored_at,
-                         {CORRECTED_AT} AS corrected_at
-                    FROM readings
-                   WHERE patient_id = $1 AND metric = m.metric
-                   ORDER BY measured_at DESC
-                   LIMIT $2) AS w
+              CROSS JOIN LATERAL ({newest(_NEWEST_COLUMNS, "$1::text", _METRIC, "$2")}) AS w
              ORDER BY m.metric, w.measured_at DESC""",  # noqa: S608 - fixed fragments
         patient_id,
         limit,
@@ -179,18 +198,21 @@ async def chart_summaries(conn: Conn, patient_id: str, limit: int) -> dict[Metri
               CROSS JOIN LATERAL (
                   SELECT count(*) AS count, min(w.measured_at) AS first_at,
                          max(w.measured_at) AS last_at,
-                         (array_agg(w.components ORDER BY w.measured_at DESC))[1] AS latest
-                    FROM (SELECT measured_at, components, {CORRECTED_AT} AS corrected_at
-                            FROM readings
-                           WHERE patient_id = $1 AND metric = m.metric
-                           ORDER BY measured_at DESC
-                           LIMIT $2) AS w
+                         (array_agg(ARRAY[w.v1, w.v2, w.v3] ORDER BY w.measured_at DESC))[1]
+                             AS latest
+                    FROM ({newest(_CHART_COLUMNS, "$1::text", _METRIC, "$2")})
+                         AS w
                    WHERE w.corrected_at IS NULL) AS s""",  # noqa: S608 - fixed fragments
         patient_id,
         limit,
     )
     return {
-        Metric(r["metric"]): ChartSummary(r["count"], r["first_at"], r["last_at"], r["latest"])
+        Metric(r["metric"]): ChartSummary(
+            r["count"],
+            r["first_at"],
+            r["last_at"],
+            None if r["latest"] is None else values_of(r["metric"], *r["latest"]),
+        )
         for r in rows
     }
 
@@ -200,7 +222,7 @@ async def by_uid(conn: Conn, uid: str) -> StoredReading | None:
     if key is None:
         return None
     row = await conn.fetchrow(
-        f"""SELECT measured_at, device_id, metric, patient_id, components, received_at, stored_at
+        f"""SELECT measured_at, device_id, metric, patient_id, v1, v2, v3, received_at, stored_at
               FROM readings WHERE {by_uid_filter("readings", 1)}""",  # noqa: S608
         *key,
     )

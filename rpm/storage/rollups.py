@@ -18,6 +18,7 @@ from typing import Literal
 
 from rpm.domain import METRICS, Metric
 from rpm.storage.corrections import NOT_CORRECTED
+from rpm.storage.patient_readings import of_patient
 from rpm.storage.pool import Conn
 
 Grain = Literal["hour", "day"]
@@ -50,14 +51,14 @@ _RAW_COLUMNS = ", ".join(
     for i in _SLOTS
 )
 _NO_COLUMNS = ", ".join("0, NULL::float8, NULL::float8, NULL::float8" for _ in _SLOTS)
-_VALUES = ", ".join(
-    f"(components ->> rpm_component_name(metric, {i}))::float8 AS v{i}" for i in _SLOTS
-)
+_VALUES = ", ".join(f"v{i}" for i in _SLOTS)
 
 
 def _query(table: str, width: str) -> str:
     # $1 patient, $2 metric, $3 start, $4 end (both on bucket boundaries). The buckets to
-    # recompute come back with ``fix`` true and no figures.
+    # recompute come back with ``fix`` true and no figures. The rollups' metric is an
+    # rpm_metric with TimescaleDB (the continuous aggregates group readings.metric), a text on
+    # plain PostgreSQL: compared as text.
     return f"""
     WITH fix AS (
         SELECT date_bin('{width}', measured_at, {_ORIGIN}) AS bucket
@@ -69,7 +70,7 @@ def _query(table: str, width: str) -> str:
          WHERE patient_id = $1 AND metric = $2 AND hour >= $3 AND hour < $4)
     SELECT false AS fix, bucket, n, {_COLUMNS}
       FROM {table}
-     WHERE patient_id = $1 AND metric = $2 AND bucket >= $3 AND bucket < $4
+     WHERE patient_id = $1 AND metric::text = $2 AND bucket >= $3 AND bucket < $4
        AND bucket NOT IN (SELECT bucket FROM fix)
     UNION ALL
     SELECT true, bucket, 0, {_NO_COLUMNS} FROM fix
@@ -83,7 +84,8 @@ def _raw(width: str) -> str:
     SELECT date_bin('{width}', measured_at, {_ORIGIN}) AS bucket, count(*) AS n, {_RAW_COLUMNS}
       FROM (SELECT measured_at, {_VALUES}
               FROM readings
-             WHERE patient_id = $1 AND metric = $2 AND measured_at >= $3 AND measured_at < $4
+             WHERE {of_patient("$1::text")} AND metric = $2::rpm_metric
+               AND measured_at >= $3 AND measured_at < $4
                AND date_bin('{width}', measured_at, {_ORIGIN}) = ANY($5::timestamptz[])
                AND {NOT_CORRECTED}) r
      GROUP BY 1"""  # noqa: S608 - constant fragments

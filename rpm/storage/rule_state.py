@@ -8,7 +8,9 @@ from datetime import datetime
 
 from rpm.domain import AcceptedReading, Metric
 
+from .patient_readings import of_patient, of_patients
 from .pool import Conn
+from .reading_values import values_of
 
 History = list[tuple[str, Metric, datetime, Mapping[str, float]]]
 
@@ -25,25 +27,33 @@ async def history(
         return []
     metrics = list(capacity)
     rows = await conn.fetch(
-        """SELECT patient_id, metric, measured_at, components FROM (
-               SELECT r.patient_id, r.metric, r.measured_at, r.components,
+        f"""SELECT patient_id, metric, measured_at, v1, v2, v3 FROM (
+               SELECT r.patient_id, r.metric, r.measured_at, r.v1, r.v2, r.v3,
                       row_number() OVER (PARTITION BY r.patient_id, r.metric
                                          ORDER BY r.measured_at DESC) AS k,
                       c.cap
                  FROM readings r
-                 JOIN unnest($2::text[], $3::int[]) AS c(metric, cap) ON c.metric = r.metric
-                WHERE r.patient_id = ANY($1::text[]) AND r.measured_at >= $4
+                 JOIN unnest($2::rpm_metric[], $3::int[]) AS c(metric, cap) ON c.metric = r.metric
+                WHERE {of_patients("$1::text[]", "r")} AND r.measured_at >= $4
                   AND NOT EXISTS (SELECT 1 FROM reading_corrections x  -- entered-in-error
-                                   WHERE x.device_id = r.device_id AND x.metric = r.metric
+                                   WHERE x.device_id = r.device_id AND x.metric = r.metric::text
                                      AND x.measured_at = r.measured_at)
            ) newest
-          WHERE k <= cap""",
+          WHERE k <= cap""",  # noqa: S608 - fixed fragments
         ids,
         [m.value for m in metrics],
         [capacity[m] for m in metrics],
         since,
     )
-    return [(r["patient_id"], Metric(r["metric"]), r["measured_at"], r["components"]) for r in rows]
+    return [
+        (
+            r["patient_id"],
+            Metric(r["metric"]),
+            r["measured_at"],
+            values_of(r["metric"], r["v1"], r["v2"], r["v3"]),
+        )
+        for r in rows
+    ]
 
 
 async def armed(conn: Conn, patient_ids: Iterable[str]) -> list[tuple[str, str]]:
@@ -79,20 +89,20 @@ async def recompute_last(conn: Conn, keys: Iterable[tuple[str, str]]) -> None:
     if not pairs:
         return
     await conn.execute(
-        """WITH k AS (
+        f"""WITH k AS (
                SELECT k.p, k.m,
                       (SELECT max(r.measured_at) FROM readings r
-                        WHERE r.patient_id = k.p AND r.metric = k.m
+                        WHERE {of_patient("k.p", "r")} AND r.metric = k.m::rpm_metric
                           AND NOT EXISTS (SELECT 1 FROM reading_corrections x
                                            WHERE x.device_id = r.device_id
-                                             AND x.metric = r.metric
+                                             AND x.metric = r.metric::text
                                              AND x.measured_at = r.measured_at)) AS newest
                  FROM unnest($1::text[], $2::text[]) AS k(p, m)),
            gone AS (
                DELETE FROM patient_metric_last l USING k
                 WHERE l.patient_id = k.p AND l.metric = k.m AND k.newest IS NULL)
            UPDATE patient_metric_last l SET measured_at = k.newest
-             FROM k WHERE l.patient_id = k.p AND l.metric = k.m AND k.newest IS NOT NULL""",
+             FROM k WHERE l.patient_id = k.p AND l.metric = k.m AND k.newest IS NOT NULL""",  # noqa: S608
         [p for p, _ in pairs],
         [m for _, m in pairs],
     )
