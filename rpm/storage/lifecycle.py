@@ -1,6 +1,6 @@
 """SQL of the data lifecycle jobs (docs/data-lifecycle.md): compression, retention, partition
-maintenance and rollup refresh, on TimescaleDB or on plain PostgreSQL with its partitions
-(migrations 0032, 0033).
+maintenance, rollup refresh and the packing of closed partitions, on TimescaleDB or on plain
+PostgreSQL with its partitions (migrations 0032, 0033, 0042).
 
 The jobs are plain statements run by the project's scheduler (rpm/workers/lifecycle.py),
 never TimescaleDB's job scheduler: its policy jobs fail on Debian's PostgreSQL 15.20 ("cannot
@@ -121,6 +121,81 @@ async def drop_chunks(conn: Conn, older_than: datetime) -> list[str]:
         "SELECT drop_chunks('readings', older_than => $1::timestamptz)::text AS c", older_than
     )
     return [r["c"] for r in rows]
+
+
+# --- packing closed partitions (both databases) ------------------------------------------
+
+# A monthly partition's end, from its name (as drop_partitions reads it).
+_MONTH_END = """(to_date(substr(c.relname, 11), 'YYYY_MM')::timestamp AT TIME ZONE 'UTC')
+                + interval '1 month'"""
+
+_PARTITIONS_TO_PACK = f"""
+    SELECT x.name FROM (
+        SELECT format('%I.%I', n.nspname, c.relname) AS name, {_MONTH_END} AS ends
+          FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE i.inhparent = 'readings'::regclass
+           AND c.relname ~ '^readings_p[0-9]{{4}}_[0-9]{{2}}$') x
+     WHERE x.ends <= $1
+       AND NOT EXISTS (SELECT 1 FROM reading_partitions_packed p WHERE p.name = x.name)
+     ORDER BY x.ends
+     LIMIT $2"""  # noqa: S608 - constant fragments
+
+_CHUNKS_TO_PACK = """
+    SELECT x.name FROM (
+        SELECT format('%I.%I', chunk_schema, chunk_name) AS name, range_end AS ends
+          FROM timescaledb_information.chunks
+         WHERE hypertable_name = 'readings' AND NOT is_compressed) x
+     WHERE x.ends <= $1
+       AND NOT EXISTS (SELECT 1 FROM reading_partitions_packed p WHERE p.name = x.name)
+     ORDER BY x.ends
+     LIMIT $2"""
+
+
+async def to_pack(conn: Conn, closed_before: datetime, limit: int, fl: Flavour) -> list[str]:
+    """Up to ``limit`` readings partitions (monthly ones: never the default partition) or
+    uncompressed chunks whose range ended by ``closed_before`` and whose indexes have not been
+    rebuilt since, oldest first; schema-qualified, quoted names."""
+    sql = _CHUNKS_TO_PACK if fl.timescale else _PARTITIONS_TO_PACK
+    return [r["name"] for r in await conn.fetch(sql, closed_before, limit)]
+
+
+async def pack(conn: Conn, name: str, now: datetime) -> None:
+    """Rebuild the indexes of one partition or chunk (a name from ``to_pack``) packed full,
+    without blocking its readers and writers, and record it as packed at ``now``.
+
+    REINDEX CONCURRENTLY cannot run in a transaction block: each statement here is sent alone
+    with no parameters (asyncpg's simple protocol, no implicit transaction). The scheduler's
+    session advisory lock stays held meanwhile. A rebuild that failed part way leaves an
+    invalid copy of an index (``..._ccnew``, or ``..._ccold`` after the swap) that inserts
+    keep writing and a table-wide REINDEX CONCURRENTLY skips: such copies are dropped first.
+    """
+    leftovers = await conn.fetch(
+        """SELECT format('%I.%I', n.nspname, x.relname) AS name
+             FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid
+             JOIN pg_namespace n ON n.oid = x.relnamespace
+            WHERE i.indrelid = $1::regclass AND NOT i.indisvalid
+              AND x.relname ~ '_cc(new|old)[0-9]*$'""",
+        name,
+    )
+    for row in leftovers:
+        await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {row['name']}")  # quoted above
+    await conn.execute(f"REINDEX TABLE CONCURRENTLY {name}")  # quoted by to_pack
+    await conn.execute(
+        """INSERT INTO reading_partitions_packed (name, packed_at) VALUES ($1, $2)
+           ON CONFLICT (name) DO UPDATE SET packed_at = excluded.packed_at""",
+        name,
+        now,
+    )
+
+
+async def forget_dropped(conn: Conn) -> int:
+    """Remove the packed records of partitions and chunks that no longer exist (dropped by
+    retention, or by hand); return how many."""
+    status = await conn.execute(
+        "DELETE FROM reading_partitions_packed WHERE to_regclass(name) IS NULL"
+    )
+    return int(status.split()[-1])
 
 
 # --- plain PostgreSQL -------------------------------------------------------------------
