@@ -85,6 +85,10 @@ async def test_plain_closed_months_are_packed_once(plain_services: ServiceEndpoi
             assert after["readings_default"] == files["readings_default"]
             assert (await sched.tick(now)).packed == []
             assert {t: await _index_files(conn, t) for t in tables} == after
+            fill = await conn.fetchval(
+                "SELECT reloptions FROM pg_class WHERE oid = 'readings_p2025_03_pkey'::regclass"
+            )
+            assert fill == ["fillfactor=100"]  # kept by the rebuild: leaves filled whole
             packed = await conn.fetch("SELECT name, packed_at FROM reading_partitions_packed")
             assert [tuple(r) for r in packed] == [(MARCH, now)]
 

@@ -19,6 +19,7 @@ from rpm.storage.pool import Conn
 LOCK_KEY = 0x52504D4C  # "RPML": one lifecycle pass at a time across processes
 _ORIGIN = "'2000-01-03 00:00:00+00'"  # time_bucket's default origin, for date_bin
 PREMAKE_MONTHS = 4  # partitions made ahead (pg_partman's premake in migration 0032)
+PACKED_FILL = 100  # fillfactor of a closed partition's btree indexes, rebuilt by pack()
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,22 +165,29 @@ async def pack(conn: Conn, name: str, now: datetime) -> None:
     """Rebuild the indexes of one partition or chunk (a name from ``to_pack``) packed full,
     without blocking its readers and writers, and record it as packed at ``now``.
 
-    REINDEX CONCURRENTLY cannot run in a transaction block: each statement here is sent alone
-    with no parameters (asyncpg's simple protocol, no implicit transaction). The scheduler's
-    session advisory lock stays held meanwhile. A rebuild that failed part way leaves an
-    invalid copy of an index (``..._ccnew``, or ``..._ccold`` after the swap) that inserts
-    keep writing and a table-wide REINDEX CONCURRENTLY skips: such copies are dropped first.
+    Its btree indexes get fillfactor 100 first (the rebuild keeps it): the range is closed,
+    so leaves are filled whole instead of to btree's default 90 %; the rare late reading
+    splits the one leaf it lands in. A rebuild that failed part way leaves an invalid copy
+    of an index (``..._ccnew``, or ``..._ccold`` after the swap) that inserts keep writing
+    and a table-wide REINDEX CONCURRENTLY skips: such copies are dropped first. REINDEX and
+    DROP INDEX CONCURRENTLY cannot run in a transaction block: they are sent with no
+    parameters (asyncpg's simple protocol, no implicit transaction), on the scheduler's
+    connection, whose session advisory lock stays held meanwhile.
     """
-    leftovers = await conn.fetch(
-        """SELECT format('%I.%I', n.nspname, x.relname) AS name
+    indexes = await conn.fetch(
+        """SELECT format('%I.%I', n.nspname, x.relname) AS name, a.amname = 'btree' AS btree,
+                  NOT i.indisvalid AND x.relname ~ '_cc(new|old)[0-9]*$' AS leftover
              FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid
+             JOIN pg_am a ON a.oid = x.relam
              JOIN pg_namespace n ON n.oid = x.relnamespace
-            WHERE i.indrelid = $1::regclass AND NOT i.indisvalid
-              AND x.relname ~ '_cc(new|old)[0-9]*$'""",
+            WHERE i.indrelid = $1::regclass""",
         name,
     )
-    for row in leftovers:
-        await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {row['name']}")  # quoted above
+    for index in indexes:  # names quoted by the query above
+        if index["leftover"]:
+            await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index['name']}")
+        elif index["btree"]:
+            await conn.execute(f"ALTER INDEX {index['name']} SET (fillfactor = {PACKED_FILL})")
     await conn.execute(f"REINDEX TABLE CONCURRENTLY {name}")  # quoted by to_pack
     await conn.execute(
         """INSERT INTO reading_partitions_packed (name, packed_at) VALUES ($1, $2)

@@ -88,6 +88,17 @@ class LifecycleScheduler:
             finally:
                 await store.unlock(conn)
 
+    async def pack(self, now: datetime) -> list[str] | None:
+        """The packing job alone, under the pass lock (benchmarks/data_year.py packs a loaded
+        history as past passes would have); None when another process holds the lock."""
+        async with self._pool.acquire() as conn:
+            if not await store.try_lock(conn):
+                return None
+            try:
+                return await self._pack(conn, now, await store.flavour(conn))
+            finally:
+                await store.unlock(conn)
+
     async def _jobs(self, conn: Conn, now: datetime) -> PassResult:
         c = self.config
         fl = await store.flavour(conn)
