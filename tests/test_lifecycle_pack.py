@@ -124,7 +124,7 @@ async def test_plain_closed_months_are_packed_once(plain_services: ServiceEndpoi
             # The scheduler's session lock outlives the transactions REINDEX CONCURRENTLY
             # commits inside itself: no other pass can start while a pack runs.
             assert await lifecycle.try_lock(conn)
-            await lifecycle.pack(conn, APRIL, may)
+            await lifecycle.pack(conn, APRIL, may, timedelta(minutes=1))
             assert await conn.fetchval(
                 """SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
                       AND pid = pg_backend_pid() AND objid = $1""",
@@ -134,6 +134,51 @@ async def test_plain_closed_months_are_packed_once(plain_services: ServiceEndpoi
             await lifecycle.unlock(conn)
         finally:
             await pool.close()
+            await conn.close()
+
+
+async def test_a_rebuild_blocked_by_an_older_transaction_is_left_to_a_later_pass(
+    plain_services: ServiceEndpoints, caplog: pytest.LogCaptureFixture
+) -> None:
+    """REINDEX CONCURRENTLY waits for older transactions: while one stays open the rebuild
+    gives up after ``pack_wait`` (the pass's other jobs done, the scheduler's lock free
+    again), and the pass after it ends drops the half-made index and packs the month."""
+    async for url in empty_database(plain_services):
+        conn = await asyncpg.connect(url)
+        blocker = await asyncpg.connect(url)
+        pool = await create_pool(url, size=2)
+        try:
+            await migrate(conn)
+            await lifecycle.maintain_partitions(conn, T0, lifecycle.Flavour(False, False))
+            await add_patients(conn, ["p1"])
+            stored = seeded_readings(23, ["p1"], days=40, per_day=2)
+            await insert_new(conn, stored)
+            files = await _index_files(conn, MARCH)
+            await blocker.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            await blocker.fetchval("SELECT count(*) FROM readings")  # holds its snapshot
+
+            config = LifecycleConfig(pack_wait=timedelta(milliseconds=200))
+            sched = LifecycleScheduler(pool, config)
+            now = T0 + timedelta(days=40)
+            blocked = await sched.tick(now)  # cannot finish while the snapshot is held
+            assert blocked.ran
+            assert blocked.packed == []
+            assert blocked.rollup_rows > 0  # the jobs before it ran
+            assert f"packing {MARCH} failed: LockNotAvailableError" in caplog.text
+            assert any(n.endswith("_ccnew") for n in await _index_files(conn, MARCH))
+            assert await lifecycle.try_lock(conn)  # the pass let go of the lock
+            await lifecycle.unlock(conn)
+
+            await blocker.execute("ROLLBACK")
+            assert (await sched.tick(now)).packed == [MARCH]
+            after = await _index_files(conn, MARCH)
+            assert after.keys() == files.keys()
+            assert not set(after.values()) & set(files.values())
+            await _healthy(conn)
+            assert await conn.fetchval("SELECT count(*) FROM readings") == len(stored)
+        finally:
+            await pool.close()
+            await blocker.close()
             await conn.close()
 
 

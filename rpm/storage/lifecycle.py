@@ -12,13 +12,14 @@ database's ``now()``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from rpm.storage.pool import Conn
 
 LOCK_KEY = 0x52504D4C  # "RPML": one lifecycle pass at a time across processes
 _ORIGIN = "'2000-01-03 00:00:00+00'"  # time_bucket's default origin, for date_bin
 PREMAKE_MONTHS = 4  # partitions made ahead (pg_partman's premake in migration 0032)
+_MS = timedelta(milliseconds=1)
 PACKED_FILL = 100  # fillfactor of a closed partition's btree indexes, rebuilt by pack()
 
 
@@ -161,9 +162,14 @@ async def to_pack(conn: Conn, closed_before: datetime, limit: int, fl: Flavour) 
     return [r["name"] for r in await conn.fetch(sql, closed_before, limit)]
 
 
-async def pack(conn: Conn, name: str, now: datetime) -> None:
+async def pack(conn: Conn, name: str, now: datetime, wait: timedelta) -> None:
     """Rebuild the indexes of one partition or chunk (a name from ``to_pack``) packed full,
     without blocking its readers and writers, and record it as packed at ``now``.
+
+    REINDEX CONCURRENTLY waits, between its phases, for the transactions older than it to
+    end: no wait may exceed ``wait`` (``lock_timeout``), so a long transaction (a dump, an
+    export) fails the rebuild, left to a later pass, instead of holding the scheduler's
+    lock, and with it every other job, for as long as it lasts.
 
     Its btree indexes get fillfactor 100 first (the rebuild keeps it): the range is closed,
     so leaves are filled whole instead of to btree's default 90 %; the rare late reading
@@ -183,12 +189,16 @@ async def pack(conn: Conn, name: str, now: datetime) -> None:
             WHERE i.indrelid = $1::regclass""",
         name,
     )
-    for index in indexes:  # names quoted by the query above
-        if index["leftover"]:
-            await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index['name']}")
-        elif index["btree"]:
-            await conn.execute(f"ALTER INDEX {index['name']} SET (fillfactor = {PACKED_FILL})")
-    await conn.execute(f"REINDEX TABLE CONCURRENTLY {name}")  # quoted by to_pack
+    await conn.execute(f"SET lock_timeout = {max(1, round(wait / _MS))}")
+    try:
+        for index in indexes:  # names quoted by the query above
+            if index["leftover"]:
+                await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index['name']}")
+            elif index["btree"]:
+                await conn.execute(f"ALTER INDEX {index['name']} SET (fillfactor = {PACKED_FILL})")
+        await conn.execute(f"REINDEX TABLE CONCURRENTLY {name}")  # quoted by to_pack
+    finally:
+        await conn.execute("RESET lock_timeout")
     await conn.execute(
         """INSERT INTO reading_partitions_packed (name, packed_at) VALUES ($1, $2)
            ON CONFLICT (name) DO UPDATE SET packed_at = excluded.packed_at""",

@@ -38,6 +38,7 @@ class LifecycleConfig:
     rollup_batch: int = 10_000  # dirty-log rows per rollup transaction (plain PostgreSQL)
     pack_after: timedelta = timedelta(days=3)  # after a partition's or chunk's range ends
     pack_per_pass: int = 2  # partitions or chunks whose indexes are rebuilt a pass
+    pack_wait: timedelta = timedelta(minutes=1)  # longest wait for older transactions
 
     @classmethod
     def from_settings(cls, s: LifecycleSettings) -> LifecycleConfig:
@@ -146,7 +147,7 @@ class LifecycleScheduler:
         done: list[str] = []
         for name in await store.to_pack(conn, now - c.pack_after, c.pack_per_pass, fl):
             try:
-                await store.pack(conn, name, now)
+                await store.pack(conn, name, now, c.pack_wait)
             except asyncpg.PostgresError as exc:
                 # A relation's name (a month or a chunk number), no patient data.
                 log.warning("packing %s failed: %s", name, exc.__class__.__name__)
