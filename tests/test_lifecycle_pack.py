@@ -230,3 +230,11 @@ async def test_timescale_closed_uncompressed_chunks_are_packed_once(pool: asyncp
                 assert now_files == files[name]
         assert [dict(r) for r in await conn.fetch(_ALL)] == before
         assert await insert_new(conn, stored) == []
+
+    # Packed chunks compress (and the packed records of existing chunks stay) as any other.
+    later = LifecycleConfig(compress_after=timedelta(days=3))
+    assert (await LifecycleScheduler(pool, later).tick(now)).chunks_compressed == len(due)
+    async with pool.acquire() as conn:
+        assert [dict(r) for r in await conn.fetch(_ALL)] == before
+        assert await insert_new(conn, stored) == []
+        assert await conn.fetchval("SELECT count(*) FROM reading_partitions_packed") == len(due)
