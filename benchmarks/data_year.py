@@ -8,7 +8,8 @@ parallel processes, and ``--restart-patients`` monitored patients in all (device
 - bytes per reading on disk: the readings table with its indexes (its chunks' or partitions'
   when it has them), right after loading and after the lifecycle scheduler's packing job has
   run with its clock at the data's end (the indexes of the months, or chunks, closed for
-  ``RPM_LIFECYCLE_PACK_AFTER_DAYS`` rebuilt, as a server running through them would have;
+  the default ``RPM_LIFECYCLE_PACK_AFTER_DAYS``, 3, rebuilt, as a server running through
+  them would have;
   the open month is not, so the figure depends a little on where the end falls in its
   month); with TimescaleDB, again after compressing the chunks older than 7 days
   (``--no-compress`` skips it);
