@@ -9,9 +9,8 @@ parallel processes, and ``--restart-patients`` monitored patients in all (device
   when it has them), right after loading and after the lifecycle scheduler's packing job has
   run with its clock at the data's end (the indexes of the months, or chunks, closed for
   the default ``RPM_LIFECYCLE_PACK_AFTER_DAYS``, 3, rebuilt, as a server running through
-  them would have;
-  the open month is not, so the figure depends a little on where the end falls in its
-  month); with TimescaleDB, again after compressing the chunks older than 7 days
+  them would have; the open month is not, so the figure depends a little on where the end
+  falls in its month); with TimescaleDB, again after compressing the chunks older than 7 days
   (``--no-compress`` skips it);
 - through the HTTP API of ``rpm serve --role api`` (``--role gateway,workers`` beside it, as
   docker-compose.yml deploys them; ``benchmarks/_year_reads.py``), p50/p99 of the patient
