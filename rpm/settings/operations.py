@@ -102,7 +102,7 @@ class SimulatorSettings(Group):
 
 class LifecycleSettings(Group):
     """Keeping readings over years (docs/data-lifecycle.md): compression, retention,
-    partitions and rollups, run by the lifecycle scheduler of the workers role
+    partitions, their packing and rollups, run by the lifecycle scheduler of the workers role
     (rpm/workers/lifecycle.py)."""
 
     interval_s: float = Field(
@@ -110,7 +110,7 @@ class LifecycleSettings(Group):
         gt=0,
         validation_alias="RPM_LIFECYCLE_INTERVAL_S",
         description="seconds between the scheduler's passes (rollup refresh, compression, "
-        "partition maintenance, retention); one process at a time runs a pass",
+        "partition maintenance, retention, packing); one process at a time runs a pass",
     )
     compress_after_days: float = Field(
         30.0,
@@ -127,4 +127,13 @@ class LifecycleSettings(Group):
         "readings measured more than this many days ago are DELETED for good (whole chunks "
         "or monthly partitions); medical records must be kept for years, so set it only to "
         "what your records policy requires. Rollups are kept",
+    )
+    pack_after_days: float = Field(
+        3.0,
+        ge=0,
+        validation_alias="RPM_LIFECYCLE_PACK_AFTER_DAYS",
+        description="rebuild the indexes of a readings partition (a month; TimescaleDB: an "
+        "uncompressed chunk) once, this many days after its range ended, packed full "
+        "(REINDEX CONCURRENTLY, without blocking). Late readings that arrive after it split "
+        "pages again: longer waits for more of them, shorter gets the packed size sooner",
     )

@@ -1,6 +1,6 @@
 """SQL of the data lifecycle jobs (docs/data-lifecycle.md): compression, retention, partition
-maintenance and rollup refresh, on TimescaleDB or on plain PostgreSQL with its partitions
-(migrations 0032, 0033).
+maintenance, rollup refresh and the packing of closed partitions, on TimescaleDB or on plain
+PostgreSQL with its partitions (migrations 0032, 0033, 0042).
 
 The jobs are plain statements run by the project's scheduler (rpm/workers/lifecycle.py),
 never TimescaleDB's job scheduler: its policy jobs fail on Debian's PostgreSQL 15.20 ("cannot
@@ -12,7 +12,7 @@ database's ``now()``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from rpm.storage.patient_readings import of_patients
 from rpm.storage.pool import Conn
@@ -20,6 +20,8 @@ from rpm.storage.pool import Conn
 LOCK_KEY = 0x52504D4C  # "RPML": one lifecycle pass at a time across processes
 _ORIGIN = "'2000-01-03 00:00:00+00'"  # time_bucket's default origin, for date_bin
 PREMAKE_MONTHS = 4  # partitions made ahead (pg_partman's premake in migration 0032)
+_MS = timedelta(milliseconds=1)
+PACKED_FILL = 100  # fillfactor of a closed partition's btree indexes, rebuilt by pack()
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +124,97 @@ async def drop_chunks(conn: Conn, older_than: datetime) -> list[str]:
         "SELECT drop_chunks('readings', older_than => $1::timestamptz)::text AS c", older_than
     )
     return [r["c"] for r in rows]
+
+
+# --- packing closed partitions (both databases) ------------------------------------------
+
+# A monthly partition's end, from its name (as drop_partitions reads it).
+_MONTH_END = """(to_date(substr(c.relname, 11), 'YYYY_MM')::timestamp AT TIME ZONE 'UTC')
+                + interval '1 month'"""
+
+_PARTITIONS_TO_PACK = f"""
+    SELECT x.name FROM (
+        SELECT format('%I.%I', n.nspname, c.relname) AS name, {_MONTH_END} AS ends
+          FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE i.inhparent = 'readings'::regclass
+           AND c.relname ~ '^readings_p[0-9]{{4}}_[0-9]{{2}}$') x
+     WHERE x.ends <= $1
+       AND NOT EXISTS (SELECT 1 FROM reading_partitions_packed p WHERE p.name = x.name)
+     ORDER BY x.ends
+     LIMIT $2"""  # noqa: S608 - constant fragments
+
+_CHUNKS_TO_PACK = """
+    SELECT x.name FROM (
+        SELECT format('%I.%I', chunk_schema, chunk_name) AS name, range_end AS ends
+          FROM timescaledb_information.chunks
+         WHERE hypertable_name = 'readings' AND NOT is_compressed) x
+     WHERE x.ends <= $1
+       AND NOT EXISTS (SELECT 1 FROM reading_partitions_packed p WHERE p.name = x.name)
+     ORDER BY x.ends
+     LIMIT $2"""
+
+
+async def to_pack(conn: Conn, closed_before: datetime, limit: int, fl: Flavour) -> list[str]:
+    """Up to ``limit`` readings partitions (monthly ones: never the default partition) or
+    uncompressed chunks whose range ended by ``closed_before`` and whose indexes have not been
+    rebuilt since, oldest first; schema-qualified, quoted names."""
+    sql = _CHUNKS_TO_PACK if fl.timescale else _PARTITIONS_TO_PACK
+    return [r["name"] for r in await conn.fetch(sql, closed_before, limit)]
+
+
+async def pack(conn: Conn, name: str, now: datetime, wait: timedelta) -> None:
+    """Rebuild the indexes of one partition or chunk (a name from ``to_pack``) packed full,
+    without blocking its readers and writers, and record it as packed at ``now``.
+
+    REINDEX CONCURRENTLY waits, between its phases, for the transactions older than it to
+    end: no wait may exceed ``wait`` (``lock_timeout``), so a long transaction (a dump, an
+    export) fails the rebuild, left to a later pass, instead of holding the scheduler's
+    lock, and with it every other job, for as long as it lasts.
+
+    Its btree indexes get fillfactor 100 first (the rebuild keeps it): the range is closed,
+    so leaves are filled whole instead of to btree's default 90 %; the rare late reading
+    splits the one leaf it lands in. A rebuild that failed part way leaves an invalid copy
+    of an index (``..._ccnew``, or ``..._ccold`` after the swap) that inserts keep writing
+    and a table-wide REINDEX CONCURRENTLY skips: such copies are dropped first. REINDEX and
+    DROP INDEX CONCURRENTLY cannot run in a transaction block: they are sent with no
+    parameters (asyncpg's simple protocol, no implicit transaction), on the scheduler's
+    connection, whose session advisory lock stays held meanwhile.
+    """
+    indexes = await conn.fetch(
+        """SELECT format('%I.%I', n.nspname, x.relname) AS name, a.amname = 'btree' AS btree,
+                  NOT i.indisvalid AND x.relname ~ '_cc(new|old)[0-9]*$' AS leftover
+             FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid
+             JOIN pg_am a ON a.oid = x.relam
+             JOIN pg_namespace n ON n.oid = x.relnamespace
+            WHERE i.indrelid = $1::regclass""",
+        name,
+    )
+    await conn.execute(f"SET lock_timeout = {max(1, round(wait / _MS))}")
+    try:
+        for index in indexes:  # names quoted by the query above
+            if index["leftover"]:
+                await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index['name']}")
+            elif index["btree"]:
+                await conn.execute(f"ALTER INDEX {index['name']} SET (fillfactor = {PACKED_FILL})")
+        await conn.execute(f"REINDEX TABLE CONCURRENTLY {name}")  # quoted by to_pack
+    finally:
+        await conn.execute("RESET lock_timeout")
+    await conn.execute(
+        """INSERT INTO reading_partitions_packed (name, packed_at) VALUES ($1, $2)
+           ON CONFLICT (name) DO UPDATE SET packed_at = excluded.packed_at""",
+        name,
+        now,
+    )
+
+
+async def forget_dropped(conn: Conn) -> int:
+    """Remove the packed records of partitions and chunks that no longer exist (dropped by
+    retention, or by hand); return how many."""
+    status = await conn.execute(
+        "DELETE FROM reading_partitions_packed WHERE to_regclass(name) IS NULL"
+    )
+    return int(status.split()[-1])
 
 
 # --- plain PostgreSQL -------------------------------------------------------------------

@@ -1,13 +1,13 @@
 """The lifecycle scheduler (docs/data-lifecycle.md): rollup refresh, compression, partition
-maintenance and retention of readings, run by the project rather than by TimescaleDB's job
-scheduler, whose policy jobs fail on Debian's PostgreSQL 15.20 ("cannot drop portal while
-it is being set up").
+maintenance, retention and the packing of closed partitions of readings, run by the project
+rather than by TimescaleDB's job scheduler, whose policy jobs fail on Debian's PostgreSQL
+15.20 ("cannot drop portal while it is being set up").
 
 Each pass (``tick``) runs on one connection holding a session advisory lock (the
-continuous-aggregate refresh is a procedure that cannot run inside a transaction, so the
-lock cannot be a transaction's): a second process that finds the lock taken skips its
-pass, so no job ever runs twice at once. Every job is idempotent, so a pass cut short is
-simply done again by the next.
+continuous-aggregate refresh is a procedure and REINDEX CONCURRENTLY a command that cannot
+run inside a transaction, so the lock cannot be a transaction's): a second process that
+finds the lock taken skips its pass, so no job ever runs twice at once. Every job is
+idempotent, so a pass cut short is simply done again by the next.
 """
 
 from __future__ import annotations
@@ -36,12 +36,16 @@ class LifecycleConfig:
     retention: timedelta | None = None  # None: readings are kept for ever
     recompress_per_pass: int = 2  # chunks compressed under older settings, rewritten a pass
     rollup_batch: int = 10_000  # dirty-log rows per rollup transaction (plain PostgreSQL)
+    pack_after: timedelta = timedelta(days=3)  # after a partition's or chunk's range ends
+    pack_per_pass: int = 2  # partitions or chunks whose indexes are rebuilt a pass
+    pack_wait: timedelta = timedelta(minutes=1)  # longest wait for older transactions
 
     @classmethod
     def from_settings(cls, s: LifecycleSettings) -> LifecycleConfig:
         return cls(
             compress_after=timedelta(days=s.compress_after_days),
             retention=None if s.retention_days is None else timedelta(days=s.retention_days),
+            pack_after=timedelta(days=s.pack_after_days),
         )
 
 
@@ -57,6 +61,7 @@ class PassResult:
     chunks_recompressed: int = 0  # compressed under older settings (migration 0038)
     partitions_made: int = 0
     dropped: list[str] = field(default_factory=list)  # chunks or partitions (retention)
+    packed: list[str] = field(default_factory=list)  # closed ones whose indexes were rebuilt
 
 
 class LifecycleScheduler:
@@ -84,6 +89,17 @@ class LifecycleScheduler:
             finally:
                 await store.unlock(conn)
 
+    async def pack(self, now: datetime) -> list[str] | None:
+        """The packing job alone, under the pass lock (benchmarks/data_year.py packs a loaded
+        history as past passes would have); None when another process holds the lock."""
+        async with self._pool.acquire() as conn:
+            if not await store.try_lock(conn):
+                return None
+            try:
+                return await self._pack(conn, now, await store.flavour(conn))
+            finally:
+                await store.unlock(conn)
+
     async def _jobs(self, conn: Conn, now: datetime) -> PassResult:
         c = self.config
         fl = await store.flavour(conn)
@@ -96,6 +112,7 @@ class LifecycleScheduler:
             if horizon is not None:
                 out.dropped = await store.drop_chunks(conn, horizon)
             out.chunks_recompressed = await self._recompress(conn)
+            out.packed = await self._pack(conn, now, fl)
             return out
         while True:
             taken = await store.refresh_plain_rollups(conn, c.rollup_batch)
@@ -105,6 +122,7 @@ class LifecycleScheduler:
         out.partitions_made = await store.maintain_partitions(conn, now, fl)
         if c.retention is not None:
             out.dropped = await store.drop_partitions(conn, now - c.retention)
+        out.packed = await self._pack(conn, now, fl)
         return out
 
     async def _recompress(self, conn: Conn) -> int:
@@ -118,6 +136,23 @@ class LifecycleScheduler:
                 log.warning("recompressing a chunk failed: %s", exc.__class__.__name__)
                 break
             done += 1
+        return done
+
+    async def _pack(self, conn: Conn, now: datetime, fl: store.Flavour) -> list[str]:
+        """Rebuild the indexes of the partitions or uncompressed chunks closed for
+        ``pack_after``, a few a pass, one at a time; last in the pass, and a failure is logged
+        and left to the next pass, so it never stops the other jobs."""
+        await store.forget_dropped(conn)
+        c = self.config
+        done: list[str] = []
+        for name in await store.to_pack(conn, now - c.pack_after, c.pack_per_pass, fl):
+            try:
+                await store.pack(conn, name, now, c.pack_wait)
+            except asyncpg.PostgresError as exc:
+                # A relation's name (a month or a chunk number), no patient data.
+                log.warning("packing %s failed: %s", name, exc.__class__.__name__)
+                break
+            done.append(name)
         return done
 
     async def run(self, interval_s: float, stopping: asyncio.Event | None = None) -> None:
@@ -137,6 +172,8 @@ class LifecycleScheduler:
                 return 0
             if result.dropped:
                 log.warning("retention dropped %d readings partitions/chunks", len(result.dropped))
+            if result.packed:
+                log.info("packed the indexes of %d closed partitions/chunks", len(result.packed))
             if result.chunks_recompressed:
                 log.info(
                     "recompressed %d chunks under the current settings", result.chunks_recompressed
