@@ -198,8 +198,9 @@ async def chart_summaries(conn: Conn, patient_id: str, limit: int) -> dict[Metri
               CROSS JOIN LATERAL (
                   SELECT count(*) AS count, min(w.measured_at) AS first_at,
                          max(w.measured_at) AS last_at,
-                         (array_agg(ARRAY[w.v1, w.v2, w.v3] ORDER BY w.measured_at DESC))[1]
-                             AS latest
+                         (array_agg(w.v1 ORDER BY w.measured_at DESC))[1] AS l1,
+                         (array_agg(w.v2 ORDER BY w.measured_at DESC))[1] AS l2,
+                         (array_agg(w.v3 ORDER BY w.measured_at DESC))[1] AS l3
                     FROM ({newest(_CHART_COLUMNS, "$1::text", _METRIC, "$2")})
                          AS w
                    WHERE w.corrected_at IS NULL) AS s""",  # noqa: S608 - fixed fragments
@@ -211,7 +212,7 @@ async def chart_summaries(conn: Conn, patient_id: str, limit: int) -> dict[Metri
             r["count"],
             r["first_at"],
             r["last_at"],
-            None if r["latest"] is None else values_of(r["metric"], *r["latest"]),
+            None if r["l1"] is None else values_of(r["metric"], r["l1"], r["l2"], r["l3"]),
         )
         for r in rows
     }
