@@ -36,14 +36,14 @@ def of_patients(patients: str, table: str = "readings") -> str:
 
 def newest(columns: str, patient: str, metric: str, limit: str) -> str:
     """SQL of a patient's ``limit`` newest readings of ``metric`` (SQL rpm_metric), newest
-    first: each device's newest by the primary key (an index range read backwards that stops
-    at ``limit``), then the newest of those. ``columns`` from ``readings``, unaliased."""
-    return f"""SELECT n.* FROM unnest({devices_of(patient)}) AS d(device_id)
-         CROSS JOIN LATERAL (
-               SELECT {columns} FROM readings
-                WHERE readings.device_id = d.device_id AND readings.metric = {metric}
-                  AND readings.patient_id = {patient}
-                ORDER BY readings.measured_at DESC
-                LIMIT {limit}) AS n
-         ORDER BY n.measured_at DESC
+    first. One scan for all the patient's devices: partitions and chunks are read newest
+    first, each sorting its few rows of those devices (the primary key finds them), and the
+    scan stops once ``limit`` are found. ``columns`` from ``readings``, unaliased.
+
+    (A scan per device instead keeps the primary key's order, but a device that never sent
+    the metric then walks every chunk for nothing: on compressed TimescaleDB chunks, the
+    patient page's p50 went from 43 to 101 ms.)"""
+    return f"""SELECT {columns} FROM readings
+         WHERE {of_patient(patient)} AND readings.metric = {metric}
+         ORDER BY readings.measured_at DESC
          LIMIT {limit}"""  # noqa: S608 - fragments of constant SQL

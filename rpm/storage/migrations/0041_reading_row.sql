@@ -8,8 +8,9 @@
 --   in the primary key). Its labels are METRIC_CODES' order (rpm/domain/reading_ids.py):
 --   append only;
 -- * fixed-width columns first, so no byte is lost to alignment;
--- * no index on (patient_id, measured_at): a patient's readings are found through the
---   patient's devices and the primary key (patient_devices below).
+-- * no index on (patient_id, measured_at) on plain PostgreSQL: a patient's readings are
+--   found through the patient's devices and the primary key (patient_devices below). A
+--   hypertable keeps it (0041_reading_row.timescale.sql says why).
 --
 -- Measured on 510,900 readings of a TimescaleDB chunk: heap 158.5 -> 102.0 bytes a reading,
 -- the primary key 70.2 -> 52.8 (40.6 once rebuilt), the patient index's 41.5 gone.

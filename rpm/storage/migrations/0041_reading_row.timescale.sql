@@ -37,6 +37,13 @@ BEGIN
         original       jsonb,
         PRIMARY KEY (device_id, metric, measured_at)
     );
+    -- A hypertable keeps the patient index (plain PostgreSQL does not: 0041_reading_row.sql).
+    -- TimescaleDB has its own measured_at index in every chunk, and for "a patient's N newest
+    -- readings" the planner walks it through the uncompressed chunks, filtering every
+    -- patient's rows out (300 ms at 10,000 patients), unless an index leads with the patient.
+    -- It costs only the uncompressed chunks (the recent weeks): compressed ones keep no
+    -- btree of the hypertable's, and find a patient by their batches' patient ranges.
+    CREATE INDEX readings_patient_time ON readings (patient_id, measured_at DESC);
     PERFORM create_hypertable('readings', by_range('measured_at', coalesce(chunk, '7 days')));
     ALTER TABLE readings SET (
         timescaledb.compress,
