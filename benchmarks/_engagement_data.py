@@ -159,6 +159,17 @@ SELECT b.measured_at, b.patient_id || '-' || b.metric, b.metric::rpm_metric, b.p
   FROM bench_plan b
  WHERE b.measured_at > $2::timestamptz AND b.measured_at <= $3::timestamptz"""
 
+# A device per patient and metric of the plan, bound since $1: a patient's readings are
+# found through the patient's devices (migration 0041).
+_DEVICES = """WITH d AS (SELECT DISTINCT patient_id || '-' || metric AS id, patient_id, metric
+                           FROM bench_plan),
+     made AS (INSERT INTO devices (id, kind)
+              SELECT id, CASE metric WHEN 'blood_pressure' THEN 'bp_cuff'
+                                     WHEN 'weight' THEN 'scale' ELSE 'pulse_oximeter' END
+                FROM d RETURNING id)
+INSERT INTO device_bindings (device_id, patient_id, during)
+SELECT d.id, d.patient_id, tstzrange($1::timestamptz, NULL) FROM d JOIN made USING (id)"""
+
 # Days with readings and the newest reading per patient and metric for readings measured in
 # ($1, $2], merged as the unit of work merges them (rpm.storage.engagement.touch_days,
 # rpm.storage.rule_state.touch_last).
@@ -255,6 +266,7 @@ async def build(
         ("reading plan", _PLAN, (start, m.daily, m.often, m.seldom, m.stopped)),
         ("plan index", "CREATE INDEX ON bench_plan (measured_at)", ()),
         ("plan statistics", "ANALYZE bench_plan", ()),
+        ("devices", _DEVICES, (before,)),
         ("patient_days", _DAYS, (before, start)),
         ("patient_metric_last", _LAST, (before, start)),
         ("readings", _READINGS, (start, start - timedelta(days=READING_DAYS), start)),

@@ -44,19 +44,28 @@ from rpm.domain import AcceptedReading, Metric, Reading  # noqa: E402
 from rpm.storage import readings as reading_store  # noqa: E402
 from rpm.storage import rollups  # noqa: E402
 from rpm.storage.migrate import available, migrate  # noqa: E402
+from rpm.storage.patient_readings import of_patient  # noqa: E402
 from rpm.storage.pool import create_pool  # noqa: E402
 from rpm.workers.lifecycle import LifecycleScheduler  # noqa: E402
 from simulators.localservices import LocalServices  # noqa: E402
 
 BATCH = 2000
 START = datetime(2025, 1, 1, tzinfo=UTC)
-_RAW_DAILY = """SELECT date_bin('1 day', measured_at, '2000-01-03 00:00:00+00') AS day,
+_RAW_DAILY = f"""SELECT date_bin('1 day', measured_at, '2000-01-03 00:00:00+00') AS day,
                        count(*), min(v1), max(v1), avg(v1)  -- systolic: slot 1
                   FROM readings
-                 WHERE patient_id = $1 AND metric = 'blood_pressure'
+                 WHERE {of_patient("$1::text")} AND metric = 'blood_pressure'
                    AND measured_at >= $2 AND measured_at < $3
                  GROUP BY 1 ORDER BY 1"""
 
+
+_PATIENTS = """WITH p AS (
+    SELECT 'pat-' || lpad(i::text, 4, '0') AS id, 'cuff-' || lpad(i::text, 4, '0') AS device
+      FROM generate_series(0, $1::int - 1) i),
+  made AS (INSERT INTO patients (id, display_name) SELECT id, 'bench' FROM p),
+  cuffs AS (INSERT INTO devices (id, kind) SELECT device, 'bp_cuff' FROM p)
+INSERT INTO device_bindings (device_id, patient_id, during)
+SELECT device, id, tstzrange('2000-01-01', NULL) FROM p"""
 
 # The insert of the 0031 schema (uid and jsonb components stored; migrations 0039, 0041).
 _INSERT_0031 = """INSERT INTO readings (measured_at, device_id, metric, patient_id, uid,
@@ -129,6 +138,8 @@ async def run_async(args: argparse.Namespace, admin_dsn: str) -> tuple[str, dict
     after = await create_pool(after_dsn, size=2)
     times: dict[str, list[float]] = {"0031": [], "partitioned": [], "no_trigger": []}
     try:
+        async with after.acquire() as conn:  # patients and their bound cuffs (migration 0041)
+            await conn.execute(_PATIENTS, args.devices)
         log(f"insert: {args.readings:,} readings in batches of {BATCH:,}")
         for b in range(args.readings // BATCH):
             rows = batch(args.devices, b, BATCH)

@@ -77,6 +77,20 @@ POPULATION_SQL: list[tuple[str, tuple[str, ...]]] = [
             WHERE random() + 0 * d < 0.05 + (hashtext(p.id) & 1023) / 1100.0""",
         (),
     ),
+    # Each patient's devices, bound from the start (a patient's readings are found through
+    # the patient's devices: migration 0041).
+    (
+        """WITH made AS (
+               INSERT INTO devices (id, kind)
+               SELECT p.id || '-' || m.metric, m.kind FROM patients p
+                CROSS JOIN (VALUES ('blood_pressure', 'bp_cuff'), ('heart_rate', 'bp_cuff'),
+                                   ('weight', 'scale')) AS m(metric, kind)
+               RETURNING id)
+           INSERT INTO device_bindings (device_id, patient_id, during)
+           SELECT id, split_part(id, '-', 1), tstzrange(now() - interval '1 year', NULL)
+             FROM made""",
+        (),
+    ),
     (
         """INSERT INTO readings (measured_at, device_id, metric, patient_id, v1, v2, v3,
                                  received_at)
