@@ -1,11 +1,12 @@
 """SQL fragments for reading a patient's readings (migration 0041).
 
-``readings`` has no index on patient_id: a reading belongs to the patient its device was bound
-to at the measured time, so a patient's readings are those of the devices the patient has had
-(the ``patient_devices`` view over ``device_bindings``) that carry the patient's id, and the
-primary key (device_id, metric, measured_at) finds them device by device. Every read of a
-patient's readings adds one of these conditions; tests/test_query_plans.py checks that none
-scans readings whole.
+On plain PostgreSQL ``readings`` has no index on patient_id: a reading belongs to the patient
+its device was bound to at the measured time, so a patient's readings are those of the
+devices the patient has had (the ``patient_devices`` view over ``device_bindings``) that carry
+the patient's id, and the primary key (device_id, metric, measured_at) finds them device by
+device. A hypertable keeps its patient index (0041_reading_row.timescale.sql), which the
+planner picks for the same conditions. Every read of a patient's readings adds one of these
+conditions; tests/test_query_plans.py checks that none scans readings whole.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ def of_patients(patients: str, table: str = "readings") -> str:
 
 def newest(columns: str, patient: str, metric: str, limit: str) -> str:
     """SQL of a patient's ``limit`` newest readings of ``metric`` (SQL rpm_metric), newest
-    first. One scan for all the patient's devices: partitions and chunks are read newest
-    first, each sorting its few rows of those devices (the primary key finds them), and the
-    scan stops once ``limit`` are found. ``columns`` from ``readings``, unaliased.
+    first, in one scan for all the patient's devices: on plain PostgreSQL each monthly
+    partition's few rows of those devices (the primary key finds them) and a top-N sort; a
+    hypertable walks its patient index newest first and stops at ``limit``. ``columns`` from
+    ``readings``, unaliased.
 
     (A scan per device instead keeps the primary key's order, but a device that never sent
     the metric then walks every chunk for nothing: on compressed TimescaleDB chunks, the
