@@ -31,7 +31,7 @@ from rpm.domain.errors import ConfigurationError
 from rpm.settings import ExportSettings, Settings
 from rpm.storage import export as export_store
 from rpm.storage.pool import connect
-from rpm.storage.reading_values import values_of
+from rpm.storage.reading_values import row_values
 
 FORMAT = "rpm-export/1"
 MIN_KEY_BYTES = 32
@@ -155,7 +155,7 @@ def _reading(r: asyncpg.Record, x: _Row) -> list[object]:
         r["metric"],
         x.when(r["measured_at"], pid),
         x.when(r["received_at"], pid),
-        _json(values_of(r["metric"], r["v1"], r["v2"], r["v3"])),
+        _json(row_values(r)),
         _json(r["original"]),
         r["interpretation"] or "",
         "entered-in-error" if r["entered_in_error"] else "final",

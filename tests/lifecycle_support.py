@@ -42,23 +42,39 @@ async def migrate_to(conn: asyncpg.Connection, last: int) -> None:
     await migrate(conn, up_to=last)
 
 
+def _jsonb_rows(readings: list[AcceptedReading]) -> list[tuple[object, ...]]:
+    """(measured, device, metric, patient, components as jsonb text, received): the readings
+    as the schemas before 0041 stored them."""
+    return [
+        (
+            a.reading.measured_at,
+            a.reading.device_id,
+            a.reading.metric.value,
+            a.patient_id,
+            orjson.dumps(dict(a.reading.values)).decode(),
+            a.reading.received_at,
+        )
+        for a in readings
+    ]
+
+
 async def insert_with_uid(conn: asyncpg.Connection, readings: list[AcceptedReading]) -> None:
     """Store readings as the schema before 0039 did, with their uid (0003's UUIDv5)."""
     await conn.executemany(
         """INSERT INTO readings (measured_at, device_id, metric, patient_id, uid, components,
                                  received_at)
            VALUES ($1, $2, $3, $4, rpm_reading_uid($2, $3, $1), $5::jsonb, $6)""",
-        [
-            (
-                a.reading.measured_at,
-                a.reading.device_id,
-                a.reading.metric.value,
-                a.patient_id,
-                orjson.dumps(dict(a.reading.values)).decode(),
-                a.reading.received_at,
-            )
-            for a in readings
-        ],
+        _jsonb_rows(readings),
+    )
+
+
+async def insert_as_0040(conn: asyncpg.Connection, readings: list[AcceptedReading]) -> None:
+    """Store readings as the schema before 0041 did: jsonb components, a text metric."""
+    await conn.executemany(
+        """INSERT INTO readings (measured_at, device_id, metric, patient_id, components,
+                                 received_at, interpretation)
+           VALUES ($1, $2, $3, $4, $5::jsonb, $6, 'N')""",
+        _jsonb_rows(readings),
     )
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import asyncpg
-import orjson
 import pytest
 
 from rpm.domain import METRICS, AcceptedReading, Metric
@@ -20,7 +19,14 @@ from rpm.storage import corrections, lifecycle
 from rpm.storage import readings as reading_store
 from rpm.storage.migrate import migrate
 from rpm.storage.reading_values import SLOTS, slots_of, values_of
-from tests.lifecycle_support import T0, add_patients, correction_of, migrate_to, seeded_readings
+from tests.lifecycle_support import (
+    T0,
+    add_patients,
+    correction_of,
+    insert_as_0040,
+    migrate_to,
+    seeded_readings,
+)
 from tests.test_lifecycle import _series_match, empty_db  # noqa: F401 - a fixture
 
 Key = tuple[str, str, datetime]
@@ -28,26 +34,6 @@ Key = tuple[str, str, datetime]
 
 def key_of(a: AcceptedReading) -> Key:
     return (a.reading.device_id, a.reading.metric.value, a.reading.measured_at)
-
-
-async def insert_as_0040(conn: asyncpg.Connection, readings: list[AcceptedReading]) -> None:
-    """Store readings as the schema before 0041 did: jsonb components, a text metric."""
-    await conn.executemany(
-        """INSERT INTO readings (measured_at, device_id, metric, patient_id, components,
-                                 received_at, interpretation)
-           VALUES ($1, $2, $3, $4, $5::jsonb, $6, 'N')""",
-        [
-            (
-                a.reading.measured_at,
-                a.reading.device_id,
-                a.reading.metric.value,
-                a.patient_id,
-                orjson.dumps(dict(a.reading.values)).decode(),
-                a.reading.received_at,
-            )
-            for a in readings
-        ],
-    )
 
 
 def test_slots_follow_the_metrics_components() -> None:

@@ -14,7 +14,7 @@ import asyncpg
 from rpm.domain import AcceptedReading, Metric, RawMessage, Reading
 from rpm.pipeline import IngestPipeline
 from rpm.storage import registry, rule_programs
-from rpm.storage.reading_values import values_of
+from rpm.storage.reading_values import row_values
 from rpm.validation import ClockPolicy
 from rules.engine import PatientContext
 from rules.programs import RuleBook
@@ -119,7 +119,7 @@ async def test_the_stored_interpretation_is_the_one_its_rules_give_on_their_own(
             Reading(
                 r["device_id"],
                 Metric(r["metric"]),
-                values_of(r["metric"], r["v1"], r["v2"], r["v3"]),
+                row_values(r),
                 r["measured_at"],
                 r["received_at"],
             ),

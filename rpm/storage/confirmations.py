@@ -18,7 +18,7 @@ from alerts.policy import EpisodeKey
 from rpm.domain import AlertCandidate, Severity
 from rpm.storage.patient_readings import of_patient
 from rpm.storage.pool import Conn
-from rpm.storage.reading_values import values_of
+from rpm.storage.reading_values import row_values
 
 _COLUMNS = """id, patient_id, rule_id, group_key, severity, state, reading_uid, measured_at,
     deadline, first_values, candidate, created_at, closed_at, closed_reading_uid,
@@ -128,7 +128,7 @@ async def readings_between(
             r["metric"],
             r["measured_at"],
             r["uid"],
-            values_of(r["metric"], r["v1"], r["v2"], r["v3"]),
+            row_values(r),
         )
         for r in rows
     ]

@@ -22,7 +22,7 @@ from rpm.storage.corrections import CORRECTED_AT
 from rpm.storage.patient_readings import of_patients
 from rpm.storage.pool import Conn
 from rpm.storage.reading_keys import by_uid_filter, key_args
-from rpm.storage.reading_values import present_sql, values_of
+from rpm.storage.reading_values import present_sql, row_values
 
 CHANNEL = "fhir"  # the outbox channel of EHR push work (rpm.pipeline.fhir_push_item)
 ReadingKey = tuple[str, str, str]  # device id, metric, measured time (ISO 8601)
@@ -37,7 +37,7 @@ def _recorded(r: asyncpg.Record) -> RecordedReading:
     reading = Reading(
         r["device_id"],
         Metric(r["metric"]),
-        values_of(r["metric"], r["v1"], r["v2"], r["v3"]),
+        row_values(r),
         r["measured_at"],
         r["received_at"],
     )

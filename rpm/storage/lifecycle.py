@@ -128,31 +128,34 @@ async def drop_chunks(conn: Conn, older_than: datetime) -> list[str]:
 
 # --- packing closed partitions (both databases) ------------------------------------------
 
-# A monthly partition's end, from its name (as drop_partitions reads it).
+# A monthly partition's end, from its name (retention and packing).
 _MONTH_END = """(to_date(substr(c.relname, 11), 'YYYY_MM')::timestamp AT TIME ZONE 'UTC')
                 + interval '1 month'"""
 
-_PARTITIONS_TO_PACK = f"""
-    SELECT x.name FROM (
+# Monthly partitions (never the default one), or uncompressed chunks: (name, ends).
+_PARTITIONS = f"""
         SELECT format('%I.%I', n.nspname, c.relname) AS name, {_MONTH_END} AS ends
           FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
           JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE i.inhparent = 'readings'::regclass
-           AND c.relname ~ '^readings_p[0-9]{{4}}_[0-9]{{2}}$') x
+           AND c.relname ~ '^readings_p[0-9]{{4}}_[0-9]{{2}}$'"""  # noqa: S608
+_CHUNKS = """
+        SELECT format('%I.%I', chunk_schema, chunk_name) AS name, range_end AS ends
+          FROM timescaledb_information.chunks
+         WHERE hypertable_name = 'readings' AND NOT is_compressed"""
+
+
+def _to_pack_sql(ranges: str) -> str:
+    return f"""
+    SELECT x.name FROM ({ranges}) x
      WHERE x.ends <= $1
        AND NOT EXISTS (SELECT 1 FROM reading_partitions_packed p WHERE p.name = x.name)
      ORDER BY x.ends
      LIMIT $2"""  # noqa: S608 - constant fragments
 
-_CHUNKS_TO_PACK = """
-    SELECT x.name FROM (
-        SELECT format('%I.%I', chunk_schema, chunk_name) AS name, range_end AS ends
-          FROM timescaledb_information.chunks
-         WHERE hypertable_name = 'readings' AND NOT is_compressed) x
-     WHERE x.ends <= $1
-       AND NOT EXISTS (SELECT 1 FROM reading_partitions_packed p WHERE p.name = x.name)
-     ORDER BY x.ends
-     LIMIT $2"""
+
+_PARTITIONS_TO_PACK = _to_pack_sql(_PARTITIONS)
+_CHUNKS_TO_PACK = _to_pack_sql(_CHUNKS)
 
 
 async def to_pack(conn: Conn, closed_before: datetime, limit: int, fl: Flavour) -> list[str]:
@@ -252,13 +255,12 @@ async def drop_partitions(conn: Conn, older_than: datetime) -> list[str]:
     """Drop the monthly partitions whose whole month is before ``older_than`` (retention);
     the default partition is never dropped."""
     rows = await conn.fetch(
-        """SELECT c.relname
-             FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-            WHERE i.inhparent = 'readings'::regclass
-              AND c.relname ~ '^readings_p[0-9]{4}_[0-9]{2}$'
-              AND (to_date(substr(c.relname, 11), 'YYYY_MM')::timestamp AT TIME ZONE 'UTC')
-                  + interval '1 month' <= $1
-            ORDER BY 1""",
+        f"""SELECT c.relname
+              FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE i.inhparent = 'readings'::regclass
+               AND c.relname ~ '^readings_p[0-9]{{4}}_[0-9]{{2}}$'
+               AND {_MONTH_END} <= $1
+             ORDER BY 1""",  # noqa: S608 - a constant fragment
         older_than,
     )
     names = [r["relname"] for r in rows]

@@ -32,7 +32,7 @@ from rpm.engagement import segments as segment_spec
 from rpm.engagement.segments import SegmentSpec
 from rpm.storage.patient_readings import of_patient
 from rpm.storage.pool import Conn
-from rpm.storage.reading_values import values_of
+from rpm.storage.reading_values import row_values
 from rpm.storage.segments import FACTS_SQL, over_everyone
 
 PANEL_CHANNEL = "rpm_panel"
@@ -305,7 +305,7 @@ async def latest_values(
             (
                 r["metric"],
                 r["measured_at"],
-                {} if r["v1"] is None else values_of(r["metric"], r["v1"], r["v2"], r["v3"]),
+                {} if r["v1"] is None else row_values(r),
             )
         )
     return out

@@ -8,6 +8,7 @@ Slot 1 is every metric's required component; a missing optional component is NUL
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any, Protocol
 
 from rpm.domain import METRICS
 
@@ -16,8 +17,6 @@ SLOTS: Mapping[str, tuple[str, ...]] = {
 }
 
 _SHAPES = {m: (names, frozenset(names)) for m, names in SLOTS.items()}
-
-COLUMNS = "v1, v2, v3"
 
 
 def values_of(metric: str, v1: float, v2: float | None, v3: float | None) -> dict[str, float]:
@@ -29,6 +28,17 @@ def values_of(metric: str, v1: float, v2: float | None, v3: float | None) -> dic
     if v3 is not None:
         out[names[2]] = v3
     return out
+
+
+class Row(Protocol):
+    """A fetched row (an asyncpg Record, a dict): its columns by name."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def row_values(row: Row) -> dict[str, float]:
+    """The components of a fetched row that has ``metric``, ``v1``, ``v2`` and ``v3``."""
+    return values_of(row["metric"], row["v1"], row["v2"], row["v3"])
 
 
 def slots_of(metric: str, values: Mapping[str, float]) -> tuple[float, float | None, float | None]:

@@ -14,7 +14,7 @@ from rpm.storage.corrections import CORRECTED_AT
 from rpm.storage.patient_readings import newest
 from rpm.storage.pool import Conn
 from rpm.storage.reading_keys import by_uid_filter, key_args
-from rpm.storage.reading_values import slots_of, values_of
+from rpm.storage.reading_values import row_values, slots_of, values_of
 
 ReadingKey = tuple[str, str, datetime]
 
@@ -108,7 +108,7 @@ def _from_row(r: asyncpg.Record) -> StoredReading:
     reading = Reading(
         device_id=r["device_id"],
         metric=Metric(r["metric"]),
-        values=values_of(r["metric"], r["v1"], r["v2"], r["v3"]),
+        values=row_values(r),
         measured_at=r["measured_at"],
         received_at=r["received_at"],
     )

@@ -10,7 +10,7 @@ from rpm.domain import AcceptedReading, Metric
 
 from .patient_readings import of_patient, of_patients
 from .pool import Conn
-from .reading_values import values_of
+from .reading_values import row_values
 
 History = list[tuple[str, Metric, datetime, Mapping[str, float]]]
 
@@ -50,7 +50,7 @@ async def history(
             r["patient_id"],
             Metric(r["metric"]),
             r["measured_at"],
-            values_of(r["metric"], r["v1"], r["v2"], r["v3"]),
+            row_values(r),
         )
         for r in rows
     ]
