@@ -13,9 +13,9 @@ in order. Clients:
 
 - ``paho``: aiomqtt 2.5 with paho's manual_ack, one packet per socket-readable callback
   (aiomqtt's reader; the gateway before the buffered reader);
-- ``paho-buffered``: the same, as the gateway now reads: paho reading through
-  ``device_gateways.mqtt``'s buffered socket (one ``recv`` per 64 KiB instead of three per
-  packet) and handing messages over without its per-topic callback table (``deliver_to``);
+- ``paho-session``: paho as the gateway drives it, through paho's public API only
+  (``device_gateways.paho_session``: manual ack, and ``loop_read`` until a call brings no
+  message, one event-loop callback per burst);
 - ``gmqtt``: gmqtt (MQTT 5, ``optimistic_acknowledgement=False``: the PUBACK goes when the
   message's coroutine returns, here when its batch committed). Not a dependency of the
   project: install it beside (``uv pip install --target /tmp/mqttalt gmqtt``).
@@ -192,28 +192,46 @@ class Drain:
         }
 
 
-async def drain_paho(port: int, n: int, batch: int, buffered: bool) -> dict[str, float]:
+async def drain_paho(port: int, n: int, batch: int) -> dict[str, float]:
     import aiomqtt
-
-    from device_gateways import mqtt as gateway
 
     d = Drain(n, batch)
     client = aiomqtt.Client(
-        "127.0.0.1", port, identifier=f"c-paho-{buffered}", clean_session=False, keepalive=30
+        "127.0.0.1", port, identifier="c-paho", clean_session=False, keepalive=30
     )
-    pc: paho.Client = client._client
+    pc: paho.Client = client._client  # aiomqtt 2.x has no public manual acknowledgement
     pc.manual_ack_set(True)
-    if buffered:
-        gateway.read_buffered(client)
-        gateway.deliver_to(pc, d.got)
-    else:
-        pc.on_message = lambda _c, _u, m: d.got(m)
+    pc.on_message = lambda _c, _u, m: d.got(m)
     async with client:
         await client.subscribe("rpm/v1/devices/+/readings", qos=1)
 
         def ack(ms: list[paho.MQTTMessage]) -> None:
             for m in ms:
                 pc.ack(m.mid, m.qos)
+
+        out = await d.run(ack)
+        await asyncio.sleep(0.2)
+    return out
+
+
+async def drain_paho_session(port: int, n: int, batch: int) -> dict[str, float]:
+    from device_gateways.paho_session import PahoSession
+
+    d = Drain(n, batch)
+    session = PahoSession(
+        host="127.0.0.1",
+        port=port,
+        client_id="c-paho-session",
+        username=None,
+        password=None,
+        on_message=d.got,
+    )
+    async with session:
+        await session.subscribe("rpm/v1/devices/+/readings", qos=1)
+
+        def ack(ms: list[paho.MQTTMessage]) -> None:
+            for m in ms:
+                session.ack(m.mid, m.qos)
 
         out = await d.run(ack)
         await asyncio.sleep(0.2)
@@ -260,7 +278,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--quick", action="store_true", help="20,000 messages")
     p.add_argument("--messages", type=int, default=None)
     p.add_argument("--batch", type=int, default=2000)
-    p.add_argument("--clients", default="paho,paho-buffered", help="comma-separated")
+    p.add_argument("--clients", default="paho,paho-session", help="comma-separated")
     p.add_argument(
         "--receive-maximum", type=int, default=None, help="gmqtt: MQTT 5 Receive Maximum"
     )
@@ -271,14 +289,16 @@ def main(argv: list[str]) -> int:
         try:
             for name in args.clients.split(","):
                 mqtt5 = name == "gmqtt"
-                cid = {"paho": "c-paho-False", "paho-buffered": "c-paho-True"}.get(name, "c-gmqtt")
+                cid = {"paho": "c-paho", "paho-session": "c-paho-session"}.get(name, "c-gmqtt")
                 register_session(port, cid, mqtt5)
                 publish(port, n)
                 load = Path("/proc/loadavg").read_text().split()[:3]
                 if name == "gmqtt":
                     out = uvloop.run(drain_gmqtt(port, n, args.batch, args.receive_maximum))
+                elif name == "paho-session":
+                    out = uvloop.run(drain_paho_session(port, n, args.batch))
                 else:
-                    out = uvloop.run(drain_paho(port, n, args.batch, name == "paho-buffered"))
+                    out = uvloop.run(drain_paho(port, n, args.batch))
                 line = {
                     "client": name,
                     "receive_maximum": args.receive_maximum if name == "gmqtt" else None,

@@ -1,20 +1,18 @@
-"""The MQTT transport: the only module that talks to the broker.
+"""The MQTT transport: the only module that consumes from the broker.
 
 Readings arrive at QoS 1 on ``rpm/v1/devices/{device_id}/readings`` through a
 persistent session (fixed client id, clean_session false). Messages are
 acknowledged to the broker only after the unit of work holding them committed,
 so a crash at any point makes the broker redeliver, and the duplicates are
-skipped by reading identity. aiomqtt 2.x acknowledges on receipt and has no
-public switch for this (aiomqtt issue #345); paho-mqtt underneath it has
-``manual_ack``, which we turn on before connecting. We bound how many
+skipped by reading identity. The connection is paho-mqtt's, driven on the event loop
+through paho's public API (``device_gateways.paho_session``): aiomqtt 2.x acknowledges
+on receipt and has no public switch for this (aiomqtt issue #345). We bound how many
 unacknowledged messages we hold ourselves, by not reading the socket past two
 batches: nothing is dropped, TCP flow control holds the broker back and it queues
 the rest. (The broker's in-flight window should bound it, but Mosquitto before
 2.0.13 overruns its window, MQTT 5 Receive Maximum included, once acknowledgements
 flow: eclipse/mosquitto#2306. That is also why the gateway is not on gmqtt, whose
 only public bound is Receive Maximum: docs/performance.md, "The MQTT client".)
-paho reads the socket through ``BufferedSocket`` (64 KiB per ``recv``) and hands messages to
-the gateway's deque directly (``deliver_to``): the protocol stays paho's.
 """
 
 from __future__ import annotations
@@ -31,10 +29,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.reasoncodes import ReasonCode
 
+from device_gateways.paho_session import BrokerError, PahoSession
 from rpm.domain import RawMessage
 from rpm.domain.errors import StorageError
 from rpm.domain.trusted import trusted
@@ -96,75 +94,6 @@ def _refused(granted: int | ReasonCode) -> bool:
     return granted.is_failure if isinstance(granted, ReasonCode) else granted >= 0x80
 
 
-class BufferedSocket:
-    """paho's socket, read 64 KiB at a time instead of three ``recv`` calls per packet.
-
-    paho reads a packet as its command byte, its length bytes and its body, each with a
-    ``recv`` of its own, and aiomqtt's reader reads one packet per readiness callback: about
-    four system calls and an event-loop turn per message, a large part of paho's share of
-    the gateway's CPU (docs/performance.md). This wrapper serves those reads from one buffer;
-    ``pending()`` (the call paho and aiomqtt already make for TLS sockets, whose records hold
-    decoded bytes) says a packet may be waiting without the socket being readable. Bytes only
-    pass through: the MQTT protocol stays paho's.
-    """
-
-    __slots__ = ("_buf", "_pos", "_sock")
-
-    def __init__(self, sock: Any) -> None:
-        self._sock = sock
-        self._buf = b""
-        self._pos = 0
-
-    def recv(self, bufsize: int) -> bytes:
-        if self._pos >= len(self._buf):
-            # Raises BlockingIOError (or ssl.SSLWantReadError) when nothing is there: paho's
-            # "try again"; b"" is the peer closing, passed on as such.
-            data = self._sock.recv(max(bufsize, _READ_SIZE))
-            if len(data) <= bufsize:
-                return bytes(data)
-            self._buf, self._pos = data, 0
-        start = self._pos
-        self._pos = min(start + bufsize, len(self._buf))
-        return self._buf[start : self._pos]
-
-    def pending(self) -> int:
-        """Bytes read from the socket and not yet handed to paho (and TLS's own)."""
-        inner = getattr(self._sock, "pending", None)
-        return len(self._buf) - self._pos + (inner() if inner is not None else 0)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
-
-
-_READ_SIZE = 65536
-
-
-def _pending(sock: object) -> int:
-    """Bytes a ``BufferedSocket`` (or a TLS socket) holds already read; 0 for others."""
-    pending = getattr(sock, "pending", None)
-    return int(pending()) if pending is not None else 0
-
-
-def read_buffered(client: aiomqtt.Client) -> None:
-    """Make paho read ``client``'s connections through a ``BufferedSocket`` (before connecting)."""
-    paho_client: paho.Client = client._client
-    create = paho_client._create_socket
-
-    def create_buffered() -> Any:
-        return BufferedSocket(create())
-
-    paho_client._create_socket = create_buffered  # type: ignore[method-assign]
-
-
-def deliver_to(paho_client: paho.Client, on_message: Callable[[paho.MQTTMessage], None]) -> None:
-    """Hand each message paho decoded straight to ``on_message``.
-
-    paho's own dispatch first matches every topic against its table of per-topic callbacks
-    (we add none) under a lock: a seventh of paho's time in the gateway's profile.
-    """
-    paho_client._handle_on_message = on_message  # type: ignore[method-assign,assignment]
-
-
 def _unsent_bytes(sock: object) -> int:
     """Bytes the kernel still holds to send on ``sock`` (Linux SIOCOUTQ); 0 where unknown."""
     fileno = getattr(sock, "fileno", None)
@@ -177,7 +106,7 @@ def _unsent_bytes(sock: object) -> int:
     return int(struct.unpack("i", out)[0])
 
 
-async def _flushed(paho_client: paho.Client, within: float) -> None:
+async def _flushed(session: PahoSession, within: float) -> None:
     """Wait until the PUBACKs written so far have left paho's queue and the kernel's.
 
     Closing a socket that has unread input resets the connection and discards output not
@@ -187,8 +116,8 @@ async def _flushed(paho_client: paho.Client, within: float) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while loop.time() < deadline:
-        sock = paho_client.socket()
-        if sock is None or (not paho_client.want_write() and _unsent_bytes(sock) == 0):
+        sock = session.client.socket()
+        if sock is None or (not session.unsent() and _unsent_bytes(sock) == 0):
             return
         await asyncio.sleep(0.01)
 
@@ -221,7 +150,7 @@ class MqttGateway:
         while not self._stopping.is_set():
             try:
                 await self._session()
-            except aiomqtt.MqttError as exc:
+            except BrokerError as exc:
                 if self.connected.is_set():
                     delay = 0.2  # it was connected: a fresh outage starts the backoff afresh
                 self.connected.clear()
@@ -237,31 +166,8 @@ class MqttGateway:
 
     async def _session(self) -> None:
         cfg = self._config
-        client = aiomqtt.Client(
-            cfg.host,
-            cfg.port,
-            username=cfg.username,
-            password=cfg.password,
-            identifier=cfg.client_id,
-            clean_session=False,
-            protocol=aiomqtt.ProtocolVersion.V311,
-            keepalive=30,
-            tls_params=aiomqtt.TLSParameters(ca_certs=cfg.tls_ca_file) if cfg.tls_ca_file else None,
-        )
-        # Private parts of aiomqtt, used here only (see the module docstring):
-        # - manual acknowledgement must be on before CONNECT, since a persistent session
-        #   starts delivering at once;
-        # - messages go straight from paho's callback into our deque, skipping aiomqtt's
-        #   Message objects and queue (a quarter of the gateway's CPU when measured), and
-        #   paho's per-topic callback table (``deliver``);
-        # - ``_disconnected`` is the future aiomqtt resolves when the connection ends;
-        # - the socket's reader, ours in place of aiomqtt's (same error handling), which we
-        #   pause to bound the deque (below), reading through a ``BufferedSocket``.
-        paho_client: paho.Client = client._client
-        paho_client.manual_ack_set(True)
         inbox: deque[paho.MQTTMessage] = deque()
         arrived = asyncio.Event()
-        loop = asyncio.get_running_loop()
         # The broker should send at most its in-flight window of unacknowledged messages,
         # but Mosquitto before 2.0.13 stops enforcing it once acknowledgements flow
         # (eclipse/mosquitto#2306; Debian 12 ships 2.0.11). So we bound what we hold
@@ -270,27 +176,13 @@ class MqttGateway:
         high, low = 2 * cfg.batch_max_messages, cfg.batch_max_messages
         paused = False
 
-        def read_socket() -> None:
-            """The socket's reader (aiomqtt's, stopping at a pause): packets until none is
-            left in the buffer (``BufferedSocket``)."""
-            try:
-                while True:
-                    paho_client.loop_read()
-                    sock = paho_client.socket()
-                    if not paused and sock is not None and _pending(sock) > 0:
-                        continue
-                    break
-            except Exception as exc:
-                if not client._disconnected.done():
-                    client._disconnected.set_exception(exc)
-
         def on_message(message: paho.MQTTMessage) -> None:
             nonlocal paused
             inbox.append(message)
             arrived.set()
             self.max_held = max(self.max_held, len(inbox))
-            if not paused and len(inbox) >= high and (sock := paho_client.socket()) is not None:
-                loop.remove_reader(sock)
+            if not paused and len(inbox) >= high:
+                session.pause()
                 paused = True
                 self.pauses += 1
 
@@ -298,33 +190,26 @@ class MqttGateway:
             nonlocal paused
             if paused and len(inbox) < low:
                 paused = False
-                if (sock := paho_client.socket()) is not None:
-                    loop.add_reader(sock, read_socket)
-                    if _pending(sock) > 0:  # read already, so the socket may never be ready
-                        loop.call_soon(read_socket)
+                session.resume()
 
-        aiomqtt_open = paho_client.on_socket_open
-        assert aiomqtt_open is not None
-
-        def on_socket_open(c: paho.Client, userdata: Any, sock: Any) -> None:
-            aiomqtt_open(c, userdata, sock)
-            # Called on paho's connect thread; after aiomqtt's registration, so ours wins.
-            loop.call_soon_threadsafe(loop.add_reader, sock.fileno(), read_socket)
-
-        paho_client.on_socket_open = on_socket_open
-        read_buffered(client)
-        deliver_to(paho_client, on_message)
-        async with client:
-            disconnected: asyncio.Future[None] = client._disconnected
+        session = PahoSession(
+            host=cfg.host,
+            port=cfg.port,
+            client_id=cfg.client_id,
+            username=cfg.username,
+            password=cfg.password,
+            on_message=on_message,
+            tls_ca_file=cfg.tls_ca_file,
+            keepalive=30,
+        )
+        async with session:
             # Batches run from the moment of connection: a persistent session's backlog
             # arrives before the SUBACK, and must be drained for the SUBACK to be read.
-            batches = asyncio.create_task(
-                self._batches(paho_client, inbox, arrived, disconnected, resume_if_drained)
-            )
+            batches = asyncio.create_task(self._batches(session, inbox, arrived, resume_if_drained))
             try:
-                granted = await client.subscribe(cfg.subscription, qos=1)
+                granted = await session.subscribe(cfg.subscription, qos=1)
                 if any(_refused(g) for g in granted):
-                    raise aiomqtt.MqttError(
+                    raise BrokerError(
                         f"the broker refused the subscription to {cfg.subscription}: "
                         "see the gateway login's ACL (docs/operations.md)"
                     )
@@ -333,7 +218,7 @@ class MqttGateway:
                 self.reconnects = self._sessions - 1
                 log.info("subscribed to %s as %s", cfg.subscription, cfg.client_id)
                 await batches
-                await _flushed(paho_client, within=5.0)  # stopping: the last acks must leave
+                await _flushed(session, within=5.0)  # stopping: the last acks must leave
             finally:
                 if not batches.done():
                     batches.cancel()
@@ -342,15 +227,14 @@ class MqttGateway:
 
     async def _batches(
         self,
-        paho_client: paho.Client,
+        session: PahoSession,
         inbox: deque[paho.MQTTMessage],
         arrived: asyncio.Event,
-        disconnected: asyncio.Future[None],
         resume_if_drained: Callable[[], None],
     ) -> None:
         cfg = self._config
         loop = asyncio.get_running_loop()
-        lost: asyncio.Future[Any] = asyncio.ensure_future(asyncio.shield(disconnected))
+        lost: asyncio.Future[Any] = asyncio.ensure_future(asyncio.shield(session.lost))
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
             while not self._stopping.is_set():
@@ -388,7 +272,7 @@ class MqttGateway:
                     return
                 for m in batch:
                     if m.qos > 0:
-                        paho_client.ack(m.mid, m.qos)
+                        session.ack(m.mid, m.qos)
                 self.messages_acked += len(batch)
         finally:
             lost.cancel()

@@ -6,15 +6,12 @@
   payloads, well-formed and malformed, every reading equals the checked construction of
   its fields, and a payload refused is refused with the same reason as before (the checked
   ``Reading`` still runs when the transport's time is naive).
-- ``device_gateways.mqtt.BufferedSocket`` hands paho exactly the bytes of the socket, in
-  the sizes asked, says what it holds, and passes "try again" and end of stream through.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import socket
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -22,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from device_gateways.decoders import Decoded, canonical
-from device_gateways.mqtt import BufferedSocket, to_raw
+from device_gateways.mqtt import to_raw
 from rpm.domain import (
     AcceptedReading,
     Binding,
@@ -126,36 +123,3 @@ def test_a_naive_transport_time_is_still_refused_by_the_reading_check() -> None:
     )
     with pytest.raises(ValueError, match="timezone-aware"):
         canonical.decode(naive)
-
-
-def test_buffered_socket_hands_over_the_stream_in_the_sizes_asked() -> None:
-    ours, theirs = socket.socketpair()
-    with ours, theirs:
-        ours.setblocking(False)
-        sock = BufferedSocket(ours)
-        with pytest.raises(BlockingIOError):
-            sock.recv(1)  # nothing sent yet: paho's "try again"
-        stream = bytes(range(256)) * 1000  # 256,000 bytes: more than one 64 KiB read
-        theirs.sendall(stream[:100_000])
-        got = bytearray()
-        assert sock.recv(1) == stream[:1]
-        got += stream[:1]
-        assert sock.pending() > 0
-        while sock.pending() > 0 or len(got) < 100_000:
-            chunk = sock.recv(7)
-            assert 1 <= len(chunk) <= 7
-            got += chunk
-        assert bytes(got) == stream[:100_000]
-        assert sock.pending() == 0
-        theirs.sendall(stream[100_000:])
-        theirs.shutdown(socket.SHUT_WR)
-        while True:
-            try:
-                chunk = sock.recv(100_000)
-            except BlockingIOError:
-                continue
-            if not chunk:
-                break  # end of stream passed on as b""
-            got += chunk
-        assert bytes(got) == stream
-        assert sock.fileno() == ours.fileno()  # everything else is the socket's own
