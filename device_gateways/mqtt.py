@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 TOPIC_PREFIX = "rpm/v1/devices/"
 
 ProcessBatch = Callable[[Sequence[RawMessage]], Awaitable[object]]
+StageBatch = Callable[[Sequence[RawMessage]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,9 +126,15 @@ async def _flushed(session: PahoSession, within: float) -> None:
 class MqttGateway:
     """Consumes readings from the broker in micro-batches, acknowledging after commit."""
 
-    def __init__(self, config: MqttConfig, process: ProcessBatch) -> None:
+    def __init__(
+        self, config: MqttConfig, process: ProcessBatch, stage: StageBatch | None = None
+    ) -> None:
+        """``process`` commits a batch; ``stage``, when given, prepares the next batch while
+        the one before it commits (``IngestPipeline.stage``), ``process`` of that same batch
+        then finishing it."""
         self._config = config
         self._process = process
+        self._stage = stage
         self.connected = asyncio.Event()
         self.messages_acked = 0
         self.max_held = 0  # most messages held unacknowledged at once
@@ -232,39 +239,25 @@ class MqttGateway:
         arrived: asyncio.Event,
         resume_if_drained: Callable[[], None],
     ) -> None:
-        cfg = self._config
-        loop = asyncio.get_running_loop()
+        """Commit batches in order, acknowledging each after its commit; the next batch is
+        taken (and staged) meanwhile, one at most."""
         lost: asyncio.Future[Any] = asyncio.ensure_future(asyncio.shield(session.lost))
         stopping = asyncio.ensure_future(self._stopping.wait())
+        ready: asyncio.Queue[tuple[list[paho.MQTTMessage], list[RawMessage]]] = asyncio.Queue(1)
+        taking = asyncio.create_task(
+            self._take(inbox, arrived, lost, stopping, resume_if_drained, ready)
+        )
         try:
             while not self._stopping.is_set():
-                while not inbox:
-                    arrived.clear()
-                    waiter: asyncio.Future[Any] = asyncio.ensure_future(arrived.wait())
-                    await asyncio.wait(
-                        {waiter, lost, stopping}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    if lost.done():
-                        waiter.cancel()
-                        lost.result()  # raises the broker error that ended the session
-                        return
-                    if stopping.done():
-                        waiter.cancel()
-                        return
-                # Let a batch fill for at most batch_max_wait_s, unless it is full already.
-                deadline = loop.time() + cfg.batch_max_wait_s
-                while len(inbox) < cfg.batch_max_messages and not lost.done():
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    arrived.clear()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(remaining):
-                            await arrived.wait()
-                n = min(len(inbox), cfg.batch_max_messages)
-                batch = [inbox.popleft() for _ in range(n)]
-                resume_if_drained()
-                await self._commit(batch)
+                got = asyncio.ensure_future(ready.get())
+                await asyncio.wait({got, taking}, return_when=asyncio.FIRST_COMPLETED)
+                if not got.done():
+                    got.cancel()
+                    taking.result()  # raises the broker error that ended the session
+                    return  # stopping
+                ready.task_done()  # the taker may take the next batch
+                batch, raws = got.result()
+                await self._commit(raws)
                 if lost.done():
                     # Acks on a dead session are void: the broker redelivers this batch,
                     # and its readings are recognised as duplicates.
@@ -275,13 +268,59 @@ class MqttGateway:
                         session.ack(m.mid, m.qos)
                 self.messages_acked += len(batch)
         finally:
+            # A batch taken and not committed stays unacknowledged: redelivered.
+            taking.cancel()
+            with contextlib.suppress(asyncio.CancelledError, BrokerError):
+                await taking
             lost.cancel()
             stopping.cancel()
 
-    async def _commit(self, batch: list[paho.MQTTMessage]) -> None:
+    async def _take(
+        self,
+        inbox: deque[paho.MQTTMessage],
+        arrived: asyncio.Event,
+        lost: asyncio.Future[Any],
+        stopping: asyncio.Future[Any],
+        resume_if_drained: Callable[[], None],
+        ready: asyncio.Queue[tuple[list[paho.MQTTMessage], list[RawMessage]]],
+    ) -> None:
+        """Form batches (full, or what came within ``batch_max_wait_s``) and stage each."""
+        cfg = self._config
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            while not inbox:
+                arrived.clear()
+                waiter: asyncio.Future[Any] = asyncio.ensure_future(arrived.wait())
+                await asyncio.wait({waiter, lost, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if lost.done():
+                    waiter.cancel()
+                    lost.result()  # raises the broker error that ended the session
+                    return
+                if stopping.done():
+                    waiter.cancel()
+                    return
+            # Let a batch fill for at most batch_max_wait_s, unless it is full already.
+            deadline = loop.time() + cfg.batch_max_wait_s
+            while len(inbox) < cfg.batch_max_messages and not lost.done():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await arrived.wait()
+            n = min(len(inbox), cfg.batch_max_messages)
+            batch = [inbox.popleft() for _ in range(n)]
+            resume_if_drained()
+            now = datetime.now(UTC)
+            raws = [to_raw(m.topic, bytes(m.payload), now) for m in batch]
+            if self._stage is not None:
+                await self._stage(raws)
+            await ready.put((batch, raws))
+            await ready.join()  # taken for its commit: only then the next one
+
+    async def _commit(self, raws: list[RawMessage]) -> None:
         """Run the unit of work until it commits; the database may be restarting."""
-        now = datetime.now(UTC)
-        raws = [to_raw(m.topic, bytes(m.payload), now) for m in batch]
         delay = 0.1
         while True:
             try:

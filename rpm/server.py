@@ -172,7 +172,7 @@ class Server:
         roles = self.roles
         self._tasks = []
         if "gateway" in roles:
-            self.gateway = MqttGateway(s.mqtt.gateway(), process)
+            self.gateway = MqttGateway(s.mqtt.gateway(), process, stage=pipeline.stage)
             self._tasks.append(asyncio.create_task(self.gateway.run(), name="gateway"))
         if "workers" in roles:
             self._start_workers()

@@ -47,7 +47,7 @@ from .corrections import apply_marked
 from .freshness import Freshness
 from .outbox_items import fhir_push_item, follow_ups
 from .prepare import prepare
-from .results import BatchResult, itemize
+from .results import BatchResult, Prepared, itemize
 
 log = logging.getLogger("rpm.pipeline")  # the name it logged under as one module
 
@@ -55,6 +55,7 @@ INGEST_CHANNEL = "rpm_ingest"
 LAST_READING_SLACK = timedelta(minutes=15)
 MISSING_LOCK = 0x52504D4D  # advisory lock key of the missing-data timer ("RPMM")
 MISSING_SLICE = 2000  # patients a transaction of the missing-data timer
+STAGED_AT_MOST = 2  # batches staged ahead and kept for their unit of work
 A = TypeVar("A")
 R = TypeVar("R")
 
@@ -95,6 +96,8 @@ class IngestPipeline:
         self._fhir_push = fhir_push
         self._grouped: tuple[RuleBook, Grouping] | None = None
         self._freshness = Freshness()  # the patients' state versions the engine holds
+        # Batches decoded and validated ahead of their unit of work (``stage``), by identity.
+        self._staged: dict[int, tuple[Sequence[RawMessage], datetime, Prepared]] = {}
 
     async def load_rules(self, conn: Conn) -> None:
         """Use the active version of every program; cheap when nothing changed.
@@ -124,6 +127,32 @@ class IngestPipeline:
         if t - self._rules_checked >= self._rules_refresh_s:
             self._rules_checked = t
             await self.load_rules(conn)
+
+    async def stage(self, batch: Sequence[RawMessage]) -> None:
+        """Decode and validate ``batch`` ahead of its unit of work, outside any transaction.
+
+        The MQTT gateway stages the next batch while the one before it commits, so that
+        batch's decoding runs while PostgreSQL executes the other's statements. ``process``
+        of the same sequence object then starts from this work; a retry, or a batch not
+        staged, prepares inside its transaction as before. The devices are read a batch
+        earlier than they would be: a binding made in between counts from the next batch.
+        A database that is down leaves the batch unstaged (``process`` reports it).
+        """
+        now = self._now()
+        try:
+            async with self._pool.acquire() as conn:
+                prepared = await prepare(conn, batch, now, self._clock)
+        except DATABASE_UNAVAILABLE:
+            return
+        while len(self._staged) >= STAGED_AT_MOST:
+            del self._staged[next(iter(self._staged))]  # a batch never processed (a lost session)
+        self._staged[id(batch)] = (batch, now, prepared)
+
+    def _take_staged(self, batch: Sequence[RawMessage]) -> tuple[datetime, Prepared] | None:
+        staged = self._staged.pop(id(batch), None)
+        if staged is None or staged[0] is not batch:
+            return None
+        return staged[1], staged[2]
 
     async def process(self, batch: Sequence[RawMessage], *, itemized: bool = False) -> BatchResult:
         """Run one unit of work. Raises ``StorageError`` when the database failed (retry all).
@@ -209,10 +238,14 @@ class IngestPipeline:
     async def _process(
         self, conn: Conn, batch: Sequence[RawMessage], itemized: bool = False
     ) -> BatchResult:
-        now = self._now()
         result = BatchResult(messages=len(batch))
         await self._refresh_rules(conn)
-        prepared = await prepare(conn, batch, now, self._clock)
+        staged = self._take_staged(batch)
+        if staged is not None:
+            now, prepared = staged
+        else:
+            now = self._now()
+            prepared = await prepare(conn, batch, now, self._clock)
         # Retractions first: a reading retracted in the same batch, or before, is stored
         # already marked; the state of patients whose readings were marked is dropped before
         # the rule step, so no buffer keeps a value entered in error (rebuilt from storage).
