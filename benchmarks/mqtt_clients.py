@@ -16,12 +16,17 @@ in order. Clients:
 - ``paho-session``: paho as the gateway drives it, through paho's public API only
   (``device_gateways.paho_session``: manual ack, and ``loop_read`` until a call brings no
   message, one event-loop callback per burst);
+- ``aiomqtt3``: aiomqtt 3.0.0a1 (MQTT 5 only, on the ``mqtt5`` codec; ``puback`` after the
+  batch's commit). Not a dependency either: its package name is the project's aiomqtt 2's, so
+  install it apart (``uv pip install --target /tmp/aiomqtt3 aiomqtt==3.0.0a1``) and put that
+  first on ``PYTHONPATH``. ``--receive-maximum`` applies to it too.
 - ``gmqtt``: gmqtt (MQTT 5, ``optimistic_acknowledgement=False``: the PUBACK goes when the
   message's coroutine returns, here when its batch committed). Not a dependency of the
   project: install it beside (``uv pip install --target /tmp/mqttalt gmqtt``).
   ``--receive-maximum N`` sends MQTT 5's Receive Maximum in its CONNECT (gmqtt's only
   public bound on what it holds; the broker is to send no more than N unacknowledged).
 
+Each drain runs with the garbage collector set as ``rpm serve`` sets it (``rpm/cli.py``).
 Figures: consumer CPU seconds (``time.process_time``) from the first message to the last
 ack, µs per message, and wall rate; the unacknowledged messages the client held when it sent
 its first acknowledgement (``held_at_first_ack``: the broker's window before any PUBACK) and
@@ -39,6 +44,7 @@ sys.path.sort(key=lambda p: p in ("", str(Path(__file__).resolve().parent)))
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import socket
@@ -180,7 +186,9 @@ class Drain:
             await asyncio.sleep(0)  # the commit
             if self.acked == 0:
                 self.held_at_first_ack = len(self.inbox) + k
-            ack(batch)
+            acked = ack(batch)
+            if acked is not None:  # a client whose acknowledgements are coroutines
+                await acked
             self.committing = 0
             self.acked += len(batch)
         cpu, wall = time.process_time() - self.cpu0, time.perf_counter() - self.t0
@@ -273,6 +281,39 @@ async def drain_gmqtt(
     return out
 
 
+async def drain_aiomqtt3(
+    port: int, n: int, batch: int, receive_maximum: int | None
+) -> dict[str, float]:
+    import aiomqtt  # 3.x, installed beside the project (its 2.x is the project's)
+
+    d = Drain(n, batch)
+    client = aiomqtt.Client(
+        hostname="127.0.0.1",
+        port=port,
+        identifier="c-aiomqtt3",
+        clean_start=False,
+        session_expiry_interval=3600,
+        **({"receive_max": receive_maximum} if receive_maximum else {}),
+    )
+    async with client:
+        await client.subscribe("rpm/v1/devices/+/readings", max_qos=aiomqtt.QoS.AT_LEAST_ONCE)
+
+        async def read() -> None:
+            async for m in client.messages():
+                d.got(m)
+
+        reader = asyncio.create_task(read())
+
+        async def ack(ms: list[Any]) -> None:
+            for m in ms:
+                await client.puback(m.packet_id)
+
+        out = await d.run(ack)
+        await asyncio.sleep(0.2)
+        reader.cancel()
+    return out
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="20,000 messages")
@@ -283,25 +324,34 @@ def main(argv: list[str]) -> int:
         "--receive-maximum", type=int, default=None, help="gmqtt: MQTT 5 Receive Maximum"
     )
     args = p.parse_args(argv)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)  # as rpm serve runs (rpm/cli.py)
     n = args.messages or (20_000 if args.quick else 100_000)
     with tempfile.TemporaryDirectory(prefix="mqtt-clients-") as tmp:
         broker, port = start_broker(Path(tmp))
         try:
             for name in args.clients.split(","):
-                mqtt5 = name == "gmqtt"
-                cid = {"paho": "c-paho", "paho-session": "c-paho-session"}.get(name, "c-gmqtt")
+                mqtt5 = name in ("gmqtt", "aiomqtt3")
+                cid = {
+                    "paho": "c-paho",
+                    "paho-session": "c-paho-session",
+                    "aiomqtt3": "c-aiomqtt3",
+                }.get(name, "c-gmqtt")
                 register_session(port, cid, mqtt5)
                 publish(port, n)
                 load = Path("/proc/loadavg").read_text().split()[:3]
                 if name == "gmqtt":
                     out = uvloop.run(drain_gmqtt(port, n, args.batch, args.receive_maximum))
+                elif name == "aiomqtt3":
+                    out = uvloop.run(drain_aiomqtt3(port, n, args.batch, args.receive_maximum))
                 elif name == "paho-session":
                     out = uvloop.run(drain_paho_session(port, n, args.batch))
                 else:
                     out = uvloop.run(drain_paho(port, n, args.batch))
                 line = {
                     "client": name,
-                    "receive_maximum": args.receive_maximum if name == "gmqtt" else None,
+                    "receive_maximum": args.receive_maximum if mqtt5 else None,
                     "messages": n,
                     "cpu_s": round(out["cpu_s"], 3),
                     "us_per_message": round(1e6 * out["cpu_s"] / n, 2),
