@@ -330,15 +330,23 @@ def live_latency(run: Run) -> Live:
         utc(float(ready["at"])),
     )
     to_commit, to_handoff, in_unit, to_stored = [], [], [], []
+    dump = []
     for r in rows:
         k = bisect.bisect_left(commit_times, r["handoff"])  # the first commit after hand-off
         if k == len(commit_times):
             continue
+        dump.append((r["published"], r["handoff"], commit_times[k]))
         to_commit.append((commit_times[k] - r["published"]) * 1000)
         to_handoff.append((r["handoff"] - r["published"]) * 1000)
         in_unit.append((commit_times[k] - r["handoff"]) * 1000)
         to_stored.append((r["stored"] - r["published"]) * 1000)
     drop_session(run.gateway_login, LIVE_ID)
+    if run.args.latency_dump is not None:
+        first = min((p for p, _, _ in dump), default=0.0)
+        lines = ["at_s,to_handoff_ms,to_commit_ms"] + [
+            f"{p - first:.4f},{(h - p) * 1000:.2f},{(c - p) * 1000:.2f}" for p, h, c in sorted(dump)
+        ]
+        run.args.latency_dump.write_text("\n".join(lines) + "\n")
     seconds = max(r.seconds for r in results)
     gateway_cpu = float(done.get("cpu", math.nan)) - float(ready["cpu"])
     return Live(

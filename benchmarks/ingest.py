@@ -258,6 +258,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "not beside it (--role gateway,api + --role workers)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument(
+        "--latency-dump",
+        type=Path,
+        default=None,
+        help="write the live phase's readings as CSV (seconds since the first publish, "
+        "publish -> hand-off and publish -> commit in ms) to FILE: where the slow ones fall",
+    )
     args = p.parse_args(argv)
     if args.profile is not None:
         beside = Path(sys.executable).with_name("py-spy")

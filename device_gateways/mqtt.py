@@ -32,9 +32,9 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.reasoncodes import ReasonCode
 
-from device_gateways.paho_session import BrokerError, PahoSession
+from device_gateways.paho_session import PahoSession
 from rpm.domain import RawMessage
-from rpm.domain.errors import StorageError
+from rpm.domain.errors import BrokerConnectionError, StorageError
 from rpm.domain.trusted import trusted
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ class MqttGateway:
         while not self._stopping.is_set():
             try:
                 await self._session()
-            except BrokerError as exc:
+            except BrokerConnectionError as exc:
                 if self.connected.is_set():
                     delay = 0.2  # it was connected: a fresh outage starts the backoff afresh
                 self.connected.clear()
@@ -216,7 +216,7 @@ class MqttGateway:
             try:
                 granted = await session.subscribe(cfg.subscription, qos=1)
                 if any(_refused(g) for g in granted):
-                    raise BrokerError(
+                    raise BrokerConnectionError(
                         f"the broker refused the subscription to {cfg.subscription}: "
                         "see the gateway login's ACL (docs/operations.md)"
                     )
@@ -270,7 +270,7 @@ class MqttGateway:
         finally:
             # A batch taken and not committed stays unacknowledged: redelivered.
             taking.cancel()
-            with contextlib.suppress(asyncio.CancelledError, BrokerError):
+            with contextlib.suppress(asyncio.CancelledError, BrokerConnectionError):
                 await taking
             lost.cancel()
             stopping.cancel()

@@ -31,14 +31,12 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from rpm.domain.errors import BrokerConnectionError
+
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
 READS_PER_TURN = 512  # packets read in one callback at most, so other tasks get their turn
-
-
-class BrokerError(Exception):
-    """The connection to the broker failed, was refused, or ended."""
 
 
 class PahoSession:
@@ -46,7 +44,7 @@ class PahoSession:
 
     Messages go to ``on_message`` as paho decoded them, unacknowledged (manual
     acknowledgement: ``ack`` after they are durable). ``lost`` resolves when the connection
-    ends: with ``None`` after our own disconnect, with a ``BrokerError`` otherwise.
+    ends: with ``None`` after our own disconnect, with a ``BrokerConnectionError`` otherwise.
     """
 
     def __init__(
@@ -104,12 +102,12 @@ class PahoSession:
                 # blocking calls, so on a thread, as aiomqtt does.
                 await self._loop.run_in_executor(None, self._connect_blocking)
             except (OSError, ValueError) as exc:
-                raise BrokerError(f"cannot connect to the broker: {exc}") from exc
+                raise BrokerConnectionError(f"cannot connect to the broker: {exc}") from exc
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT_S):
                     await asyncio.shield(self.connected)
             except TimeoutError:
-                raise BrokerError("no CONNACK from the broker in time") from None
+                raise BrokerConnectionError("no CONNACK from the broker in time") from None
         except BaseException:
             self._close()
             raise
@@ -119,7 +117,7 @@ class PahoSession:
     async def __aexit__(self, *exc_info: object) -> None:
         try:
             if not self.lost.done() and self.client.disconnect() == MQTTErrorCode.MQTT_ERR_SUCCESS:
-                with contextlib.suppress(TimeoutError, BrokerError):
+                with contextlib.suppress(TimeoutError, BrokerConnectionError):
                     async with asyncio.timeout(5):
                         await asyncio.shield(self.lost)
         finally:
@@ -129,7 +127,7 @@ class PahoSession:
         """Subscribe and wait for the SUBACK's reason codes (or the connection's end)."""
         rc, mid = self.client.subscribe(topic, qos)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
-            raise BrokerError(f"cannot subscribe to {topic}: {paho.error_string(rc)}")
+            raise BrokerConnectionError(f"cannot subscribe to {topic}: {paho.error_string(rc)}")
         granted: asyncio.Future[list[ReasonCode]] = self._loop.create_future()
         self._subscribing[mid] = granted
         try:
@@ -139,7 +137,7 @@ class PahoSession:
             self._subscribing.pop(mid, None)
         if not granted.done():
             self.lost.result()  # raises why the connection ended
-            raise BrokerError("disconnected before the SUBACK")
+            raise BrokerConnectionError("disconnected before the SUBACK")
         return granted.result()
 
     def ack(self, mid: int, qos: int) -> None:
@@ -181,13 +179,13 @@ class PahoSession:
             if pending is not None and pending() > 0 and not self._paused:
                 self._loop.call_soon(self._readable)
         except Exception as exc:  # a broken connection surfaces here as OSError and kin
-            self._fail(BrokerError(f"reading from the broker failed: {exc!r}"))
+            self._fail(BrokerConnectionError(f"reading from the broker failed: {exc!r}"))
 
     def _writable(self) -> None:
         try:
             self.client.loop_write()
         except Exception as exc:
-            self._fail(BrokerError(f"writing to the broker failed: {exc!r}"))
+            self._fail(BrokerConnectionError(f"writing to the broker failed: {exc!r}"))
 
     async def _keep_alive(self) -> None:
         """paho's timers: PINGREQ when idle, and a lost broker noticed (``loop_misc``)."""
@@ -239,7 +237,7 @@ class PahoSession:
             if self.connected.done():
                 return
             if reason.is_failure:
-                self._fail(BrokerError(f"the broker refused the connection: {reason}"))
+                self._fail(BrokerConnectionError(f"the broker refused the connection: {reason}"))
             else:
                 self.connected.set_result(None)
 
@@ -250,7 +248,7 @@ class PahoSession:
     ) -> None:
         def settle() -> None:
             if not self.connected.done() or reason.value != 0:  # 0: our own disconnect
-                self._fail(BrokerError(f"the connection to the broker ended: {reason}"))
+                self._fail(BrokerConnectionError(f"the connection to the broker ended: {reason}"))
             elif not self.lost.done():
                 self.lost.set_result(None)
 

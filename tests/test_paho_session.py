@@ -12,7 +12,8 @@ from collections.abc import Awaitable, Callable
 import paho.mqtt.client as paho
 import pytest
 
-from device_gateways.paho_session import CONNECT_TIMEOUT_S, BrokerError, PahoSession
+from device_gateways.paho_session import CONNECT_TIMEOUT_S, PahoSession
+from rpm.domain.errors import BrokerConnectionError
 from rpm.local_endpoints import ServiceEndpoints
 from tests.helpers import eventually, mosquitto_pub
 
@@ -106,7 +107,7 @@ async def test_a_refused_login_fails_the_connect_at_once(services: ServiceEndpoi
         on_message=lambda m: None,
     )
     started = time.monotonic()
-    with pytest.raises(BrokerError, match="refused the connection"):
+    with pytest.raises(BrokerConnectionError, match="refused the connection"):
         async with session:
             pass
     assert time.monotonic() - started < CONNECT_TIMEOUT_S  # the CONNACK said so, no timeout
@@ -122,6 +123,6 @@ async def test_no_broker_is_a_broker_error(services: ServiceEndpoints) -> None:
         password=None,
         on_message=lambda m: None,
     )
-    with pytest.raises(BrokerError, match="cannot connect"):
+    with pytest.raises(BrokerConnectionError, match="cannot connect"):
         async with session:
             pass

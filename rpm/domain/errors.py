@@ -47,6 +47,7 @@
     │   ├── MalformedResponse    (ValueError) a 2xx that is not the answer asked for
     │   └── SendError            (RuntimeError) the simulators could not hand a payload over
     ├── BrokerProvisioningError  the broker refused or missed a login change; retry     503
+    ├── BrokerConnectionError    the gateway's broker connection failed or ended; it reconnects
     ├── ConfigurationError       settings or the machine's setup are wrong; fix and restart
     │   ├── ScenarioFileError    (ValueError) a simulator scenario file that cannot be used
     │   ├── UnsupportedReading   (ValueError) a payload format that cannot carry a reading
@@ -295,6 +296,11 @@ class SendError(DeliveryError, RuntimeError):
 
 class BrokerProvisioningError(RpmError):
     """The broker did not apply a login or ACL change; the API call may be retried."""
+
+
+class BrokerConnectionError(RpmError):
+    """The gateway's connection to the broker failed, was refused, or ended; it reconnects
+    with backoff, and the broker redelivers what was not acknowledged."""
 
 
 # --- configuration --------------------------------------------------------------------------
