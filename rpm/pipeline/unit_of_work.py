@@ -47,7 +47,8 @@ from .corrections import apply_marked
 from .freshness import Freshness
 from .outbox_items import fhir_push_item, follow_ups
 from .prepare import prepare
-from .results import BatchResult, Prepared, itemize
+from .results import BatchResult, itemize
+from .staging import StagedBatches
 
 log = logging.getLogger("rpm.pipeline")  # the name it logged under as one module
 
@@ -55,16 +56,8 @@ INGEST_CHANNEL = "rpm_ingest"
 LAST_READING_SLACK = timedelta(minutes=15)
 MISSING_LOCK = 0x52504D4D  # advisory lock key of the missing-data timer ("RPMM")
 MISSING_SLICE = 2000  # patients a transaction of the missing-data timer
-STAGED_AT_MOST = 2  # batches staged ahead and kept for their unit of work
 A = TypeVar("A")
 R = TypeVar("R")
-
-# What a database that is restarting, failing over or out of connections looks like to
-# asyncpg; the unit of work may be retried once it is back. Class 08 (connection), class 57
-# (operator intervention: 57P01 admin shutdown while a query ran, 57P03 "the database system
-# is starting up / shutting down"), class 53 (e.g. too many connections), client-side errors
-# of a connection that died (InterfaceError; InternalClientError when the pool resets a
-# connection whose server went away mid-operation), and the socket's own OSError.
 
 
 class IngestPipeline:
@@ -96,8 +89,7 @@ class IngestPipeline:
         self._fhir_push = fhir_push
         self._grouped: tuple[RuleBook, Grouping] | None = None
         self._freshness = Freshness()  # the patients' state versions the engine holds
-        # Batches decoded and validated ahead of their unit of work (``stage``), by identity.
-        self._staged: dict[int, tuple[Sequence[RawMessage], datetime, Prepared]] = {}
+        self._staged = StagedBatches()  # batches decoded and validated ahead (``stage``)
 
     async def load_rules(self, conn: Conn) -> None:
         """Use the active version of every program; cheap when nothing changed.
@@ -129,30 +121,14 @@ class IngestPipeline:
             await self.load_rules(conn)
 
     async def stage(self, batch: Sequence[RawMessage]) -> None:
-        """Decode and validate ``batch`` ahead of its unit of work, outside any transaction.
-
-        The MQTT gateway stages the next batch while the one before it commits, so that
-        batch's decoding runs while PostgreSQL executes the other's statements. ``process``
-        of the same sequence object then starts from this work; a retry, or a batch not
-        staged, prepares inside its transaction as before. The devices are read a batch
-        earlier than they would be: a binding made in between counts from the next batch.
-        A database that is down leaves the batch unstaged (``process`` reports it).
-        """
+        """Decode and validate ``batch`` outside any transaction, for its unit of work
+        (``rpm.pipeline.staging``); a database that is down leaves it unstaged."""
         now = self._now()
         try:
             async with self._pool.acquire() as conn:
-                prepared = await prepare(conn, batch, now, self._clock)
+                self._staged.put(batch, now, await prepare(conn, batch, now, self._clock))
         except DATABASE_UNAVAILABLE:
             return
-        while len(self._staged) >= STAGED_AT_MOST:
-            del self._staged[next(iter(self._staged))]  # a batch never processed (a lost session)
-        self._staged[id(batch)] = (batch, now, prepared)
-
-    def _take_staged(self, batch: Sequence[RawMessage]) -> tuple[datetime, Prepared] | None:
-        staged = self._staged.pop(id(batch), None)
-        if staged is None or staged[0] is not batch:
-            return None
-        return staged[1], staged[2]
 
     async def process(self, batch: Sequence[RawMessage], *, itemized: bool = False) -> BatchResult:
         """Run one unit of work. Raises ``StorageError`` when the database failed (retry all).
@@ -240,7 +216,7 @@ class IngestPipeline:
     ) -> BatchResult:
         result = BatchResult(messages=len(batch))
         await self._refresh_rules(conn)
-        staged = self._take_staged(batch)
+        staged = self._staged.take(batch)
         if staged is not None:
             now, prepared = staged
         else:

@@ -31,8 +31,12 @@ async def connect(dsn: str) -> asyncpg.Connection:
 Conn = asyncpg.Connection | PoolConnectionProxy
 
 
-# What asyncpg raises while the database is away (down, restarting, shutting down, the
-# network gone): the unit of work may be retried as a whole once it is back.
+# What a database that is restarting, failing over or out of connections looks like to
+# asyncpg; the unit of work may be retried once it is back. Class 08 (connection), class 57
+# (operator intervention: 57P01 admin shutdown while a query ran, 57P03 "the database system
+# is starting up / shutting down"), class 53 (e.g. too many connections), client-side errors
+# of a connection that died (InterfaceError; InternalClientError when the pool resets a
+# connection whose server went away mid-operation), and the socket's own OSError.
 DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.OperatorInterventionError,
