@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
-import struct
-import termios
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -95,34 +92,6 @@ def _refused(granted: int | ReasonCode) -> bool:
     return granted.is_failure if isinstance(granted, ReasonCode) else granted >= 0x80
 
 
-def _unsent_bytes(sock: object) -> int:
-    """Bytes the kernel still holds to send on ``sock`` (Linux SIOCOUTQ); 0 where unknown."""
-    fileno = getattr(sock, "fileno", None)
-    if fileno is None or not hasattr(termios, "TIOCOUTQ"):
-        return 0
-    try:
-        out = fcntl.ioctl(fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-    except OSError:
-        return 0
-    return int(struct.unpack("i", out)[0])
-
-
-async def _flushed(session: PahoSession, within: float) -> None:
-    """Wait until the PUBACKs written so far have left paho's queue and the kernel's.
-
-    Closing a socket that has unread input resets the connection and discards output not
-    yet sent (RFC 2525, 2.17), and the broker keeps sending while we stop: without this wait
-    the last batch's acknowledgements can be lost, and its messages redelivered.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while loop.time() < deadline:
-        sock = session.client.socket()
-        if sock is None or (not session.unsent() and _unsent_bytes(sock) == 0):
-            return
-        await asyncio.sleep(0.01)
-
-
 class MqttGateway:
     """Consumes readings from the broker in micro-batches, acknowledging after commit."""
 
@@ -181,22 +150,17 @@ class MqttGateway:
         # ourselves: past two batches we stop reading the socket, and TCP flow control
         # holds the broker back until we are down to one batch.
         high, low = 2 * cfg.batch_max_messages, cfg.batch_max_messages
-        paused = False
 
         def on_message(message: paho.MQTTMessage) -> None:
-            nonlocal paused
             inbox.append(message)
             arrived.set()
             self.max_held = max(self.max_held, len(inbox))
-            if not paused and len(inbox) >= high:
+            if not session.paused and len(inbox) >= high:
                 session.pause()
-                paused = True
                 self.pauses += 1
 
         def resume_if_drained() -> None:
-            nonlocal paused
-            if paused and len(inbox) < low:
-                paused = False
+            if session.paused and len(inbox) < low:
                 session.resume()
 
         session = PahoSession(
@@ -225,7 +189,7 @@ class MqttGateway:
                 self.reconnects = self._sessions - 1
                 log.info("subscribed to %s as %s", cfg.subscription, cfg.client_id)
                 await batches
-                await _flushed(session, within=5.0)  # stopping: the last acks must leave
+                await session.flushed(within=5.0)  # stopping: the last acks must leave
             finally:
                 if not batches.done():
                     batches.cancel()

@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import struct
+import termios
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +40,18 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
 READS_PER_TURN = 512  # packets read in one callback at most, so other tasks get their turn
+
+
+def _unsent_bytes(sock: object) -> int:
+    """Bytes the kernel still holds to send on ``sock`` (Linux SIOCOUTQ); 0 where unknown."""
+    fileno = getattr(sock, "fileno", None)
+    if fileno is None or not hasattr(termios, "TIOCOUTQ"):
+        return 0
+    try:
+        out = fcntl.ioctl(fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int(struct.unpack("i", out)[0])
 
 
 class PahoSession:
@@ -152,9 +167,28 @@ class PahoSession:
         self._paused = False
         self._start_reading()
 
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
     def unsent(self) -> bool:
         """paho still holds packets to write (acknowledgements, say)."""
         return self.client.want_write()
+
+    async def flushed(self, within: float) -> None:
+        """Wait until the packets written so far have left paho's queue and the kernel's.
+
+        Closing a socket that has unread input resets the connection and discards output not
+        yet sent (RFC 2525, 2.17), and the broker keeps sending while a consumer stops:
+        without this wait its last acknowledgements can be lost, and their messages
+        redelivered.
+        """
+        deadline = self._loop.time() + within
+        while self._loop.time() < deadline:
+            sock = self.client.socket()
+            if sock is None or (not self.unsent() and _unsent_bytes(sock) == 0):
+                return
+            await asyncio.sleep(0.01)
 
     # -- driving paho ------------------------------------------------------------------
 
