@@ -13,9 +13,8 @@ in order. Clients:
 
 - ``paho``: aiomqtt 2.5 with paho's manual_ack, one packet per socket-readable callback
   (aiomqtt's reader; the gateway before the buffered reader);
-- ``paho-session``: paho as the gateway drives it, through paho's public API only
-  (``device_gateways.paho_session``: manual ack, and ``loop_read`` until a call brings no
-  message, one event-loop callback per burst);
+- ``mqtt-session``: the gateway's client (``device_gateways.mqtt_session``: MQTT 5 on the
+  ``mqtt5`` codec over an asyncio transport, the PUBACKs of a batch in one write);
 - ``aiomqtt3``: aiomqtt 3.0.0a1 (MQTT 5 only, on the ``mqtt5`` codec; ``puback`` after the
   batch's commit). Not a dependency either: its package name is the project's aiomqtt 2's, so
   install it apart (``uv pip install --target /tmp/aiomqtt3 aiomqtt==3.0.0a1``) and put that
@@ -222,14 +221,14 @@ async def drain_paho(port: int, n: int, batch: int) -> dict[str, float]:
     return out
 
 
-async def drain_paho_session(port: int, n: int, batch: int) -> dict[str, float]:
-    from device_gateways.paho_session import PahoSession
+async def drain_mqtt_session(port: int, n: int, batch: int) -> dict[str, float]:
+    from device_gateways.mqtt_session import Message, MqttSession
 
     d = Drain(n, batch)
-    session = PahoSession(
+    session = MqttSession(
         host="127.0.0.1",
         port=port,
-        client_id="c-paho-session",
+        client_id="c-mqtt-session",
         username=None,
         password=None,
         on_message=d.got,
@@ -237,9 +236,10 @@ async def drain_paho_session(port: int, n: int, batch: int) -> dict[str, float]:
     async with session:
         await session.subscribe("rpm/v1/devices/+/readings", qos=1)
 
-        def ack(ms: list[paho.MQTTMessage]) -> None:
+        def ack(ms: list[Message]) -> None:
             for m in ms:
-                session.ack(m.mid, m.qos)
+                if m.packet_id is not None:
+                    session.ack(m.packet_id)
 
         out = await d.run(ack)
         await asyncio.sleep(0.2)
@@ -319,7 +319,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--quick", action="store_true", help="20,000 messages")
     p.add_argument("--messages", type=int, default=None)
     p.add_argument("--batch", type=int, default=2000)
-    p.add_argument("--clients", default="paho,paho-session", help="comma-separated")
+    p.add_argument("--clients", default="paho,mqtt-session", help="comma-separated")
     p.add_argument(
         "--receive-maximum", type=int, default=None, help="gmqtt: MQTT 5 Receive Maximum"
     )
@@ -332,10 +332,10 @@ def main(argv: list[str]) -> int:
         broker, port = start_broker(Path(tmp))
         try:
             for name in args.clients.split(","):
-                mqtt5 = name in ("gmqtt", "aiomqtt3")
+                mqtt5 = name in ("gmqtt", "aiomqtt3", "mqtt-session")
                 cid = {
                     "paho": "c-paho",
-                    "paho-session": "c-paho-session",
+                    "mqtt-session": "c-mqtt-session",
                     "aiomqtt3": "c-aiomqtt3",
                 }.get(name, "c-gmqtt")
                 register_session(port, cid, mqtt5)
@@ -345,8 +345,8 @@ def main(argv: list[str]) -> int:
                     out = uvloop.run(drain_gmqtt(port, n, args.batch, args.receive_maximum))
                 elif name == "aiomqtt3":
                     out = uvloop.run(drain_aiomqtt3(port, n, args.batch, args.receive_maximum))
-                elif name == "paho-session":
-                    out = uvloop.run(drain_paho_session(port, n, args.batch))
+                elif name == "mqtt-session":
+                    out = uvloop.run(drain_mqtt_session(port, n, args.batch))
                 else:
                     out = uvloop.run(drain_paho(port, n, args.batch))
                 line = {

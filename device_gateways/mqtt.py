@@ -1,18 +1,16 @@
 """The MQTT transport: the only module that consumes from the broker.
 
 Readings arrive at QoS 1 on ``rpm/v1/devices/{device_id}/readings`` through a
-persistent session (fixed client id, clean_session false). Messages are
+persistent session (fixed client id, clean start off, no expiry). Messages are
 acknowledged to the broker only after the unit of work holding them committed,
 so a crash at any point makes the broker redeliver, and the duplicates are
-skipped by reading identity. The connection is paho-mqtt's, driven on the event loop
-through paho's public API (``device_gateways.paho_session``): aiomqtt 2.x acknowledges
-on receipt and has no public switch for this (aiomqtt issue #345). We bound how many
-unacknowledged messages we hold ourselves, by not reading the socket past two
-batches: nothing is dropped, TCP flow control holds the broker back and it queues
-the rest. (The broker's in-flight window should bound it, but Mosquitto before
-2.0.13 overruns its window, MQTT 5 Receive Maximum included, once acknowledgements
-flow: eclipse/mosquitto#2306. That is also why the gateway is not on gmqtt, whose
-only public bound is Receive Maximum: docs/performance.md, "The MQTT client".)
+skipped by reading identity. The connection is MQTT 5 on the ``mqtt5`` codec
+(``device_gateways.mqtt_session``; why that client: docs/performance.md, "The MQTT
+client"). We bound how many unacknowledged messages we hold ourselves, by not reading
+the socket past two batches: nothing is dropped, TCP flow control holds the broker back
+and it queues the rest. (The broker's in-flight window, ``max_inflight_messages`` in
+Mosquitto, should bound it, but Mosquitto before 2.0.13 overruns it once
+acknowledgements flow: eclipse/mosquitto#2306.)
 """
 
 from __future__ import annotations
@@ -26,10 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import paho.mqtt.client as paho
-from paho.mqtt.reasoncodes import ReasonCode
-
-from device_gateways.paho_session import PahoSession
+from device_gateways.mqtt_session import Message, MqttSession
 from rpm.domain import RawMessage
 from rpm.domain.errors import BrokerConnectionError, StorageError
 from rpm.domain.trusted import trusted
@@ -56,7 +51,7 @@ class MqttConfig:
     tls_ca_file: str | None = None  # verify the broker's certificate against this CA
     # Several gateways: each subscribes to ``$share/{share_group}/{topic}`` under its own
     # client id, and the broker hands each message to one member of the group (MQTT 5.0
-    # section 4.8.2; Mosquitto 2.0 accepts it from MQTT 3.1.1 clients too).
+    # section 4.8.2).
     share_group: str | None = None
 
     @property
@@ -87,9 +82,9 @@ def to_raw(topic: str, payload: bytes, received_at: datetime) -> RawMessage:
     )
 
 
-def _refused(granted: int | ReasonCode) -> bool:
-    """A SUBACK return code of failure (0x80 and up: MQTT 3.1.1 section 3.9.3, 5.0 3.9.3)."""
-    return granted.is_failure if isinstance(granted, ReasonCode) else granted >= 0x80
+def _refused(granted: int) -> bool:
+    """A SUBACK reason code of failure (0x80 and up: MQTT 5.0 section 3.9.3)."""
+    return granted >= 0x80
 
 
 class MqttGateway:
@@ -142,7 +137,7 @@ class MqttGateway:
 
     async def _session(self) -> None:
         cfg = self._config
-        inbox: deque[paho.MQTTMessage] = deque()
+        inbox: deque[Message] = deque()
         arrived = asyncio.Event()
         # The broker should send at most its in-flight window of unacknowledged messages,
         # but Mosquitto before 2.0.13 stops enforcing it once acknowledgements flow
@@ -151,7 +146,7 @@ class MqttGateway:
         # holds the broker back until we are down to one batch.
         high, low = 2 * cfg.batch_max_messages, cfg.batch_max_messages
 
-        def on_message(message: paho.MQTTMessage) -> None:
+        def on_message(message: Message) -> None:
             inbox.append(message)
             arrived.set()
             self.max_held = max(self.max_held, len(inbox))
@@ -163,7 +158,7 @@ class MqttGateway:
             if session.paused and len(inbox) < low:
                 session.resume()
 
-        session = PahoSession(
+        session = MqttSession(
             host=cfg.host,
             port=cfg.port,
             client_id=cfg.client_id,
@@ -198,8 +193,8 @@ class MqttGateway:
 
     async def _batches(
         self,
-        session: PahoSession,
-        inbox: deque[paho.MQTTMessage],
+        session: MqttSession,
+        inbox: deque[Message],
         arrived: asyncio.Event,
         resume_if_drained: Callable[[], None],
     ) -> None:
@@ -207,7 +202,7 @@ class MqttGateway:
         taken (and staged) meanwhile, one at most."""
         lost: asyncio.Future[Any] = asyncio.ensure_future(asyncio.shield(session.lost))
         stopping = asyncio.ensure_future(self._stopping.wait())
-        ready: asyncio.Queue[tuple[list[paho.MQTTMessage], list[RawMessage]]] = asyncio.Queue(1)
+        ready: asyncio.Queue[tuple[list[Message], list[RawMessage]]] = asyncio.Queue(1)
         taking = asyncio.create_task(
             self._take(inbox, arrived, lost, stopping, resume_if_drained, ready)
         )
@@ -228,8 +223,8 @@ class MqttGateway:
                     lost.result()
                     return
                 for m in batch:
-                    if m.qos > 0:
-                        session.ack(m.mid, m.qos)
+                    if m.packet_id is not None:  # QoS 1 (QoS 0 has none)
+                        session.ack(m.packet_id)
                 self.messages_acked += len(batch)
         finally:
             # A batch taken and not committed stays unacknowledged: redelivered.
@@ -241,12 +236,12 @@ class MqttGateway:
 
     async def _take(
         self,
-        inbox: deque[paho.MQTTMessage],
+        inbox: deque[Message],
         arrived: asyncio.Event,
         lost: asyncio.Future[Any],
         stopping: asyncio.Future[Any],
         resume_if_drained: Callable[[], None],
-        ready: asyncio.Queue[tuple[list[paho.MQTTMessage], list[RawMessage]]],
+        ready: asyncio.Queue[tuple[list[Message], list[RawMessage]]],
     ) -> None:
         """Form batches (full, or what came within ``batch_max_wait_s``) and stage each."""
         cfg = self._config
@@ -277,7 +272,7 @@ class MqttGateway:
             batch = [inbox.popleft() for _ in range(n)]
             resume_if_drained()
             now = datetime.now(UTC)
-            raws = [to_raw(m.topic, bytes(m.payload), now) for m in batch]
+            raws = [to_raw(m.topic, m.payload, now) for m in batch]
             if self._stage is not None:
                 await self._stage(raws)
             await ready.put((batch, raws))
