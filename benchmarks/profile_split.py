@@ -32,7 +32,12 @@ STAGES: list[tuple[str, str]] = [
     ("decode and validation", r"(^|\.)prepare \(rpm/pipeline/prepare\.py"),
     ("unit of work: SQL", r"\(asyncpg/"),  # under the unit of work (below)
     ("unit of work: other", r"unit_of_work\.py"),
-    ("paho (packets, message objects)", r"\(paho/"),
+    # paho (the gateway's client before 3434513) or mqtt_session with its codec (mqtt5 is
+    # compiled: its time shows in the Python frame calling it)
+    (
+        "MQTT client (packets, message objects)",
+        r"\((paho/|device_gateways/(mqtt|paho)_session\.py)",
+    ),
     ("gateway intake (batches, ack)", r"\(device_gateways/"),
 ]
 # leaf frames of a thread or loop that waits

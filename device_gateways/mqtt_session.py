@@ -213,20 +213,28 @@ class MqttSession(asyncio.Protocol):
         view = memoryview(buf)
         end, at = len(buf), 0
         try:
-            while at < end and not self._paused:
+            while at < end and not self._paused and not self.lost.done():
                 try:
                     packet, size = mqtt5.read(view[at:])
                 except IndexError:  # "not enough bytes": the rest comes with the next read
                     break
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as exc:  # the codec's own panic is one
+                    # A malformed packet: ValueError (UnicodeDecodeError among them), or, for
+                    # some, a panic of the codec (pyo3's PanicException derives from
+                    # BaseException). A compliant broker forwards none of them.
+                    self._protocol_error(f"a malformed packet ({exc!r})")
+                    return
                 at += size
                 if type(packet) is mqtt5.PublishPacket:
-                    self._publish(packet)
-                else:
-                    self._control(packet)
-        except (ValueError, BrokerConnectionError) as exc:  # malformed, or not asked for
-            self._fail(BrokerConnectionError(f"protocol error from the broker: {exc}"))
-            self._abort()
-            return
+                    if packet.qos.value > 1 or packet.topic_alias is not None:
+                        self._protocol_error("a PUBLISH with QoS 2 or a topic alias")
+                        return
+                    self._deliver(packet)
+                elif not self._control(packet):
+                    self._protocol_error(f"a {type(packet).__name__}, never asked for")
+                    return
         finally:
             view.release()
         self._rest = buf[at:] if at < end else b""
@@ -244,12 +252,8 @@ class MqttSession(asyncio.Protocol):
 
     # -- packets -----------------------------------------------------------------------
 
-    def _publish(self, packet: mqtt5.PublishPacket) -> None:
-        if packet.qos.value > 1 or packet.topic_alias is not None:
-            raise BrokerConnectionError("a PUBLISH with QoS 2 or a topic alias, never asked for")
-        self._deliver(packet)
-
-    def _control(self, packet: object) -> None:
+    def _control(self, packet: object) -> bool:
+        """Handle a packet other than PUBLISH; False for one a client never receives."""
         if isinstance(packet, mqtt5.ConnAckPacket):
             if packet.reason_code.value >= 0x80:
                 name = packet.reason_code.name.lower().replace("_", " ")
@@ -267,8 +271,13 @@ class MqttSession(asyncio.Protocol):
             name = packet.reason_code.name.lower().replace("_", " ")
             self._fail(BrokerConnectionError(f"the broker disconnected us: {name}"))
             self._abort()
-        elif not isinstance(packet, mqtt5.PingRespPacket):
-            raise BrokerConnectionError(f"a {type(packet).__name__} never asked for")
+        else:
+            return isinstance(packet, mqtt5.PingRespPacket)
+        return True
+
+    def _protocol_error(self, what: str) -> None:
+        self._fail(BrokerConnectionError(f"protocol error from the broker: {what}"))
+        self._abort()
 
     # -- writing and timers ------------------------------------------------------------
 

@@ -289,3 +289,28 @@ async def test_bytes_that_are_not_mqtt_end_the_connection() -> None:
             async with asyncio.timeout(5):
                 await session.lost
         assert got == []
+
+
+# mqtt5 0.8.0 hands the UnicodeDecodeError to sys.unraisablehook before it panics; pytest
+# would report that as a failure of this test, which expects exactly that input.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_a_publish_the_codec_cannot_read_ends_the_connection() -> None:
+    """A topic that is not UTF-8 (MQTT 5.0 section 1.5.4: a malformed packet, which a broker
+    never forwards) makes the codec raise, and in mqtt5 0.8.0 panic; either way the
+    connection ends with a protocol error and the process goes on."""
+    publish = bytearray(
+        mqtt5.PublishPacket(TOPIC, b"{}", qos=mqtt5.QoS.AT_LEAST_ONCE, packet_id=3).write()
+    )
+    publish[publish.index(b"readings")] = 0xFF
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _connack(reader, writer)
+        writer.write(bytes(publish))
+        await writer.drain()
+        await reader.read()
+
+    async with _peer_session(peer) as (got, session):
+        with pytest.raises(BrokerConnectionError, match="malformed packet"):
+            async with asyncio.timeout(5):
+                await session.lost
+        assert got == []
