@@ -3,8 +3,9 @@ services), as several gateways use them (docs/deploy.md): members of one group s
 topic's messages, each message to one member; and a member that dies holding messages it
 has not acknowledged gets them again when it comes back with its persistent session.
 
-The members are paho clients with manual acknowledgement, as the gateway is
-(device_gateways/mqtt.py): they acknowledge only when told to. They log in with a login of
+The members are paho clients (MQTT 3.1.1) with manual acknowledgement: like the gateway
+(device_gateways/mqtt.py, MQTT 5), they acknowledge only when told to; gateways themselves in
+a group are tests/test_active_active.py's. They log in with a login of
 this module's own, made through the broker admin, whose role may subscribe to the shared
 filter: Mosquitto checks a shared subscription's ACL on the whole filter, `$share/<group>/`
 included, so a role allowed `rpm/#` alone is refused (SUBACK 0x80).
