@@ -116,7 +116,9 @@ class MqttSession(asyncio.Protocol):
                 await asyncio.shield(self.connected)
         except TimeoutError:
             self._close()
-            raise BrokerConnectionError("no CONNACK from the broker in time") from None
+            raise BrokerConnectionError(
+                f"the broker did not answer (CONNACK) within {CONNECT_TIMEOUT_S:.0f} s"
+            ) from None
         except BaseException:
             self._close()
             raise

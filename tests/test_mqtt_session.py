@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import mqtt5
 import pytest
 
+from device_gateways import mqtt_session
 from device_gateways.mqtt_session import CONNECT_TIMEOUT_S, Message, MqttSession
 from rpm.domain.errors import BrokerConnectionError
 from rpm.local_endpoints import ServiceEndpoints
@@ -248,6 +249,19 @@ async def test_a_packet_split_across_reads_is_delivered_whole() -> None:
             await acked.wait()
 
 
+async def test_a_broker_that_never_answers_the_connect_fails_it_in_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(mqtt_session, "CONNECT_TIMEOUT_S", 0.5)
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # takes the CONNECT, answers nothing
+
+    with pytest.raises(BrokerConnectionError, match="did not answer"):
+        async with _peer_session(peer):
+            pass
+
+
 async def test_a_silent_broker_is_a_lost_connection() -> None:
     async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _connack(reader, writer)
@@ -277,40 +291,38 @@ async def test_a_paused_session_does_not_count_the_silence_it_causes() -> None:
                 await session.lost
 
 
-async def test_bytes_that_are_not_mqtt_end_the_connection() -> None:
-    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _connack(reader, writer)
-        writer.write(b"\xff\x00")  # packet type 15 (AUTH) with reserved flags set
-        await writer.drain()
-        await reader.read()
-
-    async with _peer_session(peer) as (got, session):
-        with pytest.raises(BrokerConnectionError, match="protocol error"):
-            async with asyncio.timeout(5):
-                await session.lost
-        assert got == []
-
-
-# mqtt5 0.8.0 hands the UnicodeDecodeError to sys.unraisablehook before it panics; pytest
-# would report that as a failure of this test, which expects exactly that input.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-async def test_a_publish_the_codec_cannot_read_ends_the_connection() -> None:
-    """A topic that is not UTF-8 (MQTT 5.0 section 1.5.4: a malformed packet, which a broker
-    never forwards) makes the codec raise, and in mqtt5 0.8.0 panic; either way the
-    connection ends with a protocol error and the process goes on."""
+def _not_utf8_topic() -> bytes:
     publish = bytearray(
         mqtt5.PublishPacket(TOPIC, b"{}", qos=mqtt5.QoS.AT_LEAST_ONCE, packet_id=3).write()
     )
     publish[publish.index(b"readings")] = 0xFF
+    return bytes(publish)
+
+
+# mqtt5 0.8.0 hands the UnicodeDecodeError of a topic that is not UTF-8 to
+# sys.unraisablehook before it panics; pytest would report that as a failure of the test,
+# which expects exactly that input.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize(
+    "sent",
+    [
+        pytest.param(b"\xff\x00", id="packet type 15 (AUTH) with reserved flags set"),
+        # MQTT 5.0 section 1.5.4: a malformed packet, which a broker never forwards; the codec
+        # raises, and in 0.8.0 panics (pyo3's PanicException, a BaseException)
+        pytest.param(_not_utf8_topic(), id="a PUBLISH whose topic is not UTF-8"),
+    ],
+)
+async def test_a_packet_the_codec_cannot_read_ends_the_connection(sent: bytes) -> None:
+    """The connection ends with a protocol error, nothing is delivered, the process goes on."""
 
     async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _connack(reader, writer)
-        writer.write(bytes(publish))
+        writer.write(sent)
         await writer.drain()
         await reader.read()
 
     async with _peer_session(peer) as (got, session):
-        with pytest.raises(BrokerConnectionError, match="malformed packet"):
+        with pytest.raises(BrokerConnectionError, match=r"protocol error.*malformed packet"):
             async with asyncio.timeout(5):
                 await session.lost
         assert got == []
