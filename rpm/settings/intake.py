@@ -46,7 +46,12 @@ class MqttSettings(Group):
     """The MQTT broker: the gateway's login and subscription, the admin login that
     provisions device logins (dynamic security), TLS, and the ingest micro-batch."""
 
-    host: str = Field("127.0.0.1", validation_alias="RPM_MQTT_HOST", description="broker host")
+    host: str = Field(
+        "127.0.0.1",
+        validation_alias="RPM_MQTT_HOST",
+        description="broker host (the gateway speaks MQTT 5: Mosquitto 1.6 and later, EMQX, "
+        "HiveMQ, VerneMQ, RabbitMQ 3.13 and later)",
+    )
     port: int = Field(1883, validation_alias="RPM_MQTT_PORT", description="broker port")
     username: str | None = Field(
         None, validation_alias="RPM_MQTT_USERNAME", description="the gateway's broker login"
@@ -57,7 +62,8 @@ class MqttSettings(Group):
     client_id: str = Field(
         "rpm-gateway",
         validation_alias="RPM_MQTT_CLIENT_ID",
-        description="persistent-session identity; one per gateway process",
+        description="persistent-session identity (clean start off, a session that never "
+        "expires); one per gateway process",
     )
     admin_username: str | None = Field(
         None,
