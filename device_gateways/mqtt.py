@@ -142,8 +142,9 @@ class MqttGateway:
         # The broker should send at most its in-flight window of unacknowledged messages,
         # but Mosquitto before 2.0.13 stops enforcing it once acknowledgements flow
         # (eclipse/mosquitto#2306; Debian 12 ships 2.0.11). So we bound what we hold
-        # ourselves: past two batches we stop reading the socket, and TCP flow control
-        # holds the broker back until we are down to one batch.
+        # ourselves: with two batches waiting we stop reading the socket, and TCP flow
+        # control holds the broker back until one is left. Besides those, the gateway holds
+        # the batch taken (staged) and the one committing: four batches at most.
         high, low = 2 * cfg.batch_max_messages, cfg.batch_max_messages
 
         def on_message(message: Message) -> None:
@@ -172,12 +173,26 @@ class MqttGateway:
             # Batches run from the moment of connection: a persistent session's backlog
             # arrives before the SUBACK, and must be drained for the SUBACK to be read.
             batches = asyncio.create_task(self._batches(session, inbox, arrived, resume_if_drained))
+            subscribing = asyncio.create_task(session.subscribe(cfg.subscription, qos=1))
             try:
-                granted = await session.subscribe(cfg.subscription, qos=1)
+                # A batch that fails before the SUBACK (reading paused past two batches, the
+                # SUBACK unread behind them) must end the session, not leave it waiting.
+                await asyncio.wait({subscribing, batches}, return_when=asyncio.FIRST_COMPLETED)
+                if not subscribing.done():
+                    batches.result()  # raises what ended the batches
+                    return  # stopping before the SUBACK
+                granted = subscribing.result()
                 if any(_refused(g) for g in granted):
                     raise BrokerConnectionError(
                         f"the broker refused the subscription to {cfg.subscription}: "
                         "see the gateway login's ACL (docs/operations.md)"
+                    )
+                if self._sessions and not session.session_present:
+                    log.warning(
+                        "the broker had no session for %s: messages it kept for this gateway "
+                        "while it was away, if any, are gone (a broker restarted without "
+                        "persistence?)",
+                        cfg.client_id,
                     )
                 self.connected.set()
                 self._sessions += 1
@@ -186,10 +201,13 @@ class MqttGateway:
                 await batches
                 await session.flushed(within=5.0)  # stopping: the last acks must leave
             finally:
-                if not batches.done():
-                    batches.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await batches
+                for task in (subscribing, batches):
+                    if not task.done():
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
+                    elif not task.cancelled():
+                        task.exception()  # retrieved: the session's end says why
 
     async def _batches(
         self,

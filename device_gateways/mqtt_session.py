@@ -98,6 +98,8 @@ class MqttSession(asyncio.Protocol):
         self._subscribing: dict[int, asyncio.Future[list[int]]] = {}
         self._packet_ids = itertools.cycle(range(1, 65536))
         self._last_out = self._last_in = self._loop.time()
+        self._pinged = float("-inf")  # when the last PINGREQ went
+        self.session_present = False  # the broker still had our session (CONNACK)
         self._closing = False
         self._timer: asyncio.Task[None] | None = None
 
@@ -106,12 +108,15 @@ class MqttSession(asyncio.Protocol):
     async def __aenter__(self) -> MqttSession:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                tls = await self._tls_context()
+                try:
+                    tls = await self._tls_context()
+                except OSError as exc:  # ssl.SSLError among them
+                    raise BrokerConnectionError(f"cannot load the broker's CA: {exc}") from exc
                 try:
                     await self._loop.create_connection(
                         lambda: self, self._host, self._port, ssl=tls
                     )
-                except (OSError, ssl.SSLError) as exc:
+                except OSError as exc:  # ssl.SSLError among them
                     raise BrokerConnectionError(f"cannot connect to the broker: {exc}") from exc
                 await asyncio.shield(self.connected)
         except TimeoutError:
@@ -262,6 +267,7 @@ class MqttSession(asyncio.Protocol):
                 self._fail(BrokerConnectionError(f"the broker refused the connection: {name}"))
                 self._abort()
             elif not self.connected.done():
+                self.session_present = packet.session_present
                 if packet.server_keep_alive is not None:  # the server's word wins (3.2.2.3.14)
                     self._keepalive = packet.server_keep_alive
                 self.connected.set_result(None)
@@ -295,11 +301,13 @@ class MqttSession(asyncio.Protocol):
             self._send(b"".join(acks))  # acks on a lost connection are void: redelivered
 
     async def _keep_alive(self) -> None:
-        """PINGREQ after half the keep-alive idle; no packet from the broker for one and a
-        half keep-alives (section 3.1.2.10's grace for the server, from our side) is a loss,
+        """PINGREQ after half the keep-alive with nothing written, or with nothing read and no
+        PINGREQ waiting for its answer; no packet from the broker for one and a half
+        keep-alives (section 3.1.2.10's grace for the server, from our side) is a loss,
         unless we are not reading: a pause (the database down, say) may last minutes."""
         if self._keepalive <= 0:
             return
+        half = self._keepalive / 2
         while not self.lost.done():
             await asyncio.sleep(min(1.0, self._keepalive / 4))
             now = self._loop.time()
@@ -307,8 +315,10 @@ class MqttSession(asyncio.Protocol):
                 self._fail(BrokerConnectionError("the broker stopped answering (keep-alive)"))
                 self._abort()
                 return
-            if now - self._last_out >= self._keepalive / 2:
+            answered = self._pinged <= self._last_in
+            if now - self._last_out >= half or (now - self._last_in >= half and answered):
                 self._send(mqtt5.PingReqPacket().write())
+                self._pinged = now
 
     async def _tls_context(self) -> ssl.SSLContext | None:
         if self._tls_ca_file is None:
