@@ -57,6 +57,7 @@ import paho.mqtt.client as paho
 import uvloop
 
 TOPIC = "rpm/v1/devices/dev-{}/readings"
+RECEIVE_MAXIMUM = ("gmqtt", "aiomqtt3")  # the clients --receive-maximum applies to
 PAYLOAD = (
     b'{"metric":"blood_pressure","measured_at":"2026-11-23T08:%02d:%02dZ",'
     b'"values":{"systolic":142,"diastolic":91,"pulse":77},"device":{"battery":81}}'
@@ -351,7 +352,7 @@ def main(argv: list[str]) -> int:
                     out = uvloop.run(drain_paho(port, n, args.batch))
                 line = {
                     "client": name,
-                    "receive_maximum": args.receive_maximum if mqtt5 else None,
+                    "receive_maximum": args.receive_maximum if name in RECEIVE_MAXIMUM else None,
                     "messages": n,
                     "cpu_s": round(out["cpu_s"], 3),
                     "us_per_message": round(1e6 * out["cpu_s"] / n, 2),

@@ -74,7 +74,6 @@ class MqttSession(asyncio.Protocol):
         tls_ca_file: str | None = None,
         keepalive: int = 30,
         clean_start: bool = False,
-        receive_max: int = 65535,
     ) -> None:
         self._host, self._port, self._tls_ca_file = host, port, tls_ca_file
         self._deliver = on_message
@@ -85,7 +84,8 @@ class MqttSession(asyncio.Protocol):
             clean_start=clean_start,
             keep_alive=keepalive,
             session_expiry_interval=0 if clean_start else NEVER_EXPIRES,
-            receive_max=receive_max,
+            # Receive Maximum stays the codec's 65535: the broker's own in-flight limit
+            # (max_inflight_messages) stays the window, and the pause bounds what we hold.
         )
         self._keepalive = keepalive
         self._loop = asyncio.get_running_loop()

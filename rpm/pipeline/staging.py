@@ -28,11 +28,10 @@ class StagedBatches:
     def put(self, batch: Sequence[RawMessage], now: datetime, prepared: Prepared) -> None:
         while len(self._by_id) >= STAGED_AT_MOST:
             del self._by_id[next(iter(self._by_id))]  # its session was lost before its commit
+        # Holding the batch keeps it alive, so no other object can have its id meanwhile.
         self._by_id[id(batch)] = (batch, now, prepared)
 
     def take(self, batch: Sequence[RawMessage]) -> tuple[datetime, Prepared] | None:
         """The time it was prepared at and what it became; None when not staged."""
         staged = self._by_id.pop(id(batch), None)
-        if staged is None or staged[0] is not batch:
-            return None
-        return staged[1], staged[2]
+        return None if staged is None else (staged[1], staged[2])
